@@ -1,0 +1,530 @@
+//! The login phase of one connection (RFC 7143 §6.3, §11.12-13): a sans-IO state machine fed
+//! with Login Request PDUs, producing Login Responses.
+//!
+//! Lookups that need the rest of the target (which targets exist, the session registry that
+//! allocates TSIHs and reinstates sessions) go through [`LoginContext`].
+
+use bytes::Bytes;
+
+use super::params::{NegotiationError, Negotiator, Params, SessionKind, TargetLimits};
+use crate::pdu::{LoginRequest, LoginResponse, Pdu, login_status, stage, text};
+
+/// RFC 7143 defines protocol version 0x00 only.
+pub const ISCSI_VERSION: u8 = 0x00;
+
+/// What a login needs from the target it runs in.
+pub trait LoginContext {
+    /// The alias of a target reachable through this portal group, if it exists.
+    fn target_alias(&self, target_name: &str) -> Option<Option<String>>;
+    /// Whether the session identified by `tsih` exists (used when a connection is added).
+    fn session_exists(&self, tsih: u16) -> bool;
+    /// Allocates a TSIH for the completed login, reinstating any older session with the same
+    /// initiator, ISID and target. Fails with a login status class and detail.
+    fn register_session(&mut self, outcome: &LoginOutcome) -> Result<u16, (u8, u8)>;
+    /// This portal group's tag.
+    fn portal_group_tag(&self) -> u16;
+}
+
+/// The result of a successful login, handed to the full-feature phase.
+#[derive(Debug, Clone)]
+pub struct LoginOutcome {
+    pub kind: SessionKind,
+    pub initiator_name: String,
+    pub initiator_alias: Option<String>,
+    pub target_name: Option<String>,
+    pub isid: u64,
+    pub tsih: u16,
+    pub cid: u16,
+    pub params: Params,
+    /// The first CmdSN the full-feature phase expects.
+    pub exp_cmd_sn: u32,
+    /// The StatSN of the next response on this connection.
+    pub stat_sn: u32,
+}
+
+/// What the driver does after feeding a request.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this response and keep reading login requests.
+    Reply(Pdu),
+    /// Send this response; the connection is now in full-feature phase.
+    Complete(Pdu, Box<LoginOutcome>),
+    /// Send this response and close the connection.
+    Fail(Pdu),
+}
+
+/// Login state of one connection.
+pub struct Login {
+    neg: Negotiator,
+    queue_depth: u32,
+    first: Option<LoginRequest>,
+    stage: u8,
+    text_in: text::TextBuffer,
+    /// Remaining segments of a response too long for one PDU (sent with the C bit).
+    text_out: Vec<Bytes>,
+    stat_sn: u32,
+    kind: Option<SessionKind>,
+    target_alias: Option<String>,
+    sent_first_response: bool,
+}
+
+impl Login {
+    pub fn new(limits: TargetLimits, queue_depth: u32) -> Self {
+        Login {
+            neg: Negotiator::new(limits),
+            queue_depth,
+            first: None,
+            stage: stage::SECURITY,
+            text_in: text::TextBuffer::default(),
+            text_out: Vec::new(),
+            stat_sn: 0,
+            kind: None,
+            target_alias: None,
+            sent_first_response: false,
+        }
+    }
+
+    /// The data segment bound for incoming login PDUs (RFC default, not yet negotiated).
+    pub fn data_segment_len_max() -> u32 {
+        8192
+    }
+
+    pub fn on_request(
+        &mut self,
+        req: &LoginRequest,
+        data: &[u8],
+        ctx: &mut dyn LoginContext,
+    ) -> Step {
+        match self.step(req, data, ctx) {
+            Ok(step) => step,
+            Err((class_detail, why)) => {
+                tracing::info!(status = ?class_detail, reason = %why, "login failed");
+                Step::Fail(self.response(req, class_detail, false, Bytes::new()))
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        req: &LoginRequest,
+        data: &[u8],
+        ctx: &mut dyn LoginContext,
+    ) -> Result<Step, ((u8, u8), String)> {
+        let initiator_error = |why: &str| (login_status::INITIATOR_ERROR, why.to_string());
+        let first = match self.first {
+            None => {
+                if req.version_min > ISCSI_VERSION {
+                    return Err((
+                        login_status::UNSUPPORTED_VERSION,
+                        format!("version-min {}", req.version_min),
+                    ));
+                }
+                self.stat_sn = req.exp_stat_sn;
+                self.first = Some(*req);
+                self.stage = req.csg;
+                *req
+            }
+            Some(first) => first,
+        };
+        if req.isid != first.isid || req.tsih != first.tsih || req.cid != first.cid {
+            return Err(initiator_error("ISID, TSIH or CID changed during login"));
+        }
+        if req.csg == 2 || req.csg == stage::FULL_FEATURE || req.csg < self.stage {
+            return Err(initiator_error("invalid current stage"));
+        }
+        if req.transit && (req.nsg == 2 || req.nsg <= req.csg) {
+            return Err(initiator_error("invalid next stage"));
+        }
+        if req.transit && req.cont {
+            return Err(initiator_error("T and C both set"));
+        }
+        self.stage = req.csg;
+
+        // Continue a long response of ours: the initiator acknowledges each part with an empty request.
+        if !self.text_out.is_empty() {
+            let segment = self.text_out.remove(0);
+            let more = !self.text_out.is_empty();
+            return Ok(Step::Reply(self.response(
+                req,
+                login_status::SUCCESS,
+                more,
+                segment,
+            )));
+        }
+
+        self.text_in
+            .push(data)
+            .map_err(|e| initiator_error(&e.to_string()))?;
+        if req.cont {
+            return Ok(Step::Reply(self.response(
+                req,
+                login_status::SUCCESS,
+                false,
+                Bytes::new(),
+            )));
+        }
+        let offers = self
+            .text_in
+            .finish()
+            .map_err(|e| initiator_error(&e.to_string()))?;
+
+        let mut reply = match self.neg.respond(&offers, req.csg == stage::SECURITY) {
+            Ok(reply) => reply,
+            Err(NegotiationError::NoAuthMethod) => {
+                return Err((
+                    login_status::AUTHENTICATION_FAILURE,
+                    "no supported AuthMethod offered (None only)".into(),
+                ));
+            }
+            Err(NegotiationError::InitiatorError(why)) => return Err(initiator_error(&why)),
+        };
+        if self.kind.is_none() {
+            self.identify(req, ctx)?;
+        }
+        if !self.sent_first_response && self.kind == Some(SessionKind::Normal) {
+            reply.push((
+                "TargetPortalGroupTag".into(),
+                ctx.portal_group_tag().to_string(),
+            ));
+            if let Some(alias) = &self.target_alias {
+                reply.push(("TargetAlias".into(), alias.clone()));
+            }
+        }
+        if req.csg == stage::OPERATIONAL {
+            reply.extend(self.neg.declarations());
+        }
+        self.sent_first_response = true;
+
+        let body = text::encode(&reply);
+        let mut segments = text::segments(&body, Login::data_segment_len_max() as usize);
+        let segment = segments.remove(0);
+        self.text_out = segments;
+        if !self.text_out.is_empty() {
+            return Ok(Step::Reply(self.response(
+                req,
+                login_status::SUCCESS,
+                true,
+                segment,
+            )));
+        }
+        if req.transit && req.nsg == stage::FULL_FEATURE {
+            return self.complete(req, segment, ctx);
+        }
+        Ok(Step::Reply(self.response(
+            req,
+            login_status::SUCCESS,
+            false,
+            segment,
+        )))
+    }
+
+    /// Checks the declarative keys of the first complete request.
+    fn identify(
+        &mut self,
+        req: &LoginRequest,
+        ctx: &mut dyn LoginContext,
+    ) -> Result<(), ((u8, u8), String)> {
+        let keys = &self.neg.keys;
+        if keys.initiator_name.as_deref().is_none_or(str::is_empty) {
+            return Err((
+                login_status::MISSING_PARAMETER,
+                "InitiatorName missing".into(),
+            ));
+        }
+        let kind = match keys.session_type.as_deref() {
+            None | Some("Normal") => SessionKind::Normal,
+            Some("Discovery") => SessionKind::Discovery,
+            Some(other) => {
+                return Err((
+                    login_status::SESSION_TYPE_NOT_SUPPORTED,
+                    format!("SessionType={other}"),
+                ));
+            }
+        };
+        if kind == SessionKind::Normal {
+            let Some(name) = keys.target_name.clone() else {
+                return Err((login_status::MISSING_PARAMETER, "TargetName missing".into()));
+            };
+            match ctx.target_alias(&name) {
+                Some(alias) => self.target_alias = alias,
+                None => return Err((login_status::TARGET_NOT_FOUND, format!("no target {name}"))),
+            }
+        }
+        if req.tsih != 0 {
+            // Adding a connection to an existing session: MaxConnections is 1.
+            return Err(if ctx.session_exists(req.tsih) {
+                (
+                    login_status::TOO_MANY_CONNECTIONS,
+                    "MaxConnections=1".into(),
+                )
+            } else {
+                (
+                    login_status::SESSION_DOES_NOT_EXIST,
+                    format!("no session with TSIH {}", req.tsih),
+                )
+            });
+        }
+        self.kind = Some(kind);
+        self.neg.set_session_kind(kind);
+        Ok(())
+    }
+
+    fn complete(
+        &mut self,
+        req: &LoginRequest,
+        segment: Bytes,
+        ctx: &mut dyn LoginContext,
+    ) -> Result<Step, ((u8, u8), String)> {
+        let first = self.first.expect("first request seen");
+        let mut params = self.neg.params.clone();
+        if !self.neg.has_declared() {
+            // We never declared our MaxRecvDataSegmentLength: the RFC default binds us.
+            params.target_max_recv_data_segment_len = Login::data_segment_len_max();
+        }
+        let keys = &self.neg.keys;
+        let mut outcome = LoginOutcome {
+            kind: self.kind.expect("identified"),
+            initiator_name: keys.initiator_name.clone().unwrap_or_default(),
+            initiator_alias: keys.initiator_alias.clone(),
+            target_name: keys.target_name.clone(),
+            isid: first.isid,
+            tsih: 0,
+            cid: first.cid,
+            params,
+            exp_cmd_sn: req.cmd_sn,
+            stat_sn: 0,
+        };
+        let tsih = ctx
+            .register_session(&outcome)
+            .map_err(|status| (status, "session not registered".to_string()))?;
+        outcome.tsih = tsih;
+        let mut pdu = self.response(req, login_status::SUCCESS, false, segment);
+        if let crate::pdu::Bhs::LoginResponse(r) = &mut pdu.bhs {
+            r.tsih = tsih;
+            r.transit = true;
+            r.nsg = stage::FULL_FEATURE;
+        }
+        outcome.stat_sn = self.stat_sn;
+        Ok(Step::Complete(pdu, Box::new(outcome)))
+    }
+
+    fn response(&mut self, req: &LoginRequest, status: (u8, u8), cont: bool, data: Bytes) -> Pdu {
+        let success = status == login_status::SUCCESS;
+        let transit = success && req.transit && !cont;
+        let stat_sn = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        let exp_cmd_sn = req.cmd_sn;
+        Pdu::with_data(
+            LoginResponse {
+                transit,
+                cont,
+                csg: req.csg,
+                nsg: if transit { req.nsg } else { 0 },
+                version_max: ISCSI_VERSION,
+                version_active: ISCSI_VERSION,
+                isid: req.isid,
+                tsih: 0,
+                itt: req.itt,
+                stat_sn,
+                exp_cmd_sn,
+                max_cmd_sn: exp_cmd_sn.wrapping_add(if success {
+                    self.queue_depth.max(1) - 1
+                } else {
+                    0
+                }),
+                status_class: status.0,
+                status_detail: status.1,
+            },
+            data,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pdu::Bhs;
+
+    struct Ctx {
+        registered: Vec<LoginOutcome>,
+    }
+
+    impl LoginContext for Ctx {
+        fn target_alias(&self, name: &str) -> Option<Option<String>> {
+            (name == "iqn.2026-11.org.example:disk").then(|| Some("disk".to_string()))
+        }
+        fn session_exists(&self, tsih: u16) -> bool {
+            tsih == 9
+        }
+        fn register_session(&mut self, outcome: &LoginOutcome) -> Result<u16, (u8, u8)> {
+            self.registered.push(outcome.clone());
+            Ok(42)
+        }
+        fn portal_group_tag(&self) -> u16 {
+            1
+        }
+    }
+
+    fn req(csg: u8, nsg: u8, transit: bool) -> LoginRequest {
+        LoginRequest {
+            transit,
+            csg,
+            nsg,
+            isid: 0x23d000000001,
+            itt: 1,
+            cmd_sn: 5,
+            exp_stat_sn: 100,
+            ..Default::default()
+        }
+    }
+
+    fn resp(pdu: &Pdu) -> (LoginResponse, Vec<(String, String)>) {
+        let Bhs::LoginResponse(r) = pdu.bhs else {
+            panic!("not a login response")
+        };
+        (r, text::parse(&pdu.data).unwrap())
+    }
+
+    const INITIATOR: &[u8] = b"InitiatorName=iqn.2026-11.org.example:host\0";
+
+    #[test]
+    fn two_stage_login_completes_with_tsih_and_params() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
+            panic!()
+        };
+        let (r, keys) = resp(&p);
+        assert!(r.transit && r.nsg == 1 && r.status_class == 0 && r.stat_sn == 100);
+        assert!(keys.contains(&("AuthMethod".into(), "None".into())));
+        assert!(keys.contains(&("TargetPortalGroupTag".into(), "1".into())));
+        assert!(keys.contains(&("TargetAlias".into(), "disk".into())));
+
+        let step = login.on_request(
+            &req(1, 3, true),
+            b"MaxBurstLength=65536\0HeaderDigest=CRC32C,None\0",
+            &mut ctx,
+        );
+        let Step::Complete(p, outcome) = step else {
+            panic!("{step:?}")
+        };
+        let (r, keys) = resp(&p);
+        assert!(r.transit && r.nsg == 3 && r.tsih == 42 && r.stat_sn == 101);
+        assert_eq!(r.max_cmd_sn, 5 + 31);
+        assert!(keys.contains(&("MaxRecvDataSegmentLength".into(), "262144".into())));
+        assert_eq!(outcome.params.max_burst_len, 65536);
+        assert!(outcome.params.header_digest);
+        assert_eq!(outcome.exp_cmd_sn, 5);
+        assert_eq!(outcome.stat_sn, 102);
+        assert_eq!(ctx.registered.len(), 1);
+    }
+
+    #[test]
+    fn unknown_target_fails_with_target_not_found() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.nope\0");
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
+            panic!()
+        };
+        let (r, _) = resp(&p);
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            login_status::TARGET_NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn missing_initiator_name_and_bad_version() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let Step::Fail(p) =
+            login.on_request(&req(0, 1, true), b"SessionType=Discovery\0", &mut ctx)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (resp(&p).0.status_class, resp(&p).0.status_detail),
+            login_status::MISSING_PARAMETER
+        );
+
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut r = req(0, 1, true);
+        r.version_min = 2;
+        r.version_max = 2;
+        let Step::Fail(p) = login.on_request(&r, INITIATOR, &mut ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            (resp(&p).0.status_class, resp(&p).0.status_detail),
+            login_status::UNSUPPORTED_VERSION
+        );
+    }
+
+    #[test]
+    fn chap_only_initiator_gets_authentication_failure() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"SessionType=Discovery\0AuthMethod=CHAP\0");
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            (resp(&p).0.status_class, resp(&p).0.status_detail),
+            login_status::AUTHENTICATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn continued_text_is_gathered_across_pdus() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut r = req(1, 3, false);
+        r.cont = true;
+        let Step::Reply(p) = login.on_request(&r, b"InitiatorName=iqn.2026-11.org.exa", &mut ctx)
+        else {
+            panic!()
+        };
+        assert!(p.data.is_empty() && !resp(&p).0.transit);
+        let step = login.on_request(
+            &req(1, 3, true),
+            b"mple:host\0SessionType=Discovery\0",
+            &mut ctx,
+        );
+        let Step::Complete(_, outcome) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(outcome.initiator_name, "iqn.2026-11.org.example:host");
+        assert_eq!(outcome.kind, SessionKind::Discovery);
+    }
+
+    #[test]
+    fn adding_a_connection_is_refused() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut r = req(1, 3, true);
+        r.tsih = 9;
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0");
+        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            (resp(&p).0.status_class, resp(&p).0.status_detail),
+            login_status::TOO_MANY_CONNECTIONS
+        );
+        let mut login = Login::new(TargetLimits::default(), 32);
+        r.tsih = 10;
+        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else {
+            panic!()
+        };
+        assert_eq!(
+            (resp(&p).0.status_class, resp(&p).0.status_detail),
+            login_status::SESSION_DOES_NOT_EXIST
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! A logical unit: a block store plus the SCSI state around it (mode parameters, unit
+//! attentions, reservations), and the dispatcher that runs one command.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::cdb::Cdb;
+use super::ops::{self, Lookup, Op, OpSpec};
+use super::sense::{Sense, asc, key, status};
+use super::{Nexus, Request, Response};
+use crate::storage::{BlockStore, StoreError};
+
+/// Identity of a logical unit as reported in INQUIRY and VPD pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuIdentity {
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    pub serial: String,
+    /// NAA IEEE Registered designator (NAA 5), 8 bytes.
+    pub naa: u64,
+}
+
+impl LuIdentity {
+    /// A stable identity derived from a name (target IQN + LUN, or a volume id).
+    pub fn derived(name: &str) -> LuIdentity {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // NAA 5, a locally chosen (unregistered) 24-bit company id, 36 bits of hash.
+        let naa = (0x5u64 << 60) | (0x00_1405u64 << 36) | (h & 0xf_ffff_ffff);
+        LuIdentity {
+            vendor: "RTGT".into(),
+            product: "rtgt disk".into(),
+            revision: "0001".into(),
+            serial: format!("{:016x}", h),
+            naa,
+        }
+    }
+}
+
+/// Configuration of a logical unit.
+#[derive(Debug, Clone)]
+pub struct LuConfig {
+    pub block_size: u32,
+    pub identity: LuIdentity,
+    pub read_only: bool,
+    /// Largest transfer of one command, in bytes (Block Limits VPD).
+    pub max_transfer_bytes: u32,
+}
+
+impl LuConfig {
+    pub fn new(block_size: u32, identity: LuIdentity) -> LuConfig {
+        LuConfig {
+            block_size,
+            identity,
+            read_only: false,
+            max_transfer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Mutable SCSI state of a logical unit, shared by all I_T nexuses.
+#[derive(Debug)]
+pub(super) struct LuState {
+    /// Caching mode page WCE: write-back when true; writes are FUA otherwise.
+    pub wce: bool,
+    /// Control mode page D_SENSE: descriptor-format sense data.
+    pub d_sense: bool,
+    /// Nexuses that have been told about power on (the first command from each gets a UA).
+    pub seen: BTreeSet<u64>,
+    /// Pending unit attentions per nexus, oldest first.
+    pub ua: BTreeMap<u64, VecDeque<(u8, u8)>>,
+    /// Holder of an SPC-2 RESERVE(6).
+    pub reserved_by: Option<u64>,
+    /// Nexuses that issued PREVENT MEDIUM REMOVAL.
+    pub prevent: BTreeSet<u64>,
+}
+
+/// Bound on remembered nexuses; beyond it the oldest-keyed are forgotten (they then see a
+/// spurious power-on unit attention, which is harmless).
+const NEXUS_MEMORY_MAX: usize = 4096;
+/// Bound on queued unit attentions per nexus.
+const UA_QUEUE_MAX: usize = 16;
+
+pub struct LogicalUnit {
+    pub(super) store: Arc<dyn BlockStore>,
+    pub(super) config: LuConfig,
+    pub(super) state: Mutex<LuState>,
+    /// Writes hold it shared; COMPARE AND WRITE and ORWRITE hold it exclusively, which makes
+    /// them atomic against concurrent writes to the same blocks.
+    pub(super) atomic: tokio::sync::RwLock<()>,
+}
+
+/// What a handler returns: data-in, or a sense condition.
+pub(super) type Outcome = Result<Bytes, Sense>;
+
+/// Context of one command for its handler.
+pub(super) struct Ctx<'a> {
+    pub cdb: Cdb<'a>,
+    pub spec: &'static OpSpec,
+    pub nexus: &'a Nexus,
+    pub data_out: &'a Bytes,
+    /// Data-out bytes the command calls for; set by write-type handlers for residuals.
+    pub data_out_len: u32,
+    /// A status other than GOOD for a successful command (CONDITION MET).
+    pub status: u8,
+}
+
+impl LogicalUnit {
+    pub fn new(store: Arc<dyn BlockStore>, config: LuConfig) -> Result<LogicalUnit, String> {
+        let bs = config.block_size;
+        if bs != 512 && bs != 4096 {
+            return Err(format!("block size {bs} is not supported (512 or 4096)"));
+        }
+        if store.capacity() < bs as u64 {
+            return Err(format!(
+                "capacity {} is smaller than one block",
+                store.capacity()
+            ));
+        }
+        if store.capacity() % bs as u64 != 0 {
+            return Err(format!(
+                "capacity {} is not a multiple of the block size {bs}",
+                store.capacity()
+            ));
+        }
+        Ok(LogicalUnit {
+            store,
+            config,
+            state: Mutex::new(LuState {
+                wce: true,
+                d_sense: false,
+                seen: BTreeSet::new(),
+                ua: BTreeMap::new(),
+                reserved_by: None,
+                prevent: BTreeSet::new(),
+            }),
+            atomic: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlockStore> {
+        &self.store
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    pub fn num_blocks(&self) -> u64 {
+        self.store.capacity() / self.config.block_size as u64
+    }
+
+    pub fn identity(&self) -> &LuIdentity {
+        &self.config.identity
+    }
+
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, LuState> {
+        self.state.lock().expect("LU state lock poisoned")
+    }
+
+    pub fn write_cache_enabled(&self) -> bool {
+        self.state().wce
+    }
+
+    pub(super) fn descriptor_sense(&self) -> bool {
+        self.state().d_sense
+    }
+
+    /// Queues a unit attention for every nexus that has talked to this LU (`except` one).
+    pub fn unit_attention_all(&self, code: (u8, u8), except: Option<u64>) {
+        let mut st = self.state();
+        let seen: Vec<u64> = st
+            .seen
+            .iter()
+            .copied()
+            .filter(|n| Some(*n) != except)
+            .collect();
+        for nexus in seen {
+            let q = st.ua.entry(nexus).or_default();
+            if q.len() < UA_QUEUE_MAX && !q.contains(&code) {
+                q.push_back(code);
+            }
+        }
+    }
+
+    /// A LOGICAL UNIT RESET: clears reservations and establishes a reset unit attention.
+    pub fn reset(&self) {
+        {
+            let mut st = self.state();
+            st.reserved_by = None;
+            st.prevent.clear();
+        }
+        self.unit_attention_all(asc::BUS_DEVICE_RESET, None);
+    }
+
+    /// Forgets a nexus that logged out: releases what it held.
+    pub fn nexus_gone(&self, nexus: u64) {
+        let mut st = self.state();
+        if st.reserved_by == Some(nexus) {
+            st.reserved_by = None;
+        }
+        st.prevent.remove(&nexus);
+    }
+
+    /// Grows the logical unit and tells every initiator through a unit attention.
+    pub async fn resize(&self, capacity: u64) -> Result<(), String> {
+        let bs = self.config.block_size as u64;
+        if capacity % bs != 0 {
+            return Err(format!(
+                "size {capacity} is not a multiple of the block size {bs}"
+            ));
+        }
+        if capacity < self.store.capacity() {
+            return Err("shrinking a LUN is not supported".into());
+        }
+        self.store
+            .resize(capacity)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.unit_attention_all(asc::CAPACITY_DATA_CHANGED, None);
+        Ok(())
+    }
+
+    /// Takes the next pending unit attention for a nexus, registering the nexus (and its
+    /// power-on unit attention) on first contact.
+    pub(super) fn take_unit_attention(&self, nexus: u64, consume: bool) -> Option<(u8, u8)> {
+        let mut st = self.state();
+        if st.seen.insert(nexus) {
+            if st.seen.len() > NEXUS_MEMORY_MAX {
+                let victim = *st
+                    .seen
+                    .iter()
+                    .find(|n| **n != nexus)
+                    .expect("more than one nexus");
+                st.seen.remove(&victim);
+                st.ua.remove(&victim);
+            }
+            st.ua
+                .entry(nexus)
+                .or_default()
+                .push_back(asc::POWER_ON_RESET);
+        }
+        let q = st.ua.get_mut(&nexus)?;
+        let code = if consume {
+            q.pop_front()
+        } else {
+            q.front().copied()
+        };
+        if q.is_empty() {
+            st.ua.remove(&nexus);
+        }
+        code
+    }
+
+    /// Runs one command addressed to this logical unit.
+    pub async fn execute(&self, req: &Request) -> Response {
+        let cdb = Cdb(&req.cdb);
+        let spec = match ops::lookup(cdb.opcode(), cdb.service_action()) {
+            Lookup::Found(spec) => spec,
+            Lookup::UnknownOpcode => return self.check(&Sense::illegal(asc::INVALID_OPCODE)),
+            Lookup::UnknownServiceAction => return self.check(&Sense::invalid_cdb(1, Some(4))),
+        };
+        if req.cdb.len() < spec.cdb_len() {
+            return self.check(&Sense::illegal(asc::INVALID_OPCODE));
+        }
+        // ACA is not supported: NACA=1 is an invalid field (SAM-5 §5.9).
+        if cdb.control(spec.cdb_len()) & 0x04 != 0 {
+            return self.check(&Sense::invalid_cdb(spec.cdb_len() as u16 - 1, Some(2)));
+        }
+        let nexus = req.nexus.id;
+        if let Some(code) = self.take_unit_attention(nexus, !spec.ua_exempt)
+            && !spec.ua_exempt
+        {
+            return self.check(&Sense::new(key::UNIT_ATTENTION, code));
+        }
+        if !spec.conflict_exempt && self.reservation_conflict(nexus) {
+            return Response::with_status(status::RESERVATION_CONFLICT);
+        }
+        let mut ctx = Ctx {
+            cdb,
+            spec,
+            nexus: &req.nexus,
+            data_out: &req.data_out,
+            data_out_len: 0,
+            status: status::GOOD,
+        };
+        let outcome = self.run(&mut ctx).await;
+        let mut response = match outcome {
+            Ok(data) => Response {
+                status: ctx.status,
+                sense: None,
+                data,
+                data_out_len: 0,
+            },
+            Err(sense) => self.check(&sense),
+        };
+        response.data_out_len = ctx.data_out_len;
+        response
+    }
+
+    fn reservation_conflict(&self, nexus: u64) -> bool {
+        matches!(self.state().reserved_by, Some(holder) if holder != nexus)
+    }
+
+    fn check(&self, sense: &Sense) -> Response {
+        Response::check(sense, self.descriptor_sense())
+    }
+
+    async fn run(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        match ctx.spec.op {
+            Op::TestUnitReady => Ok(Bytes::new()),
+            Op::RequestSense => self.request_sense(ctx),
+            Op::Inquiry => self.inquiry(ctx),
+            Op::ModeSelect => self.mode_select(ctx),
+            Op::ModeSense => self.mode_sense(ctx),
+            Op::StartStopUnit => self.start_stop_unit(ctx),
+            Op::PreventAllow => self.prevent_allow(ctx),
+            Op::ReadCapacity10 => self.read_capacity10(ctx),
+            Op::ReadCapacity16 => self.read_capacity16(ctx),
+            Op::Read => self.read(ctx).await,
+            Op::Write => self.write(ctx, false).await,
+            Op::WriteAndVerify => self.write(ctx, true).await,
+            Op::Verify => self.verify(ctx).await,
+            Op::PreFetch => self.pre_fetch(ctx),
+            Op::SynchronizeCache => self.synchronize_cache(ctx).await,
+            Op::WriteSame => self.write_same(ctx).await,
+            Op::Unmap => self.unmap(ctx).await,
+            Op::CompareAndWrite => self.compare_and_write(ctx).await,
+            Op::OrWrite => self.or_write(ctx).await,
+            Op::GetLbaStatus => self.get_lba_status(ctx).await,
+            Op::ReportLuns => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)), // answered by the target
+            Op::ReportSupportedOpcodes => self.report_supported_opcodes(ctx),
+            Op::Reserve => self.reserve(ctx),
+            Op::Release => self.release(ctx),
+        }
+    }
+}
+
+/// The sense condition for a failed store operation.
+pub(super) fn store_sense(err: &StoreError) -> Sense {
+    tracing::warn!(error = %err, "storage error");
+    match err {
+        StoreError::Read(_) => Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR),
+        StoreError::Write(_) => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
+        StoreError::Transient(_) => Sense::new(key::ABORTED_COMMAND, asc::NO_ADDITIONAL),
+        StoreError::NoSpace(_) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+    }
+}

@@ -1,0 +1,151 @@
+//! The SCSI core (SPC-4 / SBC-3) for disk logical units: CDB decoding, command handlers, sense
+//! data, VPD and mode pages, unit attentions and reservations. It runs commands against a
+//! [`crate::storage::BlockStore`] and knows nothing of sockets or iSCSI.
+
+mod cdb;
+mod lu;
+mod mode;
+mod ops;
+mod sbc;
+pub mod sense;
+mod spc;
+mod target;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use lu::{LogicalUnit, LuConfig, LuIdentity};
+pub use ops::{OpSpec, commands};
+pub use sense::{Sense, asc, key, status};
+pub use target::ScsiTarget;
+
+/// An I_T nexus: one initiator port (initiator name + ISID) talking to one target port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nexus {
+    /// Stable identifier derived from the initiator port and target port names.
+    pub id: u64,
+    pub initiator_name: String,
+    pub isid: u64,
+    pub target_name: String,
+    /// Relative target port identifier (the portal group tag).
+    pub relative_port: u16,
+}
+
+impl Nexus {
+    pub fn new(
+        initiator_name: &str,
+        isid: u64,
+        target_name: &str,
+        relative_port: u16,
+    ) -> Arc<Nexus> {
+        // FNV-1a: stable across runs and platforms, unlike the std hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        eat(initiator_name.as_bytes());
+        eat(&isid.to_be_bytes());
+        eat(target_name.as_bytes());
+        eat(&relative_port.to_be_bytes());
+        Arc::new(Nexus {
+            id: h,
+            initiator_name: initiator_name.to_string(),
+            isid,
+            target_name: target_name.to_string(),
+            relative_port,
+        })
+    }
+
+    /// The iSCSI initiator port name (SPC-4 §7.7.5): "<name>,i,0x<isid>".
+    pub fn initiator_port_name(&self) -> String {
+        format!("{},i,0x{:012x}", self.initiator_name, self.isid)
+    }
+
+    /// The iSCSI target port name: "<name>,t,0x<tpgt>".
+    pub fn target_port_name(&self) -> String {
+        format!("{},t,0x{:04x}", self.target_name, self.relative_port)
+    }
+}
+
+/// A SCSI command as the transport delivers it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub nexus: Arc<Nexus>,
+    /// The LUN field as sent (SAM-5 single-level addressing).
+    pub lun: u64,
+    /// The whole CDB (16 bytes from the BHS plus any extended CDB).
+    pub cdb: Bytes,
+    /// The data the initiator sent (at most its expected data transfer length).
+    pub data_out: Bytes,
+}
+
+/// A finished command: status, sense and data for the transport to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u8,
+    pub sense: Option<Bytes>,
+    /// Data-in, as much as the command wanted to return (the transport truncates it to the
+    /// expected length and reports the residual).
+    pub data: Bytes,
+    /// Bytes of data-out the command called for, for residuals of write-type commands.
+    pub data_out_len: u32,
+}
+
+impl Response {
+    pub fn good(data: Bytes) -> Response {
+        Response {
+            status: status::GOOD,
+            sense: None,
+            data,
+            data_out_len: 0,
+        }
+    }
+
+    pub fn check(sense: &Sense, descriptor: bool) -> Response {
+        Response {
+            status: status::CHECK_CONDITION,
+            sense: Some(sense.encode(descriptor)),
+            data: Bytes::new(),
+            data_out_len: 0,
+        }
+    }
+
+    pub fn with_status(status: u8) -> Response {
+        Response {
+            status,
+            sense: None,
+            data: Bytes::new(),
+            data_out_len: 0,
+        }
+    }
+}
+
+/// Decodes a SAM-5 LUN field (peripheral or flat addressing) into a LUN number.
+pub fn decode_lun(raw: u64) -> Option<u16> {
+    let b = raw.to_be_bytes();
+    if b[2..].iter().any(|&x| x != 0) {
+        return None;
+    }
+    match b[0] >> 6 {
+        0 if b[0] == 0 => Some(b[1] as u16),
+        1 => Some((((b[0] & 0x3f) as u16) << 8) | b[1] as u16),
+        _ => None,
+    }
+}
+
+/// Encodes a LUN number as a SAM-5 LUN field.
+pub fn encode_lun(lun: u16) -> u64 {
+    let b0 = if lun < 256 {
+        0
+    } else {
+        0x40 | (lun >> 8) as u8
+    };
+    u64::from_be_bytes([b0, lun as u8, 0, 0, 0, 0, 0, 0])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! SBC-3 block commands: READ CAPACITY, READ/WRITE (6/10/12/16), WRITE AND VERIFY, VERIFY,
+//! PRE-FETCH, SYNCHRONIZE CACHE, WRITE SAME, UNMAP, GET LBA STATUS, ORWRITE, COMPARE AND WRITE.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::cdb::{BlockRange, block_range};
+use super::lu::{Ctx, LogicalUnit, Outcome, store_sense};
+use super::sense::{Sense, asc, key, status};
+use super::spc::truncate;
+
+/// Byte offset of the transfer length field, for field pointers.
+fn length_field(opcode: u8) -> u16 {
+    match opcode >> 5 {
+        0 => 4,
+        1 | 2 => 7,
+        5 => 6,
+        _ => 10,
+    }
+}
+
+impl LogicalUnit {
+    fn byte_range(&self, lba: u64, blocks: u64) -> (u64, u64) {
+        let bs = self.block_size() as u64;
+        (lba * bs, blocks * bs)
+    }
+
+    /// LBA OUT OF RANGE unless `[lba, lba + blocks)` lies within the medium.
+    pub(super) fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
+        let n = self.num_blocks();
+        if lba > n || blocks > n - lba {
+            return Err(Sense::illegal(asc::LBA_OUT_OF_RANGE));
+        }
+        Ok(())
+    }
+
+    /// Common checks of the read/write families: protection field, transfer length, range.
+    fn check_rw(&self, ctx: &Ctx<'_>, r: &BlockRange) -> Result<(), Sense> {
+        if r.protect() != 0 {
+            return Err(Sense::invalid_cdb(1, Some(7)));
+        }
+        if r.blocks > self.max_transfer_blocks() {
+            return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None));
+        }
+        self.check_range(r.lba, r.blocks as u64)
+    }
+
+    fn check_writable(&self) -> Result<(), Sense> {
+        if self.config.read_only {
+            return Err(Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED));
+        }
+        Ok(())
+    }
+
+    /// The data-out of a write-type command: exactly `len` bytes, or INVALID FIELD IN
+    /// INFORMATION UNIT when the initiator sent less (its EDTL was short; the residual tells).
+    fn data_out(&self, ctx: &mut Ctx<'_>, len: u64) -> Result<Bytes, Sense> {
+        ctx.data_out_len = len as u32;
+        if (ctx.data_out.len() as u64) < len {
+            return Err(Sense::illegal((0x0e, 0x03)));
+        }
+        Ok(ctx.data_out.slice(..len as usize))
+    }
+
+    /// FUA when asked, or always when the write cache is disabled.
+    fn effective_fua(&self, fua: bool) -> bool {
+        fua || (self.store.caps().volatile_cache && !self.write_cache_enabled())
+    }
+
+    pub(super) fn read_capacity10(&self, _ctx: &mut Ctx<'_>) -> Outcome {
+        let last = self.num_blocks() - 1;
+        let mut out = BytesMut::with_capacity(8);
+        out.put_u32(last.min(0xffff_ffff) as u32);
+        out.put_u32(self.block_size());
+        Ok(out.freeze())
+    }
+
+    pub(super) fn read_capacity16(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let alloc = ctx.cdb.u32(10) as usize;
+        let mut out = BytesMut::zeroed(32);
+        out[..8].copy_from_slice(&(self.num_blocks() - 1).to_be_bytes());
+        out[8..12].copy_from_slice(&self.block_size().to_be_bytes());
+        if self.store.caps().thin {
+            out[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        }
+        Ok(truncate(out, alloc))
+    }
+
+    pub(super) async fn read(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let r = block_range(ctx.cdb);
+        self.check_rw(ctx, &r)?;
+        if r.blocks == 0 {
+            return Ok(Bytes::new());
+        }
+        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
+        self.store
+            .read(offset, len as usize)
+            .await
+            .map_err(|e| store_sense(&e))
+    }
+
+    pub(super) async fn write(&self, ctx: &mut Ctx<'_>, verify: bool) -> Outcome {
+        let r = block_range(ctx.cdb);
+        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
+        ctx.data_out_len = len as u32;
+        self.check_rw(ctx, &r)?;
+        self.check_writable()?;
+        let data = self.data_out(ctx, len)?;
+        if r.blocks == 0 {
+            return Ok(Bytes::new());
+        }
+        // WRITE AND VERIFY has no FUA bit; its verification implies the medium holds the data.
+        let fua = if verify { true } else { r.fua() };
+        let _shared = self.atomic.read().await;
+        self.store
+            .write(offset, data, self.effective_fua(fua))
+            .await
+            .map_err(|e| store_sense(&e))?;
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn verify(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let r = block_range(ctx.cdb);
+        let bytchk = (ctx.cdb.u8(1) >> 1) & 0x03;
+        let bs = self.block_size() as u64;
+        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
+        ctx.data_out_len = match bytchk {
+            0 => 0,
+            1 => len as u32,
+            3 => bs as u32,
+            _ => return Err(Sense::invalid_cdb(1, Some(2))),
+        };
+        self.check_rw(ctx, &r)?;
+        if bytchk == 0 || r.blocks == 0 {
+            // Medium verification: our media have no latent errors to find.
+            return Ok(Bytes::new());
+        }
+        let expected = self.data_out(ctx, ctx.data_out_len as u64)?;
+        let medium = self
+            .store
+            .read(offset, len as usize)
+            .await
+            .map_err(|e| store_sense(&e))?;
+        let mismatch = if bytchk == 1 {
+            first_difference(&medium, &expected)
+        } else {
+            medium
+                .chunks(bs as usize)
+                .enumerate()
+                .find_map(|(i, block)| {
+                    first_difference(block, &expected).map(|at| i as u64 * bs + at)
+                })
+        };
+        match mismatch {
+            Some(at) => {
+                Err(Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at))
+            }
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    pub(super) fn pre_fetch(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let r = block_range(ctx.cdb);
+        self.check_range(r.lba, r.blocks as u64)?;
+        // Nothing is cached ahead; the blocks would fit, so report CONDITION MET.
+        ctx.status = status::CONDITION_MET;
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn synchronize_cache(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let r = block_range(ctx.cdb);
+        self.check_range(r.lba, r.blocks as u64)?;
+        // The whole store is flushed: narrower ranges are not worth tracking.
+        self.store.flush().await.map_err(|e| store_sense(&e))?;
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn write_same(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let sixteen = ctx.cdb.opcode() == 0x93;
+        let (lba, blocks) = if sixteen {
+            (ctx.cdb.u64(2), ctx.cdb.u32(10) as u64)
+        } else {
+            (ctx.cdb.u32(2) as u64, ctx.cdb.u16(7) as u64)
+        };
+        let flags = ctx.cdb.u8(1);
+        let unmap = flags & 0x08 != 0;
+        let anchor = flags & 0x10 != 0;
+        let ndob = sixteen && flags & 0x01 != 0;
+        let bs = self.block_size() as u64;
+        ctx.data_out_len = if ndob { 0 } else { bs as u32 };
+        if flags >> 5 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(7)));
+        }
+        if anchor {
+            return Err(Sense::invalid_cdb(1, Some(4)));
+        }
+        if blocks == 0 {
+            return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None)); // WSNZ=1
+        }
+        if blocks > self.max_unmap_blocks() as u64 {
+            return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None));
+        }
+        self.check_range(lba, blocks)?;
+        self.check_writable()?;
+        let block = if ndob {
+            Bytes::from(vec![0u8; bs as usize])
+        } else {
+            self.data_out(ctx, bs)?
+        };
+        let (offset, len) = self.byte_range(lba, blocks);
+        let zeros = block.iter().all(|&b| b == 0);
+        let _shared = self.atomic.read().await;
+        if zeros && (unmap || ndob) && self.store.caps().thin {
+            self.store
+                .unmap(offset, len)
+                .await
+                .map_err(|e| store_sense(&e))?;
+            return Ok(Bytes::new());
+        }
+        // Replicate the block into a bounded buffer and write it piece by piece.
+        const PIECE: u64 = 1 << 20;
+        let per_piece = (PIECE / bs).max(1);
+        let mut buf = BytesMut::with_capacity((per_piece * bs).min(len) as usize);
+        for _ in 0..per_piece.min(blocks) {
+            buf.put_slice(&block);
+        }
+        let buf = buf.freeze();
+        let fua = self.effective_fua(false);
+        let mut at = offset;
+        while at < offset + len {
+            let n = (buf.len() as u64).min(offset + len - at);
+            self.store
+                .write(at, buf.slice(..n as usize), fua)
+                .await
+                .map_err(|e| store_sense(&e))?;
+            at += n;
+        }
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn unmap(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let param_len = ctx.cdb.u16(7) as usize;
+        ctx.data_out_len = param_len as u32;
+        if ctx.cdb.bit(1, 0x01) {
+            return Err(Sense::invalid_cdb(1, Some(0))); // ANCHOR
+        }
+        self.check_writable()?;
+        if param_len == 0 {
+            return Ok(Bytes::new());
+        }
+        let data = self.data_out(ctx, param_len as u64)?;
+        if param_len < 8 {
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+        }
+        let desc_len = u16::from_be_bytes([data[2], data[3]]) as usize;
+        let desc_len = desc_len.min(param_len - 8) / 16 * 16;
+        let count = desc_len / 16;
+        if count as u32 > Self::MAX_UNMAP_DESCRIPTORS {
+            return Err(Sense::invalid_param(2));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        for i in 0..count {
+            let d = &data[8 + i * 16..8 + (i + 1) * 16];
+            let lba = u64::from_be_bytes(d[..8].try_into().expect("8"));
+            let blocks = u32::from_be_bytes(d[8..12].try_into().expect("4")) as u64;
+            if blocks > self.max_unmap_blocks() as u64 {
+                return Err(Sense::invalid_param((8 + i * 16 + 8) as u16));
+            }
+            self.check_range(lba, blocks)?;
+            if blocks > 0 {
+                ranges.push(self.byte_range(lba, blocks));
+            }
+        }
+        let thin = self.store.caps().thin;
+        let _shared = self.atomic.read().await;
+        for (offset, len) in ranges {
+            let result = if thin {
+                self.store.unmap(offset, len).await
+            } else {
+                crate::storage::write_zeros(&*self.store, offset, len, false).await
+            };
+            result.map_err(|e| store_sense(&e))?;
+        }
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn get_lba_status(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let lba = ctx.cdb.u64(2);
+        let alloc = ctx.cdb.u32(10) as usize;
+        if lba >= self.num_blocks() {
+            return Err(Sense::illegal(asc::LBA_OUT_OF_RANGE));
+        }
+        let bs = self.block_size() as u64;
+        // Report at most what fits the allocation length, from a bounded window.
+        let descriptors_max = (alloc.saturating_sub(8) / 16).clamp(1, 1024);
+        let window = (self.num_blocks() - lba).min(self.max_unmap_blocks() as u64);
+        let extents = self
+            .store
+            .mapped_extents(lba * bs, window * bs)
+            .await
+            .map_err(|e| store_sense(&e))?;
+        let mut out = BytesMut::new();
+        out.put_u32(0);
+        out.put_u32(0);
+        for e in extents.iter().take(descriptors_max) {
+            out.put_u64(e.offset / bs);
+            out.put_u32((e.len / bs).min(u32::MAX as u64) as u32);
+            out.put_u8(if e.mapped { 0 } else { 1 });
+            out.put_slice(&[0, 0, 0]);
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Ok(truncate(out, alloc))
+    }
+
+    pub(super) async fn or_write(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let r = block_range(ctx.cdb);
+        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
+        ctx.data_out_len = len as u32;
+        self.check_rw(ctx, &r)?;
+        self.check_writable()?;
+        let data = self.data_out(ctx, len)?;
+        if r.blocks == 0 {
+            return Ok(Bytes::new());
+        }
+        let _exclusive = self.atomic.write().await;
+        let old = self
+            .store
+            .read(offset, len as usize)
+            .await
+            .map_err(|e| store_sense(&e))?;
+        let merged: Vec<u8> = old.iter().zip(data.iter()).map(|(a, b)| a | b).collect();
+        self.store
+            .write(offset, Bytes::from(merged), self.effective_fua(r.fua()))
+            .await
+            .map_err(|e| store_sense(&e))?;
+        Ok(Bytes::new())
+    }
+
+    pub(super) async fn compare_and_write(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let lba = ctx.cdb.u64(2);
+        let blocks = ctx.cdb.u8(13);
+        let flags = ctx.cdb.u8(1);
+        let (offset, len) = self.byte_range(lba, blocks as u64);
+        ctx.data_out_len = 2 * len as u32;
+        if flags >> 5 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(7)));
+        }
+        if blocks > Self::MAX_COMPARE_AND_WRITE_BLOCKS {
+            return Err(Sense::invalid_cdb(13, None));
+        }
+        self.check_range(lba, blocks as u64)?;
+        self.check_writable()?;
+        let data = self.data_out(ctx, 2 * len)?;
+        if blocks == 0 {
+            return Ok(Bytes::new());
+        }
+        let (verify, write) = data.split_at(len as usize);
+        let _exclusive = self.atomic.write().await;
+        let current = self
+            .store
+            .read(offset, len as usize)
+            .await
+            .map_err(|e| store_sense(&e))?;
+        if let Some(at) = first_difference(&current, verify) {
+            return Err(
+                Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at)
+            );
+        }
+        let fua = self.effective_fua(flags & 0x08 != 0);
+        self.store
+            .write(offset, data.slice(len as usize..), fua)
+            .await
+            .map_err(|e| store_sense(&e))?;
+        debug_assert_eq!(write.len() as u64, len);
+        Ok(Bytes::new())
+    }
+}
+
+/// Offset of the first byte where `a` and `b` differ.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<u64> {
+    a.iter().zip(b).position(|(x, y)| x != y).map(|p| p as u64)
+}

@@ -1,0 +1,138 @@
+//! The SCSI side of a target: its logical units by LUN, REPORT LUNS, and the answers for
+//! LUNs that do not exist.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::{BufMut, BytesMut};
+
+use super::lu::LogicalUnit;
+use super::sense::{Sense, asc};
+use super::spc::{standard_inquiry_data, truncate};
+use super::{Request, Response, decode_lun, encode_lun};
+
+/// Most LUNs one target may have.
+pub const LUNS_MAX: usize = 1024;
+
+pub struct ScsiTarget {
+    pub name: String,
+    luns: RwLock<BTreeMap<u16, Arc<LogicalUnit>>>,
+}
+
+impl ScsiTarget {
+    pub fn new(name: &str) -> ScsiTarget {
+        ScsiTarget {
+            name: name.to_string(),
+            luns: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn add_lun(&self, lun: u16, lu: Arc<LogicalUnit>) -> Result<(), String> {
+        if lun as usize >= 16384 {
+            return Err(format!("LUN {lun} is out of range (0-16383)"));
+        }
+        let mut luns = self.luns.write().expect("LUN map poisoned");
+        if luns.contains_key(&lun) {
+            return Err(format!("LUN {lun} already exists on {}", self.name));
+        }
+        if luns.len() >= LUNS_MAX {
+            return Err(format!("{} already has {LUNS_MAX} LUNs", self.name));
+        }
+        luns.insert(lun, lu);
+        for lu in luns.values() {
+            lu.unit_attention_all(asc::REPORTED_LUNS_DATA_CHANGED, None);
+        }
+        Ok(())
+    }
+
+    pub fn remove_lun(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let mut luns = self.luns.write().expect("LUN map poisoned");
+        let removed = luns.remove(&lun);
+        if removed.is_some() {
+            for lu in luns.values() {
+                lu.unit_attention_all(asc::REPORTED_LUNS_DATA_CHANGED, None);
+            }
+        }
+        removed
+    }
+
+    pub fn lun(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.luns
+            .read()
+            .expect("LUN map poisoned")
+            .get(&lun)
+            .cloned()
+    }
+
+    pub fn luns(&self) -> Vec<(u16, Arc<LogicalUnit>)> {
+        self.luns
+            .read()
+            .expect("LUN map poisoned")
+            .iter()
+            .map(|(n, lu)| (*n, lu.clone()))
+            .collect()
+    }
+
+    /// Runs a command addressed to one of this target's LUNs.
+    pub async fn execute(&self, req: &Request) -> Response {
+        let opcode = req.cdb.first().copied().unwrap_or(0);
+        if opcode == 0xa0 {
+            return self.report_luns(req);
+        }
+        let lu = decode_lun(req.lun).and_then(|n| self.lun(n));
+        match lu {
+            Some(lu) => lu.execute(req).await,
+            None => Self::no_such_lun(req),
+        }
+    }
+
+    /// SPC-4 §5.12: answers for an unknown LUN.
+    fn no_such_lun(req: &Request) -> Response {
+        let not_supported = Sense::illegal(asc::LUN_NOT_SUPPORTED);
+        match req.cdb.first().copied().unwrap_or(0) {
+            0x12 if req.cdb.get(1).is_some_and(|b| b & 0x03 == 0) => {
+                // Peripheral qualifier 011b, device type 1Fh: no logical unit here.
+                let alloc = u16::from_be_bytes([
+                    req.cdb.get(3).copied().unwrap_or(0),
+                    req.cdb.get(4).copied().unwrap_or(0),
+                ]);
+                let data = standard_inquiry_data(3, 0x1f, "RTGT", "no LUN", "0001");
+                Response::good(truncate(data, alloc as usize))
+            }
+            0x03 => {
+                let alloc = req.cdb.get(4).copied().unwrap_or(0) as usize;
+                let desc = req.cdb.get(1).is_some_and(|b| b & 1 != 0);
+                let data = not_supported.encode(desc);
+                Response::good(data.slice(..data.len().min(alloc)))
+            }
+            _ => Response::check(&not_supported, false),
+        }
+    }
+
+    fn report_luns(&self, req: &Request) -> Response {
+        let cdb = super::cdb::Cdb(&req.cdb);
+        let select = cdb.u8(2);
+        let alloc = cdb.u32(6) as usize;
+        if alloc < 16 {
+            return Response::check(&Sense::invalid_cdb(6, None), false);
+        }
+        let luns: Vec<u16> = match select {
+            0x00 | 0x02 => self
+                .luns
+                .read()
+                .expect("LUN map poisoned")
+                .keys()
+                .copied()
+                .collect(),
+            0x01 => Vec::new(), // no well-known LUNs
+            _ => return Response::check(&Sense::invalid_cdb(2, None), false),
+        };
+        let mut out = BytesMut::with_capacity(8 + 8 * luns.len());
+        out.put_u32((8 * luns.len()) as u32);
+        out.put_u32(0);
+        for lun in luns {
+            out.put_u64(encode_lun(lun));
+        }
+        Response::good(truncate(out, alloc))
+    }
+}

@@ -1,0 +1,408 @@
+//! A regular file or block device, with positioned I/O on tokio's blocking pool so that the
+//! async workers never wait on the disk. UNMAP punches holes; flush is fdatasync; FUA writes use
+//! `pwritev2(RWF_DSYNC)`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+
+pub struct FileStore {
+    file: Arc<File>,
+    path: PathBuf,
+    capacity: AtomicU64,
+    block_device: bool,
+    /// Cleared once the filesystem refuses to punch holes; unmap then writes zeros.
+    punch_hole: Arc<AtomicBool>,
+}
+
+/// How to open a file-backed LUN.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Capacity in bytes. Required to create a file; optional otherwise (the file's size).
+    pub size: Option<u64>,
+    /// Create the file (sparse) if it does not exist.
+    pub create: bool,
+}
+
+impl FileStore {
+    pub fn open(path: &Path, opts: &FileOptions) -> Result<FileStore, String> {
+        let exists = path.exists();
+        if !exists && !opts.create {
+            return Err(format!(
+                "{} does not exist (set create = true to create it)",
+                path.display()
+            ));
+        }
+        if !exists && opts.size.is_none() {
+            return Err(format!(
+                "{} does not exist and no size was given to create it",
+                path.display()
+            ));
+        }
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !exists)
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(opts.create)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        let block_device = meta.file_type().is_block_device();
+        let current = if block_device {
+            block_device_size(&file)?
+        } else {
+            meta.len()
+        };
+        let capacity = match opts.size {
+            None => current,
+            Some(size) if block_device && size > current => {
+                return Err(format!(
+                    "{}: size {size} exceeds the device's {current} bytes",
+                    path.display()
+                ));
+            }
+            Some(size) if block_device => size,
+            Some(size) if size < current => {
+                return Err(format!(
+                    "{} holds {current} bytes, more than the configured size {size}; refusing to hide data \
+                     (grow the size or use another file)",
+                    path.display()
+                ));
+            }
+            Some(size) => {
+                if size > current {
+                    // Growing a file is sparse and keeps its contents.
+                    file.set_len(size)
+                        .map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+                }
+                size
+            }
+        };
+        if capacity == 0 {
+            return Err(format!("{} has zero size", path.display()));
+        }
+        Ok(FileStore {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            capacity: AtomicU64::new(capacity),
+            block_device,
+            punch_hole: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Runs blocking file I/O off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        writing: bool,
+        f: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let file = self.file.clone();
+        match tokio::task::spawn_blocking(move || f(&file)).await {
+            Ok(result) => result.map_err(|e| StoreError::from_io(e, writing)),
+            Err(join) => Err(StoreError::Transient(format!("I/O task failed: {join}"))),
+        }
+    }
+}
+
+fn block_device_size(file: &File) -> Result<u64, String> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc != 0 {
+        return Err(format!(
+            "BLKGETSIZE64 failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(size)
+}
+
+/// Writes all of `data` at `offset` with `pwritev2` flags (RWF_DSYNC for FUA).
+fn pwrite_all_flags(
+    file: &File,
+    mut data: &[u8],
+    mut offset: u64,
+    flags: libc::c_int,
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: the iovec points into `data`, which outlives the call.
+        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, flags) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "pwritev2 wrote nothing",
+            ));
+        }
+        data = &data[n as usize..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn write_fua(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    match pwrite_all_flags(file, data, offset, libc::RWF_DSYNC) {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP)
+                || e.raw_os_error() == Some(libc::ENOSYS) =>
+        {
+            file.write_all_at(data, offset)?;
+            file.sync_data()
+        }
+        other => other,
+    }
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate takes plain integers.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn write_zeros_sync(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (1 << 20).min(len) as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (zeros.len() as u64).min(offset + len - at) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// `lseek(SEEK_DATA / SEEK_HOLE)`; `None` when past the last data (ENXIO).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    // SAFETY: lseek takes plain integers.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
+fn extents_sync(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<Extent>> {
+    let end = offset + len;
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let data = seek(file, at, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+        if data > at {
+            out.push(Extent {
+                offset: at,
+                len: data - at,
+                mapped: false,
+            });
+            at = data;
+            continue;
+        }
+        let hole = seek(file, at, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        out.push(Extent {
+            offset: at,
+            len: hole - at,
+            mapped: true,
+        });
+        at = hole;
+    }
+    Ok(out)
+}
+
+impl BlockStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    fn caps(&self) -> StoreCaps {
+        StoreCaps {
+            thin: true,
+            volatile_cache: true,
+            unmap_granularity: 4096,
+            optimal_transfer: 0,
+        }
+    }
+
+    fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
+        Box::pin(self.blocking(false, move |f| {
+            let mut buf = BytesMut::zeroed(len);
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(buf.freeze())
+        }))
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.blocking(true, move |f| {
+            if fua {
+                write_fua(f, &data, offset)
+            } else {
+                f.write_all_at(&data, offset)
+            }
+        }))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.blocking(true, |f| f.sync_data()))
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>> {
+        let punch = self.punch_hole.clone();
+        Box::pin(self.blocking(true, move |f| {
+            if punch.load(Ordering::Relaxed) {
+                match punch_hole(f, offset, len) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                        tracing::warn!(
+                            "hole punching unsupported here; UNMAP writes zeros instead"
+                        );
+                        punch.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            write_zeros_sync(f, offset, len)
+        }))
+    }
+
+    fn mapped_extents(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<Vec<Extent>>> {
+        if self.block_device {
+            return Box::pin(async move {
+                Ok(vec![Extent {
+                    offset,
+                    len,
+                    mapped: true,
+                }])
+            });
+        }
+        Box::pin(self.blocking(false, move |f| extents_sync(f, offset, len)))
+    }
+
+    fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
+        if self.block_device {
+            return Box::pin(async {
+                Err(StoreError::Write("a block device cannot be resized".into()))
+            });
+        }
+        Box::pin(async move {
+            if capacity < self.capacity() {
+                return Err(StoreError::Write("shrinking would lose data".into()));
+            }
+            self.blocking(true, move |f| f.set_len(capacity)).await?;
+            self.capacity.store(capacity, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_store_round_trip_fua_unmap_and_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/disk.img");
+        let s = FileStore::open(
+            &path,
+            &FileOptions {
+                size: Some(4 << 20),
+                create: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.capacity(), 4 << 20);
+        s.write(8192, Bytes::from(vec![7u8; 8192]), true)
+            .await
+            .unwrap();
+        s.write(1 << 20, Bytes::from(vec![9u8; 4096]), false)
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(s.read(8192, 8192).await.unwrap(), vec![7u8; 8192]);
+        let ext = s.mapped_extents(0, 4 << 20).await.unwrap();
+        assert!(
+            ext.iter()
+                .any(|e| e.mapped && e.offset <= 8192 && e.offset + e.len >= 16384),
+            "{ext:?}"
+        );
+        assert!(!ext[0].mapped);
+        s.unmap(8192, 8192).await.unwrap();
+        assert_eq!(s.read(8192, 8192).await.unwrap(), vec![0u8; 8192]);
+        drop(s);
+        // Reopening keeps size and data; a smaller configured size is refused.
+        let s = FileStore::open(
+            &path,
+            &FileOptions {
+                size: None,
+                create: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.capacity(), 4 << 20);
+        assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
+        assert!(
+            FileStore::open(
+                &path,
+                &FileOptions {
+                    size: Some(1 << 20),
+                    create: false
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            FileStore::open(
+                &dir.path().join("missing"),
+                &FileOptions {
+                    size: None,
+                    create: false
+                }
+            )
+            .is_err()
+        );
+    }
+}
