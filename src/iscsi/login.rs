@@ -89,12 +89,7 @@ impl Login {
         8192
     }
 
-    pub fn on_request(
-        &mut self,
-        req: &LoginRequest,
-        data: &[u8],
-        ctx: &mut dyn LoginContext,
-    ) -> Step {
+    pub fn on_request(&mut self, req: &LoginRequest, data: &[u8], ctx: &mut dyn LoginContext) -> Step {
         match self.step(req, data, ctx) {
             Ok(step) => step,
             Err((class_detail, why)) => {
@@ -114,10 +109,7 @@ impl Login {
         let first = match self.first {
             None => {
                 if req.version_min > ISCSI_VERSION {
-                    return Err((
-                        login_status::UNSUPPORTED_VERSION,
-                        format!("version-min {}", req.version_min),
-                    ));
+                    return Err((login_status::UNSUPPORTED_VERSION, format!("version-min {}", req.version_min)));
                 }
                 self.stat_sn = req.exp_stat_sn;
                 self.first = Some(*req);
@@ -144,29 +136,14 @@ impl Login {
         if !self.text_out.is_empty() {
             let segment = self.text_out.remove(0);
             let more = !self.text_out.is_empty();
-            return Ok(Step::Reply(self.response(
-                req,
-                login_status::SUCCESS,
-                more,
-                segment,
-            )));
+            return Ok(Step::Reply(self.response(req, login_status::SUCCESS, more, segment)));
         }
 
-        self.text_in
-            .push(data)
-            .map_err(|e| initiator_error(&e.to_string()))?;
+        self.text_in.push(data).map_err(|e| initiator_error(&e.to_string()))?;
         if req.cont {
-            return Ok(Step::Reply(self.response(
-                req,
-                login_status::SUCCESS,
-                false,
-                Bytes::new(),
-            )));
+            return Ok(Step::Reply(self.response(req, login_status::SUCCESS, false, Bytes::new())));
         }
-        let offers = self
-            .text_in
-            .finish()
-            .map_err(|e| initiator_error(&e.to_string()))?;
+        let offers = self.text_in.finish().map_err(|e| initiator_error(&e.to_string()))?;
 
         let mut reply = match self.neg.respond(&offers, req.csg == stage::SECURITY) {
             Ok(reply) => reply,
@@ -182,10 +159,7 @@ impl Login {
             self.identify(req, ctx)?;
         }
         if !self.sent_first_response && self.kind == Some(SessionKind::Normal) {
-            reply.push((
-                "TargetPortalGroupTag".into(),
-                ctx.portal_group_tag().to_string(),
-            ));
+            reply.push(("TargetPortalGroupTag".into(), ctx.portal_group_tag().to_string()));
             if let Some(alias) = &self.target_alias {
                 reply.push(("TargetAlias".into(), alias.clone()));
             }
@@ -200,45 +174,25 @@ impl Login {
         let segment = segments.remove(0);
         self.text_out = segments;
         if !self.text_out.is_empty() {
-            return Ok(Step::Reply(self.response(
-                req,
-                login_status::SUCCESS,
-                true,
-                segment,
-            )));
+            return Ok(Step::Reply(self.response(req, login_status::SUCCESS, true, segment)));
         }
         if req.transit && req.nsg == stage::FULL_FEATURE {
             return self.complete(req, segment, ctx);
         }
-        Ok(Step::Reply(self.response(
-            req,
-            login_status::SUCCESS,
-            false,
-            segment,
-        )))
+        Ok(Step::Reply(self.response(req, login_status::SUCCESS, false, segment)))
     }
 
     /// Checks the declarative keys of the first complete request.
-    fn identify(
-        &mut self,
-        req: &LoginRequest,
-        ctx: &mut dyn LoginContext,
-    ) -> Result<(), ((u8, u8), String)> {
+    fn identify(&mut self, req: &LoginRequest, ctx: &mut dyn LoginContext) -> Result<(), ((u8, u8), String)> {
         let keys = &self.neg.keys;
         if keys.initiator_name.as_deref().is_none_or(str::is_empty) {
-            return Err((
-                login_status::MISSING_PARAMETER,
-                "InitiatorName missing".into(),
-            ));
+            return Err((login_status::MISSING_PARAMETER, "InitiatorName missing".into()));
         }
         let kind = match keys.session_type.as_deref() {
             None | Some("Normal") => SessionKind::Normal,
             Some("Discovery") => SessionKind::Discovery,
             Some(other) => {
-                return Err((
-                    login_status::SESSION_TYPE_NOT_SUPPORTED,
-                    format!("SessionType={other}"),
-                ));
+                return Err((login_status::SESSION_TYPE_NOT_SUPPORTED, format!("SessionType={other}")));
             }
         };
         if kind == SessionKind::Normal {
@@ -253,15 +207,9 @@ impl Login {
         if req.tsih != 0 {
             // Adding a connection to an existing session: MaxConnections is 1.
             return Err(if ctx.session_exists(req.tsih) {
-                (
-                    login_status::TOO_MANY_CONNECTIONS,
-                    "MaxConnections=1".into(),
-                )
+                (login_status::TOO_MANY_CONNECTIONS, "MaxConnections=1".into())
             } else {
-                (
-                    login_status::SESSION_DOES_NOT_EXIST,
-                    format!("no session with TSIH {}", req.tsih),
-                )
+                (login_status::SESSION_DOES_NOT_EXIST, format!("no session with TSIH {}", req.tsih))
             });
         }
         self.kind = Some(kind);
@@ -294,9 +242,7 @@ impl Login {
             exp_cmd_sn: req.cmd_sn,
             stat_sn: 0,
         };
-        let tsih = ctx
-            .register_session(&outcome)
-            .map_err(|status| (status, "session not registered".to_string()))?;
+        let tsih = ctx.register_session(&outcome).map_err(|status| (status, "session not registered".to_string()))?;
         outcome.tsih = tsih;
         let mut pdu = self.response(req, login_status::SUCCESS, false, segment);
         if let crate::pdu::Bhs::LoginResponse(r) = &mut pdu.bhs {
@@ -327,11 +273,7 @@ impl Login {
                 itt: req.itt,
                 stat_sn,
                 exp_cmd_sn,
-                max_cmd_sn: exp_cmd_sn.wrapping_add(if success {
-                    self.queue_depth.max(1) - 1
-                } else {
-                    0
-                }),
+                max_cmd_sn: exp_cmd_sn.wrapping_add(if success { self.queue_depth.max(1) - 1 } else { 0 }),
                 status_class: status.0,
                 status_detail: status.1,
             },
@@ -379,9 +321,7 @@ mod tests {
     }
 
     fn resp(pdu: &Pdu) -> (LoginResponse, Vec<(String, String)>) {
-        let Bhs::LoginResponse(r) = pdu.bhs else {
-            panic!("not a login response")
-        };
+        let Bhs::LoginResponse(r) = pdu.bhs else { panic!("not a login response") };
         (r, text::parse(&pdu.data).unwrap())
     }
 
@@ -393,23 +333,15 @@ mod tests {
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
-        let Step::Reply(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
-            panic!()
-        };
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
         let (r, keys) = resp(&p);
         assert!(r.transit && r.nsg == 1 && r.status_class == 0 && r.stat_sn == 100);
         assert!(keys.contains(&("AuthMethod".into(), "None".into())));
         assert!(keys.contains(&("TargetPortalGroupTag".into(), "1".into())));
         assert!(keys.contains(&("TargetAlias".into(), "disk".into())));
 
-        let step = login.on_request(
-            &req(1, 3, true),
-            b"MaxBurstLength=65536\0HeaderDigest=CRC32C,None\0",
-            &mut ctx,
-        );
-        let Step::Complete(p, outcome) = step else {
-            panic!("{step:?}")
-        };
+        let step = login.on_request(&req(1, 3, true), b"MaxBurstLength=65536\0HeaderDigest=CRC32C,None\0", &mut ctx);
+        let Step::Complete(p, outcome) = step else { panic!("{step:?}") };
         let (r, keys) = resp(&p);
         assert!(r.transit && r.nsg == 3 && r.tsih == 42 && r.stat_sn == 101);
         assert_eq!(r.max_cmd_sn, 5 + 31);
@@ -427,41 +359,24 @@ mod tests {
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.nope\0");
-        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
-            panic!()
-        };
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
         let (r, _) = resp(&p);
-        assert_eq!(
-            (r.status_class, r.status_detail),
-            login_status::TARGET_NOT_FOUND
-        );
+        assert_eq!((r.status_class, r.status_detail), login_status::TARGET_NOT_FOUND);
     }
 
     #[test]
     fn missing_initiator_name_and_bad_version() {
         let mut ctx = Ctx { registered: vec![] };
         let mut login = Login::new(TargetLimits::default(), 32);
-        let Step::Fail(p) =
-            login.on_request(&req(0, 1, true), b"SessionType=Discovery\0", &mut ctx)
-        else {
-            panic!()
-        };
-        assert_eq!(
-            (resp(&p).0.status_class, resp(&p).0.status_detail),
-            login_status::MISSING_PARAMETER
-        );
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), b"SessionType=Discovery\0", &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::MISSING_PARAMETER);
 
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut r = req(0, 1, true);
         r.version_min = 2;
         r.version_max = 2;
-        let Step::Fail(p) = login.on_request(&r, INITIATOR, &mut ctx) else {
-            panic!()
-        };
-        assert_eq!(
-            (resp(&p).0.status_class, resp(&p).0.status_detail),
-            login_status::UNSUPPORTED_VERSION
-        );
+        let Step::Fail(p) = login.on_request(&r, INITIATOR, &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::UNSUPPORTED_VERSION);
     }
 
     #[test]
@@ -470,13 +385,8 @@ mod tests {
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"SessionType=Discovery\0AuthMethod=CHAP\0");
-        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else {
-            panic!()
-        };
-        assert_eq!(
-            (resp(&p).0.status_class, resp(&p).0.status_detail),
-            login_status::AUTHENTICATION_FAILURE
-        );
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::AUTHENTICATION_FAILURE);
     }
 
     #[test]
@@ -485,19 +395,10 @@ mod tests {
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut r = req(1, 3, false);
         r.cont = true;
-        let Step::Reply(p) = login.on_request(&r, b"InitiatorName=iqn.2026-11.org.exa", &mut ctx)
-        else {
-            panic!()
-        };
+        let Step::Reply(p) = login.on_request(&r, b"InitiatorName=iqn.2026-11.org.exa", &mut ctx) else { panic!() };
         assert!(p.data.is_empty() && !resp(&p).0.transit);
-        let step = login.on_request(
-            &req(1, 3, true),
-            b"mple:host\0SessionType=Discovery\0",
-            &mut ctx,
-        );
-        let Step::Complete(_, outcome) = step else {
-            panic!("{step:?}")
-        };
+        let step = login.on_request(&req(1, 3, true), b"mple:host\0SessionType=Discovery\0", &mut ctx);
+        let Step::Complete(_, outcome) = step else { panic!("{step:?}") };
         assert_eq!(outcome.initiator_name, "iqn.2026-11.org.example:host");
         assert_eq!(outcome.kind, SessionKind::Discovery);
     }
@@ -510,21 +411,11 @@ mod tests {
         r.tsih = 9;
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0");
-        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else {
-            panic!()
-        };
-        assert_eq!(
-            (resp(&p).0.status_class, resp(&p).0.status_detail),
-            login_status::TOO_MANY_CONNECTIONS
-        );
+        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::TOO_MANY_CONNECTIONS);
         let mut login = Login::new(TargetLimits::default(), 32);
         r.tsih = 10;
-        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else {
-            panic!()
-        };
-        assert_eq!(
-            (resp(&p).0.status_class, resp(&p).0.status_detail),
-            login_status::SESSION_DOES_NOT_EXIST
-        );
+        let Step::Fail(p) = login.on_request(&r, &data, &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::SESSION_DOES_NOT_EXIST);
     }
 }

@@ -192,10 +192,7 @@ impl Negotiator {
             return Vec::new();
         }
         self.declared_mrdsl = true;
-        vec![(
-            "MaxRecvDataSegmentLength".into(),
-            self.limits.max_recv_data_segment_len.to_string(),
-        )]
+        vec![("MaxRecvDataSegmentLength".into(), self.limits.max_recv_data_segment_len.to_string())]
     }
 
     /// Whether we declared our MaxRecvDataSegmentLength during this login.
@@ -211,16 +208,10 @@ impl Negotiator {
     ) -> Result<Option<String>, NegotiationError> {
         let declarative = matches!(
             key,
-            "InitiatorName"
-                | "InitiatorAlias"
-                | "TargetName"
-                | "SessionType"
-                | "MaxRecvDataSegmentLength"
+            "InitiatorName" | "InitiatorAlias" | "TargetName" | "SessionType" | "MaxRecvDataSegmentLength"
         );
         if !declarative && !key.starts_with("CHAP_") && !self.answered.insert(key.to_string()) {
-            return Err(NegotiationError::InitiatorError(format!(
-                "key {key} offered twice"
-            )));
+            return Err(NegotiationError::InitiatorError(format!("key {key} offered twice")));
         }
         let discovery = self.kind == Some(SessionKind::Discovery);
         let reply = match key {
@@ -241,9 +232,7 @@ impl Negotiator {
                 None
             }
             "MaxRecvDataSegmentLength" => {
-                match parse_number(value)
-                    .filter(|n| (SEGMENT_LEN_MIN as u64..=SEGMENT_LEN_MAX as u64).contains(n))
-                {
+                match parse_number(value).filter(|n| (SEGMENT_LEN_MIN as u64..=SEGMENT_LEN_MAX as u64).contains(n)) {
                     Some(n) => self.params.initiator_max_recv_data_segment_len = n as u32,
                     None => return Ok(Some("Reject".into())),
                 }
@@ -251,9 +240,7 @@ impl Negotiator {
             }
             "AuthMethod" => {
                 if !security_stage {
-                    return Err(NegotiationError::InitiatorError(
-                        "AuthMethod outside the security stage".into(),
-                    ));
+                    return Err(NegotiationError::InitiatorError("AuthMethod outside the security stage".into()));
                 }
                 let none = value.split(',').any(|v| v == "None");
                 self.keys.auth_method_none_offered = Some(none);
@@ -268,9 +255,7 @@ impl Negotiator {
                 } else {
                     self.limits.data_digest_allowed
                 };
-                let choice = value
-                    .split(',')
-                    .find(|v| *v == "None" || (allowed && *v == "CRC32C"));
+                let choice = value.split(',').find(|v| *v == "None" || (allowed && *v == "CRC32C"));
                 match choice {
                     Some(v) => {
                         let on = v == "CRC32C";
@@ -285,9 +270,9 @@ impl Negotiator {
                 }
             }
             _ if discovery && NORMAL_ONLY.contains(&key) => Some("Irrelevant".into()),
-            "MaxConnections" => self.numeric(value, Rule::Min { lo: 1, hi: 65535 }, 1, |p, v| {
-                p.max_connections = v as u16
-            }),
+            "MaxConnections" => {
+                self.numeric(value, Rule::Min { lo: 1, hi: 65535 }, 1, |p, v| p.max_connections = v as u16)
+            }
             "InitialR2T" => {
                 let ours = !self.limits.unsolicited_data;
                 self.boolean(value, Rule::Or, ours, |p, v| p.initial_r2t = v)
@@ -298,59 +283,41 @@ impl Negotiator {
             }
             "MaxBurstLength" => self.numeric(
                 value,
-                Rule::Min {
-                    lo: SEGMENT_LEN_MIN,
-                    hi: SEGMENT_LEN_MAX,
-                },
+                Rule::Min { lo: SEGMENT_LEN_MIN, hi: SEGMENT_LEN_MAX },
                 self.limits.max_burst_len,
                 |p, v| p.max_burst_len = v,
             ),
             "FirstBurstLength" => self.numeric(
                 value,
-                Rule::Min {
-                    lo: SEGMENT_LEN_MIN,
-                    hi: SEGMENT_LEN_MAX,
-                },
+                Rule::Min { lo: SEGMENT_LEN_MIN, hi: SEGMENT_LEN_MAX },
                 self.limits.first_burst_len,
                 |p, v| p.first_burst_len = v,
             ),
-            "DefaultTime2Wait" => self.numeric(
-                value,
-                Rule::Max { lo: 0, hi: 3600 },
-                self.limits.default_time2wait as u32,
-                |p, v| p.default_time2wait = v as u16,
-            ),
-            "DefaultTime2Retain" => self.numeric(
-                value,
-                Rule::Min { lo: 0, hi: 3600 },
-                self.limits.default_time2retain as u32,
-                |p, v| p.default_time2retain = v as u16,
-            ),
-            "MaxOutstandingR2T" => self.numeric(
-                value,
-                Rule::Min { lo: 1, hi: 65535 },
-                self.limits.max_outstanding_r2t as u32,
-                |p, v| p.max_outstanding_r2t = v as u16,
-            ),
+            "DefaultTime2Wait" => {
+                self.numeric(value, Rule::Max { lo: 0, hi: 3600 }, self.limits.default_time2wait as u32, |p, v| {
+                    p.default_time2wait = v as u16
+                })
+            }
+            "DefaultTime2Retain" => {
+                self.numeric(value, Rule::Min { lo: 0, hi: 3600 }, self.limits.default_time2retain as u32, |p, v| {
+                    p.default_time2retain = v as u16
+                })
+            }
+            "MaxOutstandingR2T" => {
+                self.numeric(value, Rule::Min { lo: 1, hi: 65535 }, self.limits.max_outstanding_r2t as u32, |p, v| {
+                    p.max_outstanding_r2t = v as u16
+                })
+            }
             // We deliver and accept data in order only; OR with Yes is always Yes.
             "DataPDUInOrder" => self.boolean(value, Rule::Or, true, |p, v| p.data_pdu_in_order = v),
-            "DataSequenceInOrder" => {
-                self.boolean(value, Rule::Or, true, |p, v| p.data_sequence_in_order = v)
+            "DataSequenceInOrder" => self.boolean(value, Rule::Or, true, |p, v| p.data_sequence_in_order = v),
+            "ErrorRecoveryLevel" => {
+                self.numeric(value, Rule::Min { lo: 0, hi: 2 }, 0, |p, v| p.error_recovery_level = v as u8)
             }
-            "ErrorRecoveryLevel" => self.numeric(value, Rule::Min { lo: 0, hi: 2 }, 0, |p, v| {
-                p.error_recovery_level = v as u8
-            }),
             // RFC 7143 §13.25: obsolete marker keys. "No" for the booleans, "Reject" for the intervals.
             "OFMarker" | "IFMarker" => Some("No".into()),
             "OFMarkInt" | "IFMarkInt" => Some("Reject".into()),
-            "TaskReporting" => Some(
-                if value.split(',').any(|v| v == "RFC3720") {
-                    "RFC3720"
-                } else {
-                    "Reject"
-                }
-                .into(),
-            ),
+            "TaskReporting" => Some(if value.split(',').any(|v| v == "RFC3720") { "RFC3720" } else { "Reject" }.into()),
             // RFC 7144: we implement RFC 7143, protocol level 1.
             "iSCSIProtocolLevel" => match parse_number(value) {
                 Some(n) if n <= 31 => Some(n.min(1).to_string()),
@@ -360,9 +327,7 @@ impl Negotiator {
             "SendTargets" => Some("Irrelevant".into()),
             _ if key.starts_with("CHAP_") => {
                 if !security_stage {
-                    return Err(NegotiationError::InitiatorError(format!(
-                        "{key} outside the security stage"
-                    )));
+                    return Err(NegotiationError::InitiatorError(format!("{key} outside the security stage")));
                 }
                 Some("NotUnderstood".into())
             }
@@ -371,19 +336,12 @@ impl Negotiator {
         Ok(reply)
     }
 
-    fn numeric(
-        &mut self,
-        value: &str,
-        rule: Rule,
-        ours: u32,
-        set: impl FnOnce(&mut Params, u32),
-    ) -> Option<String> {
+    fn numeric(&mut self, value: &str, rule: Rule, ours: u32, set: impl FnOnce(&mut Params, u32)) -> Option<String> {
         let (lo, hi) = match rule {
             Rule::Min { lo, hi } | Rule::Max { lo, hi } => (lo, hi),
             _ => unreachable!("numeric rule"),
         };
-        let Some(offer) = parse_number(value).filter(|n| (lo as u64..=hi as u64).contains(n))
-        else {
+        let Some(offer) = parse_number(value).filter(|n| (lo as u64..=hi as u64).contains(n)) else {
             return Some("Reject".into());
         };
         let offer = offer as u32;
@@ -395,13 +353,7 @@ impl Negotiator {
         Some(result.to_string())
     }
 
-    fn boolean(
-        &mut self,
-        value: &str,
-        rule: Rule,
-        ours: bool,
-        set: impl FnOnce(&mut Params, bool),
-    ) -> Option<String> {
+    fn boolean(&mut self, value: &str, rule: Rule, ours: bool, set: impl FnOnce(&mut Params, bool)) -> Option<String> {
         let offer = match value {
             "Yes" => true,
             "No" => false,
@@ -418,10 +370,7 @@ impl Negotiator {
 
 /// Parses an RFC 7143 numerical value: decimal, or hexadecimal with a 0x prefix.
 pub fn parse_number(value: &str) -> Option<u64> {
-    if let Some(hex) = value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"))
-    {
+    if let Some(hex) = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
         if hex.is_empty() || hex.len() > 16 {
             return None;
         }
@@ -439,10 +388,7 @@ mod tests {
     use super::*;
 
     fn offers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn normal() -> Negotiator {
@@ -484,11 +430,7 @@ mod tests {
         assert_eq!(get("DefaultTime2Wait"), Some("2"));
         assert_eq!(get("MaxConnections"), Some("1"));
         assert_eq!(get("ErrorRecoveryLevel"), Some("0"));
-        assert_eq!(
-            get("MaxRecvDataSegmentLength"),
-            None,
-            "declarative: not answered"
-        );
+        assert_eq!(get("MaxRecvDataSegmentLength"), None, "declarative: not answered");
         assert_eq!(get("X-com.example.Foo"), Some("NotUnderstood"));
         assert!(n.params.header_digest && !n.params.data_digest);
         assert_eq!(n.params.initiator_max_recv_data_segment_len, 262144);
@@ -499,14 +441,7 @@ mod tests {
     fn invalid_values_are_rejected_and_keep_defaults() {
         let mut n = normal();
         let out = n
-            .respond(
-                &offers(&[
-                    ("MaxBurstLength", "100"),
-                    ("InitialR2T", "Maybe"),
-                    ("HeaderDigest", "MD5"),
-                ]),
-                false,
-            )
+            .respond(&offers(&[("MaxBurstLength", "100"), ("InitialR2T", "Maybe"), ("HeaderDigest", "MD5")]), false)
             .unwrap();
         assert!(out.iter().all(|(_, v)| v == "Reject"), "{out:?}");
         assert_eq!(n.params.max_burst_len, Params::rfc_defaults().max_burst_len);
@@ -516,12 +451,7 @@ mod tests {
     fn discovery_sessions_answer_irrelevant() {
         let mut n = Negotiator::new(TargetLimits::default());
         n.set_session_kind(SessionKind::Discovery);
-        let out = n
-            .respond(
-                &offers(&[("MaxBurstLength", "262144"), ("HeaderDigest", "None")]),
-                false,
-            )
-            .unwrap();
+        let out = n.respond(&offers(&[("MaxBurstLength", "262144"), ("HeaderDigest", "None")]), false).unwrap();
         assert_eq!(out[0].1, "Irrelevant");
         assert_eq!(out[1].1, "None");
     }
@@ -530,14 +460,7 @@ mod tests {
     fn first_burst_is_irrelevant_without_unsolicited_data() {
         let mut n = normal();
         let out = n
-            .respond(
-                &offers(&[
-                    ("InitialR2T", "Yes"),
-                    ("ImmediateData", "No"),
-                    ("FirstBurstLength", "4096"),
-                ]),
-                false,
-            )
+            .respond(&offers(&[("InitialR2T", "Yes"), ("ImmediateData", "No"), ("FirstBurstLength", "4096")]), false)
             .unwrap();
         assert_eq!(out[2].1, "Irrelevant");
     }
@@ -545,24 +468,15 @@ mod tests {
     #[test]
     fn auth_method_none_only() {
         let mut n = normal();
-        assert_eq!(
-            n.respond(&offers(&[("AuthMethod", "CHAP,None")]), true)
-                .unwrap()[0]
-                .1,
-            "None"
-        );
+        assert_eq!(n.respond(&offers(&[("AuthMethod", "CHAP,None")]), true).unwrap()[0].1, "None");
         let mut n = normal();
-        assert_eq!(
-            n.respond(&offers(&[("AuthMethod", "CHAP")]), true),
-            Err(NegotiationError::NoAuthMethod)
-        );
+        assert_eq!(n.respond(&offers(&[("AuthMethod", "CHAP")]), true), Err(NegotiationError::NoAuthMethod));
     }
 
     #[test]
     fn repeated_offer_is_an_initiator_error() {
         let mut n = normal();
-        n.respond(&offers(&[("MaxBurstLength", "262144")]), false)
-            .unwrap();
+        n.respond(&offers(&[("MaxBurstLength", "262144")]), false).unwrap();
         assert!(matches!(
             n.respond(&offers(&[("MaxBurstLength", "262144")]), false),
             Err(NegotiationError::InitiatorError(_))

@@ -780,10 +780,7 @@ impl Bhs {
                 data_sn: f.u32(36),
             }),
             Opcode::Unknown(opcode) => {
-                return Err(PduError::UnknownOpcode {
-                    opcode,
-                    header: Box::new(*raw),
-                });
+                return Err(PduError::UnknownOpcode { opcode, header: Box::new(*raw) });
             }
         })
     }
@@ -795,210 +792,101 @@ impl Bhs {
         match self {
             Bhs::NopOut(p) => {
                 w = Writer::new(op, p.immediate);
-                w.u8(1, 0x80)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt)
-                    .u32(24, p.cmd_sn)
-                    .u32(28, p.exp_stat_sn);
+                w.u8(1, 0x80).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt).u32(24, p.cmd_sn).u32(28, p.exp_stat_sn);
             }
             Bhs::ScsiCommand(p) => {
                 w = Writer::new(op, p.immediate);
-                w.flag(1, 0x80, p.fin)
-                    .flag(1, 0x40, p.read)
-                    .flag(1, 0x20, p.write)
-                    .u8(1, p.attr & 0x07);
-                w.u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.expected_data_len)
-                    .u32(24, p.cmd_sn)
-                    .u32(28, p.exp_stat_sn);
+                w.flag(1, 0x80, p.fin).flag(1, 0x40, p.read).flag(1, 0x20, p.write).u8(1, p.attr & 0x07);
+                w.u64(8, p.lun).u32(16, p.itt).u32(20, p.expected_data_len).u32(24, p.cmd_sn).u32(28, p.exp_stat_sn);
                 w.0[32..48].copy_from_slice(&p.cdb);
             }
             Bhs::TaskMgmtRequest(p) => {
                 w = Writer::new(op, p.immediate);
-                w.u8(1, 0x80 | (p.function & 0x7f))
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.referenced_task_tag);
-                w.u32(24, p.cmd_sn)
-                    .u32(28, p.exp_stat_sn)
-                    .u32(32, p.ref_cmd_sn)
-                    .u32(36, p.exp_data_sn);
+                w.u8(1, 0x80 | (p.function & 0x7f)).u64(8, p.lun).u32(16, p.itt).u32(20, p.referenced_task_tag);
+                w.u32(24, p.cmd_sn).u32(28, p.exp_stat_sn).u32(32, p.ref_cmd_sn).u32(36, p.exp_data_sn);
             }
             Bhs::LoginRequest(p) => {
                 w = Writer::new(op, true);
-                w.flag(1, 0x80, p.transit)
-                    .flag(1, 0x40, p.cont)
-                    .u8(1, (p.csg & 3) << 2 | (p.nsg & 3));
-                w.u8(2, p.version_max)
-                    .u8(3, p.version_min)
-                    .isid(p.isid)
-                    .u16(14, p.tsih)
-                    .u32(16, p.itt);
+                w.flag(1, 0x80, p.transit).flag(1, 0x40, p.cont).u8(1, (p.csg & 3) << 2 | (p.nsg & 3));
+                w.u8(2, p.version_max).u8(3, p.version_min).isid(p.isid).u16(14, p.tsih).u32(16, p.itt);
                 w.u16(20, p.cid).u32(24, p.cmd_sn).u32(28, p.exp_stat_sn);
             }
             Bhs::TextRequest(p) => {
                 w = Writer::new(op, p.immediate);
-                w.flag(1, 0x80, p.fin)
-                    .flag(1, 0x40, p.cont)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt);
+                w.flag(1, 0x80, p.fin).flag(1, 0x40, p.cont).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt);
                 w.u32(24, p.cmd_sn).u32(28, p.exp_stat_sn);
             }
             Bhs::DataOut(p) => {
                 w = Writer::new(op, false);
-                w.flag(1, 0x80, p.fin)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt)
-                    .u32(28, p.exp_stat_sn);
+                w.flag(1, 0x80, p.fin).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt).u32(28, p.exp_stat_sn);
                 w.u32(36, p.data_sn).u32(40, p.buffer_offset);
             }
             Bhs::LogoutRequest(p) => {
                 w = Writer::new(op, p.immediate);
-                w.u8(1, 0x80 | (p.reason & 0x7f))
-                    .u32(16, p.itt)
-                    .u16(20, p.cid)
-                    .u32(24, p.cmd_sn);
+                w.u8(1, 0x80 | (p.reason & 0x7f)).u32(16, p.itt).u16(20, p.cid).u32(24, p.cmd_sn);
                 w.u32(28, p.exp_stat_sn);
             }
             Bhs::SnackRequest(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80 | (p.snack_type & 0x0f))
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt);
-                w.u32(28, p.exp_stat_sn)
-                    .u32(40, p.beg_run)
-                    .u32(44, p.run_length);
+                w.u8(1, 0x80 | (p.snack_type & 0x0f)).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt);
+                w.u32(28, p.exp_stat_sn).u32(40, p.beg_run).u32(44, p.run_length);
             }
             Bhs::NopIn(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt)
-                    .u32(24, p.stat_sn);
+                w.u8(1, 0x80).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt).u32(24, p.stat_sn);
                 w.u32(28, p.exp_cmd_sn).u32(32, p.max_cmd_sn);
             }
             Bhs::ScsiResponse(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .flag(1, 0x10, p.bidi_overflow)
-                    .flag(1, 0x08, p.bidi_underflow);
-                w.flag(1, 0x04, p.overflow)
-                    .flag(1, 0x02, p.underflow)
-                    .u8(2, p.response)
-                    .u8(3, p.status);
-                w.u32(16, p.itt)
-                    .u32(20, p.snack_tag)
-                    .u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn);
-                w.u32(32, p.max_cmd_sn)
-                    .u32(36, p.exp_data_sn)
-                    .u32(40, p.bidi_residual)
-                    .u32(44, p.residual);
+                w.u8(1, 0x80).flag(1, 0x10, p.bidi_overflow).flag(1, 0x08, p.bidi_underflow);
+                w.flag(1, 0x04, p.overflow).flag(1, 0x02, p.underflow).u8(2, p.response).u8(3, p.status);
+                w.u32(16, p.itt).u32(20, p.snack_tag).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
+                w.u32(32, p.max_cmd_sn).u32(36, p.exp_data_sn).u32(40, p.bidi_residual).u32(44, p.residual);
             }
             Bhs::TaskMgmtResponse(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u8(2, p.response)
-                    .u32(16, p.itt)
-                    .u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn);
+                w.u8(1, 0x80).u8(2, p.response).u32(16, p.itt).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
                 w.u32(32, p.max_cmd_sn);
             }
             Bhs::LoginResponse(p) => {
                 w = Writer::new(op, false);
-                w.flag(1, 0x80, p.transit)
-                    .flag(1, 0x40, p.cont)
-                    .u8(1, (p.csg & 3) << 2 | (p.nsg & 3));
-                w.u8(2, p.version_max)
-                    .u8(3, p.version_active)
-                    .isid(p.isid)
-                    .u16(14, p.tsih)
-                    .u32(16, p.itt);
-                w.u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn)
-                    .u32(32, p.max_cmd_sn)
-                    .u8(36, p.status_class);
+                w.flag(1, 0x80, p.transit).flag(1, 0x40, p.cont).u8(1, (p.csg & 3) << 2 | (p.nsg & 3));
+                w.u8(2, p.version_max).u8(3, p.version_active).isid(p.isid).u16(14, p.tsih).u32(16, p.itt);
+                w.u32(24, p.stat_sn).u32(28, p.exp_cmd_sn).u32(32, p.max_cmd_sn).u8(36, p.status_class);
                 w.u8(37, p.status_detail);
             }
             Bhs::TextResponse(p) => {
                 w = Writer::new(op, false);
-                w.flag(1, 0x80, p.fin)
-                    .flag(1, 0x40, p.cont)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt);
-                w.u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn)
-                    .u32(32, p.max_cmd_sn);
+                w.flag(1, 0x80, p.fin).flag(1, 0x40, p.cont).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt);
+                w.u32(24, p.stat_sn).u32(28, p.exp_cmd_sn).u32(32, p.max_cmd_sn);
             }
             Bhs::DataIn(p) => {
                 w = Writer::new(op, false);
-                w.flag(1, 0x80, p.fin)
-                    .flag(1, 0x40, p.ack)
-                    .flag(1, 0x04, p.overflow)
-                    .flag(1, 0x02, p.underflow);
-                w.flag(1, 0x01, p.status_present)
-                    .u8(3, p.status)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt);
-                w.u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn)
-                    .u32(32, p.max_cmd_sn)
-                    .u32(36, p.data_sn);
+                w.flag(1, 0x80, p.fin).flag(1, 0x40, p.ack).flag(1, 0x04, p.overflow).flag(1, 0x02, p.underflow);
+                w.flag(1, 0x01, p.status_present).u8(3, p.status).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt);
+                w.u32(24, p.stat_sn).u32(28, p.exp_cmd_sn).u32(32, p.max_cmd_sn).u32(36, p.data_sn);
                 w.u32(40, p.buffer_offset).u32(44, p.residual);
             }
             Bhs::LogoutResponse(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u8(2, p.response)
-                    .u32(16, p.itt)
-                    .u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn);
-                w.u32(32, p.max_cmd_sn)
-                    .u16(40, p.time2wait)
-                    .u16(42, p.time2retain);
+                w.u8(1, 0x80).u8(2, p.response).u32(16, p.itt).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
+                w.u32(32, p.max_cmd_sn).u16(40, p.time2wait).u16(42, p.time2retain);
             }
             Bhs::R2t(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u64(8, p.lun)
-                    .u32(16, p.itt)
-                    .u32(20, p.ttt)
-                    .u32(24, p.stat_sn);
-                w.u32(28, p.exp_cmd_sn)
-                    .u32(32, p.max_cmd_sn)
-                    .u32(36, p.r2t_sn)
-                    .u32(40, p.buffer_offset);
+                w.u8(1, 0x80).u64(8, p.lun).u32(16, p.itt).u32(20, p.ttt).u32(24, p.stat_sn);
+                w.u32(28, p.exp_cmd_sn).u32(32, p.max_cmd_sn).u32(36, p.r2t_sn).u32(40, p.buffer_offset);
                 w.u32(44, p.desired_len);
             }
             Bhs::AsyncMessage(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u64(8, p.lun)
-                    .u32(16, RESERVED_TAG)
-                    .u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn);
-                w.u32(32, p.max_cmd_sn)
-                    .u8(36, p.event)
-                    .u8(37, p.vcode)
-                    .u16(38, p.param1)
-                    .u16(40, p.param2);
+                w.u8(1, 0x80).u64(8, p.lun).u32(16, RESERVED_TAG).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
+                w.u32(32, p.max_cmd_sn).u8(36, p.event).u8(37, p.vcode).u16(38, p.param1).u16(40, p.param2);
                 w.u16(42, p.param3);
             }
             Bhs::Reject(p) => {
                 w = Writer::new(op, false);
-                w.u8(1, 0x80)
-                    .u8(2, p.reason)
-                    .u32(16, RESERVED_TAG)
-                    .u32(24, p.stat_sn)
-                    .u32(28, p.exp_cmd_sn);
+                w.u8(1, 0x80).u8(2, p.reason).u32(16, RESERVED_TAG).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
                 w.u32(32, p.max_cmd_sn).u32(36, p.data_sn);
             }
         }

@@ -38,9 +38,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         // RFC 7143 §13.12: the default MaxRecvDataSegmentLength, in force during login.
-        Limits {
-            data_segment_len_max: 8192,
-        }
+        Limits { data_segment_len_max: 8192 }
     }
 }
 
@@ -54,26 +52,16 @@ pub enum PduError {
     /// The data digest does not match. The header is intact and the PDU was consumed: answer
     /// with a Reject (reason DataDigestError) and carry on (RFC 7143 §7.8).
     #[error("data digest mismatch on {opcode:?}")]
-    DataDigest {
-        opcode: Opcode,
-        header: Box<[u8; BHS_LEN]>,
-    },
+    DataDigest { opcode: Opcode, header: Box<[u8; BHS_LEN]> },
     /// The data segment is longer than we declared we accept: a protocol error; close.
     #[error("data segment of {len} bytes exceeds the limit of {max}")]
     DataSegmentTooLong { len: u32, max: u32 },
     /// The opcode is not one the receiving side accepts. The PDU was consumed: Reject it.
     #[error("unsupported opcode {opcode:#04x}")]
-    UnknownOpcode {
-        opcode: u8,
-        header: Box<[u8; BHS_LEN]>,
-    },
+    UnknownOpcode { opcode: u8, header: Box<[u8; BHS_LEN]> },
     /// The header is structurally invalid (e.g. a malformed AHS). The PDU was consumed.
     #[error("malformed {opcode:?} PDU: {reason}")]
-    Malformed {
-        opcode: Opcode,
-        reason: &'static str,
-        header: Box<[u8; BHS_LEN]>,
-    },
+    Malformed { opcode: Opcode, reason: &'static str, header: Box<[u8; BHS_LEN]> },
 }
 
 impl PduError {
@@ -159,19 +147,11 @@ fn data_digest(data: &[u8]) -> u32 {
 
 impl Pdu {
     pub fn new(bhs: impl Into<Bhs>) -> Self {
-        Pdu {
-            bhs: bhs.into(),
-            ahs: Vec::new(),
-            data: Bytes::new(),
-        }
+        Pdu { bhs: bhs.into(), ahs: Vec::new(), data: Bytes::new() }
     }
 
     pub fn with_data(bhs: impl Into<Bhs>, data: Bytes) -> Self {
-        Pdu {
-            bhs: bhs.into(),
-            ahs: Vec::new(),
-            data,
-        }
+        Pdu { bhs: bhs.into(), ahs: Vec::new(), data }
     }
 
     pub fn opcode(&self) -> Opcode {
@@ -183,11 +163,7 @@ impl Pdu {
     /// Returns `Ok(None)` when `buf` does not yet hold a whole PDU (nothing is consumed). On
     /// error the PDU is consumed whenever its framing could be trusted, so that a caller that
     /// answers with a Reject can continue with the next PDU.
-    pub fn decode(
-        buf: &mut BytesMut,
-        digests: Digests,
-        limits: Limits,
-    ) -> Result<Option<Pdu>, PduError> {
+    pub fn decode(buf: &mut BytesMut, digests: Digests, limits: Limits) -> Result<Option<Pdu>, PduError> {
         if buf.len() < BHS_LEN {
             return Ok(None);
         }
@@ -200,24 +176,17 @@ impl Pdu {
         }
         if digests.header {
             let expected = crc32c(&buf[..header_len]);
-            let got =
-                u32::from_le_bytes(buf[header_len..header_total].try_into().expect("4 bytes"));
+            let got = u32::from_le_bytes(buf[header_len..header_total].try_into().expect("4 bytes"));
             if expected != got {
                 return Err(PduError::HeaderDigest { expected, got });
             }
         }
         if data_len > limits.data_segment_len_max {
-            return Err(PduError::DataSegmentTooLong {
-                len: data_len,
-                max: limits.data_segment_len_max,
-            });
+            return Err(PduError::DataSegmentTooLong { len: data_len, max: limits.data_segment_len_max });
         }
         let data_len = data_len as usize;
-        let data_total = if data_len == 0 {
-            0
-        } else {
-            data_len + pad_len(data_len) + if digests.data { DIGEST_LEN } else { 0 }
-        };
+        let data_total =
+            if data_len == 0 { 0 } else { data_len + pad_len(data_len) + if digests.data { DIGEST_LEN } else { 0 } };
         if buf.len() < header_total + data_total {
             buf.reserve(header_total + data_total - buf.len());
             return Ok(None);
@@ -235,10 +204,7 @@ impl Pdu {
             if digests.data {
                 let got = frame.get_u32_le();
                 if data_digest(&data) != got {
-                    return Err(PduError::DataDigest {
-                        opcode: Opcode::from_byte(raw[0]),
-                        header: Box::new(raw),
-                    });
+                    return Err(PduError::DataDigest { opcode: Opcode::from_byte(raw[0]), header: Box::new(raw) });
                 }
             }
             data
@@ -254,11 +220,7 @@ impl Pdu {
 
     /// Encodes the PDU for the wire. Data segment bytes are shared, not copied.
     pub fn encode(&self, digests: Digests) -> EncodedPdu {
-        let ahs_len: usize = self
-            .ahs
-            .iter()
-            .map(|a| 4 + a.data.len() + pad_len(a.data.len()))
-            .sum();
+        let ahs_len: usize = self.ahs.iter().map(|a| 4 + a.data.len() + pad_len(a.data.len())).sum();
         debug_assert!(ahs_len <= AHS_LEN_MAX, "AHS too long to encode");
         let data_len = self.data.len();
         debug_assert!(data_len < 1 << 24, "data segment too long to encode");
@@ -283,25 +245,16 @@ impl Pdu {
         if data_len > 0 {
             trailer_len = pad_len(data_len);
             if digests.data {
-                trailer[trailer_len..trailer_len + DIGEST_LEN]
-                    .copy_from_slice(&data_digest(&self.data).to_le_bytes());
+                trailer[trailer_len..trailer_len + DIGEST_LEN].copy_from_slice(&data_digest(&self.data).to_le_bytes());
                 trailer_len += DIGEST_LEN;
             }
         }
-        EncodedPdu {
-            header: header.freeze(),
-            data: self.data.clone(),
-            trailer,
-            trailer_len: trailer_len as u8,
-        }
+        EncodedPdu { header: header.freeze(), data: self.data.clone(), trailer, trailer_len: trailer_len as u8 }
     }
 
     /// The extended CDB bytes carried in an AHS, if any.
     pub fn extended_cdb(&self) -> Option<&Bytes> {
-        self.ahs
-            .iter()
-            .find(|a| a.ahs_type == AHS_EXTENDED_CDB)
-            .map(|a| &a.data)
+        self.ahs.iter().find(|a| a.ahs_type == AHS_EXTENDED_CDB).map(|a| &a.data)
     }
 }
 
@@ -322,11 +275,7 @@ fn decode_ahs(mut raw: Bytes) -> Result<Vec<Ahs>, &'static str> {
         if raw.len() < total {
             return Err("AHS length beyond the header");
         }
-        out.push(Ahs {
-            ahs_type,
-            specific,
-            data: raw.slice(4..4 + payload),
-        });
+        out.push(Ahs { ahs_type, specific, data: raw.slice(4..4 + payload) });
         raw.advance(total);
     }
     Ok(out)

@@ -41,9 +41,7 @@ pub type Pairs = Vec<(String, String)>;
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= KEY_LEN_MAX
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+@".contains(&b))
 }
 
 /// Parses a complete text (all continued segments joined).
@@ -66,9 +64,7 @@ pub fn parse(data: &[u8]) -> Result<Pairs, TextError> {
             return Err(TextError::TooManyPairs);
         }
         let item = std::str::from_utf8(item).map_err(|_| TextError::NotUtf8)?;
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| TextError::MissingEquals(truncated(item)))?;
+        let (key, value) = item.split_once('=').ok_or_else(|| TextError::MissingEquals(truncated(item)))?;
         if !valid_key(key) {
             return Err(TextError::InvalidKey(truncated(key)));
         }
@@ -134,8 +130,5 @@ pub fn segments(text: &Bytes, segment_max: usize) -> Vec<Bytes> {
     if text.is_empty() {
         return vec![Bytes::new()];
     }
-    (0..text.len())
-        .step_by(segment_max)
-        .map(|at| text.slice(at..(at + segment_max).min(text.len())))
-        .collect()
+    (0..text.len()).step_by(segment_max).map(|at| text.slice(at..(at + segment_max).min(text.len()))).collect()
 }

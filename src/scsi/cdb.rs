@@ -13,12 +13,7 @@ impl Cdb<'_> {
         u16::from_be_bytes([self.u8(at), self.u8(at + 1)])
     }
     pub fn u32(&self, at: usize) -> u32 {
-        u32::from_be_bytes([
-            self.u8(at),
-            self.u8(at + 1),
-            self.u8(at + 2),
-            self.u8(at + 3),
-        ])
+        u32::from_be_bytes([self.u8(at), self.u8(at + 1), self.u8(at + 2), self.u8(at + 3)])
     }
     pub fn u64(&self, at: usize) -> u64 {
         (self.u32(at) as u64) << 32 | self.u32(at + 4) as u64
@@ -68,30 +63,14 @@ pub fn block_range(cdb: Cdb<'_>) -> BlockRange {
                 0 => 256,
                 n => n as u32,
             };
-            BlockRange {
-                lba,
-                blocks,
-                flags: 0,
-            }
+            BlockRange { lba, blocks, flags: 0 }
         }
         // Groups 1 and 2: 10-byte CDBs.
-        1 | 2 => BlockRange {
-            lba: cdb.u32(2) as u64,
-            blocks: cdb.u16(7) as u32,
-            flags,
-        },
+        1 | 2 => BlockRange { lba: cdb.u32(2) as u64, blocks: cdb.u16(7) as u32, flags },
         // Group 5: 12-byte CDBs.
-        5 => BlockRange {
-            lba: cdb.u32(2) as u64,
-            blocks: cdb.u32(6),
-            flags,
-        },
+        5 => BlockRange { lba: cdb.u32(2) as u64, blocks: cdb.u32(6), flags },
         // Group 4: 16-byte CDBs.
-        _ => BlockRange {
-            lba: cdb.u64(2),
-            blocks: cdb.u32(10),
-            flags,
-        },
+        _ => BlockRange { lba: cdb.u64(2), blocks: cdb.u32(10), flags },
     }
 }
 

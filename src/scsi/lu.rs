@@ -55,12 +55,7 @@ pub struct LuConfig {
 
 impl LuConfig {
     pub fn new(block_size: u32, identity: LuIdentity) -> LuConfig {
-        LuConfig {
-            block_size,
-            identity,
-            read_only: false,
-            max_transfer_bytes: 8 << 20,
-        }
+        LuConfig { block_size, identity, read_only: false, max_transfer_bytes: 8 << 20 }
     }
 }
 
@@ -118,16 +113,10 @@ impl LogicalUnit {
             return Err(format!("block size {bs} is not supported (512 or 4096)"));
         }
         if store.capacity() < bs as u64 {
-            return Err(format!(
-                "capacity {} is smaller than one block",
-                store.capacity()
-            ));
+            return Err(format!("capacity {} is smaller than one block", store.capacity()));
         }
         if store.capacity() % bs as u64 != 0 {
-            return Err(format!(
-                "capacity {} is not a multiple of the block size {bs}",
-                store.capacity()
-            ));
+            return Err(format!("capacity {} is not a multiple of the block size {bs}", store.capacity()));
         }
         Ok(LogicalUnit {
             store,
@@ -175,12 +164,7 @@ impl LogicalUnit {
     /// Queues a unit attention for every nexus that has talked to this LU (`except` one).
     pub fn unit_attention_all(&self, code: (u8, u8), except: Option<u64>) {
         let mut st = self.state();
-        let seen: Vec<u64> = st
-            .seen
-            .iter()
-            .copied()
-            .filter(|n| Some(*n) != except)
-            .collect();
+        let seen: Vec<u64> = st.seen.iter().copied().filter(|n| Some(*n) != except).collect();
         for nexus in seen {
             let q = st.ua.entry(nexus).or_default();
             if q.len() < UA_QUEUE_MAX && !q.contains(&code) {
@@ -212,17 +196,12 @@ impl LogicalUnit {
     pub async fn resize(&self, capacity: u64) -> Result<(), String> {
         let bs = self.config.block_size as u64;
         if capacity % bs != 0 {
-            return Err(format!(
-                "size {capacity} is not a multiple of the block size {bs}"
-            ));
+            return Err(format!("size {capacity} is not a multiple of the block size {bs}"));
         }
         if capacity < self.store.capacity() {
             return Err("shrinking a LUN is not supported".into());
         }
-        self.store
-            .resize(capacity)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.resize(capacity).await.map_err(|e| e.to_string())?;
         self.unit_attention_all(asc::CAPACITY_DATA_CHANGED, None);
         Ok(())
     }
@@ -233,25 +212,14 @@ impl LogicalUnit {
         let mut st = self.state();
         if st.seen.insert(nexus) {
             if st.seen.len() > NEXUS_MEMORY_MAX {
-                let victim = *st
-                    .seen
-                    .iter()
-                    .find(|n| **n != nexus)
-                    .expect("more than one nexus");
+                let victim = *st.seen.iter().find(|n| **n != nexus).expect("more than one nexus");
                 st.seen.remove(&victim);
                 st.ua.remove(&victim);
             }
-            st.ua
-                .entry(nexus)
-                .or_default()
-                .push_back(asc::POWER_ON_RESET);
+            st.ua.entry(nexus).or_default().push_back(asc::POWER_ON_RESET);
         }
         let q = st.ua.get_mut(&nexus)?;
-        let code = if consume {
-            q.pop_front()
-        } else {
-            q.front().copied()
-        };
+        let code = if consume { q.pop_front() } else { q.front().copied() };
         if q.is_empty() {
             st.ua.remove(&nexus);
         }
@@ -282,22 +250,11 @@ impl LogicalUnit {
         if !spec.conflict_exempt && self.reservation_conflict(nexus) {
             return Response::with_status(status::RESERVATION_CONFLICT);
         }
-        let mut ctx = Ctx {
-            cdb,
-            spec,
-            nexus: &req.nexus,
-            data_out: &req.data_out,
-            data_out_len: 0,
-            status: status::GOOD,
-        };
+        let mut ctx =
+            Ctx { cdb, spec, nexus: &req.nexus, data_out: &req.data_out, data_out_len: 0, status: status::GOOD };
         let outcome = self.run(&mut ctx).await;
         let mut response = match outcome {
-            Ok(data) => Response {
-                status: ctx.status,
-                sense: None,
-                data,
-                data_out_len: 0,
-            },
+            Ok(data) => Response { status: ctx.status, sense: None, data, data_out_len: 0 },
             Err(sense) => self.check(&sense),
         };
         response.data_out_len = ctx.data_out_len;

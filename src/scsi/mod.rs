@@ -33,12 +33,7 @@ pub struct Nexus {
 }
 
 impl Nexus {
-    pub fn new(
-        initiator_name: &str,
-        isid: u64,
-        target_name: &str,
-        relative_port: u16,
-    ) -> Arc<Nexus> {
+    pub fn new(initiator_name: &str, isid: u64, target_name: &str, relative_port: u16) -> Arc<Nexus> {
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
@@ -97,12 +92,7 @@ pub struct Response {
 
 impl Response {
     pub fn good(data: Bytes) -> Response {
-        Response {
-            status: status::GOOD,
-            sense: None,
-            data,
-            data_out_len: 0,
-        }
+        Response { status: status::GOOD, sense: None, data, data_out_len: 0 }
     }
 
     pub fn check(sense: &Sense, descriptor: bool) -> Response {
@@ -115,12 +105,7 @@ impl Response {
     }
 
     pub fn with_status(status: u8) -> Response {
-        Response {
-            status,
-            sense: None,
-            data: Bytes::new(),
-            data_out_len: 0,
-        }
+        Response { status, sense: None, data: Bytes::new(), data_out_len: 0 }
     }
 }
 
@@ -139,11 +124,7 @@ pub fn decode_lun(raw: u64) -> Option<u16> {
 
 /// Encodes a LUN number as a SAM-5 LUN field.
 pub fn encode_lun(lun: u16) -> u64 {
-    let b0 = if lun < 256 {
-        0
-    } else {
-        0x40 | (lun >> 8) as u8
-    };
+    let b0 = if lun < 256 { 0 } else { 0x40 | (lun >> 8) as u8 };
     u64::from_be_bytes([b0, lun as u8, 0, 0, 0, 0, 0, 0])
 }
 

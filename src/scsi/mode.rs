@@ -81,11 +81,7 @@ impl LogicalUnit {
         };
         let page = ctx.cdb.u8(2) & 0x3f;
         let subpage = ctx.cdb.u8(3);
-        let alloc = if ten {
-            ctx.cdb.u16(7) as usize
-        } else {
-            ctx.cdb.u8(4) as usize
-        };
+        let alloc = if ten { ctx.cdb.u16(7) as usize } else { ctx.cdb.u8(4) as usize };
         let pages: Vec<u8> = match (page, subpage) {
             (PAGE_ALL, 0x00 | 0xff) => PAGES.to_vec(),
             (p, 0x00 | 0xff) if PAGES.contains(&p) => vec![p],
@@ -143,11 +139,7 @@ impl LogicalUnit {
         let ten = ctx.cdb.opcode() == 0x55;
         let pf = ctx.cdb.bit(1, 0x10);
         let sp = ctx.cdb.bit(1, 0x01);
-        let len = if ten {
-            ctx.cdb.u16(7) as usize
-        } else {
-            ctx.cdb.u8(4) as usize
-        };
+        let len = if ten { ctx.cdb.u16(7) as usize } else { ctx.cdb.u8(4) as usize };
         ctx.data_out_len = len as u32;
         if sp {
             return Err(Sense::invalid_cdb(1, Some(0)));
@@ -167,11 +159,7 @@ impl LogicalUnit {
         if data.len() < header_len {
             return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
         }
-        let bd_len = if ten {
-            u16::from_be_bytes([data[6], data[7]]) as usize
-        } else {
-            data[3] as usize
-        };
+        let bd_len = if ten { u16::from_be_bytes([data[6], data[7]]) as usize } else { data[3] as usize };
         let mut at = header_len;
         if bd_len > 0 {
             let long = ten && data[4] & 0x01 != 0;
@@ -186,9 +174,7 @@ impl LogicalUnit {
                 u32::from_be_bytes([0, d[5], d[6], d[7]])
             };
             if block_len != self.block_size() {
-                return Err(Sense::invalid_param(
-                    (at + if long { 12 } else { 5 }) as u16,
-                ));
+                return Err(Sense::invalid_param((at + if long { 12 } else { 5 }) as u16));
             }
             at += bd_len;
         }

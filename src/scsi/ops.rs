@@ -54,33 +54,11 @@ impl OpSpec {
 }
 
 const fn spec(opcode: u8, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
-    OpSpec {
-        opcode,
-        service_action: None,
-        name,
-        op,
-        usage,
-        ua_exempt: false,
-        conflict_exempt: false,
-    }
+    OpSpec { opcode, service_action: None, name, op, usage, ua_exempt: false, conflict_exempt: false }
 }
 
-const fn sa(
-    opcode: u8,
-    service_action: u16,
-    name: &'static str,
-    op: Op,
-    usage: &'static [u8],
-) -> OpSpec {
-    OpSpec {
-        opcode,
-        service_action: Some(service_action),
-        name,
-        op,
-        usage,
-        ua_exempt: false,
-        conflict_exempt: false,
-    }
+const fn sa(opcode: u8, service_action: u16, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
+    OpSpec { opcode, service_action: Some(service_action), name, op, usage, ua_exempt: false, conflict_exempt: false }
 }
 
 const fn exempt(mut s: OpSpec, ua: bool, conflict: bool) -> OpSpec {
@@ -94,201 +72,52 @@ const FF: u8 = 0xff;
 const CTL: u8 = 0x04;
 
 static COMMANDS: &[OpSpec] = &[
-    exempt(
-        spec(
-            0x00,
-            "TEST UNIT READY",
-            Op::TestUnitReady,
-            &[0x00, 0, 0, 0, 0, CTL],
-        ),
-        false,
-        false,
-    ),
-    exempt(
-        spec(
-            0x03,
-            "REQUEST SENSE",
-            Op::RequestSense,
-            &[0x03, 0x01, 0, 0, FF, CTL],
-        ),
-        true,
-        true,
-    ),
+    exempt(spec(0x00, "TEST UNIT READY", Op::TestUnitReady, &[0x00, 0, 0, 0, 0, CTL]), false, false),
+    exempt(spec(0x03, "REQUEST SENSE", Op::RequestSense, &[0x03, 0x01, 0, 0, FF, CTL]), true, true),
     spec(0x08, "READ(6)", Op::Read, &[0x08, 0x1f, FF, FF, FF, CTL]),
     spec(0x0a, "WRITE(6)", Op::Write, &[0x0a, 0x1f, FF, FF, FF, CTL]),
-    exempt(
-        spec(0x12, "INQUIRY", Op::Inquiry, &[0x12, 0x01, FF, FF, FF, CTL]),
-        true,
-        true,
-    ),
-    spec(
-        0x15,
-        "MODE SELECT(6)",
-        Op::ModeSelect,
-        &[0x15, 0x11, 0, 0, FF, CTL],
-    ),
+    exempt(spec(0x12, "INQUIRY", Op::Inquiry, &[0x12, 0x01, FF, FF, FF, CTL]), true, true),
+    spec(0x15, "MODE SELECT(6)", Op::ModeSelect, &[0x15, 0x11, 0, 0, FF, CTL]),
     spec(0x16, "RESERVE(6)", Op::Reserve, &[0x16, 0, 0, 0, 0, CTL]),
-    exempt(
-        spec(0x17, "RELEASE(6)", Op::Release, &[0x17, 0, 0, 0, 0, CTL]),
-        false,
-        true,
-    ),
-    spec(
-        0x1a,
-        "MODE SENSE(6)",
-        Op::ModeSense,
-        &[0x1a, 0x08, FF, FF, FF, CTL],
-    ),
-    spec(
-        0x1b,
-        "START STOP UNIT",
-        Op::StartStopUnit,
-        &[0x1b, 0x01, 0, 0x0f, 0xf7, CTL],
-    ),
-    spec(
-        0x1e,
-        "PREVENT ALLOW MEDIUM REMOVAL",
-        Op::PreventAllow,
-        &[0x1e, 0, 0, 0, 0x03, CTL],
-    ),
-    spec(
-        0x25,
-        "READ CAPACITY(10)",
-        Op::ReadCapacity10,
-        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, CTL],
-    ),
-    spec(
-        0x28,
-        "READ(10)",
-        Op::Read,
-        &[0x28, 0xfe, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x2a,
-        "WRITE(10)",
-        Op::Write,
-        &[0x2a, 0xfa, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x2e,
-        "WRITE AND VERIFY(10)",
-        Op::WriteAndVerify,
-        &[0x2e, 0xf2, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x2f,
-        "VERIFY(10)",
-        Op::Verify,
-        &[0x2f, 0xf6, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x34,
-        "PRE-FETCH(10)",
-        Op::PreFetch,
-        &[0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x35,
-        "SYNCHRONIZE CACHE(10)",
-        Op::SynchronizeCache,
-        &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x41,
-        "WRITE SAME(10)",
-        Op::WriteSame,
-        &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x42,
-        "UNMAP",
-        Op::Unmap,
-        &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x55,
-        "MODE SELECT(10)",
-        Op::ModeSelect,
-        &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x5a,
-        "MODE SENSE(10)",
-        Op::ModeSense,
-        &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL],
-    ),
-    spec(
-        0x88,
-        "READ(16)",
-        Op::Read,
-        &[
-            0x88, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
+    exempt(spec(0x17, "RELEASE(6)", Op::Release, &[0x17, 0, 0, 0, 0, CTL]), false, true),
+    spec(0x1a, "MODE SENSE(6)", Op::ModeSense, &[0x1a, 0x08, FF, FF, FF, CTL]),
+    spec(0x1b, "START STOP UNIT", Op::StartStopUnit, &[0x1b, 0x01, 0, 0x0f, 0xf7, CTL]),
+    spec(0x1e, "PREVENT ALLOW MEDIUM REMOVAL", Op::PreventAllow, &[0x1e, 0, 0, 0, 0x03, CTL]),
+    spec(0x25, "READ CAPACITY(10)", Op::ReadCapacity10, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, CTL]),
+    spec(0x28, "READ(10)", Op::Read, &[0x28, 0xfe, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x2a, "WRITE(10)", Op::Write, &[0x2a, 0xfa, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x2e, "WRITE AND VERIFY(10)", Op::WriteAndVerify, &[0x2e, 0xf2, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x2f, "VERIFY(10)", Op::Verify, &[0x2f, 0xf6, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x34, "PRE-FETCH(10)", Op::PreFetch, &[0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x35, "SYNCHRONIZE CACHE(10)", Op::SynchronizeCache, &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x41, "WRITE SAME(10)", Op::WriteSame, &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x42, "UNMAP", Op::Unmap, &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL]),
+    spec(0x55, "MODE SELECT(10)", Op::ModeSelect, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL]),
+    spec(0x5a, "MODE SENSE(10)", Op::ModeSense, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL]),
+    spec(0x88, "READ(16)", Op::Read, &[0x88, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(
         0x89,
         "COMPARE AND WRITE",
         Op::CompareAndWrite,
-        &[
-            0x89, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0, CTL,
-        ],
+        &[0x89, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0, CTL],
     ),
-    spec(
-        0x8a,
-        "WRITE(16)",
-        Op::Write,
-        &[
-            0x8a, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
-    spec(
-        0x8b,
-        "ORWRITE(16)",
-        Op::OrWrite,
-        &[
-            0x8b, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
+    spec(0x8a, "WRITE(16)", Op::Write, &[0x8a, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0x8b, "ORWRITE(16)", Op::OrWrite, &[0x8b, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(
         0x8e,
         "WRITE AND VERIFY(16)",
         Op::WriteAndVerify,
-        &[
-            0x8e, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
+        &[0x8e, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
     ),
-    spec(
-        0x8f,
-        "VERIFY(16)",
-        Op::Verify,
-        &[
-            0x8f, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
-    spec(
-        0x90,
-        "PRE-FETCH(16)",
-        Op::PreFetch,
-        &[
-            0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
+    spec(0x8f, "VERIFY(16)", Op::Verify, &[0x8f, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0x90, "PRE-FETCH(16)", Op::PreFetch, &[0x90, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(
         0x91,
         "SYNCHRONIZE CACHE(16)",
         Op::SynchronizeCache,
-        &[
-            0x91, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
+        &[0x91, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
     ),
-    spec(
-        0x93,
-        "WRITE SAME(16)",
-        Op::WriteSame,
-        &[
-            0x93, 0xe9, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
-    ),
+    spec(0x93, "WRITE SAME(16)", Op::WriteSame, &[0x93, 0xe9, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     sa(
         0x9e,
         0x10,
@@ -301,20 +130,9 @@ static COMMANDS: &[OpSpec] = &[
         0x12,
         "GET LBA STATUS",
         Op::GetLbaStatus,
-        &[
-            0x9e, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL,
-        ],
+        &[0x9e, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
     ),
-    exempt(
-        spec(
-            0xa0,
-            "REPORT LUNS",
-            Op::ReportLuns,
-            &[0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
-        ),
-        true,
-        true,
-    ),
+    exempt(spec(0xa0, "REPORT LUNS", Op::ReportLuns, &[0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL]), true, true),
     exempt(
         sa(
             0xa3,
@@ -326,30 +144,10 @@ static COMMANDS: &[OpSpec] = &[
         false,
         true,
     ),
-    spec(
-        0xa8,
-        "READ(12)",
-        Op::Read,
-        &[0xa8, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
-    ),
-    spec(
-        0xaa,
-        "WRITE(12)",
-        Op::Write,
-        &[0xaa, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
-    ),
-    spec(
-        0xae,
-        "WRITE AND VERIFY(12)",
-        Op::WriteAndVerify,
-        &[0xae, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
-    ),
-    spec(
-        0xaf,
-        "VERIFY(12)",
-        Op::Verify,
-        &[0xaf, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
-    ),
+    spec(0xa8, "READ(12)", Op::Read, &[0xa8, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0xaa, "WRITE(12)", Op::Write, &[0xaa, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0xae, "WRITE AND VERIFY(12)", Op::WriteAndVerify, &[0xae, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0xaf, "VERIFY(12)", Op::Verify, &[0xaf, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
 ];
 
 /// Every supported command, in opcode order.
@@ -359,9 +157,7 @@ pub fn commands() -> &'static [OpSpec] {
 
 /// Opcodes whose CDB carries a service action in byte 1.
 pub fn has_service_actions(opcode: u8) -> bool {
-    COMMANDS
-        .iter()
-        .any(|s| s.opcode == opcode && s.service_action.is_some())
+    COMMANDS.iter().any(|s| s.opcode == opcode && s.service_action.is_some())
 }
 
 pub enum Lookup {
@@ -373,10 +169,7 @@ pub enum Lookup {
 
 pub fn lookup(opcode: u8, service_action: u16) -> Lookup {
     if has_service_actions(opcode) {
-        match COMMANDS
-            .iter()
-            .find(|s| s.opcode == opcode && s.service_action == Some(service_action))
-        {
+        match COMMANDS.iter().find(|s| s.opcode == opcode && s.service_action == Some(service_action)) {
             Some(s) => Lookup::Found(s),
             None => Lookup::UnknownServiceAction,
         }
@@ -401,12 +194,7 @@ mod tests {
         }
         for s in COMMANDS {
             assert_eq!(s.usage[0], s.opcode, "{}", s.name);
-            assert_eq!(
-                s.cdb_len(),
-                super::super::cdb::cdb_len_for_opcode(s.opcode),
-                "{}",
-                s.name
-            );
+            assert_eq!(s.cdb_len(), super::super::cdb::cdb_len_for_opcode(s.opcode), "{}", s.name);
             if let Some(sa) = s.service_action {
                 assert_eq!(s.usage[1] as u16 & 0x1f, sa, "{}", s.name);
             }

@@ -92,10 +92,7 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
-        self.store
-            .read(offset, len as usize)
-            .await
-            .map_err(|e| store_sense(&e))
+        self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))
     }
 
     pub(super) async fn write(&self, ctx: &mut Ctx<'_>, verify: bool) -> Outcome {
@@ -111,10 +108,7 @@ impl LogicalUnit {
         // WRITE AND VERIFY has no FUA bit; its verification implies the medium holds the data.
         let fua = if verify { true } else { r.fua() };
         let _shared = self.atomic.read().await;
-        self.store
-            .write(offset, data, self.effective_fua(fua))
-            .await
-            .map_err(|e| store_sense(&e))?;
+        self.store.write(offset, data, self.effective_fua(fua)).await.map_err(|e| store_sense(&e))?;
         Ok(Bytes::new())
     }
 
@@ -135,25 +129,17 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let expected = self.data_out(ctx, ctx.data_out_len as u64)?;
-        let medium = self
-            .store
-            .read(offset, len as usize)
-            .await
-            .map_err(|e| store_sense(&e))?;
+        let medium = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
         let mismatch = if bytchk == 1 {
             first_difference(&medium, &expected)
         } else {
             medium
                 .chunks(bs as usize)
                 .enumerate()
-                .find_map(|(i, block)| {
-                    first_difference(block, &expected).map(|at| i as u64 * bs + at)
-                })
+                .find_map(|(i, block)| first_difference(block, &expected).map(|at| i as u64 * bs + at))
         };
         match mismatch {
-            Some(at) => {
-                Err(Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at))
-            }
+            Some(at) => Err(Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at)),
             None => Ok(Bytes::new()),
         }
     }
@@ -201,19 +187,12 @@ impl LogicalUnit {
         }
         self.check_range(lba, blocks)?;
         self.check_writable()?;
-        let block = if ndob {
-            Bytes::from(vec![0u8; bs as usize])
-        } else {
-            self.data_out(ctx, bs)?
-        };
+        let block = if ndob { Bytes::from(vec![0u8; bs as usize]) } else { self.data_out(ctx, bs)? };
         let (offset, len) = self.byte_range(lba, blocks);
         let zeros = block.iter().all(|&b| b == 0);
         let _shared = self.atomic.read().await;
         if zeros && (unmap || ndob) && self.store.caps().thin {
-            self.store
-                .unmap(offset, len)
-                .await
-                .map_err(|e| store_sense(&e))?;
+            self.store.unmap(offset, len).await.map_err(|e| store_sense(&e))?;
             return Ok(Bytes::new());
         }
         // Replicate the block into a bounded buffer and write it piece by piece.
@@ -228,10 +207,7 @@ impl LogicalUnit {
         let mut at = offset;
         while at < offset + len {
             let n = (buf.len() as u64).min(offset + len - at);
-            self.store
-                .write(at, buf.slice(..n as usize), fua)
-                .await
-                .map_err(|e| store_sense(&e))?;
+            self.store.write(at, buf.slice(..n as usize), fua).await.map_err(|e| store_sense(&e))?;
             at += n;
         }
         Ok(Bytes::new())
@@ -293,11 +269,7 @@ impl LogicalUnit {
         // Report at most what fits the allocation length, from a bounded window.
         let descriptors_max = (alloc.saturating_sub(8) / 16).clamp(1, 1024);
         let window = (self.num_blocks() - lba).min(self.max_unmap_blocks() as u64);
-        let extents = self
-            .store
-            .mapped_extents(lba * bs, window * bs)
-            .await
-            .map_err(|e| store_sense(&e))?;
+        let extents = self.store.mapped_extents(lba * bs, window * bs).await.map_err(|e| store_sense(&e))?;
         let mut out = BytesMut::new();
         out.put_u32(0);
         out.put_u32(0);
@@ -323,11 +295,7 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let _exclusive = self.atomic.write().await;
-        let old = self
-            .store
-            .read(offset, len as usize)
-            .await
-            .map_err(|e| store_sense(&e))?;
+        let old = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
         let merged: Vec<u8> = old.iter().zip(data.iter()).map(|(a, b)| a | b).collect();
         self.store
             .write(offset, Bytes::from(merged), self.effective_fua(r.fua()))
@@ -356,21 +324,12 @@ impl LogicalUnit {
         }
         let (verify, write) = data.split_at(len as usize);
         let _exclusive = self.atomic.write().await;
-        let current = self
-            .store
-            .read(offset, len as usize)
-            .await
-            .map_err(|e| store_sense(&e))?;
+        let current = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
         if let Some(at) = first_difference(&current, verify) {
-            return Err(
-                Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at)
-            );
+            return Err(Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at));
         }
         let fua = self.effective_fua(flags & 0x08 != 0);
-        self.store
-            .write(offset, data.slice(len as usize..), fua)
-            .await
-            .map_err(|e| store_sense(&e))?;
+        self.store.write(offset, data.slice(len as usize..), fua).await.map_err(|e| store_sense(&e))?;
         debug_assert_eq!(write.len() as u64, len);
         Ok(Bytes::new())
     }

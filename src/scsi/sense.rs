@@ -77,12 +77,7 @@ pub struct Sense {
 
 impl Sense {
     pub fn new(key: u8, asc: (u8, u8)) -> Sense {
-        Sense {
-            key,
-            asc,
-            information: None,
-            field: None,
-        }
+        Sense { key, asc, information: None, field: None }
     }
 
     pub fn illegal(asc: (u8, u8)) -> Sense {
@@ -91,24 +86,13 @@ impl Sense {
 
     /// INVALID FIELD IN CDB, pointing at `byte` (and `bit`) of the CDB.
     pub fn invalid_cdb(byte: u16, bit: Option<u8>) -> Sense {
-        Sense {
-            field: Some(FieldPointer {
-                in_cdb: true,
-                byte,
-                bit,
-            }),
-            ..Sense::illegal(asc::INVALID_FIELD_IN_CDB)
-        }
+        Sense { field: Some(FieldPointer { in_cdb: true, byte, bit }), ..Sense::illegal(asc::INVALID_FIELD_IN_CDB) }
     }
 
     /// INVALID FIELD IN PARAMETER LIST, pointing at `byte` of the parameter data.
     pub fn invalid_param(byte: u16) -> Sense {
         Sense {
-            field: Some(FieldPointer {
-                in_cdb: false,
-                byte,
-                bit: None,
-            }),
+            field: Some(FieldPointer { in_cdb: false, byte, bit: None }),
             ..Sense::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST)
         }
     }
@@ -177,9 +161,7 @@ mod tests {
 
     #[test]
     fn descriptor_format_with_information() {
-        let s = Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY)
-            .with_information(513)
-            .encode(true);
+        let s = Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(513).encode(true);
         assert_eq!(&s[..4], &[0x72, key::MISCOMPARE, 0x1d, 0x00]);
         assert_eq!(s[7] as usize, s.len() - 8);
         assert_eq!(&s[8..12], &[0, 0x0a, 0x80, 0]);

@@ -105,19 +105,9 @@ impl LogicalUnit {
         // Target port (association 01b, PIV=1, protocol iSCSI = 5): relative port and name.
         let port = ctx.nexus.relative_port.to_be_bytes();
         designator(&mut body, 0x51, 0x94, &[0, 0, port[0], port[1]]);
-        designator(
-            &mut body,
-            0x53,
-            0x98,
-            &scsi_name_string(&ctx.nexus.target_port_name()),
-        );
+        designator(&mut body, 0x53, 0x98, &scsi_name_string(&ctx.nexus.target_port_name()));
         // Target device (association 10b): the target's name.
-        designator(
-            &mut body,
-            0x53,
-            0xa8,
-            &scsi_name_string(&ctx.nexus.target_name),
-        );
+        designator(&mut body, 0x53, 0xa8, &scsi_name_string(&ctx.nexus.target_name));
         let mut out = BytesMut::new();
         out.put_slice(&[0x00, 0x83]);
         out.put_u16(body.len() as u16);
@@ -222,9 +212,9 @@ impl LogicalUnit {
                 let found: Option<&OpSpec> = match options {
                     1 if with_sa => return Err(Sense::invalid_cdb(2, Some(0))),
                     2 if !with_sa => return Err(Sense::invalid_cdb(2, Some(0))),
-                    _ => ops::commands().iter().find(|s| {
-                        s.opcode == opcode && (!with_sa || s.service_action == Some(service_action))
-                    }),
+                    _ => ops::commands()
+                        .iter()
+                        .find(|s| s.opcode == opcode && (!with_sa || s.service_action == Some(service_action))),
                 };
                 match found {
                     Some(spec) => {

@@ -21,10 +21,7 @@ pub struct ScsiTarget {
 
 impl ScsiTarget {
     pub fn new(name: &str) -> ScsiTarget {
-        ScsiTarget {
-            name: name.to_string(),
-            luns: RwLock::new(BTreeMap::new()),
-        }
+        ScsiTarget { name: name.to_string(), luns: RwLock::new(BTreeMap::new()) }
     }
 
     pub fn add_lun(&self, lun: u16, lu: Arc<LogicalUnit>) -> Result<(), String> {
@@ -57,20 +54,11 @@ impl ScsiTarget {
     }
 
     pub fn lun(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
-        self.luns
-            .read()
-            .expect("LUN map poisoned")
-            .get(&lun)
-            .cloned()
+        self.luns.read().expect("LUN map poisoned").get(&lun).cloned()
     }
 
     pub fn luns(&self) -> Vec<(u16, Arc<LogicalUnit>)> {
-        self.luns
-            .read()
-            .expect("LUN map poisoned")
-            .iter()
-            .map(|(n, lu)| (*n, lu.clone()))
-            .collect()
+        self.luns.read().expect("LUN map poisoned").iter().map(|(n, lu)| (*n, lu.clone())).collect()
     }
 
     /// Runs a command addressed to one of this target's LUNs.
@@ -92,10 +80,8 @@ impl ScsiTarget {
         match req.cdb.first().copied().unwrap_or(0) {
             0x12 if req.cdb.get(1).is_some_and(|b| b & 0x03 == 0) => {
                 // Peripheral qualifier 011b, device type 1Fh: no logical unit here.
-                let alloc = u16::from_be_bytes([
-                    req.cdb.get(3).copied().unwrap_or(0),
-                    req.cdb.get(4).copied().unwrap_or(0),
-                ]);
+                let alloc =
+                    u16::from_be_bytes([req.cdb.get(3).copied().unwrap_or(0), req.cdb.get(4).copied().unwrap_or(0)]);
                 let data = standard_inquiry_data(3, 0x1f, "RTGT", "no LUN", "0001");
                 Response::good(truncate(data, alloc as usize))
             }
@@ -117,13 +103,7 @@ impl ScsiTarget {
             return Response::check(&Sense::invalid_cdb(6, None), false);
         }
         let luns: Vec<u16> = match select {
-            0x00 | 0x02 => self
-                .luns
-                .read()
-                .expect("LUN map poisoned")
-                .keys()
-                .copied()
-                .collect(),
+            0x00 | 0x02 => self.luns.read().expect("LUN map poisoned").keys().copied().collect(),
             0x01 => Vec::new(), // no well-known LUNs
             _ => return Response::check(&Sense::invalid_cdb(2, None), false),
         };

@@ -10,8 +10,7 @@ const BLOCKS: u64 = 4096;
 
 fn target() -> (ScsiTarget, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new(BLOCKS * BS as u64));
-    let lu =
-        LogicalUnit::new(store.clone(), LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
+    let lu = LogicalUnit::new(store.clone(), LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
     let t = ScsiTarget::new("iqn.2026-11.org.example:t");
     t.add_lun(1, Arc::new(lu)).unwrap();
     (t, store)
@@ -23,9 +22,7 @@ struct Init {
 
 impl Init {
     fn new(name: &str) -> Init {
-        Init {
-            nexus: Nexus::new(name, 1, "iqn.2026-11.org.example:t", 1),
-        }
+        Init { nexus: Nexus::new(name, 1, "iqn.2026-11.org.example:t", 1) }
     }
 
     async fn cmd(&self, t: &ScsiTarget, cdb: &[u8], data: &[u8]) -> Response {
@@ -41,24 +38,14 @@ impl Init {
     /// Clears the power-on unit attention.
     async fn ready(&self, t: &ScsiTarget) {
         let r = self.cmd(t, &[0, 0, 0, 0, 0, 0], &[]).await;
-        assert_eq!(
-            sense_of(&r),
-            Some((key::UNIT_ATTENTION, asc::POWER_ON_RESET))
-        );
-        assert_eq!(
-            self.cmd(t, &[0, 0, 0, 0, 0, 0], &[]).await.status,
-            status::GOOD
-        );
+        assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, asc::POWER_ON_RESET)));
+        assert_eq!(self.cmd(t, &[0, 0, 0, 0, 0, 0], &[]).await.status, status::GOOD);
     }
 }
 
 fn sense_of(r: &Response) -> Option<(u8, (u8, u8))> {
     let s = r.sense.as_ref()?;
-    Some(if s[0] & 0x7f == 0x72 {
-        (s[1], (s[2], s[3]))
-    } else {
-        (s[2] & 0x0f, (s[12], s[13]))
-    })
+    Some(if s[0] & 0x7f == 0x72 { (s[1], (s[2], s[3])) } else { (s[2] & 0x0f, (s[12], s[13])) })
 }
 
 fn rw16(opcode: u8, lba: u64, blocks: u32, flags: u8) -> [u8; 16] {
@@ -96,17 +83,11 @@ async fn write_read_round_trip_and_range_checks() {
     assert_eq!(&r6.data[..], &data[BS as usize..]);
 
     let oob = a.cmd(&t, &rw16(0x88, BLOCKS - 1, 2, 0), &[]).await;
-    assert_eq!(
-        sense_of(&oob),
-        Some((key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE))
-    );
+    assert_eq!(sense_of(&oob), Some((key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE)));
     let zero_at_end = a.cmd(&t, &rw16(0x88, BLOCKS, 0, 0), &[]).await;
     assert_eq!(zero_at_end.status, status::GOOD);
     let protect = a.cmd(&t, &rw16(0x88, 0, 1, 0x20), &[]).await;
-    assert_eq!(
-        sense_of(&protect),
-        Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
-    );
+    assert_eq!(sense_of(&protect), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
 }
 
 #[tokio::test]
@@ -114,20 +95,10 @@ async fn short_data_out_is_refused_with_the_needed_length() {
     let (t, store) = target();
     let a = Init::new("iqn.a");
     a.ready(&t).await;
-    let w = a
-        .cmd(
-            &t,
-            &[0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0],
-            &vec![7u8; BS as usize],
-        )
-        .await;
+    let w = a.cmd(&t, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0], &vec![7u8; BS as usize]).await;
     assert_eq!(sense_of(&w), Some((key::ILLEGAL_REQUEST, (0x0e, 0x03))));
     assert_eq!(w.data_out_len, 2 * BS);
-    assert_eq!(
-        store.read(0, BS as usize).await.unwrap(),
-        vec![0u8; BS as usize],
-        "nothing written"
-    );
+    assert_eq!(store.read(0, BS as usize).await.unwrap(), vec![0u8; BS as usize], "nothing written");
 }
 
 #[tokio::test]
@@ -145,28 +116,16 @@ async fn compare_and_write_and_orwrite() {
     wrong[100] = 0;
     let new = vec![0x22u8; BS as usize];
     let miss = a.cmd(&t, &caw, &[wrong, new.clone()].concat()).await;
-    assert_eq!(
-        sense_of(&miss),
-        Some((key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY))
-    );
+    assert_eq!(sense_of(&miss), Some((key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY)));
     let s = miss.sense.unwrap();
-    assert_eq!(
-        u32::from_be_bytes(s[3..7].try_into().unwrap()),
-        100,
-        "offset of the miscompare"
-    );
+    assert_eq!(u32::from_be_bytes(s[3..7].try_into().unwrap()), 100, "offset of the miscompare");
     let ok = a.cmd(&t, &caw, &[old, new.clone()].concat()).await;
     assert_eq!(ok.status, status::GOOD);
     assert_eq!(a.cmd(&t, &rw16(0x88, 5, 1, 0), &[]).await.data, new);
 
-    let or = a
-        .cmd(&t, &rw16(0x8b, 5, 1, 0), &vec![0x41u8; BS as usize])
-        .await;
+    let or = a.cmd(&t, &rw16(0x8b, 5, 1, 0), &vec![0x41u8; BS as usize]).await;
     assert_eq!(or.status, status::GOOD);
-    assert_eq!(
-        a.cmd(&t, &rw16(0x88, 5, 1, 0), &[]).await.data,
-        vec![0x63u8; BS as usize]
-    );
+    assert_eq!(a.cmd(&t, &rw16(0x88, 5, 1, 0), &[]).await.data, vec![0x63u8; BS as usize]);
 }
 
 #[tokio::test]
@@ -175,14 +134,9 @@ async fn write_same_unmap_and_lba_status() {
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let blocks = 256; // two memory-store pages at 512-byte blocks
-    let ws = a
-        .cmd(&t, &rw16(0x93, 0, blocks, 0), &vec![0xabu8; BS as usize])
-        .await;
+    let ws = a.cmd(&t, &rw16(0x93, 0, blocks, 0), &vec![0xabu8; BS as usize]).await;
     assert_eq!(ws.status, status::GOOD);
-    assert_eq!(
-        a.cmd(&t, &rw16(0x88, 200, 1, 0), &[]).await.data,
-        vec![0xabu8; BS as usize]
-    );
+    assert_eq!(a.cmd(&t, &rw16(0x88, 200, 1, 0), &[]).await.data, vec![0xabu8; BS as usize]);
     assert_eq!(store.allocated_pages(), 2);
 
     let mut status_cdb = [0u8; 16];
@@ -193,9 +147,7 @@ async fn write_same_unmap_and_lba_status() {
     assert_eq!(st.data[8 + 12], 0, "first extent mapped");
     assert_eq!(u32::from_be_bytes(st.data[16..20].try_into().unwrap()), 256);
 
-    let unmap = a
-        .cmd(&t, &rw16(0x93, 0, 128, 0x08), &vec![0u8; BS as usize])
-        .await;
+    let unmap = a.cmd(&t, &rw16(0x93, 0, 128, 0x08), &vec![0u8; BS as usize]).await;
     assert_eq!(unmap.status, status::GOOD);
     let mut param = vec![0u8, 22, 0, 16, 0, 0, 0, 0];
     param.extend_from_slice(&128u64.to_be_bytes());
@@ -204,21 +156,12 @@ async fn write_same_unmap_and_lba_status() {
     let um = a.cmd(&t, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &param).await;
     assert_eq!(um.status, status::GOOD);
     assert_eq!(store.allocated_pages(), 0);
-    assert_eq!(
-        a.cmd(&t, &rw16(0x88, 200, 1, 0), &[]).await.data,
-        vec![0u8; BS as usize]
-    );
+    assert_eq!(a.cmd(&t, &rw16(0x88, 200, 1, 0), &[]).await.data, vec![0u8; BS as usize]);
     let st = a.cmd(&t, &status_cdb, &[]).await;
     assert_eq!(st.data[8 + 12], 1, "deallocated");
 
-    let zero = a
-        .cmd(&t, &rw16(0x93, 0, 0, 0), &vec![0u8; BS as usize])
-        .await;
-    assert_eq!(
-        sense_of(&zero),
-        Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)),
-        "WSNZ"
-    );
+    let zero = a.cmd(&t, &rw16(0x93, 0, 0, 0), &vec![0u8; BS as usize]).await;
+    assert_eq!(sense_of(&zero), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)), "WSNZ");
 }
 
 #[tokio::test]
@@ -231,39 +174,25 @@ async fn mode_select_changes_only_changeable_bits() {
     let sense = a.cmd(&t, &[0x1a, 0x08, 0x08, 0, 255, 0], &[]).await;
     assert_eq!(sense.status, status::GOOD);
     let page = sense.data[4..].to_vec();
-    assert_eq!(
-        (page[0], page[2] & 0x04),
-        (0x08, 0x04),
-        "caching page, WCE on"
-    );
+    assert_eq!((page[0], page[2] & 0x04), (0x08, 0x04), "caching page, WCE on");
 
     let mut select = vec![0u8; 4];
     let mut off = page.clone();
     off[2] &= !0x04;
     select.extend_from_slice(&off);
-    let r = a
-        .cmd(&t, &[0x15, 0x10, 0, 0, select.len() as u8, 0], &select)
-        .await;
+    let r = a.cmd(&t, &[0x15, 0x10, 0, 0, select.len() as u8, 0], &select).await;
     assert_eq!(r.status, status::GOOD);
     assert!(!t.lun(1).unwrap().write_cache_enabled());
     // Other nexuses learn of it by a unit attention.
     let r = b.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await;
-    assert_eq!(
-        sense_of(&r),
-        Some((key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED))
-    );
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED)));
 
     let mut bad = vec![0u8; 4];
     let mut p = page.clone();
     p[2] |= 0x01; // RCD is not changeable
     bad.extend_from_slice(&p);
-    let r = a
-        .cmd(&t, &[0x15, 0x10, 0, 0, bad.len() as u8, 0], &bad)
-        .await;
-    assert_eq!(
-        sense_of(&r),
-        Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST))
-    );
+    let r = a.cmd(&t, &[0x15, 0x10, 0, 0, bad.len() as u8, 0], &bad).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST)));
 
     // D_SENSE switches to descriptor sense.
     let ctl = a.cmd(&t, &[0x1a, 0x08, 0x0a, 0, 255, 0], &[]).await.data[4..].to_vec();
@@ -271,12 +200,7 @@ async fn mode_select_changes_only_changeable_bits() {
     let mut on = ctl.clone();
     on[2] |= 0x04;
     select.extend_from_slice(&on);
-    assert_eq!(
-        a.cmd(&t, &[0x15, 0x10, 0, 0, select.len() as u8, 0], &select)
-            .await
-            .status,
-        status::GOOD
-    );
+    assert_eq!(a.cmd(&t, &[0x15, 0x10, 0, 0, select.len() as u8, 0], &select).await.status, status::GOOD);
     let r = a.cmd(&t, &rw16(0x88, BLOCKS, 1, 0), &[]).await;
     assert_eq!(r.sense.unwrap()[0], 0x72);
 }
@@ -286,9 +210,7 @@ async fn rsoc_reports_the_dispatch_table() {
     let (t, _) = target();
     let a = Init::new("iqn.a");
     a.ready(&t).await;
-    let all = a
-        .cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[])
-        .await;
+    let all = a.cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
     let len = u32::from_be_bytes(all.data[..4].try_into().unwrap()) as usize;
     assert_eq!(len, 8 * commands().len());
     let opcodes: Vec<u8> = all.data[4..].chunks(8).map(|d| d[0]).collect();
@@ -301,47 +223,25 @@ async fn rsoc_reports_the_dispatch_table() {
             cdb[1] = sa as u8;
         }
         let r = a.cmd(&t, &cdb, &[]).await;
-        assert_ne!(
-            sense_of(&r).map(|s| s.1),
-            Some(asc::INVALID_OPCODE),
-            "{}",
-            spec.name
-        );
+        assert_ne!(sense_of(&r).map(|s| s.1), Some(asc::INVALID_OPCODE), "{}", spec.name);
     }
-    let one = a
-        .cmd(&t, &[0xa3, 0x0c, 0x01, 0x28, 0, 0, 0, 0, 0, 64, 0, 0], &[])
-        .await;
+    let one = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0x28, 0, 0, 0, 0, 0, 64, 0, 0], &[]).await;
     assert_eq!(&one.data[..4], &[0, 3, 0, 10]);
     assert_eq!(one.data[4], 0x28);
-    let sa_needed = a
-        .cmd(&t, &[0xa3, 0x0c, 0x01, 0x9e, 0, 0, 0, 0, 0, 64, 0, 0], &[])
-        .await;
-    assert_eq!(
-        sense_of(&sa_needed),
-        Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB))
-    );
-    let unsupported = a
-        .cmd(&t, &[0xa3, 0x0c, 0x01, 0xe0, 0, 0, 0, 0, 0, 64, 0, 0], &[])
-        .await;
+    let sa_needed = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0x9e, 0, 0, 0, 0, 0, 64, 0, 0], &[]).await;
+    assert_eq!(sense_of(&sa_needed), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    let unsupported = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0xe0, 0, 0, 0, 0, 0, 64, 0, 0], &[]).await;
     assert_eq!(&unsupported.data[..2], &[0, 1]);
     let r = a.cmd(&t, &[0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).await;
-    assert_eq!(
-        sense_of(&r),
-        Some((key::ILLEGAL_REQUEST, asc::INVALID_OPCODE))
-    );
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_OPCODE)));
 }
 
 #[tokio::test]
 async fn report_luns_and_missing_luns() {
     let (t, _) = target();
     let a = Init::new("iqn.a");
-    let r = a
-        .cmd(&t, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[])
-        .await;
-    assert_eq!(
-        &r.data[..],
-        &[0, 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
-    );
+    let r = a.cmd(&t, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!(&r.data[..], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
     let req = Request {
         nexus: a.nexus.clone(),
         lun: encode_lun(7),
@@ -350,14 +250,8 @@ async fn report_luns_and_missing_luns() {
     };
     let inq = t.execute(&req).await;
     assert_eq!(inq.data[0], 0x7f);
-    let req = Request {
-        cdb: Bytes::from_static(&[0, 0, 0, 0, 0, 0]),
-        ..req
-    };
-    assert_eq!(
-        sense_of(&t.execute(&req).await),
-        Some((key::ILLEGAL_REQUEST, asc::LUN_NOT_SUPPORTED))
-    );
+    let req = Request { cdb: Bytes::from_static(&[0, 0, 0, 0, 0, 0]), ..req };
+    assert_eq!(sense_of(&t.execute(&req).await), Some((key::ILLEGAL_REQUEST, asc::LUN_NOT_SUPPORTED)));
 }
 
 #[tokio::test]
@@ -367,34 +261,13 @@ async fn reservations_conflict_for_other_nexuses() {
     let b = Init::new("iqn.b");
     a.ready(&t).await;
     b.ready(&t).await;
-    assert_eq!(
-        a.cmd(&t, &[0x16, 0, 0, 0, 0, 0], &[]).await.status,
-        status::GOOD
-    );
-    assert_eq!(
-        b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status,
-        status::RESERVATION_CONFLICT
-    );
-    assert_eq!(
-        b.cmd(&t, &[0x12, 0, 0, 0, 36, 0], &[]).await.status,
-        status::GOOD
-    );
-    assert_eq!(
-        b.cmd(&t, &[0x17, 0, 0, 0, 0, 0], &[]).await.status,
-        status::GOOD
-    );
-    assert_eq!(
-        b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status,
-        status::RESERVATION_CONFLICT
-    );
-    assert_eq!(
-        a.cmd(&t, &[0x17, 0, 0, 0, 0, 0], &[]).await.status,
-        status::GOOD
-    );
-    assert_eq!(
-        b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status,
-        status::GOOD
-    );
+    assert_eq!(a.cmd(&t, &[0x16, 0, 0, 0, 0, 0], &[]).await.status, status::GOOD);
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(b.cmd(&t, &[0x12, 0, 0, 0, 36, 0], &[]).await.status, status::GOOD);
+    assert_eq!(b.cmd(&t, &[0x17, 0, 0, 0, 0, 0], &[]).await.status, status::GOOD);
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(a.cmd(&t, &[0x17, 0, 0, 0, 0, 0], &[]).await.status, status::GOOD);
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
 }
 
 #[test]

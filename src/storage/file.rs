@@ -35,23 +35,13 @@ impl FileStore {
     pub fn open(path: &Path, opts: &FileOptions) -> Result<FileStore, String> {
         let exists = path.exists();
         if !exists && !opts.create {
-            return Err(format!(
-                "{} does not exist (set create = true to create it)",
-                path.display()
-            ));
+            return Err(format!("{} does not exist (set create = true to create it)", path.display()));
         }
         if !exists && opts.size.is_none() {
-            return Err(format!(
-                "{} does not exist and no size was given to create it",
-                path.display()
-            ));
+            return Err(format!("{} does not exist and no size was given to create it", path.display()));
         }
-        if let Some(parent) = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty() && !exists)
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !exists) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -60,22 +50,13 @@ impl FileStore {
             .truncate(false)
             .open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        let meta = file.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
         let block_device = meta.file_type().is_block_device();
-        let current = if block_device {
-            block_device_size(&file)?
-        } else {
-            meta.len()
-        };
+        let current = if block_device { block_device_size(&file)? } else { meta.len() };
         let capacity = match opts.size {
             None => current,
             Some(size) if block_device && size > current => {
-                return Err(format!(
-                    "{}: size {size} exceeds the device's {current} bytes",
-                    path.display()
-                ));
+                return Err(format!("{}: size {size} exceeds the device's {current} bytes", path.display()));
             }
             Some(size) if block_device => size,
             Some(size) if size < current => {
@@ -88,8 +69,7 @@ impl FileStore {
             Some(size) => {
                 if size > current {
                     // Growing a file is sparse and keeps its contents.
-                    file.set_len(size)
-                        .map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+                    file.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
                 }
                 size
             }
@@ -126,26 +106,15 @@ fn block_device_size(file: &File) -> Result<u64, String> {
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which is valid for the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
     if rc != 0 {
-        return Err(format!(
-            "BLKGETSIZE64 failed: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("BLKGETSIZE64 failed: {}", std::io::Error::last_os_error()));
     }
     Ok(size)
 }
 
 /// Writes all of `data` at `offset` with `pwritev2` flags (RWF_DSYNC for FUA).
-fn pwrite_all_flags(
-    file: &File,
-    mut data: &[u8],
-    mut offset: u64,
-    flags: libc::c_int,
-) -> std::io::Result<()> {
+fn pwrite_all_flags(file: &File, mut data: &[u8], mut offset: u64, flags: libc::c_int) -> std::io::Result<()> {
     while !data.is_empty() {
-        let iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
+        let iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
         // SAFETY: the iovec points into `data`, which outlives the call.
         let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, offset as libc::off_t, flags) };
         if n < 0 {
@@ -156,10 +125,7 @@ fn pwrite_all_flags(
             return Err(err);
         }
         if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "pwritev2 wrote nothing",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "pwritev2 wrote nothing"));
         }
         data = &data[n as usize..];
         offset += n as u64;
@@ -169,10 +135,7 @@ fn pwrite_all_flags(
 
 fn write_fua(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
     match pwrite_all_flags(file, data, offset, libc::RWF_DSYNC) {
-        Err(e)
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP)
-                || e.raw_os_error() == Some(libc::ENOSYS) =>
-        {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) || e.raw_os_error() == Some(libc::ENOSYS) => {
             file.write_all_at(data, offset)?;
             file.sync_data()
         }
@@ -190,11 +153,7 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
             len as libc::off_t,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn write_zeros_sync(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
@@ -216,11 +175,7 @@ fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option
         return Ok(Some(r as u64));
     }
     let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENXIO) {
-        Ok(None)
-    } else {
-        Err(err)
-    }
+    if err.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(err) }
 }
 
 fn extents_sync(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<Extent>> {
@@ -230,20 +185,12 @@ fn extents_sync(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<Exten
     while at < end {
         let data = seek(file, at, libc::SEEK_DATA)?.unwrap_or(end).min(end);
         if data > at {
-            out.push(Extent {
-                offset: at,
-                len: data - at,
-                mapped: false,
-            });
+            out.push(Extent { offset: at, len: data - at, mapped: false });
             at = data;
             continue;
         }
         let hole = seek(file, at, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-        out.push(Extent {
-            offset: at,
-            len: hole - at,
-            mapped: true,
-        });
+        out.push(Extent { offset: at, len: hole - at, mapped: true });
         at = hole;
     }
     Ok(out)
@@ -259,12 +206,7 @@ impl BlockStore for FileStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps {
-            thin: true,
-            volatile_cache: true,
-            unmap_granularity: 4096,
-            optimal_transfer: 0,
-        }
+        StoreCaps { thin: true, volatile_cache: true, unmap_granularity: 4096, optimal_transfer: 0 }
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
@@ -276,13 +218,12 @@ impl BlockStore for FileStore {
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.blocking(true, move |f| {
-            if fua {
-                write_fua(f, &data, offset)
-            } else {
-                f.write_all_at(&data, offset)
-            }
-        }))
+        Box::pin(self.blocking(
+            true,
+            move |f| {
+                if fua { write_fua(f, &data, offset) } else { f.write_all_at(&data, offset) }
+            },
+        ))
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -296,9 +237,7 @@ impl BlockStore for FileStore {
                 match punch_hole(f, offset, len) {
                     Ok(()) => return Ok(()),
                     Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                        tracing::warn!(
-                            "hole punching unsupported here; UNMAP writes zeros instead"
-                        );
+                        tracing::warn!("hole punching unsupported here; UNMAP writes zeros instead");
                         punch.store(false, Ordering::Relaxed);
                     }
                     Err(e) => return Err(e),
@@ -310,22 +249,14 @@ impl BlockStore for FileStore {
 
     fn mapped_extents(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<Vec<Extent>>> {
         if self.block_device {
-            return Box::pin(async move {
-                Ok(vec![Extent {
-                    offset,
-                    len,
-                    mapped: true,
-                }])
-            });
+            return Box::pin(async move { Ok(vec![Extent { offset, len, mapped: true }]) });
         }
         Box::pin(self.blocking(false, move |f| extents_sync(f, offset, len)))
     }
 
     fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
         if self.block_device {
-            return Box::pin(async {
-                Err(StoreError::Write("a block device cannot be resized".into()))
-            });
+            return Box::pin(async { Err(StoreError::Write("a block device cannot be resized".into())) });
         }
         Box::pin(async move {
             if capacity < self.capacity() {
@@ -346,63 +277,23 @@ mod tests {
     async fn file_store_round_trip_fua_unmap_and_extents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/disk.img");
-        let s = FileStore::open(
-            &path,
-            &FileOptions {
-                size: Some(4 << 20),
-                create: true,
-            },
-        )
-        .unwrap();
+        let s = FileStore::open(&path, &FileOptions { size: Some(4 << 20), create: true }).unwrap();
         assert_eq!(s.capacity(), 4 << 20);
-        s.write(8192, Bytes::from(vec![7u8; 8192]), true)
-            .await
-            .unwrap();
-        s.write(1 << 20, Bytes::from(vec![9u8; 4096]), false)
-            .await
-            .unwrap();
+        s.write(8192, Bytes::from(vec![7u8; 8192]), true).await.unwrap();
+        s.write(1 << 20, Bytes::from(vec![9u8; 4096]), false).await.unwrap();
         s.flush().await.unwrap();
         assert_eq!(s.read(8192, 8192).await.unwrap(), vec![7u8; 8192]);
         let ext = s.mapped_extents(0, 4 << 20).await.unwrap();
-        assert!(
-            ext.iter()
-                .any(|e| e.mapped && e.offset <= 8192 && e.offset + e.len >= 16384),
-            "{ext:?}"
-        );
+        assert!(ext.iter().any(|e| e.mapped && e.offset <= 8192 && e.offset + e.len >= 16384), "{ext:?}");
         assert!(!ext[0].mapped);
         s.unmap(8192, 8192).await.unwrap();
         assert_eq!(s.read(8192, 8192).await.unwrap(), vec![0u8; 8192]);
         drop(s);
         // Reopening keeps size and data; a smaller configured size is refused.
-        let s = FileStore::open(
-            &path,
-            &FileOptions {
-                size: None,
-                create: false,
-            },
-        )
-        .unwrap();
+        let s = FileStore::open(&path, &FileOptions { size: None, create: false }).unwrap();
         assert_eq!(s.capacity(), 4 << 20);
         assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
-        assert!(
-            FileStore::open(
-                &path,
-                &FileOptions {
-                    size: Some(1 << 20),
-                    create: false
-                }
-            )
-            .is_err()
-        );
-        assert!(
-            FileStore::open(
-                &dir.path().join("missing"),
-                &FileOptions {
-                    size: None,
-                    create: false
-                }
-            )
-            .is_err()
-        );
+        assert!(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false }).is_err());
+        assert!(FileStore::open(&dir.path().join("missing"), &FileOptions { size: None, create: false }).is_err());
     }
 }

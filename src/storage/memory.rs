@@ -28,9 +28,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, page: u64) -> std::sync::MutexGuard<'_, BTreeMap<u64, Box<[u8]>>> {
-        self.shards[(page % SHARDS) as usize]
-            .lock()
-            .expect("memory store lock poisoned")
+        self.shards[(page % SHARDS) as usize].lock().expect("memory store lock poisoned")
     }
 
     /// Number of allocated pages (tests and statistics).
@@ -104,12 +102,7 @@ impl BlockStore for MemoryStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps {
-            thin: true,
-            volatile_cache: false,
-            unmap_granularity: PAGE_LEN,
-            optimal_transfer: 0,
-        }
+        StoreCaps { thin: true, volatile_cache: false, unmap_granularity: PAGE_LEN, optimal_transfer: 0 }
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
@@ -138,11 +131,7 @@ impl BlockStore for MemoryStore {
             let at = page * PAGE_LEN + within as u64;
             match out.last_mut() {
                 Some(last) if last.mapped == mapped => last.len += n as u64,
-                _ => out.push(Extent {
-                    offset: at,
-                    len: n as u64,
-                    mapped,
-                }),
+                _ => out.push(Extent { offset: at, len: n as u64, mapped }),
             }
         });
         Box::pin(async move { Ok(out) })
@@ -165,48 +154,23 @@ mod tests {
     async fn sparse_reads_writes_and_unmap() {
         let s = MemoryStore::new(1 << 30);
         assert_eq!(s.read(12345, 100).await.unwrap(), vec![0u8; 100]);
-        s.write(PAGE_LEN - 2, Bytes::from_static(&[1, 2, 3, 4]), false)
-            .await
-            .unwrap();
+        s.write(PAGE_LEN - 2, Bytes::from_static(&[1, 2, 3, 4]), false).await.unwrap();
         assert_eq!(s.allocated_pages(), 2);
-        assert_eq!(
-            &s.read(PAGE_LEN - 3, 6).await.unwrap()[..],
-            &[0, 1, 2, 3, 4, 0]
-        );
-        s.write(10 * PAGE_LEN, Bytes::from(vec![0u8; 4096]), false)
-            .await
-            .unwrap();
+        assert_eq!(&s.read(PAGE_LEN - 3, 6).await.unwrap()[..], &[0, 1, 2, 3, 4, 0]);
+        s.write(10 * PAGE_LEN, Bytes::from(vec![0u8; 4096]), false).await.unwrap();
         assert_eq!(s.allocated_pages(), 2, "zeros stay sparse");
         s.unmap(0, PAGE_LEN).await.unwrap();
         assert_eq!(s.allocated_pages(), 1);
-        assert_eq!(
-            &s.read(PAGE_LEN - 3, 6).await.unwrap()[..],
-            &[0, 0, 0, 3, 4, 0]
-        );
+        assert_eq!(&s.read(PAGE_LEN - 3, 6).await.unwrap()[..], &[0, 0, 0, 3, 4, 0]);
         s.unmap(PAGE_LEN, 1).await.unwrap();
-        assert_eq!(
-            &s.read(PAGE_LEN - 3, 6).await.unwrap()[..],
-            &[0, 0, 0, 0, 4, 0]
-        );
+        assert_eq!(&s.read(PAGE_LEN - 3, 6).await.unwrap()[..], &[0, 0, 0, 0, 4, 0]);
         let ext = s.mapped_extents(0, 3 * PAGE_LEN).await.unwrap();
         assert_eq!(
             ext,
             vec![
-                Extent {
-                    offset: 0,
-                    len: PAGE_LEN,
-                    mapped: false
-                },
-                Extent {
-                    offset: PAGE_LEN,
-                    len: PAGE_LEN,
-                    mapped: true
-                },
-                Extent {
-                    offset: 2 * PAGE_LEN,
-                    len: PAGE_LEN,
-                    mapped: false
-                },
+                Extent { offset: 0, len: PAGE_LEN, mapped: false },
+                Extent { offset: PAGE_LEN, len: PAGE_LEN, mapped: true },
+                Extent { offset: 2 * PAGE_LEN, len: PAGE_LEN, mapped: false },
             ]
         );
     }

@@ -41,11 +41,7 @@ impl StoreError {
         if err.raw_os_error() == Some(libc::ENOSPC) {
             return StoreError::NoSpace(err.to_string());
         }
-        if writing {
-            StoreError::Write(err.to_string())
-        } else {
-            StoreError::Read(err.to_string())
-        }
+        if writing { StoreError::Write(err.to_string()) } else { StoreError::Read(err.to_string()) }
     }
 }
 
@@ -87,13 +83,7 @@ pub trait BlockStore: Send + Sync + 'static {
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>>;
     /// Mapped and deallocated runs covering `[offset, offset + len)`, in order.
     fn mapped_extents(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<Vec<Extent>>> {
-        Box::pin(async move {
-            Ok(vec![Extent {
-                offset,
-                len,
-                mapped: true,
-            }])
-        })
+        Box::pin(async move { Ok(vec![Extent { offset, len, mapped: true }]) })
     }
     /// Changes the capacity (LUN grow). Stores that cannot resize refuse.
     fn resize(&self, _capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
@@ -104,12 +94,7 @@ pub trait BlockStore: Send + Sync + 'static {
 }
 
 /// Writes zeros over a range in bounded pieces; the fallback for stores without a cheaper way.
-pub async fn write_zeros(
-    store: &dyn BlockStore,
-    mut offset: u64,
-    len: u64,
-    fua: bool,
-) -> StoreResult<()> {
+pub async fn write_zeros(store: &dyn BlockStore, mut offset: u64, len: u64, fua: bool) -> StoreResult<()> {
     const PIECE: u64 = 1 << 20;
     let end = offset + len;
     let zeros = Bytes::from(vec![0u8; PIECE.min(len) as usize]);

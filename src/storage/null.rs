@@ -26,12 +26,7 @@ impl BlockStore for NullStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps {
-            thin: false,
-            volatile_cache: false,
-            unmap_granularity: 0,
-            optimal_transfer: 0,
-        }
+        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 0, optimal_transfer: 0 }
     }
 
     fn read(&self, _offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
