@@ -55,7 +55,7 @@ pub struct LuConfig {
 
 impl LuConfig {
     pub fn new(block_size: u32, identity: LuIdentity) -> LuConfig {
-        LuConfig { block_size, identity, read_only: false, max_transfer_bytes: 8 << 20 }
+        LuConfig { block_size, identity, read_only: false, max_transfer_bytes: 64 << 20 }
     }
 }
 
@@ -230,7 +230,8 @@ impl LogicalUnit {
     pub async fn execute(&self, req: &Request) -> Response {
         let cdb = Cdb(&req.cdb);
         let spec = match ops::lookup(cdb.opcode(), cdb.service_action()) {
-            Lookup::Found(spec) => spec,
+            Lookup::Found(spec) if self.supports(spec) => spec,
+            Lookup::Found(_) => return self.check(&Sense::illegal(asc::INVALID_OPCODE)),
             Lookup::UnknownOpcode => return self.check(&Sense::illegal(asc::INVALID_OPCODE)),
             Lookup::UnknownServiceAction => return self.check(&Sense::invalid_cdb(1, Some(4))),
         };
@@ -259,6 +260,11 @@ impl LogicalUnit {
         };
         response.data_out_len = ctx.data_out_len;
         response
+    }
+
+    /// Whether this logical unit implements a command of the table.
+    pub(super) fn supports(&self, spec: &OpSpec) -> bool {
+        !spec.thin_only || self.store.caps().thin
     }
 
     fn reservation_conflict(&self, nexus: u64) -> bool {
@@ -295,6 +301,7 @@ impl LogicalUnit {
             Op::ReportSupportedOpcodes => self.report_supported_opcodes(ctx),
             Op::Reserve => self.reserve(ctx),
             Op::Release => self.release(ctx),
+            Op::ReadDefectData => self.read_defect_data(ctx),
         }
     }
 }

@@ -29,6 +29,7 @@ pub enum Op {
     ReportSupportedOpcodes,
     Reserve,
     Release,
+    ReadDefectData,
 }
 
 /// One row of the table.
@@ -45,6 +46,8 @@ pub struct OpSpec {
     pub ua_exempt: bool,
     /// Allowed while another I_T nexus holds a reservation.
     pub conflict_exempt: bool,
+    /// Only for thin-provisioned stores (LBPME=1): absent from dispatch and RSOC otherwise.
+    pub thin_only: bool,
 }
 
 impl OpSpec {
@@ -54,16 +57,30 @@ impl OpSpec {
 }
 
 const fn spec(opcode: u8, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
-    OpSpec { opcode, service_action: None, name, op, usage, ua_exempt: false, conflict_exempt: false }
+    OpSpec { opcode, service_action: None, name, op, usage, ua_exempt: false, conflict_exempt: false, thin_only: false }
 }
 
 const fn sa(opcode: u8, service_action: u16, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
-    OpSpec { opcode, service_action: Some(service_action), name, op, usage, ua_exempt: false, conflict_exempt: false }
+    OpSpec {
+        opcode,
+        service_action: Some(service_action),
+        name,
+        op,
+        usage,
+        ua_exempt: false,
+        conflict_exempt: false,
+        thin_only: false,
+    }
 }
 
 const fn exempt(mut s: OpSpec, ua: bool, conflict: bool) -> OpSpec {
     s.ua_exempt = ua;
     s.conflict_exempt = conflict;
+    s
+}
+
+const fn thin(mut s: OpSpec) -> OpSpec {
+    s.thin_only = true;
     s
 }
 
@@ -90,8 +107,9 @@ static COMMANDS: &[OpSpec] = &[
     spec(0x2f, "VERIFY(10)", Op::Verify, &[0x2f, 0xf6, FF, FF, FF, FF, 0, FF, FF, CTL]),
     spec(0x34, "PRE-FETCH(10)", Op::PreFetch, &[0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL]),
     spec(0x35, "SYNCHRONIZE CACHE(10)", Op::SynchronizeCache, &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, CTL]),
+    spec(0x37, "READ DEFECT DATA(10)", Op::ReadDefectData, &[0x37, 0, 0x1f, 0, 0, 0, 0, FF, FF, CTL]),
     spec(0x41, "WRITE SAME(10)", Op::WriteSame, &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, CTL]),
-    spec(0x42, "UNMAP", Op::Unmap, &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL]),
+    thin(spec(0x42, "UNMAP", Op::Unmap, &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL])),
     spec(0x55, "MODE SELECT(10)", Op::ModeSelect, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL]),
     spec(0x5a, "MODE SENSE(10)", Op::ModeSense, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL]),
     spec(0x88, "READ(16)", Op::Read, &[0x88, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
@@ -148,6 +166,7 @@ static COMMANDS: &[OpSpec] = &[
     spec(0xaa, "WRITE(12)", Op::Write, &[0xaa, 0xfa, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(0xae, "WRITE AND VERIFY(12)", Op::WriteAndVerify, &[0xae, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(0xaf, "VERIFY(12)", Op::Verify, &[0xaf, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    spec(0xb7, "READ DEFECT DATA(12)", Op::ReadDefectData, &[0xb7, 0x1f, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL]),
 ];
 
 /// Every supported command, in opcode order.

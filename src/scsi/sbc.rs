@@ -51,14 +51,31 @@ impl LogicalUnit {
         Ok(())
     }
 
-    /// The data-out of a write-type command: exactly `len` bytes, or INVALID FIELD IN
-    /// INFORMATION UNIT when the initiator sent less (its EDTL was short; the residual tells).
+    /// The data-out of a parameter-list or single-block command: exactly `len` bytes.
     fn data_out(&self, ctx: &mut Ctx<'_>, len: u64) -> Result<Bytes, Sense> {
         ctx.data_out_len = len as u32;
         if (ctx.data_out.len() as u64) < len {
-            return Err(Sense::illegal((0x0e, 0x03)));
+            return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
         }
         Ok(ctx.data_out.slice(..len as usize))
+    }
+
+    /// The blocks a WRITE-family command really writes. When the initiator's expected length
+    /// is shorter than the CDB's, only the whole blocks it sent are written and the residual
+    /// tells the initiator (FCP-4 rule a); a partial block is refused with INVALID FIELD IN
+    /// INFORMATION UNIT and nothing written (rule b).
+    fn write_payload(&self, ctx: &mut Ctx<'_>, blocks: u32) -> Result<(u32, Bytes), Sense> {
+        let bs = self.block_size() as u64;
+        let wanted = blocks as u64 * bs;
+        ctx.data_out_len = wanted as u32;
+        let sent = ctx.data_out.len() as u64;
+        if sent >= wanted {
+            return Ok((blocks, ctx.data_out.slice(..wanted as usize)));
+        }
+        if sent % bs != 0 {
+            return Err(Sense::illegal(asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+        }
+        Ok(((sent / bs) as u32, ctx.data_out.slice(..sent as usize)))
     }
 
     /// FUA when asked, or always when the write cache is disabled.
@@ -97,14 +114,14 @@ impl LogicalUnit {
 
     pub(super) async fn write(&self, ctx: &mut Ctx<'_>, verify: bool) -> Outcome {
         let r = block_range(ctx.cdb);
-        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
-        ctx.data_out_len = len as u32;
-        self.check_rw(ctx, &r)?;
+        ctx.data_out_len = r.blocks.saturating_mul(self.block_size());
         self.check_writable()?;
-        let data = self.data_out(ctx, len)?;
-        if r.blocks == 0 {
+        self.check_rw(ctx, &r)?;
+        let (blocks, data) = self.write_payload(ctx, r.blocks)?;
+        if blocks == 0 {
             return Ok(Bytes::new());
         }
+        let (offset, _) = self.byte_range(r.lba, blocks as u64);
         // WRITE AND VERIFY has no FUA bit; its verification implies the medium holds the data.
         let fua = if verify { true } else { r.fua() };
         let _shared = self.atomic.read().await;
@@ -173,6 +190,7 @@ impl LogicalUnit {
         let ndob = sixteen && flags & 0x01 != 0;
         let bs = self.block_size() as u64;
         ctx.data_out_len = if ndob { 0 } else { bs as u32 };
+        self.check_writable()?;
         if flags >> 5 != 0 {
             return Err(Sense::invalid_cdb(1, Some(7)));
         }
@@ -185,13 +203,19 @@ impl LogicalUnit {
         if blocks > self.max_unmap_blocks() as u64 {
             return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None));
         }
+        if (unmap || ndob) && !self.store.caps().thin {
+            return Err(Sense::invalid_cdb(1, Some(3)));
+        }
         self.check_range(lba, blocks)?;
-        self.check_writable()?;
-        let block = if ndob { Bytes::from(vec![0u8; bs as usize]) } else { self.data_out(ctx, bs)? };
+        let expected_len = if ndob { 0 } else { bs };
+        if ctx.data_out.len() as u64 != expected_len {
+            return Err(Sense::illegal(asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+        }
+        let block = if ndob { Bytes::from(vec![0u8; bs as usize]) } else { ctx.data_out.clone() };
         let (offset, len) = self.byte_range(lba, blocks);
         let zeros = block.iter().all(|&b| b == 0);
         let _shared = self.atomic.read().await;
-        if zeros && (unmap || ndob) && self.store.caps().thin {
+        if zeros && (unmap || ndob) {
             self.store.unmap(offset, len).await.map_err(|e| store_sense(&e))?;
             return Ok(Bytes::new());
         }
@@ -216,10 +240,10 @@ impl LogicalUnit {
     pub(super) async fn unmap(&self, ctx: &mut Ctx<'_>) -> Outcome {
         let param_len = ctx.cdb.u16(7) as usize;
         ctx.data_out_len = param_len as u32;
+        self.check_writable()?;
         if ctx.cdb.bit(1, 0x01) {
             return Err(Sense::invalid_cdb(1, Some(0))); // ANCHOR
         }
-        self.check_writable()?;
         if param_len == 0 {
             return Ok(Bytes::new());
         }
@@ -246,15 +270,9 @@ impl LogicalUnit {
                 ranges.push(self.byte_range(lba, blocks));
             }
         }
-        let thin = self.store.caps().thin;
         let _shared = self.atomic.read().await;
         for (offset, len) in ranges {
-            let result = if thin {
-                self.store.unmap(offset, len).await
-            } else {
-                crate::storage::write_zeros(&*self.store, offset, len, false).await
-            };
-            result.map_err(|e| store_sense(&e))?;
+            self.store.unmap(offset, len).await.map_err(|e| store_sense(&e))?;
         }
         Ok(Bytes::new())
     }
@@ -286,14 +304,14 @@ impl LogicalUnit {
 
     pub(super) async fn or_write(&self, ctx: &mut Ctx<'_>) -> Outcome {
         let r = block_range(ctx.cdb);
-        let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
-        ctx.data_out_len = len as u32;
-        self.check_rw(ctx, &r)?;
+        ctx.data_out_len = r.blocks.saturating_mul(self.block_size());
         self.check_writable()?;
-        let data = self.data_out(ctx, len)?;
-        if r.blocks == 0 {
+        self.check_rw(ctx, &r)?;
+        let (blocks, data) = self.write_payload(ctx, r.blocks)?;
+        if blocks == 0 {
             return Ok(Bytes::new());
         }
+        let (offset, len) = self.byte_range(r.lba, blocks as u64);
         let _exclusive = self.atomic.write().await;
         let old = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
         let merged: Vec<u8> = old.iter().zip(data.iter()).map(|(a, b)| a | b).collect();
@@ -310,15 +328,20 @@ impl LogicalUnit {
         let flags = ctx.cdb.u8(1);
         let (offset, len) = self.byte_range(lba, blocks as u64);
         ctx.data_out_len = 2 * len as u32;
+        self.check_writable()?;
         if flags >> 5 != 0 {
             return Err(Sense::invalid_cdb(1, Some(7)));
         }
         if blocks > Self::MAX_COMPARE_AND_WRITE_BLOCKS {
             return Err(Sense::invalid_cdb(13, None));
         }
-        self.check_range(lba, blocks as u64)?;
         self.check_writable()?;
-        let data = self.data_out(ctx, 2 * len)?;
+        self.check_range(lba, blocks as u64)?;
+        // The data-out must hold exactly the compare and the write data.
+        if ctx.data_out.len() as u64 != 2 * len {
+            return Err(Sense::invalid_cdb(13, None));
+        }
+        let data = ctx.data_out.clone();
         if blocks == 0 {
             return Ok(Bytes::new());
         }
@@ -332,6 +355,19 @@ impl LogicalUnit {
         self.store.write(offset, data.slice(len as usize..), fua).await.map_err(|e| store_sense(&e))?;
         debug_assert_eq!(write.len() as u64, len);
         Ok(Bytes::new())
+    }
+}
+
+impl LogicalUnit {
+    /// READ DEFECT DATA (10/12): our media have no defect lists; an empty list of the
+    /// requested format.
+    pub(super) fn read_defect_data(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let twelve = ctx.cdb.opcode() == 0xb7;
+        let (format, alloc) =
+            if twelve { (ctx.cdb.u8(1), ctx.cdb.u32(6) as usize) } else { (ctx.cdb.u8(2), ctx.cdb.u16(7) as usize) };
+        let mut out = BytesMut::zeroed(if twelve { 8 } else { 4 });
+        out[1] = format & 0x1f;
+        Ok(truncate(out, alloc))
     }
 }
 

@@ -39,6 +39,7 @@ pub mod asc {
     pub const INVALID_FIELD_IN_CDB: (u8, u8) = (0x24, 0x00);
     pub const LUN_NOT_SUPPORTED: (u8, u8) = (0x25, 0x00);
     pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
+    pub const INVALID_FIELD_IN_INFORMATION_UNIT: (u8, u8) = (0x0e, 0x03);
     pub const PARAMETER_LIST_LENGTH_ERROR: (u8, u8) = (0x1a, 0x00);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
     pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);

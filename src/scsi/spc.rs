@@ -117,7 +117,8 @@ impl LogicalUnit {
 
     /// The largest UNMAP / WRITE SAME range one command may cover, in blocks.
     pub(super) fn max_unmap_blocks(&self) -> u32 {
-        ((1u64 << 30) / self.config.block_size as u64) as u32
+        // At most 1 GiB and 2^20 blocks (libiscsi checks the latter bound).
+        ((1u64 << 30) / self.config.block_size as u64).min(1 << 20) as u32
     }
 
     pub(super) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
@@ -193,7 +194,7 @@ impl LogicalUnit {
         match options {
             0 => {
                 out.put_u32(0);
-                for spec in ops::commands() {
+                for spec in ops::commands().iter().filter(|s| self.supports(s)) {
                     out.put_u8(spec.opcode);
                     out.put_u8(0);
                     out.put_u16(spec.service_action.unwrap_or(0));

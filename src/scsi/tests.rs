@@ -91,14 +91,20 @@ async fn write_read_round_trip_and_range_checks() {
 }
 
 #[tokio::test]
-async fn short_data_out_is_refused_with_the_needed_length() {
+async fn short_data_out_writes_only_whole_blocks_sent() {
     let (t, store) = target();
     let a = Init::new("iqn.a");
     a.ready(&t).await;
+    // TL 2 with one block of data: block 0 written, block 1 untouched (FCP-4 overflow rule a).
     let w = a.cmd(&t, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 2, 0], &vec![7u8; BS as usize]).await;
-    assert_eq!(sense_of(&w), Some((key::ILLEGAL_REQUEST, (0x0e, 0x03))));
-    assert_eq!(w.data_out_len, 2 * BS);
-    assert_eq!(store.read(0, BS as usize).await.unwrap(), vec![0u8; BS as usize], "nothing written");
+    assert_eq!((w.status, w.data_out_len), (status::GOOD, 2 * BS));
+    assert_eq!(store.read(0, BS as usize).await.unwrap(), vec![7u8; BS as usize]);
+    assert_eq!(store.read(BS as u64, BS as usize).await.unwrap(), vec![0u8; BS as usize]);
+    // A partial block is refused and nothing is written (rule b).
+    let w = a.cmd(&t, &[0x2a, 0, 0, 0, 0, 2, 0, 0, 1, 0], &[9u8; 200]).await;
+    assert_eq!(sense_of(&w), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_INFORMATION_UNIT)));
+    assert_eq!(w.data_out_len, BS);
+    assert_eq!(store.read(2 * BS as u64, BS as usize).await.unwrap(), vec![0u8; BS as usize]);
 }
 
 #[tokio::test]
