@@ -1,0 +1,1197 @@
+//! The full-feature phase of a connection (RFC 7143): a sans-IO state machine.
+//!
+//! The driver feeds it received PDUs ([`Connection::on_pdu`]), finished SCSI commands
+//! ([`Connection::on_complete`]) and timer ticks ([`Connection::on_tick`]), always with `now`,
+//! and drains [`Output`]s: PDUs to send, SCSI commands to run, resets to apply, a close.
+//!
+//! With MaxConnections=1 the session and its one connection share this state: the CmdSN
+//! window, the task set and StatSN.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::params::{Params, SessionKind};
+use super::window::{Arrival, CmdWindow};
+use crate::pdu::*;
+use crate::scsi::{Response, Sense, asc, key, status};
+
+/// Limits of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Non-immediate commands the initiator may have outstanding (the CmdSN window).
+    pub queue_depth: u32,
+    /// Idle time after which the target pings the initiator with a NOP-In.
+    pub nop_interval: Duration,
+    /// Time without any PDU from the initiator after a ping before the connection is dropped.
+    pub nop_timeout: Duration,
+    /// Largest expected data transfer length of one command.
+    pub max_transfer_bytes: u32,
+    /// Bytes of command data (read and write buffers) the connection may hold at once.
+    pub buffer_budget: u64,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            queue_depth: 128,
+            nop_interval: Duration::from_secs(30),
+            nop_timeout: Duration::from_secs(90),
+            max_transfer_bytes: 64 << 20,
+            buffer_budget: 256 << 20,
+        }
+    }
+}
+
+/// A target known to discovery: its name and addresses ("host:port,tpgt").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+/// What the connection asks of the target around it.
+pub trait ConnContext {
+    /// Targets visible to this initiator through this portal group, for SendTargets.
+    fn targets(&self) -> Vec<TargetRecord>;
+    /// The session's own target (for SendTargets with an empty value in a normal session).
+    fn own_target(&self) -> Option<String>;
+    fn lun_exists(&self, lun: u64) -> bool;
+}
+
+/// A SCSI command ready to run.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub itt: u32,
+    pub lun: u64,
+    pub cdb: Bytes,
+    pub data_out: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    Logout,
+    NopTimeout,
+    ProtocolError(String),
+    ColdReset,
+}
+
+/// Work for the driver.
+#[derive(Debug)]
+pub enum Output {
+    Send(Pdu),
+    Execute(Exec),
+    /// A LOGICAL UNIT RESET: reset the LU and abort other sessions' tasks on it.
+    ResetLun(u64),
+    /// A TARGET WARM (or COLD) RESET: reset every LU of the target; a cold reset also drops
+    /// every session after this connection's TMF response has gone out.
+    ResetTarget {
+        cold: bool,
+    },
+    Close(CloseReason),
+}
+
+/// Data-Out bookkeeping of a write command.
+#[derive(Debug)]
+struct WriteIn {
+    buf: BytesMut,
+    /// Bytes that will be collected in total (EDTL, or only the unsolicited part on failure).
+    collect_len: u32,
+    /// End offset of the unsolicited data (immediate data plus unsolicited Data-Out).
+    unsolicited_end: u32,
+    unsolicited_next_offset: u32,
+    unsolicited_next_sn: u32,
+    unsolicited_done: bool,
+    /// Next offset to solicit with an R2T.
+    solicit_from: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tSeq>,
+}
+
+#[derive(Debug)]
+struct R2tSeq {
+    ttt: u32,
+    end: u32,
+    next_offset: u32,
+    next_data_sn: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Gathering Data-Out.
+    Collecting,
+    /// Waiting for its CmdSN turn, the buffer budget, or both.
+    Waiting,
+    /// Handed to the driver; the completion will come back.
+    Running,
+}
+
+#[derive(Debug)]
+struct Task {
+    itt: u32,
+    immediate: bool,
+    lun: u64,
+    cdb: Bytes,
+    read: bool,
+    edtl: u32,
+    phase: Phase,
+    /// Its CmdSN turn has come (always true for immediate commands).
+    delivered: bool,
+    write: Option<WriteIn>,
+    /// Answer with this instead of running the command.
+    failure: Option<Sense>,
+    /// Budget held for the command's data.
+    budget: u64,
+    /// Aborted by a TMF or a reset: no response will be sent.
+    aborted: bool,
+}
+
+impl Task {
+    fn collection_done(&self) -> bool {
+        match &self.write {
+            None => true,
+            Some(w) => w.unsolicited_done && w.solicit_from >= w.collect_len && w.r2ts.is_empty(),
+        }
+    }
+}
+
+/// A task management response waiting for aborted tasks to finish.
+#[derive(Debug)]
+struct PendingTmf {
+    itt: u32,
+    response: u8,
+    waiting_on: BTreeSet<u32>,
+    cold_reset: bool,
+}
+
+/// Something held in the CmdSN window until its turn.
+#[derive(Debug)]
+enum Held {
+    /// A SCSI command whose task already exists (it may be collecting data).
+    Task(u32),
+    /// Any other non-immediate PDU.
+    Pdu(Box<Pdu>),
+    /// A command aborted before it arrived: its CmdSN counts as received.
+    Aborted,
+}
+
+/// Long text responses, sent in pieces as the initiator asks for more.
+#[derive(Debug)]
+struct TextOut {
+    ttt: u32,
+    segments: VecDeque<Bytes>,
+}
+
+/// Most immediate (out-of-window) SCSI commands outstanding at once.
+const IMMEDIATE_TASKS_MAX: usize = 64;
+
+pub struct Connection {
+    params: Params,
+    kind: SessionKind,
+    cfg: ConnConfig,
+    cid: u16,
+    stat_sn: u32,
+    window: CmdWindow<Held>,
+    tasks: BTreeMap<u32, Task>,
+    /// Tasks ready but waiting for budget, in arrival order.
+    budget_queue: VecDeque<u32>,
+    budget_used: u64,
+    tmfs: Vec<PendingTmf>,
+    next_ttt: u32,
+    text_in: text::TextBuffer,
+    text_out: Option<TextOut>,
+    last_rx: Duration,
+    ping: Option<(u32, Duration)>,
+    closing: bool,
+    out: Vec<Output>,
+    /// MaxCmdSN last sent to the initiator.
+    advertised_max_cmd_sn: u32,
+}
+
+impl Connection {
+    pub fn new(
+        params: Params,
+        kind: SessionKind,
+        cid: u16,
+        exp_cmd_sn: u32,
+        stat_sn: u32,
+        cfg: ConnConfig,
+        now: Duration,
+    ) -> Connection {
+        let window = CmdWindow::new(exp_cmd_sn, cfg.queue_depth);
+        let advertised_max_cmd_sn = window.max_cmd_sn();
+        Connection {
+            params,
+            kind,
+            cfg,
+            cid,
+            stat_sn,
+            window,
+            tasks: BTreeMap::new(),
+            budget_queue: VecDeque::new(),
+            budget_used: 0,
+            tmfs: Vec::new(),
+            next_ttt: 1,
+            text_in: text::TextBuffer::default(),
+            text_out: None,
+            last_rx: now,
+            ping: None,
+            closing: false,
+            out: Vec::new(),
+            advertised_max_cmd_sn,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The digests and limits for decoding the initiator's PDUs.
+    pub fn decode_limits(&self) -> (Digests, Limits) {
+        (
+            Digests { header: self.params.header_digest, data: self.params.data_digest },
+            Limits { data_segment_len_max: self.params.target_max_recv_data_segment_len },
+        )
+    }
+
+    pub fn digests(&self) -> Digests {
+        Digests { header: self.params.header_digest, data: self.params.data_digest }
+    }
+
+    pub fn exp_cmd_sn(&self) -> u32 {
+        self.window.exp_cmd_sn()
+    }
+
+    pub fn max_cmd_sn(&self) -> u32 {
+        self.window.max_cmd_sn()
+    }
+
+    pub fn stat_sn(&self) -> u32 {
+        self.stat_sn
+    }
+
+    /// Commands handed to the driver and not yet completed.
+    pub fn running(&self) -> Vec<u32> {
+        self.tasks.values().filter(|t| t.phase == Phase::Running).map(|t| t.itt).collect()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn drain(&mut self) -> Vec<Output> {
+        self.advertise_window();
+        std::mem::take(&mut self.out)
+    }
+
+    /// Sends a NOP-In that carries nothing but a wider window, when the window opened and no
+    /// other PDU would tell the initiator (e.g. after silently aborted commands).
+    fn advertise_window(&mut self) {
+        let max = self.window.max_cmd_sn();
+        if max == self.advertised_max_cmd_sn || self.closing {
+            return;
+        }
+        let carried = self.out.iter().any(|o| matches!(o, Output::Send(_)));
+        if !carried {
+            let nop = NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt: RESERVED_TAG,
+                stat_sn: self.stat_sn,
+                exp_cmd_sn: self.window.exp_cmd_sn(),
+                max_cmd_sn: max,
+            };
+            self.out.push(Output::Send(Pdu::new(nop)));
+        }
+        self.advertised_max_cmd_sn = max;
+    }
+
+    // ---- numbering helpers ----
+
+    fn next_stat_sn(&mut self) -> u32 {
+        let sn = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        sn
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let ttt = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        ttt
+    }
+
+    fn send(&mut self, pdu: Pdu) {
+        self.out.push(Output::Send(pdu));
+    }
+
+    fn reject(&mut self, reason: u8, header: &[u8; BHS_LEN]) {
+        let reject = Reject {
+            reason,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            data_sn: 0,
+        };
+        self.send(Pdu::with_data(reject, Bytes::copy_from_slice(header)));
+    }
+
+    /// Answers a PDU that failed to decode but whose framing survived.
+    pub fn on_decode_error(&mut self, err: &PduError, now: Duration) {
+        self.last_rx = now;
+        let Some(header) = err.rejectable_header() else {
+            self.out.push(Output::Close(CloseReason::ProtocolError(err.to_string())));
+            return;
+        };
+        let reason = match err {
+            PduError::DataDigest { .. } => reject_reason::DATA_DIGEST_ERROR,
+            PduError::UnknownOpcode { .. } => reject_reason::COMMAND_NOT_SUPPORTED,
+            _ => reject_reason::PROTOCOL_ERROR,
+        };
+        // A lost Data-Out can never complete its command at ERL 0: fail the task.
+        if let PduError::DataDigest { opcode: Opcode::DataOut, header } = err
+            && let Ok(Bhs::DataOut(d)) = Bhs::decode(header)
+            && let Some(task) = self.tasks.get_mut(&d.itt)
+        {
+            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::PROTOCOL_SERVICE_CRC_ERROR));
+        }
+        let header = *header;
+        self.reject(reason, &header);
+    }
+
+    // ---- receive path ----
+
+    pub fn on_pdu(&mut self, pdu: Pdu, now: Duration, ctx: &dyn ConnContext) {
+        self.last_rx = now;
+        self.ping = None;
+        if self.closing {
+            return;
+        }
+        match &pdu.bhs {
+            Bhs::DataOut(d) => {
+                let d = *d;
+                self.on_data_out(&d, pdu.data);
+                return;
+            }
+            Bhs::NopOut(n) if n.itt == RESERVED_TAG => return, // answer to our ping
+            Bhs::SnackRequest(_) | Bhs::LoginRequest(_) => {
+                // ERL 0 has no SNACK; a login in full-feature phase is a protocol error.
+                let header = pdu.bhs.encode();
+                self.reject(reject_reason::PROTOCOL_ERROR, &header);
+                return;
+            }
+            bhs if !bhs.opcode().is_initiator_opcode() => {
+                let header = pdu.bhs.encode();
+                self.reject(reject_reason::PROTOCOL_ERROR, &header);
+                return;
+            }
+            _ => {}
+        }
+        let (immediate, cmd_sn) = match &pdu.bhs {
+            Bhs::ScsiCommand(c) => (c.immediate, c.cmd_sn),
+            Bhs::NopOut(c) => (c.immediate, c.cmd_sn),
+            Bhs::TaskMgmtRequest(c) => (c.immediate, c.cmd_sn),
+            Bhs::TextRequest(c) => (c.immediate, c.cmd_sn),
+            Bhs::LogoutRequest(c) => (c.immediate, c.cmd_sn),
+            _ => unreachable!("handled above"),
+        };
+        if immediate {
+            self.dispatch_now(pdu, ctx);
+            return;
+        }
+        match self.window.arrival(cmd_sn) {
+            Arrival::Outside => {
+                tracing::debug!(cmd_sn, exp = self.window.exp_cmd_sn(), "CmdSN outside the window: dropped");
+            }
+            Arrival::Ahead => {
+                if let Bhs::ScsiCommand(c) = &pdu.bhs {
+                    let itt = c.itt;
+                    // A command answered at once still uses its CmdSN.
+                    let held = if self.new_task(&pdu, false) { Held::Task(itt) } else { Held::Aborted };
+                    self.window.hold(cmd_sn, held);
+                } else {
+                    self.window.hold(cmd_sn, Held::Pdu(Box::new(pdu)));
+                }
+            }
+            Arrival::InOrder => {
+                match &pdu.bhs {
+                    Bhs::ScsiCommand(c) => {
+                        let itt = c.itt;
+                        if self.new_task(&pdu, false) {
+                            self.window.advance(true);
+                            self.deliver(itt);
+                        } else {
+                            // Rejected at once: the CmdSN is used but occupies nothing.
+                            self.window.advance(false);
+                        }
+                    }
+                    _ => {
+                        self.window.advance(false);
+                        self.dispatch_now(pdu, ctx);
+                    }
+                }
+                self.release_held(ctx);
+            }
+        }
+    }
+
+    /// Delivers held commands whose turn came.
+    fn release_held(&mut self, ctx: &dyn ConnContext) {
+        while let Some(held) = self.window.next_held() {
+            match held {
+                Held::Task(itt) => {
+                    let alive = self.tasks.get(&itt).is_some_and(|t| !t.aborted);
+                    self.window.advance(alive);
+                    if alive {
+                        self.deliver(itt);
+                    } else {
+                        self.tasks.remove(&itt);
+                    }
+                }
+                Held::Pdu(pdu) => {
+                    self.window.advance(false);
+                    self.dispatch_now(*pdu, ctx);
+                }
+                Held::Aborted => self.window.advance(false),
+            }
+        }
+    }
+
+    /// Handles a PDU whose turn it is (or an immediate one).
+    fn dispatch_now(&mut self, pdu: Pdu, ctx: &dyn ConnContext) {
+        match &pdu.bhs {
+            Bhs::ScsiCommand(c) => {
+                let itt = c.itt;
+                if self.new_task(&pdu, true) {
+                    self.deliver(itt);
+                }
+            }
+            Bhs::NopOut(n) => {
+                let mut data = pdu.data.clone();
+                data.truncate(self.params.initiator_max_recv_data_segment_len as usize);
+                let nop = NopIn {
+                    lun: n.lun,
+                    itt: n.itt,
+                    ttt: RESERVED_TAG,
+                    stat_sn: self.next_stat_sn(),
+                    exp_cmd_sn: self.window.exp_cmd_sn(),
+                    max_cmd_sn: self.window.max_cmd_sn(),
+                };
+                self.send(Pdu::with_data(nop, data));
+            }
+            Bhs::TaskMgmtRequest(t) => {
+                let t = *t;
+                self.on_task_mgmt(&t, ctx);
+            }
+            Bhs::TextRequest(t) => {
+                let t = *t;
+                self.on_text(&t, &pdu.data, ctx);
+            }
+            Bhs::LogoutRequest(l) => {
+                let l = *l;
+                self.on_logout(&l);
+            }
+            _ => unreachable!("only commands are dispatched"),
+        }
+    }
+
+    /// Creates the task for a SCSI Command PDU. Returns false when the command was answered
+    /// at once (rejected) and no task exists.
+    fn new_task(&mut self, pdu: &Pdu, immediate: bool) -> bool {
+        let Bhs::ScsiCommand(c) = pdu.bhs else { unreachable!("SCSI command") };
+        let header = pdu.bhs.encode();
+        if self.kind == SessionKind::Discovery {
+            self.reject(reject_reason::PROTOCOL_ERROR, &header);
+            return false;
+        }
+        if self.tasks.contains_key(&c.itt) || c.itt == RESERVED_TAG {
+            self.reject(reject_reason::TASK_IN_PROGRESS, &header);
+            return false;
+        }
+        if immediate && self.tasks.values().filter(|t| t.immediate).count() >= IMMEDIATE_TASKS_MAX {
+            self.respond_status(c.itt, status::TASK_SET_FULL);
+            return false;
+        }
+        let imm = &pdu.data;
+        let unsolicited_allowed = self.params.immediate_data || !self.params.initial_r2t;
+        if !imm.is_empty()
+            && (!c.write
+                || !self.params.immediate_data
+                || imm.len() as u32 > c.expected_data_len.min(self.params.first_burst_len))
+        {
+            self.reject(reject_reason::PROTOCOL_ERROR, &header);
+            return false;
+        }
+        if !c.fin && (!c.write || self.params.initial_r2t || !unsolicited_allowed) {
+            self.reject(reject_reason::PROTOCOL_ERROR, &header);
+            return false;
+        }
+        let mut cdb = BytesMut::from(&c.cdb[..]);
+        if let Some(ext) = pdu.extended_cdb() {
+            cdb.extend_from_slice(ext);
+        }
+        let mut failure = None;
+        let write = if c.write && c.expected_data_len > 0 {
+            let edtl = c.expected_data_len;
+            let unsolicited_end = if c.fin { imm.len() as u32 } else { edtl.min(self.params.first_burst_len) };
+            let mut collect_len = edtl;
+            if edtl > self.cfg.max_transfer_bytes {
+                // Too large to buffer: take only the unsolicited data, then fail the command.
+                failure = Some(Sense::invalid_cdb(0, None));
+                collect_len = unsolicited_end;
+            }
+            let mut buf = BytesMut::with_capacity(unsolicited_end as usize);
+            buf.extend_from_slice(imm);
+            Some(WriteIn {
+                buf,
+                collect_len,
+                unsolicited_end,
+                unsolicited_next_offset: imm.len() as u32,
+                unsolicited_next_sn: 0,
+                unsolicited_done: imm.len() as u32 >= unsolicited_end,
+                solicit_from: unsolicited_end,
+                r2t_sn: 0,
+                r2ts: Vec::new(),
+            })
+        } else {
+            None
+        };
+        if c.read && c.expected_data_len > self.cfg.max_transfer_bytes {
+            failure = Some(Sense::invalid_cdb(0, None));
+        }
+        let task = Task {
+            itt: c.itt,
+            immediate,
+            lun: c.lun,
+            cdb: cdb.freeze(),
+            read: c.read,
+            edtl: c.expected_data_len,
+            phase: Phase::Collecting,
+            delivered: false,
+            write,
+            failure,
+            budget: 0,
+            aborted: false,
+        };
+        self.tasks.insert(c.itt, task);
+        self.progress(c.itt);
+        true
+    }
+
+    /// The command's CmdSN turn has come.
+    fn deliver(&mut self, itt: u32) {
+        if let Some(t) = self.tasks.get_mut(&itt) {
+            t.delivered = true;
+        }
+        self.progress(itt);
+    }
+
+    fn on_data_out(&mut self, d: &DataOut, data: Bytes) {
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            // Data for a task that is finished or aborted: silently dropped (a Reject would make
+            // initiators fail an unrelated command or drop the session).
+            tracing::debug!(itt = d.itt, "Data-Out for no task: dropped");
+            return;
+        };
+        let Some(w) = task.write.as_mut() else {
+            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+            return;
+        };
+        let len = data.len() as u32;
+        let (expected_offset, expected_sn, end) = if d.ttt == RESERVED_TAG {
+            if w.unsolicited_done {
+                task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                return;
+            }
+            (w.unsolicited_next_offset, w.unsolicited_next_sn, w.unsolicited_end)
+        } else {
+            match w.r2ts.iter().find(|r| r.ttt == d.ttt) {
+                Some(r) => (r.next_offset, r.next_data_sn, r.end),
+                None => {
+                    task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                    return;
+                }
+            }
+        };
+        let in_order = d.buffer_offset == expected_offset && d.data_sn == expected_sn;
+        let fits = d.buffer_offset.checked_add(len).is_some_and(|e| e <= end);
+        if in_order && fits {
+            let at = d.buffer_offset as usize;
+            if w.buf.len() == at {
+                w.buf.extend_from_slice(&data);
+            } else {
+                if w.buf.len() < at + data.len() {
+                    w.buf.resize(at + data.len(), 0);
+                }
+                w.buf[at..at + data.len()].copy_from_slice(&data);
+            }
+        } else {
+            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+        }
+        // Advance the sequence even on error, so that it ends and the command can be answered.
+        let next = expected_offset.saturating_add(len).min(end);
+        let seq_done = d.fin || next >= end;
+        if d.ttt == RESERVED_TAG {
+            w.unsolicited_next_offset = next;
+            w.unsolicited_next_sn = expected_sn.wrapping_add(1);
+            if seq_done {
+                w.unsolicited_done = true;
+                if next < w.unsolicited_end {
+                    // The initiator ended its unsolicited data early: solicit the rest.
+                    w.solicit_from = next;
+                }
+            }
+        } else {
+            let i = w.r2ts.iter().position(|r| r.ttt == d.ttt).expect("found above");
+            w.r2ts[i].next_offset = next;
+            w.r2ts[i].next_data_sn = expected_sn.wrapping_add(1);
+            if seq_done {
+                if next < w.r2ts[i].end {
+                    task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                }
+                w.r2ts.remove(i);
+            }
+        }
+        let itt = d.itt;
+        self.progress(itt);
+    }
+
+    /// Moves a task along: solicit data, wait for its turn and budget, run it, or answer it.
+    fn progress(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get(&itt) else { return };
+        if task.aborted || task.phase == Phase::Running {
+            return;
+        }
+        if task.failure.is_some() {
+            // Stop soliciting; answer once the data already on its way has arrived.
+            if let Some(w) = self.tasks.get_mut(&itt).and_then(|t| t.write.as_mut()) {
+                w.collect_len = w.solicit_from.min(w.collect_len);
+            }
+            let task = &self.tasks[&itt];
+            if task.collection_done() && task.delivered {
+                let sense = task.failure.clone().expect("checked");
+                let lu_sense = sense.encode(false);
+                let response = Response {
+                    status: status::CHECK_CONDITION,
+                    sense: Some(lu_sense),
+                    data: Bytes::new(),
+                    data_out_len: task.edtl,
+                };
+                self.finish(itt, response);
+            }
+            return;
+        }
+        let needs_r2t = task.write.as_ref().is_some_and(|w| w.unsolicited_done && w.solicit_from < w.collect_len);
+        if needs_r2t || (task.collection_done() && task.delivered) {
+            // Soliciting data, or about to run: hold the buffer budget first.
+            if task.budget == 0 && !self.reserve_budget(itt) {
+                return;
+            }
+        }
+        if needs_r2t {
+            self.send_r2ts(itt);
+        }
+        let task = &self.tasks[&itt];
+        if task.collection_done() && task.delivered {
+            self.execute(itt);
+        } else if let Some(t) = self.tasks.get_mut(&itt) {
+            t.phase = if t.collection_done() { Phase::Waiting } else { Phase::Collecting };
+        }
+    }
+
+    /// Reserves the task's data size from the connection budget, or queues it.
+    fn reserve_budget(&mut self, itt: u32) -> bool {
+        let task = &self.tasks[&itt];
+        let want = (task.edtl as u64).max(1);
+        // A task larger than the whole budget runs alone rather than never.
+        let fits = self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0;
+        if !fits {
+            if !self.budget_queue.contains(&itt) {
+                self.budget_queue.push_back(itt);
+            }
+            if let Some(t) = self.tasks.get_mut(&itt) {
+                t.phase = Phase::Waiting;
+            }
+            return false;
+        }
+        self.budget_used += want;
+        self.tasks.get_mut(&itt).expect("task").budget = want;
+        true
+    }
+
+    fn release_budget(&mut self, amount: u64) {
+        self.budget_used -= amount.min(self.budget_used);
+        while let Some(&next) = self.budget_queue.front() {
+            let Some(task) = self.tasks.get(&next) else {
+                self.budget_queue.pop_front();
+                continue;
+            };
+            let want = (task.edtl as u64).max(1);
+            if self.budget_used + want > self.cfg.buffer_budget && self.budget_used != 0 {
+                break;
+            }
+            self.budget_queue.pop_front();
+            self.progress(next);
+        }
+    }
+
+    fn send_r2ts(&mut self, itt: u32) {
+        let max_burst = self.params.max_burst_len;
+        let max_outstanding = self.params.max_outstanding_r2t.max(1) as usize;
+        loop {
+            let task = self.tasks.get_mut(&itt).expect("task");
+            let w = task.write.as_mut().expect("write task");
+            if w.r2ts.len() >= max_outstanding || w.solicit_from >= w.collect_len {
+                break;
+            }
+            if w.buf.capacity() < w.collect_len as usize {
+                w.buf.reserve(w.collect_len as usize - w.buf.len());
+            }
+            let offset = w.solicit_from;
+            let len = (w.collect_len - offset).min(max_burst);
+            w.solicit_from += len;
+            let r2t_sn = w.r2t_sn;
+            w.r2t_sn = w.r2t_sn.wrapping_add(1);
+            let lun = task.lun;
+            let ttt = self.alloc_ttt();
+            let w = self.tasks.get_mut(&itt).expect("task").write.as_mut().expect("write task");
+            w.r2ts.push(R2tSeq { ttt, end: offset + len, next_offset: offset, next_data_sn: 0 });
+            let r2t = R2t {
+                lun,
+                itt,
+                ttt,
+                stat_sn: self.stat_sn,
+                exp_cmd_sn: self.window.exp_cmd_sn(),
+                max_cmd_sn: self.window.max_cmd_sn(),
+                r2t_sn,
+                buffer_offset: offset,
+                desired_len: len,
+            };
+            self.send(Pdu::new(r2t));
+        }
+    }
+
+    fn execute(&mut self, itt: u32) {
+        let task = self.tasks.get_mut(&itt).expect("task");
+        task.phase = Phase::Running;
+        let data_out = task.write.take().map(|w| w.buf.freeze()).unwrap_or_default();
+        let exec = Exec { itt, lun: task.lun, cdb: task.cdb.clone(), data_out };
+        self.out.push(Output::Execute(exec));
+    }
+
+    // ---- completion path ----
+
+    /// A command handed out with [`Output::Execute`] finished.
+    pub fn on_complete(&mut self, itt: u32, response: Response) {
+        let Some(task) = self.tasks.get(&itt) else { return };
+        if task.phase != Phase::Running {
+            return;
+        }
+        if task.aborted {
+            self.forget(itt);
+            return;
+        }
+        self.finish(itt, response);
+    }
+
+    /// Sends the task's data and status and forgets it.
+    fn finish(&mut self, itt: u32, response: Response) {
+        let task = self.tasks.get(&itt).expect("task");
+        let lun = task.lun;
+        let edtl = task.edtl;
+        let read = task.read;
+        // Residuals (RFC 7143 §11.4.5): compare what the command wanted to move with EDTL.
+        let wanted = if read { response.data.len() as u64 } else { response.data_out_len as u64 };
+        let (overflow, underflow, residual) = match wanted.cmp(&(edtl as u64)) {
+            std::cmp::Ordering::Greater => (true, false, (wanted - edtl as u64).min(u32::MAX as u64) as u32),
+            std::cmp::Ordering::Less => (false, true, edtl - wanted as u32),
+            std::cmp::Ordering::Equal => (false, false, 0),
+        };
+        let mut data = if read { response.data.clone() } else { Bytes::new() };
+        data.truncate(edtl as usize);
+        self.forget(itt);
+
+        let good = matches!(response.status, status::GOOD | status::CONDITION_MET) && response.sense.is_none();
+        let segment_max = self.params.initiator_max_recv_data_segment_len as usize;
+        let burst_max = self.params.max_burst_len as usize;
+        let mut offset = 0usize;
+        let mut data_sn = 0u32;
+        while offset < data.len() {
+            let burst_left = burst_max - offset % burst_max;
+            let len = segment_max.min(burst_left).min(data.len() - offset);
+            let last = offset + len == data.len();
+            let with_status = last && good;
+            let data_in = DataIn {
+                fin: last || len == burst_left,
+                ack: false,
+                overflow: with_status && overflow,
+                underflow: with_status && underflow,
+                status_present: with_status,
+                status: if with_status { response.status } else { 0 },
+                lun,
+                itt,
+                ttt: RESERVED_TAG,
+                stat_sn: if with_status { self.next_stat_sn() } else { 0 },
+                exp_cmd_sn: self.window.exp_cmd_sn(),
+                max_cmd_sn: self.window.max_cmd_sn(),
+                data_sn,
+                buffer_offset: offset as u32,
+                residual: if with_status { residual } else { 0 },
+            };
+            self.send(Pdu::with_data(data_in, data.slice(offset..offset + len)));
+            offset += len;
+            data_sn += 1;
+        }
+        if good && !data.is_empty() {
+            return;
+        }
+        let mut sense_segment = Bytes::new();
+        if let Some(sense) = &response.sense {
+            let mut seg = BytesMut::with_capacity(2 + sense.len());
+            seg.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+            seg.extend_from_slice(sense);
+            sense_segment = seg.freeze();
+        }
+        let resp = ScsiResponse {
+            overflow,
+            underflow,
+            response: response::COMMAND_COMPLETED,
+            status: response.status,
+            itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            exp_data_sn: data_sn,
+            residual,
+            ..Default::default()
+        };
+        self.send(Pdu::with_data(resp, sense_segment));
+    }
+
+    /// Answers a command with a bare status (TASK SET FULL) without creating a task.
+    fn respond_status(&mut self, itt: u32, scsi_status: u8) {
+        let resp = ScsiResponse {
+            response: response::COMMAND_COMPLETED,
+            status: scsi_status,
+            itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            ..Default::default()
+        };
+        self.send(Pdu::new(resp));
+    }
+
+    /// Drops a task: frees its window slot and budget, and answers any TMF waiting on it.
+    fn forget(&mut self, itt: u32) {
+        let Some(task) = self.tasks.remove(&itt) else { return };
+        if !task.immediate && task.delivered {
+            self.window.complete();
+        }
+        self.budget_queue.retain(|&i| i != itt);
+        if task.budget > 0 {
+            self.release_budget(task.budget);
+        }
+        let mut ready = Vec::new();
+        for (i, tmf) in self.tmfs.iter_mut().enumerate() {
+            if tmf.waiting_on.remove(&itt) && tmf.waiting_on.is_empty() {
+                ready.push(i);
+            }
+        }
+        for i in ready.into_iter().rev() {
+            let tmf = self.tmfs.remove(i);
+            self.send_tmf_response(tmf.itt, tmf.response, tmf.cold_reset);
+        }
+    }
+
+    // ---- task management ----
+
+    /// Aborts tasks matching `select`. Returns the ones still running (whose completion must
+    /// be awaited before the abort is reported done).
+    fn abort_where(&mut self, select: impl Fn(&Task) -> bool) -> BTreeSet<u32> {
+        let victims: Vec<u32> = self.tasks.values().filter(|t| !t.aborted && select(t)).map(|t| t.itt).collect();
+        let mut running = BTreeSet::new();
+        for itt in victims {
+            let task = self.tasks.get_mut(&itt).expect("task");
+            task.aborted = true;
+            if task.phase == Phase::Running {
+                running.insert(itt);
+            } else if task.delivered || task.immediate {
+                self.forget(itt);
+            }
+            // Tasks still held for their CmdSN are forgotten when their turn comes.
+        }
+        running
+    }
+
+    /// Aborts this connection's tasks on a LUN because another session reset it.
+    pub fn abort_lun(&mut self, lun: u64) {
+        self.abort_where(|t| t.lun == lun);
+    }
+
+    /// Aborts every task (a target reset from another session).
+    pub fn abort_all(&mut self) {
+        self.abort_where(|_| true);
+    }
+
+    fn on_task_mgmt(&mut self, t: &TaskMgmtRequest, ctx: &dyn ConnContext) {
+        if self.kind == SessionKind::Discovery {
+            self.send_tmf_response(t.itt, tmf::FUNCTION_REJECTED, false);
+            return;
+        }
+        let lun_known = ctx.lun_exists(t.lun);
+        let (response, waiting_on, cold) = match t.function {
+            tmf::ABORT_TASK => {
+                let rtt = t.referenced_task_tag;
+                if self.tasks.get(&rtt).is_some_and(|task| !task.aborted) {
+                    (tmf::FUNCTION_COMPLETE, self.abort_where(|task| task.itt == rtt), false)
+                } else if self.window.arrival(t.ref_cmd_sn) == Arrival::Ahead {
+                    // Not received yet: consider its CmdSN received and discard it (§11.5.1).
+                    self.window.hold(t.ref_cmd_sn, Held::Aborted);
+                    (tmf::FUNCTION_COMPLETE, BTreeSet::new(), false)
+                } else {
+                    (tmf::TASK_DOES_NOT_EXIST, BTreeSet::new(), false)
+                }
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET if lun_known => {
+                (tmf::FUNCTION_COMPLETE, self.abort_where(|task| task.lun == t.lun), false)
+            }
+            tmf::LOGICAL_UNIT_RESET if lun_known => {
+                let waiting = self.abort_where(|task| task.lun == t.lun);
+                self.out.push(Output::ResetLun(t.lun));
+                (tmf::FUNCTION_COMPLETE, waiting, false)
+            }
+            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
+                (tmf::LUN_DOES_NOT_EXIST, BTreeSet::new(), false)
+            }
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
+                let cold = t.function == tmf::TARGET_COLD_RESET;
+                let waiting = self.abort_where(|_| true);
+                self.out.push(Output::ResetTarget { cold });
+                (tmf::FUNCTION_COMPLETE, waiting, cold)
+            }
+            tmf::TASK_REASSIGN => (tmf::REASSIGNMENT_NOT_SUPPORTED, BTreeSet::new(), false),
+            _ => (tmf::FUNCTION_NOT_SUPPORTED, BTreeSet::new(), false),
+        };
+        if waiting_on.is_empty() {
+            self.send_tmf_response(t.itt, response, cold);
+        } else {
+            self.tmfs.push(PendingTmf { itt: t.itt, response, waiting_on, cold_reset: cold });
+        }
+    }
+
+    fn send_tmf_response(&mut self, itt: u32, response: u8, cold_reset: bool) {
+        let r = TaskMgmtResponse {
+            response,
+            itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+        };
+        self.send(Pdu::new(r));
+        if cold_reset {
+            self.closing = true;
+            self.out.push(Output::Close(CloseReason::ColdReset));
+        }
+    }
+
+    // ---- text and logout ----
+
+    fn on_text(&mut self, t: &TextRequest, data: &Bytes, ctx: &dyn ConnContext) {
+        // The initiator asks for the next piece of a long response.
+        if t.ttt != RESERVED_TAG {
+            match self.text_out.as_mut() {
+                Some(out) if out.ttt == t.ttt => {
+                    let segment = out.segments.pop_front().unwrap_or_default();
+                    let more = !out.segments.is_empty();
+                    let ttt = out.ttt;
+                    if !more {
+                        self.text_out = None;
+                    }
+                    self.send_text_response(t, segment, more, if more { ttt } else { RESERVED_TAG });
+                }
+                _ => {
+                    let header = Pdu::new(*t).bhs.encode();
+                    self.reject(reject_reason::INVALID_PDU_FIELD, &header);
+                }
+            }
+            return;
+        }
+        self.text_out = None;
+        if let Err(e) = self.text_in.push(data) {
+            tracing::info!(error = %e, "text request too long");
+            self.text_in.clear();
+            let header = Pdu::new(*t).bhs.encode();
+            self.reject(reject_reason::PROTOCOL_ERROR, &header);
+            return;
+        }
+        if t.cont {
+            let ttt = self.alloc_ttt();
+            self.send_text_response(t, Bytes::new(), false, ttt);
+            return;
+        }
+        let pairs = match self.text_in.finish() {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                tracing::info!(error = %e, "malformed text request");
+                let header = Pdu::new(*t).bhs.encode();
+                self.reject(reject_reason::PROTOCOL_ERROR, &header);
+                return;
+            }
+        };
+        let mut reply: Vec<(String, String)> = Vec::new();
+        for (k, v) in &pairs {
+            if k == "SendTargets" {
+                reply.extend(self.send_targets(v, ctx));
+            } else {
+                // Operational keys cannot be renegotiated in full-feature phase here.
+                reply.push((k.clone(), "Reject".into()));
+            }
+        }
+        let body = text::encode(&reply);
+        let mut segments: VecDeque<Bytes> =
+            text::segments(&body, self.params.initiator_max_recv_data_segment_len as usize).into();
+        let first = segments.pop_front().unwrap_or_default();
+        if segments.is_empty() {
+            self.send_text_response(t, first, false, RESERVED_TAG);
+        } else {
+            let ttt = self.alloc_ttt();
+            self.text_out = Some(TextOut { ttt, segments });
+            self.send_text_response(t, first, true, ttt);
+        }
+    }
+
+    fn send_targets(&self, which: &str, ctx: &dyn ConnContext) -> Vec<(String, String)> {
+        let all = ctx.targets();
+        let selected: Vec<&TargetRecord> = match which {
+            "All" if self.kind == SessionKind::Discovery => all.iter().collect(),
+            "All" => return vec![("SendTargets".into(), "Reject".into())],
+            "" => {
+                let own = ctx.own_target();
+                all.iter().filter(|t| Some(&t.name) == own.as_ref()).collect()
+            }
+            name => all.iter().filter(|t| t.name == name).collect(),
+        };
+        let mut out = Vec::new();
+        for t in selected {
+            out.push(("TargetName".to_string(), t.name.clone()));
+            for a in &t.addresses {
+                out.push(("TargetAddress".to_string(), a.clone()));
+            }
+        }
+        out
+    }
+
+    fn send_text_response(&mut self, t: &TextRequest, data: Bytes, cont: bool, ttt: u32) {
+        let r = TextResponse {
+            fin: !cont && ttt == RESERVED_TAG,
+            cont,
+            lun: t.lun,
+            itt: t.itt,
+            ttt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+        };
+        self.send(Pdu::with_data(r, data));
+    }
+
+    fn on_logout(&mut self, l: &LogoutRequest) {
+        let response = match l.reason {
+            logout::CLOSE_SESSION => logout::CLOSED,
+            logout::CLOSE_CONNECTION if l.cid == self.cid => logout::CLOSED,
+            logout::CLOSE_CONNECTION => logout::CID_NOT_FOUND,
+            _ => logout::RECOVERY_NOT_SUPPORTED,
+        };
+        let r = LogoutResponse {
+            response,
+            itt: l.itt,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            time2wait: 0,
+            time2retain: 0,
+        };
+        self.send(Pdu::new(r));
+        if response == logout::CLOSED {
+            // Running commands finish (their responses are not sent); nothing else is accepted.
+            self.abort_where(|_| true);
+            self.closing = true;
+            self.out.push(Output::Close(CloseReason::Logout));
+        }
+    }
+
+    /// Asks the initiator to log out (graceful shutdown).
+    pub fn request_logout(&mut self, time_to_logout_secs: u16) {
+        let msg = AsyncMessage {
+            lun: 0,
+            stat_sn: self.next_stat_sn(),
+            exp_cmd_sn: self.window.exp_cmd_sn(),
+            max_cmd_sn: self.window.max_cmd_sn(),
+            event: async_event::LOGOUT_REQUESTED,
+            vcode: 0,
+            param1: 0,
+            param2: 0,
+            param3: time_to_logout_secs,
+        };
+        self.send(Pdu::new(msg));
+    }
+
+    // ---- timers ----
+
+    /// When the driver should call [`Connection::on_tick`] next.
+    pub fn next_deadline(&self) -> Duration {
+        match self.ping {
+            Some((_, sent)) => sent + self.cfg.nop_timeout,
+            None => self.last_rx + self.cfg.nop_interval,
+        }
+    }
+
+    pub fn on_tick(&mut self, now: Duration) {
+        if self.closing {
+            return;
+        }
+        match self.ping {
+            Some((_, sent)) if now >= sent + self.cfg.nop_timeout => {
+                tracing::info!("initiator did not answer a NOP-In: closing the connection");
+                self.closing = true;
+                self.out.push(Output::Close(CloseReason::NopTimeout));
+            }
+            None if now >= self.last_rx + self.cfg.nop_interval => {
+                let ttt = self.alloc_ttt();
+                let nop = NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    stat_sn: self.stat_sn,
+                    exp_cmd_sn: self.window.exp_cmd_sn(),
+                    max_cmd_sn: self.window.max_cmd_sn(),
+                };
+                self.send(Pdu::new(nop));
+                self.ping = Some((ttt, now));
+            }
+            _ => {}
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("exp_cmd_sn", &self.window.exp_cmd_sn())
+            .field("max_cmd_sn", &self.window.max_cmd_sn())
+            .field("stat_sn", &self.stat_sn)
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

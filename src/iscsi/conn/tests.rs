@@ -1,0 +1,395 @@
+use super::*;
+use crate::iscsi::params::Params;
+
+struct Ctx;
+
+impl ConnContext for Ctx {
+    fn targets(&self) -> Vec<TargetRecord> {
+        vec![
+            TargetRecord { name: "iqn.t1".into(), addresses: vec!["127.0.0.1:3260,1".into()] },
+            TargetRecord { name: "iqn.t2".into(), addresses: vec!["127.0.0.1:3260,1".into()] },
+        ]
+    }
+    fn own_target(&self) -> Option<String> {
+        Some("iqn.t1".into())
+    }
+    fn lun_exists(&self, lun: u64) -> bool {
+        lun == crate::scsi::encode_lun(1)
+    }
+}
+
+const LUN1: u64 = 0x0001_0000_0000_0000;
+
+fn params() -> Params {
+    let mut p = Params::rfc_defaults();
+    p.initiator_max_recv_data_segment_len = 4096;
+    p.target_max_recv_data_segment_len = 8192;
+    p.max_burst_len = 8192;
+    p.first_burst_len = 4096;
+    p.initial_r2t = false;
+    p
+}
+
+fn conn_with(p: Params, kind: SessionKind) -> Connection {
+    let cfg = ConnConfig { queue_depth: 4, ..ConnConfig::default() };
+    Connection::new(p, kind, 0, 100, 500, cfg, Duration::ZERO)
+}
+
+fn conn() -> Connection {
+    conn_with(params(), SessionKind::Normal)
+}
+
+fn cmd(itt: u32, cmd_sn: u32, read: bool, write: bool, edtl: u32, cdb0: u8) -> ScsiCommand {
+    let mut cdb = [0u8; 16];
+    cdb[0] = cdb0;
+    ScsiCommand {
+        fin: true,
+        read,
+        write,
+        attr: 1,
+        lun: LUN1,
+        itt,
+        expected_data_len: edtl,
+        cmd_sn,
+        cdb,
+        ..Default::default()
+    }
+}
+
+fn feed(c: &mut Connection, pdu: Pdu) -> Vec<Output> {
+    c.on_pdu(pdu, Duration::from_secs(1), &Ctx);
+    c.drain()
+}
+
+fn sent(outs: &[Output]) -> Vec<&Pdu> {
+    outs.iter().filter_map(|o| if let Output::Send(p) = o { Some(p) } else { None }).collect()
+}
+
+fn execs(outs: &[Output]) -> Vec<&Exec> {
+    outs.iter().filter_map(|o| if let Output::Execute(e) = o { Some(e) } else { None }).collect()
+}
+
+fn good(data: &[u8]) -> Response {
+    Response::good(Bytes::copy_from_slice(data))
+}
+
+#[test]
+fn read_data_in_is_split_by_segment_and_burst_with_status_in_the_last() {
+    let mut c = conn();
+    let out = feed(&mut c, Pdu::new(cmd(1, 100, true, false, 20000, 0x28)));
+    assert_eq!(execs(&out).len(), 1);
+    c.on_complete(1, good(&vec![7u8; 20000]));
+    let out = c.drain();
+    let pdus = sent(&out);
+    let ins: Vec<&DataIn> = pdus.iter().map(|p| if let Bhs::DataIn(d) = &p.bhs { d } else { panic!() }).collect();
+    let lens: Vec<usize> = pdus.iter().map(|p| p.data.len()).collect();
+    assert_eq!(lens, vec![4096, 4096, 4096, 4096, 3616]);
+    let fins: Vec<bool> = ins.iter().map(|d| d.fin).collect();
+    assert_eq!(fins, vec![false, true, false, true, true], "F at each 8 KiB burst end and at the end");
+    assert_eq!(ins.iter().map(|d| d.data_sn).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(ins[2].buffer_offset, 8192);
+    let last = ins.last().unwrap();
+    assert!(last.status_present && last.status == 0 && last.stat_sn == 500);
+    assert!(ins[..4].iter().all(|d| !d.status_present));
+    assert_eq!(last.max_cmd_sn, 104, "window reopened by the completion");
+}
+
+#[test]
+fn read_residuals_overflow_and_underflow() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, true, false, 200, 0x28)));
+    c.on_complete(1, good(&[1u8; 512]));
+    let out = c.drain();
+    let Bhs::DataIn(d) = &sent(&out)[0].bhs else { panic!() };
+    assert_eq!(sent(&out)[0].data.len(), 200);
+    assert!(d.overflow && !d.underflow && d.residual == 312);
+
+    feed(&mut c, Pdu::new(cmd(2, 101, true, false, 10000, 0x28)));
+    c.on_complete(2, good(&[1u8; 512]));
+    let out = c.drain();
+    let Bhs::DataIn(d) = &sent(&out)[0].bhs else { panic!() };
+    assert!(d.underflow && d.residual == 10000 - 512);
+
+    // EDTL 0: no Data-In, a SCSI Response with the overflow.
+    feed(&mut c, Pdu::new(cmd(3, 102, true, false, 0, 0x28)));
+    c.on_complete(3, good(&[1u8; 512]));
+    let out = c.drain();
+    let Bhs::ScsiResponse(r) = &sent(&out)[0].bhs else { panic!() };
+    assert!(r.overflow && r.residual == 512);
+}
+
+#[test]
+fn check_condition_goes_in_a_scsi_response_with_sense_length() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, true, false, 512, 0x28)));
+    let sense = Sense::illegal(asc::LBA_OUT_OF_RANGE).encode(false);
+    c.on_complete(
+        1,
+        Response { status: status::CHECK_CONDITION, sense: Some(sense.clone()), data: Bytes::new(), data_out_len: 0 },
+    );
+    let out = c.drain();
+    let pdus = sent(&out);
+    assert_eq!(pdus.len(), 1);
+    let Bhs::ScsiResponse(r) = &pdus[0].bhs else { panic!() };
+    assert_eq!(r.status, status::CHECK_CONDITION);
+    assert_eq!(&pdus[0].data[..2], &(sense.len() as u16).to_be_bytes());
+    assert_eq!(&pdus[0].data[2..], &sense[..]);
+}
+
+#[test]
+fn write_with_immediate_data_runs_at_once_zero_copy() {
+    let mut c = conn();
+    let out = feed(&mut c, Pdu::with_data(cmd(1, 100, false, true, 4096, 0x2a), Bytes::from(vec![3u8; 4096])));
+    let ex = execs(&out);
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].data_out, vec![3u8; 4096]);
+}
+
+#[test]
+fn write_with_unsolicited_data_then_r2ts() {
+    let mut c = conn();
+    let mut command = cmd(1, 100, false, true, 20000, 0x2a);
+    command.fin = false;
+    let out = feed(&mut c, Pdu::with_data(command, Bytes::from(vec![1u8; 1024])));
+    assert!(sent(&out).is_empty() && execs(&out).is_empty());
+    // Unsolicited Data-Out completes the first burst (4096).
+    let d = DataOut {
+        fin: true,
+        lun: LUN1,
+        itt: 1,
+        ttt: RESERVED_TAG,
+        data_sn: 0,
+        buffer_offset: 1024,
+        ..Default::default()
+    };
+    let out = feed(&mut c, Pdu::with_data(d, Bytes::from(vec![2u8; 3072])));
+    let r2ts: Vec<R2t> = sent(&out).iter().map(|p| if let Bhs::R2t(r) = p.bhs { r } else { panic!() }).collect();
+    assert_eq!(r2ts.len(), 1, "MaxOutstandingR2T=1");
+    assert_eq!((r2ts[0].buffer_offset, r2ts[0].desired_len, r2ts[0].r2t_sn), (4096, 8192, 0));
+    // Answer the R2T in two PDUs.
+    for (i, off) in [4096u32, 8192].iter().enumerate() {
+        let d = DataOut {
+            fin: i == 1,
+            lun: LUN1,
+            itt: 1,
+            ttt: r2ts[0].ttt,
+            data_sn: i as u32,
+            buffer_offset: *off,
+            ..Default::default()
+        };
+        let out = feed(&mut c, Pdu::with_data(d, Bytes::from(vec![3u8; 4096])));
+        if i == 1 {
+            let Bhs::R2t(r) = sent(&out)[0].bhs else { panic!() };
+            assert_eq!((r.buffer_offset, r.desired_len, r.r2t_sn), (12288, 7712, 1));
+            let d = DataOut { fin: true, lun: LUN1, itt: 1, ttt: r.ttt, buffer_offset: 12288, ..Default::default() };
+            let out = feed(&mut c, Pdu::with_data(d, Bytes::from(vec![4u8; 7712])));
+            let ex = execs(&out);
+            assert_eq!(ex.len(), 1);
+            assert_eq!(ex[0].data_out.len(), 20000);
+            assert_eq!(ex[0].data_out[0], 1);
+            assert_eq!(ex[0].data_out[1024], 2);
+            assert_eq!(ex[0].data_out[4096], 3);
+            assert_eq!(ex[0].data_out[19999], 4);
+        }
+    }
+}
+
+#[test]
+fn wrong_data_sn_fails_the_command() {
+    let mut p = params();
+    p.initial_r2t = true;
+    p.immediate_data = false;
+    let mut c = conn_with(p, SessionKind::Normal);
+    let out = feed(&mut c, Pdu::new(cmd(1, 100, false, true, 512, 0x2a)));
+    let Bhs::R2t(r) = sent(&out)[0].bhs else { panic!() };
+    let d = DataOut { fin: true, lun: LUN1, itt: 1, ttt: r.ttt, data_sn: 27, buffer_offset: 0, ..Default::default() };
+    let out = feed(&mut c, Pdu::with_data(d, Bytes::from(vec![0u8; 512])));
+    assert!(execs(&out).is_empty(), "never runs");
+    let Bhs::ScsiResponse(resp) = sent(&out)[0].bhs else { panic!() };
+    assert_eq!(resp.status, status::CHECK_CONDITION);
+    assert_eq!(sent(&out)[0].data[2 + 2] & 0x0f, key::ABORTED_COMMAND);
+}
+
+#[test]
+fn commands_ahead_of_a_gap_wait_and_outside_the_window_are_dropped() {
+    let mut c = conn();
+    let out = feed(&mut c, Pdu::new(cmd(2, 101, false, false, 0, 0x00)));
+    assert!(execs(&out).is_empty(), "held for CmdSN 100");
+    let out = feed(&mut c, Pdu::new(cmd(9, 104, false, false, 0, 0x00)));
+    assert!(out.is_empty(), "beyond MaxCmdSN 103: ignored");
+    let out = feed(&mut c, Pdu::new(cmd(8, 99, false, false, 0, 0x00)));
+    assert!(out.is_empty(), "below ExpCmdSN: ignored");
+    let out = feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)));
+    let order: Vec<u32> = execs(&out).iter().map(|e| e.itt).collect();
+    assert_eq!(order, vec![1, 2]);
+    assert_eq!(c.exp_cmd_sn(), 102);
+    assert_eq!(c.max_cmd_sn(), 103, "two active of four");
+    c.on_complete(1, good(&[]));
+    c.on_complete(2, good(&[]));
+    let out = c.drain();
+    let Bhs::ScsiResponse(r) = sent(&out)[1].bhs else { panic!() };
+    assert_eq!((r.exp_cmd_sn, r.max_cmd_sn), (102, 105));
+}
+
+#[test]
+fn immediate_commands_bypass_the_window() {
+    let mut c = conn();
+    let mut tur = cmd(1, 100, false, false, 0, 0x00);
+    tur.immediate = true;
+    let out = feed(&mut c, Pdu::new(tur));
+    assert_eq!(execs(&out).len(), 1);
+    assert_eq!(c.exp_cmd_sn(), 100, "immediate commands do not advance ExpCmdSN");
+}
+
+#[test]
+fn abort_task_waits_for_the_running_command_and_suppresses_its_response() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)));
+    let abort = TaskMgmtRequest {
+        immediate: true,
+        function: tmf::ABORT_TASK,
+        lun: LUN1,
+        itt: 50,
+        referenced_task_tag: 1,
+        cmd_sn: 101,
+        ref_cmd_sn: 100,
+        ..Default::default()
+    };
+    let out = feed(&mut c, Pdu::new(abort));
+    assert!(sent(&out).is_empty(), "TMF response waits for the running task");
+    c.on_complete(1, good(&[]));
+    let out = c.drain();
+    let pdus = sent(&out);
+    assert_eq!(pdus.len(), 1);
+    let Bhs::TaskMgmtResponse(r) = pdus[0].bhs else { panic!("{:?}", pdus[0].bhs) };
+    assert_eq!((r.itt, r.response), (50, tmf::FUNCTION_COMPLETE));
+    // The same task again: it no longer exists.
+    let out = feed(&mut c, Pdu::new(TaskMgmtRequest { itt: 51, ..abort }));
+    let Bhs::TaskMgmtResponse(r) = sent(&out)[0].bhs else { panic!() };
+    assert_eq!(r.response, tmf::TASK_DOES_NOT_EXIST);
+}
+
+#[test]
+fn lun_reset_aborts_and_asks_the_driver_to_reset() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)));
+    let reset = TaskMgmtRequest {
+        immediate: true,
+        function: tmf::LOGICAL_UNIT_RESET,
+        lun: LUN1,
+        itt: 60,
+        cmd_sn: 101,
+        ..Default::default()
+    };
+    let out = feed(&mut c, Pdu::new(reset));
+    assert!(out.iter().any(|o| matches!(o, Output::ResetLun(l) if *l == LUN1)));
+    c.on_complete(1, good(&[]));
+    let out = c.drain();
+    assert!(matches!(sent(&out)[0].bhs, Bhs::TaskMgmtResponse(TaskMgmtResponse { response: 0, .. })));
+    let out = feed(&mut c, Pdu::new(TaskMgmtRequest { lun: 0x0007_0000_0000_0000, itt: 61, ..reset }));
+    assert!(matches!(
+        sent(&out)[0].bhs,
+        Bhs::TaskMgmtResponse(TaskMgmtResponse { response: tmf::LUN_DOES_NOT_EXIST, .. })
+    ));
+    let out = feed(&mut c, Pdu::new(TaskMgmtRequest { function: tmf::CLEAR_ACA, itt: 62, ..reset }));
+    assert!(matches!(
+        sent(&out)[0].bhs,
+        Bhs::TaskMgmtResponse(TaskMgmtResponse { response: tmf::FUNCTION_NOT_SUPPORTED, .. })
+    ));
+}
+
+#[test]
+fn nop_out_is_echoed_and_idle_connections_are_pinged_then_dropped() {
+    let mut c = conn();
+    let nop = NopOut { immediate: true, itt: 5, ttt: RESERVED_TAG, cmd_sn: 100, ..Default::default() };
+    let out = feed(&mut c, Pdu::with_data(nop, Bytes::from_static(b"ping")));
+    let Bhs::NopIn(n) = sent(&out)[0].bhs else { panic!() };
+    assert_eq!((n.itt, n.ttt), (5, RESERVED_TAG));
+    assert_eq!(&sent(&out)[0].data[..], b"ping");
+
+    let idle = c.next_deadline();
+    c.on_tick(idle);
+    let out = c.drain();
+    let Bhs::NopIn(ping) = sent(&out)[0].bhs else { panic!() };
+    assert_eq!(ping.itt, RESERVED_TAG);
+    assert_ne!(ping.ttt, RESERVED_TAG);
+    c.on_tick(c.next_deadline());
+    assert!(c.drain().iter().any(|o| matches!(o, Output::Close(CloseReason::NopTimeout))));
+}
+
+#[test]
+fn logout_answers_and_closes() {
+    let mut c = conn();
+    let lo =
+        LogoutRequest { immediate: true, reason: logout::CLOSE_SESSION, itt: 9, cmd_sn: 100, ..Default::default() };
+    let out = feed(&mut c, Pdu::new(lo));
+    assert!(matches!(sent(&out)[0].bhs, Bhs::LogoutResponse(LogoutResponse { response: 0, itt: 9, .. })));
+    assert!(matches!(out.last(), Some(Output::Close(CloseReason::Logout))));
+}
+
+#[test]
+fn send_targets_in_discovery_with_continuation() {
+    let mut p = params();
+    p.initiator_max_recv_data_segment_len = 512;
+    let mut c = conn_with(p, SessionKind::Discovery);
+    let t = TextRequest { fin: true, itt: 3, ttt: RESERVED_TAG, cmd_sn: 100, ..Default::default() };
+    let out = feed(&mut c, Pdu::with_data(t, Bytes::from_static(b"SendTargets=All\0")));
+    let Bhs::TextResponse(r) = sent(&out)[0].bhs else { panic!() };
+    assert!(r.fin && !r.cont);
+    let pairs = text::parse(&sent(&out)[0].data).unwrap();
+    assert_eq!(pairs.len(), 4);
+    assert_eq!(pairs[0], ("TargetName".into(), "iqn.t1".into()));
+    // SCSI commands are refused in a discovery session.
+    let out = feed(&mut c, Pdu::new(cmd(4, 101, false, false, 0, 0)));
+    assert!(matches!(sent(&out)[0].bhs, Bhs::Reject(_)));
+    // A tiny MaxRecvDataSegmentLength forces a continued response.
+    let mut p = params();
+    p.initiator_max_recv_data_segment_len = 16;
+    let mut c = conn_with(p, SessionKind::Discovery);
+    let out = feed(&mut c, Pdu::with_data(t, Bytes::from_static(b"SendTargets=All\0")));
+    let Bhs::TextResponse(r) = sent(&out)[0].bhs else { panic!() };
+    assert!(r.cont && !r.fin && r.ttt != RESERVED_TAG);
+    let mut body = sent(&out)[0].data.to_vec();
+    let mut ttt = r.ttt;
+    let mut sn = 101;
+    loop {
+        let next = TextRequest { fin: true, itt: 3, ttt, cmd_sn: sn, ..Default::default() };
+        sn += 1;
+        let out = feed(&mut c, Pdu::new(next));
+        let Bhs::TextResponse(r) = sent(&out)[0].bhs else { panic!() };
+        body.extend_from_slice(&sent(&out)[0].data);
+        if r.fin {
+            break;
+        }
+        ttt = r.ttt;
+    }
+    assert_eq!(text::parse(&body).unwrap().len(), 4);
+}
+
+#[test]
+fn stray_data_out_is_dropped_silently() {
+    let mut c = conn();
+    let d = DataOut { fin: true, itt: 77, ttt: RESERVED_TAG, ..Default::default() };
+    assert!(feed(&mut c, Pdu::with_data(d, Bytes::from_static(&[0; 4]))).is_empty());
+}
+
+#[test]
+fn budget_bounds_buffered_data() {
+    let mut p = params();
+    p.initial_r2t = true;
+    p.immediate_data = false;
+    p.max_burst_len = 1 << 20;
+    let cfg = ConnConfig { queue_depth: 8, buffer_budget: 1 << 20, ..ConnConfig::default() };
+    let mut c = Connection::new(p, SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    let out = feed(&mut c, Pdu::new(cmd(1, 100, false, true, 768 << 10, 0x2a)));
+    assert_eq!(sent(&out).len(), 1, "first write gets its R2T");
+    let out = feed(&mut c, Pdu::new(cmd(2, 101, false, true, 768 << 10, 0x2a)));
+    assert!(sent(&out).is_empty(), "second write waits for budget");
+    let d = DataOut { fin: true, itt: 1, ttt: 1, buffer_offset: 0, ..Default::default() };
+    let out = feed(&mut c, Pdu::with_data(d, Bytes::from(vec![0u8; 768 << 10])));
+    assert_eq!(execs(&out).len(), 1);
+    assert!(sent(&out).is_empty(), "still no budget while the first write runs");
+    c.on_complete(1, good(&[]));
+    let out = c.drain();
+    assert!(sent(&out).iter().any(|p| matches!(p.bhs, Bhs::R2t(R2t { itt: 2, .. }))), "budget freed: second R2T");
+}
