@@ -19,9 +19,11 @@ fn length_field(opcode: u8) -> u16 {
 }
 
 impl LogicalUnit {
+    /// Byte offset and length of a block range. Saturates: callers check the range against
+    /// the medium before any I/O, and hostile LBAs must not overflow on the way.
     fn byte_range(&self, lba: u64, blocks: u64) -> (u64, u64) {
         let bs = self.block_size() as u64;
-        (lba * bs, blocks * bs)
+        (lba.saturating_mul(bs), blocks.saturating_mul(bs))
     }
 
     /// LBA OUT OF RANGE unless `[lba, lba + blocks)` lies within the medium.
@@ -136,7 +138,7 @@ impl LogicalUnit {
         let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
         ctx.data_out_len = match bytchk {
             0 => 0,
-            1 => len as u32,
+            1 => len.min(u32::MAX as u64) as u32,
             3 => bs as u32,
             _ => return Err(Sense::invalid_cdb(1, Some(2))),
         };

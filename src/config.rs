@@ -1,0 +1,610 @@
+//! The configuration file (TOML): server settings, portal groups, targets and their LUNs.
+//! Validation reports every problem with the path of the field it concerns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::iscsi::conn::ConnConfig;
+use crate::iscsi::params::{SEGMENT_LEN_MAX, SEGMENT_LEN_MIN, TargetLimits};
+use crate::scsi::{LogicalUnit, LuConfig, LuIdentity};
+use crate::server::{Registry, Settings, TargetEntry};
+use crate::storage::file::FileOptions;
+use crate::storage::{BlockStore, FileStore, MemoryStore, NullStore};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default, rename = "portal_group")]
+    pub portal_groups: Vec<PortalGroupConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// `[server]`: protocol limits and where local data lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory for data the target creates itself (relative paths of file LUNs resolve here).
+    pub data_dir: Option<PathBuf>,
+    /// Commands one session may have outstanding (the CmdSN window).
+    pub queue_depth: u32,
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub max_outstanding_r2t: u16,
+    /// Accept immediate and unsolicited data (ImmediateData=Yes, InitialR2T=No).
+    pub unsolicited_data: bool,
+    /// Allow CRC32C header and data digests when the initiator asks for them.
+    pub digests: bool,
+    /// Idle seconds before the target pings an initiator with a NOP-In.
+    pub nop_interval_secs: u64,
+    /// Seconds without an answer after a ping before the connection is dropped.
+    pub nop_timeout_secs: u64,
+    /// Largest transfer of one command, in bytes.
+    pub max_transfer_bytes: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let limits = TargetLimits::default();
+        let conn = ConnConfig::default();
+        ServerConfig {
+            data_dir: None,
+            queue_depth: conn.queue_depth,
+            max_recv_data_segment_length: limits.max_recv_data_segment_len,
+            max_burst_length: limits.max_burst_len,
+            first_burst_length: limits.first_burst_len,
+            max_outstanding_r2t: limits.max_outstanding_r2t,
+            unsolicited_data: limits.unsolicited_data,
+            digests: true,
+            nop_interval_secs: conn.nop_interval.as_secs(),
+            nop_timeout_secs: conn.nop_timeout.as_secs(),
+            max_transfer_bytes: conn.max_transfer_bytes,
+        }
+    }
+}
+
+/// `[[portal_group]]`: a tag and the addresses it listens on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalGroupConfig {
+    pub tag: u16,
+    pub portals: Vec<String>,
+}
+
+/// `[[target]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Portal groups the target is reachable through; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal_groups: Option<Vec<u16>>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+}
+
+/// `[[target.lun]]`: a logical unit and its backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub lun: u16,
+    /// memory, file or null.
+    pub backend: String,
+    /// Capacity: bytes, or a string such as "10GiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// file: the file or block device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// file: create the file if it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Unit serial number (VPD 0x80); derived from the target name and LUN when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// A byte count written as a number or with a binary unit ("512MiB", "10G").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (use e.g. 10GiB or 1048576)"))?;
+        let shift = match unit.trim() {
+            "" | "B" => 0,
+            "K" | "KiB" | "k" => 10,
+            "M" | "MiB" => 20,
+            "G" | "GiB" => 30,
+            "T" | "TiB" => 40,
+            other => return Err(format!("unknown size unit {other:?} in {s:?} (use KiB, MiB, GiB or TiB)")),
+        };
+        n.checked_mul(1 << shift).map(Size).ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Every problem found in a configuration, each naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Checks an iSCSI name (RFC 3720 §3.2.6): iqn., eui. or naa. formats.
+pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
+    if name.len() > 223 {
+        return Err("longer than 223 bytes".into());
+    }
+    if let Some(rest) = name.strip_prefix("iqn.") {
+        let date_ok = rest.len() >= 8
+            && rest.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+            && rest.as_bytes()[4] == b'-'
+            && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
+            && rest.as_bytes()[7] == b'.';
+        if !date_ok {
+            return Err("an iqn. name continues with a date yyyy-mm. (e.g. iqn.2026-11.org.example:disk1)".into());
+        }
+        let authority = rest[8..].split(':').next().unwrap_or("");
+        if authority.is_empty() {
+            return Err("an iqn. name needs a naming authority after the date".into());
+        }
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(*c))) {
+            return Err(format!("character {c:?} is not allowed (lowercase letters, digits, '-', '.', ':')"));
+        }
+        return Ok(());
+    }
+    let hex = |s: &str, lens: &[usize]| lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(rest) = name.strip_prefix("eui.") {
+        return if hex(rest, &[16]) { Ok(()) } else { Err("an eui. name has 16 hex digits".into()) };
+    }
+    if let Some(rest) = name.strip_prefix("naa.") {
+        return if hex(rest, &[16, 32]) { Ok(()) } else { Err("a naa. name has 16 or 32 hex digits".into()) };
+    }
+    Err("an iSCSI name starts with iqn., eui. or naa.".into())
+}
+
+pub const BACKENDS: &[&str] = &["memory", "file", "null"];
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Config::from_toml(&text).map_err(|mut e| {
+            e.0.iter_mut().for_each(|p| *p = format!("{}: {p}", path.display()));
+            e
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration serializes")
+    }
+
+    /// The configuration `rtgt serve` runs without a file: one target with a 1 GiB
+    /// file-backed LUN 1 under the data directory, on 127.0.0.1:3260.
+    pub fn embedded_default(data_dir: &Path) -> Config {
+        Config {
+            server: ServerConfig { data_dir: Some(data_dir.to_path_buf()), ..ServerConfig::default() },
+            portal_groups: vec![PortalGroupConfig { tag: 1, portals: vec!["127.0.0.1:3260".into()] }],
+            targets: vec![TargetConfig {
+                name: DEFAULT_TARGET.into(),
+                alias: Some("rtgt default".into()),
+                portal_groups: None,
+                luns: vec![LunConfig {
+                    lun: 1,
+                    backend: "file".into(),
+                    size: Some(Size(1 << 30)),
+                    block_size: Some(512),
+                    path: Some(PathBuf::from("default-lun1.img")),
+                    create: Some(true),
+                    read_only: false,
+                    serial: None,
+                }],
+            }],
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.server.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    /// The path of a file LUN, relative paths resolved against the data directory.
+    pub fn lun_path(&self, lun: &LunConfig) -> Option<PathBuf> {
+        lun.path.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.data_dir().join(p) })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let s = &self.server;
+        if s.queue_depth == 0 || s.queue_depth > 4096 {
+            problems.push(format!("server.queue_depth: {} is out of range (1-4096)", s.queue_depth));
+        }
+        for (field, v) in [
+            ("max_recv_data_segment_length", s.max_recv_data_segment_length),
+            ("max_burst_length", s.max_burst_length),
+            ("first_burst_length", s.first_burst_length),
+        ] {
+            if !(SEGMENT_LEN_MIN..=SEGMENT_LEN_MAX).contains(&v) {
+                problems.push(format!("server.{field}: {v} is out of range ({SEGMENT_LEN_MIN}-{SEGMENT_LEN_MAX})"));
+            }
+        }
+        if s.first_burst_length > s.max_burst_length {
+            problems.push("server.first_burst_length: larger than max_burst_length".into());
+        }
+        if s.max_outstanding_r2t == 0 {
+            problems.push("server.max_outstanding_r2t: must be at least 1".into());
+        }
+        if s.nop_interval_secs == 0 || s.nop_timeout_secs == 0 {
+            problems.push("server.nop_interval_secs / nop_timeout_secs: must be at least 1".into());
+        }
+        if s.max_transfer_bytes < 65536 {
+            problems.push("server.max_transfer_bytes: must be at least 65536".into());
+        }
+
+        let mut tags = BTreeSet::new();
+        let mut addrs = BTreeSet::new();
+        for (i, pg) in self.portal_groups.iter().enumerate() {
+            let at = format!("portal_group[{i}] (tag {})", pg.tag);
+            if pg.tag == 0 {
+                problems.push(format!("{at}.tag: must be 1-65535"));
+            }
+            if !tags.insert(pg.tag) {
+                problems.push(format!("{at}.tag: duplicate tag {}", pg.tag));
+            }
+            if pg.portals.is_empty() {
+                problems.push(format!("{at}.portals: at least one address is needed"));
+            }
+            for p in &pg.portals {
+                match p.parse::<SocketAddr>() {
+                    Ok(a) if !addrs.insert(a) => problems.push(format!("{at}.portals: {p} is listed twice")),
+                    Ok(_) => {}
+                    Err(_) => problems.push(format!("{at}.portals: {p:?} is not an address like 0.0.0.0:3260")),
+                }
+            }
+        }
+        if self.portal_groups.is_empty() && !self.targets.is_empty() {
+            problems.push("portal_group: at least one portal group is needed to reach the targets".into());
+        }
+
+        let mut names = BTreeSet::new();
+        let mut backing: BTreeMap<PathBuf, String> = BTreeMap::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let at = format!("target[{i}] ({})", t.name);
+            if let Err(e) = validate_iscsi_name(&t.name) {
+                problems.push(format!("{at}.name: {e}"));
+            }
+            if !names.insert(t.name.clone()) {
+                problems.push(format!("{at}.name: duplicate target name"));
+            }
+            for tag in t.portal_groups.iter().flatten() {
+                if !tags.contains(tag) {
+                    problems.push(format!("{at}.portal_groups: no portal group with tag {tag}"));
+                }
+            }
+            let mut luns = BTreeSet::new();
+            for (j, l) in t.luns.iter().enumerate() {
+                let at = format!("{at}.lun[{j}] (LUN {})", l.lun);
+                if !luns.insert(l.lun) {
+                    problems.push(format!("{at}.lun: duplicate LUN number"));
+                }
+                if l.lun >= 16384 {
+                    problems.push(format!("{at}.lun: must be 0-16383"));
+                }
+                problems.extend(self.validate_lun(l).into_iter().map(|p| format!("{at}.{p}")));
+                if let Some(path) = self.lun_path(l) {
+                    let key = std::fs::canonicalize(&path).unwrap_or(path);
+                    if let Some(other) = backing.insert(key.clone(), at.clone()) {
+                        problems.push(format!(
+                            "{at}.path: {} is already the backing of {other}; two LUNs on one file would corrupt it",
+                            key.display()
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
+    }
+
+    fn validate_lun(&self, l: &LunConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        let bs = l.block_size.unwrap_or(512);
+        if bs != 512 && bs != 4096 {
+            problems.push(format!("block_size: {bs} is not supported (512 or 4096)"));
+        }
+        if let Some(Size(size)) = l.size {
+            if size < bs as u64 {
+                problems.push(format!("size: {size} bytes is smaller than one block"));
+            } else if size % bs as u64 != 0 {
+                problems.push(format!("size: {size} bytes is not a multiple of the block size {bs}"));
+            }
+        }
+        match l.backend.as_str() {
+            "memory" | "null" => {
+                if l.size.is_none() {
+                    problems.push(format!("size: required for backend {:?}", l.backend));
+                }
+                if l.path.is_some() {
+                    problems.push(format!("path: not used by backend {:?}", l.backend));
+                }
+            }
+            "file" => {
+                if l.path.is_none() {
+                    problems.push("path: required for backend \"file\"".into());
+                }
+            }
+            other => problems.push(format!("backend: unknown backend {other:?} (one of {})", BACKENDS.join(", "))),
+        }
+        problems
+    }
+
+    /// Server settings derived from `[server]`.
+    pub fn settings(&self) -> Settings {
+        let s = &self.server;
+        Settings {
+            limits: TargetLimits {
+                max_recv_data_segment_len: s.max_recv_data_segment_length,
+                max_burst_len: s.max_burst_length,
+                first_burst_len: s.first_burst_length,
+                max_outstanding_r2t: s.max_outstanding_r2t,
+                unsolicited_data: s.unsolicited_data,
+                header_digest_allowed: s.digests,
+                data_digest_allowed: s.digests,
+                ..TargetLimits::default()
+            },
+            conn: ConnConfig {
+                queue_depth: s.queue_depth,
+                nop_interval: Duration::from_secs(s.nop_interval_secs),
+                nop_timeout: Duration::from_secs(s.nop_timeout_secs),
+                max_transfer_bytes: s.max_transfer_bytes,
+                ..ConnConfig::default()
+            },
+            ..Settings::default()
+        }
+    }
+
+    /// Opens the backing store of a LUN.
+    pub fn open_store(&self, l: &LunConfig) -> Result<Arc<dyn BlockStore>, String> {
+        let size = l.size.map(|s| s.0);
+        Ok(match l.backend.as_str() {
+            "memory" => Arc::new(MemoryStore::new(size.ok_or("size is required")?)),
+            "null" => Arc::new(NullStore::new(size.ok_or("size is required")?)),
+            "file" => {
+                let path = self.lun_path(l).ok_or("path is required")?;
+                Arc::new(FileStore::open(&path, &FileOptions { size, create: l.create.unwrap_or(false) })?)
+            }
+            other => return Err(format!("unknown backend {other:?}")),
+        })
+    }
+
+    /// Builds a logical unit from its configuration.
+    pub fn open_lun(&self, target: &str, l: &LunConfig) -> Result<Arc<LogicalUnit>, String> {
+        let store = self.open_store(l)?;
+        let mut identity = LuIdentity::derived(&format!("{target}/{}", l.lun));
+        if let Some(serial) = &l.serial {
+            identity.serial = serial.clone();
+        }
+        let mut lu_config = LuConfig::new(l.block_size.unwrap_or(512), identity);
+        lu_config.read_only = l.read_only;
+        lu_config.max_transfer_bytes = self.server.max_transfer_bytes;
+        Ok(Arc::new(LogicalUnit::new(store, lu_config)?))
+    }
+
+    /// Fills a registry with the configured portal groups, targets and LUNs.
+    pub fn populate(&self, registry: &Registry) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for pg in &self.portal_groups {
+            let addrs = pg.portals.iter().filter_map(|p| p.parse().ok()).collect();
+            registry.set_portal_group(pg.tag, addrs);
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let groups: BTreeSet<u16> = match &t.portal_groups {
+                Some(g) => g.iter().copied().collect(),
+                None => self.portal_groups.iter().map(|p| p.tag).collect(),
+            };
+            let entry = TargetEntry::new(&t.name, t.alias.clone(), groups);
+            for (j, l) in t.luns.iter().enumerate() {
+                match self.open_lun(&t.name, l) {
+                    Ok(lu) => {
+                        if let Err(e) = entry.scsi.add_lun(l.lun, lu) {
+                            problems.push(format!("target[{i}] ({}).lun[{j}]: {e}", t.name));
+                        }
+                    }
+                    Err(e) => problems.push(format!("target[{i}] ({}).lun[{j}] (LUN {}): {e}", t.name, l.lun)),
+                }
+            }
+            if let Err(e) = registry.add_target(entry) {
+                problems.push(format!("target[{i}]: {e}"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
+    }
+}
+
+/// The target of the embedded default configuration.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.dev.rtgt:default";
+
+/// `$RTGT_DATA_DIR`, or `./rtgt-data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("RTGT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("rtgt-data"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(Size::parse("10GiB"), Ok(Size(10 << 30)));
+        assert_eq!(Size::parse("512M"), Ok(Size(512 << 20)));
+        assert_eq!(Size::parse("4096"), Ok(Size(4096)));
+        assert!(Size::parse("10XB").unwrap_err().contains("unknown size unit"));
+        assert!(Size::parse("lots").is_err());
+        assert_eq!(Size(10 << 30).to_string(), "10GiB");
+        assert_eq!(Size(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn iscsi_names() {
+        assert!(validate_iscsi_name("iqn.2026-11.org.example:disk1").is_ok());
+        assert!(validate_iscsi_name("eui.02004567a425678d").is_ok());
+        assert!(validate_iscsi_name("naa.52004567ba64678d").is_ok());
+        assert!(validate_iscsi_name("iqn.2026.org.example").is_err());
+        assert!(validate_iscsi_name("iqn.2026-11.Org.Example").is_err());
+        assert!(validate_iscsi_name("disk1").is_err());
+    }
+
+    #[test]
+    fn full_config_parses_and_round_trips() {
+        let text = r#"
+            [server]
+            queue_depth = 64
+
+            [[portal_group]]
+            tag = 1
+            portals = ["127.0.0.1:3260", "[::1]:3260"]
+
+            [[target]]
+            name = "iqn.2026-11.org.example:disk1"
+            alias = "disk one"
+
+            [[target.lun]]
+            lun = 0
+            backend = "memory"
+            size = "64MiB"
+
+            [[target.lun]]
+            lun = 1
+            backend = "file"
+            path = "/tmp/x.img"
+            size = 1048576
+            block_size = 4096
+            create = true
+        "#;
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.server.queue_depth, 64);
+        assert_eq!(c.targets[0].luns[0].size, Some(Size(64 << 20)));
+        let back = Config::from_toml(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn validation_names_each_field() {
+        let text = r#"
+            [[portal_group]]
+            tag = 1
+            portals = ["nonsense"]
+
+            [[target]]
+            name = "disk1"
+            portal_groups = [2]
+
+            [[target.lun]]
+            lun = 0
+            backend = "tape"
+            size = "1000"
+
+            [[target.lun]]
+            lun = 0
+            backend = "file"
+
+            [[target]]
+            name = "iqn.2026-11.org.example:a"
+            [[target.lun]]
+            lun = 0
+            backend = "file"
+            path = "/tmp/same.img"
+            [[target.lun]]
+            lun = 1
+            backend = "file"
+            path = "/tmp/same.img"
+        "#;
+        let err = Config::from_toml(text).unwrap_err().0.join("\n");
+        for expected in [
+            "portal_group[0] (tag 1).portals: \"nonsense\" is not an address",
+            "target[0] (disk1).name: an iSCSI name starts with",
+            "target[0] (disk1).portal_groups: no portal group with tag 2",
+            "target[0] (disk1).lun[0] (LUN 0).backend: unknown backend \"tape\"",
+            "target[0] (disk1).lun[0] (LUN 0).size: 1000 bytes is not a multiple of the block size 512",
+            "target[0] (disk1).lun[1] (LUN 0).lun: duplicate LUN number",
+            "target[0] (disk1).lun[1] (LUN 0).path: required for backend \"file\"",
+            "two LUNs on one file would corrupt it",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("[server]\nqueue_dept = 3\n").unwrap_err();
+        assert!(err.0[0].contains("queue_dept"), "{err}");
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::embedded_default(Path::new("/tmp/rtgt-test")).validate().unwrap();
+    }
+}

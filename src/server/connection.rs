@@ -1,0 +1,434 @@
+//! The async driver of one TCP connection: runs the login state machine, then the
+//! full-feature [`Connection`], executing SCSI commands as tasks and writing PDUs through a
+//! batching writer task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::Settings;
+use super::clock::Clock;
+use super::registry::{Control, NewSession, Registry, SessionEntry, SessionHandle, TargetEntry};
+use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
+use crate::iscsi::login::{Login, LoginContext, LoginOutcome, Step};
+use crate::iscsi::params::SessionKind;
+use crate::pdu::{Bhs, Digests, EncodedPdu, Limits};
+use crate::scsi::{Nexus, Request, Response, Sense, asc, decode_lun, key};
+use crate::wire::{PduReader, PduWriter, ReadEvent};
+
+/// Where a connection came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub tpgt: u16,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S>(
+    stream: S,
+    endpoint: Endpoint,
+    registry: Arc<Registry>,
+    settings: Arc<Settings>,
+    clock: Arc<dyn Clock>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut reader = PduReader::new(rd);
+    let mut writer = PduWriter::new(wr);
+    let login =
+        tokio::time::timeout(settings.login_timeout, login(&mut reader, &mut writer, endpoint, &registry, &settings));
+    let (outcome, handle, target) = match login.await {
+        Ok(Some(done)) => done,
+        Ok(None) => return,
+        Err(_) => {
+            info!(peer = %endpoint.peer, "login timed out");
+            return;
+        }
+    };
+    info!(
+        peer = %endpoint.peer,
+        initiator = %outcome.initiator_name,
+        target = outcome.target_name.as_deref().unwrap_or("(discovery)"),
+        tsih = outcome.tsih,
+        "login complete"
+    );
+    let mut ffp = FullFeature::new(outcome, handle, target, endpoint, registry.clone(), settings, clock);
+    let reason = ffp.run(reader, writer).await;
+    info!(peer = %endpoint.peer, tsih = ffp.handle.tsih, ?reason, "connection closed");
+    ffp.teardown().await;
+}
+
+// ---------------------------------------------------------------- login
+
+struct LoginCtx<'a> {
+    registry: &'a Registry,
+    endpoint: Endpoint,
+    registered: Option<(SessionHandle, Option<Arc<SessionEntry>>)>,
+}
+
+impl LoginContext for LoginCtx<'_> {
+    fn target_alias(&self, name: &str) -> Option<Option<String>> {
+        let t = self.registry.target(name)?;
+        t.in_portal_group(self.endpoint.tpgt).then(|| t.alias.clone())
+    }
+
+    fn session_exists(&self, tsih: u16) -> bool {
+        self.registry.session(tsih).is_some()
+    }
+
+    fn register_session(&mut self, outcome: &LoginOutcome) -> Result<u16, (u8, u8)> {
+        let new = NewSession {
+            kind: outcome.kind,
+            initiator_name: outcome.initiator_name.clone(),
+            isid: outcome.isid,
+            target: outcome.target_name.clone(),
+            tpgt: self.endpoint.tpgt,
+            peer: self.endpoint.peer,
+            local: self.endpoint.local,
+            params: outcome.params.clone(),
+        };
+        match self.registry.register_session(new) {
+            Ok((handle, old)) => {
+                let tsih = handle.tsih;
+                self.registered = Some((handle, old));
+                Ok(tsih)
+            }
+            Err(_) => Err(crate::pdu::login_status::OUT_OF_RESOURCES),
+        }
+    }
+
+    fn portal_group_tag(&self) -> u16 {
+        self.endpoint.tpgt
+    }
+}
+
+type LoginDone = (LoginOutcome, SessionHandle, Option<Arc<TargetEntry>>);
+
+async fn login<R, W>(
+    reader: &mut PduReader<R>,
+    writer: &mut PduWriter<W>,
+    endpoint: Endpoint,
+    registry: &Registry,
+    settings: &Settings,
+) -> Option<LoginDone>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut login = Login::new(settings.limits.clone(), settings.conn.queue_depth);
+    let mut ctx = LoginCtx { registry, endpoint, registered: None };
+    let limits = Limits { data_segment_len_max: Login::data_segment_len_max() };
+    loop {
+        let pdu = match reader.next(Digests::default(), limits).await {
+            Ok(ReadEvent::Pdu(pdu)) => pdu,
+            Ok(ReadEvent::Eof) => return None,
+            Ok(ReadEvent::Bad(e)) => {
+                info!(peer = %endpoint.peer, error = %e, "malformed PDU during login");
+                return None;
+            }
+            Err(e) => {
+                debug!(peer = %endpoint.peer, error = %e, "read failed during login");
+                return None;
+            }
+        };
+        let Bhs::LoginRequest(req) = pdu.bhs else {
+            // Anything but a login before full-feature phase is a protocol error: close.
+            info!(peer = %endpoint.peer, opcode = ?pdu.opcode(), "non-login PDU during login");
+            return None;
+        };
+        match login.on_request(&req, &pdu.data, &mut ctx) {
+            Step::Reply(resp) => {
+                writer.write(&resp.encode(Digests::default())).await.ok()?;
+            }
+            Step::Fail(resp) => {
+                let _ = writer.write(&resp.encode(Digests::default())).await;
+                let _ = writer.shutdown().await;
+                return None;
+            }
+            Step::Complete(resp, outcome) => {
+                let (handle, old) = ctx.registered.take().expect("registered on completion");
+                if let Some(old) = old {
+                    // Session reinstatement: the old session's commands finish before we go on.
+                    info!(tsih = old.tsih, "reinstating session: closing the old one");
+                    let _ = tokio::time::timeout(Duration::from_secs(10), old.closed()).await;
+                }
+                if writer.write(&resp.encode(Digests::default())).await.is_err() {
+                    registry.unregister_session(handle.tsih);
+                    handle.mark_done();
+                    return None;
+                }
+                let target = outcome.target_name.as_deref().and_then(|n| registry.target(n));
+                return Some((*outcome, handle, target));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- full-feature phase
+
+struct FfpCtx<'a> {
+    registry: &'a Registry,
+    target: Option<&'a TargetEntry>,
+    local: SocketAddr,
+}
+
+impl ConnContext for FfpCtx<'_> {
+    fn targets(&self) -> Vec<TargetRecord> {
+        self.registry.target_records(self.local)
+    }
+
+    fn own_target(&self) -> Option<String> {
+        self.target.map(|t| t.name.clone())
+    }
+
+    fn lun_exists(&self, lun: u64) -> bool {
+        match (self.target, decode_lun(lun)) {
+            (Some(t), Some(n)) => t.scsi.lun(n).is_some(),
+            _ => false,
+        }
+    }
+}
+
+struct FullFeature {
+    conn: Connection,
+    handle: SessionHandle,
+    target: Option<Arc<TargetEntry>>,
+    nexus: Option<Arc<Nexus>>,
+    endpoint: Endpoint,
+    registry: Arc<Registry>,
+    settings: Arc<Settings>,
+    clock: Arc<dyn Clock>,
+    completions_tx: mpsc::UnboundedSender<(u32, Response)>,
+    completions_rx: mpsc::UnboundedReceiver<(u32, Response)>,
+    closed_by_peer: Option<CloseReason>,
+}
+
+impl FullFeature {
+    fn new(
+        outcome: LoginOutcome,
+        handle: SessionHandle,
+        target: Option<Arc<TargetEntry>>,
+        endpoint: Endpoint,
+        registry: Arc<Registry>,
+        settings: Arc<Settings>,
+        clock: Arc<dyn Clock>,
+    ) -> FullFeature {
+        let conn = Connection::new(
+            outcome.params.clone(),
+            outcome.kind,
+            outcome.cid,
+            outcome.exp_cmd_sn,
+            outcome.stat_sn,
+            settings.conn.clone(),
+            clock.now(),
+        );
+        let nexus = match (&target, outcome.kind) {
+            (Some(t), SessionKind::Normal) => {
+                Some(Nexus::new(&outcome.initiator_name, outcome.isid, &t.name, endpoint.tpgt))
+            }
+            _ => None,
+        };
+        // Completions are bounded by the number of tasks, which the CmdSN window bounds.
+        let (completions_tx, completions_rx) = mpsc::unbounded_channel();
+        FullFeature {
+            conn,
+            handle,
+            target,
+            nexus,
+            endpoint,
+            registry,
+            settings,
+            clock,
+            completions_tx,
+            completions_rx,
+            closed_by_peer: None,
+        }
+    }
+
+    async fn run<R, W>(&mut self, mut reader: PduReader<R>, writer: PduWriter<W>) -> CloseReason
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (out_tx, out_rx) = mpsc::channel::<EncodedPdu>(1024);
+        let writer_task = tokio::spawn(writer.run(out_rx));
+        let reason = self.event_loop(&mut reader, &out_tx).await;
+        // Let queued responses (a logout response, say) reach the wire, then stop the writer.
+        drop(out_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        reason
+    }
+
+    async fn event_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut PduReader<R>,
+        out: &mpsc::Sender<EncodedPdu>,
+    ) -> CloseReason {
+        loop {
+            let (digests, limits) = self.conn.decode_limits();
+            let deadline = self.conn.next_deadline();
+            tokio::select! {
+                biased;
+                Some((itt, response)) = self.completions_rx.recv() => {
+                    self.count(&response);
+                    self.conn.on_complete(itt, response);
+                }
+                Some(control) = self.handle.control.recv() => match control {
+                    Control::AbortLun(lun) => self.conn.abort_lun(lun),
+                    Control::AbortAll => self.conn.abort_all(),
+                    Control::Close => return CloseReason::ProtocolError("closed by the target".into()),
+                    Control::RequestLogout => self.conn.request_logout(self.settings.logout_grace_secs),
+                },
+                event = reader.next(digests, limits) => {
+                    self.on_read(event);
+                    // Take everything else already buffered before writing the responses.
+                    while !self.conn.is_closing() {
+                        match reader.try_next(digests, limits) {
+                            Some(event) => self.on_read(Ok(event)),
+                            None => break,
+                        }
+                    }
+                    if let Some(reason) = self.closed_by_peer.take() {
+                        return reason;
+                    }
+                }
+                _ = self.clock.sleep_until(deadline) => self.conn.on_tick(self.clock.now()),
+            }
+            if let Some(reason) = self.apply_outputs(out).await {
+                return reason;
+            }
+        }
+    }
+
+    fn on_read(&mut self, event: std::io::Result<ReadEvent>) {
+        match event {
+            Ok(ReadEvent::Pdu(pdu)) => {
+                let ctx =
+                    FfpCtx { registry: &self.registry, target: self.target.as_deref(), local: self.endpoint.local };
+                self.conn.on_pdu(pdu, self.clock.now(), &ctx);
+            }
+            Ok(ReadEvent::Bad(err)) => {
+                warn!(peer = %self.endpoint.peer, error = %err, "bad PDU");
+                self.conn.on_decode_error(&err, self.clock.now());
+            }
+            Ok(ReadEvent::Eof) => {
+                self.closed_by_peer = Some(CloseReason::ProtocolError("peer closed the connection".into()))
+            }
+            Err(e) => self.closed_by_peer = Some(CloseReason::ProtocolError(format!("read failed: {e}"))),
+        }
+    }
+
+    fn count(&self, response: &Response) {
+        let stats = &self.handle.stats;
+        stats.commands.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_read.fetch_add(response.data.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Carries out the connection's outputs. Returns the reason when the connection must close.
+    async fn apply_outputs(&mut self, out: &mpsc::Sender<EncodedPdu>) -> Option<CloseReason> {
+        let digests = self.conn.digests();
+        let mut close = None;
+        for output in self.conn.drain() {
+            match output {
+                Output::Send(pdu) => {
+                    if out.send(pdu.encode(digests)).await.is_err() {
+                        return Some(CloseReason::ProtocolError("write failed".into()));
+                    }
+                }
+                Output::Execute(exec) => self.execute(exec),
+                Output::ResetLun(lun) => self.reset_lun(lun),
+                Output::ResetTarget { cold } => self.reset_target(cold),
+                Output::Close(reason) => close = Some(reason),
+            }
+        }
+        close
+    }
+
+    fn execute(&self, exec: crate::iscsi::conn::Exec) {
+        let (Some(target), Some(nexus)) = (&self.target, &self.nexus) else {
+            // Discovery sessions never get here: the connection rejects their commands.
+            return;
+        };
+        self.handle.stats.bytes_written.fetch_add(exec.data_out.len() as u64, Ordering::Relaxed);
+        let scsi = target.scsi.clone();
+        let request = Request { nexus: nexus.clone(), lun: exec.lun, cdb: exec.cdb, data_out: exec.data_out };
+        let done = self.completions_tx.clone();
+        tokio::spawn(async move {
+            // A bug in a command handler must not leave the command unanswered forever.
+            let response = match CatchUnwind(Box::pin(async { scsi.execute(&request).await })).await {
+                Ok(response) => response,
+                Err(()) => {
+                    tracing::error!(cdb = ?request.cdb, "command handler panicked");
+                    Response::check(&Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE), false)
+                }
+            };
+            let _ = done.send((exec.itt, response));
+        });
+    }
+
+    fn reset_lun(&self, lun: u64) {
+        let Some(target) = &self.target else { return };
+        if let Some(lu) = decode_lun(lun).and_then(|n| target.scsi.lun(n)) {
+            info!(target = %target.name, lun, "LOGICAL UNIT RESET");
+            lu.reset();
+        }
+        self.registry.tell_sessions(&target.name, Some(self.handle.tsih), Control::AbortLun(lun));
+    }
+
+    fn reset_target(&self, cold: bool) {
+        let Some(target) = &self.target else { return };
+        info!(target = %target.name, cold, "TARGET RESET");
+        for (_, lu) in target.scsi.luns() {
+            lu.reset();
+        }
+        let control = if cold { Control::Close } else { Control::AbortAll };
+        self.registry.tell_sessions(&target.name, Some(self.handle.tsih), control);
+    }
+
+    /// Waits for running commands (their responses are dropped), then releases the session.
+    async fn teardown(&mut self) {
+        let mut running = self.conn.running().len();
+        while running > 0 {
+            match tokio::time::timeout(Duration::from_secs(30), self.completions_rx.recv()).await {
+                Ok(Some((itt, response))) => {
+                    self.conn.on_complete(itt, response);
+                    running = self.conn.running().len();
+                }
+                _ => {
+                    warn!(tsih = self.handle.tsih, running, "commands did not finish after the connection closed");
+                    break;
+                }
+            }
+        }
+        self.registry.unregister_session(self.handle.tsih);
+        if let (Some(target), Some(nexus)) = (&self.target, &self.nexus) {
+            for (_, lu) in target.scsi.luns() {
+                lu.nexus_gone(nexus.id);
+            }
+        }
+        self.handle.mark_done();
+    }
+}
+
+/// Turns a panic while polling the inner future into `Err(())`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}

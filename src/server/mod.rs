@@ -1,0 +1,140 @@
+//! The async driver: portals, the accept loops, per-connection tasks and shutdown. Generic over
+//! the [`Net`] and [`Clock`] seams so that the simulation runs this very code.
+
+pub mod clock;
+pub mod connection;
+pub mod net;
+pub mod registry;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+pub use clock::{Clock, TokioClock};
+pub use connection::Endpoint;
+pub use net::{Listener, Net, TokioNet};
+pub use registry::{Control, Registry, TargetEntry};
+
+use crate::iscsi::conn::ConnConfig;
+use crate::iscsi::params::TargetLimits;
+
+/// Protocol settings shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: TargetLimits,
+    pub conn: ConnConfig,
+    /// A login must complete within this time.
+    pub login_timeout: Duration,
+    /// Seconds the initiator is given to log out when the target shuts down.
+    pub logout_grace_secs: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: TargetLimits::default(),
+            conn: ConnConfig::default(),
+            login_timeout: Duration::from_secs(30),
+            logout_grace_secs: 5,
+        }
+    }
+}
+
+/// A running target: its registry and the means to serve connections.
+pub struct Server<N: Net> {
+    net: N,
+    clock: Arc<dyn Clock>,
+    pub registry: Arc<Registry>,
+    pub settings: Arc<Settings>,
+}
+
+/// A listening portal.
+pub struct Portal<L> {
+    pub tpgt: u16,
+    pub addr: SocketAddr,
+    listener: L,
+}
+
+impl<N: Net> Server<N> {
+    pub fn new(net: N, clock: Arc<dyn Clock>, registry: Arc<Registry>, settings: Settings) -> Self {
+        Server { net, clock, registry, settings: Arc::new(settings) }
+    }
+
+    /// Binds every portal of every portal group. Port 0 binds a free port; the bound address
+    /// replaces it in the registry so that discovery reports it.
+    pub async fn bind(&self) -> io::Result<Vec<Portal<N::Listener>>> {
+        let mut portals = Vec::new();
+        for (tpgt, addrs) in self.registry.portal_groups() {
+            let mut bound = Vec::new();
+            for addr in addrs {
+                let listener = self
+                    .net
+                    .bind(addr)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                let addr = listener.local_addr()?;
+                bound.push(addr);
+                portals.push(Portal { tpgt, addr, listener });
+            }
+            self.registry.set_portal_group(tpgt, bound);
+        }
+        Ok(portals)
+    }
+
+    /// Accepts connections on a portal until the task is dropped.
+    pub async fn accept_loop(self: Arc<Self>, mut portal: Portal<N::Listener>) {
+        info!(addr = %portal.addr, tpgt = portal.tpgt, "listening");
+        loop {
+            match portal.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let endpoint = Endpoint { tpgt: portal.tpgt, local: portal.addr, peer };
+                    tokio::spawn(connection::serve(
+                        stream,
+                        endpoint,
+                        self.registry.clone(),
+                        self.settings.clone(),
+                        self.clock.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(addr = %portal.addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Asks every initiator to log out, waits up to `grace`, then closes what is left and
+    /// flushes every logical unit.
+    pub async fn shutdown(&self, grace: Duration) {
+        let sessions = self.registry.sessions();
+        info!(sessions = sessions.len(), "shutting down: asking initiators to log out");
+        for s in &sessions {
+            s.send(Control::RequestLogout);
+        }
+        let all_closed = async {
+            for s in &sessions {
+                s.closed().await;
+            }
+        };
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            for s in self.registry.sessions() {
+                s.send(Control::Close);
+            }
+            for s in &sessions {
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.closed()).await;
+            }
+        }
+        for target in self.registry.targets() {
+            for (lun, lu) in target.scsi.luns() {
+                if let Err(e) = lu.store().flush().await {
+                    warn!(target = %target.name, lun, error = %e, "flush at shutdown failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The live state of a running target: targets and their LUNs, portal groups, and sessions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::iscsi::conn::TargetRecord;
+use crate::iscsi::params::{Params, SessionKind};
+use crate::scsi::ScsiTarget;
+
+/// A target: a name, its SCSI side (LUNs) and the portal groups it is reachable through.
+pub struct TargetEntry {
+    pub name: String,
+    pub alias: Option<String>,
+    pub scsi: Arc<ScsiTarget>,
+    pub portal_groups: RwLock<BTreeSet<u16>>,
+}
+
+impl TargetEntry {
+    pub fn new(name: &str, alias: Option<String>, portal_groups: BTreeSet<u16>) -> TargetEntry {
+        TargetEntry {
+            name: name.to_string(),
+            alias,
+            scsi: Arc::new(ScsiTarget::new(name)),
+            portal_groups: RwLock::new(portal_groups),
+        }
+    }
+
+    pub fn in_portal_group(&self, tag: u16) -> bool {
+        self.portal_groups.read().expect("poisoned").contains(&tag)
+    }
+}
+
+/// Requests from the rest of the target to a session's connection task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Another session reset this LUN: abort our tasks on it.
+    AbortLun(u64),
+    /// A target reset from another session: abort all our tasks.
+    AbortAll,
+    /// Close the session now (reinstatement, cold reset, forced logout).
+    Close,
+    /// Ask the initiator to log out (graceful shutdown).
+    RequestLogout,
+}
+
+/// Counters of a session, shared with the management API.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub commands: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+/// A logged-in session as the rest of the target sees it.
+pub struct SessionEntry {
+    pub tsih: u16,
+    pub kind: SessionKind,
+    pub initiator_name: String,
+    pub isid: u64,
+    pub target: Option<String>,
+    pub tpgt: u16,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub params: Params,
+    pub stats: Arc<SessionStats>,
+    control: mpsc::UnboundedSender<Control>,
+    done: watch::Receiver<bool>,
+}
+
+impl SessionEntry {
+    pub fn send(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+
+    /// Resolves once the session's connection task has finished (tasks drained, state released).
+    pub async fn closed(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// What a connection task keeps to talk to the registry about its session.
+pub struct SessionHandle {
+    pub tsih: u16,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    pub stats: Arc<SessionStats>,
+    done: watch::Sender<bool>,
+}
+
+impl SessionHandle {
+    pub fn mark_done(&self) {
+        let _ = self.done.send(true);
+    }
+}
+
+/// Details of a session about to be registered.
+pub struct NewSession {
+    pub kind: SessionKind,
+    pub initiator_name: String,
+    pub isid: u64,
+    pub target: Option<String>,
+    pub tpgt: u16,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub params: Params,
+}
+
+#[derive(Default)]
+struct Sessions {
+    next_tsih: u16,
+    by_tsih: BTreeMap<u16, Arc<SessionEntry>>,
+}
+
+/// Most sessions at once; further logins get "out of resources".
+pub const SESSIONS_MAX: usize = 4096;
+
+#[derive(Default)]
+pub struct Registry {
+    targets: RwLock<BTreeMap<String, Arc<TargetEntry>>>,
+    portal_groups: RwLock<BTreeMap<u16, Vec<SocketAddr>>>,
+    sessions: Mutex<Sessions>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    // ---- targets and portal groups ----
+
+    pub fn add_target(&self, target: TargetEntry) -> Result<Arc<TargetEntry>, String> {
+        let mut targets = self.targets.write().expect("poisoned");
+        if targets.contains_key(&target.name) {
+            return Err(format!("target {} already exists", target.name));
+        }
+        let target = Arc::new(target);
+        targets.insert(target.name.clone(), target.clone());
+        Ok(target)
+    }
+
+    pub fn remove_target(&self, name: &str) -> Option<Arc<TargetEntry>> {
+        self.targets.write().expect("poisoned").remove(name)
+    }
+
+    pub fn target(&self, name: &str) -> Option<Arc<TargetEntry>> {
+        self.targets.read().expect("poisoned").get(name).cloned()
+    }
+
+    pub fn targets(&self) -> Vec<Arc<TargetEntry>> {
+        self.targets.read().expect("poisoned").values().cloned().collect()
+    }
+
+    pub fn set_portal_group(&self, tag: u16, portals: Vec<SocketAddr>) {
+        self.portal_groups.write().expect("poisoned").insert(tag, portals);
+    }
+
+    pub fn remove_portal_group(&self, tag: u16) -> Option<Vec<SocketAddr>> {
+        self.portal_groups.write().expect("poisoned").remove(&tag)
+    }
+
+    pub fn portal_groups(&self) -> BTreeMap<u16, Vec<SocketAddr>> {
+        self.portal_groups.read().expect("poisoned").clone()
+    }
+
+    /// Discovery records: every target with the addresses of its portal groups. A portal
+    /// bound to a wildcard address is reported as `local` (the address the initiator reached).
+    pub fn target_records(&self, local: SocketAddr) -> Vec<TargetRecord> {
+        let groups = self.portal_groups();
+        self.targets()
+            .iter()
+            .map(|t| {
+                let mut addresses = Vec::new();
+                for tag in t.portal_groups.read().expect("poisoned").iter() {
+                    for portal in groups.get(tag).into_iter().flatten() {
+                        let addr = if portal.ip().is_unspecified() {
+                            SocketAddr::new(local.ip(), portal.port())
+                        } else {
+                            *portal
+                        };
+                        let host = match addr {
+                            SocketAddr::V4(a) => a.to_string(),
+                            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                        };
+                        addresses.push(format!("{host},{tag}"));
+                    }
+                }
+                TargetRecord { name: t.name.clone(), addresses }
+            })
+            .collect()
+    }
+
+    // ---- sessions ----
+
+    /// Registers a session and allocates its TSIH. A session of the same initiator port (name
+    /// and ISID) to the same target is reinstated: it is told to close, and returned so that
+    /// the caller can wait for it before completing the login.
+    pub fn register_session(
+        &self,
+        new: NewSession,
+    ) -> Result<(SessionHandle, Option<Arc<SessionEntry>>), &'static str> {
+        let mut s = self.sessions.lock().expect("poisoned");
+        let old = s
+            .by_tsih
+            .values()
+            .find(|e| {
+                e.initiator_name == new.initiator_name
+                    && e.isid == new.isid
+                    && e.target == new.target
+                    && e.kind == new.kind
+            })
+            .cloned();
+        if let Some(old) = &old {
+            s.by_tsih.remove(&old.tsih);
+            old.send(Control::Close);
+        }
+        if s.by_tsih.len() >= SESSIONS_MAX {
+            return Err("too many sessions");
+        }
+        let tsih = loop {
+            s.next_tsih = s.next_tsih.wrapping_add(1);
+            if s.next_tsih != 0 && !s.by_tsih.contains_key(&s.next_tsih) {
+                break s.next_tsih;
+            }
+        };
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let stats = Arc::new(SessionStats::default());
+        let entry = SessionEntry {
+            tsih,
+            kind: new.kind,
+            initiator_name: new.initiator_name,
+            isid: new.isid,
+            target: new.target,
+            tpgt: new.tpgt,
+            peer: new.peer,
+            local: new.local,
+            params: new.params,
+            stats: stats.clone(),
+            control: control_tx,
+            done: done_rx,
+        };
+        s.by_tsih.insert(tsih, Arc::new(entry));
+        Ok((SessionHandle { tsih, control: control_rx, stats, done: done_tx }, old))
+    }
+
+    pub fn unregister_session(&self, tsih: u16) {
+        self.sessions.lock().expect("poisoned").by_tsih.remove(&tsih);
+    }
+
+    pub fn session(&self, tsih: u16) -> Option<Arc<SessionEntry>> {
+        self.sessions.lock().expect("poisoned").by_tsih.get(&tsih).cloned()
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<SessionEntry>> {
+        self.sessions.lock().expect("poisoned").by_tsih.values().cloned().collect()
+    }
+
+    /// Sends a control message to every session logged in to `target` except `except`.
+    pub fn tell_sessions(&self, target: &str, except: Option<u16>, c: Control) {
+        for s in self.sessions() {
+            if s.target.as_deref() == Some(target) && Some(s.tsih) != except {
+                s.send(c);
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().expect("poisoned").by_tsih.len()
+    }
+}
