@@ -7,3 +7,4 @@ pub mod scsi;
 pub mod server;
 pub mod storage;
 pub mod wire;
+pub mod initiator;

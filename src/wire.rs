@@ -41,7 +41,21 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     }
 
     pub async fn next(&mut self, digests: Digests, limits: Limits) -> io::Result<ReadEvent> {
+        self.next_checked(digests, limits, |_| true).await
+    }
+
+    /// Like [`PduReader::next`], but gives up (with [`ReadEvent::Eof`]) as soon as a basic
+    /// header is buffered that `accept` refuses, instead of waiting for the rest of its PDU.
+    pub async fn next_checked(
+        &mut self,
+        digests: Digests,
+        limits: Limits,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> io::Result<ReadEvent> {
         loop {
+            if self.buf.len() >= crate::pdu::BHS_LEN && !accept(&self.buf[..crate::pdu::BHS_LEN]) {
+                return Ok(ReadEvent::Eof);
+            }
             if let Some(ev) = self.try_next(digests, limits) {
                 return Ok(ev);
             }

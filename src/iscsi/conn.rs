@@ -343,6 +343,8 @@ impl Connection {
     pub fn on_decode_error(&mut self, err: &PduError, now: Duration) {
         self.last_rx = now;
         let Some(header) = err.rejectable_header() else {
+            // The stream cannot be resynchronized: nothing more is read from it.
+            self.closing = true;
             self.out.push(Output::Close(CloseReason::ProtocolError(err.to_string())));
             return;
         };

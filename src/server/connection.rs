@@ -126,7 +126,10 @@ where
     let mut ctx = LoginCtx { registry, endpoint, registered: None };
     let limits = Limits { data_segment_len_max: Login::data_segment_len_max() };
     loop {
-        let pdu = match reader.next(Digests::default(), limits).await {
+        // Before full-feature phase only Login Requests are valid: refuse anything else as soon
+        // as its header arrives rather than buffering what it claims to carry.
+        let is_login = |bhs: &[u8]| bhs[0] & 0x3f == 0x03;
+        let pdu = match reader.next_checked(Digests::default(), limits, is_login).await {
             Ok(ReadEvent::Pdu(pdu)) => pdu,
             Ok(ReadEvent::Eof) => return None,
             Ok(ReadEvent::Bad(e)) => {

@@ -1,0 +1,862 @@
+//! A small iSCSI initiator: login (normal and discovery), SCSI commands with concurrent
+//! tasks, R2T handling, NOP, task management and logout. Used by the integration tests, the
+//! simulation and the benchmark load generator.
+//!
+//! One [`Session`] drives one connection. Commands may be issued concurrently from many tasks;
+//! a reader task routes responses by ITT and answers R2Ts and NOP-In pings.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::iscsi::conn::TargetRecord;
+use crate::iscsi::params::parse_number;
+use crate::iscsi::window::sn_lt;
+use crate::pdu::*;
+use crate::scsi::encode_lun;
+use crate::wire::{PduReader, PduWriter, ReadEvent};
+
+/// Initiator-side choices for a login.
+#[derive(Debug, Clone)]
+pub struct InitiatorConfig {
+    pub initiator_name: String,
+    pub isid: u64,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// What we accept per PDU (declared to the target).
+    pub max_recv_data_segment_len: u32,
+    pub max_burst_len: u32,
+    pub first_burst_len: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// Go through the security stage (AuthMethod=None) before the operational stage.
+    pub security_stage: bool,
+    /// How long a command may take before the call fails with [`Error::Timeout`].
+    pub command_timeout: Duration,
+}
+
+impl Default for InitiatorConfig {
+    fn default() -> Self {
+        InitiatorConfig {
+            initiator_name: "iqn.2026-11.dev.rtgt:initiator".into(),
+            isid: 0x80_0000_0001,
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_len: 256 * 1024,
+            max_burst_len: 1024 * 1024,
+            first_burst_len: 256 * 1024,
+            immediate_data: true,
+            initial_r2t: false,
+            security_stage: true,
+            command_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    #[error("connection: {0}")]
+    Io(String),
+    #[error("login failed with status {class:#04x}/{detail:#04x}")]
+    Login { class: u8, detail: u8 },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the target rejected the PDU (reason {0:#04x})")]
+    Rejected(u8),
+    #[error("timed out")]
+    Timeout,
+    #[error("the session is closed")]
+    Closed,
+    #[error("SCSI status {status:#04x}, sense key {key:#x}, ASC/ASCQ {asc:#04x}/{ascq:#04x}")]
+    Check { status: u8, key: u8, asc: u8, ascq: u8 },
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The outcome of a SCSI command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub status: u8,
+    pub sense: Option<Bytes>,
+    pub data: Bytes,
+    pub overflow: bool,
+    pub underflow: bool,
+    pub residual: u32,
+}
+
+impl CommandResult {
+    /// Sense key and ASC/ASCQ, from fixed or descriptor sense data.
+    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
+        let s = self.sense.as_ref()?;
+        match s.first()? & 0x7f {
+            0x72 | 0x73 if s.len() >= 4 => Some((s[1] & 0x0f, s[2], s[3])),
+            0x70 | 0x71 if s.len() >= 14 => Some((s[2] & 0x0f, s[12], s[13])),
+            _ => None,
+        }
+    }
+
+    /// Ok for GOOD (or CONDITION MET), an [`Error::Check`] otherwise.
+    pub fn ok(self) -> Result<CommandResult> {
+        if self.status == 0 || self.status == 4 {
+            return Ok(self);
+        }
+        let (key, asc, ascq) = self.sense_code().unwrap_or((0, 0, 0));
+        Err(Error::Check { status: self.status, key, asc, ascq })
+    }
+}
+
+/// What the target agreed to at login.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub target_max_recv_data_segment_len: u32,
+    pub max_burst_len: u32,
+    pub first_burst_len: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub tsih: u16,
+}
+
+/// A response routed to a waiting caller.
+enum Reply {
+    Scsi(CommandResult),
+    Pdu(Box<Pdu>),
+    Failed(Error),
+}
+
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    /// Data-In gathered so far.
+    data: BytesMut,
+    /// Data to send on R2T.
+    write: Bytes,
+    lun: u64,
+}
+
+struct State {
+    next_itt: u32,
+    cmd_sn: u32,
+    max_cmd_sn: u32,
+    exp_stat_sn: u32,
+    pending: HashMap<u32, Pending>,
+    closed: Option<Error>,
+    async_events: Vec<AsyncMessage>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    window: Notify,
+    out: mpsc::UnboundedSender<EncodedPdu>,
+    negotiated: Negotiated,
+    config: InitiatorConfig,
+}
+
+/// A logged-in session over one connection.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("tsih", &self.shared.negotiated.tsih).finish()
+    }
+}
+
+/// Logs in to a discovery session, asks SendTargets=All and logs out.
+pub async fn discover<S>(stream: S, config: &InitiatorConfig) -> Result<Vec<TargetRecord>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let session = Session::login(stream, config, None).await?;
+    let records = session.send_targets("All").await?;
+    session.logout().await?;
+    Ok(records)
+}
+
+impl Session {
+    /// Logs in to `target` (a normal session), or to a discovery session when `None`.
+    pub async fn login<S>(stream: S, config: &InitiatorConfig, target: Option<&str>) -> Result<Session>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let mut reader = PduReader::new(rd);
+        let mut writer = PduWriter::new(wr);
+        let login = tokio::time::timeout(config.command_timeout, run_login(&mut reader, &mut writer, config, target));
+        let (negotiated, cmd_sn, max_cmd_sn, exp_stat_sn) = login.await.map_err(|_| Error::Timeout)??;
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_itt: 1,
+                cmd_sn,
+                max_cmd_sn,
+                exp_stat_sn,
+                pending: HashMap::new(),
+                closed: None,
+                async_events: Vec::new(),
+            }),
+            window: Notify::new(),
+            out: out_tx,
+            negotiated,
+            config: config.clone(),
+        });
+        tokio::spawn(write_loop(writer, out_rx));
+        tokio::spawn(read_loop(reader, shared.clone()));
+        Ok(Session { shared })
+    }
+
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.shared.negotiated
+    }
+
+    fn digests(&self) -> Digests {
+        Digests { header: self.shared.negotiated.header_digest, data: self.shared.negotiated.data_digest }
+    }
+
+    /// Async messages received so far (e.g. a logout request at target shutdown).
+    pub fn async_events(&self) -> Vec<AsyncMessage> {
+        self.shared.state.lock().expect("poisoned").async_events.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().expect("poisoned").closed.is_some()
+    }
+
+    /// Takes an ITT (and a CmdSN unless immediate), registers the waiter, and queues the PDUs
+    /// built by `build` — all under one lock so that PDUs leave in CmdSN order.
+    async fn submit(
+        &self,
+        immediate: bool,
+        lun: u64,
+        write: Bytes,
+        build: impl Fn(u32, u32, u32) -> Vec<Pdu>,
+    ) -> Result<(u32, oneshot::Receiver<Reply>)> {
+        loop {
+            let notified = self.shared.window.notified();
+            {
+                let mut st = self.shared.state.lock().expect("poisoned");
+                if let Some(e) = &st.closed {
+                    return Err(e.clone());
+                }
+                if immediate || !sn_lt(st.max_cmd_sn, st.cmd_sn) {
+                    let itt = st.next_itt;
+                    st.next_itt = st.next_itt.wrapping_add(1).max(1);
+                    if st.next_itt == RESERVED_TAG {
+                        st.next_itt = 1;
+                    }
+                    let cmd_sn = st.cmd_sn;
+                    if !immediate {
+                        st.cmd_sn = st.cmd_sn.wrapping_add(1);
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    st.pending.insert(itt, Pending { reply: tx, data: BytesMut::new(), write, lun });
+                    for pdu in build(itt, cmd_sn, st.exp_stat_sn) {
+                        if self.shared.out.send(pdu.encode(self.digests())).is_err() {
+                            st.pending.remove(&itt);
+                            return Err(Error::Closed);
+                        }
+                    }
+                    return Ok((itt, rx));
+                }
+            }
+            // The window is closed: wait for a response that opens it.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.shared.config.command_timeout) => return Err(Error::Timeout),
+            }
+        }
+    }
+
+    async fn wait(&self, itt: u32, rx: oneshot::Receiver<Reply>) -> Result<Reply> {
+        match tokio::time::timeout(self.shared.config.command_timeout, rx).await {
+            Ok(Ok(Reply::Failed(e))) => Err(e),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(self.shared.state.lock().expect("poisoned").closed.clone().unwrap_or(Error::Closed)),
+            Err(_) => {
+                self.shared.state.lock().expect("poisoned").pending.remove(&itt);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Runs a SCSI command. `data_out` is sent (immediate, unsolicited and on R2T as the
+    /// session allows); `read_len` is the expected data-in length.
+    pub async fn command(&self, lun: u16, cdb: &[u8], data_out: Bytes, read_len: u32) -> Result<CommandResult> {
+        let (itt, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
+        match self.wait(itt, rx).await? {
+            Reply::Scsi(r) => Ok(r),
+            _ => Err(Error::Protocol("unexpected reply to a SCSI command".into())),
+        }
+    }
+
+    /// Like [`Session::command`] but returns the ITT at once, for task management tests.
+    pub async fn start_command(
+        &self,
+        lun: u16,
+        cdb: &[u8],
+        data_out: Bytes,
+        read_len: u32,
+    ) -> Result<(u32, impl std::future::Future<Output = Result<CommandResult>> + use<>)> {
+        let (itt, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
+        let this = self.clone();
+        Ok((itt, async move {
+            match this.wait(itt, rx).await? {
+                Reply::Scsi(r) => Ok(r),
+                _ => Err(Error::Protocol("unexpected reply to a SCSI command".into())),
+            }
+        }))
+    }
+
+    async fn submit_command(
+        &self,
+        lun: u16,
+        cdb: &[u8],
+        data_out: Bytes,
+        read_len: u32,
+        immediate: bool,
+    ) -> Result<(u32, oneshot::Receiver<Reply>)> {
+        let n = &self.shared.negotiated;
+        let lun = encode_lun(lun);
+        let mut cdb16 = [0u8; 16];
+        cdb16[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
+        let extended = (cdb.len() > 16).then(|| Bytes::copy_from_slice(&cdb[16..]));
+        let edtl = data_out.len() as u32;
+        let segment = n.target_max_recv_data_segment_len as usize;
+        let first_burst = (n.first_burst_len as usize).min(data_out.len());
+        let immediate_len = if n.immediate_data { first_burst.min(segment) } else { 0 };
+        let unsolicited_end = if n.initial_r2t { immediate_len } else { first_burst };
+        let write = data_out.clone();
+        self.submit(immediate, lun, write, move |itt, cmd_sn, exp_stat_sn| {
+            let command = ScsiCommand {
+                immediate,
+                fin: unsolicited_end == immediate_len,
+                read: read_len > 0,
+                write: edtl > 0,
+                attr: task_attr::SIMPLE,
+                lun,
+                itt,
+                expected_data_len: if edtl > 0 { edtl } else { read_len },
+                cmd_sn,
+                exp_stat_sn,
+                cdb: cdb16,
+            };
+            let mut pdu = Pdu::with_data(command, data_out.slice(..immediate_len));
+            if let Some(ext) = &extended {
+                pdu.ahs.push(Ahs { ahs_type: AHS_EXTENDED_CDB, specific: 0, data: ext.clone() });
+            }
+            let mut pdus = vec![pdu];
+            pdus.extend(data_outs(&data_out, itt, lun, RESERVED_TAG, immediate_len, unsolicited_end, segment, exp_stat_sn));
+            pdus
+        })
+        .await
+    }
+
+    // ---- block helpers ----
+
+    pub async fn read(&self, lun: u16, lba: u64, blocks: u32, block_size: u32) -> Result<Bytes> {
+        let r = self.command(lun, &rw16(0x88, lba, blocks, 0), Bytes::new(), blocks * block_size).await?.ok()?;
+        Ok(r.data)
+    }
+
+    pub async fn write(&self, lun: u16, lba: u64, data: Bytes, block_size: u32, fua: bool) -> Result<()> {
+        let blocks = (data.len() / block_size as usize) as u32;
+        self.command(lun, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), data, 0).await?.ok()?;
+        Ok(())
+    }
+
+    /// SYNCHRONIZE CACHE(16) of the whole LU.
+    pub async fn flush(&self, lun: u16) -> Result<()> {
+        self.command(lun, &rw16(0x91, 0, 0, 0), Bytes::new(), 0).await?.ok()?;
+        Ok(())
+    }
+
+    /// UNMAP of (lba, blocks) ranges.
+    pub async fn unmap(&self, lun: u16, ranges: &[(u64, u32)]) -> Result<()> {
+        let mut param = Vec::with_capacity(8 + 16 * ranges.len());
+        param.extend_from_slice(&((6 + 16 * ranges.len()) as u16).to_be_bytes());
+        param.extend_from_slice(&((16 * ranges.len()) as u16).to_be_bytes());
+        param.extend_from_slice(&[0; 4]);
+        for (lba, blocks) in ranges {
+            param.extend_from_slice(&lba.to_be_bytes());
+            param.extend_from_slice(&blocks.to_be_bytes());
+            param.extend_from_slice(&[0; 4]);
+        }
+        let len = param.len() as u16;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x42;
+        cdb[7..9].copy_from_slice(&len.to_be_bytes());
+        self.command(lun, &cdb, Bytes::from(param), 0).await?.ok()?;
+        Ok(())
+    }
+
+    /// READ CAPACITY(16): (number of blocks, block size).
+    pub async fn capacity(&self, lun: u16) -> Result<(u64, u32)> {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x9e;
+        cdb[1] = 0x10;
+        cdb[13] = 32;
+        let r = self.command(lun, &cdb, Bytes::new(), 32).await?.ok()?;
+        if r.data.len() < 12 {
+            return Err(Error::Protocol("short READ CAPACITY(16) data".into()));
+        }
+        let last = u64::from_be_bytes(r.data[..8].try_into().expect("8"));
+        Ok((last + 1, u32::from_be_bytes(r.data[8..12].try_into().expect("4"))))
+    }
+
+    /// TEST UNIT READY until it stops reporting unit attentions (at most 10 times).
+    pub async fn clear_unit_attentions(&self, lun: u16) -> Result<()> {
+        for _ in 0..10 {
+            let r = self.command(lun, &[0; 6], Bytes::new(), 0).await?;
+            if r.sense_code().map(|s| s.0) != Some(0x6) {
+                r.ok()?;
+                return Ok(());
+            }
+        }
+        Err(Error::Protocol("unit attentions keep coming".into()))
+    }
+
+    // ---- other PDUs ----
+
+    /// A NOP-Out ping (non-immediate, so it also tests the CmdSN window) echoing `data`.
+    pub async fn nop(&self, data: Bytes) -> Result<Bytes> {
+        let (itt, rx) = self
+            .submit(false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+                let nop = NopOut { immediate: false, lun: 0, itt, ttt: RESERVED_TAG, cmd_sn, exp_stat_sn };
+                vec![Pdu::with_data(nop, data.clone())]
+            })
+            .await?;
+        match self.wait(itt, rx).await? {
+            Reply::Pdu(p) => Ok(p.data),
+            _ => Err(Error::Protocol("unexpected reply to a NOP-Out".into())),
+        }
+    }
+
+    /// Sends a task management request and returns its response code.
+    pub async fn task_management(&self, function: u8, lun: u16, referenced_itt: u32, ref_cmd_sn: u32) -> Result<u8> {
+        let lun = encode_lun(lun);
+        let (itt, rx) = self
+            .submit(true, lun, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+                vec![Pdu::new(TaskMgmtRequest {
+                    immediate: true,
+                    function,
+                    lun,
+                    itt,
+                    referenced_task_tag: referenced_itt,
+                    cmd_sn,
+                    exp_stat_sn,
+                    ref_cmd_sn,
+                    exp_data_sn: 0,
+                })]
+            })
+            .await?;
+        match self.wait(itt, rx).await? {
+            Reply::Pdu(p) => match p.bhs {
+                Bhs::TaskMgmtResponse(r) => Ok(r.response),
+                _ => Err(Error::Protocol("unexpected reply to a TMF".into())),
+            },
+            _ => Err(Error::Protocol("unexpected reply to a TMF".into())),
+        }
+    }
+
+    /// The CmdSN the next non-immediate command will carry.
+    pub fn next_cmd_sn(&self) -> u32 {
+        self.shared.state.lock().expect("poisoned").cmd_sn
+    }
+
+    /// Text request SendTargets=<which>.
+    pub async fn send_targets(&self, which: &str) -> Result<Vec<TargetRecord>> {
+        let mut body = Vec::new();
+        let mut ttt = RESERVED_TAG;
+        let mut request = Some(text::encode(&[("SendTargets", which)]));
+        loop {
+            let data = request.take().unwrap_or_default();
+            let (itt, rx) = self
+                .submit(false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+                    let t = TextRequest { immediate: false, fin: true, cont: false, lun: 0, itt, ttt, cmd_sn, exp_stat_sn };
+                    vec![Pdu::with_data(t, data.clone())]
+                })
+                .await?;
+            let Reply::Pdu(p) = self.wait(itt, rx).await? else {
+                return Err(Error::Protocol("unexpected reply to a text request".into()));
+            };
+            let Bhs::TextResponse(r) = p.bhs else { return Err(Error::Protocol("not a text response".into())) };
+            body.extend_from_slice(&p.data);
+            if r.fin {
+                break;
+            }
+            ttt = r.ttt;
+        }
+        let pairs = text::parse(&body).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut out: Vec<TargetRecord> = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "TargetName" => out.push(TargetRecord { name: v, addresses: Vec::new() }),
+                "TargetAddress" => {
+                    if let Some(t) = out.last_mut() {
+                        t.addresses.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Logs out (closing the session) and waits for the response.
+    pub async fn logout(&self) -> Result<()> {
+        let (itt, rx) = self
+            .submit(true, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+                vec![Pdu::new(LogoutRequest {
+                    immediate: true,
+                    reason: logout::CLOSE_SESSION,
+                    itt,
+                    cid: 0,
+                    cmd_sn,
+                    exp_stat_sn,
+                })]
+            })
+            .await?;
+        let reply = self.wait(itt, rx).await?;
+        self.close(Error::Closed);
+        match reply {
+            Reply::Pdu(p) if matches!(p.bhs, Bhs::LogoutResponse(LogoutResponse { response: 0, .. })) => Ok(()),
+            _ => Err(Error::Protocol("logout refused".into())),
+        }
+    }
+
+    /// Sends a PDU as is (tests of hostile input). Its reply, if any, is not awaited.
+    pub fn send_raw(&self, pdu: &Pdu) -> Result<()> {
+        self.shared.out.send(pdu.encode(self.digests())).map_err(|_| Error::Closed)
+    }
+
+    fn close(&self, reason: Error) {
+        close_shared(&self.shared, reason);
+    }
+}
+
+fn close_shared(shared: &Shared, reason: Error) {
+    let pending: Vec<Pending> = {
+        let mut st = shared.state.lock().expect("poisoned");
+        st.closed.get_or_insert(reason.clone());
+        st.pending.drain().map(|(_, p)| p).collect()
+    };
+    for p in pending {
+        let _ = p.reply.send(Reply::Failed(reason.clone()));
+    }
+    shared.window.notify_waiters();
+}
+
+/// A 16-byte READ/WRITE-family CDB.
+pub fn rw16(opcode: u8, lba: u64, blocks: u32, flags: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opcode;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// Data-Out PDUs for `[from, to)` of `data`, split at `segment` bytes, DataSN from 0.
+#[allow(clippy::too_many_arguments)]
+fn data_outs(data: &Bytes, itt: u32, lun: u64, ttt: u32, from: usize, to: usize, segment: usize, exp_stat_sn: u32) -> Vec<Pdu> {
+    let mut out = Vec::new();
+    let mut at = from;
+    let mut data_sn = 0;
+    while at < to {
+        let len = segment.min(to - at);
+        let d = DataOut { fin: at + len == to, lun, itt, ttt, exp_stat_sn, data_sn, buffer_offset: at as u32 };
+        out.push(Pdu::with_data(d, data.slice(at..at + len)));
+        at += len;
+        data_sn += 1;
+    }
+    out
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: PduWriter<W>, mut rx: mpsc::UnboundedReceiver<EncodedPdu>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < 128 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        if writer.write_batch(&batch).await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut reader: PduReader<R>, shared: Arc<Shared>) {
+    let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
+    let limits = Limits { data_segment_len_max: shared.config.max_recv_data_segment_len };
+    let reason = loop {
+        match reader.next(digests, limits).await {
+            Ok(ReadEvent::Pdu(pdu)) => {
+                if let Err(e) = on_pdu(&shared, pdu) {
+                    break e;
+                }
+            }
+            Ok(ReadEvent::Bad(e)) => break Error::Protocol(e.to_string()),
+            Ok(ReadEvent::Eof) => break Error::Io("the target closed the connection".into()),
+            Err(e) => break Error::Io(e.to_string()),
+        }
+    };
+    close_shared(&shared, reason);
+}
+
+fn on_pdu(shared: &Shared, pdu: Pdu) -> Result<()> {
+    let mut st = shared.state.lock().expect("poisoned");
+    // Track the target's numbering (RFC 7143 §4.2.2.1).
+    let numbers = match &pdu.bhs {
+        Bhs::ScsiResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
+        Bhs::DataIn(d) => Some((d.stat_sn, d.exp_cmd_sn, d.max_cmd_sn, d.status_present)),
+        Bhs::NopIn(n) => Some((n.stat_sn, n.exp_cmd_sn, n.max_cmd_sn, n.itt != RESERVED_TAG)),
+        Bhs::TaskMgmtResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
+        Bhs::TextResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
+        Bhs::LogoutResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
+        Bhs::R2t(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, false)),
+        Bhs::AsyncMessage(m) => Some((m.stat_sn, m.exp_cmd_sn, m.max_cmd_sn, true)),
+        Bhs::Reject(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
+        _ => None,
+    };
+    if let Some((stat_sn, exp_cmd_sn, max_cmd_sn, has_stat_sn)) = numbers {
+        if has_stat_sn {
+            st.exp_stat_sn = stat_sn.wrapping_add(1);
+        }
+        if !sn_lt(max_cmd_sn, exp_cmd_sn.wrapping_sub(1)) && sn_lt(st.max_cmd_sn, max_cmd_sn) {
+            st.max_cmd_sn = max_cmd_sn;
+            shared.window.notify_waiters();
+        }
+    }
+    match pdu.bhs {
+        Bhs::DataIn(d) => {
+            let Some(p) = st.pending.get_mut(&d.itt) else { return Ok(()) };
+            let at = d.buffer_offset as usize;
+            if p.data.len() < at + pdu.data.len() {
+                if at + pdu.data.len() > 256 << 20 {
+                    return Err(Error::Protocol("Data-In beyond any sane length".into()));
+                }
+                p.data.resize(at + pdu.data.len(), 0);
+            }
+            p.data[at..at + pdu.data.len()].copy_from_slice(&pdu.data);
+            if d.status_present {
+                let p = st.pending.remove(&d.itt).expect("present");
+                let result = CommandResult {
+                    status: d.status,
+                    sense: None,
+                    data: p.data.freeze(),
+                    overflow: d.overflow,
+                    underflow: d.underflow,
+                    residual: d.residual,
+                };
+                let _ = p.reply.send(Reply::Scsi(result));
+            }
+        }
+        Bhs::ScsiResponse(r) => {
+            let Some(p) = st.pending.remove(&r.itt) else { return Ok(()) };
+            let sense = (pdu.data.len() >= 2).then(|| {
+                let len = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
+                pdu.data.slice(2..(2 + len).min(pdu.data.len()))
+            });
+            let result = CommandResult {
+                status: r.status,
+                sense,
+                data: p.data.freeze(),
+                overflow: r.overflow,
+                underflow: r.underflow,
+                residual: r.residual,
+            };
+            let _ = p.reply.send(Reply::Scsi(result));
+        }
+        Bhs::R2t(r) => {
+            let Some(p) = st.pending.get(&r.itt) else { return Ok(()) };
+            let end = r.buffer_offset as usize + r.desired_len as usize;
+            if end > p.write.len() {
+                return Err(Error::Protocol("R2T beyond the write data".into()));
+            }
+            let segment = shared.negotiated.target_max_recv_data_segment_len as usize;
+            let pdus =
+                data_outs(&p.write, r.itt, p.lun, r.ttt, r.buffer_offset as usize, end, segment, st.exp_stat_sn);
+            let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
+            for pdu in pdus {
+                let _ = shared.out.send(pdu.encode(digests));
+            }
+        }
+        Bhs::NopIn(n) => {
+            if n.ttt != RESERVED_TAG {
+                // The target pings us: answer with an immediate NOP-Out echoing its tag.
+                let reply = NopOut {
+                    immediate: true,
+                    lun: n.lun,
+                    itt: RESERVED_TAG,
+                    ttt: n.ttt,
+                    cmd_sn: st.cmd_sn,
+                    exp_stat_sn: st.exp_stat_sn,
+                };
+                let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
+                let _ = shared.out.send(Pdu::new(reply).encode(digests));
+            } else if let Some(p) = st.pending.remove(&n.itt) {
+                let _ = p.reply.send(Reply::Pdu(Box::new(pdu)));
+            }
+        }
+        Bhs::TaskMgmtResponse(TaskMgmtResponse { itt, .. })
+        | Bhs::TextResponse(TextResponse { itt, .. })
+        | Bhs::LogoutResponse(LogoutResponse { itt, .. }) => {
+            if let Some(p) = st.pending.remove(&itt) {
+                let _ = p.reply.send(Reply::Pdu(Box::new(pdu)));
+            }
+        }
+        Bhs::Reject(r) => {
+            let rejected_itt = (pdu.data.len() >= 20).then(|| u32::from_be_bytes(pdu.data[16..20].try_into().expect("4")));
+            match rejected_itt.and_then(|itt| st.pending.remove(&itt)) {
+                Some(p) => {
+                    let _ = p.reply.send(Reply::Failed(Error::Rejected(r.reason)));
+                }
+                None => tracing::debug!(reason = r.reason, "Reject for no pending command"),
+            }
+        }
+        Bhs::AsyncMessage(m) => {
+            if st.async_events.len() < 64 {
+                st.async_events.push(m);
+            }
+        }
+        other => return Err(Error::Protocol(format!("unexpected {:?} from the target", other.opcode()))),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- login
+
+async fn run_login<R, W>(
+    reader: &mut PduReader<R>,
+    writer: &mut PduWriter<W>,
+    config: &InitiatorConfig,
+    target: Option<&str>,
+) -> Result<(Negotiated, u32, u32, u32)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
+    let digest = |b: bool| if b { "CRC32C,None" } else { "None" }.to_string();
+    let mut identity = vec![("InitiatorName".to_string(), config.initiator_name.clone())];
+    match target {
+        Some(t) => {
+            identity.push(("TargetName".into(), t.to_string()));
+            identity.push(("SessionType".into(), "Normal".into()));
+        }
+        None => identity.push(("SessionType".into(), "Discovery".into())),
+    }
+    let mut operational = vec![
+        ("HeaderDigest".to_string(), digest(config.header_digest)),
+        ("DataDigest".into(), digest(config.data_digest)),
+        ("MaxRecvDataSegmentLength".into(), config.max_recv_data_segment_len.to_string()),
+        ("ErrorRecoveryLevel".into(), "0".into()),
+    ];
+    if target.is_some() {
+        operational.extend([
+            ("InitialR2T".to_string(), yes_no(config.initial_r2t)),
+            ("ImmediateData".into(), yes_no(config.immediate_data)),
+            ("MaxBurstLength".into(), config.max_burst_len.to_string()),
+            ("FirstBurstLength".into(), config.first_burst_len.to_string()),
+            ("MaxConnections".into(), "1".into()),
+            ("MaxOutstandingR2T".into(), "1".into()),
+        ]);
+    }
+    let cmd_sn = 1u32;
+    let mut n = Negotiated {
+        header_digest: false,
+        data_digest: false,
+        target_max_recv_data_segment_len: 8192,
+        max_burst_len: 262_144,
+        first_burst_len: 65_536,
+        immediate_data: true,
+        initial_r2t: true,
+        tsih: 0,
+    };
+    let mut stages: Vec<(u8, u8, Vec<(String, String)>)> = Vec::new();
+    if config.security_stage {
+        let mut keys = identity.clone();
+        keys.push(("AuthMethod".into(), "None".into()));
+        stages.push((stage::SECURITY, stage::OPERATIONAL, keys));
+        stages.push((stage::OPERATIONAL, stage::FULL_FEATURE, operational));
+    } else {
+        let mut keys = identity;
+        keys.extend(operational);
+        stages.push((stage::OPERATIONAL, stage::FULL_FEATURE, keys));
+    }
+    let mut exp_stat_sn = 0;
+    let mut max_cmd_sn = cmd_sn;
+    for (csg, nsg, keys) in stages {
+        let mut data = text::encode(&keys);
+        // Retry with no keys while the target answers T=0 (it wants more negotiation).
+        for _ in 0..16 {
+            let req = LoginRequest {
+                transit: true,
+                cont: false,
+                csg,
+                nsg,
+                version_max: 0,
+                version_min: 0,
+                isid: config.isid,
+                tsih: 0,
+                itt: 0,
+                cid: 0,
+                cmd_sn,
+                exp_stat_sn,
+            };
+            writer.write(&Pdu::with_data(req, data.clone()).encode(Digests::default())).await?;
+            let limits = Limits { data_segment_len_max: 8192 };
+            let pdu = match reader.next(Digests::default(), limits).await? {
+                ReadEvent::Pdu(p) => p,
+                ReadEvent::Bad(e) => return Err(Error::Protocol(e.to_string())),
+                ReadEvent::Eof => return Err(Error::Io("the target closed the connection during login".into())),
+            };
+            let Bhs::LoginResponse(r) = pdu.bhs else {
+                return Err(Error::Protocol(format!("expected a login response, got {:?}", pdu.opcode())));
+            };
+            if r.status_class != 0 {
+                return Err(Error::Login { class: r.status_class, detail: r.status_detail });
+            }
+            exp_stat_sn = r.stat_sn.wrapping_add(1);
+            max_cmd_sn = r.max_cmd_sn;
+            n.tsih = r.tsih;
+            let pairs = text::parse(&pdu.data).map_err(|e| Error::Protocol(e.to_string()))?;
+            for (k, v) in &pairs {
+                let num = parse_number(v).map(|x| x as u32);
+                match (k.as_str(), v.as_str()) {
+                    ("HeaderDigest", v) => n.header_digest = v == "CRC32C",
+                    ("DataDigest", v) => n.data_digest = v == "CRC32C",
+                    ("MaxRecvDataSegmentLength", _) => n.target_max_recv_data_segment_len = num.unwrap_or(8192),
+                    ("MaxBurstLength", _) => n.max_burst_len = num.unwrap_or(n.max_burst_len),
+                    ("FirstBurstLength", _) => n.first_burst_len = num.unwrap_or(n.first_burst_len),
+                    ("ImmediateData", v) => n.immediate_data = v == "Yes",
+                    ("InitialR2T", v) => n.initial_r2t = v == "Yes",
+                    _ => {}
+                }
+            }
+            data = Bytes::new();
+            if r.transit {
+                break;
+            }
+        }
+    }
+    Ok((n, cmd_sn, max_cmd_sn, exp_stat_sn))
+}
