@@ -1,10 +1,11 @@
 //! rtgt: an iSCSI target. See ARCHITECTURE.md for the map of the crate.
 
 pub mod config;
+pub mod fuzzing;
+pub mod initiator;
 pub mod iscsi;
 pub mod pdu;
 pub mod scsi;
 pub mod server;
 pub mod storage;
 pub mod wire;
-pub mod initiator;

@@ -154,7 +154,8 @@ async fn malformed_pdus_get_a_reject_or_a_close_and_others_keep_working() {
 
     // A header claiming a huge data segment after login: closed.
     let mut raw = raw_login(t.addr, 42).await;
-    let mut header = Pdu::new(pdu::NopOut { immediate: true, itt: 5, ..Default::default() }).encode(Digests::default()).to_vec();
+    let mut header =
+        Pdu::new(pdu::NopOut { immediate: true, itt: 5, ..Default::default() }).encode(Digests::default()).to_vec();
     header[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
     raw.write_all(&header).await.unwrap();
     let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await.unwrap().unwrap_or(0);
@@ -263,7 +264,9 @@ async fn raw_login(addr: std::net::SocketAddr, isid: u64) -> TcpStream {
 async fn read_pdu(stream: &mut TcpStream) -> Pdu {
     let mut buf = bytes::BytesMut::new();
     loop {
-        if let Some(p) = Pdu::decode(&mut buf, Digests::default(), pdu::Limits { data_segment_len_max: 1 << 20 }).unwrap() {
+        if let Some(p) =
+            Pdu::decode(&mut buf, Digests::default(), pdu::Limits { data_segment_len_max: 1 << 20 }).unwrap()
+        {
             return p;
         }
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf)).await.unwrap().unwrap();

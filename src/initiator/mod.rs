@@ -358,7 +358,16 @@ impl Session {
                 pdu.ahs.push(Ahs { ahs_type: AHS_EXTENDED_CDB, specific: 0, data: ext.clone() });
             }
             let mut pdus = vec![pdu];
-            pdus.extend(data_outs(&data_out, itt, lun, RESERVED_TAG, immediate_len, unsolicited_end, segment, exp_stat_sn));
+            pdus.extend(data_outs(
+                &data_out,
+                itt,
+                lun,
+                RESERVED_TAG,
+                immediate_len,
+                unsolicited_end,
+                segment,
+                exp_stat_sn,
+            ));
             pdus
         })
         .await
@@ -485,7 +494,8 @@ impl Session {
             let data = request.take().unwrap_or_default();
             let (itt, rx) = self
                 .submit(false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
-                    let t = TextRequest { immediate: false, fin: true, cont: false, lun: 0, itt, ttt, cmd_sn, exp_stat_sn };
+                    let t =
+                        TextRequest { immediate: false, fin: true, cont: false, lun: 0, itt, ttt, cmd_sn, exp_stat_sn };
                     vec![Pdu::with_data(t, data.clone())]
                 })
                 .await?;
@@ -571,7 +581,16 @@ pub fn rw16(opcode: u8, lba: u64, blocks: u32, flags: u8) -> [u8; 16] {
 
 /// Data-Out PDUs for `[from, to)` of `data`, split at `segment` bytes, DataSN from 0.
 #[allow(clippy::too_many_arguments)]
-fn data_outs(data: &Bytes, itt: u32, lun: u64, ttt: u32, from: usize, to: usize, segment: usize, exp_stat_sn: u32) -> Vec<Pdu> {
+fn data_outs(
+    data: &Bytes,
+    itt: u32,
+    lun: u64,
+    ttt: u32,
+    from: usize,
+    to: usize,
+    segment: usize,
+    exp_stat_sn: u32,
+) -> Vec<Pdu> {
     let mut out = Vec::new();
     let mut at = from;
     let mut data_sn = 0;
@@ -692,8 +711,7 @@ fn on_pdu(shared: &Shared, pdu: Pdu) -> Result<()> {
                 return Err(Error::Protocol("R2T beyond the write data".into()));
             }
             let segment = shared.negotiated.target_max_recv_data_segment_len as usize;
-            let pdus =
-                data_outs(&p.write, r.itt, p.lun, r.ttt, r.buffer_offset as usize, end, segment, st.exp_stat_sn);
+            let pdus = data_outs(&p.write, r.itt, p.lun, r.ttt, r.buffer_offset as usize, end, segment, st.exp_stat_sn);
             let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
             for pdu in pdus {
                 let _ = shared.out.send(pdu.encode(digests));
@@ -724,7 +742,8 @@ fn on_pdu(shared: &Shared, pdu: Pdu) -> Result<()> {
             }
         }
         Bhs::Reject(r) => {
-            let rejected_itt = (pdu.data.len() >= 20).then(|| u32::from_be_bytes(pdu.data[16..20].try_into().expect("4")));
+            let rejected_itt =
+                (pdu.data.len() >= 20).then(|| u32::from_be_bytes(pdu.data[16..20].try_into().expect("4")));
             match rejected_itt.and_then(|itt| st.pending.remove(&itt)) {
                 Some(p) => {
                     let _ = p.reply.send(Reply::Failed(Error::Rejected(r.reason)));

@@ -1,1 +1,321 @@
-fn main() {}
+//! Project tasks: `cargo xtask test | conformance | fuzz`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test                          unit and integration tests, fuzz corpus replay, clippy
+  conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file)
+              [--only SUITE..]  run only these suites or tests (ALL.Read10, ALL.Read10.Simple)
+              [--update]        rewrite the ratchet with the tests that pass now
+  fuzz [--time SECONDS]         run every cargo-fuzz target for SECONDS each (default 60)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("conformance") => conformance(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
+}
+
+fn test() -> Result<(), String> {
+    run(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
+
+// ---------------------------------------------------------------- conformance
+
+const TARGET: &str = "iqn.2026-11.dev.rtgt:conformance";
+
+/// The scorer lives beside the repository in the shared checkout.
+fn scorer() -> Result<PathBuf, String> {
+    let path = std::env::var_os("RTGT_LIBISCSI_SCORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/conformance/libiscsi-score"));
+    if !path.exists() {
+        return Err(format!("{} not found (set RTGT_LIBISCSI_SCORE)", path.display()));
+    }
+    if Command::new("iscsi-test-cu").arg("--list").output().is_err() {
+        return Err("iscsi-test-cu not found: apt-get install -y libiscsi-bin".into());
+    }
+    Ok(path)
+}
+
+/// The suites of the ALL family, as iscsi-test-cu lists them.
+fn suites() -> Result<Vec<String>, String> {
+    let out = Command::new("iscsi-test-cu").arg("--list").output().map_err(|e| e.to_string())?;
+    let mut suites: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|t| {
+            let parts: Vec<&str> = t.split('.').collect();
+            (parts.len() == 3 && parts[0] == "ALL").then(|| format!("ALL.{}", parts[1]))
+        })
+        .collect();
+    suites.dedup();
+    Ok(suites)
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The LUN configuration of a backend for the suite: 512-byte blocks, 256 MiB.
+fn lun_config(backend: &str, dir: &Path) -> Result<String, String> {
+    Ok(match backend {
+        "memory" => "backend = \"memory\"\nsize = \"256MiB\"".to_string(),
+        "file" => format!(
+            "backend = \"file\"\npath = \"{}\"\nsize = \"256MiB\"\ncreate = true",
+            dir.join("lun1.img").display()
+        ),
+        other => return Err(format!("unknown backend {other} (memory, file)")),
+    })
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(config: &Path, log: &Path) -> Result<Server, String> {
+    let binary = root().join("target/debug/rtgt");
+    let log_file = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let child = Command::new(binary)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("cannot start rtgt: {e}"))?;
+    Ok(Server { child })
+}
+
+fn wait_for_port(addr: SocketAddr, server: &mut Server) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!("rtgt exited before listening: {status}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("rtgt did not listen on {addr}"))
+}
+
+fn conformance(args: &[String]) -> Result<(), String> {
+    let mut backend = "memory".to_string();
+    let mut only: Vec<String> = Vec::new();
+    let mut update = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => backend = it.next().ok_or("--backend needs a value")?.clone(),
+            "--update" => update = true,
+            "--only" => only.extend(it.by_ref().cloned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    let scorer = scorer()?;
+    run(cargo().args(["build", "--quiet", "--bin", "rtgt"]))?;
+
+    let dir = std::env::temp_dir().join(format!("rtgt-conformance-{}-{}", backend, std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let config = format!(
+        "[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
+        dir.display(),
+        lun_config(&backend, &dir)?
+    );
+    let config_path = dir.join("rtgt.toml");
+    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+    let log = dir.join("rtgt.log");
+    let mut server = start_server(&config_path, &log)?;
+    wait_for_port(addr, &mut server)?;
+
+    let url = format!("iscsi://{addr}/{TARGET}/1");
+    let ratchet = root().join("tests/conformance/passing.txt");
+    eprintln!("xtask: conformance of backend {backend} at {url}");
+    // MultipathIO first, on the fresh LU: its CompareAndWrite test assumes block 256 holds
+    // zeros, which is only true before other suites have written there. It needs a second
+    // session to the same LU, hence the second URL; the main pass runs without it.
+    let multipath = only.is_empty() || only.iter().any(|o| o.starts_with("ALL.MultipathIO"));
+    let mut ok = true;
+    let mut results = Vec::new();
+    if multipath {
+        let json = dir.join("multipath.json");
+        let (status, last) =
+            score(&scorer, &url, &["--multipath", &url, "--only", "ALL.MultipathIO"], &json, update, &ratchet)?;
+        println!("multipath pass: {}", last.trim_start_matches("conformance: "));
+        ok &= status;
+        results.push(json);
+    }
+    let main_only: Vec<String> = if only.is_empty() {
+        suites()?.into_iter().filter(|s| s != "ALL.MultipathIO").collect()
+    } else {
+        only.iter().filter(|o| !o.starts_with("ALL.MultipathIO")).cloned().collect()
+    };
+    let mut last = String::new();
+    if !main_only.is_empty() {
+        let json = dir.join("results.json");
+        let mut extra: Vec<&str> = Vec::new();
+        if !main_only.is_empty() {
+            extra.push("--only");
+            extra.extend(main_only.iter().map(String::as_str));
+        }
+        let (status, closing) = score(&scorer, &url, &extra, &json, update, &ratchet)?;
+        ok &= status;
+        last = closing;
+        results.push(json);
+    }
+    drop(server);
+
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let panicked = log_text.contains("panicked");
+    if panicked {
+        println!("rtgt panicked during the suite; its log is {}", log.display());
+    }
+    if update {
+        update_ratchet(&results, &ratchet)?;
+    }
+    // The scorer's closing line comes last.
+    println!("{last}");
+    if panicked {
+        return Err("rtgt panicked".into());
+    }
+    if !ok {
+        return Err(format!("a test of the ratchet ({}) no longer passes", ratchet.display()));
+    }
+    Ok(())
+}
+
+/// Runs the scorer, echoing its output but its closing line, which is returned.
+fn score(
+    scorer: &Path,
+    url: &str,
+    extra: &[&str],
+    json: &Path,
+    update: bool,
+    ratchet: &Path,
+) -> Result<(bool, String), String> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(scorer).arg(url).args(extra).arg("--json").arg(json);
+    if !update {
+        cmd.arg("--expect").arg(ratchet);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("cannot run the scorer: {e}"))?;
+    let mut last = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if !last.is_empty() {
+            println!("{last}");
+        }
+        last = line;
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Ok((status.success(), last))
+}
+
+/// Writes every passing test into the ratchet (keeping those already there).
+fn update_ratchet(jsons: &[PathBuf], ratchet: &Path) -> Result<(), String> {
+    let mut text = String::new();
+    for json in jsons {
+        text.push_str(&std::fs::read_to_string(json).map_err(|e| e.to_string())?);
+    }
+    let mut passing: std::collections::BTreeSet<String> = std::fs::read_to_string(ratchet)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    // The scorer's JSON is a flat object, one `"ALL.X.Y": "STATUS"` per line.
+    for line in text.lines() {
+        let line = line.trim().trim_end_matches(',');
+        if let Some((name, status)) = line.split_once(": ")
+            && status.trim_matches('"') == "PASS"
+        {
+            passing.insert(name.trim_matches('"').to_string());
+        }
+    }
+    let mut out =
+        String::from("# Tests of libiscsi's suite that pass; `cargo xtask conformance` fails if one stops passing.\n");
+    out.extend(passing.iter().map(|t| format!("{t}\n")));
+    std::fs::write(ratchet, out).map_err(|e| e.to_string())?;
+    eprintln!("xtask: {} tests in {}", passing.len(), ratchet.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- fuzz
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut seconds = 60u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--time" => seconds = it.next().and_then(|s| s.parse().ok()).ok_or("--time needs seconds")?,
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let fuzz_dir = root().join("fuzz");
+    for target in ["pdu_decode", "text_parse", "login"] {
+        eprintln!("xtask: fuzzing {target} for {seconds}s");
+        let corpus = fuzz_dir.join("corpus").join(target);
+        // New inputs go to a scratch corpus; the checked-in corpus is the seed.
+        let scratch = root().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+        run(Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            .args(["fuzz", "run", "-s", "none", target])
+            .arg(&scratch)
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
+    Ok(())
+}
