@@ -810,7 +810,8 @@ where
         initial_r2t: true,
         tsih: 0,
     };
-    let mut stages: Vec<(u8, u8, Vec<(String, String)>)> = Vec::new();
+    // (current stage, next stage, keys)
+    let mut stages: Vec<(u8, u8, text::Pairs)> = Vec::new();
     if config.security_stage {
         let mut keys = identity.clone();
         keys.push(("AuthMethod".into(), "None".into()));

@@ -321,7 +321,7 @@ fn unknown_opcode_is_typed_and_consumed() {
 
 #[test]
 fn malformed_ahs_is_rejected() {
-    let mut header = vec![0u8; 52];
+    let mut header = [0u8; 52];
     header[0] = 0x01;
     header[4] = 1; // one word of AHS
     header[48..52].copy_from_slice(&[0x00, 0x10, 0x01, 0x00]); // claims 16 bytes

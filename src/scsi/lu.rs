@@ -115,7 +115,7 @@ impl LogicalUnit {
         if store.capacity() < bs as u64 {
             return Err(format!("capacity {} is smaller than one block", store.capacity()));
         }
-        if store.capacity() % bs as u64 != 0 {
+        if !store.capacity().is_multiple_of(bs as u64) {
             return Err(format!("capacity {} is not a multiple of the block size {bs}", store.capacity()));
         }
         Ok(LogicalUnit {
@@ -195,7 +195,7 @@ impl LogicalUnit {
     /// Grows the logical unit and tells every initiator through a unit attention.
     pub async fn resize(&self, capacity: u64) -> Result<(), String> {
         let bs = self.config.block_size as u64;
-        if capacity % bs != 0 {
+        if !capacity.is_multiple_of(bs) {
             return Err(format!("size {capacity} is not a multiple of the block size {bs}"));
         }
         if capacity < self.store.capacity() {

@@ -74,7 +74,7 @@ impl LogicalUnit {
         if sent >= wanted {
             return Ok((blocks, ctx.data_out.slice(..wanted as usize)));
         }
-        if sent % bs != 0 {
+        if !sent.is_multiple_of(bs) {
             return Err(Sense::illegal(asc::INVALID_FIELD_IN_INFORMATION_UNIT));
         }
         Ok(((sent / bs) as u32, ctx.data_out.slice(..sent as usize)))
@@ -334,9 +334,7 @@ impl LogicalUnit {
         if flags >> 5 != 0 {
             return Err(Sense::invalid_cdb(1, Some(7)));
         }
-        if blocks > Self::MAX_COMPARE_AND_WRITE_BLOCKS {
-            return Err(Sense::invalid_cdb(13, None));
-        }
+        // NUMBER OF LOGICAL BLOCKS is one byte, so it never exceeds the advertised maximum (255).
         self.check_writable()?;
         self.check_range(lba, blocks as u64)?;
         // The data-out must hold exactly the compare and the write data.

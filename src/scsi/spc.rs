@@ -30,7 +30,7 @@ fn designator(out: &mut BytesMut, proto_codeset: u8, piv_assoc_type: u8, value: 
 fn scsi_name_string(name: &str) -> Vec<u8> {
     let mut v = name.as_bytes().to_vec();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
