@@ -1,10 +1,13 @@
 //! rtgt: an iSCSI target. See ARCHITECTURE.md for the map of the crate.
 
+pub mod clock;
 pub mod config;
 pub mod fuzzing;
 pub mod initiator;
 pub mod iscsi;
 pub mod pdu;
+pub mod rng;
+pub mod s3;
 pub mod scsi;
 pub mod server;
 pub mod storage;

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Settings;
-use super::clock::Clock;
 use super::registry::{Control, NewSession, Registry, SessionEntry, SessionHandle, TargetEntry};
+use crate::clock::Clock;
 use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
 use crate::iscsi::login::{Login, LoginContext, LoginOutcome, Step};
 use crate::iscsi::params::SessionKind;

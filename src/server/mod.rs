@@ -1,7 +1,6 @@
 //! The async driver: portals, the accept loops, per-connection tasks and shutdown. Generic over
 //! the [`Net`] and [`Clock`] seams so that the simulation runs this very code.
 
-pub mod clock;
 pub mod connection;
 pub mod net;
 pub mod registry;
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-pub use clock::{Clock, TokioClock};
+pub use crate::clock::{Clock, TokioClock};
 pub use connection::Endpoint;
 pub use net::{Listener, Net, TokioNet};
 pub use registry::{Control, Registry, TargetEntry};
@@ -131,7 +130,7 @@ impl<N: Net> Server<N> {
         }
         for target in self.registry.targets() {
             for (lun, lu) in target.scsi.luns() {
-                if let Err(e) = lu.store().flush().await {
+                if let Err(e) = lu.store().shutdown().await {
                     warn!(target = %target.name, lun, error = %e, "flush at shutdown failed");
                 }
             }

@@ -91,6 +91,14 @@ pub trait BlockStore: Send + Sync + 'static {
     }
     /// Switches between write-back (`true`) and write-through caching (MODE SELECT WCE).
     fn set_write_cache(&self, _enabled: bool) {}
+    /// Backend counters for logs and the management API.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Makes everything durable and lets go of the backend (clean shutdown).
+    fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.flush()
+    }
 }
 
 /// Writes zeros over a range in bounded pieces; the fallback for stores without a cheaper way.

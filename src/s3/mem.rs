@@ -1,0 +1,219 @@
+//! An in-memory object store with optional fault injection, for model checks and tests.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::{BoxFuture, Condition, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone)]
+struct Object {
+    body: Bytes,
+    metadata: BTreeMap<String, String>,
+    etag: String,
+}
+
+/// Faults to inject, each a probability per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Fail before applying (determinate, retryable).
+    pub fail: f64,
+    /// Apply, then report an indeterminate failure.
+    pub apply_then_fail: f64,
+    /// Fail without applying but report an indeterminate failure.
+    pub lost_request: f64,
+}
+
+struct State {
+    objects: BTreeMap<String, Object>,
+    next_etag: u64,
+    faults: Faults,
+    rng: Rng,
+}
+
+/// A bucket in memory. Listing pages hold at most `page_size` keys.
+pub struct MemObjectStore {
+    state: Mutex<State>,
+    page_size: usize,
+}
+
+enum Fault {
+    None,
+    Fail,
+    ApplyThenFail,
+    Lost,
+}
+
+impl MemObjectStore {
+    pub fn new() -> MemObjectStore {
+        MemObjectStore::with_faults(Faults::default(), 0)
+    }
+
+    pub fn with_faults(faults: Faults, seed: u64) -> MemObjectStore {
+        MemObjectStore {
+            state: Mutex::new(State { objects: BTreeMap::new(), next_etag: 1, faults, rng: Rng::seeded(seed) }),
+            page_size: 1000,
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn set_page_size(&mut self, n: usize) {
+        self.page_size = n.max(1);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("mem store poisoned")
+    }
+
+    /// Every key and its body, for checks.
+    pub fn objects(&self) -> BTreeMap<String, Bytes> {
+        self.lock().objects.iter().map(|(k, o)| (k.clone(), o.body.clone())).collect()
+    }
+
+    fn roll(st: &mut State, mutating: bool) -> Fault {
+        let f = st.faults;
+        if st.rng.chance(f.fail) {
+            return Fault::Fail;
+        }
+        if mutating && st.rng.chance(f.apply_then_fail) {
+            return Fault::ApplyThenFail;
+        }
+        if st.rng.chance(f.lost_request) {
+            return Fault::Lost;
+        }
+        Fault::None
+    }
+
+    fn put_sync(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: BTreeMap<String, String>,
+        cond: Condition,
+    ) -> ObjResult<Option<String>> {
+        let mut st = self.lock();
+        let fault = Self::roll(&mut st, true);
+        match fault {
+            Fault::Fail => return Err(ObjectError::transient("injected failure")),
+            Fault::Lost => return Err(ObjectError::Indeterminate("injected lost request".into())),
+            _ => {}
+        }
+        let current = st.objects.get(key).map(|o| o.etag.clone());
+        match (&cond, &current) {
+            (Condition::IfNoneMatch, Some(_)) => return Err(ObjectError::PreconditionFailed),
+            (Condition::IfMatch(want), Some(have)) if want != have => return Err(ObjectError::PreconditionFailed),
+            (Condition::IfMatch(_), None) => return Err(ObjectError::PreconditionFailed),
+            _ => {}
+        }
+        let etag = format!("\"{}\"", st.next_etag);
+        st.next_etag += 1;
+        st.objects.insert(key.to_string(), Object { body, metadata, etag: etag.clone() });
+        if let Fault::ApplyThenFail = fault {
+            return Err(ObjectError::Indeterminate("injected failure after applying".into()));
+        }
+        Ok(Some(etag))
+    }
+
+    fn delete_sync(&self, key: &str) -> ObjResult<()> {
+        let mut st = self.lock();
+        let fault = Self::roll(&mut st, true);
+        match fault {
+            Fault::Fail => return Err(ObjectError::transient("injected failure")),
+            Fault::Lost => return Err(ObjectError::Indeterminate("injected lost request".into())),
+            _ => {}
+        }
+        st.objects.remove(key);
+        if let Fault::ApplyThenFail = fault {
+            return Err(ObjectError::Indeterminate("injected failure after applying".into()));
+        }
+        Ok(())
+    }
+
+    fn get_sync(&self, key: &str, range: Option<Range<u64>>) -> ObjResult<GetOutput> {
+        let mut st = self.lock();
+        match Self::roll(&mut st, false) {
+            Fault::Fail => return Err(ObjectError::transient("injected failure")),
+            Fault::Lost => return Err(ObjectError::Indeterminate("injected timeout".into())),
+            _ => {}
+        }
+        let o = st.objects.get(key).ok_or(ObjectError::NotFound)?;
+        let size = o.body.len() as u64;
+        let body = match range {
+            None => o.body.clone(),
+            Some(r) if r.start < size => o.body.slice(r.start as usize..r.end.min(size) as usize),
+            Some(_) => return Err(ObjectError::failed("range not satisfiable")),
+        };
+        Ok(GetOutput { body, meta: ObjectMeta { size, etag: Some(o.etag.clone()), metadata: o.metadata.clone() } })
+    }
+}
+
+impl Default for MemObjectStore {
+    fn default() -> Self {
+        MemObjectStore::new()
+    }
+}
+
+impl ObjectStore for MemObjectStore {
+    fn describe(&self) -> String {
+        "memory object store".into()
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'_, ObjResult<GetOutput>> {
+        let r = self.get_sync(key, range);
+        Box::pin(async move { r })
+    }
+
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: BTreeMap<String, String>,
+        condition: Condition,
+    ) -> BoxFuture<'_, ObjResult<Option<String>>> {
+        let r = self.put_sync(key, body, metadata, condition);
+        Box::pin(async move { r })
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
+        let r = self.delete_sync(key);
+        Box::pin(async move { r })
+    }
+
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>> {
+        let out = keys.into_iter().map(|k| {
+            let r = self.delete_sync(&k);
+            (k, r)
+        });
+        let out: Vec<_> = out.collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {
+        let st = self.lock();
+        let start = continuation.unwrap_or_else(|| prefix.to_string());
+        let mut objects: Vec<(String, u64)> = st
+            .objects
+            .range(start..)
+            // Keys with the prefix are contiguous from the prefix on.
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(self.page_size + 1)
+            .map(|(k, o)| (k.clone(), o.body.len() as u64))
+            .collect();
+        let mut next = None;
+        if objects.len() > self.page_size {
+            next = objects.pop().map(|(k, _)| k);
+        }
+        Box::pin(async move { Ok(ListPage { objects, next }) })
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'_, ObjResult<ObjectMeta>> {
+        let r = self.get_sync(key, None).map(|g| g.meta);
+        Box::pin(async move { r })
+    }
+}

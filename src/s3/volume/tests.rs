@@ -1,0 +1,343 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::clock::TokioClock;
+use crate::s3::mem::Faults;
+use crate::s3::{MemObjectStore, Resilient, RetryPolicy};
+
+const BS: u64 = 512;
+
+fn url() -> S3Url {
+    S3Url::parse("s3://bucket/vol").unwrap()
+}
+
+fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: Duration::from_secs(1),
+        budget: Duration::from_secs(2),
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(20),
+        concurrency: 8,
+    }
+}
+
+struct Harness {
+    mem: Arc<MemObjectStore>,
+    store: Arc<Resilient<Arc<MemObjectStore>>>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let mem = Arc::new(MemObjectStore::new());
+        let store = Arc::new(Resilient::new(mem.clone(), fast_policy(), 9));
+        Harness { mem, store }
+    }
+
+    async fn open(&self, chunk: u64, chunks: u64, holder: &str) -> Result<Arc<S3Volume>, String> {
+        let opts = VolumeOptions {
+            create: Some(CreateSpec { size: chunk * chunks, block_size: BS as u32, chunk_size: chunk }),
+            cache_bytes: 3 * chunk,
+            holder: holder.into(),
+            ..VolumeOptions::default()
+        };
+        S3Volume::open(self.store.clone(), url(), opts, Arc::new(TokioClock::new()), Some(self.store.stats())).await
+    }
+
+    fn chunk_objects(&self) -> BTreeMap<String, Bytes> {
+        self.mem.objects().into_iter().filter(|(k, _)| k.contains("/chunks/")).collect()
+    }
+}
+
+fn block(fill: u8) -> Bytes {
+    Bytes::from(vec![fill; BS as usize])
+}
+
+#[tokio::test(start_paused = true)]
+async fn sparse_reads_send_no_get_and_zeros_are_elided() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 16, "a").await.unwrap();
+    let gets = || h.store.stats().get.load(Ordering::Relaxed);
+    let before = gets();
+    assert_eq!(v.read(0, 1 << 20).await.unwrap(), vec![0u8; 1 << 20]);
+    assert_eq!(gets(), before, "no GET for chunks that do not exist");
+
+    v.write(70 * 1024, Bytes::from(vec![5u8; 4096]), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(h.chunk_objects().len(), 1);
+    assert_eq!(v.read(70 * 1024, 4096).await.unwrap(), vec![5u8; 4096]);
+    // Writing zeros over the only data deletes the object.
+    v.write(70 * 1024, Bytes::from(vec![0u8; 4096]), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert!(h.chunk_objects().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_chunk_writes_skip_the_read_and_partial_ones_merge() {
+    let h = Harness::new();
+    let chunk = 64 * 1024;
+    let v = h.open(chunk, 8, "a").await.unwrap();
+    let gets_at_open = h.store.stats().get.load(Ordering::Relaxed);
+    v.write(0, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(h.store.stats().get.load(Ordering::Relaxed), gets_at_open, "a full-chunk write reads nothing");
+    drop(v);
+    let v = h.open(chunk, 8, "a").await.unwrap();
+    v.write(512, block(2), false).await.unwrap();
+    v.flush().await.unwrap();
+    let data = v.read(0, 2048).await.unwrap();
+    assert_eq!(&data[..512], &[1u8; 512]);
+    assert_eq!(&data[512..1024], &[2u8; 512]);
+    assert_eq!(&data[1024..], &[1u8; 1024]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn corruption_and_short_objects_are_errors_not_zeros() {
+    let h = Harness::new();
+    let chunk = 64 * 1024;
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    v.write(0, Bytes::from(vec![9u8; chunk as usize]), true).await.unwrap();
+    drop(v);
+    let key = h.chunk_objects().keys().next().unwrap().clone();
+    let mut body = h.mem.objects()[&key].to_vec();
+    body[100] ^= 1;
+    let meta = h.mem.get(&key, None).await.unwrap().meta.metadata;
+    h.mem.put(&key, Bytes::from(body), meta.clone(), Condition::None).await.unwrap();
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    assert!(matches!(v.read(0, 512).await, Err(StoreError::Read(m)) if m.contains("checksum")));
+    h.mem.put(&key, Bytes::from(vec![9u8; 100]), meta, Condition::None).await.unwrap();
+    assert!(v.read(0, 512).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_writer_is_refused_until_forced() {
+    let h = Harness::new();
+    let _a = h.open(64 * 1024, 4, "target-a").await.unwrap();
+    let err = h.open(64 * 1024, 4, "target-b").await.err().unwrap();
+    assert!(err.contains("in use by target-a"), "{err}");
+    let opts = VolumeOptions { force: true, holder: "target-b".into(), ..VolumeOptions::default() };
+    let b = S3Volume::open(h.store.clone(), url(), opts, Arc::new(TokioClock::new()), None).await.unwrap();
+    b.write(0, block(1), true).await.unwrap();
+    // The old holder notices at its next renewal and stops writing.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(_a.write(0, block(2), true).await.is_err(), "the fenced volume refuses writes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn geometry_mismatch_and_missing_volume_are_clear_errors() {
+    let h = Harness::new();
+    drop(h.open(64 * 1024, 4, "a").await.unwrap());
+    let err = h.open(128 * 1024, 2, "a").await.err().unwrap();
+    assert!(err.contains("chunk size"), "{err}");
+    let opts = VolumeOptions::default();
+    let other = S3Url::parse("s3://bucket/missing").unwrap();
+    let err = S3Volume::open(h.store.clone(), other, opts, Arc::new(TokioClock::new()), None).await.err().unwrap();
+    assert!(err.contains("no volume at"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
+    let h = Harness::new();
+    let chunk = 64 * 1024;
+    let v = h.open(chunk, 32, "a").await.unwrap();
+    for c in 0..32u64 {
+        v.write(c * chunk, Bytes::from(vec![c as u8 + 1; chunk as usize]), false).await.unwrap();
+    }
+    v.flush().await.unwrap();
+    assert_eq!(h.chunk_objects().len(), 32);
+    // From the middle of chunk 1 to the middle of chunk 30.
+    v.unmap(chunk + chunk / 2, 29 * chunk).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(h.chunk_objects().len(), 4, "chunks 0, 1, 30, 31 keep data");
+    assert!(h.store.stats().delete_many.load(Ordering::Relaxed) >= 1);
+    let data = v.read(chunk, 2 * chunk as usize).await.unwrap();
+    assert!(data[..(chunk / 2) as usize].iter().all(|&b| b == 2));
+    assert!(data[(chunk / 2) as usize..].iter().all(|&b| b == 0));
+    let extents = v.mapped_extents(0, 32 * chunk).await.unwrap();
+    assert_eq!(extents.iter().filter(|e| e.mapped).map(|e| e.len).sum::<u64>(), 4 * chunk);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_background_flush_keeps_data_and_is_reported_once() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    v.write(0, block(7), false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await; // background flush fails
+    assert!(v.dirty_bytes() > 0, "still dirty");
+    h.mem.set_faults(Faults::default());
+    assert!(matches!(v.flush().await, Err(StoreError::Write(_))), "reported on the next SYNCHRONIZE CACHE");
+    v.flush().await.unwrap();
+    assert_eq!(v.dirty_bytes(), 0);
+    assert_eq!(h.chunk_objects().len(), 1);
+}
+
+// ---------------------------------------------------------------- model check
+
+const CHUNK: u64 = 4 * BS; // tiny chunks: four blocks
+const CHUNKS: u64 = 8;
+const BLOCKS: u64 = CHUNK * CHUNKS / BS;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { lba: u64, blocks: u64, fill: u8, fua: bool },
+    WriteZeros { lba: u64, blocks: u64 },
+    Read { lba: u64, blocks: u64 },
+    Unmap { lba: u64, blocks: u64 },
+    Flush,
+    Tick { millis: u64 },
+    Crash,
+    Faults(bool),
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    (0..BLOCKS).prop_flat_map(|lba| (Just(lba), 1..=(BLOCKS - lba).min(12)))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (range(), 1u8..=255, proptest::bool::weighted(0.1))
+            .prop_map(|((lba, blocks), fill, fua)| Op::Write { lba, blocks, fill, fua }),
+        1 => range().prop_map(|(lba, blocks)| Op::WriteZeros { lba, blocks }),
+        4 => range().prop_map(|(lba, blocks)| Op::Read { lba, blocks }),
+        2 => range().prop_map(|(lba, blocks)| Op::Unmap { lba, blocks }),
+        2 => Just(Op::Flush),
+        2 => (1u64..5000).prop_map(|millis| Op::Tick { millis }),
+        1 => Just(Op::Crash),
+        1 => proptest::bool::ANY.prop_map(Op::Faults),
+    ]
+}
+
+/// Per block: the values it may hold. One value once durable; after writes that are not yet
+/// durable, the durable value and every value written since.
+#[derive(Debug, Clone)]
+struct Model {
+    possible: Vec<Vec<u8>>,
+}
+
+impl Model {
+    fn write(&mut self, lba: u64, blocks: u64, fill: u8) {
+        for b in lba..lba + blocks {
+            self.possible[b as usize].push(fill);
+        }
+    }
+    fn current(&self, b: u64) -> u8 {
+        *self.possible[b as usize].last().expect("never empty")
+    }
+    fn durable(&mut self) {
+        for p in &mut self.possible {
+            let last = *p.last().expect("never empty");
+            *p = vec![last];
+        }
+    }
+}
+
+async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let h = Harness::new();
+    let mut v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+    let mut model = Model { possible: vec![vec![0u8]; BLOCKS as usize] };
+    let mut faults = false;
+    for op in ops {
+        match op {
+            Op::Write { lba, blocks, fill, fua } => {
+                let data = Bytes::from(vec![fill; (blocks * BS) as usize]);
+                let r = v.write(lba * BS, data, fua).await;
+                // A write lands in the cache even when its FUA flush fails.
+                model.write(lba, blocks, fill);
+                match r {
+                    Ok(()) if fua => model.durable(),
+                    Ok(()) => {}
+                    Err(e) => prop_assert!(faults && fua, "write failed without faults: {e}"),
+                }
+            }
+            Op::WriteZeros { lba, blocks } => {
+                v.write(lba * BS, Bytes::from(vec![0u8; (blocks * BS) as usize]), false).await.ok();
+                model.write(lba, blocks, 0);
+            }
+            Op::Unmap { lba, blocks } => {
+                let r = v.unmap(lba * BS, blocks * BS).await;
+                model.write(lba, blocks, 0);
+                prop_assert!(r.is_ok() || faults, "unmap failed without faults: {r:?}");
+            }
+            Op::Read { lba, blocks } => match v.read(lba * BS, (blocks * BS) as usize).await {
+                Ok(data) => {
+                    for b in 0..blocks {
+                        let got = &data[(b * BS) as usize..((b + 1) * BS) as usize];
+                        let want = model.current(lba + b);
+                        prop_assert!(got.iter().all(|&x| x == want), "block {} read {} want {}", lba + b, got[0], want);
+                    }
+                }
+                Err(e) => prop_assert!(faults, "read failed without faults: {e}"),
+            },
+            Op::Flush => match v.flush().await {
+                Ok(()) => {
+                    model.durable();
+                    check_no_zero_or_leaked_objects(&h, &model)?;
+                }
+                Err(e) => prop_assert!(faults || e.to_string().contains("earlier"), "flush failed: {e}"),
+            },
+            Op::Tick { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
+            Op::Faults(on) => {
+                faults = on;
+                h.mem.set_faults(if on {
+                    Faults { fail: 0.2, apply_then_fail: 0.1, lost_request: 0.1 }
+                } else {
+                    Faults::default()
+                });
+            }
+            Op::Crash => {
+                v.simulate_crash();
+                drop(v);
+                // Requests already in flight may still land, as after a real crash.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                h.mem.set_faults(Faults::default());
+                faults = false;
+                v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+                // Each block now holds one of its possible values: learn which.
+                let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for b in 0..BLOCKS {
+                    let got = data[(b * BS) as usize];
+                    prop_assert!(
+                        model.possible[b as usize].contains(&got),
+                        "after a crash block {b} holds {got}, not one of {:?}",
+                        model.possible[b as usize]
+                    );
+                    model.possible[b as usize] = vec![got];
+                }
+            }
+        }
+    }
+    h.mem.set_faults(Faults::default());
+    v.flush().await.ok();
+    v.flush().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    model.durable();
+    check_no_zero_or_leaked_objects(&h, &model)
+}
+
+/// Invariant 6: an object exists exactly for the chunks holding non-zero data.
+fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), TestCaseError> {
+    let objects = h.chunk_objects();
+    for c in 0..CHUNKS {
+        let key = S3Volume::chunk_key(&url(), c);
+        let nonzero = (c * 4..c * 4 + 4).any(|b| model.current(b) != 0);
+        prop_assert_eq!(objects.contains_key(&key), nonzero, "chunk {} object presence", c);
+        if let Some(body) = objects.get(&key) {
+            prop_assert!(body.iter().any(|&b| b != 0), "chunk {} stored as zeros", c);
+        }
+    }
+    let known: BTreeSet<String> = (0..CHUNKS).map(|c| S3Volume::chunk_key(&url(), c)).collect();
+    prop_assert!(objects.keys().all(|k| known.contains(k)), "stray objects: {:?}", objects.keys());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunked_volume_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(run_model(ops))?;
+    }
+}
