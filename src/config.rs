@@ -26,6 +26,30 @@ pub struct Config {
     pub portal_groups: Vec<PortalGroupConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// An embedded S3 server (s3s-fs over a local directory) for LUNs with
+    /// `endpoint = "embedded"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_s3: Option<EmbeddedS3Config>,
+}
+
+/// `[embedded_s3]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedS3Config {
+    /// Address to listen on (loopback by default: the credentials are fixed).
+    #[serde(default = "default_embedded_listen")]
+    pub listen: String,
+    /// Directory holding the buckets; relative to data_dir.
+    #[serde(default = "default_embedded_root")]
+    pub root: PathBuf,
+}
+
+fn default_embedded_listen() -> String {
+    "127.0.0.1:9010".into()
+}
+
+fn default_embedded_root() -> PathBuf {
+    PathBuf::from("s3")
 }
 
 /// `[server]`: protocol limits and where local data lives.
@@ -117,6 +141,101 @@ pub struct LunConfig {
     /// Unit serial number (VPD 0x80); derived from the target name and LUN when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// s3: the volume, `s3://bucket/prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// s3: endpoint URL (MinIO, Ceph RGW), or "embedded"; AWS S3 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// s3: path-style addressing; on by default with a custom endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// s3: static credentials; otherwise the AWS default chain (environment, profile, IMDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// s3: chunk object size of a new volume (default 4MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<Size>,
+    /// s3: write-back cache size (default 256MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<Size>,
+    /// s3: take the volume over even if another target holds its lease.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+impl LunConfig {
+    /// A LUN of the given backend with every optional field unset.
+    pub fn new(lun: u16, backend: &str) -> LunConfig {
+        LunConfig {
+            lun,
+            backend: backend.into(),
+            size: None,
+            block_size: None,
+            path: None,
+            create: None,
+            read_only: false,
+            serial: None,
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            chunk_size: None,
+            cache_size: None,
+            force: false,
+        }
+    }
+}
+
+/// The default chunk size of S3 volumes.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// The default write-back cache of an S3 volume.
+pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
+
+/// What building the stores needs from the running process.
+#[derive(Clone)]
+pub struct BuildContext {
+    pub clock: Arc<dyn crate::clock::Clock>,
+    /// The embedded S3 server, when one runs.
+    pub embedded: Option<crate::s3::aws::Endpoint>,
+    /// Lease holder name of this process.
+    pub holder: String,
+    pub seed: u64,
+}
+
+impl BuildContext {
+    pub fn new(embedded: Option<crate::s3::aws::Endpoint>) -> BuildContext {
+        let pid = std::process::id();
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        BuildContext {
+            clock: Arc::new(crate::clock::TokioClock::new()),
+            embedded,
+            holder: format!(
+                "{}/{pid}/{:08x}",
+                hostname(),
+                crate::rng::Rng::seeded(nanos ^ pid as u64).next_u64() as u32
+            ),
+            seed: nanos ^ pid as u64,
+        }
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// A byte count written as a number or with a binary unit ("512MiB", "10G").
@@ -222,7 +341,7 @@ pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
     Err("an iSCSI name starts with iqn., eui. or naa.".into())
 }
 
-pub const BACKENDS: &[&str] = &["memory", "file", "null"];
+pub const BACKENDS: &[&str] = &["memory", "file", "null", "s3"];
 
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -255,17 +374,37 @@ impl Config {
                 alias: Some("rtgt default".into()),
                 portal_groups: None,
                 luns: vec![LunConfig {
-                    lun: 1,
-                    backend: "file".into(),
                     size: Some(Size(1 << 30)),
                     block_size: Some(512),
-                    path: Some(PathBuf::from("default-lun1.img")),
                     create: Some(true),
-                    read_only: false,
-                    serial: None,
+                    url: Some(format!("s3://{DEFAULT_BUCKET}/default")),
+                    endpoint: Some("embedded".into()),
+                    ..LunConfig::new(1, "s3")
                 }],
             }],
+            embedded_s3: Some(EmbeddedS3Config { listen: default_embedded_listen(), root: default_embedded_root() }),
         }
+    }
+
+    /// Where the embedded S3 server keeps its buckets.
+    pub fn embedded_root(&self) -> Option<PathBuf> {
+        let e = self.embedded_s3.as_ref()?;
+        Some(if e.root.is_absolute() { e.root.clone() } else { self.data_dir().join(&e.root) })
+    }
+
+    /// Buckets that LUNs expect on the embedded server.
+    pub fn embedded_buckets(&self) -> Vec<String> {
+        let mut buckets: Vec<String> = self
+            .targets
+            .iter()
+            .flat_map(|t| &t.luns)
+            .filter(|l| l.endpoint.as_deref() == Some("embedded"))
+            .filter_map(|l| crate::s3::url::S3Url::parse(l.url.as_deref()?).ok())
+            .map(|u| u.bucket)
+            .collect();
+        buckets.sort();
+        buckets.dedup();
+        buckets
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -330,8 +469,14 @@ impl Config {
             problems.push("portal_group: at least one portal group is needed to reach the targets".into());
         }
 
+        if let Some(e) = &self.embedded_s3
+            && e.listen.parse::<SocketAddr>().is_err()
+        {
+            problems.push(format!("embedded_s3.listen: {:?} is not an address like 127.0.0.1:9010", e.listen));
+        }
         let mut names = BTreeSet::new();
         let mut backing: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let mut volumes: BTreeMap<(String, String), String> = BTreeMap::new();
         for (i, t) in self.targets.iter().enumerate() {
             let at = format!("target[{i}] ({})", t.name);
             if let Err(e) = validate_iscsi_name(&t.name) {
@@ -355,6 +500,14 @@ impl Config {
                     problems.push(format!("{at}.lun: must be 0-16383"));
                 }
                 problems.extend(self.validate_lun(l).into_iter().map(|p| format!("{at}.{p}")));
+                if let Some(u) = l.url.as_deref().and_then(|u| crate::s3::url::S3Url::parse(u).ok()) {
+                    let key = (l.endpoint.clone().unwrap_or_default(), u.to_string());
+                    if let Some(other) = volumes.insert(key, at.clone()) {
+                        problems.push(format!(
+                            "{at}.url: {u} is already the volume of {other}; two LUNs on one S3 prefix would corrupt it"
+                        ));
+                    }
+                }
                 if let Some(path) = self.lun_path(l) {
                     let key = std::fs::canonicalize(&path).unwrap_or(path);
                     if let Some(other) = backing.insert(key.clone(), at.clone()) {
@@ -396,7 +549,44 @@ impl Config {
                     problems.push("path: required for backend \"file\"".into());
                 }
             }
+            "s3" => problems.extend(self.validate_s3_lun(l)),
             other => problems.push(format!("backend: unknown backend {other:?} (one of {})", BACKENDS.join(", "))),
+        }
+        problems
+    }
+
+    fn validate_s3_lun(&self, l: &LunConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        match l.url.as_deref() {
+            None => problems.push("url: required for backend \"s3\" (s3://bucket/prefix)".into()),
+            Some(u) => {
+                if let Err(e) = crate::s3::url::S3Url::parse(u) {
+                    problems.push(format!("url: {e}"));
+                }
+            }
+        }
+        if l.path.is_some() {
+            problems.push("path: not used by backend \"s3\" (use url)".into());
+        }
+        if l.endpoint.as_deref() == Some("embedded") && self.embedded_s3.is_none() {
+            problems.push("endpoint: \"embedded\" needs an [embedded_s3] section".into());
+        }
+        if l.create == Some(true) && l.size.is_none() {
+            problems.push("size: required to create a volume (create = true)".into());
+        }
+        if l.access_key_id.is_some() != l.secret_access_key.is_some() {
+            problems.push("access_key_id / secret_access_key: give both or neither".into());
+        }
+        if let Some(Size(chunk)) = l.chunk_size {
+            let bs = l.block_size.unwrap_or(512) as u64;
+            if !chunk.is_power_of_two() || !(64 * 1024..=256 << 20).contains(&chunk) || chunk < bs {
+                problems.push(format!("chunk_size: {} must be a power of two from 64KiB to 256MiB", Size(chunk)));
+            }
+        }
+        if let Some(Size(cache)) = l.cache_size
+            && cache < l.chunk_size.map_or(DEFAULT_CHUNK_SIZE, |s| s.0)
+        {
+            problems.push("cache_size: must hold at least one chunk".into());
         }
         problems
     }
@@ -427,7 +617,7 @@ impl Config {
     }
 
     /// Opens the backing store of a LUN.
-    pub fn open_store(&self, l: &LunConfig) -> Result<Arc<dyn BlockStore>, String> {
+    pub async fn open_store(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
         let size = l.size.map(|s| s.0);
         Ok(match l.backend.as_str() {
             "memory" => Arc::new(MemoryStore::new(size.ok_or("size is required")?)),
@@ -436,25 +626,77 @@ impl Config {
                 let path = self.lun_path(l).ok_or("path is required")?;
                 Arc::new(FileStore::open(&path, &FileOptions { size, create: l.create.unwrap_or(false) })?)
             }
+            "s3" => self.open_s3(l, ctx).await?,
             other => return Err(format!("unknown backend {other:?}")),
         })
     }
 
+    /// The S3 endpoint of a LUN.
+    pub fn s3_endpoint(&self, l: &LunConfig, ctx: &BuildContext) -> Result<crate::s3::aws::Endpoint, String> {
+        if l.endpoint.as_deref() == Some("embedded") {
+            return ctx.embedded.clone().ok_or_else(|| "the embedded S3 server is not running".to_string());
+        }
+        Ok(crate::s3::aws::Endpoint {
+            url: l.endpoint.clone(),
+            region: l.region.clone(),
+            path_style: l.path_style.unwrap_or(l.endpoint.is_some()),
+            access_key_id: l.access_key_id.clone(),
+            secret_access_key: l.secret_access_key.clone(),
+        })
+    }
+
+    async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
+        use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+        let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
+        let endpoint = self.s3_endpoint(l, ctx)?;
+        let aws = crate::s3::aws::AwsStore::connect(&endpoint, &url.bucket).await;
+        let store = Arc::new(crate::s3::Resilient::new(aws, crate::s3::RetryPolicy::default(), ctx.seed));
+        let stats = store.stats();
+        let create = match (l.create, l.size) {
+            (Some(true), Some(size)) => Some(CreateSpec {
+                size: size.0,
+                block_size: l.block_size.unwrap_or(512),
+                chunk_size: l.chunk_size.map_or(DEFAULT_CHUNK_SIZE, |c| c.0),
+            }),
+            _ => None,
+        };
+        let opts = VolumeOptions {
+            create,
+            force: l.force,
+            cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),
+            holder: ctx.holder.clone(),
+            seed: ctx.seed,
+            ..VolumeOptions::default()
+        };
+        let volume = S3Volume::open(store, url, opts, ctx.clock.clone(), Some(stats)).await?;
+        if let Some(bs) = l.block_size
+            && bs != volume.meta().block_size
+        {
+            return Err(format!(
+                "the volume has {}-byte blocks, the configuration says {bs}",
+                volume.meta().block_size
+            ));
+        }
+        Ok(volume)
+    }
+
     /// Builds a logical unit from its configuration.
-    pub fn open_lun(&self, target: &str, l: &LunConfig) -> Result<Arc<LogicalUnit>, String> {
-        let store = self.open_store(l)?;
+    pub async fn open_lun(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<LogicalUnit>, String> {
+        let store = self.open_store(l, ctx).await?;
         let mut identity = LuIdentity::derived(&format!("{target}/{}", l.lun));
         if let Some(serial) = &l.serial {
             identity.serial = serial.clone();
         }
-        let mut lu_config = LuConfig::new(l.block_size.unwrap_or(512), identity);
+        // Without a configured block size, an existing volume decides (512 otherwise).
+        let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
+        let mut lu_config = LuConfig::new(block_size, identity);
         lu_config.read_only = l.read_only;
         lu_config.max_transfer_bytes = self.server.max_transfer_bytes;
         Ok(Arc::new(LogicalUnit::new(store, lu_config)?))
     }
 
     /// Fills a registry with the configured portal groups, targets and LUNs.
-    pub fn populate(&self, registry: &Registry) -> Result<(), ConfigError> {
+    pub async fn populate(&self, registry: &Registry, ctx: &BuildContext) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for pg in &self.portal_groups {
             let addrs = pg.portals.iter().filter_map(|p| p.parse().ok()).collect();
@@ -467,7 +709,7 @@ impl Config {
             };
             let entry = TargetEntry::new(&t.name, t.alias.clone(), groups);
             for (j, l) in t.luns.iter().enumerate() {
-                match self.open_lun(&t.name, l) {
+                match self.open_lun(&t.name, l, ctx).await {
                     Ok(lu) => {
                         if let Err(e) = entry.scsi.add_lun(l.lun, lu) {
                             problems.push(format!("target[{i}] ({}).lun[{j}]: {e}", t.name));
@@ -483,6 +725,14 @@ impl Config {
         if problems.is_empty() { Ok(()) } else { Err(ConfigError(problems)) }
     }
 }
+
+/// Block size a store was formatted with (S3 volumes report it), else 512.
+fn store_block_size(store: &dyn BlockStore) -> u32 {
+    store.stats()["block_size"].as_u64().map_or(512, |b| b as u32)
+}
+
+/// The bucket of the embedded default volume.
+pub const DEFAULT_BUCKET: &str = "rtgt";
 
 /// The target of the embedded default configuration.
 pub const DEFAULT_TARGET: &str = "iqn.2026-11.dev.rtgt:default";

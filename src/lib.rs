@@ -1,5 +1,7 @@
 //! rtgt: an iSCSI target. See ARCHITECTURE.md for the map of the crate.
 
+#[doc(hidden)]
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;

@@ -5,8 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use rtgt::config::{Config, default_data_dir};
+use clap::{Args, Parser, Subcommand};
+use rtgt::config::{BuildContext, Config, Size, default_data_dir};
+use rtgt::s3::aws::{AwsStore, Endpoint};
+use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::{CreateSpec, S3Volume};
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 
 #[derive(Parser)]
@@ -32,6 +36,90 @@ enum Command {
     },
     /// Check a configuration file and print it as rtgt understands it.
     CheckConfig { config: PathBuf },
+    /// S3 volumes: create one, or show one.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+    /// Benchmark the S3 volume against an embedded S3 server (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchS3 {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        scale: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run only the embedded S3 server (s3s-fs over a directory).
+    S3Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9010")]
+        listen: String,
+        /// Directory holding the buckets (default: <data dir>/s3).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Create a sparse volume: rtgt volume create s3://bucket/prefix --size 10GiB
+    Create {
+        url: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+        chunk_size: u64,
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Show a volume's metadata, lease and chunk count.
+    Info {
+        url: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+/// How to reach the object store.
+#[derive(Args)]
+struct S3Args {
+    /// Endpoint URL (MinIO, Ceph RGW...), or "embedded" for a running `rtgt s3-server` on
+    /// 127.0.0.1:9010; AWS S3 when absent.
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Path-style addressing (default with --endpoint).
+    #[arg(long)]
+    path_style: Option<bool>,
+    /// Static credentials; the AWS default chain otherwise.
+    #[arg(long)]
+    access_key_id: Option<String>,
+    #[arg(long)]
+    secret_access_key: Option<String>,
+}
+
+impl S3Args {
+    fn endpoint(&self) -> Endpoint {
+        if self.endpoint.as_deref() == Some("embedded") {
+            return embedded::endpoint_for("127.0.0.1:9010".parse().expect("address"));
+        }
+        Endpoint {
+            url: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style.unwrap_or(self.endpoint.is_some()),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    Size::parse(s).map(|s| s.0)
 }
 
 fn main() -> ExitCode {
@@ -45,6 +133,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             Config::load(&config).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string())
         }
+        Command::Volume { command } => block_on(volume(command)),
+        Command::S3Server { listen, root } => block_on(s3_server(listen, root)),
+        Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,13 +160,29 @@ fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>, listen: Option<Stri
         }
         config.validate().map_err(|e| e.to_string())?;
     }
+    block_on(run(config))
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(run(config))
+    runtime.block_on(f)
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    let mut _embedded = None;
+    let mut ctx = BuildContext::new(None);
+    if let (Some(e), Some(root)) = (&config.embedded_s3, config.embedded_root()) {
+        for bucket in config.embedded_buckets() {
+            embedded::ensure_bucket(&root, &bucket)?;
+        }
+        let addr = e.listen.parse().map_err(|_| format!("embedded_s3.listen: bad address {}", e.listen))?;
+        let server = EmbeddedS3::start(&root, addr).await?;
+        eprintln!("rtgt: embedded S3 at http://{} (data in {})", server.addr, root.display());
+        ctx.embedded = Some(server.endpoint());
+        _embedded = Some(server);
+    }
     let registry = Arc::new(Registry::new());
-    config.populate(&registry).map_err(|e| e.to_string())?;
+    config.populate(&registry, &ctx).await.map_err(|e| e.to_string())?;
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry.clone(), config.settings()));
     let portals = server.bind().await.map_err(|e| e.to_string())?;
     print_banner(&config, &registry);
@@ -127,4 +234,67 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
     }
     eprintln!("rtgt: shutting down");
+}
+
+async fn volume(command: VolumeCommand) -> Result<(), String> {
+    match command {
+        VolumeCommand::Create { url, size, chunk_size, block_size, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = AwsStore::connect(&s3.endpoint(), &url.bucket).await;
+            let spec = CreateSpec { size, block_size, chunk_size };
+            let meta = S3Volume::create(&store, &url, &spec, &TokioClock::new(), std::process::id() as u64).await?;
+            println!(
+                "created {url}: {} ({} blocks of {} bytes), chunks of {}, uuid {}",
+                Size(meta.size),
+                meta.size / meta.block_size as u64,
+                meta.block_size,
+                Size(meta.chunk_size),
+                meta.uuid
+            );
+            Ok(())
+        }
+        VolumeCommand::Info { url, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = AwsStore::connect(&s3.endpoint(), &url.bucket).await;
+            let (meta, _) = S3Volume::read_meta(&store, &url).await?.ok_or_else(|| format!("no volume at {url}"))?;
+            let chunks = rtgt::s3::list_all(&store, &url.key("chunks/")).await.map_err(|e| e.to_string())?;
+            println!("volume:     {url}");
+            println!("uuid:       {}", meta.uuid);
+            println!(
+                "size:       {} ({} blocks of {} bytes)",
+                Size(meta.size),
+                meta.size / meta.block_size as u64,
+                meta.block_size
+            );
+            println!("chunk size: {}", Size(meta.chunk_size));
+            println!("chunks:     {} present ({} stored)", chunks.len(), Size(chunks.iter().map(|c| c.1).sum()));
+            use rtgt::s3::ObjectStore;
+            match store.get(&url.key(rtgt::s3::volume::LEASE_NAME), None).await {
+                Ok(lease) => println!("lease:      {}", String::from_utf8_lossy(&lease.body)),
+                Err(_) => println!("lease:      none"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn s3_server(listen: String, root: Option<PathBuf>) -> Result<(), String> {
+    let root = root.unwrap_or_else(|| default_data_dir().join("s3"));
+    let addr = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
+    let server = EmbeddedS3::start(&root, addr).await?;
+    eprintln!("rtgt: S3 server at http://{} serving {}", server.addr, root.display());
+    eprintln!("  credentials: access key {} secret key {}", embedded::ACCESS_KEY, embedded::SECRET_KEY);
+    eprintln!("  buckets are the directories of {}", root.display());
+    wait_for_signal().await;
+    Ok(())
+}
+
+async fn bench_s3(dir: PathBuf, scale: u64, json: Option<PathBuf>) -> Result<(), String> {
+    let results = rtgt::bench::s3(&dir, scale).await?;
+    print!("{}", rtgt::bench::s3_table(&results));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -28,7 +28,9 @@ use base64::Engine;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use super::{BoxFuture, Condition, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore};
+use super::{
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore,
+};
 
 /// Where and how to reach an S3-compatible service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,7 +175,7 @@ impl AwsStore {
         }
     }
 
-    async fn delete_many_impl(&self, keys: Vec<String>) -> ObjResult<Vec<(String, ObjResult<()>)>> {
+    async fn delete_many_impl(&self, keys: Vec<String>) -> ObjResult<DeleteResults> {
         if !self.single_deletes.load(Ordering::Relaxed) {
             let objects = keys
                 .iter()
@@ -360,7 +362,7 @@ impl ObjectStore for AwsStore {
         Box::pin(async move { self.delete_impl(&key).await })
     }
 
-    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>> {
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         Box::pin(self.delete_many_impl(keys))
     }
 

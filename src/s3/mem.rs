@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{BoxFuture, Condition, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore};
+use super::{
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore,
+};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -185,7 +187,7 @@ impl ObjectStore for MemObjectStore {
         Box::pin(async move { r })
     }
 
-    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>> {
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         let out = keys.into_iter().map(|k| {
             let r = self.delete_sync(&k);
             (k, r)

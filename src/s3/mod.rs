@@ -57,6 +57,9 @@ impl ObjectError {
 
 pub type ObjResult<T> = Result<T, ObjectError>;
 
+/// The outcome of a batch delete, per key.
+pub type DeleteResults = Vec<(String, ObjResult<()>)>;
+
 /// Size, entity tag and user metadata of an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -105,7 +108,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Deletes an object; deleting a missing object succeeds.
     fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>>;
     /// Deletes up to 1000 objects in one request, with a result per key.
-    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>>;
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>>;
     /// One page of the keys under a prefix.
     fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>>;
     fn head(&self, key: &str) -> BoxFuture<'_, ObjResult<ObjectMeta>>;

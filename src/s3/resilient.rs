@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::{BoxFuture, Condition, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore, S3Stats};
+use super::{
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore, S3Stats,
+};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone)]
@@ -147,7 +149,7 @@ impl<S: ObjectStore> ObjectStore for Resilient<S> {
         Box::pin(async move { self.retry(&self.stats.delete, || self.inner.delete(&key)).await })
     }
 
-    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>> {
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         Box::pin(async move { self.retry(&self.stats.delete_many, || self.inner.delete_many(keys.clone())).await })
     }
 
@@ -181,7 +183,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for Arc<S> {
     fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
         (**self).delete(key)
     }
-    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<Vec<(String, ObjResult<()>)>>> {
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         (**self).delete_many(keys)
     }
     fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {

@@ -1,16 +1,24 @@
 //! A sparse block volume on object storage: fixed-size chunk objects under a prefix, a
-//! versioned metadata object, a single-writer lease, and a bounded write-back cache.
+//! versioned metadata object, a single-writer lease, a write-back cache, and a log that makes
+//! small writes durable without rewriting whole chunks.
 //!
 //! Layout under `s3://bucket/prefix/`:
-//! * `rtgt-volume.json`: format version, size, block size, chunk size, uuid, creation time;
+//! * `rtgt-volume.json`: format version, geometry, uuid, creation time, and the open epoch;
 //!   created with `If-None-Match: *`.
 //! * `rtgt-lease.json`: who may write, until when; taken and renewed with conditional PUTs.
 //! * `chunks/<index, 16 hex digits>`: one object per chunk holding non-zero data, with the
-//!   CRC32C of each segment in its metadata. A missing chunk reads as zeros.
+//!   CRC32C of each segment and the log sequence number it includes in its metadata. A missing
+//!   chunk reads as zeros.
+//! * `log/<seq, 16 hex digits>`: records of writes and zeroed ranges made durable by a
+//!   SYNCHRONIZE CACHE (or FUA, or age) before their chunks are rewritten ("merged").
 //!
-//! Every mutation of a chunk object (PUT, DELETE) happens with the chunk claimed in
-//! `inflight`, so at most one is in flight per key and no update is lost between a partial
-//! write, a full write and an UNMAP.
+//! Durability: a write is durable once it is in a log object or in its chunk object. Merging
+//! rewrites a chunk with everything the cache holds for it and stamps the chunk with the
+//! highest sequence number assigned so far; logs are deleted oldest first, only once every
+//! chunk they touch is merged (or deleted after a zero record), so whatever logs remain after
+//! a crash are a suffix, and replaying their records newer than each chunk's stamp restores
+//! every durable write. Every mutation of a chunk object happens with the chunk claimed, so at
+//! most one is in flight per key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +26,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -32,13 +40,22 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
 const CHUNKS_DIR: &str = "chunks/";
+const LOG_DIR: &str = "log/";
 const CRC_METADATA: &str = "rtgt-crc32c";
+const SEQ_METADATA: &str = "rtgt-seq";
+const LOG_MAGIC: &[u8; 8] = b"RTGTLOG1";
 /// Most CRC segments per chunk (their CRCs travel in object metadata, limited to 2 KiB).
 const SEGMENTS_MAX: u64 = 64;
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
-/// Chunk flushes run in parallel at most this many at a time.
-const FLUSH_PARALLEL: usize = 32;
+/// Chunk merges run in parallel at most this many at a time.
+const MERGE_PARALLEL: usize = 32;
+/// Cache allocation unit.
+const PAGE: usize = 4096;
+/// Largest log object; bigger syncs write several.
+const LOG_BYTES_MAX: usize = 32 << 20;
+/// Sequence numbers are `epoch << EPOCH_SHIFT | counter`.
+const EPOCH_SHIFT: u32 = 40;
 
 /// The metadata object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +66,9 @@ pub struct VolumeMeta {
     pub chunk_size: u64,
     pub uuid: String,
     pub created_unix_secs: u64,
+    /// Bumped at every open, so that log sequence numbers only ever grow.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Geometry of a new volume.
@@ -86,10 +106,14 @@ pub struct VolumeOptions {
     pub create: Option<CreateSpec>,
     /// Take the lease over from another holder.
     pub force: bool,
-    /// Bytes of chunk buffers the write-back cache may hold.
+    /// Bytes of cache pages the volume may hold.
     pub cache_bytes: u64,
-    /// Dirty data older than this is flushed in the background.
+    /// Data written without a SYNCHRONIZE CACHE becomes durable after at most this long.
     pub flush_age: Duration,
+    /// Logged data is merged into its chunks after at most this long.
+    pub merge_age: Duration,
+    /// Bytes of logs kept before the chunks they touch are merged.
+    pub log_bytes_max: u64,
     pub flush_interval: Duration,
     pub lease_duration: Duration,
     /// Who we are, in the lease ("host/pid/random").
@@ -104,6 +128,8 @@ impl Default for VolumeOptions {
             force: false,
             cache_bytes: 256 << 20,
             flush_age: Duration::from_secs(3),
+            merge_age: Duration::from_secs(60),
+            log_bytes_max: 256 << 20,
             flush_interval: Duration::from_millis(500),
             lease_duration: Duration::from_secs(30),
             holder: "rtgt".into(),
@@ -136,17 +162,10 @@ impl Bits {
             *self = Bits::Full;
             return;
         }
-        let words = match self {
-            Bits::Full => return,
-            Bits::Empty => {
-                *self = Bits::Some(vec![0; n.div_ceil(64)]);
-                match self {
-                    Bits::Some(w) => w,
-                    _ => unreachable!(),
-                }
-            }
-            Bits::Some(w) => w,
-        };
+        if let Bits::Empty = self {
+            *self = Bits::Some(vec![0; n.div_ceil(64)]);
+        }
+        let Bits::Some(words) = self else { return };
         for i in start..end {
             words[i / 64] |= 1 << (i % 64);
         }
@@ -174,33 +193,112 @@ impl Bits {
             Bits::Some(w) => w.iter().map(|x| x.count_ones() as usize).sum(),
         }
     }
+
+    /// Maximal runs `[start, end)` of set bits below `n`.
+    fn runs(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if !self.get(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && self.get(i) {
+                i += 1;
+            }
+            out.push((start, i));
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------- cache
 
-/// Cached state of one chunk.
+/// Cached state of one chunk. Valid blocks whose page is absent are zeros.
 #[derive(Debug)]
 struct Entry {
-    /// Chunk contents; `None` means every valid block is zero.
-    buf: Option<Box<[u8]>>,
+    pages: BTreeMap<u32, Box<[u8]>>,
     /// Blocks whose current contents the entry holds.
     valid: Bits,
-    /// Blocks written since the last successful flush.
-    dirty: Bits,
-    /// Bumped by every change; a flush clears `dirty` only if no change came after it began.
+    /// Blocks newer than the chunk object.
+    unmerged: Bits,
+    /// Blocks not yet durable anywhere (a subset of `unmerged`).
+    unlogged: Bits,
+    /// The cache tick of the last change: a flush clears bits only if nothing changed since.
     generation: u64,
-    dirty_since: Option<Duration>,
+    unmerged_since: Option<Duration>,
+    unlogged_since: Option<Duration>,
     last_used: u64,
 }
 
 impl Entry {
     fn empty() -> Entry {
-        Entry { buf: None, valid: Bits::Empty, dirty: Bits::Empty, generation: 0, dirty_since: None, last_used: 0 }
+        Entry {
+            pages: BTreeMap::new(),
+            valid: Bits::Empty,
+            unmerged: Bits::Empty,
+            unlogged: Bits::Empty,
+            generation: 0,
+            unmerged_since: None,
+            unlogged_since: None,
+            last_used: 0,
+        }
     }
 
-    fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+    fn is_clean(&self) -> bool {
+        self.unmerged.is_empty()
     }
+
+    /// Copies `len` bytes at `at` (within the chunk) out of the pages; absent pages are zeros.
+    fn copy_out(&self, at: usize, out: &mut [u8]) {
+        let mut pos = 0;
+        while pos < out.len() {
+            let page = (at + pos) / PAGE;
+            let within = (at + pos) % PAGE;
+            let n = (PAGE - within).min(out.len() - pos);
+            match self.pages.get(&(page as u32)) {
+                Some(p) => out[pos..pos + n].copy_from_slice(&p[within..within + n]),
+                None => out[pos..pos + n].fill(0),
+            }
+            pos += n;
+        }
+    }
+
+    /// Copies `data` in at `at`; returns the number of pages allocated.
+    fn copy_in(&mut self, at: usize, data: &[u8]) -> usize {
+        let mut allocated = 0;
+        let mut pos = 0;
+        while pos < data.len() {
+            let page = ((at + pos) / PAGE) as u32;
+            let within = (at + pos) % PAGE;
+            let n = (PAGE - within).min(data.len() - pos);
+            let src = &data[pos..pos + n];
+            match self.pages.get_mut(&page) {
+                Some(p) => p[within..within + n].copy_from_slice(src),
+                None if src.iter().all(|&b| b == 0) => {} // zeros stay unallocated
+                None => {
+                    let mut p = vec![0u8; PAGE].into_boxed_slice();
+                    p[within..within + n].copy_from_slice(src);
+                    self.pages.insert(page, p);
+                    allocated += 1;
+                }
+            }
+            pos += n;
+        }
+        allocated
+    }
+}
+
+/// What the volume knows about a log object.
+#[derive(Debug, Default)]
+struct LogInfo {
+    /// Chunks with records in it that are not merged (or deleted) since.
+    unsettled: BTreeSet<u64>,
+    bytes: u64,
+    /// Its PUT is in flight. Registered before the PUT, so that a merge finishing first
+    /// still settles it.
+    pending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -210,18 +308,23 @@ struct Cache {
     exists: BTreeSet<u64>,
     /// Chunks with a mutation (PUT, DELETE) in flight.
     inflight: BTreeSet<u64>,
-    /// Bytes of chunk buffers held.
-    buffer_bytes: u64,
+    /// Logs written and not yet deleted, by sequence number.
+    logs: BTreeMap<u64, LogInfo>,
+    /// Bytes of cache pages held.
+    page_bytes: u64,
     tick: u64,
 }
 
 /// Counters of the volume itself (the object store keeps request counters).
 #[derive(Debug, Default)]
 pub struct VolumeStats {
-    pub flushes: AtomicU64,
+    pub merges: AtomicU64,
+    pub logs_written: AtomicU64,
+    pub log_bytes: AtomicU64,
     pub flush_errors: AtomicU64,
     pub flush_micros_total: AtomicU64,
     pub flush_micros_max: AtomicU64,
+    pub flushes: AtomicU64,
     pub chunks_deleted: AtomicU64,
 }
 
@@ -230,6 +333,13 @@ pub struct VolumeStats {
 struct LeaseRecord {
     holder: String,
     expires_unix_ms: u64,
+}
+
+/// One record of a log object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Record {
+    Data { offset: u64, data: Bytes },
+    Zero { offset: u64, len: u64 },
 }
 
 pub struct S3Volume {
@@ -241,13 +351,16 @@ pub struct S3Volume {
     segment: u64,
     capacity: AtomicU64,
     cache: Mutex<Cache>,
-    /// Woken when a claim is released or buffers are freed.
+    /// Woken when a claim is released or pages are freed.
     released: Notify,
+    /// Log writes happen one at a time, in sequence order.
+    log_lock: tokio::sync::Mutex<()>,
+    next_seq: AtomicU64,
     cache_limit: u64,
     write_back: AtomicBool,
     /// A background flush failed: reported by the next SYNCHRONIZE CACHE.
     sticky_error: Mutex<Option<String>>,
-    /// The lease was lost to another holder: no more writes.
+    /// The lease was lost to another holder (or the process "crashed"): no more writes.
     fenced: AtomicBool,
     lease_etag: Mutex<Option<String>>,
     opts: VolumeOptions,
@@ -267,6 +380,10 @@ fn store_err(e: ObjectError, writing: bool) -> StoreError {
 impl S3Volume {
     fn chunk_key(url: &S3Url, index: u64) -> String {
         url.key(&format!("{CHUNKS_DIR}{index:016x}"))
+    }
+
+    fn log_key(&self, seq: u64) -> String {
+        self.url.key(&format!("{LOG_DIR}{seq:016x}"))
     }
 
     /// Writes a new metadata object; fails if a volume already exists there.
@@ -295,6 +412,7 @@ impl S3Volume {
             chunk_size: spec.chunk_size,
             uuid,
             created_unix_secs: created,
+            epoch: 0,
         };
         let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
         match store.put(&url.key(META_NAME), body, BTreeMap::new(), Condition::IfNoneMatch).await {
@@ -330,7 +448,7 @@ impl S3Volume {
     }
 
     /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease,
-    /// lists its chunks, and starts the background flusher and lease renewal.
+    /// bumps the epoch, lists its chunks, replays its logs, and starts the background work.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         url: S3Url,
@@ -382,7 +500,9 @@ impl S3Volume {
             meta: Mutex::new((meta, etag)),
             cache: Mutex::new(Cache::default()),
             released: Notify::new(),
-            cache_limit: opts.cache_bytes.max(4 * segment),
+            log_lock: tokio::sync::Mutex::new(()),
+            next_seq: AtomicU64::new(1),
+            cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
             fenced: AtomicBool::new(false),
@@ -393,7 +513,9 @@ impl S3Volume {
             s3_stats,
         });
         volume.acquire_lease().await?;
+        volume.bump_epoch().await?;
         volume.load_chunk_list().await?;
+        volume.recover().await?;
         let weak = Arc::downgrade(&volume);
         tokio::spawn(background(weak));
         Ok(volume)
@@ -420,6 +542,38 @@ impl S3Volume {
         self.chunk_size.min(self.capacity.load(Ordering::Relaxed) - c * self.chunk_size)
     }
 
+    /// The highest sequence number assigned so far: a chunk merged now includes every log up
+    /// to it.
+    fn current_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst) - 1
+    }
+
+    /// Writes the metadata back with the epoch bumped; sequence numbers start above it.
+    async fn bump_epoch(&self) -> Result<(), String> {
+        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+        meta.epoch += 1;
+        let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
+        let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
+        let etag = match self.store.put(&self.url.key(META_NAME), body, BTreeMap::new(), condition).await {
+            Ok(etag) => etag,
+            // Our uncertain attempt may have landed: read back.
+            Err(ObjectError::Indeterminate(_)) | Err(ObjectError::PreconditionFailed) => {
+                let (found, etag) = S3Volume::read_meta(&*self.store, &self.url)
+                    .await?
+                    .ok_or_else(|| format!("{} vanished", self.url))?;
+                if found.epoch < meta.epoch {
+                    return Err(format!("cannot update the metadata of {}: it changed meanwhile", self.url));
+                }
+                meta = found;
+                etag
+            }
+            Err(e) => return Err(format!("cannot update the metadata of {}: {e}", self.url)),
+        };
+        self.next_seq.store((meta.epoch << EPOCH_SHIFT) + 1, Ordering::SeqCst);
+        *self.meta.lock().expect("poisoned") = (meta, etag);
+        Ok(())
+    }
+
     async fn load_chunk_list(&self) -> Result<(), String> {
         let prefix = self.url.key(CHUNKS_DIR);
         let keys = super::list_all(&*self.store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
@@ -435,6 +589,82 @@ impl S3Volume {
         }
         tracing::info!(volume = %self.url, chunks = cache.exists.len(), "volume opened");
         Ok(())
+    }
+
+    // ---- recovery ----
+
+    /// Replays the logs left by a crash: records newer than their chunk's stamp go into the
+    /// cache, every touched chunk is merged, and the logs are deleted.
+    async fn recover(&self) -> Result<(), String> {
+        let prefix = self.url.key(LOG_DIR);
+        let mut logs: Vec<(u64, String)> = super::list_all(&*self.store, &prefix)
+            .await
+            .map_err(|e| format!("cannot list {prefix}: {e}"))?
+            .into_iter()
+            .filter_map(|(k, _)| Some((u64::from_str_radix(&k[prefix.len()..], 16).ok()?, k)))
+            .collect();
+        if logs.is_empty() {
+            return Ok(());
+        }
+        logs.sort();
+        tracing::info!(volume = %self.url, logs = logs.len(), "replaying the log");
+        let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
+        let now = self.clock.now();
+        for (seq, key) in &logs {
+            let out = self.store.get(key, None).await.map_err(|e| format!("cannot read {key}: {e}"))?;
+            let records = parse_log(&out.body, out.meta.metadata.get(CRC_METADATA))
+                .map_err(|e| format!("{key} is damaged: {e}; refusing to open the volume"))?;
+            for record in records {
+                let (offset, len) = match &record {
+                    Record::Data { offset, data } => (*offset, data.len() as u64),
+                    Record::Zero { offset, len } => (*offset, *len),
+                };
+                if offset + len > self.capacity.load(Ordering::Relaxed) {
+                    return Err(format!("{key} writes beyond the end of the volume"));
+                }
+                let mut at = offset;
+                while at < offset + len {
+                    let c = at / self.chunk_size;
+                    let n = (self.chunk_size - at % self.chunk_size).min(offset + len - at);
+                    let stamp = match stamps.get(&c) {
+                        Some(s) => *s,
+                        None => {
+                            let s = self.chunk_stamp(c).await?;
+                            stamps.insert(c, s);
+                            s
+                        }
+                    };
+                    if *seq > stamp {
+                        let piece = match &record {
+                            Record::Data { data, .. } => data.slice((at - offset) as usize..(at - offset + n) as usize),
+                            Record::Zero { .. } => Bytes::from(vec![0u8; n as usize]),
+                        };
+                        let mut cache = self.cache();
+                        self.write_piece(&mut cache, c, at % self.chunk_size, &piece, now, false);
+                    }
+                    at += n;
+                }
+            }
+        }
+        let touched: Vec<u64> = stamps.keys().copied().collect();
+        self.merge_chunks(&touched).await.map_err(|e| format!("cannot merge the replayed log: {e}"))?;
+        for (_, key) in &logs {
+            self.store.delete(key).await.map_err(|e| format!("cannot delete {key}: {e}"))?;
+        }
+        tracing::info!(volume = %self.url, chunks = touched.len(), "log replayed");
+        Ok(())
+    }
+
+    /// The log sequence number a chunk object includes (0 when it does not exist).
+    async fn chunk_stamp(&self, c: u64) -> Result<u64, String> {
+        if !self.cache().exists.contains(&c) {
+            return Ok(0);
+        }
+        match self.store.head(&Self::chunk_key(&self.url, c)).await {
+            Ok(meta) => Ok(meta.metadata.get(SEQ_METADATA).and_then(|s| s.parse().ok()).unwrap_or(0)),
+            Err(ObjectError::NotFound) => Ok(0),
+            Err(e) => Err(format!("cannot read chunk {c}: {e}")),
+        }
     }
 
     // ---- lease ----
@@ -536,10 +766,8 @@ impl S3Volume {
         }
         if let Some(etag) = etag {
             // An expired lease lets the next target in without waiting.
-            let _ = self
-                .store
-                .put(&self.url.key(LEASE_NAME), self.lease_body(0), BTreeMap::new(), Condition::IfMatch(etag))
-                .await;
+            let key = self.url.key(LEASE_NAME);
+            let _ = self.store.put(&key, self.lease_body(0), BTreeMap::new(), Condition::IfMatch(etag)).await;
         }
     }
 
@@ -603,10 +831,7 @@ impl S3Volume {
                             let (from, to) = (b * bs, run_end * bs);
                             let dst = pos + (from - within) as usize;
                             if valid {
-                                if let Some(buf) = &e.buf {
-                                    out[dst..dst + (to - from) as usize]
-                                        .copy_from_slice(&buf[from as usize..to as usize]);
-                                }
+                                e.copy_out(from as usize, &mut out[dst..dst + (to - from) as usize]);
                             } else if exists {
                                 fetches.push((c, from, to, dst));
                             }
@@ -670,9 +895,7 @@ impl S3Volume {
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
         self.check_fenced()?;
         let end = offset + data.len() as u64;
-        let first = offset / self.chunk_size;
-        let last = (end - 1) / self.chunk_size;
-        self.make_room(last - first + 1).await?;
+        self.make_room(data.len() as u64).await?;
         {
             let now = self.clock.now();
             let mut cache = self.cache();
@@ -682,141 +905,320 @@ impl S3Volume {
                 let within = at % self.chunk_size;
                 let n = (self.chunk_size - within).min(end - at);
                 let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
-                self.write_piece(&mut cache, c, within, piece, now);
+                self.write_piece(&mut cache, c, within, piece, now, true);
                 at += n;
             }
         }
-        if fua {
-            // FUA: this write and everything acknowledged before it are durable on return.
+        if fua || !self.write_back.load(Ordering::Relaxed) {
+            // FUA (and write-through): this write and every one acknowledged before it are
+            // durable on return.
             return self.flush_all().await;
-        }
-        if !self.write_back.load(Ordering::Relaxed) {
-            let chunks: Vec<u64> = (first..=last).collect();
-            return self.flush_chunks(&chunks).await;
         }
         Ok(())
     }
 
-    fn write_piece(&self, cache: &mut Cache, c: u64, within: u64, piece: &[u8], now: Duration) {
+    /// Applies a write to the cache. `unlogged`: the data is not durable yet (false when
+    /// replaying a log, whose records are).
+    fn write_piece(&self, cache: &mut Cache, c: u64, within: u64, piece: &[u8], now: Duration, unlogged: bool) {
         let bs = self.block_size;
         let n = self.blocks_per_chunk();
         let (b0, b1) = ((within / bs) as usize, ((within + piece.len() as u64) / bs) as usize);
         let zeros = piece.iter().all(|&b| b == 0);
-        let exists = cache.exists.contains(&c);
-        if zeros && !exists && !cache.entries.contains_key(&c) {
+        if zeros && !cache.exists.contains(&c) && !cache.entries.contains_key(&c) {
             return; // zeros over a missing chunk change nothing
         }
         cache.tick += 1;
         let tick = cache.tick;
-        let chunk_size = self.chunk_size as usize;
-        let mut new_buffer = false;
         let e = cache.entries.entry(c).or_insert_with(Entry::empty);
         e.last_used = tick;
         // Generations come from the cache-wide tick, so a replaced entry never reuses one.
         e.generation = tick;
-        if e.buf.is_none() && !zeros {
-            e.buf = Some(vec![0u8; chunk_size].into_boxed_slice());
-            new_buffer = true;
-        }
-        if let Some(buf) = &mut e.buf {
-            buf[within as usize..within as usize + piece.len()].copy_from_slice(piece);
-        }
+        let allocated = e.copy_in(within as usize, piece);
         e.valid.set_range(b0, b1, n);
-        // Zeros over zeros need no flush unless an object holds older data.
-        if !zeros || exists || e.is_dirty() || e.buf.is_some() {
-            e.dirty.set_range(b0, b1, n);
-            e.dirty_since.get_or_insert(now);
+        e.unmerged.set_range(b0, b1, n);
+        e.unmerged_since.get_or_insert(now);
+        if unlogged {
+            e.unlogged.set_range(b0, b1, n);
+            e.unlogged_since.get_or_insert(now);
         }
-        if new_buffer {
-            cache.buffer_bytes += self.chunk_size;
-        }
+        cache.page_bytes += (allocated * PAGE) as u64;
     }
 
-    /// Waits until `chunks` more buffers fit in the cache: evicts clean buffers, flushes the
-    /// oldest dirty chunks under pressure.
-    async fn make_room(&self, chunks: u64) -> StoreResult<()> {
-        let need = chunks * self.chunk_size;
+    /// Waits until `bytes` more fit in the cache: evicts clean entries, merges the oldest
+    /// unmerged chunks under pressure.
+    async fn make_room(&self, bytes: u64) -> StoreResult<()> {
         loop {
             let released = self.released.notified();
-            let to_flush = {
+            let to_merge = {
                 let mut cache = self.cache();
-                if cache.buffer_bytes + need <= self.cache_limit {
+                if cache.page_bytes + bytes <= self.cache_limit {
                     return Ok(());
                 }
-                self.evict_clean(&mut cache, need);
-                if cache.buffer_bytes + need <= self.cache_limit || cache.buffer_bytes == 0 {
+                self.evict_clean(&mut cache, bytes);
+                if cache.page_bytes + bytes <= self.cache_limit || cache.page_bytes == 0 {
                     return Ok(());
                 }
-                let mut dirty: Vec<(Duration, u64)> = cache
+                let mut unmerged: Vec<(Duration, u64)> = cache
                     .entries
                     .iter()
-                    .filter(|(c, e)| e.is_dirty() && e.buf.is_some() && !cache.inflight.contains(c))
-                    .map(|(c, e)| (e.dirty_since.unwrap_or_default(), *c))
+                    .filter(|(c, e)| !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c))
+                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
                     .collect();
-                dirty.sort();
-                dirty.into_iter().take(FLUSH_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
+                unmerged.sort();
+                unmerged.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
             };
-            if to_flush.is_empty() {
-                released.await; // everything is being flushed already
-            } else if let Err(e) = self.flush_chunks(&to_flush).await {
+            if to_merge.is_empty() {
+                released.await; // everything is being merged already
+            } else if let Err(e) = self.merge_chunks(&to_merge).await {
                 self.note_background_error(&e);
                 return Err(e);
             }
         }
     }
 
-    /// Drops clean, unclaimed buffers, least recently used first, until `need` fits.
+    /// Drops clean, unclaimed entries, least recently used first, until `need` fits.
     fn evict_clean(&self, cache: &mut Cache, need: u64) {
         let mut clean: Vec<(u64, u64)> = cache
             .entries
             .iter()
-            .filter(|(c, e)| !e.is_dirty() && !cache.inflight.contains(c))
+            .filter(|(c, e)| e.is_clean() && !cache.inflight.contains(c))
             .map(|(c, e)| (e.last_used, *c))
             .collect();
         clean.sort();
         for (_, c) in clean {
-            if cache.buffer_bytes + need <= self.cache_limit {
+            if cache.page_bytes + need <= self.cache_limit {
                 break;
             }
-            if let Some(e) = cache.entries.remove(&c)
-                && e.buf.is_some()
-            {
-                cache.buffer_bytes -= self.chunk_size;
+            if let Some(e) = cache.entries.remove(&c) {
+                cache.page_bytes -= (e.pages.len() * PAGE) as u64;
             }
         }
     }
 
-    // ---- flushing ----
+    // ---- logging ----
 
-    /// Makes chunk `c` durable: one PUT of the whole chunk, or a DELETE if it is all zeros.
-    async fn flush_chunk(&self, c: u64) -> StoreResult<()> {
+    /// Makes every unlogged block durable: chunks mostly unlogged are merged (a whole-chunk
+    /// PUT costs no more than logging them), the rest go into log objects.
+    async fn log_unlogged(&self) -> StoreResult<()> {
+        let n = self.blocks_per_chunk();
+        let (to_merge, to_log): (Vec<u64>, Vec<u64>) = {
+            let cache = self.cache();
+            let unlogged: Vec<(u64, usize)> = cache
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.unlogged.is_empty())
+                .map(|(c, e)| (*c, e.unlogged.count(n)))
+                .collect();
+            let (merge, log): (Vec<_>, Vec<_>) = unlogged.into_iter().partition(|(_, count)| 2 * count >= n);
+            (merge.into_iter().map(|(c, _)| c).collect(), log.into_iter().map(|(c, _)| c).collect())
+        };
+        let (merged, logged) = tokio::join!(self.merge_chunks(&to_merge), self.log_chunks(&to_log));
+        merged.and(logged)
+    }
+
+    /// Writes the unlogged blocks of `chunks` into log objects.
+    async fn log_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.log_lock.lock().await;
+        self.check_fenced()?;
+        let bs = self.block_size;
+        let n = self.blocks_per_chunk();
+        // Snapshot the records, in logs of at most LOG_BYTES_MAX. Each log's sequence number
+        // is taken in the same critical section as its data: a merge that snapshots later
+        // stamps its chunk with at least this number, one that snapshotted earlier with less.
+        struct Batch {
+            seq: u64,
+            records: Vec<Record>,
+            covered: Vec<(u64, u64)>,
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        {
+            let mut cache = self.cache();
+            let mut bytes = LOG_BYTES_MAX;
+            for &c in chunks {
+                let Some(e) = cache.entries.get(&c) else { continue };
+                if e.unlogged.is_empty() {
+                    continue;
+                }
+                if bytes >= LOG_BYTES_MAX {
+                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                    batches.push(Batch { seq, records: Vec::new(), covered: Vec::new() });
+                    bytes = 0;
+                }
+                let batch = batches.last_mut().expect("just pushed");
+                for (b0, b1) in e.unlogged.runs(n) {
+                    let (from, to) = (b0 as u64 * bs, b1 as u64 * bs);
+                    let mut data = vec![0u8; (to - from) as usize];
+                    e.copy_out(from as usize, &mut data);
+                    let offset = c * self.chunk_size + from;
+                    batch.records.push(if data.iter().all(|&b| b == 0) {
+                        Record::Zero { offset, len: to - from }
+                    } else {
+                        Record::Data { offset, data: Bytes::from(data) }
+                    });
+                    bytes += (to - from) as usize;
+                }
+                batch.covered.push((c, e.generation));
+            }
+            for batch in &batches {
+                let unsettled = batch.covered.iter().map(|(c, _)| *c).collect();
+                cache.logs.insert(batch.seq, LogInfo { unsettled, bytes: 0, pending: true });
+            }
+        }
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            if let Err(e) = self.append_log(batch.seq, &batch.records).await {
+                let mut cache = self.cache();
+                for rest in batches {
+                    cache.logs.remove(&rest.seq); // never written
+                }
+                return Err(e);
+            }
+            let mut cache = self.cache();
+            for (c, generation) in batch.covered {
+                if let Some(e) = cache.entries.get_mut(&c)
+                    && e.generation == generation
+                {
+                    e.unlogged = Bits::Empty;
+                    e.unlogged_since = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one log object registered as pending. The caller holds `log_lock`.
+    async fn append_log(&self, seq: u64, records: &[Record]) -> StoreResult<()> {
+        let body = encode_log(seq, records);
+        let crc = base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&body).to_be_bytes());
+        let len = body.len() as u64;
+        let started = self.clock.now();
+        let metadata = BTreeMap::from([(CRC_METADATA.to_string(), crc)]);
+        let result = self.store.put(&self.log_key(seq), body, metadata, Condition::None).await;
+        self.record_flush_latency(started);
+        let mut cache = self.cache();
+        match result {
+            Ok(_) => {
+                self.stats.logs_written.fetch_add(1, Ordering::Relaxed);
+                self.stats.log_bytes.fetch_add(len, Ordering::Relaxed);
+                if let Some(info) = cache.logs.get_mut(&seq) {
+                    info.pending = false;
+                    info.bytes = len;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    // It may exist: keep tracking it so that it is deleted.
+                    ObjectError::Indeterminate(_) => {
+                        if let Some(info) = cache.logs.get_mut(&seq) {
+                            info.pending = false;
+                            info.bytes = len;
+                        }
+                    }
+                    _ => {
+                        cache.logs.remove(&seq);
+                    }
+                }
+                self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                Err(store_err(e, true))
+            }
+        }
+    }
+
+    /// Writes a zero record for chunks about to be deleted, when logs may hold older records
+    /// for them (which must not resurrect their data after a crash). The caller holds
+    /// `log_lock`. Returns the sequence number that settles them.
+    async fn log_zeros(&self, chunks: &[u64]) -> StoreResult<u64> {
+        let seq = {
+            let mut cache = self.cache();
+            if cache.logs.is_empty() {
+                return Ok(self.current_seq());
+            }
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            let unsettled = chunks.iter().copied().collect();
+            cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
+            seq
+        };
+        let records: Vec<Record> =
+            chunks.iter().map(|c| Record::Zero { offset: c * self.chunk_size, len: self.chunk_len(*c) }).collect();
+        self.append_log(seq, &records).await?;
+        Ok(seq)
+    }
+
+    fn record_flush_latency(&self, started: Duration) {
+        let micros = self.clock.now().saturating_sub(started).as_micros() as u64;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.flush_micros_total.fetch_add(micros, Ordering::Relaxed);
+        self.stats.flush_micros_max.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// Settles chunk `c` against every log up to `seq`.
+    fn settle(&self, cache: &mut Cache, c: u64, seq: u64) {
+        for (_, info) in cache.logs.range_mut(..=seq) {
+            info.unsettled.remove(&c);
+        }
+    }
+
+    /// Records that chunk `c` was merged from its snapshot at `generation` and that the logs up
+    /// to `seq` are settled for it. If nothing changed since the snapshot, every log is: any
+    /// record for it, even one logged after the snapshot, holds what was merged.
+    fn settle_merged(&self, cache: &mut Cache, c: u64, seq: u64, generation: u64) {
+        let unchanged = cache.entries.get(&c).is_none_or(|e| e.generation == generation);
+        self.settle(cache, c, if unchanged { u64::MAX } else { seq });
+        self.mark_merged(cache, c, generation);
+    }
+
+    /// Deletes the oldest logs whose chunks are all settled (always a prefix, so that the
+    /// logs left after a crash are a suffix).
+    async fn delete_settled_logs(&self) -> StoreResult<()> {
+        let _serial = self.log_lock.lock().await;
+        let settled: Vec<u64> = {
+            let cache = self.cache();
+            cache
+                .logs
+                .iter()
+                .take_while(|(_, info)| info.unsettled.is_empty() && !info.pending)
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        for seq in settled {
+            self.store.delete(&self.log_key(seq)).await.map_err(|e| store_err(e, true))?;
+            self.cache().logs.remove(&seq);
+        }
+        Ok(())
+    }
+
+    // ---- merging ----
+
+    /// Rewrites chunk `c` with everything the cache holds for it: one PUT of the whole chunk,
+    /// or a DELETE if it is all zeros (after a zero record in the log, when logs may still
+    /// hold older records for it).
+    async fn merge_chunk(&self, c: u64) -> StoreResult<()> {
         let _claim = self.claim(&[c]).await;
         self.check_fenced()?;
         let started = self.clock.now();
+        let chunk_len = self.chunk_len(c) as usize;
+        let n = (chunk_len as u64 / self.block_size) as usize;
         let snapshot = {
             let cache = self.cache();
             match cache.entries.get(&c) {
-                Some(e) if e.is_dirty() => {
-                    Some((e.generation, e.buf.clone(), e.valid.clone(), cache.exists.contains(&c)))
+                Some(e) if !e.is_clean() => {
+                    let mut full = vec![0u8; chunk_len];
+                    e.copy_out(0, &mut full);
+                    Some((e.generation, full, e.valid.clone(), cache.exists.contains(&c), self.current_seq()))
                 }
                 _ => None,
             }
         };
-        let Some((generation, buf, valid, exists)) = snapshot else { return Ok(()) };
-        let chunk_len = self.chunk_len(c) as usize;
-        let n = (chunk_len as u64 / self.block_size) as usize;
-        // Compose the whole chunk: cached blocks, the rest from the object (or zeros).
-        let mut full = match buf {
-            Some(b) => b.into_vec(),
-            None => vec![0u8; chunk_len],
-        };
-        full.truncate(chunk_len);
+        let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(()) };
+        // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
             if exists {
-                let old = match self.fetch(c, 0, chunk_len as u64).await {
-                    Ok(old) => old,
-                    Err(e) => return Err(self.flush_failed(c, store_err(e, true))),
-                };
+                let old =
+                    self.fetch(c, 0, chunk_len as u64).await.map_err(|e| self.flush_failed(c, store_err(e, true)))?;
                 let bs = self.block_size as usize;
                 for b in (0..n).filter(|&b| !valid.get(b)) {
                     full[b * bs..(b + 1) * bs].copy_from_slice(&old[b * bs..(b + 1) * bs]);
@@ -826,28 +1228,35 @@ impl S3Volume {
         }
         let zero = full.iter().all(|&b| b == 0);
         let key = Self::chunk_key(&self.url, c);
+        // A zero chunk has no object to carry a stamp: a zero record in the log keeps older
+        // records from resurrecting its data after a crash. The log lock is held until the
+        // DELETE is done, so no log with older records can appear behind it.
+        let serial = if zero { Some(self.log_lock.lock().await) } else { None };
+        let mut settle_at = stamp;
         let result = if zero {
+            settle_at = self.log_zeros(&[c]).await.map_err(|e| self.flush_failed(c, e))?;
             if exists { self.store.delete(&key).await } else { Ok(()) }
         } else {
-            let metadata = BTreeMap::from([(CRC_METADATA.to_string(), self.checksums(&full))]);
+            let metadata = BTreeMap::from([
+                (CRC_METADATA.to_string(), self.checksums(&full)),
+                (SEQ_METADATA.to_string(), stamp.to_string()),
+            ]);
             self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map(|_| ())
         };
-        let elapsed = self.clock.now().saturating_sub(started);
-        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        self.stats.flush_micros_total.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        self.stats.flush_micros_max.fetch_max(elapsed.as_micros() as u64, Ordering::Relaxed);
+        drop(serial);
+        self.record_flush_latency(started);
+        self.stats.merges.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 let mut cache = self.cache();
                 if zero {
-                    cache.exists.remove(&c);
-                    if exists {
+                    if cache.exists.remove(&c) {
                         self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
                     cache.exists.insert(c);
                 }
-                self.mark_clean(&mut cache, c, generation);
+                self.settle_merged(&mut cache, c, settle_at, generation);
                 Ok(())
             }
             Err(e) => {
@@ -859,37 +1268,31 @@ impl S3Volume {
         }
     }
 
-    /// Fills the blocks a cache entry does not hold with a freshly composed chunk, so that
-    /// reads never depend on an object while its replacement is in flight.
+    /// Fills the blocks an entry does not hold with a composed chunk, so that reads never
+    /// depend on an object while its replacement is in flight.
     fn install(&self, c: u64, full: &[u8]) {
         let mut cache = self.cache();
         let bs = self.block_size as usize;
-        let mut new_buffer = false;
+        let mut allocated = 0;
         if let Some(e) = cache.entries.get_mut(&c) {
-            if e.valid.is_full() {
-                return;
-            }
-            let buf = e.buf.get_or_insert_with(|| {
-                new_buffer = true;
-                vec![0u8; self.chunk_size as usize].into_boxed_slice()
-            });
-            for b in (0..full.len() / bs).filter(|&b| !e.valid.get(b)) {
-                buf[b * bs..(b + 1) * bs].copy_from_slice(&full[b * bs..(b + 1) * bs]);
+            let missing: Vec<usize> = (0..full.len() / bs).filter(|&b| !e.valid.get(b)).collect();
+            for b in missing {
+                allocated += e.copy_in(b * bs, &full[b * bs..(b + 1) * bs]);
             }
             e.valid = Bits::Full;
         }
-        if new_buffer {
-            cache.buffer_bytes += self.chunk_size;
-        }
+        cache.page_bytes += (allocated * PAGE) as u64;
     }
 
-    fn mark_clean(&self, cache: &mut Cache, c: u64, generation: u64) {
+    fn mark_merged(&self, cache: &mut Cache, c: u64, generation: u64) {
         if let Some(e) = cache.entries.get_mut(&c)
             && e.generation == generation
         {
-            e.dirty = Bits::Empty;
-            e.dirty_since = None;
-            if e.buf.is_none() {
+            e.unmerged = Bits::Empty;
+            e.unlogged = Bits::Empty;
+            e.unmerged_since = None;
+            e.unlogged_since = None;
+            if e.pages.is_empty() {
                 cache.entries.remove(&c); // a zero chunk needs no entry
             }
         }
@@ -897,7 +1300,7 @@ impl S3Volume {
 
     fn flush_failed(&self, c: u64, e: StoreError) -> StoreError {
         self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(volume = %self.url, chunk = c, error = %e, "flush failed; the data stays dirty");
+        tracing::warn!(volume = %self.url, chunk = c, error = %e, "flush failed; the data stays in the cache");
         e
     }
 
@@ -914,10 +1317,10 @@ impl S3Volume {
         base64::engine::general_purpose::STANDARD.encode(crcs)
     }
 
-    async fn flush_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
+    async fn merge_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
         let mut first_error = None;
-        for group in chunks.chunks(FLUSH_PARALLEL) {
-            let results = futures::future::join_all(group.iter().map(|&c| self.flush_chunk(c))).await;
+        for group in chunks.chunks(MERGE_PARALLEL) {
+            let results = futures::future::join_all(group.iter().map(|&c| self.merge_chunk(c))).await;
             for r in results {
                 if let Err(e) = r {
                     first_error.get_or_insert(e);
@@ -927,15 +1330,11 @@ impl S3Volume {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn dirty_chunks(&self) -> Vec<u64> {
-        self.cache().entries.iter().filter(|(_, e)| e.is_dirty()).map(|(c, _)| *c).collect()
-    }
-
     /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
     /// A background flush failure since the last call is reported here, once.
     async fn flush_all(&self) -> StoreResult<()> {
         self.check_fenced()?;
-        let result = self.flush_chunks(&self.dirty_chunks()).await;
+        let result = self.log_unlogged().await;
         let sticky = self.sticky_error.lock().expect("poisoned").take();
         result?;
         match sticky {
@@ -944,32 +1343,48 @@ impl S3Volume {
         }
     }
 
-    /// Flushes what is old enough, or the oldest under pressure; errors become sticky.
+    /// Background duties: make old unlogged data durable, merge old or pressing chunks,
+    /// merge what keeps logs from being deleted, delete settled logs. Errors become sticky.
     async fn background_flush(&self) {
         let now = self.clock.now();
-        let high_water = self.cache_limit / 2;
-        let due: Vec<u64> = {
+        let (unlogged_due, merge_due): (Vec<u64>, Vec<u64>) = {
             let cache = self.cache();
-            let mut dirty: Vec<(Duration, u64)> = cache
+            let unlogged = cache
                 .entries
                 .iter()
-                .filter(|(_, e)| e.is_dirty())
-                .map(|(c, e)| (e.dirty_since.unwrap_or_default(), *c))
+                .filter(|(_, e)| e.unlogged_since.is_some_and(|t| now.saturating_sub(t) >= self.opts.flush_age))
+                .map(|(c, _)| *c)
                 .collect();
-            dirty.sort();
-            let pressured = cache.buffer_bytes > high_water;
-            dirty
-                .into_iter()
-                .enumerate()
-                .filter(|(i, (since, _))| {
-                    now.saturating_sub(*since) >= self.opts.flush_age || (pressured && *i < FLUSH_PARALLEL)
-                })
-                .map(|(_, (_, c))| c)
-                .collect()
+            let pressured = cache.page_bytes > self.cache_limit / 2;
+            let log_bytes: u64 = cache.logs.values().map(|l| l.bytes).sum();
+            let mut merge: BTreeSet<u64> = cache
+                .entries
+                .iter()
+                .filter(|(_, e)| e.unmerged_since.is_some_and(|t| now.saturating_sub(t) >= self.opts.merge_age))
+                .map(|(c, _)| *c)
+                .collect();
+            if pressured {
+                let mut oldest: Vec<(Duration, u64)> = cache
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| !e.is_clean())
+                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
+                    .collect();
+                oldest.sort();
+                merge.extend(oldest.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c));
+            }
+            if log_bytes > self.opts.log_bytes_max || cache.logs.len() > 1000 {
+                // The oldest log's chunks hold the whole log back.
+                if let Some((_, info)) = cache.logs.iter().next() {
+                    merge.extend(info.unsettled.iter().copied());
+                }
+            }
+            (unlogged, merge.into_iter().collect())
         };
-        if !due.is_empty()
-            && let Err(e) = self.flush_chunks(&due).await
-        {
+        let logged = self.log_chunks(&unlogged_due).await;
+        let merged = self.merge_chunks(&merge_due).await;
+        let deleted = self.delete_settled_logs().await;
+        if let Err(e) = logged.and(merged).and(deleted) {
             self.note_background_error(&e);
         }
     }
@@ -993,36 +1408,37 @@ impl S3Volume {
         if last_full <= first_full {
             return Ok(());
         }
-        // Whole chunks: mark them zero; those with objects are deleted in batches.
+        // Whole chunks: drop their cache entries; those that have (or may get, from a mutation
+        // in flight) an object become zero entries, deleted in batches.
         let to_delete: Vec<u64> = {
             let now = self.clock.now();
             let mut cache = self.cache();
             let cached: Vec<u64> = cache.entries.range(first_full..last_full).map(|(c, _)| *c).collect();
             for c in cached {
                 let e = cache.entries.remove(&c).expect("listed");
-                if e.buf.is_some() {
-                    cache.buffer_bytes -= self.chunk_size;
-                }
+                cache.page_bytes -= (e.pages.len() * PAGE) as u64;
             }
-            // Chunks that have (or may get, from a mutation in flight) an object get a zero
-            // entry; their DELETE then goes through the claim like any other mutation.
+            // Chunks with an object, a mutation in flight, or records in a log.
             let mut existing: BTreeSet<u64> = cache.exists.range(first_full..last_full).copied().collect();
             existing.extend(cache.inflight.range(first_full..last_full).copied());
+            for info in cache.logs.values() {
+                existing.extend(info.unsettled.range(first_full..last_full).copied());
+            }
             let existing: Vec<u64> = existing.into_iter().collect();
             for &c in &existing {
-                let generation = cache.tick + 1;
-                cache.tick = generation;
-                cache.entries.insert(
-                    c,
-                    Entry {
-                        buf: None,
-                        valid: Bits::Full,
-                        dirty: Bits::Full,
-                        generation,
-                        dirty_since: Some(now),
-                        last_used: generation,
-                    },
-                );
+                cache.tick += 1;
+                let generation = cache.tick;
+                let mut e = Entry::empty();
+                e.valid = Bits::Full;
+                e.unmerged = Bits::Full;
+                // Not durable until deleted (or logged): a failed DELETE leaves it for the next
+                // SYNCHRONIZE CACHE.
+                e.unlogged = Bits::Full;
+                e.generation = generation;
+                e.unmerged_since = Some(now);
+                e.unlogged_since = Some(now);
+                e.last_used = generation;
+                cache.entries.insert(c, e);
             }
             existing
         };
@@ -1032,67 +1448,84 @@ impl S3Volume {
         results.into_iter().collect::<StoreResult<Vec<()>>>().map(|_| ())
     }
 
-    /// Deletes zeroed chunks with one DeleteObjects request.
+    /// Deletes zeroed chunks: one zero record in the log (when logs may hold older records
+    /// for them), then one DeleteObjects request for those with objects.
     async fn delete_batch(&self, chunks: &[u64]) -> StoreResult<()> {
         let _claim = self.claim(chunks).await;
         self.check_fenced()?;
-        // Only chunks still zero and dirty (no write came in since) are deleted.
-        let targets: Vec<(u64, u64)> = {
+        // Only chunks still zero and unmerged (no write came in since) are deleted.
+        let zeroed: Vec<(u64, u64)> = {
             let cache = self.cache();
             chunks
                 .iter()
                 .filter_map(|c| {
                     let e = cache.entries.get(c)?;
-                    (e.buf.is_none() && e.valid.is_full() && e.is_dirty()).then_some((*c, e.generation))
+                    (e.pages.is_empty() && e.valid.is_full() && !e.is_clean()).then_some((*c, e.generation))
                 })
                 .collect()
         };
-        // Chunks without an object (a PUT in flight failed determinately) need no DELETE.
-        let targets: Vec<(u64, u64)> = {
-            let mut cache = self.cache();
-            let (present, absent): (Vec<_>, Vec<_>) = targets.into_iter().partition(|(c, _)| cache.exists.contains(c));
-            for (c, generation) in absent {
-                self.mark_clean(&mut cache, c, generation);
-            }
-            present
-        };
-        if targets.is_empty() {
+        if zeroed.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = targets.iter().map(|(c, _)| Self::chunk_key(&self.url, *c)).collect();
-        let results = self.store.delete_many(keys).await.map_err(|e| store_err(e, true))?;
-        let mut cache = self.cache();
-        let mut failure = None;
-        for ((c, generation), (_, r)) in targets.into_iter().zip(results) {
-            match r {
-                Ok(()) => {
-                    cache.exists.remove(&c);
-                    self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
-                    self.mark_clean(&mut cache, c, generation);
+        let _serial = self.log_lock.lock().await;
+        let settle_at = self.log_zeros(&zeroed.iter().map(|(c, _)| *c).collect::<Vec<_>>()).await?;
+        let present: Vec<u64> = {
+            let cache = self.cache();
+            zeroed.iter().map(|(c, _)| *c).filter(|c| cache.exists.contains(c)).collect()
+        };
+        let mut failed: BTreeMap<u64, StoreError> = BTreeMap::new();
+        if !present.is_empty() {
+            let keys: Vec<String> = present.iter().map(|c| Self::chunk_key(&self.url, *c)).collect();
+            let results = self.store.delete_many(keys).await.map_err(|e| store_err(e, true))?;
+            for (c, (_, r)) in present.iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
+                        self.cache().exists.remove(c);
+                    }
+                    Err(e) => {
+                        failed.insert(*c, store_err(e, true));
+                    }
                 }
-                Err(e) => failure = Some(store_err(e, true)),
             }
         }
-        failure.map_or(Ok(()), Err)
+        let mut cache = self.cache();
+        for (c, generation) in zeroed {
+            if !failed.contains_key(&c) {
+                self.settle_merged(&mut cache, c, settle_at, generation);
+            }
+        }
+        failed.into_values().next().map_or(Ok(()), Err)
     }
 
     fn mapped(&self, cache: &Cache, c: u64) -> bool {
         match cache.entries.get(&c) {
-            Some(e) if e.buf.is_none() && e.valid.is_full() => false,
-            Some(e) if e.buf.is_some() && e.is_dirty() => true,
+            Some(e) if e.valid.is_full() && e.pages.is_empty() => false,
+            Some(e) if !e.pages.is_empty() && !e.is_clean() => true,
             _ => cache.exists.contains(&c),
         }
     }
 
-    /// Dirty bytes in the cache (dirty blocks times the block size).
+    /// Bytes in the cache that are not in their chunk objects yet.
     pub fn dirty_bytes(&self) -> u64 {
         let n = self.blocks_per_chunk();
-        self.cache().entries.values().map(|e| e.dirty.count(n) as u64 * self.block_size).sum()
+        self.cache().entries.values().map(|e| e.unmerged.count(n) as u64 * self.block_size).sum()
+    }
+
+    /// Bytes in the cache that are not durable anywhere yet.
+    pub fn unlogged_bytes(&self) -> u64 {
+        let n = self.blocks_per_chunk();
+        self.cache().entries.values().map(|e| e.unlogged.count(n) as u64 * self.block_size).sum()
     }
 
     /// Chunk objects known to exist.
     pub fn chunk_count(&self) -> usize {
         self.cache().exists.len()
+    }
+
+    /// Log objects not yet deleted.
+    pub fn log_count(&self) -> usize {
+        self.cache().logs.len()
     }
 
     /// Stops all object store traffic at once, as if the process died (model checks): the
@@ -1102,14 +1535,77 @@ impl S3Volume {
         self.fenced.store(true, Ordering::Relaxed);
     }
 
-    /// Flushes everything and releases the lease (clean shutdown).
+    /// Merges everything, deletes the logs and releases the lease (clean shutdown).
     pub async fn close(&self) -> StoreResult<()> {
-        let result = self.flush_all().await;
-        if result.is_ok() {
-            self.release_lease().await;
-        }
-        result
+        self.check_fenced()?;
+        let dirty: Vec<u64> = self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect();
+        self.merge_chunks(&dirty).await?;
+        self.delete_settled_logs().await?;
+        self.release_lease().await;
+        Ok(())
     }
+}
+
+/// Serializes log records: magic, sequence number, record count, then for each record its
+/// kind (0 data, 1 zero), offset, length and, for data, the bytes.
+fn encode_log(seq: u64, records: &[Record]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(LOG_MAGIC);
+    out.put_u64(seq);
+    out.put_u32(records.len() as u32);
+    for r in records {
+        match r {
+            Record::Data { offset, data } => {
+                out.put_u8(0);
+                out.put_u64(*offset);
+                out.put_u64(data.len() as u64);
+                out.put_slice(data);
+            }
+            Record::Zero { offset, len } => {
+                out.put_u8(1);
+                out.put_u64(*offset);
+                out.put_u64(*len);
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// Parses and verifies a log object.
+fn parse_log(body: &Bytes, crc: Option<&String>) -> Result<Vec<Record>, String> {
+    let want = crc
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .filter(|b| b.len() == 4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        .ok_or("missing checksum")?;
+    if crc32c::crc32c(body) != want {
+        return Err("checksum mismatch".into());
+    }
+    let mut at = 20usize;
+    if body.len() < at || &body[..8] != LOG_MAGIC {
+        return Err("not a log object".into());
+    }
+    let count = u32::from_be_bytes(body[16..20].try_into().expect("4 bytes"));
+    let mut records = Vec::new();
+    for _ in 0..count {
+        if body.len() < at + 17 {
+            return Err("truncated".into());
+        }
+        let kind = body[at];
+        let offset = u64::from_be_bytes(body[at + 1..at + 9].try_into().expect("8 bytes"));
+        let len = u64::from_be_bytes(body[at + 9..at + 17].try_into().expect("8 bytes"));
+        at += 17;
+        match kind {
+            0 => {
+                let end = at.checked_add(len as usize).filter(|&e| e <= body.len()).ok_or("truncated")?;
+                records.push(Record::Data { offset, data: body.slice(at..end) });
+                at = end;
+            }
+            1 => records.push(Record::Zero { offset, len }),
+            _ => return Err(format!("unknown record kind {kind}")),
+        }
+    }
+    Ok(records)
 }
 
 /// A claim on chunks for a mutation; released on drop.
@@ -1140,6 +1636,9 @@ async fn background(volume: Weak<S3Volume>) {
     loop {
         tokio::time::sleep(interval).await;
         let Some(v) = volume.upgrade() else { return };
+        if v.fenced.load(Ordering::Relaxed) {
+            return;
+        }
         v.background_flush().await;
         since_renewal += interval;
         if since_renewal >= renew_every {
@@ -1233,10 +1732,16 @@ impl BlockStore for S3Volume {
         let flushes = l(&self.stats.flushes);
         serde_json::json!({
             "volume": self.url.to_string(),
+            "block_size": self.block_size,
+            "chunk_size": self.chunk_size,
             "chunks": self.chunk_count(),
             "dirty_bytes": self.dirty_bytes(),
-            "cache_bytes": self.cache().buffer_bytes,
-            "flushes": flushes,
+            "unlogged_bytes": self.unlogged_bytes(),
+            "cache_bytes": self.cache().page_bytes,
+            "logs": self.log_count(),
+            "logs_written": l(&self.stats.logs_written),
+            "log_bytes_written": l(&self.stats.log_bytes),
+            "merges": l(&self.stats.merges),
             "flush_errors": l(&self.stats.flush_errors),
             "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
             "flush_latency_max_us": l(&self.stats.flush_micros_max),

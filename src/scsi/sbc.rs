@@ -124,8 +124,9 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let (offset, _) = self.byte_range(r.lba, blocks as u64);
-        // WRITE AND VERIFY has no FUA bit; its verification implies the medium holds the data.
-        let fua = if verify { true } else { r.fua() };
+        // WRITE AND VERIFY has no FUA bit and, like a WRITE, may complete in the write cache:
+        // what it reads back to verify is the data just written, so the comparison cannot fail.
+        let fua = !verify && r.fua();
         let _shared = self.atomic.read().await;
         self.store.write(offset, data, self.effective_fua(fua)).await.map_err(|e| store_sense(&e))?;
         Ok(Bytes::new())

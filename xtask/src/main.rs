@@ -10,10 +10,12 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test                          unit and integration tests, fuzz corpus replay, clippy
-  conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file)
+  conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, s3)
               [--only SUITE..]  run only these suites or tests (ALL.Read10, ALL.Read10.Simple)
               [--update]        rewrite the ratchet with the tests that pass now
   fuzz [--time SECONDS]         run every cargo-fuzz target for SECONDS each (default 60)
+  bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
+                                server, compared with the naive design (release build)
 ";
 
 fn main() -> ExitCode {
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("conformance") => conformance(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -101,7 +104,9 @@ fn lun_config(backend: &str, dir: &Path) -> Result<String, String> {
             "backend = \"file\"\npath = \"{}\"\nsize = \"256MiB\"\ncreate = true",
             dir.join("lun1.img").display()
         ),
-        other => return Err(format!("unknown backend {other} (memory, file)")),
+        "s3" => "backend = \"s3\"\nurl = \"s3://conformance/lun1\"\nendpoint = \"embedded\"\nsize = \"256MiB\"\ncreate = true"
+            .to_string(),
+        other => return Err(format!("unknown backend {other} (memory, file, s3)")),
     })
 }
 
@@ -165,8 +170,13 @@ fn conformance(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let embedded = if backend == "s3" {
+        format!("[embedded_s3]\nlisten = \"127.0.0.1:{}\"\n\n", free_port()?)
+    } else {
+        String::new()
+    };
     let config = format!(
-        "[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
+        "{embedded}[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
         dir.display(),
         lun_config(&backend, &dir)?
     );
@@ -317,5 +327,41 @@ fn fuzz(args: &[String]) -> Result<(), String> {
             .arg("--")
             .arg(format!("-max_total_time={seconds}")))?;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- bench
+
+fn bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("s3") => bench_s3(&args[1..]),
+        _ => Err(format!("which benchmark?\n{USAGE}")),
+    }
+}
+
+fn bench_s3(args: &[String]) -> Result<(), String> {
+    let mut scale = "1".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--scale" => scale = it.next().ok_or("--scale needs a number")?.clone(),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))?;
+    let dir = std::env::temp_dir().join(format!("rtgt-bench-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let json = out.join("s3.json");
+    let result = run(Command::new(root().join("target/release/rtgt"))
+        .args(["bench-s3", "--scale", &scale, "--dir"])
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json));
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    eprintln!("xtask: results in {}", json.display());
     Ok(())
 }

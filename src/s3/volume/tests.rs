@@ -65,12 +65,12 @@ async fn sparse_reads_send_no_get_and_zeros_are_elided() {
     assert_eq!(gets(), before, "no GET for chunks that do not exist");
 
     v.write(70 * 1024, Bytes::from(vec![5u8; 4096]), false).await.unwrap();
-    v.flush().await.unwrap();
+    v.close().await.unwrap();
     assert_eq!(h.chunk_objects().len(), 1);
     assert_eq!(v.read(70 * 1024, 4096).await.unwrap(), vec![5u8; 4096]);
     // Writing zeros over the only data deletes the object.
     v.write(70 * 1024, Bytes::from(vec![0u8; 4096]), false).await.unwrap();
-    v.flush().await.unwrap();
+    v.close().await.unwrap();
     assert!(h.chunk_objects().is_empty());
 }
 
@@ -83,10 +83,15 @@ async fn full_chunk_writes_skip_the_read_and_partial_ones_merge() {
     v.write(0, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
     v.flush().await.unwrap();
     assert_eq!(h.store.stats().get.load(Ordering::Relaxed), gets_at_open, "a full-chunk write reads nothing");
+    assert_eq!(h.chunk_objects().len(), 1, "a whole chunk is merged, not logged");
+    assert_eq!(v.log_count(), 0);
+    v.close().await.unwrap();
     drop(v);
     let v = h.open(chunk, 8, "a").await.unwrap();
     v.write(512, block(2), false).await.unwrap();
     v.flush().await.unwrap();
+    assert_eq!(v.log_count(), 1, "a small write is logged");
+    v.close().await.unwrap();
     let data = v.read(0, 2048).await.unwrap();
     assert_eq!(&data[..512], &[1u8; 512]);
     assert_eq!(&data[512..1024], &[2u8; 512]);
@@ -99,6 +104,7 @@ async fn corruption_and_short_objects_are_errors_not_zeros() {
     let chunk = 64 * 1024;
     let v = h.open(chunk, 4, "a").await.unwrap();
     v.write(0, Bytes::from(vec![9u8; chunk as usize]), true).await.unwrap();
+    v.close().await.unwrap();
     drop(v);
     let key = h.chunk_objects().keys().next().unwrap().clone();
     let mut body = h.mem.objects()[&key].to_vec();
@@ -149,7 +155,8 @@ async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
     assert_eq!(h.chunk_objects().len(), 32);
     // From the middle of chunk 1 to the middle of chunk 30.
     v.unmap(chunk + chunk / 2, 29 * chunk).await.unwrap();
-    v.flush().await.unwrap();
+    assert_eq!(h.chunk_objects().len(), 4, "whole chunks are deleted at once");
+    v.close().await.unwrap();
     assert_eq!(h.chunk_objects().len(), 4, "chunks 0, 1, 30, 31 keep data");
     assert!(h.store.stats().delete_many.load(Ordering::Relaxed) >= 1);
     let data = v.read(chunk, 2 * chunk as usize).await.unwrap();
@@ -170,8 +177,11 @@ async fn failed_background_flush_keeps_data_and_is_reported_once() {
     h.mem.set_faults(Faults::default());
     assert!(matches!(v.flush().await, Err(StoreError::Write(_))), "reported on the next SYNCHRONIZE CACHE");
     v.flush().await.unwrap();
+    assert_eq!(v.unlogged_bytes(), 0, "durable in the log");
+    v.close().await.unwrap();
     assert_eq!(v.dirty_bytes(), 0);
     assert_eq!(h.chunk_objects().len(), 1);
+    assert_eq!(v.log_count(), 0);
 }
 
 // ---------------------------------------------------------------- model check
@@ -272,10 +282,7 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Err(e) => prop_assert!(faults, "read failed without faults: {e}"),
             },
             Op::Flush => match v.flush().await {
-                Ok(()) => {
-                    model.durable();
-                    check_no_zero_or_leaked_objects(&h, &model)?;
-                }
+                Ok(()) => model.durable(),
                 Err(e) => prop_assert!(faults || e.to_string().contains("earlier"), "flush failed: {e}"),
             },
             Op::Tick { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
@@ -313,11 +320,23 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     v.flush().await.ok();
     v.flush().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     model.durable();
-    check_no_zero_or_leaked_objects(&h, &model)
+    v.close().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    check_no_zero_or_leaked_objects(&h, &model)?;
+    // Reopened, it reads back the model.
+    drop(v);
+    let v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+    let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    for b in 0..BLOCKS {
+        prop_assert_eq!(data[(b * BS) as usize], model.current(b), "block {} after reopen", b);
+    }
+    Ok(())
 }
 
-/// Invariant 6: an object exists exactly for the chunks holding non-zero data.
+/// Invariant 6: once settled, an object exists exactly for the chunks holding non-zero data,
+/// and no log is left.
 fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), TestCaseError> {
+    let logs: Vec<String> = h.mem.objects().into_keys().filter(|k| k.contains("/log/")).collect();
+    prop_assert!(logs.is_empty(), "logs left after close: {:?}", logs);
     let objects = h.chunk_objects();
     for c in 0..CHUNKS {
         let key = S3Volume::chunk_key(&url(), c);
@@ -333,7 +352,7 @@ fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), Tes
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn chunked_volume_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {

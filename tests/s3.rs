@@ -1,0 +1,235 @@
+//! S3 volumes through the real S3 client path: aws-sdk-s3 against s3s-fs over loopback HTTP,
+//! and in-process through s3s-aws's connector; and a target serving an S3 volume to libiscsi
+//! across a restart.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtgt::clock::TokioClock;
+use rtgt::config::{BuildContext, Config};
+use rtgt::s3::aws::{AwsStore, Endpoint, sdk_config};
+use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use rtgt::s3::{ObjectStore, Resilient, RetryPolicy, list_all};
+use rtgt::server::{Registry, Server, TokioNet};
+use rtgt::storage::BlockStore;
+
+const CHUNK: u64 = 1 << 20;
+
+fn options(holder: &str) -> VolumeOptions {
+    VolumeOptions {
+        create: Some(CreateSpec { size: 16 * CHUNK, block_size: 512, chunk_size: CHUNK }),
+        holder: holder.into(),
+        ..VolumeOptions::default()
+    }
+}
+
+async fn open(store: &Arc<Resilient<AwsStore>>, holder: &str) -> Result<Arc<S3Volume>, String> {
+    let url = S3Url::parse("s3://vols/disk").unwrap();
+    S3Volume::open(store.clone(), url, options(holder), Arc::new(TokioClock::new()), Some(store.stats())).await
+}
+
+/// Exercises a volume over a store: ranged reads, zero elision, unmap, reopen, a second writer.
+async fn exercise(store: Arc<Resilient<AwsStore>>) {
+    let chunk_keys = || async { list_all(&*store, "disk/chunks/").await.unwrap() };
+    let v = open(&store, "first").await.unwrap();
+    let data: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8 + 1).collect();
+    v.write(CHUNK, Bytes::from(data.clone()), false).await.unwrap();
+    v.write(3 * CHUNK, Bytes::from(vec![0u8; CHUNK as usize]), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(chunk_keys().await.len(), 1, "the all-zero chunk is not stored");
+
+    // A second target may not open it.
+    let err = open(&store, "second").await.err().unwrap();
+    assert!(err.contains("in use by first"), "{err}");
+
+    // Reopen (after a clean close): a 4 KiB read is a ranged GET, not the whole chunk.
+    v.close().await.unwrap();
+    drop(v);
+    let v = open(&store, "first").await.unwrap();
+    let down = store.stats().bytes_down.load(Ordering::Relaxed);
+    let at = CHUNK + 300 * 1024;
+    assert_eq!(v.read(at, 4096).await.unwrap(), &data[300 * 1024..300 * 1024 + 4096]);
+    let fetched = store.stats().bytes_down.load(Ordering::Relaxed) - down;
+    assert!(fetched > 0 && fetched < CHUNK / 4, "ranged read fetched {fetched} bytes");
+
+    // UNMAP frees the chunk; it reads as zeros.
+    v.unmap(0, 4 * CHUNK).await.unwrap();
+    assert!(chunk_keys().await.is_empty());
+    assert_eq!(v.read(CHUNK, 4096).await.unwrap(), vec![0u8; 4096]);
+    v.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_over_loopback_http() {
+    let dir = tempfile::tempdir().unwrap();
+    embedded::ensure_bucket(dir.path(), "vols").unwrap();
+    let server = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let aws = AwsStore::connect(&server.endpoint(), "vols").await;
+    exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 1))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_through_the_in_process_connector() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = embedded::service(dir.path()).unwrap();
+    let endpoint =
+        Endpoint { url: Some("http://s3.local".into()), ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap()) };
+    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(service)).build();
+    let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), "vols");
+    aws.ensure_bucket().await.unwrap();
+    exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 2))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_objects_sends_content_md5() {
+    // DeleteObjects through the in-process service: s3s checks Content-MD5 when present, so a
+    // wrong digest would fail the request.
+    let dir = tempfile::tempdir().unwrap();
+    let service = embedded::service(dir.path()).unwrap();
+    let endpoint =
+        Endpoint { url: Some("http://s3.local".into()), ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap()) };
+    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(service)).build();
+    let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), "bk1");
+    aws.ensure_bucket().await.unwrap();
+    for i in 0..5 {
+        aws.put(&format!("k{i}"), Bytes::from_static(b"x"), Default::default(), rtgt::s3::Condition::None)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    let results = aws.delete_many(keys).await.unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    assert!(list_all(&aws, "k").await.unwrap().is_empty());
+}
+
+/// `rtgt serve`'s embedded default shape: a target on an S3 volume in the embedded server.
+fn s3_target_config(data_dir: &std::path::Path) -> Config {
+    let text = format!(
+        r#"
+        [server]
+        data_dir = "{}"
+
+        [embedded_s3]
+        listen = "127.0.0.1:0"
+
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:0"]
+
+        [[target]]
+        name = "{}"
+
+        [[target.lun]]
+        lun = 1
+        backend = "s3"
+        url = "s3://rtgt/default"
+        endpoint = "embedded"
+        size = "64MiB"
+        create = true
+        "#,
+        data_dir.display(),
+        common::TARGET
+    );
+    Config::from_toml(&text).unwrap()
+}
+
+async fn start_s3_target(config: &Config) -> (EmbeddedS3, Arc<Server<TokioNet>>, std::net::SocketAddr) {
+    let root = config.embedded_root().unwrap();
+    embedded::ensure_bucket(&root, "rtgt").unwrap();
+    let s3 = EmbeddedS3::start(&root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let ctx = BuildContext::new(Some(s3.endpoint()));
+    let registry = Arc::new(Registry::new());
+    config.populate(&registry, &ctx).await.unwrap();
+    let server = Arc::new(Server::new(TokioNet, ctx.clock.clone(), registry, config.settings()));
+    let portals = server.bind().await.unwrap();
+    let addr = portals[0].addr;
+    for p in portals {
+        tokio::spawn(server.clone().accept_loop(p));
+    }
+    (s3, server, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libiscsi_writes_survive_a_target_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_target_config(dir.path());
+    let (s3, server, addr) = start_s3_target(&config).await;
+    let url = format!("iscsi://{addr}/{}/1", common::TARGET);
+    // CompareAndWrite.Simple writes 'A's and 'B's over the first and last 256 blocks.
+    let out = tokio::process::Command::new("iscsi-test-cu")
+        .args(["-d", "-t", "ALL.CompareAndWrite.Simple", &url])
+        .output()
+        .await
+        .expect("iscsi-test-cu (apt-get install -y libiscsi-bin)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("passed"), "{text}");
+    let before = read_lun(addr).await;
+    assert!(before.iter().any(|&b| b == b'A' || b == b'B'), "libiscsi's data is there");
+    server.shutdown(Duration::from_secs(5)).await;
+    drop(server);
+    drop(s3);
+
+    let (_s3, server, addr) = start_s3_target(&config).await;
+    assert_eq!(read_lun(addr).await, before, "the data survived the restart");
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The first 256 blocks of LUN 1, read with the library's initiator.
+async fn read_lun(addr: std::net::SocketAddr) -> Bytes {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cfg = rtgt::initiator::InitiatorConfig { isid: 0x99, ..Default::default() };
+    let s = rtgt::initiator::Session::login(stream, &cfg, Some(common::TARGET)).await.unwrap();
+    s.clear_unit_attentions(1).await.unwrap();
+    let data = s.read(1, 0, 256, 512).await.unwrap();
+    s.logout().await.unwrap();
+    data
+}
+
+/// What a picky store (MinIO, s3proxy) sees of DeleteObjects: Content-MD5 and no SDK
+/// checksum header. Checked on the wire with a listener that records the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let capture = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the headers and the body (Content-Length).
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if req.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><DeleteResult></DeleteResult>";
+        let resp =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        sock.write_all(resp.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&req).to_ascii_lowercase()
+    });
+    let endpoint = embedded::endpoint_for(addr);
+    let aws = AwsStore::connect(&endpoint, "bk1").await;
+    let results = aws.delete_many(vec!["a".into(), "b".into()]).await.unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    let request = capture.await.unwrap();
+    assert!(request.contains("\r\ncontent-md5:"), "{request}");
+    assert!(!request.contains("x-amz-checksum-"), "{request}");
+}
