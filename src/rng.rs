@@ -43,7 +43,9 @@ mod tests {
         let mut b = Rng::seeded(7);
         for _ in 0..100 {
             assert_eq!(a.next_u64(), b.next_u64());
-            assert!(a.below(10) < 10);
+            let x = a.below(10);
+            assert!(x < 10);
+            assert_eq!(x, b.below(10));
         }
         assert_ne!(Rng::seeded(1).next_u64(), Rng::seeded(2).next_u64());
     }
