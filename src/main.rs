@@ -33,6 +33,9 @@ enum Command {
         /// Replace the portals of every portal group with this address (e.g. 0.0.0.0:3260).
         #[arg(long)]
         listen: Option<String>,
+        /// Take S3 volumes over even if another target holds their lease.
+        #[arg(long)]
+        force: bool,
     },
     /// Check a configuration file and print it as rtgt understands it.
     CheckConfig { config: PathBuf },
@@ -129,7 +132,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, data_dir, listen } => serve(config, data_dir, listen),
+        Command::Serve { config, data_dir, listen, force } => serve(config, data_dir, listen, force),
         Command::CheckConfig { config } => {
             Config::load(&config).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string())
         }
@@ -146,13 +149,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>, listen: Option<String>) -> Result<(), String> {
+fn serve(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    force: bool,
+) -> Result<(), String> {
     let mut config = match &config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::embedded_default(&data_dir.clone().unwrap_or_else(default_data_dir)),
     };
     if let Some(dir) = data_dir {
         config.server.data_dir = Some(dir);
+    }
+    if force {
+        for lun in config.targets.iter_mut().flat_map(|t| &mut t.luns) {
+            lun.force = true;
+        }
     }
     if let Some(addr) = listen {
         for pg in &mut config.portal_groups {

@@ -1633,6 +1633,8 @@ async fn background(volume: Weak<S3Volume>) {
         None => return,
     };
     let mut since_renewal = Duration::ZERO;
+    let mut since_report = Duration::ZERO;
+    let mut last_requests = 0;
     loop {
         tokio::time::sleep(interval).await;
         let Some(v) = volume.upgrade() else { return };
@@ -1641,9 +1643,17 @@ async fn background(volume: Weak<S3Volume>) {
         }
         v.background_flush().await;
         since_renewal += interval;
+        since_report += interval;
         if since_renewal >= renew_every {
             since_renewal = Duration::ZERO;
             v.renew_lease().await;
+        }
+        // Counters go to the log once a minute while the volume is busy.
+        let requests = v.s3_stats.as_ref().map_or(0, |s| s.requests());
+        if since_report >= Duration::from_secs(60) && requests != last_requests {
+            since_report = Duration::ZERO;
+            last_requests = requests;
+            tracing::info!(volume = %v.url, stats = %v.stats(), "S3 volume counters");
         }
     }
 }
