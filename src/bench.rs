@@ -1,4 +1,6 @@
 //! Benchmarks run by `cargo xtask bench` through hidden `rtgt bench-*` subcommands.
+//! They measure real elapsed time, so wall clocks are allowed here.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -212,6 +212,8 @@ pub struct BuildContext {
 impl BuildContext {
     pub fn new(embedded: Option<crate::s3::aws::Endpoint>) -> BuildContext {
         let pid = std::process::id();
+        // Production only (the simulation builds its world without a BuildContext).
+        #[allow(clippy::disallowed_methods)]
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         BuildContext {

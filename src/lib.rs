@@ -7,6 +7,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod initiator;
 pub mod iscsi;
+pub mod mutants;
 pub mod pdu;
 pub mod rng;
 pub mod s3;

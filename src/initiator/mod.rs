@@ -5,7 +5,7 @@
 //! One [`Session`] drives one connection. Commands may be issued concurrently from many tasks;
 //! a reader task routes responses by ITT and answers R2Ts and NOP-In pings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ pub enum Error {
     Closed,
     #[error("SCSI status {status:#04x}, sense key {key:#x}, ASC/ASCQ {asc:#04x}/{ascq:#04x}")]
     Check { status: u8, key: u8, asc: u8, ascq: u8 },
+    #[error("the command was aborted by task management")]
+    Aborted,
 }
 
 impl From<std::io::Error> for Error {
@@ -143,6 +145,8 @@ struct Pending {
     /// Data to send on R2T.
     write: Bytes,
     lun: u64,
+    /// A SCSI command (which a LUN reset aborts), not a TMF, NOP, Text or Logout request.
+    scsi: bool,
 }
 
 struct State {
@@ -150,10 +154,34 @@ struct State {
     cmd_sn: u32,
     max_cmd_sn: u32,
     exp_stat_sn: u32,
-    pending: HashMap<u32, Pending>,
+    pending: BTreeMap<u32, Pending>,
     closed: Option<Error>,
     async_events: Vec<AsyncMessage>,
+    /// Tasks we gave up on (timeout): a late response is allowed.
+    abandoned: VecDeque<u32>,
+    /// Tasks the target said it aborted: any response is a protocol violation.
+    aborted: BTreeSet<u32>,
+    violations: Violations,
 }
+
+/// Protocol rules the target broke on this session, as seen by the initiator (the
+/// simulation's oracles read these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations {
+    /// Responses for tasks that were never issued or already answered.
+    pub unexpected_responses: u64,
+    /// Responses for tasks the target reported aborted.
+    pub responses_after_abort: u64,
+    /// StatSN not one more than the previous status (or, without status, not the next).
+    pub stat_sn_errors: u64,
+    /// MaxCmdSN lower than one advertised before.
+    pub max_cmd_sn_decreases: u64,
+    /// The widest CmdSN window advertised (MaxCmdSN - ExpCmdSN + 1).
+    pub widest_window: u32,
+}
+
+/// Tasks remembered after a timeout, so that their late answers are not counted unexpected.
+const ABANDONED_MAX: usize = 4096;
 
 struct Shared {
     state: Mutex<State>,
@@ -161,6 +189,7 @@ struct Shared {
     out: mpsc::UnboundedSender<EncodedPdu>,
     negotiated: Negotiated,
     config: InitiatorConfig,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A logged-in session over one connection.
@@ -204,17 +233,22 @@ impl Session {
                 cmd_sn,
                 max_cmd_sn,
                 exp_stat_sn,
-                pending: HashMap::new(),
+                pending: BTreeMap::new(),
                 closed: None,
                 async_events: Vec::new(),
+                abandoned: VecDeque::new(),
+                aborted: BTreeSet::new(),
+                violations: Violations::default(),
             }),
             window: Notify::new(),
             out: out_tx,
             negotiated,
             config: config.clone(),
+            tasks: Mutex::new(Vec::new()),
         });
-        tokio::spawn(write_loop(writer, out_rx));
-        tokio::spawn(read_loop(reader, shared.clone()));
+        let writer = tokio::spawn(write_loop(writer, out_rx)).abort_handle();
+        let reader = tokio::spawn(read_loop(reader, shared.clone(), exp_stat_sn)).abort_handle();
+        *shared.tasks.lock().expect("poisoned") = vec![writer, reader];
         Ok(Session { shared })
     }
 
@@ -240,10 +274,11 @@ impl Session {
     async fn submit(
         &self,
         immediate: bool,
+        scsi: bool,
         lun: u64,
         write: Bytes,
         build: impl Fn(u32, u32, u32) -> Vec<Pdu>,
-    ) -> Result<(u32, oneshot::Receiver<Reply>)> {
+    ) -> Result<(u32, u32, oneshot::Receiver<Reply>)> {
         loop {
             let notified = self.shared.window.notified();
             {
@@ -262,18 +297,19 @@ impl Session {
                         st.cmd_sn = st.cmd_sn.wrapping_add(1);
                     }
                     let (tx, rx) = oneshot::channel();
-                    st.pending.insert(itt, Pending { reply: tx, data: BytesMut::new(), write, lun });
+                    st.pending.insert(itt, Pending { reply: tx, data: BytesMut::new(), write, lun, scsi });
                     for pdu in build(itt, cmd_sn, st.exp_stat_sn) {
                         if self.shared.out.send(pdu.encode(self.digests())).is_err() {
                             st.pending.remove(&itt);
                             return Err(Error::Closed);
                         }
                     }
-                    return Ok((itt, rx));
+                    return Ok((itt, cmd_sn, rx));
                 }
             }
             // The window is closed: wait for a response that opens it.
             tokio::select! {
+                biased;
                 _ = notified => {}
                 _ = tokio::time::sleep(self.shared.config.command_timeout) => return Err(Error::Timeout),
             }
@@ -286,7 +322,12 @@ impl Session {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(self.shared.state.lock().expect("poisoned").closed.clone().unwrap_or(Error::Closed)),
             Err(_) => {
-                self.shared.state.lock().expect("poisoned").pending.remove(&itt);
+                let mut st = self.shared.state.lock().expect("poisoned");
+                st.pending.remove(&itt);
+                st.abandoned.push_back(itt);
+                if st.abandoned.len() > ABANDONED_MAX {
+                    st.abandoned.pop_front();
+                }
                 Err(Error::Timeout)
             }
         }
@@ -295,24 +336,25 @@ impl Session {
     /// Runs a SCSI command. `data_out` is sent (immediate, unsolicited and on R2T as the
     /// session allows); `read_len` is the expected data-in length.
     pub async fn command(&self, lun: u16, cdb: &[u8], data_out: Bytes, read_len: u32) -> Result<CommandResult> {
-        let (itt, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
+        let (itt, _, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
         match self.wait(itt, rx).await? {
             Reply::Scsi(r) => Ok(r),
             _ => Err(Error::Protocol("unexpected reply to a SCSI command".into())),
         }
     }
 
-    /// Like [`Session::command`] but returns the ITT at once, for task management tests.
+    /// Like [`Session::command`] but returns the ITT and CmdSN at once (for task management),
+    /// with a future of the result.
     pub async fn start_command(
         &self,
         lun: u16,
         cdb: &[u8],
         data_out: Bytes,
         read_len: u32,
-    ) -> Result<(u32, impl std::future::Future<Output = Result<CommandResult>> + use<>)> {
-        let (itt, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
+    ) -> Result<(u32, u32, impl std::future::Future<Output = Result<CommandResult>> + use<>)> {
+        let (itt, cmd_sn, rx) = self.submit_command(lun, cdb, data_out, read_len, false).await?;
         let this = self.clone();
-        Ok((itt, async move {
+        Ok((itt, cmd_sn, async move {
             match this.wait(itt, rx).await? {
                 Reply::Scsi(r) => Ok(r),
                 _ => Err(Error::Protocol("unexpected reply to a SCSI command".into())),
@@ -327,7 +369,7 @@ impl Session {
         data_out: Bytes,
         read_len: u32,
         immediate: bool,
-    ) -> Result<(u32, oneshot::Receiver<Reply>)> {
+    ) -> Result<(u32, u32, oneshot::Receiver<Reply>)> {
         let n = &self.shared.negotiated;
         let lun = encode_lun(lun);
         let mut cdb16 = [0u8; 16];
@@ -339,7 +381,7 @@ impl Session {
         let immediate_len = if n.immediate_data { first_burst.min(segment) } else { 0 };
         let unsolicited_end = if n.initial_r2t { immediate_len } else { first_burst };
         let write = data_out.clone();
-        self.submit(immediate, lun, write, move |itt, cmd_sn, exp_stat_sn| {
+        self.submit(immediate, true, lun, write, move |itt, cmd_sn, exp_stat_sn| {
             let command = ScsiCommand {
                 immediate,
                 fin: unsolicited_end == immediate_len,
@@ -441,8 +483,8 @@ impl Session {
 
     /// A NOP-Out ping (non-immediate, so it also tests the CmdSN window) echoing `data`.
     pub async fn nop(&self, data: Bytes) -> Result<Bytes> {
-        let (itt, rx) = self
-            .submit(false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+        let (itt, _, rx) = self
+            .submit(false, false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
                 let nop = NopOut { immediate: false, lun: 0, itt, ttt: RESERVED_TAG, cmd_sn, exp_stat_sn };
                 vec![Pdu::with_data(nop, data.clone())]
             })
@@ -455,9 +497,14 @@ impl Session {
 
     /// Sends a task management request and returns its response code.
     pub async fn task_management(&self, function: u8, lun: u16, referenced_itt: u32, ref_cmd_sn: u32) -> Result<u8> {
+        self.tmf(function, lun, referenced_itt, ref_cmd_sn).await.map(|(response, _)| response)
+    }
+
+    /// A task management request: its response code and its own ITT.
+    async fn tmf(&self, function: u8, lun: u16, referenced_itt: u32, ref_cmd_sn: u32) -> Result<(u8, u32)> {
         let lun = encode_lun(lun);
-        let (itt, rx) = self
-            .submit(true, lun, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+        let (itt, _, rx) = self
+            .submit(true, false, lun, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
                 vec![Pdu::new(TaskMgmtRequest {
                     immediate: true,
                     function,
@@ -473,11 +520,62 @@ impl Session {
             .await?;
         match self.wait(itt, rx).await? {
             Reply::Pdu(p) => match p.bhs {
-                Bhs::TaskMgmtResponse(r) => Ok(r.response),
+                Bhs::TaskMgmtResponse(r) => Ok((r.response, itt)),
                 _ => Err(Error::Protocol("unexpected reply to a TMF".into())),
             },
             _ => Err(Error::Protocol("unexpected reply to a TMF".into())),
         }
+    }
+
+    /// ABORT TASK for a command of ours; on FUNCTION COMPLETE its caller gets
+    /// [`Error::Aborted`] and any later response for it counts as a violation.
+    pub async fn abort_task(&self, lun: u16, itt: u32, ref_cmd_sn: u32) -> Result<u8> {
+        let response = self.task_management(tmf::ABORT_TASK, lun, itt, ref_cmd_sn).await?;
+        if response == tmf::FUNCTION_COMPLETE {
+            self.fail_tasks(|i, _| i == itt);
+        }
+        Ok(response)
+    }
+
+    /// LOGICAL UNIT RESET; on FUNCTION COMPLETE our commands to that LUN fail with
+    /// [`Error::Aborted`].
+    pub async fn lun_reset(&self, lun: u16) -> Result<u8> {
+        let (response, tmf_itt) = self.tmf(tmf::LOGICAL_UNIT_RESET, lun, 0, 0).await?;
+        if response == tmf::FUNCTION_COMPLETE {
+            // Commands issued before the reset (their ITTs are smaller) went out before it.
+            let raw = encode_lun(lun);
+            self.fail_tasks(|i, p| p.scsi && p.lun == raw && sn_lt(i, tmf_itt));
+        }
+        Ok(response)
+    }
+
+    fn fail_tasks(&self, select: impl Fn(u32, &Pending) -> bool) {
+        let failed: Vec<Pending> = {
+            let mut st = self.shared.state.lock().expect("poisoned");
+            let itts: Vec<u32> = st.pending.iter().filter(|(i, p)| select(**i, p)).map(|(i, _)| *i).collect();
+            itts.into_iter()
+                .filter_map(|i| {
+                    st.aborted.insert(i);
+                    st.pending.remove(&i)
+                })
+                .collect()
+        };
+        for p in failed {
+            let _ = p.reply.send(Reply::Failed(Error::Aborted));
+        }
+    }
+
+    /// Rules the target broke so far on this session.
+    pub fn violations(&self) -> Violations {
+        self.shared.state.lock().expect("poisoned").violations.clone()
+    }
+
+    /// Drops the connection at once, without logging out (a crashed or cut-off initiator).
+    pub fn disconnect(&self) {
+        for t in self.shared.tasks.lock().expect("poisoned").drain(..) {
+            t.abort();
+        }
+        self.close(Error::Closed);
     }
 
     /// The CmdSN the next non-immediate command will carry.
@@ -492,8 +590,8 @@ impl Session {
         let mut request = Some(text::encode(&[("SendTargets", which)]));
         loop {
             let data = request.take().unwrap_or_default();
-            let (itt, rx) = self
-                .submit(false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+            let (itt, _, rx) = self
+                .submit(false, false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
                     let t =
                         TextRequest { immediate: false, fin: true, cont: false, lun: 0, itt, ttt, cmd_sn, exp_stat_sn };
                     vec![Pdu::with_data(t, data.clone())]
@@ -527,8 +625,8 @@ impl Session {
 
     /// Logs out (closing the session) and waits for the response.
     pub async fn logout(&self) -> Result<()> {
-        let (itt, rx) = self
-            .submit(true, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
+        let (itt, _, rx) = self
+            .submit(true, false, 0, Bytes::new(), |itt, cmd_sn, exp_stat_sn| {
                 vec![Pdu::new(LogoutRequest {
                     immediate: true,
                     reason: logout::CLOSE_SESSION,
@@ -561,7 +659,7 @@ fn close_shared(shared: &Shared, reason: Error) {
     let pending: Vec<Pending> = {
         let mut st = shared.state.lock().expect("poisoned");
         st.closed.get_or_insert(reason.clone());
-        st.pending.drain().map(|(_, p)| p).collect()
+        std::mem::take(&mut st.pending).into_values().collect()
     };
     for p in pending {
         let _ = p.reply.send(Reply::Failed(reason.clone()));
@@ -622,13 +720,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: PduWriter<W>, mut rx: mps
     let _ = writer.shutdown().await;
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: PduReader<R>, shared: Arc<Shared>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut reader: PduReader<R>, shared: Arc<Shared>, exp_stat_sn: u32) {
+    let mut next_stat_sn = exp_stat_sn;
     let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
     let limits = Limits { data_segment_len_max: shared.config.max_recv_data_segment_len };
     let reason = loop {
         match reader.next(digests, limits).await {
             Ok(ReadEvent::Pdu(pdu)) => {
-                if let Err(e) = on_pdu(&shared, pdu) {
+                if let Err(e) = on_pdu(&shared, pdu, &mut next_stat_sn) {
                     break e;
                 }
             }
@@ -640,8 +739,20 @@ async fn read_loop<R: AsyncRead + Unpin>(mut reader: PduReader<R>, shared: Arc<S
     close_shared(&shared, reason);
 }
 
-fn on_pdu(shared: &Shared, pdu: Pdu) -> Result<()> {
+fn on_pdu(shared: &Shared, pdu: Pdu, next_stat_sn: &mut u32) -> Result<()> {
     let mut st = shared.state.lock().expect("poisoned");
+    check_numbering(&mut st, &pdu, next_stat_sn);
+    if let Some(itt) = pdu.bhs.itt().filter(|&i| i != RESERVED_TAG)
+        && !st.pending.contains_key(&itt)
+        && !matches!(pdu.bhs, Bhs::R2t(_))
+    {
+        if st.aborted.contains(&itt) {
+            tracing::warn!(itt, pdu = ?pdu.bhs, "a response for a task the target reported aborted");
+            st.violations.responses_after_abort += 1;
+        } else if !st.abandoned.contains(&itt) {
+            st.violations.unexpected_responses += 1;
+        }
+    }
     // Track the target's numbering (RFC 7143 §4.2.2.1).
     let numbers = match &pdu.bhs {
         Bhs::ScsiResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
@@ -759,6 +870,38 @@ fn on_pdu(shared: &Shared, pdu: Pdu) -> Result<()> {
         other => return Err(Error::Protocol(format!("unexpected {:?} from the target", other.opcode()))),
     }
     Ok(())
+}
+
+/// Checks StatSN and the CmdSN window of a PDU from the target.
+fn check_numbering(st: &mut State, pdu: &Pdu, next_stat_sn: &mut u32) {
+    // (StatSN, whether this PDU takes a new one, ExpCmdSN, MaxCmdSN)
+    let (stat_sn, advances, exp, max) = match &pdu.bhs {
+        Bhs::ScsiResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
+        Bhs::DataIn(d) if d.status_present => (d.stat_sn, true, d.exp_cmd_sn, d.max_cmd_sn),
+        Bhs::DataIn(d) => (*next_stat_sn, false, d.exp_cmd_sn, d.max_cmd_sn),
+        Bhs::NopIn(n) => (n.stat_sn, n.itt != RESERVED_TAG, n.exp_cmd_sn, n.max_cmd_sn),
+        Bhs::TaskMgmtResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
+        Bhs::TextResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
+        Bhs::LogoutResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
+        Bhs::R2t(r) => (r.stat_sn, false, r.exp_cmd_sn, r.max_cmd_sn),
+        Bhs::AsyncMessage(m) => (m.stat_sn, true, m.exp_cmd_sn, m.max_cmd_sn),
+        Bhs::Reject(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
+        _ => return,
+    };
+    if stat_sn != *next_stat_sn {
+        st.violations.stat_sn_errors += 1;
+    }
+    if advances {
+        *next_stat_sn = stat_sn.wrapping_add(1);
+    }
+    if sn_lt(max, exp.wrapping_sub(1)) {
+        return; // an invalid pair is ignored (RFC 7143 §4.2.2.1)
+    }
+    if sn_lt(max, st.max_cmd_sn) {
+        st.violations.max_cmd_sn_decreases += 1;
+    }
+    let window = max.wrapping_sub(exp).wrapping_add(1);
+    st.violations.widest_window = st.violations.widest_window.max(window);
 }
 
 // ---------------------------------------------------------------- login

@@ -622,6 +622,11 @@ impl Connection {
         let fits = d.buffer_offset.checked_add(len).is_some_and(|e| e <= end);
         if in_order && fits {
             let at = d.buffer_offset as usize;
+            let data = if crate::mutants::active(crate::mutants::Mutant::DropDataOut) && d.data_sn == 1 {
+                Bytes::from(vec![0u8; data.len()])
+            } else {
+                data
+            };
             if w.buf.len() == at {
                 w.buf.extend_from_slice(&data);
             } else {

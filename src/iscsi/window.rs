@@ -94,7 +94,8 @@ impl<T> CmdWindow<T> {
     }
 
     fn refresh(&mut self) {
-        let max = self.exp_cmd_sn.wrapping_add(self.depth.saturating_sub(self.active + 1));
+        let slack = if crate::mutants::active(crate::mutants::Mutant::WindowOffByOne) { 0 } else { 1 };
+        let max = self.exp_cmd_sn.wrapping_add(self.depth.saturating_sub(self.active + slack));
         if sn_lt(self.max_cmd_sn, max) {
             self.max_cmd_sn = max;
         }

@@ -63,21 +63,25 @@ pub async fn sdk_config(endpoint: &Endpoint) -> aws_sdk_s3::config::Builder {
         loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "rtgt-config"));
     }
     let shared = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(endpoint.path_style)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        );
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(endpoint.path_style);
     if shared.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }
     if let Some(url) = &endpoint.url {
         builder = builder.endpoint_url(url);
     }
+    with_policies(builder)
+}
+
+/// rtgt's client policies: no SDK retries ([`super::Resilient`] retries), bounded attempts,
+/// checksums only when required unless the standard environment variables say otherwise.
+pub fn with_policies(mut builder: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
+    builder = builder.retry_config(RetryConfig::disabled()).timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .build(),
+    );
     if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {
         builder = builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
     }

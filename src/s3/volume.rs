@@ -905,7 +905,17 @@ impl S3Volume {
                 let within = at % self.chunk_size;
                 let n = (self.chunk_size - within).min(end - at);
                 let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
-                self.write_piece(&mut cache, c, within, piece, now, true);
+                if crate::mutants::active(crate::mutants::Mutant::ChunkOffByOne)
+                    && within + n == self.chunk_size
+                    && (c + 1) * self.chunk_size < self.capacity()
+                {
+                    // Planted bug: the chunk's last block lands at the end of the next chunk.
+                    let bs = self.block_size as usize;
+                    self.write_piece(&mut cache, c, within, &piece[..piece.len() - bs], now, true);
+                    self.write_piece(&mut cache, c + 1, within + n - bs as u64, &piece[piece.len() - bs..], now, true);
+                } else {
+                    self.write_piece(&mut cache, c, within, piece, now, true);
+                }
                 at += n;
             }
         }
@@ -1398,7 +1408,7 @@ impl S3Volume {
         let last_full = end / self.chunk_size; // exclusive
         // Partial chunks at either end: zeros through the write path.
         let head_end = (first_full * self.chunk_size).min(end);
-        if head_end > offset {
+        if head_end > offset && !crate::mutants::active(crate::mutants::Mutant::UnmapPartialStale) {
             self.write_impl(offset, Bytes::from(vec![0u8; (head_end - offset) as usize]), false).await?;
         }
         let tail_start = (last_full * self.chunk_size).max(head_end);

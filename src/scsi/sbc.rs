@@ -175,6 +175,9 @@ impl LogicalUnit {
     pub(super) async fn synchronize_cache(&self, ctx: &mut Ctx<'_>) -> Outcome {
         let r = block_range(ctx.cdb);
         self.check_range(r.lba, r.blocks as u64)?;
+        if crate::mutants::active(crate::mutants::Mutant::SyncBeforeFlush) {
+            return Ok(Bytes::new());
+        }
         // The whole store is flushed: narrower ranges are not worth tracking.
         self.store.flush().await.map_err(|e| store_sense(&e))?;
         Ok(Bytes::new())

@@ -62,7 +62,8 @@ pub async fn serve<S>(
     let mut ffp = FullFeature::new(outcome, handle, target, endpoint, registry.clone(), settings, clock);
     let reason = ffp.run(reader, writer).await;
     info!(peer = %endpoint.peer, tsih = ffp.handle.tsih, ?reason, "connection closed");
-    ffp.teardown().await;
+    let dropped = matches!(&reason, CloseReason::ProtocolError(m) if m.contains("peer closed") || m.contains("failed"));
+    ffp.teardown(dropped).await;
 }
 
 // ---------------------------------------------------------------- login
@@ -108,6 +109,9 @@ impl LoginContext for LoginCtx<'_> {
         self.endpoint.tpgt
     }
 }
+
+/// How long a reinstating login waits for the old session's commands to finish.
+const REINSTATEMENT_WAIT: Duration = Duration::from_secs(20);
 
 type LoginDone = (LoginOutcome, SessionHandle, Option<Arc<TargetEntry>>);
 
@@ -158,9 +162,15 @@ where
             Step::Complete(resp, outcome) => {
                 let (handle, old) = ctx.registered.take().expect("registered on completion");
                 if let Some(old) = old {
-                    // Session reinstatement: the old session's commands finish before we go on.
+                    // Session reinstatement: the old session's commands finish before we go on,
+                    // so that none of them can land after the new session's.
                     info!(tsih = old.tsih, "reinstating session: closing the old one");
-                    let _ = tokio::time::timeout(Duration::from_secs(10), old.closed()).await;
+                    if tokio::time::timeout(REINSTATEMENT_WAIT, old.closed()).await.is_err() {
+                        warn!(tsih = old.tsih, "the old session did not finish: refusing the login");
+                        registry.unregister_session(handle.tsih);
+                        handle.mark_done();
+                        return None;
+                    }
                 }
                 if writer.write(&resp.encode(Digests::default())).await.is_err() {
                     registry.unregister_session(handle.tsih);
@@ -396,7 +406,7 @@ impl FullFeature {
     }
 
     /// Waits for running commands (their responses are dropped), then releases the session.
-    async fn teardown(&mut self) {
+    async fn teardown(&mut self, dropped: bool) {
         let mut running = self.conn.running().len();
         while running > 0 {
             match tokio::time::timeout(Duration::from_secs(30), self.completions_rx.recv()).await {
@@ -409,6 +419,10 @@ impl FullFeature {
                     break;
                 }
             }
+        }
+        if dropped && crate::mutants::active(crate::mutants::Mutant::LostWakeup) {
+            self.handle.lose_wakeup();
+            return;
         }
         self.registry.unregister_session(self.handle.tsih);
         if let (Some(target), Some(nexus)) = (&self.target, &self.nexus) {

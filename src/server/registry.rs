@@ -95,6 +95,12 @@ impl SessionHandle {
     pub fn mark_done(&self) {
         let _ = self.done.send(true);
     }
+
+    /// The planted lost wake-up: whoever waits for this session to close is never woken.
+    pub(crate) fn lose_wakeup(&mut self) {
+        let (never, _) = watch::channel(false);
+        std::mem::forget(std::mem::replace(&mut self.done, never));
+    }
 }
 
 /// Details of a session about to be registered.

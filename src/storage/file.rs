@@ -86,7 +86,9 @@ impl FileStore {
         })
     }
 
-    /// Runs blocking file I/O off the async workers.
+    /// Runs blocking file I/O off the async workers. (The simulation uses its own disk
+    /// behind the BlockStore seam, never this backend.)
+    #[allow(clippy::disallowed_methods)]
     async fn blocking<T: Send + 'static>(
         &self,
         writing: bool,

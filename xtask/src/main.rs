@@ -1,4 +1,6 @@
-//! Project tasks: `cargo xtask test | conformance | fuzz`.
+//! Project tasks: `cargo xtask test | sim | conformance | fuzz | bench`.
+// The simulation never runs this crate: wall clocks and processes are its business.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,6 +12,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test                          unit and integration tests, fuzz corpus replay, clippy
+  sim [--seed N | --seeds A..B] the deterministic simulation (turmoil): initiators, faults and S3
+      [--duration 60s]          against the real engine, checked against a model; one line per seed
+      [--profile smoke|long]    smoke: seeds 0..50 of 30 s; long: seeds 0..1000 of 120 s
+      [--check-determinism]     run every seed twice and compare the trace hashes
+      [--trace]                 print every event
+      [--mutants | --mutant M]  plant each known bug in turn; report the seed that catches it
+      [--release]               build the simulator optimised (faster for long runs)
   conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, s3)
               [--only SUITE..]  run only these suites or tests (ALL.Read10, ALL.Read10.Simple)
               [--update]        rewrite the ratchet with the tests that pass now
@@ -22,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("sim") => sim(&args[1..]),
         Some("conformance") => conformance(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("bench") => bench(&args[1..]),
@@ -331,6 +341,19 @@ fn fuzz(args: &[String]) -> Result<(), String> {
 }
 
 // ---------------------------------------------------------------- bench
+
+/// Runs the simulator with the given arguments (the dev profile unless `--release`: it shares
+/// the build of `cargo xtask test`, and the dependencies are optimised in it anyway).
+fn sim(args: &[String]) -> Result<(), String> {
+    let release = args.iter().any(|a| a == "--release");
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "--package", "rtgt-sim"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.arg("--").args(args.iter().filter(|a| *a != "--release"));
+    run(&mut cmd)
+}
 
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {

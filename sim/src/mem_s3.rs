@@ -1,0 +1,317 @@
+//! An S3 service in memory with seeded faults, served to the target's aws-sdk-s3 client
+//! through s3s-aws's in-process connector, so the real S3 client path runs in the simulation.
+//! Its objects live outside the target host: they survive target crashes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+
+use rtgt::rng::Rng;
+
+/// Fault probabilities per request, and latency.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct S3Faults {
+    /// 500 InternalError before doing anything.
+    pub internal_error: f64,
+    /// 503 SlowDown before doing anything.
+    pub slow_down: f64,
+    /// A request that hangs past the client's attempt timeout (not applied).
+    pub timeout: f64,
+    /// A PUT or DELETE that is applied and then answered 500: indeterminate for the client.
+    pub apply_then_fail: f64,
+    /// Added latency, uniformly up to this much.
+    pub latency_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Object {
+    body: Bytes,
+    metadata: BTreeMap<String, String>,
+    etag: u64,
+}
+
+struct State {
+    buckets: BTreeMap<String, BTreeMap<String, Object>>,
+    faults: S3Faults,
+    rng: Rng,
+    next_etag: u64,
+    requests: u64,
+}
+
+/// The shared store; clone the `Arc` into each incarnation of the target.
+#[derive(Clone)]
+pub struct MemS3 {
+    state: Arc<Mutex<State>>,
+}
+
+enum Fault {
+    None,
+    Error(S3Error),
+    Hang,
+    ApplyThenFail,
+}
+
+fn error(code: S3ErrorCode, status: u16) -> S3Error {
+    let mut e = S3Error::new(code);
+    e.set_status_code(http::StatusCode::from_u16(status).expect("status"));
+    e
+}
+
+impl MemS3 {
+    pub fn new(seed: u64) -> MemS3 {
+        let state = State {
+            buckets: BTreeMap::new(),
+            faults: S3Faults::default(),
+            rng: Rng::seeded(seed),
+            next_etag: 1,
+            requests: 0,
+        };
+        MemS3 { state: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("MemS3 poisoned")
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        self.lock().buckets.entry(name.to_string()).or_default();
+    }
+
+    pub fn set_faults(&self, faults: S3Faults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    /// Every object of a bucket: key and body.
+    pub fn objects(&self, bucket: &str) -> BTreeMap<String, Bytes> {
+        self.lock()
+            .buckets
+            .get(bucket)
+            .map(|b| b.iter().map(|(k, o)| (k.clone(), o.body.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Rolls the faults of one request and sleeps its latency.
+    async fn enter(&self, mutating: bool) -> Fault {
+        let (latency, fault) = {
+            let mut st = self.lock();
+            st.requests += 1;
+            let f = st.faults;
+            let latency = if f.latency_max.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(st.rng.below(f.latency_max.as_micros() as u64 + 1))
+            };
+            let fault = if st.rng.chance(f.internal_error) {
+                Fault::Error(error(S3ErrorCode::InternalError, 500))
+            } else if st.rng.chance(f.slow_down) {
+                Fault::Error(error(S3ErrorCode::SlowDown, 503))
+            } else if st.rng.chance(f.timeout) {
+                Fault::Hang
+            } else if mutating && st.rng.chance(f.apply_then_fail) {
+                Fault::ApplyThenFail
+            } else {
+                Fault::None
+            };
+            (latency, fault)
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Fault::Hang = fault {
+            // Longer than the client's attempt timeout: the client gives up first.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        fault
+    }
+
+    fn bucket<'a>(st: &'a mut State, name: &str) -> S3Result<&'a mut BTreeMap<String, Object>> {
+        st.buckets.get_mut(name).ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchBucket))
+    }
+}
+
+fn after_apply<T>(fault: Fault, ok: T) -> S3Result<T> {
+    match fault {
+        Fault::ApplyThenFail => Err(error(S3ErrorCode::InternalError, 500)),
+        _ => Ok(ok),
+    }
+}
+
+async fn collect(body: Option<StreamingBlob>) -> S3Result<Bytes> {
+    let mut out = Vec::new();
+    if let Some(mut body) = body {
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.map_err(|_| S3Error::new(S3ErrorCode::IncompleteBody))?);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+#[async_trait::async_trait]
+impl S3 for MemS3 {
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        Self::bucket(&mut self.lock(), &req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.create_bucket(&req.input.bucket);
+        Ok(S3Response::new(CreateBucketOutput::default()))
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        if let Fault::Error(e) = self.enter(false).await {
+            return Err(e);
+        }
+        let input = req.input;
+        let mut st = self.lock();
+        let o = Self::bucket(&mut st, &input.bucket)?
+            .get(&input.key)
+            .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
+        let len = o.body.len() as u64;
+        let (body, content_range) = match input.range {
+            None => (o.body.clone(), None),
+            Some(range) => {
+                let r = range.check(len).map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
+                (o.body.slice(r.start as usize..r.end as usize), Some(format!("bytes {}-{}/{len}", r.start, r.end - 1)))
+            }
+        };
+        let output = GetObjectOutput {
+            content_length: Some(body.len() as i64),
+            content_range,
+            metadata: Some(o.metadata.clone().into_iter().collect()),
+            e_tag: Some(ETag::Strong(format!("{:016x}", o.etag))),
+            body: Some(StreamingBlob::from(s3s::Body::from(body))),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        if let Fault::Error(e) = self.enter(false).await {
+            return Err(e);
+        }
+        let input = req.input;
+        let mut st = self.lock();
+        let o = Self::bucket(&mut st, &input.bucket)?
+            .get(&input.key)
+            .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
+        let output = HeadObjectOutput {
+            content_length: Some(o.body.len() as i64),
+            metadata: Some(o.metadata.clone().into_iter().collect()),
+            e_tag: Some(ETag::Strong(format!("{:016x}", o.etag))),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let fault = self.enter(true).await;
+        if let Fault::Error(e) = fault {
+            return Err(e);
+        }
+        let input = req.input;
+        let body = collect(input.body).await?;
+        let mut st = self.lock();
+        let etag = st.next_etag;
+        st.next_etag += 1;
+        let bucket = Self::bucket(&mut st, &input.bucket)?;
+        let current = bucket.get(&input.key).map(|o| o.etag);
+        if input.if_none_match.as_ref().is_some_and(|c| c.is_any()) && current.is_some() {
+            return Err(error(S3ErrorCode::PreconditionFailed, 412));
+        }
+        if let Some(cond) = &input.if_match {
+            let matches = match cond {
+                ETagCondition::Any => current.is_some(),
+                ETagCondition::ETag(e) => current.is_some_and(|c| e.value() == format!("{c:016x}")),
+            };
+            if !matches {
+                return Err(error(S3ErrorCode::PreconditionFailed, 412));
+            }
+        }
+        let metadata = input.metadata.unwrap_or_default().into_iter().collect();
+        bucket.insert(input.key, Object { body, metadata, etag });
+        after_apply(
+            fault,
+            S3Response::new(PutObjectOutput {
+                e_tag: Some(ETag::Strong(format!("{etag:016x}"))),
+                ..Default::default()
+            }),
+        )
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let fault = self.enter(true).await;
+        if let Fault::Error(e) = fault {
+            return Err(e);
+        }
+        let input = req.input;
+        Self::bucket(&mut self.lock(), &input.bucket)?.remove(&input.key);
+        after_apply(fault, S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let fault = self.enter(true).await;
+        if let Fault::Error(e) = fault {
+            return Err(e);
+        }
+        let input = req.input;
+        let mut st = self.lock();
+        let bucket = Self::bucket(&mut st, &input.bucket)?;
+        let mut deleted = Vec::new();
+        for o in input.delete.objects {
+            bucket.remove(&o.key);
+            deleted.push(DeletedObject { key: Some(o.key), ..Default::default() });
+        }
+        after_apply(fault, S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), ..Default::default() }))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        if let Fault::Error(e) = self.enter(false).await {
+            return Err(e);
+        }
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
+        let mut st = self.lock();
+        let bucket = Self::bucket(&mut st, &input.bucket)?;
+        let after = input.continuation_token.clone().unwrap_or_default();
+        let mut contents: Vec<Object_> = bucket
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && **k > after)
+            .take(max + 1)
+            .map(|(k, o)| Object_ { key: Some(k.clone()), size: Some(o.body.len() as i64) })
+            .collect();
+        let truncated = contents.len() > max;
+        contents.truncate(max);
+        let next = if truncated { contents.last().and_then(|o| o.key.clone()) } else { None };
+        let objects: Vec<s3s::dto::Object> =
+            contents.into_iter().map(|o| s3s::dto::Object { key: o.key, size: o.size, ..Default::default() }).collect();
+        let output = ListObjectsV2Output {
+            key_count: Some(objects.len() as i32),
+            max_keys: Some(max as i32),
+            is_truncated: Some(truncated),
+            contents: Some(objects),
+            continuation_token: input.continuation_token,
+            next_continuation_token: next,
+            prefix: input.prefix,
+            name: Some(input.bucket),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+}
+
+/// A listed object before conversion.
+struct Object_ {
+    key: Option<String>,
+    size: Option<i64>,
+}

@@ -1,0 +1,313 @@
+//! The oracle: a per-block model of what a read may return.
+//!
+//! Every write carries a unique id, stamped into each block it writes (with the block's LBA
+//! and a check pattern), so a read tells which write produced each block. A read may return a
+//! write that (a) was issued before the read completed and (b) is not superseded: no other
+//! write to the block was issued after it ended and acknowledged before the read was issued
+//! (and survived every crash in between, i.e. was durable by then). Writes that failed or were
+//! cut off end when their fate is settled (their initiator logs back in and reinstates its
+//! session, or a task management response reports them aborted, or the target crashes).
+//! Durability: a FUA write is durable when acknowledged; other writes when a SYNCHRONIZE
+//! CACHE issued after their acknowledgement returns GOOD.
+
+use std::time::Duration;
+
+pub const BLOCK: usize = 512;
+/// LBA field of WRITE SAME data (the same block everywhere).
+const ANY_LBA: u32 = u32::MAX;
+
+/// Contents of a block written by write `id` at `lba`.
+pub fn encode_block(id: u32, lba: u64, out: &mut [u8]) {
+    let tag = if lba == u64::MAX { ANY_LBA } else { lba as u32 };
+    out[..4].copy_from_slice(&id.to_be_bytes());
+    out[4..8].copy_from_slice(&tag.to_be_bytes());
+    for (i, b) in out[8..BLOCK].iter_mut().enumerate() {
+        *b = (id as u8).wrapping_mul(31).wrapping_add(i as u8) ^ (tag as u8);
+    }
+}
+
+/// What a block holds: `Ok(0)` for zeros, `Ok(id)` for a write, `Err` for garbage.
+pub fn decode_block(lba: u64, block: &[u8]) -> Result<u32, String> {
+    if block.iter().all(|&b| b == 0) {
+        return Ok(0);
+    }
+    let id = u32::from_be_bytes(block[..4].try_into().expect("4"));
+    let tag = u32::from_be_bytes(block[4..8].try_into().expect("4"));
+    if tag != ANY_LBA && tag as u64 != lba {
+        return Err(format!("block {lba} holds data written for block {tag} (write {id})"));
+    }
+    let mut want = vec![0u8; BLOCK];
+    encode_block(id, if tag == ANY_LBA { u64::MAX } else { lba }, &mut want);
+    if block != want.as_slice() {
+        return Err(format!("block {lba} is torn or corrupt (claims write {id})"));
+    }
+    Ok(id)
+}
+
+#[derive(Debug, Clone)]
+struct Write {
+    id: u32,
+    /// 0 for writes of zeros (UNMAP, WRITE SAME of zeros).
+    value: u32,
+    issued: Duration,
+    /// When its effect is settled (acknowledged, failed and settled, or cut by a crash).
+    end: Option<Duration>,
+    acked: Option<Duration>,
+    durable: Option<Duration>,
+    lun: usize,
+    initiator: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Model {
+    writes: Vec<Write>,
+    /// Per LUN, per block: indices into `writes`.
+    history: Vec<Vec<Vec<usize>>>,
+    /// Per LUN: acknowledged writes not yet durable.
+    volatile: Vec<Vec<usize>>,
+    crashes: Vec<Duration>,
+    next_id: u32,
+}
+
+/// A handle on a write in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteId(usize);
+
+impl Model {
+    pub fn new(luns: usize, blocks: u64) -> Model {
+        let mut m = Model {
+            history: vec![vec![Vec::new(); blocks as usize]; luns],
+            volatile: vec![Vec::new(); luns],
+            next_id: 1,
+            ..Model::default()
+        };
+        // The initial zeros: a durable write at time zero.
+        for lun in 0..luns {
+            let w = m.push(lun, usize::MAX, 0, Duration::ZERO, &(0..blocks));
+            let write = &mut m.writes[w.0];
+            write.end = Some(Duration::ZERO);
+            write.acked = Some(Duration::ZERO);
+            write.durable = Some(Duration::ZERO);
+        }
+        m
+    }
+
+    fn push(
+        &mut self,
+        lun: usize,
+        initiator: usize,
+        value: u32,
+        now: Duration,
+        blocks: &std::ops::Range<u64>,
+    ) -> WriteId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let index = self.writes.len();
+        self.writes.push(Write {
+            id,
+            value: if value == u32::MAX { id } else { value },
+            issued: now,
+            end: None,
+            acked: None,
+            durable: None,
+            lun,
+            initiator,
+        });
+        for b in blocks.clone() {
+            self.history[lun][b as usize].push(index);
+        }
+        WriteId(index)
+    }
+
+    /// Registers a write of data (returns the id to stamp into its blocks).
+    pub fn begin_write(
+        &mut self,
+        lun: usize,
+        initiator: usize,
+        blocks: std::ops::Range<u64>,
+        now: Duration,
+    ) -> (WriteId, u32) {
+        let w = self.push(lun, initiator, u32::MAX, now, &blocks);
+        (w, self.writes[w.0].id)
+    }
+
+    /// Registers a write of zeros (UNMAP, WRITE SAME of zeros).
+    pub fn begin_zero(&mut self, lun: usize, initiator: usize, blocks: std::ops::Range<u64>, now: Duration) -> WriteId {
+        self.push(lun, initiator, 0, now, &blocks)
+    }
+
+    /// When the target answered a command issued at `issued` whose response arrived at `now`:
+    /// no later than the first crash after the command was sent (the response was in flight,
+    /// perhaps delayed, while the target died).
+    fn answered(&self, issued: Duration, now: Duration) -> Duration {
+        self.crashes.iter().copied().filter(|&c| c >= issued).fold(now, Duration::min)
+    }
+
+    pub fn acked(&mut self, w: WriteId, now: Duration, fua: bool) {
+        let now = self.answered(self.writes[w.0].issued, now);
+        let write = &mut self.writes[w.0];
+        write.end = Some(now);
+        write.acked = Some(now);
+        if fua {
+            write.durable = Some(now);
+        } else {
+            self.volatile[write.lun].push(w.0);
+        }
+    }
+
+    /// The write failed: its effect is unknown but ended now.
+    pub fn failed(&mut self, w: WriteId, now: Duration) {
+        self.writes[w.0].end = Some(now);
+    }
+
+    /// The write's fate is unknown until [`Model::settle`].
+    pub fn cut_off(&mut self, _w: WriteId) {}
+
+    /// An initiator logged in again (reinstating its session): its cut-off writes are over.
+    pub fn settle(&mut self, initiator: usize, now: Duration) {
+        for w in &mut self.writes {
+            if w.initiator == initiator && w.end.is_none() {
+                w.end = Some(now);
+            }
+        }
+    }
+
+    /// A SYNCHRONIZE CACHE of `lun` issued at `issued` returned GOOD at `now`.
+    pub fn synced(&mut self, lun: usize, issued: Duration, now: Duration) {
+        let now = self.answered(issued, now);
+        let writes = &mut self.writes;
+        self.volatile[lun].retain(|&i| {
+            let w = &mut writes[i];
+            if w.acked.is_some_and(|a| a < issued) {
+                w.durable = Some(now);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The target crashed: writes in flight are over (they may or may not have landed).
+    pub fn crashed(&mut self, now: Duration) {
+        for w in &mut self.writes {
+            if w.end.is_none() && w.issued < now {
+                w.end = Some(now);
+            }
+        }
+        self.crashes.push(now);
+    }
+
+    fn survives(&self, w: &Write, until: Duration) -> bool {
+        let Some(acked) = w.acked else { return false };
+        // A crash at the very instant of the acknowledgement may still lose a volatile write
+        // (the response left the target before it died); a durable one was durable by then.
+        self.crashes.iter().filter(|&&c| c >= acked && c < until).all(|&c| w.durable.is_some_and(|d| d <= c))
+    }
+
+    fn superseded(&self, lun: usize, block: u64, w: &Write, read_issued: Duration) -> bool {
+        let Some(end) = w.end else { return false };
+        self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).any(|other| {
+            other.issued > end && other.acked.is_some_and(|a| a < read_issued) && self.survives(other, read_issued)
+        })
+    }
+
+    /// Checks one block of a read issued at `issued` that completed at `done`.
+    pub fn check_read(
+        &self,
+        lun: usize,
+        block: u64,
+        data: &[u8],
+        issued: Duration,
+        done: Duration,
+    ) -> Result<(), String> {
+        let value = decode_block(block, data)?;
+        let candidates: Vec<&Write> =
+            self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).filter(|w| w.value == value).collect();
+        if candidates.is_empty() {
+            return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
+        }
+        if candidates.iter().any(|w| w.issued < done && !self.superseded(lun, block, w, issued)) {
+            return Ok(());
+        }
+        let latest = self.history[lun][block as usize]
+            .iter()
+            .rev()
+            .map(|&i| &self.writes[i])
+            .find(|w| w.acked.is_some_and(|a| a < issued))
+            .map(|w| w.value);
+        Err(format!(
+            "LUN {lun} block {block}: read at {:?} returned write {value}, superseded (the last acknowledged write \
+             before the read is {latest:?})",
+            issued
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(id: u32, lba: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK];
+        encode_block(id, lba, &mut b);
+        b
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn reads_see_acknowledged_or_concurrent_writes_only() {
+        let mut m = Model::new(1, 4);
+        let (w1, id1) = m.begin_write(0, 0, 0..2, S(1));
+        m.acked(w1, S(2), false);
+        assert!(m.check_read(0, 0, &block(id1, 0), S(3), S(4)).is_ok());
+        assert!(m.check_read(0, 0, &vec![0u8; BLOCK], S(3), S(4)).is_err(), "zeros are superseded");
+        // A write in flight during the read may or may not be seen.
+        let (w2, id2) = m.begin_write(0, 1, 0..1, S(5));
+        assert!(m.check_read(0, 0, &block(id2, 0), S(5), S(6)).is_ok());
+        assert!(m.check_read(0, 0, &block(id1, 0), S(5), S(6)).is_ok());
+        m.acked(w2, S(7), false);
+        assert!(m.check_read(0, 0, &block(id1, 0), S(8), S(9)).is_err());
+        assert!(m.check_read(0, 1, &block(id1, 0), S(8), S(9)).is_err(), "wrong LBA");
+        let mut torn = block(id2, 0);
+        torn[300] ^= 1;
+        assert!(m.check_read(0, 0, &torn, S(8), S(9)).is_err());
+    }
+
+    #[test]
+    fn crashes_lose_only_what_was_not_durable() {
+        let mut m = Model::new(1, 2);
+        let (w1, id1) = m.begin_write(0, 0, 0..2, S(1));
+        m.acked(w1, S(2), false);
+        m.synced(0, S(3), S(4));
+        let (w2, id2) = m.begin_write(0, 0, 0..1, S(5));
+        m.acked(w2, S(6), false);
+        let (w3, id3) = m.begin_write(0, 0, 1..2, S(7));
+        m.acked(w3, S(8), true);
+        m.crashed(S(10));
+        // Block 0: the synced write or the unsynced one; block 1: only the FUA write.
+        assert!(m.check_read(0, 0, &block(id1, 0), S(11), S(12)).is_ok());
+        assert!(m.check_read(0, 0, &block(id2, 0), S(11), S(12)).is_ok());
+        assert!(m.check_read(0, 0, &vec![0u8; BLOCK], S(11), S(12)).is_err());
+        assert!(m.check_read(0, 1, &block(id1, 1), S(11), S(12)).is_err());
+        assert!(m.check_read(0, 1, &block(id3, 1), S(11), S(12)).is_ok());
+    }
+
+    #[test]
+    fn an_acknowledgement_delayed_past_a_crash_was_sent_before_it() {
+        let mut m = Model::new(1, 1);
+        let (w1, id1) = m.begin_write(0, 0, 0..1, S(1));
+        m.acked(w1, S(2), true);
+        let (w2, id2) = m.begin_write(0, 0, 0..1, S(3));
+        m.crashed(S(4));
+        // The response of the volatile write was in flight when the target died.
+        m.acked(w2, S(5), false);
+        assert!(m.check_read(0, 0, &block(id1, 0), S(6), S(7)).is_ok(), "the volatile write may be lost");
+        assert!(m.check_read(0, 0, &block(id2, 0), S(6), S(7)).is_ok());
+        let (w3, id3) = m.begin_write(0, 0, 0..1, S(8));
+        m.crashed(S(9));
+        m.acked(w3, S(10), true);
+        assert!(m.check_read(0, 0, &block(id2, 0), S(11), S(12)).is_err(), "the FUA write was durable");
+        assert!(m.check_read(0, 0, &block(id3, 0), S(11), S(12)).is_ok());
+    }
+}

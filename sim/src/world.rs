@@ -1,0 +1,493 @@
+//! One simulated world per seed: the target host running the real engine over turmoil's
+//! network, initiator hosts running workloads, an in-memory S3, a simulated disk, and a fault
+//! schedule. After the run the oracles are checked.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+use rtgt::clock::{Clock, TokioClock};
+use rtgt::mutants::Mutant;
+use rtgt::rng::Rng;
+use rtgt::s3::aws::AwsStore;
+use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use rtgt::s3::{Resilient, RetryPolicy};
+use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
+use rtgt::server::{Registry, Server, Settings, TargetEntry};
+use rtgt::storage::{BlockStore, BoxFuture};
+
+use crate::disk::{DiskFaults, Media, SimDisk};
+use crate::mem_s3::{MemS3, S3Faults};
+use crate::model::Model;
+use crate::net::TurmoilNet;
+use crate::workload::{self, Shared};
+
+pub const TARGET: &str = "iqn.2026-11.dev.rtgt:sim";
+pub const PORT: u16 = 3260;
+pub const BLOCKS: u64 = 256;
+pub const BLOCK: u64 = 512;
+pub const QUEUE_DEPTH: u32 = 8;
+const CHUNK: u64 = 16 * BLOCK;
+const BUCKET: &str = "sim";
+
+/// Wall time fixed at the simulation's epoch plus simulated time: deterministic timestamps.
+#[derive(Debug, Clone)]
+struct SimTime;
+
+const EPOCH_SECS: u64 = 1_790_000_000;
+
+fn sim_now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(EPOCH_SECS) + turmoil::sim_elapsed().unwrap_or_default()
+}
+
+impl TimeSource for SimTime {
+    fn now(&self) -> SystemTime {
+        sim_now()
+    }
+}
+
+/// tokio's (simulated) clock with a deterministic wall time.
+struct SimClock(TokioClock);
+
+impl Clock for SimClock {
+    fn now(&self) -> Duration {
+        self.0.now()
+    }
+    fn sleep_until(&self, deadline: Duration) -> BoxFuture<'static, ()> {
+        self.0.sleep_until(deadline)
+    }
+    fn wall(&self) -> SystemTime {
+        sim_now()
+    }
+}
+
+/// What outlives a target crash, and the switches the fault schedule turns.
+#[derive(Clone)]
+struct Environment {
+    s3: MemS3,
+    media: Media,
+    disk_faults: Arc<Mutex<(DiskFaults, Rng)>>,
+    shutdown: Arc<AtomicBool>,
+    shut_down: Arc<AtomicBool>,
+    seed: u64,
+}
+
+/// The S3 client of the target: aws-sdk-s3 into the in-memory service, no sockets.
+fn s3_store(env: &Environment) -> AwsStore {
+    let mut b = s3s::service::S3ServiceBuilder::new(env.s3.clone());
+    b.set_auth(s3s::auth::SimpleAuth::from_single("sim", "sim-secret"));
+    // Requests are signed with simulated time; the service checks skew against the real clock.
+    let mut config = s3s::config::S3Config::default();
+    config.presigned_url_max_skew_time_secs = u32::MAX;
+    b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(config))));
+    let service = b.build();
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("sim", "sim-secret", None, None, "sim"))
+        .endpoint_url("http://s3.sim")
+        .force_path_style(true)
+        .time_source(SharedTimeSource::new(SimTime))
+        .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(aws_smithy_async::rt::sleep::TokioSleep::new()))
+        .http_client(s3s_aws::Client::from(service));
+    let config = rtgt::s3::aws::with_policies(config).build();
+    AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), BUCKET)
+}
+
+/// The target's software: built from scratch at every (re)start, as a process would be.
+async fn target(env: Environment) -> turmoil::Result {
+    let clock: Arc<dyn Clock> = Arc::new(SimClock(TokioClock::new()));
+    let registry = Arc::new(Registry::new());
+    registry.set_portal_group(1, vec![format!("0.0.0.0:{PORT}").parse().expect("address")]);
+    let entry = TargetEntry::new(TARGET, None, [1].into_iter().collect());
+
+    let disk: Arc<dyn BlockStore> =
+        Arc::new(SimDisk::new(env.media.clone(), BLOCKS * BLOCK, BLOCK, env.disk_faults.clone()));
+    let lu0 = LogicalUnit::new(disk, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/0")))?;
+    entry.scsi.add_lun(0, Arc::new(lu0))?;
+
+    let store = Arc::new(Resilient::new(s3_store(&env), sim_retry_policy(), env.seed));
+    let opts = VolumeOptions {
+        create: Some(CreateSpec { size: BLOCKS * BLOCK, block_size: BLOCK as u32, chunk_size: CHUNK }),
+        cache_bytes: 32 * 1024,
+        flush_age: Duration::from_secs(2),
+        merge_age: Duration::from_secs(8),
+        log_bytes_max: 64 * 1024,
+        holder: "sim-target".into(),
+        seed: env.seed,
+        ..VolumeOptions::default()
+    };
+    let url = S3Url::parse(&format!("s3://{BUCKET}/lun1")).expect("url");
+    // The object store may be failing when we start: retry as an operator would.
+    let volume = loop {
+        match S3Volume::open(store.clone(), url.clone(), opts.clone(), clock.clone(), Some(store.stats())).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::debug!(error = %e, "volume open failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let lu1 = LogicalUnit::new(volume, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/1")))?;
+    entry.scsi.add_lun(1, Arc::new(lu1))?;
+    registry.add_target(entry)?;
+
+    let mut settings = Settings::default();
+    settings.conn.queue_depth = QUEUE_DEPTH;
+    settings.limits.max_recv_data_segment_len = 1024;
+    settings.limits.max_outstanding_r2t = 2;
+    settings.conn.nop_interval = Duration::from_secs(5);
+    settings.conn.nop_timeout = Duration::from_secs(10);
+    let server = Arc::new(Server::new(TurmoilNet, clock, registry, settings));
+    for portal in server.bind().await? {
+        tokio::spawn(server.clone().accept_loop(portal));
+    }
+    while !env.shutdown.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+    env.shut_down.store(true, Ordering::Relaxed);
+    // Stay up (idle) until the simulation ends.
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+fn sim_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        attempt_timeout: Duration::from_secs(3),
+        budget: Duration::from_secs(6),
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(500),
+        concurrency: 16,
+    }
+}
+
+/// How a run went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub failure: Option<String>,
+    pub last_events: Vec<String>,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    pub commands: u64,
+    pub crashes: u32,
+    pub s3_requests: u64,
+    pub trace_hash: u64,
+    pub trace: Vec<String>,
+}
+
+/// Faults drawn for one seed.
+#[derive(Debug, Clone)]
+struct FaultPlan {
+    mean_gap: Duration,
+    partitions: f64,
+    one_way: f64,
+    holds: f64,
+    crashes: f64,
+    s3_faults: f64,
+    disk_faults: f64,
+    latency: f64,
+}
+
+impl FaultPlan {
+    fn draw(rng: &mut Rng) -> FaultPlan {
+        let mut p = || (rng.below(100) as f64) / 100.0;
+        FaultPlan {
+            mean_gap: Duration::from_millis(1500 + (p() * 4000.0) as u64),
+            partitions: p(),
+            one_way: p(),
+            holds: p(),
+            crashes: 0.2 + p() * 0.8,
+            s3_faults: p(),
+            disk_faults: p(),
+            latency: p(),
+        }
+    }
+}
+
+/// A scheduled undo of a fault.
+enum Repair {
+    Partition(String),
+    OneWay(String, String),
+    Hold(String),
+    Bounce,
+    S3,
+    Disk,
+    Latency,
+}
+
+pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
+    rtgt::mutants::set(mutant);
+    crate::panics::clear();
+    #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
+    let started = Instant::now();
+    let mut rng = Rng::seeded(seed);
+    let plan = FaultPlan::draw(&mut rng);
+    let initiators = 2 + rng.below(2) as usize;
+    let heal_at = duration * 3 / 4;
+    let end_at = duration + Duration::from_secs(40);
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(end_at + Duration::from_secs(120))
+        .min_message_latency(Duration::from_micros(50))
+        .max_message_latency(Duration::from_millis(2))
+        .enable_random_order()
+        .build();
+
+    let env = Environment {
+        s3: MemS3::new(seed ^ 0x5353),
+        media: Media::default(),
+        disk_faults: Arc::new(Mutex::new((DiskFaults::default(), Rng::seeded(seed ^ 0xd15c)))),
+        shutdown: Arc::new(AtomicBool::new(false)),
+        shut_down: Arc::new(AtomicBool::new(false)),
+        seed,
+    };
+    env.s3.create_bucket(BUCKET);
+    let host_env = env.clone();
+    sim.host("target", move || target(host_env.clone()));
+
+    let shared = Rc::new(RefCell::new(Shared::new(Model::new(2, BLOCKS), keep_trace)));
+    let names: Vec<String> = (0..initiators).map(|i| format!("init{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let shared = shared.clone();
+        let ws = workload::Settings {
+            index: i,
+            seed: seed.wrapping_mul(31).wrapping_add(i as u64),
+            workers: 1 + rng.below(3) as usize,
+            until: duration,
+            heal_at,
+        };
+        sim.client(name.as_str(), workload::initiator(ws, shared));
+    }
+
+    let mut failure = None;
+    let mut crashes = 0u32;
+    let mut target_down = false;
+    let mut repairs: Vec<(Duration, Repair)> = Vec::new();
+    let mut next_fault = plan.mean_gap;
+    let mut healed = false;
+    let mut shutdown_asked = false;
+    loop {
+        match sim.step() {
+            Ok(true) => {}
+            Ok(false) => {}
+            Err(e) => {
+                failure = Some(format!("a host failed: {e}"));
+                break;
+            }
+        }
+        let now = sim.elapsed();
+        if let Some(p) = crate::panics::first() {
+            failure = Some(format!("panic: {p}"));
+            break;
+        }
+        if let Some(v) = shared.borrow_mut().violation.take() {
+            failure = Some(v);
+            break;
+        }
+        // Undo faults whose time has come.
+        let mut i = 0;
+        while i < repairs.len() {
+            if repairs[i].0 <= now || (now >= heal_at && !matches!(repairs[i].1, Repair::Bounce)) {
+                let (_, repair) = repairs.remove(i);
+                apply_repair(&mut sim, &env, repair, &mut target_down, &shared, now);
+            } else {
+                i += 1;
+            }
+        }
+        if now >= heal_at && !healed {
+            healed = true;
+            shared.borrow_mut().event(now, "world", "faults healed".into());
+            // A target still down comes back now.
+            if let Some(pos) = repairs.iter().position(|r| matches!(r.1, Repair::Bounce)) {
+                let (_, r) = repairs.remove(pos);
+                apply_repair(&mut sim, &env, r, &mut target_down, &shared, now);
+            }
+        }
+        if now >= next_fault && now < heal_at && !target_down {
+            let gap = plan.mean_gap.as_millis() as u64;
+            next_fault = now + Duration::from_millis(gap / 2 + rng.below(gap + 1));
+            inject(&mut sim, &env, &plan, &mut rng, &names, &mut repairs, &mut target_down, &mut crashes, &shared, now);
+        }
+        if shared.borrow().clients_done == initiators && !shutdown_asked {
+            shutdown_asked = true;
+            env.shutdown.store(true, Ordering::Relaxed);
+        }
+        if shutdown_asked && env.shut_down.load(Ordering::Relaxed) {
+            break;
+        }
+        if now > end_at + Duration::from_secs(60) {
+            failure = Some("liveness: the run did not finish (clients or target shutdown hung)".into());
+            break;
+        }
+    }
+    if failure.is_none() {
+        failure = final_checks(&shared.borrow(), &env, heal_at);
+    }
+    rtgt::mutants::set(None);
+    let sh = shared.borrow();
+    Outcome {
+        failure,
+        last_events: sh.trace.iter().rev().take(25).rev().cloned().collect(),
+        sim_seconds: sim.elapsed().as_secs_f64(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        commands: sh.commands,
+        crashes,
+        s3_requests: env.s3.requests(),
+        trace_hash: sh.hash,
+        trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inject(
+    sim: &mut turmoil::Sim<'_>,
+    env: &Environment,
+    plan: &FaultPlan,
+    rng: &mut Rng,
+    names: &[String],
+    repairs: &mut Vec<(Duration, Repair)>,
+    target_down: &mut bool,
+    crashes: &mut u32,
+    shared: &Rc<RefCell<Shared>>,
+    now: Duration,
+) {
+    let init = names[rng.below(names.len() as u64) as usize].clone();
+    let lasting = |rng: &mut Rng, max_ms: u64| now + Duration::from_millis(200 + rng.below(max_ms));
+    let roll = |rng: &mut Rng, p: f64| rng.chance(p);
+    let log = |what: String| shared.borrow_mut().event(now, "fault", what);
+    if roll(rng, plan.crashes * 0.3) {
+        *crashes += 1;
+        *target_down = true;
+        sim.crash("target");
+        shared.borrow_mut().model.crashed(turmoil::sim_elapsed().unwrap_or(now));
+        log("target crashed".into());
+        repairs.push((lasting(rng, 4000), Repair::Bounce));
+    } else if roll(rng, plan.partitions * 0.5) {
+        sim.partition("target", init.as_str());
+        log(format!("partition target <-> {init}"));
+        repairs.push((lasting(rng, 12_000), Repair::Partition(init)));
+    } else if roll(rng, plan.one_way * 0.5) {
+        let (from, to) =
+            if rng.chance(0.5) { ("target".to_string(), init.clone()) } else { (init.clone(), "target".to_string()) };
+        sim.partition_oneway(from.as_str(), to.as_str());
+        log(format!("partition {from} -> {to}"));
+        repairs.push((lasting(rng, 8000), Repair::OneWay(from, to)));
+    } else if roll(rng, plan.holds * 0.5) {
+        sim.hold("target", init.as_str());
+        log(format!("hold target <-> {init}"));
+        repairs.push((lasting(rng, 3000), Repair::Hold(init)));
+    } else if roll(rng, plan.s3_faults * 0.6) {
+        let f = S3Faults {
+            internal_error: rng.below(20) as f64 / 100.0,
+            slow_down: rng.below(20) as f64 / 100.0,
+            timeout: rng.below(5) as f64 / 100.0,
+            apply_then_fail: rng.below(15) as f64 / 100.0,
+            latency_max: Duration::from_millis(rng.below(200)),
+        };
+        env.s3.set_faults(f);
+        log(format!("S3 faults {f:?}"));
+        repairs.push((lasting(rng, 8000), Repair::S3));
+    } else if roll(rng, plan.disk_faults * 0.5) {
+        let f = DiskFaults { read_error: rng.below(10) as f64 / 100.0, write_error: rng.below(10) as f64 / 100.0 };
+        env.disk_faults.lock().expect("poisoned").0 = f;
+        log(format!("disk faults {f:?}"));
+        repairs.push((lasting(rng, 5000), Repair::Disk));
+    } else if roll(rng, plan.latency) {
+        let l = Duration::from_millis(5 + rng.below(300));
+        sim.set_max_message_latency(l);
+        log(format!("latency up to {l:?}"));
+        repairs.push((lasting(rng, 5000), Repair::Latency));
+    }
+}
+
+fn apply_repair(
+    sim: &mut turmoil::Sim<'_>,
+    env: &Environment,
+    repair: Repair,
+    target_down: &mut bool,
+    shared: &Rc<RefCell<Shared>>,
+    now: Duration,
+) {
+    let what = match repair {
+        Repair::Partition(i) => {
+            sim.repair("target", i.as_str());
+            format!("repair target <-> {i}")
+        }
+        Repair::OneWay(from, to) => {
+            sim.repair_oneway(from.as_str(), to.as_str());
+            format!("repair {from} -> {to}")
+        }
+        Repair::Hold(i) => {
+            sim.release("target", i.as_str());
+            format!("release target <-> {i}")
+        }
+        Repair::Bounce => {
+            *target_down = false;
+            sim.bounce("target");
+            "target restarted".into()
+        }
+        Repair::S3 => {
+            env.s3.set_faults(S3Faults::default());
+            "S3 faults off".into()
+        }
+        Repair::Disk => {
+            env.disk_faults.lock().expect("poisoned").0 = DiskFaults::default();
+            "disk faults off".into()
+        }
+        Repair::Latency => {
+            sim.set_max_message_latency(Duration::from_millis(2));
+            "latency back to normal".into()
+        }
+    };
+    shared.borrow_mut().event(now, "fault", what);
+}
+
+/// Oracles checked once the run is over.
+fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option<String> {
+    for (i, v) in shared.violations.iter().enumerate() {
+        if v.unexpected_responses > 0 || v.responses_after_abort > 0 {
+            return Some(format!("exactly one response: init{i} saw {v:?}"));
+        }
+        if v.stat_sn_errors > 0 || v.max_cmd_sn_decreases > 0 {
+            return Some(format!("StatSN / CmdSN rules: init{i} saw {v:?}"));
+        }
+        if v.widest_window > QUEUE_DEPTH {
+            return Some(format!(
+                "CmdSN window: init{i} was offered {} slots, the queue depth is {QUEUE_DEPTH}",
+                v.widest_window
+            ));
+        }
+    }
+    for (i, ok) in shared.recovered_after_heal.iter().enumerate() {
+        match ok {
+            Some(t) if *t <= heal_at + workload::LIVENESS_BOUND => {}
+            Some(t) => {
+                return Some(format!(
+                    "liveness: init{i} first completed I/O {:?} after the faults healed",
+                    *t - heal_at
+                ));
+            }
+            None => return Some(format!("liveness: init{i} never completed I/O after the faults healed")),
+        }
+    }
+    // Invariant 6 once quiet: no log objects, no all-zero chunk objects.
+    for (key, body) in env.s3.objects(BUCKET) {
+        if key.contains("/log/") {
+            return Some(format!("leak: log object {key} left after a clean shutdown"));
+        }
+        if key.contains("/chunks/") && body.iter().all(|&b| b == 0) {
+            return Some(format!("leak: chunk object {key} holds only zeros"));
+        }
+    }
+    None
+}

@@ -1,0 +1,65 @@
+//! Bugs planted on purpose, for `cargo xtask sim --mutants`: the simulation switches one on
+//! and must catch it. They exist only with the `mutants` feature, which production builds
+//! never enable; without it, [`active`] is a constant `false` and the planted code vanishes.
+
+/// The planted bugs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutant {
+    /// SYNCHRONIZE CACHE answers GOOD without waiting for its flush.
+    SyncBeforeFlush = 1,
+    /// One Data-Out PDU's payload is dropped (the buffer keeps zeros).
+    DropDataOut = 2,
+    /// The last block of an S3 chunk is written into the next chunk.
+    ChunkOffByOne = 3,
+    /// UNMAP leaves the partial chunk at its start with stale data.
+    UnmapPartialStale = 4,
+    /// The CmdSN window is one larger than the queue depth.
+    WindowOffByOne = 5,
+    /// A connection that drops never releases its session nor wakes whoever waits for it to
+    /// close (a lost wake-up): reinstating logins wait for it in vain.
+    LostWakeup = 6,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 6] = [
+        Mutant::SyncBeforeFlush,
+        Mutant::DropDataOut,
+        Mutant::ChunkOffByOne,
+        Mutant::UnmapPartialStale,
+        Mutant::WindowOffByOne,
+        Mutant::LostWakeup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::SyncBeforeFlush => "sync-before-flush",
+            Mutant::DropDataOut => "drop-data-out",
+            Mutant::ChunkOffByOne => "chunk-off-by-one",
+            Mutant::UnmapPartialStale => "unmap-partial-stale",
+            Mutant::WindowOffByOne => "window-off-by-one",
+            Mutant::LostWakeup => "lost-wakeup",
+        }
+    }
+}
+
+#[cfg(feature = "mutants")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Switches a mutant on (or all off with `None`).
+#[cfg(feature = "mutants")]
+pub fn set(m: Option<Mutant>) {
+    ACTIVE.store(m.map_or(0, |m| m as u8), std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(feature = "mutants")]
+#[inline]
+pub fn active(m: Mutant) -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+}
+
+#[cfg(not(feature = "mutants"))]
+#[inline(always)]
+pub const fn active(_: Mutant) -> bool {
+    false
+}
