@@ -192,3 +192,328 @@ pub fn s3_table(results: &[S3Result]) -> String {
     }
     t
 }
+
+// ---------------------------------------------------------------- load generator
+
+/// The access pattern of `rtgt bench-load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    Randread,
+    Randwrite,
+    Seqread,
+    Seqwrite,
+    /// Sequential writes over the whole LU, once (to prefill it before reads are measured).
+    Fill,
+}
+
+impl Pattern {
+    fn writes(self) -> bool {
+        matches!(self, Pattern::Randwrite | Pattern::Seqwrite | Pattern::Fill)
+    }
+    fn random(self) -> bool {
+        matches!(self, Pattern::Randread | Pattern::Randwrite)
+    }
+}
+
+/// `rtgt bench-load`: a fixed-duration load against one LU through the library's initiator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Target portal (host:port).
+    #[arg(long)]
+    pub portal: String,
+    /// Target name (IQN).
+    #[arg(long)]
+    pub target: String,
+    #[arg(long, default_value_t = 1)]
+    pub lun: u16,
+    #[arg(long, value_enum)]
+    pub pattern: Pattern,
+    /// Bytes per command (a multiple of the LU's block size).
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Commands in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub queue_depth: u32,
+    /// Sessions (one connection each), each with its own queue.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u32,
+    /// How long to issue commands (for `fill`: an upper bound).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Client threads (1: a single-threaded runtime, like iscsi-perf).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Seed of the random offsets.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the result here as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// What a load run measured. MB are 10^6 bytes; latencies are from submitting a command to
+/// its response, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    pub pattern: Pattern,
+    pub block_size: u32,
+    pub queue_depth: u32,
+    pub connections: u32,
+    pub seconds: f64,
+    pub ios: u64,
+    pub bytes: u64,
+    pub iops: f64,
+    pub mb_per_s: f64,
+    pub lat_mean_us: f64,
+    pub lat_p50_us: f64,
+    pub lat_p99_us: f64,
+    pub lat_max_us: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// The value at percentile `p` (0..=100) of sorted samples, by nearest rank; 0 when empty.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Aggregates per-command latencies (nanoseconds, in any order) into a result.
+pub fn summarize(args: &LoadArgs, mut latencies_ns: Vec<u64>, seconds: f64, errors: u64) -> LoadResult {
+    latencies_ns.sort_unstable();
+    let ios = latencies_ns.len() as u64;
+    let bytes = ios * args.block_size as u64;
+    let seconds = seconds.max(1e-9);
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let mean = if ios == 0 { 0.0 } else { latencies_ns.iter().map(|&n| n as f64).sum::<f64>() / ios as f64 / 1000.0 };
+    LoadResult {
+        pattern: args.pattern,
+        block_size: args.block_size,
+        queue_depth: args.queue_depth,
+        connections: args.connections,
+        seconds,
+        ios,
+        bytes,
+        iops: ios as f64 / seconds,
+        mb_per_s: bytes as f64 / seconds / 1e6,
+        lat_mean_us: mean,
+        lat_p50_us: us(percentile(&latencies_ns, 50.0)),
+        lat_p99_us: us(percentile(&latencies_ns, 99.0)),
+        lat_max_us: us(latencies_ns.last().copied().unwrap_or(0)),
+        errors,
+        first_error: None,
+    }
+}
+
+/// What one worker (one command slot) saw.
+struct WorkerOutcome {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn login(args: &LoadArgs, index: u32) -> Result<crate::initiator::Session, String> {
+    use crate::initiator::{InitiatorConfig, Session};
+    let connect = tokio::net::TcpStream::connect(&args.portal);
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| format!("connecting to {}: timed out", args.portal))?
+        .map_err(|e| format!("connecting to {}: {e}", args.portal))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let config = InitiatorConfig {
+        initiator_name: "iqn.2026-11.dev.rtgt:bench-load".into(),
+        isid: 0x80_0000_0000 | ((std::process::id() as u64 & 0xffff) << 8) | (index as u64 & 0xff),
+        ..InitiatorConfig::default()
+    };
+    Session::login(stream, &config, Some(&args.target)).await.map_err(|e| format!("login to {}: {e}", args.target))
+}
+
+/// Runs the load described by `args` and measures it.
+pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use crate::initiator::rw16;
+
+    if args.block_size == 0 || args.queue_depth == 0 || args.connections == 0 {
+        return Err("--block-size, --queue-depth and --connections must be positive".into());
+    }
+    let mut sessions = Vec::new();
+    for i in 0..args.connections {
+        sessions.push(login(args, i).await?);
+    }
+    let first = &sessions[0];
+    first.clear_unit_attentions(args.lun).await.map_err(|e| format!("TEST UNIT READY: {e}"))?;
+    let (blocks, lba_size) = first.capacity(args.lun).await.map_err(|e| format!("READ CAPACITY: {e}"))?;
+    if lba_size == 0 || !args.block_size.is_multiple_of(lba_size) {
+        return Err(format!("--block-size {} is not a multiple of the LU's {lba_size}-byte blocks", args.block_size));
+    }
+    let per_io = (args.block_size / lba_size) as u64;
+    let slots = blocks / per_io;
+    if slots == 0 {
+        return Err(format!("the LU ({blocks} blocks) is smaller than one command"));
+    }
+    let data = if args.pattern.writes() {
+        Bytes::from((0..args.block_size).map(|i| (i % 251) as u8 ^ 0x5a).collect::<Vec<u8>>())
+    } else {
+        Bytes::new()
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds.max(0.0));
+    let mut workers = Vec::new();
+    for (c, session) in sessions.iter().enumerate() {
+        for q in 0..args.queue_depth {
+            let session = session.clone();
+            let next = next.clone();
+            let data = data.clone();
+            let (pattern, lun, read_len) = (args.pattern, args.lun, args.block_size);
+            let mut rng = Rng::seeded(args.seed ^ ((c as u64) << 32) ^ q as u64);
+            workers.push(tokio::spawn(async move {
+                let mut out = WorkerOutcome { latencies_ns: Vec::new(), errors: 0, first_error: None };
+                while Instant::now() < deadline {
+                    let slot = if pattern.random() {
+                        rng.below(slots)
+                    } else {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if pattern == Pattern::Fill && n >= slots {
+                            break;
+                        }
+                        n % slots
+                    };
+                    let lba = slot * per_io;
+                    let t0 = Instant::now();
+                    let result = if pattern.writes() {
+                        session.command(lun, &rw16(0x8a, lba, per_io as u32, 0), data.clone(), 0).await
+                    } else {
+                        session.command(lun, &rw16(0x88, lba, per_io as u32, 0), Bytes::new(), read_len).await
+                    };
+                    let elapsed = t0.elapsed().as_nanos() as u64;
+                    match result.and_then(|r| r.ok()) {
+                        Ok(r) if !pattern.writes() && r.data.len() != read_len as usize => {
+                            out.errors += 1;
+                            out.first_error.get_or_insert_with(|| {
+                                format!("READ at LBA {lba}: {} bytes instead of {read_len}", r.data.len())
+                            });
+                        }
+                        Ok(_) => out.latencies_ns.push(elapsed),
+                        Err(e) => {
+                            out.errors += 1;
+                            out.first_error.get_or_insert_with(|| format!("LBA {lba}: {e}"));
+                            if session.is_closed() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                out
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for w in workers {
+        let out = w.await.map_err(|e| format!("worker: {e}"))?;
+        latencies.extend(out.latencies_ns);
+        errors += out.errors;
+        if first_error.is_none() {
+            first_error = out.first_error;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for s in &sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
+    }
+    let mut result = summarize(args, latencies, seconds, errors);
+    result.first_error = first_error;
+    Ok(result)
+}
+
+/// `rtgt bench-load`: runs the load, prints a line and writes the JSON; fails if any command
+/// failed.
+pub fn run_load(args: LoadArgs) -> Result<(), String> {
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    }
+    .map_err(|e| e.to_string())?;
+    let result = runtime.block_on(load(&args))?;
+    println!(
+        "{:?} {} B QD{} x{}: {:.0} IOPS, {:.1} MB/s, latency p50 {:.0} us p99 {:.0} us max {:.0} us, {} errors",
+        result.pattern,
+        result.block_size,
+        result.queue_depth,
+        result.connections,
+        result.iops,
+        result.mb_per_s,
+        result.lat_p50_us,
+        result.lat_p99_us,
+        result.lat_max_us,
+        result.errors
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    match result.first_error {
+        Some(e) => Err(format!("{} commands failed; the first: {e}", result.errors)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+
+    fn args() -> LoadArgs {
+        LoadArgs {
+            portal: String::new(),
+            target: String::new(),
+            lun: 1,
+            pattern: Pattern::Randread,
+            block_size: 4096,
+            queue_depth: 1,
+            connections: 1,
+            seconds: 1.0,
+            threads: 1,
+            seed: 1,
+            json: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&v, 0.0), 1);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&[], 50.0), 0);
+        // 1000 samples: p99 is the 990th.
+        let v: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 99.0), 990);
+    }
+
+    #[test]
+    fn summary_of_unsorted_latencies() {
+        let r = summarize(&args(), vec![4000, 1000, 3000, 2000], 2.0, 1);
+        assert_eq!(r.ios, 4);
+        assert_eq!(r.bytes, 4 * 4096);
+        assert_eq!(r.iops, 2.0);
+        assert!((r.mb_per_s - 4.0 * 4096.0 / 2.0 / 1e6).abs() < 1e-12);
+        assert_eq!(r.lat_p50_us, 2.0);
+        assert_eq!(r.lat_p99_us, 4.0);
+        assert_eq!(r.lat_max_us, 4.0);
+        assert_eq!(r.lat_mean_us, 2.5);
+        assert_eq!(r.errors, 1);
+        let empty = summarize(&args(), Vec::new(), 0.0, 0);
+        assert_eq!((empty.iops, empty.lat_p99_us, empty.lat_mean_us), (0.0, 0.0, 0.0));
+    }
+}

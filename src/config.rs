@@ -14,7 +14,8 @@ use crate::iscsi::params::{SEGMENT_LEN_MAX, SEGMENT_LEN_MIN, TargetLimits};
 use crate::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use crate::server::{Registry, Settings, TargetEntry};
 use crate::storage::file::FileOptions;
-use crate::storage::{BlockStore, FileStore, MemoryStore, NullStore};
+use crate::storage::uring::UringOptions;
+use crate::storage::{BlockStore, FileStore, MemoryStore, NullStore, UringStore};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,43 @@ pub struct Config {
     /// `endpoint = "embedded"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded_s3: Option<EmbeddedS3Config>,
+    /// The management API.
+    #[serde(default, skip_serializing_if = "ApiConfig::is_default")]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the management HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on; "off" disables the API.
+    pub listen: String,
+    /// Bearer token required on every request (also `$RTGT_API_TOKEN`); mandatory when the
+    /// API listens on anything but loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The default address of the management API.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:3261";
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: DEFAULT_API_LISTEN.into(), token: None }
+    }
+}
+
+impl ApiConfig {
+    fn is_default(&self) -> bool {
+        *self == ApiConfig::default()
+    }
+
+    /// The address to listen on, or None when the API is off.
+    pub fn address(&self) -> Option<Result<SocketAddr, String>> {
+        (self.listen != "off").then(|| {
+            self.listen.parse().map_err(|_| format!("api.listen: {:?} is not an address like 127.0.0.1:3261", self.listen))
+        })
+    }
 }
 
 /// `[embedded_s3]`.
@@ -123,17 +161,17 @@ pub struct TargetConfig {
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub lun: u16,
-    /// memory, file or null.
+    /// memory, file, uring, null or s3.
     pub backend: String,
     /// Capacity: bytes, or a string such as "10GiB".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    /// file: the file or block device.
+    /// file, uring: the file or block device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// file: create the file if it does not exist.
+    /// file, uring: create the file if it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<bool>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -343,7 +381,7 @@ pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
     Err("an iSCSI name starts with iqn., eui. or naa.".into())
 }
 
-pub const BACKENDS: &[&str] = &["memory", "file", "null", "s3"];
+pub const BACKENDS: &[&str] = &["memory", "file", "uring", "null", "s3"];
 
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -385,6 +423,7 @@ impl Config {
                 }],
             }],
             embedded_s3: Some(EmbeddedS3Config { listen: default_embedded_listen(), root: default_embedded_root() }),
+            api: ApiConfig::default(),
         }
     }
 
@@ -471,6 +510,9 @@ impl Config {
             problems.push("portal_group: at least one portal group is needed to reach the targets".into());
         }
 
+        if let Some(Err(e)) = self.api.address() {
+            problems.push(e);
+        }
         if let Some(e) = &self.embedded_s3
             && e.listen.parse::<SocketAddr>().is_err()
         {
@@ -546,9 +588,9 @@ impl Config {
                     problems.push(format!("path: not used by backend {:?}", l.backend));
                 }
             }
-            "file" => {
+            "file" | "uring" => {
                 if l.path.is_none() {
-                    problems.push("path: required for backend \"file\"".into());
+                    problems.push(format!("path: required for backend {:?}", l.backend));
                 }
             }
             "s3" => problems.extend(self.validate_s3_lun(l)),
@@ -627,6 +669,11 @@ impl Config {
             "file" => {
                 let path = self.lun_path(l).ok_or("path is required")?;
                 Arc::new(FileStore::open(&path, &FileOptions { size, create: l.create.unwrap_or(false) })?)
+            }
+            "uring" => {
+                let path = self.lun_path(l).ok_or("path is required")?;
+                let file = FileOptions { size, create: l.create.unwrap_or(false) };
+                UringStore::open_or_fallback(&path, &UringOptions::new(file))?
             }
             "s3" => self.open_s3(l, ctx).await?,
             other => return Err(format!("unknown backend {other:?}")),

@@ -1,6 +1,7 @@
 //! rtgt: an iSCSI target. See ARCHITECTURE.md for the map of the crate.
 
 #[doc(hidden)]
+pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;

@@ -1,4 +1,7 @@
-//! The `rtgt` command: `rtgt serve` runs the target.
+//! The `rtgt` command: `rtgt serve` runs the target; `target`, `lun`, `portal`, `tpgt`,
+//! `session` and `reload` manage a running one through its HTTP API.
+
+mod manage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +14,7 @@ use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume};
+use rtgt::api::Manager;
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 
 #[derive(Parser)]
@@ -37,6 +41,46 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Targets of the running target (through its API).
+    Target {
+        #[command(subcommand)]
+        command: manage::TargetCommand,
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
+    /// LUNs of the running target (through its API).
+    Lun {
+        #[command(subcommand)]
+        command: manage::LunCommand,
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
+    /// Portals (listening addresses) of the portal groups (through the API).
+    Portal {
+        #[command(subcommand)]
+        command: manage::PortalCommand,
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
+    /// Portal groups and the targets bound to them (through the API).
+    Tpgt {
+        #[command(subcommand)]
+        command: manage::TpgtCommand,
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
+    /// Sessions logged in to the running target (through the API).
+    Session {
+        #[command(subcommand)]
+        command: manage::SessionCommand,
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
+    /// Make the running target re-read its configuration file (like SIGHUP).
+    Reload {
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
     /// Check a configuration file and print it as rtgt understands it.
     CheckConfig { config: PathBuf },
     /// S3 volumes: create one, or show one.
@@ -54,6 +98,9 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Drive a fixed-duration load against an iSCSI LU (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchLoad(rtgt::bench::LoadArgs),
     /// Run only the embedded S3 server (s3s-fs over a directory).
     S3Server {
         /// Address to listen on.
@@ -132,6 +179,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Target { command, api } => return manage::target(&api, command),
+        Command::Lun { command, api } => return manage::lun(&api, command),
+        Command::Portal { command, api } => return manage::portal(&api, command),
+        Command::Tpgt { command, api } => return manage::tpgt(&api, command),
+        Command::Session { command, api } => return manage::session(&api, command),
+        Command::Reload { api } => return manage::reload(&api),
         Command::Serve { config, data_dir, listen, force } => serve(config, data_dir, listen, force),
         Command::CheckConfig { config } => {
             Config::load(&config).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string())
@@ -139,6 +192,7 @@ fn main() -> ExitCode {
         Command::Volume { command } => block_on(volume(command)),
         Command::S3Server { listen, root } => block_on(s3_server(listen, root)),
         Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
+        Command::BenchLoad(args) => rtgt::bench::run_load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,9 +209,13 @@ fn serve(
     listen: Option<String>,
     force: bool,
 ) -> Result<(), String> {
-    let mut config = match &config {
+    // Without --config: what the API saved in the data directory, else the embedded default.
+    let dir = data_dir.clone().unwrap_or_else(default_data_dir);
+    let saved = dir.join(SAVED_CONFIG);
+    let path = config.or_else(|| saved.exists().then(|| saved.clone()));
+    let mut config = match &path {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::embedded_default(&data_dir.clone().unwrap_or_else(default_data_dir)),
+        None => Config::embedded_default(&dir),
     };
     if let Some(dir) = data_dir {
         config.server.data_dir = Some(dir);
@@ -173,15 +231,19 @@ fn serve(
         }
         config.validate().map_err(|e| e.to_string())?;
     }
-    block_on(run(config))
+    // Changes made through the API go to the file we read, or to the data directory.
+    block_on(run(config, path.unwrap_or(saved)))
 }
+
+/// Where `rtgt serve` without --config keeps what the API changed.
+const SAVED_CONFIG: &str = "rtgt.toml";
 
 fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(f)
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let mut _embedded = None;
     let mut ctx = BuildContext::new(None);
     if let (Some(e), Some(root)) = (&config.embedded_s3, config.embedded_root()) {
@@ -195,18 +257,41 @@ async fn run(config: Config) -> Result<(), String> {
         _embedded = Some(server);
     }
     let registry = Arc::new(Registry::new());
-    config.populate(&registry, &ctx).await.map_err(|e| e.to_string())?;
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry.clone(), config.settings()));
-    let portals = server.bind().await.map_err(|e| e.to_string())?;
+    // Bind the API first: a port in use is found before any volume is opened.
+    let token = config.api.token.clone().or_else(|| std::env::var("RTGT_API_TOKEN").ok().filter(|t| !t.is_empty()));
+    let api_listener = match config.api.address() {
+        Some(addr) => Some(rtgt::api::bind(addr?, token.as_deref()).await?),
+        None => None,
+    };
+    let manager = Manager::start(config.clone(), server.clone(), ctx, Some(path.clone())).await?;
     print_banner(&config, &registry);
-    let accepting: Vec<_> = portals.into_iter().map(|p| tokio::spawn(server.clone().accept_loop(p))).collect();
-    wait_for_signal().await;
-    for a in &accepting {
-        a.abort();
+    if let Some(listener) = api_listener {
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        eprintln!("rtgt: management API at http://{addr} (changes are saved to {})", path.display());
+        tokio::spawn(rtgt::api::serve(listener, manager.clone(), token));
     }
+    wait_for_signals(&manager).await;
+    // Stop new logins, ask initiators to log out, wait, then flush every LUN.
+    manager.stop_listening().await;
     server.shutdown(Duration::from_secs(10)).await;
     eprintln!("rtgt: stopped");
     Ok(())
+}
+
+/// Serves SIGHUP (reload) until SIGINT or SIGTERM.
+async fn wait_for_signals(manager: &Manager) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = wait_for_signal() => return,
+            _ = hup.recv() => match manager.reload().await {
+                Ok(()) => eprintln!("rtgt: configuration reloaded"),
+                Err(e) => eprintln!("rtgt: reload: {e}"),
+            },
+        }
+    }
 }
 
 fn print_banner(config: &Config, registry: &Registry) {

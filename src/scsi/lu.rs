@@ -89,6 +89,7 @@ pub struct LogicalUnit {
     /// Writes hold it shared; COMPARE AND WRITE and ORWRITE hold it exclusively, which makes
     /// them atomic against concurrent writes to the same blocks.
     pub(super) atomic: tokio::sync::RwLock<()>,
+    pub metrics: super::metrics::LuMetrics,
 }
 
 /// What a handler returns: data-in, or a sense condition.
@@ -130,6 +131,7 @@ impl LogicalUnit {
                 prevent: BTreeSet::new(),
             }),
             atomic: tokio::sync::RwLock::new(()),
+            metrics: super::metrics::LuMetrics::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 
 mod cdb;
 mod lu;
+pub mod metrics;
 mod mode;
 mod ops;
 mod sbc;

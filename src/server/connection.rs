@@ -371,9 +371,13 @@ impl FullFeature {
         };
         self.handle.stats.bytes_written.fetch_add(exec.data_out.len() as u64, Ordering::Relaxed);
         let scsi = target.scsi.clone();
+        let lu = crate::scsi::decode_lun(exec.lun).and_then(|n| scsi.lun(n));
         let request = Request { nexus: nexus.clone(), lun: exec.lun, cdb: exec.cdb, data_out: exec.data_out };
         let done = self.completions_tx.clone();
+        let clock = self.clock.clone();
         tokio::spawn(async move {
+            let started = clock.now();
+            let in_flight = lu.as_ref().map(|lu| lu.metrics.start());
             // A bug in a command handler must not leave the command unanswered forever.
             let response = match CatchUnwind(Box::pin(async { scsi.execute(&request).await })).await {
                 Ok(response) => response,
@@ -382,6 +386,13 @@ impl FullFeature {
                     Response::check(&Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE), false)
                 }
             };
+            if let Some(lu) = &lu {
+                let opcode = request.cdb.first().copied().unwrap_or(0);
+                let latency = clock.now().saturating_sub(started);
+                let (data_in, data_out) = (response.data.len() as u64, request.data_out.len() as u64);
+                lu.metrics.record(opcode, response.status == 0, data_in, data_out, latency);
+            }
+            drop(in_flight);
             let _ = done.send((exec.itt, response));
         });
     }

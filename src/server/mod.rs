@@ -69,18 +69,21 @@ impl<N: Net> Server<N> {
         for (tpgt, addrs) in self.registry.portal_groups() {
             let mut bound = Vec::new();
             for addr in addrs {
-                let listener = self
-                    .net
-                    .bind(addr)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-                let addr = listener.local_addr()?;
-                bound.push(addr);
-                portals.push(Portal { tpgt, addr, listener });
+                let portal = self.listen(tpgt, addr).await?;
+                bound.push(portal.addr);
+                portals.push(portal);
             }
             self.registry.set_portal_group(tpgt, bound);
         }
         Ok(portals)
+    }
+
+    /// Binds one portal (it serves once handed to [`Server::accept_loop`]).
+    pub async fn listen(&self, tpgt: u16, addr: SocketAddr) -> io::Result<Portal<N::Listener>> {
+        let listener =
+            self.net.bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener.local_addr()?;
+        Ok(Portal { tpgt, addr, listener })
     }
 
     /// Accepts connections on a portal until the task is dropped.

@@ -5,6 +5,7 @@
 pub mod file;
 pub mod memory;
 pub mod null;
+pub mod uring;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use thiserror::Error;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use null::NullStore;
+pub use uring::UringStore;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

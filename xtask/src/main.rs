@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod bench;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
@@ -19,10 +21,17 @@ commands:
       [--trace]                 print every event
       [--mutants | --mutant M]  plant each known bug in turn; report the seed that catches it
       [--release]               build the simulator optimised (faster for long runs)
-  conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, s3)
+  conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, uring, s3)
               [--only SUITE..]  run only these suites or tests (ALL.Read10, ALL.Read10.Simple)
               [--update]        rewrite the ratchet with the tests that pass now
   fuzz [--time SECONDS]         run every cargo-fuzz target for SECONDS each (default 60)
+  bench [targets] [--quick]     rtgt against tgtd (Debian's tgt) on memory and file LUs, with the
+        [--seconds N]           own load generator and iscsi-perf; medians of alternating runs
+        [--runs N]              (default 3 of 10 s; --quick: 1 of 3 s); table on stdout, JSON and
+        [--backing B]           SVG in target/bench/targets.*; B: memory or file
+        [--client C]            C: own or iscsi-perf
+        [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
+        [--threads N]           threads of the own load generator (default 1)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
                                 server, compared with the naive design (release build)
 ";
@@ -114,9 +123,13 @@ fn lun_config(backend: &str, dir: &Path) -> Result<String, String> {
             "backend = \"file\"\npath = \"{}\"\nsize = \"256MiB\"\ncreate = true",
             dir.join("lun1.img").display()
         ),
+        "uring" => format!(
+            "backend = \"uring\"\npath = \"{}\"\nsize = \"256MiB\"\ncreate = true",
+            dir.join("lun1.img").display()
+        ),
         "s3" => "backend = \"s3\"\nurl = \"s3://conformance/lun1\"\nendpoint = \"embedded\"\nsize = \"256MiB\"\ncreate = true"
             .to_string(),
-        other => return Err(format!("unknown backend {other} (memory, file, s3)")),
+        other => return Err(format!("unknown backend {other} (memory, file, uring, s3)")),
     })
 }
 
@@ -358,6 +371,9 @@ fn sim(args: &[String]) -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("s3") => bench_s3(&args[1..]),
+        Some("targets") => bench::targets(&args[1..]),
+        None => bench::targets(&[]),
+        Some(a) if a.starts_with("--") => bench::targets(args),
         _ => Err(format!("which benchmark?\n{USAGE}")),
     }
 }

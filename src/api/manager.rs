@@ -1,0 +1,405 @@
+//! The running configuration: one `Config` that is always what the target serves. Every change
+//! (an API call, a reload) is a new `Config`, validated, reconciled into the registry and the
+//! listening portals, then written atomically to the configuration file. One mechanism serves
+//! the API, `SIGHUP` and `rtgt reload`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{BuildContext, Config, LunConfig, TargetConfig};
+use crate::iscsi::params::SessionKind;
+use crate::server::{Control, Registry, Server, TargetEntry, TokioNet};
+
+/// Why a change was refused; the API maps each kind to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeError {
+    /// The request or the configuration it leads to is invalid (400).
+    Invalid(String),
+    /// What the request names does not exist (404).
+    NotFound(String),
+    /// The change conflicts with the current state (409).
+    Conflict(String),
+    /// The change was valid but could not be carried out (500): a backend failed to open, a
+    /// portal failed to bind, the configuration file could not be written.
+    Failed(String),
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeError::Invalid(m) | ChangeError::NotFound(m) | ChangeError::Conflict(m) | ChangeError::Failed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+struct Inner {
+    /// What is being served (always valid).
+    config: Config,
+    /// Accept loops by configured portal address string.
+    listeners: BTreeMap<(u16, String), JoinHandle<()>>,
+}
+
+/// Owns the running configuration and applies changes to it.
+pub struct Manager {
+    inner: tokio::sync::Mutex<Inner>,
+    pub registry: Arc<Registry>,
+    pub server: Arc<Server<TokioNet>>,
+    ctx: BuildContext,
+    /// Where changes are persisted (None: not persisted).
+    path: Option<PathBuf>,
+}
+
+/// How long a forced target delete waits for its sessions to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+impl Manager {
+    /// Starts serving `config`: builds its targets and LUNs and binds its portals.
+    pub async fn start(
+        config: Config,
+        server: Arc<Server<TokioNet>>,
+        ctx: BuildContext,
+        path: Option<PathBuf>,
+    ) -> Result<Arc<Manager>, String> {
+        let registry = server.registry.clone();
+        let manager = Arc::new(Manager {
+            inner: tokio::sync::Mutex::new(Inner { config: Config { server: config.server.clone(), ..Config::default() }, listeners: BTreeMap::new() }),
+            registry,
+            server,
+            ctx,
+            path,
+        });
+        {
+            let mut inner = manager.inner.lock().await;
+            inner.config.embedded_s3 = config.embedded_s3.clone();
+            inner.config.api = config.api.clone();
+            let problems = manager.reconcile(&mut inner, &config).await;
+            if !problems.is_empty() {
+                for (_, h) in std::mem::take(&mut inner.listeners) {
+                    h.abort();
+                }
+                return Err(format!("cannot start:\n  - {}", problems.join("\n  - ")));
+            }
+        }
+        Ok(manager)
+    }
+
+    /// Stops accepting connections on every portal (shutdown).
+    pub async fn stop_listening(&self) {
+        for (_, h) in std::mem::take(&mut self.inner.lock().await.listeners) {
+            h.abort();
+        }
+    }
+
+    /// The configuration being served.
+    pub async fn config(&self) -> Config {
+        self.inner.lock().await.config.clone()
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Applies `edit` to a copy of the running configuration, validates the result, reconciles
+    /// and persists it. Nothing changes when `edit` or validation fails.
+    pub async fn change(&self, edit: impl FnOnce(&mut Config) -> Result<(), ChangeError>) -> Result<(), ChangeError> {
+        let mut inner = self.inner.lock().await;
+        let mut want = inner.config.clone();
+        edit(&mut want)?;
+        want.validate().map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
+        let problems = self.reconcile(&mut inner, &want).await;
+        let saved = self.persist(&inner.config);
+        if !problems.is_empty() {
+            return Err(ChangeError::Failed(problems.join("; ")));
+        }
+        saved.map_err(ChangeError::Failed)
+    }
+
+    /// Re-reads the configuration file and applies what changed (SIGHUP, `rtgt reload`).
+    pub async fn reload(&self) -> Result<(), ChangeError> {
+        let Some(path) = &self.path else {
+            return Err(ChangeError::Conflict("the target runs without a configuration file".into()));
+        };
+        let want = Config::load(path).map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
+        let mut inner = self.inner.lock().await;
+        let problems = self.reconcile(&mut inner, &want).await;
+        if problems.is_empty() {
+            info!(path = %path.display(), "configuration reloaded");
+            Ok(())
+        } else {
+            Err(ChangeError::Failed(problems.join("; ")))
+        }
+    }
+
+    /// Writes the configuration atomically: a temporary file, fsync, rename, fsync of the
+    /// directory.
+    fn persist(&self, config: &Config) -> Result<(), String> {
+        let Some(path) = &self.path else { return Ok(()) };
+        write_atomically(path, config.to_toml().as_bytes()).map_err(|e| format!("cannot save {}: {e}", path.display()))
+    }
+
+    /// Brings the registry and the portals from `inner.config` to `want`, step by step;
+    /// `inner.config` follows every step that succeeded. Returns the steps that failed.
+    async fn reconcile(&self, inner: &mut Inner, want: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        if inner.config.server != want.server {
+            warn!("[server] settings changed: they take effect at the next restart");
+        }
+        self.reconcile_portal_groups(inner, want, &mut problems).await;
+        // Targets that went away.
+        let gone: Vec<String> = inner
+            .config
+            .targets
+            .iter()
+            .filter(|t| !want.targets.iter().any(|w| w.name == t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        for name in gone {
+            self.remove_target(&name).await;
+            inner.config.targets.retain(|t| t.name != name);
+        }
+        for t in &want.targets {
+            match inner.config.targets.iter().position(|c| c.name == t.name) {
+                None => {
+                    let applied = self.add_target(&inner.config, want, t, &mut problems).await;
+                    inner.config.targets.push(applied);
+                }
+                Some(i) => {
+                    let mut current = inner.config.targets[i].clone();
+                    self.update_target(&inner.config, want, &mut current, t, &mut problems).await;
+                    inner.config.targets[i] = current;
+                }
+            }
+        }
+        // Keep the order of `want` so that the saved file reads like the one written.
+        inner.config.targets.sort_by_key(|t| want.targets.iter().position(|w| w.name == t.name).unwrap_or(usize::MAX));
+        problems
+    }
+
+    async fn reconcile_portal_groups(&self, inner: &mut Inner, want: &Config, problems: &mut Vec<String>) {
+        let wanted: BTreeSet<(u16, String)> =
+            want.portal_groups.iter().flat_map(|pg| pg.portals.iter().map(move |p| (pg.tag, p.clone()))).collect();
+        let stale: Vec<(u16, String)> = inner.listeners.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        for key in stale {
+            if let Some(h) = inner.listeners.remove(&key) {
+                h.abort();
+                info!(tpgt = key.0, portal = %key.1, "portal removed");
+            }
+        }
+        let mut applied = Vec::new();
+        for pg in &want.portal_groups {
+            let mut bound = Vec::new();
+            let mut portals = Vec::new();
+            for p in &pg.portals {
+                let key = (pg.tag, p.clone());
+                if let Some(addr) = self.bound_address(pg.tag, p)
+                    && inner.listeners.contains_key(&key)
+                {
+                    bound.push(addr);
+                    portals.push(p.clone());
+                    continue;
+                }
+                let addr: SocketAddr = match p.parse() {
+                    Ok(a) => a,
+                    Err(_) => continue, // validation reported it
+                };
+                match self.server.listen(pg.tag, addr).await {
+                    Ok(portal) => {
+                        bound.push(portal.addr);
+                        portals.push(p.clone());
+                        let h = tokio::spawn(self.server.clone().accept_loop(portal));
+                        inner.listeners.insert(key, h);
+                    }
+                    Err(e) => problems.push(format!("portal_group {}: {e}", pg.tag)),
+                }
+            }
+            if !portals.is_empty() {
+                self.registry.set_portal_group(pg.tag, bound);
+                applied.push(crate::config::PortalGroupConfig { tag: pg.tag, portals });
+            }
+        }
+        for (tag, _) in self.registry.portal_groups() {
+            if !applied.iter().any(|pg| pg.tag == tag) {
+                self.registry.remove_portal_group(tag);
+            }
+        }
+        inner.config.portal_groups = applied;
+    }
+
+    /// The address a configured portal is bound to (port 0 resolved), if it is listening.
+    fn bound_address(&self, tag: u16, configured: &str) -> Option<SocketAddr> {
+        let addr: SocketAddr = configured.parse().ok()?;
+        let group = self.registry.portal_groups().remove(&tag)?;
+        if addr.port() == 0 { group.into_iter().find(|a| a.ip() == addr.ip()) } else { group.into_iter().find(|a| *a == addr) }
+    }
+
+    fn portal_groups_of(want: &Config, t: &TargetConfig) -> BTreeSet<u16> {
+        match &t.portal_groups {
+            Some(g) => g.iter().copied().collect(),
+            None => want.portal_groups.iter().map(|p| p.tag).collect(),
+        }
+    }
+
+    async fn add_target(
+        &self,
+        current: &Config,
+        want: &Config,
+        t: &TargetConfig,
+        problems: &mut Vec<String>,
+    ) -> TargetConfig {
+        let entry = TargetEntry::new(&t.name, t.alias.clone(), Self::portal_groups_of(want, t));
+        let mut applied = TargetConfig { luns: Vec::new(), ..t.clone() };
+        for l in &t.luns {
+            match current.open_lun(&t.name, l, &self.ctx).await {
+                Ok(lu) => match entry.scsi.add_lun(l.lun, lu) {
+                    Ok(()) => applied.luns.push(l.clone()),
+                    Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
+                },
+                Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
+            }
+        }
+        if let Err(e) = self.registry.add_target(entry) {
+            problems.push(format!("target {}: {e}", t.name));
+        } else {
+            info!(target = %t.name, luns = applied.luns.len(), "target added");
+        }
+        applied
+    }
+
+    async fn update_target(
+        &self,
+        current: &Config,
+        want: &Config,
+        applied: &mut TargetConfig,
+        t: &TargetConfig,
+        problems: &mut Vec<String>,
+    ) {
+        let Some(entry) = self.registry.target(&t.name) else { return };
+        if applied.alias != t.alias {
+            warn!(target = %t.name, "alias changed: it takes effect at the next restart");
+        }
+        *entry.portal_groups.write().expect("poisoned") = Self::portal_groups_of(want, t);
+        applied.portal_groups = t.portal_groups.clone();
+        let gone: Vec<u16> = applied.luns.iter().filter(|l| !t.luns.iter().any(|w| w.lun == l.lun)).map(|l| l.lun).collect();
+        for lun in gone {
+            if let Some(lu) = entry.scsi.remove_lun(lun) {
+                if let Err(e) = lu.store().shutdown().await {
+                    warn!(target = %t.name, lun, error = %e, "flush of a removed LUN failed");
+                }
+                info!(target = %t.name, lun, "LUN removed");
+            }
+            applied.luns.retain(|l| l.lun != lun);
+        }
+        for l in &t.luns {
+            match applied.luns.iter().position(|a| a.lun == l.lun) {
+                None => match current.open_lun(&t.name, l, &self.ctx).await {
+                    Ok(lu) => match entry.scsi.add_lun(l.lun, lu) {
+                        Ok(()) => {
+                            info!(target = %t.name, lun = l.lun, backend = %l.backend, "LUN added");
+                            applied.luns.push(l.clone());
+                        }
+                        Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
+                    },
+                    Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
+                },
+                Some(i) => {
+                    let old = &applied.luns[i];
+                    if old == l {
+                        continue;
+                    }
+                    if (LunConfig { size: l.size, ..old.clone() }) == *l {
+                        match self.grow(&entry, l).await {
+                            Ok(()) => applied.luns[i].size = l.size,
+                            Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
+                        }
+                    } else {
+                        problems.push(format!(
+                            "target {} LUN {}: only the size of a LUN can change while it is served; delete it and \
+                             create it again",
+                            t.name, l.lun
+                        ));
+                    }
+                }
+            }
+        }
+        applied.luns.sort_by_key(|l| t.luns.iter().position(|w| w.lun == l.lun).unwrap_or(usize::MAX));
+    }
+
+    async fn grow(&self, entry: &TargetEntry, l: &LunConfig) -> Result<(), String> {
+        let lu = entry.scsi.lun(l.lun).ok_or("the LUN is not served")?;
+        let size = l.size.ok_or("size is required")?.0;
+        lu.resize(size).await?;
+        info!(target = %entry.name, lun = l.lun, size, "LUN grown");
+        Ok(())
+    }
+
+    /// Closes the target's sessions, removes it and flushes its LUNs.
+    async fn remove_target(&self, name: &str) {
+        let sessions = self.sessions_of(name);
+        self.registry.tell_sessions(name, None, Control::Close);
+        for s in &sessions {
+            let _ = tokio::time::timeout(CLOSE_WAIT, s.closed()).await;
+        }
+        if let Some(entry) = self.registry.remove_target(name) {
+            for (lun, lu) in entry.scsi.luns() {
+                if let Err(e) = lu.store().shutdown().await {
+                    warn!(target = %name, lun, error = %e, "flush of a removed target failed");
+                }
+            }
+            info!(target = %name, "target removed");
+        }
+    }
+
+    /// Normal sessions logged in to a target.
+    pub fn sessions_of(&self, target: &str) -> Vec<Arc<crate::server::registry::SessionEntry>> {
+        self.registry
+            .sessions()
+            .into_iter()
+            .filter(|s| s.kind == SessionKind::Normal && s.target.as_deref() == Some(target))
+            .collect()
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves either the old or the new file.
+pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_the_file() {
+        let dir = std::env::temp_dir().join(format!("rtgt-atomic-{}", std::process::id()));
+        let path = dir.join("rtgt.toml");
+        write_atomically(&path, b"one").expect("write");
+        write_atomically(&path, b"two").expect("rewrite");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("dir").filter_map(Result::ok).collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

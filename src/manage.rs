@@ -1,0 +1,455 @@
+//! The management commands of the `rtgt` CLI (`target`, `lun`, `portal`, `tpgt`, `session`,
+//! `reload`): each is one request to the HTTP API of a running `rtgt serve`.
+//!
+//! Exit codes: 0 done; 1 refused by the API (bad input, not found, conflict); 3 the API could
+//! not be reached; 4 the API failed to carry the change out. clap uses 2 for usage errors.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use rtgt::api::client::{Client, Reply};
+use rtgt::config::{DEFAULT_API_LISTEN, Size};
+use serde_json::{Value, json};
+
+/// How to reach the API, and how to print.
+#[derive(Args, Clone)]
+pub struct ApiArgs {
+    /// The API of the running target (default $RTGT_API or http://127.0.0.1:3261).
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TargetCommand {
+    /// Create a target: rtgt target create iqn.2026-11.org.example:disk1
+    Create {
+        name: String,
+        #[arg(long)]
+        alias: Option<String>,
+        /// Portal groups to serve it on (all when absent).
+        #[arg(long = "portal-group")]
+        portal_groups: Vec<u16>,
+    },
+    /// Delete a target (refused while initiators are logged in, unless --force).
+    Delete {
+        name: String,
+        /// Log the initiators out first.
+        #[arg(long)]
+        force: bool,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum LunCommand {
+    /// Create a LUN: rtgt lun create TARGET 1 --backend file --path disk.img --size 10GiB --create
+    Create {
+        target: String,
+        lun: u16,
+        #[command(flatten)]
+        spec: LunSpec,
+    },
+    /// Delete a LUN (its cache is flushed first).
+    Delete { target: String, lun: u16 },
+    /// List LUNs, of one target or of all.
+    List { target: Option<String> },
+    /// Grow a LUN; initiators are told the capacity changed.
+    Grow {
+        target: String,
+        lun: u16,
+        #[arg(long)]
+        size: String,
+    },
+}
+
+/// The backend of a new LUN (the fields of `[[target.lun]]`).
+#[derive(Args)]
+pub struct LunSpec {
+    /// memory, file, uring, null or s3.
+    #[arg(long)]
+    backend: String,
+    /// Capacity, e.g. 10GiB.
+    #[arg(long)]
+    size: Option<String>,
+    #[arg(long)]
+    block_size: Option<u32>,
+    /// file/uring: the file or block device (relative paths live in the data directory).
+    #[arg(long)]
+    path: Option<String>,
+    /// Create the file or S3 volume if it does not exist.
+    #[arg(long)]
+    create: bool,
+    #[arg(long)]
+    read_only: bool,
+    /// s3: s3://bucket/prefix.
+    #[arg(long)]
+    url: Option<String>,
+    /// s3: endpoint URL, or "embedded".
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    chunk_size: Option<String>,
+    #[arg(long)]
+    cache_size: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PortalCommand {
+    /// List portal groups and their addresses.
+    List,
+    /// Add an address to a portal group (creating the group if needed): rtgt portal add 1 0.0.0.0:3260
+    Add { tag: u16, portal: String },
+    /// Remove an address from a portal group (deleting the group with its last address).
+    Remove { tag: u16, portal: String },
+}
+
+#[derive(Subcommand)]
+pub enum TpgtCommand {
+    /// List portal groups (target portal group tags) and the targets bound to them.
+    List,
+    /// Serve a target on exactly these portal groups: rtgt tpgt bind TARGET 1 2
+    Bind {
+        target: String,
+        #[arg(required = true)]
+        tags: Vec<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionCommand {
+    List,
+    Show { tsih: u16 },
+    /// Force a session out.
+    Logout { tsih: u16 },
+}
+
+/// A failed command: its message and exit code.
+struct Failure(String, u8);
+
+type CliResult = Result<(), Failure>;
+
+struct Ctx {
+    client: Client,
+    json: bool,
+}
+
+impl Ctx {
+    fn new(args: &ApiArgs) -> Result<Ctx, Failure> {
+        let url = args
+            .api
+            .clone()
+            .or_else(|| std::env::var("RTGT_API").ok())
+            .unwrap_or_else(|| format!("http://{DEFAULT_API_LISTEN}"));
+        let token = std::env::var("RTGT_API_TOKEN").ok().filter(|t| !t.is_empty());
+        Ok(Ctx { client: Client::new(&url, token).map_err(|e| Failure(e, 2))?, json: args.json })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let reply = self.client.request(method, path, body.as_ref()).map_err(|e| Failure(e, 3))?;
+        check(&reply)?;
+        Ok(serde_json::from_str(&reply.body).unwrap_or(Value::Null))
+    }
+
+    /// Prints a result as JSON, or with `table` otherwise.
+    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            print!("{}", table(v));
+        }
+    }
+
+    fn done(&self, v: &Value, what: String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            println!("{what}");
+        }
+    }
+}
+
+fn check(reply: &Reply) -> CliResult {
+    if reply.ok() {
+        return Ok(());
+    }
+    let code = if reply.status >= 500 { 4 } else { 1 };
+    Err(Failure(reply.error_message(), code))
+}
+
+/// Runs a management command and turns its outcome into an exit code.
+fn run(args: &ApiArgs, f: impl FnOnce(&Ctx) -> CliResult) -> ExitCode {
+    match Ctx::new(args).and_then(|ctx| f(&ctx)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message, code)) => {
+            eprintln!("rtgt: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn size(s: &Option<String>) -> Result<Option<Size>, Failure> {
+    s.as_deref().map(|s| Size::parse(s).map_err(|e| Failure(format!("--size: {e}"), 2))).transpose()
+}
+
+pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
+    run(args, |ctx| match command {
+        TargetCommand::Create { name, alias, portal_groups } => {
+            let groups = (!portal_groups.is_empty()).then_some(portal_groups);
+            let v = ctx.call("POST", "/v1/targets", Some(json!({"name": name, "alias": alias, "portal_groups": groups})))?;
+            ctx.done(&v, format!("created target {name}"));
+            Ok(())
+        }
+        TargetCommand::Delete { name, force } => {
+            ctx.call("DELETE", &format!("/v1/targets/{}?force={force}", enc(&name)), None)?;
+            ctx.done(&json!({"deleted": name}), format!("deleted target {name}"));
+            Ok(())
+        }
+        TargetCommand::List => {
+            let v = ctx.call("GET", "/v1/targets", None)?;
+            ctx.print(&v, targets_table);
+            Ok(())
+        }
+        TargetCommand::Show { name } => {
+            let v = ctx.call("GET", &format!("/v1/targets/{}", enc(&name)), None)?;
+            ctx.print(&v, |t| {
+                let mut out = format!(
+                    "target:        {}\nalias:         {}\nportal groups: {}\nsessions:      {}\n",
+                    t["name"].as_str().unwrap_or(""),
+                    t["alias"].as_str().unwrap_or("-"),
+                    list(&t["portal_groups"]),
+                    t["sessions"]
+                );
+                out.push_str(&luns_table(&Value::Array(vec![t.clone()])));
+                out
+            });
+            Ok(())
+        }
+    })
+}
+
+pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
+    run(args, |ctx| match command {
+        LunCommand::Create { target, lun, spec } => {
+            let mut body = json!({"lun": lun, "backend": spec.backend});
+            let fields = [
+                ("size", size(&spec.size)?.map(|s| json!(s.0))),
+                ("block_size", spec.block_size.map(|b| json!(b))),
+                ("path", spec.path.map(|p| json!(p))),
+                ("create", spec.create.then_some(json!(true))),
+                ("read_only", spec.read_only.then_some(json!(true))),
+                ("url", spec.url.map(|u| json!(u))),
+                ("endpoint", spec.endpoint.map(|e| json!(e))),
+                ("region", spec.region.map(|r| json!(r))),
+                ("chunk_size", size(&spec.chunk_size)?.map(|s| json!(s.0))),
+                ("cache_size", size(&spec.cache_size)?.map(|s| json!(s.0))),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            let v = ctx.call("POST", &format!("/v1/targets/{}/luns", enc(&target)), Some(body))?;
+            let what = format!("created LUN {lun} of {target}: {}", v["store"].as_str().unwrap_or(""));
+            ctx.done(&v, what);
+            Ok(())
+        }
+        LunCommand::Delete { target, lun } => {
+            ctx.call("DELETE", &format!("/v1/targets/{}/luns/{lun}", enc(&target)), None)?;
+            ctx.done(&json!({"deleted": lun}), format!("deleted LUN {lun} of {target}"));
+            Ok(())
+        }
+        LunCommand::List { target } => {
+            let targets = match target {
+                Some(t) => Value::Array(vec![ctx.call("GET", &format!("/v1/targets/{}", enc(&t)), None)?]),
+                None => ctx.call("GET", "/v1/targets", None)?,
+            };
+            ctx.print(&targets, luns_table);
+            Ok(())
+        }
+        LunCommand::Grow { target, lun, size: s } => {
+            let s = Size::parse(&s).map_err(|e| Failure(format!("--size: {e}"), 2))?;
+            let v = ctx.call("POST", &format!("/v1/targets/{}/luns/{lun}/grow", enc(&target)), Some(json!({"size": s.0})))?;
+            ctx.done(&v, format!("LUN {lun} of {target} is now {}", Size(v["size"].as_u64().unwrap_or(0))));
+            Ok(())
+        }
+    })
+}
+
+pub fn portal(args: &ApiArgs, command: PortalCommand) -> ExitCode {
+    run(args, |ctx| match command {
+        PortalCommand::List => {
+            let v = ctx.call("GET", "/v1/portal-groups", None)?;
+            ctx.print(&v, portal_groups_table);
+            Ok(())
+        }
+        PortalCommand::Add { tag, portal } => {
+            let exists = ctx.client.request("GET", &format!("/v1/portal-groups/{tag}"), None).map_err(|e| Failure(e, 3))?;
+            let v = if exists.status == 404 {
+                ctx.call("POST", "/v1/portal-groups", Some(json!({"tag": tag, "portals": [portal]})))?
+            } else {
+                ctx.call("POST", &format!("/v1/portal-groups/{tag}/portals"), Some(json!({"portal": portal})))?
+            };
+            ctx.done(&v, format!("portal group {tag} listens on {}", list(&v["listening"])));
+            Ok(())
+        }
+        PortalCommand::Remove { tag, portal } => {
+            let group = ctx.call("GET", &format!("/v1/portal-groups/{tag}"), None)?;
+            let last = group["portals"].as_array().is_some_and(|p| p.len() == 1 && p[0] == json!(portal));
+            if last {
+                ctx.call("DELETE", &format!("/v1/portal-groups/{tag}"), None)?;
+            } else {
+                ctx.call("DELETE", &format!("/v1/portal-groups/{tag}/portals/{}", enc(&portal)), None)?;
+            }
+            ctx.done(&json!({"removed": portal}), format!("removed {portal} from portal group {tag}"));
+            Ok(())
+        }
+    })
+}
+
+pub fn tpgt(args: &ApiArgs, command: TpgtCommand) -> ExitCode {
+    run(args, |ctx| match command {
+        TpgtCommand::List => {
+            let groups = ctx.call("GET", "/v1/portal-groups", None)?;
+            let targets = ctx.call("GET", "/v1/targets", None)?;
+            let mut rows = vec![vec!["TPGT".to_string(), "PORTALS".into(), "TARGETS".into()]];
+            for g in groups.as_array().into_iter().flatten() {
+                let bound: Vec<&str> = targets
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["portal_groups"].as_array().is_some_and(|a| a.contains(&g["tag"])))
+                    .filter_map(|t| t["name"].as_str())
+                    .collect();
+                rows.push(vec![g["tag"].to_string(), list(&g["listening"]), bound.join(", ")]);
+            }
+            ctx.print(&json!({"portal_groups": groups, "targets": targets}), |_| table(&rows));
+            Ok(())
+        }
+        TpgtCommand::Bind { target, tags } => {
+            let v = ctx.call(
+                "PUT",
+                &format!("/v1/targets/{}/portal-groups", enc(&target)),
+                Some(json!({"portal_groups": tags})),
+            )?;
+            ctx.done(&v, format!("{target} is served on portal groups {}", list(&v["portal_groups"])));
+            Ok(())
+        }
+    })
+}
+
+pub fn session(args: &ApiArgs, command: SessionCommand) -> ExitCode {
+    run(args, |ctx| match command {
+        SessionCommand::List => {
+            let v = ctx.call("GET", "/v1/sessions", None)?;
+            ctx.print(&v, sessions_table);
+            Ok(())
+        }
+        SessionCommand::Show { tsih } => {
+            let v = ctx.call("GET", &format!("/v1/sessions/{tsih}"), None)?;
+            ctx.print(&v, |s| serde_json::to_string_pretty(s).unwrap_or_default() + "\n");
+            Ok(())
+        }
+        SessionCommand::Logout { tsih } => {
+            ctx.call("DELETE", &format!("/v1/sessions/{tsih}"), None)?;
+            ctx.done(&json!({"logged_out": tsih}), format!("session {tsih} logged out"));
+            Ok(())
+        }
+    })
+}
+
+pub fn reload(args: &ApiArgs) -> ExitCode {
+    run(args, |ctx| {
+        let v = ctx.call("POST", "/v1/reload", None)?;
+        ctx.done(&v, "configuration reloaded".into());
+        Ok(())
+    })
+}
+
+fn list(v: &Value) -> String {
+    let items: Vec<String> =
+        v.as_array().into_iter().flatten().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect();
+    if items.is_empty() { "-".into() } else { items.join(", ") }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.len())).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn targets_table(v: &Value) -> String {
+    let mut rows = vec![vec!["TARGET".to_string(), "LUNS".into(), "SESSIONS".into(), "PORTAL GROUPS".into()]];
+    for t in v.as_array().into_iter().flatten() {
+        rows.push(vec![
+            t["name"].as_str().unwrap_or("").into(),
+            t["luns"].as_array().map_or(0, Vec::len).to_string(),
+            t["sessions"].to_string(),
+            list(&t["portal_groups"]),
+        ]);
+    }
+    table(&rows)
+}
+
+fn luns_table(targets: &Value) -> String {
+    let mut rows = vec![vec!["TARGET".to_string(), "LUN".into(), "BACKEND".into(), "SIZE".into(), "STORE".into()]];
+    for t in targets.as_array().into_iter().flatten() {
+        for l in t["luns"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                t["name"].as_str().unwrap_or("").into(),
+                l["lun"].to_string(),
+                l["backend"].as_str().unwrap_or("").into(),
+                l["size"].as_u64().map_or("-".into(), |s| Size(s).to_string()),
+                l["store"].as_str().unwrap_or("-").into(),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+fn portal_groups_table(v: &Value) -> String {
+    let mut rows = vec![vec!["TPGT".to_string(), "CONFIGURED".into(), "LISTENING".into()]];
+    for g in v.as_array().into_iter().flatten() {
+        rows.push(vec![g["tag"].to_string(), list(&g["portals"]), list(&g["listening"])]);
+    }
+    table(&rows)
+}
+
+fn sessions_table(v: &Value) -> String {
+    let mut rows = vec![vec![
+        "TSIH".to_string(),
+        "INITIATOR".into(),
+        "ISID".into(),
+        "TARGET".into(),
+        "PEER".into(),
+        "COMMANDS".into(),
+    ]];
+    for s in v.as_array().into_iter().flatten() {
+        rows.push(vec![
+            s["tsih"].to_string(),
+            s["initiator"].as_str().unwrap_or("").into(),
+            s["isid"].as_str().unwrap_or("").into(),
+            s["target"].as_str().unwrap_or("(discovery)").into(),
+            s["connections"][0]["peer"].as_str().unwrap_or("").into(),
+            s["counters"]["commands"].to_string(),
+        ]);
+    }
+    table(&rows)
+}

@@ -1,0 +1,249 @@
+//! Management over real HTTP: the `rtgt` binary serving, the `rtgt` CLI changing it, libiscsi's
+//! iscsi-ls and the library's initiator checking what initiators see, and restarts checking
+//! what was persisted. Needs libiscsi-bin (fails, not skips, without it).
+// These tests drive a real process: deadlines are wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtgt::api::client::Client;
+use rtgt::initiator::{InitiatorConfig, Session};
+use serde_json::Value;
+
+const TARGET: &str = "iqn.2026-11.dev.rtgt:api-test";
+const BIN: &str = env!("CARGO_BIN_EXE_rtgt");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `rtgt serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    api: String,
+}
+
+impl Serve {
+    fn start(config: &Path, api_port: u16) -> Serve {
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start rtgt serve");
+        let api = format!("http://127.0.0.1:{api_port}");
+        let client = Client::new(&api, None).expect("client");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.request("GET", "/v1/health", None).map(|r| r.status) != Ok(200) {
+            assert!(Instant::now() < deadline, "rtgt serve did not bring its API up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Serve { child, api }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let r = Client::new(&self.api, None).expect("client").request("GET", path, None).expect("request");
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        serde_json::from_str(&r.body).expect("JSON")
+    }
+
+    /// Runs the CLI against this server.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).args(["--api", &self.api]).output().expect("run the rtgt CLI")
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "rtgt did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the CLI failed: {text}");
+    text
+}
+
+/// A refused change: exit code 1, a message naming the problem, nothing changed.
+fn refused(out: &Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected a refusal, got {:?}: {stderr}", out.status);
+    assert!(stderr.contains(mentions), "the error should mention {mentions:?}: {stderr}");
+}
+
+fn iscsi_ls(portal: SocketAddr) -> String {
+    let out = Command::new("iscsi-ls")
+        .args(["-s", &format!("iscsi://{portal}")])
+        .output()
+        .expect("iscsi-ls (install libiscsi-bin: apt-get install -y libiscsi-bin)");
+    assert!(out.status.success(), "iscsi-ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn login(portal: SocketAddr, isid: u64) -> Session {
+    let stream = tokio::net::TcpStream::connect(portal).await.expect("connect");
+    let config = InitiatorConfig { isid, ..InitiatorConfig::default() };
+    Session::login(stream, &config, Some(TARGET)).await.expect("login")
+}
+
+/// A data directory (one per test: they run in parallel) and a configuration with one portal
+/// group and the API on free ports.
+fn setup(test: &str) -> (PathBuf, PathBuf, SocketAddr, u16) {
+    let dir = std::env::temp_dir().join(format!("rtgt-api-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api_port = free_port();
+    let config = dir.join("rtgt.toml");
+    let text = format!(
+        "[server]\ndata_dir = {:?}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{portal}\"]\n",
+        dir.display().to_string()
+    );
+    std::fs::write(&config, text).expect("write config");
+    (dir, config, portal, api_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_changes_are_served_persisted_and_validated() {
+    let (dir, config, portal, api_port) = setup("cli");
+    let serve = Serve::start(&config, api_port);
+
+    ok(&serve.cli(&["target", "create", TARGET, "--alias", "api test"]));
+    let out = ok(&serve.cli(&["lun", "create", TARGET, "1", "--backend", "file", "--path", "disk.img", "--size", "8MiB", "--create"]));
+    assert!(out.contains("created LUN 1"), "{out}");
+    let listing = iscsi_ls(portal);
+    assert!(listing.contains(TARGET), "iscsi-ls does not see the new target: {listing}");
+    assert!(listing.contains("Lun:1"), "iscsi-ls does not see LUN 1: {listing}");
+
+    // I/O through the new LUN.
+    let s = login(portal, 0x80_0000_0101).await;
+    s.clear_unit_attentions(1).await.expect("unit attentions");
+    let data = Bytes::from((0..8192u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    s.write(1, 100, data.clone(), 512, true).await.expect("write");
+    assert_eq!(s.read(1, 100, 16, 512).await.expect("read"), data);
+
+    // Sessions and statistics are visible.
+    let sessions = serve.get("/v1/sessions");
+    assert!(sessions.as_array().expect("list").iter().any(|x| x["target"] == TARGET), "{sessions}");
+    let table = ok(&serve.cli(&["session", "list"]));
+    assert!(table.contains("iqn.2026-11.dev.rtgt:initiator"), "{table}");
+    let metrics = Client::new(&serve.api, None).unwrap().request("GET", "/metrics", None).unwrap().body;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("rtgt_lun_commands_total{") && l.contains("class=\"write\"") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Bad input gets a clear error and changes nothing.
+    let before = std::fs::read_to_string(&config).expect("config");
+    refused(&serve.cli(&["target", "create", "iqn.bad name"]), "name");
+    refused(&serve.cli(&["lun", "create", TARGET, "1", "--backend", "memory", "--size", "1MiB"]), "already has LUN 1");
+    refused(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "tape", "--size", "1MiB"]), "unknown backend");
+    refused(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "memory", "--size", "1000"]), "not a multiple of the block size");
+    refused(&serve.cli(&["lun", "grow", TARGET, "1", "--size", "4MiB"]), "only grow");
+    refused(&serve.cli(&["target", "delete", TARGET]), "session");
+    refused(&serve.cli(&["lun", "delete", TARGET, "7"]), "no LUN 7");
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), before, "a refused change altered the file");
+    assert_eq!(serve.get(&format!("/v1/targets/{TARGET}"))["luns"].as_array().map(Vec::len), Some(1));
+
+    // Growing tells the initiator.
+    ok(&serve.cli(&["lun", "grow", TARGET, "1", "--size", "16MiB"]));
+    let ua = s.capacity(1).await;
+    assert!(ua.is_err(), "the first command after a grow reports CAPACITY DATA HAS CHANGED");
+    assert_eq!(s.capacity(1).await.expect("capacity").0, 16 * 2048);
+    s.logout().await.expect("logout");
+
+    // A restart brings back what the API created, and the data.
+    assert!(serve.stop().success(), "SIGTERM must exit 0");
+    let serve = Serve::start(&config, api_port);
+    let t = serve.get(&format!("/v1/targets/{TARGET}"));
+    assert_eq!(t["alias"], "api test");
+    assert_eq!(t["luns"][0]["size"], 16 << 20);
+    let s = login(portal, 0x80_0000_0102).await;
+    s.clear_unit_attentions(1).await.expect("unit attentions");
+    assert_eq!(s.read(1, 100, 16, 512).await.expect("read"), data, "data did not survive the restart");
+
+    // Forced delete logs the session out; a restart keeps it deleted.
+    ok(&serve.cli(&["target", "delete", TARGET, "--force"]));
+    assert!(s.nop(Bytes::new()).await.is_err(), "the session should have been closed");
+    assert!(!iscsi_ls(portal).contains(TARGET));
+    assert!(serve.stop().success());
+    let serve = Serve::start(&config, api_port);
+    assert_eq!(serve.get("/v1/targets"), Value::Array(vec![]));
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
+    let (dir, config, portal, api_port) = setup("reload");
+    let serve = Serve::start(&config, api_port);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!("\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 3\nbackend = \"memory\"\nsize = \"4MiB\"\n"));
+    std::fs::write(&config, &text).expect("edit");
+    ok(&serve.cli(&["reload"]));
+    let luns = ok(&serve.cli(&["lun", "list"]));
+    assert!(luns.contains(TARGET) && luns.contains("memory"), "{luns}");
+    assert!(iscsi_ls(portal).contains("Lun:3"));
+
+    // SIGHUP does the same.
+    std::fs::write(&config, text.replace("lun = 3", "lun = 4")).expect("edit");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while serve.get(&format!("/v1/targets/{TARGET}"))["luns"][0]["lun"] != 4 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the configuration");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(iscsi_ls(portal).contains("Lun:4"));
+
+    // A second portal in the group: discovery through it works at once.
+    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    ok(&serve.cli(&["portal", "add", "1", &second.to_string()]));
+    assert!(iscsi_ls(second).contains(TARGET));
+    let groups = ok(&serve.cli(&["tpgt", "list"]));
+    assert!(groups.contains(&second.to_string()) && groups.contains(TARGET), "{groups}");
+    ok(&serve.cli(&["portal", "remove", "1", &second.to_string()]));
+    assert!(std::net::TcpStream::connect(second).is_err(), "the removed portal still listens");
+
+    // JSON output for scripts; an unreachable API is exit code 3.
+    let out = ok(&serve.cli(&["target", "list", "--json"]));
+    let v: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(v[0]["luns"][0]["lun"], 4);
+    let gone = Command::new(BIN).args(["target", "list", "--api", "http://127.0.0.1:1"]).output().expect("cli");
+    assert_eq!(gone.status.code(), Some(3));
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_public_api_address_needs_a_token() {
+    let (dir, config, _portal, _api_port) = setup("token");
+    let text = std::fs::read_to_string(&config).expect("config").replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    std::fs::write(&config, text).expect("edit");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).env_remove("RTGT_API_TOKEN").output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}
