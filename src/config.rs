@@ -65,7 +65,9 @@ impl ApiConfig {
     /// The address to listen on, or None when the API is off.
     pub fn address(&self) -> Option<Result<SocketAddr, String>> {
         (self.listen != "off").then(|| {
-            self.listen.parse().map_err(|_| format!("api.listen: {:?} is not an address like 127.0.0.1:3261", self.listen))
+            self.listen
+                .parse()
+                .map_err(|_| format!("api.listen: {:?} is not an address like 127.0.0.1:3261", self.listen))
         })
     }
 }

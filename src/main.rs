@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use rtgt::api::Manager;
 use rtgt::config::{BuildContext, Config, Size, default_data_dir};
 use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume};
-use rtgt::api::Manager;
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 
 #[derive(Parser)]

@@ -41,7 +41,9 @@ pub enum TargetCommand {
         force: bool,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,9 +126,13 @@ pub enum TpgtCommand {
 #[derive(Subcommand)]
 pub enum SessionCommand {
     List,
-    Show { tsih: u16 },
+    Show {
+        tsih: u16,
+    },
     /// Force a session out.
-    Logout { tsih: u16 },
+    Logout {
+        tsih: u16,
+    },
 }
 
 /// A failed command: its message and exit code.
@@ -195,7 +201,13 @@ fn run(args: &ApiArgs, f: impl FnOnce(&Ctx) -> CliResult) -> ExitCode {
 
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -207,7 +219,8 @@ pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
     run(args, |ctx| match command {
         TargetCommand::Create { name, alias, portal_groups } => {
             let groups = (!portal_groups.is_empty()).then_some(portal_groups);
-            let v = ctx.call("POST", "/v1/targets", Some(json!({"name": name, "alias": alias, "portal_groups": groups})))?;
+            let v =
+                ctx.call("POST", "/v1/targets", Some(json!({"name": name, "alias": alias, "portal_groups": groups})))?;
             ctx.done(&v, format!("created target {name}"));
             Ok(())
         }
@@ -280,7 +293,8 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
         }
         LunCommand::Grow { target, lun, size: s } => {
             let s = Size::parse(&s).map_err(|e| Failure(format!("--size: {e}"), 2))?;
-            let v = ctx.call("POST", &format!("/v1/targets/{}/luns/{lun}/grow", enc(&target)), Some(json!({"size": s.0})))?;
+            let v =
+                ctx.call("POST", &format!("/v1/targets/{}/luns/{lun}/grow", enc(&target)), Some(json!({"size": s.0})))?;
             ctx.done(&v, format!("LUN {lun} of {target} is now {}", Size(v["size"].as_u64().unwrap_or(0))));
             Ok(())
         }
@@ -295,7 +309,8 @@ pub fn portal(args: &ApiArgs, command: PortalCommand) -> ExitCode {
             Ok(())
         }
         PortalCommand::Add { tag, portal } => {
-            let exists = ctx.client.request("GET", &format!("/v1/portal-groups/{tag}"), None).map_err(|e| Failure(e, 3))?;
+            let exists =
+                ctx.client.request("GET", &format!("/v1/portal-groups/{tag}"), None).map_err(|e| Failure(e, 3))?;
             let v = if exists.status == 404 {
                 ctx.call("POST", "/v1/portal-groups", Some(json!({"tag": tag, "portals": [portal]})))?
             } else {
@@ -385,7 +400,8 @@ fn list(v: &Value) -> String {
 
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.len())).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.len())).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();

@@ -131,7 +131,19 @@ async fn cli_changes_are_served_persisted_and_validated() {
     let serve = Serve::start(&config, api_port);
 
     ok(&serve.cli(&["target", "create", TARGET, "--alias", "api test"]));
-    let out = ok(&serve.cli(&["lun", "create", TARGET, "1", "--backend", "file", "--path", "disk.img", "--size", "8MiB", "--create"]));
+    let out = ok(&serve.cli(&[
+        "lun",
+        "create",
+        TARGET,
+        "1",
+        "--backend",
+        "file",
+        "--path",
+        "disk.img",
+        "--size",
+        "8MiB",
+        "--create",
+    ]));
     assert!(out.contains("created LUN 1"), "{out}");
     let listing = iscsi_ls(portal);
     assert!(listing.contains(TARGET), "iscsi-ls does not see the new target: {listing}");
@@ -151,7 +163,9 @@ async fn cli_changes_are_served_persisted_and_validated() {
     assert!(table.contains("iqn.2026-11.dev.rtgt:initiator"), "{table}");
     let metrics = Client::new(&serve.api, None).unwrap().request("GET", "/metrics", None).unwrap().body;
     assert!(
-        metrics.lines().any(|l| l.starts_with("rtgt_lun_commands_total{") && l.contains("class=\"write\"") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rtgt_lun_commands_total{") && l.contains("class=\"write\"") && !l.ends_with(" 0")),
         "{metrics}"
     );
 
@@ -160,7 +174,10 @@ async fn cli_changes_are_served_persisted_and_validated() {
     refused(&serve.cli(&["target", "create", "iqn.bad name"]), "name");
     refused(&serve.cli(&["lun", "create", TARGET, "1", "--backend", "memory", "--size", "1MiB"]), "already has LUN 1");
     refused(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "tape", "--size", "1MiB"]), "unknown backend");
-    refused(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "memory", "--size", "1000"]), "not a multiple of the block size");
+    refused(
+        &serve.cli(&["lun", "create", TARGET, "2", "--backend", "memory", "--size", "1000"]),
+        "not a multiple of the block size",
+    );
     refused(&serve.cli(&["lun", "grow", TARGET, "1", "--size", "4MiB"]), "only grow");
     refused(&serve.cli(&["target", "delete", TARGET]), "session");
     refused(&serve.cli(&["lun", "delete", TARGET, "7"]), "no LUN 7");
@@ -200,7 +217,9 @@ async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
     let (dir, config, portal, api_port) = setup("reload");
     let serve = Serve::start(&config, api_port);
     let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(&format!("\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 3\nbackend = \"memory\"\nsize = \"4MiB\"\n"));
+    text.push_str(&format!(
+        "\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 3\nbackend = \"memory\"\nsize = \"4MiB\"\n"
+    ));
     std::fs::write(&config, &text).expect("edit");
     ok(&serve.cli(&["reload"]));
     let luns = ok(&serve.cli(&["lun", "list"]));
@@ -240,9 +259,11 @@ async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
 #[test]
 fn a_public_api_address_needs_a_token() {
     let (dir, config, _portal, _api_port) = setup("token");
-    let text = std::fs::read_to_string(&config).expect("config").replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
+    let text =
+        std::fs::read_to_string(&config).expect("config").replace("listen = \"127.0.0.1:", "listen = \"0.0.0.0:");
     std::fs::write(&config, text).expect("edit");
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).env_remove("RTGT_API_TOKEN").output().expect("run");
+    let out =
+        Command::new(BIN).args(["serve", "--config"]).arg(&config).env_remove("RTGT_API_TOKEN").output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();

@@ -106,11 +106,13 @@ mod tests {
 
     #[test]
     fn responses_parse_plain_and_chunked() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 17\r\n\r\n{\"error\":\"nope\"}\n").expect("plain");
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 17\r\n\r\n{\"error\":\"nope\"}\n")
+            .expect("plain");
         assert_eq!(r.status, 404);
         assert_eq!(r.error_message(), "nope");
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-            .expect("chunked");
+        let r =
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .expect("chunked");
         assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
         assert!(parse_response(b"garbage").is_err());
         assert!(Client::new("https://x:1", None).is_err());

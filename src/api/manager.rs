@@ -70,7 +70,10 @@ impl Manager {
     ) -> Result<Arc<Manager>, String> {
         let registry = server.registry.clone();
         let manager = Arc::new(Manager {
-            inner: tokio::sync::Mutex::new(Inner { config: Config { server: config.server.clone(), ..Config::default() }, listeners: BTreeMap::new() }),
+            inner: tokio::sync::Mutex::new(Inner {
+                config: Config { server: config.server.clone(), ..Config::default() },
+                listeners: BTreeMap::new(),
+            }),
             registry,
             server,
             ctx,
@@ -237,7 +240,11 @@ impl Manager {
     fn bound_address(&self, tag: u16, configured: &str) -> Option<SocketAddr> {
         let addr: SocketAddr = configured.parse().ok()?;
         let group = self.registry.portal_groups().remove(&tag)?;
-        if addr.port() == 0 { group.into_iter().find(|a| a.ip() == addr.ip()) } else { group.into_iter().find(|a| *a == addr) }
+        if addr.port() == 0 {
+            group.into_iter().find(|a| a.ip() == addr.ip())
+        } else {
+            group.into_iter().find(|a| *a == addr)
+        }
     }
 
     fn portal_groups_of(want: &Config, t: &TargetConfig) -> BTreeSet<u16> {
@@ -287,7 +294,8 @@ impl Manager {
         }
         *entry.portal_groups.write().expect("poisoned") = Self::portal_groups_of(want, t);
         applied.portal_groups = t.portal_groups.clone();
-        let gone: Vec<u16> = applied.luns.iter().filter(|l| !t.luns.iter().any(|w| w.lun == l.lun)).map(|l| l.lun).collect();
+        let gone: Vec<u16> =
+            applied.luns.iter().filter(|l| !t.luns.iter().any(|w| w.lun == l.lun)).map(|l| l.lun).collect();
         for lun in gone {
             if let Some(lu) = entry.scsi.remove_lun(lun) {
                 if let Err(e) = lu.store().shutdown().await {

@@ -22,12 +22,22 @@ pub fn render(registry: &Registry) -> String {
         .flat_map(|t| t.scsi.luns().into_iter().map(move |(n, lu)| (t.name.clone(), n, lu)))
         .collect();
     header(&mut out, "rtgt_lun_commands_total", "counter", "SCSI commands completed, by class.");
-    header(&mut out, "rtgt_lun_command_errors_total", "counter", "SCSI commands that ended with a status other than GOOD.");
+    header(
+        &mut out,
+        "rtgt_lun_command_errors_total",
+        "counter",
+        "SCSI commands that ended with a status other than GOOD.",
+    );
     header(&mut out, "rtgt_lun_bytes_read_total", "counter", "Bytes returned by read commands.");
     header(&mut out, "rtgt_lun_bytes_written_total", "counter", "Bytes accepted by write commands.");
     header(&mut out, "rtgt_lun_queue_depth", "gauge", "Commands in flight on the LUN.");
     header(&mut out, "rtgt_lun_command_latency_seconds", "histogram", "Command latency, by class.");
-    header(&mut out, "rtgt_backend", "gauge", "Numeric statistics of the backing store (S3 requests, bytes, errors, cache).");
+    header(
+        &mut out,
+        "rtgt_backend",
+        "gauge",
+        "Numeric statistics of the backing store (S3 requests, bytes, errors, cache).",
+    );
     for (target, lun, lu) in &luns {
         let labels = format!("target=\"{}\",lun=\"{lun}\"", escape(target));
         let m = lu.metrics.snapshot();
@@ -96,9 +106,6 @@ mod tests {
         let mut out = Vec::new();
         flatten("", &v, &mut out);
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(
-            out,
-            vec![("dirty_bytes".into(), 5.0), ("s3.errors.put".into(), 1.0), ("s3.get".into(), 2.0)]
-        );
+        assert_eq!(out, vec![("dirty_bytes".into(), 5.0), ("s3.errors.put".into(), 1.0), ("s3.get".into(), 2.0)]);
     }
 }

@@ -107,7 +107,9 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<tokio::net::T
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
     if let Some(token) = &api.token {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let ok = given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        let ok = given
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
         if !ok {
             return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
         }
@@ -205,14 +207,20 @@ async fn create_target(
     body: Result<Json<NewTarget>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(new) = body.map_err(bad_json)?;
-    crate::config::validate_iscsi_name(&new.name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
+    crate::config::validate_iscsi_name(&new.name)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
     let name = new.name.clone();
     api.manager
         .change(|c| {
             if c.targets.iter().any(|t| t.name == new.name) {
                 return Err(ChangeError::Conflict(format!("name: target {} already exists", new.name)));
             }
-            c.targets.push(TargetConfig { name: new.name, alias: new.alias, portal_groups: new.portal_groups, luns: vec![] });
+            c.targets.push(TargetConfig {
+                name: new.name,
+                alias: new.alias,
+                portal_groups: new.portal_groups,
+                luns: vec![],
+            });
             Ok(())
         })
         .await?;
@@ -381,7 +389,8 @@ async fn list_portal_groups(State(api): State<Api>) -> Json<Value> {
 
 async fn show_portal_group(State(api): State<Api>, Path(tag): Path<u16>) -> ApiResult<Json<Value>> {
     let c = api.manager.config().await;
-    let pg = c.portal_groups.iter().find(|p| p.tag == tag).ok_or_else(|| not_found(format!("no portal group {tag}")))?;
+    let pg =
+        c.portal_groups.iter().find(|p| p.tag == tag).ok_or_else(|| not_found(format!("no portal group {tag}")))?;
     Ok(Json(portal_group_json(&api, pg)))
 }
 
@@ -540,12 +549,8 @@ mod tests {
         let documented: std::collections::BTreeSet<String> =
             doc["paths"].as_object().expect("paths").keys().cloned().collect();
         let source = include_str!("mod.rs");
-        let routed: std::collections::BTreeSet<String> = source
-            .split(".route(\"")
-            .skip(1)
-            .filter_map(|s| s.split('"').next())
-            .map(str::to_string)
-            .collect();
+        let routed: std::collections::BTreeSet<String> =
+            source.split(".route(\"").skip(1).filter_map(|s| s.split('"').next()).map(str::to_string).collect();
         assert!(routed.len() >= 15, "routes found: {routed:?}");
         assert_eq!(documented, routed);
     }

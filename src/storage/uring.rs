@@ -134,6 +134,18 @@ impl UringStore {
         rx.await.unwrap_or_else(|_| Err(stopped("dropped the request")))
     }
 
+    /// Refuses a range that does not fit in `off_t` before it reaches the ring thread. The kernel
+    /// reads offset -1 as "at the file position" (block 0 here) and other negative offsets as
+    /// errors, and `offset + done` overflowing would panic the ring thread. The SCSI core never
+    /// asks for such a range (it checks against the capacity); this is defence in depth.
+    fn out_of_range(&self, offset: u64, len: u64, writing: bool) -> Option<StoreError> {
+        if offset.checked_add(len).is_some_and(|end| end <= i64::MAX as u64) {
+            return None;
+        }
+        let msg = format!("{}: range {offset}+{len} is beyond any file", self.path.display());
+        Some(if writing { StoreError::Write(msg) } else { StoreError::Read(msg) })
+    }
+
     /// Stops the ring thread once the requests it holds have completed, and waits for it.
     fn stop(&self) {
         if self.tx.send(Msg::Stop(None)).is_ok() {
@@ -652,6 +664,34 @@ impl Worker {
     }
 }
 
+/// `run` returns only once nothing is in the kernel; this is for unwinding out of the ring thread
+/// (a panic) with requests still there. Closing the ring does not wait for them, so the kernel
+/// may still write into their buffers (or the eventfd read's): leak those rather than free them
+/// under it, and answer the callers.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.in_flight == 0 && !self.wake_armed {
+            return;
+        }
+        for op in self.ops.drain(..).flatten() {
+            let Op { kind, reply, _permit, .. } = op;
+            let writing = kind.writing();
+            std::mem::forget(kind);
+            let msg = "io_uring thread failed with the request in flight".to_string();
+            match reply {
+                Reply::Data(tx) => {
+                    let _ = tx.send(Err(StoreError::Read(msg)));
+                }
+                Reply::Done(tx) => {
+                    let _ = tx.send(Err(if writing { StoreError::Write(msg) } else { StoreError::Read(msg) }));
+                }
+            }
+        }
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        std::mem::forget(self.zeros.take());
+    }
+}
+
 impl BlockStore for UringStore {
     fn describe(&self) -> String {
         format!("uring:{}", self.path.display())
@@ -666,11 +706,17 @@ impl BlockStore for UringStore {
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
+        if let Some(e) = self.out_of_range(offset, len as u64, false) {
+            return Box::pin(async { Err(e) });
+        }
         let buf = ReadBuf::zeroed(len, self.direct);
         Box::pin(self.run(offset, Kind::Read { buf, done: 0 }, Reply::Data))
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        if let Some(e) = self.out_of_range(offset, data.len() as u64, true) {
+            return Box::pin(async { Err(e) });
+        }
         let aligned = (data.as_ptr() as usize).is_multiple_of(ALIGN) && data.len().is_multiple_of(ALIGN);
         let data =
             if self.direct && !aligned { WriteBuf::Aligned(AlignedBuf::copy_of(&data)) } else { WriteBuf::Plain(data) };
@@ -683,6 +729,9 @@ impl BlockStore for UringStore {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>> {
+        if let Some(e) = self.out_of_range(offset, len, true) {
+            return Box::pin(async { Err(e) });
+        }
         Box::pin(self.run(offset, Kind::Punch { len }, Reply::Done))
     }
 
@@ -906,6 +955,54 @@ mod tests {
         s.write(0, Bytes::from(vec![0xaa; 10]), false).await.unwrap();
         assert_eq!(s.read(0, 10).await.unwrap(), vec![0xaa; 10]);
         drop(s);
+    }
+
+    #[tokio::test]
+    async fn ranges_beyond_off_t_are_refused_before_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir.path().join("disk.img"), 1 << 20);
+        s.write(0, Bytes::from(vec![6u8; 4096]), false).await.unwrap();
+        // Offset -1 is "at the file position" to io_uring: it would land on block 0.
+        assert!(s.write(u64::MAX, Bytes::from(vec![1u8; 4096]), true).await.is_err());
+        assert!(s.write(1 << 63, Bytes::from_static(b"x"), false).await.is_err());
+        // A short read there would overflow `offset + done` and take the ring thread down.
+        assert!(s.read(u64::MAX, (2 << 20) + 1).await.is_err());
+        assert!(s.read(u64::MAX - 10, usize::MAX).await.is_err(), "no allocation for an absurd length");
+        assert!(s.unmap(u64::MAX - 1, 2).await.is_err());
+        assert!(s.unmap(i64::MAX as u64, 1).await.is_err());
+        // Nothing was touched, and the ring still serves.
+        assert_eq!(s.read(0, 4096).await.unwrap(), vec![6u8; 4096]);
+        s.write(4096, Bytes::from_static(b"ok"), true).await.unwrap();
+        assert_eq!(s.read(4096, 2).await.unwrap(), &b"ok"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_worker_dropped_with_requests_in_the_kernel_answers_them_without_freeing_their_buffers() {
+        // A pipe nobody writes to: a read of it stays in the kernel.
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors, owned by nothing else.
+        let (r, w) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let wake = Arc::new(EventFd::new().unwrap());
+        let mut worker = Worker::new(new_ring(4).unwrap(), r, wake, 4);
+        worker.arm_wake();
+        let (tx, rx) = oneshot::channel();
+        let permits = Arc::new(Semaphore::new(1));
+        let op = Op {
+            offset: 0,
+            kind: Kind::Read { buf: ReadBuf::zeroed(4096, false), done: 0 },
+            reply: Reply::Data(tx),
+            _permit: permits.clone().acquire_owned().await.unwrap(),
+        };
+        worker.start(op);
+        worker.ring.submit().unwrap();
+        assert_eq!(worker.in_flight, 1);
+        // What unwinding out of the ring thread would do.
+        drop(worker);
+        assert!(matches!(rx.await, Ok(Err(StoreError::Read(_)))));
+        assert_eq!(permits.available_permits(), 1, "the request's permit is returned");
+        drop(w);
     }
 
     #[tokio::test]

@@ -945,7 +945,15 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         None => return Err(missing("iscsi-perf", "libiscsi-bin") + " (or --client own)"),
     };
     which("timeout").ok_or("timeout (coreutils) not found")?;
-    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))?;
+    // Without xtask's own CARGO_MANIFEST_DIR: ring's build script tracks it, and a different
+    // value than a plain `cargo build --release` has rebuilds ring and all that depends on it.
+    run(cargo().env_remove("CARGO_MANIFEST_DIR").env_remove("CARGO_MANIFEST_PATH").args([
+        "build",
+        "--release",
+        "--quiet",
+        "--bin",
+        "rtgt",
+    ]))?;
 
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("rtgt-bench-targets-{pid}"));

@@ -199,7 +199,7 @@ fn conformance(args: &[String]) -> Result<(), String> {
         String::new()
     };
     let config = format!(
-        "{embedded}[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
+        "{embedded}[api]\nlisten = \"off\"\n\n[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
         dir.display(),
         lun_config(&backend, &dir)?
     );
