@@ -1,7 +1,10 @@
 //! PDUs over an async byte stream: a cancel-safe reader and a batching vectored writer.
 //! Shared by the target's connection driver and the initiator.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -70,8 +73,18 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 }
 
 /// Writes PDUs, gathering header, data and trailer of several PDUs into one `writev`.
+///
+/// PDUs are queued with [`PduWriter::push`] and written by [`PduWriter::flush`], which is
+/// cancel-safe: what a cancelled flush wrote is accounted for, the rest stays queued. This lets
+/// the target's connection driver write from the same task that reads, with no hop through a
+/// writer task per response.
 pub struct PduWriter<W> {
     inner: W,
+    queue: VecDeque<EncodedPdu>,
+    /// Bytes of `queue[0]` already written.
+    written: usize,
+    /// Bytes queued and not yet written.
+    pending: usize,
 }
 
 /// Most bytes gathered into one vectored write.
@@ -81,25 +94,71 @@ const BATCH_SLICES_MAX: usize = 512;
 
 impl<W: AsyncWrite + Unpin> PduWriter<W> {
     pub fn new(inner: W) -> Self {
-        PduWriter { inner }
+        PduWriter { inner, queue: VecDeque::new(), written: 0, pending: 0 }
+    }
+
+    /// Queues a PDU; nothing is written until [`PduWriter::flush`].
+    pub fn push(&mut self, pdu: EncodedPdu) {
+        self.pending += pdu.len();
+        self.queue.push_back(pdu);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending
     }
 
     pub async fn write(&mut self, pdu: &EncodedPdu) -> io::Result<()> {
-        self.write_batch(std::slice::from_ref(pdu)).await
+        self.push(pdu.clone());
+        self.flush().await
     }
 
     /// Writes every PDU of the batch, in order, with as few syscalls as the socket allows.
     pub async fn write_batch(&mut self, pdus: &[EncodedPdu]) -> io::Result<()> {
-        let mut slices: Vec<&[u8]> = Vec::with_capacity(pdus.len() * 3);
         for p in pdus {
-            for s in [&p.header[..], &p.data[..], p.trailer()] {
-                if !s.is_empty() {
-                    slices.push(s);
-                }
-            }
+            self.push(p.clone());
         }
-        write_all_vectored(&mut self.inner, &slices).await?;
-        self.inner.flush().await
+        self.flush().await
+    }
+
+    /// Writes everything queued. Cancel-safe.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let slices = front_slices(&self.queue, self.written);
+            let n = match Pin::new(&mut self.inner).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "connection closed while writing",
+                    )));
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            drop(slices);
+            self.advance(n);
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Accounts for `n` more bytes written, dropping the PDUs written whole.
+    fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
+        while let Some(front) = self.queue.front() {
+            let left = front.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.queue.pop_front();
+        }
     }
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
@@ -109,53 +168,42 @@ impl<W: AsyncWrite + Unpin> PduWriter<W> {
     /// Runs the writer as a task fed by a channel until the channel closes or a write fails.
     /// Batches whatever is queued into one vectored write.
     pub async fn run(mut self, mut rx: mpsc::Receiver<EncodedPdu>) -> io::Result<()> {
-        let mut batch: Vec<EncodedPdu> = Vec::new();
         while let Some(first) = rx.recv().await {
-            batch.clear();
-            let mut bytes = first.len();
-            batch.push(first);
-            while bytes < BATCH_BYTES_MAX && batch.len() * 3 < BATCH_SLICES_MAX {
+            self.push(first);
+            while self.pending < BATCH_BYTES_MAX {
                 match rx.try_recv() {
-                    Ok(p) => {
-                        bytes += p.len();
-                        batch.push(p);
-                    }
+                    Ok(p) => self.push(p),
                     Err(_) => break,
                 }
             }
-            self.write_batch(&batch).await?;
+            self.flush().await?;
         }
         let _ = self.inner.shutdown().await;
         Ok(())
     }
 }
 
-async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, slices: &[&[u8]]) -> io::Result<()> {
-    let mut index = 0;
-    let mut offset = 0;
-    while index < slices.len() {
-        let io: Vec<IoSlice<'_>> = std::iter::once(&slices[index][offset..])
-            .chain(slices[index + 1..].iter().copied())
-            .take(BATCH_SLICES_MAX)
-            .map(IoSlice::new)
-            .collect();
-        let mut n = w.write_vectored(&io).await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing"));
-        }
-        while n > 0 {
-            let left = slices[index].len() - offset;
-            if n >= left {
-                n -= left;
-                index += 1;
-                offset = 0;
-            } else {
-                offset += n;
-                n = 0;
+/// The unwritten bytes at the front of the queue (`written` bytes of its first PDU are out), as at most one batch of slices.
+fn front_slices(queue: &VecDeque<EncodedPdu>, written: usize) -> Vec<IoSlice<'_>> {
+    let mut slices = Vec::with_capacity(BATCH_SLICES_MAX.min(queue.len() * 3));
+    let mut skip = written;
+    let mut bytes = 0;
+    'pdus: for p in queue {
+        for s in [&p.header[..], &p.data[..], p.trailer()] {
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
             }
+            let s = &s[skip..];
+            skip = 0;
+            if slices.len() == BATCH_SLICES_MAX || (bytes > 0 && bytes + s.len() > BATCH_BYTES_MAX) {
+                break 'pdus;
+            }
+            bytes += s.len();
+            slices.push(IoSlice::new(s));
         }
     }
-    Ok(())
+    slices
 }
 
 #[cfg(test)]
@@ -196,5 +244,40 @@ mod tests {
         }
         assert!(matches!(r.next(digests, limits).await.unwrap(), ReadEvent::Eof));
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_flush_loses_nothing() {
+        let (a, b) = tokio::io::duplex(700);
+        let digests = Digests::default();
+        let sent: Vec<Pdu> = (0..12)
+            .map(|i| {
+                Pdu::with_data(NopOut { itt: i, ..Default::default() }, Bytes::from(vec![i as u8; 300 + i as usize]))
+            })
+            .collect();
+        let mut w = PduWriter::new(a);
+        for p in &sent {
+            w.push(p.encode(digests));
+        }
+        let total: usize = sent.iter().map(|p| p.encode(digests).len()).sum();
+        assert_eq!(w.pending(), total);
+        // Nobody reads: the flush fills the pipe, then waits, and is cancelled mid-PDU.
+        let cancelled = futures::FutureExt::now_or_never(w.flush());
+        assert!(cancelled.is_none(), "a 700-byte pipe cannot take {total} bytes");
+        assert_eq!(w.pending(), total - 700, "what the cancelled flush wrote is accounted for");
+        let reader = tokio::spawn(async move {
+            let mut r = PduReader::new(b);
+            let limits = Limits { data_segment_len_max: 8192 };
+            let mut got = Vec::new();
+            while let ReadEvent::Pdu(p) = r.next(digests, limits).await.unwrap() {
+                got.push(p);
+            }
+            got
+        });
+        w.flush().await.unwrap();
+        assert_eq!(w.pending(), 0);
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(reader.await.unwrap(), sent);
     }
 }

@@ -703,17 +703,12 @@ fn data_outs(
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(mut writer: PduWriter<W>, mut rx: mpsc::UnboundedReceiver<EncodedPdu>) {
-    let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push(first);
-        while batch.len() < 128 {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+        writer.push(first);
+        while let Ok(p) = rx.try_recv() {
+            writer.push(p);
         }
-        if writer.write_batch(&batch).await.is_err() {
+        if writer.flush().await.is_err() {
             break;
         }
     }

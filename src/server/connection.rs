@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::Settings;
@@ -17,7 +18,7 @@ use crate::clock::Clock;
 use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
 use crate::iscsi::login::{Login, LoginContext, LoginOutcome, Step};
 use crate::iscsi::params::SessionKind;
-use crate::pdu::{Bhs, Digests, EncodedPdu, Limits};
+use crate::pdu::{Bhs, Digests, Limits};
 use crate::scsi::{Nexus, Request, Response, Sense, asc, decode_lun, key};
 use crate::wire::{PduReader, PduWriter, ReadEvent};
 
@@ -109,6 +110,10 @@ impl LoginContext for LoginCtx<'_> {
         self.endpoint.tpgt
     }
 }
+
+/// Unwritten response bytes beyond which a connection stops reading new PDUs until the
+/// initiator takes what it asked for.
+const PENDING_WRITE_MAX: usize = 16 << 20;
 
 /// How long a reinstating login waits for the old session's commands to finish.
 const REINSTATEMENT_WAIT: Duration = Duration::from_secs(20);
@@ -218,8 +223,10 @@ struct FullFeature {
     registry: Arc<Registry>,
     settings: Arc<Settings>,
     clock: Arc<dyn Clock>,
-    completions_tx: mpsc::UnboundedSender<(u32, Response)>,
-    completions_rx: mpsc::UnboundedReceiver<(u32, Response)>,
+    /// The connection's running SCSI commands, polled by its own task: a command that
+    /// completes at once (memory, null, cached S3 data) is answered without any task switch,
+    /// and one that waits (a disk, S3) wakes this task directly.
+    running: FuturesUnordered<BoxFuture<'static, (u32, Response)>>,
     closed_by_peer: Option<CloseReason>,
 }
 
@@ -248,8 +255,6 @@ impl FullFeature {
             }
             _ => None,
         };
-        // Completions are bounded by the number of tasks, which the CmdSN window bounds.
-        let (completions_tx, completions_rx) = mpsc::unbounded_channel();
         FullFeature {
             conn,
             handle,
@@ -259,37 +264,41 @@ impl FullFeature {
             registry,
             settings,
             clock,
-            completions_tx,
-            completions_rx,
+            running: FuturesUnordered::new(),
             closed_by_peer: None,
         }
     }
 
-    async fn run<R, W>(&mut self, mut reader: PduReader<R>, writer: PduWriter<W>) -> CloseReason
+    async fn run<R, W>(&mut self, mut reader: PduReader<R>, mut writer: PduWriter<W>) -> CloseReason
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin,
     {
-        let (out_tx, out_rx) = mpsc::channel::<EncodedPdu>(1024);
-        let writer_task = tokio::spawn(writer.run(out_rx));
-        let reason = self.event_loop(&mut reader, &out_tx).await;
-        // Let queued responses (a logout response, say) reach the wire, then stop the writer.
-        drop(out_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        let reason = self.event_loop(&mut reader, &mut writer).await;
+        // Let queued responses (a logout response, say) reach the wire, then close our side.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            writer.flush().await?;
+            writer.shutdown().await
+        })
+        .await;
         reason
     }
 
-    async fn event_loop<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut PduReader<R>,
-        out: &mpsc::Sender<EncodedPdu>,
-    ) -> CloseReason {
+    /// One task per connection reads PDUs, runs commands and writes responses. Reading goes on
+    /// while responses wait for the socket, up to [`PENDING_WRITE_MAX`] unwritten bytes.
+    async fn event_loop<R, W>(&mut self, reader: &mut PduReader<R>, writer: &mut PduWriter<W>) -> CloseReason
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         loop {
             let (digests, limits) = self.conn.decode_limits();
             let deadline = self.conn.next_deadline();
+            let writing = writer.pending() > 0;
+            let reading = writer.pending() < PENDING_WRITE_MAX;
             tokio::select! {
                 biased;
-                Some((itt, response)) = self.completions_rx.recv() => {
+                Some((itt, response)) = self.running.next(), if !self.running.is_empty() => {
                     self.count(&response);
                     self.conn.on_complete(itt, response);
                 }
@@ -299,7 +308,12 @@ impl FullFeature {
                     Control::Close => return CloseReason::ProtocolError("closed by the target".into()),
                     Control::RequestLogout => self.conn.request_logout(self.settings.logout_grace_secs),
                 },
-                event = reader.next(digests, limits) => {
+                written = writer.flush(), if writing => {
+                    if let Err(e) = written {
+                        return CloseReason::ProtocolError(format!("write failed: {e}"));
+                    }
+                }
+                event = reader.next(digests, limits), if reading => {
                     self.on_read(event);
                     // Take everything else already buffered before writing the responses.
                     while !self.conn.is_closing() {
@@ -314,7 +328,7 @@ impl FullFeature {
                 }
                 _ = self.clock.sleep_until(deadline) => self.conn.on_tick(self.clock.now()),
             }
-            if let Some(reason) = self.apply_outputs(out).await {
+            if let Some(reason) = self.apply_outputs(writer) {
                 return reason;
             }
         }
@@ -344,17 +358,15 @@ impl FullFeature {
         stats.bytes_read.fetch_add(response.data.len() as u64, Ordering::Relaxed);
     }
 
-    /// Carries out the connection's outputs. Returns the reason when the connection must close.
-    async fn apply_outputs(&mut self, out: &mpsc::Sender<EncodedPdu>) -> Option<CloseReason> {
+    /// Carries out the connection's outputs: PDUs are queued on the writer (the event loop
+    /// writes them), commands join the running set. Returns the reason when the connection must
+    /// close.
+    fn apply_outputs<W: AsyncWrite + Unpin>(&mut self, writer: &mut PduWriter<W>) -> Option<CloseReason> {
         let digests = self.conn.digests();
         let mut close = None;
         for output in self.conn.drain() {
             match output {
-                Output::Send(pdu) => {
-                    if out.send(pdu.encode(digests)).await.is_err() {
-                        return Some(CloseReason::ProtocolError("write failed".into()));
-                    }
-                }
+                Output::Send(pdu) => writer.push(pdu.encode(digests)),
                 Output::Execute(exec) => self.execute(exec),
                 Output::ResetLun(lun) => self.reset_lun(lun),
                 Output::ResetTarget { cold } => self.reset_target(cold),
@@ -364,7 +376,7 @@ impl FullFeature {
         close
     }
 
-    fn execute(&self, exec: crate::iscsi::conn::Exec) {
+    fn execute(&mut self, exec: crate::iscsi::conn::Exec) {
         let (Some(target), Some(nexus)) = (&self.target, &self.nexus) else {
             // Discovery sessions never get here: the connection rejects their commands.
             return;
@@ -373,9 +385,9 @@ impl FullFeature {
         let scsi = target.scsi.clone();
         let lu = crate::scsi::decode_lun(exec.lun).and_then(|n| scsi.lun(n));
         let request = Request { nexus: nexus.clone(), lun: exec.lun, cdb: exec.cdb, data_out: exec.data_out };
-        let done = self.completions_tx.clone();
         let clock = self.clock.clone();
-        tokio::spawn(async move {
+        let itt = exec.itt;
+        self.running.push(Box::pin(async move {
             let started = clock.now();
             let in_flight = lu.as_ref().map(|lu| lu.metrics.start());
             // A bug in a command handler must not leave the command unanswered forever.
@@ -393,8 +405,8 @@ impl FullFeature {
                 lu.metrics.record(opcode, response.status == 0, data_in, data_out, latency);
             }
             drop(in_flight);
-            let _ = done.send((exec.itt, response));
-        });
+            (itt, response)
+        }));
     }
 
     fn reset_lun(&self, lun: u64) {
@@ -420,7 +432,7 @@ impl FullFeature {
     async fn teardown(&mut self, dropped: bool) {
         let mut running = self.conn.running().len();
         while running > 0 {
-            match tokio::time::timeout(Duration::from_secs(30), self.completions_rx.recv()).await {
+            match tokio::time::timeout(Duration::from_secs(30), self.running.next()).await {
                 Ok(Some((itt, response))) => {
                     self.conn.on_complete(itt, response);
                     running = self.conn.running().len();

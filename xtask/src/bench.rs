@@ -121,6 +121,8 @@ struct Options {
     backings: Vec<Backing>,
     clients: Vec<Client>,
     only: Vec<String>,
+    /// rtgt's backend for the file LU: "file" (positioned I/O) or "uring".
+    rtgt_file_backend: &'static str,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -131,6 +133,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         backings: vec![Backing::Memory, Backing::File],
         clients: vec![Client::Own, Client::IscsiPerf],
         only: Vec::new(),
+        rtgt_file_backend: "file",
     };
     let mut it = args.iter();
     let number = |v: Option<&String>, what: &str| -> Result<u64, String> {
@@ -159,6 +162,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     _ => return Err("--client needs own or iscsi-perf".into()),
                 }
             }
+            "--rtgt-file-backend" => {
+                o.rtgt_file_backend = match it.next().map(String::as_str) {
+                    Some("file") => "file",
+                    Some("uring") => "uring",
+                    _ => return Err("--rtgt-file-backend needs file or uring".into()),
+                }
+            }
             "--only" => o.only.push(it.next().ok_or("--only needs a pattern")?.to_lowercase()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -179,7 +189,8 @@ fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// A server under a watchdog shell: when this is dropped, or when xtask dies in any way (the
-/// watchdog's stdin pipe closes), the shell kills the server with SIGKILL.
+/// watchdog's stdin pipe closes), the shell kills the server with SIGKILL, then removes the
+/// paths listed in its environment variable WATCHDOG_CLEANUP (one a line).
 struct Watched {
     name: String,
     shell: Child,
@@ -193,7 +204,11 @@ log=$1; shift
 echo $!
 read _
 kill -KILL $! 2>/dev/null
-wait"#;
+wait
+set -f
+IFS='
+'
+[ -z "$WATCHDOG_CLEANUP" ] || rm -rf -- $WATCHDOG_CLEANUP"#;
 
 impl Watched {
     fn spawn(name: &str, program: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Watched, String> {
@@ -321,17 +336,6 @@ struct Target {
     iqn: &'static str,
     log: PathBuf,
     server: Option<Watched>,
-    /// Files to remove once the server is gone (tgtd's control socket and lock).
-    leftovers: Vec<PathBuf>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        for p in &self.leftovers {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 impl Target {
@@ -340,14 +344,22 @@ impl Target {
     }
 }
 
-fn start_rtgt(binary: &Path, backing: Backing, dir: &Path, lun_file: &Path) -> Result<Target, String> {
+fn start_rtgt(
+    binary: &Path,
+    backing: Backing,
+    file_backend: &str,
+    dir: &Path,
+    lun_file: &Path,
+) -> Result<Target, String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let lun = match backing {
         Backing::Memory => "backend = \"memory\"\nsize = \"1GiB\"".to_string(),
-        Backing::File => format!("backend = \"file\"\npath = \"{}\"\nsize = \"1GiB\"", lun_file.display()),
+        Backing::File => {
+            format!("backend = \"{file_backend}\"\npath = \"{}\"\nsize = \"1GiB\"", lun_file.display())
+        }
     };
     let config = format!(
-        "[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n\
+        "[server]\ndata_dir = \"{}\"\n\n[api]\nlisten = \"off\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n\
          [[target]]\nname = \"{RTGT_IQN}\"\n\n[[target.lun]]\nlun = 1\n{lun}\n",
         dir.display()
     );
@@ -358,7 +370,7 @@ fn start_rtgt(binary: &Path, backing: Backing, dir: &Path, lun_file: &Path) -> R
     let args = vec!["serve".to_string(), "--config".to_string(), config_path.display().to_string()];
     let server = Watched::spawn("rtgt", binary, &args, &log, &[("RUST_LOG", &rust_log)])?;
     wait_for_port(addr, &server, &log)?;
-    Ok(Target { kind: Kind::Rtgt, addr, iqn: RTGT_IQN, log, server: Some(server), leftovers: Vec::new() })
+    Ok(Target { kind: Kind::Rtgt, addr, iqn: RTGT_IQN, log, server: Some(server) })
 }
 
 struct Tgt {
@@ -394,15 +406,10 @@ fn start_tgtd(tgt: &Tgt, backing: Backing, dir: &Path, lun_file: &Path) -> Resul
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let server = Watched::spawn("tgtd", &tgt.tgtd, &args, &log, &[])?;
-    let target = Target {
-        kind: Kind::Tgtd,
-        addr,
-        iqn: TGTD_IQN,
-        log: log.clone(),
-        server: Some(server),
-        leftovers: vec![sockets.join(format!("socket.{control}")), sockets.join(format!("socket.{control}.lock"))],
-    };
+    // Its control socket and lock stay behind it: the watchdog removes them.
+    let leftovers = format!("{0}/socket.{control}\n{0}/socket.{control}.lock", sockets.display());
+    let server = Watched::spawn("tgtd", &tgt.tgtd, &args, &log, &[("WATCHDOG_CLEANUP", &leftovers)])?;
+    let target = Target { kind: Kind::Tgtd, addr, iqn: TGTD_IQN, log: log.clone(), server: Some(server) };
     wait_for_port(addr, target.server.as_ref().expect("started"), &log)?;
     // The control socket may come up a little after the portal.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -921,17 +928,6 @@ fn builtin_bandwidth() -> Result<f64, String> {
 
 // ---------------------------------------------------------------- the benchmark
 
-/// Removes the scratch directories at the end, however the benchmark ends.
-struct Scratch(Vec<PathBuf>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 pub fn targets(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
     let missing = |what: &str, package: &str| format!("{what} not found: apt-get install -y {package}");
@@ -945,24 +941,26 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         None => return Err(missing("iscsi-perf", "libiscsi-bin") + " (or --client own)"),
     };
     which("timeout").ok_or("timeout (coreutils) not found")?;
-    // Without xtask's own CARGO_MANIFEST_DIR: ring's build script tracks it, and a different
-    // value than a plain `cargo build --release` has rebuilds ring and all that depends on it.
-    run(cargo().env_remove("CARGO_MANIFEST_DIR").env_remove("CARGO_MANIFEST_PATH").args([
-        "build",
-        "--release",
-        "--quiet",
-        "--bin",
-        "rtgt",
-    ]))?;
+    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))?;
 
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("rtgt-bench-targets-{pid}"));
     let shm = PathBuf::from(format!("/dev/shm/rtgt-bench-targets-{pid}"));
-    let _scratch = Scratch(vec![dir.clone(), shm.clone()]);
     for d in [&dir, &shm] {
         let _ = std::fs::remove_dir_all(d);
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
+    // A watchdog with nothing to watch removes the scratch directories (2 GiB of LU files) when
+    // the benchmark ends, however it ends.
+    let scratch = format!("{}\n{}", dir.display(), shm.display());
+    let infinity = ["infinity".to_string()];
+    let _scratch = Watched::spawn(
+        "cleanup",
+        Path::new("sleep"),
+        &infinity,
+        Path::new("/dev/null"),
+        &[("WATCHDOG_CLEANUP", &scratch)],
+    )?;
     let out = root().join("target/bench");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     // A copy of the binary, so that a rebuild during the runs does not change what is measured.
@@ -1014,7 +1012,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
                 create_lun_file(f)?;
             }
         }
-        let rtgt = start_rtgt(&runner.rtgt, backing, &dir, &rtgt_file)?;
+        let rtgt = start_rtgt(&runner.rtgt, backing, options.rtgt_file_backend, &dir, &rtgt_file)?;
         let tgtd = start_tgtd(&tgt, backing, &dir, &tgtd_file)?;
         // Fill both LUs so that reads return data, not holes.
         for t in [&rtgt, &tgtd] {
@@ -1144,6 +1142,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         ),
         "LU: 1 GiB, 512-byte blocks, filled before the runs; MB = 10^6 bytes; latency: command submit to response (own client only)".into(),
         "memory: rtgt's memory backend vs a tgtd rdwr file in /dev/shm (tgtd has no equivalent memory backend); file: a regular file each on one filesystem (tgtd bs-type rdwr), page cache warm, `sync` before every run".into(),
+        format!("rtgt's file LU: backend = \"{}\"", options.rtgt_file_backend),
         format!(
             "tgtd negotiates rtgt's defaults: {}",
             TGTD_PARAMS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")

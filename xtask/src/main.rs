@@ -30,6 +30,7 @@ commands:
         [--runs N]              (default 3 of 10 s; --quick: 1 of 3 s); table on stdout, JSON and
         [--backing B]           SVG in target/bench/targets.*; B: memory or file
         [--client C]            C: own or iscsi-perf
+        [--rtgt-file-backend F] rtgt's backend for the file LU: file (default) or uring
         [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
         [--threads N]           threads of the own load generator (default 1)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
@@ -62,10 +63,31 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// Cargo, in the environment of a plain `cargo` command: without the variables cargo set for
+/// xtask itself (CARGO_PKG_NAME, CARGO_MANIFEST_DIR...). Some build scripts (ring's) track them,
+/// and values other than a plain command's would rebuild ring and everything above it — the AWS
+/// SDK — on every switch between `cargo test` and `cargo xtask`.
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&key.as_ref())
+        {
+            c.env_remove(key.as_ref());
+        }
+    }
     c
+}
+
+/// The debug build of everything: the same command line as `cargo xtask test`, so that the
+/// simulator and the conformance runs reuse its artifacts. (A narrower `cargo build --bin rtgt`
+/// resolves other features — no dev-dependencies, so tokio without `test-util` — and rebuilds
+/// tokio and all that depends on it, the AWS SDK included.)
+fn build_debug() -> Result<(), String> {
+    run(cargo().args(["build", "--quiet", "--workspace", "--all-targets"]))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -186,7 +208,7 @@ fn conformance(args: &[String]) -> Result<(), String> {
         }
     }
     let scorer = scorer()?;
-    run(cargo().args(["build", "--quiet", "--bin", "rtgt"]))?;
+    build_debug()?;
 
     let dir = std::env::temp_dir().join(format!("rtgt-conformance-{}-{}", backend, std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -355,17 +377,18 @@ fn fuzz(args: &[String]) -> Result<(), String> {
 
 // ---------------------------------------------------------------- bench
 
-/// Runs the simulator with the given arguments (the dev profile unless `--release`: it shares
-/// the build of `cargo xtask test`, and the dependencies are optimised in it anyway).
+/// Runs the simulator with the given arguments: the debug build shared with `cargo xtask test`
+/// (the dependencies are optimised in it anyway), or a release build with `--release`.
 fn sim(args: &[String]) -> Result<(), String> {
     let release = args.iter().any(|a| a == "--release");
-    let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "--package", "rtgt-sim"]);
-    if release {
-        cmd.arg("--release");
-    }
-    cmd.arg("--").args(args.iter().filter(|a| *a != "--release"));
-    run(&mut cmd)
+    let binary = if release {
+        run(cargo().args(["build", "--quiet", "--release", "--package", "rtgt-sim"]))?;
+        root().join("target/release/rtgt-sim")
+    } else {
+        build_debug()?;
+        root().join("target/debug/rtgt-sim")
+    };
+    run(Command::new(binary).current_dir(root()).args(args.iter().filter(|a| *a != "--release")))
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
