@@ -173,6 +173,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    keep_io_buffers_on_the_heap();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -233,6 +234,20 @@ fn serve(
     }
     // Changes made through the API go to the file we read, or to the data directory.
     block_on(run(config, path.unwrap_or(saved)))
+}
+
+/// Data buffers of up to a MaxBurstLength and more (1 MiB reads, gathered writes) come and go
+/// with every command. glibc serves allocations above 128 KiB with a fresh mmap and gives them
+/// back on free, so each such command would pay for page faults on all of its pages (about
+/// 1.2 GB/s instead of 3.2 GB/s for 1 MiB reads from memory with iscsi-perf). Keep them on the
+/// heap, and keep the freed heap: the memory in use is bounded by the commands in flight anyway.
+fn keep_io_buffers_on_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }
 
 /// Where `rtgt serve` without --config keeps what the API changed.
