@@ -86,7 +86,7 @@ impl Manager {
             let problems = manager.reconcile(&mut inner, &config).await;
             if !problems.is_empty() {
                 for (_, h) in std::mem::take(&mut inner.listeners) {
-                    h.abort();
+                    close_portal(h).await;
                 }
                 return Err(format!("cannot start:\n  - {}", problems.join("\n  - ")));
             }
@@ -97,7 +97,7 @@ impl Manager {
     /// Stops accepting connections on every portal (shutdown).
     pub async fn stop_listening(&self) {
         for (_, h) in std::mem::take(&mut self.inner.lock().await.listeners) {
-            h.abort();
+            close_portal(h).await;
         }
     }
 
@@ -192,7 +192,7 @@ impl Manager {
         let stale: Vec<(u16, String)> = inner.listeners.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for key in stale {
             if let Some(h) = inner.listeners.remove(&key) {
-                h.abort();
+                close_portal(h).await;
                 info!(tpgt = key.0, portal = %key.1, "portal removed");
             }
         }
@@ -393,6 +393,13 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Stops a portal's accept loop and waits until its listening socket is closed: `abort` alone
+/// only schedules the drop, and a client told "removed" could still connect.
+async fn close_portal(accept_loop: JoinHandle<()>) {
+    accept_loop.abort();
+    let _ = accept_loop.await;
 }
 
 #[cfg(test)]
