@@ -176,6 +176,13 @@ pub struct LunConfig {
     /// file, uring: create the file if it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<bool>,
+    /// uring: ring entries, the bound on requests in flight (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<u32>,
+    /// uring: open with O_DIRECT, bypassing the page cache (blocks must be a multiple of the
+    /// device's logical block size).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
     /// Unit serial number (VPD 0x80); derived from the target name and LUN when absent.
@@ -218,6 +225,8 @@ impl LunConfig {
             block_size: None,
             path: None,
             create: None,
+            queue_depth: None,
+            direct: false,
             read_only: false,
             serial: None,
             url: None,
@@ -384,6 +393,9 @@ pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
 }
 
 pub const BACKENDS: &[&str] = &["memory", "file", "uring", "null", "s3"];
+
+/// Most entries of one LUN's io_uring (`queue_depth`).
+const URING_DEPTH_MAX: u32 = 4096;
 
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -581,6 +593,17 @@ impl Config {
                 problems.push(format!("size: {size} bytes is not a multiple of the block size {bs}"));
             }
         }
+        if l.backend != "uring" {
+            if l.queue_depth.is_some() {
+                problems.push(format!("queue_depth: not used by backend {:?} (only uring)", l.backend));
+            }
+            if l.direct {
+                problems.push(format!("direct: not used by backend {:?} (only uring)", l.backend));
+            }
+        }
+        if let Some(depth) = l.queue_depth.filter(|d| !(1..=URING_DEPTH_MAX).contains(d)) {
+            problems.push(format!("queue_depth: {depth} is out of range (1 to {URING_DEPTH_MAX})"));
+        }
         match l.backend.as_str() {
             "memory" | "null" => {
                 if l.size.is_none() {
@@ -675,7 +698,10 @@ impl Config {
             "uring" => {
                 let path = self.lun_path(l).ok_or("path is required")?;
                 let file = FileOptions { size, create: l.create.unwrap_or(false) };
-                UringStore::open_or_fallback(&path, &UringOptions::new(file))?
+                let mut opts = UringOptions::new(file);
+                opts.queue_depth = l.queue_depth.unwrap_or(opts.queue_depth);
+                opts.direct = l.direct;
+                UringStore::open_or_fallback(&path, &opts)?
             }
             "s3" => self.open_s3(l, ctx).await?,
             other => return Err(format!("unknown backend {other:?}")),
@@ -878,10 +904,12 @@ mod tests {
             lun = 0
             backend = "file"
             path = "/tmp/same.img"
+            queue_depth = 64
             [[target.lun]]
             lun = 1
-            backend = "file"
+            backend = "uring"
             path = "/tmp/same.img"
+            queue_depth = 0
         "#;
         let err = Config::from_toml(text).unwrap_err().0.join("\n");
         for expected in [
@@ -892,6 +920,8 @@ mod tests {
             "target[0] (disk1).lun[0] (LUN 0).size: 1000 bytes is not a multiple of the block size 512",
             "target[0] (disk1).lun[1] (LUN 0).lun: duplicate LUN number",
             "target[0] (disk1).lun[1] (LUN 0).path: required for backend \"file\"",
+            "target[1] (iqn.2026-11.org.example:a).lun[0] (LUN 0).queue_depth: not used by backend \"file\" (only uring)",
+            "target[1] (iqn.2026-11.org.example:a).lun[1] (LUN 1).queue_depth: 0 is out of range (1 to 4096)",
             "two LUNs on one file would corrupt it",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
