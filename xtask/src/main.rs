@@ -282,8 +282,14 @@ fn conformance(args: &[String]) -> Result<(), String> {
         return Err("rtgt panicked".into());
     }
     if !ok {
-        return Err(format!("a test of the ratchet ({}) no longer passes", ratchet.display()));
+        return Err(format!(
+            "a test of the ratchet ({}) no longer passes; rtgt's log and the results are in {}",
+            ratchet.display(),
+            dir.display()
+        ));
     }
+    // A passing run leaves nothing behind (the LU file is 256 MiB); a failing one keeps its log.
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
