@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 use crate::pdu::{Digests, EncodedPdu, Limits, Pdu, PduError};
 
@@ -163,23 +162,6 @@ impl<W: AsyncWrite + Unpin> PduWriter<W> {
 
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
-    }
-
-    /// Runs the writer as a task fed by a channel until the channel closes or a write fails.
-    /// Batches whatever is queued into one vectored write.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<EncodedPdu>) -> io::Result<()> {
-        while let Some(first) = rx.recv().await {
-            self.push(first);
-            while self.pending < BATCH_BYTES_MAX {
-                match rx.try_recv() {
-                    Ok(p) => self.push(p),
-                    Err(_) => break,
-                }
-            }
-            self.flush().await?;
-        }
-        let _ = self.inner.shutdown().await;
-        Ok(())
     }
 }
 
