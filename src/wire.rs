@@ -107,16 +107,9 @@ impl<W: AsyncWrite + Unpin> PduWriter<W> {
         self.pending
     }
 
-    pub async fn write(&mut self, pdu: &EncodedPdu) -> io::Result<()> {
-        self.push(pdu.clone());
-        self.flush().await
-    }
-
-    /// Writes every PDU of the batch, in order, with as few syscalls as the socket allows.
-    pub async fn write_batch(&mut self, pdus: &[EncodedPdu]) -> io::Result<()> {
-        for p in pdus {
-            self.push(p.clone());
-        }
+    /// Queues one PDU and writes everything queued.
+    pub async fn write(&mut self, pdu: EncodedPdu) -> io::Result<()> {
+        self.push(pdu);
         self.flush().await
     }
 
@@ -213,7 +206,10 @@ mod tests {
         let encoded: Vec<EncodedPdu> = sent.iter().map(|p| p.encode(digests)).collect();
         let writer = tokio::spawn(async move {
             let mut w = PduWriter::new(a);
-            w.write_batch(&encoded).await.unwrap();
+            for p in encoded {
+                w.push(p);
+            }
+            w.flush().await.unwrap();
             w.shutdown().await.unwrap();
         });
         let mut r = PduReader::new(b);

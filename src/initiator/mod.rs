@@ -980,7 +980,7 @@ where
                 cmd_sn,
                 exp_stat_sn,
             };
-            writer.write(&Pdu::with_data(req, data.clone()).encode(Digests::default())).await?;
+            writer.write(Pdu::with_data(req, data.clone()).encode(Digests::default())).await?;
             let limits = Limits { data_segment_len_max: 8192 };
             let pdu = match reader.next(Digests::default(), limits).await? {
                 ReadEvent::Pdu(p) => p,

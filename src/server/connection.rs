@@ -157,10 +157,10 @@ where
         };
         match login.on_request(&req, &pdu.data, &mut ctx) {
             Step::Reply(resp) => {
-                writer.write(&resp.encode(Digests::default())).await.ok()?;
+                writer.write(resp.encode(Digests::default())).await.ok()?;
             }
             Step::Fail(resp) => {
-                let _ = writer.write(&resp.encode(Digests::default())).await;
+                let _ = writer.write(resp.encode(Digests::default())).await;
                 let _ = writer.shutdown().await;
                 return None;
             }
@@ -177,7 +177,7 @@ where
                         return None;
                     }
                 }
-                if writer.write(&resp.encode(Digests::default())).await.is_err() {
+                if writer.write(resp.encode(Digests::default())).await.is_err() {
                     registry.unregister_session(handle.tsih);
                     handle.mark_done();
                     return None;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{USAGE, cargo, free_port, root, run};
+use crate::{USAGE, build_release, free_port, root};
 
 const RTGT_IQN: &str = "iqn.2026-11.dev.rtgt:bench";
 const TGTD_IQN: &str = "iqn.2026-11.dev.rtgt:bench-tgtd";
@@ -942,7 +942,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         None => return Err(missing("iscsi-perf", "libiscsi-bin") + " (or --client own)"),
     };
     which("timeout").ok_or("timeout (coreutils) not found")?;
-    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))?;
+    build_release()?;
 
     let pid = std::process::id();
     let dir = std::env::temp_dir().join(format!("rtgt-bench-targets-{pid}"));

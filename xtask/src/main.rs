@@ -90,6 +90,11 @@ fn build_debug() -> Result<(), String> {
     run(cargo().args(["build", "--quiet", "--workspace", "--all-targets"]))
 }
 
+/// The release build of the `rtgt` binary, for the benchmarks.
+fn build_release() -> Result<(), String> {
+    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))
+}
+
 fn run(cmd: &mut Command) -> Result<(), String> {
     let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
@@ -416,7 +421,7 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))?;
+    build_release()?;
     let dir = std::env::temp_dir().join(format!("rtgt-bench-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
