@@ -144,6 +144,8 @@ async fn target(env: Environment) -> turmoil::Result {
     settings.limits.max_outstanding_r2t = 2;
     settings.conn.nop_interval = Duration::from_secs(5);
     settings.conn.nop_timeout = Duration::from_secs(10);
+    // Busy polling spins on yields, and simulated time does not pass while tasks only yield.
+    settings.busy_poll = Duration::ZERO;
     let server = Arc::new(Server::new(TurmoilNet, clock, registry, settings));
     for portal in server.bind().await? {
         tokio::spawn(server.clone().accept_loop(portal));

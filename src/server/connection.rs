@@ -291,11 +291,22 @@ impl FullFeature {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        // The protocol deadline's timer, kept across iterations while the deadline stands
+        // (registering a timer on every PDU costs more than polling a kept one).
+        let mut timer: Option<(Duration, BoxFuture<'static, ()>)> = None;
+        // Busy polling: until this instant the task keeps the runtime polling sockets instead
+        // of sleeping (see `Settings::busy_poll`).
+        let mut poll_until = Duration::ZERO;
         loop {
             let (digests, limits) = self.conn.decode_limits();
             let deadline = self.conn.next_deadline();
+            if timer.as_ref().is_none_or(|(at, _)| *at != deadline) {
+                timer = Some((deadline, self.clock.sleep_until(deadline)));
+            }
+            let tick = &mut timer.as_mut().expect("set above").1;
             let writing = writer.pending() > 0;
             let reading = writer.pending() < PENDING_WRITE_MAX;
+            let busy_polling = !writing && !self.settings.busy_poll.is_zero() && self.clock.now() < poll_until;
             tokio::select! {
                 biased;
                 Some((itt, response)) = self.running.next(), if !self.running.is_empty() => {
@@ -326,8 +337,14 @@ impl FullFeature {
                         return reason;
                     }
                 }
-                _ = self.clock.sleep_until(deadline) => self.conn.on_tick(self.clock.now()),
+                _ = tick => {
+                    timer = None;
+                    self.conn.on_tick(self.clock.now());
+                }
+                // Yielding lets the worker poll its sockets without blocking and come back.
+                _ = tokio::task::yield_now(), if busy_polling => continue,
             }
+            poll_until = self.clock.now() + self.settings.busy_poll;
             if let Some(reason) = self.apply_outputs(writer) {
                 return reason;
             }

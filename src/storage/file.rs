@@ -1,6 +1,8 @@
-//! A regular file or block device, with positioned I/O on tokio's blocking pool so that the
-//! async workers never wait on the disk. UNMAP punches holes; flush is fdatasync; FUA writes use
-//! `pwritev2(RWF_DSYNC)`.
+//! A regular file or block device, with positioned I/O on a few threads of its own
+//! ([`IoPool`]) so that the async workers never wait on the disk. A read first tries
+//! `preadv2(RWF_NOWAIT)` on the calling task: data already in the page cache is copied at once,
+//! without a thread handoff; only what would block goes to the pool. UNMAP punches holes; flush
+//! is fdatasync; FUA writes use `pwritev2(RWF_DSYNC)`.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -11,7 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
+use super::io_pool::IoPool;
 use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+
+/// I/O threads per file store, for reads that miss the page cache, syncs, FUA writes, UNMAP.
+pub const IO_THREADS: usize = 4;
 
 pub struct FileStore {
     file: Arc<File>,
@@ -20,6 +26,19 @@ pub struct FileStore {
     block_device: bool,
     /// Cleared once the filesystem refuses to punch holes; unmap then writes zeros.
     punch_hole: Arc<AtomicBool>,
+    /// Cleared once the kernel refuses `RWF_NOWAIT` reads; every read then goes to the pool.
+    nowait_reads: AtomicBool,
+    /// Reads served wholly from the page cache on the calling task, and reads that went (at
+    /// least in part) to the pool: their ratio is the cache hit rate.
+    cached_reads: AtomicU64,
+    pool_reads: AtomicU64,
+    pool: IoPool,
+    /// One thread for the plain (write-back) writes to a regular file. The filesystem holds the
+    /// inode lock for the whole of such a write, so they run one at a time whatever we do; more
+    /// threads only spin and sleep on that lock (a fifth of the CPU at queue depth 32 on ext4).
+    /// FUA writes and syncs stay on `pool`: their wait for the disk is outside the lock and
+    /// overlaps. A block device has no such lock; its writes use `pool`.
+    writer: IoPool,
 }
 
 /// How to open a file-backed LUN.
@@ -83,21 +102,68 @@ impl FileStore {
             capacity: AtomicU64::new(capacity),
             block_device,
             punch_hole: Arc::new(AtomicBool::new(true)),
+            nowait_reads: AtomicBool::new(true),
+            cached_reads: AtomicU64::new(0),
+            pool_reads: AtomicU64::new(0),
+            pool: IoPool::new("rtgt-file-io", IO_THREADS),
+            writer: IoPool::new("rtgt-file-write", 1),
         })
     }
 
     /// Runs blocking file I/O off the async workers. (The simulation uses its own disk
     /// behind the BlockStore seam, never this backend.)
-    #[allow(clippy::disallowed_methods)]
     async fn blocking<T: Send + 'static>(
         &self,
         writing: bool,
         f: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
+        self.blocking_on(&self.pool, writing, f).await
+    }
+
+    async fn blocking_on<T: Send + 'static>(
+        &self,
+        pool: &IoPool,
+        writing: bool,
+        f: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
         let file = self.file.clone();
-        match tokio::task::spawn_blocking(move || f(&file)).await {
+        match pool.run(move || f(&file)).await {
             Ok(result) => result.map_err(|e| StoreError::from_io(e, writing)),
-            Err(join) => Err(StoreError::Transient(format!("I/O task failed: {join}"))),
+            Err(failed) => Err(StoreError::Transient(failed.0)),
+        }
+    }
+
+    /// Fills `buf` (up to `len` bytes) from the page cache without blocking; stops at the
+    /// first byte that would need the disk. Turns the fast path off for good if the kernel or
+    /// filesystem does not support `RWF_NOWAIT`.
+    fn read_cached(&self, buf: &mut BytesMut, offset: u64, len: usize) {
+        if !self.nowait_reads.load(Ordering::Relaxed) {
+            return;
+        }
+        while buf.len() < len {
+            let want = len - buf.len();
+            let spare = &mut buf.spare_capacity_mut()[..want];
+            let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+            let at = offset + buf.len() as u64;
+            // SAFETY: the iovec covers spare capacity of `buf`, valid for writes of its length.
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at as libc::off_t, libc::RWF_NOWAIT) };
+            if n > 0 {
+                // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+                continue;
+            }
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            match errno {
+                _ if n == 0 => return, // end of file: the pool's read reports it
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return,
+                _ => {
+                    // EOPNOTSUPP, EINVAL (no RWF_NOWAIT here) or a real error the pool's read
+                    // will meet and report; either way, stop trying inline.
+                    self.nowait_reads.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
     }
 }
@@ -212,20 +278,30 @@ impl BlockStore for FileStore {
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
-        Box::pin(self.blocking(false, move |f| {
-            let mut buf = BytesMut::zeroed(len);
-            f.read_exact_at(&mut buf, offset)?;
-            Ok(buf.freeze())
-        }))
+        Box::pin(async move {
+            let mut buf = BytesMut::with_capacity(len);
+            self.read_cached(&mut buf, offset, len);
+            if buf.len() == len {
+                self.cached_reads.fetch_add(1, Ordering::Relaxed);
+                return Ok(buf.freeze());
+            }
+            self.pool_reads.fetch_add(1, Ordering::Relaxed);
+            self.blocking(false, move |f| {
+                let cached = buf.len();
+                buf.resize(len, 0);
+                f.read_exact_at(&mut buf[cached..], offset + cached as u64)?;
+                Ok(buf.freeze())
+            })
+            .await
+        })
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.blocking(
-            true,
-            move |f| {
-                if fua { write_fua(f, &data, offset) } else { f.write_all_at(&data, offset) }
-            },
-        ))
+        if fua {
+            return Box::pin(self.blocking(true, move |f| write_fua(f, &data, offset)));
+        }
+        let lane = if self.block_device { &self.pool } else { &self.writer };
+        Box::pin(self.blocking_on(lane, true, move |f| f.write_all_at(&data, offset)))
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -254,6 +330,14 @@ impl BlockStore for FileStore {
             return Box::pin(async move { Ok(vec![Extent { offset, len, mapped: true }]) });
         }
         Box::pin(self.blocking(false, move |f| extents_sync(f, offset, len)))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": "file",
+            "cached_reads": self.cached_reads.load(Ordering::Relaxed),
+            "pool_reads": self.pool_reads.load(Ordering::Relaxed),
+        })
     }
 
     fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
@@ -297,5 +381,38 @@ mod tests {
         assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
         assert!(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false }).is_err());
         assert!(FileStore::open(&dir.path().join("missing"), &FileOptions { size: None, create: false }).is_err());
+    }
+
+    /// Reads that the page cache holds only in part are finished by the pool; every read is
+    /// counted once; plain and FUA writes through both lanes land.
+    #[tokio::test]
+    async fn reads_partly_out_of_cache_and_concurrent_writes_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let s = std::sync::Arc::new(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: true }).unwrap());
+        let pattern = |i: u64| Bytes::from((0..4096u64).map(|b| (i * 7 + b) as u8).collect::<Vec<u8>>());
+        let writes = (0..64u64).map(|i| {
+            let s = s.clone();
+            async move { s.write(i * 4096, pattern(i), i % 5 == 0).await }
+        });
+        for done in futures::future::join_all(writes).await {
+            done.unwrap();
+        }
+        s.flush().await.unwrap();
+        // Drop the second half of the written range from the page cache (clean after flush).
+        let file = File::open(&path).unwrap();
+        // SAFETY: posix_fadvise takes plain integers.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 128 << 10, 128 << 10, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let all = s.read(0, 256 << 10).await.unwrap();
+        for i in 0..64u64 {
+            assert_eq!(all.slice(i as usize * 4096..(i as usize + 1) * 4096), pattern(i), "block {i}");
+        }
+        for i in [3u64, 40, 63] {
+            assert_eq!(s.read(i * 4096, 4096).await.unwrap(), pattern(i), "block {i}");
+        }
+        let stats = s.stats();
+        let counted = stats["cached_reads"].as_u64().unwrap() + stats["pool_reads"].as_u64().unwrap();
+        assert_eq!(counted, 4, "{stats}");
     }
 }

@@ -3,6 +3,7 @@
 //! it, so stores may assume `offset + len <= capacity`.
 
 pub mod file;
+mod io_pool;
 pub mod memory;
 pub mod null;
 pub mod uring;
