@@ -136,7 +136,7 @@ impl FileStore {
     /// Fills `buf` (up to `len` bytes) from the page cache without blocking; stops at the
     /// first byte that would need the disk. Turns the fast path off for good if the kernel or
     /// filesystem does not support `RWF_NOWAIT`.
-    fn read_cached(&self, buf: &mut BytesMut, offset: u64, len: usize) {
+    pub(super) fn read_cached(&self, buf: &mut BytesMut, offset: u64, len: usize) {
         if !self.nowait_reads.load(Ordering::Relaxed) {
             return;
         }
@@ -389,7 +389,8 @@ mod tests {
     async fn reads_partly_out_of_cache_and_concurrent_writes_are_exact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        let s = std::sync::Arc::new(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: true }).unwrap());
+        let s =
+            std::sync::Arc::new(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: true }).unwrap());
         let pattern = |i: u64| Bytes::from((0..4096u64).map(|b| (i * 7 + b) as u8).collect::<Vec<u8>>());
         let writes = (0..64u64).map(|i| {
             let s = s.clone();

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -68,6 +69,8 @@ pub struct UringStore {
     permits: Arc<Semaphore>,
     direct: bool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by `shutdown`: the ring is gone, and the page-cache read path must refuse too.
+    stopped: AtomicBool,
 }
 
 impl UringStore {
@@ -111,6 +114,7 @@ impl UringStore {
             permits: Arc::new(Semaphore::new(depth * 2)),
             direct: opts.direct,
             thread: Mutex::new(Some(thread)),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -709,8 +713,18 @@ impl BlockStore for UringStore {
         if let Some(e) = self.out_of_range(offset, len as u64, false) {
             return Box::pin(async { Err(e) });
         }
-        let buf = ReadBuf::zeroed(len, self.direct);
-        Box::pin(self.run(offset, Kind::Read { buf, done: 0 }, Reply::Data))
+        Box::pin(async move {
+            if !self.direct && !self.stopped.load(Ordering::Acquire) {
+                // Data in the page cache is copied here, without a trip through the ring thread.
+                let mut cached = BytesMut::with_capacity(len);
+                self.meta.read_cached(&mut cached, offset, len);
+                if cached.len() == len {
+                    return Ok(cached.freeze());
+                }
+            }
+            let buf = ReadBuf::zeroed(len, self.direct);
+            self.run(offset, Kind::Read { buf, done: 0 }, Reply::Data).await
+        })
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
@@ -750,6 +764,7 @@ impl BlockStore for UringStore {
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let flushed = self.flush().await;
+            self.stopped.store(true, Ordering::Release);
             let (tx, rx) = oneshot::channel();
             if self.tx.send(Msg::Stop(Some(tx))).is_ok() {
                 self.wake.signal();
