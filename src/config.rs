@@ -939,6 +939,16 @@ mod tests {
     }
 
     #[test]
+    fn busy_polling_is_bounded_and_reaches_the_settings() {
+        let err = Config::from_toml("[server]\nbusy_poll_us = 20000\n").unwrap_err().0.join("\n");
+        assert!(err.contains("server.busy_poll_us: at most 10000"), "{err}");
+        let config = Config::from_toml("[server]\nbusy_poll_us = 0\n").unwrap();
+        assert_eq!(config.settings().busy_poll, Duration::ZERO);
+        let defaults = Config::from_toml("").unwrap();
+        assert_eq!(defaults.settings().busy_poll, Duration::from_micros(DEFAULT_BUSY_POLL_US));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("[server]\nqueue_dept = 3\n").unwrap_err();
         assert!(err.0[0].contains("queue_dept"), "{err}");
