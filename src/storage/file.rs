@@ -156,13 +156,13 @@ impl FileStore {
             match errno {
                 _ if n == 0 => return, // end of file: the pool's read reports it
                 Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return,
-                _ => {
-                    // EOPNOTSUPP, EINVAL (no RWF_NOWAIT here) or a real error the pool's read
-                    // will meet and report; either way, stop trying inline.
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                    // No RWF_NOWAIT here (old kernel, this filesystem): stop trying inline.
                     self.nowait_reads.store(false, Ordering::Relaxed);
                     return;
                 }
+                // EAGAIN (not cached), or an error the pool's read will meet and report.
+                _ => return,
             }
         }
     }
