@@ -695,6 +695,14 @@ impl Config {
         }
     }
 
+    fn file_options(&self, l: &LunConfig) -> FileOptions {
+        FileOptions {
+            size: l.size.map(|s| s.0),
+            create: l.create.unwrap_or(false),
+            busy_poll: Duration::from_micros(self.server.busy_poll_us),
+        }
+    }
+
     /// Opens the backing store of a LUN.
     pub async fn open_store(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
         let size = l.size.map(|s| s.0);
@@ -703,11 +711,11 @@ impl Config {
             "null" => Arc::new(NullStore::new(size.ok_or("size is required")?)),
             "file" => {
                 let path = self.lun_path(l).ok_or("path is required")?;
-                Arc::new(FileStore::open(&path, &FileOptions { size, create: l.create.unwrap_or(false) })?)
+                Arc::new(FileStore::open(&path, &self.file_options(l))?)
             }
             "uring" => {
                 let path = self.lun_path(l).ok_or("path is required")?;
-                let file = FileOptions { size, create: l.create.unwrap_or(false) };
+                let file = self.file_options(l);
                 let mut opts = UringOptions::new(file);
                 opts.queue_depth = l.queue_depth.unwrap_or(opts.queue_depth);
                 opts.direct = l.direct;

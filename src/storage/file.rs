@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -48,6 +49,9 @@ pub struct FileOptions {
     pub size: Option<u64>,
     /// Create the file (sparse) if it does not exist.
     pub create: bool,
+    /// How long an I/O thread looks for the next request before it sleeps
+    /// (`server.busy_poll_us`).
+    pub busy_poll: Duration,
 }
 
 impl FileStore {
@@ -105,8 +109,8 @@ impl FileStore {
             nowait_reads: AtomicBool::new(true),
             cached_reads: AtomicU64::new(0),
             pool_reads: AtomicU64::new(0),
-            pool: IoPool::new("rtgt-file-io", IO_THREADS),
-            writer: IoPool::new("rtgt-file-write", 1),
+            pool: IoPool::new("rtgt-file-io", IO_THREADS, opts.busy_poll),
+            writer: IoPool::new("rtgt-file-write", 1, opts.busy_poll),
         })
     }
 
@@ -363,7 +367,11 @@ mod tests {
     async fn file_store_round_trip_fua_unmap_and_extents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/disk.img");
-        let s = FileStore::open(&path, &FileOptions { size: Some(4 << 20), create: true }).unwrap();
+        let s = FileStore::open(
+            &path,
+            &FileOptions { size: Some(4 << 20), create: true, busy_poll: Duration::from_micros(50) },
+        )
+        .unwrap();
         assert_eq!(s.capacity(), 4 << 20);
         s.write(8192, Bytes::from(vec![7u8; 8192]), true).await.unwrap();
         s.write(1 << 20, Bytes::from(vec![9u8; 4096]), false).await.unwrap();
@@ -376,11 +384,20 @@ mod tests {
         assert_eq!(s.read(8192, 8192).await.unwrap(), vec![0u8; 8192]);
         drop(s);
         // Reopening keeps size and data; a smaller configured size is refused.
-        let s = FileStore::open(&path, &FileOptions { size: None, create: false }).unwrap();
+        let s = FileStore::open(&path, &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }).unwrap();
         assert_eq!(s.capacity(), 4 << 20);
         assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
-        assert!(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false }).is_err());
-        assert!(FileStore::open(&dir.path().join("missing"), &FileOptions { size: None, create: false }).is_err());
+        assert!(
+            FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false, busy_poll: Duration::ZERO })
+                .is_err()
+        );
+        assert!(
+            FileStore::open(
+                &dir.path().join("missing"),
+                &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }
+            )
+            .is_err()
+        );
     }
 
     /// Reads that the page cache holds only in part are finished by the pool; every read is
@@ -389,8 +406,13 @@ mod tests {
     async fn reads_partly_out_of_cache_and_concurrent_writes_are_exact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        let s =
-            std::sync::Arc::new(FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: true }).unwrap());
+        let s = std::sync::Arc::new(
+            FileStore::open(
+                &path,
+                &FileOptions { size: Some(1 << 20), create: true, busy_poll: Duration::from_micros(50) },
+            )
+            .unwrap(),
+        );
         let pattern = |i: u64| Bytes::from((0..4096u64).map(|b| (i * 7 + b) as u8).collect::<Vec<u8>>());
         let writes = (0..64u64).map(|i| {
             let s = s.clone();

@@ -778,9 +778,14 @@ impl BlockStore for UringStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn opts(size: u64, queue_depth: u32) -> UringOptions {
-        UringOptions { file: FileOptions { size: Some(size), create: true }, queue_depth, direct: false }
+        UringOptions {
+            file: FileOptions { size: Some(size), create: true, busy_poll: Duration::ZERO },
+            queue_depth,
+            direct: false,
+        }
     }
 
     fn open(path: &Path, size: u64) -> UringStore {
@@ -821,15 +826,19 @@ mod tests {
         s.flush().await.unwrap();
         drop(s);
         // Reopened (by io_uring or by the positioned-I/O store), the data is there.
-        let s = UringStore::open(&path, &UringOptions::new(FileOptions { size: None, create: false })).unwrap();
+        let s = UringStore::open(
+            &path,
+            &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO }),
+        )
+        .unwrap();
         assert_eq!(s.read(12345, 100_000).await.unwrap(), pattern(3, 100_000));
-        let f = FileStore::open(&path, &FileOptions { size: None, create: false }).unwrap();
+        let f = FileStore::open(&path, &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }).unwrap();
         assert_eq!(f.read(513, 4097).await.unwrap(), pattern(2, 4097));
         assert!(UringStore::open(&path, &opts(1 << 20, 8)).is_err(), "a smaller size is refused");
         assert!(
             UringStore::open(
                 &dir.path().join("missing"),
-                &UringOptions::new(FileOptions { size: None, create: false })
+                &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO })
             )
             .is_err()
         );
@@ -1037,7 +1046,7 @@ mod tests {
         assert!(
             UringStore::open_or_fallback(
                 &dir.path().join("missing"),
-                &UringOptions::new(FileOptions { size: None, create: false })
+                &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO })
             )
             .is_err()
         );
