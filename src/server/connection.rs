@@ -306,7 +306,12 @@ impl FullFeature {
             let tick = &mut timer.as_mut().expect("set above").1;
             let writing = writer.pending() > 0;
             let reading = writer.pending() < PENDING_WRITE_MAX;
-            let busy_polling = !writing && !self.settings.busy_poll.is_zero() && self.clock.now() < poll_until;
+            // Poll only while every command of the connection waits on storage (or none is
+            // left): one that waits for the initiator's data is fed by a client busy writing
+            // it, and polling would take CPU from that client.
+            let awaiting_initiator = self.conn.task_count() > self.running.len();
+            let busy_polling =
+                !writing && !awaiting_initiator && !self.settings.busy_poll.is_zero() && self.clock.now() < poll_until;
             tokio::select! {
                 biased;
                 Some((itt, response)) = self.running.next(), if !self.running.is_empty() => {
