@@ -76,7 +76,7 @@ impl IoPool {
     }
 
     fn submit(&self, job: Job) -> Result<(), JobFailed> {
-        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.shared.lock();
         state.jobs.push_back(job);
         if state.spinning > 0 {
             // A spinning thread takes it.
@@ -86,7 +86,7 @@ impl IoPool {
             state.threads += 1;
             drop(state);
             if let Err(e) = self.start_thread() {
-                let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut state = self.shared.lock();
                 state.threads -= 1;
                 if state.threads == 0 {
                     // No thread will ever run the job: take it back (its sender drops, so the
@@ -160,7 +160,7 @@ impl Shared {
 impl Drop for IoPool {
     /// Threads finish the queued jobs, then exit.
     fn drop(&mut self) {
-        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.shared.lock();
         state.closed = true;
         self.shared.work.notify_all();
     }
