@@ -116,8 +116,8 @@ pub struct ServerConfig {
     pub nop_timeout_secs: u64,
     /// Largest transfer of one command, in bytes.
     pub max_transfer_bytes: u32,
-    /// Microseconds a connection keeps polling for work after an event before it lets its
-    /// thread sleep: lower latency at low queue depth for some CPU. 0 turns it off.
+    /// Microseconds a connection, and a file LUN's I/O thread, keep polling for work before they
+    /// let their thread sleep: lower latency at low queue depth for some CPU. 0 turns it off.
     pub busy_poll_us: u64,
 }
 
