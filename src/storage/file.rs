@@ -54,6 +54,13 @@ pub struct FileOptions {
     pub busy_poll: Duration,
 }
 
+impl FileOptions {
+    /// An existing file at its own size, with threads that sleep as soon as they are idle.
+    pub fn existing() -> FileOptions {
+        FileOptions { size: None, create: false, busy_poll: Duration::ZERO }
+    }
+}
+
 impl FileStore {
     pub fn open(path: &Path, opts: &FileOptions) -> Result<FileStore, String> {
         let exists = path.exists();
@@ -384,20 +391,14 @@ mod tests {
         assert_eq!(s.read(8192, 8192).await.unwrap(), vec![0u8; 8192]);
         drop(s);
         // Reopening keeps size and data; a smaller configured size is refused.
-        let s = FileStore::open(&path, &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }).unwrap();
+        let s = FileStore::open(&path, &FileOptions::existing()).unwrap();
         assert_eq!(s.capacity(), 4 << 20);
         assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
         assert!(
             FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false, busy_poll: Duration::ZERO })
                 .is_err()
         );
-        assert!(
-            FileStore::open(
-                &dir.path().join("missing"),
-                &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }
-            )
-            .is_err()
-        );
+        assert!(FileStore::open(&dir.path().join("missing"), &FileOptions::existing()).is_err());
     }
 
     /// Reads that the page cache holds only in part are finished by the pool; every read is

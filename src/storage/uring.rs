@@ -826,22 +826,12 @@ mod tests {
         s.flush().await.unwrap();
         drop(s);
         // Reopened (by io_uring or by the positioned-I/O store), the data is there.
-        let s = UringStore::open(
-            &path,
-            &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO }),
-        )
-        .unwrap();
+        let s = UringStore::open(&path, &UringOptions::new(FileOptions::existing())).unwrap();
         assert_eq!(s.read(12345, 100_000).await.unwrap(), pattern(3, 100_000));
-        let f = FileStore::open(&path, &FileOptions { size: None, create: false, busy_poll: Duration::ZERO }).unwrap();
+        let f = FileStore::open(&path, &FileOptions::existing()).unwrap();
         assert_eq!(f.read(513, 4097).await.unwrap(), pattern(2, 4097));
         assert!(UringStore::open(&path, &opts(1 << 20, 8)).is_err(), "a smaller size is refused");
-        assert!(
-            UringStore::open(
-                &dir.path().join("missing"),
-                &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO })
-            )
-            .is_err()
-        );
+        assert!(UringStore::open(&dir.path().join("missing"), &UringOptions::new(FileOptions::existing())).is_err());
     }
 
     #[tokio::test]
@@ -1044,11 +1034,8 @@ mod tests {
         assert_eq!(s.read(100, 5).await.unwrap(), &b"hello"[..]);
         // Configuration problems are errors, not fallbacks.
         assert!(
-            UringStore::open_or_fallback(
-                &dir.path().join("missing"),
-                &UringOptions::new(FileOptions { size: None, create: false, busy_poll: Duration::ZERO })
-            )
-            .is_err()
+            UringStore::open_or_fallback(&dir.path().join("missing"), &UringOptions::new(FileOptions::existing()))
+                .is_err()
         );
     }
 
