@@ -61,10 +61,7 @@ pub async fn serve<S>(
         "login complete"
     );
     let mut ffp = FullFeature::new(outcome, handle, target, endpoint, registry.clone(), settings, clock);
-    let reason = ffp.run(reader, writer).await;
-    info!(peer = %endpoint.peer, tsih = ffp.handle.tsih, ?reason, "connection closed");
-    let dropped = matches!(&reason, CloseReason::ProtocolError(m) if m.contains("peer closed") || m.contains("failed"));
-    ffp.teardown(dropped).await;
+    ffp.run(reader, writer).await;
 }
 
 // ---------------------------------------------------------------- login
@@ -269,19 +266,26 @@ impl FullFeature {
         }
     }
 
-    async fn run<R, W>(&mut self, mut reader: PduReader<R>, mut writer: PduWriter<W>) -> CloseReason
+    /// Serves the connection until it closes, releases the session, and closes the socket.
+    async fn run<R, W>(&mut self, mut reader: PduReader<R>, mut writer: PduWriter<W>)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let reason = self.event_loop(&mut reader, &mut writer).await;
+        info!(peer = %self.endpoint.peer, tsih = self.handle.tsih, ?reason, "connection closed");
+        let dropped =
+            matches!(&reason, CloseReason::ProtocolError(m) if m.contains("peer closed") || m.contains("failed"));
+        // Release the session (its reservations among them) before the last responses go out:
+        // once an initiator reads its Logout Response, other nexuses must no longer see what
+        // the session held (libiscsi's Reserve6.Logout reserves from another session at once).
+        self.teardown(dropped).await;
         // Let queued responses (a logout response, say) reach the wire, then close our side.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             writer.flush().await?;
             writer.shutdown().await
         })
         .await;
-        reason
     }
 
     /// One task per connection reads PDUs, runs commands and writes responses. Reading goes on
