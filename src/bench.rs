@@ -100,10 +100,11 @@ fn result(
     }
 }
 
-/// Runs the three S3 workloads against an embedded s3s-fs server in `dir`.
+/// Runs the three S3 workloads against the embedded store in `dir`, over HTTP.
 pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
-    embedded::ensure_bucket(dir, "bench")?;
-    let server = EmbeddedS3::start(dir, "127.0.0.1:0".parse().expect("address")).await?;
+    let root = embedded::open_root(dir)?;
+    root.create_bucket("bench")?;
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
     let mut out = Vec::new();
 
     // (a) sequential 1 MiB writes, then SYNCHRONIZE CACHE and a clean close.

@@ -27,8 +27,8 @@ pub struct Config {
     pub portal_groups: Vec<PortalGroupConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
-    /// An embedded S3 server (s3s-fs over a local directory) for LUNs with
-    /// `endpoint = "embedded"`.
+    /// The embedded object store (a local directory, crash-safe) for LUNs with
+    /// `endpoint = "embedded"`, also served over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded_s3: Option<EmbeddedS3Config>,
     /// The management API.
@@ -78,12 +78,24 @@ impl ApiConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedS3Config {
-    /// Address to listen on (loopback by default: the credentials are fixed).
+    /// Address of its HTTP endpoint (loopback by default: the credentials are fixed), or
+    /// "off". LUNs reach the store in-process either way.
     #[serde(default = "default_embedded_listen")]
     pub listen: String,
     /// Directory holding the buckets; relative to data_dir.
     #[serde(default = "default_embedded_root")]
     pub root: PathBuf,
+}
+
+impl EmbeddedS3Config {
+    /// The address of the HTTP endpoint, or None when it is off.
+    pub fn address(&self) -> Option<Result<SocketAddr, String>> {
+        (self.listen != "off").then(|| {
+            self.listen
+                .parse()
+                .map_err(|_| format!("embedded_s3.listen: {:?} is not an address like 127.0.0.1:9010", self.listen))
+        })
+    }
 }
 
 fn default_embedded_listen() -> String {
@@ -257,15 +269,24 @@ pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
 #[derive(Clone)]
 pub struct BuildContext {
     pub clock: Arc<dyn crate::clock::Clock>,
-    /// The embedded S3 server, when one runs.
-    pub embedded: Option<crate::s3::aws::Endpoint>,
+    /// The embedded object store, reached in-process by LUNs with `endpoint = "embedded"`.
+    pub embedded: Option<Arc<crate::s3::local::LocalRoot>>,
+    /// The node this process runs as, held locked (see `node.rs`): a lease this node held
+    /// before a crash is taken back at once. None: every old lease is waited out.
+    pub node: Option<crate::node::NodeId>,
     /// Lease holder name of this process.
     pub holder: String,
     pub seed: u64,
 }
 
+impl Default for BuildContext {
+    fn default() -> Self {
+        BuildContext::new()
+    }
+}
+
 impl BuildContext {
-    pub fn new(embedded: Option<crate::s3::aws::Endpoint>) -> BuildContext {
+    pub fn new() -> BuildContext {
         let pid = std::process::id();
         // Production only (the simulation builds its world without a BuildContext).
         #[allow(clippy::disallowed_methods)]
@@ -273,7 +294,8 @@ impl BuildContext {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         BuildContext {
             clock: Arc::new(crate::clock::TokioClock::new()),
-            embedded,
+            embedded: None,
+            node: None,
             holder: format!(
                 "{}/{pid}/{:08x}",
                 hostname(),
@@ -284,7 +306,7 @@ impl BuildContext {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
@@ -536,10 +558,8 @@ impl Config {
         if let Some(Err(e)) = self.api.address() {
             problems.push(e);
         }
-        if let Some(e) = &self.embedded_s3
-            && e.listen.parse::<SocketAddr>().is_err()
-        {
-            problems.push(format!("embedded_s3.listen: {:?} is not an address like 127.0.0.1:9010", e.listen));
+        if let Some(Some(Err(e))) = self.embedded_s3.as_ref().map(EmbeddedS3Config::address) {
+            problems.push(e);
         }
         let mut names = BTreeSet::new();
         let mut backing: BTreeMap<PathBuf, String> = BTreeMap::new();
@@ -726,26 +746,37 @@ impl Config {
         })
     }
 
-    /// The S3 endpoint of a LUN.
-    pub fn s3_endpoint(&self, l: &LunConfig, ctx: &BuildContext) -> Result<crate::s3::aws::Endpoint, String> {
-        if l.endpoint.as_deref() == Some("embedded") {
-            return ctx.embedded.clone().ok_or_else(|| "the embedded S3 server is not running".to_string());
-        }
-        Ok(crate::s3::aws::Endpoint {
+    /// The S3 endpoint of a LUN (not the embedded store).
+    pub fn s3_endpoint(&self, l: &LunConfig) -> crate::s3::aws::Endpoint {
+        crate::s3::aws::Endpoint {
             url: l.endpoint.clone(),
             region: l.region.clone(),
             path_style: l.path_style.unwrap_or(l.endpoint.is_some()),
             access_key_id: l.access_key_id.clone(),
             secret_access_key: l.secret_access_key.clone(),
-        })
+        }
+    }
+
+    /// The object store of an S3 LUN: the embedded store in-process, or an S3 client.
+    async fn object_store(
+        &self,
+        l: &LunConfig,
+        url: &crate::s3::url::S3Url,
+        ctx: &BuildContext,
+    ) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
+        if l.endpoint.as_deref() == Some("embedded") {
+            let root = ctx.embedded.as_ref().ok_or("the embedded object store is not open")?;
+            root.create_bucket(&url.bucket)?;
+            return Ok(Arc::new(root.bucket(&url.bucket)?));
+        }
+        Ok(Arc::new(crate::s3::aws::AwsStore::connect(&self.s3_endpoint(l), &url.bucket).await))
     }
 
     async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
         use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
         let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
-        let endpoint = self.s3_endpoint(l, ctx)?;
-        let aws = crate::s3::aws::AwsStore::connect(&endpoint, &url.bucket).await;
-        let store = Arc::new(crate::s3::Resilient::new(aws, crate::s3::RetryPolicy::default(), ctx.seed));
+        let inner = self.object_store(l, &url, ctx).await?;
+        let store = Arc::new(crate::s3::Resilient::new(inner, crate::s3::RetryPolicy::default(), ctx.seed));
         let stats = store.stats();
         let create = match (l.create, l.size) {
             (Some(true), Some(size)) => Some(CreateSpec {

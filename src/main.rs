@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use rtgt::api::Manager;
 use rtgt::config::{BuildContext, Config, Size, default_data_dir};
+use rtgt::node::NodeIdentity;
 use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
@@ -37,9 +38,17 @@ enum Command {
         /// Replace the portals of every portal group with this address (e.g. 0.0.0.0:3260).
         #[arg(long)]
         listen: Option<String>,
-        /// Take S3 volumes over even if another target holds their lease.
+        /// Take S3 volumes over even if another target holds their lease (it stops writing
+        /// within the lease, which this target waits out first).
         #[arg(long)]
         force: bool,
+        /// Address of the management API, or "off" (overrides [api] listen).
+        #[arg(long, value_name = "ADDR|off")]
+        api_listen: Option<String>,
+        /// Address of the embedded object store's HTTP endpoint, or "off" (overrides
+        /// [embedded_s3] listen; LUNs use the store in-process either way).
+        #[arg(long, value_name = "ADDR|off")]
+        s3_listen: Option<String>,
     },
     /// Targets of the running target (through its API).
     Target {
@@ -101,7 +110,8 @@ enum Command {
     /// Drive a fixed-duration load against an iSCSI LU (used by `cargo xtask bench`).
     #[command(hide = true)]
     BenchLoad(rtgt::bench::LoadArgs),
-    /// Run only the embedded S3 server (s3s-fs over a directory).
+    /// Run only the embedded object store's S3 endpoint (over a directory; not while a
+    /// `serve` uses the same directory).
     S3Server {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9010")]
@@ -186,7 +196,9 @@ fn main() -> ExitCode {
         Command::Tpgt { command, api } => return manage::tpgt(&api, command),
         Command::Session { command, api } => return manage::session(&api, command),
         Command::Reload { api } => return manage::reload(&api),
-        Command::Serve { config, data_dir, listen, force } => serve(config, data_dir, listen, force),
+        Command::Serve { config, data_dir, listen, force, api_listen, s3_listen } => {
+            serve(config, data_dir, ServeOverrides { listen, force, api_listen, s3_listen })
+        }
         Command::CheckConfig { config } => {
             Config::load(&config).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string())
         }
@@ -204,12 +216,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
+/// Command-line settings of `serve` that override the configuration.
+struct ServeOverrides {
     listen: Option<String>,
     force: bool,
-) -> Result<(), String> {
+    api_listen: Option<String>,
+    s3_listen: Option<String>,
+}
+
+fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>, overrides: ServeOverrides) -> Result<(), String> {
     // Without --config: what the API saved in the data directory, else the embedded default.
     let dir = data_dir.clone().unwrap_or_else(default_data_dir);
     let saved = dir.join(SAVED_CONFIG);
@@ -221,17 +236,23 @@ fn serve(
     if let Some(dir) = data_dir {
         config.server.data_dir = Some(dir);
     }
-    if force {
+    if overrides.force {
         for lun in config.targets.iter_mut().flat_map(|t| &mut t.luns) {
             lun.force = true;
         }
     }
-    if let Some(addr) = listen {
+    if let Some(addr) = overrides.listen {
         for pg in &mut config.portal_groups {
             pg.portals = vec![addr.clone()];
         }
-        config.validate().map_err(|e| e.to_string())?;
     }
+    if let Some(addr) = overrides.api_listen {
+        config.api.listen = addr;
+    }
+    if let (Some(addr), Some(e)) = (overrides.s3_listen, config.embedded_s3.as_mut()) {
+        e.listen = addr;
+    }
+    config.validate().map_err(|e| e.to_string())?;
     // Changes made through the API go to the file we read, or to the data directory.
     block_on(run(config, path.unwrap_or(saved)))
 }
@@ -259,17 +280,30 @@ fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result
 }
 
 async fn run(config: Config, path: PathBuf) -> Result<(), String> {
+    // One rtgt per data directory: its node identity, held locked until exit, lets the next
+    // start take this node's leases back at once after a crash.
+    let node = NodeIdentity::open(&config.data_dir())?;
+    let mut ctx = BuildContext::new();
+    ctx.node = Some(node.id.clone());
     let mut _embedded = None;
-    let mut ctx = BuildContext::new(None);
-    if let (Some(e), Some(root)) = (&config.embedded_s3, config.embedded_root()) {
+    if let (Some(e), Some(dir)) = (&config.embedded_s3, config.embedded_root()) {
+        let root = embedded::open_root(&dir)?;
         for bucket in config.embedded_buckets() {
-            embedded::ensure_bucket(&root, &bucket)?;
+            root.create_bucket(&bucket)?;
         }
-        let addr = e.listen.parse().map_err(|_| format!("embedded_s3.listen: bad address {}", e.listen))?;
-        let server = EmbeddedS3::start(&root, addr).await?;
-        eprintln!("rtgt: embedded S3 at http://{} (data in {})", server.addr, root.display());
-        ctx.embedded = Some(server.endpoint());
-        _embedded = Some(server);
+        ctx.embedded = Some(root.clone());
+        // The HTTP endpoint is a convenience (rtgt volume, S3 tools): the LUNs do not need it.
+        match e.address() {
+            Some(Ok(addr)) => match EmbeddedS3::start(root, addr).await {
+                Ok(server) => {
+                    eprintln!("rtgt: embedded S3 at http://{} (data in {})", server.addr, dir.display());
+                    _embedded = Some(server);
+                }
+                Err(e) => eprintln!("rtgt: warning: {e}; the LUNs use the store in-process regardless"),
+            },
+            Some(Err(e)) => return Err(e),
+            None => eprintln!("rtgt: embedded object store in {} (no HTTP endpoint)", dir.display()),
+        }
     }
     let registry = Arc::new(Registry::new());
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry.clone(), config.settings()));
@@ -392,9 +426,10 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
 }
 
 async fn s3_server(listen: String, root: Option<PathBuf>) -> Result<(), String> {
-    let root = root.unwrap_or_else(|| default_data_dir().join("s3"));
+    let dir = root.unwrap_or_else(|| default_data_dir().join("s3"));
     let addr = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
-    let server = EmbeddedS3::start(&root, addr).await?;
+    let server = EmbeddedS3::start(embedded::open_root(&dir)?, addr).await?;
+    let root = dir;
     eprintln!("rtgt: S3 server at http://{} serving {}", server.addr, root.display());
     eprintln!("  credentials: access key {} secret key {}", embedded::ACCESS_KEY, embedded::SECRET_KEY);
     eprintln!("  buckets are the directories of {}", root.display());

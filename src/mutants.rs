@@ -19,16 +19,19 @@ pub enum Mutant {
     /// A connection that drops never releases its session nor wakes whoever waits for it to
     /// close (a lost wake-up): reinstating logins wait for it in vain.
     LostWakeup = 6,
+    /// The local object store acknowledges PUTs and DELETEs without fsync.
+    LocalStoreNoSync = 7,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
         Mutant::UnmapPartialStale,
         Mutant::WindowOffByOne,
         Mutant::LostWakeup,
+        Mutant::LocalStoreNoSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Mutant {
             Mutant::UnmapPartialStale => "unmap-partial-stale",
             Mutant::WindowOffByOne => "window-off-by-one",
             Mutant::LostWakeup => "lost-wakeup",
+            Mutant::LocalStoreNoSync => "local-store-no-sync",
         }
     }
 }

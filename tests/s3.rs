@@ -1,6 +1,7 @@
-//! S3 volumes through the real S3 client path: aws-sdk-s3 against s3s-fs over loopback HTTP,
-//! and in-process through s3s-aws's connector; and a target serving an S3 volume to libiscsi
-//! across a restart.
+//! S3 volumes through the real S3 client path: aws-sdk-s3 against the local store over
+//! loopback HTTP, and against s3s-fs (a second implementation) in-process through s3s-aws's
+//! connector; the local store converting what s3s-fs left; and a target serving an S3 volume
+//! to libiscsi across a restart.
 
 mod common;
 
@@ -13,6 +14,7 @@ use rtgt::clock::TokioClock;
 use rtgt::config::{BuildContext, Config};
 use rtgt::s3::aws::{AwsStore, Endpoint, sdk_config};
 use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::s3::local::LocalRoot;
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, Resilient, RetryPolicy, list_all};
@@ -68,22 +70,61 @@ async fn exercise(store: Arc<Resilient<AwsStore>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_over_loopback_http() {
     let dir = tempfile::tempdir().unwrap();
-    embedded::ensure_bucket(dir.path(), "vols").unwrap();
-    let server = EmbeddedS3::start(dir.path(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let root = embedded::open_root(dir.path()).unwrap();
+    root.create_bucket("vols").unwrap();
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let aws = AwsStore::connect(&server.endpoint(), "vols").await;
     exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 1))).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn volume_through_the_in_process_connector() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = embedded::service(dir.path()).unwrap();
+/// s3s-fs through aws-sdk-s3 in-process: the S3 implementation the embedded store used to be.
+async fn s3s_fs_client(dir: &std::path::Path, bucket: &str) -> AwsStore {
+    let fs = s3s_fs::FileSystem::new(dir).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(embedded::ACCESS_KEY, embedded::SECRET_KEY));
     let endpoint =
         Endpoint { url: Some("http://s3.local".into()), ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap()) };
-    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(service)).build();
-    let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), "vols");
+    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(builder.build())).build();
+    let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), bucket);
     aws.ensure_bucket().await.unwrap();
+    aws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_against_s3s_fs_through_the_in_process_connector() {
+    let dir = tempfile::tempdir().unwrap();
+    let aws = s3s_fs_client(dir.path(), "vols").await;
     exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 2))).await;
+}
+
+/// A data directory of an earlier rtgt (objects written by s3s-fs) opens with the local
+/// store: the objects are converted, metadata and all, and the volume reads back its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_store_converts_what_s3s_fs_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..CHUNK).map(|i| (i % 253) as u8 + 1).collect();
+    {
+        let aws = s3s_fs_client(dir.path(), "vols").await;
+        let v = open(&Arc::new(Resilient::new(aws, RetryPolicy::default(), 3)), "old").await.unwrap();
+        v.write(2 * CHUNK, Bytes::from(data.clone()), false).await.unwrap();
+        v.write(512, Bytes::from(vec![7u8; 4096]), true).await.unwrap(); // logged, left for replay
+        v.simulate_crash();
+    }
+    let root = embedded::open_root(dir.path()).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert!(leftovers.is_empty(), "s3s-fs side files removed: {leftovers:?}");
+    let store = Arc::new(Resilient::new(root.bucket("vols").unwrap(), RetryPolicy::default(), 4));
+    let url = S3Url::parse("s3://vols/disk").unwrap();
+    let mut opts = options("old");
+    opts.force = true;
+    let v = S3Volume::open(store, url, opts, Arc::new(TokioClock::new()), None).await.unwrap();
+    assert_eq!(v.read(2 * CHUNK, CHUNK as usize).await.unwrap(), data);
+    assert_eq!(v.read(512, 4096).await.unwrap(), vec![7u8; 4096], "the log was replayed");
+    v.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,12 +132,7 @@ async fn delete_objects_sends_content_md5() {
     // DeleteObjects through the in-process service: s3s checks Content-MD5 when present, so a
     // wrong digest would fail the request.
     let dir = tempfile::tempdir().unwrap();
-    let service = embedded::service(dir.path()).unwrap();
-    let endpoint =
-        Endpoint { url: Some("http://s3.local".into()), ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap()) };
-    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(service)).build();
-    let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), "bk1");
-    aws.ensure_bucket().await.unwrap();
+    let aws = s3s_fs_client(dir.path(), "bk1").await;
     for i in 0..5 {
         aws.put(&format!("k{i}"), Bytes::from_static(b"x"), Default::default(), rtgt::s3::Condition::None)
             .await
@@ -139,27 +175,46 @@ fn s3_target_config(data_dir: &std::path::Path) -> Config {
     Config::from_toml(&text).unwrap()
 }
 
-async fn start_s3_target(config: &Config) -> (EmbeddedS3, Arc<Server<TokioNet>>, std::net::SocketAddr) {
-    let root = config.embedded_root().unwrap();
-    embedded::ensure_bucket(&root, "rtgt").unwrap();
-    let s3 = EmbeddedS3::start(&root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let ctx = BuildContext::new(Some(s3.endpoint()));
+/// A running target of `s3_target_config`.
+struct S3Target {
+    root: Arc<LocalRoot>,
+    server: Arc<Server<TokioNet>>,
+    addr: std::net::SocketAddr,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn start_s3_target(config: &Config) -> S3Target {
+    let root = embedded::open_root(&config.embedded_root().unwrap()).unwrap();
+    let mut ctx = BuildContext::new();
+    ctx.embedded = Some(root.clone());
     let registry = Arc::new(Registry::new());
     config.populate(&registry, &ctx).await.unwrap();
     let server = Arc::new(Server::new(TokioNet, ctx.clock.clone(), registry, config.settings()));
     let portals = server.bind().await.unwrap();
     let addr = portals[0].addr;
-    for p in portals {
-        tokio::spawn(server.clone().accept_loop(p));
+    let accepting = portals.into_iter().map(|p| tokio::spawn(server.clone().accept_loop(p))).collect();
+    S3Target { root, server, addr, accepting }
+}
+
+impl S3Target {
+    /// Shuts down and lets go of everything, as an exiting process would: the store's lock too.
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(5)).await;
+        for a in self.accepting {
+            a.abort();
+            let _ = a.await;
+        }
+        drop(self.server);
+        assert_eq!(Arc::strong_count(&self.root), 1, "nothing holds the store after shutdown");
     }
-    (s3, server, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libiscsi_writes_survive_a_target_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = s3_target_config(dir.path());
-    let (s3, server, addr) = start_s3_target(&config).await;
+    let target = start_s3_target(&config).await;
+    let addr = target.addr;
     let url = format!("iscsi://{addr}/{}/1", common::TARGET);
     // CompareAndWrite.Simple writes 'A's and 'B's over the first and last 256 blocks.
     let out = tokio::process::Command::new("iscsi-test-cu")
@@ -171,13 +226,11 @@ async fn libiscsi_writes_survive_a_target_restart() {
     assert!(out.status.success() && text.contains("passed"), "{text}");
     let before = read_lun(addr).await;
     assert!(before.iter().any(|&b| b == b'A' || b == b'B'), "libiscsi's data is there");
-    server.shutdown(Duration::from_secs(5)).await;
-    drop(server);
-    drop(s3);
+    target.stop().await;
 
-    let (_s3, server, addr) = start_s3_target(&config).await;
-    assert_eq!(read_lun(addr).await, before, "the data survived the restart");
-    server.shutdown(Duration::from_secs(5)).await;
+    let target = start_s3_target(&config).await;
+    assert_eq!(read_lun(target.addr).await, before, "the data survived the restart");
+    target.stop().await;
 }
 
 /// The first 256 blocks of LUN 1, read with the library's initiator.

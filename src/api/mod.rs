@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use manager::{ChangeError, Manager};
+pub use manager::{ChangeError, Manager, write_atomically};
 
 use crate::config::{LunConfig, PortalGroupConfig, Size, TargetConfig};
 use crate::server::Control;

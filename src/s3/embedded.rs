@@ -1,8 +1,10 @@
-//! The embedded S3 server: s3s-fs serving a directory over HTTP on loopback, so that
-//! `rtgt serve` has an object store to put its default volume in with no set-up.
+//! The embedded object store of `rtgt serve`: a [`LocalRoot`] the default target's volumes use
+//! in-process, and the same store over HTTP on loopback (for `rtgt volume` commands and other
+//! S3 tools), which `rtgt s3-server` also runs alone.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -10,6 +12,8 @@ use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use super::aws::Endpoint;
+use super::http::LocalService;
+use super::local::{LocalOptions, LocalRoot, Offload, StdFs};
 
 /// Credentials of the embedded server. It listens on loopback only by default; anyone who can
 /// reach it can use these.
@@ -17,7 +21,15 @@ pub const ACCESS_KEY: &str = "rtgt";
 pub const SECRET_KEY: &str = "rtgt-embedded-secret";
 pub const REGION: &str = "us-east-1";
 
-/// A running embedded S3 server.
+/// Opens the local store at `root` on the real filesystem.
+pub fn open_root(root: &Path) -> Result<Arc<LocalRoot>, String> {
+    // Entity tags only need to differ between versions of a key, across restarts too.
+    #[allow(clippy::disallowed_methods)] // production only: the simulation opens its own root
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    LocalRoot::open(Arc::new(StdFs), root, LocalOptions { offload: Offload::BlockingPool, etag_seed: seed as u64 })
+}
+
+/// A running HTTP endpoint of the embedded store.
 pub struct EmbeddedS3 {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -29,28 +41,21 @@ impl Drop for EmbeddedS3 {
     }
 }
 
-/// The S3 service over a directory (each subdirectory is a bucket).
-pub fn service(root: &Path) -> Result<S3Service, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("cannot serve {}: {e:?}", root.display()))?;
-    let mut builder = S3ServiceBuilder::new(fs);
+/// The S3 service of a local store.
+pub fn service(root: Arc<LocalRoot>) -> S3Service {
+    let mut builder = S3ServiceBuilder::new(LocalService::new(root));
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    Ok(builder.build())
-}
-
-/// Creates a bucket directory directly (the server treats directories as buckets).
-pub fn ensure_bucket(root: &Path, bucket: &str) -> Result<(), String> {
-    let dir = root.join(bucket);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+    builder.build()
 }
 
 impl EmbeddedS3 {
-    pub async fn start(root: &Path, addr: SocketAddr) -> Result<EmbeddedS3, String> {
-        let service = service(root)?;
+    pub async fn start(root: Arc<LocalRoot>, addr: SocketAddr) -> Result<EmbeddedS3, String> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("embedded S3 cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let shown = root.path().display().to_string();
+        let service = service(root);
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
@@ -62,7 +67,7 @@ impl EmbeddedS3 {
                 });
             }
         });
-        tracing::info!(%addr, root = %root.display(), "embedded S3 server listening");
+        tracing::info!(%addr, root = %shown, "embedded S3 endpoint listening");
         Ok(EmbeddedS3 { addr, task })
     }
 

@@ -1,9 +1,12 @@
-//! S3-compatible object storage: the [`ObjectStore`] seam, its implementations (AWS SDK,
-//! in-memory), a resilience wrapper (bounded concurrency, timeouts, retries), the embedded
-//! s3s-fs server, and the chunked sparse volume that turns a bucket prefix into a block store.
+//! S3-compatible object storage: the [`ObjectStore`] seam, its implementations (AWS SDK, the
+//! crash-safe local store of the embedded default, in-memory), a resilience wrapper (bounded
+//! concurrency, timeouts, retries), the local store over HTTP, and the chunked sparse volume
+//! that turns a bucket prefix into a block store.
 
 pub mod aws;
 pub mod embedded;
+pub mod http;
+pub mod local;
 pub mod mem;
 pub mod resilient;
 pub mod url;

@@ -56,7 +56,7 @@ pub fn memory_config(extra_server: &str) -> Config {
 
 pub async fn start(config: Config) -> TestTarget {
     let registry = Arc::new(Registry::new());
-    config.populate(&registry, &rtgt::config::BuildContext::new(None)).await.unwrap();
+    config.populate(&registry, &rtgt::config::BuildContext::new()).await.unwrap();
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry, config.settings()));
     let portals = server.bind().await.unwrap();
     let addr = portals[0].addr;

@@ -339,14 +339,14 @@ fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), Tes
     prop_assert!(logs.is_empty(), "logs left after close: {:?}", logs);
     let objects = h.chunk_objects();
     for c in 0..CHUNKS {
-        let key = S3Volume::chunk_key(&url(), c);
+        let key = format::chunk_key(&url(), c);
         let nonzero = (c * 4..c * 4 + 4).any(|b| model.current(b) != 0);
         prop_assert_eq!(objects.contains_key(&key), nonzero, "chunk {} object presence", c);
         if let Some(body) = objects.get(&key) {
             prop_assert!(body.iter().any(|&b| b != 0), "chunk {} stored as zeros", c);
         }
     }
-    let known: BTreeSet<String> = (0..CHUNKS).map(|c| S3Volume::chunk_key(&url(), c)).collect();
+    let known: BTreeSet<String> = (0..CHUNKS).map(|c| format::chunk_key(&url(), c)).collect();
     prop_assert!(objects.keys().all(|k| known.contains(k)), "stray objects: {:?}", objects.keys());
     Ok(())
 }

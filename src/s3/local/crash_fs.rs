@@ -1,0 +1,314 @@
+//! A filesystem in memory that forgets, at a power loss, everything not made durable: file
+//! contents not fsynced, directory entries (creations, renames, removals) not followed by a
+//! directory fsync. It can also stop at any operation, as a process killed there would. Tests
+//! and the simulation run the local store on it to check what survives a crash.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::fs::{DirEntry, Fs, ReadAt};
+
+enum Node {
+    File { data: Arc<Vec<u8>>, durable: Arc<Vec<u8>> },
+    Dir { entries: BTreeMap<String, usize>, durable: BTreeMap<String, usize> },
+}
+
+struct State {
+    nodes: Vec<Node>,
+    /// Mutating operations so far.
+    ops: u64,
+    /// Operations from this one on fail, as if the process had died before it.
+    dead_from: Option<u64>,
+    locks: BTreeSet<PathBuf>,
+}
+
+/// The shared filesystem; clones see the same files.
+#[derive(Clone)]
+pub struct CrashFs {
+    state: Arc<Mutex<State>>,
+}
+
+impl Default for CrashFs {
+    fn default() -> Self {
+        CrashFs::new()
+    }
+}
+
+fn not_found() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
+}
+
+fn names(path: &Path) -> Vec<String> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl CrashFs {
+    pub fn new() -> CrashFs {
+        let root = Node::Dir { entries: BTreeMap::new(), durable: BTreeMap::new() };
+        CrashFs {
+            state: Arc::new(Mutex::new(State { nodes: vec![root], ops: 0, dead_from: None, locks: BTreeSet::new() })),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("CrashFs poisoned")
+    }
+
+    /// Mutating operations done so far.
+    pub fn ops(&self) -> u64 {
+        self.lock_state().ops
+    }
+
+    /// Makes the `n`-th mutating operation from now, and all after it, fail: the process died
+    /// just before it.
+    pub fn die_after(&self, n: u64) {
+        let mut st = self.lock_state();
+        st.dead_from = Some(st.ops + n);
+    }
+
+    /// Power loss: every file holds what was last fsynced, every directory the entries it had
+    /// at its last fsync. The process is alive again afterwards, with no locks held.
+    pub fn power_loss(&self) {
+        let mut st = self.lock_state();
+        for node in &mut st.nodes {
+            match node {
+                Node::File { data, durable } => *data = durable.clone(),
+                Node::Dir { entries, durable } => *entries = durable.clone(),
+            }
+        }
+        st.dead_from = None;
+        st.locks.clear();
+    }
+
+    /// A process crash without a power loss: what the page cache holds survives.
+    pub fn process_crash(&self) {
+        let mut st = self.lock_state();
+        st.dead_from = None;
+        st.locks.clear();
+    }
+
+    /// Every file under `dir` and its current contents (for checks).
+    pub fn files(&self, dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let st = self.lock_state();
+        let mut out = BTreeMap::new();
+        if let Ok(n) = Self::resolve(&st, dir) {
+            Self::collect(&st, n, dir.to_path_buf(), &mut out);
+        }
+        out
+    }
+
+    fn collect(st: &State, node: usize, path: PathBuf, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        match &st.nodes[node] {
+            Node::File { data, .. } => {
+                out.insert(path, data.to_vec());
+            }
+            Node::Dir { entries, .. } => {
+                for (name, child) in entries {
+                    Self::collect(st, *child, path.join(name), out);
+                }
+            }
+        }
+    }
+
+    fn resolve(st: &State, path: &Path) -> io::Result<usize> {
+        let mut node = 0;
+        for name in names(path) {
+            match &st.nodes[node] {
+                Node::Dir { entries, .. } => node = *entries.get(&name).ok_or_else(not_found)?,
+                Node::File { .. } => return Err(io::Error::from(io::ErrorKind::NotADirectory)),
+            }
+        }
+        Ok(node)
+    }
+
+    /// The directory holding `path` and the last name of `path`.
+    fn parent(st: &State, path: &Path) -> io::Result<(usize, String)> {
+        let mut all = names(path);
+        let last = all.pop().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let dir = Self::resolve(st, &all.iter().collect::<PathBuf>())?;
+        match st.nodes[dir] {
+            Node::Dir { .. } => Ok((dir, last)),
+            Node::File { .. } => Err(io::Error::from(io::ErrorKind::NotADirectory)),
+        }
+    }
+
+    fn entries(st: &mut State, dir: usize) -> &mut BTreeMap<String, usize> {
+        match &mut st.nodes[dir] {
+            Node::Dir { entries, .. } => entries,
+            Node::File { .. } => unreachable!("checked to be a directory"),
+        }
+    }
+
+    /// Counts a mutating operation; fails once the process is dead.
+    fn mutate(st: &mut State) -> io::Result<()> {
+        if st.dead_from.is_some_and(|d| st.ops >= d) {
+            return Err(io::Error::other("CrashFs: the process died"));
+        }
+        st.ops += 1;
+        Ok(())
+    }
+}
+
+struct Snapshot(Arc<Vec<u8>>);
+
+impl ReadAt for Snapshot {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let start = (offset as usize).min(self.0.len());
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+}
+
+struct Lock(CrashFs, PathBuf);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.0.lock_state().locks.remove(&self.1);
+    }
+}
+
+impl Fs for CrashFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock_state();
+        let (dir, name) = Self::parent(&st, path)?;
+        if let Some(&existing) = Self::entries(&mut st, dir).get(&name) {
+            return match st.nodes[existing] {
+                Node::Dir { .. } => Ok(()),
+                Node::File { .. } => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            };
+        }
+        Self::mutate(&mut st)?;
+        st.nodes.push(Node::Dir { entries: BTreeMap::new(), durable: BTreeMap::new() });
+        let id = st.nodes.len() - 1;
+        Self::entries(&mut st, dir).insert(name, id);
+        Ok(())
+    }
+
+    fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+        let mut st = self.lock_state();
+        let (dir, name) = Self::parent(&st, path)?;
+        if Self::entries(&mut st, dir).contains_key(&name) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        Self::mutate(&mut st)?;
+        let data = Arc::new(parts.concat());
+        let durable = if sync { data.clone() } else { Arc::new(Vec::new()) };
+        st.nodes.push(Node::File { data, durable });
+        let id = st.nodes.len() - 1;
+        Self::entries(&mut st, dir).insert(name, id);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock_state();
+        let (from_dir, from_name) = Self::parent(&st, from)?;
+        let (to_dir, to_name) = Self::parent(&st, to)?;
+        let node = *Self::entries(&mut st, from_dir).get(&from_name).ok_or_else(not_found)?;
+        Self::mutate(&mut st)?;
+        Self::entries(&mut st, from_dir).remove(&from_name);
+        Self::entries(&mut st, to_dir).insert(to_name, node);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock_state();
+        let (dir, name) = Self::parent(&st, path)?;
+        let node = *Self::entries(&mut st, dir).get(&name).ok_or_else(not_found)?;
+        if let Node::Dir { .. } = st.nodes[node] {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        Self::mutate(&mut st)?;
+        Self::entries(&mut st, dir).remove(&name);
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock_state();
+        let dir = Self::resolve(&st, path)?;
+        Self::mutate(&mut st)?;
+        match &mut st.nodes[dir] {
+            Node::Dir { entries, durable } => *durable = entries.clone(),
+            Node::File { .. } => return Err(io::Error::from(io::ErrorKind::NotADirectory)),
+        }
+        Ok(())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        let st = self.lock_state();
+        match &st.nodes[Self::resolve(&st, path)?] {
+            Node::File { data, .. } => Ok(Box::new(Snapshot(data.clone()))),
+            Node::Dir { .. } => Err(io::Error::from(io::ErrorKind::IsADirectory)),
+        }
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let st = self.lock_state();
+        match &st.nodes[Self::resolve(&st, path)?] {
+            Node::Dir { entries, .. } => Ok(entries
+                .iter()
+                .map(|(name, &n)| match &st.nodes[n] {
+                    Node::File { data, .. } => DirEntry { name: name.clone(), is_dir: false, len: data.len() as u64 },
+                    Node::Dir { .. } => DirEntry { name: name.clone(), is_dir: true, len: 0 },
+                })
+                .collect()),
+            Node::File { .. } => Err(io::Error::from(io::ErrorKind::NotADirectory)),
+        }
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        Self::resolve(&self.lock_state(), path).is_ok()
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        if !self.lock_state().locks.insert(path.to_path_buf()) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another process"));
+        }
+        Ok(Box::new(Lock(self.clone(), path.to_path_buf())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_synced_data_and_entries_survive_a_power_loss() {
+        let fs = CrashFs::new();
+        let d = Path::new("/d");
+        fs.create_dir(d).unwrap();
+        fs.sync_dir(Path::new("/")).unwrap();
+        fs.write_new(&d.join("synced"), &[b"one"], true).unwrap();
+        fs.write_new(&d.join("unsynced"), &[b"two"], false).unwrap();
+        fs.sync_dir(d).unwrap();
+        fs.write_new(&d.join("late"), &[b"three"], true).unwrap();
+        fs.power_loss();
+        let files = fs.files(d);
+        assert_eq!(files[&d.join("synced")], b"one");
+        assert_eq!(files[&d.join("unsynced")], b"", "its contents were never synced");
+        assert!(!files.contains_key(&d.join("late")), "its entry was never synced");
+    }
+
+    #[test]
+    fn a_dead_process_changes_nothing_more() {
+        let fs = CrashFs::new();
+        fs.die_after(1);
+        fs.create_dir(Path::new("/a")).unwrap();
+        assert!(fs.create_dir(Path::new("/b")).is_err());
+        fs.process_crash();
+        fs.create_dir(Path::new("/b")).unwrap();
+        assert!(fs.exists(Path::new("/a")) && fs.exists(Path::new("/b")));
+    }
+}

@@ -1,0 +1,266 @@
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const ROOT: &str = "/store";
+
+fn open(fs: &CrashFs) -> Result<Arc<LocalRoot>, String> {
+    LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), LocalOptions { offload: Offload::Inline, etag_seed: 1 })
+}
+
+fn bucket(fs: &CrashFs) -> LocalStore {
+    let root = open(fs).unwrap();
+    root.create_bucket("bkt").unwrap();
+    root.bucket("bkt").unwrap()
+}
+
+fn meta(v: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("m".to_string(), v.to_string())])
+}
+
+#[tokio::test]
+async fn objects_round_trip_with_ranges_conditions_and_listing() {
+    let fs = CrashFs::new();
+    let s = bucket(&fs);
+    let body = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let etag = s.put("vol/chunks/01", body.clone(), meta("x"), Condition::IfNoneMatch).await.unwrap().unwrap();
+    assert_eq!(
+        s.put("vol/chunks/01", Bytes::new(), BTreeMap::new(), Condition::IfNoneMatch).await,
+        Err(ObjectError::PreconditionFailed)
+    );
+    let got = s.get("vol/chunks/01", None).await.unwrap();
+    assert_eq!(got.body, body);
+    assert_eq!(got.meta.metadata, meta("x"));
+    assert_eq!(got.meta.etag.as_deref(), Some(etag.as_str()));
+    assert_eq!(s.get("vol/chunks/01", Some(100..200)).await.unwrap().body, body.slice(100..200));
+    assert_eq!(s.head("vol/chunks/01").await.unwrap().size, 10_000);
+
+    let new = s.put("vol/chunks/01", Bytes::from_static(b"v2"), meta("y"), Condition::IfMatch(etag.clone())).await;
+    assert!(new.is_ok());
+    assert_eq!(
+        s.put("vol/chunks/01", Bytes::new(), BTreeMap::new(), Condition::IfMatch(etag)).await,
+        Err(ObjectError::PreconditionFailed),
+        "the old entity tag no longer matches"
+    );
+    s.put("vol/log/02", Bytes::from_static(b"l"), BTreeMap::new(), Condition::None).await.unwrap();
+    s.put("vol/meta", Bytes::from_static(b"m"), BTreeMap::new(), Condition::None).await.unwrap();
+    let listed = s.list("vol/chunks/", None).await.unwrap();
+    assert_eq!(listed.objects, vec![("vol/chunks/01".to_string(), 2)]);
+    let all: Vec<String> = s.list("vol/", None).await.unwrap().objects.into_iter().map(|o| o.0).collect();
+    assert_eq!(all, ["vol/chunks/01", "vol/log/02", "vol/meta"]);
+    assert_eq!(s.list("vol/m", None).await.unwrap().objects.len(), 1);
+
+    let results = s.delete_many(vec!["vol/chunks/01".into(), "vol/missing".into()]).await.unwrap();
+    assert!(results.iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(s.get("vol/chunks/01", None).await, Err(ObjectError::NotFound));
+    s.delete("vol/chunks/01").await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_keys_and_a_second_process_are_refused() {
+    let fs = CrashFs::new();
+    let s = bucket(&fs);
+    for key in ["", "a//b", "../x", "a/./b", "a/.rtgt-tmp-1", "dir/"] {
+        assert!(s.put(key, Bytes::new(), BTreeMap::new(), Condition::None).await.is_err(), "{key:?}");
+    }
+    s.put("a", Bytes::new(), BTreeMap::new(), Condition::None).await.unwrap();
+    let err = s.put("a/b", Bytes::new(), BTreeMap::new(), Condition::None).await.unwrap_err();
+    assert!(err.to_string().contains("conflicts"), "{err}");
+    let err = open(&fs).err().unwrap();
+    assert!(err.contains("in use"), "{err}");
+}
+
+#[tokio::test]
+async fn damage_is_an_error_never_other_data() {
+    let fs = CrashFs::new();
+    let s = bucket(&fs);
+    s.put("k", Bytes::from(vec![7u8; 100]), BTreeMap::new(), Condition::None).await.unwrap();
+    let path = Path::new(ROOT).join("bkt/k");
+    let mut bytes = fs.files(Path::new(ROOT))[&path].clone();
+    bytes[HEADER_BYTES + 5] ^= 1;
+    fs.remove_file(&path).unwrap();
+    fs.write_new(&path, &[&bytes], true).unwrap();
+    let err = s.get("k", None).await.unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+    bytes.truncate(HEADER_BYTES + 50);
+    fs.remove_file(&path).unwrap();
+    fs.write_new(&path, &[&bytes], true).unwrap();
+    assert!(s.get("k", Some(0..10)).await.is_err(), "a short file is damage");
+}
+
+// ---------------------------------------------------------------- crash model
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put {
+        key: usize,
+        fill: u8,
+        len: usize,
+        create_only: bool,
+    },
+    Delete {
+        key: usize,
+    },
+    DeleteMany,
+    /// The process dies after `ops` more filesystem operations.
+    Die {
+        ops: u64,
+    },
+    /// The process starts again, after a power loss or not.
+    Restart {
+        power: bool,
+    },
+}
+
+const KEYS: [&str; 4] = ["v/chunks/0", "v/chunks/1", "v/log/7", "v/meta"];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..KEYS.len(), any::<u8>(), 0usize..3000, any::<bool>())
+            .prop_map(|(key, fill, len, create_only)| Op::Put { key, fill, len, create_only }),
+        2 => (0..KEYS.len()).prop_map(|key| Op::Delete { key }),
+        1 => Just(Op::DeleteMany),
+        1 => (0u64..8).prop_map(|ops| Op::Die { ops }),
+        1 => any::<bool>().prop_map(|power| Op::Restart { power }),
+    ]
+}
+
+/// Per key: what it held when the last operation on it was acknowledged, and what operations
+/// since may have done (failed ones, and the one a crash cut short).
+#[derive(Debug, Clone, Default)]
+struct KeyModel {
+    acked: Option<Vec<u8>>,
+    maybe: Vec<Option<Vec<u8>>>,
+}
+
+impl KeyModel {
+    fn ack(&mut self, v: Option<Vec<u8>>) {
+        self.acked = v;
+        self.maybe.clear();
+    }
+    fn possible(&self) -> Vec<Option<Vec<u8>>> {
+        let mut all = vec![self.acked.clone()];
+        all.extend(self.maybe.iter().cloned());
+        all
+    }
+}
+
+async fn run_crash_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let fs = CrashFs::new();
+    let mut store = bucket(&fs);
+    let mut model = vec![KeyModel::default(); KEYS.len()];
+    let mut dying = false;
+    for op in ops {
+        match op {
+            Op::Put { key, fill, len, create_only } => {
+                let body = vec![fill; len];
+                let cond = if create_only { Condition::IfNoneMatch } else { Condition::None };
+                let r = store.put(KEYS[key], Bytes::from(body.clone()), meta(&fill.to_string()), cond).await;
+                match r {
+                    Ok(_) => model[key].ack(Some(body)),
+                    Err(ObjectError::PreconditionFailed) => {
+                        prop_assert!(model[key].acked.is_some() || !model[key].maybe.is_empty());
+                    }
+                    Err(e) => {
+                        prop_assert!(dying, "put failed without a crash: {e}");
+                        model[key].maybe.push(Some(body));
+                    }
+                }
+            }
+            Op::Delete { key } => match store.delete(KEYS[key]).await {
+                Ok(()) => model[key].ack(None),
+                Err(e) => {
+                    prop_assert!(dying, "delete failed without a crash: {e}");
+                    model[key].maybe.push(None);
+                }
+            },
+            Op::DeleteMany => {
+                let results = store.delete_many(KEYS.iter().map(|k| k.to_string()).collect()).await;
+                match results {
+                    Ok(results) => {
+                        for (i, (_, r)) in results.into_iter().enumerate() {
+                            match r {
+                                Ok(()) => model[i].ack(None),
+                                Err(_) => model[i].maybe.push(None),
+                            }
+                        }
+                    }
+                    Err(_) => model.iter_mut().for_each(|m| m.maybe.push(None)),
+                }
+            }
+            Op::Die { ops } => {
+                fs.die_after(ops);
+                dying = true;
+            }
+            Op::Restart { power } => {
+                drop(store);
+                if power {
+                    fs.power_loss();
+                } else {
+                    fs.process_crash();
+                }
+                dying = false;
+                store = bucket(&fs);
+                check_against(&store, &mut model).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every key holds one of the values its model allows, whole, with its metadata; the listing
+/// agrees; afterwards the model knows which.
+async fn check_against(store: &LocalStore, model: &mut [KeyModel]) -> Result<(), TestCaseError> {
+    let listed: BTreeSet<String> = store.list("v/", None).await.unwrap().objects.into_iter().map(|o| o.0).collect();
+    for (i, key) in KEYS.iter().enumerate() {
+        let found = match store.get(key, None).await {
+            Ok(out) => {
+                if let Some(&fill) = out.body.first() {
+                    prop_assert_eq!(out.meta.metadata, meta(&fill.to_string()), "metadata of {}", key);
+                }
+                Some(out.body.to_vec())
+            }
+            Err(ObjectError::NotFound) => None,
+            Err(e) => return Err(TestCaseError::fail(format!("{key} is unreadable after a crash: {e}"))),
+        };
+        prop_assert_eq!(listed.contains(*key), found.is_some(), "listing of {}", key);
+        let possible = model[i].possible();
+        prop_assert!(
+            possible.contains(&found),
+            "{} holds {:?} bytes, not one of the {} possible values",
+            key,
+            found.as_ref().map(Vec::len),
+            possible.len()
+        );
+        model[i].ack(found);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// An acknowledged PUT or DELETE survives a process crash and a power loss; an
+    /// unacknowledged one is all there or not at all; a crash never leaves damage.
+    #[test]
+    fn acknowledged_objects_survive_crashes_and_power_loss(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(run_crash_model(ops))?;
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledged_put_survives_a_power_loss() {
+    let fs = CrashFs::new();
+    let root =
+        LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), LocalOptions { offload: Offload::Inline, etag_seed: 1 })
+            .unwrap();
+    root.create_bucket("bkt").unwrap();
+    let s = root.bucket("bkt").unwrap();
+    s.put("v/meta", Bytes::from_static(b"durable"), BTreeMap::new(), Condition::None).await.unwrap();
+    drop((s, root));
+    fs.power_loss();
+    assert_eq!(bucket(&fs).get("v/meta", None).await.unwrap().body, Bytes::from_static(b"durable"));
+}

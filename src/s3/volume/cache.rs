@@ -1,0 +1,182 @@
+//! The volume's cache: per chunk, the blocks it holds and which of them are newer than the
+//! chunk object (unmerged) or not durable anywhere yet (unlogged); the set of chunks whose
+//! objects exist; chunk claims; and what is known of each log object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Cache allocation unit.
+pub(super) const PAGE: usize = 4096;
+
+/// A per-block bitmap with cheap all-clear and all-set states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Bits {
+    Empty,
+    Full,
+    Some(Vec<u64>),
+}
+
+impl Bits {
+    pub(super) fn get(&self, i: usize) -> bool {
+        match self {
+            Bits::Empty => false,
+            Bits::Full => true,
+            Bits::Some(w) => w[i / 64] >> (i % 64) & 1 == 1,
+        }
+    }
+
+    pub(super) fn set_range(&mut self, start: usize, end: usize, n: usize) {
+        if start == 0 && end == n {
+            *self = Bits::Full;
+            return;
+        }
+        if let Bits::Empty = self {
+            *self = Bits::Some(vec![0; n.div_ceil(64)]);
+        }
+        let Bits::Some(words) = self else { return };
+        for i in start..end {
+            words[i / 64] |= 1 << (i % 64);
+        }
+        if (0..n).all(|i| words[i / 64] >> (i % 64) & 1 == 1) {
+            *self = Bits::Full;
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Bits::Empty => true,
+            Bits::Full => false,
+            Bits::Some(w) => w.iter().all(|&x| x == 0),
+        }
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        matches!(self, Bits::Full)
+    }
+
+    pub(super) fn count(&self, n: usize) -> usize {
+        match self {
+            Bits::Empty => 0,
+            Bits::Full => n,
+            Bits::Some(w) => w.iter().map(|x| x.count_ones() as usize).sum(),
+        }
+    }
+
+    /// Maximal runs `[start, end)` of set bits below `n`.
+    pub(super) fn runs(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if !self.get(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n && self.get(i) {
+                i += 1;
+            }
+            out.push((start, i));
+        }
+        out
+    }
+}
+
+/// Cached state of one chunk. Valid blocks whose page is absent are zeros.
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) pages: BTreeMap<u32, Box<[u8]>>,
+    /// Blocks whose current contents the entry holds.
+    pub(super) valid: Bits,
+    /// Blocks newer than the chunk object.
+    pub(super) unmerged: Bits,
+    /// Blocks not yet durable anywhere (a subset of `unmerged`).
+    pub(super) unlogged: Bits,
+    /// The cache tick of the last change: a flush clears bits only if nothing changed since.
+    pub(super) generation: u64,
+    pub(super) unmerged_since: Option<Duration>,
+    pub(super) unlogged_since: Option<Duration>,
+    pub(super) last_used: u64,
+}
+
+impl Entry {
+    pub(super) fn empty() -> Entry {
+        Entry {
+            pages: BTreeMap::new(),
+            valid: Bits::Empty,
+            unmerged: Bits::Empty,
+            unlogged: Bits::Empty,
+            generation: 0,
+            unmerged_since: None,
+            unlogged_since: None,
+            last_used: 0,
+        }
+    }
+
+    pub(super) fn is_clean(&self) -> bool {
+        self.unmerged.is_empty()
+    }
+
+    /// Copies `len` bytes at `at` (within the chunk) out of the pages; absent pages are zeros.
+    pub(super) fn copy_out(&self, at: usize, out: &mut [u8]) {
+        let mut pos = 0;
+        while pos < out.len() {
+            let page = (at + pos) / PAGE;
+            let within = (at + pos) % PAGE;
+            let n = (PAGE - within).min(out.len() - pos);
+            match self.pages.get(&(page as u32)) {
+                Some(p) => out[pos..pos + n].copy_from_slice(&p[within..within + n]),
+                None => out[pos..pos + n].fill(0),
+            }
+            pos += n;
+        }
+    }
+
+    /// Copies `data` in at `at`; returns the number of pages allocated.
+    pub(super) fn copy_in(&mut self, at: usize, data: &[u8]) -> usize {
+        let mut allocated = 0;
+        let mut pos = 0;
+        while pos < data.len() {
+            let page = ((at + pos) / PAGE) as u32;
+            let within = (at + pos) % PAGE;
+            let n = (PAGE - within).min(data.len() - pos);
+            let src = &data[pos..pos + n];
+            match self.pages.get_mut(&page) {
+                Some(p) => p[within..within + n].copy_from_slice(src),
+                None if src.iter().all(|&b| b == 0) => {} // zeros stay unallocated
+                None => {
+                    let mut p = vec![0u8; PAGE].into_boxed_slice();
+                    p[within..within + n].copy_from_slice(src);
+                    self.pages.insert(page, p);
+                    allocated += 1;
+                }
+            }
+            pos += n;
+        }
+        allocated
+    }
+}
+
+/// What the volume knows about a log object.
+#[derive(Debug, Default)]
+pub(super) struct LogInfo {
+    /// Chunks with records in it that are not merged (or deleted) since.
+    pub(super) unsettled: BTreeSet<u64>,
+    pub(super) bytes: u64,
+    /// Its PUT is in flight. Registered before the PUT, so that a merge finishing first
+    /// still settles it.
+    pub(super) pending: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Cache {
+    pub(super) entries: BTreeMap<u64, Entry>,
+    /// Chunks whose object exists, or may exist after an uncertain request.
+    pub(super) exists: BTreeSet<u64>,
+    /// Chunks with a mutation (PUT, DELETE) in flight.
+    pub(super) inflight: BTreeSet<u64>,
+    /// Logs written and not yet deleted, by sequence number.
+    pub(super) logs: BTreeMap<u64, LogInfo>,
+    /// Bytes of cache pages held.
+    pub(super) page_bytes: u64,
+    pub(super) tick: u64,
+}

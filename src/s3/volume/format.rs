@@ -1,0 +1,306 @@
+//! The volume's format on the object store: object names, the metadata object, chunk
+//! checksums and stamps, and the log encoding. Pure: no I/O, no clocks, so the parsers can be
+//! fuzzed and every rule here is checked by unit tests.
+//!
+//! Layout under `s3://bucket/prefix/`:
+//! * `rtgt-volume.json`: [`VolumeMeta`], created with `If-None-Match: *`.
+//! * `rtgt-lease.json`: the single-writer lease (see `lease.rs`).
+//! * `chunks/<index, 16 hex digits>`: one object per chunk holding non-zero data, with the
+//!   CRC32C of each segment ([`CRC_METADATA`]) and the log sequence number it includes
+//!   ([`SEQ_METADATA`]) in its metadata. A missing chunk reads as zeros.
+//! * `log/<seq, 16 hex digits>`: [`Record`]s of writes and zeroed ranges made durable by a
+//!   SYNCHRONIZE CACHE (or FUA, or age) before their chunks are rewritten ("merged").
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::s3::url::S3Url;
+
+/// The volume format this rtgt writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const META_NAME: &str = "rtgt-volume.json";
+pub const LEASE_NAME: &str = "rtgt-lease.json";
+pub const CHUNKS_DIR: &str = "chunks/";
+pub const LOG_DIR: &str = "log/";
+/// Object metadata: base64 of the big-endian CRC32C of each segment (chunks) or of the body (logs).
+pub const CRC_METADATA: &str = "rtgt-crc32c";
+/// Object metadata of a chunk: the highest log sequence number whose records it includes.
+pub const SEQ_METADATA: &str = "rtgt-seq";
+/// Most CRC segments per chunk (their CRCs travel in object metadata, limited to 2 KiB).
+pub const SEGMENTS_MAX: u64 = 64;
+/// Sequence numbers are `epoch << EPOCH_SHIFT | counter`.
+pub const EPOCH_SHIFT: u32 = 40;
+const LOG_MAGIC: &[u8; 8] = b"RTGTLOG1";
+/// Bytes of a log's header: magic, sequence number, record count.
+const LOG_HEADER: usize = 20;
+/// Bytes of a record's header: kind, offset, length.
+const RECORD_HEADER: usize = 17;
+
+/// The metadata object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMeta {
+    pub format_version: u32,
+    pub size: u64,
+    pub block_size: u32,
+    pub chunk_size: u64,
+    pub uuid: String,
+    pub created_unix_secs: u64,
+    /// Bumped at every open, so that log sequence numbers only ever grow.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl VolumeMeta {
+    /// Parses and checks a metadata object: its format version and geometry.
+    pub fn parse(body: &[u8]) -> Result<VolumeMeta, String> {
+        let meta: VolumeMeta = serde_json::from_slice(body).map_err(|e| format!("not volume metadata: {e}"))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "volume format version {}, this rtgt reads version {FORMAT_VERSION}",
+                meta.format_version
+            ));
+        }
+        meta.spec().validate().map_err(|e| format!("invalid metadata: {e}"))?;
+        Ok(meta)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec_pretty(self).expect("metadata serializes"))
+    }
+
+    pub fn spec(&self) -> CreateSpec {
+        CreateSpec { size: self.size, block_size: self.block_size, chunk_size: self.chunk_size }
+    }
+
+    /// The first sequence number of this epoch.
+    pub fn first_seq(&self) -> u64 {
+        (self.epoch << EPOCH_SHIFT) + 1
+    }
+}
+
+/// The epoch a sequence number was taken in.
+pub fn epoch_of(seq: u64) -> u64 {
+    seq >> EPOCH_SHIFT
+}
+
+/// Geometry of a new volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateSpec {
+    pub size: u64,
+    pub block_size: u32,
+    pub chunk_size: u64,
+}
+
+impl CreateSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let bs = self.block_size as u64;
+        if bs != 512 && bs != 4096 {
+            return Err(format!("block size {bs} is not supported (512 or 4096)"));
+        }
+        if !self.chunk_size.is_power_of_two() || self.chunk_size > 256 << 20 {
+            return Err(format!("chunk size {} must be a power of two of at most 256MiB", self.chunk_size));
+        }
+        if self.chunk_size < bs {
+            return Err("chunk size is smaller than the block size".into());
+        }
+        if self.size == 0 || !self.size.is_multiple_of(bs) {
+            return Err(format!("size {} must be a non-zero multiple of the block size {bs}", self.size));
+        }
+        Ok(())
+    }
+}
+
+/// The key of chunk `index`.
+pub fn chunk_key(url: &S3Url, index: u64) -> String {
+    url.key(&format!("{CHUNKS_DIR}{index:016x}"))
+}
+
+/// The key of log `seq`.
+pub fn log_key(url: &S3Url, seq: u64) -> String {
+    url.key(&format!("{LOG_DIR}{seq:016x}"))
+}
+
+/// The number in a chunk or log key below `prefix` (16 hex digits).
+pub fn key_number(key: &str, prefix: &str) -> Option<u64> {
+    let digits = key.strip_prefix(prefix)?;
+    (digits.len() == 16).then(|| u64::from_str_radix(digits, 16).ok()).flatten()
+}
+
+/// Segment size of a volume's chunks: CRCs cover segments, and ranged reads fetch whole ones.
+pub fn segment_size(chunk_size: u64) -> u64 {
+    (chunk_size / SEGMENTS_MAX).max(64 * 1024).min(chunk_size)
+}
+
+/// Base64 of the big-endian CRC32C of each `segment`-byte piece of `data`.
+pub fn segment_checksums(data: &[u8], segment: u64) -> String {
+    let mut crcs = Vec::with_capacity(4 * data.len().div_ceil(segment as usize));
+    for seg in data.chunks(segment as usize) {
+        crcs.extend_from_slice(&crc32c::crc32c(seg).to_be_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(crcs)
+}
+
+/// Decodes [`segment_checksums`].
+pub fn parse_checksums(value: &str) -> Option<Vec<u32>> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
+    if !raw.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(raw.chunks(4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes"))).collect())
+}
+
+/// The metadata of a chunk object composed at log sequence `stamp`.
+pub fn chunk_metadata(data: &[u8], segment: u64, stamp: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CRC_METADATA.to_string(), segment_checksums(data, segment)),
+        (SEQ_METADATA.to_string(), stamp.to_string()),
+    ])
+}
+
+/// The stamp of a chunk object (0 when absent or unreadable: every log record is newer).
+pub fn chunk_stamp(metadata: &BTreeMap<String, String>) -> u64 {
+    metadata.get(SEQ_METADATA).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// One record of a log object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Data { offset: u64, data: Bytes },
+    Zero { offset: u64, len: u64 },
+}
+
+impl Record {
+    /// The byte range the record covers.
+    pub fn extent(&self) -> (u64, u64) {
+        match self {
+            Record::Data { offset, data } => (*offset, data.len() as u64),
+            Record::Zero { offset, len } => (*offset, *len),
+        }
+    }
+}
+
+/// Serializes log records: magic, sequence number, record count, then for each record its
+/// kind (0 data, 1 zero), offset, length and, for data, the bytes.
+pub fn encode_log(seq: u64, records: &[Record]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(LOG_MAGIC);
+    out.put_u64(seq);
+    out.put_u32(records.len() as u32);
+    for r in records {
+        match r {
+            Record::Data { offset, data } => {
+                out.put_u8(0);
+                out.put_u64(*offset);
+                out.put_u64(data.len() as u64);
+                out.put_slice(data);
+            }
+            Record::Zero { offset, len } => {
+                out.put_u8(1);
+                out.put_u64(*offset);
+                out.put_u64(*len);
+            }
+        }
+    }
+    out.freeze()
+}
+
+/// The object metadata of a log body: its CRC32C.
+pub fn log_metadata(body: &[u8]) -> BTreeMap<String, String> {
+    let crc = base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(body).to_be_bytes());
+    BTreeMap::from([(CRC_METADATA.to_string(), crc)])
+}
+
+/// Parses and verifies a log object against the CRC in its metadata.
+pub fn parse_log(body: &Bytes, crc: Option<&String>) -> Result<Vec<Record>, String> {
+    let want = crc
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .filter(|b| b.len() == 4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+        .ok_or("missing checksum")?;
+    if crc32c::crc32c(body) != want {
+        return Err("checksum mismatch".into());
+    }
+    let mut at = LOG_HEADER;
+    if body.len() < at || &body[..8] != LOG_MAGIC {
+        return Err("not a log object".into());
+    }
+    let count = u32::from_be_bytes(body[16..20].try_into().expect("4 bytes"));
+    let mut records = Vec::new();
+    for _ in 0..count {
+        if body.len() < at + RECORD_HEADER {
+            return Err("truncated".into());
+        }
+        let kind = body[at];
+        let offset = u64::from_be_bytes(body[at + 1..at + 9].try_into().expect("8 bytes"));
+        let len = u64::from_be_bytes(body[at + 9..at + 17].try_into().expect("8 bytes"));
+        at += RECORD_HEADER;
+        match kind {
+            0 => {
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| at.checked_add(len))
+                    .filter(|&e| e <= body.len())
+                    .ok_or("truncated")?;
+                records.push(Record::Data { offset, data: body.slice(at..end) });
+                at = end;
+            }
+            1 => records.push(Record::Zero { offset, len }),
+            _ => return Err(format!("unknown record kind {kind}")),
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_round_trip_and_damage_is_detected() {
+        let records = vec![
+            Record::Data { offset: 4096, data: Bytes::from_static(b"hello") },
+            Record::Zero { offset: 0, len: 512 },
+        ];
+        let body = encode_log(7, &records);
+        let crc = log_metadata(&body)[CRC_METADATA].clone();
+        assert_eq!(parse_log(&body, Some(&crc)).unwrap(), records);
+        assert!(parse_log(&body, None).unwrap_err().contains("missing checksum"));
+        let mut bad = body.to_vec();
+        bad[25] ^= 1;
+        assert!(parse_log(&Bytes::from(bad), Some(&crc)).unwrap_err().contains("mismatch"));
+    }
+
+    #[test]
+    fn metadata_is_checked() {
+        let meta = VolumeMeta {
+            format_version: FORMAT_VERSION,
+            size: 1 << 20,
+            block_size: 512,
+            chunk_size: 1 << 16,
+            uuid: "u".into(),
+            created_unix_secs: 1,
+            epoch: 3,
+        };
+        assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
+        let newer = VolumeMeta { format_version: FORMAT_VERSION + 1, ..meta.clone() };
+        assert!(VolumeMeta::parse(&newer.encode()).unwrap_err().contains("version"));
+        let odd = VolumeMeta { block_size: 1000, ..meta };
+        assert!(VolumeMeta::parse(&odd.encode()).is_err());
+        assert!(VolumeMeta::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn keys_and_checksums() {
+        let url = S3Url::parse("s3://bkt/v").unwrap();
+        assert_eq!(chunk_key(&url, 255), "v/chunks/00000000000000ff");
+        assert_eq!(key_number(&chunk_key(&url, 255), "v/chunks/"), Some(255));
+        assert_eq!(key_number("v/chunks/ff", "v/chunks/"), None);
+        let data = vec![1u8; 3 * 65536];
+        let crcs = parse_checksums(&segment_checksums(&data, 65536)).unwrap();
+        assert_eq!(crcs.len(), 3);
+        assert_eq!(crcs[0], crc32c::crc32c(&data[..65536]));
+    }
+}

@@ -1,0 +1,210 @@
+//! The log: unlogged blocks become durable in log objects, written one at a time in
+//! sequence order; logs are deleted oldest first once every chunk they touch is settled.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::cache::{Bits, Cache, LogInfo};
+use super::format::{self, Record};
+use super::{LOG_BYTES_MAX, S3Volume, store_err};
+use crate::s3::{Condition, ObjectError};
+use crate::storage::StoreResult;
+
+impl S3Volume {
+    // ---- logging ----
+
+    /// Makes every unlogged block durable: chunks mostly unlogged are merged (a whole-chunk
+    /// PUT costs no more than logging them), the rest go into log objects.
+    pub(super) async fn log_unlogged(&self) -> StoreResult<()> {
+        let n = self.blocks_per_chunk();
+        let (to_merge, to_log): (Vec<u64>, Vec<u64>) = {
+            let cache = self.cache();
+            let unlogged: Vec<(u64, usize)> = cache
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.unlogged.is_empty())
+                .map(|(c, e)| (*c, e.unlogged.count(n)))
+                .collect();
+            let (merge, log): (Vec<_>, Vec<_>) = unlogged.into_iter().partition(|(_, count)| 2 * count >= n);
+            (merge.into_iter().map(|(c, _)| c).collect(), log.into_iter().map(|(c, _)| c).collect())
+        };
+        let (merged, logged) = tokio::join!(self.merge_chunks(&to_merge), self.log_chunks(&to_log));
+        merged.and(logged)
+    }
+
+    /// Writes the unlogged blocks of `chunks` into log objects.
+    pub(super) async fn log_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.log_lock.lock().await;
+        self.check_fenced()?;
+        let bs = self.block_size;
+        let n = self.blocks_per_chunk();
+        // Snapshot the records, in logs of at most LOG_BYTES_MAX. Each log's sequence number
+        // is taken in the same critical section as its data: a merge that snapshots later
+        // stamps its chunk with at least this number, one that snapshotted earlier with less.
+        struct Batch {
+            seq: u64,
+            records: Vec<Record>,
+            covered: Vec<(u64, u64)>,
+        }
+        let mut batches: Vec<Batch> = Vec::new();
+        {
+            let mut cache = self.cache();
+            let mut bytes = LOG_BYTES_MAX;
+            for &c in chunks {
+                let Some(e) = cache.entries.get(&c) else { continue };
+                if e.unlogged.is_empty() {
+                    continue;
+                }
+                if bytes >= LOG_BYTES_MAX {
+                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+                    batches.push(Batch { seq, records: Vec::new(), covered: Vec::new() });
+                    bytes = 0;
+                }
+                let batch = batches.last_mut().expect("just pushed");
+                for (b0, b1) in e.unlogged.runs(n) {
+                    let (from, to) = (b0 as u64 * bs, b1 as u64 * bs);
+                    let mut data = vec![0u8; (to - from) as usize];
+                    e.copy_out(from as usize, &mut data);
+                    let offset = c * self.chunk_size + from;
+                    batch.records.push(if data.iter().all(|&b| b == 0) {
+                        Record::Zero { offset, len: to - from }
+                    } else {
+                        Record::Data { offset, data: Bytes::from(data) }
+                    });
+                    bytes += (to - from) as usize;
+                }
+                batch.covered.push((c, e.generation));
+            }
+            for batch in &batches {
+                let unsettled = batch.covered.iter().map(|(c, _)| *c).collect();
+                cache.logs.insert(batch.seq, LogInfo { unsettled, bytes: 0, pending: true });
+            }
+        }
+        let mut batches = batches.into_iter();
+        while let Some(batch) = batches.next() {
+            if let Err(e) = self.append_log(batch.seq, &batch.records).await {
+                let mut cache = self.cache();
+                for rest in batches {
+                    cache.logs.remove(&rest.seq); // never written
+                }
+                return Err(e);
+            }
+            let mut cache = self.cache();
+            for (c, generation) in batch.covered {
+                if let Some(e) = cache.entries.get_mut(&c)
+                    && e.generation == generation
+                {
+                    e.unlogged = Bits::Empty;
+                    e.unlogged_since = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one log object registered as pending. The caller holds `log_lock`.
+    pub(super) async fn append_log(&self, seq: u64, records: &[Record]) -> StoreResult<()> {
+        let body = format::encode_log(seq, records);
+        let len = body.len() as u64;
+        let started = self.clock.now();
+        let metadata = format::log_metadata(&body);
+        let result = self.store.put(&format::log_key(&self.url, seq), body, metadata, Condition::None).await;
+        self.record_flush_latency(started);
+        let mut cache = self.cache();
+        match result {
+            Ok(_) => {
+                self.stats.logs_written.fetch_add(1, Ordering::Relaxed);
+                self.stats.log_bytes.fetch_add(len, Ordering::Relaxed);
+                if let Some(info) = cache.logs.get_mut(&seq) {
+                    info.pending = false;
+                    info.bytes = len;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    // It may exist: keep tracking it so that it is deleted.
+                    ObjectError::Indeterminate(_) => {
+                        if let Some(info) = cache.logs.get_mut(&seq) {
+                            info.pending = false;
+                            info.bytes = len;
+                        }
+                    }
+                    _ => {
+                        cache.logs.remove(&seq);
+                    }
+                }
+                self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                Err(store_err(e, true))
+            }
+        }
+    }
+
+    /// Writes a zero record for chunks about to be deleted, when logs may hold older records
+    /// for them (which must not resurrect their data after a crash). The caller holds
+    /// `log_lock`. Returns the sequence number that settles them.
+    pub(super) async fn log_zeros(&self, chunks: &[u64]) -> StoreResult<u64> {
+        let seq = {
+            let mut cache = self.cache();
+            if cache.logs.is_empty() {
+                return Ok(self.current_seq());
+            }
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            let unsettled = chunks.iter().copied().collect();
+            cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
+            seq
+        };
+        let records: Vec<Record> =
+            chunks.iter().map(|c| Record::Zero { offset: c * self.chunk_size, len: self.chunk_len(*c) }).collect();
+        self.append_log(seq, &records).await?;
+        Ok(seq)
+    }
+
+    pub(super) fn record_flush_latency(&self, started: Duration) {
+        let micros = self.clock.now().saturating_sub(started).as_micros() as u64;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.flush_micros_total.fetch_add(micros, Ordering::Relaxed);
+        self.stats.flush_micros_max.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// Settles chunk `c` against every log up to `seq`.
+    pub(super) fn settle(&self, cache: &mut Cache, c: u64, seq: u64) {
+        for (_, info) in cache.logs.range_mut(..=seq) {
+            info.unsettled.remove(&c);
+        }
+    }
+
+    /// Records that chunk `c` was merged from its snapshot at `generation` and that the logs up
+    /// to `seq` are settled for it. If nothing changed since the snapshot, every log is: any
+    /// record for it, even one logged after the snapshot, holds what was merged.
+    pub(super) fn settle_merged(&self, cache: &mut Cache, c: u64, seq: u64, generation: u64) {
+        let unchanged = cache.entries.get(&c).is_none_or(|e| e.generation == generation);
+        self.settle(cache, c, if unchanged { u64::MAX } else { seq });
+        self.mark_merged(cache, c, generation);
+    }
+
+    /// Deletes the oldest logs whose chunks are all settled (always a prefix, so that the
+    /// logs left after a crash are a suffix).
+    pub(super) async fn delete_settled_logs(&self) -> StoreResult<()> {
+        let _serial = self.log_lock.lock().await;
+        let settled: Vec<u64> = {
+            let cache = self.cache();
+            cache
+                .logs
+                .iter()
+                .take_while(|(_, info)| info.unsettled.is_empty() && !info.pending)
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        for seq in settled {
+            self.store.delete(&format::log_key(&self.url, seq)).await.map_err(|e| store_err(e, true))?;
+            self.cache().logs.remove(&seq);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Merging: a chunk object is rewritten with everything the cache holds for it (or deleted
+//! when it is all zeros), with the chunk claimed.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::cache::{Bits, Cache, PAGE};
+use super::format;
+use super::{MERGE_PARALLEL, S3Volume, store_err};
+use crate::s3::{Condition, ObjectError};
+use crate::storage::{StoreError, StoreResult};
+
+impl S3Volume {
+    // ---- merging ----
+
+    /// Rewrites chunk `c` with everything the cache holds for it: one PUT of the whole chunk,
+    /// or a DELETE if it is all zeros (after a zero record in the log, when logs may still
+    /// hold older records for it).
+    pub(super) async fn merge_chunk(&self, c: u64) -> StoreResult<()> {
+        let _claim = self.claim(&[c]).await;
+        self.check_fenced()?;
+        let started = self.clock.now();
+        let chunk_len = self.chunk_len(c) as usize;
+        let n = (chunk_len as u64 / self.block_size) as usize;
+        let snapshot = {
+            let cache = self.cache();
+            match cache.entries.get(&c) {
+                Some(e) if !e.is_clean() => {
+                    let mut full = vec![0u8; chunk_len];
+                    e.copy_out(0, &mut full);
+                    Some((e.generation, full, e.valid.clone(), cache.exists.contains(&c), self.current_seq()))
+                }
+                _ => None,
+            }
+        };
+        let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(()) };
+        // Blocks the cache does not hold come from the object (or are zeros).
+        if valid.count(n) < n {
+            if exists {
+                let old =
+                    self.fetch(c, 0, chunk_len as u64).await.map_err(|e| self.flush_failed(c, store_err(e, true)))?;
+                let bs = self.block_size as usize;
+                for b in (0..n).filter(|&b| !valid.get(b)) {
+                    full[b * bs..(b + 1) * bs].copy_from_slice(&old[b * bs..(b + 1) * bs]);
+                }
+            }
+            self.install(c, &full);
+        }
+        let zero = full.iter().all(|&b| b == 0);
+        let key = format::chunk_key(&self.url, c);
+        // A zero chunk has no object to carry a stamp: a zero record in the log keeps older
+        // records from resurrecting its data after a crash. The log lock is held until the
+        // DELETE is done, so no log with older records can appear behind it.
+        let serial = if zero { Some(self.log_lock.lock().await) } else { None };
+        let mut settle_at = stamp;
+        let result = if zero {
+            settle_at = self.log_zeros(&[c]).await.map_err(|e| self.flush_failed(c, e))?;
+            if exists { self.store.delete(&key).await } else { Ok(()) }
+        } else {
+            let metadata = format::chunk_metadata(&full, self.segment, stamp);
+            self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map(|_| ())
+        };
+        drop(serial);
+        self.record_flush_latency(started);
+        self.stats.merges.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                let mut cache = self.cache();
+                if zero {
+                    if cache.exists.remove(&c) {
+                        self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    cache.exists.insert(c);
+                }
+                self.settle_merged(&mut cache, c, settle_at, generation);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, ObjectError::Indeterminate(_)) {
+                    self.cache().exists.insert(c); // the PUT (or a failed DELETE) may have landed
+                }
+                Err(self.flush_failed(c, store_err(e, true)))
+            }
+        }
+    }
+
+    /// Fills the blocks an entry does not hold with a composed chunk, so that reads never
+    /// depend on an object while its replacement is in flight.
+    pub(super) fn install(&self, c: u64, full: &[u8]) {
+        let mut cache = self.cache();
+        let bs = self.block_size as usize;
+        let mut allocated = 0;
+        if let Some(e) = cache.entries.get_mut(&c) {
+            let missing: Vec<usize> = (0..full.len() / bs).filter(|&b| !e.valid.get(b)).collect();
+            for b in missing {
+                allocated += e.copy_in(b * bs, &full[b * bs..(b + 1) * bs]);
+            }
+            e.valid = Bits::Full;
+        }
+        cache.page_bytes += (allocated * PAGE) as u64;
+    }
+
+    pub(super) fn mark_merged(&self, cache: &mut Cache, c: u64, generation: u64) {
+        if let Some(e) = cache.entries.get_mut(&c)
+            && e.generation == generation
+        {
+            e.unmerged = Bits::Empty;
+            e.unlogged = Bits::Empty;
+            e.unmerged_since = None;
+            e.unlogged_since = None;
+            if e.pages.is_empty() {
+                cache.entries.remove(&c); // a zero chunk needs no entry
+            }
+        }
+    }
+
+    pub(super) fn flush_failed(&self, c: u64, e: StoreError) -> StoreError {
+        self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(volume = %self.url, chunk = c, error = %e, "flush failed; the data stays in the cache");
+        e
+    }
+
+    pub(super) fn note_background_error(&self, e: &StoreError) {
+        self.sticky_error.lock().expect("poisoned").get_or_insert_with(|| e.to_string());
+    }
+
+    pub(super) async fn merge_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
+        let mut first_error = None;
+        for group in chunks.chunks(MERGE_PARALLEL) {
+            let results = futures::future::join_all(group.iter().map(|&c| self.merge_chunk(c))).await;
+            for r in results {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

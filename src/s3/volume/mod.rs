@@ -1,0 +1,833 @@
+//! A sparse block volume on object storage: fixed-size chunk objects under a prefix, a
+//! versioned metadata object, a single-writer lease, a write-back cache, and a log that makes
+//! small writes durable without rewriting whole chunks. The format is in `format.rs`.
+//!
+//! Durability: a write is durable once it is in a log object or in its chunk object. Merging
+//! rewrites a chunk with everything the cache holds for it and stamps the chunk with the
+//! highest sequence number assigned so far; logs are deleted oldest first, only once every
+//! chunk they touch is merged (or deleted after a zero record), so whatever logs remain after
+//! a crash are a suffix, and replaying their records newer than each chunk's stamp restores
+//! every durable write. Every mutation of a chunk object happens with the chunk claimed, so at
+//! most one is in flight per key.
+
+mod cache;
+pub mod format;
+mod lease;
+mod log;
+mod merge;
+mod recovery;
+mod unmap;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+
+use super::url::S3Url;
+use super::{Condition, ObjectError, ObjectStore, S3Stats};
+use crate::clock::Clock;
+use crate::rng::Rng;
+use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+
+use cache::{Cache, Entry, PAGE};
+use format::CHUNKS_DIR;
+pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
+
+/// Keys per DeleteObjects request (the S3 limit).
+const DELETE_BATCH: usize = 1000;
+/// Chunk merges run in parallel at most this many at a time.
+const MERGE_PARALLEL: usize = 32;
+/// Largest log object; bigger syncs write several.
+const LOG_BYTES_MAX: usize = 32 << 20;
+
+/// How to open a volume.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Create the volume with this geometry if it does not exist; if it exists, its geometry
+    /// must match.
+    pub create: Option<CreateSpec>,
+    /// Take the lease over from another holder.
+    pub force: bool,
+    /// Bytes of cache pages the volume may hold.
+    pub cache_bytes: u64,
+    /// Data written without a SYNCHRONIZE CACHE becomes durable after at most this long.
+    pub flush_age: Duration,
+    /// Logged data is merged into its chunks after at most this long.
+    pub merge_age: Duration,
+    /// Bytes of logs kept before the chunks they touch are merged.
+    pub log_bytes_max: u64,
+    pub flush_interval: Duration,
+    pub lease_duration: Duration,
+    /// Who we are, in the lease ("host/pid/random").
+    pub holder: String,
+    pub seed: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            create: None,
+            force: false,
+            cache_bytes: 256 << 20,
+            flush_age: Duration::from_secs(3),
+            merge_age: Duration::from_secs(60),
+            log_bytes_max: 256 << 20,
+            flush_interval: Duration::from_millis(500),
+            lease_duration: Duration::from_secs(30),
+            holder: "rtgt".into(),
+            seed: 1,
+        }
+    }
+}
+
+/// Counters of the volume itself (the object store keeps request counters).
+#[derive(Debug, Default)]
+pub struct VolumeStats {
+    pub merges: AtomicU64,
+    pub logs_written: AtomicU64,
+    pub log_bytes: AtomicU64,
+    pub flush_errors: AtomicU64,
+    pub flush_micros_total: AtomicU64,
+    pub flush_micros_max: AtomicU64,
+    pub flushes: AtomicU64,
+    pub chunks_deleted: AtomicU64,
+}
+
+pub struct S3Volume {
+    store: Arc<dyn ObjectStore>,
+    url: S3Url,
+    meta: Mutex<(VolumeMeta, Option<String>)>,
+    chunk_size: u64,
+    block_size: u64,
+    segment: u64,
+    capacity: AtomicU64,
+    cache: Mutex<Cache>,
+    /// Woken when a claim is released or pages are freed.
+    released: Notify,
+    /// Log writes happen one at a time, in sequence order.
+    log_lock: tokio::sync::Mutex<()>,
+    next_seq: AtomicU64,
+    cache_limit: u64,
+    write_back: AtomicBool,
+    /// A background flush failed: reported by the next SYNCHRONIZE CACHE.
+    sticky_error: Mutex<Option<String>>,
+    /// The lease was lost to another holder (or the process "crashed"): no more writes.
+    fenced: AtomicBool,
+    lease_etag: Mutex<Option<String>>,
+    opts: VolumeOptions,
+    clock: Arc<dyn Clock>,
+    stats: VolumeStats,
+    s3_stats: Option<Arc<S3Stats>>,
+}
+
+fn store_err(e: ObjectError, writing: bool) -> StoreError {
+    match e {
+        ObjectError::Determinate { retryable: true, message } => StoreError::Transient(message),
+        e if writing => StoreError::Write(e.to_string()),
+        e => StoreError::Read(e.to_string()),
+    }
+}
+
+impl S3Volume {
+    /// Writes a new metadata object; fails if a volume already exists there.
+    pub async fn create(
+        store: &dyn ObjectStore,
+        url: &S3Url,
+        spec: &CreateSpec,
+        clock: &dyn Clock,
+        seed: u64,
+    ) -> Result<VolumeMeta, String> {
+        spec.validate()?;
+        let mut rng = Rng::seeded(seed);
+        let uuid = format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            rng.next_u64() as u32,
+            rng.next_u64() as u16,
+            rng.next_u64() & 0xfff,
+            rng.next_u64() & 0xfff,
+            rng.next_u64() & 0xffff_ffff_ffff
+        );
+        let created = clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let meta = VolumeMeta {
+            format_version: FORMAT_VERSION,
+            size: spec.size,
+            block_size: spec.block_size,
+            chunk_size: spec.chunk_size,
+            uuid,
+            created_unix_secs: created,
+            epoch: 0,
+        };
+        let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
+        match store.put(&url.key(META_NAME), body, BTreeMap::new(), Condition::IfNoneMatch).await {
+            Ok(_) => Ok(meta),
+            Err(ObjectError::PreconditionFailed) => Err(format!("a volume already exists at {url}")),
+            Err(e) => Err(format!("cannot create the volume at {url}: {e}")),
+        }
+    }
+
+    /// Reads and checks the metadata object.
+    pub async fn read_meta(
+        store: &dyn ObjectStore,
+        url: &S3Url,
+    ) -> Result<Option<(VolumeMeta, Option<String>)>, String> {
+        match store.get(&url.key(META_NAME), None).await {
+            Ok(out) => {
+                let meta: VolumeMeta = serde_json::from_slice(&out.body)
+                    .map_err(|e| format!("{url}/{META_NAME} is not volume metadata: {e}"))?;
+                if meta.format_version != FORMAT_VERSION {
+                    return Err(format!(
+                        "{url} has volume format version {}, this rtgt reads version {FORMAT_VERSION}",
+                        meta.format_version
+                    ));
+                }
+                CreateSpec { size: meta.size, block_size: meta.block_size, chunk_size: meta.chunk_size }
+                    .validate()
+                    .map_err(|e| format!("{url}: invalid metadata: {e}"))?;
+                Ok(Some((meta, out.meta.etag)))
+            }
+            Err(ObjectError::NotFound) => Ok(None),
+            Err(e) => Err(format!("cannot read {url}/{META_NAME}: {e}")),
+        }
+    }
+
+    /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease,
+    /// bumps the epoch, lists its chunks, replays its logs, and starts the background work.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        url: S3Url,
+        opts: VolumeOptions,
+        clock: Arc<dyn Clock>,
+        s3_stats: Option<Arc<S3Stats>>,
+    ) -> Result<Arc<S3Volume>, String> {
+        let (meta, etag) = match S3Volume::read_meta(&*store, &url).await? {
+            Some(found) => found,
+            None => match &opts.create {
+                Some(spec) => {
+                    match S3Volume::create(&*store, &url, spec, &*clock, opts.seed).await {
+                        Ok(_) => {}
+                        // Someone else created it meanwhile (or our uncertain attempt did).
+                        Err(e) if e.contains("already exists") => {}
+                        Err(e) => return Err(e),
+                    }
+                    S3Volume::read_meta(&*store, &url).await?.ok_or_else(|| format!("{url} vanished after creation"))?
+                }
+                None => {
+                    return Err(format!(
+                        "no volume at {url}: create it with `rtgt volume create {url} --size SIZE` or set create = true"
+                    ));
+                }
+            },
+        };
+        if let Some(spec) = &opts.create {
+            let mismatch = |what: &str, have: u64, want: u64| {
+                Err(format!("{url} has {what} {have} but the configuration asks for {want}; refusing to open it"))
+            };
+            if meta.block_size != spec.block_size {
+                return mismatch("block size", meta.block_size as u64, spec.block_size as u64);
+            }
+            if meta.chunk_size != spec.chunk_size {
+                return mismatch("chunk size", meta.chunk_size, spec.chunk_size);
+            }
+            if meta.size != spec.size {
+                return mismatch("size", meta.size, spec.size);
+            }
+        }
+        let segment = format::segment_size(meta.chunk_size);
+        let volume = Arc::new(S3Volume {
+            store,
+            url,
+            chunk_size: meta.chunk_size,
+            block_size: meta.block_size as u64,
+            segment,
+            capacity: AtomicU64::new(meta.size),
+            meta: Mutex::new((meta, etag)),
+            cache: Mutex::new(Cache::default()),
+            released: Notify::new(),
+            log_lock: tokio::sync::Mutex::new(()),
+            next_seq: AtomicU64::new(1),
+            cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
+            write_back: AtomicBool::new(true),
+            sticky_error: Mutex::new(None),
+            fenced: AtomicBool::new(false),
+            lease_etag: Mutex::new(None),
+            opts,
+            clock,
+            stats: VolumeStats::default(),
+            s3_stats,
+        });
+        volume.acquire_lease().await?;
+        volume.bump_epoch().await?;
+        volume.load_chunk_list().await?;
+        volume.recover().await?;
+        let weak = Arc::downgrade(&volume);
+        tokio::spawn(background(weak));
+        Ok(volume)
+    }
+
+    pub fn url(&self) -> &S3Url {
+        &self.url
+    }
+
+    pub fn meta(&self) -> VolumeMeta {
+        self.meta.lock().expect("poisoned").0.clone()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().expect("volume cache poisoned")
+    }
+
+    fn blocks_per_chunk(&self) -> usize {
+        (self.chunk_size / self.block_size) as usize
+    }
+
+    /// Length of chunk `c` (the last one may be short).
+    fn chunk_len(&self, c: u64) -> u64 {
+        self.chunk_size.min(self.capacity.load(Ordering::Relaxed) - c * self.chunk_size)
+    }
+
+    /// The highest sequence number assigned so far: a chunk merged now includes every log up
+    /// to it.
+    fn current_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst) - 1
+    }
+
+    /// Writes the metadata back with the epoch bumped; sequence numbers start above it.
+    async fn bump_epoch(&self) -> Result<(), String> {
+        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+        meta.epoch += 1;
+        let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
+        let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
+        let etag = match self.store.put(&self.url.key(META_NAME), body, BTreeMap::new(), condition).await {
+            Ok(etag) => etag,
+            // Our uncertain attempt may have landed: read back.
+            Err(ObjectError::Indeterminate(_)) | Err(ObjectError::PreconditionFailed) => {
+                let (found, etag) = S3Volume::read_meta(&*self.store, &self.url)
+                    .await?
+                    .ok_or_else(|| format!("{} vanished", self.url))?;
+                if found.epoch < meta.epoch {
+                    return Err(format!("cannot update the metadata of {}: it changed meanwhile", self.url));
+                }
+                meta = found;
+                etag
+            }
+            Err(e) => return Err(format!("cannot update the metadata of {}: {e}", self.url)),
+        };
+        self.next_seq.store(meta.first_seq(), Ordering::SeqCst);
+        *self.meta.lock().expect("poisoned") = (meta, etag);
+        Ok(())
+    }
+
+    async fn load_chunk_list(&self) -> Result<(), String> {
+        let prefix = self.url.key(CHUNKS_DIR);
+        let keys = super::list_all(&*self.store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
+        let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
+        let mut cache = self.cache();
+        for (key, size) in keys {
+            match u64::from_str_radix(&key[prefix.len()..], 16) {
+                Ok(c) if c < chunks && size == self.chunk_len(c) => {
+                    cache.exists.insert(c);
+                }
+                _ => tracing::warn!(key, size, "unexpected object among the chunks: ignored"),
+            }
+        }
+        tracing::info!(volume = %self.url, chunks = cache.exists.len(), "volume opened");
+        Ok(())
+    }
+
+    // ---- claims: one mutation in flight per chunk ----
+
+    /// Claims every chunk of `chunks` for a mutation, waiting for claims held by others.
+    async fn claim(&self, chunks: &[u64]) -> Claim<'_> {
+        loop {
+            let released = self.released.notified();
+            {
+                let mut cache = self.cache();
+                if chunks.iter().all(|c| !cache.inflight.contains(c)) {
+                    cache.inflight.extend(chunks.iter().copied());
+                    return Claim { volume: self, chunks: chunks.to_vec() };
+                }
+            }
+            released.await;
+        }
+    }
+
+    // ---- reads ----
+
+    async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
+        let mut out = BytesMut::zeroed(len);
+        let bs = self.block_size;
+        // (chunk, byte range within the chunk, position in `out`) still to fetch from S3.
+        let mut fetches: Vec<(u64, u64, u64, usize)> = Vec::new();
+        {
+            let mut cache = self.cache();
+            cache.tick += 1;
+            let tick = cache.tick;
+            let mut at = offset;
+            let end = offset + len as u64;
+            while at < end {
+                let c = at / self.chunk_size;
+                let within = at % self.chunk_size;
+                let n = (self.chunk_size - within).min(end - at);
+                let exists = cache.exists.contains(&c);
+                let pos = (at - offset) as usize;
+                match cache.entries.get_mut(&c) {
+                    None if exists => fetches.push((c, within, within + n, pos)),
+                    None => {}
+                    Some(e) => {
+                        e.last_used = tick;
+                        // Runs of blocks: cached ones are copied, the others fetched or zero.
+                        let mut b = within / bs;
+                        let last = (within + n) / bs;
+                        while b < last {
+                            let valid = e.valid.get(b as usize);
+                            let mut run_end = b + 1;
+                            while run_end < last && e.valid.get(run_end as usize) == valid {
+                                run_end += 1;
+                            }
+                            let (from, to) = (b * bs, run_end * bs);
+                            let dst = pos + (from - within) as usize;
+                            if valid {
+                                e.copy_out(from as usize, &mut out[dst..dst + (to - from) as usize]);
+                            } else if exists {
+                                fetches.push((c, from, to, dst));
+                            }
+                            b = run_end;
+                        }
+                    }
+                }
+                at += n;
+            }
+        }
+        for (c, from, to, dst) in fetches {
+            match self.fetch(c, from, to).await {
+                Ok(data) => out[dst..dst + data.len()].copy_from_slice(&data),
+                Err(ObjectError::NotFound) if !self.cache().exists.contains(&c) => {} // deleted meanwhile
+                Err(ObjectError::NotFound) => {
+                    return Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url)));
+                }
+                Err(e) => return Err(store_err(e, false)),
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Fetches `[from, to)` of chunk `c`, whole CRC segments at a time, and verifies them.
+    async fn fetch(&self, c: u64, from: u64, to: u64) -> Result<Bytes, ObjectError> {
+        let chunk_len = self.chunk_len(c);
+        let seg_from = from / self.segment * self.segment;
+        let seg_to = to.div_ceil(self.segment).saturating_mul(self.segment).min(chunk_len);
+        let whole = seg_from == 0 && seg_to == chunk_len;
+        let range = if whole { None } else { Some(seg_from..seg_to) };
+        let out = self.store.get(&format::chunk_key(&self.url, c), range).await?;
+        let corrupt = |why: String| ObjectError::failed(format!("chunk {c} of {}: {why}", self.url));
+        if out.body.len() as u64 != seg_to - seg_from {
+            return Err(corrupt(format!("expected {} bytes, got {}", seg_to - seg_from, out.body.len())));
+        }
+        if out.meta.size != chunk_len {
+            return Err(corrupt(format!("object is {} bytes, chunks are {chunk_len}", out.meta.size)));
+        }
+        let crcs = out
+            .meta
+            .metadata
+            .get(format::CRC_METADATA)
+            .and_then(|v| format::parse_checksums(v))
+            .ok_or_else(|| corrupt("missing or unreadable checksums".into()))?;
+        let mut at = seg_from;
+        while at < seg_to {
+            let i = (at / self.segment) as usize;
+            let n = self.segment.min(seg_to - at);
+            let want = crcs.get(i).copied();
+            let got = crc32c::crc32c(&out.body[(at - seg_from) as usize..(at - seg_from + n) as usize]);
+            if want != Some(got) {
+                return Err(corrupt(format!("checksum mismatch in segment {i}")));
+            }
+            at += n;
+        }
+        Ok(out.body.slice((from - seg_from) as usize..(to - seg_from) as usize))
+    }
+
+    // ---- writes ----
+
+    async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
+        self.check_fenced()?;
+        let end = offset + data.len() as u64;
+        self.make_room(data.len() as u64).await?;
+        {
+            let now = self.clock.now();
+            let mut cache = self.cache();
+            let mut at = offset;
+            while at < end {
+                let c = at / self.chunk_size;
+                let within = at % self.chunk_size;
+                let n = (self.chunk_size - within).min(end - at);
+                let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
+                if crate::mutants::active(crate::mutants::Mutant::ChunkOffByOne)
+                    && within + n == self.chunk_size
+                    && (c + 1) * self.chunk_size < self.capacity()
+                {
+                    // Planted bug: the chunk's last block lands at the end of the next chunk.
+                    let bs = self.block_size as usize;
+                    self.write_piece(&mut cache, c, within, &piece[..piece.len() - bs], now, true);
+                    self.write_piece(&mut cache, c + 1, within + n - bs as u64, &piece[piece.len() - bs..], now, true);
+                } else {
+                    self.write_piece(&mut cache, c, within, piece, now, true);
+                }
+                at += n;
+            }
+        }
+        if fua || !self.write_back.load(Ordering::Relaxed) {
+            // FUA (and write-through): this write and every one acknowledged before it are
+            // durable on return.
+            return self.flush_all().await;
+        }
+        Ok(())
+    }
+
+    /// Applies a write to the cache. `unlogged`: the data is not durable yet (false when
+    /// replaying a log, whose records are).
+    fn write_piece(&self, cache: &mut Cache, c: u64, within: u64, piece: &[u8], now: Duration, unlogged: bool) {
+        let bs = self.block_size;
+        let n = self.blocks_per_chunk();
+        let (b0, b1) = ((within / bs) as usize, ((within + piece.len() as u64) / bs) as usize);
+        let zeros = piece.iter().all(|&b| b == 0);
+        if zeros && !cache.exists.contains(&c) && !cache.entries.contains_key(&c) {
+            return; // zeros over a missing chunk change nothing
+        }
+        cache.tick += 1;
+        let tick = cache.tick;
+        let e = cache.entries.entry(c).or_insert_with(Entry::empty);
+        e.last_used = tick;
+        // Generations come from the cache-wide tick, so a replaced entry never reuses one.
+        e.generation = tick;
+        let allocated = e.copy_in(within as usize, piece);
+        e.valid.set_range(b0, b1, n);
+        e.unmerged.set_range(b0, b1, n);
+        e.unmerged_since.get_or_insert(now);
+        if unlogged {
+            e.unlogged.set_range(b0, b1, n);
+            e.unlogged_since.get_or_insert(now);
+        }
+        cache.page_bytes += (allocated * PAGE) as u64;
+    }
+
+    /// Waits until `bytes` more fit in the cache: evicts clean entries, merges the oldest
+    /// unmerged chunks under pressure.
+    async fn make_room(&self, bytes: u64) -> StoreResult<()> {
+        loop {
+            let released = self.released.notified();
+            let to_merge = {
+                let mut cache = self.cache();
+                if cache.page_bytes + bytes <= self.cache_limit {
+                    return Ok(());
+                }
+                self.evict_clean(&mut cache, bytes);
+                if cache.page_bytes + bytes <= self.cache_limit || cache.page_bytes == 0 {
+                    return Ok(());
+                }
+                let mut unmerged: Vec<(Duration, u64)> = cache
+                    .entries
+                    .iter()
+                    .filter(|(c, e)| !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c))
+                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
+                    .collect();
+                unmerged.sort();
+                unmerged.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
+            };
+            if to_merge.is_empty() {
+                released.await; // everything is being merged already
+            } else if let Err(e) = self.merge_chunks(&to_merge).await {
+                self.note_background_error(&e);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Drops clean, unclaimed entries, least recently used first, until `need` fits.
+    fn evict_clean(&self, cache: &mut Cache, need: u64) {
+        let mut clean: Vec<(u64, u64)> = cache
+            .entries
+            .iter()
+            .filter(|(c, e)| e.is_clean() && !cache.inflight.contains(c))
+            .map(|(c, e)| (e.last_used, *c))
+            .collect();
+        clean.sort();
+        for (_, c) in clean {
+            if cache.page_bytes + need <= self.cache_limit {
+                break;
+            }
+            if let Some(e) = cache.entries.remove(&c) {
+                cache.page_bytes -= (e.pages.len() * PAGE) as u64;
+            }
+        }
+    }
+
+    /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
+    /// A background flush failure since the last call is reported here, once.
+    async fn flush_all(&self) -> StoreResult<()> {
+        self.check_fenced()?;
+        let result = self.log_unlogged().await;
+        let sticky = self.sticky_error.lock().expect("poisoned").take();
+        result?;
+        match sticky {
+            Some(e) => Err(StoreError::Write(format!("an earlier background flush failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Background duties: make old unlogged data durable, merge old or pressing chunks,
+    /// merge what keeps logs from being deleted, delete settled logs. Errors become sticky.
+    async fn background_flush(&self) {
+        let now = self.clock.now();
+        let (unlogged_due, merge_due): (Vec<u64>, Vec<u64>) = {
+            let cache = self.cache();
+            let unlogged = cache
+                .entries
+                .iter()
+                .filter(|(_, e)| e.unlogged_since.is_some_and(|t| now.saturating_sub(t) >= self.opts.flush_age))
+                .map(|(c, _)| *c)
+                .collect();
+            let pressured = cache.page_bytes > self.cache_limit / 2;
+            let log_bytes: u64 = cache.logs.values().map(|l| l.bytes).sum();
+            let mut merge: BTreeSet<u64> = cache
+                .entries
+                .iter()
+                .filter(|(_, e)| e.unmerged_since.is_some_and(|t| now.saturating_sub(t) >= self.opts.merge_age))
+                .map(|(c, _)| *c)
+                .collect();
+            if pressured {
+                let mut oldest: Vec<(Duration, u64)> = cache
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| !e.is_clean())
+                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
+                    .collect();
+                oldest.sort();
+                merge.extend(oldest.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c));
+            }
+            if log_bytes > self.opts.log_bytes_max || cache.logs.len() > 1000 {
+                // The oldest log's chunks hold the whole log back.
+                if let Some((_, info)) = cache.logs.iter().next() {
+                    merge.extend(info.unsettled.iter().copied());
+                }
+            }
+            (unlogged, merge.into_iter().collect())
+        };
+        let logged = self.log_chunks(&unlogged_due).await;
+        let merged = self.merge_chunks(&merge_due).await;
+        let deleted = self.delete_settled_logs().await;
+        if let Err(e) = logged.and(merged).and(deleted) {
+            self.note_background_error(&e);
+        }
+    }
+
+    fn mapped(&self, cache: &Cache, c: u64) -> bool {
+        match cache.entries.get(&c) {
+            Some(e) if e.valid.is_full() && e.pages.is_empty() => false,
+            Some(e) if !e.pages.is_empty() && !e.is_clean() => true,
+            _ => cache.exists.contains(&c),
+        }
+    }
+
+    /// Bytes in the cache that are not in their chunk objects yet.
+    pub fn dirty_bytes(&self) -> u64 {
+        let n = self.blocks_per_chunk();
+        self.cache().entries.values().map(|e| e.unmerged.count(n) as u64 * self.block_size).sum()
+    }
+
+    /// Bytes in the cache that are not durable anywhere yet.
+    pub fn unlogged_bytes(&self) -> u64 {
+        let n = self.blocks_per_chunk();
+        self.cache().entries.values().map(|e| e.unlogged.count(n) as u64 * self.block_size).sum()
+    }
+
+    /// Chunk objects known to exist.
+    pub fn chunk_count(&self) -> usize {
+        self.cache().exists.len()
+    }
+
+    /// Log objects not yet deleted.
+    pub fn log_count(&self) -> usize {
+        self.cache().logs.len()
+    }
+
+    /// Stops all object store traffic at once, as if the process died (model checks): the
+    /// cache is abandoned and nothing more is written.
+    #[doc(hidden)]
+    pub fn simulate_crash(&self) {
+        self.fenced.store(true, Ordering::Relaxed);
+    }
+
+    /// Merges everything, deletes the logs and releases the lease (clean shutdown).
+    pub async fn close(&self) -> StoreResult<()> {
+        self.check_fenced()?;
+        let dirty: Vec<u64> = self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect();
+        self.merge_chunks(&dirty).await?;
+        self.delete_settled_logs().await?;
+        self.release_lease().await;
+        Ok(())
+    }
+}
+
+/// Serializes log records: magic, sequence number, record count, then for each record its
+/// A claim on chunks for a mutation; released on drop.
+struct Claim<'a> {
+    volume: &'a S3Volume,
+    chunks: Vec<u64>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut cache = self.volume.cache();
+        for c in &self.chunks {
+            cache.inflight.remove(c);
+        }
+        drop(cache);
+        self.volume.released.notify_waiters();
+    }
+}
+
+/// Background work of an open volume: age and pressure flushes, lease renewal. Ends when the
+/// volume is dropped.
+async fn background(volume: Weak<S3Volume>) {
+    let (interval, renew_every) = match volume.upgrade() {
+        Some(v) => (v.opts.flush_interval, v.opts.lease_duration / 3),
+        None => return,
+    };
+    let mut since_renewal = Duration::ZERO;
+    let mut since_report = Duration::ZERO;
+    let mut last_requests = 0;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(v) = volume.upgrade() else { return };
+        if v.fenced.load(Ordering::Relaxed) {
+            return;
+        }
+        v.background_flush().await;
+        since_renewal += interval;
+        since_report += interval;
+        if since_renewal >= renew_every {
+            since_renewal = Duration::ZERO;
+            v.renew_lease().await;
+        }
+        // Counters go to the log once a minute while the volume is busy.
+        let requests = v.s3_stats.as_ref().map_or(0, |s| s.requests());
+        if since_report >= Duration::from_secs(60) && requests != last_requests {
+            since_report = Duration::ZERO;
+            last_requests = requests;
+            tracing::info!(volume = %v.url, stats = %v.stats(), "S3 volume counters");
+        }
+    }
+}
+
+impl BlockStore for S3Volume {
+    fn describe(&self) -> String {
+        format!("s3:{} ({} chunks of {} bytes)", self.url, self.chunk_count(), self.chunk_size)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    fn caps(&self) -> StoreCaps {
+        StoreCaps {
+            thin: true,
+            volatile_cache: true,
+            unmap_granularity: self.chunk_size,
+            optimal_transfer: self.chunk_size,
+        }
+    }
+
+    fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
+        Box::pin(self.read_impl(offset, len))
+    }
+
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.write_impl(offset, data, fua))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.flush_all())
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.unmap_impl(offset, len))
+    }
+
+    fn mapped_extents(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<Vec<Extent>>> {
+        let mut out: Vec<Extent> = Vec::new();
+        {
+            let cache = self.cache();
+            let mut at = offset;
+            let end = offset + len;
+            while at < end {
+                let c = at / self.chunk_size;
+                let n = (self.chunk_size - at % self.chunk_size).min(end - at);
+                let mapped = self.mapped(&cache, c);
+                match out.last_mut() {
+                    Some(last) if last.mapped == mapped => last.len += n,
+                    _ => out.push(Extent { offset: at, len: n, mapped }),
+                }
+                at += n;
+            }
+        }
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            self.check_fenced()?;
+            let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+            if capacity < meta.size {
+                return Err(StoreError::Write("shrinking would lose data".into()));
+            }
+            meta.size = capacity;
+            let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
+            let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
+            let etag = self
+                .store
+                .put(&self.url.key(META_NAME), body, BTreeMap::new(), condition)
+                .await
+                .map_err(|e| store_err(e, true))?;
+            *self.meta.lock().expect("poisoned") = (meta, etag);
+            self.capacity.store(capacity, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    fn set_write_cache(&self, enabled: bool) {
+        self.write_back.store(enabled, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let flushes = l(&self.stats.flushes);
+        serde_json::json!({
+            "volume": self.url.to_string(),
+            "block_size": self.block_size,
+            "chunk_size": self.chunk_size,
+            "chunks": self.chunk_count(),
+            "dirty_bytes": self.dirty_bytes(),
+            "unlogged_bytes": self.unlogged_bytes(),
+            "cache_bytes": self.cache().page_bytes,
+            "logs": self.log_count(),
+            "logs_written": l(&self.stats.logs_written),
+            "log_bytes_written": l(&self.stats.log_bytes),
+            "merges": l(&self.stats.merges),
+            "flush_errors": l(&self.stats.flush_errors),
+            "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
+            "flush_latency_max_us": l(&self.stats.flush_micros_max),
+            "chunks_deleted": l(&self.stats.chunks_deleted),
+            "s3": self.s3_stats.as_ref().map(|s| s.snapshot()),
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.close())
+    }
+}
+
+#[cfg(test)]
+mod tests;
