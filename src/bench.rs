@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use crate::clock::TokioClock;
 use crate::rng::Rng;
+use crate::s3::S3Stats;
 use crate::s3::aws::AwsStore;
 use crate::s3::embedded::{self, EmbeddedS3};
 use crate::s3::url::S3Url;
 use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
-use crate::s3::{Resilient, RetryPolicy, S3Stats};
 use crate::storage::BlockStore;
 
 const MIB: u64 = 1 << 20;
@@ -48,22 +48,17 @@ impl S3Result {
     }
 }
 
-async fn volume(
-    server: &EmbeddedS3,
-    name: &str,
-    size: u64,
-) -> Result<(Arc<S3Volume>, Arc<S3Stats>, Arc<Resilient<AwsStore>>), String> {
-    let aws = AwsStore::connect(&server.endpoint(), "bench").await;
-    let store = Arc::new(Resilient::new(aws, RetryPolicy::default(), 7));
-    let stats = store.stats();
+async fn volume(server: &EmbeddedS3, name: &str, size: u64) -> Result<(Arc<S3Volume>, Arc<S3Stats>), String> {
+    let store = Arc::new(AwsStore::connect(&server.endpoint(), "bench").await);
     let opts = VolumeOptions {
         create: Some(CreateSpec { size, block_size: 512, chunk_size: CHUNK }),
         holder: format!("bench-{name}"),
         ..VolumeOptions::default()
     };
     let url = S3Url::parse(&format!("s3://bench/{name}"))?;
-    let v = S3Volume::open(store.clone(), url, opts, Arc::new(TokioClock::new()), Some(stats.clone())).await?;
-    Ok((v, stats, store))
+    let v = S3Volume::open(store, url, opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())?;
+    let stats = v.s3_stats();
+    Ok((v, stats))
 }
 
 struct Counters {
@@ -108,7 +103,7 @@ pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
     let mut out = Vec::new();
 
     // (a) sequential 1 MiB writes, then SYNCHRONIZE CACHE and a clean close.
-    let (v, stats, _) = volume(&server, "sequential", GIB).await?;
+    let (v, stats) = volume(&server, "sequential", GIB).await?;
     let total = 256 * MIB * scale;
     let before = counters(&stats);
     let started = Instant::now();
@@ -122,7 +117,7 @@ pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
     out.push(result("sequential 1 MiB writes", total, before, counters(&stats), started, (2 * writes, writes * CHUNK)));
 
     // (b) random 4 KiB writes, SYNCHRONIZE CACHE every 64 writes, then a clean close.
-    let (v, stats, _) = volume(&server, "random", GIB).await?;
+    let (v, stats) = volume(&server, "random", GIB).await?;
     let writes = 16384 * scale;
     let before = counters(&stats);
     let started = Instant::now();
@@ -149,7 +144,7 @@ pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
     // (c) a full-device UNMAP of a 64 GiB volume with 1% of its chunks present, in the
     // 512 MiB UNMAP commands a 512-byte-block LUN allows (as mkfs sends them).
     let size = 64 * GIB;
-    let (v, _, _) = volume(&server, "unmap", size).await?;
+    let (v, _) = volume(&server, "unmap", size).await?;
     let chunks = size / CHUNK;
     let present = chunks / 100;
     let full = Bytes::from(vec![0x5au8; CHUNK as usize]);
@@ -158,7 +153,7 @@ pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
     }
     v.close().await.map_err(|e| e.to_string())?;
     drop(v);
-    let (v, stats, _) = volume(&server, "unmap", size).await?;
+    let (v, stats) = volume(&server, "unmap", size).await?;
     let before = counters(&stats);
     let started = Instant::now();
     let command = 512 * MIB;

@@ -775,9 +775,7 @@ impl Config {
     async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
         use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
         let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
-        let inner = self.object_store(l, &url, ctx).await?;
-        let store = Arc::new(crate::s3::Resilient::new(inner, crate::s3::RetryPolicy::default(), ctx.seed));
-        let stats = store.stats();
+        let store = self.object_store(l, &url, ctx).await?;
         let create = match (l.create, l.size) {
             (Some(true), Some(size)) => Some(CreateSpec {
                 size: size.0,
@@ -791,10 +789,11 @@ impl Config {
             force: l.force,
             cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),
             holder: ctx.holder.clone(),
+            node: ctx.node.clone(),
             seed: ctx.seed,
             ..VolumeOptions::default()
         };
-        let volume = S3Volume::open(store, url, opts, ctx.clock.clone(), Some(stats)).await?;
+        let volume = S3Volume::open(store, url, opts, ctx.clock.clone()).await.map_err(|e| e.to_string())?;
         if let Some(bs) = l.block_size
             && bs != volume.meta().block_size
         {

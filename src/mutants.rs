@@ -21,10 +21,12 @@ pub enum Mutant {
     LostWakeup = 6,
     /// The local object store acknowledges PUTs and DELETEs without fsync.
     LocalStoreNoSync = 7,
+    /// An S3 volume's holder goes on writing after its lease could have expired.
+    HolderDoesNotFence = 8,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -32,6 +34,7 @@ impl Mutant {
         Mutant::WindowOffByOne,
         Mutant::LostWakeup,
         Mutant::LocalStoreNoSync,
+        Mutant::HolderDoesNotFence,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Mutant {
             Mutant::WindowOffByOne => "window-off-by-one",
             Mutant::LostWakeup => "lost-wakeup",
             Mutant::LocalStoreNoSync => "local-store-no-sync",
+            Mutant::HolderDoesNotFence => "holder-does-not-fence",
         }
     }
 }

@@ -17,7 +17,7 @@ use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::local::LocalRoot;
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
-use rtgt::s3::{ObjectStore, Resilient, RetryPolicy, list_all};
+use rtgt::s3::{ObjectStore, list_all};
 use rtgt::server::{Registry, Server, TokioNet};
 use rtgt::storage::BlockStore;
 
@@ -27,17 +27,19 @@ fn options(holder: &str) -> VolumeOptions {
     VolumeOptions {
         create: Some(CreateSpec { size: 16 * CHUNK, block_size: 512, chunk_size: CHUNK }),
         holder: holder.into(),
+        // Renewed every second: a second target sees the first one alive quickly.
+        lease_duration: Duration::from_secs(3),
         ..VolumeOptions::default()
     }
 }
 
-async fn open(store: &Arc<Resilient<AwsStore>>, holder: &str) -> Result<Arc<S3Volume>, String> {
+async fn open(store: &Arc<AwsStore>, holder: &str) -> Result<Arc<S3Volume>, String> {
     let url = S3Url::parse("s3://vols/disk").unwrap();
-    S3Volume::open(store.clone(), url, options(holder), Arc::new(TokioClock::new()), Some(store.stats())).await
+    S3Volume::open(store.clone(), url, options(holder), Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
 }
 
 /// Exercises a volume over a store: ranged reads, zero elision, unmap, reopen, a second writer.
-async fn exercise(store: Arc<Resilient<AwsStore>>) {
+async fn exercise(store: Arc<AwsStore>) {
     let chunk_keys = || async { list_all(&*store, "disk/chunks/").await.unwrap() };
     let v = open(&store, "first").await.unwrap();
     let data: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8 + 1).collect();
@@ -46,7 +48,7 @@ async fn exercise(store: Arc<Resilient<AwsStore>>) {
     v.flush().await.unwrap();
     assert_eq!(chunk_keys().await.len(), 1, "the all-zero chunk is not stored");
 
-    // A second target may not open it.
+    // A second target (another node) may not open it: the first keeps renewing its lease.
     let err = open(&store, "second").await.err().unwrap();
     assert!(err.contains("in use by first"), "{err}");
 
@@ -54,10 +56,10 @@ async fn exercise(store: Arc<Resilient<AwsStore>>) {
     v.close().await.unwrap();
     drop(v);
     let v = open(&store, "first").await.unwrap();
-    let down = store.stats().bytes_down.load(Ordering::Relaxed);
+    let down = v.s3_stats().bytes_down.load(Ordering::Relaxed);
     let at = CHUNK + 300 * 1024;
     assert_eq!(v.read(at, 4096).await.unwrap(), &data[300 * 1024..300 * 1024 + 4096]);
-    let fetched = store.stats().bytes_down.load(Ordering::Relaxed) - down;
+    let fetched = v.s3_stats().bytes_down.load(Ordering::Relaxed) - down;
     assert!(fetched > 0 && fetched < CHUNK / 4, "ranged read fetched {fetched} bytes");
 
     // UNMAP frees the chunk; it reads as zeros.
@@ -74,7 +76,7 @@ async fn volume_over_loopback_http() {
     root.create_bucket("vols").unwrap();
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let aws = AwsStore::connect(&server.endpoint(), "vols").await;
-    exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 1))).await;
+    exercise(Arc::new(aws)).await;
 }
 
 /// s3s-fs through aws-sdk-s3 in-process: the S3 implementation the embedded store used to be.
@@ -94,7 +96,7 @@ async fn s3s_fs_client(dir: &std::path::Path, bucket: &str) -> AwsStore {
 async fn volume_against_s3s_fs_through_the_in_process_connector() {
     let dir = tempfile::tempdir().unwrap();
     let aws = s3s_fs_client(dir.path(), "vols").await;
-    exercise(Arc::new(Resilient::new(aws, RetryPolicy::default(), 2))).await;
+    exercise(Arc::new(aws)).await;
 }
 
 /// A data directory of an earlier rtgt (objects written by s3s-fs) opens with the local
@@ -105,7 +107,7 @@ async fn the_local_store_converts_what_s3s_fs_left() {
     let data: Vec<u8> = (0..CHUNK).map(|i| (i % 253) as u8 + 1).collect();
     {
         let aws = s3s_fs_client(dir.path(), "vols").await;
-        let v = open(&Arc::new(Resilient::new(aws, RetryPolicy::default(), 3)), "old").await.unwrap();
+        let v = open(&Arc::new(aws), "old").await.unwrap();
         v.write(2 * CHUNK, Bytes::from(data.clone()), false).await.unwrap();
         v.write(512, Bytes::from(vec![7u8; 4096]), true).await.unwrap(); // logged, left for replay
         v.simulate_crash();
@@ -117,11 +119,9 @@ async fn the_local_store_converts_what_s3s_fs_left() {
         .filter(|n| n.ends_with(".json"))
         .collect();
     assert!(leftovers.is_empty(), "s3s-fs side files removed: {leftovers:?}");
-    let store = Arc::new(Resilient::new(root.bucket("vols").unwrap(), RetryPolicy::default(), 4));
+    let store = Arc::new(root.bucket("vols").unwrap());
     let url = S3Url::parse("s3://vols/disk").unwrap();
-    let mut opts = options("old");
-    opts.force = true;
-    let v = S3Volume::open(store, url, opts, Arc::new(TokioClock::new()), None).await.unwrap();
+    let v = S3Volume::open(store, url, options("old"), Arc::new(TokioClock::new())).await.unwrap();
     assert_eq!(v.read(2 * CHUNK, CHUNK as usize).await.unwrap(), data);
     assert_eq!(v.read(512, 4096).await.unwrap(), vec![7u8; 4096], "the log was replayed");
     v.close().await.unwrap();

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,11 +13,12 @@ use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_smithy_async::time::{SharedTimeSource, TimeSource};
 use rtgt::clock::{Clock, TokioClock};
 use rtgt::mutants::Mutant;
+use rtgt::node::NodeId;
 use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
-use rtgt::s3::{Resilient, RetryPolicy};
+use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 use rtgt::storage::{BlockStore, BoxFuture};
@@ -75,6 +76,8 @@ struct Environment {
     disk_faults: Arc<Mutex<(DiskFaults, Rng)>>,
     shutdown: Arc<AtomicBool>,
     shut_down: Arc<AtomicBool>,
+    /// Target processes started so far.
+    incarnations: Arc<AtomicU64>,
     seed: u64,
 }
 
@@ -112,21 +115,25 @@ async fn target(env: Environment) -> turmoil::Result {
     let lu0 = LogicalUnit::new(disk, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/0")))?;
     entry.scsi.add_lun(0, Arc::new(lu0))?;
 
-    let store = Arc::new(Resilient::new(s3_store(&env), sim_retry_policy(), env.seed));
+    let store: Arc<dyn ObjectStore> = Arc::new(s3_store(&env));
+    // Every incarnation is a new process on the same node: it takes its lease back at once.
+    let incarnation = env.incarnations.fetch_add(1, Ordering::Relaxed);
     let opts = VolumeOptions {
         create: Some(CreateSpec { size: BLOCKS * BLOCK, block_size: BLOCK as u32, chunk_size: CHUNK }),
         cache_bytes: 32 * 1024,
         flush_age: Duration::from_secs(2),
         merge_age: Duration::from_secs(8),
         log_bytes_max: 64 * 1024,
-        holder: "sim-target".into(),
+        retry: sim_retry_policy(),
+        holder: format!("sim-node/{incarnation}"),
+        node: Some(NodeId::new("sim-node")),
         seed: env.seed,
         ..VolumeOptions::default()
     };
     let url = S3Url::parse(&format!("s3://{BUCKET}/lun1")).expect("url");
     // The object store may be failing when we start: retry as an operator would.
     let volume = loop {
-        match S3Volume::open(store.clone(), url.clone(), opts.clone(), clock.clone(), Some(store.stats())).await {
+        match S3Volume::open(store.clone(), url.clone(), opts.clone(), clock.clone()).await {
             Ok(v) => break v,
             Err(e) => {
                 tracing::debug!(error = %e, "volume open failed; retrying");
@@ -251,6 +258,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         disk_faults: Arc::new(Mutex::new((DiskFaults::default(), Rng::seeded(seed ^ 0xd15c)))),
         shutdown: Arc::new(AtomicBool::new(false)),
         shut_down: Arc::new(AtomicBool::new(false)),
+        incarnations: Arc::new(AtomicU64::new(0)),
         seed,
     };
     env.s3.create_bucket(BUCKET);

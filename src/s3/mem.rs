@@ -27,6 +27,8 @@ pub struct Faults {
     pub apply_then_fail: f64,
     /// Fail without applying but report an indeterminate failure.
     pub lost_request: f64,
+    /// Refuse mutations for good (like an access denied): determinate, not retryable.
+    pub reject_writes: f64,
 }
 
 struct State {
@@ -34,12 +36,16 @@ struct State {
     next_etag: u64,
     faults: Faults,
     rng: Rng,
+    /// Mutations of keys under these prefixes wait until released.
+    held: Vec<String>,
 }
 
 /// A bucket in memory. Listing pages hold at most `page_size` keys.
 pub struct MemObjectStore {
     state: Mutex<State>,
     page_size: usize,
+    /// Woken when held prefixes are released.
+    released: tokio::sync::Notify,
 }
 
 enum Fault {
@@ -47,6 +53,7 @@ enum Fault {
     Fail,
     ApplyThenFail,
     Lost,
+    Reject,
 }
 
 impl MemObjectStore {
@@ -56,8 +63,37 @@ impl MemObjectStore {
 
     pub fn with_faults(faults: Faults, seed: u64) -> MemObjectStore {
         MemObjectStore {
-            state: Mutex::new(State { objects: BTreeMap::new(), next_etag: 1, faults, rng: Rng::seeded(seed) }),
+            state: Mutex::new(State {
+                objects: BTreeMap::new(),
+                next_etag: 1,
+                faults,
+                rng: Rng::seeded(seed),
+                held: Vec::new(),
+            }),
             page_size: 1000,
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Makes PUTs and DELETEs of keys under `prefix` wait (a slow or stuck store) until
+    /// [`MemObjectStore::release_all`].
+    pub fn hold(&self, prefix: &str) {
+        self.lock().held.push(prefix.to_string());
+    }
+
+    pub fn release_all(&self) {
+        self.lock().held.clear();
+        self.released.notify_waiters();
+    }
+
+    /// Waits while `key` is held.
+    async fn wait_if_held(&self, key: &str) {
+        loop {
+            let released = self.released.notified();
+            if !self.lock().held.iter().any(|p| key.starts_with(p.as_str())) {
+                return;
+            }
+            released.await;
         }
     }
 
@@ -83,6 +119,9 @@ impl MemObjectStore {
         if st.rng.chance(f.fail) {
             return Fault::Fail;
         }
+        if mutating && st.rng.chance(f.reject_writes) {
+            return Fault::Reject;
+        }
         if mutating && st.rng.chance(f.apply_then_fail) {
             return Fault::ApplyThenFail;
         }
@@ -104,6 +143,7 @@ impl MemObjectStore {
         match fault {
             Fault::Fail => return Err(ObjectError::transient("injected failure")),
             Fault::Lost => return Err(ObjectError::Indeterminate("injected lost request".into())),
+            Fault::Reject => return Err(ObjectError::failed("injected rejection")),
             _ => {}
         }
         let current = st.objects.get(key).map(|o| o.etag.clone());
@@ -128,6 +168,7 @@ impl MemObjectStore {
         match fault {
             Fault::Fail => return Err(ObjectError::transient("injected failure")),
             Fault::Lost => return Err(ObjectError::Indeterminate("injected lost request".into())),
+            Fault::Reject => return Err(ObjectError::failed("injected rejection")),
             _ => {}
         }
         st.objects.remove(key);
@@ -178,22 +219,31 @@ impl ObjectStore for MemObjectStore {
         metadata: BTreeMap<String, String>,
         condition: Condition,
     ) -> BoxFuture<'_, ObjResult<Option<String>>> {
-        let r = self.put_sync(key, body, metadata, condition);
-        Box::pin(async move { r })
+        let key = key.to_string();
+        Box::pin(async move {
+            self.wait_if_held(&key).await;
+            self.put_sync(&key, body, metadata, condition)
+        })
     }
 
     fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
-        let r = self.delete_sync(key);
-        Box::pin(async move { r })
+        let key = key.to_string();
+        Box::pin(async move {
+            self.wait_if_held(&key).await;
+            self.delete_sync(&key)
+        })
     }
 
     fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
-        let out = keys.into_iter().map(|k| {
-            let r = self.delete_sync(&k);
-            (k, r)
-        });
-        let out: Vec<_> = out.collect();
-        Box::pin(async move { Ok(out) })
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for k in keys {
+                self.wait_if_held(&k).await;
+                let r = self.delete_sync(&k);
+                out.push((k, r));
+            }
+            Ok(out)
+        })
     }
 
     fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {

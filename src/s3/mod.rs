@@ -38,6 +38,9 @@ pub enum ObjectError {
     /// The request may or may not have taken effect (a timeout after sending, a lost reply).
     #[error("request outcome unknown: {0}")]
     Indeterminate(String),
+    /// Not sent: this writer may not change the volume now (its lease could have expired).
+    #[error("not sent: {0}")]
+    Fenced(String),
 }
 
 impl ObjectError {

@@ -51,8 +51,13 @@ pub struct Resilient<S> {
 
 impl<S: ObjectStore> Resilient<S> {
     pub fn new(inner: S, policy: RetryPolicy, seed: u64) -> Resilient<S> {
+        Resilient::with_stats(inner, policy, seed, Arc::new(S3Stats::default()))
+    }
+
+    /// A retry layer that counts into `stats` (shared with other layers over the same store).
+    pub fn with_stats(inner: S, policy: RetryPolicy, seed: u64, stats: Arc<S3Stats>) -> Resilient<S> {
         let permits = Semaphore::new(policy.concurrency.max(1));
-        Resilient { inner, policy, permits, rng: Mutex::new(Rng::seeded(seed)), stats: Arc::new(S3Stats::default()) }
+        Resilient { inner, policy, permits, rng: Mutex::new(Rng::seeded(seed)), stats }
     }
 
     pub fn stats(&self) -> Arc<S3Stats> {
@@ -99,8 +104,8 @@ impl<S: ObjectStore> Resilient<S> {
                     attempt += 1;
                 }
                 // An earlier attempt may have done it: the caller must find out.
-                Err(ObjectError::PreconditionFailed) if uncertain => {
-                    return Err(ObjectError::Indeterminate("precondition failed after an uncertain attempt".into()));
+                Err(e @ (ObjectError::PreconditionFailed | ObjectError::Fenced(_))) if uncertain => {
+                    return Err(ObjectError::Indeterminate(format!("{e} after an uncertain attempt")));
                 }
                 Err(e) => {
                     if e != ObjectError::NotFound {

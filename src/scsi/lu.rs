@@ -316,5 +316,6 @@ pub(super) fn store_sense(err: &StoreError) -> Sense {
         StoreError::Write(_) => Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR),
         StoreError::Transient(_) => Sense::new(key::ABORTED_COMMAND, asc::NO_ADDITIONAL),
         StoreError::NoSpace(_) => Sense::new(key::DATA_PROTECT, asc::SPACE_ALLOCATION_FAILED),
+        StoreError::NotReady(_) => Sense::new(key::NOT_READY, asc::BECOMING_READY),
     }
 }

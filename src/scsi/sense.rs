@@ -30,6 +30,8 @@ pub mod key {
 /// Additional sense code and qualifier pairs used by the target.
 pub mod asc {
     pub const NO_ADDITIONAL: (u8, u8) = (0x00, 0x00);
+    /// LOGICAL UNIT IS IN PROCESS OF BECOMING READY: initiators retry after a delay.
+    pub const BECOMING_READY: (u8, u8) = (0x04, 0x01);
     pub const LUN_NOT_READY_MANUAL: (u8, u8) = (0x04, 0x03);
     pub const WRITE_ERROR: (u8, u8) = (0x0c, 0x00);
     pub const UNRECOVERED_READ_ERROR: (u8, u8) = (0x11, 0x00);

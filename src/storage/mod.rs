@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The backend has no space left to allocate the write.
     #[error("no space left: {0}")]
     NoSpace(String),
+    /// The logical unit cannot serve now but expects to (opening, waiting for its lease): NOT
+    /// READY, which initiators retry. Nothing was done.
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl StoreError {
@@ -101,6 +105,11 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Makes everything durable and lets go of the backend (clean shutdown).
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.flush()
+    }
+    /// Resolves, with the reason, once the store can never serve again (an S3 volume whose
+    /// lease another target took): it must be opened anew. Pending forever for most stores.
+    fn failed(&self) -> BoxFuture<'_, String> {
+        Box::pin(std::future::pending())
     }
 }
 

@@ -113,6 +113,45 @@ impl CreateSpec {
     }
 }
 
+/// The lease object: who may write the volume. Its holder renews it (a conditional PUT on its
+/// entity tag, `renewals` bumped so that every version differs) and lets it go at a clean close
+/// (`released`). Nobody compares `expires_unix_ms` with a clock: a taker measures the lease's
+/// `duration_ms` on its own monotonic clock, watching the object not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// This process: "<node>/<pid>/<random>".
+    pub holder: String,
+    /// The node the holder runs on (see `node.rs`); absent in leases of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub renewals: u64,
+    #[serde(default = "default_lease_ms")]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub released: bool,
+    /// For people reading the object (wall clock at the renewal plus the duration; 0 when
+    /// released by an older version).
+    pub expires_unix_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    30_000
+}
+
+impl LeaseRecord {
+    pub fn parse(body: &[u8]) -> Result<LeaseRecord, String> {
+        let mut record: LeaseRecord = serde_json::from_slice(body).map_err(|e| format!("unreadable lease: {e}"))?;
+        // Older versions released a lease by writing an expiry of zero.
+        record.released |= record.expires_unix_ms == 0;
+        Ok(record)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("lease serializes"))
+    }
+}
+
 /// The key of chunk `index`.
 pub fn chunk_key(url: &S3Url, index: u64) -> String {
     url.key(&format!("{CHUNKS_DIR}{index:016x}"))
@@ -290,6 +329,24 @@ mod tests {
         let odd = VolumeMeta { block_size: 1000, ..meta };
         assert!(VolumeMeta::parse(&odd.encode()).is_err());
         assert!(VolumeMeta::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn leases_of_older_versions_parse() {
+        let old = LeaseRecord::parse(br#"{"holder":"h/1/2","expires_unix_ms":0}"#).unwrap();
+        assert!(old.released && old.node.is_none() && old.duration_ms == 30_000);
+        let held = LeaseRecord::parse(br#"{"holder":"h/1/2","expires_unix_ms":5}"#).unwrap();
+        assert!(!held.released);
+        let new = LeaseRecord {
+            holder: "n/1/2".into(),
+            node: Some("n".into()),
+            renewals: 3,
+            duration_ms: 9,
+            released: false,
+            expires_unix_ms: 7,
+        };
+        assert_eq!(LeaseRecord::parse(&new.encode()).unwrap(), new);
+        assert!(LeaseRecord::parse(b"[]").is_err());
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl S3Volume {
             return Ok(());
         }
         let _serial = self.log_lock.lock().await;
-        self.check_fenced()?;
+        self.lease.check("a log write")?;
         let bs = self.block_size;
         let n = self.blocks_per_chunk();
         // Snapshot the records, in logs of at most LOG_BYTES_MAX. Each log's sequence number

@@ -19,7 +19,7 @@ impl S3Volume {
     /// hold older records for it).
     pub(super) async fn merge_chunk(&self, c: u64) -> StoreResult<()> {
         let _claim = self.claim(&[c]).await;
-        self.check_fenced()?;
+        self.lease.check("a merge")?;
         let started = self.clock.now();
         let chunk_len = self.chunk_len(c) as usize;
         let n = (chunk_len as u64 / self.block_size) as usize;
@@ -122,7 +122,13 @@ impl S3Volume {
         e
     }
 
+    /// Keeps a background failure for the next SYNCHRONIZE CACHE to report. Transient ones
+    /// (the store unreachable, the lease not renewed) are not kept: the data stays in the cache
+    /// and that SYNCHRONIZE CACHE retries it itself.
     pub(super) fn note_background_error(&self, e: &StoreError) {
+        if matches!(e, StoreError::Transient(_) | StoreError::NotReady(_)) {
+            return;
+        }
         self.sticky_error.lock().expect("poisoned").get_or_insert_with(|| e.to_string());
     }
 

@@ -11,8 +11,9 @@
 //! most one is in flight per key.
 
 mod cache;
+mod fence;
 pub mod format;
-mod lease;
+pub mod lease;
 mod log;
 mod merge;
 mod recovery;
@@ -27,14 +28,16 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use super::url::S3Url;
-use super::{Condition, ObjectError, ObjectStore, S3Stats};
+use super::{Condition, ObjectError, ObjectStore, Resilient, RetryPolicy, S3Stats};
 use crate::clock::Clock;
 use crate::rng::Rng;
 use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
 
+use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
 use format::CHUNKS_DIR;
 pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
+use lease::{Identity, LeaseState, LeaseTiming};
 
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
@@ -49,7 +52,8 @@ pub struct VolumeOptions {
     /// Create the volume with this geometry if it does not exist; if it exists, its geometry
     /// must match.
     pub create: Option<CreateSpec>,
-    /// Take the lease over from another holder.
+    /// Take the lease over from a live holder (which stops writing within the lease; this
+    /// volume waits that out before its first write).
     pub force: bool,
     /// Bytes of cache pages the volume may hold.
     pub cache_bytes: u64,
@@ -61,8 +65,12 @@ pub struct VolumeOptions {
     pub log_bytes_max: u64,
     pub flush_interval: Duration,
     pub lease_duration: Duration,
-    /// Who we are, in the lease ("host/pid/random").
+    /// Timeouts and retries of object store requests.
+    pub retry: RetryPolicy,
+    /// Who we are, in the lease ("node/pid/random").
     pub holder: String,
+    /// The node this process holds locked: a lease it held before a crash is taken back at once.
+    pub node: Option<NodeId>,
     pub seed: u64,
 }
 
@@ -77,10 +85,24 @@ impl Default for VolumeOptions {
             log_bytes_max: 256 << 20,
             flush_interval: Duration::from_millis(500),
             lease_duration: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
             holder: "rtgt".into(),
+            node: None,
             seed: 1,
         }
     }
+}
+
+/// Why a volume did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Another target holds the lease, or the store cannot be reached: trying again may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The volume is missing, differs from the configuration, or is damaged: an operator must
+    /// act.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Counters of the volume itself (the object store keeps request counters).
@@ -97,7 +119,14 @@ pub struct VolumeStats {
 }
 
 pub struct S3Volume {
+    /// Requests that read or change the volume: fenced by the lease, retried.
     store: Arc<dyn ObjectStore>,
+    /// The lease's own requests: retried, on request slots of their own.
+    control: Arc<dyn ObjectStore>,
+    lease: Arc<LeaseState>,
+    identity: Identity,
+    /// The renewal task.
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     url: S3Url,
     meta: Mutex<(VolumeMeta, Option<String>)>,
     chunk_size: u64,
@@ -114,18 +143,27 @@ pub struct S3Volume {
     write_back: AtomicBool,
     /// A background flush failed: reported by the next SYNCHRONIZE CACHE.
     sticky_error: Mutex<Option<String>>,
-    /// The lease was lost to another holder (or the process "crashed"): no more writes.
-    fenced: AtomicBool,
-    lease_etag: Mutex<Option<String>>,
     opts: VolumeOptions,
     clock: Arc<dyn Clock>,
     stats: VolumeStats,
-    s3_stats: Option<Arc<S3Stats>>,
+    s3_stats: Arc<S3Stats>,
 }
 
+impl Drop for S3Volume {
+    fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.lock().expect("poisoned").take() {
+            keeper.abort();
+        }
+    }
+}
+
+/// The block-store error of a failed request: transient faults stay retryable (never a
+/// MEDIUM ERROR), a fenced request is NOT READY, the rest is the medium's.
 fn store_err(e: ObjectError, writing: bool) -> StoreError {
     match e {
         ObjectError::Determinate { retryable: true, message } => StoreError::Transient(message),
+        ObjectError::Indeterminate(message) => StoreError::Transient(format!("outcome unknown: {message}")),
+        ObjectError::Fenced(message) => StoreError::NotReady(message),
         e if writing => StoreError::Write(e.to_string()),
         e => StoreError::Read(e.to_string()),
     }
@@ -160,8 +198,7 @@ impl S3Volume {
             created_unix_secs: created,
             epoch: 0,
         };
-        let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
-        match store.put(&url.key(META_NAME), body, BTreeMap::new(), Condition::IfNoneMatch).await {
+        match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
             Ok(_) => Ok(meta),
             Err(ObjectError::PreconditionFailed) => Err(format!("a volume already exists at {url}")),
             Err(e) => Err(format!("cannot create the volume at {url}: {e}")),
@@ -175,17 +212,7 @@ impl S3Volume {
     ) -> Result<Option<(VolumeMeta, Option<String>)>, String> {
         match store.get(&url.key(META_NAME), None).await {
             Ok(out) => {
-                let meta: VolumeMeta = serde_json::from_slice(&out.body)
-                    .map_err(|e| format!("{url}/{META_NAME} is not volume metadata: {e}"))?;
-                if meta.format_version != FORMAT_VERSION {
-                    return Err(format!(
-                        "{url} has volume format version {}, this rtgt reads version {FORMAT_VERSION}",
-                        meta.format_version
-                    ));
-                }
-                CreateSpec { size: meta.size, block_size: meta.block_size, chunk_size: meta.chunk_size }
-                    .validate()
-                    .map_err(|e| format!("{url}: invalid metadata: {e}"))?;
+                let meta = VolumeMeta::parse(&out.body).map_err(|e| format!("{url}/{META_NAME}: {e}"))?;
                 Ok(Some((meta, out.meta.etag)))
             }
             Err(ObjectError::NotFound) => Ok(None),
@@ -193,37 +220,41 @@ impl S3Volume {
         }
     }
 
-    /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease,
-    /// bumps the epoch, lists its chunks, replays its logs, and starts the background work.
-    pub async fn open(
-        store: Arc<dyn ObjectStore>,
-        url: S3Url,
-        opts: VolumeOptions,
-        clock: Arc<dyn Clock>,
-        s3_stats: Option<Arc<S3Stats>>,
-    ) -> Result<Arc<S3Volume>, String> {
-        let (meta, etag) = match S3Volume::read_meta(&*store, &url).await? {
+    /// Reads the metadata, creating the volume first with `opts.create`, and checks the
+    /// geometry against what the configuration asks for.
+    async fn find_or_create(
+        store: &dyn ObjectStore,
+        url: &S3Url,
+        opts: &VolumeOptions,
+        clock: &dyn Clock,
+    ) -> Result<(VolumeMeta, Option<String>), OpenError> {
+        let unavailable = OpenError::Unavailable;
+        let found = match S3Volume::read_meta(store, url).await.map_err(unavailable)? {
             Some(found) => found,
-            None => match &opts.create {
-                Some(spec) => {
-                    match S3Volume::create(&*store, &url, spec, &*clock, opts.seed).await {
-                        Ok(_) => {}
-                        // Someone else created it meanwhile (or our uncertain attempt did).
-                        Err(e) if e.contains("already exists") => {}
-                        Err(e) => return Err(e),
-                    }
-                    S3Volume::read_meta(&*store, &url).await?.ok_or_else(|| format!("{url} vanished after creation"))?
-                }
-                None => {
-                    return Err(format!(
+            None => {
+                let Some(spec) = &opts.create else {
+                    return Err(OpenError::Refused(format!(
                         "no volume at {url}: create it with `rtgt volume create {url} --size SIZE` or set create = true"
-                    ));
+                    )));
+                };
+                match S3Volume::create(store, url, spec, clock, opts.seed).await {
+                    // Someone else created it meanwhile (or our uncertain attempt did).
+                    Ok(_) => {}
+                    Err(e) if e.contains("already exists") => {}
+                    Err(e) => return Err(OpenError::Unavailable(e)),
                 }
-            },
+                S3Volume::read_meta(store, url)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| OpenError::Unavailable(format!("{url} vanished after creation")))?
+            }
         };
         if let Some(spec) = &opts.create {
+            let meta = &found.0;
             let mismatch = |what: &str, have: u64, want: u64| {
-                Err(format!("{url} has {what} {have} but the configuration asks for {want}; refusing to open it"))
+                Err(OpenError::Refused(format!(
+                    "{url} has {what} {have} but the configuration asks for {want}; refusing to open it"
+                )))
             };
             if meta.block_size != spec.block_size {
                 return mismatch("block size", meta.block_size as u64, spec.block_size as u64);
@@ -235,9 +266,42 @@ impl S3Volume {
                 return mismatch("size", meta.size, spec.size);
             }
         }
+        Ok(found)
+    }
+
+    /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease
+    /// (waiting out a silent holder's), bumps the epoch, lists its chunks, replays its logs, and
+    /// starts the background work. `store` is the bare object store: the volume puts its own
+    /// retries and the lease's fence over it.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        url: S3Url,
+        opts: VolumeOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<S3Volume>, OpenError> {
+        let s3_stats = Arc::new(S3Stats::default());
+        let lease =
+            Arc::new(LeaseState::new(clock.clone(), LeaseTiming::new(opts.lease_duration, opts.retry.attempt_timeout)));
+        // The lease's requests never wait behind the volume's (a renewal must not starve).
+        let control_policy = RetryPolicy {
+            budget: opts.retry.budget.min(opts.lease_duration / 4),
+            concurrency: 2,
+            ..opts.retry.clone()
+        };
+        let control: Arc<dyn ObjectStore> =
+            Arc::new(Resilient::with_stats(store.clone(), control_policy, opts.seed ^ 0x1ea5e, s3_stats.clone()));
+        let fenced = fence::Fenced::new(store, lease.clone());
+        let data: Arc<dyn ObjectStore> =
+            Arc::new(Resilient::with_stats(fenced, opts.retry.clone(), opts.seed, s3_stats.clone()));
+        let (meta, etag) = S3Volume::find_or_create(&*control, &url, &opts, &*clock).await?;
+        let identity = Identity { holder: opts.holder.clone(), node: opts.node.clone() };
         let segment = format::segment_size(meta.chunk_size);
         let volume = Arc::new(S3Volume {
-            store,
+            store: data,
+            control,
+            lease,
+            identity,
+            keeper: Mutex::new(None),
             url,
             chunk_size: meta.chunk_size,
             block_size: meta.block_size as u64,
@@ -251,20 +315,56 @@ impl S3Volume {
             cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
-            fenced: AtomicBool::new(false),
-            lease_etag: Mutex::new(None),
             opts,
             clock,
             stats: VolumeStats::default(),
             s3_stats,
         });
-        volume.acquire_lease().await?;
-        volume.bump_epoch().await?;
-        volume.load_chunk_list().await?;
-        volume.recover().await?;
-        let weak = Arc::downgrade(&volume);
-        tokio::spawn(background(weak));
+        volume.take_lease().await?;
+        if let Err(e) = volume.start().await {
+            volume.let_go().await;
+            return Err(e);
+        }
+        tokio::spawn(background(Arc::downgrade(&volume)));
         Ok(volume)
+    }
+
+    /// Takes the lease and starts renewing it.
+    async fn take_lease(&self) -> Result<(), OpenError> {
+        let key = self.url.key(LEASE_NAME);
+        let taken = lease::acquire(&*self.control, &key, &self.identity, self.opts.force, &self.lease)
+            .await
+            .map_err(|e| OpenError::Unavailable(format!("{}: {e}", self.url)))?;
+        let keeper = lease::keep(self.control.clone(), key, self.identity.clone(), self.lease.clone(), taken);
+        *self.keeper.lock().expect("poisoned") = Some(tokio::spawn(keeper));
+        Ok(())
+    }
+
+    /// What opening does once the lease is ours.
+    async fn start(&self) -> Result<(), OpenError> {
+        if self.lease.standing() == lease::Standing::NotYet {
+            tracing::warn!(volume = %self.url, "taken over by force: waiting out the previous holder's lease");
+        }
+        self.lease.wait_until_writable().await;
+        self.bump_epoch().await.map_err(OpenError::Unavailable)?;
+        self.load_chunk_list().await.map_err(OpenError::Unavailable)?;
+        self.recover().await
+    }
+
+    /// Stops renewing and releases the lease.
+    async fn let_go(&self) {
+        if let Some(keeper) = self.keeper.lock().expect("poisoned").take() {
+            keeper.abort();
+        }
+        if !matches!(self.lease.standing(), lease::Standing::Ended(_)) {
+            lease::release(&*self.control, &self.url.key(LEASE_NAME), &self.identity, &self.lease).await;
+        }
+        self.lease.end(lease::Ended::Closed);
+    }
+
+    /// Request counters of the volume's object store.
+    pub fn s3_stats(&self) -> Arc<S3Stats> {
+        self.s3_stats.clone()
     }
 
     pub fn url(&self) -> &S3Url {
@@ -452,7 +552,7 @@ impl S3Volume {
     // ---- writes ----
 
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
-        self.check_fenced()?;
+        self.lease.check("write")?;
         let end = offset + data.len() as u64;
         self.make_room(data.len() as u64).await?;
         {
@@ -567,7 +667,7 @@ impl S3Volume {
     /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
     /// A background flush failure since the last call is reported here, once.
     async fn flush_all(&self) -> StoreResult<()> {
-        self.check_fenced()?;
+        self.lease.check("SYNCHRONIZE CACHE")?;
         let result = self.log_unlogged().await;
         let sticky = self.sticky_error.lock().expect("poisoned").take();
         result?;
@@ -657,16 +757,19 @@ impl S3Volume {
     /// cache is abandoned and nothing more is written.
     #[doc(hidden)]
     pub fn simulate_crash(&self) {
-        self.fenced.store(true, Ordering::Relaxed);
+        if let Some(keeper) = self.keeper.lock().expect("poisoned").take() {
+            keeper.abort();
+        }
+        self.lease.end(lease::Ended::Closed);
     }
 
     /// Merges everything, deletes the logs and releases the lease (clean shutdown).
     pub async fn close(&self) -> StoreResult<()> {
-        self.check_fenced()?;
+        self.lease.check("close")?;
         let dirty: Vec<u64> = self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect();
         self.merge_chunks(&dirty).await?;
         self.delete_settled_logs().await?;
-        self.release_lease().await;
+        self.let_go().await;
         Ok(())
     }
 }
@@ -689,31 +792,25 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Background work of an open volume: age and pressure flushes, lease renewal. Ends when the
-/// volume is dropped.
+/// Background work of an open volume: age and pressure flushes (the lease renews on a task of
+/// its own). Ends when the volume is dropped or its lease ends.
 async fn background(volume: Weak<S3Volume>) {
-    let (interval, renew_every) = match volume.upgrade() {
-        Some(v) => (v.opts.flush_interval, v.opts.lease_duration / 3),
+    let (interval, clock) = match volume.upgrade() {
+        Some(v) => (v.opts.flush_interval, v.clock.clone()),
         None => return,
     };
-    let mut since_renewal = Duration::ZERO;
     let mut since_report = Duration::ZERO;
     let mut last_requests = 0;
     loop {
-        tokio::time::sleep(interval).await;
+        clock.sleep_until(clock.now() + interval).await;
         let Some(v) = volume.upgrade() else { return };
-        if v.fenced.load(Ordering::Relaxed) {
+        if let lease::Standing::Ended(_) = v.lease.standing() {
             return;
         }
         v.background_flush().await;
-        since_renewal += interval;
         since_report += interval;
-        if since_renewal >= renew_every {
-            since_renewal = Duration::ZERO;
-            v.renew_lease().await;
-        }
         // Counters go to the log once a minute while the volume is busy.
-        let requests = v.s3_stats.as_ref().map_or(0, |s| s.requests());
+        let requests = v.s3_stats.requests();
         if since_report >= Duration::from_secs(60) && requests != last_requests {
             since_report = Duration::ZERO;
             last_requests = requests;
@@ -778,7 +875,7 @@ impl BlockStore for S3Volume {
 
     fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.check_fenced()?;
+            self.lease.check("resize")?;
             let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
             if capacity < meta.size {
                 return Err(StoreError::Write("shrinking would lose data".into()));
@@ -820,12 +917,16 @@ impl BlockStore for S3Volume {
             "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
             "flush_latency_max_us": l(&self.stats.flush_micros_max),
             "chunks_deleted": l(&self.stats.chunks_deleted),
-            "s3": self.s3_stats.as_ref().map(|s| s.snapshot()),
+            "s3": self.s3_stats.snapshot(),
         })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(self.close())
+    }
+
+    fn failed(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move { format!("{}: the lease was taken over by {}", self.url, self.lease.taken_over().await) })
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::S3Volume;
 use super::format::{self, LOG_DIR, Record};
+use super::{OpenError, S3Volume};
 use crate::s3::ObjectError;
 
 impl S3Volume {
@@ -14,11 +14,12 @@ impl S3Volume {
 
     /// Replays the logs left by a crash: records newer than their chunk's stamp go into the
     /// cache, every touched chunk is merged, and the logs are deleted.
-    pub(super) async fn recover(&self) -> Result<(), String> {
+    pub(super) async fn recover(&self) -> Result<(), OpenError> {
+        let unavailable = OpenError::Unavailable;
         let prefix = self.url.key(LOG_DIR);
         let mut logs: Vec<(u64, String)> = crate::s3::list_all(&*self.store, &prefix)
             .await
-            .map_err(|e| format!("cannot list {prefix}: {e}"))?
+            .map_err(|e| unavailable(format!("cannot list {prefix}: {e}")))?
             .into_iter()
             .filter_map(|(k, _)| Some((u64::from_str_radix(&k[prefix.len()..], 16).ok()?, k)))
             .collect();
@@ -30,16 +31,16 @@ impl S3Volume {
         let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
         let now = self.clock.now();
         for (seq, key) in &logs {
-            let out = self.store.get(key, None).await.map_err(|e| format!("cannot read {key}: {e}"))?;
+            let out = self.store.get(key, None).await.map_err(|e| unavailable(format!("cannot read {key}: {e}")))?;
             let records = format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA))
-                .map_err(|e| format!("{key} is damaged: {e}; refusing to open the volume"))?;
+                .map_err(|e| OpenError::Refused(format!("{key} is damaged: {e}; refusing to open the volume")))?;
             for record in records {
                 let (offset, len) = match &record {
                     Record::Data { offset, data } => (*offset, data.len() as u64),
                     Record::Zero { offset, len } => (*offset, *len),
                 };
                 if offset + len > self.capacity.load(Ordering::Relaxed) {
-                    return Err(format!("{key} writes beyond the end of the volume"));
+                    return Err(OpenError::Refused(format!("{key} writes beyond the end of the volume")));
                 }
                 let mut at = offset;
                 while at < offset + len {
@@ -48,7 +49,7 @@ impl S3Volume {
                     let stamp = match stamps.get(&c) {
                         Some(s) => *s,
                         None => {
-                            let s = self.chunk_stamp(c).await?;
+                            let s = self.chunk_stamp(c).await.map_err(unavailable)?;
                             stamps.insert(c, s);
                             s
                         }
@@ -66,9 +67,9 @@ impl S3Volume {
             }
         }
         let touched: Vec<u64> = stamps.keys().copied().collect();
-        self.merge_chunks(&touched).await.map_err(|e| format!("cannot merge the replayed log: {e}"))?;
+        self.merge_chunks(&touched).await.map_err(|e| unavailable(format!("cannot merge the replayed log: {e}")))?;
         for (_, key) in &logs {
-            self.store.delete(key).await.map_err(|e| format!("cannot delete {key}: {e}"))?;
+            self.store.delete(key).await.map_err(|e| unavailable(format!("cannot delete {key}: {e}")))?;
         }
         tracing::info!(volume = %self.url, chunks = touched.len(), "log replayed");
         Ok(())

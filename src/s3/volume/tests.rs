@@ -6,7 +6,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::clock::TokioClock;
 use crate::s3::mem::Faults;
-use crate::s3::{MemObjectStore, Resilient, RetryPolicy};
+use futures::FutureExt;
+
+use crate::s3::{BoxFuture, GetOutput, MemObjectStore, ObjResult, RetryPolicy};
 
 const BS: u64 = 512;
 
@@ -26,24 +28,29 @@ fn fast_policy() -> RetryPolicy {
 
 struct Harness {
     mem: Arc<MemObjectStore>,
-    store: Arc<Resilient<Arc<MemObjectStore>>>,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let mem = Arc::new(MemObjectStore::new());
-        let store = Arc::new(Resilient::new(mem.clone(), fast_policy(), 9));
-        Harness { mem, store }
+        Harness { mem: Arc::new(MemObjectStore::new()) }
     }
 
-    async fn open(&self, chunk: u64, chunks: u64, holder: &str) -> Result<Arc<S3Volume>, String> {
-        let opts = VolumeOptions {
+    fn options(&self, chunk: u64, chunks: u64, holder: &str) -> VolumeOptions {
+        VolumeOptions {
             create: Some(CreateSpec { size: chunk * chunks, block_size: BS as u32, chunk_size: chunk }),
             cache_bytes: 3 * chunk,
             holder: holder.into(),
+            retry: fast_policy(),
             ..VolumeOptions::default()
-        };
-        S3Volume::open(self.store.clone(), url(), opts, Arc::new(TokioClock::new()), Some(self.store.stats())).await
+        }
+    }
+
+    async fn open_with(&self, opts: VolumeOptions) -> Result<Arc<S3Volume>, OpenError> {
+        S3Volume::open(self.mem.clone(), url(), opts, Arc::new(TokioClock::new())).await
+    }
+
+    async fn open(&self, chunk: u64, chunks: u64, holder: &str) -> Result<Arc<S3Volume>, OpenError> {
+        self.open_with(self.options(chunk, chunks, holder)).await
     }
 
     fn chunk_objects(&self) -> BTreeMap<String, Bytes> {
@@ -59,7 +66,7 @@ fn block(fill: u8) -> Bytes {
 async fn sparse_reads_send_no_get_and_zeros_are_elided() {
     let h = Harness::new();
     let v = h.open(64 * 1024, 16, "a").await.unwrap();
-    let gets = || h.store.stats().get.load(Ordering::Relaxed);
+    let gets = || v.s3_stats().get.load(Ordering::Relaxed);
     let before = gets();
     assert_eq!(v.read(0, 1 << 20).await.unwrap(), vec![0u8; 1 << 20]);
     assert_eq!(gets(), before, "no GET for chunks that do not exist");
@@ -67,6 +74,7 @@ async fn sparse_reads_send_no_get_and_zeros_are_elided() {
     v.write(70 * 1024, Bytes::from(vec![5u8; 4096]), false).await.unwrap();
     v.close().await.unwrap();
     assert_eq!(h.chunk_objects().len(), 1);
+    let v = h.open(64 * 1024, 16, "a").await.unwrap();
     assert_eq!(v.read(70 * 1024, 4096).await.unwrap(), vec![5u8; 4096]);
     // Writing zeros over the only data deletes the object.
     v.write(70 * 1024, Bytes::from(vec![0u8; 4096]), false).await.unwrap();
@@ -79,10 +87,10 @@ async fn full_chunk_writes_skip_the_read_and_partial_ones_merge() {
     let h = Harness::new();
     let chunk = 64 * 1024;
     let v = h.open(chunk, 8, "a").await.unwrap();
-    let gets_at_open = h.store.stats().get.load(Ordering::Relaxed);
+    let gets_at_open = v.s3_stats().get.load(Ordering::Relaxed);
     v.write(0, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
     v.flush().await.unwrap();
-    assert_eq!(h.store.stats().get.load(Ordering::Relaxed), gets_at_open, "a full-chunk write reads nothing");
+    assert_eq!(v.s3_stats().get.load(Ordering::Relaxed), gets_at_open, "a full-chunk write reads nothing");
     assert_eq!(h.chunk_objects().len(), 1, "a whole chunk is merged, not logged");
     assert_eq!(v.log_count(), 0);
     v.close().await.unwrap();
@@ -117,18 +125,215 @@ async fn corruption_and_short_objects_are_errors_not_zeros() {
     assert!(v.read(0, 512).await.is_err());
 }
 
+// ---------------------------------------------------------------- the lease
+
+/// Mutations that reached the store, in order: (when, who, key).
+type Landed = Arc<std::sync::Mutex<Vec<(Duration, &'static str, String)>>>;
+
+/// A view of the memory store that records which volume's mutations landed when.
+struct Tagged {
+    inner: Arc<MemObjectStore>,
+    who: &'static str,
+    clock: TokioClock,
+    landed: Landed,
+    /// Requests for the lease object fail (its renewals cannot get through).
+    cut_from_lease: std::sync::atomic::AtomicBool,
+}
+
+impl Tagged {
+    fn record(&self, key: &str) {
+        self.landed.lock().unwrap().push((self.clock.now(), self.who, key.to_string()));
+    }
+}
+
+impl ObjectStore for Tagged {
+    fn describe(&self) -> String {
+        self.who.into()
+    }
+    fn get(&self, key: &str, range: Option<std::ops::Range<u64>>) -> BoxFuture<'_, ObjResult<GetOutput>> {
+        if key.ends_with(LEASE_NAME) && self.cut_from_lease.load(Ordering::Relaxed) {
+            return Box::pin(async { Err(ObjectError::transient("cut off")) });
+        }
+        self.inner.get(key, range)
+    }
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: BTreeMap<String, String>,
+        condition: Condition,
+    ) -> BoxFuture<'_, ObjResult<Option<String>>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            if key.ends_with(LEASE_NAME) && self.cut_from_lease.load(Ordering::Relaxed) {
+                return Err(ObjectError::transient("cut off"));
+            }
+            let r = self.inner.put(&key, body, metadata, condition).await;
+            if r.is_ok() {
+                self.record(&key);
+            }
+            r
+        })
+    }
+    fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let r = self.inner.delete(&key).await;
+            self.record(&key);
+            r
+        })
+    }
+    fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<crate::s3::DeleteResults>> {
+        Box::pin(async move {
+            let r = self.inner.delete_many(keys.clone()).await;
+            keys.iter().for_each(|k| self.record(k));
+            r
+        })
+    }
+    fn list(&self, prefix: &str, c: Option<String>) -> BoxFuture<'_, ObjResult<crate::s3::ListPage>> {
+        self.inner.list(prefix, c)
+    }
+    fn head(&self, key: &str) -> BoxFuture<'_, ObjResult<crate::s3::ObjectMeta>> {
+        self.inner.head(key)
+    }
+}
+
+fn on_node(mut opts: VolumeOptions, node: &str) -> VolumeOptions {
+    opts.node = Some(NodeId::new(node));
+    opts
+}
+
+fn not_ready<T: std::fmt::Debug>(r: StoreResult<T>) -> bool {
+    matches!(r, Err(StoreError::NotReady(_)))
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_second_writer_is_refused_until_forced() {
+async fn a_live_holder_keeps_its_lease_until_forced() {
     let h = Harness::new();
-    let _a = h.open(64 * 1024, 4, "target-a").await.unwrap();
-    let err = h.open(64 * 1024, 4, "target-b").await.err().unwrap();
-    assert!(err.contains("in use by target-a"), "{err}");
-    let opts = VolumeOptions { force: true, holder: "target-b".into(), ..VolumeOptions::default() };
-    let b = S3Volume::open(h.store.clone(), url(), opts, Arc::new(TokioClock::new()), None).await.unwrap();
-    b.write(0, block(1), true).await.unwrap();
-    // The old holder notices at its next renewal and stops writing.
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    assert!(_a.write(0, block(2), true).await.is_err(), "the fenced volume refuses writes");
+    let a = h.open_with(on_node(h.options(64 * 1024, 4, "target-a"), "n1")).await.unwrap();
+    // Target B watches the lease; A renews it meanwhile, so B gives up.
+    let err = h.open_with(on_node(h.options(64 * 1024, 4, "target-b"), "n2")).await.err().unwrap();
+    assert!(matches!(&err, OpenError::Unavailable(m) if m.contains("in use by target-a")), "{err}");
+    a.write(0, block(1), true).await.unwrap();
+
+    let mut forced = on_node(h.options(64 * 1024, 4, "target-b"), "n2");
+    forced.force = true;
+    let started = tokio::time::Instant::now();
+    let b = h.open_with(forced).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(30), "a forced takeover waits out the lease");
+    assert!(not_ready(a.write(0, block(2), true).await), "the old holder learned at its next renewal");
+    b.write(0, block(3), true).await.unwrap();
+    assert_eq!(b.read(0, 512).await.unwrap(), block(3));
+    assert!(matches!(a.failed().now_or_never(), Some(m) if m.contains("target-b")), "the old store is dead");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_on_the_same_node_takes_the_lease_back_at_once() {
+    let h = Harness::new();
+    let a = h.open_with(on_node(h.options(64 * 1024, 4, "pid-1"), "n1")).await.unwrap();
+    a.write(0, block(4), true).await.unwrap();
+    a.simulate_crash();
+    drop(a);
+    let started = tokio::time::Instant::now();
+    let again = h.open_with(on_node(h.options(64 * 1024, 4, "pid-2"), "n1")).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(again.read(0, 512).await.unwrap(), block(4));
+    again.simulate_crash();
+    // Another node waits out the silent holder's lease, then takes it.
+    let started = tokio::time::Instant::now();
+    let other = h.open_with(on_node(h.options(64 * 1024, 4, "pid-3"), "n2")).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(45), "waited {waited:?}");
+    assert_eq!(other.read(0, 512).await.unwrap(), block(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_cannot_renew_stops_acknowledging_writes() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    v.write(0, block(1), false).await.unwrap();
+    // Past the lease less its margin, measured from the last renewal, nothing is acknowledged.
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert!(not_ready(v.write(512, block(2), false).await), "a write into the cache");
+    assert!(not_ready(v.flush().await), "a SYNCHRONIZE CACHE");
+    assert!(not_ready(v.write(1024, block(3), true).await), "a FUA write");
+    // The store comes back; the next renewal succeeds and the data kept in the cache flushes.
+    h.mem.set_faults(Faults::default());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    v.write(512, block(2), false).await.unwrap();
+    v.flush().await.unwrap();
+    v.close().await.unwrap();
+    assert_eq!(v.read(0, 1024).await.unwrap(), [block(1), block(2)].concat());
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_are_not_starved_by_stuck_merges() {
+    let h = Harness::new();
+    let a = h.open_with(on_node(h.options(64 * 1024, 4, "target-a"), "n1")).await.unwrap();
+    h.mem.hold("vol/chunks/");
+    a.write(0, Bytes::from(vec![1u8; 64 * 1024]), false).await.unwrap();
+    // The background flush hangs on the chunk PUT; the lease must live on regardless.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let err = h.open_with(on_node(h.options(64 * 1024, 4, "target-b"), "n2")).await.err().unwrap();
+    assert!(err.to_string().contains("in use by target-a"), "{err}");
+    h.mem.release_all();
+    a.flush().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_of_the_old_holder_lands_after_the_new_holders_first_write() {
+    let h = Harness::new();
+    let landed: Landed = Arc::default();
+    let tagged = |who| {
+        Arc::new(Tagged {
+            inner: h.mem.clone(),
+            who,
+            clock: TokioClock::new(),
+            landed: landed.clone(),
+            cut_from_lease: Default::default(),
+        })
+    };
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let opts = on_node(h.options(64 * 1024, 4, "target-a"), "n1");
+    let store_a = tagged("a");
+    let a = S3Volume::open(store_a.clone(), url(), opts, clock.clone()).await.unwrap();
+    // A acknowledges FUA writes and SYNCHRONIZE CACHE as fast as it can, whatever happens.
+    let writer = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let _ = a.write((i % 128) * 512, block((i % 250) as u8 + 1), i % 2 == 0).await;
+                if i % 8 == 0 {
+                    let _ = a.flush().await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A's renewals stop getting through (it cannot learn it lost the lease); its data still can.
+    store_a.cut_from_lease.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut forced = on_node(h.options(64 * 1024, 4, "target-b"), "n2");
+    forced.force = true;
+    let b = S3Volume::open(tagged("b"), url(), forced, clock.clone()).await.unwrap();
+    for i in 0..128u64 {
+        b.write(i * 512, block(251), true).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    writer.abort();
+    let landed = landed.lock().unwrap().clone();
+    let lease = url().key(LEASE_NAME);
+    let first_b = landed.iter().find(|(_, who, key)| *who == "b" && *key != lease).expect("b wrote").0;
+    let late: Vec<_> = landed.iter().filter(|(t, who, key)| *who == "a" && *t >= first_b && *key != lease).collect();
+    assert!(
+        late.is_empty(),
+        "{} changes of the old holder landed after the new holder's first, from {:?}",
+        late.len(),
+        late.first()
+    );
+    assert_eq!(b.read(0, 128 * 512).await.unwrap(), vec![block(251); 128].concat());
 }
 
 #[tokio::test(start_paused = true)]
@@ -136,11 +341,10 @@ async fn geometry_mismatch_and_missing_volume_are_clear_errors() {
     let h = Harness::new();
     drop(h.open(64 * 1024, 4, "a").await.unwrap());
     let err = h.open(128 * 1024, 2, "a").await.err().unwrap();
-    assert!(err.contains("chunk size"), "{err}");
-    let opts = VolumeOptions::default();
+    assert!(matches!(&err, OpenError::Refused(m) if m.contains("chunk size")), "{err}");
     let other = S3Url::parse("s3://bucket/missing").unwrap();
-    let err = S3Volume::open(h.store.clone(), other, opts, Arc::new(TokioClock::new()), None).await.err().unwrap();
-    assert!(err.contains("no volume at"), "{err}");
+    let err = S3Volume::open(h.mem.clone(), other, VolumeOptions::default(), Arc::new(TokioClock::new())).await;
+    assert!(matches!(&err, Err(OpenError::Refused(m)) if m.contains("no volume at")), "{:?}", err.err());
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,7 +362,7 @@ async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
     assert_eq!(h.chunk_objects().len(), 4, "whole chunks are deleted at once");
     v.close().await.unwrap();
     assert_eq!(h.chunk_objects().len(), 4, "chunks 0, 1, 30, 31 keep data");
-    assert!(h.store.stats().delete_many.load(Ordering::Relaxed) >= 1);
+    assert!(v.s3_stats().delete_many.load(Ordering::Relaxed) >= 1);
     let data = v.read(chunk, 2 * chunk as usize).await.unwrap();
     assert!(data[..(chunk / 2) as usize].iter().all(|&b| b == 2));
     assert!(data[(chunk / 2) as usize..].iter().all(|&b| b == 0));
@@ -167,10 +371,23 @@ async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failed_background_flush_keeps_data_and_is_reported_once() {
+async fn a_transient_background_failure_keeps_the_data_and_reports_nothing() {
     let h = Harness::new();
     let v = h.open(64 * 1024, 4, "a").await.unwrap();
     h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    v.write(0, block(7), false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await; // background flushes fail
+    assert!(v.unlogged_bytes() > 0, "still in the cache");
+    h.mem.set_faults(Faults::default());
+    v.flush().await.unwrap();
+    assert_eq!(v.unlogged_bytes(), 0, "durable in the log");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_background_flush_keeps_data_and_is_reported_once() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { reject_writes: 1.0, ..Faults::default() });
     v.write(0, block(7), false).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await; // background flush fails
     assert!(v.dirty_bytes() > 0, "still dirty");
@@ -246,7 +463,7 @@ impl Model {
 
 async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let h = Harness::new();
-    let mut v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+    let mut v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model { possible: vec![vec![0u8]; BLOCKS as usize] };
     let mut faults = false;
     for op in ops {
@@ -289,7 +506,7 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Faults(on) => {
                 faults = on;
                 h.mem.set_faults(if on {
-                    Faults { fail: 0.2, apply_then_fail: 0.1, lost_request: 0.1 }
+                    Faults { fail: 0.2, apply_then_fail: 0.1, lost_request: 0.1, ..Faults::default() }
                 } else {
                     Faults::default()
                 });
@@ -301,7 +518,7 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 h.mem.set_faults(Faults::default());
                 faults = false;
-                v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+                v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 // Each block now holds one of its possible values: learn which.
                 let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 for b in 0..BLOCKS {
@@ -324,7 +541,7 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
     check_no_zero_or_leaked_objects(&h, &model)?;
     // Reopened, it reads back the model.
     drop(v);
-    let v = h.open(CHUNK, CHUNKS, "model").await.map_err(TestCaseError::fail)?;
+    let v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     for b in 0..BLOCKS {
         prop_assert_eq!(data[(b * BS) as usize], model.current(b), "block {} after reopen", b);

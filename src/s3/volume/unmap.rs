@@ -14,7 +14,7 @@ impl S3Volume {
     // ---- unmap ----
 
     pub(super) async fn unmap_impl(&self, offset: u64, len: u64) -> StoreResult<()> {
-        self.check_fenced()?;
+        self.lease.check("UNMAP")?;
         let end = offset + len;
         let first_full = offset.div_ceil(self.chunk_size);
         let last_full = end / self.chunk_size; // exclusive
@@ -74,7 +74,7 @@ impl S3Volume {
     /// for them), then one DeleteObjects request for those with objects.
     pub(super) async fn delete_batch(&self, chunks: &[u64]) -> StoreResult<()> {
         let _claim = self.claim(chunks).await;
-        self.check_fenced()?;
+        self.lease.check("UNMAP")?;
         // Only chunks still zero and unmerged (no write came in since) are deleted.
         let zeroed: Vec<(u64, u64)> = {
             let cache = self.cache();
