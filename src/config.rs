@@ -805,19 +805,44 @@ impl Config {
         Ok(volume)
     }
 
-    /// Builds a logical unit from its configuration.
-    pub async fn open_lun(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<LogicalUnit>, String> {
-        let store = self.open_store(l, ctx).await?;
+    /// The SCSI settings of a LUN with this block size.
+    pub fn lu_config(&self, target: &str, l: &LunConfig, block_size: u32) -> LuConfig {
         let mut identity = LuIdentity::derived(&format!("{target}/{}", l.lun));
         if let Some(serial) = &l.serial {
             identity.serial = serial.clone();
         }
-        // Without a configured block size, an existing volume decides (512 otherwise).
-        let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
         let mut lu_config = LuConfig::new(block_size, identity);
         lu_config.read_only = l.read_only;
         lu_config.max_transfer_bytes = self.server.max_transfer_bytes;
-        Ok(Arc::new(LogicalUnit::new(store, lu_config)?))
+        lu_config
+    }
+
+    /// Builds a logical unit from its configuration.
+    pub async fn open_lun(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<LogicalUnit>, String> {
+        let store = self.open_store(l, ctx).await?;
+        // Without a configured block size, an existing volume decides (512 otherwise).
+        let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
+        Ok(Arc::new(LogicalUnit::new(store, self.lu_config(target, l, block_size))?))
+    }
+
+    /// What a LUN serves until it is open: NOT READY, with its identity.
+    pub fn placeholder(
+        &self,
+        target: &str,
+        l: &LunConfig,
+        why: &str,
+    ) -> Result<crate::server::supervisor::Placeholder, String> {
+        let config = self.lu_config(target, l, l.block_size.unwrap_or(512));
+        crate::server::supervisor::Placeholder::new(config, l.size.map(|s| s.0), why)
+    }
+
+    /// Opens a LUN anew at every call (for its supervisor).
+    pub fn opener(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> crate::server::supervisor::Opener {
+        let (config, target, lun, ctx) = (self.clone(), target.to_string(), l.clone(), ctx.clone());
+        Arc::new(move || {
+            let (config, target, lun, ctx) = (config.clone(), target.clone(), lun.clone(), ctx.clone());
+            Box::pin(async move { config.open_lun(&target, &lun, &ctx).await })
+        })
     }
 
     /// Fills a registry with the configured portal groups, targets and LUNs.

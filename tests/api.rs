@@ -268,3 +268,46 @@ fn a_public_api_address_needs_a_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A LUN whose backing store cannot be opened does not stop the target: its other LUNs serve,
+/// logins to it succeed (the target is never "not found"), the LUN answers NOT READY (becoming
+/// ready) and opens once its store appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_that_cannot_open_leaves_the_target_serving() {
+    let (dir, config, portal, api_port) = setup("not-ready");
+    let missing = dir.join("later.img");
+    let mut text = std::fs::read_to_string(&config).expect("read config");
+    text.push_str(&format!(
+        "\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 0\nbackend = \"memory\"\nsize = \"1MiB\"\n\n\
+         [[target.lun]]\nlun = 1\nbackend = \"file\"\npath = {:?}\n",
+        missing.display().to_string()
+    ));
+    std::fs::write(&config, text).expect("write config");
+    let serve = Serve::start(&config, api_port);
+
+    let s = login(portal, 0x51).await;
+    s.clear_unit_attentions(0).await.expect("LUN 0 serves");
+    let tur = [0u8; 6];
+    let r = s.command(1, &tur, Bytes::new(), 0).await.expect("TEST UNIT READY");
+    assert_eq!(r.sense_code().map(|c| c.0), Some(0x6), "first the power-on unit attention");
+    let r = s.command(1, &tur, Bytes::new(), 0).await.expect("TEST UNIT READY");
+    assert_eq!(r.sense_code(), Some((0x2, 0x04, 0x01)), "NOT READY, becoming ready");
+    let inquiry = [0x12u8, 0, 0, 0, 96, 0];
+    assert_eq!(s.command(1, &inquiry, Bytes::new(), 96).await.expect("INQUIRY").status, 0, "INQUIRY answers");
+
+    std::fs::write(&missing, vec![0u8; 1 << 20]).expect("create the file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.command(1, &tur, Bytes::new(), 0).await.expect("TEST UNIT READY");
+        match r.sense_code() {
+            None => break,
+            Some((0x6, ..)) => {} // power on: the LUN's store opened
+            Some(code) => assert_eq!(code, (0x2, 0x04, 0x01), "still becoming ready"),
+        }
+        assert!(Instant::now() < deadline, "the LUN never opened");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.read(1, 0, 1, 512).await.expect("read"), vec![0u8; 512]);
+    s.logout().await.expect("logout");
+    assert!(serve.stop().success());
+}

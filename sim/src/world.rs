@@ -20,6 +20,7 @@ use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
+use rtgt::server::supervisor::{Opener, Placeholder, supervise};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 use rtgt::storage::{BlockStore, BoxFuture};
 
@@ -131,18 +132,24 @@ async fn target(env: Environment) -> turmoil::Result {
         ..VolumeOptions::default()
     };
     let url = S3Url::parse(&format!("s3://{BUCKET}/lun1")).expect("url");
-    // The object store may be failing when we start: retry as an operator would.
-    let volume = loop {
-        match S3Volume::open(store.clone(), url.clone(), opts.clone(), clock.clone()).await {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::debug!(error = %e, "volume open failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    // LUN 1 opens in the background as in production: NOT READY until its volume is open
+    // (the object store may be failing), opened again if its lease is ever lost.
+    let lu_config = LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/1"));
+    let placeholder = Placeholder::new(lu_config.clone(), Some(BLOCKS * BLOCK), "opening")?;
+    entry.scsi.add_lun(1, placeholder.lu.clone())?;
+    let open: Opener = {
+        let clock = clock.clone();
+        Arc::new(move || {
+            let (store, url, opts, clock, lu_config) =
+                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
+            Box::pin(async move {
+                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| e.to_string())?;
+                Ok(Arc::new(LogicalUnit::new(volume, lu_config)?))
+            })
+        })
     };
-    let lu1 = LogicalUnit::new(volume, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/1")))?;
-    entry.scsi.add_lun(1, Arc::new(lu1))?;
+    let scsi = entry.scsi.clone();
+    tokio::spawn(supervise(scsi, 1, open, placeholder, None, None, clock.clone()));
     registry.add_target(entry)?;
 
     let mut settings = Settings::default();

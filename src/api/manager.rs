@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{BuildContext, Config, LunConfig, TargetConfig};
 use crate::iscsi::params::SessionKind;
+use crate::server::supervisor::supervise;
 use crate::server::{Control, Registry, Server, TargetEntry, TokioNet};
 
 /// Why a change was refused; the API maps each kind to an HTTP status.
@@ -45,7 +47,13 @@ struct Inner {
     config: Config,
     /// Accept loops by configured portal address string.
     listeners: BTreeMap<(u16, String), JoinHandle<()>>,
+    /// At start, LUNs open in the background; how their first attempts went arrives here.
+    first_attempts: Option<Vec<(String, u16, oneshot::Receiver<Result<(), String>>)>>,
 }
+
+/// How long start-up waits for the LUNs' first attempts to open before the portals accept:
+/// long enough for an S3 volume to open, short of waiting out another target's lease.
+const FIRST_ATTEMPTS_WAIT: Duration = Duration::from_secs(20);
 
 /// Owns the running configuration and applies changes to it.
 pub struct Manager {
@@ -73,6 +81,7 @@ impl Manager {
             inner: tokio::sync::Mutex::new(Inner {
                 config: Config { server: config.server.clone(), ..Config::default() },
                 listeners: BTreeMap::new(),
+                first_attempts: Some(Vec::new()),
             }),
             registry,
             server,
@@ -84,6 +93,7 @@ impl Manager {
             inner.config.embedded_s3 = config.embedded_s3.clone();
             inner.config.api = config.api.clone();
             let problems = manager.reconcile(&mut inner, &config).await;
+            inner.first_attempts = None;
             if !problems.is_empty() {
                 for (_, h) in std::mem::take(&mut inner.listeners) {
                     close_portal(h).await;
@@ -150,12 +160,23 @@ impl Manager {
 
     /// Brings the registry and the portals from `inner.config` to `want`, step by step;
     /// `inner.config` follows every step that succeeded. Returns the steps that failed.
+    /// Targets come before portals: a portal never accepts a login for a configured target
+    /// that is not registered yet. At start, the portals wait (a bounded time) for the LUNs'
+    /// first attempts to open, so that a target that accepts logins serves its LUNs.
     async fn reconcile(&self, inner: &mut Inner, want: &Config) -> Vec<String> {
         let mut problems = Vec::new();
         if inner.config.server != want.server {
             warn!("[server] settings changed: they take effect at the next restart");
         }
+        self.reconcile_targets(inner, want, &mut problems).await;
+        if let Some(attempts) = inner.first_attempts.as_mut() {
+            wait_for_first_attempts(std::mem::take(attempts)).await;
+        }
         self.reconcile_portal_groups(inner, want, &mut problems).await;
+        problems
+    }
+
+    async fn reconcile_targets(&self, inner: &mut Inner, want: &Config, problems: &mut Vec<String>) {
         // Targets that went away.
         let gone: Vec<String> = inner
             .config
@@ -171,19 +192,44 @@ impl Manager {
         for t in &want.targets {
             match inner.config.targets.iter().position(|c| c.name == t.name) {
                 None => {
-                    let applied = self.add_target(&inner.config, want, t, &mut problems).await;
+                    let applied = self.add_target(inner, want, t, problems).await;
                     inner.config.targets.push(applied);
                 }
                 Some(i) => {
                     let mut current = inner.config.targets[i].clone();
-                    self.update_target(&inner.config, want, &mut current, t, &mut problems).await;
+                    self.update_target(inner, want, &mut current, t, problems).await;
                     inner.config.targets[i] = current;
                 }
             }
         }
         // Keep the order of `want` so that the saved file reads like the one written.
         inner.config.targets.sort_by_key(|t| want.targets.iter().position(|w| w.name == t.name).unwrap_or(usize::MAX));
-        problems
+    }
+
+    /// Puts a LUN in service, kept open by a supervisor from then on. At start it opens in the
+    /// background (NOT READY until it is: the target never exits for one LUN); later (an API
+    /// change, a reload) it must open now, or the change is refused.
+    async fn serve_lun(&self, inner: &mut Inner, entry: &TargetEntry, l: &LunConfig) -> Result<(), String> {
+        let config = &inner.config;
+        let open = config.opener(&entry.name, l, &self.ctx);
+        let placeholder = config.placeholder(&entry.name, l, "opening")?;
+        let clock = self.ctx.clock.clone();
+        let scsi = entry.scsi.clone();
+        let task = match inner.first_attempts.as_mut() {
+            Some(attempts) => {
+                entry.scsi.add_lun(l.lun, placeholder.lu.clone())?;
+                let (tx, rx) = oneshot::channel();
+                attempts.push((entry.name.clone(), l.lun, rx));
+                tokio::spawn(supervise(scsi, l.lun, open, placeholder, None, Some(tx), clock))
+            }
+            None => {
+                let lu = config.open_lun(&entry.name, l, &self.ctx).await?;
+                entry.scsi.add_lun(l.lun, lu.clone())?;
+                tokio::spawn(supervise(scsi, l.lun, open, placeholder, Some(lu), None, clock))
+            }
+        };
+        entry.set_supervisor(l.lun, task);
+        Ok(())
     }
 
     async fn reconcile_portal_groups(&self, inner: &mut Inner, want: &Config, problems: &mut Vec<String>) {
@@ -256,7 +302,7 @@ impl Manager {
 
     async fn add_target(
         &self,
-        current: &Config,
+        inner: &mut Inner,
         want: &Config,
         t: &TargetConfig,
         problems: &mut Vec<String>,
@@ -264,11 +310,8 @@ impl Manager {
         let entry = TargetEntry::new(&t.name, t.alias.clone(), Self::portal_groups_of(want, t));
         let mut applied = TargetConfig { luns: Vec::new(), ..t.clone() };
         for l in &t.luns {
-            match current.open_lun(&t.name, l, &self.ctx).await {
-                Ok(lu) => match entry.scsi.add_lun(l.lun, lu) {
-                    Ok(()) => applied.luns.push(l.clone()),
-                    Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
-                },
+            match self.serve_lun(inner, &entry, l).await {
+                Ok(()) => applied.luns.push(l.clone()),
                 Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
             }
         }
@@ -282,7 +325,7 @@ impl Manager {
 
     async fn update_target(
         &self,
-        current: &Config,
+        inner: &mut Inner,
         want: &Config,
         applied: &mut TargetConfig,
         t: &TargetConfig,
@@ -297,6 +340,7 @@ impl Manager {
         let gone: Vec<u16> =
             applied.luns.iter().filter(|l| !t.luns.iter().any(|w| w.lun == l.lun)).map(|l| l.lun).collect();
         for lun in gone {
+            entry.stop_supervisor(lun).await;
             if let Some(lu) = entry.scsi.remove_lun(lun) {
                 if let Err(e) = lu.store().shutdown().await {
                     warn!(target = %t.name, lun, error = %e, "flush of a removed LUN failed");
@@ -307,14 +351,11 @@ impl Manager {
         }
         for l in &t.luns {
             match applied.luns.iter().position(|a| a.lun == l.lun) {
-                None => match current.open_lun(&t.name, l, &self.ctx).await {
-                    Ok(lu) => match entry.scsi.add_lun(l.lun, lu) {
-                        Ok(()) => {
-                            info!(target = %t.name, lun = l.lun, backend = %l.backend, "LUN added");
-                            applied.luns.push(l.clone());
-                        }
-                        Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
-                    },
+                None => match self.serve_lun(inner, &entry, l).await {
+                    Ok(()) => {
+                        info!(target = %t.name, lun = l.lun, backend = %l.backend, "LUN added");
+                        applied.luns.push(l.clone());
+                    }
                     Err(e) => problems.push(format!("target {} LUN {}: {e}", t.name, l.lun)),
                 },
                 Some(i) => {
@@ -356,6 +397,7 @@ impl Manager {
             let _ = tokio::time::timeout(CLOSE_WAIT, s.closed()).await;
         }
         if let Some(entry) = self.registry.remove_target(name) {
+            entry.stop_supervisors().await;
             for (lun, lu) in entry.scsi.luns() {
                 if let Err(e) = lu.store().shutdown().await {
                     warn!(target = %name, lun, error = %e, "flush of a removed target failed");
@@ -372,6 +414,22 @@ impl Manager {
             .into_iter()
             .filter(|s| s.kind == SessionKind::Normal && s.target.as_deref() == Some(target))
             .collect()
+    }
+}
+
+/// Waits (at most [`FIRST_ATTEMPTS_WAIT`] in all) for LUNs' first attempts to open; those that
+/// failed or are still trying stay NOT READY and keep trying in the background.
+async fn wait_for_first_attempts(attempts: Vec<(String, u16, oneshot::Receiver<Result<(), String>>)>) {
+    let deadline = tokio::time::Instant::now() + FIRST_ATTEMPTS_WAIT;
+    for (target, lun, rx) in attempts {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                warn!(%target, lun, error = %e, "LUN not ready at start: serving NOT READY and retrying in the background")
+            }
+            Ok(Err(_)) => {}
+            Err(_) => warn!(%target, lun, "LUN still opening: serving NOT READY meanwhile"),
+        }
     }
 }
 

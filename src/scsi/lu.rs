@@ -253,6 +253,12 @@ impl LogicalUnit {
         if !spec.conflict_exempt && self.reservation_conflict(nexus) {
             return Response::with_status(status::RESERVATION_CONFLICT);
         }
+        if needs_medium(spec.op)
+            && let Err(why) = self.store.ready()
+        {
+            tracing::debug!(why, "not ready");
+            return self.check(&Sense::new(key::NOT_READY, asc::BECOMING_READY));
+        }
         let mut ctx =
             Ctx { cdb, spec, nexus: &req.nexus, data_out: &req.data_out, data_out_len: 0, status: status::GOOD };
         let outcome = self.run(&mut ctx).await;
@@ -264,9 +270,10 @@ impl LogicalUnit {
         response
     }
 
-    /// Whether this logical unit implements a command of the table.
+    /// Whether this logical unit implements a command of the table. Until its store is open
+    /// that is unknown: media commands are then answered NOT READY.
     pub(super) fn supports(&self, spec: &OpSpec) -> bool {
-        !spec.thin_only || self.store.caps().thin
+        !spec.thin_only || self.store.caps().thin || self.store.ready().is_err()
     }
 
     fn reservation_conflict(&self, nexus: u64) -> bool {
@@ -306,6 +313,25 @@ impl LogicalUnit {
             Op::ReadDefectData => self.read_defect_data(ctx),
         }
     }
+}
+
+/// Whether a command needs the medium (NOT READY while the store is not open). INQUIRY,
+/// REQUEST SENSE, REPORT LUNS, mode pages and reservations work without it.
+fn needs_medium(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Inquiry
+            | Op::RequestSense
+            | Op::ModeSelect
+            | Op::ModeSense
+            | Op::ReportLuns
+            | Op::ReportSupportedOpcodes
+            | Op::Reserve
+            | Op::Release
+            | Op::PreventAllow
+            | Op::StartStopUnit
+            | Op::ReadDefectData
+    )
 }
 
 /// The sense condition for a failed store operation.

@@ -42,6 +42,12 @@ impl ScsiTarget {
         Ok(())
     }
 
+    /// Puts another logical unit in place of `lun` (the same LUN, opened again or not ready
+    /// yet): the LUN inventory does not change.
+    pub fn replace_lun(&self, lun: u16, lu: Arc<LogicalUnit>) -> Option<Arc<LogicalUnit>> {
+        self.luns.write().expect("LUN map poisoned").insert(lun, lu)
+    }
+
     pub fn remove_lun(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
         let mut luns = self.luns.write().expect("LUN map poisoned");
         let removed = luns.remove(&lun);

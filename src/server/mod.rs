@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod net;
 pub mod registry;
+pub mod supervisor;
 
 use std::io;
 use std::net::SocketAddr;
@@ -143,6 +144,8 @@ impl<N: Net> Server<N> {
             }
         }
         for target in self.registry.targets() {
+            // No LUN is opened again behind the flush.
+            target.stop_supervisors().await;
             for (lun, lu) in target.scsi.luns() {
                 if let Err(e) = lu.store().shutdown().await {
                     warn!(target = %target.name, lun, error = %e, "flush at shutdown failed");

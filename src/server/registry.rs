@@ -17,6 +17,8 @@ pub struct TargetEntry {
     pub alias: Option<String>,
     pub scsi: Arc<ScsiTarget>,
     pub portal_groups: RwLock<BTreeSet<u16>>,
+    /// The tasks that keep its LUNs open (`supervisor.rs`), by LUN.
+    supervisors: Mutex<BTreeMap<u16, tokio::task::JoinHandle<()>>>,
 }
 
 impl TargetEntry {
@@ -26,6 +28,32 @@ impl TargetEntry {
             alias,
             scsi: Arc::new(ScsiTarget::new(name)),
             portal_groups: RwLock::new(portal_groups),
+            supervisors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Hands a LUN to its supervisor task (replacing any earlier one).
+    pub fn set_supervisor(&self, lun: u16, task: tokio::task::JoinHandle<()>) {
+        if let Some(old) = self.supervisors.lock().expect("poisoned").insert(lun, task) {
+            old.abort();
+        }
+    }
+
+    /// Stops the supervisor of a LUN and waits until it is gone.
+    pub async fn stop_supervisor(&self, lun: u16) {
+        let task = self.supervisors.lock().expect("poisoned").remove(&lun);
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Stops every supervisor (removal, shutdown): no LUN is opened again afterwards.
+    pub async fn stop_supervisors(&self) {
+        let tasks = std::mem::take(&mut *self.supervisors.lock().expect("poisoned"));
+        for (_, task) in tasks {
+            task.abort();
+            let _ = task.await;
         }
     }
 

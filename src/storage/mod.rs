@@ -6,6 +6,7 @@ pub mod file;
 mod io_pool;
 pub mod memory;
 pub mod null;
+pub mod pending;
 pub mod uring;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use thiserror::Error;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use null::NullStore;
+pub use pending::PendingStore;
 pub use uring::UringStore;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -98,6 +100,10 @@ pub trait BlockStore: Send + Sync + 'static {
     }
     /// Switches between write-back (`true`) and write-through caching (MODE SELECT WCE).
     fn set_write_cache(&self, _enabled: bool) {}
+    /// Whether the store can serve media access now; why not otherwise (NOT READY).
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Backend counters for logs and the management API.
     fn stats(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -925,6 +925,10 @@ impl BlockStore for S3Volume {
         Box::pin(self.close())
     }
 
+    fn ready(&self) -> Result<(), String> {
+        self.lease.check("I/O").map_err(|e| e.to_string())
+    }
+
     fn failed(&self) -> BoxFuture<'_, String> {
         Box::pin(async move { format!("{}: the lease was taken over by {}", self.url, self.lease.taken_over().await) })
     }
