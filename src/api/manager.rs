@@ -48,8 +48,11 @@ struct Inner {
     /// Accept loops by configured portal address string.
     listeners: BTreeMap<(u16, String), JoinHandle<()>>,
     /// At start, LUNs open in the background; how their first attempts went arrives here.
-    first_attempts: Option<Vec<(String, u16, oneshot::Receiver<Result<(), String>>)>>,
+    first_attempts: Option<Vec<FirstAttempt>>,
 }
+
+/// A LUN opening at start (target, LUN) and how its first attempt went.
+type FirstAttempt = (String, u16, oneshot::Receiver<Result<(), String>>);
 
 /// How long start-up waits for the LUNs' first attempts to open before the portals accept:
 /// long enough for an S3 volume to open, short of waiting out another target's lease.
@@ -419,7 +422,7 @@ impl Manager {
 
 /// Waits (at most [`FIRST_ATTEMPTS_WAIT`] in all) for LUNs' first attempts to open; those that
 /// failed or are still trying stay NOT READY and keep trying in the background.
-async fn wait_for_first_attempts(attempts: Vec<(String, u16, oneshot::Receiver<Result<(), String>>)>) {
+async fn wait_for_first_attempts(attempts: Vec<FirstAttempt>) {
     let deadline = tokio::time::Instant::now() + FIRST_ATTEMPTS_WAIT;
     for (target, lun, rx) in attempts {
         match tokio::time::timeout_at(deadline, rx).await {
