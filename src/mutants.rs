@@ -23,10 +23,13 @@ pub enum Mutant {
     LocalStoreNoSync = 7,
     /// An S3 volume's holder goes on writing after its lease could have expired.
     HolderDoesNotFence = 8,
+    /// A merge that found a chunk zero writes a zero record (and deletes the chunk) even though
+    /// the chunk was written, and that write logged, since its snapshot.
+    ZeroMergeSettlesNewerLogs = 9,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 8] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -35,6 +38,7 @@ impl Mutant {
         Mutant::LostWakeup,
         Mutant::LocalStoreNoSync,
         Mutant::HolderDoesNotFence,
+        Mutant::ZeroMergeSettlesNewerLogs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Mutant {
             Mutant::LostWakeup => "lost-wakeup",
             Mutant::LocalStoreNoSync => "local-store-no-sync",
             Mutant::HolderDoesNotFence => "holder-does-not-fence",
+            Mutant::ZeroMergeSettlesNewerLogs => "zero-merge-settles-newer-logs",
         }
     }
 }

@@ -75,7 +75,7 @@ impl MemObjectStore {
         }
     }
 
-    /// Makes PUTs and DELETEs of keys under `prefix` wait (a slow or stuck store) until
+    /// Makes GETs, PUTs and DELETEs of keys under `prefix` wait (a slow or stuck store) until
     /// [`MemObjectStore::release_all`].
     pub fn hold(&self, prefix: &str) {
         self.lock().held.push(prefix.to_string());
@@ -208,8 +208,11 @@ impl ObjectStore for MemObjectStore {
     }
 
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'_, ObjResult<GetOutput>> {
-        let r = self.get_sync(key, range);
-        Box::pin(async move { r })
+        let key = key.to_string();
+        Box::pin(async move {
+            self.wait_if_held(&key).await;
+            self.get_sync(&key, range)
+        })
     }
 
     fn put(

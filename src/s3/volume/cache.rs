@@ -131,6 +131,16 @@ impl Entry {
         }
     }
 
+    /// Whether `len` bytes at `at` are all zeros (absent pages are).
+    pub(super) fn is_zero(&self, at: usize, len: usize) -> bool {
+        let (first, last) = (at / PAGE, (at + len).div_ceil(PAGE));
+        self.pages.range(first as u32..last as u32).all(|(&page, p)| {
+            let start = (page as usize * PAGE).max(at) - page as usize * PAGE;
+            let end = ((page as usize + 1) * PAGE).min(at + len) - page as usize * PAGE;
+            p[start..end].iter().all(|&b| b == 0)
+        })
+    }
+
     /// Copies `data` in at `at`; returns the number of pages allocated.
     pub(super) fn copy_in(&mut self, at: usize, data: &[u8]) -> usize {
         let mut allocated = 0;

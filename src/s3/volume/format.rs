@@ -33,9 +33,13 @@ pub const SEQ_METADATA: &str = "rtgt-seq";
 pub const SEGMENTS_MAX: u64 = 64;
 /// Sequence numbers are `epoch << EPOCH_SHIFT | counter`.
 pub const EPOCH_SHIFT: u32 = 40;
+/// Logs of format 1 (read, no longer written).
 const LOG_MAGIC: &[u8; 8] = b"RTGTLOG1";
-/// Bytes of a log's header: magic, sequence number, record count.
+const LOG2_MAGIC: &[u8; 8] = b"RTGTLOG2";
+/// Bytes of a format 1 log's header: magic, sequence number, record count.
 const LOG_HEADER: usize = 20;
+/// Bytes of a format 2 log's header: magic, sequence number, record count, object length.
+const LOG2_HEADER: usize = 28;
 /// Bytes of a record's header: kind, offset, length.
 const RECORD_HEADER: usize = 17;
 
@@ -221,29 +225,77 @@ impl Record {
     }
 }
 
-/// Serializes log records: magic, sequence number, record count, then for each record its
-/// kind (0 data, 1 zero), offset, length and, for data, the bytes.
+/// Serializes log records (format 2): magic, sequence number, record count, the length of the
+/// whole object, then for each record its kind (0 data, 1 zero), offset, length and, for data,
+/// the bytes; last the CRC32C of everything before it. The object checks itself: a log whose
+/// metadata got lost still proves it is whole, and a cut one proves it is cut.
 pub fn encode_log(seq: u64, records: &[Record]) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_slice(LOG_MAGIC);
-    out.put_u64(seq);
-    out.put_u32(records.len() as u32);
+    let mut log = LogBuilder::new();
     for r in records {
         match r {
-            Record::Data { offset, data } => {
-                out.put_u8(0);
-                out.put_u64(*offset);
-                out.put_u64(data.len() as u64);
-                out.put_slice(data);
-            }
-            Record::Zero { offset, len } => {
-                out.put_u8(1);
-                out.put_u64(*offset);
-                out.put_u64(*len);
-            }
+            Record::Data { offset, data } => log.data(*offset, data.len()).copy_from_slice(data),
+            Record::Zero { offset, len } => log.zero(*offset, *len),
         }
     }
-    out.freeze()
+    log.finish(seq)
+}
+
+/// Builds a log object in place: records are copied once, straight into the body.
+pub struct LogBuilder {
+    body: BytesMut,
+    count: u32,
+}
+
+impl Default for LogBuilder {
+    fn default() -> Self {
+        LogBuilder::new()
+    }
+}
+
+impl LogBuilder {
+    pub fn new() -> LogBuilder {
+        let mut body = BytesMut::new();
+        body.resize(LOG2_HEADER, 0);
+        LogBuilder { body, count: 0 }
+    }
+
+    /// Bytes of data so far.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds a data record of `len` bytes at `offset`; returns where its bytes go.
+    pub fn data(&mut self, offset: u64, len: usize) -> &mut [u8] {
+        self.count += 1;
+        self.body.put_u8(0);
+        self.body.put_u64(offset);
+        self.body.put_u64(len as u64);
+        let at = self.body.len();
+        self.body.resize(at + len, 0);
+        &mut self.body[at..]
+    }
+
+    pub fn zero(&mut self, offset: u64, len: u64) {
+        self.count += 1;
+        self.body.put_u8(1);
+        self.body.put_u64(offset);
+        self.body.put_u64(len);
+    }
+
+    pub fn finish(mut self, seq: u64) -> Bytes {
+        let body_len = self.body.len() as u64 + 4;
+        self.body[..8].copy_from_slice(LOG2_MAGIC);
+        self.body[8..16].copy_from_slice(&seq.to_be_bytes());
+        self.body[16..20].copy_from_slice(&self.count.to_be_bytes());
+        self.body[20..28].copy_from_slice(&body_len.to_be_bytes());
+        let crc = crc32c::crc32c(&self.body);
+        self.body.put_u32(crc);
+        self.body.freeze()
+    }
 }
 
 /// The object metadata of a log body: its CRC32C.
@@ -252,25 +304,86 @@ pub fn log_metadata(body: &[u8]) -> BTreeMap<String, String> {
     BTreeMap::from([(CRC_METADATA.to_string(), crc)])
 }
 
-/// Parses and verifies a log object against the CRC in its metadata.
-pub fn parse_log(body: &Bytes, crc: Option<&String>) -> Result<Vec<Record>, String> {
+/// Why a log object cannot be replayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogDamage {
+    /// Shorter than it says it is: a write cut short (by a crash, on a store that lets a
+    /// partial object be seen).
+    #[error("truncated: {0}")]
+    Truncated(String),
+    /// Whole, but not what was written.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A parsed log object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedLog {
+    pub records: Vec<Record>,
+    /// A format 1 log without its metadata checksum, whose structure alone was checked.
+    pub unverified: bool,
+}
+
+/// Parses and verifies a log object (either format; `crc` is the CRC of its metadata, if the
+/// object kept any).
+pub fn parse_log(body: &Bytes, crc: Option<&String>) -> Result<ParsedLog, LogDamage> {
+    let corrupt = |why: &str| LogDamage::Corrupt(why.into());
     let want = crc
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .filter(|b| b.len() == 4)
-        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-        .ok_or("missing checksum")?;
-    if crc32c::crc32c(body) != want {
-        return Err("checksum mismatch".into());
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+    if body.starts_with(LOG2_MAGIC) {
+        if body.len() < LOG2_HEADER + 4 {
+            return Err(LogDamage::Truncated(format!("{} bytes", body.len())));
+        }
+        let declared = u64::from_be_bytes(body[20..28].try_into().expect("8 bytes"));
+        if (body.len() as u64) < declared {
+            return Err(LogDamage::Truncated(format!("{} of {declared} bytes", body.len())));
+        }
+        if body.len() as u64 != declared {
+            return Err(corrupt("longer than it says"));
+        }
+        let (content, trailer) = body.split_at(body.len() - 4);
+        if crc32c::crc32c(content) != u32::from_be_bytes(trailer.try_into().expect("4 bytes")) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        if want.is_some_and(|w| crc32c::crc32c(body) != w) {
+            return Err(corrupt("checksum mismatch with its metadata"));
+        }
+        let records = parse_records(&body.slice(..body.len() - 4), LOG2_HEADER)?;
+        return Ok(ParsedLog { records, unverified: false });
     }
-    let mut at = LOG_HEADER;
-    if body.len() < at || &body[..8] != LOG_MAGIC {
-        return Err("not a log object".into());
+    if body.starts_with(LOG_MAGIC) {
+        return match want {
+            Some(w) if crc32c::crc32c(body) != w => Err(corrupt("checksum mismatch")),
+            Some(_) => Ok(ParsedLog { records: parse_records(body, LOG_HEADER)?, unverified: false }),
+            // Written by an older rtgt whose store lost the metadata: the structure must hold
+            // to the last byte.
+            None => match parse_records(body, LOG_HEADER) {
+                Ok(records) => Ok(ParsedLog { records, unverified: true }),
+                Err(LogDamage::Corrupt(why)) if why == "truncated" => Err(LogDamage::Truncated("no checksum".into())),
+                Err(e) => Err(e),
+            },
+        };
+    }
+    if body.len() < LOG2_MAGIC.len() && (LOG2_MAGIC.starts_with(body) || LOG_MAGIC.starts_with(body)) {
+        return Err(LogDamage::Truncated(format!("{} bytes", body.len())));
+    }
+    Err(corrupt("not a log object"))
+}
+
+/// The records after a header, which must end exactly at the end of `body`.
+fn parse_records(body: &Bytes, header: usize) -> Result<Vec<Record>, LogDamage> {
+    let truncated = || LogDamage::Corrupt("truncated".into());
+    if body.len() < header {
+        return Err(truncated());
     }
     let count = u32::from_be_bytes(body[16..20].try_into().expect("4 bytes"));
+    let mut at = header;
     let mut records = Vec::new();
     for _ in 0..count {
         if body.len() < at + RECORD_HEADER {
-            return Err("truncated".into());
+            return Err(truncated());
         }
         let kind = body[at];
         let offset = u64::from_be_bytes(body[at + 1..at + 9].try_into().expect("8 bytes"));
@@ -282,13 +395,16 @@ pub fn parse_log(body: &Bytes, crc: Option<&String>) -> Result<Vec<Record>, Stri
                     .ok()
                     .and_then(|len| at.checked_add(len))
                     .filter(|&e| e <= body.len())
-                    .ok_or("truncated")?;
+                    .ok_or_else(truncated)?;
                 records.push(Record::Data { offset, data: body.slice(at..end) });
                 at = end;
             }
             1 => records.push(Record::Zero { offset, len }),
-            _ => return Err(format!("unknown record kind {kind}")),
+            _ => return Err(LogDamage::Corrupt(format!("unknown record kind {kind}"))),
         }
+    }
+    if at != body.len() {
+        return Err(LogDamage::Corrupt("bytes after the last record".into()));
     }
     Ok(records)
 }
@@ -305,11 +421,40 @@ mod tests {
         ];
         let body = encode_log(7, &records);
         let crc = log_metadata(&body)[CRC_METADATA].clone();
-        assert_eq!(parse_log(&body, Some(&crc)).unwrap(), records);
-        assert!(parse_log(&body, None).unwrap_err().contains("missing checksum"));
+        let whole = ParsedLog { records: records.clone(), unverified: false };
+        assert_eq!(parse_log(&body, Some(&crc)).unwrap(), whole);
+        assert_eq!(parse_log(&body, None).unwrap(), whole, "the object checks itself");
+        for cut in [1, 10, 30, body.len() - 1] {
+            assert!(matches!(parse_log(&body.slice(..cut), None), Err(LogDamage::Truncated(_))), "cut at {cut}");
+        }
         let mut bad = body.to_vec();
-        bad[25] ^= 1;
-        assert!(parse_log(&Bytes::from(bad), Some(&crc)).unwrap_err().contains("mismatch"));
+        bad[35] ^= 1;
+        assert!(matches!(parse_log(&Bytes::from(bad), None), Err(LogDamage::Corrupt(_))));
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert!(matches!(parse_log(&Bytes::from(longer), None), Err(LogDamage::Corrupt(_))));
+    }
+
+    /// Format 1, as earlier versions wrote it: verified by the CRC in its metadata, or, when the
+    /// store lost that, by its structure alone.
+    #[test]
+    fn format_1_logs_are_read() {
+        let mut v1 = BytesMut::new();
+        v1.put_slice(LOG_MAGIC);
+        v1.put_u64(3);
+        v1.put_u32(1);
+        v1.put_u8(0);
+        v1.put_u64(512);
+        v1.put_u64(2);
+        v1.put_slice(b"hi");
+        let v1 = v1.freeze();
+        let crc = log_metadata(&v1)[CRC_METADATA].clone();
+        let records = vec![Record::Data { offset: 512, data: Bytes::from_static(b"hi") }];
+        assert_eq!(parse_log(&v1, Some(&crc)).unwrap().records, records);
+        assert!(parse_log(&v1, None).unwrap().unverified);
+        assert!(matches!(parse_log(&v1.slice(..v1.len() - 1), None), Err(LogDamage::Truncated(_))));
+        let other = log_metadata(b"other")[CRC_METADATA].clone();
+        assert!(matches!(parse_log(&v1, Some(&other)), Err(LogDamage::Corrupt(_))));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::cache::{Bits, Cache, LogInfo};
-use super::format::{self, Record};
+use super::format::{self, LogBuilder, Record};
 use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::StoreResult;
@@ -34,68 +34,24 @@ impl S3Volume {
         merged.and(logged)
     }
 
-    /// Writes the unlogged blocks of `chunks` into log objects.
+    /// Writes the unlogged blocks of `chunks` into log objects, one at a time.
     pub(super) async fn log_chunks(&self, chunks: &[u64]) -> StoreResult<()> {
         if chunks.is_empty() {
             return Ok(());
         }
         let _serial = self.log_lock.lock().await;
         self.lease.check("a log write")?;
-        let bs = self.block_size;
-        let n = self.blocks_per_chunk();
-        // Snapshot the records, in logs of at most LOG_BYTES_MAX. Each log's sequence number
-        // is taken in the same critical section as its data: a merge that snapshots later
-        // stamps its chunk with at least this number, one that snapshotted earlier with less.
-        struct Batch {
-            seq: u64,
-            records: Vec<Record>,
-            covered: Vec<(u64, u64)>,
-        }
-        let mut batches: Vec<Batch> = Vec::new();
-        {
+        let mut rest = chunks;
+        while !rest.is_empty() {
+            let Some((seq, body, covered, taken)) = self.next_log(rest) else { break };
+            rest = &rest[taken..];
+            let _buffer = self.buffers(body.len() as u64);
+            let mut unfinished = Unfinished { volume: self, seqs: vec![seq] };
+            let written = self.append_log(seq, body).await;
+            unfinished.done(seq);
+            written?;
             let mut cache = self.cache();
-            let mut bytes = LOG_BYTES_MAX;
-            for &c in chunks {
-                let Some(e) = cache.entries.get(&c) else { continue };
-                if e.unlogged.is_empty() {
-                    continue;
-                }
-                if bytes >= LOG_BYTES_MAX {
-                    let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-                    batches.push(Batch { seq, records: Vec::new(), covered: Vec::new() });
-                    bytes = 0;
-                }
-                let batch = batches.last_mut().expect("just pushed");
-                for (b0, b1) in e.unlogged.runs(n) {
-                    let (from, to) = (b0 as u64 * bs, b1 as u64 * bs);
-                    let mut data = vec![0u8; (to - from) as usize];
-                    e.copy_out(from as usize, &mut data);
-                    let offset = c * self.chunk_size + from;
-                    batch.records.push(if data.iter().all(|&b| b == 0) {
-                        Record::Zero { offset, len: to - from }
-                    } else {
-                        Record::Data { offset, data: Bytes::from(data) }
-                    });
-                    bytes += (to - from) as usize;
-                }
-                batch.covered.push((c, e.generation));
-            }
-            for batch in &batches {
-                let unsettled = batch.covered.iter().map(|(c, _)| *c).collect();
-                cache.logs.insert(batch.seq, LogInfo { unsettled, bytes: 0, pending: true });
-            }
-        }
-        let mut batches = batches.into_iter();
-        while let Some(batch) = batches.next() {
-            if let Err(e) = self.append_log(batch.seq, &batch.records).await {
-                let mut cache = self.cache();
-                for rest in batches {
-                    cache.logs.remove(&rest.seq); // never written
-                }
-                return Err(e);
-            }
-            let mut cache = self.cache();
-            for (c, generation) in batch.covered {
+            for (c, generation) in covered {
                 if let Some(e) = cache.entries.get_mut(&c)
                     && e.generation == generation
                 {
@@ -107,9 +63,52 @@ impl S3Volume {
         Ok(())
     }
 
+    /// Snapshots the next log of at most [`LOG_BYTES_MAX`] of data from the front of `chunks`
+    /// and registers it as pending: its sequence number, body, the chunks it covers (with
+    /// their generations) and how many of `chunks` it consumed. None if nothing is unlogged.
+    ///
+    /// The sequence number is taken in the same critical section as the data: a merge that
+    /// snapshots later stamps its chunk with at least this number, one that snapshotted
+    /// earlier with less.
+    #[allow(clippy::type_complexity)]
+    fn next_log(&self, chunks: &[u64]) -> Option<(u64, Bytes, Vec<(u64, u64)>, usize)> {
+        let bs = self.block_size;
+        let n = self.blocks_per_chunk();
+        let mut cache = self.cache();
+        let mut log = LogBuilder::new();
+        let mut covered = Vec::new();
+        let mut taken = 0;
+        for &c in chunks {
+            if log.len() >= LOG_BYTES_MAX {
+                break;
+            }
+            taken += 1;
+            let Some(e) = cache.entries.get(&c) else { continue };
+            if e.unlogged.is_empty() {
+                continue;
+            }
+            for (b0, b1) in e.unlogged.runs(n) {
+                let (from, to) = (b0 as u64 * bs, b1 as u64 * bs);
+                let offset = c * self.chunk_size + from;
+                if e.is_zero(from as usize, (to - from) as usize) {
+                    log.zero(offset, to - from);
+                } else {
+                    e.copy_out(from as usize, log.data(offset, (to - from) as usize));
+                }
+            }
+            covered.push((c, e.generation));
+        }
+        if covered.is_empty() {
+            return None;
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let unsettled = covered.iter().map(|(c, _)| *c).collect();
+        cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
+        Some((seq, log.finish(seq), covered, taken))
+    }
+
     /// Writes one log object registered as pending. The caller holds `log_lock`.
-    pub(super) async fn append_log(&self, seq: u64, records: &[Record]) -> StoreResult<()> {
-        let body = format::encode_log(seq, records);
+    pub(super) async fn append_log(&self, seq: u64, body: Bytes) -> StoreResult<()> {
         let len = body.len() as u64;
         let started = self.clock.now();
         let metadata = format::log_metadata(&body);
@@ -147,22 +146,36 @@ impl S3Volume {
 
     /// Writes a zero record for chunks about to be deleted, when logs may hold older records
     /// for them (which must not resurrect their data after a crash). The caller holds
-    /// `log_lock`. Returns the sequence number that settles them.
-    pub(super) async fn log_zeros(&self, chunks: &[u64]) -> StoreResult<u64> {
-        let seq = {
+    /// `log_lock`, and keeps holding it until the deletes are done.
+    ///
+    /// `chunks` are (chunk, generation of the snapshot found zero). A chunk written since is
+    /// left out: a log of that write may already exist, and a zero record numbered after it
+    /// would erase it at replay. Returns the sequence number that settles the chunks, and the
+    /// chunks still zero (to delete).
+    pub(super) async fn log_zeros(&self, chunks: &[(u64, u64)]) -> StoreResult<(u64, Vec<u64>)> {
+        let (seq, zero) = {
             let mut cache = self.cache();
-            if cache.logs.is_empty() {
-                return Ok(self.current_seq());
+            let planted = crate::mutants::active(crate::mutants::Mutant::ZeroMergeSettlesNewerLogs);
+            let zero: Vec<u64> = chunks
+                .iter()
+                .filter(|(c, generation)| planted || cache.entries.get(c).is_some_and(|e| e.generation == *generation))
+                .map(|(c, _)| *c)
+                .collect();
+            if zero.is_empty() || cache.logs.is_empty() {
+                return Ok((self.current_seq(), zero));
             }
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            let unsettled = chunks.iter().copied().collect();
+            let unsettled = zero.iter().copied().collect();
             cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
-            seq
+            (seq, zero)
         };
         let records: Vec<Record> =
-            chunks.iter().map(|c| Record::Zero { offset: c * self.chunk_size, len: self.chunk_len(*c) }).collect();
-        self.append_log(seq, &records).await?;
-        Ok(seq)
+            zero.iter().map(|c| Record::Zero { offset: c * self.chunk_size, len: self.chunk_len(*c) }).collect();
+        let mut unfinished = Unfinished { volume: self, seqs: vec![seq] };
+        let written = self.append_log(seq, format::encode_log(seq, &records)).await;
+        unfinished.done(seq);
+        written?;
+        Ok((seq, zero))
     }
 
     pub(super) fn record_flush_latency(&self, started: Duration) {
@@ -206,5 +219,33 @@ impl S3Volume {
             self.cache().logs.remove(&seq);
         }
         Ok(())
+    }
+}
+
+/// Logs registered as pending whose PUTs have not finished. When the future writing them is
+/// dropped (a command cancelled by a session teardown), they count as written: they may be,
+/// and a log left pending would keep every later log from ever being deleted.
+struct Unfinished<'a> {
+    volume: &'a S3Volume,
+    seqs: Vec<u64>,
+}
+
+impl Unfinished<'_> {
+    fn done(&mut self, seq: u64) {
+        self.seqs.retain(|s| *s != seq);
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.seqs.is_empty() {
+            return;
+        }
+        let mut cache = self.volume.cache();
+        for seq in &self.seqs {
+            if let Some(info) = cache.logs.get_mut(seq) {
+                info.pending = false;
+            }
+        }
     }
 }

@@ -18,6 +18,14 @@ impl S3Volume {
     /// or a DELETE if it is all zeros (after a zero record in the log, when logs may still
     /// hold older records for it).
     pub(super) async fn merge_chunk(&self, c: u64) -> StoreResult<()> {
+        self.merge_chunk_stamped(c, None).await
+    }
+
+    /// [`S3Volume::merge_chunk`], stamping the chunk with `stamp` instead of the newest
+    /// sequence number (replay, which knows which logs the chunk includes).
+    pub(super) async fn merge_chunk_stamped(&self, c: u64, stamp: Option<u64>) -> StoreResult<()> {
+        // Every merge holds two chunk buffers: a bounded number at once.
+        let _slot = self.merge_slots.acquire().await.expect("never closed");
         let _claim = self.claim(&[c]).await;
         self.lease.check("a merge")?;
         let started = self.clock.now();
@@ -29,12 +37,14 @@ impl S3Volume {
                 Some(e) if !e.is_clean() => {
                     let mut full = vec![0u8; chunk_len];
                     e.copy_out(0, &mut full);
-                    Some((e.generation, full, e.valid.clone(), cache.exists.contains(&c), self.current_seq()))
+                    let stamp = stamp.unwrap_or_else(|| self.current_seq());
+                    Some((e.generation, full, e.valid.clone(), cache.exists.contains(&c), stamp))
                 }
                 _ => None,
             }
         };
         let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(()) };
+        let _buffers = self.buffers(2 * chunk_len as u64);
         // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
             if exists {
@@ -55,7 +65,11 @@ impl S3Volume {
         let serial = if zero { Some(self.log_lock.lock().await) } else { None };
         let mut settle_at = stamp;
         let result = if zero {
-            settle_at = self.log_zeros(&[c]).await.map_err(|e| self.flush_failed(c, e))?;
+            let (seq, still_zero) = self.log_zeros(&[(c, generation)]).await.map_err(|e| self.flush_failed(c, e))?;
+            if still_zero.is_empty() {
+                return Ok(()); // written meanwhile: a later merge takes it
+            }
+            settle_at = seq;
             if exists { self.store.delete(&key).await } else { Ok(()) }
         } else {
             let metadata = format::chunk_metadata(&full, self.segment, stamp);
@@ -86,20 +100,31 @@ impl S3Volume {
         }
     }
 
-    /// Fills the blocks an entry does not hold with a composed chunk, so that reads never
-    /// depend on an object while its replacement is in flight.
+    /// Fills the blocks an entry does not hold with a composed chunk (what the object holds
+    /// there), so that a later merge needs no fetch, if the cache has room for it. A zero chunk
+    /// needs no room. Either way reads stay right while the replacement is in flight: the
+    /// blocks not in the cache are the same in the old object and the new.
     pub(super) fn install(&self, c: u64, full: &[u8]) {
         let mut cache = self.cache();
         let bs = self.block_size as usize;
-        let mut allocated = 0;
-        if let Some(e) = cache.entries.get_mut(&c) {
-            let missing: Vec<usize> = (0..full.len() / bs).filter(|&b| !e.valid.get(b)).collect();
-            for b in missing {
-                allocated += e.copy_in(b * bs, &full[b * bs..(b + 1) * bs]);
+        let zero = full.iter().all(|&b| b == 0);
+        let Some(e) = cache.entries.get(&c) else { return };
+        let missing: Vec<usize> = (0..full.len() / bs).filter(|&b| !e.valid.get(b)).collect();
+        let need = (missing.len() * bs).div_ceil(PAGE) as u64 * PAGE as u64 + PAGE as u64;
+        if !zero && cache.page_bytes.saturating_add(need) > self.cache_limit {
+            self.evict_clean(&mut cache, need);
+            if cache.page_bytes.saturating_add(need) > self.cache_limit {
+                return;
             }
-            e.valid = Bits::Full;
         }
+        let e = cache.entries.get_mut(&c).expect("present");
+        let mut allocated = 0;
+        for b in missing {
+            allocated += e.copy_in(b * bs, &full[b * bs..(b + 1) * bs]);
+        }
+        e.valid = Bits::Full;
         cache.page_bytes += (allocated * PAGE) as u64;
+        self.note_cache(&cache);
     }
 
     pub(super) fn mark_merged(&self, cache: &mut Cache, c: u64, generation: u64) {

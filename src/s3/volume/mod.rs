@@ -41,10 +41,18 @@ use lease::{Identity, LeaseState, LeaseTiming};
 
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
-/// Chunk merges run in parallel at most this many at a time.
-const MERGE_PARALLEL: usize = 32;
-/// Largest log object; bigger syncs write several.
-const LOG_BYTES_MAX: usize = 32 << 20;
+/// Chunk merges run in parallel at most this many at a time (each holds two chunk buffers).
+const MERGE_PARALLEL: usize = 8;
+/// Data in one log object; bigger syncs write several, one after the other.
+const LOG_BYTES_MAX: usize = 8 << 20;
+
+/// What a volume holds in memory beyond its cache limit, at most: the buffers of the merges
+/// running at once (two chunks each), and one log object being written or replayed (up to
+/// [`LOG_BYTES_MAX`] of data, plus one chunk's, plus headers). Reads hold only what their
+/// commands carry.
+pub fn memory_beyond_cache(chunk_size: u64) -> u64 {
+    MERGE_PARALLEL as u64 * 2 * chunk_size + LOG_BYTES_MAX as u64 + chunk_size + (1 << 20)
+}
 
 /// How to open a volume.
 #[derive(Debug, Clone)]
@@ -116,6 +124,22 @@ pub struct VolumeStats {
     pub flush_micros_max: AtomicU64,
     pub flushes: AtomicU64,
     pub chunks_deleted: AtomicU64,
+    /// The most bytes of cache pages held at once.
+    pub cache_peak: AtomicU64,
+    /// The most bytes of cache pages, merge buffers and log bodies held at once.
+    pub memory_peak: AtomicU64,
+}
+
+/// Buffers counted in [`S3Volume`]'s memory while alive.
+struct Buffers<'a> {
+    volume: &'a S3Volume,
+    bytes: u64,
+}
+
+impl Drop for Buffers<'_> {
+    fn drop(&mut self) {
+        self.volume.buffer_bytes.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 pub struct S3Volume {
@@ -143,6 +167,10 @@ pub struct S3Volume {
     write_back: AtomicBool,
     /// A background flush failed: reported by the next SYNCHRONIZE CACHE.
     sticky_error: Mutex<Option<String>>,
+    /// Merges running at once (see [`memory_beyond_cache`]).
+    merge_slots: tokio::sync::Semaphore,
+    /// Bytes of merge buffers and log bodies held now.
+    buffer_bytes: AtomicU64,
     opts: VolumeOptions,
     clock: Arc<dyn Clock>,
     stats: VolumeStats,
@@ -315,6 +343,8 @@ impl S3Volume {
             cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
+            merge_slots: tokio::sync::Semaphore::new(MERGE_PARALLEL),
+            buffer_bytes: AtomicU64::new(0),
             opts,
             clock,
             stats: VolumeStats::default(),
@@ -365,6 +395,36 @@ impl S3Volume {
     /// Request counters of the volume's object store.
     pub fn s3_stats(&self) -> Arc<S3Stats> {
         self.s3_stats.clone()
+    }
+
+    /// Counts `bytes` of buffers (merges, log bodies) until the guard is dropped.
+    fn buffers(&self, bytes: u64) -> Buffers<'_> {
+        let held = self.buffer_bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        let pages = self.cache().page_bytes;
+        self.stats.memory_peak.fetch_max(held + pages, Ordering::Relaxed);
+        Buffers { volume: self, bytes }
+    }
+
+    /// Notes a buffer of `bytes` held briefly (a log body during replay).
+    fn note_buffer(&self, bytes: u64) {
+        drop(self.buffers(bytes));
+    }
+
+    /// Notes the cache's size after it grew.
+    fn note_cache(&self, cache: &Cache) {
+        self.stats.cache_peak.fetch_max(cache.page_bytes, Ordering::Relaxed);
+        let held = cache.page_bytes + self.buffer_bytes.load(Ordering::SeqCst);
+        self.stats.memory_peak.fetch_max(held, Ordering::Relaxed);
+    }
+
+    /// The cache limit, the most bytes of cache pages it holds.
+    pub fn cache_limit(&self) -> u64 {
+        self.cache_limit
+    }
+
+    /// (most cache pages held at once, most memory held at once) since the volume opened.
+    pub fn peaks(&self) -> (u64, u64) {
+        (self.stats.cache_peak.load(Ordering::Relaxed), self.stats.memory_peak.load(Ordering::Relaxed))
     }
 
     pub fn url(&self) -> &S3Url {
@@ -553,37 +613,75 @@ impl S3Volume {
 
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
         self.lease.check("write")?;
-        let end = offset + data.len() as u64;
-        self.make_room(data.len() as u64).await?;
-        {
-            let now = self.clock.now();
-            let mut cache = self.cache();
-            let mut at = offset;
-            while at < end {
-                let c = at / self.chunk_size;
-                let within = at % self.chunk_size;
-                let n = (self.chunk_size - within).min(end - at);
-                let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
-                if crate::mutants::active(crate::mutants::Mutant::ChunkOffByOne)
-                    && within + n == self.chunk_size
-                    && (c + 1) * self.chunk_size < self.capacity()
-                {
-                    // Planted bug: the chunk's last block lands at the end of the next chunk.
-                    let bs = self.block_size as usize;
-                    self.write_piece(&mut cache, c, within, &piece[..piece.len() - bs], now, true);
-                    self.write_piece(&mut cache, c + 1, within + n - bs as u64, &piece[piece.len() - bs..], now, true);
-                } else {
-                    self.write_piece(&mut cache, c, within, piece, now, true);
-                }
-                at += n;
-            }
-        }
+        self.write_within_limit(offset, &data).await?;
         if fua || !self.write_back.load(Ordering::Relaxed) {
             // FUA (and write-through): this write and every one acknowledged before it are
             // durable on return.
             return self.flush_all().await;
         }
         Ok(())
+    }
+
+    /// Puts a write into the cache once it fits under the limit: evicts clean entries, merges
+    /// the oldest unmerged chunks under pressure. The check and the copy happen under one lock,
+    /// so concurrent writes cannot overshoot together. (A write bigger than the whole cache
+    /// goes in once the cache is empty.)
+    async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
+        // Pages the write may allocate: every page it touches, in every chunk it spans.
+        let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
+        let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
+        loop {
+            let released = self.released.notified();
+            let to_merge = {
+                let mut cache = self.cache();
+                if cache.page_bytes + need > self.cache_limit {
+                    self.evict_clean(&mut cache, need);
+                }
+                if cache.page_bytes + need <= self.cache_limit || cache.page_bytes == 0 {
+                    self.copy_write(&mut cache, offset, data);
+                    return Ok(());
+                }
+                let mut unmerged: Vec<(Duration, u64)> = cache
+                    .entries
+                    .iter()
+                    .filter(|(c, e)| !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c))
+                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
+                    .collect();
+                unmerged.sort();
+                unmerged.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
+            };
+            if to_merge.is_empty() {
+                released.await; // everything is being merged already
+            } else if let Err(e) = self.merge_chunks(&to_merge).await {
+                self.note_background_error(&e);
+                return Err(e);
+            }
+        }
+    }
+
+    /// Copies a write into the cache, chunk by chunk.
+    fn copy_write(&self, cache: &mut Cache, offset: u64, data: &[u8]) {
+        let now = self.clock.now();
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let c = at / self.chunk_size;
+            let within = at % self.chunk_size;
+            let n = (self.chunk_size - within).min(end - at);
+            let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
+            if crate::mutants::active(crate::mutants::Mutant::ChunkOffByOne)
+                && within + n == self.chunk_size
+                && (c + 1) * self.chunk_size < self.capacity()
+            {
+                // Planted bug: the chunk's last block lands at the end of the next chunk.
+                let bs = self.block_size as usize;
+                self.write_piece(cache, c, within, &piece[..piece.len() - bs], now, true);
+                self.write_piece(cache, c + 1, within + n - bs as u64, &piece[piece.len() - bs..], now, true);
+            } else {
+                self.write_piece(cache, c, within, piece, now, true);
+            }
+            at += n;
+        }
     }
 
     /// Applies a write to the cache. `unlogged`: the data is not durable yet (false when
@@ -611,38 +709,7 @@ impl S3Volume {
             e.unlogged_since.get_or_insert(now);
         }
         cache.page_bytes += (allocated * PAGE) as u64;
-    }
-
-    /// Waits until `bytes` more fit in the cache: evicts clean entries, merges the oldest
-    /// unmerged chunks under pressure.
-    async fn make_room(&self, bytes: u64) -> StoreResult<()> {
-        loop {
-            let released = self.released.notified();
-            let to_merge = {
-                let mut cache = self.cache();
-                if cache.page_bytes + bytes <= self.cache_limit {
-                    return Ok(());
-                }
-                self.evict_clean(&mut cache, bytes);
-                if cache.page_bytes + bytes <= self.cache_limit || cache.page_bytes == 0 {
-                    return Ok(());
-                }
-                let mut unmerged: Vec<(Duration, u64)> = cache
-                    .entries
-                    .iter()
-                    .filter(|(c, e)| !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c))
-                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
-                    .collect();
-                unmerged.sort();
-                unmerged.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
-            };
-            if to_merge.is_empty() {
-                released.await; // everything is being merged already
-            } else if let Err(e) = self.merge_chunks(&to_merge).await {
-                self.note_background_error(&e);
-                return Err(e);
-            }
-        }
+        self.note_cache(cache);
     }
 
     /// Drops clean, unclaimed entries, least recently used first, until `need` fits.
@@ -655,7 +722,7 @@ impl S3Volume {
             .collect();
         clean.sort();
         for (_, c) in clean {
-            if cache.page_bytes + need <= self.cache_limit {
+            if cache.page_bytes.saturating_add(need) <= self.cache_limit {
                 break;
             }
             if let Some(e) = cache.entries.remove(&c) {
@@ -909,6 +976,9 @@ impl BlockStore for S3Volume {
             "dirty_bytes": self.dirty_bytes(),
             "unlogged_bytes": self.unlogged_bytes(),
             "cache_bytes": self.cache().page_bytes,
+            "cache_limit": self.cache_limit,
+            "cache_peak_bytes": l(&self.stats.cache_peak),
+            "memory_peak_bytes": l(&self.stats.memory_peak),
             "logs": self.log_count(),
             "logs_written": l(&self.stats.logs_written),
             "log_bytes_written": l(&self.stats.log_bytes),

@@ -1,19 +1,29 @@
-//! Opening after a crash: the logs left behind are replayed into the cache and merged.
+//! Opening after a crash: the logs left behind are replayed into the cache and merged, within
+//! the cache limit, then deleted.
+//!
+//! Logs are replayed oldest first; a record goes into the cache if its log is newer than its
+//! chunk's stamp. When the cache would overflow, the chunks replayed so far are merged and
+//! evicted, each stamped with the last log whose records for it are all applied: should the
+//! process die before the logs are deleted, the next replay applies everything newer again,
+//! and applying records in order is the same however often it is repeated.
+//!
+//! A log that fails its checks is replayed if it proves it is whole anyway (a log of an older
+//! rtgt whose metadata the old store lost), dropped with a warning if it provably was never
+//! acknowledged (cut short, and the newest of its epoch: the one write in flight at a crash),
+//! and otherwise stops the open: it may hold acknowledged writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::format::{self, LOG_DIR, Record};
+use super::cache::PAGE;
+use super::format::{self, LOG_DIR, LogDamage, Record};
 use super::{OpenError, S3Volume};
 use crate::s3::ObjectError;
 
 impl S3Volume {
-    // ---- recovery ----
-
-    /// Replays the logs left by a crash: records newer than their chunk's stamp go into the
-    /// cache, every touched chunk is merged, and the logs are deleted.
+    /// Replays the logs left by a crash and deletes them.
     pub(super) async fn recover(&self) -> Result<(), OpenError> {
         let unavailable = OpenError::Unavailable;
         let prefix = self.url.key(LOG_DIR);
@@ -21,58 +31,139 @@ impl S3Volume {
             .await
             .map_err(|e| unavailable(format!("cannot list {prefix}: {e}")))?
             .into_iter()
-            .filter_map(|(k, _)| Some((u64::from_str_radix(&k[prefix.len()..], 16).ok()?, k)))
+            .filter_map(|(k, _)| Some((format::key_number(&k, &prefix)?, k)))
             .collect();
         if logs.is_empty() {
             return Ok(());
         }
         logs.sort();
         tracing::info!(volume = %self.url, logs = logs.len(), "replaying the log");
+        // Per chunk: the stamp of its object, and the last log whose records for it are all in
+        // the cache (or merged).
         let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
-        let now = self.clock.now();
-        for (seq, key) in &logs {
-            let out = self.store.get(key, None).await.map_err(|e| unavailable(format!("cannot read {key}: {e}")))?;
-            let records = format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA))
-                .map_err(|e| OpenError::Refused(format!("{key} is damaged: {e}; refusing to open the volume")))?;
+        let mut through: BTreeMap<u64, u64> = BTreeMap::new();
+        for (i, (seq, key)) in logs.iter().enumerate() {
+            let newest_of_epoch =
+                logs.get(i + 1).is_none_or(|(next, _)| format::epoch_of(*next) != format::epoch_of(*seq));
+            let Some(records) = self.read_log(*seq, key, newest_of_epoch).await? else { continue };
+            let mut touched = BTreeSet::new();
             for record in records {
-                let (offset, len) = match &record {
-                    Record::Data { offset, data } => (*offset, data.len() as u64),
-                    Record::Zero { offset, len } => (*offset, *len),
-                };
-                if offset + len > self.capacity.load(Ordering::Relaxed) {
-                    return Err(OpenError::Refused(format!("{key} writes beyond the end of the volume")));
-                }
-                let mut at = offset;
-                while at < offset + len {
-                    let c = at / self.chunk_size;
-                    let n = (self.chunk_size - at % self.chunk_size).min(offset + len - at);
-                    let stamp = match stamps.get(&c) {
-                        Some(s) => *s,
-                        None => {
-                            let s = self.chunk_stamp(c).await.map_err(unavailable)?;
-                            stamps.insert(c, s);
-                            s
-                        }
-                    };
-                    if *seq > stamp {
-                        let piece = match &record {
-                            Record::Data { data, .. } => data.slice((at - offset) as usize..(at - offset + n) as usize),
-                            Record::Zero { .. } => Bytes::from(vec![0u8; n as usize]),
-                        };
-                        let mut cache = self.cache();
-                        self.write_piece(&mut cache, c, at % self.chunk_size, &piece, now, false);
-                    }
-                    at += n;
-                }
+                self.replay(*seq, key, &record, &mut stamps, &through, &mut touched).await?;
+            }
+            for c in touched {
+                through.insert(c, *seq);
             }
         }
-        let touched: Vec<u64> = stamps.keys().copied().collect();
-        self.merge_chunks(&touched).await.map_err(|e| unavailable(format!("cannot merge the replayed log: {e}")))?;
+        let dirty = self.dirty_chunks();
+        self.merge_replayed(&dirty, &stamps, &through).await?;
         for (_, key) in &logs {
             self.store.delete(key).await.map_err(|e| unavailable(format!("cannot delete {key}: {e}")))?;
         }
-        tracing::info!(volume = %self.url, chunks = touched.len(), "log replayed");
+        tracing::info!(volume = %self.url, chunks = through.len(), "log replayed");
         Ok(())
+    }
+
+    /// Reads and checks one log: its records, or None if it is to be dropped.
+    async fn read_log(&self, seq: u64, key: &str, newest_of_epoch: bool) -> Result<Option<Vec<Record>>, OpenError> {
+        let out =
+            self.store.get(key, None).await.map_err(|e| OpenError::Unavailable(format!("cannot read {key}: {e}")))?;
+        self.note_buffer(out.body.len() as u64);
+        match format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA)) {
+            Ok(parsed) => {
+                if parsed.unverified {
+                    tracing::warn!(
+                        log = key,
+                        "a log without its checksum (its store lost the metadata) is whole: replayed"
+                    );
+                }
+                Ok(Some(parsed.records))
+            }
+            Err(LogDamage::Truncated(why)) if newest_of_epoch => {
+                tracing::warn!(
+                    log = key,
+                    %why,
+                    "a log cut short, the last one its writer started: it was never acknowledged; dropped"
+                );
+                Ok(None)
+            }
+            Err(damage) => Err(OpenError::Refused(format!(
+                "{key} is damaged ({damage}) and may hold acknowledged writes; refusing to open the volume. To open it \
+                 without that log, losing what it holds: rtgt volume discard-log {} {seq:x}",
+                self.url
+            ))),
+        }
+    }
+
+    /// Applies one record to the cache where its log is newer than the chunk's stamp.
+    async fn replay(
+        &self,
+        seq: u64,
+        key: &str,
+        record: &Record,
+        stamps: &mut BTreeMap<u64, u64>,
+        through: &BTreeMap<u64, u64>,
+        touched: &mut BTreeSet<u64>,
+    ) -> Result<(), OpenError> {
+        let (offset, len) = record.extent();
+        if offset.checked_add(len).is_none_or(|end| end > self.capacity.load(Ordering::Relaxed)) {
+            return Err(OpenError::Refused(format!("{key} writes beyond the end of the volume")));
+        }
+        let mut at = offset;
+        while at < offset + len {
+            let c = at / self.chunk_size;
+            let n = (self.chunk_size - at % self.chunk_size).min(offset + len - at);
+            let stamp = match stamps.get(&c) {
+                Some(s) => *s,
+                None => {
+                    let s = self.chunk_stamp(c).await.map_err(OpenError::Unavailable)?;
+                    stamps.insert(c, s);
+                    s
+                }
+            };
+            if seq > stamp {
+                let piece = match record {
+                    Record::Data { data, .. } => data.slice((at - offset) as usize..(at - offset + n) as usize),
+                    Record::Zero { .. } => Bytes::from(vec![0u8; n as usize]),
+                };
+                let need = (n.div_ceil(PAGE as u64) + 1) * PAGE as u64;
+                if self.cache().page_bytes + need > self.cache_limit {
+                    let dirty = self.dirty_chunks();
+                    self.merge_replayed(&dirty, stamps, through).await?;
+                }
+                let now = self.clock.now();
+                let mut cache = self.cache();
+                self.write_piece(&mut cache, c, at % self.chunk_size, &piece, now, false);
+                touched.insert(c);
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Merges replayed chunks, each stamped with what it holds for sure, and evicts them.
+    async fn merge_replayed(
+        &self,
+        chunks: &[u64],
+        stamps: &BTreeMap<u64, u64>,
+        through: &BTreeMap<u64, u64>,
+    ) -> Result<(), OpenError> {
+        for group in chunks.chunks(super::MERGE_PARALLEL) {
+            let merges = group.iter().map(|&c| {
+                let stamp = through.get(&c).or(stamps.get(&c)).copied().unwrap_or(0);
+                self.merge_chunk_stamped(c, Some(stamp))
+            });
+            for r in futures::future::join_all(merges).await {
+                r.map_err(|e| OpenError::Unavailable(format!("cannot merge the replayed log: {e}")))?;
+            }
+        }
+        let mut cache = self.cache();
+        self.evict_clean(&mut cache, u64::MAX);
+        Ok(())
+    }
+
+    /// Chunks with data not in their objects.
+    pub(super) fn dirty_chunks(&self) -> Vec<u64> {
+        self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect()
     }
 
     /// The log sequence number a chunk object includes (0 when it does not exist).

@@ -90,7 +90,8 @@ impl S3Volume {
             return Ok(());
         }
         let _serial = self.log_lock.lock().await;
-        let settle_at = self.log_zeros(&zeroed.iter().map(|(c, _)| *c).collect::<Vec<_>>()).await?;
+        let (settle_at, still_zero) = self.log_zeros(&zeroed).await?;
+        let zeroed: Vec<(u64, u64)> = zeroed.into_iter().filter(|(c, _)| still_zero.contains(c)).collect();
         let present: Vec<u64> = {
             let cache = self.cache();
             zeroed.iter().map(|(c, _)| *c).filter(|c| cache.exists.contains(c)).collect()
