@@ -142,6 +142,15 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Set aside a damaged log object that keeps a volume from opening (it is moved to
+    /// `damaged/`): the writes it holds are lost. Only while no target serves the volume.
+    DiscardLog {
+        url: String,
+        /// The log's sequence number, in hex, as the error names it.
+        seq: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
 }
 
 /// How to reach the object store.
@@ -161,9 +170,21 @@ struct S3Args {
     access_key_id: Option<String>,
     #[arg(long)]
     secret_access_key: Option<String>,
+    /// The embedded store's directory (e.g. rtgt-data/s3), opened directly: when no rtgt
+    /// serves from it.
+    #[arg(long, conflicts_with = "endpoint")]
+    store_dir: Option<PathBuf>,
 }
 
 impl S3Args {
+    /// The bucket's object store.
+    async fn store(&self, bucket: &str) -> Result<Arc<dyn rtgt::s3::ObjectStore>, String> {
+        match &self.store_dir {
+            Some(dir) => Ok(Arc::new(embedded::open_root(dir)?.bucket(bucket)?)),
+            None => Ok(Arc::new(AwsStore::connect(&self.endpoint(), bucket).await)),
+        }
+    }
+
     fn endpoint(&self) -> Endpoint {
         if self.endpoint.as_deref() == Some("embedded") {
             return embedded::endpoint_for("127.0.0.1:9010".parse().expect("address"));
@@ -384,12 +405,13 @@ async fn wait_for_signal() {
 }
 
 async fn volume(command: VolumeCommand) -> Result<(), String> {
+    use rtgt::s3::ObjectStore;
     match command {
         VolumeCommand::Create { url, size, chunk_size, block_size, s3 } => {
             let url = S3Url::parse(&url)?;
-            let store = AwsStore::connect(&s3.endpoint(), &url.bucket).await;
+            let store = s3.store(&url.bucket).await?;
             let spec = CreateSpec { size, block_size, chunk_size };
-            let meta = S3Volume::create(&store, &url, &spec, &TokioClock::new(), std::process::id() as u64).await?;
+            let meta = S3Volume::create(&*store, &url, &spec, &TokioClock::new(), std::process::id() as u64).await?;
             println!(
                 "created {url}: {} ({} blocks of {} bytes), chunks of {}, uuid {}",
                 Size(meta.size),
@@ -402,9 +424,10 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
         }
         VolumeCommand::Info { url, s3 } => {
             let url = S3Url::parse(&url)?;
-            let store = AwsStore::connect(&s3.endpoint(), &url.bucket).await;
-            let (meta, _) = S3Volume::read_meta(&store, &url).await?.ok_or_else(|| format!("no volume at {url}"))?;
-            let chunks = rtgt::s3::list_all(&store, &url.key("chunks/")).await.map_err(|e| e.to_string())?;
+            let store = s3.store(&url.bucket).await?;
+            let (meta, _) = S3Volume::read_meta(&*store, &url).await?.ok_or_else(|| format!("no volume at {url}"))?;
+            let chunks = rtgt::s3::list_all(&*store, &url.key("chunks/")).await.map_err(|e| e.to_string())?;
+            let logs = rtgt::s3::list_all(&*store, &url.key("log/")).await.map_err(|e| e.to_string())?;
             println!("volume:     {url}");
             println!("uuid:       {}", meta.uuid);
             println!(
@@ -415,11 +438,32 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             );
             println!("chunk size: {}", Size(meta.chunk_size));
             println!("chunks:     {} present ({} stored)", chunks.len(), Size(chunks.iter().map(|c| c.1).sum()));
-            use rtgt::s3::ObjectStore;
+            println!("logs:       {} (replayed at the next open)", logs.len());
             match store.get(&url.key(rtgt::s3::volume::LEASE_NAME), None).await {
                 Ok(lease) => println!("lease:      {}", String::from_utf8_lossy(&lease.body)),
                 Err(_) => println!("lease:      none"),
             }
+            Ok(())
+        }
+        VolumeCommand::DiscardLog { url, seq, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let seq = u64::from_str_radix(&seq, 16).map_err(|_| format!("{seq:?} is not a hex sequence number"))?;
+            let store = s3.store(&url.bucket).await?;
+            let key = rtgt::s3::volume::format::log_key(&url, seq);
+            let aside = url.key(&format!("damaged/{seq:016x}"));
+            match store.get(&key, None).await {
+                Ok(log) => {
+                    store
+                        .put(&aside, log.body, log.meta.metadata, rtgt::s3::Condition::None)
+                        .await
+                        .map_err(|e| format!("cannot copy {key} to {aside}: {e}"))?;
+                    println!("copied {key} to {aside}");
+                }
+                Err(rtgt::s3::ObjectError::NotFound) => return Err(format!("no log {key}")),
+                Err(e) => eprintln!("rtgt: {key} cannot be read ({e}): deleted without a copy"),
+            }
+            store.delete(&key).await.map_err(|e| format!("cannot delete {key}: {e}"))?;
+            println!("discarded {key}; the volume opens without the writes it held");
             Ok(())
         }
     }

@@ -286,3 +286,44 @@ async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
     assert!(request.contains("\r\ncontent-md5:"), "{request}");
     assert!(!request.contains("x-amz-checksum-"), "{request}");
 }
+
+/// A log damaged on disk (not cut short by a crash: whole but wrong) stops the volume from
+/// opening, with a way out that names it: `rtgt volume discard-log`, after which it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_the_open_until_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |root: &Arc<LocalRoot>| {
+        let store = Arc::new(root.bucket("vols").unwrap());
+        let url = S3Url::parse("s3://vols/disk").unwrap();
+        S3Volume::open(store, url, options("one"), Arc::new(TokioClock::new()))
+    };
+    {
+        let root = embedded::open_root(dir.path()).unwrap();
+        root.create_bucket("vols").unwrap();
+        let v = open(&root).await.unwrap();
+        v.write(0, Bytes::from(vec![3u8; 4096]), true).await.unwrap(); // logged
+        v.simulate_crash();
+    }
+    let log_dir = dir.path().join("vols/disk/log");
+    let log = std::fs::read_dir(&log_dir).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&log).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0xff;
+    std::fs::write(&log, bytes).unwrap();
+
+    let err = {
+        let root = embedded::open_root(dir.path()).unwrap();
+        open(&root).await.err().unwrap().to_string()
+    };
+    assert!(err.contains("damaged") && err.contains("rtgt volume discard-log s3://vols/disk"), "{err}");
+    let seq = err.rsplit(' ').next().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
+        .args(["volume", "discard-log", "s3://vols/disk", &seq, "--store-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = embedded::open_root(dir.path()).unwrap();
+    let v = open(&root).await.unwrap();
+    assert_eq!(v.read(0, 4096).await.unwrap(), vec![0u8; 4096], "what the discarded log held is gone");
+}

@@ -65,10 +65,16 @@ impl S3Volume {
 
     /// Reads and checks one log: its records, or None if it is to be dropped.
     async fn read_log(&self, seq: u64, key: &str, newest_of_epoch: bool) -> Result<Option<Vec<Record>>, OpenError> {
-        let out =
-            self.store.get(key, None).await.map_err(|e| OpenError::Unavailable(format!("cannot read {key}: {e}")))?;
-        self.note_buffer(out.body.len() as u64);
-        match format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA)) {
+        let parsed = match self.store.get(key, None).await {
+            Ok(out) => {
+                self.note_buffer(out.body.len() as u64);
+                format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA))
+            }
+            // The store itself finds the object damaged.
+            Err(e) if !e.retryable() && e != ObjectError::NotFound => Err(LogDamage::Corrupt(e.to_string())),
+            Err(e) => return Err(OpenError::Unavailable(format!("cannot read {key}: {e}"))),
+        };
+        match parsed {
             Ok(parsed) => {
                 if parsed.unverified {
                     tracing::warn!(
