@@ -72,3 +72,39 @@ pub fn login(data: &[u8]) {
         }
     }
 }
+
+/// The parsers of what the S3 volume and the local store read back from storage: log objects
+/// (either format), volume metadata, the lease, the local store's object header. The first byte
+/// picks one. What parses must re-encode to what parses the same.
+pub fn volume_format(data: &[u8]) {
+    use crate::s3::local::object_file;
+    use crate::s3::volume::format::{self, LeaseRecord, VolumeMeta};
+    let Some((&pick, rest)) = data.split_first() else { return };
+    match pick % 5 {
+        0 | 1 => {
+            let body = bytes::Bytes::copy_from_slice(rest);
+            // With the CRC of the body in the metadata, or none.
+            let crc = (pick % 5 == 1).then(|| format::log_metadata(rest)[format::CRC_METADATA].clone());
+            if let Ok(parsed) = format::parse_log(&body, crc.as_ref()) {
+                let again = format::encode_log(1, &parsed.records);
+                assert_eq!(format::parse_log(&again, None).expect("re-encoded log parses").records, parsed.records);
+            }
+        }
+        2 => {
+            if let Ok(meta) = VolumeMeta::parse(rest) {
+                assert_eq!(VolumeMeta::parse(&meta.encode()).expect("metadata round trip"), meta);
+            }
+        }
+        3 => {
+            if let Ok(lease) = LeaseRecord::parse(rest) {
+                assert_eq!(LeaseRecord::parse(&lease.encode()).expect("lease round trip"), lease);
+            }
+        }
+        _ => {
+            if let Ok(desc) = object_file::parse_header(rest) {
+                let header = object_file::encode_header(&desc).expect("a parsed header fits");
+                assert_eq!(object_file::parse_header(&header).expect("header round trip"), desc);
+            }
+        }
+    }
+}

@@ -28,3 +28,8 @@ fn text_parse_corpus() {
 fn login_corpus() {
     replay("login", rtgt::fuzzing::login);
 }
+
+#[test]
+fn volume_format_corpus() {
+    replay("volume_format", rtgt::fuzzing::volume_format);
+}

@@ -5,6 +5,8 @@ mod mem_s3;
 mod model;
 mod net;
 mod panics;
+mod recovery_image;
+mod takeover;
 mod workload;
 mod world;
 
@@ -14,9 +16,43 @@ use std::time::{Duration, Instant};
 use rtgt::mutants::Mutant;
 
 const USAGE: &str = "usage: rtgt-sim [--seed N | --seeds A..B] [--duration 60s] [--profile smoke|long]
-                [--check-determinism] [--trace] [--mutants | --mutant NAME]";
+                [--scenario world|takeover] [--check-determinism] [--trace] [--mutants | --mutant NAME]";
+
+/// What a run simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// One target, initiators, faults everywhere, crashes and restarts.
+    World,
+    /// Two targets on one S3 volume and a failover between them.
+    Takeover,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::World => "world",
+            Scenario::Takeover => "takeover",
+        }
+    }
+
+    fn run(self, seed: u64, duration: Duration, mutant: Option<Mutant>, trace: bool) -> world::Outcome {
+        match self {
+            Scenario::World => world::run(seed, duration, mutant, trace),
+            Scenario::Takeover => takeover::run(seed, mutant, trace),
+        }
+    }
+
+    /// Where a planted bug shows: a holder that does not fence needs a second holder.
+    fn for_mutant(m: Mutant) -> Scenario {
+        match m {
+            Mutant::HolderDoesNotFence => Scenario::Takeover,
+            _ => Scenario::World,
+        }
+    }
+}
 
 struct Args {
+    scenario: Scenario,
     seeds: std::ops::Range<u64>,
     duration: Duration,
     check_determinism: bool,
@@ -30,8 +66,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a =
-        Args { seeds: 0..50, duration: Duration::from_secs(30), check_determinism: false, trace: false, mutants: None };
+    let mut a = Args {
+        scenario: Scenario::World,
+        seeds: 0..50,
+        duration: Duration::from_secs(30),
+        check_determinism: false,
+        trace: false,
+        mutants: None,
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
@@ -57,6 +99,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 }
                 other => return Err(format!("unknown profile {other}")),
             },
+            "--scenario" => {
+                a.scenario = match value()?.as_str() {
+                    "world" => Scenario::World,
+                    "takeover" => Scenario::Takeover,
+                    other => return Err(format!("unknown scenario {other} (world, takeover)")),
+                }
+            }
             "--check-determinism" => a.check_determinism = true,
             "--trace" => a.trace = true,
             "--mutants" => a.mutants = Some(Mutant::ALL.to_vec()),
@@ -71,9 +120,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-fn replay_command(seed: u64, duration: Duration, mutant: Option<Mutant>) -> String {
+fn replay_command(scenario: Scenario, seed: u64, duration: Duration, mutant: Option<Mutant>) -> String {
     let m = mutant.map(|m| format!(" --mutant {}", m.name())).unwrap_or_default();
-    format!("cargo xtask sim --seed {seed} --duration {}s --trace{m}", duration.as_secs())
+    format!(
+        "cargo xtask sim --scenario {} --seed {seed} --duration {}s --trace{m}",
+        scenario.name(),
+        duration.as_secs()
+    )
 }
 
 fn main() -> ExitCode {
@@ -92,28 +145,32 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    if let Some(mutants) = &args.mutants {
-        return mutation_check(mutants, &args);
-    }
+    // With --trace, one planted bug replays like any seed (the command a catch prints).
+    let planted = match &args.mutants {
+        Some(m) if args.trace && m.len() == 1 => Some(m[0]),
+        Some(mutants) => return mutation_check(mutants, &args),
+        None => None,
+    };
     #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
     let started = Instant::now();
     let (mut sim_total, mut failures) = (0.0, 0);
     for seed in args.seeds.clone() {
-        let out = world::run(seed, args.duration, None, args.trace);
+        let out = args.scenario.run(seed, args.duration, planted, args.trace);
         sim_total += out.sim_seconds;
         let mut line = format!(
-            "seed {seed:>5}: {} {:>6.1} s simulated in {:>5.2} s ({:>4.0}x), {} commands, {} S3 requests, {} crashes, trace {:016x}",
+            "seed {seed:>5}: {} {:>6.1} s simulated in {:>5.2} s ({:>4.0}x), {} commands, {}, {} S3 requests, {} crashes, trace {:016x}",
             if out.failure.is_none() { "ok  " } else { "FAIL" },
             out.sim_seconds,
             out.wall_seconds,
             out.sim_seconds / out.wall_seconds.max(1e-9),
             out.commands,
+            out.store,
             out.s3_requests,
             out.crashes,
             out.trace_hash
         );
         if args.check_determinism {
-            let again = world::run(seed, args.duration, None, false);
+            let again = args.scenario.run(seed, args.duration, planted, false);
             sim_total += again.sim_seconds;
             let same = again.trace_hash == out.trace_hash && again.failure == out.failure;
             line.push_str(if same { ", deterministic" } else { ", NOT DETERMINISTIC" });
@@ -134,7 +191,7 @@ fn main() -> ExitCode {
             for e in &out.last_events {
                 println!("    {e}");
             }
-            println!("  replay: {}", replay_command(seed, args.duration, None));
+            println!("  replay: {}", replay_command(args.scenario, seed, args.duration, planted));
         }
     }
     let wall = started.elapsed().as_secs_f64();
@@ -150,12 +207,13 @@ fn main() -> ExitCode {
 fn mutation_check(mutants: &[Mutant], args: &Args) -> ExitCode {
     let limit = args.seeds.end.max(200).min(args.seeds.start + 200);
     let mut all_caught = true;
-    println!("| mutant | caught | at seed | by |");
-    println!("|---|---|---|---|");
+    println!("| mutant | scenario | caught | at seed | by |");
+    println!("|---|---|---|---|---|");
     for &m in mutants {
+        let scenario = Scenario::for_mutant(m);
         let mut caught = None;
         for seed in args.seeds.start..limit {
-            let out = world::run(seed, args.duration, Some(m), false);
+            let out = scenario.run(seed, args.duration, Some(m), false);
             if let Some(f) = out.failure {
                 caught = Some((seed, f));
                 break;
@@ -164,11 +222,11 @@ fn mutation_check(mutants: &[Mutant], args: &Args) -> ExitCode {
         match caught {
             Some((seed, f)) => {
                 let f: String = f.chars().take(100).collect();
-                println!("| {} | yes | {seed} | {f} |", m.name());
+                println!("| {} | {} | yes | {seed} | {f} |", m.name(), scenario.name());
             }
             None => {
                 all_caught = false;
-                println!("| {} | NO (seeds {}..{limit}) | - | - |", m.name(), args.seeds.start);
+                println!("| {} | {} | NO (seeds {}..{limit}) | - | - |", m.name(), scenario.name(), args.seeds.start);
             }
         }
     }

@@ -35,18 +35,41 @@ struct Object {
     etag: u64,
 }
 
+/// What a host's requests cannot reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing: every request hangs past the client's timeout, unapplied.
+    All,
+    /// The lease object only (its renewals cannot get through; its data can).
+    Lease,
+}
+
+/// A mutation that landed: when (simulated time), from which host, which key.
+#[derive(Debug, Clone)]
+pub struct Landed {
+    pub at: Duration,
+    pub host: &'static str,
+    pub key: String,
+}
+
 struct State {
     buckets: BTreeMap<String, BTreeMap<String, Object>>,
     faults: S3Faults,
     rng: Rng,
     next_etag: u64,
     requests: u64,
+    cuts: BTreeMap<&'static str, Cut>,
+    landed: Vec<Landed>,
+    /// Every request takes up to this long, faults or not (a store is never instant).
+    base_latency: Duration,
 }
 
-/// The shared store; clone the `Arc` into each incarnation of the target.
+/// The shared store; clone the `Arc` into each incarnation of the target. A view for a host
+/// ([`MemS3::view`]) knows who sends its requests.
 #[derive(Clone)]
 pub struct MemS3 {
     state: Arc<Mutex<State>>,
+    host: &'static str,
 }
 
 enum Fault {
@@ -70,8 +93,50 @@ impl MemS3 {
             rng: Rng::seeded(seed),
             next_etag: 1,
             requests: 0,
+            cuts: BTreeMap::new(),
+            landed: Vec::new(),
+            base_latency: Duration::ZERO,
         };
-        MemS3 { state: Arc::new(Mutex::new(state)) }
+        MemS3 { state: Arc::new(Mutex::new(state)), host: "target" }
+    }
+
+    /// Every request takes up to `max`, uniformly, on top of any fault's latency.
+    pub fn set_base_latency(&self, max: Duration) {
+        self.lock().base_latency = max;
+    }
+
+    /// The same store as seen by `host`.
+    pub fn view(&self, host: &'static str) -> MemS3 {
+        MemS3 { state: self.state.clone(), host }
+    }
+
+    /// Cuts `host` off (or heals it with None).
+    pub fn cut(&self, host: &'static str, cut: Option<Cut>) {
+        let mut st = self.lock();
+        match cut {
+            Some(c) => st.cuts.insert(host, c),
+            None => st.cuts.remove(host),
+        };
+    }
+
+    /// Every mutation that landed, in order.
+    pub fn landed(&self) -> Vec<Landed> {
+        self.lock().landed.clone()
+    }
+
+    /// Whether this view's request for `key` is cut off.
+    fn is_cut(&self, key: &str) -> bool {
+        match self.lock().cuts.get(self.host) {
+            Some(Cut::All) => true,
+            Some(Cut::Lease) => key.ends_with(rtgt::s3::volume::LEASE_NAME),
+            None => false,
+        }
+    }
+
+    /// Records a mutation that landed.
+    fn record(st: &mut State, host: &'static str, key: &str) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        st.landed.push(Landed { at, host, key: key.to_string() });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -99,16 +164,31 @@ impl MemS3 {
             .unwrap_or_default()
     }
 
-    /// Rolls the faults of one request and sleeps its latency.
-    async fn enter(&self, mutating: bool) -> Fault {
+    /// Every object of a bucket with its metadata.
+    pub fn objects_with_metadata(&self, bucket: &str) -> BTreeMap<String, (Bytes, BTreeMap<String, String>)> {
+        self.lock()
+            .buckets
+            .get(bucket)
+            .map(|b| b.iter().map(|(k, o)| (k.clone(), (o.body.clone(), o.metadata.clone()))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Rolls the faults of one request for `key` and sleeps its latency.
+    async fn enter(&self, key: &str, mutating: bool) -> Fault {
+        if self.is_cut(key) {
+            // Longer than the client's attempt timeout: the client gives up first.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return Fault::Hang;
+        }
         let (latency, fault) = {
             let mut st = self.lock();
             st.requests += 1;
             let f = st.faults;
-            let latency = if f.latency_max.is_zero() {
+            let max = f.latency_max + st.base_latency;
+            let latency = if max.is_zero() {
                 Duration::ZERO
             } else {
-                Duration::from_micros(st.rng.below(f.latency_max.as_micros() as u64 + 1))
+                Duration::from_micros(st.rng.below(max.as_micros() as u64 + 1))
             };
             let fault = if st.rng.chance(f.internal_error) {
                 Fault::Error(error(S3ErrorCode::InternalError, 500))
@@ -168,7 +248,7 @@ impl S3 for MemS3 {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        if let Fault::Error(e) = self.enter(false).await {
+        if let Fault::Error(e) = self.enter(&req.input.key, false).await {
             return Err(e);
         }
         let input = req.input;
@@ -196,7 +276,7 @@ impl S3 for MemS3 {
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
-        if let Fault::Error(e) = self.enter(false).await {
+        if let Fault::Error(e) = self.enter(&req.input.key, false).await {
             return Err(e);
         }
         let input = req.input;
@@ -214,7 +294,7 @@ impl S3 for MemS3 {
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        let fault = self.enter(true).await;
+        let fault = self.enter(&req.input.key, true).await;
         if let Fault::Error(e) = fault {
             return Err(e);
         }
@@ -238,7 +318,9 @@ impl S3 for MemS3 {
             }
         }
         let metadata = input.metadata.unwrap_or_default().into_iter().collect();
+        let key = input.key.clone();
         bucket.insert(input.key, Object { body, metadata, etag });
+        Self::record(&mut st, self.host, &key);
         after_apply(
             fault,
             S3Response::new(PutObjectOutput {
@@ -249,17 +331,19 @@ impl S3 for MemS3 {
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let fault = self.enter(true).await;
+        let fault = self.enter(&req.input.key, true).await;
         if let Fault::Error(e) = fault {
             return Err(e);
         }
         let input = req.input;
-        Self::bucket(&mut self.lock(), &input.bucket)?.remove(&input.key);
+        let mut st = self.lock();
+        Self::bucket(&mut st, &input.bucket)?.remove(&input.key);
+        Self::record(&mut st, self.host, &input.key);
         after_apply(fault, S3Response::new(DeleteObjectOutput::default()))
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let fault = self.enter(true).await;
+        let fault = self.enter("", true).await;
         if let Fault::Error(e) = fault {
             return Err(e);
         }
@@ -271,11 +355,14 @@ impl S3 for MemS3 {
             bucket.remove(&o.key);
             deleted.push(DeletedObject { key: Some(o.key), ..Default::default() });
         }
+        for d in &deleted {
+            Self::record(&mut st, self.host, d.key.as_deref().unwrap_or_default());
+        }
         after_apply(fault, S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), ..Default::default() }))
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
-        if let Fault::Error(e) = self.enter(false).await {
+        if let Fault::Error(e) = self.enter("", false).await {
             return Err(e);
         }
         let input = req.input;

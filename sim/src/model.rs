@@ -197,17 +197,36 @@ impl Model {
         self.crashes.push(now);
     }
 
-    fn survives(&self, w: &Write, until: Duration) -> bool {
+    /// The crashes up to `until`, with a crash that did not happen (a "what if it died now").
+    fn crashes_with(&self, virtual_crash: Option<Duration>) -> impl Iterator<Item = Duration> + '_ {
+        self.crashes.iter().copied().chain(virtual_crash)
+    }
+
+    fn survives(&self, w: &Write, until: Duration, virtual_crash: Option<Duration>) -> bool {
         let Some(acked) = w.acked else { return false };
         // A crash at the very instant of the acknowledgement may still lose a volatile write
         // (the response left the target before it died); a durable one was durable by then.
-        self.crashes.iter().filter(|&&c| c >= acked && c < until).all(|&c| w.durable.is_some_and(|d| d <= c))
+        self.crashes_with(virtual_crash).filter(|&c| c >= acked && c < until).all(|c| w.durable.is_some_and(|d| d <= c))
     }
 
-    fn superseded(&self, lun: usize, block: u64, w: &Write, read_issued: Duration) -> bool {
-        let Some(end) = w.end else { return false };
+    /// When a write's effect was settled: its end, or a (virtual) crash cutting it.
+    fn end_of(&self, w: &Write, virtual_crash: Option<Duration>) -> Option<Duration> {
+        w.end.or_else(|| virtual_crash.filter(|&c| w.issued < c))
+    }
+
+    fn superseded(
+        &self,
+        lun: usize,
+        block: u64,
+        w: &Write,
+        read_issued: Duration,
+        virtual_crash: Option<Duration>,
+    ) -> bool {
+        let Some(end) = self.end_of(w, virtual_crash) else { return false };
         self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).any(|other| {
-            other.issued > end && other.acked.is_some_and(|a| a < read_issued) && self.survives(other, read_issued)
+            other.issued > end
+                && other.acked.is_some_and(|a| a < read_issued)
+                && self.survives(other, read_issued, virtual_crash)
         })
     }
 
@@ -220,13 +239,32 @@ impl Model {
         issued: Duration,
         done: Duration,
     ) -> Result<(), String> {
+        self.check(lun, block, data, issued, done, None)
+    }
+
+    /// Checks what a block would hold were the target to crash at `crash` and be read back
+    /// just after (without changing the model).
+    pub fn check_after_crash(&self, lun: usize, block: u64, data: &[u8], crash: Duration) -> Result<(), String> {
+        let after = crash + Duration::from_micros(1);
+        self.check(lun, block, data, after, after, Some(crash))
+    }
+
+    fn check(
+        &self,
+        lun: usize,
+        block: u64,
+        data: &[u8],
+        issued: Duration,
+        done: Duration,
+        virtual_crash: Option<Duration>,
+    ) -> Result<(), String> {
         let value = decode_block(block, data)?;
         let candidates: Vec<&Write> =
             self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).filter(|w| w.value == value).collect();
         if candidates.is_empty() {
             return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
         }
-        if candidates.iter().any(|w| w.issued < done && !self.superseded(lun, block, w, issued)) {
+        if candidates.iter().any(|w| w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)) {
             return Ok(());
         }
         let latest = self.history[lun][block as usize]

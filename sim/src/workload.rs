@@ -29,7 +29,9 @@ pub struct Shared {
     /// Per initiator: protocol violations seen over all its sessions.
     pub violations: Vec<Violations>,
     /// Per initiator: when it first completed a command after the faults healed.
-    pub recovered_after_heal: Vec<Option<Duration>>,
+    /// Per initiator and LUN: when it first completed a command on that LUN after the faults
+    /// healed (every LUN must serve again, not just one).
+    pub recovered_after_heal: Vec<[Option<Duration>; LUNS]>,
     pub clients_done: usize,
     pub commands: u64,
 }
@@ -182,12 +184,14 @@ impl Initiator {
         }
     }
 
-    fn succeeded(&self) {
+    fn succeeded(&self, lun: Option<u16>) {
         let t = now();
         let mut sh = self.shared.borrow_mut();
         sh.commands += 1;
-        if t >= self.heal_at && sh.recovered_after_heal[self.index].is_none() {
-            sh.recovered_after_heal[self.index] = Some(t);
+        if let Some(lun) = lun
+            && t >= self.heal_at
+        {
+            sh.recovered_after_heal[self.index][lun as usize].get_or_insert(t);
         }
     }
 
@@ -216,6 +220,36 @@ enum Op {
     Disconnect,
 }
 
+/// The LUN on the S3 volume.
+const S3_LUN: u16 = 1;
+/// LUNs of the target: 0 on the simulated disk, 1 on the S3 volume.
+pub const LUNS: usize = 2;
+
+impl Op {
+    /// The LUN whose medium the operation reads or writes (task management does not count:
+    /// it is answered while the LUN is not ready).
+    fn medium_lun(&self) -> Option<u16> {
+        match *self {
+            Op::AbortTask { .. } | Op::LunReset { .. } => None,
+            _ => self.lun(),
+        }
+    }
+
+    fn lun(&self) -> Option<u16> {
+        match *self {
+            Op::Read { lun, .. }
+            | Op::Write { lun, .. }
+            | Op::WriteSame { lun, .. }
+            | Op::Unmap { lun, .. }
+            | Op::Sync { lun }
+            | Op::CompareAndWrite { lun, .. }
+            | Op::AbortTask { lun, .. }
+            | Op::LunReset { lun } => Some(lun),
+            Op::Nop | Op::Logout | Op::Disconnect => None,
+        }
+    }
+}
+
 fn pick(rng: &mut Rng) -> Op {
     let lun = rng.below(2) as u16;
     // A hot region so that initiators overlap, crossing S3 chunk boundaries.
@@ -225,7 +259,11 @@ fn pick(rng: &mut Rng) -> Op {
         0..=27 => Op::Read { lun, lba, blocks },
         28..=55 => Op::Write { lun, lba, blocks, fua: rng.chance(0.15) },
         56..=61 => Op::WriteSame { lun, lba, blocks, zero: rng.chance(0.5), unmap: rng.chance(0.5) },
-        62..=67 => Op::Unmap { lun, lba, blocks },
+        // Half of the UNMAPs span whole chunks (16 blocks), which are deleted, not zeroed.
+        62..=67 => {
+            let blocks = if rng.chance(0.5) { blocks } else { (16 + rng.below(33) as u32).min((BLOCKS - lba) as u32) };
+            Op::Unmap { lun, lba, blocks }
+        }
         68..=79 => Op::Sync { lun },
         80..=85 => Op::CompareAndWrite { lun, lba },
         86..=89 => Op::AbortTask { lun, lba },
@@ -396,7 +434,7 @@ async fn unmap(s: &Session, lun: u16, lba: u64, blocks: u32) -> Result<CommandRe
 /// recovery is observed rather than cut short.
 fn keep_going(init: &Initiator, until: Duration) -> bool {
     let t = now();
-    let recovered = init.shared.borrow().recovered_after_heal[init.index].is_some();
+    let recovered = init.shared.borrow().recovered_after_heal[init.index].iter().all(Option::is_some);
     t < until || (!recovered && t < init.heal_at + LIVENESS_BOUND)
 }
 
@@ -410,10 +448,15 @@ async fn worker(init: Rc<Initiator>, seed: u64, until: Duration) {
         let op = pick(&mut rng);
         match run_op(&init, &s, op).await {
             Ok(what) => {
-                init.succeeded();
+                init.succeeded(op.medium_lun());
                 init.record(what);
             }
             Err(Error::Check { key: 0x6, .. }) => init.record(format!("{op:?}: unit attention")),
+            // The S3 volume's data is never corrupt here: a MEDIUM ERROR means a transient
+            // fault (or a lost object) was passed off as a bad medium.
+            Err(ref e @ Error::Check { key: 0x3, .. }) if op.lun() == Some(S3_LUN) => {
+                init.violation(format!("MEDIUM ERROR from the S3 volume: {op:?}: {e}"));
+            }
             Err(e) => {
                 init.record(format!("{op:?}: {e}"));
                 init.transport_error(&e);
@@ -429,7 +472,7 @@ pub async fn initiator(settings: Settings, shared: Rc<RefCell<Shared>>) -> turmo
         let mut sh = shared.borrow_mut();
         while sh.violations.len() <= settings.index {
             sh.violations.push(Violations::default());
-            sh.recovered_after_heal.push(None);
+            sh.recovered_after_heal.push([None; LUNS]);
         }
     }
     let init = Rc::new(Initiator {

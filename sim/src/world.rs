@@ -3,6 +3,7 @@
 //! schedule. After the run the oracles are checked.
 
 use std::cell::RefCell;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use rtgt::mutants::Mutant;
 use rtgt::node::NodeId;
 use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
+use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
@@ -35,8 +37,8 @@ pub const PORT: u16 = 3260;
 pub const BLOCKS: u64 = 256;
 pub const BLOCK: u64 = 512;
 pub const QUEUE_DEPTH: u32 = 8;
-const CHUNK: u64 = 16 * BLOCK;
-const BUCKET: &str = "sim";
+pub const CHUNK: u64 = 16 * BLOCK;
+pub const BUCKET: &str = "sim";
 
 /// Wall time fixed at the simulation's epoch plus simulated time: deterministic timestamps.
 #[derive(Debug, Clone)]
@@ -55,7 +57,7 @@ impl TimeSource for SimTime {
 }
 
 /// tokio's (simulated) clock with a deterministic wall time.
-struct SimClock(TokioClock);
+pub struct SimClock(pub TokioClock);
 
 impl Clock for SimClock {
     fn now(&self) -> Duration {
@@ -69,10 +71,27 @@ impl Clock for SimClock {
     }
 }
 
+/// Where LUN 1's volume lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    /// An S3 service outside the target, reached through aws-sdk-s3: atomic, survives crashes,
+    /// and fails as the fault schedule says.
+    Remote,
+    /// The embedded default's local store, in the target's process, on a filesystem that
+    /// forgets at a power loss what was not synced.
+    Embedded,
+}
+
+/// The embedded store's directory.
+const EMBEDDED_ROOT: &str = "/data/s3";
+
 /// What outlives a target crash, and the switches the fault schedule turns.
 #[derive(Clone)]
 struct Environment {
+    store: Store,
     s3: MemS3,
+    /// The target's disk for the embedded store.
+    fs: CrashFs,
     media: Media,
     disk_faults: Arc<Mutex<(DiskFaults, Rng)>>,
     shutdown: Arc<AtomicBool>,
@@ -84,7 +103,12 @@ struct Environment {
 
 /// The S3 client of the target: aws-sdk-s3 into the in-memory service, no sockets.
 fn s3_store(env: &Environment) -> AwsStore {
-    let mut b = s3s::service::S3ServiceBuilder::new(env.s3.clone());
+    s3_client(env.s3.clone())
+}
+
+/// aws-sdk-s3 into (a view of) the in-memory service, no sockets.
+pub fn s3_client(s3: MemS3) -> AwsStore {
+    let mut b = s3s::service::S3ServiceBuilder::new(s3);
     b.set_auth(s3s::auth::SimpleAuth::from_single("sim", "sim-secret"));
     // Requests are signed with simulated time; the service checks skew against the real clock.
     let mut config = s3s::config::S3Config::default();
@@ -116,9 +140,17 @@ async fn target(env: Environment) -> turmoil::Result {
     let lu0 = LogicalUnit::new(disk, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/0")))?;
     entry.scsi.add_lun(0, Arc::new(lu0))?;
 
-    let store: Arc<dyn ObjectStore> = Arc::new(s3_store(&env));
     // Every incarnation is a new process on the same node: it takes its lease back at once.
     let incarnation = env.incarnations.fetch_add(1, Ordering::Relaxed);
+    let store: Arc<dyn ObjectStore> = match env.store {
+        Store::Remote => Arc::new(s3_store(&env)),
+        Store::Embedded => {
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(EMBEDDED_ROOT), options)?;
+            root.create_bucket(BUCKET)?;
+            Arc::new(root.bucket(BUCKET)?)
+        }
+    };
     let opts = VolumeOptions {
         create: Some(CreateSpec { size: BLOCKS * BLOCK, block_size: BLOCK as u32, chunk_size: CHUNK }),
         cache_bytes: 32 * 1024,
@@ -175,7 +207,7 @@ async fn target(env: Environment) -> turmoil::Result {
     }
 }
 
-fn sim_retry_policy() -> RetryPolicy {
+pub fn sim_retry_policy() -> RetryPolicy {
     RetryPolicy {
         attempt_timeout: Duration::from_secs(3),
         budget: Duration::from_secs(6),
@@ -194,6 +226,8 @@ pub struct Outcome {
     pub wall_seconds: f64,
     pub commands: u64,
     pub crashes: u32,
+    /// Where LUN 1 lived: "remote S3" or "embedded store".
+    pub store: &'static str,
     pub s3_requests: u64,
     pub trace_hash: u64,
     pub trace: Vec<String>,
@@ -260,7 +294,9 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         .build();
 
     let env = Environment {
+        store: if rng.chance(0.4) { Store::Embedded } else { Store::Remote },
         s3: MemS3::new(seed ^ 0x5353),
+        fs: CrashFs::new(),
         media: Media::default(),
         disk_faults: Arc::new(Mutex::new((DiskFaults::default(), Rng::seeded(seed ^ 0xd15c)))),
         shutdown: Arc::new(AtomicBool::new(false)),
@@ -269,6 +305,8 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         seed,
     };
     env.s3.create_bucket(BUCKET);
+    // Object stores answer in milliseconds (tens of them, at a distance).
+    env.s3.set_base_latency(Duration::from_millis(1 + rng.below(30)));
     let host_env = env.clone();
     sim.host("target", move || target(host_env.clone()));
 
@@ -291,6 +329,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
     let mut target_down = false;
     let mut repairs: Vec<(Duration, Repair)> = Vec::new();
     let mut next_fault = plan.mean_gap;
+    let mut next_image_check = IMAGE_CHECK_EVERY;
     let mut healed = false;
     let mut shutdown_asked = false;
     loop {
@@ -319,6 +358,13 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
                 apply_repair(&mut sim, &env, repair, &mut target_down, &shared, now);
             } else {
                 i += 1;
+            }
+        }
+        if env.store == Store::Remote && now >= next_image_check {
+            next_image_check = now + IMAGE_CHECK_EVERY;
+            if let Some(v) = check_recovery_image(&shared.borrow().model, &env, now) {
+                failure = Some(v);
+                break;
             }
         }
         if now >= heal_at && !healed {
@@ -359,6 +405,10 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         wall_seconds: started.elapsed().as_secs_f64(),
         commands: sh.commands,
         crashes,
+        store: match env.store {
+            Store::Remote => "remote S3",
+            Store::Embedded => "embedded store",
+        },
         s3_requests: env.s3.requests(),
         trace_hash: sh.hash,
         trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
@@ -387,7 +437,14 @@ fn inject(
         *target_down = true;
         sim.crash("target");
         shared.borrow_mut().model.crashed(turmoil::sim_elapsed().unwrap_or(now));
-        log("target crashed".into());
+        // The process dies; with the embedded store, every other time the machine loses power.
+        if env.store == Store::Embedded && rng.chance(0.5) {
+            env.fs.power_loss();
+            log("target crashed (power loss)".into());
+        } else {
+            env.fs.process_crash();
+            log("target crashed".into());
+        }
         repairs.push((lasting(rng, 4000), Repair::Bounce));
     } else if roll(rng, plan.partitions * 0.5) {
         sim.partition("target", init.as_str());
@@ -469,6 +526,26 @@ fn apply_repair(
     shared.borrow_mut().event(now, "fault", what);
 }
 
+/// How often the recovery image is checked (simulated time).
+const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Durability at every moment, not only at crashes: what recovery would make of LUN 1's
+/// objects were the target to die now holds every durable write (and nothing superseded).
+fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Option<String> {
+    let objects = env.s3.objects_with_metadata(BUCKET);
+    let image = match crate::recovery_image::recovery_image(&objects, "lun1", BLOCKS * BLOCK, CHUNK) {
+        Ok(image) => image,
+        Err(e) => return Some(format!("durability: the volume's logs cannot be replayed: {e}")),
+    };
+    for b in 0..BLOCKS {
+        let block = &image[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize];
+        if let Err(e) = model.check_after_crash(1, b, block, now) {
+            return Some(format!("durability: were the target to crash at {now:?}: {e}"));
+        }
+    }
+    None
+}
+
 /// Oracles checked once the run is over.
 fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option<String> {
     for (i, v) in shared.violations.iter().enumerate() {
@@ -485,20 +562,28 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
             ));
         }
     }
-    for (i, ok) in shared.recovered_after_heal.iter().enumerate() {
-        match ok {
-            Some(t) if *t <= heal_at + workload::LIVENESS_BOUND => {}
-            Some(t) => {
-                return Some(format!(
-                    "liveness: init{i} first completed I/O {:?} after the faults healed",
-                    *t - heal_at
-                ));
+    for (i, luns) in shared.recovered_after_heal.iter().enumerate() {
+        for (lun, ok) in luns.iter().enumerate() {
+            match ok {
+                Some(t) if *t <= heal_at + workload::LIVENESS_BOUND => {}
+                Some(t) => {
+                    return Some(format!(
+                        "liveness: init{i} first completed I/O on LUN {lun} {:?} after the faults healed",
+                        *t - heal_at
+                    ));
+                }
+                None => {
+                    return Some(format!("liveness: init{i} never completed I/O on LUN {lun} after the faults healed"));
+                }
             }
-            None => return Some(format!("liveness: init{i} never completed I/O after the faults healed")),
         }
     }
     // Invariant 6 once quiet: no log objects, no all-zero chunk objects.
-    for (key, body) in env.s3.objects(BUCKET) {
+    let objects = match env.store {
+        Store::Remote => env.s3.objects(BUCKET),
+        Store::Embedded => LocalRoot::inspect(&env.fs, Path::new(EMBEDDED_ROOT), BUCKET),
+    };
+    for (key, body) in objects {
         if key.contains("/log/") {
             return Some(format!("leak: log object {key} left after a clean shutdown"));
         }

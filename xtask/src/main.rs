@@ -17,6 +17,8 @@ commands:
   sim [--seed N | --seeds A..B] the deterministic simulation (turmoil): initiators, faults and S3
       [--duration 60s]          against the real engine, checked against a model; one line per seed
       [--profile smoke|long]    smoke: seeds 0..50 of 30 s; long: seeds 0..1000 of 120 s
+      [--scenario S]            world (default): one target, every fault; takeover: two targets
+                                on one S3 volume and a failover between them
       [--check-determinism]     run every seed twice and compare the trace hashes
       [--trace]                 print every event
       [--mutants | --mutant M]  plant each known bug in turn; report the seed that catches it
@@ -369,7 +371,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let fuzz_dir = root().join("fuzz");
-    for target in ["pdu_decode", "text_parse", "login"] {
+    for target in ["pdu_decode", "text_parse", "login", "volume_format"] {
         eprintln!("xtask: fuzzing {target} for {seconds}s");
         let corpus = fuzz_dir.join("corpus").join(target);
         // New inputs go to a scratch corpus; the checked-in corpus is the seed.

@@ -4,7 +4,7 @@
 //! and the simulation run the local store on it to check what survives a crash.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,9 @@ struct State {
     ops: u64,
     /// Operations from this one on fail, as if the process had died before it.
     dead_from: Option<u64>,
-    locks: BTreeSet<PathBuf>,
+    /// Held locks, each with the number of the guard that holds it.
+    locks: BTreeMap<PathBuf, u64>,
+    next_lock: u64,
 }
 
 /// The shared filesystem; clones see the same files.
@@ -54,7 +56,13 @@ impl CrashFs {
     pub fn new() -> CrashFs {
         let root = Node::Dir { entries: BTreeMap::new(), durable: BTreeMap::new() };
         CrashFs {
-            state: Arc::new(Mutex::new(State { nodes: vec![root], ops: 0, dead_from: None, locks: BTreeSet::new() })),
+            state: Arc::new(Mutex::new(State {
+                nodes: vec![root],
+                ops: 0,
+                dead_from: None,
+                locks: BTreeMap::new(),
+                next_lock: 0,
+            })),
         }
     }
 
@@ -172,11 +180,15 @@ impl ReadAt for Snapshot {
     }
 }
 
-struct Lock(CrashFs, PathBuf);
+struct Lock(CrashFs, PathBuf, u64);
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.0.lock_state().locks.remove(&self.1);
+        let mut st = self.0.lock_state();
+        // A guard of a crashed process may go after the next process took the lock.
+        if st.locks.get(&self.1) == Some(&self.2) {
+            st.locks.remove(&self.1);
+        }
     }
 }
 
@@ -273,10 +285,14 @@ impl Fs for CrashFs {
     }
 
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-        if !self.lock_state().locks.insert(path.to_path_buf()) {
+        let mut st = self.lock_state();
+        if st.locks.contains_key(path) {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked by another process"));
         }
-        Ok(Box::new(Lock(self.clone(), path.to_path_buf())))
+        st.next_lock += 1;
+        let n = st.next_lock;
+        st.locks.insert(path.to_path_buf(), n);
+        Ok(Box::new(Lock(self.clone(), path.to_path_buf(), n)))
     }
 }
 

@@ -12,7 +12,7 @@
 mod crash_fs;
 mod fs;
 mod legacy;
-mod object_file;
+pub(crate) mod object_file;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,6 +121,33 @@ impl LocalRoot {
 
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Every object of a bucket and its body, read without taking the store's lock (checks
+    /// of a store another party holds: the simulation's oracles). Damaged objects are left out.
+    pub fn inspect(fs: &dyn Fs, root: &Path, bucket: &str) -> BTreeMap<String, Bytes> {
+        let bucket_dir = root.join(bucket);
+        let mut out = BTreeMap::new();
+        let mut dirs = vec![bucket_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in fs.read_dir(&dir).unwrap_or_default() {
+                let path = dir.join(&e.name);
+                if e.is_dir {
+                    dirs.push(path);
+                    continue;
+                }
+                if e.name.starts_with(RESERVED_PREFIX) {
+                    continue;
+                }
+                let Ok(file) = fs.open(&path) else { continue };
+                let Ok(bytes) = fs::read_exact_at(&*file, 0, file.size() as usize) else { continue };
+                if object_file::parse_header(&bytes[..bytes.len().min(HEADER_BYTES)]).is_ok() {
+                    let key = path.strip_prefix(&bucket_dir).expect("below").to_string_lossy().into_owned();
+                    out.insert(key, Bytes::copy_from_slice(&bytes[HEADER_BYTES..]));
+                }
+            }
+        }
+        out
     }
 
     /// A bucket of this store (it must exist).

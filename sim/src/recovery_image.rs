@@ -1,0 +1,57 @@
+//! What a crash right now would leave of a volume: the chunk objects, and the logs replayed
+//! over them the way the volume recovers (oldest first, each record only where its log is newer
+//! than its chunk's stamp). The simulation checks it against the model at any moment, as if the
+//! target had died then: a durable write missing from it is lost, crash or not.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use rtgt::s3::volume::format::{self, CHUNKS_DIR, CRC_METADATA, LOG_DIR, Record};
+
+/// The volume's bytes as recovery would rebuild them, or why the logs cannot be replayed.
+pub fn recovery_image(
+    objects: &BTreeMap<String, (Bytes, BTreeMap<String, String>)>,
+    prefix: &str,
+    size: u64,
+    chunk: u64,
+) -> Result<Vec<u8>, String> {
+    let mut image = vec![0u8; size as usize];
+    let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
+    let chunks = format!("{prefix}/{CHUNKS_DIR}");
+    let logs = format!("{prefix}/{LOG_DIR}");
+    let mut replay = Vec::new();
+    for (key, (body, meta)) in objects {
+        if let Some(c) = format::key_number(key, &chunks) {
+            let at = (c * chunk) as usize;
+            let end = (at + body.len()).min(image.len());
+            image[at..end].copy_from_slice(&body[..end - at]);
+            stamps.insert(c, format::chunk_stamp(meta));
+        } else if let Some(seq) = format::key_number(key, &logs) {
+            let parsed = format::parse_log(body, meta.get(CRC_METADATA)).map_err(|e| format!("{key}: {e}"))?;
+            replay.push((seq, parsed.records));
+        }
+    }
+    replay.sort_by_key(|(seq, _)| *seq);
+    for (seq, records) in replay {
+        for record in records {
+            let (offset, len) = record.extent();
+            let end = (offset + len).min(size);
+            let mut at = offset;
+            // Piece by piece within each chunk: a record applies where its log is newer.
+            while at < end {
+                let piece_end = ((at / chunk + 1) * chunk).min(end);
+                if seq > stamps.get(&(at / chunk)).copied().unwrap_or(0) {
+                    let dst = &mut image[at as usize..piece_end as usize];
+                    match &record {
+                        Record::Data { data, .. } => {
+                            dst.copy_from_slice(&data[(at - offset) as usize..(piece_end - offset) as usize])
+                        }
+                        Record::Zero { .. } => dst.fill(0),
+                    }
+                }
+                at = piece_end;
+            }
+        }
+    }
+    Ok(image)
+}
