@@ -375,7 +375,11 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
             match plan.trouble {
                 Trouble::CutOff => s3.cut("a", Some(Cut::All)),
                 Trouble::LeaseCutOff => s3.cut("a", Some(Cut::Lease)),
-                Trouble::Crash => sim.crash("a"),
+                Trouble::Crash => {
+                    // A dead host's sockets send nothing (see world.rs: replays must be exact).
+                    sim.partition("a", "init");
+                    sim.crash("a");
+                }
                 Trouble::Nothing => {}
             }
             shared.borrow_mut().event_at(t, "world", format!("A: {:?}", plan.trouble));

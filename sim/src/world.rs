@@ -355,7 +355,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         while i < repairs.len() {
             if repairs[i].0 <= now || (now >= heal_at && !matches!(repairs[i].1, Repair::Bounce)) {
                 let (_, repair) = repairs.remove(i);
-                apply_repair(&mut sim, &env, repair, &mut target_down, &shared, now);
+                apply_repair(&mut sim, &env, &names, repair, &mut target_down, &shared, now);
             } else {
                 i += 1;
             }
@@ -373,7 +373,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
             // A target still down comes back now.
             if let Some(pos) = repairs.iter().position(|r| matches!(r.1, Repair::Bounce)) {
                 let (_, r) = repairs.remove(pos);
-                apply_repair(&mut sim, &env, r, &mut target_down, &shared, now);
+                apply_repair(&mut sim, &env, &names, r, &mut target_down, &shared, now);
             }
         }
         if now >= next_fault && now < heal_at && !target_down {
@@ -435,6 +435,12 @@ fn inject(
     if roll(rng, plan.crashes * 0.3) {
         *crashes += 1;
         *target_down = true;
+        // The dead host's sockets send nothing (as after a power loss or a hard stop): what
+        // they would send depends on the order tokio drops the host's tasks, which differs
+        // between runs in one process, and the simulation must replay exactly.
+        for name in names {
+            sim.partition("target", name.as_str());
+        }
         sim.crash("target");
         shared.borrow_mut().model.crashed(turmoil::sim_elapsed().unwrap_or(now));
         // The process dies; with the embedded store, every other time the machine loses power.
@@ -487,6 +493,7 @@ fn inject(
 fn apply_repair(
     sim: &mut turmoil::Sim<'_>,
     env: &Environment,
+    names: &[String],
     repair: Repair,
     target_down: &mut bool,
     shared: &Rc<RefCell<Shared>>,
@@ -507,6 +514,9 @@ fn apply_repair(
         }
         Repair::Bounce => {
             *target_down = false;
+            for name in names {
+                sim.repair("target", name.as_str());
+            }
             sim.bounce("target");
             "target restarted".into()
         }
