@@ -1,9 +1,10 @@
-//! The real default under `kill -9`: `rtgt serve` on a fresh data directory (the embedded
-//! store, the default S3 volume), writers mixing FUA writes, plain writes and SYNCHRONIZE
-//! CACHE, SIGKILL at a random moment, and the same command again. Every round the volume must
-//! open (without --force, within half a lease), and every block must hold the last write that
-//! was acknowledged as durable or a write issued after it: nothing lost, nothing torn, nothing
-//! older. Needs nothing but the rtgt binary.
+//! Crashes and takeovers with real processes. The real default under `kill -9`: `rtgt serve`
+//! on a fresh data directory (the embedded store, the default S3 volume), writers mixing FUA
+//! writes, plain writes and SYNCHRONIZE CACHE, SIGKILL at a random moment, and the same command
+//! again. Every round the volume must open (without --force, within half a lease), and every
+//! block must hold the last write that was acknowledged as durable or a write issued after it:
+//! nothing lost, nothing torn, nothing older. And a forced takeover by a second target. Needs
+//! nothing but the rtgt binary.
 // These tests drive a real process: deadlines are wall-clock time.
 #![allow(clippy::disallowed_methods)]
 
@@ -283,4 +284,163 @@ async fn verify_into(portal: SocketAddr, model: &Arc<Mutex<Model>>, round: usize
         );
     }
     *model.lock().unwrap() = m;
+}
+
+/// The takeover that lost 7,817 of 8,192 durable blocks: target A serves an S3 volume (here the
+/// local store over HTTP, `rtgt s3-server`, a store outside both targets) to a writer using FUA
+/// and SYNCHRONIZE CACHE; target B, another node, opens the same volume with `--force`. The
+/// writer keeps using A until B serves, then reads everything back through B: every write A
+/// acknowledged as durable must be there. A, which lost its lease, answers NOT READY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_takeover_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s3_root = dir.path().join("s3");
+    std::fs::create_dir_all(s3_root.join("vols")).expect("bucket");
+    let s3_port = free_port();
+    let log = dir.path().join("serve.log");
+    let logfile = || std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log");
+    let mut s3 = Serve(
+        Command::new(BIN)
+            .args(["s3-server", "--listen", &format!("127.0.0.1:{s3_port}"), "--root"])
+            .arg(&s3_root)
+            .stdout(Stdio::null())
+            .stderr(logfile())
+            .spawn()
+            .expect("start rtgt s3-server"),
+    );
+    let config = |name: &str, portal: SocketAddr| {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).expect("data dir");
+        let text = format!(
+            "[server]\ndata_dir = {:?}\n\n[api]\nlisten = \"off\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{portal}\"]\n\n\
+             [[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\nbackend = \"s3\"\nurl = \"s3://vols/v\"\n\
+             endpoint = \"http://127.0.0.1:{s3_port}\"\nregion = \"us-east-1\"\naccess_key_id = \"rtgt\"\n\
+             secret_access_key = \"rtgt-embedded-secret\"\nsize = \"16MiB\"\ncreate = true\n",
+            data.display().to_string()
+        );
+        let path = data.join("rtgt.toml");
+        std::fs::write(&path, text).expect("config");
+        path
+    };
+    let start = |config: &Path, force: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(config).env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(logfile());
+        if force {
+            cmd.arg("--force");
+        }
+        Serve(cmd.spawn().expect("start rtgt serve"))
+    };
+    let (portal_a, portal_b): (SocketAddr, SocketAddr) =
+        (format!("127.0.0.1:{}", free_port()).parse().unwrap(), format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let _a = start(&config("a", portal_a), false);
+    wait_until_served(portal_a, Instant::now()).await;
+
+    const BLOCKS: u64 = 2048;
+    let model = Arc::new(Mutex::new(Model { blocks: vec![BlockModel::new(); BLOCKS as usize] }));
+    let next_id = Arc::new(Mutex::new(0u64));
+    let b_serves = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (model, next_id, b_serves) = (model.clone(), next_id.clone(), b_serves.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng::seeded(77);
+            let mut session = None;
+            let mut acked: Vec<(u64, u64)> = Vec::new();
+            let (mut durable_acks, mut refused) = (0u64, 0u64);
+            for n in 0u64.. {
+                if b_serves.load(std::sync::atomic::Ordering::Relaxed) {
+                    return (durable_acks, refused);
+                }
+                if session.is_none() {
+                    session = login(portal_a, 0x300).await;
+                    if session.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                let s = session.as_ref().expect("session");
+                let blocks = 1 + rng.below(8);
+                let lba = rng.below(BLOCKS - blocks);
+                let id = {
+                    let mut next = next_id.lock().unwrap();
+                    *next += 1;
+                    *next
+                };
+                let mut data = Vec::new();
+                {
+                    let mut m = model.lock().unwrap();
+                    for b in lba..lba + blocks {
+                        data.extend_from_slice(&block(b, id));
+                        m.issued(b, id);
+                    }
+                }
+                let fua = n % 3 == 0;
+                let cdb = rtgt::initiator::rw16(0x8a, lba, blocks as u32, if fua { 0x08 } else { 0 });
+                match s.command(LUN, &cdb, Bytes::from(data), 0).await {
+                    Ok(r) if r.status == 0 && fua => {
+                        let mut m = model.lock().unwrap();
+                        (lba..lba + blocks).for_each(|b| m.durable(b, id));
+                        durable_acks += 1;
+                    }
+                    Ok(r) if r.status == 0 => acked.extend((lba..lba + blocks).map(|b| (b, id))),
+                    Ok(_) => refused += 1, // NOT READY once A's lease is gone, or a unit attention
+                    Err(_) => session = None,
+                }
+                if n % 8 == 7
+                    && let Some(s) = session.as_ref()
+                    && matches!(s.command(LUN, &rtgt::initiator::rw16(0x91, 0, 0, 0), Bytes::new(), 0).await, Ok(r) if r.status == 0)
+                {
+                    let mut m = model.lock().unwrap();
+                    for (b, id) in acked.drain(..) {
+                        m.durable(b, id);
+                    }
+                    durable_acks += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            unreachable!()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let _b = start(&config("b", portal_b), true);
+    // B waits out A's lease (30 s and a request's lifetime) before its first write.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(s) = login(portal_b, 0x301).await {
+            let ready = matches!(s.command(LUN, &[0; 6], Bytes::new(), 0).await, Ok(r) if r.status == 0)
+                || matches!(s.command(LUN, &[0; 6], Bytes::new(), 0).await, Ok(r) if r.status == 0);
+            let _ = s.logout().await;
+            if ready {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "B never served the volume");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = started.elapsed();
+    b_serves.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (durable_acks, refused) = writer.await.expect("writer");
+    // Through B: every durable write of A's.
+    let s = login(portal_b, 0x302).await.expect("login to B");
+    s.clear_unit_attentions(LUN).await.expect("B serves");
+    let data = s.read(LUN, 0, BLOCKS as u32, BLOCK as u32).await.expect("read through B");
+    let mut m = model.lock().unwrap();
+    for lba in 0..BLOCKS {
+        let id = decode(lba, &data[lba as usize * BLOCK..(lba as usize + 1) * BLOCK]).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = m.check(lba, id) {
+            panic!("after the takeover: {e}\nlog:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+    }
+    // A lost its lease: it serves NOT READY now.
+    let a = login(portal_a, 0x303).await.expect("login to A");
+    let mut tur = a.command(LUN, &[0; 6], Bytes::new(), 0).await.expect("TUR");
+    if tur.sense_code().map(|c| c.0) == Some(0x6) {
+        tur = a.command(LUN, &[0; 6], Bytes::new(), 0).await.expect("TUR");
+    }
+    assert_eq!(tur.sense_code(), Some((0x2, 0x04, 0x01)), "A, whose lease was taken, is NOT READY");
+    eprintln!(
+        "forced takeover: B served {took:?} after its start; A acknowledged {durable_acks} FUA writes and SYNCs, \
+         refused {refused} commands after losing its lease; all {BLOCKS} blocks hold their last durable write or later"
+    );
+    s3.kill();
 }
