@@ -424,11 +424,14 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
     let s = login(portal_b, 0x302).await.expect("login to B");
     s.clear_unit_attentions(LUN).await.expect("B serves");
     let data = s.read(LUN, 0, BLOCKS as u32, BLOCK as u32).await.expect("read through B");
-    let mut m = model.lock().unwrap();
-    for lba in 0..BLOCKS {
-        let id = decode(lba, &data[lba as usize * BLOCK..(lba as usize + 1) * BLOCK]).unwrap_or_else(|e| panic!("{e}"));
-        if let Err(e) = m.check(lba, id) {
-            panic!("after the takeover: {e}\nlog:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    {
+        let mut m = model.lock().unwrap();
+        for lba in 0..BLOCKS {
+            let id =
+                decode(lba, &data[lba as usize * BLOCK..(lba as usize + 1) * BLOCK]).unwrap_or_else(|e| panic!("{e}"));
+            if let Err(e) = m.check(lba, id) {
+                panic!("after the takeover: {e}\nlog:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
         }
     }
     // A lost its lease: it serves NOT READY now.
