@@ -357,15 +357,13 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     let mut failure = None;
     let (mut troubled, mut healed, mut asked) = (false, false, false);
     loop {
-        if let Err(e) = sim.step() {
-            failure = Some(format!("a host failed: {e}"));
-            break;
-        }
-        let t = sim.elapsed();
-        if let Some(p) = crate::panics::first() {
-            failure = Some(format!("panic: {p}"));
-            break;
-        }
+        let t = match crate::world::step(&mut sim) {
+            Ok(t) => t,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
         if let Some(v) = shared.borrow_mut().violation.take() {
             failure = Some(v);
             break;

@@ -333,19 +333,13 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
     let mut healed = false;
     let mut shutdown_asked = false;
     loop {
-        match sim.step() {
-            Ok(true) => {}
-            Ok(false) => {}
+        let now = match step(&mut sim) {
+            Ok(now) => now,
             Err(e) => {
-                failure = Some(format!("a host failed: {e}"));
+                failure = Some(e);
                 break;
             }
-        }
-        let now = sim.elapsed();
-        if let Some(p) = crate::panics::first() {
-            failure = Some(format!("panic: {p}"));
-            break;
-        }
+        };
         if let Some(v) = shared.borrow_mut().violation.take() {
             failure = Some(v);
             break;
@@ -412,6 +406,15 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         s3_requests: env.s3.requests(),
         trace_hash: sh.hash,
         trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
+    }
+}
+
+/// One step of a world: a host's error or a panic anywhere ends the run. The simulated time.
+pub fn step(sim: &mut turmoil::Sim<'_>) -> Result<Duration, String> {
+    sim.step().map_err(|e| format!("a host failed: {e}"))?;
+    match crate::panics::first() {
+        Some(p) => Err(format!("panic: {p}")),
+        None => Ok(sim.elapsed()),
     }
 }
 
