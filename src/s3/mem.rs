@@ -38,6 +38,8 @@ struct State {
     rng: Rng,
     /// Mutations of keys under these prefixes wait until released.
     held: Vec<String>,
+    /// DELETEs of keys under this prefix fail for good.
+    undeletable: Option<String>,
 }
 
 /// A bucket in memory. Listing pages hold at most `page_size` keys.
@@ -69,6 +71,7 @@ impl MemObjectStore {
                 faults,
                 rng: Rng::seeded(seed),
                 held: Vec::new(),
+                undeletable: None,
             }),
             page_size: 1000,
             released: tokio::sync::Notify::new(),
@@ -79,6 +82,11 @@ impl MemObjectStore {
     /// [`MemObjectStore::release_all`].
     pub fn hold(&self, prefix: &str) {
         self.lock().held.push(prefix.to_string());
+    }
+
+    /// Makes DELETEs of keys under `prefix` fail (None: they work again).
+    pub fn refuse_deletes(&self, prefix: Option<&str>) {
+        self.lock().undeletable = prefix.map(str::to_string);
     }
 
     pub fn release_all(&self) {
@@ -164,6 +172,9 @@ impl MemObjectStore {
 
     fn delete_sync(&self, key: &str) -> ObjResult<()> {
         let mut st = self.lock();
+        if st.undeletable.as_ref().is_some_and(|p| key.starts_with(p.as_str())) {
+            return Err(ObjectError::failed("refused delete"));
+        }
         let fault = Self::roll(&mut st, true);
         match fault {
             Fault::Fail => return Err(ObjectError::transient("injected failure")),

@@ -11,6 +11,24 @@ use super::{MERGE_PARALLEL, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::{StoreError, StoreResult};
 
+/// What a merge is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Merge {
+    /// Make the cache's data durable in the chunk's object, stamped with the newest sequence
+    /// number.
+    Normal,
+    /// Replay after a crash, midway: the chunk holds every record of the logs up to `stamp`;
+    /// a chunk found zero is not deleted yet (see `recovery.rs`).
+    Replaying { stamp: u64 },
+}
+
+/// How one merge attempt ended.
+enum Merged {
+    Done,
+    /// The chunk was found zero but written since: merge it again.
+    Superseded,
+}
+
 impl S3Volume {
     // ---- merging ----
 
@@ -18,12 +36,27 @@ impl S3Volume {
     /// or a DELETE if it is all zeros (after a zero record in the log, when logs may still
     /// hold older records for it).
     pub(super) async fn merge_chunk(&self, c: u64) -> StoreResult<()> {
-        self.merge_chunk_stamped(c, None).await
+        self.merge_chunk_as(c, Merge::Normal).await
     }
 
-    /// [`S3Volume::merge_chunk`], stamping the chunk with `stamp` instead of the newest
-    /// sequence number (replay, which knows which logs the chunk includes).
-    pub(super) async fn merge_chunk_stamped(&self, c: u64, stamp: Option<u64>) -> StoreResult<()> {
+    /// [`S3Volume::merge_chunk`] as `how` says. On return what the cache held of the chunk when
+    /// it was called is in the chunk's object (or the chunk is deleted, or, replaying, kept as
+    /// zeros): a merge that found the chunk zero but written since starts over.
+    pub(super) async fn merge_chunk_as(&self, c: u64, how: Merge) -> StoreResult<()> {
+        loop {
+            match self.merge_once(c, how).await? {
+                Merged::Done => return Ok(()),
+                Merged::Superseded => continue,
+            }
+        }
+    }
+
+    /// One attempt of [`S3Volume::merge_chunk_as`].
+    async fn merge_once(&self, c: u64, how: Merge) -> StoreResult<Merged> {
+        let stamp = match how {
+            Merge::Normal => None,
+            Merge::Replaying { stamp } => Some(stamp),
+        };
         // Every merge holds two chunk buffers: a bounded number at once.
         let _slot = self.merge_slots.acquire().await.expect("never closed");
         let _claim = self.claim(&[c]).await;
@@ -43,7 +76,7 @@ impl S3Volume {
                 _ => None,
             }
         };
-        let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(()) };
+        let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(Merged::Done) };
         let _buffers = self.buffers(2 * chunk_len as u64);
         // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
@@ -58,6 +91,12 @@ impl S3Volume {
             self.install(c, &full);
         }
         let zero = full.iter().all(|&b| b == 0);
+        if zero && matches!(how, Merge::Replaying { .. }) {
+            // Older logs may still hold data for it, and no zero record can be numbered
+            // between them: keep it as zeros (no pages) until every log is applied.
+            self.drop_zero_pages(c);
+            return Ok(Merged::Done);
+        }
         let key = format::chunk_key(&self.url, c);
         // A zero chunk has no object to carry a stamp: a zero record in the log keeps older
         // records from resurrecting its data after a crash. The log lock is held until the
@@ -67,7 +106,8 @@ impl S3Volume {
         let result = if zero {
             let (seq, still_zero) = self.log_zeros(&[(c, generation)]).await.map_err(|e| self.flush_failed(c, e))?;
             if still_zero.is_empty() {
-                return Ok(()); // written meanwhile: a later merge takes it
+                // Written meanwhile (and maybe logged): no zero record may come after that.
+                return Ok(Merged::Superseded);
             }
             settle_at = seq;
             if exists { self.store.delete(&key).await } else { Ok(()) }
@@ -89,7 +129,7 @@ impl S3Volume {
                     cache.exists.insert(c);
                 }
                 self.settle_merged(&mut cache, c, settle_at, generation);
-                Ok(())
+                Ok(Merged::Done)
             }
             Err(e) => {
                 if matches!(e, ObjectError::Indeterminate(_)) {
@@ -125,6 +165,16 @@ impl S3Volume {
         e.valid = Bits::Full;
         cache.page_bytes += (allocated * PAGE) as u64;
         self.note_cache(&cache);
+    }
+
+    /// Frees the pages of a chunk entry that hold only zeros (zeros need none).
+    fn drop_zero_pages(&self, c: u64) {
+        let mut cache = self.cache();
+        let Some(e) = cache.entries.get_mut(&c) else { return };
+        let before = e.pages.len();
+        e.pages.retain(|_, p| p.iter().any(|&b| b != 0));
+        let freed = (before - e.pages.len()) * PAGE;
+        cache.page_bytes -= freed as u64;
     }
 
     pub(super) fn mark_merged(&self, cache: &mut Cache, c: u64, generation: u64) {

@@ -15,7 +15,7 @@ mod fence;
 pub mod format;
 pub mod lease;
 mod log;
-mod merge;
+pub(super) mod merge;
 mod recovery;
 mod unmap;
 

@@ -5,7 +5,12 @@
 //! chunk's stamp. When the cache would overflow, the chunks replayed so far are merged and
 //! evicted, each stamped with the last log whose records for it are all applied: should the
 //! process die before the logs are deleted, the next replay applies everything newer again,
-//! and applying records in order is the same however often it is repeated.
+//! and applying records in order is the same however often it is repeated. A chunk found zero
+//! midway is not deleted then (its object may be all that keeps older log records from coming
+//! back, and no zero record can be numbered between the old logs): it stays in the cache, as
+//! zeros, which take no pages. Once every log is applied the old logs become the volume's own,
+//! the chunks are merged as usual (zero ones deleted after a zero record numbered after all the
+//! old logs), and the logs, all settled, are deleted oldest first.
 //!
 //! A log that fails its checks is replayed if it proves it is whole anyway (a log of an older
 //! rtgt whose metadata the old store lost), dropped with a warning if it provably was never
@@ -19,6 +24,7 @@ use bytes::Bytes;
 
 use super::cache::PAGE;
 use super::format::{self, LOG_DIR, LogDamage, Record};
+use super::merge::Merge;
 use super::{OpenError, S3Volume};
 use crate::s3::ObjectError;
 
@@ -42,22 +48,40 @@ impl S3Volume {
         // the cache (or merged).
         let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
         let mut through: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut replayed: Vec<(u64, BTreeSet<u64>)> = Vec::new();
         for (i, (seq, key)) in logs.iter().enumerate() {
             let newest_of_epoch =
                 logs.get(i + 1).is_none_or(|(next, _)| format::epoch_of(*next) != format::epoch_of(*seq));
-            let Some(records) = self.read_log(*seq, key, newest_of_epoch).await? else { continue };
+            let Some(records) = self.read_log(*seq, key, newest_of_epoch).await? else {
+                // Dropped: nothing of it is applied; it is deleted with the others.
+                replayed.push((*seq, BTreeSet::new()));
+                continue;
+            };
             let mut touched = BTreeSet::new();
             for record in records {
                 self.replay(*seq, key, &record, &mut stamps, &through, &mut touched).await?;
             }
-            for c in touched {
+            for &c in &touched {
                 through.insert(c, *seq);
+            }
+            replayed.push((*seq, touched));
+        }
+        // Every log is applied: they are this volume's logs now, settled as their chunks merge.
+        {
+            let dirty: BTreeSet<u64> = self.dirty_chunks().into_iter().collect();
+            let mut cache = self.cache();
+            for (seq, touched) in replayed {
+                let unsettled = touched.intersection(&dirty).copied().collect();
+                cache.logs.insert(seq, super::cache::LogInfo { unsettled, bytes: 0, pending: false });
             }
         }
         let dirty = self.dirty_chunks();
-        self.merge_replayed(&dirty, &stamps, &through).await?;
-        for (_, key) in &logs {
-            self.store.delete(key).await.map_err(|e| unavailable(format!("cannot delete {key}: {e}")))?;
+        let merged = self.merge_chunks(&dirty).await;
+        merged.map_err(|e| unavailable(format!("cannot merge the replayed log: {e}")))?;
+        let deleted = self.delete_settled_logs().await;
+        deleted.map_err(|e| unavailable(format!("cannot delete the replayed logs: {e}")))?;
+        if let Some(seq) = self.cache().logs.keys().next() {
+            return Err(unavailable(format!("log {seq:x} is still needed after the replay")));
         }
         tracing::info!(volume = %self.url, chunks = through.len(), "log replayed");
         Ok(())
@@ -156,7 +180,7 @@ impl S3Volume {
         for group in chunks.chunks(super::MERGE_PARALLEL) {
             let merges = group.iter().map(|&c| {
                 let stamp = through.get(&c).or(stamps.get(&c)).copied().unwrap_or(0);
-                self.merge_chunk_stamped(c, Some(stamp))
+                self.merge_chunk_as(c, Merge::Replaying { stamp })
             });
             for r in futures::future::join_all(merges).await {
                 r.map_err(|e| OpenError::Unavailable(format!("cannot merge the replayed log: {e}")))?;

@@ -386,6 +386,38 @@ async fn a_zero_merge_racing_a_logged_write_keeps_the_write() {
     assert_eq!(v.read(0, 512).await.unwrap(), block(0));
 }
 
+/// A SYNCHRONIZE CACHE whose merge finds the chunk zero but written meanwhile must still
+/// return only once the chunk's data is durable: the merge starts over instead of giving up.
+#[tokio::test(start_paused = true)]
+async fn a_sync_whose_zero_merge_is_overtaken_is_still_durable() {
+    let h = Harness::new();
+    let chunk = 8 * 1024u64; // 16 blocks
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    let mut first = vec![0u8; chunk as usize];
+    first[..BS as usize].fill(0xaa);
+    v.write(0, Bytes::from(first), false).await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    // Zeros over ten blocks (block 0's data among them): mostly unlogged, so SYNC merges.
+    v.write(0, Bytes::from(vec![0u8; (10 * BS) as usize]), false).await.unwrap();
+    h.mem.hold("vol/chunks/");
+    let sync = start({
+        let v = v.clone();
+        async move { v.flush().await }
+    })
+    .await;
+    h.mem.release_all();
+    h.mem.hold("vol/chunks/"); // the merge's fetch is under way
+    v.write(12 * BS, block(0xcc), false).await.unwrap();
+    h.mem.release_all();
+    sync.await.unwrap().unwrap();
+    v.simulate_crash();
+    drop(v);
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    assert_eq!(v.read(0, BS as usize).await.unwrap(), block(0), "the zeros the SYNC covered are durable");
+}
+
 /// A SYNCHRONIZE CACHE dropped while its log PUT is in flight (its session went away) must
 /// not keep every later log from being deleted.
 #[tokio::test(start_paused = true)]
@@ -408,6 +440,38 @@ async fn a_cancelled_log_write_does_not_pin_the_logs() {
     v.delete_settled_logs().await.unwrap();
     assert_eq!(v.log_count(), 0, "every log is deleted once its chunks are merged");
     assert_eq!(v.read(512, 1024).await.unwrap(), [block(1), block(2)].concat());
+}
+
+/// Replay deletes a chunk it finds zero only after a zero record: an older log may still hold
+/// data for it (the chunk's object had made it stale), and a crash before that log is deleted
+/// would bring the data back. Here the logs cannot be deleted (the open fails after the
+/// merges), and the next open must still read zeros.
+#[tokio::test(start_paused = true)]
+async fn replay_deletes_a_zero_chunk_only_after_a_zero_record() {
+    let h = Harness::new();
+    let chunk = 8 * 1024u64; // 16 blocks
+    let big_cache = VolumeOptions { cache_bytes: 1 << 20, ..h.options(chunk, 8, "a") };
+    let v = h.open_with(big_cache.clone()).await.unwrap();
+    // Log 1: block 38 (chunk 2) and block 80 (chunk 5), which keeps the log alive.
+    v.write(38 * BS, block(0x44), false).await.unwrap();
+    v.write(80 * BS, block(0x55), false).await.unwrap();
+    v.flush().await.unwrap();
+    // Chunk 2's object: block 32 written, 33-47 zeros (block 38's data is stale in log 1).
+    let mut piece = vec![0u8; (16 * BS) as usize];
+    piece[..BS as usize].fill(0x66);
+    v.write(32 * BS, Bytes::from(piece), false).await.unwrap();
+    v.merge_chunks(&[2]).await.unwrap();
+    // Log 2: block 32 zeroed: chunk 2 is all zeros now.
+    v.write(32 * BS, block(0), false).await.unwrap();
+    v.flush().await.unwrap();
+    v.simulate_crash();
+    drop(v);
+    h.mem.refuse_deletes(Some("vol/log/"));
+    assert!(h.open_with(big_cache.clone()).await.is_err(), "the logs cannot be deleted");
+    h.mem.refuse_deletes(None);
+    let v = h.open_with(big_cache).await.unwrap();
+    assert_eq!(v.read(32 * BS, (16 * BS) as usize).await.unwrap(), vec![0u8; (16 * BS) as usize]);
+    assert_eq!(v.read(80 * BS, BS as usize).await.unwrap(), block(0x55));
 }
 
 #[tokio::test(start_paused = true)]
