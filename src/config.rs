@@ -836,12 +836,22 @@ impl Config {
         crate::server::supervisor::Placeholder::new(config, l.size.map(|s| s.0), why)
     }
 
-    /// Opens a LUN anew at every call (for its supervisor).
+    /// Opens a LUN anew at every call (for its supervisor). `force` takes an S3 volume over
+    /// until it is first open: a volume another target took later is not taken back by force.
     pub fn opener(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> crate::server::supervisor::Opener {
         let (config, target, lun, ctx) = (self.clone(), target.to_string(), l.clone(), ctx.clone());
+        let force = Arc::new(std::sync::atomic::AtomicBool::new(l.force));
         Arc::new(move || {
-            let (config, target, lun, ctx) = (config.clone(), target.clone(), lun.clone(), ctx.clone());
-            Box::pin(async move { config.open_lun(&target, &lun, &ctx).await })
+            let (config, target, mut lun, ctx, force) =
+                (config.clone(), target.clone(), lun.clone(), ctx.clone(), force.clone());
+            lun.force = force.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                let opened = config.open_lun(&target, &lun, &ctx).await;
+                if opened.is_ok() {
+                    force.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                opened
+            })
         })
     }
 

@@ -205,7 +205,15 @@ impl S3Target {
             let _ = a.await;
         }
         drop(self.server);
-        assert_eq!(Arc::strong_count(&self.root), 1, "nothing holds the store after shutdown");
+        // Blocking jobs of the store finish on their own; then nothing holds it (nor its lock).
+        let released = async {
+            while Arc::strong_count(&self.root) > 1 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), released)
+            .await
+            .expect("something keeps the store after shutdown");
     }
 }
 
@@ -287,6 +295,16 @@ async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
     assert!(!request.contains("x-amz-checksum-"), "{request}");
 }
 
+/// Waits until nothing holds a local store any more (its blocking jobs finish on their own).
+async fn released(root: &std::sync::Weak<LocalRoot>) {
+    let gone = async {
+        while root.upgrade().is_some() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), gone).await.expect("something keeps the store");
+}
+
 /// A log damaged on disk (not cut short by a crash: whole but wrong) stops the volume from
 /// opening, with a way out that names it: `rtgt volume discard-log`, after which it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,13 +315,16 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
         let url = S3Url::parse("s3://vols/disk").unwrap();
         S3Volume::open(store, url, options("one"), Arc::new(TokioClock::new()))
     };
-    {
+    let gone = {
         let root = embedded::open_root(dir.path()).unwrap();
         root.create_bucket("vols").unwrap();
         let v = open(&root).await.unwrap();
         v.write(0, Bytes::from(vec![3u8; 4096]), true).await.unwrap(); // logged
         v.simulate_crash();
-    }
+        Arc::downgrade(&root)
+    };
+    // The store's lock goes with its last user (a blocking job may still be finishing).
+    released(&gone).await;
     let log_dir = dir.path().join("vols/disk/log");
     let log = std::fs::read_dir(&log_dir).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&log).unwrap();
@@ -311,10 +332,11 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
     bytes[at] ^= 0xff;
     std::fs::write(&log, bytes).unwrap();
 
-    let err = {
+    let (err, gone) = {
         let root = embedded::open_root(dir.path()).unwrap();
-        open(&root).await.err().unwrap().to_string()
+        (open(&root).await.err().unwrap().to_string(), Arc::downgrade(&root))
     };
+    released(&gone).await;
     assert!(err.contains("damaged") && err.contains("rtgt volume discard-log s3://vols/disk"), "{err}");
     let seq = err.rsplit(' ').next().unwrap().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))

@@ -226,7 +226,7 @@ impl Manager {
                 tokio::spawn(supervise(scsi, l.lun, open, placeholder, None, Some(tx), clock))
             }
             None => {
-                let lu = config.open_lun(&entry.name, l, &self.ctx).await?;
+                let lu = open().await?;
                 entry.scsi.add_lun(l.lun, lu.clone())?;
                 tokio::spawn(supervise(scsi, l.lun, open, placeholder, Some(lu), None, clock))
             }

@@ -104,7 +104,7 @@ impl<S: ObjectStore> Resilient<S> {
                     attempt += 1;
                 }
                 // An earlier attempt may have done it: the caller must find out.
-                Err(e @ (ObjectError::PreconditionFailed | ObjectError::Fenced(_))) if uncertain => {
+                Err(e) if uncertain && e != ObjectError::NotFound => {
                     return Err(ObjectError::Indeterminate(format!("{e} after an uncertain attempt")));
                 }
                 Err(e) => {

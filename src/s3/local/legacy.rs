@@ -58,7 +58,8 @@ pub(super) fn convert(root: &LocalRoot) -> io::Result<()> {
             };
             let file = root.fs.open(&path)?;
             let body = fs::read_exact_at(&*file, 0, file.size() as usize)?;
-            root.put_file(&path, &body, metadata, &Condition::None).map_err(io::Error::other)?;
+            root.put_file(&path, &body, metadata, &Condition::None, &super::Caller::default())
+                .map_err(io::Error::other)?;
             converted += 1;
         }
     }

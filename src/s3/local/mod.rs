@@ -219,17 +219,23 @@ impl LocalRoot {
 
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        job: impl FnOnce(&LocalRoot) -> ObjResult<T> + Send + 'static,
+        job: impl FnOnce(&LocalRoot, &Caller) -> ObjResult<T> + Send + 'static,
     ) -> ObjResult<T> {
         match self.offload {
-            Offload::Inline => job(self),
+            Offload::Inline => job(self, &Caller::default()),
             Offload::BlockingPool => {
                 let me = self.clone();
-                // The production adapter: file I/O runs off the async workers. A caller that
-                // goes away does not cancel it: the operation completes or fails as a whole.
+                let caller = Caller::default();
+                let gone = GoneOnDrop(caller.clone());
+                // The production adapter: file I/O runs off the async workers. The job goes on
+                // if its caller goes away (timed out, cancelled), but changes nothing visible
+                // after that: a retry that came later must not be overtaken by it.
                 #[allow(clippy::disallowed_methods)]
-                let handle = tokio::task::spawn_blocking(move || job(&me));
-                handle.await.map_err(|e| ObjectError::failed(format!("local store operation failed: {e}")))?
+                let handle = tokio::task::spawn_blocking(move || job(&me, &caller));
+                let result =
+                    handle.await.map_err(|e| ObjectError::failed(format!("local store operation failed: {e}")))?;
+                std::mem::forget(gone);
+                result
             }
         }
     }
@@ -262,6 +268,7 @@ impl LocalRoot {
         body: &[u8],
         metadata: BTreeMap<String, String>,
         condition: &Condition,
+        caller: &Caller,
     ) -> ObjResult<Option<String>> {
         let dir = path.parent().expect("object paths have a parent");
         self.ensure_dir(dir).map_err(|e| conflict_or(e, "cannot create the key's directory"))?;
@@ -274,7 +281,7 @@ impl LocalRoot {
         self.fs.write_new(&temp, &[&header, body], sync).map_err(|e| conflict_or(e, "cannot write the object"))?;
         let renamed = {
             let _serial = self.mutate.lock().expect("poisoned");
-            self.check(path, condition).and_then(|()| {
+            caller.waiting().and_then(|()| self.check(path, condition)).and_then(|()| {
                 self.fs.rename(&temp, path).map_err(|e| conflict_or(e, "cannot rename the object into place"))
             })
         };
@@ -307,13 +314,13 @@ impl LocalRoot {
 
     /// Removes objects, then makes each directory's state durable: a key found missing may be
     /// one whose removal a crash left unsynced. Per key: the result.
-    fn remove_files(&self, paths: &[(String, ObjResult<PathBuf>)]) -> DeleteResults {
+    fn remove_files(&self, paths: &[(String, ObjResult<PathBuf>)], caller: &Caller) -> DeleteResults {
         let mut results: Vec<(String, ObjResult<()>)> = Vec::new();
         let mut dirs: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
         {
             let _serial = self.mutate.lock().expect("poisoned");
             for (key, path) in paths {
-                let result = path.clone().and_then(|path| {
+                let result = caller.waiting().and(path.clone()).and_then(|path| {
                     let dir = path.parent().expect("has a parent");
                     match self.fs.remove_file(&path) {
                         Err(e) if !is_absent(&e) => return Err(io_err(e, "cannot delete the object")),
@@ -382,6 +389,30 @@ fn is_absent(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
 }
 
+/// Whether the caller of an operation still waits for it.
+#[derive(Clone, Default)]
+struct Caller(Arc<std::sync::atomic::AtomicBool>);
+
+impl Caller {
+    /// Ok while the caller waits; checked under the store's lock before anything becomes
+    /// visible.
+    fn waiting(&self) -> ObjResult<()> {
+        match self.0.load(Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err(ObjectError::failed("the caller gave up: nothing changed")),
+        }
+    }
+}
+
+/// Marks the caller gone when dropped (its future was cancelled or timed out).
+struct GoneOnDrop(Caller);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// A key that collides with another (a file where a directory is needed, or the reverse).
 fn conflict_or(e: io::Error, what: &str) -> ObjectError {
     match e.kind() {
@@ -429,7 +460,7 @@ impl ObjectStore for LocalStore {
         Box::pin(async move {
             let path = path?;
             self.root
-                .run(move |root| {
+                .run(move |root, _| {
                     let (file, desc) = root.read_description(&path)?.ok_or(ObjectError::NotFound)?;
                     let (from, to) = match range {
                         None => (0, desc.size),
@@ -463,7 +494,7 @@ impl ObjectStore for LocalStore {
         let path = self.path(key);
         Box::pin(async move {
             let path = path?;
-            self.root.run(move |root| root.put_file(&path, &body, metadata, &condition)).await
+            self.root.run(move |root, caller| root.put_file(&path, &body, metadata, &condition, caller)).await
         })
     }
 
@@ -477,7 +508,7 @@ impl ObjectStore for LocalStore {
 
     fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         let paths: Vec<(String, ObjResult<PathBuf>)> = keys.into_iter().map(|k| (k.clone(), self.path(&k))).collect();
-        Box::pin(async move { self.root.run(move |root| Ok(root.remove_files(&paths))).await })
+        Box::pin(async move { self.root.run(move |root, caller| Ok(root.remove_files(&paths, caller))).await })
     }
 
     fn list(&self, prefix: &str, _continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {
@@ -485,7 +516,7 @@ impl ObjectStore for LocalStore {
         let bucket_dir = self.bucket_dir();
         Box::pin(async move {
             self.root
-                .run(move |root| {
+                .run(move |root, _| {
                     // Start at the deepest directory the prefix names.
                     let start = match prefix.rfind('/') {
                         Some(i) => bucket_dir.join(&prefix[..i]),
@@ -506,7 +537,7 @@ impl ObjectStore for LocalStore {
         Box::pin(async move {
             let path = path?;
             self.root
-                .run(move |root| {
+                .run(move |root, _| {
                     let (_, desc) = root.read_description(&path)?.ok_or(ObjectError::NotFound)?;
                     Ok(ObjectMeta { size: desc.size, etag: Some(desc.etag), metadata: desc.metadata })
                 })

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -263,4 +264,89 @@ async fn an_acknowledged_put_survives_a_power_loss() {
     drop((s, root));
     fs.power_loss();
     assert_eq!(bucket(&fs).get("v/meta", None).await.unwrap().body, Bytes::from_static(b"durable"));
+}
+
+/// A filesystem whose writes of bodies holding `stall` wait until released (a stalled disk).
+#[derive(Clone)]
+struct StallFs {
+    inner: CrashFs,
+    stall: Arc<(std::sync::Mutex<Option<Vec<u8>>>, std::sync::Condvar)>,
+    /// Stalled writes that went on after their release.
+    resumed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallFs {
+    fn release(&self) {
+        *self.stall.0.lock().unwrap() = None;
+        self.stall.1.notify_all();
+    }
+}
+
+impl Fs for StallFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir(path)
+    }
+    fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+        let (lock, cond) = &*self.stall;
+        let mut stall = lock.lock().unwrap();
+        let mut stalled = false;
+        while stall.as_ref().is_some_and(|s| parts.iter().any(|p| p.windows(s.len()).any(|w| w == s.as_slice()))) {
+            stalled = true;
+            stall = cond.wait(stall).unwrap();
+        }
+        drop(stall);
+        let written = self.inner.write_new(path, parts, sync);
+        if stalled {
+            self.resumed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        written
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        self.inner.open(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        self.inner.read_dir(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
+        self.inner.lock(path)
+    }
+}
+
+/// A PUT whose caller gave up (timed out, cancelled) while its write was stalled changes
+/// nothing when the write finally completes: it must not land over a later PUT of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_caller_gave_up_never_lands_later() {
+    let fs = StallFs {
+        inner: CrashFs::new(),
+        stall: Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new())),
+        resumed: Arc::default(),
+    };
+    let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: 1 };
+    let root = LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), options).unwrap();
+    root.create_bucket("bkt").unwrap();
+    let s = root.bucket("bkt").unwrap();
+    *fs.stall.0.lock().unwrap() = Some(b"first".to_vec());
+    let first = s.put("k", Bytes::from_static(b"first"), BTreeMap::new(), Condition::None);
+    assert!(tokio::time::timeout(Duration::from_millis(50), first).await.is_err(), "the first PUT stalls");
+    s.put("k", Bytes::from_static(b"second"), BTreeMap::new(), Condition::None).await.unwrap();
+    fs.release();
+    // The stalled job finishes its write, finds its caller gone and removes its temporary file.
+    let dir = Path::new(ROOT).join("bkt");
+    let temporaries = || fs.inner.files(&dir).keys().filter(|p| p.to_string_lossy().contains(TEMP_PREFIX)).count();
+    while fs.resumed.load(std::sync::atomic::Ordering::SeqCst) == 0 || temporaries() > 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.get("k", None).await.unwrap().body, Bytes::from_static(b"second"));
 }

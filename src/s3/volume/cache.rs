@@ -180,8 +180,12 @@ pub(super) struct LogInfo {
 #[derive(Debug, Default)]
 pub(super) struct Cache {
     pub(super) entries: BTreeMap<u64, Entry>,
-    /// Chunks whose object exists, or may exist after an uncertain request.
+    /// Chunks whose object exists, or may exist: a PUT is counted before it is sent (it may
+    /// land even if its caller gives up), an uncertain DELETE is not a delete.
     pub(super) exists: BTreeSet<u64>,
+    /// Chunks whose object is known to exist (listed at open, or a PUT that succeeded): a
+    /// GET that finds one missing is an error, one of the others reads zeros.
+    pub(super) known: BTreeSet<u64>,
     /// Chunks with a mutation (PUT, DELETE) in flight.
     pub(super) inflight: BTreeSet<u64>,
     /// Logs written and not yet deleted, by sequence number.

@@ -251,7 +251,10 @@ pub async fn acquire(
     let mut stole = false;
     for _ in 0..1000 {
         let started = clock.now();
-        let (condition, renewals) = match read(store, key).await? {
+        let found = read(store, key).await?;
+        // The record read may have been written any time up to now: its age counts from here.
+        let observed = clock.now();
+        let (condition, renewals) = match found {
             None => (Condition::IfNoneMatch, 0),
             Some((current, etag)) => {
                 let condition = etag.clone().map_or(Condition::None, Condition::IfMatch);
@@ -276,7 +279,7 @@ pub async fn acquire(
                                 seconds = timing.wait_out().as_secs(),
                                 "the lease is held by another target: waiting it out"
                             );
-                            watching = Some((etag, started, current.holder));
+                            watching = Some((etag, observed, current.holder));
                         }
                     }
                     clock.sleep_until(clock.now() + timing.poll()).await;
@@ -320,12 +323,19 @@ pub async fn keep(store: Arc<dyn ObjectStore>, key: String, me: Identity, state:
         let condition = etag.clone().map_or(Condition::None, Condition::IfMatch);
         let outcome = match store.put(&key, body, Default::default(), condition).await {
             Ok(new) => Some(new),
-            // Ours if our uncertain renewal landed; someone else's otherwise.
+            // Renewed if the record read back is the one just sent; still ours but not renewed
+            // if it is our previous one (the PUT did not land: try again with its tag); lost
+            // otherwise.
             Err(ObjectError::PreconditionFailed) | Err(ObjectError::Indeterminate(_)) => {
                 match read(&*store, &key).await {
                     Ok(Some((current, new))) if current.holder == me.holder && !current.released => {
-                        renewals = current.renewals;
-                        Some(new)
+                        if current.renewals == renewals + 1 {
+                            Some(new)
+                        } else {
+                            etag = new;
+                            renewals = current.renewals;
+                            None
+                        }
                     }
                     Ok(other) => {
                         let who =

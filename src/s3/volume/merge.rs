@@ -80,9 +80,16 @@ impl S3Volume {
         let _buffers = self.buffers(2 * chunk_len as u64);
         // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
-            if exists {
-                let old =
-                    self.fetch(c, 0, chunk_len as u64).await.map_err(|e| self.flush_failed(c, store_err(e, true)))?;
+            let old = match exists {
+                false => None,
+                true => match self.fetch(c, 0, chunk_len as u64).await {
+                    Ok(old) => Some(old),
+                    // Only maybe there (a PUT that never landed): zeros.
+                    Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => None,
+                    Err(e) => return Err(self.flush_failed(c, store_err(e, true))),
+                },
+            };
+            if let Some(old) = old {
                 let bs = self.block_size as usize;
                 for b in (0..n).filter(|&b| !valid.get(b)) {
                     full[b * bs..(b + 1) * bs].copy_from_slice(&old[b * bs..(b + 1) * bs]);
@@ -112,6 +119,8 @@ impl S3Volume {
             settle_at = seq;
             if exists { self.store.delete(&key).await } else { Ok(()) }
         } else {
+            // From now on the object may exist, even if this merge is cancelled mid-PUT.
+            self.cache().exists.insert(c);
             let metadata = format::chunk_metadata(&full, self.segment, stamp);
             self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map(|_| ())
         };
@@ -122,11 +131,13 @@ impl S3Volume {
             Ok(()) => {
                 let mut cache = self.cache();
                 if zero {
+                    cache.known.remove(&c);
                     if cache.exists.remove(&c) {
                         self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
                     }
                 } else {
                     cache.exists.insert(c);
+                    cache.known.insert(c);
                 }
                 self.settle_merged(&mut cache, c, settle_at, generation);
                 Ok(Merged::Done)

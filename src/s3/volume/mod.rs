@@ -322,7 +322,10 @@ impl S3Volume {
         let data: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(fenced, opts.retry.clone(), opts.seed, s3_stats.clone()));
         let (meta, etag) = S3Volume::find_or_create(&*control, &url, &opts, &*clock).await?;
-        let identity = Identity { holder: opts.holder.clone(), node: opts.node.clone() };
+        // A name of this open alone: another open of the same volume in this process (a LUN
+        // removed and added again) is another holder.
+        let open_id = Rng::seeded(opts.seed ^ clock.now().as_nanos() as u64).next_u64() as u32;
+        let identity = Identity { holder: format!("{}/{open_id:08x}", opts.holder), node: opts.node.clone() };
         let segment = format::segment_size(meta.chunk_size);
         let volume = Arc::new(S3Volume {
             store: data,
@@ -489,6 +492,7 @@ impl S3Volume {
             match u64::from_str_radix(&key[prefix.len()..], 16) {
                 Ok(c) if c < chunks && size == self.chunk_len(c) => {
                     cache.exists.insert(c);
+                    cache.known.insert(c);
                 }
                 _ => tracing::warn!(key, size, "unexpected object among the chunks: ignored"),
             }
@@ -564,7 +568,8 @@ impl S3Volume {
         for (c, from, to, dst) in fetches {
             match self.fetch(c, from, to).await {
                 Ok(data) => out[dst..dst + data.len()].copy_from_slice(&data),
-                Err(ObjectError::NotFound) if !self.cache().exists.contains(&c) => {} // deleted meanwhile
+                // Deleted meanwhile, or a PUT that never landed: zeros.
+                Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => {}
                 Err(ObjectError::NotFound) => {
                     return Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url)));
                 }
@@ -820,8 +825,9 @@ impl S3Volume {
         self.cache().logs.len()
     }
 
-    /// Stops all object store traffic at once, as if the process died (model checks): the
-    /// cache is abandoned and nothing more is written.
+    /// Stops all object store traffic at once, as if the process died (model checks, and a
+    /// close that failed): the cache is abandoned, nothing more is written, the lease is not
+    /// renewed (nor released).
     #[doc(hidden)]
     pub fn simulate_crash(&self) {
         if let Some(keeper) = self.keeper.lock().expect("poisoned").take() {
@@ -831,13 +837,26 @@ impl S3Volume {
     }
 
     /// Merges everything, deletes the logs and releases the lease (clean shutdown).
+    /// If that fails, the volume stops anyway (no more writes or renewals) but keeps its lease
+    /// record: the data it could not merge was never acknowledged as durable, and the next
+    /// open replays its logs.
     pub async fn close(&self) -> StoreResult<()> {
-        self.lease.check("close")?;
-        let dirty: Vec<u64> = self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect();
-        self.merge_chunks(&dirty).await?;
-        self.delete_settled_logs().await?;
-        self.let_go().await;
-        Ok(())
+        let merged = async {
+            self.lease.check("close")?;
+            let dirty: Vec<u64> = self.dirty_chunks();
+            self.merge_chunks(&dirty).await?;
+            self.delete_settled_logs().await
+        };
+        match merged.await {
+            Ok(()) => {
+                self.let_go().await;
+                Ok(())
+            }
+            Err(e) => {
+                self.simulate_crash();
+                Err(e)
+            }
+        }
     }
 }
 

@@ -138,6 +138,8 @@ struct Tagged {
     landed: Landed,
     /// Requests for the lease object fail (its renewals cannot get through).
     cut_from_lease: std::sync::atomic::AtomicBool,
+    /// PUTs of the lease object are lost: never applied, reported uncertain.
+    lose_lease_puts: std::sync::atomic::AtomicBool,
 }
 
 impl Tagged {
@@ -167,6 +169,9 @@ impl ObjectStore for Tagged {
         Box::pin(async move {
             if key.ends_with(LEASE_NAME) && self.cut_from_lease.load(Ordering::Relaxed) {
                 return Err(ObjectError::transient("cut off"));
+            }
+            if key.ends_with(LEASE_NAME) && self.lose_lease_puts.load(Ordering::Relaxed) {
+                return Err(ObjectError::Indeterminate("lost".into()));
             }
             let r = self.inner.put(&key, body, metadata, condition).await;
             if r.is_ok() {
@@ -267,6 +272,50 @@ async fn a_holder_that_cannot_renew_stops_acknowledging_writes() {
     assert_eq!(v.read(0, 1024).await.unwrap(), [block(1), block(2)].concat());
 }
 
+/// A renewal whose PUT was lost (reported uncertain, never applied) finds the holder's previous
+/// record when it reads back: that is not a renewal, and the lease runs out as it should.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_never_landed_does_not_extend_the_lease() {
+    let h = Harness::new();
+    let store = Arc::new(Tagged {
+        inner: h.mem.clone(),
+        who: "a",
+        clock: TokioClock::new(),
+        landed: Arc::default(),
+        cut_from_lease: Default::default(),
+        lose_lease_puts: Default::default(),
+    });
+    let v =
+        S3Volume::open(store.clone(), url(), h.options(64 * 1024, 4, "a"), Arc::new(TokioClock::new())).await.unwrap();
+    store.lose_lease_puts.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    assert!(not_ready(v.write(0, block(1), false).await), "the lease ran out");
+    store.lose_lease_puts.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    v.write(0, block(1), true).await.unwrap();
+}
+
+/// A chunk PUT that was reported uncertain and never landed leaves a chunk that may exist: a
+/// later GET that finds nothing reads zeros there, not a missing chunk (which would fail every
+/// merge of it from then on).
+#[tokio::test(start_paused = true)]
+async fn an_uncertain_put_that_never_landed_is_not_a_missing_chunk() {
+    let h = Harness::new();
+    let chunk = 128 * 1024u64;
+    // The smallest cache (256 KiB): too small to keep what a merge composes.
+    let opts = VolumeOptions { cache_bytes: 0, ..h.options(chunk, 4, "a") };
+    let v = h.open_with(opts).await.unwrap();
+    h.mem.set_faults(Faults { lost_request: 1.0, ..Faults::default() });
+    v.write(chunk, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
+    v.write(0, Bytes::from(vec![3u8; 72 * 1024]), false).await.unwrap();
+    assert!(v.flush().await.is_err(), "the merges' PUTs are lost");
+    h.mem.set_faults(Faults::default());
+    v.flush().await.unwrap();
+    let data = v.read(0, chunk as usize).await.unwrap();
+    assert!(data[..72 * 1024].iter().all(|&b| b == 3) && data[72 * 1024..].iter().all(|&b| b == 0));
+    assert!(v.read(chunk, chunk as usize).await.unwrap().iter().all(|&b| b == 1));
+}
+
 #[tokio::test(start_paused = true)]
 async fn renewals_are_not_starved_by_stuck_merges() {
     let h = Harness::new();
@@ -292,6 +341,7 @@ async fn nothing_of_the_old_holder_lands_after_the_new_holders_first_write() {
             clock: TokioClock::new(),
             landed: landed.clone(),
             cut_from_lease: Default::default(),
+            lose_lease_puts: Default::default(),
         })
     };
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());

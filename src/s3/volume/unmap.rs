@@ -104,7 +104,9 @@ impl S3Volume {
                 match r {
                     Ok(()) => {
                         self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
-                        self.cache().exists.remove(c);
+                        let mut cache = self.cache();
+                        cache.exists.remove(c);
+                        cache.known.remove(c);
                     }
                     Err(e) => {
                         failed.insert(*c, store_err(e, true));
