@@ -19,6 +19,8 @@ use crate::s3::url::S3Url;
 use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
 use crate::storage::BlockStore;
 
+pub mod network;
+
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 4 * MIB;
 

@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod initiator;
 pub mod iscsi;
 pub mod mutants;
+pub mod netem;
 pub mod node;
 pub mod pdu;
 pub mod rng;

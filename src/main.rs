@@ -107,6 +107,26 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Benchmark the S3 volume over an emulated network (used by `cargo xtask bench s3 --rtt`).
+    #[command(hide = true)]
+    BenchS3Network {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Round-trip time to the store, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        rtt_ms: u64,
+        /// Bandwidth cap each way, in Mbit/s (0: none).
+        #[arg(long, default_value_t = 0)]
+        mbit: u64,
+        /// Seconds per workload.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Seconds the store is away in the outage workload (0: none).
+        #[arg(long, default_value_t = 0)]
+        outage: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Drive a fixed-duration load against an iSCSI LU (used by `cargo xtask bench`).
     #[command(hide = true)]
     BenchLoad(rtgt::bench::LoadArgs),
@@ -226,6 +246,10 @@ fn main() -> ExitCode {
         Command::Volume { command } => block_on(volume(command)),
         Command::S3Server { listen, root } => block_on(s3_server(listen, root)),
         Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
+        Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, json } => {
+            let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
+            block_on(bench_s3_network(dir, rtgt::bench::network::NetworkArgs { link, seconds, outage }, json))
+        }
         Command::BenchLoad(args) => rtgt::bench::run_load(args),
     };
     match result {
@@ -478,6 +502,20 @@ async fn s3_server(listen: String, root: Option<PathBuf>) -> Result<(), String> 
     eprintln!("  credentials: access key {} secret key {}", embedded::ACCESS_KEY, embedded::SECRET_KEY);
     eprintln!("  buckets are the directories of {}", root.display());
     wait_for_signal().await;
+    Ok(())
+}
+
+async fn bench_s3_network(
+    dir: PathBuf,
+    args: rtgt::bench::network::NetworkArgs,
+    json: Option<PathBuf>,
+) -> Result<(), String> {
+    let results = rtgt::bench::network::run(&dir, args).await?;
+    print!("{}", rtgt::bench::network::table(&results));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -72,7 +72,7 @@ impl Plan {
         let heals = matches!(trouble, Trouble::CutOff | Trouble::LeaseCutOff) && rng.chance(0.7);
         // Without force, B takes the lease only once A has been silent for a whole lease (and
         // a request's lifetime); an A back before that keeps it, and there is no takeover.
-        let earliest = if force { b_at } else { b_at + LEASE + sim_retry_policy().attempt_timeout };
+        let earliest = if force { b_at } else { b_at + LEASE + sim_retry_policy().longest_attempt() };
         let heal_a_at = heals.then(|| earliest + Duration::from_millis(1000 + rng.below(15_000)));
         Plan { trouble, trouble_at, b_at, force, heal_a_at }
     }

@@ -214,6 +214,9 @@ pub fn sim_retry_policy() -> RetryPolicy {
         base_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(500),
         concurrency: 16,
+        // Objects here are small; this keeps the longest attempt, and the takeover wait, short.
+        whole_object_bytes: 1 << 20,
+        ..RetryPolicy::default()
     }
 }
 

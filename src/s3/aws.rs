@@ -73,13 +73,14 @@ pub async fn sdk_config(endpoint: &Endpoint) -> aws_sdk_s3::config::Builder {
     with_policies(builder)
 }
 
-/// rtgt's client policies: no SDK retries ([`super::Resilient`] retries), bounded attempts,
+/// rtgt's client policies: no SDK retries ([`super::Resilient`] retries and times attempts by
+/// their size; the SDK's own attempt timeout is only a backstop far above that),
 /// checksums only when required unless the standard environment variables say otherwise.
 pub fn with_policies(mut builder: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
     builder = builder.retry_config(RetryConfig::disabled()).timeout_config(
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_attempt_timeout(Duration::from_secs(120))
             .build(),
     );
     if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {

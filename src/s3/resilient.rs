@@ -1,6 +1,13 @@
-//! Bounded concurrency, per-attempt timeouts, and retries with jittered exponential backoff
-//! inside a total budget shorter than an initiator's command timeout. Wraps any
-//! [`ObjectStore`], so the simulation exercises the same retry logic as production.
+//! Bounded concurrency, per-attempt timeouts sized to the payload, a window of bytes in flight
+//! that adapts to the link, and retries with jittered exponential backoff inside a total
+//! budget. Wraps any [`ObjectStore`], so the simulation exercises the same retry logic as
+//! production.
+//!
+//! Sizing: an attempt may take `attempt_timeout` plus its bytes at `min_rate`, so a big PUT on
+//! a slow link is not abandoned while a small one still times out quickly. The window keeps
+//! the requests in flight from sharing the link so thinly that none of them meets that rate:
+//! it halves when attempts time out or are refused (additive-increase, multiplicative-decrease
+//! as TCP does) and grows back with every success.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -26,6 +33,26 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// The slowest transfer rate an attempt is given time for, in bytes per second, beyond
+    /// `attempt_timeout`.
+    pub min_rate: u64,
+    /// The size assumed for a GET of a whole object, whose size is not known before.
+    pub whole_object_bytes: u64,
+    /// The most bytes in flight at once; the window adapts below it.
+    pub max_bytes_in_flight: u64,
+}
+
+impl RetryPolicy {
+    /// How long one attempt moving `bytes` may take.
+    pub fn attempt_timeout_for(&self, bytes: u64) -> Duration {
+        let bytes = bytes.min(self.whole_object_bytes);
+        self.attempt_timeout + Duration::from_millis(bytes.saturating_mul(1000) / self.min_rate.max(1))
+    }
+
+    /// The longest any attempt may take, and so the longest a request may take to land.
+    pub fn longest_attempt(&self) -> Duration {
+        self.attempt_timeout_for(self.whole_object_bytes)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -37,6 +64,9 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             concurrency: 64,
+            min_rate: 2 << 20,
+            whole_object_bytes: 16 << 20,
+            max_bytes_in_flight: 64 << 20,
         }
     }
 }
@@ -45,6 +75,7 @@ pub struct Resilient<S> {
     inner: S,
     policy: RetryPolicy,
     permits: Semaphore,
+    window: Window,
     rng: Mutex<Rng>,
     stats: Arc<S3Stats>,
 }
@@ -57,7 +88,8 @@ impl<S: ObjectStore> Resilient<S> {
     /// A retry layer that counts into `stats` (shared with other layers over the same store).
     pub fn with_stats(inner: S, policy: RetryPolicy, seed: u64, stats: Arc<S3Stats>) -> Resilient<S> {
         let permits = Semaphore::new(policy.concurrency.max(1));
-        Resilient { inner, policy, permits, rng: Mutex::new(Rng::seeded(seed)), stats }
+        let window = Window::new(policy.max_bytes_in_flight);
+        Resilient { inner, policy, permits, window, rng: Mutex::new(Rng::seeded(seed)), stats }
     }
 
     pub fn stats(&self) -> Arc<S3Stats> {
@@ -75,18 +107,32 @@ impl<S: ObjectStore> Resilient<S> {
         exp / 2 + exp / 2 * jitter as u32 / 1000
     }
 
-    async fn retry<'a, T>(&'a self, counter: &AtomicU64, op: impl Fn() -> BoxFuture<'a, ObjResult<T>>) -> ObjResult<T> {
+    /// Runs `op` (which moves `bytes`) until it succeeds, fails for good, or the budget is spent.
+    async fn retry<'a, T>(
+        &'a self,
+        counter: &AtomicU64,
+        bytes: u64,
+        op: impl Fn() -> BoxFuture<'a, ObjResult<T>>,
+    ) -> ObjResult<T> {
         let start = tokio::time::Instant::now();
         let mut uncertain = false;
         let mut attempt = 0;
+        let timeout = self.policy.attempt_timeout_for(bytes);
         loop {
             let result = {
                 let _permit = self.permits.acquire().await.expect("semaphore never closed");
+                let _bytes = self.window.enter(bytes).await;
                 counter.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(self.policy.attempt_timeout, op()).await {
+                let result = match tokio::time::timeout(timeout, op()).await {
                     Ok(r) => r,
                     Err(_) => Err(ObjectError::Indeterminate("attempt timed out".into())),
+                };
+                match &result {
+                    Ok(_) => self.window.grow(bytes),
+                    Err(e) if e.retryable() => self.window.shrink(self.policy.attempt_timeout),
+                    Err(_) => {}
                 }
+                result
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -126,7 +172,8 @@ impl<S: ObjectStore> ObjectStore for Resilient<S> {
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'_, ObjResult<GetOutput>> {
         let key = key.to_string();
         Box::pin(async move {
-            let out = self.retry(&self.stats.get, || self.inner.get(&key, range.clone())).await?;
+            let bytes = range.as_ref().map_or(self.policy.whole_object_bytes, |r| r.end.saturating_sub(r.start));
+            let out = self.retry(&self.stats.get, bytes, || self.inner.get(&key, range.clone())).await?;
             self.stats.bytes_down.fetch_add(out.body.len() as u64, Ordering::Relaxed);
             Ok(out)
         })
@@ -141,7 +188,7 @@ impl<S: ObjectStore> ObjectStore for Resilient<S> {
     ) -> BoxFuture<'_, ObjResult<Option<String>>> {
         let key = key.to_string();
         Box::pin(async move {
-            self.retry(&self.stats.put, || {
+            self.retry(&self.stats.put, body.len() as u64, || {
                 self.stats.bytes_up.fetch_add(body.len() as u64, Ordering::Relaxed);
                 self.inner.put(&key, body.clone(), metadata.clone(), condition.clone())
             })
@@ -151,21 +198,101 @@ impl<S: ObjectStore> ObjectStore for Resilient<S> {
 
     fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
         let key = key.to_string();
-        Box::pin(async move { self.retry(&self.stats.delete, || self.inner.delete(&key)).await })
+        Box::pin(async move { self.retry(&self.stats.delete, 0, || self.inner.delete(&key)).await })
     }
 
     fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
-        Box::pin(async move { self.retry(&self.stats.delete_many, || self.inner.delete_many(keys.clone())).await })
+        Box::pin(async move { self.retry(&self.stats.delete_many, 0, || self.inner.delete_many(keys.clone())).await })
     }
 
     fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {
         let prefix = prefix.to_string();
-        Box::pin(async move { self.retry(&self.stats.list, || self.inner.list(&prefix, continuation.clone())).await })
+        Box::pin(
+            async move { self.retry(&self.stats.list, 0, || self.inner.list(&prefix, continuation.clone())).await },
+        )
     }
 
     fn head(&self, key: &str) -> BoxFuture<'_, ObjResult<ObjectMeta>> {
         let key = key.to_string();
-        Box::pin(async move { self.retry(&self.stats.head, || self.inner.head(&key)).await })
+        Box::pin(async move { self.retry(&self.stats.head, 0, || self.inner.head(&key)).await })
+    }
+}
+
+/// The bytes allowed in flight: AIMD between one request and the policy's maximum.
+struct Window {
+    state: Mutex<WindowState>,
+    changed: tokio::sync::Notify,
+    max: u64,
+}
+
+struct WindowState {
+    limit: u64,
+    in_flight: u64,
+    /// No second halving before this: the attempts that failed together count once.
+    calm_until: Option<tokio::time::Instant>,
+}
+
+/// Releases a request's bytes from the window.
+struct InFlight<'a> {
+    window: &'a Window,
+    bytes: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.window.state.lock().expect("window poisoned").in_flight -= self.bytes;
+        self.window.changed.notify_waiters();
+    }
+}
+
+/// The window never shrinks below this (one request always fits).
+const MIN_WINDOW: u64 = 1 << 20;
+
+impl Window {
+    fn new(max: u64) -> Window {
+        let max = max.max(MIN_WINDOW);
+        let state = WindowState { limit: max, in_flight: 0, calm_until: None };
+        Window { state: Mutex::new(state), changed: tokio::sync::Notify::new(), max }
+    }
+
+    /// Waits until `bytes` fit in the window (a request bigger than it goes alone).
+    async fn enter(&self, bytes: u64) -> InFlight<'_> {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let mut s = self.state.lock().expect("window poisoned");
+                if s.in_flight == 0 || s.in_flight + bytes <= s.limit {
+                    s.in_flight += bytes;
+                    return InFlight { window: self, bytes };
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// A success: the window grows by a tenth of the bytes it moved.
+    fn grow(&self, bytes: u64) {
+        let mut s = self.state.lock().expect("window poisoned");
+        s.limit = (s.limit + bytes.max(64 << 10) / 10).min(self.max);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// A timeout or refusal: the window halves, once per `calm`.
+    fn shrink(&self, calm: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut s = self.state.lock().expect("window poisoned");
+        if s.calm_until.is_some_and(|t| now < t) {
+            return;
+        }
+        s.calm_until = Some(now + calm);
+        s.limit = (s.limit / 2).max(MIN_WINDOW);
+        tracing::debug!(limit = s.limit, "object store window halved");
+    }
+
+    #[cfg(test)]
+    fn limit(&self) -> u64 {
+        self.state.lock().expect("window poisoned").limit
     }
 }
 
@@ -212,7 +339,38 @@ mod tests {
             base_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(10),
             concurrency: 4,
+            ..RetryPolicy::default()
         }
+    }
+
+    #[test]
+    fn attempts_get_time_for_their_bytes_up_to_the_longest() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.attempt_timeout_for(0), Duration::from_secs(5));
+        assert_eq!(p.attempt_timeout_for(4 << 20), Duration::from_secs(7));
+        assert_eq!(p.attempt_timeout_for(1 << 40), p.longest_attempt());
+        assert_eq!(p.longest_attempt(), Duration::from_secs(13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_halves_on_failures_once_per_calm_and_grows_back() {
+        let w = Window::new(64 << 20);
+        w.shrink(Duration::from_secs(1));
+        w.shrink(Duration::from_secs(1));
+        assert_eq!(w.limit(), 32 << 20, "failures together count once");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        w.shrink(Duration::from_secs(1));
+        assert_eq!(w.limit(), 16 << 20);
+        for _ in 0..1000 {
+            w.grow(4 << 20);
+        }
+        assert_eq!(w.limit(), 64 << 20, "back to the maximum, not beyond");
+        let one = w.enter(40 << 20).await;
+        let waiting = w.enter(40 << 20);
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending(), "it does not fit beside the first");
+        drop(one);
+        let _second = waiting.await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,6 +36,9 @@ commands:
         [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
         [--threads N]           threads of the own load generator (default 1)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
+  bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5]
+                                the S3 volume at a distance: latency and throughput on
+                                loopback and through a delay/throttle proxy, side by side
                                 server, compared with the naive design (release build)
 ";
 
@@ -404,6 +407,43 @@ fn sim(args: &[String]) -> Result<(), String> {
     run(Command::new(binary).current_dir(root()).args(args.iter().filter(|a| *a != "--release")))
 }
 
+/// "20ms", "0.5s" or "20" (milliseconds) as whole milliseconds.
+fn millis(text: &str) -> Result<String, String> {
+    let bad = || format!("cannot read {text:?} as a time (20ms, 1s)");
+    let ms = if let Some(n) = text.strip_suffix("ms") {
+        n.parse::<f64>().map_err(|_| bad())?
+    } else if let Some(n) = text.strip_suffix('s') {
+        n.parse::<f64>().map_err(|_| bad())? * 1000.0
+    } else {
+        text.parse::<f64>().map_err(|_| bad())?
+    };
+    Ok(format!("{}", ms.round() as u64))
+}
+
+/// "30s", "1m" or "30" (seconds) as whole seconds.
+fn seconds(text: &str) -> Result<String, String> {
+    match text.strip_suffix('m') {
+        Some(n) => n.parse::<u64>().map(|m| (m * 60).to_string()).map_err(|_| format!("cannot read {text:?}")),
+        None => {
+            Ok((millis(text)?.parse::<u64>().expect("number") / if text.ends_with('s') { 1000 } else { 1 }).to_string())
+        }
+    }
+}
+
+/// "100Mbit", "1Gbit" or "100" (Mbit/s) as whole Mbit/s.
+fn mbit(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    let bad = || format!("cannot read {text:?} as a rate (100Mbit, 1Gbit)");
+    let (n, scale) = if let Some(n) = lower.strip_suffix("gbit") {
+        (n, 1000.0)
+    } else if let Some(n) = lower.strip_suffix("mbit") {
+        (n, 1.0)
+    } else {
+        (lower.as_str(), 1.0)
+    };
+    Ok(format!("{}", (n.parse::<f64>().map_err(|_| bad())? * scale).round() as u64))
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("s3") => bench_s3(&args[1..]),
@@ -416,10 +456,17 @@ fn bench(args: &[String]) -> Result<(), String> {
 
 fn bench_s3(args: &[String]) -> Result<(), String> {
     let mut scale = "1".to_string();
+    // With any of these, the workloads at a distance run instead (loopback and the link).
+    let mut network: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let mut value = |what: &str| it.next().cloned().ok_or(format!("{a} needs {what}"));
         match a.as_str() {
-            "--scale" => scale = it.next().ok_or("--scale needs a number")?.clone(),
+            "--scale" => scale = value("a number")?,
+            "--rtt" => network.extend(["--rtt-ms".into(), millis(&value("a time like 20ms")?)?]),
+            "--bandwidth" => network.extend(["--mbit".into(), mbit(&value("a rate like 100Mbit")?)?]),
+            "--outage" => network.extend(["--outage".into(), seconds(&value("a time like 30s")?)?]),
+            "--seconds" => network.extend(["--seconds".into(), value("a number")?]),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
@@ -429,12 +476,24 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let out = root().join("target/bench");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let json = out.join("s3.json");
-    let result = run(Command::new(root().join("target/release/rtgt"))
-        .args(["bench-s3", "--scale", &scale, "--dir"])
-        .arg(&dir)
-        .arg("--json")
-        .arg(&json));
+    let (json, result) = if network.is_empty() {
+        let json = out.join("s3.json");
+        let result = run(Command::new(root().join("target/release/rtgt"))
+            .args(["bench-s3", "--scale", &scale, "--dir"])
+            .arg(&dir)
+            .arg("--json")
+            .arg(&json));
+        (json, result)
+    } else {
+        let json = out.join("s3-network.json");
+        let result = run(Command::new(root().join("target/release/rtgt"))
+            .args(["bench-s3-network", "--dir"])
+            .arg(&dir)
+            .args(&network)
+            .arg("--json")
+            .arg(&json));
+        (json, result)
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     eprintln!("xtask: results in {}", json.display());

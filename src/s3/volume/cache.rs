@@ -193,4 +193,6 @@ pub(super) struct Cache {
     /// Bytes of cache pages held.
     pub(super) page_bytes: u64,
     pub(super) tick: u64,
+    /// Writes copied in so far: a SYNCHRONIZE CACHE covers those before it.
+    pub(super) writes: u64,
 }

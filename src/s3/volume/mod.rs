@@ -16,6 +16,7 @@ pub mod format;
 pub mod lease;
 mod log;
 pub(super) mod merge;
+mod patience;
 mod recovery;
 mod unmap;
 
@@ -75,6 +76,11 @@ pub struct VolumeOptions {
     pub lease_duration: Duration,
     /// Timeouts and retries of object store requests.
     pub retry: RetryPolicy,
+    /// The longest a command waits for an object store that is away (a SYNCHRONIZE CACHE, a
+    /// FUA write, a read of uncached data, a write waiting for room in the cache) before it
+    /// is answered NOT READY, which initiators retry. Below their command timeouts (30 s on
+    /// Linux and Windows).
+    pub command_deadline: Duration,
     /// Who we are, in the lease ("node/pid/random").
     pub holder: String,
     /// The node this process holds locked: a lease it held before a crash is taken back at once.
@@ -94,6 +100,7 @@ impl Default for VolumeOptions {
             flush_interval: Duration::from_millis(500),
             lease_duration: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            command_deadline: Duration::from_secs(20),
             holder: "rtgt".into(),
             node: None,
             seed: 1,
@@ -162,6 +169,11 @@ pub struct S3Volume {
     released: Notify,
     /// Log writes happen one at a time, in sequence order.
     log_lock: tokio::sync::Mutex<()>,
+    /// One SYNCHRONIZE CACHE at a time makes the cache durable; those that arrive meanwhile
+    /// wait and are usually covered by the next one (group commit).
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Every write up to this count (`Cache::writes`) is durable.
+    durable_writes: AtomicU64,
     next_seq: AtomicU64,
     cache_limit: u64,
     write_back: AtomicBool,
@@ -171,6 +183,8 @@ pub struct S3Volume {
     merge_slots: tokio::sync::Semaphore,
     /// Bytes of merge buffers and log bodies held now.
     buffer_bytes: AtomicU64,
+    /// Clock nanoseconds of the first failure since the store last answered; 0: reachable.
+    unreachable_since: AtomicU64,
     opts: VolumeOptions,
     clock: Arc<dyn Clock>,
     stats: VolumeStats,
@@ -308,12 +322,16 @@ impl S3Volume {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<S3Volume>, OpenError> {
         let s3_stats = Arc::new(S3Stats::default());
-        let lease =
-            Arc::new(LeaseState::new(clock.clone(), LeaseTiming::new(opts.lease_duration, opts.retry.attempt_timeout)));
+        let lease = Arc::new(LeaseState::new(
+            clock.clone(),
+            LeaseTiming::new(opts.lease_duration, opts.retry.longest_attempt()),
+        ));
         // The lease's requests never wait behind the volume's (a renewal must not starve).
         let control_policy = RetryPolicy {
             budget: opts.retry.budget.min(opts.lease_duration / 4),
             concurrency: 2,
+            // Lease and metadata objects are small: their attempts time out fast.
+            whole_object_bytes: 64 << 10,
             ..opts.retry.clone()
         };
         let control: Arc<dyn ObjectStore> =
@@ -342,12 +360,15 @@ impl S3Volume {
             cache: Mutex::new(Cache::default()),
             released: Notify::new(),
             log_lock: tokio::sync::Mutex::new(()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            durable_writes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
             merge_slots: tokio::sync::Semaphore::new(MERGE_PARALLEL),
             buffer_bytes: AtomicU64::new(0),
+            unreachable_since: AtomicU64::new(0),
             opts,
             clock,
             stats: VolumeStats::default(),
@@ -565,18 +586,28 @@ impl S3Volume {
                 at += n;
             }
         }
-        for (c, from, to, dst) in fetches {
-            match self.fetch(c, from, to).await {
-                Ok(data) => out[dst..dst + data.len()].copy_from_slice(&data),
-                // Deleted meanwhile, or a PUT that never landed: zeros.
-                Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => {}
-                Err(ObjectError::NotFound) => {
-                    return Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url)));
-                }
-                Err(e) => return Err(store_err(e, false)),
+        // The pieces of one command are fetched at once, each waiting out a store that is away.
+        let fetched = futures::future::join_all(
+            fetches.iter().map(|&(c, from, to, _)| self.patiently("a read", move || self.fetch_piece(c, from, to))),
+        )
+        .await;
+        for ((_, _, _, dst), data) in fetches.iter().zip(fetched) {
+            if let Some(data) = data? {
+                out[*dst..*dst + data.len()].copy_from_slice(&data);
             }
         }
         Ok(out.freeze())
+    }
+
+    /// `[from, to)` of chunk `c` from the store; None: zeros.
+    async fn fetch_piece(&self, c: u64, from: u64, to: u64) -> StoreResult<Option<Bytes>> {
+        match self.fetch(c, from, to).await {
+            Ok(data) => Ok(Some(data)),
+            // Deleted meanwhile, or a PUT that never landed: zeros.
+            Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => Ok(None),
+            Err(ObjectError::NotFound) => Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url))),
+            Err(e) => Err(store_err(e, false)),
+        }
     }
 
     /// Fetches `[from, to)` of chunk `c`, whole CRC segments at a time, and verifies them.
@@ -617,7 +648,7 @@ impl S3Volume {
     // ---- writes ----
 
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
-        self.lease.check("write")?;
+        self.lease.check_held("write")?;
         self.write_within_limit(offset, &data).await?;
         if fua || !self.write_back.load(Ordering::Relaxed) {
             // FUA (and write-through): this write and every one acknowledged before it are
@@ -630,8 +661,13 @@ impl S3Volume {
     /// Puts a write into the cache once it fits under the limit: evicts clean entries, merges
     /// the oldest unmerged chunks under pressure. The check and the copy happen under one lock,
     /// so concurrent writes cannot overshoot together. (A write bigger than the whole cache
-    /// goes in once the cache is empty.)
+    /// goes in once the cache is empty.) While the store is away, the write waits for room
+    /// until its deadline.
     async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
+        self.patiently("a write waiting for room in the cache", || self.try_write_within_limit(offset, data)).await
+    }
+
+    async fn try_write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
         // Pages the write may allocate: every page it touches, in every chunk it spans.
         let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
         let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
@@ -660,12 +696,15 @@ impl S3Volume {
             } else if let Err(e) = self.merge_chunks(&to_merge).await {
                 self.note_background_error(&e);
                 return Err(e);
+            } else {
+                self.note_reachable();
             }
         }
     }
 
     /// Copies a write into the cache, chunk by chunk.
     fn copy_write(&self, cache: &mut Cache, offset: u64, data: &[u8]) {
+        cache.writes += 1;
         let now = self.clock.now();
         let end = offset + data.len() as u64;
         let mut at = offset;
@@ -739,14 +778,34 @@ impl S3Volume {
     /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
     /// A background flush failure since the last call is reported here, once.
     async fn flush_all(&self) -> StoreResult<()> {
-        self.lease.check("SYNCHRONIZE CACHE")?;
-        let result = self.log_unlogged().await;
+        self.lease.check_held("SYNCHRONIZE CACHE")?;
+        let wanted = self.cache().writes;
+        let result = self.patiently("SYNCHRONIZE CACHE", || self.make_durable(wanted)).await;
         let sticky = self.sticky_error.lock().expect("poisoned").take();
         result?;
         match sticky {
             Some(e) => Err(StoreError::Write(format!("an earlier background flush failed: {e}"))),
             None => Ok(()),
         }
+    }
+
+    /// Group commit: makes the first `wanted` writes durable. One caller at a time logs all
+    /// that is unlogged, covering every write copied in before it started; the callers that
+    /// waited meanwhile find their writes covered and return, or the first of them logs the
+    /// rest for all. So concurrent SYNCs and FUA writes share log PUTs.
+    async fn make_durable(&self, wanted: u64) -> StoreResult<()> {
+        if self.durable_writes.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let _leader = self.sync_lock.lock().await;
+        if self.durable_writes.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        // Writes copied in up to here are in the cache, unlogged or already durable.
+        let covers = self.cache().writes;
+        self.log_unlogged().await?;
+        self.durable_writes.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Background duties: make old unlogged data durable, merge old or pressing chunks,
@@ -790,8 +849,11 @@ impl S3Volume {
         let logged = self.log_chunks(&unlogged_due).await;
         let merged = self.merge_chunks(&merge_due).await;
         let deleted = self.delete_settled_logs().await;
-        if let Err(e) = logged.and(merged).and(deleted) {
-            self.note_background_error(&e);
+        match logged.and(merged).and(deleted) {
+            Err(e) if self.worth_waiting(&e) => self.note_unreachable(&e),
+            Err(e) => self.note_background_error(&e),
+            Ok(()) if !unlogged_due.is_empty() || !merge_due.is_empty() => self.note_reachable(),
+            Ok(()) => {}
         }
     }
 
@@ -1006,6 +1068,7 @@ impl BlockStore for S3Volume {
             "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
             "flush_latency_max_us": l(&self.stats.flush_micros_max),
             "chunks_deleted": l(&self.stats.chunks_deleted),
+            "s3_unreachable_ms": self.unreachable_for().as_millis() as u64,
             "s3": self.s3_stats.snapshot(),
         })
     }
@@ -1015,7 +1078,7 @@ impl BlockStore for S3Volume {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.lease.check("I/O").map_err(|e| e.to_string())
+        self.lease.check_held("I/O").map_err(|e| e.to_string())
     }
 
     fn failed(&self) -> BoxFuture<'_, String> {

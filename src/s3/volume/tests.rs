@@ -23,6 +23,7 @@ fn fast_policy() -> RetryPolicy {
         base_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(20),
         concurrency: 8,
+        ..RetryPolicy::default()
     }
 }
 
@@ -252,24 +253,79 @@ async fn a_restart_on_the_same_node_takes_the_lease_back_at_once() {
     assert_eq!(other.read(0, 512).await.unwrap(), block(4));
 }
 
+/// Past its lease, a holder that cannot renew acknowledges nothing as durable: SYNCHRONIZE
+/// CACHE and FUA wait out their deadline and answer NOT READY. Plain writes still go into the
+/// cache (a volatile cache may lose them, as at a power loss, if the lease turns out taken).
 #[tokio::test(start_paused = true)]
-async fn a_holder_that_cannot_renew_stops_acknowledging_writes() {
+async fn a_holder_that_cannot_renew_acknowledges_nothing_as_durable() {
     let h = Harness::new();
     let v = h.open(64 * 1024, 4, "a").await.unwrap();
     h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
     v.write(0, block(1), false).await.unwrap();
-    // Past the lease less its margin, measured from the last renewal, nothing is acknowledged.
+    // Past the lease less its margin, measured from the last renewal.
     tokio::time::sleep(Duration::from_secs(28)).await;
-    assert!(not_ready(v.write(512, block(2), false).await), "a write into the cache");
+    v.write(512, block(2), false).await.unwrap();
+    let started = tokio::time::Instant::now();
     assert!(not_ready(v.flush().await), "a SYNCHRONIZE CACHE");
+    assert!(started.elapsed() >= Duration::from_secs(19), "it waited for the store first");
     assert!(not_ready(v.write(1024, block(3), true).await), "a FUA write");
+    assert!(v.ready().is_ok(), "reads and writes into the cache go on");
     // The store comes back; the next renewal succeeds and the data kept in the cache flushes.
     h.mem.set_faults(Faults::default());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    v.write(512, block(2), false).await.unwrap();
     v.flush().await.unwrap();
     v.close().await.unwrap();
-    assert_eq!(v.read(0, 1024).await.unwrap(), [block(1), block(2)].concat());
+    assert_eq!(v.read(0, 1536).await.unwrap(), [block(1), block(2), block(3)].concat());
+}
+
+/// A store away for longer than the lease: plain writes and cached reads carry on, a
+/// SYNCHRONIZE CACHE sent meanwhile waits and succeeds once the store is back, and nothing is
+/// lost.
+#[tokio::test(start_paused = true)]
+async fn a_sync_during_an_outage_waits_and_succeeds_when_the_store_returns() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    for i in 0..40u64 {
+        v.write(i * 512, block(i as u8 + 1), false).await.unwrap();
+        assert_eq!(v.read(i * 512, 512).await.unwrap(), block(i as u8 + 1), "a cached read");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let flush = start({
+        let v = v.clone();
+        async move { v.flush().await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    h.mem.set_faults(Faults::default());
+    flush.await.expect("task").expect("the SYNC succeeds");
+    v.simulate_crash();
+    let again = h.open_with(on_node(h.options(64 * 1024, 4, "b"), "n2")).await.unwrap();
+    for i in 0..40u64 {
+        assert_eq!(again.read(i * 512, 512).await.unwrap(), block(i as u8 + 1));
+    }
+}
+
+/// Reads of data the cache does not hold wait for the store, and succeed if it returns in time.
+#[tokio::test(start_paused = true)]
+async fn a_read_waits_for_the_store_within_its_deadline() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    v.write(0, block(9), true).await.unwrap();
+    v.close().await.unwrap();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    let read = start({
+        let v = v.clone();
+        async move { v.read(0, 512).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    h.mem.set_faults(Faults::default());
+    assert_eq!(read.await.expect("task").expect("the read succeeds"), block(9));
+    // Away past the deadline: NOT READY, which initiators retry; never a medium error.
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    assert!(not_ready(v.read(0, 512).await));
 }
 
 /// A renewal whose PUT was lost (reported uncertain, never applied) finds the holder's previous
@@ -289,7 +345,7 @@ async fn a_renewal_that_never_landed_does_not_extend_the_lease() {
         S3Volume::open(store.clone(), url(), h.options(64 * 1024, 4, "a"), Arc::new(TokioClock::new())).await.unwrap();
     store.lose_lease_puts.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(28)).await;
-    assert!(not_ready(v.write(0, block(1), false).await), "the lease ran out");
+    assert!(not_ready(v.write(0, block(1), true).await), "the lease ran out");
     store.lose_lease_puts.store(false, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     v.write(0, block(1), true).await.unwrap();

@@ -1,0 +1,268 @@
+//! The S3 volume at a distance: the embedded store over HTTP behind [`Netem`] (a delay, a
+//! bandwidth cap, an outage), driven by closed-loop workers at a queue depth, against the
+//! volume's block interface (no iSCSI in between). Each workload runs on the loopback link
+//! and on the emulated one, side by side.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::clock::TokioClock;
+use crate::netem::{LinkSpec, Netem, Reach};
+use crate::rng::Rng;
+use crate::s3::aws::AwsStore;
+use crate::s3::embedded::{self, EmbeddedS3};
+use crate::s3::url::S3Url;
+use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use crate::storage::BlockStore;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+/// The volume's size: random I/O spreads over all of it.
+const VOLUME: u64 = 2 << 30;
+/// What the sequential writes fill and the cold reads read back.
+const FILLED: u64 = 256 * MIB;
+
+/// What to emulate.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkArgs {
+    pub link: LinkSpec,
+    /// Each workload runs this long.
+    pub seconds: u64,
+    /// Seconds the store is away in the outage workload (0: no outage workload).
+    pub outage: u64,
+}
+
+/// One workload on one link.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    pub link: String,
+    pub workload: String,
+    pub commands: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub iops: f64,
+    pub mb_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn describe(link: LinkSpec) -> String {
+    if link == LinkSpec::default() {
+        return "loopback".into();
+    }
+    let mut s = format!("{} ms RTT", (link.one_way_delay * 2).as_millis());
+    if let Some(rate) = link.bytes_per_sec {
+        s.push_str(&format!(", {} Mbit/s", rate * 8 / 1_000_000));
+    }
+    s
+}
+
+/// Runs every workload on loopback, then on the emulated link.
+pub async fn run(dir: &Path, args: NetworkArgs) -> Result<Vec<LatencyResult>, String> {
+    let mut out = Vec::new();
+    for (i, link) in [LinkSpec::default(), args.link].into_iter().enumerate() {
+        let sub = dir.join(format!("link{i}"));
+        std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
+        out.extend(on_link(&sub, link, args).await?);
+    }
+    Ok(out)
+}
+
+struct Setup {
+    _server: EmbeddedS3,
+    netem: Netem,
+}
+
+async fn open(setup: &Setup, name: &str) -> Result<Arc<S3Volume>, String> {
+    let mut endpoint = embedded::endpoint_for(setup.netem.addr());
+    endpoint.url = Some(setup.netem.url());
+    let store = Arc::new(AwsStore::connect(&endpoint, "bench").await);
+    let opts = VolumeOptions {
+        create: Some(CreateSpec { size: VOLUME, block_size: 512, chunk_size: 4 * MIB }),
+        holder: format!("bench-{name}"),
+        ..VolumeOptions::default()
+    };
+    let url = S3Url::parse(&format!("s3://bench/{name}"))?;
+    S3Volume::open(store, url, opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
+}
+
+async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<LatencyResult>, String> {
+    let root = embedded::open_root(dir)?;
+    root.create_bucket("bench")?;
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
+    let netem = Netem::start(server.addr, link).await.map_err(|e| e.to_string())?;
+    let setup = Setup { _server: server, netem };
+    let secs = Duration::from_secs(args.seconds);
+    let name = describe(link);
+    let mut out = Vec::new();
+    let mut record = |workload: &str, m: Measured| {
+        let r = m.result(&name, workload);
+        eprintln!(
+            "{:<20} {:<42} {:>9.0} IOPS {:>8.1} MB/s  p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.1} ms  errors {}",
+            r.link, r.workload, r.iops, r.mb_per_s, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+        );
+        out.push(r);
+    };
+
+    let v = open(&setup, "writes").await?;
+    record("4 KiB FUA write, QD1", closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+    record("4 KiB FUA write, QD32", closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+    record("4 KiB random write, QD32", closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
+    v.close().await.map_err(|e| e.to_string())?;
+
+    let v = open(&setup, "sequential").await?;
+    let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
+    let started = Instant::now();
+    let mut m = closed_loop(8, secs, MIB, |_, _| {
+        let v = v.clone();
+        let offset = next();
+        async move { v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.is_ok() }
+    })
+    .await;
+    // The writes are done once they are durable.
+    let synced = v.flush().await.is_ok();
+    m.errors += u64::from(!synced);
+    m.seconds = started.elapsed().as_secs_f64();
+    record("1 MiB sequential write, QD8, then SYNC", m);
+    // Whatever the writes did not reach is filled, so that every read below finds data.
+    let mut offset = at.load(std::sync::atomic::Ordering::Relaxed).min(FILLED);
+    while offset < FILLED {
+        v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.map_err(|e| e.to_string())?;
+        offset += MIB;
+    }
+    v.close().await.map_err(|e| e.to_string())?;
+    drop(v);
+
+    let v = open(&setup, "sequential").await?;
+    record(
+        "4 KiB random read, QD32, cold",
+        closed_loop(32, secs, 4 * KIB, |_, rng| {
+            let v = v.clone();
+            let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
+            async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
+        })
+        .await,
+    );
+    let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    record(
+        "1 MiB sequential read, QD8, cold",
+        closed_loop(8, secs, MIB, |_, _| {
+            let v = v.clone();
+            let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
+            async move { v.read(offset, MIB as usize).await.is_ok() }
+        })
+        .await,
+    );
+    v.close().await.map_err(|e| e.to_string())?;
+
+    if args.outage > 0 {
+        let v = open(&setup, "outage").await?;
+        let netem = &setup.netem;
+        let outage = Duration::from_secs(args.outage);
+        let load = closed_loop(4, outage + 2 * secs, 4 * KIB, |_, rng| random_write(&v, rng, false));
+        let cut = async {
+            tokio::time::sleep(secs).await;
+            netem.set_reach(Reach::Refused);
+            tokio::time::sleep(outage).await;
+            netem.set_reach(Reach::Up);
+        };
+        let (mut m, ()) = tokio::join!(load, cut);
+        m.errors += u64::from(v.flush().await.is_err());
+        record(&format!("4 KiB random write, QD4, S3 away {} s", args.outage), m);
+        v.close().await.map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn random_write(v: &Arc<S3Volume>, rng: &mut Rng, fua: bool) -> impl std::future::Future<Output = bool> + use<> {
+    let v = v.clone();
+    let offset = rng.below(VOLUME / (4 * KIB)) * 4 * KIB;
+    let data = Bytes::from(vec![(offset / 4096 % 251) as u8 + 1; 4 * KIB as usize]);
+    async move { v.write(offset, data, fua).await.is_ok() }
+}
+
+/// Latencies of one closed-loop run.
+struct Measured {
+    latencies: Vec<Duration>,
+    errors: u64,
+    seconds: f64,
+    bytes_per_command: u64,
+}
+
+impl Measured {
+    fn result(&self, link: &str, workload: &str) -> LatencyResult {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied();
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let commands = l.len() as u64;
+        LatencyResult {
+            link: link.into(),
+            workload: workload.into(),
+            commands,
+            errors: self.errors,
+            seconds: self.seconds,
+            iops: commands as f64 / self.seconds,
+            mb_per_s: (commands * self.bytes_per_command) as f64 / self.seconds / 1e6,
+            p50_ms: ms(pct(0.5)),
+            p99_ms: ms(pct(0.99)),
+            max_ms: ms(l.last().copied()),
+        }
+    }
+}
+
+/// `depth` workers, each issuing its next command when the last one completes, for `time`.
+async fn closed_loop<F, Fut>(depth: usize, time: Duration, bytes_per_command: u64, op: F) -> Measured
+where
+    F: Fn(usize, &mut Rng) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let end = started + time;
+    let workers = (0..depth).map(|w| {
+        let op = &op;
+        async move {
+            let mut rng = Rng::seeded(w as u64 + 1);
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                if op(w, &mut rng).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }
+    });
+    let results = futures::future::join_all(workers).await;
+    let mut m =
+        Measured { latencies: Vec::new(), errors: 0, seconds: started.elapsed().as_secs_f64(), bytes_per_command };
+    for (l, e) in results {
+        m.latencies.extend(l);
+        m.errors += e;
+    }
+    m
+}
+
+/// A Markdown table of the results, the loopback and emulated links side by side.
+pub fn table(results: &[LatencyResult]) -> String {
+    let mut t = String::from(
+        "| workload | link | IOPS | MB/s | p50 ms | p99 ms | max ms | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut sorted: Vec<&LatencyResult> = results.iter().collect();
+    sorted.sort_by_key(|r| results.iter().position(|x| x.workload == r.workload));
+    for r in sorted {
+        t.push_str(&format!(
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
+            r.workload, r.link, r.iops, r.mb_per_s, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+        ));
+    }
+    t
+}
