@@ -1,0 +1,231 @@
+//! An S3 LUN whose store is at a distance: the embedded store over HTTP behind a network
+//! emulator (`rtgt::netem`), a target in this process, and an initiator. The store goes away
+//! for longer than the lease, or sits behind a slow capped link; the initiator must see no
+//! errors for plain writes, a SYNCHRONIZE CACHE must wait and then succeed, and every
+//! acknowledged write must be in the store afterwards (read back by a second target).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtgt::config::{BuildContext, Config};
+use rtgt::initiator::{InitiatorConfig, Session, rw16};
+use rtgt::netem::{LinkSpec, Netem, Reach};
+use rtgt::rng::Rng;
+use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::server::{Registry, Server, TokioNet};
+use tokio::net::TcpStream;
+
+const LUN: u16 = 1;
+const BLOCK: u64 = 512;
+/// The LUN: small enough that everything written fits the cache.
+const BLOCKS: u64 = 64 * 2048;
+
+struct Store {
+    _server: EmbeddedS3,
+    netem: Netem,
+    _dir: tempfile::TempDir,
+}
+
+async fn store(link: LinkSpec) -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let root = embedded::open_root(dir.path()).unwrap();
+    root.create_bucket("vols").unwrap();
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let netem = Netem::start(server.addr, link).await.unwrap();
+    Store { _server: server, netem, _dir: dir }
+}
+
+struct Target {
+    server: Arc<Server<TokioNet>>,
+    addr: std::net::SocketAddr,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn target(store: &Store, cache: &str) -> Target {
+    let text = format!(
+        r#"
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:0"]
+
+        [[target]]
+        name = "{}"
+
+        [[target.lun]]
+        lun = {LUN}
+        backend = "s3"
+        url = "s3://vols/v"
+        endpoint = "{}"
+        region = "us-east-1"
+        access_key_id = "rtgt"
+        secret_access_key = "rtgt-embedded-secret"
+        size = "{}"
+        cache_size = "{cache}"
+        create = true
+        "#,
+        common::TARGET,
+        store.netem.url(),
+        BLOCKS * BLOCK,
+    );
+    let config = Config::from_toml(&text).unwrap();
+    let ctx = BuildContext::new();
+    let registry = Arc::new(Registry::new());
+    config.populate(&registry, &ctx).await.unwrap();
+    let server = Arc::new(Server::new(TokioNet, ctx.clock.clone(), registry, config.settings()));
+    let portals = server.bind().await.unwrap();
+    let addr = portals[0].addr;
+    let accepting = portals.into_iter().map(|p| tokio::spawn(server.clone().accept_loop(p))).collect();
+    Target { server, addr, accepting }
+}
+
+impl Target {
+    async fn session(&self, isid: u64) -> Session {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let config = InitiatorConfig { isid, ..InitiatorConfig::default() };
+        let s = Session::login(stream, &config, Some(common::TARGET)).await.unwrap();
+        s.clear_unit_attentions(LUN).await.unwrap();
+        s
+    }
+
+    /// A clean shutdown: the volume merges everything and releases its lease.
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(60)).await;
+        for a in self.accepting {
+            a.abort();
+        }
+    }
+}
+
+fn fill(lba: u64, id: u64) -> Vec<u8> {
+    let mut b = vec![(id % 251) as u8; BLOCK as usize];
+    b[..8].copy_from_slice(&lba.to_be_bytes());
+    b[8..16].copy_from_slice(&id.to_be_bytes());
+    b
+}
+
+/// What each block last got acknowledged with.
+type Acked = Arc<std::sync::Mutex<Vec<Option<u64>>>>;
+
+/// One worker: writes of 8 blocks at random places of its own range (so workers never write
+/// the same block), every `fua_every`-th with FUA; returns how many commands failed.
+async fn writer(s: Arc<Session>, worker: u64, workers: u64, acked: Acked, fua_every: u64, stop: Arc<tokio::sync::Notify>) -> u64 {
+    let mut rng = Rng::seeded(worker + 7);
+    let per = BLOCKS / workers;
+    let mut failed = 0;
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    for n in 1u64.. {
+        if futures::poll!(&mut stopped).is_ready() {
+            break;
+        }
+        let lba = worker * per + rng.below(per / 8) * 8;
+        let id = worker << 32 | n;
+        let data: Vec<u8> = (lba..lba + 8).flat_map(|b| fill(b, id)).collect();
+        let fua = fua_every > 0 && n % fua_every == 0;
+        let cdb = rw16(0x8a, lba, 8, if fua { 0x08 } else { 0 });
+        match s.command(LUN, &cdb, Bytes::from(data), 0).await {
+            Ok(r) if r.status == 0 => {
+                let mut a = acked.lock().unwrap();
+                (lba..lba + 8).for_each(|b| a[b as usize] = Some(id));
+            }
+            other => {
+                eprintln!("write at {lba} failed: {other:?}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+async fn sync(s: &Session) -> u8 {
+    s.command(LUN, &rw16(0x91, 0, 0, 0), Bytes::new(), 0).await.unwrap().status
+}
+
+/// Reads every block through a new target and checks it holds what was acknowledged last.
+async fn verify(store: &Store, acked: &Acked) {
+    let t = target(store, "64MiB").await;
+    let s = t.session(0x900).await;
+    let acked = acked.lock().unwrap().clone();
+    let per_read = 2048u64;
+    for first in (0..BLOCKS).step_by(per_read as usize) {
+        let r = s.command(LUN, &rw16(0x88, first, per_read as u32, 0), Bytes::new(), (per_read * BLOCK) as u32).await.unwrap();
+        assert_eq!(r.status, 0, "read at {first}");
+        for b in first..first + per_read {
+            let got = &r.data[((b - first) * BLOCK) as usize..((b - first + 1) * BLOCK) as usize];
+            match acked[b as usize] {
+                Some(id) => assert_eq!(got, &fill(b, id)[..], "block {b}: the last acknowledged write"),
+                None => assert!(got.iter().all(|&x| x == 0), "block {b} was never written"),
+            }
+        }
+    }
+    t.stop().await;
+}
+
+/// The store goes away (connections reset, new ones refused) for longer than the lease, under
+/// plain writes at QD4. No write fails; a SYNCHRONIZE CACHE sent during the outage waits and
+/// succeeds when the store returns; afterwards every acknowledged write is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
+    let store = store(LinkSpec::default()).await;
+    let t = target(&store, "64MiB").await;
+    let s = Arc::new(t.session(0x100).await);
+    let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let workers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(writer(s.clone(), w, 4, acked.clone(), 0, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    store.netem.set_reach(Reach::Refused);
+    // Past the lease (30 s less its margin): plain writes still go into the cache.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let syncing = {
+        let s = s.clone();
+        tokio::spawn(async move { sync(&s).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    store.netem.set_reach(Reach::Up);
+    assert_eq!(syncing.await.unwrap(), 0, "the SYNCHRONIZE CACHE sent during the outage succeeds");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.notify_waiters();
+    let mut failed = 0;
+    for w in workers {
+        failed += w.await.unwrap();
+    }
+    assert_eq!(failed, 0, "no plain write failed");
+    assert_eq!(sync(&s).await, 0);
+    drop(s);
+    t.stop().await;
+    verify(&store, &acked).await;
+}
+
+/// A slow capped link (20 ms round trip, 40 Mbit/s) and a cache small enough that chunk merges
+/// (4 MiB PUTs) run all the time, under QD32 writes with FUA now and then: attempts get time
+/// for their size and the window keeps them from starving each other, so nothing times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
+    let store = store(LinkSpec::new(Duration::from_millis(20), 40_000_000)).await;
+    let t = target(&store, "16MiB").await;
+    let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut workers = Vec::new();
+    for session in 0..4u64 {
+        let s = Arc::new(t.session(0x200 + session).await);
+        for w in 0..8 {
+            let worker = session * 8 + w;
+            workers.push(tokio::spawn(writer(s.clone(), worker, 32, acked.clone(), 16, stop.clone())));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop.notify_waiters();
+    let mut failed = 0;
+    for w in workers {
+        failed += w.await.unwrap();
+    }
+    assert_eq!(failed, 0, "no write failed");
+    t.stop().await;
+    verify(&store, &acked).await;
+}
