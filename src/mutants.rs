@@ -26,10 +26,13 @@ pub enum Mutant {
     /// A merge that found a chunk zero writes a zero record (and deletes the chunk) even though
     /// the chunk was written, and that write logged, since its snapshot.
     ZeroMergeSettlesNewerLogs = 9,
+    /// A request of the S3 volume whose outcome is unknown (a timeout, a 500) is reported as a
+    /// medium error instead of a transient fault.
+    TransientIsMediumError = 10,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -39,6 +42,7 @@ impl Mutant {
         Mutant::LocalStoreNoSync,
         Mutant::HolderDoesNotFence,
         Mutant::ZeroMergeSettlesNewerLogs,
+        Mutant::TransientIsMediumError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl Mutant {
             Mutant::LocalStoreNoSync => "local-store-no-sync",
             Mutant::HolderDoesNotFence => "holder-does-not-fence",
             Mutant::ZeroMergeSettlesNewerLogs => "zero-merge-settles-newer-logs",
+            Mutant::TransientIsMediumError => "transient-is-medium-error",
         }
     }
 }

@@ -112,7 +112,14 @@ type Acked = Arc<std::sync::Mutex<Vec<Option<u64>>>>;
 
 /// One worker: writes of 8 blocks at random places of its own range (so workers never write
 /// the same block), every `fua_every`-th with FUA; returns how many commands failed.
-async fn writer(s: Arc<Session>, worker: u64, workers: u64, acked: Acked, fua_every: u64, stop: Arc<tokio::sync::Notify>) -> u64 {
+async fn writer(
+    s: Arc<Session>,
+    worker: u64,
+    workers: u64,
+    acked: Acked,
+    fua_every: u64,
+    stop: Arc<tokio::sync::Notify>,
+) -> u64 {
     let mut rng = Rng::seeded(worker + 7);
     let per = BLOCKS / workers;
     let mut failed = 0;
@@ -152,7 +159,10 @@ async fn verify(store: &Store, acked: &Acked) {
     let acked = acked.lock().unwrap().clone();
     let per_read = 2048u64;
     for first in (0..BLOCKS).step_by(per_read as usize) {
-        let r = s.command(LUN, &rw16(0x88, first, per_read as u32, 0), Bytes::new(), (per_read * BLOCK) as u32).await.unwrap();
+        let r = s
+            .command(LUN, &rw16(0x88, first, per_read as u32, 0), Bytes::new(), (per_read * BLOCK) as u32)
+            .await
+            .unwrap();
         assert_eq!(r.status, 0, "read at {first}");
         for b in first..first + per_read {
             let got = &r.data[((b - first) * BLOCK) as usize..((b - first + 1) * BLOCK) as usize];
@@ -175,9 +185,8 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     let s = Arc::new(t.session(0x100).await);
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
-    let workers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(writer(s.clone(), w, 4, acked.clone(), 0, stop.clone())))
-        .collect();
+    let workers: Vec<_> =
+        (0..4).map(|w| tokio::spawn(writer(s.clone(), w, 4, acked.clone(), 0, stop.clone()))).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     store.netem.set_reach(Reach::Refused);
     // Past the lease (30 s less its margin): plain writes still go into the cache.

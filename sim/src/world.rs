@@ -472,6 +472,18 @@ fn inject(
         sim.hold("target", init.as_str());
         log(format!("hold target <-> {init}"));
         repairs.push((lasting(rng, 3000), Repair::Hold(init)));
+    } else if roll(rng, plan.s3_faults * 0.15) {
+        // S3 away for longer than a request's whole retry budget, sometimes longer than the
+        // lease: every request fails at once (500) or hangs past its attempt timeout.
+        let f = if rng.chance(0.5) {
+            S3Faults { internal_error: 1.0, ..S3Faults::default() }
+        } else {
+            S3Faults { timeout: 1.0, ..S3Faults::default() }
+        };
+        env.s3.set_faults(f);
+        let until = now + Duration::from_millis(8_000 + rng.below(30_000));
+        log(format!("S3 outage until {until:?}: {f:?}"));
+        repairs.push((until, Repair::S3));
     } else if roll(rng, plan.s3_faults * 0.6) {
         let f = S3Faults {
             internal_error: rng.below(20) as f64 / 100.0,

@@ -202,6 +202,12 @@ impl Drop for S3Volume {
 /// The block-store error of a failed request: transient faults stay retryable (never a
 /// MEDIUM ERROR), a fenced request is NOT READY, the rest is the medium's.
 fn store_err(e: ObjectError, writing: bool) -> StoreError {
+    if crate::mutants::active(crate::mutants::Mutant::TransientIsMediumError)
+        && let ObjectError::Indeterminate(message) = &e
+    {
+        // Planted bug: an unknown outcome passed off as a bad medium.
+        return if writing { StoreError::Write(message.clone()) } else { StoreError::Read(message.clone()) };
+    }
     match e {
         ObjectError::Determinate { retryable: true, message } => StoreError::Transient(message),
         ObjectError::Indeterminate(message) => StoreError::Transient(format!("outcome unknown: {message}")),
