@@ -20,15 +20,14 @@ use rtgt::node::NodeId;
 use rtgt::rng::Rng;
 use rtgt::s3::ObjectStore;
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{CreateSpec, LEASE_NAME, S3Volume, VolumeOptions};
-use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
-use rtgt::server::supervisor::{Opener, Placeholder, supervise};
+use rtgt::s3::volume::{CreateSpec, LEASE_NAME, VolumeOptions};
+use rtgt::scsi::{LuConfig, LuIdentity};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 
 use crate::mem_s3::{Cut, MemS3};
 use crate::model::{BLOCK, Model, encode_block};
 use crate::net::TurmoilNet;
-use crate::world::{BUCKET, CHUNK, Outcome, SimClock, s3_client, sim_retry_policy};
+use crate::world::{BUCKET, CHUNK, Outcome, SimClock, add_s3_lun, s3_client, sim_retry_policy};
 
 const TARGET: &str = "iqn.2026-11.dev.rtgt:pair";
 const PORT: u16 = 3260;
@@ -141,20 +140,7 @@ async fn target(
     };
     let url = S3Url::parse(&format!("s3://{BUCKET}/pair")).expect("url");
     let lu_config = LuConfig::new(BLOCK as u32, LuIdentity::derived("pair/0"));
-    let placeholder = Placeholder::new(lu_config.clone(), Some(BLOCKS * BLOCK as u64), "opening")?;
-    entry.scsi.add_lun(0, placeholder.lu.clone())?;
-    let open: Opener = {
-        let clock = clock.clone();
-        Arc::new(move || {
-            let (store, url, opts, clock, lu_config) =
-                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
-            Box::pin(async move {
-                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| e.to_string())?;
-                Ok(Arc::new(LogicalUnit::new(volume, lu_config)?))
-            })
-        })
-    };
-    tokio::spawn(supervise(entry.scsi.clone(), 0, open, placeholder, None, None, clock.clone()));
+    add_s3_lun(&entry, 0, store, url, opts, lu_config, BLOCKS * BLOCK as u64, &clock)?;
     registry.add_target(entry)?;
     // Busy polling spins on yields, and simulated time does not pass while tasks only yield.
     let settings = Settings { busy_poll: Duration::ZERO, ..Settings::default() };

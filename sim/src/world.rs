@@ -167,21 +167,7 @@ async fn target(env: Environment) -> turmoil::Result {
     // LUN 1 opens in the background as in production: NOT READY until its volume is open
     // (the object store may be failing), opened again if its lease is ever lost.
     let lu_config = LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/1"));
-    let placeholder = Placeholder::new(lu_config.clone(), Some(BLOCKS * BLOCK), "opening")?;
-    entry.scsi.add_lun(1, placeholder.lu.clone())?;
-    let open: Opener = {
-        let clock = clock.clone();
-        Arc::new(move || {
-            let (store, url, opts, clock, lu_config) =
-                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
-            Box::pin(async move {
-                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| e.to_string())?;
-                Ok(Arc::new(LogicalUnit::new(volume, lu_config)?))
-            })
-        })
-    };
-    let scsi = entry.scsi.clone();
-    tokio::spawn(supervise(scsi, 1, open, placeholder, None, None, clock.clone()));
+    add_s3_lun(&entry, 1, store, url, opts, lu_config, BLOCKS * BLOCK, &clock)?;
     registry.add_target(entry)?;
 
     let mut settings = Settings::default();
@@ -205,6 +191,36 @@ async fn target(env: Environment) -> turmoil::Result {
     loop {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
+}
+
+/// Adds LUN `lun` on an S3 volume to a target, as production does: a NOT READY placeholder
+/// until the volume opens, a supervisor that opens it (again, if its lease is ever lost).
+#[allow(clippy::too_many_arguments)]
+pub fn add_s3_lun(
+    entry: &TargetEntry,
+    lun: u16,
+    store: Arc<dyn ObjectStore>,
+    url: S3Url,
+    opts: VolumeOptions,
+    lu_config: LuConfig,
+    capacity: u64,
+    clock: &Arc<dyn Clock>,
+) -> Result<(), String> {
+    let placeholder = Placeholder::new(lu_config.clone(), Some(capacity), "opening")?;
+    entry.scsi.add_lun(lun, placeholder.lu.clone())?;
+    let open: Opener = {
+        let clock = clock.clone();
+        Arc::new(move || {
+            let (store, url, opts, clock, lu_config) =
+                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
+            Box::pin(async move {
+                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| e.to_string())?;
+                Ok(Arc::new(LogicalUnit::new(volume, lu_config)?))
+            })
+        })
+    };
+    tokio::spawn(supervise(entry.scsi.clone(), lun, open, placeholder, None, None, clock.clone()));
+    Ok(())
 }
 
 pub fn sim_retry_policy() -> RetryPolicy {
