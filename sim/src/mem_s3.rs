@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use rtgt::rng::Rng;
+use rtgt::s3::http::collect;
 
 /// Fault probabilities per request, and latency.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -223,16 +223,6 @@ fn after_apply<T>(fault: Fault, ok: T) -> S3Result<T> {
         Fault::ApplyThenFail => Err(error(S3ErrorCode::InternalError, 500)),
         _ => Ok(ok),
     }
-}
-
-async fn collect(body: Option<StreamingBlob>) -> S3Result<Bytes> {
-    let mut out = Vec::new();
-    if let Some(mut body) = body {
-        while let Some(chunk) = body.next().await {
-            out.extend_from_slice(&chunk.map_err(|_| S3Error::new(S3ErrorCode::IncompleteBody))?);
-        }
-    }
-    Ok(Bytes::from(out))
 }
 
 #[async_trait::async_trait]

@@ -53,7 +53,8 @@ fn etag(value: Option<String>) -> Option<ETag> {
     value.map(|v| ETag::Strong(v.trim_matches('"').to_string()))
 }
 
-async fn collect(body: Option<StreamingBlob>) -> S3Result<Bytes> {
+/// Reads a request body whole (also for the simulation's in-memory S3 service).
+pub async fn collect(body: Option<StreamingBlob>) -> S3Result<Bytes> {
     let mut out = Vec::new();
     if let Some(mut body) = body {
         while let Some(chunk) = body.next().await {
