@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rtgt::config::{BuildContext, Config};
+use common::TestTarget;
+use rtgt::config::Config;
 use rtgt::initiator::{InitiatorConfig, Session, rw16};
 use rtgt::netem::{LinkSpec, Netem, Reach};
 use rtgt::rng::Rng;
 use rtgt::s3::embedded::{self, EmbeddedS3};
-use rtgt::server::{Registry, Server, TokioNet};
-use tokio::net::TcpStream;
 
 const LUN: u16 = 1;
 const BLOCK: u64 = 512;
@@ -38,14 +37,8 @@ async fn store(link: LinkSpec) -> Store {
     Store { server, netem, _dir: dir }
 }
 
-struct Target {
-    server: Arc<Server<TokioNet>>,
-    addr: std::net::SocketAddr,
-    accepting: Vec<tokio::task::JoinHandle<()>>,
-}
-
 /// A target whose LUN reaches the store at `endpoint`.
-async fn target(endpoint: &str, cache: &str) -> Target {
+async fn target(endpoint: &str, cache: &str) -> TestTarget {
     let text = format!(
         r#"
         [[portal_group]]
@@ -71,34 +64,18 @@ async fn target(endpoint: &str, cache: &str) -> Target {
         endpoint,
         BLOCKS * BLOCK,
     );
-    let config = Config::from_toml(&text).unwrap();
-    let ctx = BuildContext::new();
-    let registry = Arc::new(Registry::new());
-    config.populate(&registry, &ctx).await.unwrap();
-    let server = Arc::new(Server::new(TokioNet, ctx.clock.clone(), registry, config.settings()));
-    let portals = server.bind().await.unwrap();
-    let addr = portals[0].addr;
-    let accepting = portals.into_iter().map(|p| tokio::spawn(server.clone().accept_loop(p))).collect();
-    Target { server, addr, accepting }
+    common::start(Config::from_toml(&text).unwrap()).await
 }
 
-impl Target {
-    async fn session(&self, isid: u64) -> Session {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let config = InitiatorConfig { isid, ..InitiatorConfig::default() };
-        let s = Session::login(stream, &config, Some(common::TARGET)).await.unwrap();
-        s.clear_unit_attentions(LUN).await.unwrap();
-        s
-    }
+async fn ready_session(t: &TestTarget, isid: u64) -> Session {
+    let s = t.login(&InitiatorConfig { isid, ..InitiatorConfig::default() }).await;
+    s.clear_unit_attentions(LUN).await.unwrap();
+    s
+}
 
-    /// A clean shutdown: the volume merges everything and releases its lease.
-    async fn stop(self) {
-        self.server.shutdown(Duration::from_secs(60)).await;
-        for a in self.accepting {
-            a.abort();
-        }
-    }
+/// A clean shutdown: the volume merges everything and releases its lease.
+async fn shut_down(t: TestTarget) {
+    t.server.shutdown(Duration::from_secs(60)).await;
 }
 
 fn fill(lba: u64, id: u64) -> Vec<u8> {
@@ -157,7 +134,7 @@ async fn sync(s: &Session) -> u8 {
 /// what was acknowledged last.
 async fn verify(store: &Store, acked: &Acked) {
     let t = target(&format!("http://{}", store.server.addr), "64MiB").await;
-    let s = t.session(0x900).await;
+    let s = ready_session(&t, 0x900).await;
     let acked = acked.lock().unwrap().clone();
     let per_read = 2048u64;
     for first in (0..BLOCKS).step_by(per_read as usize) {
@@ -174,7 +151,7 @@ async fn verify(store: &Store, acked: &Acked) {
             }
         }
     }
-    t.stop().await;
+    shut_down(t).await;
 }
 
 /// The store goes away (connections reset, new ones refused) for longer than the lease, under
@@ -184,7 +161,7 @@ async fn verify(store: &Store, acked: &Acked) {
 async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     let store = store(LinkSpec::default()).await;
     let t = target(&store.netem.url(), "64MiB").await;
-    let s = Arc::new(t.session(0x100).await);
+    let s = Arc::new(ready_session(&t, 0x100).await);
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
     let workers: Vec<_> =
@@ -209,7 +186,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     assert_eq!(failed, 0, "no plain write failed");
     assert_eq!(sync(&s).await, 0);
     drop(s);
-    t.stop().await;
+    shut_down(t).await;
     verify(&store, &acked).await;
 }
 
@@ -227,7 +204,7 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();
     for session in 0..4u64 {
-        let s = Arc::new(t.session(0x200 + session).await);
+        let s = Arc::new(ready_session(&t, 0x200 + session).await);
         for w in 0..8 {
             let worker = session * 8 + w;
             workers.push(tokio::spawn(writer(s.clone(), worker, 32, acked.clone(), 16, stop.clone())));
@@ -240,6 +217,6 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
         failed += w.await.unwrap();
     }
     assert_eq!(failed, 0, "no write failed");
-    t.stop().await;
+    shut_down(t).await;
     verify(&store, &acked).await;
 }

@@ -407,41 +407,35 @@ fn sim(args: &[String]) -> Result<(), String> {
     run(Command::new(binary).current_dir(root()).args(args.iter().filter(|a| *a != "--release")))
 }
 
+/// A number with an optional unit suffix (case-insensitive, longest suffix first), scaled by the
+/// unit's factor; a bare number is in `bare` units.
+fn quantity(text: &str, units: &[(&str, f64)], bare: f64) -> Option<f64> {
+    let lower = text.to_ascii_lowercase();
+    let (number, scale) =
+        units.iter().find_map(|(suffix, scale)| Some((lower.strip_suffix(suffix)?, *scale))).unwrap_or((&lower, bare));
+    number.parse::<f64>().ok().filter(|n| *n >= 0.0).map(|n| n * scale)
+}
+
+/// Time units in milliseconds.
+const TIME_UNITS: [(&str, f64); 3] = [("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)];
+
 /// "20ms", "0.5s" or "20" (milliseconds) as whole milliseconds.
 fn millis(text: &str) -> Result<String, String> {
-    let bad = || format!("cannot read {text:?} as a time (20ms, 1s)");
-    let ms = if let Some(n) = text.strip_suffix("ms") {
-        n.parse::<f64>().map_err(|_| bad())?
-    } else if let Some(n) = text.strip_suffix('s') {
-        n.parse::<f64>().map_err(|_| bad())? * 1000.0
-    } else {
-        text.parse::<f64>().map_err(|_| bad())?
-    };
-    Ok(format!("{}", ms.round() as u64))
+    let ms = quantity(text, &TIME_UNITS, 1.0).ok_or(format!("cannot read {text:?} as a time (20ms, 1s)"))?;
+    Ok((ms.round() as u64).to_string())
 }
 
 /// "30s", "1m" or "30" (seconds) as whole seconds.
 fn seconds(text: &str) -> Result<String, String> {
-    match text.strip_suffix('m') {
-        Some(n) => n.parse::<u64>().map(|m| (m * 60).to_string()).map_err(|_| format!("cannot read {text:?}")),
-        None => {
-            Ok((millis(text)?.parse::<u64>().expect("number") / if text.ends_with('s') { 1000 } else { 1 }).to_string())
-        }
-    }
+    let ms = quantity(text, &TIME_UNITS, 1000.0).ok_or(format!("cannot read {text:?} as a time (30s, 1m)"))?;
+    Ok(((ms / 1000.0).round() as u64).to_string())
 }
 
 /// "100Mbit", "1Gbit" or "100" (Mbit/s) as whole Mbit/s.
 fn mbit(text: &str) -> Result<String, String> {
-    let lower = text.to_ascii_lowercase();
-    let bad = || format!("cannot read {text:?} as a rate (100Mbit, 1Gbit)");
-    let (n, scale) = if let Some(n) = lower.strip_suffix("gbit") {
-        (n, 1000.0)
-    } else if let Some(n) = lower.strip_suffix("mbit") {
-        (n, 1.0)
-    } else {
-        (lower.as_str(), 1.0)
-    };
-    Ok(format!("{}", (n.parse::<f64>().map_err(|_| bad())? * scale).round() as u64))
+    let units = [("gbit", 1000.0), ("mbit", 1.0)];
+    let rate = quantity(text, &units, 1.0).ok_or(format!("cannot read {text:?} as a rate (100Mbit, 1Gbit)"))?;
+    Ok((rate.round() as u64).to_string())
 }
 
 fn bench(args: &[String]) -> Result<(), String> {
@@ -498,4 +492,22 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
     result?;
     eprintln!("xtask: results in {}", json.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod units_tests {
+    use super::*;
+
+    #[test]
+    fn times_and_rates_read_with_their_units() {
+        assert_eq!(millis("20ms").unwrap(), "20");
+        assert_eq!(millis("0.5s").unwrap(), "500");
+        assert_eq!(millis("20").unwrap(), "20");
+        assert_eq!(seconds("30s").unwrap(), "30");
+        assert_eq!(seconds("1m").unwrap(), "60");
+        assert_eq!(seconds("45").unwrap(), "45");
+        assert_eq!(mbit("100Mbit").unwrap(), "100");
+        assert_eq!(mbit("1Gbit").unwrap(), "1000");
+        assert!(millis("fast").is_err() && mbit("-3").is_err());
+    }
 }

@@ -670,22 +670,35 @@ impl S3Volume {
     /// goes in once the cache is empty.) While the store is away, the write waits for room
     /// until its deadline.
     async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
-        self.patiently("a write waiting for room in the cache", || self.try_write_within_limit(offset, data)).await
-    }
-
-    async fn try_write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
         // Pages the write may allocate: every page it touches, in every chunk it spans.
         let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
         let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
+        // The common case: room at once, no deadline to keep.
+        if self.copy_if_room(&mut self.cache(), need, offset, data) {
+            return Ok(());
+        }
+        self.patiently("a write waiting for room in the cache", || self.make_room_and_write(need, offset, data)).await
+    }
+
+    /// Copies the write in if `need` bytes of pages fit (after evicting clean entries).
+    fn copy_if_room(&self, cache: &mut Cache, need: u64, offset: u64, data: &[u8]) -> bool {
+        if cache.page_bytes + need > self.cache_limit {
+            self.evict_clean(cache, need);
+        }
+        if cache.page_bytes + need <= self.cache_limit || cache.page_bytes == 0 {
+            self.copy_write(cache, offset, data);
+            return true;
+        }
+        false
+    }
+
+    /// Merges the oldest unmerged chunks until the write fits, then copies it in.
+    async fn make_room_and_write(&self, need: u64, offset: u64, data: &[u8]) -> StoreResult<()> {
         loop {
             let released = self.released.notified();
             let to_merge = {
                 let mut cache = self.cache();
-                if cache.page_bytes + need > self.cache_limit {
-                    self.evict_clean(&mut cache, need);
-                }
-                if cache.page_bytes + need <= self.cache_limit || cache.page_bytes == 0 {
-                    self.copy_write(&mut cache, offset, data);
+                if self.copy_if_room(&mut cache, need, offset, data) {
                     return Ok(());
                 }
                 let mut unmerged: Vec<(Duration, u64)> = cache

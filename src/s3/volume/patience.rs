@@ -29,6 +29,7 @@ impl S3Volume {
         let mut pause = FIRST_PAUSE;
         loop {
             let outcome = tokio::select! {
+                biased;
                 r = attempt() => Some(r),
                 _ = self.clock.sleep_until(deadline) => None,
             };
@@ -66,6 +67,10 @@ impl S3Volume {
 
     /// The store answered: if it had been away, say so once.
     pub(super) fn note_reachable(&self) {
+        // A load first: this runs after every command that reached the store.
+        if self.unreachable_since.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let since = self.unreachable_since.swap(0, Ordering::SeqCst);
         if since != 0 {
             let away = self.clock.now().saturating_sub(Duration::from_nanos(since));
