@@ -29,6 +29,8 @@ pub struct Faults {
     pub lost_request: f64,
     /// Refuse mutations for good (like an access denied): determinate, not retryable.
     pub reject_writes: f64,
+    /// Every PUT takes this long (a store at a distance).
+    pub put_latency: std::time::Duration,
 }
 
 struct State {
@@ -236,6 +238,10 @@ impl ObjectStore for MemObjectStore {
         let key = key.to_string();
         Box::pin(async move {
             self.wait_if_held(&key).await;
+            let latency = self.lock().faults.put_latency;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             self.put_sync(&key, body, metadata, condition)
         })
     }

@@ -328,6 +328,31 @@ async fn a_read_waits_for_the_store_within_its_deadline() {
     assert!(not_ready(v.read(0, 512).await));
 }
 
+/// Group commit: FUA writes from 32 workers at once, each PUT 20 ms away, share log PUTs. Each
+/// SYNC that waited behind another finds its writes covered, or logs them for all that waited
+/// with it; without that, each FUA write costs a log PUT of its own.
+#[tokio::test(start_paused = true)]
+async fn concurrent_fua_writes_share_log_puts() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 64, "a").await.unwrap();
+    h.mem.set_faults(Faults { put_latency: Duration::from_millis(20), ..Faults::default() });
+    let workers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                for i in 0..10u64 {
+                    v.write((w * 2 + i % 2) * 64 * 1024, block(w as u8 + 1), true).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let logs = v.stats.logs_written.load(Ordering::Relaxed);
+    assert!(logs <= 320 / 4, "{logs} log PUTs for 320 FUA writes");
+}
+
 /// A renewal whose PUT was lost (reported uncertain, never applied) finds the holder's previous
 /// record when it reads back: that is not a renewal, and the lease runs out as it should.
 #[tokio::test(start_paused = true)]
