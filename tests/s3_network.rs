@@ -73,7 +73,8 @@ async fn ready_session(t: &TestTarget, isid: u64) -> Session {
     s
 }
 
-/// A clean shutdown: the volume merges everything and releases its lease.
+/// A clean shutdown: the volume merges everything and releases its lease. (Log the sessions out
+/// first: the shutdown otherwise waits out its grace for them.)
 async fn shut_down(t: TestTarget) {
     t.server.shutdown(Duration::from_secs(60)).await;
 }
@@ -151,6 +152,7 @@ async fn verify(store: &Store, acked: &Acked) {
             }
         }
     }
+    s.logout().await.unwrap();
     shut_down(t).await;
 }
 
@@ -188,7 +190,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     }
     assert_eq!(failed, 0, "no plain write failed");
     assert_eq!(sync(&s).await, 0);
-    drop(s);
+    s.logout().await.unwrap();
     shut_down(t).await;
     verify(&store, &acked).await;
 }
@@ -206,8 +208,10 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();
+    let mut sessions = Vec::new();
     for session in 0..4u64 {
         let s = Arc::new(ready_session(&t, 0x200 + session).await);
+        sessions.push(s.clone());
         for w in 0..8 {
             let worker = session * 8 + w;
             workers.push(tokio::spawn(writer(s.clone(), worker, 32, acked.clone(), 16, stop.clone())));
@@ -220,6 +224,9 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
         failed += w.await.unwrap();
     }
     assert_eq!(failed, 0, "no write failed");
+    for s in sessions {
+        s.logout().await.unwrap();
+    }
     shut_down(t).await;
     verify(&store, &acked).await;
 }
