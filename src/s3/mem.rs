@@ -29,8 +29,8 @@ pub struct Faults {
     pub lost_request: f64,
     /// Refuse mutations for good (like an access denied): determinate, not retryable.
     pub reject_writes: f64,
-    /// Every PUT takes this long (a store at a distance).
-    pub put_latency: std::time::Duration,
+    /// Every GET and PUT takes this long (a store at a distance).
+    pub latency: std::time::Duration,
 }
 
 struct State {
@@ -141,6 +141,13 @@ impl MemObjectStore {
         Fault::None
     }
 
+    async fn wait_latency(&self) {
+        let latency = self.lock().faults.latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     fn put_sync(
         &self,
         key: &str,
@@ -224,6 +231,7 @@ impl ObjectStore for MemObjectStore {
         let key = key.to_string();
         Box::pin(async move {
             self.wait_if_held(&key).await;
+            self.wait_latency().await;
             self.get_sync(&key, range)
         })
     }
@@ -238,10 +246,7 @@ impl ObjectStore for MemObjectStore {
         let key = key.to_string();
         Box::pin(async move {
             self.wait_if_held(&key).await;
-            let latency = self.lock().faults.put_latency;
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
+            self.wait_latency().await;
             self.put_sync(&key, body, metadata, condition)
         })
     }

@@ -335,7 +335,7 @@ async fn a_read_waits_for_the_store_within_its_deadline() {
 async fn concurrent_fua_writes_share_log_puts() {
     let h = Harness::new();
     let v = h.open(64 * 1024, 64, "a").await.unwrap();
-    h.mem.set_faults(Faults { put_latency: Duration::from_millis(20), ..Faults::default() });
+    h.mem.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
     let workers: Vec<_> = (0..32u64)
         .map(|w| {
             let v = v.clone();
@@ -351,6 +351,23 @@ async fn concurrent_fua_writes_share_log_puts() {
     }
     let logs = v.stats.logs_written.load(Ordering::Relaxed);
     assert!(logs <= 320 / 4, "{logs} log PUTs for 320 FUA writes");
+}
+
+/// The pieces of one read that are not cached are fetched at once: a read over four chunks
+/// 20 ms away takes one round trip, not four.
+#[tokio::test(start_paused = true)]
+async fn a_read_fetches_its_chunks_in_parallel() {
+    let h = Harness::new();
+    let chunk = 64 * 1024;
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    v.write(0, Bytes::from(vec![7u8; 4 * chunk as usize]), true).await.unwrap();
+    v.close().await.unwrap();
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
+    let started = tokio::time::Instant::now();
+    let data = v.read(0, 4 * chunk as usize).await.unwrap();
+    assert!(data.iter().all(|&b| b == 7));
+    assert!(started.elapsed() < Duration::from_millis(40), "took {:?} of simulated time", started.elapsed());
 }
 
 /// A renewal whose PUT was lost (reported uncertain, never applied) finds the holder's previous
