@@ -124,6 +124,11 @@ impl MemS3 {
         self.lock().landed.clone()
     }
 
+    /// How many mutations landed so far.
+    pub fn landed_count(&self) -> usize {
+        self.lock().landed.len()
+    }
+
     /// Whether this view's request for `key` is cut off.
     fn is_cut(&self, key: &str) -> bool {
         match self.lock().cuts.get(self.host) {

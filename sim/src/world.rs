@@ -349,6 +349,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
     let mut repairs: Vec<(Duration, Repair)> = Vec::new();
     let mut next_fault = plan.mean_gap;
     let mut next_image_check = IMAGE_CHECK_EVERY;
+    let mut landed_at_check = 0;
     let mut healed = false;
     let mut shutdown_asked = false;
     loop {
@@ -373,8 +374,12 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
                 i += 1;
             }
         }
-        if env.store == Store::Remote && now >= next_image_check {
+        // The image changes only when an object does, and what must be in it when a write is
+        // acknowledged: look after every mutation that landed, and at least every 100 ms.
+        let landed = if env.store == Store::Remote { env.s3.landed_count() } else { 0 };
+        if env.store == Store::Remote && (now >= next_image_check || landed != landed_at_check) {
             next_image_check = now + IMAGE_CHECK_EVERY;
+            landed_at_check = landed;
             if let Some(v) = check_recovery_image(&shared.borrow().model, &env, now) {
                 failure = Some(v);
                 break;
@@ -570,7 +575,8 @@ fn apply_repair(
     shared.borrow_mut().event(now, "fault", what);
 }
 
-/// How often the recovery image is checked (simulated time).
+/// How often the recovery image is checked at least (simulated time), besides after every
+/// mutation that lands.
 const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Durability at every moment, not only at crashes: what recovery would make of LUN 1's
