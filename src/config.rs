@@ -231,6 +231,28 @@ pub struct LunConfig {
     /// s3: take the volume over even if another target holds its lease.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// s3: what SYNCHRONIZE CACHE and FUA wait for: "s3" (the default: the data is in the
+    /// object store) or "local" (in a journal in `cache_dir`, uploaded in the background).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<Durability>,
+    /// s3: a local directory for the journal (`durability = "local"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// s3: bytes of logs the journal holds at most (default 1GiB); when full, syncs wait for
+    /// the object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_size: Option<Size>,
+}
+
+/// What a SYNCHRONIZE CACHE or FUA write of an S3 LUN waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The data is in the object store: it survives the loss of this machine.
+    S3,
+    /// The data is fsynced in a local journal: it survives a crash or a power loss of this
+    /// machine, not its loss, nor a takeover by another node before the upload.
+    Local,
 }
 
 impl LunConfig {
@@ -256,6 +278,9 @@ impl LunConfig {
             chunk_size: None,
             cache_size: None,
             force: false,
+            durability: None,
+            cache_dir: None,
+            journal_size: None,
         }
     }
 }
@@ -264,6 +289,8 @@ impl LunConfig {
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// The default write-back cache of an S3 volume.
 pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
+/// The default bound of an S3 volume's local journal.
+pub const DEFAULT_JOURNAL_SIZE: u64 = 1 << 30;
 
 /// What building the stores needs from the running process.
 #[derive(Clone)]
@@ -276,6 +303,8 @@ pub struct BuildContext {
     pub node: Option<crate::node::NodeId>,
     /// Lease holder name of this process.
     pub holder: String,
+    /// Journal directories open in this process (each locked once, shared by its LUNs).
+    pub journals: Arc<std::sync::Mutex<BTreeMap<PathBuf, Arc<crate::s3::local::LocalRoot>>>>,
     pub seed: u64,
 }
 
@@ -301,8 +330,29 @@ impl BuildContext {
                 hostname(),
                 crate::rng::Rng::seeded(nanos ^ pid as u64).next_u64() as u32
             ),
+            journals: Arc::default(),
             seed: nanos ^ pid as u64,
         }
+    }
+
+    /// The journal store in `dir`, opened (and locked) once per process.
+    pub fn journal_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
+        use crate::s3::local::{LocalOptions, LocalRoot, Offload, StdFs};
+        use crate::s3::volume::format::JOURNAL_BUCKET;
+        let mut journals = self.journals.lock().expect("poisoned");
+        let root = match journals.get(dir) {
+            Some(root) => root.clone(),
+            None => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
+                let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: self.seed };
+                let root = LocalRoot::open(Arc::new(StdFs), dir, options)
+                    .map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
+                journals.insert(dir.to_path_buf(), root.clone());
+                root
+            }
+        };
+        root.create_bucket(JOURNAL_BUCKET)?;
+        Ok(Arc::new(root.bucket(JOURNAL_BUCKET)?))
     }
 }
 
@@ -686,6 +736,12 @@ impl Config {
         {
             problems.push("cache_size: must hold at least one chunk".into());
         }
+        if l.durability == Some(Durability::Local) && l.cache_dir.is_none() {
+            problems.push("cache_dir: required for durability = \"local\" (the journal's directory)".into());
+        }
+        if l.durability != Some(Durability::Local) && (l.cache_dir.is_some() || l.journal_size.is_some()) {
+            problems.push("cache_dir / journal_size: only used with durability = \"local\"".into());
+        }
         problems
     }
 
@@ -784,9 +840,17 @@ impl Config {
             }),
             _ => None,
         };
+        let journal = match (l.durability, &l.cache_dir) {
+            (Some(Durability::Local), Some(dir)) => Some(crate::s3::volume::JournalOptions {
+                store: ctx.journal_store(&if dir.is_absolute() { dir.clone() } else { self.data_dir().join(dir) })?,
+                bytes_max: l.journal_size.map_or(DEFAULT_JOURNAL_SIZE, |s| s.0),
+            }),
+            _ => None,
+        };
         let opts = VolumeOptions {
             create,
             force: l.force,
+            journal,
             cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),
             holder: ctx.holder.clone(),
             node: ctx.node.clone(),
@@ -1009,6 +1073,27 @@ mod tests {
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn local_durability_needs_a_cache_dir_and_nothing_else_takes_one() {
+        let lun = |extra: &str| {
+            format!(
+                "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:t\"\n[[target.lun]]\nlun = 0\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\n{extra}"
+            )
+        };
+        let err = Config::from_toml(&lun("durability = \"local\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("cache_dir: required for durability = \"local\""), "{err}");
+        let err = Config::from_toml(&lun("cache_dir = \"/var/cache/rtgt\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("only used with durability = \"local\""), "{err}");
+        let err = Config::from_toml(&lun("durability = \"remote\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("durability"), "{err}");
+        let ok = Config::from_toml(&lun(
+            "durability = \"local\"\ncache_dir = \"/var/cache/rtgt\"\njournal_size = \"64MiB\"\n",
+        ))
+        .unwrap();
+        let l = &ok.targets[0].luns[0];
+        assert_eq!((l.durability, l.journal_size), (Some(Durability::Local), Some(Size(64 << 20))));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum LunCommand {
         target: String,
         lun: u16,
         #[command(flatten)]
-        spec: LunSpec,
+        spec: Box<LunSpec>,
     },
     /// Delete a LUN (its cache is flushed first).
     Delete { target: String, lun: u16 },
@@ -99,6 +99,12 @@ pub struct LunSpec {
     chunk_size: Option<String>,
     #[arg(long)]
     cache_size: Option<String>,
+    /// s3: what SYNCHRONIZE CACHE waits for: s3 (default) or local (a journal in --cache-dir).
+    #[arg(long)]
+    durability: Option<String>,
+    /// s3: the journal's directory (with --durability local).
+    #[arg(long)]
+    cache_dir: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -267,6 +273,8 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
                 ("region", spec.region.map(|r| json!(r))),
                 ("chunk_size", size(&spec.chunk_size)?.map(|s| json!(s.0))),
                 ("cache_size", size(&spec.cache_size)?.map(|s| json!(s.0))),
+                ("durability", spec.durability.map(|d| json!(d))),
+                ("cache_dir", spec.cache_dir.map(|d| json!(d))),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {

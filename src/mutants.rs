@@ -29,10 +29,12 @@ pub enum Mutant {
     /// A request of the S3 volume whose outcome is unknown (a timeout, a 500) is reported as a
     /// medium error instead of a transient fault.
     TransientIsMediumError = 10,
+    /// An upload drops a journal log's local copy without putting it in the object store.
+    JournalDroppedUnuploaded = 11,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 10] = [
+    pub const ALL: [Mutant; 11] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -43,6 +45,7 @@ impl Mutant {
         Mutant::HolderDoesNotFence,
         Mutant::ZeroMergeSettlesNewerLogs,
         Mutant::TransientIsMediumError,
+        Mutant::JournalDroppedUnuploaded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Mutant {
             Mutant::HolderDoesNotFence => "holder-does-not-fence",
             Mutant::ZeroMergeSettlesNewerLogs => "zero-merge-settles-newer-logs",
             Mutant::TransientIsMediumError => "transient-is-medium-error",
+            Mutant::JournalDroppedUnuploaded => "journal-dropped-unuploaded",
         }
     }
 }

@@ -9,8 +9,11 @@ use bytes::Bytes;
 use rtgt::s3::volume::format::{self, CHUNKS_DIR, CRC_METADATA, LOG_DIR, Record};
 
 /// The volume's bytes as recovery would rebuild them, or why the logs cannot be replayed.
+/// `journal`: the local journal's objects (`UUID/log/SEQ`), replayed with the store's logs as
+/// one sequence.
 pub fn recovery_image(
     objects: &BTreeMap<String, (Bytes, BTreeMap<String, String>)>,
+    journal: &BTreeMap<String, Bytes>,
     prefix: &str,
     size: u64,
     chunk: u64,
@@ -31,7 +34,19 @@ pub fn recovery_image(
             replay.push((seq, parsed.records));
         }
     }
+    for (key, body) in journal {
+        let seq = key
+            .rsplit_once('/')
+            .filter(|(dir, _)| dir.ends_with(LOG_DIR.trim_end_matches('/')) && !dir.contains("stale-"))
+            .and_then(|(dir, _)| format::key_number(key, &format!("{dir}/")));
+        if let Some(seq) = seq {
+            let parsed = format::parse_log(body, None).map_err(|e| format!("journal {key}: {e}"))?;
+            replay.push((seq, parsed.records));
+        }
+    }
+    // A log uploaded and not yet dropped from the journal is there twice: the same records.
     replay.sort_by_key(|(seq, _)| *seq);
+    replay.dedup_by_key(|(seq, _)| *seq);
     for (seq, records) in replay {
         for record in records {
             let (offset, len) = record.extent();

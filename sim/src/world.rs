@@ -3,6 +3,7 @@
 //! schedule. After the run the oracles are checked.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+use bytes::Bytes;
 use rtgt::clock::{Clock, TokioClock};
 use rtgt::mutants::Mutant;
 use rtgt::node::NodeId;
@@ -19,7 +21,8 @@ use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
 use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use rtgt::s3::volume::format::JOURNAL_BUCKET;
+use rtgt::s3::volume::{CreateSpec, JournalOptions, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::server::supervisor::{Opener, Placeholder, supervise};
@@ -84,11 +87,15 @@ enum Store {
 
 /// The embedded store's directory.
 const EMBEDDED_ROOT: &str = "/data/s3";
+/// The local journal's directory (`durability = "local"`).
+const JOURNAL_ROOT: &str = "/data/journal";
 
 /// What outlives a target crash, and the switches the fault schedule turns.
 #[derive(Clone)]
 struct Environment {
     store: Store,
+    /// SYNCs are durable in a local journal on `fs` (remote S3 only).
+    journal: bool,
     s3: MemS3,
     /// The target's disk for the embedded store.
     fs: CrashFs,
@@ -151,8 +158,19 @@ async fn target(env: Environment) -> turmoil::Result {
             Arc::new(root.bucket(BUCKET)?)
         }
     };
+    let journal = match env.journal {
+        false => None,
+        true => {
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(JOURNAL_ROOT), options)?;
+            root.create_bucket(JOURNAL_BUCKET)?;
+            let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(JOURNAL_BUCKET)?);
+            Some(JournalOptions { store, bytes_max: 64 * 1024 })
+        }
+    };
     let opts = VolumeOptions {
         create: Some(CreateSpec { size: BLOCKS * BLOCK, block_size: BLOCK as u32, chunk_size: CHUNK }),
+        journal,
         cache_bytes: 32 * 1024,
         flush_age: Duration::from_secs(2),
         merge_age: Duration::from_secs(8),
@@ -312,8 +330,11 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         .enable_random_order()
         .build();
 
+    let store = if rng.chance(0.4) { Store::Embedded } else { Store::Remote };
     let env = Environment {
-        store: if rng.chance(0.4) { Store::Embedded } else { Store::Remote },
+        store,
+        // Drawn apart, so that the main draws stay as they were.
+        journal: store == Store::Remote && Rng::seeded(seed ^ 0x10c4_1d15).chance(0.5),
         s3: MemS3::new(seed ^ 0x5353),
         fs: CrashFs::new(),
         media: Media::default(),
@@ -423,9 +444,10 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         wall_seconds: started.elapsed().as_secs_f64(),
         commands: sh.commands,
         crashes,
-        store: match env.store {
-            Store::Remote => "remote S3",
-            Store::Embedded => "embedded store",
+        store: match (env.store, env.journal) {
+            (Store::Remote, false) => "remote S3",
+            (Store::Remote, true) => "remote S3 + local journal",
+            (Store::Embedded, _) => "embedded store",
         },
         s3_requests: env.s3.requests(),
         trace_hash: sh.hash,
@@ -470,8 +492,8 @@ fn inject(
         }
         sim.crash("target");
         shared.borrow_mut().model.crashed(turmoil::sim_elapsed().unwrap_or(now));
-        // The process dies; with the embedded store, every other time the machine loses power.
-        if env.store == Store::Embedded && rng.chance(0.5) {
+        // The process dies; with a local disk in use, every other time the machine loses power.
+        if (env.store == Store::Embedded || env.journal) && rng.chance(0.5) {
             env.fs.power_loss();
             log("target crashed (power loss)".into());
         } else {
@@ -583,7 +605,8 @@ const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// objects were the target to die now holds every durable write (and nothing superseded).
 fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Option<String> {
     let objects = env.s3.objects_with_metadata(BUCKET);
-    let image = match crate::recovery_image::recovery_image(&objects, "lun1", BLOCKS * BLOCK, CHUNK) {
+    let journal = journal_logs(env);
+    let image = match crate::recovery_image::recovery_image(&objects, &journal, "lun1", BLOCKS * BLOCK, CHUNK) {
         Ok(image) => image,
         Err(e) => return Some(format!("durability: the volume's logs cannot be replayed: {e}")),
     };
@@ -594,6 +617,14 @@ fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Opti
         }
     }
     None
+}
+
+/// The local journal's files, if the target keeps one.
+fn journal_logs(env: &Environment) -> BTreeMap<String, Bytes> {
+    match env.journal {
+        true => LocalRoot::inspect(&env.fs, Path::new(JOURNAL_ROOT), JOURNAL_BUCKET),
+        false => BTreeMap::new(),
+    }
 }
 
 /// Oracles checked once the run is over.
@@ -633,6 +664,9 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
         Store::Remote => env.s3.objects(BUCKET),
         Store::Embedded => LocalRoot::inspect(&env.fs, Path::new(EMBEDDED_ROOT), BUCKET),
     };
+    if let Some(key) = journal_logs(env).keys().next() {
+        return Some(format!("leak: journal log {key} left after a clean shutdown"));
+    }
     for (key, body) in objects {
         if key.contains("/log/") {
             return Some(format!("leak: log object {key} left after a clean shutdown"));

@@ -16,7 +16,7 @@ use crate::rng::Rng;
 use crate::s3::aws::AwsStore;
 use crate::s3::embedded::{self, EmbeddedS3};
 use crate::s3::url::S3Url;
-use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use crate::s3::volume::{CreateSpec, JournalOptions, S3Volume, VolumeOptions};
 use crate::storage::BlockStore;
 
 const KIB: u64 = 1 << 10;
@@ -79,14 +79,24 @@ struct Setup {
 }
 
 async fn open(setup: &Setup, name: &str) -> Result<Arc<S3Volume>, String> {
+    open_with(setup, name, None).await
+}
+
+/// Opens a volume; with `journal`, `durability = "local"` with its journal there.
+async fn open_with(setup: &Setup, name: &str, journal: Option<&Path>) -> Result<Arc<S3Volume>, String> {
     let mut endpoint = embedded::endpoint_for(setup.netem.addr());
     endpoint.url = Some(setup.netem.url());
     let store = Arc::new(AwsStore::connect(&endpoint, "bench").await);
-    let opts = VolumeOptions {
+    let mut opts = VolumeOptions {
         create: Some(CreateSpec { size: VOLUME, block_size: 512, chunk_size: 4 * MIB }),
         holder: format!("bench-{name}"),
         ..VolumeOptions::default()
     };
+    if let Some(dir) = journal {
+        let ctx = crate::config::BuildContext::new();
+        opts.journal = Some(JournalOptions { store: ctx.journal_store(dir)?, bytes_max: 1 << 30 });
+        opts.node = Some(crate::node::NodeId::new("bench-node"));
+    }
     let url = S3Url::parse(&format!("s3://bench/{name}"))?;
     S3Volume::open(store, url, opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
 }
@@ -113,6 +123,12 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
     record("4 KiB FUA write, QD1", closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
     record("4 KiB FUA write, QD32", closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
     record("4 KiB random write, QD32", closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
+    v.close().await.map_err(|e| e.to_string())?;
+
+    let v = open_with(&setup, "local", Some(&dir.join("journal"))).await?;
+    let local = |depth| format!("4 KiB FUA write, QD{depth}, durability local");
+    record(&local(1), closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+    record(&local(32), closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
     v.close().await.map_err(|e| e.to_string())?;
 
     let v = open(&setup, "sequential").await?;

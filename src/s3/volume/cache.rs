@@ -166,7 +166,9 @@ impl Entry {
     }
 }
 
-/// What the volume knows about a log object.
+/// What the volume knows about a log object. A log lives in the object store, or in the local
+/// journal (`durability = "local"`) until it is uploaded; either way it is one log, numbered
+/// in the one sequence, settled and deleted by the same rules.
 #[derive(Debug, Default)]
 pub(super) struct LogInfo {
     /// Chunks with records in it that are not merged (or deleted) since.
@@ -175,6 +177,30 @@ pub(super) struct LogInfo {
     /// Its PUT is in flight. Registered before the PUT, so that a merge finishing first
     /// still settles it.
     pub(super) pending: bool,
+    /// A copy may exist in the object store (to delete there).
+    pub(super) in_store: bool,
+    /// A copy is in the local journal, maybe the only one.
+    pub(super) in_journal: bool,
+    /// Its journal copy is being uploaded: not deleted meanwhile (an upload landing after the
+    /// delete would leave a log behind).
+    pub(super) uploading: bool,
+}
+
+impl LogInfo {
+    /// A log about to be written to the object store.
+    pub(super) fn for_store(unsettled: BTreeSet<u64>) -> LogInfo {
+        LogInfo { unsettled, pending: true, in_store: true, ..LogInfo::default() }
+    }
+
+    /// A log about to be written to the local journal.
+    pub(super) fn for_journal(unsettled: BTreeSet<u64>) -> LogInfo {
+        LogInfo { unsettled, pending: true, in_journal: true, ..LogInfo::default() }
+    }
+
+    /// Whether it may be deleted once settled: no write or upload of it in flight.
+    pub(super) fn at_rest(&self) -> bool {
+        !self.pending && !self.uploading
+    }
 }
 
 #[derive(Debug, Default)]

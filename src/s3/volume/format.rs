@@ -55,6 +55,11 @@ pub struct VolumeMeta {
     /// Bumped at every open, so that log sequence numbers only ever grow.
     #[serde(default)]
     pub epoch: u64,
+    /// The node whose local journal the last open wrote to (`durability = "local"`); None if
+    /// the last open kept no journal. A journal is replayed only by the next open of its own
+    /// node: once anyone else opened the volume, it is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_node: Option<String>,
 }
 
 impl VolumeMeta {
@@ -164,6 +169,19 @@ pub fn chunk_key(url: &S3Url, index: u64) -> String {
 /// The key of log `seq`.
 pub fn log_key(url: &S3Url, seq: u64) -> String {
     url.key(&format!("{LOG_DIR}{seq:016x}"))
+}
+
+/// The bucket of a journal root that holds the journals of every volume using it.
+pub const JOURNAL_BUCKET: &str = "journal";
+
+/// Where a volume's journal logs live in [`JOURNAL_BUCKET`] (by volume uuid: a URL may change).
+pub fn journal_prefix(uuid: &str) -> String {
+    format!("{uuid}/{LOG_DIR}")
+}
+
+/// The journal key of log `seq`.
+pub fn journal_key(uuid: &str, seq: u64) -> String {
+    format!("{}{seq:016x}", journal_prefix(uuid))
 }
 
 /// The number in a chunk or log key below `prefix` (16 hex digits).
@@ -467,6 +485,7 @@ mod tests {
             uuid: "u".into(),
             created_unix_secs: 1,
             epoch: 3,
+            journal_node: Some("node-a".into()),
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         let newer = VolumeMeta { format_version: FORMAT_VERSION + 1, ..meta.clone() };

@@ -12,6 +12,15 @@ use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::StoreResult;
 
+/// Where a new log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LogHome {
+    /// The object store: durable there once written.
+    Store,
+    /// The local journal (`durability = "local"`): uploaded later.
+    Journal,
+}
+
 impl S3Volume {
     // ---- logging ----
 
@@ -43,35 +52,39 @@ impl S3Volume {
         self.lease.check("a log write")?;
         let mut rest = chunks;
         while !rest.is_empty() {
-            let Some((seq, body, covered, taken)) = self.next_log(rest) else { break };
+            let Some((seq, body, covered, taken)) = self.next_log(rest, LogHome::Store) else { break };
             rest = &rest[taken..];
             let _buffer = self.buffers(body.len() as u64);
             let mut unfinished = Unfinished { volume: self, seqs: vec![seq] };
             let written = self.append_log(seq, body).await;
             unfinished.done(seq);
             written?;
-            let mut cache = self.cache();
-            for (c, generation) in covered {
-                if let Some(e) = cache.entries.get_mut(&c)
-                    && e.generation == generation
-                {
-                    e.unlogged = Bits::Empty;
-                    e.unlogged_since = None;
-                }
-            }
+            self.mark_logged(&mut self.cache(), &covered);
         }
         Ok(())
     }
 
+    /// Clears the unlogged blocks of the chunks a log covered, unless written since.
+    pub(super) fn mark_logged(&self, cache: &mut Cache, covered: &[(u64, u64)]) {
+        for &(c, generation) in covered {
+            if let Some(e) = cache.entries.get_mut(&c)
+                && e.generation == generation
+            {
+                e.unlogged = Bits::Empty;
+                e.unlogged_since = None;
+            }
+        }
+    }
+
     /// Snapshots the next log of at most [`LOG_BYTES_MAX`] of data from the front of `chunks`
-    /// and registers it as pending: its sequence number, body, the chunks it covers (with
+    /// and registers it as pending in `home`: its sequence number, body, the chunks it covers (with
     /// their generations) and how many of `chunks` it consumed. None if nothing is unlogged.
     ///
     /// The sequence number is taken in the same critical section as the data: a merge that
     /// snapshots later stamps its chunk with at least this number, one that snapshotted
     /// earlier with less.
     #[allow(clippy::type_complexity)]
-    fn next_log(&self, chunks: &[u64]) -> Option<(u64, Bytes, Vec<(u64, u64)>, usize)> {
+    pub(super) fn next_log(&self, chunks: &[u64], home: LogHome) -> Option<(u64, Bytes, Vec<(u64, u64)>, usize)> {
         let bs = self.block_size;
         let n = self.blocks_per_chunk();
         let mut cache = self.cache();
@@ -103,7 +116,11 @@ impl S3Volume {
         }
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let unsettled = covered.iter().map(|(c, _)| *c).collect();
-        cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
+        let info = match home {
+            LogHome::Store => LogInfo::for_store(unsettled),
+            LogHome::Journal => LogInfo::for_journal(unsettled),
+        };
+        cache.logs.insert(seq, info);
         Some((seq, log.finish(seq), covered, taken))
     }
 
@@ -166,7 +183,7 @@ impl S3Volume {
             }
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
             let unsettled = zero.iter().copied().collect();
-            cache.logs.insert(seq, LogInfo { unsettled, bytes: 0, pending: true });
+            cache.logs.insert(seq, LogInfo::for_store(unsettled));
             (seq, zero)
         };
         let records: Vec<Record> =
@@ -202,20 +219,25 @@ impl S3Volume {
     }
 
     /// Deletes the oldest logs whose chunks are all settled (always a prefix, so that the
-    /// logs left after a crash are a suffix).
+    /// logs left after a crash are a suffix), wherever their copies are.
     pub(super) async fn delete_settled_logs(&self) -> StoreResult<()> {
         let _serial = self.log_lock.lock().await;
-        let settled: Vec<u64> = {
+        let settled: Vec<(u64, bool, bool)> = {
             let cache = self.cache();
             cache
                 .logs
                 .iter()
-                .take_while(|(_, info)| info.unsettled.is_empty() && !info.pending)
-                .map(|(seq, _)| *seq)
+                .take_while(|(_, info)| info.unsettled.is_empty() && info.at_rest())
+                .map(|(seq, info)| (*seq, info.in_store, info.in_journal))
                 .collect()
         };
-        for seq in settled {
-            self.store.delete(&format::log_key(&self.url, seq)).await.map_err(|e| store_err(e, true))?;
+        for (seq, in_store, in_journal) in settled {
+            if in_store {
+                self.store.delete(&format::log_key(&self.url, seq)).await.map_err(|e| store_err(e, true))?;
+            }
+            if in_journal {
+                self.delete_from_journal(seq).await?;
+            }
             self.cache().logs.remove(&seq);
         }
         Ok(())
@@ -225,13 +247,13 @@ impl S3Volume {
 /// Logs registered as pending whose PUTs have not finished. When the future writing them is
 /// dropped (a command cancelled by a session teardown), they count as written: they may be,
 /// and a log left pending would keep every later log from ever being deleted.
-struct Unfinished<'a> {
-    volume: &'a S3Volume,
-    seqs: Vec<u64>,
+pub(super) struct Unfinished<'a> {
+    pub(super) volume: &'a S3Volume,
+    pub(super) seqs: Vec<u64>,
 }
 
 impl Unfinished<'_> {
-    fn done(&mut self, seq: u64) {
+    pub(super) fn done(&mut self, seq: u64) {
         self.seqs.retain(|s| *s != seq);
     }
 }

@@ -13,6 +13,7 @@
 mod cache;
 mod fence;
 pub mod format;
+mod journal;
 pub mod lease;
 mod log;
 pub(super) mod merge;
@@ -38,6 +39,7 @@ use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
 use format::CHUNKS_DIR;
 pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
+pub use journal::JournalOptions;
 use lease::{Identity, LeaseState, LeaseTiming};
 
 /// Keys per DeleteObjects request (the S3 limit).
@@ -85,6 +87,10 @@ pub struct VolumeOptions {
     pub holder: String,
     /// The node this process holds locked: a lease it held before a crash is taken back at once.
     pub node: Option<NodeId>,
+    /// `durability = "local"`: SYNCHRONIZE CACHE and FUA writes are durable once in this
+    /// local journal, and reach the object store in the background (see `journal.rs`). Needs
+    /// `node`. None: durable means in the object store.
+    pub journal: Option<JournalOptions>,
     pub seed: u64,
 }
 
@@ -103,6 +109,7 @@ impl Default for VolumeOptions {
             command_deadline: Duration::from_secs(20),
             holder: "rtgt".into(),
             node: None,
+            journal: None,
             seed: 1,
         }
     }
@@ -131,6 +138,9 @@ pub struct VolumeStats {
     pub flush_micros_max: AtomicU64,
     pub flushes: AtomicU64,
     pub chunks_deleted: AtomicU64,
+    /// Logs written to the local journal, and uploaded from it.
+    pub journal_writes: AtomicU64,
+    pub journal_uploads: AtomicU64,
     /// The most bytes of cache pages held at once.
     pub cache_peak: AtomicU64,
     /// The most bytes of cache pages, merge buffers and log bodies held at once.
@@ -159,6 +169,8 @@ pub struct S3Volume {
     /// The renewal task.
     keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     url: S3Url,
+    /// The volume's uuid (names its journal).
+    uuid: String,
     meta: Mutex<(VolumeMeta, Option<String>)>,
     chunk_size: u64,
     block_size: u64,
@@ -169,6 +181,9 @@ pub struct S3Volume {
     released: Notify,
     /// Log writes happen one at a time, in sequence order.
     log_lock: tokio::sync::Mutex<()>,
+    /// Held by journal uploads, and by a close once it has merged (so that no upload lands
+    /// behind its last deletes).
+    upload_lock: tokio::sync::Mutex<()>,
     /// One SYNCHRONIZE CACHE at a time makes the cache durable; those that arrive meanwhile
     /// wait and are usually covered by the next one (group commit).
     sync_lock: tokio::sync::Mutex<()>,
@@ -245,6 +260,7 @@ impl S3Volume {
             uuid,
             created_unix_secs: created,
             epoch: 0,
+            journal_node: None,
         };
         match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
             Ok(_) => Ok(meta),
@@ -327,6 +343,11 @@ impl S3Volume {
         opts: VolumeOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<S3Volume>, OpenError> {
+        if opts.journal.is_some() && opts.node.is_none() {
+            return Err(OpenError::Refused(format!(
+                "{url}: a local journal (durability = \"local\") needs a node identity (a data directory)"
+            )));
+        }
         let s3_stats = Arc::new(S3Stats::default());
         let lease = Arc::new(LeaseState::new(
             clock.clone(),
@@ -358,6 +379,7 @@ impl S3Volume {
             identity,
             keeper: Mutex::new(None),
             url,
+            uuid: meta.uuid.clone(),
             chunk_size: meta.chunk_size,
             block_size: meta.block_size as u64,
             segment,
@@ -366,6 +388,7 @@ impl S3Volume {
             cache: Mutex::new(Cache::default()),
             released: Notify::new(),
             log_lock: tokio::sync::Mutex::new(()),
+            upload_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
             durable_writes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
@@ -406,9 +429,12 @@ impl S3Volume {
             tracing::warn!(volume = %self.url, "taken over by force: waiting out the previous holder's lease");
         }
         self.lease.wait_until_writable().await;
+        // What the last open left: its journal is ours to replay only if it was this node's.
+        let previous = self.meta();
+        let journal = self.check_journal(&previous).await?;
         self.bump_epoch().await.map_err(OpenError::Unavailable)?;
         self.load_chunk_list().await.map_err(OpenError::Unavailable)?;
-        self.recover().await
+        self.recover(journal).await
     }
 
     /// Stops renewing and releases the lease.
@@ -488,6 +514,7 @@ impl S3Volume {
     async fn bump_epoch(&self) -> Result<(), String> {
         let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
         meta.epoch += 1;
+        meta.journal_node = self.opts.journal.as_ref().and(self.opts.node.as_ref()).map(|n| n.as_str().to_string());
         let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
         let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
         let etag = match self.store.put(&self.url.key(META_NAME), body, BTreeMap::new(), condition).await {
@@ -822,7 +849,7 @@ impl S3Volume {
         }
         // Writes copied in up to here are in the cache, unlogged or already durable.
         let covers = self.cache().writes;
-        self.log_unlogged().await?;
+        self.make_unlogged_durable().await?;
         self.durable_writes.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
@@ -865,10 +892,16 @@ impl S3Volume {
             }
             (unlogged, merge.into_iter().collect())
         };
-        let logged = self.log_chunks(&unlogged_due).await;
+        let logged = match unlogged_due.is_empty() {
+            true => Ok(()),
+            // Into the journal, which the upload below empties soon after.
+            false if self.journal_has_room() => self.make_unlogged_durable().await,
+            false => self.log_chunks(&unlogged_due).await,
+        };
+        let uploaded = self.upload_journal().await;
         let merged = self.merge_chunks(&merge_due).await;
         let deleted = self.delete_settled_logs().await;
-        match logged.and(merged).and(deleted) {
+        match logged.and(uploaded).and(merged).and(deleted) {
             Err(e) if self.worth_waiting(&e) => self.note_unreachable(&e),
             Err(e) => self.note_background_error(&e),
             Ok(()) if !unlogged_due.is_empty() || !merge_due.is_empty() => self.note_reachable(),
@@ -926,6 +959,7 @@ impl S3Volume {
             self.lease.check("close")?;
             let dirty: Vec<u64> = self.dirty_chunks();
             self.merge_chunks(&dirty).await?;
+            let _no_uploads = self.upload_lock.lock().await;
             self.delete_settled_logs().await
         };
         match merged.await {
@@ -1087,6 +1121,11 @@ impl BlockStore for S3Volume {
             "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
             "flush_latency_max_us": l(&self.stats.flush_micros_max),
             "chunks_deleted": l(&self.stats.chunks_deleted),
+            "journal": self.opts.journal.is_some(),
+            "journal_logs": self.journal_log_count(),
+            "journal_bytes": self.journal_bytes(&self.cache()),
+            "journal_writes": l(&self.stats.journal_writes),
+            "journal_uploads": l(&self.stats.journal_uploads),
             "s3_unreachable_ms": self.unreachable_for().as_millis() as u64,
             "s3": self.s3_stats.snapshot(),
         })

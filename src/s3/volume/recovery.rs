@@ -24,42 +24,75 @@ use bytes::Bytes;
 
 use super::cache::PAGE;
 use super::format::{self, LOG_DIR, LogDamage, Record};
+use super::journal::JournalFound;
 use super::merge::Merge;
 use super::{OpenError, S3Volume};
-use crate::s3::ObjectError;
+use crate::s3::{ObjectError, ObjectStore};
+
+/// Where the copies of one log are.
+#[derive(Debug, Default)]
+struct Copies {
+    store: Option<String>,
+    journal: Option<String>,
+}
+
+impl Copies {
+    /// A name for messages.
+    fn name(&self) -> String {
+        match (&self.store, &self.journal) {
+            (Some(key), _) => key.clone(),
+            (None, Some(key)) => format!("journal:{key}"),
+            (None, None) => String::new(),
+        }
+    }
+}
 
 impl S3Volume {
-    /// Replays the logs left by a crash and deletes them.
-    pub(super) async fn recover(&self) -> Result<(), OpenError> {
+    /// Replays the logs left by a crash (the object store's, and with `journal` the local
+    /// journal's, as one sequence) and deletes them.
+    pub(super) async fn recover(&self, journal: JournalFound) -> Result<(), OpenError> {
         let unavailable = OpenError::Unavailable;
         let prefix = self.url.key(LOG_DIR);
-        let mut logs: Vec<(u64, String)> = crate::s3::list_all(&*self.store, &prefix)
+        let mut copies: BTreeMap<u64, Copies> = BTreeMap::new();
+        for (key, _) in crate::s3::list_all(&*self.store, &prefix)
             .await
             .map_err(|e| unavailable(format!("cannot list {prefix}: {e}")))?
-            .into_iter()
-            .filter_map(|(k, _)| Some((format::key_number(&k, &prefix)?, k)))
-            .collect();
-        if logs.is_empty() {
+        {
+            if let Some(seq) = format::key_number(&key, &prefix) {
+                copies.entry(seq).or_default().store = Some(key);
+            }
+        }
+        if journal == JournalFound::Replay
+            && let Some(options) = &self.opts.journal
+        {
+            for (seq, key) in self.journal_logs(&*options.store).await? {
+                copies.entry(seq).or_default().journal = Some(key);
+            }
+        }
+        if copies.is_empty() {
             return Ok(());
         }
-        logs.sort();
+        let logs: Vec<(u64, Copies)> = copies.into_iter().collect();
         tracing::info!(volume = %self.url, logs = logs.len(), "replaying the log");
         // Per chunk: the stamp of its object, and the last log whose records for it are all in
         // the cache (or merged).
         let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
         let mut through: BTreeMap<u64, u64> = BTreeMap::new();
         let mut replayed: Vec<(u64, BTreeSet<u64>)> = Vec::new();
-        for (i, (seq, key)) in logs.iter().enumerate() {
+        let homes: BTreeMap<u64, (bool, bool)> =
+            logs.iter().map(|(seq, c)| (*seq, (c.store.is_some(), c.journal.is_some()))).collect();
+        for (i, (seq, copies)) in logs.iter().enumerate() {
             let newest_of_epoch =
                 logs.get(i + 1).is_none_or(|(next, _)| format::epoch_of(*next) != format::epoch_of(*seq));
-            let Some(records) = self.read_log(*seq, key, newest_of_epoch).await? else {
+            let key = copies.name();
+            let Some(records) = self.read_copies(*seq, copies, newest_of_epoch).await? else {
                 // Dropped: nothing of it is applied; it is deleted with the others.
                 replayed.push((*seq, BTreeSet::new()));
                 continue;
             };
             let mut touched = BTreeSet::new();
             for record in records {
-                self.replay(*seq, key, &record, &mut stamps, &through, &mut touched).await?;
+                self.replay(*seq, &key, &record, &mut stamps, &through, &mut touched).await?;
             }
             for &c in &touched {
                 through.insert(c, *seq);
@@ -72,7 +105,9 @@ impl S3Volume {
             let mut cache = self.cache();
             for (seq, touched) in replayed {
                 let unsettled = touched.intersection(&dirty).copied().collect();
-                cache.logs.insert(seq, super::cache::LogInfo { unsettled, bytes: 0, pending: false });
+                let (in_store, in_journal) = homes[&seq];
+                let info = super::cache::LogInfo { unsettled, in_store, in_journal, ..Default::default() };
+                cache.logs.insert(seq, info);
             }
         }
         let dirty = self.dirty_chunks();
@@ -87,9 +122,36 @@ impl S3Volume {
         Ok(())
     }
 
+    /// Reads and checks one log from its copies: the journal's first (local, and the store's
+    /// may be a partial upload), the store's if the journal's is damaged.
+    async fn read_copies(
+        &self,
+        seq: u64,
+        copies: &Copies,
+        newest_of_epoch: bool,
+    ) -> Result<Option<Vec<Record>>, OpenError> {
+        if let (Some(key), Some(options)) = (&copies.journal, &self.opts.journal) {
+            match self.read_log(&*options.store, seq, key, newest_of_epoch).await {
+                Ok(found) => return Ok(found),
+                Err(e) if copies.store.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(log = key, error = %e, "the journal's copy failed: reading the object store's")
+                }
+            }
+        }
+        let key = copies.store.as_deref().expect("a log has a copy");
+        self.read_log(&*self.store, seq, key, newest_of_epoch).await
+    }
+
     /// Reads and checks one log: its records, or None if it is to be dropped.
-    async fn read_log(&self, seq: u64, key: &str, newest_of_epoch: bool) -> Result<Option<Vec<Record>>, OpenError> {
-        let parsed = match self.store.get(key, None).await {
+    async fn read_log(
+        &self,
+        store: &dyn ObjectStore,
+        seq: u64,
+        key: &str,
+        newest_of_epoch: bool,
+    ) -> Result<Option<Vec<Record>>, OpenError> {
+        let parsed = match store.get(key, None).await {
             Ok(out) => {
                 self.note_buffer(out.body.len() as u64);
                 format::parse_log(&out.body, out.meta.metadata.get(format::CRC_METADATA))

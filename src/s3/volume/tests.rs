@@ -747,9 +747,30 @@ impl Model {
     }
 }
 
-async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// How the model check's volume keeps SYNCs durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    S3,
+    /// In a local journal (on one node, so every reopen replays it).
+    Local,
+}
+
+impl Harness {
+    fn model_options(&self, durability: Durability, journal: &Arc<MemObjectStore>) -> VolumeOptions {
+        let mut opts = self.options(CHUNK, CHUNKS, "model");
+        if durability == Durability::Local {
+            opts = on_node(opts, "model-node");
+            opts.journal = Some(JournalOptions { store: journal.clone(), bytes_max: 4 * CHUNK });
+        }
+        opts
+    }
+}
+
+async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseError> {
     let h = Harness::new();
-    let mut v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let journal = Arc::new(MemObjectStore::new());
+    let open = || h.open_with(h.model_options(durability, &journal));
+    let mut v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model { possible: vec![vec![0u8]; BLOCKS as usize] };
     let mut faults = false;
     for op in ops {
@@ -791,11 +812,13 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Tick { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
             Op::Faults(on) => {
                 faults = on;
-                h.mem.set_faults(if on {
+                let set = if on {
                     Faults { fail: 0.2, apply_then_fail: 0.1, lost_request: 0.1, ..Faults::default() }
                 } else {
                     Faults::default()
-                });
+                };
+                h.mem.set_faults(set);
+                journal.set_faults(set);
             }
             Op::Crash => {
                 v.simulate_crash();
@@ -803,8 +826,9 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // Requests already in flight may still land, as after a real crash.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 h.mem.set_faults(Faults::default());
+                journal.set_faults(Faults::default());
                 faults = false;
-                v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 // Each block now holds one of its possible values: learn which.
                 let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 for b in 0..BLOCKS {
@@ -820,14 +844,17 @@ async fn run_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     h.mem.set_faults(Faults::default());
+    journal.set_faults(Faults::default());
     v.flush().await.ok();
     v.flush().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     model.durable();
     v.close().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     check_no_zero_or_leaked_objects(&h, &model)?;
+    let left: Vec<String> = journal.objects().into_keys().collect();
+    prop_assert!(left.is_empty(), "journal logs left after close: {:?}", left);
     // Reopened, it reads back the model.
     drop(v);
-    let v = h.open(CHUNK, CHUNKS, "model").await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let data = v.read(0, (BLOCKS * BS) as usize).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     for b in 0..BLOCKS {
         prop_assert_eq!(data[(b * BS) as usize], model.current(b), "block {} after reopen", b);
@@ -860,7 +887,19 @@ proptest! {
     #[test]
     fn chunked_volume_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-        rt.block_on(run_model(ops))?;
+        rt.block_on(run_model(ops, Durability::S3))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// The same with `durability = "local"`: syncs land in the journal, uploads and merges move
+    /// them on, crashes replay the union.
+    #[test]
+    fn a_volume_with_a_journal_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(run_model(ops, Durability::Local))?;
     }
 }
 
@@ -979,3 +1018,6 @@ proptest! {
         rt.block_on(run_bound(ops))?;
     }
 }
+
+#[path = "journal_tests.rs"]
+mod journal_tests;

@@ -1,0 +1,167 @@
+//! `durability = "local"`: the journal makes syncs durable without the object store, hands its
+//! logs on, and is replayed only by its own node.
+
+use std::path::Path;
+
+use super::*;
+use crate::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
+
+const CHUNK_64K: u64 = 64 * 1024;
+
+fn with_journal(mut opts: VolumeOptions, node: &str, journal: &Arc<dyn ObjectStore>) -> VolumeOptions {
+    opts = on_node(opts, node);
+    opts.journal = Some(JournalOptions { store: journal.clone(), bytes_max: 1 << 20 });
+    opts
+}
+
+fn mem_journal() -> (Arc<MemObjectStore>, Arc<dyn ObjectStore>) {
+    let mem = Arc::new(MemObjectStore::new());
+    (mem.clone(), mem)
+}
+
+fn store_logs(h: &Harness) -> usize {
+    h.mem.objects().keys().filter(|k| k.contains("/log/")).count()
+}
+
+/// With the object store away, a FUA write answers from the journal at once; after a crash,
+/// the reopened volume replays the journal and has it.
+#[tokio::test(start_paused = true)]
+async fn a_fua_write_is_durable_in_the_journal_while_the_store_is_away() {
+    let h = Harness::new();
+    let (jmem, journal) = mem_journal();
+    let opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+    let v = h.open_with(opts.clone()).await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    let started = tokio::time::Instant::now();
+    v.write(0, block(7), true).await.unwrap();
+    v.write(512, block(8), false).await.unwrap();
+    v.flush().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(10), "waited {:?}", started.elapsed());
+    assert_eq!(store_logs(&h), 0, "nothing reached the object store");
+    assert_eq!(jmem.objects().len(), 2, "two journal logs");
+    v.simulate_crash();
+    drop(v);
+    h.mem.set_faults(Faults::default());
+    let again = h.open_with(opts).await.unwrap();
+    assert_eq!(again.read(0, 1024).await.unwrap(), [block(7), block(8)].concat());
+    assert_eq!(jmem.objects().len(), 0, "replayed, merged and deleted");
+    assert_eq!(store_logs(&h), 0);
+}
+
+/// The background uploads journal logs and drops their local copies: another node, which sees
+/// no journal, finds the data.
+#[tokio::test(start_paused = true)]
+async fn journal_logs_reach_the_store_and_leave_the_journal() {
+    let h = Harness::new();
+    let (jmem, journal) = mem_journal();
+    let v = h.open_with(with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal)).await.unwrap();
+    for i in 0..8u64 {
+        v.write(i * 512, block(i as u8 + 1), true).await.unwrap();
+    }
+    assert_eq!(v.stats()["journal_writes"], 8);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(jmem.objects().len(), 0, "uploaded within a flush interval");
+    assert_eq!(v.stats()["journal_uploads"], 8);
+    assert_eq!(store_logs(&h), 8);
+    v.simulate_crash();
+    let other = h.open_with(on_node(h.options(CHUNK_64K, 4, "b"), "n2")).await.unwrap();
+    for i in 0..8u64 {
+        assert_eq!(other.read(i * 512, 512).await.unwrap(), block(i as u8 + 1));
+    }
+}
+
+/// Once another node opened the volume, this node's journal holds writes the volume moved on
+/// from: it is set aside, not replayed over newer data.
+#[tokio::test(start_paused = true)]
+async fn a_journal_superseded_by_another_nodes_open_is_set_aside() {
+    let h = Harness::new();
+    let (jmem, journal) = mem_journal();
+    let opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+    let a = h.open_with(opts.clone()).await.unwrap();
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    a.write(0, block(1), true).await.unwrap();
+    a.simulate_crash();
+    drop(a);
+    h.mem.set_faults(Faults::default());
+    let b = h.open_with(on_node(h.options(CHUNK_64K, 4, "b"), "n2")).await.unwrap();
+    assert_eq!(b.read(0, 512).await.unwrap(), block(0), "n1's journal is not visible to n2");
+    b.write(512, block(2), true).await.unwrap();
+    b.close().await.unwrap();
+    let again = h.open_with(opts).await.unwrap();
+    assert_eq!(again.read(0, 1024).await.unwrap(), [block(0), block(2)].concat(), "nothing stale replayed");
+    let kept: Vec<String> = jmem.objects().into_keys().collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].contains("/stale-"), "set aside, not deleted: {kept:?}");
+    again.write(0, block(3), true).await.unwrap();
+    again.simulate_crash();
+    let last = h.open_with(with_journal(h.options(CHUNK_64K, 4, "c"), "n1", &journal)).await.unwrap();
+    assert_eq!(last.read(0, 512).await.unwrap(), block(3), "its own journal is replayed again");
+}
+
+/// A full journal sends syncs to the object store.
+#[tokio::test(start_paused = true)]
+async fn a_full_journal_sends_syncs_to_the_store() {
+    let h = Harness::new();
+    let (_jmem, journal) = mem_journal();
+    let mut opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+    opts.journal.as_mut().unwrap().bytes_max = 1;
+    opts.flush_interval = Duration::from_secs(3600); // no uploads
+    let v = h.open_with(opts).await.unwrap();
+    v.write(0, block(1), true).await.unwrap();
+    v.write(512, block(2), true).await.unwrap();
+    v.write(1024, block(3), true).await.unwrap();
+    assert_eq!(v.stats()["journal_writes"], 1);
+    assert_eq!(v.stats()["logs_written"], 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_journal_needs_a_node() {
+    let h = Harness::new();
+    let (_jmem, journal) = mem_journal();
+    let mut opts = h.options(CHUNK_64K, 4, "a");
+    opts.journal = Some(JournalOptions { store: journal, bytes_max: 1 << 20 });
+    let err = h.open_with(opts).await.err().unwrap();
+    assert!(matches!(&err, OpenError::Refused(m) if m.contains("node")), "{err}");
+}
+
+fn journal_root(fs: &CrashFs, incarnation: u64) -> Arc<dyn ObjectStore> {
+    let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+    let root = LocalRoot::open(Arc::new(fs.clone()), Path::new("/journal"), options).unwrap();
+    root.create_bucket(format::JOURNAL_BUCKET).unwrap();
+    Arc::new(root.bucket(format::JOURNAL_BUCKET).unwrap())
+}
+
+/// A power loss at any step of a journal write leaves the write whole (if acknowledged) or
+/// invisible: the volume opens, and holds the acknowledged write.
+#[tokio::test(start_paused = true)]
+async fn a_journal_write_cut_short_by_a_power_loss_is_whole_or_invisible() {
+    let mut acknowledged_at = None;
+    for step in 0..12 {
+        let h = Harness::new();
+        let fs = CrashFs::new();
+        let journal = journal_root(&fs, 0);
+        let mut opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+        opts.command_deadline = Duration::from_secs(2);
+        let v = h.open_with(opts.clone()).await.unwrap();
+        v.write(0, block(1), true).await.unwrap();
+        // The store is away: the second write is durable in the journal or not at all.
+        h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+        fs.die_after(step);
+        let acked = v.write(512, block(2), true).await.is_ok();
+        v.simulate_crash();
+        drop((v, journal));
+        fs.power_loss();
+        h.mem.set_faults(Faults::default());
+        opts.journal = Some(JournalOptions { store: journal_root(&fs, 1), bytes_max: 1 << 20 });
+        let again = h.open_with(opts).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+        assert_eq!(again.read(0, 512).await.unwrap(), block(1), "step {step}");
+        let second = again.read(512, 512).await.unwrap();
+        if acked {
+            acknowledged_at.get_or_insert(step);
+            assert_eq!(second, block(2), "step {step}: an acknowledged write is kept");
+        } else {
+            assert!(second == block(0) || second == block(2), "step {step}");
+        }
+    }
+    assert!(acknowledged_at.is_some_and(|s| s > 0), "the write needs some steps: {acknowledged_at:?}");
+}
