@@ -131,12 +131,22 @@ pub struct ServerConfig {
     /// Microseconds a connection, and a file LUN's I/O thread, keep polling for work before they
     /// let their thread sleep: lower latency at low queue depth for some CPU. 0 turns it off.
     pub busy_poll_us: u64,
+    /// Bytes of command data and unwritten responses all connections together may hold;
+    /// beyond it commands wait (initiators see their window stall), memory does not grow.
+    pub io_memory_max: u64,
+    /// Connections at once, in total and from one address; logins in progress at once.
+    pub max_connections: u32,
+    pub max_connections_per_address: u32,
+    pub max_logins_in_progress: u32,
+    /// Sessions one initiator name may hold at once.
+    pub max_sessions_per_initiator: u32,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         let limits = TargetLimits::default();
         let conn = ConnConfig::default();
+        let admission = crate::server::admission::AdmissionLimits::default();
         ServerConfig {
             data_dir: None,
             queue_depth: conn.queue_depth,
@@ -150,6 +160,11 @@ impl Default for ServerConfig {
             nop_timeout_secs: conn.nop_timeout.as_secs(),
             max_transfer_bytes: conn.max_transfer_bytes,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            io_memory_max: crate::iscsi::memory::DEFAULT_IO_MEMORY,
+            max_connections: admission.connections,
+            max_connections_per_address: admission.connections_per_address,
+            max_logins_in_progress: admission.logins_in_progress,
+            max_sessions_per_initiator: crate::server::DEFAULT_SESSIONS_PER_INITIATOR,
         }
     }
 }
@@ -579,6 +594,19 @@ impl Config {
         if s.max_transfer_bytes < 65536 {
             problems.push("server.max_transfer_bytes: must be at least 65536".into());
         }
+        if s.io_memory_max < s.max_transfer_bytes as u64 {
+            problems.push("server.io_memory_max: must hold at least one transfer (max_transfer_bytes)".into());
+        }
+        for (field, v) in [
+            ("max_connections", s.max_connections),
+            ("max_connections_per_address", s.max_connections_per_address),
+            ("max_logins_in_progress", s.max_logins_in_progress),
+            ("max_sessions_per_initiator", s.max_sessions_per_initiator),
+        ] {
+            if v == 0 {
+                problems.push(format!("server.{field}: must be at least 1"));
+            }
+        }
 
         let mut tags = BTreeSet::new();
         let mut addrs = BTreeSet::new();
@@ -764,9 +792,16 @@ impl Config {
                 nop_interval: Duration::from_secs(s.nop_interval_secs),
                 nop_timeout: Duration::from_secs(s.nop_timeout_secs),
                 max_transfer_bytes: s.max_transfer_bytes,
+                memory: Arc::new(crate::iscsi::memory::IoMemory::new(s.io_memory_max)),
                 ..ConnConfig::default()
             },
             busy_poll: Duration::from_micros(s.busy_poll_us),
+            admission: crate::server::admission::AdmissionLimits {
+                connections: s.max_connections,
+                connections_per_address: s.max_connections_per_address,
+                logins_in_progress: s.max_logins_in_progress,
+            },
+            sessions_per_initiator: s.max_sessions_per_initiator,
             ..Settings::default()
         }
     }

@@ -84,6 +84,8 @@ pub struct PduWriter<W> {
     written: usize,
     /// Bytes queued and not yet written.
     pending: usize,
+    /// Bytes written since the writer was made.
+    written_total: u64,
 }
 
 /// Most bytes gathered into one vectored write.
@@ -93,7 +95,7 @@ const BATCH_SLICES_MAX: usize = 512;
 
 impl<W: AsyncWrite + Unpin> PduWriter<W> {
     pub fn new(inner: W) -> Self {
-        PduWriter { inner, queue: VecDeque::new(), written: 0, pending: 0 }
+        PduWriter { inner, queue: VecDeque::new(), written: 0, pending: 0, written_total: 0 }
     }
 
     /// Queues a PDU; nothing is written until [`PduWriter::flush`].
@@ -105,6 +107,11 @@ impl<W: AsyncWrite + Unpin> PduWriter<W> {
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// Bytes written so far (progress of a slow reader shows here even while more is queued).
+    pub fn written_total(&self) -> u64 {
+        self.written_total
     }
 
     /// Queues one PDU and writes everything queued.
@@ -141,6 +148,7 @@ impl<W: AsyncWrite + Unpin> PduWriter<W> {
     /// Accounts for `n` more bytes written, dropping the PDUs written whole.
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
+        self.written_total += n as u64;
         while let Some(front) = self.queue.front() {
             let left = front.len() - self.written;
             if n < left {

@@ -8,10 +8,12 @@
 //! window, the task set and StatSN.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::memory::IoMemory;
 use super::params::{Params, SessionKind};
 use super::window::{Arrival, CmdWindow};
 use crate::pdu::*;
@@ -30,6 +32,8 @@ pub struct ConnConfig {
     pub max_transfer_bytes: u32,
     /// Bytes of command data (read and write buffers) the connection may hold at once.
     pub buffer_budget: u64,
+    /// The process-wide pool every connection's command data is also reserved from.
+    pub memory: Arc<IoMemory>,
 }
 
 impl Default for ConnConfig {
@@ -40,6 +44,7 @@ impl Default for ConnConfig {
             nop_timeout: Duration::from_secs(90),
             max_transfer_bytes: 64 << 20,
             buffer_budget: 256 << 20,
+            memory: Arc::new(IoMemory::default()),
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct Exec {
     pub lun: u64,
     pub cdb: Bytes,
     pub data_out: Bytes,
+    /// The most data-in the initiator takes (its expected length, for a read).
+    pub data_in_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +204,9 @@ pub struct Connection {
     /// Tasks ready but waiting for budget, in arrival order.
     budget_queue: VecDeque<u32>,
     budget_used: u64,
+    /// The head of `budget_queue` waits for the process-wide pool, which had moved this far
+    /// when it was refused.
+    memory_refused_at: Option<u64>,
     tmfs: Vec<PendingTmf>,
     next_ttt: u32,
     text_in: text::TextBuffer,
@@ -207,6 +217,13 @@ pub struct Connection {
     out: Vec<Output>,
     /// MaxCmdSN last sent to the initiator.
     advertised_max_cmd_sn: u32,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Whatever its tasks still hold goes back to the process-wide pool.
+        self.cfg.memory.release(self.budget_used);
+    }
 }
 
 impl Connection {
@@ -231,6 +248,7 @@ impl Connection {
             tasks: BTreeMap::new(),
             budget_queue: VecDeque::new(),
             budget_used: 0,
+            memory_refused_at: None,
             tmfs: Vec::new(),
             next_ttt: 1,
             text_in: text::TextBuffer::default(),
@@ -686,6 +704,7 @@ impl Connection {
                     sense: Some(lu_sense),
                     data: Bytes::new(),
                     data_out_len: task.edtl,
+                    data_in_called_for: None,
                 };
                 self.finish(itt, response);
             }
@@ -709,12 +728,15 @@ impl Connection {
         }
     }
 
-    /// Reserves the task's data size from the connection budget, or queues it.
+    /// Reserves the task's data size from the connection budget and the process-wide pool,
+    /// or queues it.
     fn reserve_budget(&mut self, itt: u32) -> bool {
         let task = &self.tasks[&itt];
         let want = (task.edtl as u64).max(1);
         // A task larger than the whole budget runs alone rather than never.
-        let fits = self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0;
+        let fits = (self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0)
+            && self.budget_queue.front().is_none_or(|&head| head == itt)
+            && self.reserve_memory(want);
         if !fits {
             if !self.budget_queue.contains(&itt) {
                 self.budget_queue.push_back(itt);
@@ -729,8 +751,23 @@ impl Connection {
         true
     }
 
+    /// Takes `want` bytes from the process-wide pool, noting when it refused.
+    fn reserve_memory(&mut self, want: u64) -> bool {
+        let seen = self.cfg.memory.generation();
+        let taken = self.cfg.memory.try_reserve(want);
+        self.memory_refused_at = (!taken).then_some(seen);
+        taken
+    }
+
     fn release_budget(&mut self, amount: u64) {
-        self.budget_used -= amount.min(self.budget_used);
+        let amount = amount.min(self.budget_used);
+        self.budget_used -= amount;
+        self.cfg.memory.release(amount);
+        self.start_queued();
+    }
+
+    /// Starts the tasks waiting for budget, in order, while they fit.
+    fn start_queued(&mut self) {
         while let Some(&next) = self.budget_queue.front() {
             let Some(task) = self.tasks.get(&next) else {
                 self.budget_queue.pop_front();
@@ -740,9 +777,26 @@ impl Connection {
             if self.budget_used + want > self.cfg.buffer_budget && self.budget_used != 0 {
                 break;
             }
+            if !self.reserve_memory(want) {
+                break;
+            }
+            self.budget_used += want;
+            self.tasks.get_mut(&next).expect("task").budget = want;
             self.budget_queue.pop_front();
             self.progress(next);
         }
+    }
+
+    /// When tasks wait for the process-wide pool: the pool's generation when it refused
+    /// (wait for [`IoMemory::freed_since`] it, then call [`Connection::retry_memory`]).
+    pub fn waiting_for_memory(&self) -> Option<u64> {
+        self.memory_refused_at.filter(|_| !self.budget_queue.is_empty())
+    }
+
+    /// Tries the tasks waiting for the process-wide pool again.
+    pub fn retry_memory(&mut self) {
+        self.memory_refused_at = None;
+        self.start_queued();
     }
 
     fn send_r2ts(&mut self, itt: u32) {
@@ -785,7 +839,8 @@ impl Connection {
         let task = self.tasks.get_mut(&itt).expect("task");
         task.phase = Phase::Running;
         let data_out = task.write.take().map(|w| w.buf.freeze()).unwrap_or_default();
-        let exec = Exec { itt, lun: task.lun, cdb: task.cdb.clone(), data_out };
+        let data_in_max = if task.read { task.edtl } else { 0 };
+        let exec = Exec { itt, lun: task.lun, cdb: task.cdb.clone(), data_out, data_in_max };
         self.out.push(Output::Execute(exec));
     }
 
@@ -811,7 +866,10 @@ impl Connection {
         let edtl = task.edtl;
         let read = task.read;
         // Residuals (RFC 7143 §11.4.5): compare what the command wanted to move with EDTL.
-        let wanted = if read { response.data.len() as u64 } else { response.data_out_len as u64 };
+        let wanted = match read {
+            true => response.data_in_called_for.unwrap_or(response.data.len() as u64),
+            false => response.data_out_len as u64,
+        };
         let (overflow, underflow, residual) = match wanted.cmp(&(edtl as u64)) {
             std::cmp::Ordering::Greater => (true, false, (wanted - edtl as u64).min(u32::MAX as u64) as u32),
             std::cmp::Ordering::Less => (false, true, edtl - wanted as u32),

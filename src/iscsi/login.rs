@@ -64,6 +64,10 @@ pub struct Login {
     text_out: Vec<Bytes>,
     stat_sn: u32,
     kind: Option<SessionKind>,
+    /// Who logs in to what, as checked when the first complete request identified them: keys
+    /// sent again later must not change them (a login checked for one target must not end on
+    /// another).
+    identity: Option<[Option<String>; 3]>,
     target_alias: Option<String>,
     sent_first_response: bool,
 }
@@ -80,6 +84,7 @@ impl Login {
             stat_sn: 0,
             kind: None,
             target_alias: None,
+            identity: None,
             sent_first_response: false,
         }
     }
@@ -158,6 +163,9 @@ impl Login {
         if self.kind.is_none() {
             self.identify(req, ctx)?;
         }
+        if self.identity.as_ref() != Some(&self.declared_identity()) {
+            return Err(initiator_error("InitiatorName, TargetName or SessionType changed during login"));
+        }
         if !self.sent_first_response && self.kind == Some(SessionKind::Normal) {
             reply.push(("TargetPortalGroupTag".into(), ctx.portal_group_tag().to_string()));
             if let Some(alias) = &self.target_alias {
@@ -180,6 +188,12 @@ impl Login {
             return self.complete(req, segment, ctx);
         }
         Ok(Step::Reply(self.response(req, login_status::SUCCESS, false, segment)))
+    }
+
+    /// InitiatorName, TargetName and SessionType as declared so far.
+    fn declared_identity(&self) -> [Option<String>; 3] {
+        let keys = &self.neg.keys;
+        [keys.initiator_name.clone(), keys.target_name.clone(), keys.session_type.clone()]
     }
 
     /// Checks the declarative keys of the first complete request.
@@ -213,6 +227,7 @@ impl Login {
             });
         }
         self.kind = Some(kind);
+        self.identity = Some(self.declared_identity());
         self.neg.set_session_kind(kind);
         Ok(())
     }
@@ -387,6 +402,26 @@ mod tests {
         data.extend_from_slice(b"SessionType=Discovery\0AuthMethod=CHAP\0");
         let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
         assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::AUTHENTICATION_FAILURE);
+    }
+
+    /// The target was checked when the first request named it: naming another one in the
+    /// operational stage must not move the session there.
+    #[test]
+    fn a_target_name_sent_again_must_not_change() {
+        let mut ctx = Ctx { registered: vec![] };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
+        let Step::Reply(_) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        let step = login.on_request(&req(1, 3, true), b"TargetName=iqn.2026-11.org.example:other\0", &mut ctx);
+        let Step::Fail(p) = step else { panic!("{step:?}") };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::INITIATOR_ERROR);
+        assert!(ctx.registered.is_empty());
+        // The same name again is fine.
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let Step::Reply(_) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        let step = login.on_request(&req(1, 3, true), b"TargetName=iqn.2026-11.org.example:disk\0", &mut ctx);
+        assert!(matches!(step, Step::Complete(..)), "{step:?}");
     }
 
     #[test]

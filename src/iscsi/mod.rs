@@ -4,5 +4,6 @@
 
 pub mod conn;
 pub mod login;
+pub mod memory;
 pub mod params;
 pub mod window;

@@ -103,6 +103,10 @@ pub(super) struct Ctx<'a> {
     pub data_out: &'a Bytes,
     /// Data-out bytes the command calls for; set by write-type handlers for residuals.
     pub data_out_len: u32,
+    /// The most data-in the transport delivers ([`Request::data_in_max`]).
+    pub data_in_max: u32,
+    /// Data-in bytes the command called for, set by a handler that returns less.
+    pub data_in_called_for: Option<u64>,
     /// A status other than GOOD for a successful command (CONDITION MET).
     pub status: u8,
 }
@@ -259,11 +263,19 @@ impl LogicalUnit {
             tracing::debug!(why, "not ready");
             return self.check(&Sense::new(key::NOT_READY, asc::BECOMING_READY));
         }
-        let mut ctx =
-            Ctx { cdb, spec, nexus: &req.nexus, data_out: &req.data_out, data_out_len: 0, status: status::GOOD };
+        let mut ctx = Ctx {
+            cdb,
+            spec,
+            nexus: &req.nexus,
+            data_out: &req.data_out,
+            data_out_len: 0,
+            data_in_max: req.data_in_max,
+            data_in_called_for: None,
+            status: status::GOOD,
+        };
         let outcome = self.run(&mut ctx).await;
         let mut response = match outcome {
-            Ok(data) => Response { status: ctx.status, sense: None, data, data_out_len: 0 },
+            Ok(data) => Response::with_status(ctx.status).with_data(data, ctx.data_in_called_for),
             Err(sense) => self.check(&sense),
         };
         response.data_out_len = ctx.data_out_len;

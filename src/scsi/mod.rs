@@ -77,6 +77,9 @@ pub struct Request {
     pub cdb: Bytes,
     /// The data the initiator sent (at most its expected data transfer length).
     pub data_out: Bytes,
+    /// The most data-in the transport delivers (the expected data transfer length of a
+    /// read): a command may read less than its CDB asks for, never allocate more.
+    pub data_in_max: u32,
 }
 
 /// A finished command: status, sense and data for the transport to deliver.
@@ -89,11 +92,14 @@ pub struct Response {
     pub data: Bytes,
     /// Bytes of data-out the command called for, for residuals of write-type commands.
     pub data_out_len: u32,
+    /// Bytes of data-in the command called for when `data` holds less (a READ cut to what the
+    /// transport delivers), for residuals; None: `data` is all of it.
+    pub data_in_called_for: Option<u64>,
 }
 
 impl Response {
     pub fn good(data: Bytes) -> Response {
-        Response { status: status::GOOD, sense: None, data, data_out_len: 0 }
+        Response { status: status::GOOD, sense: None, data, data_out_len: 0, data_in_called_for: None }
     }
 
     pub fn check(sense: &Sense, descriptor: bool) -> Response {
@@ -102,11 +108,17 @@ impl Response {
             sense: Some(sense.encode(descriptor)),
             data: Bytes::new(),
             data_out_len: 0,
+            data_in_called_for: None,
         }
     }
 
     pub fn with_status(status: u8) -> Response {
-        Response { status, sense: None, data: Bytes::new(), data_out_len: 0 }
+        Response { status, sense: None, data: Bytes::new(), data_out_len: 0, data_in_called_for: None }
+    }
+
+    /// The same with data-in, of which the command called for `called_for` bytes if more.
+    pub fn with_data(self, data: Bytes, called_for: Option<u64>) -> Response {
+        Response { data, data_in_called_for: called_for, ..self }
     }
 }
 

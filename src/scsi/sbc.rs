@@ -111,7 +111,14 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let (offset, len) = self.byte_range(r.lba, r.blocks as u64);
-        self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))
+        // Only what the transport delivers is read: an initiator asking for 64 MiB with an
+        // expected length of 512 bytes must not make us allocate 64 MiB.
+        let bs = self.block_size() as u64;
+        let delivered = (ctx.data_in_max as u64).div_ceil(bs) * bs;
+        if delivered < len {
+            ctx.data_in_called_for = Some(len);
+        }
+        self.store.read(offset, len.min(delivered) as usize).await.map_err(|e| store_sense(&e))
     }
 
     pub(super) async fn write(&self, ctx: &mut Ctx<'_>, verify: bool) -> Outcome {
@@ -149,14 +156,25 @@ impl LogicalUnit {
             return Ok(Bytes::new());
         }
         let expected = self.data_out(ctx, ctx.data_out_len as u64)?;
-        let medium = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
         let mismatch = if bytchk == 1 {
+            // As long as the data-out the initiator sent: bounded by its expected length.
+            let medium = self.store.read(offset, len as usize).await.map_err(|e| store_sense(&e))?;
             first_difference(&medium, &expected)
         } else {
-            medium
-                .chunks(bs as usize)
-                .enumerate()
-                .find_map(|(i, block)| first_difference(block, &expected).map(|at| i as u64 * bs + at))
+            // One block sent for the whole range: read it a bounded piece at a time.
+            const PIECE: u64 = 1 << 20;
+            let mut found = None;
+            let mut at = 0;
+            while at < len && found.is_none() {
+                let n = (PIECE / bs * bs).max(bs).min(len - at);
+                let medium = self.store.read(offset + at, n as usize).await.map_err(|e| store_sense(&e))?;
+                found = medium
+                    .chunks(bs as usize)
+                    .enumerate()
+                    .find_map(|(i, block)| first_difference(block, &expected).map(|d| at + i as u64 * bs + d));
+                at += n;
+            }
+            found
         };
         match mismatch {
             Some(at) => Err(Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_information(at)),

@@ -31,6 +31,7 @@ impl Init {
             lun: encode_lun(1),
             cdb: Bytes::copy_from_slice(cdb),
             data_out: Bytes::copy_from_slice(data),
+            data_in_max: u32::MAX,
         };
         t.execute(&req).await
     }
@@ -253,6 +254,7 @@ async fn report_luns_and_missing_luns() {
         lun: encode_lun(7),
         cdb: Bytes::from_static(&[0x12, 0, 0, 0, 36, 0]),
         data_out: Bytes::new(),
+        data_in_max: u32::MAX,
     };
     let inq = t.execute(&req).await;
     assert_eq!(inq.data[0], 0x7f);

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::Settings;
+use super::admission::Admitted;
 use super::registry::{Control, NewSession, Registry, SessionEntry, SessionHandle, TargetEntry};
 use crate::clock::Clock;
 use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
@@ -34,6 +35,7 @@ pub struct Endpoint {
 pub async fn serve<S>(
     stream: S,
     endpoint: Endpoint,
+    mut admitted: Admitted,
     registry: Arc<Registry>,
     settings: Arc<Settings>,
     clock: Arc<dyn Clock>,
@@ -46,7 +48,10 @@ pub async fn serve<S>(
     let login =
         tokio::time::timeout(settings.login_timeout, login(&mut reader, &mut writer, endpoint, &registry, &settings));
     let (outcome, handle, target) = match login.await {
-        Ok(Some(done)) => done,
+        Ok(Some(done)) => {
+            admitted.logged_in();
+            done
+        }
         Ok(None) => return,
         Err(_) => {
             info!(peer = %endpoint.peer, "login timed out");
@@ -68,6 +73,7 @@ pub async fn serve<S>(
 
 struct LoginCtx<'a> {
     registry: &'a Registry,
+    settings: &'a Settings,
     endpoint: Endpoint,
     registered: Option<(SessionHandle, Option<Arc<SessionEntry>>)>,
 }
@@ -92,6 +98,7 @@ impl LoginContext for LoginCtx<'_> {
             peer: self.endpoint.peer,
             local: self.endpoint.local,
             params: outcome.params.clone(),
+            per_initiator_max: self.settings.sessions_per_initiator,
         };
         match self.registry.register_session(new) {
             Ok((handle, old)) => {
@@ -129,7 +136,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut login = Login::new(settings.limits.clone(), settings.conn.queue_depth);
-    let mut ctx = LoginCtx { registry, endpoint, registered: None };
+    let mut ctx = LoginCtx { registry, settings, endpoint, registered: None };
     let limits = Limits { data_segment_len_max: Login::data_segment_len_max() };
     loop {
         // Before full-feature phase only Login Requests are valid: refuse anything else as soon
@@ -225,6 +232,14 @@ struct FullFeature {
     /// and one that waits (a disk, S3) wakes this task directly.
     running: FuturesUnordered<BoxFuture<'static, (u32, Response)>>,
     closed_by_peer: Option<CloseReason>,
+    /// Bytes of unwritten responses charged to the I/O memory pool.
+    unwritten_charged: u64,
+}
+
+impl Drop for FullFeature {
+    fn drop(&mut self) {
+        self.settings.conn.memory.release(self.unwritten_charged);
+    }
 }
 
 impl FullFeature {
@@ -263,6 +278,7 @@ impl FullFeature {
             clock,
             running: FuturesUnordered::new(),
             closed_by_peer: None,
+            unwritten_charged: 0,
         }
     }
 
@@ -301,14 +317,34 @@ impl FullFeature {
         // Busy polling: until this instant the task keeps the runtime polling sockets instead
         // of sleeping (see `Settings::busy_poll`).
         let mut poll_until = Duration::ZERO;
+        // Responses waiting for the socket, and when it last took any: a client that stops
+        // reading is dropped after the NOP timeout, releasing what its responses hold.
+        let (mut last_pending, mut last_written, mut write_progress_at) = (0, 0, self.clock.now());
         loop {
             let (digests, limits) = self.conn.decode_limits();
-            let deadline = self.conn.next_deadline();
+            let now = self.clock.now();
+            let pending = writer.pending();
+            // Progress: nothing was waiting (the clock starts now), or the socket took some.
+            if last_pending == 0 || writer.written_total() != last_written {
+                write_progress_at = now;
+            }
+            (last_pending, last_written) = (pending, writer.written_total());
+            let write_deadline = write_progress_at + self.settings.conn.nop_timeout;
+            if pending > 0 && now >= write_deadline {
+                return CloseReason::ProtocolError("the initiator stopped reading its responses".into());
+            }
+            let deadline = match pending {
+                0 => self.conn.next_deadline(),
+                _ => self.conn.next_deadline().min(write_deadline),
+            };
             if timer.as_ref().is_none_or(|(at, _)| *at != deadline) {
                 timer = Some((deadline, self.clock.sleep_until(deadline)));
             }
             let tick = &mut timer.as_mut().expect("set above").1;
+            self.charge_unwritten(writer.pending() as u64);
             let writing = writer.pending() > 0;
+            let memory = self.settings.conn.memory.clone();
+            let memory_wait = self.conn.waiting_for_memory();
             let reading = writer.pending() < PENDING_WRITE_MAX;
             // Poll only while every command of the connection waits on storage (or none is
             // left): one that waits for the initiator's data is fed by a client busy writing
@@ -350,6 +386,9 @@ impl FullFeature {
                     timer = None;
                     self.conn.on_tick(self.clock.now());
                 }
+                _ = memory.freed_since(memory_wait.unwrap_or_default()), if memory_wait.is_some() => {
+                    self.conn.retry_memory();
+                }
                 // Yielding lets the worker poll its sockets without blocking and come back.
                 _ = tokio::task::yield_now(), if busy_polling => continue,
             }
@@ -376,6 +415,18 @@ impl FullFeature {
             }
             Err(e) => self.closed_by_peer = Some(CloseReason::ProtocolError(format!("read failed: {e}"))),
         }
+    }
+
+    /// Keeps the responses waiting for the socket charged to the process-wide I/O memory pool
+    /// (a client that does not read holds them).
+    fn charge_unwritten(&mut self, pending: u64) {
+        let memory = &self.settings.conn.memory;
+        if pending > self.unwritten_charged {
+            memory.charge(pending - self.unwritten_charged);
+        } else {
+            memory.release(self.unwritten_charged - pending);
+        }
+        self.unwritten_charged = pending;
     }
 
     fn count(&self, response: &Response) {
@@ -410,7 +461,13 @@ impl FullFeature {
         self.handle.stats.bytes_written.fetch_add(exec.data_out.len() as u64, Ordering::Relaxed);
         let scsi = target.scsi.clone();
         let lu = crate::scsi::decode_lun(exec.lun).and_then(|n| scsi.lun(n));
-        let request = Request { nexus: nexus.clone(), lun: exec.lun, cdb: exec.cdb, data_out: exec.data_out };
+        let request = Request {
+            nexus: nexus.clone(),
+            lun: exec.lun,
+            cdb: exec.cdb,
+            data_out: exec.data_out,
+            data_in_max: exec.data_in_max,
+        };
         let clock = self.clock.clone();
         let itt = exec.itt;
         self.running.push(Box::pin(async move {

@@ -1,6 +1,7 @@
 //! The async driver: portals, the accept loops, per-connection tasks and shutdown. Generic over
 //! the [`Net`] and [`Clock`] seams so that the simulation runs this very code.
 
+pub mod admission;
 pub mod connection;
 pub mod net;
 pub mod registry;
@@ -11,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use admission::{Admission, AdmissionLimits};
 
 pub use crate::clock::{Clock, TokioClock};
 pub use connection::Endpoint;
@@ -24,6 +27,8 @@ use crate::iscsi::params::TargetLimits;
 /// Default of [`Settings::busy_poll`], in microseconds: a little more than the time an
 /// initiator on a fast network needs to answer a response with its next command.
 pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+/// Default of [`Settings::sessions_per_initiator`].
+pub const DEFAULT_SESSIONS_PER_INITIATOR: u32 = 64;
 
 /// Protocol settings shared by every connection.
 #[derive(Debug, Clone)]
@@ -40,6 +45,10 @@ pub struct Settings {
     /// that latency, the way SPDK's reactors and Linux's busy_poll do. Zero turns it off (the
     /// simulation must: simulated time does not pass while a task only yields).
     pub busy_poll: Duration,
+    /// Connections admitted at once: in total, per source address, still logging in.
+    pub admission: AdmissionLimits,
+    /// Sessions one initiator name may hold at once.
+    pub sessions_per_initiator: u32,
 }
 
 impl Default for Settings {
@@ -50,6 +59,8 @@ impl Default for Settings {
             login_timeout: Duration::from_secs(30),
             logout_grace_secs: 5,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            admission: AdmissionLimits::default(),
+            sessions_per_initiator: DEFAULT_SESSIONS_PER_INITIATOR,
         }
     }
 }
@@ -60,6 +71,7 @@ pub struct Server<N: Net> {
     clock: Arc<dyn Clock>,
     pub registry: Arc<Registry>,
     pub settings: Arc<Settings>,
+    pub admission: Arc<Admission>,
 }
 
 /// A listening portal.
@@ -71,7 +83,8 @@ pub struct Portal<L> {
 
 impl<N: Net> Server<N> {
     pub fn new(net: N, clock: Arc<dyn Clock>, registry: Arc<Registry>, settings: Settings) -> Self {
-        Server { net, clock, registry, settings: Arc::new(settings) }
+        let admission = Admission::new(settings.admission);
+        Server { net, clock, registry, settings: Arc::new(settings), admission }
     }
 
     /// Binds every portal of every portal group. Port 0 binds a free port; the bound address
@@ -104,10 +117,19 @@ impl<N: Net> Server<N> {
         loop {
             match portal.listener.accept().await {
                 Ok((stream, peer)) => {
+                    let admitted = match self.admission.admit(peer.ip()) {
+                        Ok(admitted) => admitted,
+                        Err(why) => {
+                            // Closed before anything is read or allocated for it.
+                            debug!(%peer, %why, "connection refused");
+                            continue;
+                        }
+                    };
                     let endpoint = Endpoint { tpgt: portal.tpgt, local: portal.addr, peer };
                     tokio::spawn(connection::serve(
                         stream,
                         endpoint,
+                        admitted,
                         self.registry.clone(),
                         self.settings.clone(),
                         self.clock.clone(),

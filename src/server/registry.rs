@@ -141,6 +141,8 @@ pub struct NewSession {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub params: Params,
+    /// Sessions the initiator may hold at once (this one included).
+    pub per_initiator_max: u32,
 }
 
 #[derive(Default)]
@@ -247,12 +249,18 @@ impl Registry {
                     && e.kind == new.kind
             })
             .cloned();
+        // Counted without the session being reinstated, which is refused nothing.
+        let replaced = usize::from(old.is_some());
+        if s.by_tsih.len() - replaced >= SESSIONS_MAX {
+            return Err("too many sessions");
+        }
+        let of_initiator = s.by_tsih.values().filter(|e| e.initiator_name == new.initiator_name).count();
+        if of_initiator - replaced >= new.per_initiator_max as usize {
+            return Err("too many sessions of this initiator");
+        }
         if let Some(old) = &old {
             s.by_tsih.remove(&old.tsih);
             old.send(Control::Close);
-        }
-        if s.by_tsih.len() >= SESSIONS_MAX {
-            return Err("too many sessions");
         }
         let tsih = loop {
             s.next_tsih = s.next_tsih.wrapping_add(1);

@@ -125,7 +125,13 @@ fn check_condition_goes_in_a_scsi_response_with_sense_length() {
     let sense = Sense::illegal(asc::LBA_OUT_OF_RANGE).encode(false);
     c.on_complete(
         1,
-        Response { status: status::CHECK_CONDITION, sense: Some(sense.clone()), data: Bytes::new(), data_out_len: 0 },
+        Response {
+            status: status::CHECK_CONDITION,
+            sense: Some(sense.clone()),
+            data: Bytes::new(),
+            data_out_len: 0,
+            data_in_called_for: None,
+        },
     );
     let out = c.drain();
     let pdus = sent(&out);

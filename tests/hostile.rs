@@ -1,0 +1,152 @@
+//! Hostile initiators: what one client can make the target hold is bounded, and the target
+//! keeps serving others.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{TARGET, memory_config, start};
+use rtgt::pdu::{self, Bhs, Digests, Pdu};
+use rtgt::scsi::encode_lun;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MIB: u64 = 1 << 20;
+
+/// Logs in by hand (one operational stage) on a raw stream.
+async fn raw_login(addr: SocketAddr, initiator: &str, isid: u64) -> TcpStream {
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let keys = pdu::text::encode(&[("InitiatorName", initiator), ("TargetName", TARGET)]);
+    let login = pdu::LoginRequest { transit: true, csg: 1, nsg: 3, isid, cmd_sn: 1, ..Default::default() };
+    raw.write_all(&Pdu::with_data(login, keys).encode(Digests::default()).to_vec()).await.unwrap();
+    let resp = read_pdu(&mut raw).await.expect("a login response");
+    assert!(matches!(resp.bhs, Bhs::LoginResponse(r) if r.status_class == 0 && r.transit), "{resp:?}");
+    raw
+}
+
+/// The next PDU, or None if the target closed the connection.
+async fn read_pdu(stream: &mut TcpStream) -> Option<Pdu> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let limits = pdu::Limits { data_segment_len_max: 16 << 20 };
+        if let Some(p) = Pdu::decode(&mut buf, Digests::default(), limits).unwrap() {
+            return Some(p);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await.unwrap().ok()?;
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+/// READ(16) of `blocks` at LBA 0 of LUN 1, expecting `edtl` bytes.
+fn read16(itt: u32, cmd_sn: u32, blocks: u32, edtl: u32) -> Vec<u8> {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x88;
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    let cmd = pdu::ScsiCommand {
+        fin: true,
+        read: true,
+        lun: encode_lun(1),
+        itt,
+        expected_data_len: edtl,
+        cmd_sn,
+        cdb,
+        ..Default::default()
+    };
+    Pdu::new(cmd).encode(Digests::default()).to_vec()
+}
+
+/// The peak resident set of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// 128 READs of 64 MiB each, expecting 512 bytes: each reads what it delivers (512 bytes), not
+/// what its CDB asks for, and reports the rest as an overflow residual.
+#[tokio::test]
+async fn reads_with_tiny_expected_lengths_allocate_what_they_deliver() {
+    let t = start(memory_config("")).await;
+    let before = peak_rss();
+    let mut raw = raw_login(t.addr, "iqn.2026-12.dev.rtgt:flood", 1).await;
+    let mut burst = Vec::new();
+    for i in 0..128u32 {
+        burst.extend(read16(i + 1, 1 + i, 131_072, 512));
+    }
+    raw.write_all(&burst).await.unwrap();
+    let sessions = t.server.registry.sessions();
+    let stats = sessions[0].stats.clone();
+    until("128 commands", || stats.commands.load(Ordering::Relaxed) == 128).await;
+    // The first answer is the power-on unit attention; every other one carried 512 bytes.
+    assert!(stats.bytes_read.load(Ordering::Relaxed) <= 128 * 512, "{:?}", stats.bytes_read);
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 512 * MIB, "the peak resident set grew by {} MiB", grown / MIB);
+    let mut overflow_seen = false;
+    while let Some(p) = read_pdu(&mut raw).await {
+        if let Bhs::DataIn(d) = &p.bhs {
+            assert_eq!(p.data.len(), 512);
+            assert!(d.overflow && d.residual == 64 * MIB as u32 - 512, "{d:?}");
+            overflow_seen = true;
+            break;
+        }
+    }
+    assert!(overflow_seen);
+}
+
+/// A client that asks for data and never reads it: its responses stay charged to the I/O memory
+/// pool, which they cannot outgrow; the target drops it once it makes no progress for the NOP
+/// timeout, and the pool is whole again. Another session is served meanwhile.
+#[tokio::test]
+async fn a_client_that_never_reads_is_bounded_then_dropped() {
+    let t = start(memory_config("io_memory_max = 67108864\nnop_timeout_secs = 2\nnop_interval_secs = 1")).await;
+    let memory = t.server.settings.conn.memory.clone();
+    let mut raw = raw_login(t.addr, "iqn.2026-12.dev.rtgt:sink", 1).await;
+    let mut burst = Vec::new();
+    for i in 0..128u32 {
+        burst.extend(read16(i + 1, 1 + i, 2048, MIB as u32));
+    }
+    raw.write_all(&burst).await.unwrap();
+    until("the pool to fill", || memory.used() >= 32 * MIB).await;
+    // Meanwhile a polite session gets its reads (it waits for the pool, within its timeout).
+    let s = t.ready_session(9).await;
+    let data = s.read(1, 0, 8, 512).await.unwrap();
+    assert_eq!(data.len(), 4096);
+    assert!(memory.peak() <= 64 * MIB + MIB, "the pool peaked at {} MiB", memory.peak() / MIB);
+    // The sink is dropped, and what it held is released.
+    until("the sink to be dropped", || t.server.registry.sessions().len() == 1).await;
+    until("the pool to drain", || memory.used() == 0).await;
+    drop(raw);
+}
+
+/// Connections over the per-address bound are closed before anything is read.
+#[tokio::test]
+async fn connections_beyond_the_per_address_bound_are_refused() {
+    let t = start(memory_config("max_connections_per_address = 4")).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(t.addr).await.unwrap());
+    }
+    until("four admitted", || t.server.admission.counts() == (4, 4)).await;
+    let mut refused = TcpStream::connect(t.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut byte)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed at once");
+    drop(held);
+    until("all released", || t.server.admission.counts() == (0, 0)).await;
+    let s = t.ready_session(3).await;
+    s.logout().await.unwrap();
+}
