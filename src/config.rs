@@ -34,6 +34,69 @@ pub struct Config {
     /// The management API.
     #[serde(default, skip_serializing_if = "ApiConfig::is_default")]
     pub api: ApiConfig,
+    /// CHAP required of discovery sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_chap: Option<ChapConfig>,
+}
+
+/// CHAP secrets: what initiators must prove, and what the target proves back when asked.
+/// A secret is written as is, or as `env:NAME` (an environment variable) or `file:PATH` (a
+/// file's contents, without a trailing newline); 12 to 255 bytes.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    pub user: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ChapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapConfig").field("user", &self.user).field("mutual_user", &self.mutual_user).finish()
+    }
+}
+
+impl ChapConfig {
+    /// Reads the secrets (from the environment or files where they say so) and checks them.
+    pub fn resolve(&self) -> Result<crate::iscsi::chap::ChapSecrets, String> {
+        use crate::iscsi::chap::{ChapSecrets, SECRET_LEN_MAX, SECRET_LEN_MIN, Secret};
+        let read = |what: &str, spec: &str| -> Result<Secret, String> {
+            let bytes = if let Some(name) = spec.strip_prefix("env:") {
+                std::env::var(name).map_err(|_| format!("{what}: environment variable {name} is not set"))?.into_bytes()
+            } else if let Some(path) = spec.strip_prefix("file:") {
+                let mut b = std::fs::read(path).map_err(|e| format!("{what}: {path}: {e}"))?;
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                b
+            } else {
+                spec.as_bytes().to_vec()
+            };
+            if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&bytes.len()) {
+                return Err(format!("{what}: must be {SECRET_LEN_MIN} to {SECRET_LEN_MAX} bytes, is {}", bytes.len()));
+            }
+            Ok(Secret::new(bytes))
+        };
+        if self.user.is_empty() {
+            return Err("user: must not be empty".into());
+        }
+        let secret = read("secret", &self.secret)?;
+        let mutual = match (&self.mutual_user, &self.mutual_secret) {
+            (None, None) => None,
+            (Some(user), Some(spec)) => {
+                let mutual = read("mutual_secret", spec)?;
+                if mutual == secret {
+                    return Err("mutual_secret: must differ from secret (RFC 7143 §12.1.3)".into());
+                }
+                Some((user.clone(), mutual))
+            }
+            _ => return Err("mutual_user / mutual_secret: give both or neither".into()),
+        };
+        Ok(ChapSecrets { user: self.user.clone(), secret, mutual })
+    }
 }
 
 /// `[api]`: the management HTTP API.
@@ -189,6 +252,47 @@ pub struct TargetConfig {
     pub portal_groups: Option<Vec<u16>>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
+    /// Initiator names allowed to log in; absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_initiators: Option<Vec<String>>,
+    /// Source addresses or networks allowed ("10.0.0.0/8"); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_addresses: Option<Vec<String>>,
+    /// CHAP required of initiators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapConfig>,
+}
+
+impl TargetConfig {
+    /// A target with no LUNs, open to any initiator.
+    pub fn new(name: &str) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            alias: None,
+            portal_groups: None,
+            luns: Vec::new(),
+            allowed_initiators: None,
+            allowed_addresses: None,
+            chap: None,
+        }
+    }
+
+    /// Its access rules, secrets read.
+    pub fn access(&self) -> Result<crate::server::access::Access, String> {
+        use crate::server::access::{Access, Network};
+        let networks = match &self.allowed_addresses {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|s| Network::parse(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("allowed_addresses: {e}"))?,
+            ),
+        };
+        let initiators = self.allowed_initiators.as_ref().map(|l| l.iter().map(|n| n.to_lowercase()).collect());
+        let chap = self.chap.as_ref().map(|c| c.resolve().map_err(|e| format!("chap.{e}"))).transpose()?;
+        Ok(Access { initiators, networks, chap })
+    }
 }
 
 /// `[[target.lun]]`: a logical unit and its backend.
@@ -517,9 +621,7 @@ impl Config {
             server: ServerConfig { data_dir: Some(data_dir.to_path_buf()), ..ServerConfig::default() },
             portal_groups: vec![PortalGroupConfig { tag: 1, portals: vec!["127.0.0.1:3260".into()] }],
             targets: vec![TargetConfig {
-                name: DEFAULT_TARGET.into(),
                 alias: Some("rtgt default".into()),
-                portal_groups: None,
                 luns: vec![LunConfig {
                     size: Some(Size(1 << 30)),
                     block_size: Some(512),
@@ -528,9 +630,11 @@ impl Config {
                     endpoint: Some("embedded".into()),
                     ..LunConfig::new(1, "s3")
                 }],
+                ..TargetConfig::new(DEFAULT_TARGET)
             }],
             embedded_s3: Some(EmbeddedS3Config { listen: default_embedded_listen(), root: default_embedded_root() }),
             api: ApiConfig::default(),
+            discovery_chap: None,
         }
     }
 
@@ -594,6 +698,11 @@ impl Config {
         if s.max_transfer_bytes < 65536 {
             problems.push("server.max_transfer_bytes: must be at least 65536".into());
         }
+        if let Some(chap) = &self.discovery_chap
+            && let Err(e) = chap.resolve()
+        {
+            problems.push(format!("discovery_chap.{e}"));
+        }
         if s.io_memory_max < s.max_transfer_bytes as u64 {
             problems.push("server.io_memory_max: must hold at least one transfer (max_transfer_bytes)".into());
         }
@@ -654,6 +763,14 @@ impl Config {
                 if !tags.contains(tag) {
                     problems.push(format!("{at}.portal_groups: no portal group with tag {tag}"));
                 }
+            }
+            for name in t.allowed_initiators.iter().flatten() {
+                if let Err(e) = validate_iscsi_name(name) {
+                    problems.push(format!("{at}.allowed_initiators: {name:?}: {e}"));
+                }
+            }
+            if let Err(e) = t.access() {
+                problems.push(format!("{at}.{e}"));
             }
             let mut luns = BTreeSet::new();
             for (j, l) in t.luns.iter().enumerate() {
@@ -957,6 +1074,10 @@ impl Config {
     /// Fills a registry with the configured portal groups, targets and LUNs.
     pub async fn populate(&self, registry: &Registry, ctx: &BuildContext) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        match self.discovery_chap.as_ref().map(ChapConfig::resolve).transpose() {
+            Ok(chap) => registry.set_discovery_chap(chap),
+            Err(e) => problems.push(format!("discovery_chap.{e}")),
+        }
         for pg in &self.portal_groups {
             let addrs = pg.portals.iter().filter_map(|p| p.parse().ok()).collect();
             registry.set_portal_group(pg.tag, addrs);
@@ -967,6 +1088,10 @@ impl Config {
                 None => self.portal_groups.iter().map(|p| p.tag).collect(),
             };
             let entry = TargetEntry::new(&t.name, t.alias.clone(), groups);
+            match t.access() {
+                Ok(access) => entry.set_access(access),
+                Err(e) => problems.push(format!("target[{i}] ({}).{e}", t.name)),
+            }
             for (j, l) in t.luns.iter().enumerate() {
                 match self.open_lun(&t.name, l, ctx).await {
                     Ok(lu) => {

@@ -41,7 +41,10 @@ pub fn text_parse(data: &[u8]) {
     }
 }
 
-struct NullContext;
+/// A target named `iqn.2026-11.dev.rtgt:fuzz`; with `chap`, it requires CHAP (user "fuzz").
+struct NullContext {
+    chap: bool,
+}
 
 impl LoginContext for NullContext {
     fn target_alias(&self, name: &str) -> Option<Option<String>> {
@@ -56,13 +59,28 @@ impl LoginContext for NullContext {
     fn portal_group_tag(&self) -> u16 {
         1
     }
+    fn authorize(&self, initiator: &str, _: Option<&str>) -> crate::iscsi::login::Authorization {
+        use crate::iscsi::chap::{ChapSecrets, Secret};
+        crate::iscsi::login::Authorization {
+            allowed: !initiator.contains("denied"),
+            chap: self.chap.then(|| ChapSecrets {
+                user: "fuzz".into(),
+                secret: Secret::new("fuzz-secret-123"),
+                mutual: Some(("target".into(), Secret::new("target-secret-4"))),
+            }),
+        }
+    }
 }
 
-/// Feeds decoded Login Requests to the login state machine until it completes or fails.
+/// Feeds decoded Login Requests to the login state machine until it completes or fails. The
+/// first byte, if odd, makes the target require CHAP (the CHAP exchange is fuzzed then, with a
+/// fixed challenge so that crafted responses can match).
 pub fn login(data: &[u8]) {
+    let Some((&mode, data)) = data.split_first() else { return };
     let mut buf = BytesMut::from(data);
-    let mut login = Login::new(TargetLimits::default(), 32);
-    let mut ctx = NullContext;
+    let fixed = Box::new(|b: &mut [u8]| b.fill(0x5a));
+    let mut login = Login::new(TargetLimits::default(), 32).with_random(fixed);
+    let mut ctx = NullContext { chap: mode & 1 == 1 };
     for _ in 0..32 {
         let Ok(Some(pdu)) = Pdu::decode(&mut buf, Digests::default(), Limits::default()) else { return };
         let Bhs::LoginRequest(req) = pdu.bhs else { return };

@@ -171,6 +171,10 @@ impl Manager {
         if inner.config.server != want.server {
             warn!("[server] settings changed: they take effect at the next restart");
         }
+        match want.discovery_chap.as_ref().map(crate::config::ChapConfig::resolve).transpose() {
+            Ok(chap) => self.registry.set_discovery_chap(chap),
+            Err(e) => problems.push(format!("discovery_chap.{e}")),
+        }
         self.reconcile_targets(inner, want, &mut problems).await;
         if let Some(attempts) = inner.first_attempts.as_mut() {
             wait_for_first_attempts(std::mem::take(attempts)).await;
@@ -311,6 +315,10 @@ impl Manager {
         problems: &mut Vec<String>,
     ) -> TargetConfig {
         let entry = TargetEntry::new(&t.name, t.alias.clone(), Self::portal_groups_of(want, t));
+        match t.access() {
+            Ok(access) => entry.set_access(access),
+            Err(e) => problems.push(format!("target {}: {e}", t.name)),
+        }
         let mut applied = TargetConfig { luns: Vec::new(), ..t.clone() };
         for l in &t.luns {
             match self.serve_lun(inner, &entry, l).await {
@@ -340,6 +348,15 @@ impl Manager {
         }
         *entry.portal_groups.write().expect("poisoned") = Self::portal_groups_of(want, t);
         applied.portal_groups = t.portal_groups.clone();
+        match t.access() {
+            Ok(access) => {
+                entry.set_access(access);
+                applied.allowed_initiators = t.allowed_initiators.clone();
+                applied.allowed_addresses = t.allowed_addresses.clone();
+                applied.chap = t.chap.clone();
+            }
+            Err(e) => problems.push(format!("target {}: {e}", t.name)),
+        }
         let gone: Vec<u16> =
             applied.luns.iter().filter(|l| !t.luns.iter().any(|w| w.lun == l.lun)).map(|l| l.lun).collect();
         for lun in gone {
@@ -444,7 +461,12 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("config");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // It may hold secrets (the API token, S3 keys, CHAP secrets): owner only.
+        let _ = std::fs::remove_file(&tmp); // a leftover of a crash
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?
+        };
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

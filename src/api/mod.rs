@@ -139,6 +139,14 @@ async fn show_config(State(api): State<Api>) -> String {
     for l in config.targets.iter_mut().flat_map(|t| &mut t.luns) {
         l.secret_access_key = l.secret_access_key.take().map(|_| "(hidden)".into());
     }
+    let hide = |chap: &mut Option<crate::config::ChapConfig>| {
+        if let Some(c) = chap {
+            c.secret = "(hidden)".into();
+            c.mutual_secret = c.mutual_secret.take().map(|_| "(hidden)".into());
+        }
+    };
+    hide(&mut config.discovery_chap);
+    config.targets.iter_mut().for_each(|t| hide(&mut t.chap));
     config.to_toml()
 }
 
@@ -158,6 +166,10 @@ fn target_json(api: &Api, t: &TargetConfig, groups: &[PortalGroupConfig]) -> Val
         "portal_groups": tags,
         "luns": t.luns.iter().map(|l| lun_json(api, &t.name, l)).collect::<Vec<_>>(),
         "sessions": sessions,
+        // Who may log in; CHAP secrets are never returned.
+        "allowed_initiators": t.allowed_initiators,
+        "allowed_addresses": t.allowed_addresses,
+        "chap_user": t.chap.as_ref().map(|c| c.user.clone()),
     })
 }
 
@@ -216,10 +228,9 @@ async fn create_target(
                 return Err(ChangeError::Conflict(format!("name: target {} already exists", new.name)));
             }
             c.targets.push(TargetConfig {
-                name: new.name,
                 alias: new.alias,
                 portal_groups: new.portal_groups,
-                luns: vec![],
+                ..TargetConfig::new(&new.name)
             });
             Ok(())
         })

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use super::chap::{AuthError, Authenticator, ChapSecrets};
 use super::params::{NegotiationError, Negotiator, Params, SessionKind, TargetLimits};
 use crate::pdu::{LoginRequest, LoginResponse, Pdu, login_status, stage, text};
 
@@ -23,6 +24,25 @@ pub trait LoginContext {
     fn register_session(&mut self, outcome: &LoginOutcome) -> Result<u16, (u8, u8)>;
     /// This portal group's tag.
     fn portal_group_tag(&self) -> u16;
+    /// Whether `initiator` may log in to `target` (None: a discovery session) over this
+    /// connection, and what it must prove.
+    fn authorize(&self, initiator: &str, target: Option<&str>) -> Authorization;
+}
+
+/// What the target's access rules say of a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub allowed: bool,
+    /// CHAP secrets the initiator must prove it knows; None: no authentication.
+    pub chap: Option<ChapSecrets>,
+}
+
+/// Fills a buffer with unpredictable bytes (CHAP identifiers and challenges).
+pub type RandomSource = Box<dyn FnMut(&mut [u8]) + Send>;
+
+/// The operating system's CSPRNG.
+pub fn os_random() -> RandomSource {
+    Box::new(|buf: &mut [u8]| getrandom::fill(buf).expect("the OS random source failed"))
 }
 
 /// The result of a successful login, handed to the full-feature phase.
@@ -70,6 +90,12 @@ pub struct Login {
     identity: Option<[Option<String>; 3]>,
     target_alias: Option<String>,
     sent_first_response: bool,
+    /// What the initiator must prove (from [`LoginContext::authorize`]).
+    chap: Option<ChapSecrets>,
+    auth: Authenticator,
+    random: RandomSource,
+    /// The security stage goes on: this response must not transit.
+    holding: bool,
 }
 
 impl Login {
@@ -86,7 +112,17 @@ impl Login {
             target_alias: None,
             identity: None,
             sent_first_response: false,
+            chap: None,
+            auth: Authenticator::default(),
+            random: os_random(),
+            holding: false,
         }
+    }
+
+    /// Replaces the random source (tests).
+    pub fn with_random(mut self, random: RandomSource) -> Login {
+        self.random = random;
+        self
     }
 
     /// The data segment bound for incoming login PDUs (RFC default, not yet negotiated).
@@ -98,7 +134,9 @@ impl Login {
         match self.step(req, data, ctx) {
             Ok(step) => step,
             Err((class_detail, why)) => {
-                tracing::info!(status = ?class_detail, reason = %why, "login failed");
+                // Names as Debug: whatever the initiator sent is escaped (no forged log lines).
+                let initiator = self.neg.keys.initiator_name.as_deref().unwrap_or("");
+                tracing::info!(status = ?class_detail, ?initiator, reason = ?why, "login failed");
                 Step::Fail(self.response(req, class_detail, false, Bytes::new()))
             }
         }
@@ -149,15 +187,15 @@ impl Login {
             return Ok(Step::Reply(self.response(req, login_status::SUCCESS, false, Bytes::new())));
         }
         let offers = self.text_in.finish().map_err(|e| initiator_error(&e.to_string()))?;
+        let security = req.csg == stage::SECURITY;
+        let (auth_offers, offers): (Vec<_>, Vec<_>) =
+            offers.into_iter().partition(|(k, _)| k == "AuthMethod" || k.starts_with("CHAP_"));
+        if !security && !auth_offers.is_empty() {
+            return Err(initiator_error("authentication keys outside the security stage"));
+        }
 
-        let mut reply = match self.neg.respond(&offers, req.csg == stage::SECURITY) {
+        let mut reply = match self.neg.respond(&offers) {
             Ok(reply) => reply,
-            Err(NegotiationError::NoAuthMethod) => {
-                return Err((
-                    login_status::AUTHENTICATION_FAILURE,
-                    "no supported AuthMethod offered (None only)".into(),
-                ));
-            }
             Err(NegotiationError::InitiatorError(why)) => return Err(initiator_error(&why)),
         };
         if self.kind.is_none() {
@@ -166,6 +204,19 @@ impl Login {
         if self.identity.as_ref() != Some(&self.declared_identity()) {
             return Err(initiator_error("InitiatorName, TargetName or SessionType changed during login"));
         }
+        if security {
+            let answer = self.auth.step(&auth_offers, self.chap.as_ref(), &mut *self.random);
+            reply.extend(answer.map_err(|e| match e {
+                AuthError::Initiator(why) => initiator_error(&why),
+                AuthError::Failed(why) => (login_status::AUTHENTICATION_FAILURE, why),
+            })?);
+        } else if self.chap.is_some() && !self.auth.done() {
+            return Err((
+                login_status::AUTHENTICATION_FAILURE,
+                "CHAP is required: the security stage was skipped".into(),
+            ));
+        }
+        self.holding = security && !self.auth.done();
         if !self.sent_first_response && self.kind == Some(SessionKind::Normal) {
             reply.push(("TargetPortalGroupTag".into(), ctx.portal_group_tag().to_string()));
             if let Some(alias) = &self.target_alias {
@@ -184,7 +235,7 @@ impl Login {
         if !self.text_out.is_empty() {
             return Ok(Step::Reply(self.response(req, login_status::SUCCESS, true, segment)));
         }
-        if req.transit && req.nsg == stage::FULL_FEATURE {
+        if req.transit && req.nsg == stage::FULL_FEATURE && !self.holding {
             return self.complete(req, segment, ctx);
         }
         Ok(Step::Reply(self.response(req, login_status::SUCCESS, false, segment)))
@@ -218,6 +269,14 @@ impl Login {
                 None => return Err((login_status::TARGET_NOT_FOUND, format!("no target {name}"))),
             }
         }
+        let initiator = keys.initiator_name.as_deref().unwrap_or_default();
+        let target = keys.target_name.as_deref().filter(|_| kind == SessionKind::Normal);
+        let authorization = ctx.authorize(initiator, target);
+        if !authorization.allowed {
+            let what = target.unwrap_or("discovery");
+            return Err((login_status::AUTHORIZATION_FAILURE, format!("{initiator:?} may not log in to {what}")));
+        }
+        self.chap = authorization.chap;
         if req.tsih != 0 {
             // Adding a connection to an existing session: MaxConnections is 1.
             return Err(if ctx.session_exists(req.tsih) {
@@ -271,7 +330,7 @@ impl Login {
 
     fn response(&mut self, req: &LoginRequest, status: (u8, u8), cont: bool, data: Bytes) -> Pdu {
         let success = status == login_status::SUCCESS;
-        let transit = success && req.transit && !cont;
+        let transit = success && req.transit && !cont && !self.holding;
         let stat_sn = self.stat_sn;
         self.stat_sn = self.stat_sn.wrapping_add(1);
         let exp_cmd_sn = req.cmd_sn;
@@ -302,8 +361,13 @@ mod tests {
     use super::*;
     use crate::pdu::Bhs;
 
+    #[derive(Default)]
     struct Ctx {
         registered: Vec<LoginOutcome>,
+        /// CHAP required of everyone.
+        chap: Option<ChapSecrets>,
+        /// Initiators the ACL refuses.
+        denied: Vec<String>,
     }
 
     impl LoginContext for Ctx {
@@ -319,6 +383,9 @@ mod tests {
         }
         fn portal_group_tag(&self) -> u16 {
             1
+        }
+        fn authorize(&self, initiator: &str, _: Option<&str>) -> Authorization {
+            Authorization { allowed: !self.denied.iter().any(|d| d == initiator), chap: self.chap.clone() }
         }
     }
 
@@ -344,7 +411,7 @@ mod tests {
 
     #[test]
     fn two_stage_login_completes_with_tsih_and_params() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
@@ -370,7 +437,7 @@ mod tests {
 
     #[test]
     fn unknown_target_fails_with_target_not_found() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.nope\0");
@@ -381,7 +448,7 @@ mod tests {
 
     #[test]
     fn missing_initiator_name_and_bad_version() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let Step::Fail(p) = login.on_request(&req(0, 1, true), b"SessionType=Discovery\0", &mut ctx) else { panic!() };
         assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::MISSING_PARAMETER);
@@ -396,7 +463,7 @@ mod tests {
 
     #[test]
     fn chap_only_initiator_gets_authentication_failure() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"SessionType=Discovery\0AuthMethod=CHAP\0");
@@ -408,7 +475,7 @@ mod tests {
     /// operational stage must not move the session there.
     #[test]
     fn a_target_name_sent_again_must_not_change() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut data = INITIATOR.to_vec();
         data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
@@ -424,9 +491,91 @@ mod tests {
         assert!(matches!(step, Step::Complete(..)), "{step:?}");
     }
 
+    fn chap_ctx() -> Ctx {
+        use super::super::chap::Secret;
+        Ctx {
+            chap: Some(ChapSecrets {
+                user: "alice".into(),
+                secret: Secret::new("alice-secret-123"),
+                mutual: Some(("disk".into(), Secret::new("target-secret-456"))),
+            }),
+            ..Ctx::default()
+        }
+    }
+
+    fn fixed_random() -> RandomSource {
+        Box::new(|b: &mut [u8]| b.fill(9))
+    }
+
+    /// CHAP through the login: the security stage holds (T=0) until the initiator proved its
+    /// secret, mutual CHAP answers, then the operational stage completes.
+    #[test]
+    fn a_chap_login_authenticates_both_ways_and_completes() {
+        use super::super::chap::{Algorithm, Secret, decode_binary, encode_binary};
+        let mut ctx = chap_ctx();
+        let mut login = Login::new(TargetLimits::default(), 32).with_random(fixed_random());
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=CHAP,None\0");
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        let (r, keys) = resp(&p);
+        assert!(!r.transit, "the security stage goes on");
+        assert!(keys.contains(&("AuthMethod".into(), "CHAP".into())));
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), b"CHAP_A=7,5\0", &mut ctx) else { panic!() };
+        let (r, keys) = resp(&p);
+        assert!(!r.transit);
+        let get = |k: &str| keys.iter().find(|(key, _)| key == k).unwrap().1.clone();
+        assert_eq!(get("CHAP_A"), "7");
+        let (id, challenge) = (get("CHAP_I").parse::<u8>().unwrap(), decode_binary(&get("CHAP_C")).unwrap());
+        let answer = encode_binary(&Algorithm::Sha256.response(id, &Secret::new("alice-secret-123"), &challenge));
+        let text = format!("CHAP_N=alice\0CHAP_R={answer}\0CHAP_I=4\0CHAP_C=0x0a0b0c0d0e0f\0");
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), text.as_bytes(), &mut ctx) else { panic!() };
+        let (r, keys) = resp(&p);
+        assert!(r.transit && r.nsg == 1, "authenticated: on to the operational stage");
+        let target_proof = Algorithm::Sha256.response(4, &Secret::new("target-secret-456"), &[10, 11, 12, 13, 14, 15]);
+        assert!(keys.contains(&("CHAP_N".into(), "disk".into())));
+        assert!(keys.contains(&("CHAP_R".into(), encode_binary(&target_proof))));
+        let step = login.on_request(&req(1, 3, true), b"", &mut ctx);
+        assert!(matches!(step, Step::Complete(..)), "{step:?}");
+    }
+
+    #[test]
+    fn chap_failures_and_refusals_have_their_statuses() {
+        let status = |p: &Pdu| (resp(p).0.status_class, resp(p).0.status_detail);
+        // A wrong secret.
+        let mut ctx = chap_ctx();
+        let mut login = Login::new(TargetLimits::default(), 32).with_random(fixed_random());
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=CHAP\0");
+        let Step::Reply(_) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        let Step::Reply(_) = login.on_request(&req(0, 1, true), b"CHAP_A=5\0", &mut ctx) else { panic!() };
+        let step = login.on_request(&req(0, 1, true), b"CHAP_N=alice\0CHAP_R=0x00112233\0", &mut ctx);
+        let Step::Fail(p) = step else { panic!("{step:?}") };
+        assert_eq!(status(&p), login_status::AUTHENTICATION_FAILURE);
+        // Skipping the security stage when CHAP is required.
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0");
+        let Step::Fail(p) = login.on_request(&req(1, 3, true), &data, &mut ctx) else { panic!() };
+        assert_eq!(status(&p), login_status::AUTHENTICATION_FAILURE);
+        // AuthMethod=None only, when CHAP is required.
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        assert_eq!(status(&p), login_status::AUTHENTICATION_FAILURE);
+        // An initiator the ACL refuses.
+        let mut ctx = Ctx { denied: vec!["iqn.2026-11.org.example:host".into()], ..Ctx::default() };
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0");
+        let Step::Fail(p) = login.on_request(&req(1, 3, true), &data, &mut ctx) else { panic!() };
+        assert_eq!(status(&p), login_status::AUTHORIZATION_FAILURE);
+        assert!(ctx.registered.is_empty());
+    }
+
     #[test]
     fn continued_text_is_gathered_across_pdus() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut r = req(1, 3, false);
         r.cont = true;
@@ -440,7 +589,7 @@ mod tests {
 
     #[test]
     fn adding_a_connection_is_refused() {
-        let mut ctx = Ctx { registered: vec![] };
+        let mut ctx = Ctx::default();
         let mut login = Login::new(TargetLimits::default(), 32);
         let mut r = req(1, 3, true);
         r.tsih = 9;

@@ -93,7 +93,6 @@ pub struct LoginKeys {
     pub initiator_alias: Option<String>,
     pub target_name: Option<String>,
     pub session_type: Option<String>,
-    pub auth_method_none_offered: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,8 +115,6 @@ enum Rule {
 pub enum NegotiationError {
     /// A key offered twice, a security key outside the security stage, and the like.
     InitiatorError(String),
-    /// No authentication method we support was offered.
-    NoAuthMethod,
 }
 
 /// The responder side of a negotiation, kept across the PDUs of one login.
@@ -162,16 +159,12 @@ impl Negotiator {
         self.kind = Some(kind);
     }
 
-    /// Answers one request's worth of offers. `security_stage` is true while CSG is
-    /// SecurityNegotiation. Declarative keys are recorded and not answered.
-    pub fn respond(
-        &mut self,
-        offers: &[(String, String)],
-        security_stage: bool,
-    ) -> Result<Vec<(String, String)>, NegotiationError> {
+    /// Answers one request's worth of offers (authentication keys are the login's, see
+    /// `chap.rs`). Declarative keys are recorded and not answered.
+    pub fn respond(&mut self, offers: &[(String, String)]) -> Result<Vec<(String, String)>, NegotiationError> {
         let mut out = Vec::new();
         for (key, value) in offers {
-            if let Some(reply) = self.respond_one(key, value, security_stage)? {
+            if let Some(reply) = self.respond_one(key, value)? {
                 out.push((key.clone(), reply));
             }
         }
@@ -200,12 +193,7 @@ impl Negotiator {
         self.declared_mrdsl
     }
 
-    fn respond_one(
-        &mut self,
-        key: &str,
-        value: &str,
-        security_stage: bool,
-    ) -> Result<Option<String>, NegotiationError> {
+    fn respond_one(&mut self, key: &str, value: &str) -> Result<Option<String>, NegotiationError> {
         let declarative = matches!(
             key,
             "InitiatorName" | "InitiatorAlias" | "TargetName" | "SessionType" | "MaxRecvDataSegmentLength"
@@ -237,17 +225,6 @@ impl Negotiator {
                     None => return Ok(Some("Reject".into())),
                 }
                 None
-            }
-            "AuthMethod" => {
-                if !security_stage {
-                    return Err(NegotiationError::InitiatorError("AuthMethod outside the security stage".into()));
-                }
-                let none = value.split(',').any(|v| v == "None");
-                self.keys.auth_method_none_offered = Some(none);
-                if !none {
-                    return Err(NegotiationError::NoAuthMethod);
-                }
-                Some("None".into())
             }
             "HeaderDigest" | "DataDigest" => {
                 let allowed = if key == "HeaderDigest" {
@@ -325,12 +302,6 @@ impl Negotiator {
             },
             "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => Some("Irrelevant".into()),
             "SendTargets" => Some("Irrelevant".into()),
-            _ if key.starts_with("CHAP_") => {
-                if !security_stage {
-                    return Err(NegotiationError::InitiatorError(format!("{key} outside the security stage")));
-                }
-                Some("NotUnderstood".into())
-            }
             _ => Some("NotUnderstood".into()),
         };
         Ok(reply)
@@ -401,24 +372,21 @@ mod tests {
     fn result_functions_follow_the_rfc() {
         let mut n = normal();
         let out = n
-            .respond(
-                &offers(&[
-                    ("HeaderDigest", "CRC32C,None"),
-                    ("DataDigest", "None"),
-                    ("InitialR2T", "No"),
-                    ("ImmediateData", "Yes"),
-                    ("MaxBurstLength", "16776192"),
-                    ("FirstBurstLength", "262144"),
-                    ("MaxOutstandingR2T", "1"),
-                    ("DefaultTime2Wait", "0"),
-                    ("DefaultTime2Retain", "0"),
-                    ("MaxConnections", "4"),
-                    ("ErrorRecoveryLevel", "2"),
-                    ("MaxRecvDataSegmentLength", "262144"),
-                    ("X-com.example.Foo", "1"),
-                ]),
-                false,
-            )
+            .respond(&offers(&[
+                ("HeaderDigest", "CRC32C,None"),
+                ("DataDigest", "None"),
+                ("InitialR2T", "No"),
+                ("ImmediateData", "Yes"),
+                ("MaxBurstLength", "16776192"),
+                ("FirstBurstLength", "262144"),
+                ("MaxOutstandingR2T", "1"),
+                ("DefaultTime2Wait", "0"),
+                ("DefaultTime2Retain", "0"),
+                ("MaxConnections", "4"),
+                ("ErrorRecoveryLevel", "2"),
+                ("MaxRecvDataSegmentLength", "262144"),
+                ("X-com.example.Foo", "1"),
+            ]))
             .unwrap();
         let get = |k: &str| out.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str());
         assert_eq!(get("HeaderDigest"), Some("CRC32C"));
@@ -440,9 +408,8 @@ mod tests {
     #[test]
     fn invalid_values_are_rejected_and_keep_defaults() {
         let mut n = normal();
-        let out = n
-            .respond(&offers(&[("MaxBurstLength", "100"), ("InitialR2T", "Maybe"), ("HeaderDigest", "MD5")]), false)
-            .unwrap();
+        let out =
+            n.respond(&offers(&[("MaxBurstLength", "100"), ("InitialR2T", "Maybe"), ("HeaderDigest", "MD5")])).unwrap();
         assert!(out.iter().all(|(_, v)| v == "Reject"), "{out:?}");
         assert_eq!(n.params.max_burst_len, Params::rfc_defaults().max_burst_len);
     }
@@ -451,7 +418,7 @@ mod tests {
     fn discovery_sessions_answer_irrelevant() {
         let mut n = Negotiator::new(TargetLimits::default());
         n.set_session_kind(SessionKind::Discovery);
-        let out = n.respond(&offers(&[("MaxBurstLength", "262144"), ("HeaderDigest", "None")]), false).unwrap();
+        let out = n.respond(&offers(&[("MaxBurstLength", "262144"), ("HeaderDigest", "None")])).unwrap();
         assert_eq!(out[0].1, "Irrelevant");
         assert_eq!(out[1].1, "None");
     }
@@ -460,25 +427,17 @@ mod tests {
     fn first_burst_is_irrelevant_without_unsolicited_data() {
         let mut n = normal();
         let out = n
-            .respond(&offers(&[("InitialR2T", "Yes"), ("ImmediateData", "No"), ("FirstBurstLength", "4096")]), false)
+            .respond(&offers(&[("InitialR2T", "Yes"), ("ImmediateData", "No"), ("FirstBurstLength", "4096")]))
             .unwrap();
         assert_eq!(out[2].1, "Irrelevant");
     }
 
     #[test]
-    fn auth_method_none_only() {
-        let mut n = normal();
-        assert_eq!(n.respond(&offers(&[("AuthMethod", "CHAP,None")]), true).unwrap()[0].1, "None");
-        let mut n = normal();
-        assert_eq!(n.respond(&offers(&[("AuthMethod", "CHAP")]), true), Err(NegotiationError::NoAuthMethod));
-    }
-
-    #[test]
     fn repeated_offer_is_an_initiator_error() {
         let mut n = normal();
-        n.respond(&offers(&[("MaxBurstLength", "262144")]), false).unwrap();
+        n.respond(&offers(&[("MaxBurstLength", "262144")])).unwrap();
         assert!(matches!(
-            n.respond(&offers(&[("MaxBurstLength", "262144")]), false),
+            n.respond(&offers(&[("MaxBurstLength", "262144")])),
             Err(NegotiationError::InitiatorError(_))
         ));
     }

@@ -17,7 +17,7 @@ use super::admission::Admitted;
 use super::registry::{Control, NewSession, Registry, SessionEntry, SessionHandle, TargetEntry};
 use crate::clock::Clock;
 use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
-use crate::iscsi::login::{Login, LoginContext, LoginOutcome, Step};
+use crate::iscsi::login::{Authorization, Login, LoginContext, LoginOutcome, Step};
 use crate::iscsi::params::SessionKind;
 use crate::pdu::{Bhs, Digests, Limits};
 use crate::scsi::{Nexus, Request, Response, Sense, asc, decode_lun, key};
@@ -60,7 +60,7 @@ pub async fn serve<S>(
     };
     info!(
         peer = %endpoint.peer,
-        initiator = %outcome.initiator_name,
+        initiator = ?outcome.initiator_name,
         target = outcome.target_name.as_deref().unwrap_or("(discovery)"),
         tsih = outcome.tsih,
         "login complete"
@@ -113,11 +113,28 @@ impl LoginContext for LoginCtx<'_> {
     fn portal_group_tag(&self) -> u16 {
         self.endpoint.tpgt
     }
+
+    fn authorize(&self, initiator: &str, target: Option<&str>) -> Authorization {
+        let Some(name) = target else {
+            return Authorization { allowed: true, chap: self.registry.discovery_chap() };
+        };
+        match self.registry.target(name) {
+            Some(t) => {
+                let access = t.access();
+                Authorization { allowed: access.admits(initiator, self.endpoint.peer.ip()), chap: access.chap.clone() }
+            }
+            None => Authorization { allowed: false, chap: None },
+        }
+    }
 }
 
 /// Unwritten response bytes beyond which a connection stops reading new PDUs until the
 /// initiator takes what it asked for.
 const PENDING_WRITE_MAX: usize = 16 << 20;
+
+/// How long a failed authentication waits before it is answered.
+const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+const AUTH_FAILED: (u8, u8) = crate::pdu::login_status::AUTHENTICATION_FAILURE;
 
 /// How long a reinstating login waits for the old session's commands to finish.
 const REINSTATEMENT_WAIT: Duration = Duration::from_secs(20);
@@ -164,6 +181,11 @@ where
                 writer.write(resp.encode(Digests::default())).await.ok()?;
             }
             Step::Fail(resp) => {
+                if matches!(resp.bhs, Bhs::LoginResponse(r) if (r.status_class, r.status_detail) == AUTH_FAILED) {
+                    // Guessing secrets costs a second a try (per connection; connections per
+                    // address are bounded).
+                    tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                }
                 let _ = writer.write(resp.encode(Digests::default())).await;
                 let _ = writer.shutdown().await;
                 return None;
@@ -199,11 +221,13 @@ struct FfpCtx<'a> {
     registry: &'a Registry,
     target: Option<&'a TargetEntry>,
     local: SocketAddr,
+    peer: SocketAddr,
+    initiator: &'a str,
 }
 
 impl ConnContext for FfpCtx<'_> {
     fn targets(&self) -> Vec<TargetRecord> {
-        self.registry.target_records(self.local)
+        self.registry.target_records(self.local, self.initiator, self.peer.ip())
     }
 
     fn own_target(&self) -> Option<String> {
@@ -234,6 +258,7 @@ struct FullFeature {
     closed_by_peer: Option<CloseReason>,
     /// Bytes of unwritten responses charged to the I/O memory pool.
     unwritten_charged: u64,
+    initiator_name: String,
 }
 
 impl Drop for FullFeature {
@@ -279,6 +304,7 @@ impl FullFeature {
             running: FuturesUnordered::new(),
             closed_by_peer: None,
             unwritten_charged: 0,
+            initiator_name: outcome.initiator_name.clone(),
         }
     }
 
@@ -402,8 +428,13 @@ impl FullFeature {
     fn on_read(&mut self, event: std::io::Result<ReadEvent>) {
         match event {
             Ok(ReadEvent::Pdu(pdu)) => {
-                let ctx =
-                    FfpCtx { registry: &self.registry, target: self.target.as_deref(), local: self.endpoint.local };
+                let ctx = FfpCtx {
+                    registry: &self.registry,
+                    target: self.target.as_deref(),
+                    local: self.endpoint.local,
+                    peer: self.endpoint.peer,
+                    initiator: &self.initiator_name,
+                };
                 self.conn.on_pdu(pdu, self.clock.now(), &ctx);
             }
             Ok(ReadEvent::Bad(err)) => {

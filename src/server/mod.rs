@@ -1,6 +1,7 @@
 //! The async driver: portals, the accept loops, per-connection tasks and shutdown. Generic over
 //! the [`Net`] and [`Clock`] seams so that the simulation runs this very code.
 
+pub mod access;
 pub mod admission;
 pub mod connection;
 pub mod net;

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, watch};
 
+use super::access::Access;
+use crate::iscsi::chap::ChapSecrets;
 use crate::iscsi::conn::TargetRecord;
 use crate::iscsi::params::{Params, SessionKind};
 use crate::scsi::ScsiTarget;
@@ -17,6 +19,8 @@ pub struct TargetEntry {
     pub alias: Option<String>,
     pub scsi: Arc<ScsiTarget>,
     pub portal_groups: RwLock<BTreeSet<u16>>,
+    /// Who may log in (replaced when the configuration changes).
+    access: RwLock<Arc<Access>>,
     /// The tasks that keep its LUNs open (`supervisor.rs`), by LUN.
     supervisors: Mutex<BTreeMap<u16, tokio::task::JoinHandle<()>>>,
 }
@@ -28,8 +32,17 @@ impl TargetEntry {
             alias,
             scsi: Arc::new(ScsiTarget::new(name)),
             portal_groups: RwLock::new(portal_groups),
+            access: RwLock::new(Arc::new(Access::default())),
             supervisors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    pub fn access(&self) -> Arc<Access> {
+        self.access.read().expect("poisoned").clone()
+    }
+
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().expect("poisoned") = Arc::new(access);
     }
 
     /// Hands a LUN to its supervisor task (replacing any earlier one).
@@ -159,6 +172,8 @@ pub struct Registry {
     targets: RwLock<BTreeMap<String, Arc<TargetEntry>>>,
     portal_groups: RwLock<BTreeMap<u16, Vec<SocketAddr>>>,
     sessions: Mutex<Sessions>,
+    /// CHAP required of discovery sessions.
+    discovery_chap: RwLock<Option<ChapSecrets>>,
 }
 
 impl Registry {
@@ -167,6 +182,14 @@ impl Registry {
     }
 
     // ---- targets and portal groups ----
+
+    pub fn discovery_chap(&self) -> Option<ChapSecrets> {
+        self.discovery_chap.read().expect("poisoned").clone()
+    }
+
+    pub fn set_discovery_chap(&self, chap: Option<ChapSecrets>) {
+        *self.discovery_chap.write().expect("poisoned") = chap;
+    }
 
     pub fn add_target(&self, target: TargetEntry) -> Result<Arc<TargetEntry>, String> {
         let mut targets = self.targets.write().expect("poisoned");
@@ -204,10 +227,12 @@ impl Registry {
 
     /// Discovery records: every target with the addresses of its portal groups. A portal
     /// bound to a wildcard address is reported as `local` (the address the initiator reached).
-    pub fn target_records(&self, local: SocketAddr) -> Vec<TargetRecord> {
+    /// Targets `initiator` at `peer` may log in to, with their addresses (SendTargets).
+    pub fn target_records(&self, local: SocketAddr, initiator: &str, peer: std::net::IpAddr) -> Vec<TargetRecord> {
         let groups = self.portal_groups();
         self.targets()
             .iter()
+            .filter(|t| t.access().admits(initiator, peer))
             .map(|t| {
                 let mut addresses = Vec::new();
                 for tag in t.portal_groups.read().expect("poisoned").iter() {

@@ -1,0 +1,125 @@
+//! Authentication and access control, through libiscsi's tools (a real initiator's CHAP) and
+//! the library initiator. These need the Debian package libiscsi-bin and fail (not skip) when
+//! it is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestTarget, start};
+use rtgt::config::Config;
+use tokio::process::Command;
+
+const OPEN: &str = "iqn.2026-12.dev.rtgt:open";
+const CHAP: &str = "iqn.2026-12.dev.rtgt:chap";
+const NAMED: &str = "iqn.2026-12.dev.rtgt:named";
+const FAR: &str = "iqn.2026-12.dev.rtgt:far";
+const ALLOWED: &str = "iqn.2026-12.dev.rtgt:allowed";
+const OTHER: &str = "iqn.2026-12.dev.rtgt:other";
+
+/// Runs a libiscsi tool: (whether it succeeded, its output).
+async fn run(tool: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(tool);
+    cmd.args(args).kill_on_drop(true);
+    let output = match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => panic!("cannot run {tool}: {e} (install libiscsi-bin: apt-get install -y libiscsi-bin)"),
+        Err(_) => panic!("{tool} {args:?} did not finish within 30 s"),
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+async fn target() -> TestTarget {
+    let lun = "[[target.lun]]\nlun = 0\nbackend = \"memory\"\nsize = \"1MiB\"\n";
+    let text = format!(
+        r#"
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:0"]
+
+        [[target]]
+        name = "{OPEN}"
+        {lun}
+        [[target]]
+        name = "{CHAP}"
+        chap = {{ user = "alice", secret = "alice-secret-123", mutual_user = "{CHAP}", mutual_secret = "target-secret-456" }}
+        {lun}
+        [[target]]
+        name = "{NAMED}"
+        allowed_initiators = ["{ALLOWED}"]
+        {lun}
+        [[target]]
+        name = "{FAR}"
+        allowed_addresses = ["10.0.0.0/8"]
+        {lun}
+        "#
+    );
+    start(Config::from_toml(&text).unwrap()).await
+}
+
+fn url(t: &TestTarget, credentials: &str, target: &str) -> String {
+    format!("iscsi://{credentials}{}/{target}/0", t.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chap_one_way_and_mutual_with_libiscsi() {
+    let t = target().await;
+    let (ok, out) = run("iscsi-inq", &[&url(&t, "alice%alice-secret-123@", CHAP)]).await;
+    assert!(ok && out.contains("Vendor:RTGT"), "the right secret: {out}");
+    let mutual =
+        format!("{}?target_user={CHAP}&target_password=target-secret-456", url(&t, "alice%alice-secret-123@", CHAP));
+    let (ok, out) = run("iscsi-inq", &[&mutual]).await;
+    assert!(ok, "mutual CHAP: {out}");
+    for (credentials, why) in
+        [("alice%wrong-secret-000@", "a wrong secret"), ("bob%alice-secret-123@", "a wrong user"), ("", "no CHAP")]
+    {
+        let (ok, out) = run("iscsi-inq", &[&url(&t, credentials, CHAP)]).await;
+        assert!(!ok, "{why} must be refused: {out}");
+    }
+    let wrong_target =
+        format!("{}?target_user={CHAP}&target_password=not-the-target", url(&t, "alice%alice-secret-123@", CHAP));
+    let (ok, out) = run("iscsi-inq", &[&wrong_target]).await;
+    assert!(!ok, "the initiator checks the target's proof: {out}");
+    assert_eq!(t.server.registry.session_count(), 0, "no refused login left a session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_refuse_and_discovery_lists_only_what_may_be_reached() {
+    let t = target().await;
+    let (ok, out) = run("iscsi-inq", &["-i", ALLOWED, &url(&t, "", NAMED)]).await;
+    assert!(ok, "an allowed initiator: {out}");
+    let (ok, out) = run("iscsi-inq", &["-i", OTHER, &url(&t, "", NAMED)]).await;
+    assert!(!ok, "another initiator is refused: {out}");
+    let (ok, out) = run("iscsi-inq", &["-i", ALLOWED, &url(&t, "", FAR)]).await;
+    assert!(!ok, "loopback is not in 10.0.0.0/8: {out}");
+
+    let (ok, listed) = run("iscsi-ls", &["-i", OTHER, &format!("iscsi://{}", t.addr)]).await;
+    assert!(ok, "{listed}");
+    assert!(listed.contains(OPEN) && listed.contains(CHAP), "{listed}");
+    assert!(!listed.contains(NAMED) && !listed.contains(FAR), "targets it may not reach are not listed: {listed}");
+    let (_, listed) = run("iscsi-ls", &["-i", ALLOWED, &format!("iscsi://{}", t.addr)]).await;
+    assert!(listed.contains(NAMED), "{listed}");
+}
+
+/// Discovery itself can require CHAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_chap_is_enforced() {
+    let text = r#"
+        discovery_chap = { user = "finder", secret = "finder-secret-1" }
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:0"]
+        [[target]]
+        name = "iqn.2026-12.dev.rtgt:open"
+        [[target.lun]]
+        lun = 0
+        backend = "memory"
+        size = "1MiB"
+    "#;
+    let t = start(Config::from_toml(text).unwrap()).await;
+    let (ok, out) = run("iscsi-ls", &[&format!("iscsi://{}", t.addr)]).await;
+    assert!(!ok || !out.contains(OPEN), "discovery without CHAP is refused: {out}");
+    let (ok, out) = run("iscsi-ls", &[&format!("iscsi://finder%finder-secret-1@{}", t.addr)]).await;
+    assert!(ok && out.contains(OPEN), "{out}");
+}
