@@ -109,6 +109,9 @@ pub struct ApiConfig {
     /// API listens on anything but loopback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Host header values accepted besides loopback names ("rtgt.example.com:3261").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The default address of the management API.
@@ -118,7 +121,7 @@ pub const MAX_BUSY_POLL_US: u64 = 10_000;
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: DEFAULT_API_LISTEN.into(), token: None }
+        ApiConfig { listen: DEFAULT_API_LISTEN.into(), token: None, allowed_hosts: Vec::new() }
     }
 }
 
@@ -203,6 +206,10 @@ pub struct ServerConfig {
     pub max_logins_in_progress: u32,
     /// Sessions one initiator name may hold at once.
     pub max_sessions_per_initiator: u32,
+    /// Where LUNs created through the API may be besides the data directory: directories,
+    /// and block devices by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_paths: Vec<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -228,6 +235,7 @@ impl Default for ServerConfig {
             max_connections_per_address: admission.connections_per_address,
             max_logins_in_progress: admission.logins_in_progress,
             max_sessions_per_initiator: crate::server::DEFAULT_SESSIONS_PER_INITIATOR,
+            allowed_paths: Vec::new(),
         }
     }
 }

@@ -358,12 +358,20 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         Some(addr) => Some(rtgt::api::bind(addr?, token.as_deref()).await?),
         None => None,
     };
+    // Without a configured token, one is made and kept in the data directory (mode 0600),
+    // where the CLI finds it: no local user or web page reaches the API without it.
+    let token = match (token, &api_listener) {
+        (Some(token), _) => Some(token),
+        (None, Some(_)) => Some(rtgt::api::token::load_or_create(&config.data_dir())?),
+        (None, None) => None,
+    };
+    let hosts = rtgt::api::AllowedHosts::new(&config.api.allowed_hosts);
     let manager = Manager::start(config.clone(), server.clone(), ctx, Some(path.clone())).await?;
     print_banner(&config, &registry);
     if let Some(listener) = api_listener {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         eprintln!("rtgt: management API at http://{addr} (changes are saved to {})", path.display());
-        tokio::spawn(rtgt::api::serve(listener, manager.clone(), token));
+        tokio::spawn(rtgt::api::serve(listener, manager.clone(), token, hosts));
     }
     wait_for_signals(&manager).await;
     // Stop new logins, ask initiators to log out, wait, then flush every LUN.

@@ -20,6 +20,10 @@ pub struct ApiArgs {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The data directory of the local `rtgt serve`, whose API token the CLI reads when
+    /// $RTGT_API_TOKEN is not set (default $RTGT_DATA_DIR or rtgt-data).
+    #[arg(long, global = true)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -158,7 +162,11 @@ impl Ctx {
             .clone()
             .or_else(|| std::env::var("RTGT_API").ok())
             .unwrap_or_else(|| format!("http://{DEFAULT_API_LISTEN}"));
-        let token = std::env::var("RTGT_API_TOKEN").ok().filter(|t| !t.is_empty());
+        // $RTGT_API_TOKEN, else the token a local `rtgt serve` keeps in its data directory.
+        let token = std::env::var("RTGT_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| rtgt::api::token::read(&args.data_dir.clone().unwrap_or_else(rtgt::config::default_data_dir)));
         Ok(Ctx { client: Client::new(&url, token).map_err(|e| Failure(e, 2))?, json: args.json })
     }
 

@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 struct Serve {
     child: Child,
     api: String,
+    /// The token `rtgt serve` generated in its data directory.
+    token: String,
 }
 
 impl Serve {
@@ -40,22 +42,31 @@ impl Serve {
         let api = format!("http://127.0.0.1:{api_port}");
         let client = Client::new(&api, None).expect("client");
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The health check needs no token.
         while client.request("GET", "/v1/health", None).map(|r| r.status) != Ok(200) {
             assert!(Instant::now() < deadline, "rtgt serve did not bring its API up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Serve { child, api }
+        let data_dir = config.parent().expect("the config is in the data directory");
+        let token = rtgt::api::token::read(data_dir).expect("a generated API token");
+        Serve { child, api, token }
     }
 
     fn get(&self, path: &str) -> Value {
-        let r = Client::new(&self.api, None).expect("client").request("GET", path, None).expect("request");
+        let client = Client::new(&self.api, Some(self.token.clone())).expect("client");
+        let r = client.request("GET", path, None).expect("request");
         assert_eq!(r.status, 200, "GET {path}: {}", r.body);
         serde_json::from_str(&r.body).expect("JSON")
     }
 
     /// Runs the CLI against this server.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).args(["--api", &self.api]).output().expect("run the rtgt CLI")
+        Command::new(BIN)
+            .args(args)
+            .args(["--api", &self.api])
+            .env("RTGT_API_TOKEN", &self.token)
+            .output()
+            .expect("run the rtgt CLI")
     }
 
     /// SIGTERM, and the exit status.
@@ -161,7 +172,7 @@ async fn cli_changes_are_served_persisted_and_validated() {
     assert!(sessions.as_array().expect("list").iter().any(|x| x["target"] == TARGET), "{sessions}");
     let table = ok(&serve.cli(&["session", "list"]));
     assert!(table.contains("iqn.2026-11.dev.rtgt:initiator"), "{table}");
-    let metrics = Client::new(&serve.api, None).unwrap().request("GET", "/metrics", None).unwrap().body;
+    let metrics = Client::new(&serve.api, Some(serve.token.clone())).unwrap().request("GET", "/metrics", None).unwrap().body;
     assert!(
         metrics
             .lines()
@@ -172,6 +183,12 @@ async fn cli_changes_are_served_persisted_and_validated() {
     // Bad input gets a clear error and changes nothing.
     let before = std::fs::read_to_string(&config).expect("config");
     refused(&serve.cli(&["target", "create", "iqn.bad name"]), "name");
+    // LUN files stay under the data directory (or server.allowed_paths); nothing is created.
+    for path in ["/etc/passwd", "../escape.img", "/dev/null"] {
+        let args = ["lun", "create", TARGET, "2", "--backend", "file", "--path", path, "--size", "1MiB", "--create"];
+        refused(&serve.cli(&args), "path");
+    }
+    assert!(!dir.parent().unwrap().join("escape.img").exists());
     refused(&serve.cli(&["lun", "create", TARGET, "1", "--backend", "memory", "--size", "1MiB"]), "already has LUN 1");
     refused(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "tape", "--size", "1MiB"]), "unknown backend");
     refused(
@@ -252,6 +269,44 @@ async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
     assert_eq!(v[0]["luns"][0]["lun"], 4);
     let gone = Command::new(BIN).args(["target", "list", "--api", "http://127.0.0.1:1"]).output().expect("cli");
     assert_eq!(gone.status.code(), Some(3));
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Without a configured token, one is generated (mode 0600) and required; a foreign Host
+/// header (DNS rebinding from a browser) is refused even with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_its_generated_token_and_a_local_host_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, config, _portal, api_port) = setup("guard");
+    let serve = Serve::start(&config, api_port);
+    let mode = std::fs::metadata(rtgt::api::token::path(&dir)).expect("token file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let anonymous = Client::new(&serve.api, None).expect("client");
+    assert_eq!(anonymous.request("GET", "/v1/targets", None).expect("request").status, 401);
+    let wrong = Client::new(&serve.api, Some("0".repeat(64))).expect("client");
+    assert_eq!(wrong.request("GET", "/v1/targets", None).expect("request").status, 401);
+    assert_eq!(serve.get("/v1/targets"), serde_json::json!([]));
+    // A browser tricked into rtgt.attacker.example resolving to 127.0.0.1 sends that Host.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", api_port)).expect("connect");
+    use std::io::{Read, Write};
+    write!(
+        raw,
+        "GET /v1/targets HTTP/1.1\r\nHost: rtgt.attacker.example:{api_port}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        serve.token
+    )
+    .expect("send");
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // The CLI finds the token in the data directory by itself.
+    let out = Command::new(BIN)
+        .args(["target", "list", "--api", &serve.api, "--data-dir"])
+        .arg(&dir)
+        .env_remove("RTGT_API_TOKEN")
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     drop(serve);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod manager;
 pub mod metrics;
+pub mod paths;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,11 +60,35 @@ type ApiResult<T> = Result<T, ApiError>;
 struct Api {
     manager: Arc<Manager>,
     token: Option<Arc<str>>,
+    hosts: AllowedHosts,
 }
 
 /// The API's routes.
-pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
-    let api = Api { manager, token: token.map(Arc::from) };
+/// Host header values a browser may send to this API: loopback names, and `allowed` ones.
+/// Anything else is refused, so that a web page cannot reach the API through a DNS name it
+/// controls (DNS rebinding).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(Arc<Vec<String>>);
+
+impl AllowedHosts {
+    pub fn new(allowed: &[String]) -> AllowedHosts {
+        AllowedHosts(Arc::new(allowed.iter().map(|h| h.to_lowercase()).collect()))
+    }
+
+    /// Whether a Host header (with or without its port) is one of ours.
+    pub fn admits(&self, host: &str) -> bool {
+        let host = host.trim().to_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(name, _)| name),
+        };
+        let loopback = name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        loopback || self.0.iter().any(|h| *h == host || *h == name)
+    }
+}
+
+pub fn router(manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts) -> Router {
+    let api = Api { manager, token: token.map(Arc::from), hosts };
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/version", get(version))
@@ -88,8 +114,8 @@ pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
 }
 
 /// Serves the API on `addr` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, manager: Arc<Manager>, token: Option<String>) {
-    if let Err(e) = axum::serve(listener, router(manager, token)).await {
+pub async fn serve(listener: tokio::net::TcpListener, manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts) {
+    if let Err(e) = axum::serve(listener, router(manager, token, hosts)).await {
         tracing::error!(error = %e, "the management API stopped");
     }
 }
@@ -105,6 +131,17 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<tokio::net::T
 }
 
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host
+        && !api.hosts.admits(host)
+    {
+        return ApiError(StatusCode::FORBIDDEN, format!("Host {host:?} is not this API's (api.allowed_hosts)"))
+            .into_response();
+    }
+    // Liveness probes need no token.
+    if req.uri().path() == "/v1/health" {
+        return next.run(req).await;
+    }
     if let Some(token) = &api.token {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let ok = given
@@ -317,6 +354,9 @@ async fn create_lun(
     let lun = l.lun;
     api.manager
         .change(|c| {
+            if let Some(path) = &l.path {
+                paths::check_lun_path(path, &c.data_dir(), &c.server.allowed_paths).map_err(ChangeError::Invalid)?;
+            }
             let t = target_mut(c, &name)?;
             if t.luns.iter().any(|x| x.lun == l.lun) {
                 return Err(ChangeError::Conflict(format!("lun: target {name} already has LUN {}", l.lun)));
@@ -554,6 +594,17 @@ mod tests {
     use super::*;
 
     /// The checked-in OpenAPI document lists every route of the router, and nothing else.
+    #[test]
+    fn host_headers_must_name_this_machine_or_an_allowed_name() {
+        let hosts = AllowedHosts::new(&["rtgt.example.com".to_string()]);
+        for ok in ["localhost", "localhost:3261", "127.0.0.1:3261", "[::1]:3261", "RTGT.example.com:3261"] {
+            assert!(hosts.admits(ok), "{ok}");
+        }
+        for bad in ["attacker.example:3261", "127.0.0.1.attacker.example", "10.0.0.1:3261", "[fe80::1]:3261", ""] {
+            assert!(!hosts.admits(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn openapi_document_matches_the_router() {
         let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
