@@ -59,22 +59,39 @@ impl std::fmt::Debug for ChapConfig {
     }
 }
 
+/// A secret as configured: written as is, or `env:NAME` (an environment variable) or
+/// `file:PATH` (a file's contents without a trailing newline).
+pub fn secret_bytes(what: &str, spec: &str) -> Result<Vec<u8>, String> {
+    if let Some(name) = spec.strip_prefix("env:") {
+        return Ok(std::env::var(name)
+            .map_err(|_| format!("{what}: environment variable {name} is not set"))?
+            .into_bytes());
+    }
+    if let Some(path) = spec.strip_prefix("file:") {
+        let mut b = std::fs::read(path).map_err(|e| format!("{what}: {path}: {e}"))?;
+        while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+            b.pop();
+        }
+        return Ok(b);
+    }
+    Ok(spec.as_bytes().to_vec())
+}
+
+/// A secret given on the command line: only as `env:NAME` or `file:PATH` (a literal would show
+/// in the process list).
+pub fn read_secret(what: &str, spec: &str) -> Result<String, String> {
+    if !spec.starts_with("env:") && !spec.starts_with("file:") {
+        return Err(format!("{what}: give env:NAME or file:PATH, not the secret itself"));
+    }
+    String::from_utf8(secret_bytes(what, spec)?).map_err(|_| format!("{what}: not UTF-8"))
+}
+
 impl ChapConfig {
     /// Reads the secrets (from the environment or files where they say so) and checks them.
     pub fn resolve(&self) -> Result<crate::iscsi::chap::ChapSecrets, String> {
         use crate::iscsi::chap::{ChapSecrets, SECRET_LEN_MAX, SECRET_LEN_MIN, Secret};
         let read = |what: &str, spec: &str| -> Result<Secret, String> {
-            let bytes = if let Some(name) = spec.strip_prefix("env:") {
-                std::env::var(name).map_err(|_| format!("{what}: environment variable {name} is not set"))?.into_bytes()
-            } else if let Some(path) = spec.strip_prefix("file:") {
-                let mut b = std::fs::read(path).map_err(|e| format!("{what}: {path}: {e}"))?;
-                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                    b.pop();
-                }
-                b
-            } else {
-                spec.as_bytes().to_vec()
-            };
+            let bytes = secret_bytes(what, spec)?;
             if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&bytes.len()) {
                 return Err(format!("{what}: must be {SECRET_LEN_MIN} to {SECRET_LEN_MAX} bytes, is {}", bytes.len()));
             }
@@ -151,9 +168,29 @@ pub struct EmbeddedS3Config {
     /// Directory holding the buckets; relative to data_dir.
     #[serde(default = "default_embedded_root")]
     pub root: PathBuf,
+    /// Credentials of the HTTP endpoint (the secret as is, `env:NAME` or `file:PATH`); by
+    /// default the store's own, generated in `<root>/.rtgt-credentials`. Needed to listen on
+    /// anything but loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
 }
 
 impl EmbeddedS3Config {
+    /// The configured credentials, if any.
+    pub fn credentials(&self) -> Result<Option<crate::s3::embedded::Credentials>, String> {
+        match (&self.access_key, &self.secret_key) {
+            (None, None) => Ok(None),
+            (Some(access_key), Some(spec)) => {
+                let secret = String::from_utf8(secret_bytes("embedded_s3.secret_key", spec)?)
+                    .map_err(|_| "embedded_s3.secret_key: not UTF-8".to_string())?;
+                Ok(Some(crate::s3::embedded::Credentials { access_key: access_key.clone(), secret_key: secret }))
+            }
+            _ => Err("embedded_s3.access_key / secret_key: give both or neither".into()),
+        }
+    }
+
     /// The address of the HTTP endpoint, or None when it is off.
     pub fn address(&self) -> Option<Result<SocketAddr, String>> {
         (self.listen != "off").then(|| {
@@ -640,7 +677,12 @@ impl Config {
                 }],
                 ..TargetConfig::new(DEFAULT_TARGET)
             }],
-            embedded_s3: Some(EmbeddedS3Config { listen: default_embedded_listen(), root: default_embedded_root() }),
+            embedded_s3: Some(EmbeddedS3Config {
+                listen: default_embedded_listen(),
+                root: default_embedded_root(),
+                access_key: None,
+                secret_key: None,
+            }),
             api: ApiConfig::default(),
             discovery_chap: None,
         }
@@ -710,6 +752,16 @@ impl Config {
             && let Err(e) = chap.resolve()
         {
             problems.push(format!("discovery_chap.{e}"));
+        }
+        if let Some(e) = &self.embedded_s3 {
+            match e.credentials() {
+                Err(why) => problems.push(why),
+                Ok(None) if matches!(e.address(), Some(Ok(a)) if !a.ip().is_loopback()) => problems.push(
+                    "embedded_s3.listen: not a loopback address; set embedded_s3.access_key and secret_key to expose it"
+                        .into(),
+                ),
+                Ok(_) => {}
+            }
         }
         if s.io_memory_max < s.max_transfer_bytes as u64 {
             problems.push("server.io_memory_max: must hold at least one transfer (max_transfer_bytes)".into());

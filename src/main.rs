@@ -139,6 +139,13 @@ enum Command {
         /// Directory holding the buckets (default: <data dir>/s3).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Credentials to require (needed for a non-loopback address); otherwise the store's
+        /// own, generated in <root>/.rtgt-credentials.
+        #[arg(long, requires = "secret_key")]
+        access_key: Option<String>,
+        /// Where the secret key is: `env:NAME` or `file:PATH` (never on the command line).
+        #[arg(long, requires = "access_key")]
+        secret_key: Option<String>,
     },
 }
 
@@ -207,7 +214,11 @@ impl S3Args {
 
     fn endpoint(&self) -> Endpoint {
         if self.endpoint.as_deref() == Some("embedded") {
-            return embedded::endpoint_for("127.0.0.1:9010".parse().expect("address"));
+            // The credentials the local store generated (readable by the user running rtgt).
+            let root = default_data_dir().join("s3");
+            let credentials = embedded::Credentials::read(&root)
+                .unwrap_or(embedded::Credentials { access_key: String::new(), secret_key: String::new() });
+            return embedded::endpoint_for("127.0.0.1:9010".parse().expect("address"), &credentials);
         }
         Endpoint {
             url: self.endpoint.clone(),
@@ -244,7 +255,14 @@ fn main() -> ExitCode {
             Config::load(&config).map(|c| print!("{}", c.to_toml())).map_err(|e| e.to_string())
         }
         Command::Volume { command } => block_on(volume(command)),
-        Command::S3Server { listen, root } => block_on(s3_server(listen, root)),
+        Command::S3Server { listen, root, access_key, secret_key } => {
+            let given = match access_key.zip(secret_key) {
+                None => Ok(None),
+                Some((access_key, spec)) => rtgt::config::read_secret("--secret-key", &spec)
+                    .map(|secret_key| Some(embedded::Credentials { access_key, secret_key })),
+            };
+            given.and_then(|given| block_on(s3_server(listen, root, given)))
+        }
         Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
         Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, json } => {
             let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
@@ -339,7 +357,7 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         ctx.embedded = Some(root.clone());
         // The HTTP endpoint is a convenience (rtgt volume, S3 tools): the LUNs do not need it.
         match e.address() {
-            Some(Ok(addr)) => match EmbeddedS3::start(root, addr).await {
+            Some(Ok(addr)) => match EmbeddedS3::start_with(root, addr, e.credentials()?).await {
                 Ok(server) => {
                     eprintln!("rtgt: embedded S3 at http://{} (data in {})", server.addr, dir.display());
                     _embedded = Some(server);
@@ -501,13 +519,17 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
     }
 }
 
-async fn s3_server(listen: String, root: Option<PathBuf>) -> Result<(), String> {
+async fn s3_server(listen: String, root: Option<PathBuf>, given: Option<embedded::Credentials>) -> Result<(), String> {
     let dir = root.unwrap_or_else(|| default_data_dir().join("s3"));
     let addr = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
-    let server = EmbeddedS3::start(embedded::open_root(&dir)?, addr).await?;
+    let generated = given.is_none();
+    let server = EmbeddedS3::start_with(embedded::open_root(&dir)?, addr, given).await?;
     let root = dir;
     eprintln!("rtgt: S3 server at http://{} serving {}", server.addr, root.display());
-    eprintln!("  credentials: access key {} secret key {}", embedded::ACCESS_KEY, embedded::SECRET_KEY);
+    if generated {
+        let file = root.join(embedded::CREDENTIALS_FILE);
+        eprintln!("  credentials: access key {}, secret key in {}", server.credentials().access_key, file.display());
+    }
     eprintln!("  buckets are the directories of {}", root.display());
     wait_for_signal().await;
     Ok(())

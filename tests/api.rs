@@ -172,7 +172,8 @@ async fn cli_changes_are_served_persisted_and_validated() {
     assert!(sessions.as_array().expect("list").iter().any(|x| x["target"] == TARGET), "{sessions}");
     let table = ok(&serve.cli(&["session", "list"]));
     assert!(table.contains("iqn.2026-11.dev.rtgt:initiator"), "{table}");
-    let metrics = Client::new(&serve.api, Some(serve.token.clone())).unwrap().request("GET", "/metrics", None).unwrap().body;
+    let metrics =
+        Client::new(&serve.api, Some(serve.token.clone())).unwrap().request("GET", "/metrics", None).unwrap().body;
     assert!(
         metrics
             .lines()

@@ -79,13 +79,22 @@ async fn volume_over_loopback_http() {
     exercise(Arc::new(aws)).await;
 }
 
+/// Credentials for servers the tests run themselves.
+fn test_credentials() -> embedded::Credentials {
+    embedded::Credentials { access_key: "test".into(), secret_key: "test-secret-key".into() }
+}
+
 /// s3s-fs through aws-sdk-s3 in-process: the S3 implementation the embedded store used to be.
 async fn s3s_fs_client(dir: &std::path::Path, bucket: &str) -> AwsStore {
     let fs = s3s_fs::FileSystem::new(dir).unwrap();
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(embedded::ACCESS_KEY, embedded::SECRET_KEY));
-    let endpoint =
-        Endpoint { url: Some("http://s3.local".into()), ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap()) };
+    let credentials = test_credentials();
+    builder
+        .set_auth(s3s::auth::SimpleAuth::from_single(credentials.access_key.as_str(), credentials.secret_key.as_str()));
+    let endpoint = Endpoint {
+        url: Some("http://s3.local".into()),
+        ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap(), &credentials)
+    };
     let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(builder.build())).build();
     let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), bucket);
     aws.ensure_bucket().await.unwrap();
@@ -286,7 +295,7 @@ async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
         sock.write_all(resp.as_bytes()).await.unwrap();
         String::from_utf8_lossy(&req).to_ascii_lowercase()
     });
-    let endpoint = embedded::endpoint_for(addr);
+    let endpoint = embedded::endpoint_for(addr, &test_credentials());
     let aws = AwsStore::connect(&endpoint, "bk1").await;
     let results = aws.delete_many(vec!["a".into(), "b".into()]).await.unwrap();
     assert!(results.iter().all(|(_, r)| r.is_ok()));

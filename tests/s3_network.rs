@@ -38,7 +38,8 @@ async fn store(link: LinkSpec) -> Store {
 }
 
 /// A target whose LUN reaches the store at `endpoint`.
-async fn target(endpoint: &str, cache: &str) -> TestTarget {
+async fn target(store: &Store, endpoint: &str, cache: &str) -> TestTarget {
+    let credentials = store.server.credentials();
     let text = format!(
         r#"
         [[portal_group]]
@@ -54,14 +55,16 @@ async fn target(endpoint: &str, cache: &str) -> TestTarget {
         url = "s3://vols/v"
         endpoint = "{}"
         region = "us-east-1"
-        access_key_id = "rtgt"
-        secret_access_key = "rtgt-embedded-secret"
+        access_key_id = "{}"
+        secret_access_key = "{}"
         size = "{}"
         cache_size = "{cache}"
         create = true
         "#,
         common::TARGET,
         endpoint,
+        credentials.access_key,
+        credentials.secret_key,
         BLOCKS * BLOCK,
     );
     common::start(Config::from_toml(&text).unwrap()).await
@@ -134,7 +137,7 @@ async fn sync(s: &Session) -> u8 {
 /// Reads every block through a new target (reaching the store directly) and checks it holds
 /// what was acknowledged last.
 async fn verify(store: &Store, acked: &Acked) {
-    let t = target(&format!("http://{}", store.server.addr), "64MiB").await;
+    let t = target(&store, &format!("http://{}", store.server.addr), "64MiB").await;
     let s = ready_session(&t, 0x900).await;
     let acked = acked.lock().unwrap().clone();
     let per_read = 2048u64;
@@ -165,7 +168,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     // Twice the LUN: however much is written, it fits (pages are counted with a margin per
     // write), so no write waits for room. A full cache would make writes wait for merges, which
     // cannot happen while the store is away: past their deadline they get NOT READY.
-    let t = target(&store.netem.url(), "128MiB").await;
+    let t = target(&store, &store.netem.url(), "128MiB").await;
     let s = Arc::new(ready_session(&t, 0x100).await);
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -204,7 +207,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     let store = store(LinkSpec::new(Duration::from_millis(20), 40_000_000)).await;
-    let t = target(&store.netem.url(), "96MiB").await;
+    let t = target(&store, &store.netem.url(), "96MiB").await;
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();

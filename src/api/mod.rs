@@ -114,7 +114,12 @@ pub fn router(manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts)
 }
 
 /// Serves the API on `addr` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    manager: Arc<Manager>,
+    token: Option<String>,
+    hosts: AllowedHosts,
+) {
     if let Err(e) = axum::serve(listener, router(manager, token, hosts)).await {
         tracing::error!(error = %e, "the management API stopped");
     }

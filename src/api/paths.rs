@@ -24,7 +24,8 @@ pub fn check_lun_path(path: &Path, data_dir: &Path, allowed: &[PathBuf]) -> Resu
     }
     let full = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
     let real = resolve(&full);
-    let is_device = std::fs::metadata(&real).is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
+    let is_device =
+        std::fs::metadata(&real).is_ok_and(|m| m.file_type().is_block_device() || m.file_type().is_char_device());
     if is_device {
         return match allowed.iter().any(|a| resolve(a) == real) {
             true => Ok(()),

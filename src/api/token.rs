@@ -34,7 +34,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, String> {
         .mode(0o600)
         .open(&file)
         .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
-    f.write_all(format!("{token}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", file.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(token)
 }
 

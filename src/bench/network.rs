@@ -74,7 +74,7 @@ pub async fn run(dir: &Path, args: NetworkArgs) -> Result<Vec<LatencyResult>, St
 }
 
 struct Setup {
-    _server: EmbeddedS3,
+    server: EmbeddedS3,
     netem: Netem,
 }
 
@@ -84,7 +84,7 @@ async fn open(setup: &Setup, name: &str) -> Result<Arc<S3Volume>, String> {
 
 /// Opens a volume; with `journal`, `durability = "local"` with its journal there.
 async fn open_with(setup: &Setup, name: &str, journal: Option<&Path>) -> Result<Arc<S3Volume>, String> {
-    let mut endpoint = embedded::endpoint_for(setup.netem.addr());
+    let mut endpoint = embedded::endpoint_for(setup.netem.addr(), setup.server.credentials());
     endpoint.url = Some(setup.netem.url());
     let store = Arc::new(AwsStore::connect(&endpoint, "bench").await);
     let mut opts = VolumeOptions {
@@ -106,7 +106,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
     root.create_bucket("bench")?;
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
     let netem = Netem::start(server.addr, link).await.map_err(|e| e.to_string())?;
-    let setup = Setup { _server: server, netem };
+    let setup = Setup { server, netem };
     let secs = Duration::from_secs(args.seconds);
     let name = describe(link);
     let mut out = Vec::new();

@@ -15,11 +15,60 @@ use super::aws::Endpoint;
 use super::http::LocalService;
 use super::local::{LocalOptions, LocalRoot, Offload, StdFs};
 
-/// Credentials of the embedded server. It listens on loopback only by default; anyone who can
-/// reach it can use these.
-pub const ACCESS_KEY: &str = "rtgt";
-pub const SECRET_KEY: &str = "rtgt-embedded-secret";
 pub const REGION: &str = "us-east-1";
+
+/// Where a store keeps its credentials (a reserved name: never an object or a bucket).
+pub const CREDENTIALS_FILE: &str = ".rtgt-credentials";
+
+/// The credentials of an embedded store's HTTP endpoint: made at random for each store
+/// directory the first time, kept there readable by its owner only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("access_key", &self.access_key).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The credentials of the store at `root`, if it has any.
+    pub fn read(root: &Path) -> Option<Credentials> {
+        let text = std::fs::read_to_string(root.join(CREDENTIALS_FILE)).ok()?;
+        let mut lines = text.lines();
+        let (access_key, secret_key) = (lines.next()?.trim().to_string(), lines.next()?.trim().to_string());
+        (!access_key.is_empty() && !secret_key.is_empty()).then_some(Credentials { access_key, secret_key })
+    }
+
+    /// The credentials of the store at `root`, made (random, mode 0600) if missing.
+    pub fn load_or_create(root: &Path) -> Result<Credentials, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(c) = Credentials::read(root) {
+            return Ok(c);
+        }
+        let hex = |n: usize| -> Result<String, String> {
+            let mut b = vec![0u8; n];
+            getrandom::fill(&mut b).map_err(|e| format!("cannot generate credentials: {e}"))?;
+            Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+        };
+        let c = Credentials { access_key: format!("rtgt-{}", hex(8)?), secret_key: hex(24)? };
+        let path = root.join(CREDENTIALS_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        f.write_all(format!("{}\n{}\n", c.access_key, c.secret_key).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+}
 
 /// Opens the local store at `root` on the real filesystem.
 pub fn open_root(root: &Path) -> Result<Arc<LocalRoot>, String> {
@@ -32,6 +81,7 @@ pub fn open_root(root: &Path) -> Result<Arc<LocalRoot>, String> {
 /// A running HTTP endpoint of the embedded store.
 pub struct EmbeddedS3 {
     pub addr: SocketAddr,
+    credentials: Credentials,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,20 +92,41 @@ impl Drop for EmbeddedS3 {
 }
 
 /// The S3 service of a local store.
-pub fn service(root: Arc<LocalRoot>) -> S3Service {
+pub fn service(root: Arc<LocalRoot>, credentials: &Credentials) -> S3Service {
     let mut builder = S3ServiceBuilder::new(LocalService::new(root));
-    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+    builder.set_auth(SimpleAuth::from_single(credentials.access_key.as_str(), credentials.secret_key.as_str()));
     builder.build()
 }
 
 impl EmbeddedS3 {
+    /// Serves the store at `root` over HTTP on `addr` with the store's own credentials
+    /// (`given` instead, when set). A non-loopback address needs `given`: the generated ones
+    /// sit in a file anyone with the directory could read.
     pub async fn start(root: Arc<LocalRoot>, addr: SocketAddr) -> Result<EmbeddedS3, String> {
+        EmbeddedS3::start_with(root, addr, None).await
+    }
+
+    pub async fn start_with(
+        root: Arc<LocalRoot>,
+        addr: SocketAddr,
+        given: Option<Credentials>,
+    ) -> Result<EmbeddedS3, String> {
+        if !addr.ip().is_loopback() && given.is_none() {
+            return Err(format!(
+                "embedded S3: {addr} is not a loopback address; set its credentials (embedded_s3.access_key and \
+                 secret_key) to expose it"
+            ));
+        }
+        let credentials = match given {
+            Some(c) => c,
+            None => Credentials::load_or_create(root.path())?,
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("embedded S3 cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shown = root.path().display().to_string();
-        let service = service(root);
+        let service = service(root, &credentials);
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
             loop {
@@ -68,21 +139,51 @@ impl EmbeddedS3 {
             }
         });
         tracing::info!(%addr, root = %shown, "embedded S3 endpoint listening");
-        Ok(EmbeddedS3 { addr, task })
+        Ok(EmbeddedS3 { addr, credentials, task })
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        endpoint_for(self.addr)
+        endpoint_for(self.addr, &self.credentials)
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 }
 
 /// How to reach an embedded server at `addr`.
-pub fn endpoint_for(addr: SocketAddr) -> Endpoint {
+pub fn endpoint_for(addr: SocketAddr, credentials: &Credentials) -> Endpoint {
     Endpoint {
         url: Some(format!("http://{addr}")),
         region: Some(REGION.into()),
         path_style: true,
-        access_key_id: Some(ACCESS_KEY.into()),
-        secret_access_key: Some(SECRET_KEY.into()),
+        access_key_id: Some(credentials.access_key.clone()),
+        secret_access_key: Some(credentials.secret_key.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn each_store_gets_its_own_credentials_and_stays_on_loopback_without_given_ones() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let server = EmbeddedS3::start(open_root(a.path()).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let first = server.credentials().clone();
+        assert_eq!(Credentials::read(a.path()), Some(first.clone()), "kept in the store");
+        let mode = std::fs::metadata(a.path().join(CREDENTIALS_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(Credentials::load_or_create(b.path()).unwrap(), first, "another store, other credentials");
+        assert!(!format!("{first:?}").contains(&first.secret_key), "never printed");
+        drop(server);
+        let c = tempfile::tempdir().unwrap();
+        let open = EmbeddedS3::start(open_root(c.path()).unwrap(), "0.0.0.0:0".parse().unwrap()).await;
+        assert!(open.err().unwrap().contains("loopback"));
+        let given = Credentials { access_key: "k".into(), secret_key: "s".repeat(20) };
+        let open =
+            EmbeddedS3::start_with(open_root(c.path()).unwrap(), "0.0.0.0:0".parse().unwrap(), Some(given)).await;
+        assert!(open.is_ok());
     }
 }
