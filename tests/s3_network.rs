@@ -137,7 +137,7 @@ async fn sync(s: &Session) -> u8 {
 /// Reads every block through a new target (reaching the store directly) and checks it holds
 /// what was acknowledged last.
 async fn verify(store: &Store, acked: &Acked) {
-    let t = target(&store, &format!("http://{}", store.server.addr), "64MiB").await;
+    let t = target(store, &format!("http://{}", store.server.addr), "64MiB").await;
     let s = ready_session(&t, 0x900).await;
     let acked = acked.lock().unwrap().clone();
     let per_read = 2048u64;
