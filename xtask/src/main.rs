@@ -26,6 +26,7 @@ commands:
   conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, uring, s3)
               [--only SUITE..]  run only these suites or tests (ALL.Read10, ALL.Read10.Simple)
               [--update]        rewrite the ratchet with the tests that pass now
+              [--chap]          the target requires CHAP; the suite logs in with it
   fuzz [--time SECONDS]         run every cargo-fuzz target for SECONDS each (default 60)
   bench [targets] [--quick]     rtgt against tgtd (Debian's tgt) on memory and file LUs, with the
         [--seconds N]           own load generator and iscsi-perf; medians of alternating runs
@@ -204,15 +205,21 @@ fn wait_for_port(addr: SocketAddr, server: &mut Server) -> Result<(), String> {
     Err(format!("rtgt did not listen on {addr}"))
 }
 
+/// CHAP credentials of `conformance --chap`.
+const CHAP_USER: &str = "conformance";
+const CHAP_SECRET: &str = "conformance-secret-1";
+
 fn conformance(args: &[String]) -> Result<(), String> {
     let mut backend = "memory".to_string();
     let mut only: Vec<String> = Vec::new();
     let mut update = false;
+    let mut chap = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => backend = it.next().ok_or("--backend needs a value")?.clone(),
             "--update" => update = true,
+            "--chap" => chap = true,
             "--only" => only.extend(it.by_ref().cloned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -231,8 +238,9 @@ fn conformance(args: &[String]) -> Result<(), String> {
         String::new()
     };
     let config = format!(
-        "{embedded}[api]\nlisten = \"off\"\n\n[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\n{}\n",
+        "{embedded}[api]\nlisten = \"off\"\n\n[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n{}\n[[target.lun]]\nlun = 1\n{}\n",
         dir.display(),
+        if chap { format!("chap = {{ user = \"{CHAP_USER}\", secret = \"{CHAP_SECRET}\" }}\n") } else { String::new() },
         lun_config(&backend, &dir)?
     );
     let config_path = dir.join("rtgt.toml");
@@ -241,7 +249,8 @@ fn conformance(args: &[String]) -> Result<(), String> {
     let mut server = start_server(&config_path, &log)?;
     wait_for_port(addr, &mut server)?;
 
-    let url = format!("iscsi://{addr}/{TARGET}/1");
+    let credentials = if chap { format!("{CHAP_USER}%{CHAP_SECRET}@") } else { String::new() };
+    let url = format!("iscsi://{credentials}{addr}/{TARGET}/1");
     let ratchet = root().join("tests/conformance/passing.txt");
     eprintln!("xtask: conformance of backend {backend} at {url}");
     // MultipathIO first, on the fresh LU: its CompareAndWrite test assumes block 256 holds
