@@ -150,3 +150,60 @@ async fn connections_beyond_the_per_address_bound_are_refused() {
     let s = t.ready_session(3).await;
     s.logout().await.unwrap();
 }
+
+/// A connection from `source` (another loopback address, so that per-address bounds apply to
+/// it alone).
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Closed by the target, or still open: reads one byte with a short wait.
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Login slow-loris: one address opening connections that never log in holds at most its
+/// share of the login slots; others log in meanwhile; when the login timeout passes, the slots
+/// are free again.
+#[tokio::test]
+async fn connections_that_never_log_in_cannot_lock_others_out() {
+    let t = start(memory_config("max_connections_per_address = 8\nmax_logins_in_progress = 12")).await;
+    let mut loris = Vec::new();
+    for _ in 0..8 {
+        loris.push(connect_from("127.0.0.2", t.addr).await);
+    }
+    until("eight logins in progress", || t.server.admission.counts() == (8, 8)).await;
+    let mut ninth = connect_from("127.0.0.2", t.addr).await;
+    assert!(closed(&mut ninth).await, "a ninth from the same address is refused");
+    // Another address still gets in, and logs in.
+    let s = t.ready_session(5).await;
+    assert_eq!(t.server.admission.counts(), (9, 8));
+    s.logout().await.unwrap();
+    for l in &mut loris {
+        assert!(!closed(l).await, "idle logins are kept until the login timeout");
+    }
+}
+
+/// Thousands of connection attempts from one address: the target holds at most its bound and
+/// keeps serving.
+#[tokio::test]
+async fn a_connection_flood_is_bounded() {
+    let t = start(memory_config("max_connections_per_address = 32")).await;
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(t.addr)).await {
+            held.push(s);
+        }
+    }
+    until("the flood admitted up to its bound", || t.server.admission.counts().0 == 32).await;
+    assert!(t.server.admission.counts().0 <= 32);
+    let stream = connect_from("127.0.0.3", t.addr).await;
+    let config = rtgt::initiator::InitiatorConfig { isid: 6, ..Default::default() };
+    let s = rtgt::initiator::Session::login(stream, &config, Some(TARGET)).await.expect("another address logs in");
+    s.logout().await.unwrap();
+    drop(held);
+    until("all released", || t.server.admission.counts() == (0, 0)).await;
+}

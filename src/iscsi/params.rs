@@ -168,6 +168,15 @@ impl Negotiator {
                 out.push((key.clone(), reply));
             }
         }
+        // FirstBurstLength must not exceed MaxBurstLength (§13.14), whatever was offered.
+        if self.params.first_burst_len > self.params.max_burst_len {
+            self.params.first_burst_len = self.params.max_burst_len;
+            for (k, v) in &mut out {
+                if k == "FirstBurstLength" && v.parse::<u32>().is_ok() {
+                    *v = self.params.max_burst_len.to_string();
+                }
+            }
+        }
         // FirstBurstLength is irrelevant when no unsolicited data can flow (§13.14).
         if self.params.initial_r2t && !self.params.immediate_data {
             for (k, v) in &mut out {
@@ -430,6 +439,14 @@ mod tests {
             .respond(&offers(&[("InitialR2T", "Yes"), ("ImmediateData", "No"), ("FirstBurstLength", "4096")]))
             .unwrap();
         assert_eq!(out[2].1, "Irrelevant");
+    }
+
+    #[test]
+    fn first_burst_never_exceeds_max_burst() {
+        let mut n = normal();
+        let out = n.respond(&offers(&[("FirstBurstLength", "262144"), ("MaxBurstLength", "8192")])).unwrap();
+        assert_eq!(out, vec![("FirstBurstLength".into(), "8192".into()), ("MaxBurstLength".into(), "8192".into())]);
+        assert_eq!((n.params.first_burst_len, n.params.max_burst_len), (8192, 8192));
     }
 
     #[test]
