@@ -303,6 +303,8 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
         Command::new(BIN)
             .args(["s3-server", "--listen", &format!("127.0.0.1:{s3_port}"), "--root"])
             .arg(&s3_root)
+            .args(["--access-key", "crash-test", "--secret-key", "env:RTGT_TEST_S3_SECRET"])
+            .env("RTGT_TEST_S3_SECRET", "crash-test-secret")
             .stdout(Stdio::null())
             .stderr(logfile())
             .spawn()
@@ -314,8 +316,8 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
         let text = format!(
             "[server]\ndata_dir = {:?}\n\n[api]\nlisten = \"off\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{portal}\"]\n\n\
              [[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\nbackend = \"s3\"\nurl = \"s3://vols/v\"\n\
-             endpoint = \"http://127.0.0.1:{s3_port}\"\nregion = \"us-east-1\"\naccess_key_id = \"rtgt\"\n\
-             secret_access_key = \"rtgt-embedded-secret\"\nsize = \"16MiB\"\ncreate = true\n",
+             endpoint = \"http://127.0.0.1:{s3_port}\"\nregion = \"us-east-1\"\naccess_key_id = \"crash-test\"\n\
+             secret_access_key = \"crash-test-secret\"\nsize = \"16MiB\"\ncreate = true\n",
             data.display().to_string()
         );
         let path = data.join("rtgt.toml");
