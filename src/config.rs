@@ -406,6 +406,17 @@ pub struct LunConfig {
     /// the object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_size: Option<Size>,
+    /// LUN masking: only these initiators see the LUN (REPORT LUNS included); absent: every
+    /// initiator allowed on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiators: Option<Vec<String>>,
+}
+
+impl LunConfig {
+    /// Its mask, for [`crate::scsi::ScsiTarget::set_mask`].
+    pub fn mask(&self) -> Option<BTreeSet<String>> {
+        self.initiators.as_ref().map(|names| names.iter().cloned().collect())
+    }
 }
 
 /// What a SYNCHRONIZE CACHE or FUA write of an S3 LUN waits for.
@@ -445,6 +456,7 @@ impl LunConfig {
             durability: None,
             cache_dir: None,
             journal_size: None,
+            initiators: None,
         }
     }
 }
@@ -866,6 +878,11 @@ impl Config {
 
     fn validate_lun(&self, l: &LunConfig) -> Vec<String> {
         let mut problems = Vec::new();
+        for name in l.initiators.iter().flatten() {
+            if let Err(e) = validate_iscsi_name(name) {
+                problems.push(format!("initiators: {name:?}: {e}"));
+            }
+        }
         let bs = l.block_size.unwrap_or(512);
         if bs != 512 && bs != 4096 {
             problems.push(format!("block_size: {bs} is not supported (512 or 4096)"));
@@ -1155,6 +1172,7 @@ impl Config {
             for (j, l) in t.luns.iter().enumerate() {
                 match self.open_lun(&t.name, l, ctx).await {
                     Ok(lu) => {
+                        entry.scsi.set_mask(l.lun, l.mask());
                         if let Err(e) = entry.scsi.add_lun(l.lun, lu) {
                             problems.push(format!("target[{i}] ({}).lun[{j}]: {e}", t.name));
                         }

@@ -109,6 +109,9 @@ pub struct LunSpec {
     /// s3: the journal's directory (with --durability local).
     #[arg(long)]
     cache_dir: Option<String>,
+    /// LUN masking: only these initiators see the LUN (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    initiators: Option<Vec<String>>,
 }
 
 #[derive(Subcommand)]
@@ -283,6 +286,7 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
                 ("cache_size", size(&spec.cache_size)?.map(|s| json!(s.0))),
                 ("durability", spec.durability.map(|d| json!(d))),
                 ("cache_dir", spec.cache_dir.map(|d| json!(d))),
+                ("initiators", spec.initiators.map(|i| json!(i))),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {

@@ -41,6 +41,11 @@ async fn target() -> TestTarget {
         [[target]]
         name = "{OPEN}"
         {lun}
+        [[target.lun]]
+        lun = 1
+        backend = "memory"
+        size = "1MiB"
+        initiators = ["{ALLOWED}"]
         [[target]]
         name = "{CHAP}"
         chap = {{ user = "alice", secret = "alice-secret-123", mutual_user = "{CHAP}", mutual_secret = "target-secret-456" }}
@@ -100,6 +105,26 @@ async fn acls_refuse_and_discovery_lists_only_what_may_be_reached() {
     assert!(!listed.contains(NAMED) && !listed.contains(FAR), "targets it may not reach are not listed: {listed}");
     let (_, listed) = run("iscsi-ls", &["-i", ALLOWED, &format!("iscsi://{}", t.addr)]).await;
     assert!(listed.contains(NAMED), "{listed}");
+}
+
+/// LUN masking: a LUN shown to some initiators is absent for the others, REPORT LUNS included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_lun_is_invisible_to_other_initiators() {
+    let t = target().await;
+    let portal = format!("iscsi://{}", t.addr);
+    let (_, other) = run("iscsi-ls", &["-s", "-i", OTHER, &portal]).await;
+    let open_luns: Vec<&str> =
+        other.lines().skip_while(|l| !l.contains(OPEN)).skip(1).take_while(|l| l.contains("Lun:")).collect();
+    assert_eq!(open_luns.len(), 1, "{other}");
+    let (_, allowed) = run("iscsi-ls", &["-s", "-i", ALLOWED, &portal]).await;
+    let open_luns: Vec<&str> =
+        allowed.lines().skip_while(|l| !l.contains(OPEN)).skip(1).take_while(|l| l.contains("Lun:")).collect();
+    assert_eq!(open_luns.len(), 2, "{allowed}");
+    let masked = format!("iscsi://{}/{OPEN}/1", t.addr);
+    let (ok, out) = run("iscsi-readcapacity16", &["-i", OTHER, &masked]).await;
+    assert!(!ok, "a masked LUN does not answer: {out}");
+    let (ok, out) = run("iscsi-readcapacity16", &["-i", ALLOWED, &masked]).await;
+    assert!(ok, "{out}");
 }
 
 /// Discovery itself can require CHAP.

@@ -218,6 +218,7 @@ impl Manager {
     /// change, a reload) it must open now, or the change is refused.
     async fn serve_lun(&self, inner: &mut Inner, entry: &TargetEntry, l: &LunConfig) -> Result<(), String> {
         let config = &inner.config;
+        entry.scsi.set_mask(l.lun, l.mask());
         let open = config.opener(&entry.name, l, &self.ctx);
         let placeholder = config.placeholder(&entry.name, l, "opening")?;
         let clock = self.ctx.clock.clone();
@@ -381,6 +382,12 @@ impl Manager {
                 Some(i) => {
                     let old = &applied.luns[i];
                     if old == l {
+                        continue;
+                    }
+                    if (LunConfig { initiators: l.initiators.clone(), ..old.clone() }) == *l {
+                        entry.scsi.set_mask(l.lun, l.mask());
+                        applied.luns[i].initiators = l.initiators.clone();
+                        info!(target = %t.name, lun = l.lun, "LUN mask changed");
                         continue;
                     }
                     if (LunConfig { size: l.size, ..old.clone() }) == *l {

@@ -1,7 +1,7 @@
 //! The SCSI side of a target: its logical units by LUN, REPORT LUNS, and the answers for
 //! LUNs that do not exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use bytes::{BufMut, BytesMut};
@@ -17,11 +17,37 @@ pub const LUNS_MAX: usize = 1024;
 pub struct ScsiTarget {
     pub name: String,
     luns: RwLock<BTreeMap<u16, Arc<LogicalUnit>>>,
+    /// LUN masking: the initiators (lowercase names) that see a LUN; a LUN absent here is seen
+    /// by every initiator of the target.
+    masks: RwLock<BTreeMap<u16, BTreeSet<String>>>,
 }
 
 impl ScsiTarget {
     pub fn new(name: &str) -> ScsiTarget {
-        ScsiTarget { name: name.to_string(), luns: RwLock::new(BTreeMap::new()) }
+        ScsiTarget { name: name.to_string(), luns: RwLock::new(BTreeMap::new()), masks: RwLock::new(BTreeMap::new()) }
+    }
+
+    /// Shows `lun` only to these initiators (None: to all).
+    pub fn set_mask(&self, lun: u16, initiators: Option<BTreeSet<String>>) {
+        let mut masks = self.masks.write().expect("LUN masks poisoned");
+        match initiators {
+            Some(names) => masks.insert(lun, names.into_iter().map(|n| n.to_lowercase()).collect()),
+            None => masks.remove(&lun),
+        };
+    }
+
+    /// Whether `initiator` sees `lun`.
+    pub fn visible(&self, lun: u16, initiator: &str) -> bool {
+        self.masks
+            .read()
+            .expect("LUN masks poisoned")
+            .get(&lun)
+            .is_none_or(|names| names.contains(&initiator.to_lowercase()))
+    }
+
+    /// The logical unit `lun` as `initiator` sees it: None if it does not exist or is masked.
+    pub fn lun_for(&self, lun: u16, initiator: &str) -> Option<Arc<LogicalUnit>> {
+        self.lun(lun).filter(|_| self.visible(lun, initiator))
     }
 
     pub fn add_lun(&self, lun: u16, lu: Arc<LogicalUnit>) -> Result<(), String> {
@@ -51,6 +77,7 @@ impl ScsiTarget {
     pub fn remove_lun(&self, lun: u16) -> Option<Arc<LogicalUnit>> {
         let mut luns = self.luns.write().expect("LUN map poisoned");
         let removed = luns.remove(&lun);
+        self.masks.write().expect("LUN masks poisoned").remove(&lun);
         if removed.is_some() {
             for lu in luns.values() {
                 lu.unit_attention_all(asc::REPORTED_LUNS_DATA_CHANGED, None);
@@ -73,7 +100,7 @@ impl ScsiTarget {
         if opcode == 0xa0 {
             return self.report_luns(req);
         }
-        let lu = decode_lun(req.lun).and_then(|n| self.lun(n));
+        let lu = decode_lun(req.lun).and_then(|n| self.lun_for(n, &req.nexus.initiator_name));
         match lu {
             Some(lu) => lu.execute(req).await,
             None => Self::no_such_lun(req),
@@ -109,7 +136,10 @@ impl ScsiTarget {
             return Response::check(&Sense::invalid_cdb(6, None), false);
         }
         let luns: Vec<u16> = match select {
-            0x00 | 0x02 => self.luns.read().expect("LUN map poisoned").keys().copied().collect(),
+            0x00 | 0x02 => {
+                let all: Vec<u16> = self.luns.read().expect("LUN map poisoned").keys().copied().collect();
+                all.into_iter().filter(|&n| self.visible(n, &req.nexus.initiator_name)).collect()
+            }
             0x01 => Vec::new(), // no well-known LUNs
             _ => return Response::check(&Sense::invalid_cdb(2, None), false),
         };

@@ -236,7 +236,7 @@ impl ConnContext for FfpCtx<'_> {
 
     fn lun_exists(&self, lun: u64) -> bool {
         match (self.target, decode_lun(lun)) {
-            (Some(t), Some(n)) => t.scsi.lun(n).is_some(),
+            (Some(t), Some(n)) => t.scsi.lun_for(n, self.initiator).is_some(),
             _ => false,
         }
     }
@@ -491,7 +491,7 @@ impl FullFeature {
         };
         self.handle.stats.bytes_written.fetch_add(exec.data_out.len() as u64, Ordering::Relaxed);
         let scsi = target.scsi.clone();
-        let lu = crate::scsi::decode_lun(exec.lun).and_then(|n| scsi.lun(n));
+        let lu = crate::scsi::decode_lun(exec.lun).and_then(|n| scsi.lun_for(n, &nexus.initiator_name));
         let request = Request {
             nexus: nexus.clone(),
             lun: exec.lun,
