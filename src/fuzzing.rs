@@ -126,3 +126,33 @@ pub fn volume_format(data: &[u8]) {
         }
     }
 }
+
+/// The ACL matcher: the first line is a network ("10.0.0.0/8"), the next an address, the
+/// rest initiator names. Whatever parses must match consistently: a network contains its own
+/// address, and an address is matched the same as its IPv4-mapped IPv6 form.
+pub fn access(data: &[u8]) {
+    use crate::server::access::{Access, Network};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut lines = text.lines();
+    let (Some(net), Some(addr)) = (lines.next(), lines.next()) else { return };
+    let Ok(network) = Network::parse(net) else { return };
+    if let Ok(own) = net.split('/').next().unwrap_or("").trim().parse::<std::net::IpAddr>() {
+        assert!(network.contains(own), "{net} does not contain its own address");
+    }
+    let Ok(ip) = addr.trim().parse::<std::net::IpAddr>() else { return };
+    if let std::net::IpAddr::V4(v4) = ip {
+        assert_eq!(network.contains(ip), network.contains(std::net::IpAddr::V6(v4.to_ipv6_mapped())));
+    }
+    let names: Vec<String> = lines.map(str::to_string).collect();
+    let access = Access {
+        initiators: Some(names.iter().map(|n| n.to_lowercase()).collect()),
+        networks: Some(vec![network]),
+        chap: None,
+    };
+    for name in &names {
+        assert_eq!(access.admits(name, ip), network.contains(ip), "{name:?} from {ip}");
+        if name.is_ascii() {
+            assert_eq!(access.admits(&name.to_uppercase(), ip), access.admits(&name.to_lowercase(), ip));
+        }
+    }
+}

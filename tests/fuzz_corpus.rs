@@ -33,3 +33,8 @@ fn login_corpus() {
 fn volume_format_corpus() {
     replay("volume_format", rtgt::fuzzing::volume_format);
 }
+
+#[test]
+fn access_corpus() {
+    replay("access", rtgt::fuzzing::access);
+}

@@ -383,7 +383,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     let fuzz_dir = root().join("fuzz");
-    for target in ["pdu_decode", "text_parse", "login", "volume_format"] {
+    for target in ["pdu_decode", "text_parse", "login", "volume_format", "access"] {
         eprintln!("xtask: fuzzing {target} for {seconds}s");
         let corpus = fuzz_dir.join("corpus").join(target);
         // New inputs go to a scratch corpus; the checked-in corpus is the seed.
