@@ -37,6 +37,32 @@ pub enum TargetCommand {
         #[arg(long = "portal-group")]
         portal_groups: Vec<u16>,
     },
+    /// Require CHAP of the target's initiators, or stop requiring it: rtgt target auth TARGET
+    /// --user U --secret env:NAME [--mutual-user T --mutual-secret file:PATH] | --none
+    Auth {
+        name: String,
+        #[arg(long, requires = "secret", conflicts_with = "none")]
+        user: Option<String>,
+        /// The secret: env:NAME or file:PATH (read here, never on the command line).
+        #[arg(long, requires = "user")]
+        secret: Option<String>,
+        #[arg(long, requires = "mutual_secret")]
+        mutual_user: Option<String>,
+        #[arg(long, requires = "mutual_user")]
+        mutual_secret: Option<String>,
+        /// No authentication.
+        #[arg(long)]
+        none: bool,
+    },
+    /// Who may log in: rtgt target acl TARGET --initiators iqn.a,iqn.b --addresses 10.0.0.0/8
+    /// (an option left out: anyone).
+    Acl {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        initiators: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        addresses: Option<Vec<String>>,
+    },
     /// Delete a target (refused while initiators are logged in, unless --force).
     Delete {
         name: String,
@@ -244,6 +270,31 @@ pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
         TargetCommand::Delete { name, force } => {
             ctx.call("DELETE", &format!("/v1/targets/{}?force={force}", enc(&name)), None)?;
             ctx.done(&json!({"deleted": name}), format!("deleted target {name}"));
+            Ok(())
+        }
+        TargetCommand::Auth { name, user, secret, mutual_user, mutual_secret, none } => {
+            let read = |what: &str, spec: Option<String>| {
+                spec.map(|s| rtgt::config::read_secret(what, &s).map_err(|e| Failure(e, 2))).transpose()
+            };
+            let chap = match (none, user) {
+                (true, _) => Value::Null,
+                (false, None) => return Err(Failure("give --user and --secret, or --none".into(), 2)),
+                (false, Some(user)) => json!({
+                    "user": user,
+                    "secret": read("--secret", secret)?,
+                    "mutual_user": mutual_user,
+                    "mutual_secret": read("--mutual-secret", mutual_secret)?,
+                }),
+            };
+            let v = ctx.call("PUT", &format!("/v1/targets/{}/auth", enc(&name)), Some(json!({ "chap": chap })))?;
+            let what = if none { "no longer requires CHAP" } else { "requires CHAP" };
+            ctx.done(&v, format!("target {name} {what}"));
+            Ok(())
+        }
+        TargetCommand::Acl { name, initiators, addresses } => {
+            let body = json!({"allowed_initiators": initiators, "allowed_addresses": addresses});
+            let v = ctx.call("PUT", &format!("/v1/targets/{}/acl", enc(&name)), Some(body))?;
+            ctx.done(&v, format!("access rules of {name} set"));
             Ok(())
         }
         TargetCommand::List => {

@@ -367,3 +367,50 @@ async fn a_lun_that_cannot_open_leaves_the_target_serving() {
     s.logout().await.expect("logout");
     assert!(serve.stop().success());
 }
+
+/// CHAP and ACLs set through the CLI take effect at once, and the secrets never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_acl_are_managed_through_the_cli() {
+    let (dir, config, portal, api_port) = setup("auth");
+    let serve = Serve::start(&config, api_port);
+    ok(&serve.cli(&["target", "create", TARGET]));
+    ok(&serve.cli(&["lun", "create", TARGET, "0", "--backend", "memory", "--size", "1MiB"]));
+    let login_status = |isid: u64| async move {
+        let stream = tokio::net::TcpStream::connect(portal).await.expect("connect");
+        let config = InitiatorConfig { isid, ..InitiatorConfig::default() };
+        Session::login(stream, &config, Some(TARGET)).await.err()
+    };
+    assert_eq!(login_status(1).await, None, "open at first");
+
+    // A literal secret on the command line is refused; env: is read by the CLI.
+    let literal = serve.cli(&["target", "auth", TARGET, "--user", "alice", "--secret", "alice-secret-123"]);
+    assert_eq!(literal.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&literal.stderr).contains("env:NAME"));
+    let out = Command::new(BIN)
+        .args(["target", "auth", TARGET, "--user", "alice", "--secret", "env:RTGT_TEST_CHAP", "--api", &serve.api])
+        .env("RTGT_API_TOKEN", &serve.token)
+        .env("RTGT_TEST_CHAP", "alice-secret-123")
+        .output()
+        .expect("cli");
+    ok(&out);
+    assert_eq!(
+        login_status(2).await,
+        Some(rtgt::initiator::Error::Login { class: 2, detail: 1 }),
+        "CHAP is required now"
+    );
+    let shown =
+        format!("{}{}", serve.get(&format!("/v1/targets/{TARGET}")), ok(&serve.cli(&["target", "show", TARGET])));
+    assert!(!shown.contains("alice-secret-123"), "{shown}");
+    let saved = std::fs::read_to_string(&config).expect("saved config");
+    assert!(saved.contains("alice-secret-123"), "kept in the configuration");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config).expect("config").permissions().mode() & 0o777, 0o600);
+    ok(&serve.cli(&["target", "auth", TARGET, "--none"]));
+
+    ok(&serve.cli(&["target", "acl", TARGET, "--initiators", "iqn.2026-12.dev.rtgt:someone-else"]));
+    assert_eq!(login_status(3).await, Some(rtgt::initiator::Error::Login { class: 2, detail: 2 }), "not allowed");
+    ok(&serve.cli(&["target", "acl", TARGET]));
+    assert_eq!(login_status(4).await, None, "open again");
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -98,6 +98,8 @@ pub fn router(manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts)
         .route("/v1/targets", get(list_targets).post(create_target))
         .route("/v1/targets/{name}", get(show_target).delete(delete_target))
         .route("/v1/targets/{name}/portal-groups", put(bind_portal_groups))
+        .route("/v1/targets/{name}/auth", put(set_auth))
+        .route("/v1/targets/{name}/acl", put(set_acl))
         .route("/v1/targets/{name}/luns", get(list_luns).post(create_lun))
         .route("/v1/targets/{name}/luns/{lun}", get(show_lun).delete(delete_lun))
         .route("/v1/targets/{name}/luns/{lun}/grow", post(grow_lun))
@@ -325,6 +327,59 @@ async fn bind_portal_groups(
         .change(|c| {
             let t = target_mut(c, &name)?;
             t.portal_groups = Some(b.portal_groups);
+            Ok(())
+        })
+        .await?;
+    show_target(State(api), Path(name)).await
+}
+
+/// `PUT /v1/targets/{name}/auth`: the CHAP secrets initiators must prove (`{"chap": null}`
+/// turns CHAP off). The secrets are stored in the configuration (mode 0600), never returned.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthChange {
+    chap: Option<crate::config::ChapConfig>,
+}
+
+async fn set_auth(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<AuthChange>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(b) = body.map_err(bad_json)?;
+    if let Some(chap) = &b.chap {
+        chap.resolve().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("chap.{e}")))?;
+    }
+    api.manager
+        .change(|c| {
+            target_mut(c, &name)?.chap = b.chap;
+            Ok(())
+        })
+        .await?;
+    show_target(State(api), Path(name)).await
+}
+
+/// `PUT /v1/targets/{name}/acl`: who may log in (absent or null lists: anyone).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclChange {
+    #[serde(default)]
+    allowed_initiators: Option<Vec<String>>,
+    #[serde(default)]
+    allowed_addresses: Option<Vec<String>>,
+}
+
+async fn set_acl(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<AclChange>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(b) = body.map_err(bad_json)?;
+    api.manager
+        .change(|c| {
+            let t = target_mut(c, &name)?;
+            t.allowed_initiators = b.allowed_initiators;
+            t.allowed_addresses = b.allowed_addresses;
             Ok(())
         })
         .await?;
