@@ -334,6 +334,24 @@ fn keep_io_buffers_on_the_heap() {
     }
 }
 
+/// Gives the memory of a spike back to the system once it is over. I/O buffers stay on the
+/// heap for speed (above), and glibc keeps freed heap below its trim threshold: after a client
+/// made the target hold hundreds of MiB (within `io_memory_max`), that would stay resident.
+async fn return_memory_after_spikes(memory: Arc<rtgt::iscsi::memory::IoMemory>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let recent = memory.take_recent_peak();
+        if recent >= 64 << 20 && memory.used() < recent / 4 {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            tracing::debug!(recent_peak = recent, "I/O memory spike over: free memory returned to the system");
+        }
+    }
+}
+
 /// Where `rtgt serve` without --config keeps what the API changed.
 const SAVED_CONFIG: &str = "rtgt.toml";
 
@@ -370,6 +388,7 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     }
     let registry = Arc::new(Registry::new());
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry.clone(), config.settings()));
+    tokio::spawn(return_memory_after_spikes(server.settings.conn.memory.clone()));
     // Bind the API first: a port in use is found before any volume is opened.
     let token = config.api.token.clone().or_else(|| std::env::var("RTGT_API_TOKEN").ok().filter(|t| !t.is_empty()));
     let api_listener = match config.api.address() {

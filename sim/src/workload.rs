@@ -258,6 +258,12 @@ fn pick(rng: &mut Rng) -> Op {
     match rng.below(100) {
         0..=27 => Op::Read { lun, lba, blocks },
         28..=55 => Op::Write { lun, lba, blocks, fua: rng.chance(0.15) },
+        // A third of them zero an S3 chunk (16 blocks) but for its first or last block, without
+        // unmapping: its merge fetches that block and may find the chunk all zeros, and that
+        // merge must not erase a write logged while it fetched.
+        56..=61 if rng.chance(0.33) => {
+            Op::WriteSame { lun, lba: lba / 16 * 16 + rng.below(2), blocks: 15, zero: true, unmap: false }
+        }
         56..=61 => Op::WriteSame { lun, lba, blocks, zero: rng.chance(0.5), unmap: rng.chance(0.5) },
         // Half of the UNMAPs span whole chunks (16 blocks), which are deleted, not zeroed.
         62..=67 => {

@@ -13,6 +13,8 @@ pub struct IoMemory {
     limit: u64,
     used: AtomicU64,
     peak: AtomicU64,
+    /// The most held since [`IoMemory::take_recent_peak`] was last called.
+    recent_peak: AtomicU64,
     /// Bumped at every release: a connection that failed to reserve retries once it moved.
     generation: AtomicU64,
     freed: Notify,
@@ -24,6 +26,7 @@ impl IoMemory {
             limit,
             used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            recent_peak: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             freed: Notify::new(),
         }
@@ -40,6 +43,7 @@ impl IoMemory {
             match self.used.compare_exchange_weak(used, used + n, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
                     self.peak.fetch_max(used + n, Ordering::Relaxed);
+                    self.recent_peak.fetch_max(used + n, Ordering::Relaxed);
                     return true;
                 }
                 Err(now) => used = now,
@@ -51,6 +55,12 @@ impl IoMemory {
     pub fn charge(&self, n: u64) {
         let used = self.used.fetch_add(n, Ordering::SeqCst) + n;
         self.peak.fetch_max(used, Ordering::Relaxed);
+        self.recent_peak.fetch_max(used, Ordering::Relaxed);
+    }
+
+    /// The most held since the last call (then starts over from what is held now).
+    pub fn take_recent_peak(&self) -> u64 {
+        self.recent_peak.swap(self.used(), Ordering::Relaxed)
     }
 
     pub fn release(&self, n: u64) {
@@ -118,6 +128,9 @@ mod tests {
         assert!(!m.try_reserve(1));
         m.charge(10);
         assert_eq!((m.used(), m.peak()), (510, 510));
+        m.release(505);
+        assert_eq!(m.take_recent_peak(), 510, "the spike since the last look");
+        assert_eq!(m.take_recent_peak(), 5, "then what is held now");
     }
 
     #[tokio::test]
