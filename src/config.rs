@@ -129,6 +129,11 @@ pub struct ApiConfig {
     /// Host header values accepted besides loopback names ("rtgt.example.com:3261").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// HTTPS: a PEM certificate chain and its private key (both, or neither).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The default address of the management API.
@@ -138,7 +143,13 @@ pub const MAX_BUSY_POLL_US: u64 = 10_000;
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: DEFAULT_API_LISTEN.into(), token: None, allowed_hosts: Vec::new() }
+        ApiConfig {
+            listen: DEFAULT_API_LISTEN.into(),
+            token: None,
+            allowed_hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 

@@ -403,12 +403,18 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         (None, None) => None,
     };
     let hosts = rtgt::api::AllowedHosts::new(&config.api.allowed_hosts);
+    let tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => Some(rtgt::api::tls::server_config(cert, key)?),
+        (None, None) => None,
+        _ => return Err("api.tls_cert / api.tls_key: give both or neither".into()),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let manager = Manager::start(config.clone(), server.clone(), ctx, Some(path.clone())).await?;
     print_banner(&config, &registry);
     if let Some(listener) = api_listener {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        eprintln!("rtgt: management API at http://{addr} (changes are saved to {})", path.display());
-        tokio::spawn(rtgt::api::serve(listener, manager.clone(), token, hosts));
+        eprintln!("rtgt: management API at {scheme}://{addr} (changes are saved to {})", path.display());
+        tokio::spawn(rtgt::api::serve(listener, manager.clone(), token, hosts, tls));
     }
     wait_for_signals(&manager).await;
     // Stop new logins, ask initiators to log out, wait, then flush every LUN.

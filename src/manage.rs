@@ -24,6 +24,9 @@ pub struct ApiArgs {
     /// $RTGT_API_TOKEN is not set (default $RTGT_DATA_DIR or rtgt-data).
     #[arg(long, global = true)]
     data_dir: Option<std::path::PathBuf>,
+    /// For an https:// API: the CA certificate (PEM) to trust (default $RTGT_API_CA).
+    #[arg(long, global = true)]
+    api_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -196,7 +199,12 @@ impl Ctx {
             .ok()
             .filter(|t| !t.is_empty())
             .or_else(|| rtgt::api::token::read(&args.data_dir.clone().unwrap_or_else(rtgt::config::default_data_dir)));
-        Ok(Ctx { client: Client::new(&url, token).map_err(|e| Failure(e, 2))?, json: args.json })
+        let mut client = Client::new(&url, token).map_err(|e| Failure(e, 2))?;
+        let ca = args.api_ca.clone().or_else(|| std::env::var_os("RTGT_API_CA").map(Into::into));
+        if let Some(ca) = ca {
+            client = client.trusting(&ca).map_err(|e| Failure(e, 2))?;
+        }
+        Ok(Ctx { client, json: args.json })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {

@@ -414,3 +414,59 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     drop(serve);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// HTTPS: with `api.tls_cert`/`tls_key` the API speaks TLS only; the CLI trusts the CA it is
+/// given. Needs the `openssl` tool to make the certificate, and fails loudly without it.
+#[test]
+fn the_api_can_serve_https() {
+    let (dir, config, _portal, api_port) = setup("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (apt-get install -y openssl) makes the test certificate");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[api]\n",
+        &format!("[api]\ntls_cert = {:?}\ntls_key = {:?}\n", cert.display().to_string(), key.display().to_string()),
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve");
+    let https = format!("https://127.0.0.1:{api_port}");
+    let client = Client::new(&https, None).expect("client").trusting(&cert).expect("CA");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.request("GET", "/v1/health", None).map(|r| r.status);
+        if answer == Ok(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rtgt serve did not bring its HTTPS API up: {answer:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plain = Client::new(&format!("http://127.0.0.1:{api_port}"), None).expect("client");
+    assert!(plain.request("GET", "/v1/health", None).map(|r| r.status) != Ok(200), "no plain HTTP");
+    let out = Command::new(BIN)
+        .args(["target", "list", "--api", &https, "--api-ca"])
+        .arg(&cert)
+        .args(["--data-dir"])
+        .arg(&dir)
+        .env_remove("RTGT_API_TOKEN")
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,6 +6,7 @@ pub mod client;
 pub mod manager;
 pub mod metrics;
 pub mod paths;
+pub mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -121,8 +122,13 @@ pub async fn serve(
     manager: Arc<Manager>,
     token: Option<String>,
     hosts: AllowedHosts,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    if let Err(e) = axum::serve(listener, router(manager, token, hosts)).await {
+    let router = router(manager, token, hosts);
+    if let Some(config) = tls {
+        return tls::serve(listener, router, config).await;
+    }
+    if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "the management API stopped");
     }
 }
