@@ -1,8 +1,6 @@
 //! The API's bearer token when the configuration sets none: generated on first start, kept in
 //! the data directory readable by its owner only, and read from there by the CLI.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The token file's name in the data directory.
@@ -23,20 +21,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, String> {
     if let Some(token) = read(data_dir) {
         return Ok(token);
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("cannot generate the API token: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let file = path(data_dir);
+    let token = crate::private_file::random_hex(32)?;
     std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&file)
-        .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    crate::private_file::create(&path(data_dir), &format!("{token}\n"))?;
     Ok(token)
 }
 

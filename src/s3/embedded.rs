@@ -45,27 +45,12 @@ impl Credentials {
 
     /// The credentials of the store at `root`, made (random, mode 0600) if missing.
     pub fn load_or_create(root: &Path) -> Result<Credentials, String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use crate::private_file::{create, random_hex};
         if let Some(c) = Credentials::read(root) {
             return Ok(c);
         }
-        let hex = |n: usize| -> Result<String, String> {
-            let mut b = vec![0u8; n];
-            getrandom::fill(&mut b).map_err(|e| format!("cannot generate credentials: {e}"))?;
-            Ok(b.iter().map(|x| format!("{x:02x}")).collect())
-        };
-        let c = Credentials { access_key: format!("rtgt-{}", hex(8)?), secret_key: hex(24)? };
-        let path = root.join(CREDENTIALS_FILE);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        f.write_all(format!("{}\n{}\n", c.access_key, c.secret_key).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let c = Credentials { access_key: format!("rtgt-{}", random_hex(8)?), secret_key: random_hex(24)? };
+        create(&root.join(CREDENTIALS_FILE), &format!("{}\n{}\n", c.access_key, c.secret_key))?;
         Ok(c)
     }
 }

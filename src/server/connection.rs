@@ -343,6 +343,8 @@ impl FullFeature {
         // Busy polling: until this instant the task keeps the runtime polling sockets instead
         // of sleeping (see `Settings::busy_poll`).
         let mut poll_until = Duration::ZERO;
+        // The process-wide I/O memory pool, cloned once (not on every iteration).
+        let memory = self.settings.conn.memory.clone();
         // Responses waiting for the socket, and when it last took any: a client that stops
         // reading is dropped after the NOP timeout, releasing what its responses hold.
         let (mut last_pending, mut last_written, mut write_progress_at) = (0, 0, self.clock.now());
@@ -369,7 +371,6 @@ impl FullFeature {
             let tick = &mut timer.as_mut().expect("set above").1;
             self.charge_unwritten(writer.pending() as u64);
             let writing = writer.pending() > 0;
-            let memory = self.settings.conn.memory.clone();
             let memory_wait = self.conn.waiting_for_memory();
             let reading = writer.pending() < PENDING_WRITE_MAX;
             // Poll only while every command of the connection waits on storage (or none is
@@ -452,6 +453,10 @@ impl FullFeature {
     /// (a client that does not read holds them).
     fn charge_unwritten(&mut self, pending: u64) {
         let memory = &self.settings.conn.memory;
+        // Every loop iteration calls this: touch the shared pool only when something changed.
+        if pending == self.unwritten_charged {
+            return;
+        }
         if pending > self.unwritten_charged {
             memory.charge(pending - self.unwritten_charged);
         } else {
