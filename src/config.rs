@@ -317,6 +317,10 @@ pub struct TargetConfig {
     /// CHAP required of initiators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<ChapConfig>,
+    /// Initiator names that may reset the whole target (TARGET WARM/COLD RESET); absent:
+    /// anyone on a target open to anyone, nobody on one with an ACL, CHAP or masked LUNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_initiators: Option<Vec<String>>,
 }
 
 impl TargetConfig {
@@ -330,6 +334,7 @@ impl TargetConfig {
             allowed_initiators: None,
             allowed_addresses: None,
             chap: None,
+            reset_initiators: None,
         }
     }
 
@@ -347,7 +352,8 @@ impl TargetConfig {
         };
         let initiators = self.allowed_initiators.as_ref().map(|l| l.iter().map(|n| n.to_lowercase()).collect());
         let chap = self.chap.as_ref().map(|c| c.resolve().map_err(|e| format!("chap.{e}"))).transpose()?;
-        Ok(Access { initiators, networks, chap })
+        let resetters = self.reset_initiators.as_ref().map(|l| l.iter().map(|n| n.to_lowercase()).collect());
+        Ok(Access { initiators, networks, chap, resetters })
     }
 }
 
@@ -850,6 +856,11 @@ impl Config {
             for name in t.allowed_initiators.iter().flatten() {
                 if let Err(e) = validate_iscsi_name(name) {
                     problems.push(format!("{at}.allowed_initiators: {name:?}: {e}"));
+                }
+            }
+            for name in t.reset_initiators.iter().flatten() {
+                if let Err(e) = validate_iscsi_name(name) {
+                    problems.push(format!("{at}.reset_initiators: {name:?}: {e}"));
                 }
             }
             if let Err(e) = t.access() {

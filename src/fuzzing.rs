@@ -148,11 +148,13 @@ pub fn access(data: &[u8]) {
         initiators: Some(names.iter().map(|n| n.to_lowercase()).collect()),
         networks: Some(vec![network]),
         chap: None,
+        resetters: Some(names.iter().take(1).map(|n| n.to_lowercase()).collect()),
     };
     for name in &names {
         assert_eq!(access.admits(name, ip), network.contains(ip), "{name:?} from {ip}");
         if name.is_ascii() {
             assert_eq!(access.admits(&name.to_uppercase(), ip), access.admits(&name.to_lowercase(), ip));
         }
+        assert_eq!(access.may_reset(name, true), name.to_lowercase() == names[0].to_lowercase(), "{name:?}");
     }
 }

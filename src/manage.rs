@@ -65,6 +65,10 @@ pub enum TargetCommand {
         initiators: Option<Vec<String>>,
         #[arg(long, value_delimiter = ',')]
         addresses: Option<Vec<String>>,
+        /// Initiators that may reset the whole target (left out: anyone on an open target,
+        /// nobody on a guarded one).
+        #[arg(long, value_delimiter = ',')]
+        reset_initiators: Option<Vec<String>>,
     },
     /// Delete a target (refused while initiators are logged in, unless --force).
     Delete {
@@ -299,8 +303,12 @@ pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
             ctx.done(&v, format!("target {name} {what}"));
             Ok(())
         }
-        TargetCommand::Acl { name, initiators, addresses } => {
-            let body = json!({"allowed_initiators": initiators, "allowed_addresses": addresses});
+        TargetCommand::Acl { name, initiators, addresses, reset_initiators } => {
+            let body = json!({
+                "allowed_initiators": initiators,
+                "allowed_addresses": addresses,
+                "reset_initiators": reset_initiators,
+            });
             let v = ctx.call("PUT", &format!("/v1/targets/{}/acl", enc(&name)), Some(body))?;
             ctx.done(&v, format!("access rules of {name} set"));
             Ok(())

@@ -10,35 +10,59 @@ use std::time::Duration;
 use common::{TARGET, memory_config, start};
 use rtgt::pdu::{self, Bhs, Digests, Pdu};
 use rtgt::scsi::encode_lun;
+use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
+use rtgt::storage::{BlockStore, BoxFuture, StoreCaps, StoreResult};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const MIB: u64 = 1 << 20;
 
-/// Logs in by hand (one operational stage) on a raw stream.
-async fn raw_login(addr: SocketAddr, initiator: &str, isid: u64) -> TcpStream {
-    let mut raw = TcpStream::connect(addr).await.unwrap();
-    let keys = pdu::text::encode(&[("InitiatorName", initiator), ("TargetName", TARGET)]);
-    let login = pdu::LoginRequest { transit: true, csg: 1, nsg: 3, isid, cmd_sn: 1, ..Default::default() };
-    raw.write_all(&Pdu::with_data(login, keys).encode(Digests::default()).to_vec()).await.unwrap();
-    let resp = read_pdu(&mut raw).await.expect("a login response");
-    assert!(matches!(resp.bhs, Bhs::LoginResponse(r) if r.status_class == 0 && r.transit), "{resp:?}");
-    raw
+/// A connection driven by hand: raw PDUs out, decoded PDUs in.
+struct Raw {
+    stream: TcpStream,
+    /// Bytes read but not decoded yet (the start of the next PDU).
+    buf: bytes::BytesMut,
 }
 
-/// The next PDU, or None if the target closed the connection.
-async fn read_pdu(stream: &mut TcpStream) -> Option<Pdu> {
-    let mut buf = bytes::BytesMut::new();
-    loop {
+impl Raw {
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next PDU, or None if the target closed the connection.
+    async fn next(&mut self) -> Option<Pdu> {
         let limits = pdu::Limits { data_segment_len_max: 16 << 20 };
-        if let Some(p) = Pdu::decode(&mut buf, Digests::default(), limits).unwrap() {
-            return Some(p);
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut buf)).await.unwrap().ok()?;
-        if n == 0 {
-            return None;
+        loop {
+            if let Some(p) = Pdu::decode(&mut self.buf, Digests::default(), limits).unwrap() {
+                return Some(p);
+            }
+            let read = self.stream.read_buf(&mut self.buf);
+            let n = tokio::time::timeout(Duration::from_secs(10), read).await.unwrap().ok()?;
+            if n == 0 {
+                return None;
+            }
         }
     }
+}
+
+/// Logs in by hand (one operational stage) on a raw stream.
+async fn raw_login(addr: SocketAddr, initiator: &str, isid: u64) -> Raw {
+    raw_login_with(addr, initiator, isid, &[]).await
+}
+
+/// Logs in by hand, offering `offers` besides the names.
+async fn raw_login_with(addr: SocketAddr, initiator: &str, isid: u64, offers: &[(&str, &str)]) -> Raw {
+    let mut raw = Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: bytes::BytesMut::new() };
+    let mut keys = vec![("InitiatorName", initiator), ("TargetName", TARGET)];
+    keys.extend_from_slice(offers);
+    let keys = pdu::text::encode(&keys);
+    let login = pdu::LoginRequest { transit: true, csg: 1, nsg: 3, isid, cmd_sn: 1, ..Default::default() };
+    raw.send(&Pdu::with_data(login, keys).encode(Digests::default()).to_vec()).await;
+    let resp = raw.next().await.expect("a login response");
+    assert!(matches!(resp.bhs, Bhs::LoginResponse(r) if r.status_class == 0 && r.transit), "{resp:?}");
+    raw
 }
 
 /// READ(16) of `blocks` at LBA 0 of LUN 1, expecting `edtl` bytes.
@@ -59,6 +83,25 @@ fn read16(itt: u32, cmd_sn: u32, blocks: u32, edtl: u32) -> Vec<u8> {
     Pdu::new(cmd).encode(Digests::default()).to_vec()
 }
 
+/// WRITE(16) of `blocks` at LBA 0 of LUN 1, all its data immediate.
+fn write16_immediate(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    let len = blocks * 512;
+    let cmd = pdu::ScsiCommand {
+        fin: true,
+        write: true,
+        lun: encode_lun(1),
+        itt,
+        expected_data_len: len,
+        cmd_sn,
+        cdb,
+        ..Default::default()
+    };
+    Pdu::with_data(cmd, bytes::Bytes::from(vec![0x5a; len as usize])).encode(Digests::default()).to_vec()
+}
+
 /// The peak resident set of this process, in bytes.
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -66,8 +109,12 @@ fn peak_rss() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..3000 {
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    within(Duration::from_secs(30), what, done).await
+}
+
+async fn within(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..limit.as_millis() / 10 {
         if done() {
             return;
         }
@@ -87,7 +134,7 @@ async fn reads_with_tiny_expected_lengths_allocate_what_they_deliver() {
     for i in 0..128u32 {
         burst.extend(read16(i + 1, 1 + i, 131_072, 512));
     }
-    raw.write_all(&burst).await.unwrap();
+    raw.send(&burst).await;
     let sessions = t.server.registry.sessions();
     let stats = sessions[0].stats.clone();
     until("128 commands", || stats.commands.load(Ordering::Relaxed) == 128).await;
@@ -96,7 +143,7 @@ async fn reads_with_tiny_expected_lengths_allocate_what_they_deliver() {
     let grown = peak_rss().saturating_sub(before);
     assert!(grown < 512 * MIB, "the peak resident set grew by {} MiB", grown / MIB);
     let mut overflow_seen = false;
-    while let Some(p) = read_pdu(&mut raw).await {
+    while let Some(p) = raw.next().await {
         if let Bhs::DataIn(d) = &p.bhs {
             assert_eq!(p.data.len(), 512);
             assert!(d.overflow && d.residual == 64 * MIB as u32 - 512, "{d:?}");
@@ -119,7 +166,7 @@ async fn a_client_that_never_reads_is_bounded_then_dropped() {
     for i in 0..128u32 {
         burst.extend(read16(i + 1, 1 + i, 2048, MIB as u32));
     }
-    raw.write_all(&burst).await.unwrap();
+    raw.send(&burst).await;
     until("the pool to fill", || memory.used() >= 32 * MIB).await;
     // Meanwhile a polite session gets its reads (it waits for the pool, within its timeout).
     let s = t.ready_session(9).await;
@@ -206,4 +253,124 @@ async fn a_connection_flood_is_bounded() {
     s.logout().await.unwrap();
     drop(held);
     until("all released", || t.server.admission.counts() == (0, 0)).await;
+}
+
+/// Unsolicited data arrives whether or not there is room for it. 127 writes bring 256 KiB of
+/// immediate data each (32 MiB) and are held behind a CmdSN gap, so none runs: what is kept of
+/// their data stays within the 4 MiB pool, the writes beyond it are answered TASK SET FULL
+/// (which initiators retry), and the others run once the gap is filled.
+#[tokio::test]
+async fn unsolicited_data_beyond_the_pool_is_refused_not_buffered() {
+    let t = start(memory_config("io_memory_max = 4194304\nmax_transfer_bytes = 1048576")).await;
+    let memory = t.server.settings.conn.memory.clone();
+    let offers = [
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("FirstBurstLength", "262144"),
+        ("MaxBurstLength", "262144"),
+        ("MaxRecvDataSegmentLength", "262144"),
+    ];
+    let mut raw = raw_login_with(t.addr, "iqn.2026-12.dev.rtgt:unsolicited", 1, &offers).await;
+    let writes = 127u32;
+    let mut burst = Vec::new();
+    for i in 0..writes {
+        burst.extend(write16_immediate(i + 2, i + 2, 512));
+    }
+    raw.send(&burst).await;
+    // Fill the gap with TEST UNIT READY (CmdSN 1): everything may run now.
+    let tur = pdu::ScsiCommand { fin: true, lun: encode_lun(1), itt: 1, cmd_sn: 1, ..Default::default() };
+    raw.send(&Pdu::new(tur).encode(Digests::default()).to_vec()).await;
+    // The first command to run reports the power-on unit attention (CHECK CONDITION).
+    let (mut good, mut full, mut attention) = (0, 0, 0);
+    while good + full + attention < writes {
+        let p = raw.next().await.expect("a response");
+        match p.bhs {
+            Bhs::ScsiResponse(r) if r.itt >= 2 => match r.status {
+                0 => good += 1,
+                0x28 => full += 1,
+                _ => {
+                    assert_eq!((r.status, attention), (2, 0), "one unit attention, else GOOD or TASK SET FULL");
+                    attention += 1;
+                }
+            },
+            _ => {}
+        }
+    }
+    // (Responses waiting for the socket are charged too: 48 bytes each.)
+    assert!(memory.peak() <= 4 * MIB + 64 * 1024, "the pool peaked at {} KiB", memory.peak() >> 10);
+    assert!(good + attention >= 15, "the writes that fit the pool ran ({good})");
+    assert!(full >= writes - 16, "the writes beyond the pool were refused ({full})");
+}
+
+/// A store whose reads never finish (a disk that hangs, a store that is away), counting the
+/// reads it was asked for and the ones that were given up (their futures dropped).
+struct HangingReads {
+    started: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct CountDrop(Arc<AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl BlockStore for HangingReads {
+    fn describe(&self) -> String {
+        "hanging reads".into()
+    }
+    fn capacity(&self) -> u64 {
+        64 * MIB
+    }
+    fn caps(&self) -> StoreCaps {
+        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 512, optimal_transfer: 0 }
+    }
+    fn read(&self, _offset: u64, _len: usize) -> BoxFuture<'_, StoreResult<bytes::Bytes>> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let dropped = CountDrop(self.dropped.clone());
+        Box::pin(async move {
+            let _dropped = dropped;
+            std::future::pending().await
+        })
+    }
+    fn write(&self, _offset: u64, _data: bytes::Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn unmap(&self, _offset: u64, _len: u64) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Reads that wait on storage when their initiator goes away are cancelled: their buffers go
+/// back to the pool and the session is released at once, not after the reads end (a read
+/// waiting out an S3 outage could hold its buffer for long).
+#[tokio::test]
+async fn reads_of_a_vanished_initiator_are_cancelled() {
+    let t = start(memory_config("")).await;
+    let memory = t.server.settings.conn.memory.clone();
+    let (started, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let store = HangingReads { started: started.clone(), dropped: dropped.clone() };
+    let lu = LogicalUnit::new(Arc::new(store), LuConfig::new(512, LuIdentity::derived("hanging"))).unwrap();
+    t.server.registry.target(TARGET).unwrap().scsi.replace_lun(1, Arc::new(lu));
+    let mut raw = raw_login(t.addr, "iqn.2026-12.dev.rtgt:vanishing", 1).await;
+    // The first command takes the power-on unit attention.
+    let tur = pdu::ScsiCommand { fin: true, lun: encode_lun(1), itt: 100, cmd_sn: 1, ..Default::default() };
+    raw.send(&Pdu::new(tur).encode(Digests::default()).to_vec()).await;
+    raw.next().await.expect("the unit attention");
+    let mut burst = Vec::new();
+    for i in 0..16u32 {
+        burst.extend(read16(i + 1, 2 + i, 2048, MIB as u32));
+    }
+    raw.send(&burst).await;
+    within(Duration::from_secs(10), "the reads to reach the store", || started.load(Ordering::SeqCst) == 16).await;
+    assert_eq!(memory.used(), 16 * MIB, "each read holds its buffer");
+    drop(raw);
+    within(Duration::from_secs(10), "the session to be released", || t.server.registry.sessions().is_empty()).await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 16, "every read was cancelled");
+    assert_eq!(memory.used(), 0);
 }

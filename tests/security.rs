@@ -6,8 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{TestTarget, start};
 use rtgt::config::Config;
+use rtgt::initiator::{InitiatorConfig, Session};
+use rtgt::pdu::tmf;
 use tokio::process::Command;
 
 const OPEN: &str = "iqn.2026-12.dev.rtgt:open";
@@ -147,4 +150,74 @@ async fn discovery_chap_is_enforced() {
     assert!(!ok || !out.contains(OPEN), "discovery without CHAP is refused: {out}");
     let (ok, out) = run("iscsi-ls", &[&format!("iscsi://finder%finder-secret-1@{}", t.addr)]).await;
     assert!(ok && out.contains(OPEN), "{out}");
+}
+
+const GUARDED: &str = "iqn.2026-12.dev.rtgt:guarded";
+const RESETTER: &str = "iqn.2026-12.dev.rtgt:resetter";
+
+/// A target that admits two initiators and lets one of them reset it.
+async fn guarded_target() -> TestTarget {
+    let text = format!(
+        r#"
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:0"]
+        [[target]]
+        name = "{GUARDED}"
+        allowed_initiators = ["{ALLOWED}", "{RESETTER}"]
+        reset_initiators = ["{RESETTER}"]
+        [[target.lun]]
+        lun = 0
+        backend = "memory"
+        size = "1MiB"
+        "#
+    );
+    start(Config::from_toml(&text).unwrap()).await
+}
+
+async fn login_from(
+    t: &TestTarget,
+    source: &str,
+    initiator: &str,
+    isid: u64,
+) -> Result<Session, rtgt::initiator::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(t.addr).await.unwrap();
+    let config = InitiatorConfig { initiator_name: initiator.into(), isid, ..InitiatorConfig::default() };
+    Session::login(stream, &config, Some(GUARDED)).await
+}
+
+/// On a target with an ACL, resetting the whole target (which reaches every session's commands,
+/// and with a cold reset ends the sessions) is a right of its own: an initiator that may only
+/// log in gets "function authorization failed" and the other sessions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_a_guarded_target_needs_the_right_to() {
+    let t = guarded_target().await;
+    let resetter = login_from(&t, "127.0.0.1", RESETTER, 1).await.unwrap();
+    let plain = login_from(&t, "127.0.0.1", ALLOWED, 2).await.unwrap();
+    for function in [tmf::TARGET_WARM_RESET, tmf::TARGET_COLD_RESET] {
+        assert_eq!(plain.task_management(function, 0, 0, 0).await.unwrap(), tmf::AUTHORIZATION_FAILED);
+    }
+    resetter.nop(Bytes::from_static(b"still here")).await.unwrap();
+    assert_eq!(resetter.task_management(tmf::TARGET_WARM_RESET, 0, 0, 0).await.unwrap(), tmf::FUNCTION_COMPLETE);
+    plain.nop(Bytes::from_static(b"still here")).await.unwrap();
+}
+
+/// A login that would reinstate (and so end) a session is taken only from that session's own
+/// address: an initiator name and an ISID are easily claimed by another host. The refusal is
+/// "service unavailable", which initiators retry (a session whose host is really gone ends at
+/// the NOP timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sessions_own_address_may_reinstate_it() {
+    let t = guarded_target().await;
+    let first = login_from(&t, "127.0.0.1", ALLOWED, 7).await.unwrap();
+    let Err(refused) = login_from(&t, "127.0.0.2", ALLOWED, 7).await else {
+        panic!("a login from elsewhere is refused")
+    };
+    assert!(matches!(refused, rtgt::initiator::Error::Login { class: 3, detail: 1 }), "{refused}");
+    first.nop(Bytes::from_static(b"untouched")).await.unwrap();
+    let again = login_from(&t, "127.0.0.1", ALLOWED, 7).await.unwrap();
+    again.nop(Bytes::from_static(b"reinstated")).await.unwrap();
+    assert!(first.nop(Bytes::from_static(b"gone")).await.is_err(), "the old session was reinstated");
 }

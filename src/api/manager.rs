@@ -354,6 +354,7 @@ impl Manager {
                 entry.set_access(access);
                 applied.allowed_initiators = t.allowed_initiators.clone();
                 applied.allowed_addresses = t.allowed_addresses.clone();
+                applied.reset_initiators = t.reset_initiators.clone();
                 applied.chap = t.chap.clone();
             }
             Err(e) => problems.push(format!("target {}: {e}", t.name)),

@@ -219,6 +219,7 @@ fn target_json(api: &Api, t: &TargetConfig, groups: &[PortalGroupConfig]) -> Val
         // Who may log in; CHAP secrets are never returned.
         "allowed_initiators": t.allowed_initiators,
         "allowed_addresses": t.allowed_addresses,
+        "reset_initiators": t.reset_initiators,
         "chap_user": t.chap.as_ref().map(|c| c.user.clone()),
     })
 }
@@ -365,7 +366,8 @@ async fn set_auth(
     show_target(State(api), Path(name)).await
 }
 
-/// `PUT /v1/targets/{name}/acl`: who may log in (absent or null lists: anyone).
+/// `PUT /v1/targets/{name}/acl`: who may log in (absent or null lists: anyone), and who may
+/// reset the whole target.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AclChange {
@@ -373,6 +375,9 @@ struct AclChange {
     allowed_initiators: Option<Vec<String>>,
     #[serde(default)]
     allowed_addresses: Option<Vec<String>>,
+    /// Who may reset the whole target (absent: anyone on an open target, else nobody).
+    #[serde(default)]
+    reset_initiators: Option<Vec<String>>,
 }
 
 async fn set_acl(
@@ -386,6 +391,7 @@ async fn set_acl(
             let t = target_mut(c, &name)?;
             t.allowed_initiators = b.allowed_initiators;
             t.allowed_addresses = b.allowed_addresses;
+            t.reset_initiators = b.reset_initiators;
             Ok(())
         })
         .await?;

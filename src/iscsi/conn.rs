@@ -63,6 +63,8 @@ pub trait ConnContext {
     /// The session's own target (for SendTargets with an empty value in a normal session).
     fn own_target(&self) -> Option<String>;
     fn lun_exists(&self, lun: u64) -> bool;
+    /// Whether this session's initiator may reset the whole target.
+    fn may_reset_target(&self) -> bool;
 }
 
 /// A SCSI command ready to run.
@@ -146,12 +148,31 @@ struct Task {
     /// Its CmdSN turn has come (always true for immediate commands).
     delivered: bool,
     write: Option<WriteIn>,
-    /// Answer with this instead of running the command.
-    failure: Option<Sense>,
+    /// Answer with this instead of running the command (its data is then not kept).
+    failure: Option<Failure>,
     /// Budget held for the command's data.
     budget: u64,
     /// Aborted by a TMF or a reset: no response will be sent.
     aborted: bool,
+}
+
+/// Why a task is answered without running.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+    /// A status without sense: TASK SET FULL when there was no memory for its data.
+    Status(u8),
+}
+
+impl Failure {
+    fn response(&self, edtl: u32) -> Response {
+        let (status, sense) = match self {
+            Failure::Check(sense) => (status::CHECK_CONDITION, Some(sense.encode(false))),
+            Failure::Status(status) => (*status, None),
+        };
+        Response { status, sense, data: Bytes::new(), data_out_len: edtl, data_in_called_for: None }
+    }
 }
 
 impl Task {
@@ -376,7 +397,8 @@ impl Connection {
             && let Ok(Bhs::DataOut(d)) = Bhs::decode(header)
             && let Some(task) = self.tasks.get_mut(&d.itt)
         {
-            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::PROTOCOL_SERVICE_CRC_ERROR));
+            task.failure
+                .get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::PROTOCOL_SERVICE_CRC_ERROR)));
         }
         let header = *header;
         self.reject(reason, &header);
@@ -554,17 +576,30 @@ impl Connection {
             cdb.extend_from_slice(ext);
         }
         let mut failure = None;
+        let mut budget = 0;
         let write = if c.write && c.expected_data_len > 0 {
             let edtl = c.expected_data_len;
             let unsolicited_end = if c.fin { imm.len() as u32 } else { edtl.min(self.params.first_burst_len) };
             let mut collect_len = edtl;
             if edtl > self.cfg.max_transfer_bytes {
-                // Too large to buffer: take only the unsolicited data, then fail the command.
-                failure = Some(Sense::invalid_cdb(0, None));
+                // Too large to buffer: let the unsolicited data go by, then fail the command.
+                failure = Some(Failure::Check(Sense::invalid_cdb(0, None)));
                 collect_len = unsolicited_end;
+            } else if unsolicited_end > 0 {
+                match self.reserve_on_arrival(edtl as u64) {
+                    Some(reserved) => budget = reserved,
+                    None => {
+                        failure = Some(Failure::Status(status::TASK_SET_FULL));
+                        collect_len = unsolicited_end;
+                    }
+                }
             }
-            let mut buf = BytesMut::with_capacity(unsolicited_end as usize);
-            buf.extend_from_slice(imm);
+            // A failed command's data is counted as it passes, never kept.
+            let mut buf = BytesMut::new();
+            if failure.is_none() {
+                buf.reserve(unsolicited_end as usize);
+                buf.extend_from_slice(imm);
+            }
             Some(WriteIn {
                 buf,
                 collect_len,
@@ -580,7 +615,7 @@ impl Connection {
             None
         };
         if c.read && c.expected_data_len > self.cfg.max_transfer_bytes {
-            failure = Some(Sense::invalid_cdb(0, None));
+            failure = Some(Failure::Check(Sense::invalid_cdb(0, None)));
         }
         let task = Task {
             itt: c.itt,
@@ -593,7 +628,7 @@ impl Connection {
             delivered: false,
             write,
             failure,
-            budget: 0,
+            budget,
             aborted: false,
         };
         self.tasks.insert(c.itt, task);
@@ -617,13 +652,13 @@ impl Connection {
             return;
         };
         let Some(w) = task.write.as_mut() else {
-            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+            task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
             return;
         };
         let len = data.len() as u32;
         let (expected_offset, expected_sn, end) = if d.ttt == RESERVED_TAG {
             if w.unsolicited_done {
-                task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
                 return;
             }
             (w.unsolicited_next_offset, w.unsolicited_next_sn, w.unsolicited_end)
@@ -631,14 +666,14 @@ impl Connection {
             match w.r2ts.iter().find(|r| r.ttt == d.ttt) {
                 Some(r) => (r.next_offset, r.next_data_sn, r.end),
                 None => {
-                    task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                    task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
                     return;
                 }
             }
         };
         let in_order = d.buffer_offset == expected_offset && d.data_sn == expected_sn;
         let fits = d.buffer_offset.checked_add(len).is_some_and(|e| e <= end);
-        if in_order && fits {
+        if in_order && fits && task.failure.is_none() {
             let at = d.buffer_offset as usize;
             let data = if crate::mutants::active(crate::mutants::Mutant::DropDataOut) && d.data_sn == 1 {
                 Bytes::from(vec![0u8; data.len()])
@@ -653,8 +688,8 @@ impl Connection {
                 }
                 w.buf[at..at + data.len()].copy_from_slice(&data);
             }
-        } else {
-            task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+        } else if !(in_order && fits) {
+            task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
         }
         // Advance the sequence even on error, so that it ends and the command can be answered.
         let next = expected_offset.saturating_add(len).min(end);
@@ -675,7 +710,7 @@ impl Connection {
             w.r2ts[i].next_data_sn = expected_sn.wrapping_add(1);
             if seq_done {
                 if next < w.r2ts[i].end {
-                    task.failure.get_or_insert(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR));
+                    task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
                 }
                 w.r2ts.remove(i);
             }
@@ -697,15 +732,7 @@ impl Connection {
             }
             let task = &self.tasks[&itt];
             if task.collection_done() && task.delivered {
-                let sense = task.failure.clone().expect("checked");
-                let lu_sense = sense.encode(false);
-                let response = Response {
-                    status: status::CHECK_CONDITION,
-                    sense: Some(lu_sense),
-                    data: Bytes::new(),
-                    data_out_len: task.edtl,
-                    data_in_called_for: None,
-                };
+                let response = task.failure.as_ref().expect("checked").response(task.edtl);
                 self.finish(itt, response);
             }
             return;
@@ -749,6 +776,23 @@ impl Connection {
         self.budget_used += want;
         self.tasks.get_mut(&itt).expect("task").budget = want;
         true
+    }
+
+    /// Reserves a write's data as its command arrives with unsolicited data, before any of it
+    /// is kept: that data comes whether or not there is room, and a command holding it while it
+    /// waited for the pool could wait on other such commands forever. Without room at once
+    /// (the connection's budget or the process-wide pool spent, or tasks queued before it)
+    /// the command is refused with TASK SET FULL, which initiators retry.
+    fn reserve_on_arrival(&mut self, want: u64) -> Option<u64> {
+        let fits = (self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0)
+            && self.budget_queue.is_empty()
+            && self.cfg.memory.try_reserve(want);
+        if !fits {
+            tracing::debug!(want, "no memory for a write's unsolicited data: TASK SET FULL");
+            return None;
+        }
+        self.budget_used += want;
+        Some(want)
     }
 
     /// Takes `want` bytes from the process-wide pool, noting when it refused.
@@ -1031,6 +1075,10 @@ impl Connection {
             }
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
                 (tmf::LUN_DOES_NOT_EXIST, BTreeSet::new(), false)
+            }
+            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET if !ctx.may_reset_target() => {
+                tracing::warn!(function = t.function, "target reset refused: the initiator may not reset the target");
+                (tmf::AUTHORIZATION_FAILED, BTreeSet::new(), false)
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 let cold = t.function == tmf::TARGET_COLD_RESET;

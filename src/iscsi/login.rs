@@ -253,6 +253,12 @@ impl Login {
         if keys.initiator_name.as_deref().is_none_or(str::is_empty) {
             return Err((login_status::MISSING_PARAMETER, "InitiatorName missing".into()));
         }
+        // No iSCSI name holds a control character (RFC 3722); one in a name would only serve
+        // to forge lines in logs and listings.
+        let names = [&keys.initiator_name, &keys.target_name];
+        if names.iter().filter_map(|n| n.as_deref()).any(|n| n.chars().any(char::is_control)) {
+            return Err((login_status::INITIATOR_ERROR, "a name holds a control character".into()));
+        }
         let kind = match keys.session_type.as_deref() {
             None | Some("Normal") => SessionKind::Normal,
             Some("Discovery") => SessionKind::Discovery,
@@ -444,6 +450,17 @@ mod tests {
         let Step::Fail(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
         let (r, _) = resp(&p);
         assert_eq!((r.status_class, r.status_detail), login_status::TARGET_NOT_FOUND);
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_refused() {
+        let mut ctx = Ctx::default();
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let data =
+            b"InitiatorName=iqn.2026-11.org.example:host\nforged log line\0TargetName=iqn.2026-11.org.example:disk\0";
+        let Step::Fail(p) = login.on_request(&req(0, 1, true), data, &mut ctx) else { panic!() };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::INITIATOR_ERROR);
+        assert!(ctx.registered.is_empty());
     }
 
     #[test]

@@ -28,6 +28,11 @@ impl ScsiTarget {
     }
 
     /// Shows `lun` only to these initiators (None: to all).
+    /// Whether some LUN is masked (seen by some initiators only).
+    pub fn is_masked(&self) -> bool {
+        !self.masks.read().expect("LUN masks poisoned").is_empty()
+    }
+
     pub fn set_mask(&self, lun: u16, initiators: Option<BTreeSet<String>>) {
         let mut masks = self.masks.write().expect("LUN masks poisoned");
         match initiators {

@@ -56,6 +56,9 @@ pub struct Access {
     pub networks: Option<Vec<Network>>,
     /// CHAP required of every initiator; None: none.
     pub chap: Option<ChapSecrets>,
+    /// Initiators that may reset the whole target (TARGET WARM or COLD RESET, which abort or
+    /// end every session's commands); None: anyone on a target open to anyone, else nobody.
+    pub resetters: Option<BTreeSet<String>>,
 }
 
 impl Access {
@@ -64,6 +67,22 @@ impl Access {
         let named = self.initiators.as_ref().is_none_or(|names| names.contains(&initiator.to_lowercase()));
         let near = self.networks.as_ref().is_none_or(|nets| nets.iter().any(|n| n.contains(peer)));
         named && near
+    }
+
+    /// Whether anyone may log in, unauthenticated.
+    pub fn is_open(&self) -> bool {
+        self.initiators.is_none() && self.networks.is_none() && self.chap.is_none()
+    }
+
+    /// Whether `initiator` may reset the whole target. A reset reaches every other
+    /// initiator's sessions, so on a guarded target (or one whose LUNs are masked per
+    /// initiator: `shared` false) it is a right of its own, as LIO makes it. On a target open to
+    /// anyone it takes nothing away that logging in does not already give.
+    pub fn may_reset(&self, initiator: &str, shared: bool) -> bool {
+        match &self.resetters {
+            Some(names) => names.contains(&initiator.to_lowercase()),
+            None => self.is_open() && shared,
+        }
     }
 }
 
@@ -93,11 +112,23 @@ mod tests {
             initiators: Some(["iqn.2026-12.org.example:host1".to_string()].into()),
             networks: Some(vec![Network::parse("10.0.0.0/8").unwrap()]),
             chap: None,
+            resetters: None,
         };
         let ten: IpAddr = "10.9.9.9".parse().unwrap();
         assert!(access.admits("IQN.2026-12.org.example:HOST1", ten), "names compare case-insensitively");
         assert!(!access.admits("iqn.2026-12.org.example:host2", ten));
         assert!(!access.admits("iqn.2026-12.org.example:host1", "192.0.2.1".parse().unwrap()));
         assert!(Access::default().admits("anyone", ten));
+    }
+
+    #[test]
+    fn resetting_the_target_is_a_right_of_its_own_once_the_target_is_guarded() {
+        let open = Access::default();
+        assert!(open.may_reset("iqn.any", true), "open to anyone: anyone");
+        assert!(!open.may_reset("iqn.any", false), "LUNs masked per initiator: nobody unlisted");
+        let guarded = Access { initiators: Some(["iqn.a".to_string(), "iqn.b".to_string()].into()), ..open.clone() };
+        assert!(!guarded.may_reset("iqn.a", true), "an ACL: nobody unlisted");
+        let listed = Access { resetters: Some(["iqn.a".to_string()].into()), ..guarded };
+        assert!(listed.may_reset("IQN.A", true) && !listed.may_reset("iqn.b", true));
     }
 }

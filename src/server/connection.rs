@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{AbortHandle, BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use super::Settings;
 use super::admission::Admitted;
-use super::registry::{Control, NewSession, Registry, SessionEntry, SessionHandle, TargetEntry};
+use super::registry::{Control, NewSession, RegisterError, Registry, SessionEntry, SessionHandle, TargetEntry};
 use crate::clock::Clock;
 use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
 use crate::iscsi::login::{Authorization, Login, LoginContext, LoginOutcome, Step};
 use crate::iscsi::params::SessionKind;
-use crate::pdu::{Bhs, Digests, Limits};
+use crate::pdu::{Bhs, Digests, Limits, login_status};
 use crate::scsi::{Nexus, Request, Response, Sense, asc, decode_lun, key};
 use crate::wire::{PduReader, PduWriter, ReadEvent};
 
@@ -106,7 +106,16 @@ impl LoginContext for LoginCtx<'_> {
                 self.registered = Some((handle, old));
                 Ok(tsih)
             }
-            Err(_) => Err(crate::pdu::login_status::OUT_OF_RESOURCES),
+            Err(e) => {
+                warn!(peer = %self.endpoint.peer, initiator = ?outcome.initiator_name, error = %e, "login refused");
+                Err(match e {
+                    // Retried by initiators: the old session may yet end (NOP timeout).
+                    RegisterError::ReinstatementFromElsewhere { .. } => login_status::SERVICE_UNAVAILABLE,
+                    RegisterError::TooManySessions | RegisterError::TooManyOfInitiator => {
+                        login_status::OUT_OF_RESOURCES
+                    }
+                })
+            }
         }
     }
 
@@ -240,6 +249,10 @@ impl ConnContext for FfpCtx<'_> {
             _ => false,
         }
     }
+
+    fn may_reset_target(&self) -> bool {
+        self.target.is_some_and(|t| t.may_reset(self.initiator))
+    }
 }
 
 struct FullFeature {
@@ -255,6 +268,10 @@ struct FullFeature {
     /// completes at once (memory, null, cached S3 data) is answered without any task switch,
     /// and one that waits (a disk, S3) wakes this task directly.
     running: FuturesUnordered<BoxFuture<'static, (u32, Response)>>,
+    /// The running commands that only read (data in, none out), by ITT: when the connection
+    /// closes nobody will take their data, and they change nothing, so they are cancelled
+    /// rather than awaited (a read waiting out an S3 outage would hold its buffer for long).
+    cancellable: std::collections::HashMap<u32, AbortHandle>,
     closed_by_peer: Option<CloseReason>,
     /// Bytes of unwritten responses charged to the I/O memory pool.
     unwritten_charged: u64,
@@ -302,6 +319,7 @@ impl FullFeature {
             settings,
             clock,
             running: FuturesUnordered::new(),
+            cancellable: std::collections::HashMap::new(),
             closed_by_peer: None,
             unwritten_charged: 0,
             initiator_name: outcome.initiator_name.clone(),
@@ -382,6 +400,7 @@ impl FullFeature {
             tokio::select! {
                 biased;
                 Some((itt, response)) = self.running.next(), if !self.running.is_empty() => {
+                    self.cancellable.remove(&itt);
                     self.count(&response);
                     self.conn.on_complete(itt, response);
                 }
@@ -506,7 +525,8 @@ impl FullFeature {
         };
         let clock = self.clock.clone();
         let itt = exec.itt;
-        self.running.push(Box::pin(async move {
+        let only_reads = request.data_out.is_empty() && request.data_in_max > 0;
+        let command = async move {
             let started = clock.now();
             let in_flight = lu.as_ref().map(|lu| lu.metrics.start());
             // A bug in a command handler must not leave the command unanswered forever.
@@ -525,7 +545,16 @@ impl FullFeature {
             }
             drop(in_flight);
             (itt, response)
-        }));
+        };
+        if only_reads {
+            let (command, handle) = futures::future::abortable(command);
+            self.cancellable.insert(itt, handle);
+            // Only the closing connection cancels: the response is never sent.
+            let cancelled = Response::with_status(crate::scsi::status::TASK_ABORTED);
+            self.running.push(Box::pin(command.map(move |done| done.unwrap_or((itt, cancelled)))));
+        } else {
+            self.running.push(Box::pin(command));
+        }
     }
 
     fn reset_lun(&self, lun: u64) {
@@ -547,8 +576,12 @@ impl FullFeature {
         self.registry.tell_sessions(&target.name, Some(self.handle.tsih), control);
     }
 
-    /// Waits for running commands (their responses are dropped), then releases the session.
+    /// Cancels running reads, waits for the other running commands (their responses are
+    /// dropped), then releases the session.
     async fn teardown(&mut self, dropped: bool) {
+        for (_, command) in self.cancellable.drain() {
+            command.abort();
+        }
         let mut running = self.conn.running().len();
         while running > 0 {
             match tokio::time::timeout(Duration::from_secs(30), self.running.next()).await {

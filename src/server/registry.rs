@@ -70,6 +70,11 @@ impl TargetEntry {
         }
     }
 
+    /// Whether `initiator` may send TARGET WARM or COLD RESET ([`Access::may_reset`]).
+    pub fn may_reset(&self, initiator: &str) -> bool {
+        self.access().may_reset(initiator, !self.scsi.is_masked())
+    }
+
     pub fn in_portal_group(&self, tag: u16) -> bool {
         self.portal_groups.read().expect("poisoned").contains(&tag)
     }
@@ -162,6 +167,29 @@ pub struct NewSession {
 struct Sessions {
     next_tsih: u16,
     by_tsih: BTreeMap<u16, Arc<SessionEntry>>,
+}
+
+/// Why a completed login gets no session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The table of sessions is full.
+    TooManySessions,
+    /// The initiator holds `sessions_per_initiator` sessions already.
+    TooManyOfInitiator,
+    /// The login would reinstate a session held from another address.
+    ReinstatementFromElsewhere { old: SocketAddr },
+}
+
+impl std::fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterError::TooManySessions => write!(f, "too many sessions"),
+            RegisterError::TooManyOfInitiator => write!(f, "too many sessions of this initiator"),
+            RegisterError::ReinstatementFromElsewhere { old } => {
+                write!(f, "the session to reinstate is held from another address ({old})")
+            }
+        }
+    }
 }
 
 /// Most sessions at once; further logins get "out of resources".
@@ -258,11 +286,14 @@ impl Registry {
 
     /// Registers a session and allocates its TSIH. A session of the same initiator port (name
     /// and ISID) to the same target is reinstated: it is told to close, and returned so that
-    /// the caller can wait for it before completing the login.
+    /// the caller can wait for it before completing the login. Only a login from the old
+    /// session's own address may do that: a name and an ISID are easily claimed, and another
+    /// host could otherwise cut a session off. (If the old host is really gone, its session ends
+    /// at the NOP timeout and the retried login goes through.)
     pub fn register_session(
         &self,
         new: NewSession,
-    ) -> Result<(SessionHandle, Option<Arc<SessionEntry>>), &'static str> {
+    ) -> Result<(SessionHandle, Option<Arc<SessionEntry>>), RegisterError> {
         let mut s = self.sessions.lock().expect("poisoned");
         let old = s
             .by_tsih
@@ -274,14 +305,19 @@ impl Registry {
                     && e.kind == new.kind
             })
             .cloned();
+        if let Some(old) = &old
+            && old.peer.ip().to_canonical() != new.peer.ip().to_canonical()
+        {
+            return Err(RegisterError::ReinstatementFromElsewhere { old: old.peer });
+        }
         // Counted without the session being reinstated, which is refused nothing.
         let replaced = usize::from(old.is_some());
         if s.by_tsih.len() - replaced >= SESSIONS_MAX {
-            return Err("too many sessions");
+            return Err(RegisterError::TooManySessions);
         }
         let of_initiator = s.by_tsih.values().filter(|e| e.initiator_name == new.initiator_name).count();
         if of_initiator - replaced >= new.per_initiator_max as usize {
-            return Err("too many sessions of this initiator");
+            return Err(RegisterError::TooManyOfInitiator);
         }
         if let Some(old) = &old {
             s.by_tsih.remove(&old.tsih);

@@ -205,6 +205,9 @@ fn wait_for_port(addr: SocketAddr, server: &mut Server) -> Result<(), String> {
     Err(format!("rtgt did not listen on {addr}"))
 }
 
+/// The initiator names iscsi-test-cu logs in with (the second for multipath tests).
+const SUITE_INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
+
 /// CHAP credentials of `conformance --chap`.
 const CHAP_USER: &str = "conformance";
 const CHAP_SECRET: &str = "conformance-secret-1";
@@ -240,7 +243,15 @@ fn conformance(args: &[String]) -> Result<(), String> {
     let config = format!(
         "{embedded}[api]\nlisten = \"off\"\n\n[server]\ndata_dir = \"{}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{TARGET}\"\n{}\n[[target.lun]]\nlun = 1\n{}\n",
         dir.display(),
-        if chap { format!("chap = {{ user = \"{CHAP_USER}\", secret = \"{CHAP_SECRET}\" }}\n") } else { String::new() },
+        if chap {
+            // A guarded target: resetting it is a right of its own, granted to the suite's
+            // initiators (the Reserve6 and PreventAllow reset tests need it).
+            format!(
+                "chap = {{ user = \"{CHAP_USER}\", secret = \"{CHAP_SECRET}\" }}\nreset_initiators = [\"{SUITE_INITIATOR}\", \"{SUITE_INITIATOR}-2\"]\n"
+            )
+        } else {
+            String::new()
+        },
         lun_config(&backend, &dir)?
     );
     let config_path = dir.join("rtgt.toml");

@@ -16,6 +16,9 @@ impl ConnContext for Ctx {
     fn lun_exists(&self, lun: u64) -> bool {
         lun == crate::scsi::encode_lun(1)
     }
+    fn may_reset_target(&self) -> bool {
+        true
+    }
 }
 
 const LUN1: u64 = 0x0001_0000_0000_0000;
@@ -398,4 +401,44 @@ fn budget_bounds_buffered_data() {
     c.on_complete(1, good(&[]));
     let out = c.drain();
     assert!(sent(&out).iter().any(|p| matches!(p.bhs, Bhs::R2t(R2t { itt: 2, .. }))), "budget freed: second R2T");
+}
+
+/// Unsolicited data comes whether or not there is room: a write that brings it while the
+/// process-wide pool is spent is refused with TASK SET FULL and its data is not kept, instead
+/// of being buffered outside the bound (or waiting for room while holding it).
+#[test]
+fn unsolicited_data_without_room_is_refused_and_not_kept() {
+    let memory = Arc::new(IoMemory::new(8192));
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    // Held behind a CmdSN gap (100 is missing), so nothing runs and nothing is released.
+    for (itt, sn) in [(1u32, 101u32), (2, 102), (3, 103)] {
+        let mut command = cmd(itt, sn, false, true, 4096, 0x2a);
+        command.fin = false;
+        let out = feed(&mut c, Pdu::with_data(command, Bytes::from(vec![1u8; 1024])));
+        assert!(sent(&out).is_empty() && execs(&out).is_empty());
+        let d = DataOut { fin: true, lun: LUN1, itt, ttt: RESERVED_TAG, buffer_offset: 1024, ..Default::default() };
+        feed(&mut c, Pdu::with_data(d, Bytes::from(vec![2u8; 3072])));
+    }
+    assert_eq!(memory.used(), 8192, "two writes' data reserved, the third refused");
+    let out = feed(&mut c, Pdu::new(cmd(4, 100, false, false, 0, 0x00)));
+    let ran: Vec<u32> = execs(&out).iter().map(|e| e.itt).collect();
+    assert_eq!(ran, vec![1, 2], "the command that filled the gap waits for the pool");
+    assert_eq!(execs(&out)[0].data_out.len(), 4096);
+    let refused: Vec<u8> = sent(&out)
+        .iter()
+        .filter_map(|p| match p.bhs {
+            Bhs::ScsiResponse(r) if r.itt == 3 => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![status::TASK_SET_FULL]);
+    for itt in [1, 2] {
+        c.on_complete(itt, good(&[]));
+    }
+    c.retry_memory();
+    let out = c.drain();
+    assert_eq!(execs(&out).iter().map(|e| e.itt).collect::<Vec<_>>(), vec![4]);
+    c.on_complete(4, good(&[]));
+    assert_eq!(memory.used(), 0);
 }
