@@ -374,3 +374,34 @@ async fn reads_of_a_vanished_initiator_are_cancelled() {
     assert_eq!(dropped.load(Ordering::SeqCst), 16, "every read was cancelled");
     assert_eq!(memory.used(), 0);
 }
+
+/// A login admitted to one target names another in its operational stage: it is refused and
+/// no session exists on either (the guarded target would have refused this initiator).
+#[tokio::test]
+async fn a_login_cannot_switch_to_another_target() {
+    let guarded = "iqn.2026-12.dev.rtgt:guarded";
+    let mut config = memory_config("");
+    let mut other = rtgt::config::TargetConfig::new(guarded);
+    other.allowed_initiators = Some(vec!["iqn.2026-12.dev.rtgt:someone-else".into()]);
+    config.targets.push(other);
+    let t = start(config).await;
+    let mut raw = Raw { stream: TcpStream::connect(t.addr).await.unwrap(), buf: bytes::BytesMut::new() };
+    let keys = pdu::text::encode(&[
+        ("InitiatorName", "iqn.2026-12.dev.rtgt:switcher"),
+        ("TargetName", TARGET),
+        ("AuthMethod", "None"),
+    ]);
+    let security = pdu::LoginRequest { transit: true, csg: 0, nsg: 1, isid: 5, cmd_sn: 1, ..Default::default() };
+    raw.send(&Pdu::with_data(security, keys).encode(Digests::default()).to_vec()).await;
+    let resp = raw.next().await.expect("a login response");
+    assert!(matches!(resp.bhs, Bhs::LoginResponse(r) if r.status_class == 0), "{resp:?}");
+    let keys = pdu::text::encode(&[("TargetName", guarded)]);
+    let operational = pdu::LoginRequest { transit: true, csg: 1, nsg: 3, isid: 5, cmd_sn: 1, ..Default::default() };
+    raw.send(&Pdu::with_data(operational, keys).encode(Digests::default()).to_vec()).await;
+    let resp = raw.next().await.expect("a login response");
+    assert!(matches!(resp.bhs, Bhs::LoginResponse(r) if r.status_class == 2), "refused: {resp:?}");
+    assert!(t.server.registry.sessions().is_empty());
+    // A polite session is served meanwhile.
+    let s = t.ready_session(9).await;
+    assert_eq!(s.read(1, 0, 1, 512).await.unwrap().len(), 512);
+}

@@ -5,6 +5,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +54,16 @@ struct Counts {
 pub struct Admission {
     limits: AdmissionLimits,
     counts: Mutex<Counts>,
+    /// When each address's next failed authentication may be answered.
+    auth_penalties: Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// How long each failed authentication from an address waits, one after another.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+
+/// Addresses with a penalty remembered; beyond it the expired ones are forgotten (and if all
+/// are current, every one: a flood from many addresses then waits less, never unboundedly).
+const PENALTIES_MAX: usize = 4096;
 
 /// An admitted connection: counted until dropped; logging in until [`Admitted::logged_in`].
 #[derive(Debug)]
@@ -63,7 +75,23 @@ pub struct Admitted {
 
 impl Admission {
     pub fn new(limits: AdmissionLimits) -> Arc<Admission> {
-        Arc::new(Admission { limits, counts: Mutex::default() })
+        Arc::new(Admission { limits, counts: Mutex::default(), auth_penalties: Mutex::default() })
+    }
+
+    /// How long to wait before answering a failed authentication from `address`: failures
+    /// from one address are answered one per [`AUTH_FAILURE_DELAY`], however many connections
+    /// it guesses on at once (each waiting connection keeps its admission slot meanwhile).
+    pub fn auth_failure_delay(&self, address: IpAddr, now: Instant) -> Duration {
+        let mut penalties = self.auth_penalties.lock().expect("poisoned");
+        if penalties.len() >= PENALTIES_MAX {
+            penalties.retain(|_, until| *until > now);
+            if penalties.len() >= PENALTIES_MAX {
+                penalties.clear();
+            }
+        }
+        let until = penalties.entry(address).or_insert(now);
+        *until = (*until).max(now) + AUTH_FAILURE_DELAY;
+        *until - now
     }
 
     /// Admits a connection from `address`, or says why not.
@@ -93,6 +121,11 @@ impl Admission {
 }
 
 impl Admitted {
+    /// [`Admission::auth_failure_delay`] for this connection's address.
+    pub fn auth_failure_delay(&self) -> Duration {
+        self.admission.auth_failure_delay(self.address, Instant::now())
+    }
+
     /// The login completed: the connection no longer counts as logging in.
     pub fn logged_in(&mut self) {
         if std::mem::take(&mut self.logging_in) {
@@ -134,5 +167,21 @@ mod tests {
         drop((first, second, third));
         assert_eq!(a.counts(), (0, 0));
         assert!(a.counts.lock().unwrap().by_address.is_empty());
+    }
+
+    #[test]
+    fn failed_authentications_from_one_address_are_answered_one_per_delay() {
+        let a = Admission::new(AdmissionLimits::default());
+        let (one, two): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let now = Instant::now();
+        let waits: Vec<u64> = (0..3).map(|_| a.auth_failure_delay(one, now).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 3], "three guesses at once on three connections");
+        assert_eq!(a.auth_failure_delay(two, now), AUTH_FAILURE_DELAY, "another address waits its own");
+        let later = now + Duration::from_secs(60);
+        assert_eq!(a.auth_failure_delay(one, later), AUTH_FAILURE_DELAY, "the penalty ran out");
+        for i in 0..PENALTIES_MAX as u32 {
+            a.auth_failure_delay(IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)), later);
+        }
+        assert!(a.auth_penalties.lock().unwrap().len() <= PENALTIES_MAX, "remembered addresses are bounded");
     }
 }

@@ -45,8 +45,10 @@ pub async fn serve<S>(
     let (rd, wr) = tokio::io::split(stream);
     let mut reader = PduReader::new(rd);
     let mut writer = PduWriter::new(wr);
-    let login =
-        tokio::time::timeout(settings.login_timeout, login(&mut reader, &mut writer, endpoint, &registry, &settings));
+    let login = tokio::time::timeout(
+        settings.login_timeout,
+        login(&mut reader, &mut writer, endpoint, &admitted, &registry, &settings),
+    );
     let (outcome, handle, target) = match login.await {
         Ok(Some(done)) => {
             admitted.logged_in();
@@ -141,8 +143,6 @@ impl LoginContext for LoginCtx<'_> {
 /// initiator takes what it asked for.
 const PENDING_WRITE_MAX: usize = 16 << 20;
 
-/// How long a failed authentication waits before it is answered.
-const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
 const AUTH_FAILED: (u8, u8) = crate::pdu::login_status::AUTHENTICATION_FAILURE;
 
 /// How long a reinstating login waits for the old session's commands to finish.
@@ -154,6 +154,7 @@ async fn login<R, W>(
     reader: &mut PduReader<R>,
     writer: &mut PduWriter<W>,
     endpoint: Endpoint,
+    admitted: &Admitted,
     registry: &Registry,
     settings: &Settings,
 ) -> Option<LoginDone>
@@ -191,9 +192,9 @@ where
             }
             Step::Fail(resp) => {
                 if matches!(resp.bhs, Bhs::LoginResponse(r) if (r.status_class, r.status_detail) == AUTH_FAILED) {
-                    // Guessing secrets costs a second a try (per connection; connections per
-                    // address are bounded).
-                    tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+                    // Guessing secrets costs a second a try per address, however many
+                    // connections it guesses on.
+                    tokio::time::sleep(admitted.auth_failure_delay()).await;
                 }
                 let _ = writer.write(resp.encode(Digests::default())).await;
                 let _ = writer.shutdown().await;
