@@ -64,6 +64,9 @@ pub(super) enum JournalFound {
 }
 
 /// Marks a journal log as being uploaded while alive.
+/// Journal logs uploaded at once.
+const UPLOADS_PARALLEL: usize = 32;
+
 struct Uploading<'a> {
     volume: &'a S3Volume,
     seq: u64,
@@ -148,8 +151,10 @@ impl S3Volume {
         Ok(())
     }
 
-    /// Uploads the journal's logs to the object store, oldest first, and drops their journal
-    /// copies.
+    /// Uploads the journal's logs to the object store, oldest first, up to
+    /// [`UPLOADS_PARALLEL`] at a time (a log is small and the store may be a round trip away),
+    /// and drops the journal copies of each batch in one deletion (one directory sync, which
+    /// the journal writes of FUA commands would otherwise queue behind, one per log).
     pub(super) async fn upload_journal(&self) -> StoreResult<()> {
         if self.journal().is_none() {
             return Ok(());
@@ -159,26 +164,48 @@ impl S3Volume {
             let cache = self.cache();
             cache.logs.iter().filter(|(_, l)| l.in_journal && l.at_rest()).map(|(seq, _)| *seq).collect()
         };
-        for seq in waiting {
+        for batch in waiting.chunks(UPLOADS_PARALLEL) {
+            let mut claimed = Vec::new();
             {
                 let mut cache = self.cache();
-                match cache.logs.get_mut(&seq) {
-                    Some(info) if info.in_journal && info.at_rest() => info.uploading = true,
-                    _ => continue, // deleted (settled) or uploaded meanwhile
+                for &seq in batch {
+                    match cache.logs.get_mut(&seq) {
+                        Some(info) if info.in_journal && info.at_rest() => {
+                            info.uploading = true;
+                            claimed.push(seq);
+                        }
+                        _ => {} // deleted (settled) or uploaded meanwhile
+                    }
                 }
             }
-            let _uploading = Uploading { volume: self, seq };
-            self.upload_one(seq).await?;
+            let _uploading: Vec<Uploading> = claimed.iter().map(|&seq| Uploading { volume: self, seq }).collect();
+            let results = futures::future::join_all(claimed.iter().map(|&seq| self.upload_copy(seq))).await;
+            let mut uploaded = Vec::new();
+            let mut first_error = None;
+            for (seq, result) in claimed.iter().zip(results) {
+                match result {
+                    Ok(true) => uploaded.push(*seq),
+                    Ok(false) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            self.delete_from_journal(&uploaded).await?;
+            if let Some(e) = first_error {
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    async fn upload_one(&self, seq: u64) -> StoreResult<()> {
+    /// Copies one journal log to the object store. Ok(true): uploaded, its journal copy may
+    /// go; Ok(false): there was no journal copy (a journal write that failed before it landed).
+    async fn upload_copy(&self, seq: u64) -> StoreResult<bool> {
         let journal = self.journal().expect("a journal is configured");
         let key = self.journal_key(seq);
         let body = match journal.store.get(&key, None).await {
             Ok(out) => out.body,
-            // A journal write that failed before it landed: nothing to upload.
             Err(ObjectError::NotFound) => {
                 let mut cache = self.cache();
                 if let Some(info) = cache.logs.get_mut(&seq) {
@@ -187,7 +214,7 @@ impl S3Volume {
                         cache.logs.remove(&seq);
                     }
                 }
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(journal_err(&format!("cannot read journal log {seq:x}"), e)),
         };
@@ -205,20 +232,33 @@ impl S3Volume {
             put.map_err(|e| store_err(e, true))?;
         }
         self.stats.journal_uploads.fetch_add(1, Ordering::Relaxed);
-        self.delete_from_journal(seq).await
+        Ok(true)
     }
 
-    /// Deletes a log's journal copy.
-    pub(super) async fn delete_from_journal(&self, seq: u64) -> StoreResult<()> {
+    /// Deletes the journal copies of logs, at once.
+    pub(super) async fn delete_from_journal(&self, seqs: &[u64]) -> StoreResult<()> {
         let Some(journal) = self.journal() else { return Ok(()) };
-        match journal.store.delete(&self.journal_key(seq)).await {
-            Ok(()) | Err(ObjectError::NotFound) => {}
-            Err(e) => return Err(journal_err(&format!("cannot delete journal log {seq:x}"), e)),
+        if seqs.is_empty() {
+            return Ok(());
         }
-        if let Some(info) = self.cache().logs.get_mut(&seq) {
-            info.in_journal = false;
+        let keys = seqs.iter().map(|&seq| self.journal_key(seq)).collect();
+        let results =
+            journal.store.delete_many(keys).await.map_err(|e| journal_err("cannot delete journal logs", e))?;
+        let mut failed = None;
+        let mut cache = self.cache();
+        for (&seq, (key, result)) in seqs.iter().zip(results) {
+            match result {
+                Ok(()) | Err(ObjectError::NotFound) => {
+                    if let Some(info) = cache.logs.get_mut(&seq) {
+                        info.in_journal = false;
+                    }
+                }
+                Err(e) => {
+                    failed.get_or_insert(journal_err(&format!("cannot delete journal log {key}"), e));
+                }
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// At open, before the epoch is bumped: what the journal holds for the last open (`previous`

@@ -236,7 +236,7 @@ impl S3Volume {
                 self.store.delete(&format::log_key(&self.url, seq)).await.map_err(|e| store_err(e, true))?;
             }
             if in_journal {
-                self.delete_from_journal(seq).await?;
+                self.delete_from_journal(&[seq]).await?;
             }
             self.cache().logs.remove(&seq);
         }
