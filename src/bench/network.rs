@@ -43,6 +43,8 @@ pub struct LatencyResult {
     pub workload: String,
     pub commands: u64,
     pub errors: u64,
+    /// NOT READY answers retried (as initiators retry them), in workloads that retry.
+    pub not_ready_retries: u64,
     pub seconds: f64,
     pub iops: f64,
     pub mb_per_s: f64,
@@ -197,7 +199,13 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
         let v = open(&setup, "outage").await?;
         let netem = &setup.netem;
         let outage = Duration::from_secs(args.outage);
-        let load = closed_loop(4, outage + 2 * secs, 4 * KIB, |_, rng| random_write(&v, rng, false));
+        // More than the cache holds arrives while the store is away: writes then wait for room,
+        // and past their deadline get NOT READY, which an initiator retries.
+        let retries = std::sync::atomic::AtomicU64::new(0);
+        let load = closed_loop(4, outage + 2 * secs, 4 * KIB, |_, rng| {
+            let offset = rng.below(VOLUME / (4 * KIB)) * 4 * KIB;
+            retried_write(&v, offset, &retries)
+        });
         let cut = async {
             tokio::time::sleep(secs).await;
             netem.set_reach(Reach::Refused);
@@ -206,6 +214,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
         };
         let (mut m, ()) = tokio::join!(load, cut);
         m.errors += u64::from(v.flush().await.is_err());
+        m.not_ready_retries = retries.load(std::sync::atomic::Ordering::Relaxed);
         record(&format!("4 KiB random write, QD4, S3 away {} s", args.outage), m);
         v.close().await.map_err(|e| e.to_string())?;
     }
@@ -219,10 +228,28 @@ fn random_write(v: &Arc<S3Volume>, rng: &mut Rng, fua: bool) -> impl std::future
     async move { v.write(offset, data, fua).await.is_ok() }
 }
 
+/// A plain 4 KiB write as Linux's SCSI layer sends it: NOT READY (the volume's answer once a
+/// command has waited out its deadline) is retried until the command's whole budget, its 30 s
+/// timeout times six tries, is spent; any other failure is an error.
+async fn retried_write(v: &Arc<S3Volume>, offset: u64, retries: &std::sync::atomic::AtomicU64) -> bool {
+    let data = Bytes::from(vec![(offset / 4096 % 251) as u8 + 1; 4 * KIB as usize]);
+    let budget = Instant::now() + Duration::from_secs(180);
+    loop {
+        match v.write(offset, data.clone(), false).await {
+            Ok(()) => return true,
+            Err(crate::storage::StoreError::NotReady(_)) if Instant::now() < budget => {
+                retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Latencies of one closed-loop run.
 struct Measured {
     latencies: Vec<Duration>,
     errors: u64,
+    not_ready_retries: u64,
     seconds: f64,
     bytes_per_command: u64,
 }
@@ -239,6 +266,7 @@ impl Measured {
             workload: workload.into(),
             commands,
             errors: self.errors,
+            not_ready_retries: self.not_ready_retries,
             seconds: self.seconds,
             iops: commands as f64 / self.seconds,
             mb_per_s: (commands * self.bytes_per_command) as f64 / self.seconds / 1e6,
@@ -274,8 +302,13 @@ where
         }
     });
     let results = futures::future::join_all(workers).await;
-    let mut m =
-        Measured { latencies: Vec::new(), errors: 0, seconds: started.elapsed().as_secs_f64(), bytes_per_command };
+    let mut m = Measured {
+        latencies: Vec::new(),
+        errors: 0,
+        not_ready_retries: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        bytes_per_command,
+    };
     for (l, e) in results {
         m.latencies.extend(l);
         m.errors += e;
@@ -286,14 +319,14 @@ where
 /// A Markdown table of the results, the loopback and emulated links side by side.
 pub fn table(results: &[LatencyResult]) -> String {
     let mut t = String::from(
-        "| workload | link | IOPS | MB/s | p50 ms | p99 ms | max ms | errors |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | link | IOPS | MB/s | p50 ms | p99 ms | max ms | errors | NOT READY retried |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut sorted: Vec<&LatencyResult> = results.iter().collect();
     sorted.sort_by_key(|r| results.iter().position(|x| x.workload == r.workload));
     for r in sorted {
         t.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
-            r.workload, r.link, r.iops, r.mb_per_s, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+            r.workload, r.link, r.iops, r.mb_per_s, r.p50_ms, r.p99_ms, r.max_ms, r.errors, r.not_ready_retries
         ));
     }
     t
