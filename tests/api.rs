@@ -29,16 +29,21 @@ struct Serve {
     token: String,
 }
 
+/// `rtgt serve --config CONFIG`, logging warnings to the test's stderr.
+fn spawn_serve(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rtgt serve")
+}
+
 impl Serve {
     fn start(config: &Path, api_port: u16) -> Serve {
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start rtgt serve");
+        let child = spawn_serve(config);
         let api = format!("http://127.0.0.1:{api_port}");
         let client = Client::new(&api, None).expect("client");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -436,14 +441,7 @@ fn the_api_can_serve_https() {
         &format!("[api]\ntls_cert = {:?}\ntls_key = {:?}\n", cert.display().to_string(), key.display().to_string()),
     );
     std::fs::write(&config, text).expect("config");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("serve");
+    let mut child = spawn_serve(&config);
     let https = format!("https://127.0.0.1:{api_port}");
     let client = Client::new(&https, None).expect("client").trusting(&cert).expect("CA");
     let deadline = Instant::now() + Duration::from_secs(30);

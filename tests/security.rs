@@ -33,8 +33,11 @@ async fn run(tool: &str, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// LUN 0 of a test target: 1 MiB in memory.
+const LUN0: &str = "[[target.lun]]\nlun = 0\nbackend = \"memory\"\nsize = \"1MiB\"\n";
+
 async fn target() -> TestTarget {
-    let lun = "[[target.lun]]\nlun = 0\nbackend = \"memory\"\nsize = \"1MiB\"\n";
+    let lun = LUN0;
     let text = format!(
         r#"
         [[portal_group]]
@@ -166,10 +169,7 @@ async fn guarded_target() -> TestTarget {
         name = "{GUARDED}"
         allowed_initiators = ["{ALLOWED}", "{RESETTER}"]
         reset_initiators = ["{RESETTER}"]
-        [[target.lun]]
-        lun = 0
-        backend = "memory"
-        size = "1MiB"
+        {LUN0}
         "#
     );
     start(Config::from_toml(&text).unwrap()).await

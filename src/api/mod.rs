@@ -330,14 +330,7 @@ async fn bind_portal_groups(
     body: Result<Json<Binding>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(b) = body.map_err(bad_json)?;
-    api.manager
-        .change(|c| {
-            let t = target_mut(c, &name)?;
-            t.portal_groups = Some(b.portal_groups);
-            Ok(())
-        })
-        .await?;
-    show_target(State(api), Path(name)).await
+    edit_target(api, name, |t| t.portal_groups = Some(b.portal_groups)).await
 }
 
 /// `PUT /v1/targets/{name}/auth`: the CHAP secrets initiators must prove (`{"chap": null}`
@@ -357,13 +350,7 @@ async fn set_auth(
     if let Some(chap) = &b.chap {
         chap.resolve().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("chap.{e}")))?;
     }
-    api.manager
-        .change(|c| {
-            target_mut(c, &name)?.chap = b.chap;
-            Ok(())
-        })
-        .await?;
-    show_target(State(api), Path(name)).await
+    edit_target(api, name, |t| t.chap = b.chap).await
 }
 
 /// `PUT /v1/targets/{name}/acl`: who may log in (absent or null lists: anyone), and who may
@@ -386,15 +373,18 @@ async fn set_acl(
     body: Result<Json<AclChange>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(b) = body.map_err(bad_json)?;
-    api.manager
-        .change(|c| {
-            let t = target_mut(c, &name)?;
-            t.allowed_initiators = b.allowed_initiators;
-            t.allowed_addresses = b.allowed_addresses;
-            t.reset_initiators = b.reset_initiators;
-            Ok(())
-        })
-        .await?;
+    edit_target(api, name, |t| {
+        t.allowed_initiators = b.allowed_initiators;
+        t.allowed_addresses = b.allowed_addresses;
+        t.reset_initiators = b.reset_initiators;
+    })
+    .await
+}
+
+/// Changes target `name` in the configuration (applied and saved), and answers with the target
+/// as it is now.
+async fn edit_target(api: Api, name: String, edit: impl FnOnce(&mut TargetConfig)) -> ApiResult<Json<Value>> {
+    api.manager.change(|c| target_mut(c, &name).map(edit)).await?;
     show_target(State(api), Path(name)).await
 }
 

@@ -760,8 +760,7 @@ impl Connection {
     fn reserve_budget(&mut self, itt: u32) -> bool {
         let task = &self.tasks[&itt];
         let want = (task.edtl as u64).max(1);
-        // A task larger than the whole budget runs alone rather than never.
-        let fits = (self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0)
+        let fits = self.budget_fits(want)
             && self.budget_queue.front().is_none_or(|&head| head == itt)
             && self.reserve_memory(want);
         if !fits {
@@ -784,15 +783,19 @@ impl Connection {
     /// (the connection's budget or the process-wide pool spent, or tasks queued before it)
     /// the command is refused with TASK SET FULL, which initiators retry.
     fn reserve_on_arrival(&mut self, want: u64) -> Option<u64> {
-        let fits = (self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0)
-            && self.budget_queue.is_empty()
-            && self.cfg.memory.try_reserve(want);
+        let fits = self.budget_fits(want) && self.budget_queue.is_empty() && self.cfg.memory.try_reserve(want);
         if !fits {
             tracing::debug!(want, "no memory for a write's unsolicited data: TASK SET FULL");
             return None;
         }
         self.budget_used += want;
         Some(want)
+    }
+
+    /// Whether `want` more bytes fit the connection's budget. A task larger than the whole
+    /// budget runs alone rather than never.
+    fn budget_fits(&self, want: u64) -> bool {
+        self.budget_used + want <= self.cfg.buffer_budget || self.budget_used == 0
     }
 
     /// Takes `want` bytes from the process-wide pool, noting when it refused.
@@ -818,7 +821,7 @@ impl Connection {
                 continue;
             };
             let want = (task.edtl as u64).max(1);
-            if self.budget_used + want > self.cfg.buffer_budget && self.budget_used != 0 {
+            if !self.budget_fits(want) {
                 break;
             }
             if !self.reserve_memory(want) {
