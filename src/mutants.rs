@@ -31,10 +31,12 @@ pub enum Mutant {
     TransientIsMediumError = 10,
     /// An upload drops a journal log's local copy without putting it in the object store.
     JournalDroppedUnuploaded = 11,
+    /// The read cache keeps data fetched while the chunk's object was being replaced.
+    ReadCacheKeepsStale = 12,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 11] = [
+    pub const ALL: [Mutant; 12] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -46,6 +48,7 @@ impl Mutant {
         Mutant::ZeroMergeSettlesNewerLogs,
         Mutant::TransientIsMediumError,
         Mutant::JournalDroppedUnuploaded,
+        Mutant::ReadCacheKeepsStale,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Mutant {
             Mutant::ZeroMergeSettlesNewerLogs => "zero-merge-settles-newer-logs",
             Mutant::TransientIsMediumError => "transient-is-medium-error",
             Mutant::JournalDroppedUnuploaded => "journal-dropped-unuploaded",
+            Mutant::ReadCacheKeepsStale => "read-cache-keeps-stale",
         }
     }
 }

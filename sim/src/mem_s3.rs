@@ -218,6 +218,18 @@ impl MemS3 {
         fault
     }
 
+    /// Sleeps up to the request latency: an answer on its way back.
+    async fn in_transit(&self) {
+        let delay = {
+            let mut st = self.lock();
+            let max = (st.faults.latency_max + st.base_latency).as_micros() as u64;
+            if max == 0 { Duration::ZERO } else { Duration::from_micros(st.rng.below(max + 1)) }
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     fn bucket<'a>(st: &'a mut State, name: &str) -> S3Result<&'a mut BTreeMap<String, Object>> {
         st.buckets.get_mut(name).ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchBucket))
     }
@@ -247,23 +259,30 @@ impl S3 for MemS3 {
             return Err(e);
         }
         let input = req.input;
-        let mut st = self.lock();
-        let o = Self::bucket(&mut st, &input.bucket)?
-            .get(&input.key)
-            .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
-        let len = o.body.len() as u64;
-        let (body, content_range) = match input.range {
-            None => (o.body.clone(), None),
-            Some(range) => {
-                let r = range.check(len).map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
-                (o.body.slice(r.start as usize..r.end as usize), Some(format!("bytes {}-{}/{len}", r.start, r.end - 1)))
-            }
+        let (body, content_range, metadata, etag) = {
+            let mut st = self.lock();
+            let o = Self::bucket(&mut st, &input.bucket)?
+                .get(&input.key)
+                .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
+            let len = o.body.len() as u64;
+            let (body, content_range) = match input.range {
+                None => (o.body.clone(), None),
+                Some(range) => {
+                    let r = range.check(len).map_err(|_| S3Error::new(S3ErrorCode::InvalidRange))?;
+                    let content_range = format!("bytes {}-{}/{len}", r.start, r.end - 1);
+                    (o.body.slice(r.start as usize..r.end as usize), Some(content_range))
+                }
+            };
+            (body, content_range, o.metadata.clone(), o.etag)
         };
+        // The answer travels back while the object may be replaced: a GET's data can be
+        // older than a PUT that completed before the GET returned.
+        self.in_transit().await;
         let output = GetObjectOutput {
             content_length: Some(body.len() as i64),
             content_range,
-            metadata: Some(o.metadata.clone().into_iter().collect()),
-            e_tag: Some(ETag::Strong(format!("{:016x}", o.etag))),
+            metadata: Some(metadata.into_iter().collect()),
+            e_tag: Some(ETag::Strong(format!("{etag:016x}"))),
             body: Some(StreamingBlob::from(s3s::Body::from(body))),
             ..Default::default()
         };

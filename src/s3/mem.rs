@@ -31,6 +31,9 @@ pub struct Faults {
     pub reject_writes: f64,
     /// Every GET and PUT takes this long (a store at a distance).
     pub latency: std::time::Duration,
+    /// A GET's answer arrives up to this long (uniformly) after it read the object: what it
+    /// returns may have been replaced meanwhile, as with any store at a distance.
+    pub response_delay: std::time::Duration,
 }
 
 struct State {
@@ -38,8 +41,12 @@ struct State {
     next_etag: u64,
     faults: Faults,
     rng: Rng,
-    /// Mutations of keys under these prefixes wait until released.
+    /// Requests for keys under these prefixes wait until released.
     held: Vec<String>,
+    /// GETs of keys under these prefixes read the object, then wait until released to answer.
+    held_answers: Vec<String>,
+    /// GETs waiting to answer now.
+    answers_waiting: usize,
     /// DELETEs of keys under this prefix fail for good.
     undeletable: Option<String>,
 }
@@ -73,6 +80,8 @@ impl MemObjectStore {
                 faults,
                 rng: Rng::seeded(seed),
                 held: Vec::new(),
+                held_answers: Vec::new(),
+                answers_waiting: 0,
                 undeletable: None,
             }),
             page_size: 1000,
@@ -91,16 +100,35 @@ impl MemObjectStore {
         self.lock().undeletable = prefix.map(str::to_string);
     }
 
+    /// Makes GETs of keys under `prefix` read their object at once but answer only after
+    /// [`MemObjectStore::release_all`] (an answer slow on its way back).
+    pub fn hold_answers(&self, prefix: &str) {
+        self.lock().held_answers.push(prefix.to_string());
+    }
+
+    /// GETs that read their object and wait to answer.
+    pub fn answers_waiting(&self) -> usize {
+        self.lock().answers_waiting
+    }
+
     pub fn release_all(&self) {
-        self.lock().held.clear();
+        let mut st = self.lock();
+        st.held.clear();
+        st.held_answers.clear();
+        drop(st);
         self.released.notify_waiters();
     }
 
     /// Waits while `key` is held.
     async fn wait_if_held(&self, key: &str) {
+        self.wait_while(key, |st| &st.held).await
+    }
+
+    /// Waits while `key` is under one of the prefixes `list` picks from the state.
+    async fn wait_while(&self, key: &str, list: impl Fn(&State) -> &Vec<String>) {
         loop {
             let released = self.released.notified();
-            if !self.lock().held.iter().any(|p| key.starts_with(p.as_str())) {
+            if !list(&self.lock()).iter().any(|p| key.starts_with(p.as_str())) {
                 return;
             }
             released.await;
@@ -145,6 +173,17 @@ impl MemObjectStore {
         let latency = self.lock().faults.latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+    }
+
+    async fn wait_response_delay(&self) {
+        let delay = {
+            let mut st = self.lock();
+            let max = st.faults.response_delay.as_micros() as u64;
+            if max == 0 { 0 } else { st.rng.below(max + 1) }
+        };
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
         }
     }
 
@@ -232,7 +271,12 @@ impl ObjectStore for MemObjectStore {
         Box::pin(async move {
             self.wait_if_held(&key).await;
             self.wait_latency().await;
-            self.get_sync(&key, range)
+            let answer = self.get_sync(&key, range);
+            self.wait_response_delay().await;
+            self.lock().answers_waiting += 1;
+            self.wait_while(&key, |st| &st.held_answers).await;
+            self.lock().answers_waiting -= 1;
+            answer
         })
     }
 

@@ -2,7 +2,7 @@
 //! chunk object (unmerged) or not durable anywhere yet (unlogged); the set of chunks whose
 //! objects exist; chunk claims; and what is known of each log object.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// Cache allocation unit.
@@ -221,4 +221,28 @@ pub(super) struct Cache {
     pub(super) tick: u64,
     /// Writes copied in so far: a SYNCHRONIZE CACHE covers those before it.
     pub(super) writes: u64,
+    /// Per bucket of chunks: bumped whenever a chunk of the bucket is claimed for a mutation
+    /// of its object, and released (see `read.rs`). Empty until first bumped.
+    change_stamps: Vec<u64>,
+    /// Where recent reads ended: a read starting at one continues a stream.
+    pub(super) stream_ends: VecDeque<u64>,
+    /// Chunks being fetched ahead of a stream.
+    pub(super) reading_ahead: BTreeSet<u64>,
+}
+
+/// Buckets of change stamps: a fixed size whatever the volume's, at the price of a rare
+/// needless refusal to keep fetched data.
+const STAMP_BUCKETS: usize = 4096;
+
+impl Cache {
+    pub(super) fn change_stamp(&self, c: u64) -> u64 {
+        self.change_stamps.get(c as usize % STAMP_BUCKETS).copied().unwrap_or(0)
+    }
+
+    pub(super) fn bump_change_stamp(&mut self, c: u64) {
+        if self.change_stamps.is_empty() {
+            self.change_stamps = vec![0; STAMP_BUCKETS];
+        }
+        self.change_stamps[c as usize % STAMP_BUCKETS] += 1;
+    }
 }

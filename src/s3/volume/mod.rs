@@ -18,6 +18,7 @@ pub mod lease;
 mod log;
 pub(super) mod merge;
 mod patience;
+mod read;
 mod recovery;
 mod unmap;
 
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::url::S3Url;
@@ -50,11 +51,11 @@ const MERGE_PARALLEL: usize = 8;
 const LOG_BYTES_MAX: usize = 8 << 20;
 
 /// What a volume holds in memory beyond its cache limit, at most: the buffers of the merges
-/// running at once (two chunks each), and one log object being written or replayed (up to
-/// [`LOG_BYTES_MAX`] of data, plus one chunk's, plus headers). Reads hold only what their
-/// commands carry.
+/// running at once (two chunks each), the readahead GETs in flight (a chunk each), and one log
+/// object being written or replayed (up to [`LOG_BYTES_MAX`] of data, plus one chunk's, plus
+/// headers). Reads hold what their commands carry, and what they fetch stays in the cache.
 pub fn memory_beyond_cache(chunk_size: u64) -> u64 {
-    MERGE_PARALLEL as u64 * 2 * chunk_size + LOG_BYTES_MAX as u64 + chunk_size + (1 << 20)
+    (MERGE_PARALLEL * 2 + read::READAHEAD_PARALLEL) as u64 * chunk_size + LOG_BYTES_MAX as u64 + chunk_size + (1 << 20)
 }
 
 /// How to open a volume.
@@ -145,6 +146,11 @@ pub struct VolumeStats {
     pub cache_peak: AtomicU64,
     /// The most bytes of cache pages, merge buffers and log bodies held at once.
     pub memory_peak: AtomicU64,
+    /// Bytes read answered from the cache, and fetched from the store for a read.
+    pub read_bytes_cached: AtomicU64,
+    pub read_bytes_fetched: AtomicU64,
+    /// Bytes fetched ahead of a sequential stream.
+    pub readahead_bytes: AtomicU64,
 }
 
 /// Buffers counted in [`S3Volume`]'s memory while alive.
@@ -160,6 +166,8 @@ impl Drop for Buffers<'_> {
 }
 
 pub struct S3Volume {
+    /// Itself, for the background tasks a read starts (readahead).
+    me: Weak<S3Volume>,
     /// Requests that read or change the volume: fenced by the lease, retried.
     store: Arc<dyn ObjectStore>,
     /// The lease's own requests: retried, on request slots of their own.
@@ -177,7 +185,7 @@ pub struct S3Volume {
     segment: u64,
     capacity: AtomicU64,
     cache: Mutex<Cache>,
-    /// Woken when a claim is released or pages are freed.
+    /// Woken when a claim is released, pages are freed, or a readahead ends.
     released: Notify,
     /// Log writes happen one at a time, in sequence order.
     log_lock: tokio::sync::Mutex<()>,
@@ -196,6 +204,8 @@ pub struct S3Volume {
     sticky_error: Mutex<Option<String>>,
     /// Merges running at once (see [`memory_beyond_cache`]).
     merge_slots: tokio::sync::Semaphore,
+    /// Readahead GETs running at once.
+    readahead_slots: tokio::sync::Semaphore,
     /// Bytes of merge buffers and log bodies held now.
     buffer_bytes: AtomicU64,
     /// Clock nanoseconds of the first failure since the store last answered; 0: reachable.
@@ -372,7 +382,8 @@ impl S3Volume {
         let open_id = Rng::seeded(opts.seed ^ clock.now().as_nanos() as u64).next_u64() as u32;
         let identity = Identity { holder: format!("{}/{open_id:08x}", opts.holder), node: opts.node.clone() };
         let segment = format::segment_size(meta.chunk_size);
-        let volume = Arc::new(S3Volume {
+        let volume = Arc::new_cyclic(|me| S3Volume {
+            me: me.clone(),
             store: data,
             control,
             lease,
@@ -392,10 +403,11 @@ impl S3Volume {
             sync_lock: tokio::sync::Mutex::new(()),
             durable_writes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
-            cache_limit: opts.cache_bytes.max(64 * PAGE as u64),
+            cache_limit: opts.cache_bytes.max(16 * PAGE as u64),
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
             merge_slots: tokio::sync::Semaphore::new(MERGE_PARALLEL),
+            readahead_slots: tokio::sync::Semaphore::new(read::READAHEAD_PARALLEL),
             buffer_bytes: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             opts,
@@ -564,118 +576,15 @@ impl S3Volume {
             {
                 let mut cache = self.cache();
                 if chunks.iter().all(|c| !cache.inflight.contains(c)) {
-                    cache.inflight.extend(chunks.iter().copied());
+                    for &c in chunks {
+                        cache.inflight.insert(c);
+                        cache.bump_change_stamp(c);
+                    }
                     return Claim { volume: self, chunks: chunks.to_vec() };
                 }
             }
             released.await;
         }
-    }
-
-    // ---- reads ----
-
-    async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
-        let mut out = BytesMut::zeroed(len);
-        let bs = self.block_size;
-        // (chunk, byte range within the chunk, position in `out`) still to fetch from S3.
-        let mut fetches: Vec<(u64, u64, u64, usize)> = Vec::new();
-        {
-            let mut cache = self.cache();
-            cache.tick += 1;
-            let tick = cache.tick;
-            let mut at = offset;
-            let end = offset + len as u64;
-            while at < end {
-                let c = at / self.chunk_size;
-                let within = at % self.chunk_size;
-                let n = (self.chunk_size - within).min(end - at);
-                let exists = cache.exists.contains(&c);
-                let pos = (at - offset) as usize;
-                match cache.entries.get_mut(&c) {
-                    None if exists => fetches.push((c, within, within + n, pos)),
-                    None => {}
-                    Some(e) => {
-                        e.last_used = tick;
-                        // Runs of blocks: cached ones are copied, the others fetched or zero.
-                        let mut b = within / bs;
-                        let last = (within + n) / bs;
-                        while b < last {
-                            let valid = e.valid.get(b as usize);
-                            let mut run_end = b + 1;
-                            while run_end < last && e.valid.get(run_end as usize) == valid {
-                                run_end += 1;
-                            }
-                            let (from, to) = (b * bs, run_end * bs);
-                            let dst = pos + (from - within) as usize;
-                            if valid {
-                                e.copy_out(from as usize, &mut out[dst..dst + (to - from) as usize]);
-                            } else if exists {
-                                fetches.push((c, from, to, dst));
-                            }
-                            b = run_end;
-                        }
-                    }
-                }
-                at += n;
-            }
-        }
-        // The pieces of one command are fetched at once, each waiting out a store that is away.
-        let fetched = futures::future::join_all(
-            fetches.iter().map(|&(c, from, to, _)| self.patiently("a read", move || self.fetch_piece(c, from, to))),
-        )
-        .await;
-        for ((_, _, _, dst), data) in fetches.iter().zip(fetched) {
-            if let Some(data) = data? {
-                out[*dst..*dst + data.len()].copy_from_slice(&data);
-            }
-        }
-        Ok(out.freeze())
-    }
-
-    /// `[from, to)` of chunk `c` from the store; None: zeros.
-    async fn fetch_piece(&self, c: u64, from: u64, to: u64) -> StoreResult<Option<Bytes>> {
-        match self.fetch(c, from, to).await {
-            Ok(data) => Ok(Some(data)),
-            // Deleted meanwhile, or a PUT that never landed: zeros.
-            Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => Ok(None),
-            Err(ObjectError::NotFound) => Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url))),
-            Err(e) => Err(store_err(e, false)),
-        }
-    }
-
-    /// Fetches `[from, to)` of chunk `c`, whole CRC segments at a time, and verifies them.
-    async fn fetch(&self, c: u64, from: u64, to: u64) -> Result<Bytes, ObjectError> {
-        let chunk_len = self.chunk_len(c);
-        let seg_from = from / self.segment * self.segment;
-        let seg_to = to.div_ceil(self.segment).saturating_mul(self.segment).min(chunk_len);
-        let whole = seg_from == 0 && seg_to == chunk_len;
-        let range = if whole { None } else { Some(seg_from..seg_to) };
-        let out = self.store.get(&format::chunk_key(&self.url, c), range).await?;
-        let corrupt = |why: String| ObjectError::failed(format!("chunk {c} of {}: {why}", self.url));
-        if out.body.len() as u64 != seg_to - seg_from {
-            return Err(corrupt(format!("expected {} bytes, got {}", seg_to - seg_from, out.body.len())));
-        }
-        if out.meta.size != chunk_len {
-            return Err(corrupt(format!("object is {} bytes, chunks are {chunk_len}", out.meta.size)));
-        }
-        let crcs = out
-            .meta
-            .metadata
-            .get(format::CRC_METADATA)
-            .and_then(|v| format::parse_checksums(v))
-            .ok_or_else(|| corrupt("missing or unreadable checksums".into()))?;
-        let mut at = seg_from;
-        while at < seg_to {
-            let i = (at / self.segment) as usize;
-            let n = self.segment.min(seg_to - at);
-            let want = crcs.get(i).copied();
-            let got = crc32c::crc32c(&out.body[(at - seg_from) as usize..(at - seg_from + n) as usize]);
-            if want != Some(got) {
-                return Err(corrupt(format!("checksum mismatch in segment {i}")));
-            }
-            at += n;
-        }
-        Ok(out.body.slice((from - seg_from) as usize..(to - seg_from) as usize))
     }
 
     // ---- writes ----
@@ -866,7 +775,9 @@ impl S3Volume {
                 .filter(|(_, e)| e.unlogged_since.is_some_and(|t| now.saturating_sub(t) >= self.opts.flush_age))
                 .map(|(c, _)| *c)
                 .collect();
-            let pressured = cache.page_bytes > self.cache_limit / 2;
+            // Clean pages (read cache) give way to writes at no cost: only dirty ones press.
+            let dirty_pages: usize = cache.entries.values().filter(|e| !e.is_clean()).map(|e| e.pages.len()).sum();
+            let pressured = (dirty_pages * PAGE) as u64 > self.cache_limit / 2;
             let log_bytes: u64 = cache.logs.values().map(|l| l.bytes).sum();
             let mut merge: BTreeSet<u64> = cache
                 .entries
@@ -911,7 +822,8 @@ impl S3Volume {
 
     fn mapped(&self, cache: &Cache, c: u64) -> bool {
         match cache.entries.get(&c) {
-            Some(e) if e.valid.is_full() && e.pages.is_empty() => false,
+            // Zeroed and not merged yet (a clean entry is what its object holds).
+            Some(e) if e.valid.is_full() && e.pages.is_empty() && !e.is_clean() => false,
             Some(e) if !e.pages.is_empty() && !e.is_clean() => true,
             _ => cache.exists.contains(&c),
         }
@@ -985,8 +897,9 @@ struct Claim<'a> {
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         let mut cache = self.volume.cache();
-        for c in &self.chunks {
-            cache.inflight.remove(c);
+        for &c in &self.chunks {
+            cache.inflight.remove(&c);
+            cache.bump_change_stamp(c);
         }
         drop(cache);
         self.volume.released.notify_waiters();
@@ -1113,6 +1026,9 @@ impl BlockStore for S3Volume {
             "cache_limit": self.cache_limit,
             "cache_peak_bytes": l(&self.stats.cache_peak),
             "memory_peak_bytes": l(&self.stats.memory_peak),
+            "read_bytes_cached": l(&self.stats.read_bytes_cached),
+            "read_bytes_fetched": l(&self.stats.read_bytes_fetched),
+            "readahead_bytes": l(&self.stats.readahead_bytes),
             "logs": self.log_count(),
             "logs_written": l(&self.stats.logs_written),
             "log_bytes_written": l(&self.stats.log_bytes),

@@ -323,8 +323,12 @@ async fn a_read_waits_for_the_store_within_its_deadline() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     h.mem.set_faults(Faults::default());
     assert_eq!(read.await.expect("task").expect("the read succeeds"), block(9));
-    // Away past the deadline: NOT READY, which initiators retry; never a medium error.
+    // What was fetched stays in the cache: read again with the store away, it answers at once.
     h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    assert_eq!(v.read(0, 512).await.expect("a cached read needs no store"), block(9));
+    // Not cached, and the store away past the deadline: NOT READY, which initiators retry;
+    // never a medium error.
+    v.evict_clean(&mut v.cache(), u64::MAX);
     assert!(not_ready(v.read(0, 512).await));
 }
 
@@ -400,8 +404,8 @@ async fn a_renewal_that_never_landed_does_not_extend_the_lease() {
 async fn an_uncertain_put_that_never_landed_is_not_a_missing_chunk() {
     let h = Harness::new();
     let chunk = 128 * 1024u64;
-    // The smallest cache (256 KiB): too small to keep what a merge composes.
-    let opts = VolumeOptions { cache_bytes: 0, ..h.options(chunk, 4, "a") };
+    // A cache of two chunks: too small to keep what a merge composes.
+    let opts = VolumeOptions { cache_bytes: 2 * chunk, ..h.options(chunk, 4, "a") };
     let v = h.open_with(opts).await.unwrap();
     h.mem.set_faults(Faults { lost_request: 1.0, ..Faults::default() });
     v.write(chunk, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
@@ -1021,3 +1025,6 @@ proptest! {
 
 #[path = "journal_tests.rs"]
 mod journal_tests;
+
+#[path = "read_tests.rs"]
+mod read_tests;

@@ -1,0 +1,279 @@
+//! Reads, and the read cache: what a read fetches from a chunk object stays in the cache as
+//! clean blocks (whole CRC segments, since they were fetched anyway), and a sequential stream
+//! fetches the next chunks ahead. The one hazard of keeping fetched data is keeping it stale:
+//! a GET that read a chunk object before a merge or a delete replaced it, and answered after.
+//! Every mutation of a chunk object happens with the chunk claimed, and a claim (taken and
+//! released) bumps the chunk's change stamp; fetched data is kept only if the stamp read when
+//! the fetch was planned is unchanged and the chunk is not claimed when it lands, so no
+//! mutation overlapped the GET. Blocks the cache already holds are never overwritten: the cache
+//! holds their newest contents.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+
+use super::cache::{Cache, Entry, PAGE};
+use super::{S3Volume, format, store_err};
+use crate::s3::ObjectError;
+use crate::storage::{StoreError, StoreResult};
+
+/// A sequential stream reads this far ahead (whole chunks, at least one), and at most a
+/// quarter of the cache (more would evict what it fetched before it is read).
+const READAHEAD_BYTES: u64 = 16 << 20;
+/// Readahead GETs in flight at once, per volume (each holds one chunk's buffer).
+pub(super) const READAHEAD_PARALLEL: usize = 4;
+/// Reads ending where a new read starts make a stream: the ends of this many recent reads are
+/// remembered (several streams, or one stream read at a queue depth above one).
+const STREAM_ENDS: usize = 16;
+
+/// A piece of a read that the cache does not hold.
+struct Fetch {
+    chunk: u64,
+    /// Byte range within the chunk.
+    from: u64,
+    to: u64,
+    /// Where it goes in the command's buffer.
+    dst: usize,
+    /// The chunk's change stamp when the fetch was planned.
+    stamp: u64,
+}
+
+/// Verified bytes of a chunk object: `data` starts `at` bytes into the chunk.
+pub(super) struct Fetched {
+    pub(super) at: u64,
+    pub(super) data: Bytes,
+}
+
+impl S3Volume {
+    pub(super) async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
+        let mut out = BytesMut::zeroed(len);
+        let (fetches, ahead) = {
+            let mut cache = self.cache();
+            let fetches = self.copy_cached(&mut cache, offset, &mut out);
+            let ahead = self.plan_readahead(&mut cache, offset, len as u64);
+            (fetches, ahead)
+        };
+        self.start_readahead(ahead);
+        let fetched_bytes: u64 = fetches.iter().map(|f| f.to - f.from).sum();
+        self.stats.read_bytes_cached.fetch_add(len as u64 - fetched_bytes, Ordering::Relaxed);
+        self.stats.read_bytes_fetched.fetch_add(fetched_bytes, Ordering::Relaxed);
+        // The pieces of one command are fetched at once, each waiting out a store that is away.
+        let fetched = futures::future::join_all(
+            fetches.iter().map(|f| self.patiently("a read", move || self.fetch_piece(f))),
+        )
+        .await;
+        for (f, got) in fetches.iter().zip(fetched) {
+            if let Some(got) = got? {
+                let data = &got.data[(f.from - got.at) as usize..(f.to - got.at) as usize];
+                out[f.dst..f.dst + data.len()].copy_from_slice(data);
+                self.keep_fetched(f.chunk, &got, f.stamp);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Copies what the cache holds of `[offset, offset + out.len())` into `out`; returns the
+    /// pieces to fetch. What neither the cache nor an object holds stays zero.
+    fn copy_cached(&self, cache: &mut Cache, offset: u64, out: &mut [u8]) -> Vec<Fetch> {
+        let bs = self.block_size;
+        let mut fetches = Vec::new();
+        cache.tick += 1;
+        let tick = cache.tick;
+        let end = offset + out.len() as u64;
+        let mut at = offset;
+        while at < end {
+            let c = at / self.chunk_size;
+            let within = at % self.chunk_size;
+            let n = (self.chunk_size - within).min(end - at);
+            let exists = cache.exists.contains(&c);
+            let stamp = cache.change_stamp(c);
+            let pos = (at - offset) as usize;
+            match cache.entries.get_mut(&c) {
+                None if exists => fetches.push(Fetch { chunk: c, from: within, to: within + n, dst: pos, stamp }),
+                None => {}
+                Some(e) => {
+                    e.last_used = tick;
+                    // Runs of blocks: cached ones are copied, the others fetched or zero.
+                    let mut b = within / bs;
+                    let last = (within + n) / bs;
+                    while b < last {
+                        let valid = e.valid.get(b as usize);
+                        let mut run_end = b + 1;
+                        while run_end < last && e.valid.get(run_end as usize) == valid {
+                            run_end += 1;
+                        }
+                        let (from, to) = (b * bs, run_end * bs);
+                        let dst = pos + (from - within) as usize;
+                        if valid {
+                            e.copy_out(from as usize, &mut out[dst..dst + (to - from) as usize]);
+                        } else if exists {
+                            fetches.push(Fetch { chunk: c, from, to, dst, stamp });
+                        }
+                        b = run_end;
+                    }
+                }
+            }
+            at += n;
+        }
+        fetches
+    }
+
+    /// A piece from the store (whole segments around it); None: zeros.
+    async fn fetch_piece(&self, f: &Fetch) -> StoreResult<Option<Fetched>> {
+        let c = f.chunk;
+        match self.fetch_segments(c, f.from, f.to).await {
+            Ok(got) => Ok(Some(got)),
+            Err(ObjectError::NotFound) => {
+                let cache = self.cache();
+                // A chunk deleted while the read was under way (UNMAP, or a merge that found
+                // it zero: zeros either way), or a PUT that never landed: zeros. Missing
+                // otherwise.
+                let deleted_meanwhile = cache.change_stamp(c) != f.stamp || cache.inflight.contains(&c);
+                match deleted_meanwhile || !cache.known.contains(&c) {
+                    true => Ok(None),
+                    false => Err(StoreError::Read(format!("chunk {c} of {} is missing", self.url))),
+                }
+            }
+            Err(e) => Err(store_err(e, false)),
+        }
+    }
+
+    /// Fetches `[from, to)` of chunk `c`, verified.
+    pub(super) async fn fetch(&self, c: u64, from: u64, to: u64) -> Result<Bytes, ObjectError> {
+        let got = self.fetch_segments(c, from, to).await?;
+        Ok(got.data.slice((from - got.at) as usize..(to - got.at) as usize))
+    }
+
+    /// Fetches the CRC segments of chunk `c` that cover `[from, to)`, and verifies them.
+    async fn fetch_segments(&self, c: u64, from: u64, to: u64) -> Result<Fetched, ObjectError> {
+        let chunk_len = self.chunk_len(c);
+        let seg_from = from / self.segment * self.segment;
+        let seg_to = to.div_ceil(self.segment).saturating_mul(self.segment).min(chunk_len);
+        let whole = seg_from == 0 && seg_to == chunk_len;
+        let range = if whole { None } else { Some(seg_from..seg_to) };
+        let out = self.store.get(&format::chunk_key(&self.url, c), range).await?;
+        let corrupt = |why: String| ObjectError::failed(format!("chunk {c} of {}: {why}", self.url));
+        if out.body.len() as u64 != seg_to - seg_from {
+            return Err(corrupt(format!("expected {} bytes, got {}", seg_to - seg_from, out.body.len())));
+        }
+        if out.meta.size != chunk_len {
+            return Err(corrupt(format!("object is {} bytes, chunks are {chunk_len}", out.meta.size)));
+        }
+        let crcs = out
+            .meta
+            .metadata
+            .get(format::CRC_METADATA)
+            .and_then(|v| format::parse_checksums(v))
+            .ok_or_else(|| corrupt("missing or unreadable checksums".into()))?;
+        let mut at = seg_from;
+        while at < seg_to {
+            let i = (at / self.segment) as usize;
+            let n = self.segment.min(seg_to - at);
+            let want = crcs.get(i).copied();
+            let got = crc32c::crc32c(&out.body[(at - seg_from) as usize..(at - seg_from + n) as usize]);
+            if want != Some(got) {
+                return Err(corrupt(format!("checksum mismatch in segment {i}")));
+            }
+            at += n;
+        }
+        Ok(Fetched { at: seg_from, data: out.body })
+    }
+
+    /// Keeps fetched blocks of chunk `c` in the cache, as clean blocks, if no mutation of the
+    /// chunk's object overlapped the fetch (its change stamp is still `stamp` and no claim is
+    /// held) and they fit without evicting anything dirty. Blocks the cache holds stay.
+    pub(super) fn keep_fetched(&self, c: u64, got: &Fetched, stamp: u64) {
+        let mut cache = self.cache();
+        let unchanged = cache.change_stamp(c) == stamp && !cache.inflight.contains(&c);
+        if !unchanged && !crate::mutants::active(crate::mutants::Mutant::ReadCacheKeepsStale) {
+            return;
+        }
+        let need = (got.data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + PAGE as u64;
+        if cache.page_bytes + need > self.cache_limit {
+            self.evict_clean(&mut cache, need);
+            if cache.page_bytes + need > self.cache_limit {
+                return;
+            }
+        }
+        cache.tick += 1;
+        let tick = cache.tick;
+        let bs = self.block_size as usize;
+        let n = self.blocks_per_chunk();
+        let first = got.at as usize / bs;
+        let e = cache.entries.entry(c).or_insert_with(Entry::empty);
+        e.last_used = tick;
+        let mut allocated = 0;
+        let blocks = got.data.len() / bs;
+        let mut b = 0;
+        while b < blocks {
+            if e.valid.get(first + b) {
+                b += 1;
+                continue;
+            }
+            let start = b;
+            while b < blocks && !e.valid.get(first + b) {
+                b += 1;
+            }
+            allocated += e.copy_in((first + start) * bs, &got.data[start * bs..b * bs]);
+            e.valid.set_range(first + start, first + b, n);
+        }
+        cache.page_bytes += (allocated * PAGE) as u64;
+        self.note_cache(&cache);
+    }
+
+    /// Notes where this read ends; if it continues a stream, claims the next chunks that exist
+    /// and are not cached for readahead (at most [`READAHEAD_BYTES`] ahead).
+    fn plan_readahead(&self, cache: &mut Cache, offset: u64, len: u64) -> Vec<u64> {
+        let end = offset + len;
+        let sequential = offset > 0 && cache.stream_ends.contains(&offset);
+        if cache.stream_ends.len() == STREAM_ENDS {
+            cache.stream_ends.pop_front();
+        }
+        cache.stream_ends.push_back(end);
+        if !sequential || len == 0 {
+            return Vec::new();
+        }
+        let window = (READAHEAD_BYTES.min(self.cache_limit / 4) / self.chunk_size).max(1);
+        let next = (end - 1) / self.chunk_size + 1;
+        let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
+        let wanted: Vec<u64> = (next..(next + window).min(chunks))
+            .filter(|c| {
+                cache.exists.contains(c)
+                    && !cache.reading_ahead.contains(c)
+                    && !cache.entries.get(c).is_some_and(|e| e.valid.is_full())
+            })
+            .collect();
+        cache.reading_ahead.extend(wanted.iter().copied());
+        wanted
+    }
+
+    /// Fetches `chunks` whole into the cache in the background, a few at a time.
+    fn start_readahead(&self, chunks: Vec<u64>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            let all = chunks.iter().map(|&c| me.read_ahead(c));
+            futures::future::join_all(all).await;
+        });
+    }
+
+    /// Fetches chunk `c` whole into the cache (speculative: failures are only logged).
+    async fn read_ahead(self: &Arc<Self>, c: u64) {
+        let _slot = self.readahead_slots.acquire().await.expect("never closed");
+        let stamp = self.cache().change_stamp(c);
+        let chunk_len = self.chunk_len(c);
+        let _buffers = self.buffers(chunk_len);
+        match self.fetch_segments(c, 0, chunk_len).await {
+            Ok(got) => {
+                self.stats.readahead_bytes.fetch_add(chunk_len, Ordering::Relaxed);
+                self.keep_fetched(c, &got, stamp);
+            }
+            Err(e) => tracing::debug!(volume = %self.url, chunk = c, error = %e, "readahead failed"),
+        }
+        self.cache().reading_ahead.remove(&c);
+        self.released.notify_waiters();
+    }
+}
