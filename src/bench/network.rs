@@ -173,23 +173,42 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
     v.close().await.map_err(|e| e.to_string())?;
     drop(v);
 
-    let v = open(&setup, "sequential").await?;
+    // Cold: a small cache, and every read in a segment no read touched before (the cache
+    // keeps what reads fetch).
+    let v = open_with(&setup, "sequential", None, 16 * MIB).await?;
+    let reads = std::sync::atomic::AtomicU64::new(0);
     record(
         "4 KiB random read, QD32, cold",
         closed_loop(32, secs, 4 * KIB, |_, rng| {
             let v = v.clone();
-            let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
+            let offset =
+                distinct_segment(reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) + rng.below(16) * 4 * KIB;
             async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
         })
         .await,
     );
-    let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    v.close().await.map_err(|e| e.to_string())?;
+    drop(v);
+
+    // One pass over the filled range (readahead fetches whole chunks ahead of it) into a cache
+    // that holds it all; then random reads of it.
+    let v = open_with(&setup, "sequential", None, 2 * FILLED).await?;
+    let at = std::sync::atomic::AtomicU64::new(0);
     record(
         "1 MiB sequential read, QD8, cold",
-        closed_loop(8, secs, MIB, |_, _| {
+        closed_loop_limited(8, secs, MIB, FILLED / MIB, |_, _| {
             let v = v.clone();
-            let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
+            let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed);
             async move { v.read(offset, MIB as usize).await.is_ok() }
+        })
+        .await,
+    );
+    record(
+        "4 KiB random read, QD32, warm (in the cache)",
+        closed_loop(32, secs, 4 * KIB, |_, rng| {
+            let v = v.clone();
+            let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
+            async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
         })
         .await,
     );
@@ -277,12 +296,35 @@ impl Measured {
     }
 }
 
+/// The offset of the `i`th of a sequence of 64 KiB segments of the filled range that visits
+/// each once before any twice (an odd stride is a permutation of a power of two).
+fn distinct_segment(i: u64) -> u64 {
+    let segments = FILLED / (64 * KIB);
+    (i.wrapping_mul(0x9e37_79b9) % segments) * 64 * KIB
+}
+
 /// `depth` workers, each issuing its next command when the last one completes, for `time`.
 async fn closed_loop<F, Fut>(depth: usize, time: Duration, bytes_per_command: u64, op: F) -> Measured
 where
     F: Fn(usize, &mut Rng) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    closed_loop_limited(depth, time, bytes_per_command, u64::MAX, op).await
+}
+
+/// [`closed_loop`] that also stops after `commands` commands.
+async fn closed_loop_limited<F, Fut>(
+    depth: usize,
+    time: Duration,
+    bytes_per_command: u64,
+    commands: u64,
+    op: F,
+) -> Measured
+where
+    F: Fn(usize, &mut Rng) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let issued = &std::sync::atomic::AtomicU64::new(0);
     let started = Instant::now();
     let end = started + time;
     let workers = (0..depth).map(|w| {
@@ -290,7 +332,7 @@ where
         async move {
             let mut rng = Rng::seeded(w as u64 + 1);
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
-            while Instant::now() < end {
+            while Instant::now() < end && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < commands {
                 let t = Instant::now();
                 if op(w, &mut rng).await {
                     latencies.push(t.elapsed());

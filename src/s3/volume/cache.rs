@@ -226,7 +226,7 @@ pub(super) struct Cache {
     change_stamps: Vec<u64>,
     /// Where recent reads ended: a read starting at one continues a stream.
     pub(super) stream_ends: VecDeque<u64>,
-    /// Chunks being fetched ahead of a stream.
+    /// Volume offsets of the pieces being fetched ahead of a stream.
     pub(super) reading_ahead: BTreeSet<u64>,
 }
 

@@ -51,11 +51,16 @@ const MERGE_PARALLEL: usize = 8;
 const LOG_BYTES_MAX: usize = 8 << 20;
 
 /// What a volume holds in memory beyond its cache limit, at most: the buffers of the merges
-/// running at once (two chunks each), the readahead GETs in flight (a chunk each), and one log
+/// running at once (two chunks each), the readahead GETs in flight (a piece each), and one log
 /// object being written or replayed (up to [`LOG_BYTES_MAX`] of data, plus one chunk's, plus
 /// headers). Reads hold what their commands carry, and what they fetch stays in the cache.
 pub fn memory_beyond_cache(chunk_size: u64) -> u64 {
-    (MERGE_PARALLEL * 2 + read::READAHEAD_PARALLEL) as u64 * chunk_size + LOG_BYTES_MAX as u64 + chunk_size + (1 << 20)
+    let readahead_piece = read::READAHEAD_PIECE.min(chunk_size).max(format::segment_size(chunk_size));
+    MERGE_PARALLEL as u64 * 2 * chunk_size
+        + read::READAHEAD_PARALLEL as u64 * readahead_piece
+        + LOG_BYTES_MAX as u64
+        + chunk_size
+        + (1 << 20)
 }
 
 /// How to open a volume.

@@ -18,11 +18,14 @@ use super::{S3Volume, format, store_err};
 use crate::s3::ObjectError;
 use crate::storage::{StoreError, StoreResult};
 
-/// A sequential stream reads this far ahead (whole chunks, at least one), and at most a
-/// quarter of the cache (more would evict what it fetched before it is read).
-const READAHEAD_BYTES: u64 = 16 << 20;
-/// Readahead GETs in flight at once, per volume (each holds one chunk's buffer).
-pub(super) const READAHEAD_PARALLEL: usize = 4;
+/// A sequential stream reads this far ahead, and at most a quarter of the cache (more would
+/// evict what it fetched before it is read).
+const READAHEAD_BYTES: u64 = 64 << 20;
+/// Readahead fetches pieces of this size (ranged GETs of whole segments): many requests in
+/// parallel fill a link with a long round trip sooner than a few big ones.
+pub(super) const READAHEAD_PIECE: u64 = 1 << 20;
+/// Readahead GETs in flight at once, per volume (each holds one piece's buffer).
+pub(super) const READAHEAD_PARALLEL: usize = 32;
 /// Reads ending where a new read starts make a stream: the ends of this many recent reads are
 /// remembered (several streams, or one stream read at a queue depth above one).
 const STREAM_ENDS: usize = 16;
@@ -48,6 +51,7 @@ pub(super) struct Fetched {
 impl S3Volume {
     pub(super) async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
         let mut out = BytesMut::zeroed(len);
+        self.wait_for_readahead(offset, len as u64).await;
         let (fetches, ahead) = {
             let mut cache = self.cache();
             let fetches = self.copy_cached(&mut cache, offset, &mut out);
@@ -59,10 +63,9 @@ impl S3Volume {
         self.stats.read_bytes_cached.fetch_add(len as u64 - fetched_bytes, Ordering::Relaxed);
         self.stats.read_bytes_fetched.fetch_add(fetched_bytes, Ordering::Relaxed);
         // The pieces of one command are fetched at once, each waiting out a store that is away.
-        let fetched = futures::future::join_all(
-            fetches.iter().map(|f| self.patiently("a read", move || self.fetch_piece(f))),
-        )
-        .await;
+        let fetched =
+            futures::future::join_all(fetches.iter().map(|f| self.patiently("a read", move || self.fetch_piece(f))))
+                .await;
         for (f, got) in fetches.iter().zip(fetched) {
             if let Some(got) = got? {
                 let data = &got.data[(f.from - got.at) as usize..(f.to - got.at) as usize];
@@ -71,6 +74,24 @@ impl S3Volume {
             }
         }
         Ok(out.freeze())
+    }
+
+    /// Waits (a while at most) for the readahead of pieces `[offset, offset + len)` overlaps,
+    /// so that a stream reads what readahead fetched rather than fetching it a second time.
+    async fn wait_for_readahead(&self, offset: u64, len: u64) {
+        let piece = self.readahead_piece();
+        let overlapping = offset.saturating_sub(piece - 1)..offset + len;
+        let deadline = self.clock.now() + self.opts.command_deadline / 4;
+        loop {
+            let released = self.released.notified();
+            if self.cache().reading_ahead.range(overlapping.clone()).next().is_none() {
+                return;
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = self.clock.sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Copies what the cache holds of `[offset, offset + out.len())` into `out`; returns the
@@ -222,8 +243,15 @@ impl S3Volume {
         self.note_cache(&cache);
     }
 
-    /// Notes where this read ends; if it continues a stream, claims the next chunks that exist
-    /// and are not cached for readahead (at most [`READAHEAD_BYTES`] ahead).
+    /// The unit of readahead: whole segments, at most [`READAHEAD_PIECE`] unless a segment is
+    /// bigger, never more than a chunk.
+    fn readahead_piece(&self) -> u64 {
+        READAHEAD_PIECE.min(self.chunk_size).max(self.segment)
+    }
+
+    /// Notes where this read ends; if it continues a stream, claims for readahead the pieces
+    /// after it (up to [`READAHEAD_BYTES`] ahead) of chunks that exist, that the cache does not
+    /// hold and no readahead fetches yet. Returns their volume offsets.
     fn plan_readahead(&self, cache: &mut Cache, offset: u64, len: u64) -> Vec<u64> {
         let end = offset + len;
         let sequential = offset > 0 && cache.stream_ends.contains(&offset);
@@ -234,46 +262,59 @@ impl S3Volume {
         if !sequential || len == 0 {
             return Vec::new();
         }
-        let window = (READAHEAD_BYTES.min(self.cache_limit / 4) / self.chunk_size).max(1);
-        let next = (end - 1) / self.chunk_size + 1;
-        let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
-        let wanted: Vec<u64> = (next..(next + window).min(chunks))
-            .filter(|c| {
-                cache.exists.contains(c)
-                    && !cache.reading_ahead.contains(c)
-                    && !cache.entries.get(c).is_some_and(|e| e.valid.is_full())
-            })
+        let piece = self.readahead_piece();
+        let window = READAHEAD_BYTES.min(self.cache_limit / 4).max(piece);
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let first = end.div_ceil(piece) * piece;
+        let wanted: Vec<u64> = (first..(end + window).min(capacity))
+            .step_by(piece as usize)
+            .filter(|&at| !cache.reading_ahead.contains(&at) && self.worth_reading_ahead(cache, at, piece))
             .collect();
         cache.reading_ahead.extend(wanted.iter().copied());
         wanted
     }
 
-    /// Fetches `chunks` whole into the cache in the background, a few at a time.
-    fn start_readahead(&self, chunks: Vec<u64>) {
-        if chunks.is_empty() {
+    /// Whether the piece at `at` is in a chunk that exists and has blocks the cache lacks.
+    fn worth_reading_ahead(&self, cache: &Cache, at: u64, piece: u64) -> bool {
+        let c = at / self.chunk_size;
+        if !cache.exists.contains(&c) {
+            return false;
+        }
+        let Some(e) = cache.entries.get(&c) else { return true };
+        let within = at % self.chunk_size;
+        let (b0, b1) = (within / self.block_size, (within + piece).min(self.chunk_len(c)) / self.block_size);
+        !(b0..b1).all(|b| e.valid.get(b as usize))
+    }
+
+    /// Fetches the pieces at `offsets` into the cache in the background, a few at a time.
+    fn start_readahead(&self, offsets: Vec<u64>) {
+        if offsets.is_empty() {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };
         tokio::spawn(async move {
-            let all = chunks.iter().map(|&c| me.read_ahead(c));
+            let all = offsets.iter().map(|&at| me.read_ahead(at));
             futures::future::join_all(all).await;
         });
     }
 
-    /// Fetches chunk `c` whole into the cache (speculative: failures are only logged).
-    async fn read_ahead(self: &Arc<Self>, c: u64) {
+    /// Fetches the piece at volume offset `at` into the cache (speculative: failures are only
+    /// logged; a read that needs the data fetches it itself).
+    async fn read_ahead(self: &Arc<Self>, at: u64) {
         let _slot = self.readahead_slots.acquire().await.expect("never closed");
+        let c = at / self.chunk_size;
+        let from = at % self.chunk_size;
+        let to = (from + self.readahead_piece()).min(self.chunk_len(c));
         let stamp = self.cache().change_stamp(c);
-        let chunk_len = self.chunk_len(c);
-        let _buffers = self.buffers(chunk_len);
-        match self.fetch_segments(c, 0, chunk_len).await {
+        let _buffers = self.buffers(to - from);
+        match self.fetch_segments(c, from, to).await {
             Ok(got) => {
-                self.stats.readahead_bytes.fetch_add(chunk_len, Ordering::Relaxed);
+                self.stats.readahead_bytes.fetch_add(to - from, Ordering::Relaxed);
                 self.keep_fetched(c, &got, stamp);
             }
             Err(e) => tracing::debug!(volume = %self.url, chunk = c, error = %e, "readahead failed"),
         }
-        self.cache().reading_ahead.remove(&c);
+        self.cache().reading_ahead.remove(&at);
         self.released.notify_waiters();
     }
 }

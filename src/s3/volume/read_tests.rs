@@ -63,8 +63,8 @@ async fn a_sequential_stream_reads_the_next_chunks_ahead() {
     let v = filled(&h, 8).await;
     let before = gets(&v);
     v.read(0, 32 * 1024).await.unwrap();
+    // Each read finds its chunk fetched ahead, or being fetched (and waits for it).
     for at in (32 * 1024..8 * CHUNK_64K).step_by(32 * 1024) {
-        readahead_settled(&v).await;
         let c = at / CHUNK_64K;
         let got = v.read(at, 32 * 1024).await.unwrap();
         assert!(got.iter().all(|&b| b == c as u8 + 1), "chunk {c} read {}", got[0]);
@@ -117,14 +117,22 @@ const M_BLOCKS: u64 = M_CHUNK * M_CHUNKS / BS;
 
 #[derive(Debug, Clone)]
 enum WriterOp {
-    Write { lba: u64, blocks: u64 },
-    Unmap { lba: u64, blocks: u64 },
+    Write {
+        lba: u64,
+        blocks: u64,
+    },
+    Unmap {
+        lba: u64,
+        blocks: u64,
+    },
     Flush,
     /// Merge every dirty chunk now.
     Merge,
     /// Drop every clean entry (memory pressure).
     Evict,
-    Tick { millis: u64 },
+    Tick {
+        millis: u64,
+    },
 }
 
 fn m_range() -> impl Strategy<Value = (u64, u64)> {
@@ -282,4 +290,3 @@ proptest! {
         rt.block_on(run_concurrent(writes, reads))?;
     }
 }
-

@@ -964,8 +964,10 @@ async fn run_bound(ops: Vec<BoundOp>) -> Result<(), TestCaseError> {
     let mut v = open(cache).await?;
     let blocks = BIG_CHUNK * BIG_CHUNKS / BS;
     let mut model = Model { possible: vec![vec![0u8]; blocks as usize] };
-    // Merge buffers, a log body (what is unlogged fits in the largest cache), and headers.
-    let beyond = MERGE_PARALLEL as u64 * 2 * BIG_CHUNK + 3 * SMALL_CACHE + 64 * 1024;
+    // Merge buffers, readahead pieces (a chunk each here), a log body (what is unlogged fits in
+    // the largest cache), and headers.
+    let readahead = read::READAHEAD_PARALLEL as u64 * BIG_CHUNK;
+    let beyond = MERGE_PARALLEL as u64 * 2 * BIG_CHUNK + readahead + 3 * SMALL_CACHE + 64 * 1024;
     for op in ops {
         match op {
             BoundOp::Write { chunk, block, blocks, fill } => {
