@@ -191,7 +191,7 @@ fn which(name: &str) -> Option<PathBuf> {
 /// A server under a watchdog shell: when this is dropped, or when xtask dies in any way (the
 /// watchdog's stdin pipe closes), the shell kills the server with SIGKILL, then removes the
 /// paths listed in its environment variable WATCHDOG_CLEANUP (one a line).
-struct Watched {
+pub(crate) struct Watched {
     name: String,
     shell: Child,
     stdin: Option<ChildStdin>,
@@ -211,7 +211,13 @@ IFS='
 [ -z "$WATCHDOG_CLEANUP" ] || rm -rf -- $WATCHDOG_CLEANUP"#;
 
 impl Watched {
-    fn spawn(name: &str, program: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Watched, String> {
+    pub(crate) fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Watched, String> {
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(WATCHDOG).arg("watchdog").arg(log).arg(program).args(args);
         for (k, v) in env {
@@ -237,8 +243,21 @@ impl Watched {
         Ok(Watched { name: name.into(), shell, stdin, pid })
     }
 
+    /// Asks the server to stop (SIGTERM: a clean shutdown) and waits up to `within` for it.
+    pub(crate) fn terminate(&self, within: Duration) -> Result<(), String> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        let deadline = Instant::now() + within;
+        while self.alive() {
+            if Instant::now() > deadline {
+                return Err(format!("{} did not stop within {} s of SIGTERM", self.name, within.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Whether the server still runs (a zombie waiting for the watchdog's `wait` does not).
-    fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
             Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
             Err(_) => false,
@@ -265,16 +284,16 @@ impl Drop for Watched {
 }
 
 /// What a bounded client run printed.
-struct Ran {
-    success: bool,
-    status: String,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Ran {
+    pub(crate) success: bool,
+    pub(crate) status: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs a client under `timeout -s KILL` (so it dies even if xtask does), waiting at most
 /// `limit`; its output goes through files in `dir` (no pipe to fill).
-fn run_limited(program: &Path, args: &[String], limit: Duration, dir: &Path) -> Result<Ran, String> {
+pub(crate) fn run_limited(program: &Path, args: &[String], limit: Duration, dir: &Path) -> Result<Ran, String> {
     let out_path = dir.join("client.out");
     let err_path = dir.join("client.err");
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
@@ -308,11 +327,11 @@ fn run_limited(program: &Path, args: &[String], limit: Duration, dir: &Path) -> 
     Ok(Ran { success: status.success(), status: status_text, stdout: read(&out_path), stderr: read(&err_path) })
 }
 
-fn last_line(text: &str) -> String {
+pub(crate) fn last_line(text: &str) -> String {
     text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
-fn wait_for_port(addr: SocketAddr, server: &Watched, log: &Path) -> Result<(), String> {
+pub(crate) fn wait_for_port(addr: SocketAddr, server: &Watched, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -485,7 +504,7 @@ struct Sample {
 }
 
 /// A number after `"key":` in flat JSON (the load generator's output).
-fn json_number(text: &str, key: &str) -> Option<f64> {
+pub(crate) fn json_number(text: &str, key: &str) -> Option<f64> {
     let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
     let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
     let end = rest.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c))).unwrap_or(rest.len());

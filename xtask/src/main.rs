@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod bench_reads;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -37,10 +38,13 @@ commands:
         [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
         [--threads N]           threads of the own load generator (default 1)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
+                                server, compared with the naive design (release build)
   bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5]
                                 the S3 volume at a distance: latency and throughput on
                                 loopback and through a delay/throttle proxy, side by side
-                                server, compared with the naive design (release build)
+  bench s3 --reads [--seconds N]
+                                reads through iSCSI from an S3 LUN on the embedded store and
+                                a file LUN, in rtgt's cache and cold (after a restart)
 ";
 
 fn main() -> ExitCode {
@@ -469,6 +473,14 @@ fn bench(args: &[String]) -> Result<(), String> {
 }
 
 fn bench_s3(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("--reads") {
+        let seconds = match args.get(1..).unwrap_or_default() {
+            [] => 3,
+            [flag, n] if flag == "--seconds" => n.parse().map_err(|_| format!("--seconds {n}: not a number"))?,
+            other => return Err(format!("unknown arguments {other:?}\n{USAGE}")),
+        };
+        return bench_reads::run(seconds);
+    }
     let mut scale = "1".to_string();
     // With any of these, the workloads at a distance run instead (loopback and the link).
     let mut network: Vec<String> = Vec::new();
