@@ -151,7 +151,8 @@ pub struct VolumeStats {
     pub cache_peak: AtomicU64,
     /// The most bytes of cache pages, merge buffers and log bodies held at once.
     pub memory_peak: AtomicU64,
-    /// Bytes read answered from the cache, and fetched from the store for a read.
+    /// Bytes read answered without a request (from the cache, or zeros where no chunk
+    /// exists), and fetched from the store by the read itself.
     pub read_bytes_cached: AtomicU64,
     pub read_bytes_fetched: AtomicU64,
     /// Bytes fetched ahead of a sequential stream.
