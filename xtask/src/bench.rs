@@ -284,16 +284,16 @@ impl Drop for Watched {
 }
 
 /// What a bounded client run printed.
-pub(crate) struct Ran {
-    pub(crate) success: bool,
-    pub(crate) status: String,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
+struct Ran {
+    success: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
 }
 
 /// Runs a client under `timeout -s KILL` (so it dies even if xtask does), waiting at most
 /// `limit`; its output goes through files in `dir` (no pipe to fill).
-pub(crate) fn run_limited(program: &Path, args: &[String], limit: Duration, dir: &Path) -> Result<Ran, String> {
+fn run_limited(program: &Path, args: &[String], limit: Duration, dir: &Path) -> Result<Ran, String> {
     let out_path = dir.join("client.out");
     let err_path = dir.join("client.err");
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
@@ -327,7 +327,7 @@ pub(crate) fn run_limited(program: &Path, args: &[String], limit: Duration, dir:
     Ok(Ran { success: status.success(), status: status_text, stdout: read(&out_path), stderr: read(&err_path) })
 }
 
-pub(crate) fn last_line(text: &str) -> String {
+fn last_line(text: &str) -> String {
     text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
@@ -511,6 +511,32 @@ pub(crate) fn json_number(text: &str, key: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
+/// One run of rtgt's load generator (`rtgt bench-load`) on `iqn` at `portal` for `seconds`,
+/// with `options` (flag, value); returns its JSON result.
+pub(crate) fn bench_load(
+    rtgt: &Path,
+    dir: &Path,
+    portal: SocketAddr,
+    iqn: &str,
+    options: &[(&str, String)],
+    seconds: u64,
+) -> Result<String, String> {
+    let json = dir.join("load.json");
+    let _ = std::fs::remove_file(&json);
+    let mut args: Vec<String> =
+        ["bench-load", "--portal", &portal.to_string(), "--target", iqn].iter().map(|s| s.to_string()).collect();
+    for (flag, value) in options {
+        args.extend([flag.to_string(), value.clone()]);
+    }
+    args.extend(["--seconds".to_string(), seconds.to_string(), "--json".to_string(), json.display().to_string()]);
+    // Login, draining the queue, a 30 s command timeout and logout fit in the margin.
+    let ran = run_limited(rtgt, &args, Duration::from_secs(seconds + 60), dir)?;
+    if !ran.success {
+        return Err(format!("bench-load {}: {}", ran.status, last_line(&ran.stderr)));
+    }
+    std::fs::read_to_string(&json).map_err(|e| format!("bench-load wrote no result: {e}"))
+}
+
 struct Runner {
     rtgt: PathBuf,
     iscsi_perf: PathBuf,
@@ -529,42 +555,16 @@ impl Runner {
         seconds: u64,
         seed: usize,
     ) -> Result<Sample, String> {
-        let json = self.dir.join("load.json");
-        let _ = std::fs::remove_file(&json);
-        let args: Vec<String> = [
-            "bench-load",
-            "--portal",
-            &t.addr.to_string(),
-            "--target",
-            t.iqn,
-            "--lun",
-            "1",
-            "--pattern",
-            pattern,
-            "--block-size",
-            &block_size.to_string(),
-            "--queue-depth",
-            &queue_depth.to_string(),
-            "--connections",
-            "1",
-            "--seconds",
-            &seconds.to_string(),
-            "--threads",
-            &self.threads.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--json",
-            &json.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        // Login, draining the queue, a 30 s command timeout and logout fit in the margin.
-        let ran = run_limited(&self.rtgt, &args, Duration::from_secs(seconds + 60), &self.dir)?;
-        if !ran.success {
-            return Err(format!("bench-load {}: {}", ran.status, last_line(&ran.stderr)));
-        }
-        let text = std::fs::read_to_string(&json).map_err(|e| format!("bench-load wrote no result: {e}"))?;
+        let options = [
+            ("--lun", "1".to_string()),
+            ("--pattern", pattern.to_string()),
+            ("--block-size", block_size.to_string()),
+            ("--queue-depth", queue_depth.to_string()),
+            ("--connections", "1".to_string()),
+            ("--threads", self.threads.to_string()),
+            ("--seed", seed.to_string()),
+        ];
+        let text = bench_load(&self.rtgt, &self.dir, t.addr, t.iqn, &options, seconds)?;
         let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
         if get("ios")? == 0.0 {
             return Err("bench-load completed no command".into());

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bench::{Watched, json_number, last_line, run_limited, wait_for_port};
+use crate::bench::{Watched, bench_load, json_number, wait_for_port};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-11.dev.rtgt:reads";
@@ -61,35 +61,14 @@ impl Bench {
     }
 
     fn load(&self, lun: u32, pattern: &str, block_size: u32, depth: u32, seconds: u64) -> Result<Sample, String> {
-        let json = self.dir.join("load.json");
-        let _ = std::fs::remove_file(&json);
-        let args: Vec<String> = [
-            "bench-load",
-            "--portal",
-            &self.addr.to_string(),
-            "--target",
-            IQN,
-            "--lun",
-            &lun.to_string(),
-            "--pattern",
-            pattern,
-            "--block-size",
-            &block_size.to_string(),
-            "--queue-depth",
-            &depth.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-            "--json",
-            &json.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let ran = run_limited(&self.rtgt, &args, Duration::from_secs(seconds + 60), &self.dir)?;
-        if !ran.success {
-            return Err(format!("bench-load {pattern} on LUN {lun}: {}: {}", ran.status, last_line(&ran.stderr)));
-        }
-        let text = std::fs::read_to_string(&json).map_err(|e| format!("bench-load wrote no result: {e}"))?;
+        let options = [
+            ("--lun", lun.to_string()),
+            ("--pattern", pattern.to_string()),
+            ("--block-size", block_size.to_string()),
+            ("--queue-depth", depth.to_string()),
+        ];
+        let text = bench_load(&self.rtgt, &self.dir, self.addr, IQN, &options, seconds)
+            .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
         let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
         if get("errors")? != 0.0 {
             return Err(format!("bench-load {pattern} on LUN {lun}: {} errors", get("errors")?));

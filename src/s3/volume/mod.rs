@@ -667,13 +667,8 @@ impl S3Volume {
     fn copy_write(&self, cache: &mut Cache, offset: u64, data: &[u8]) {
         cache.writes += 1;
         let now = self.clock.now();
-        let end = offset + data.len() as u64;
-        let mut at = offset;
-        while at < end {
-            let c = at / self.chunk_size;
-            let within = at % self.chunk_size;
-            let n = (self.chunk_size - within).min(end - at);
-            let piece = &data[(at - offset) as usize..(at - offset + n) as usize];
+        for ChunkPiece { chunk: c, within, len: n, pos } in self.chunk_pieces(offset, data.len() as u64) {
+            let piece = &data[pos..pos + n as usize];
             if crate::mutants::active(crate::mutants::Mutant::ChunkOffByOne)
                 && within + n == self.chunk_size
                 && (c + 1) * self.chunk_size < self.capacity()
@@ -685,8 +680,27 @@ impl S3Volume {
             } else {
                 self.write_piece(cache, c, within, piece, now, true);
             }
-            at += n;
         }
+    }
+
+    /// The pieces of `[offset, offset + len)` within each chunk it spans, in order.
+    fn chunk_pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = ChunkPiece> + use<> {
+        let chunk_size = self.chunk_size;
+        let end = offset + len;
+        let mut at = offset;
+        std::iter::from_fn(move || {
+            (at < end).then(|| {
+                let within = at % chunk_size;
+                let piece = ChunkPiece {
+                    chunk: at / chunk_size,
+                    within,
+                    len: (chunk_size - within).min(end - at),
+                    pos: (at - offset) as usize,
+                };
+                at += piece.len;
+                piece
+            })
+        })
     }
 
     /// Applies a write to the cache. `unlogged`: the data is not durable yet (false when
@@ -893,7 +907,15 @@ impl S3Volume {
     }
 }
 
-/// Serializes log records: magic, sequence number, record count, then for each record its
+/// The part of a byte range within one chunk: bytes `[within, within + len)` of `chunk`, at
+/// `pos` in the range.
+struct ChunkPiece {
+    chunk: u64,
+    within: u64,
+    len: u64,
+    pos: usize,
+}
+
 /// A claim on chunks for a mutation; released on drop.
 struct Claim<'a> {
     volume: &'a S3Volume,

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use super::cache::{Cache, Entry, PAGE};
-use super::{S3Volume, format, store_err};
+use super::{ChunkPiece, S3Volume, format, store_err};
 use crate::s3::ObjectError;
 use crate::storage::{StoreError, StoreResult};
 
@@ -101,15 +101,9 @@ impl S3Volume {
         let mut fetches = Vec::new();
         cache.tick += 1;
         let tick = cache.tick;
-        let end = offset + out.len() as u64;
-        let mut at = offset;
-        while at < end {
-            let c = at / self.chunk_size;
-            let within = at % self.chunk_size;
-            let n = (self.chunk_size - within).min(end - at);
+        for ChunkPiece { chunk: c, within, len: n, pos } in self.chunk_pieces(offset, out.len() as u64) {
             let exists = cache.exists.contains(&c);
             let stamp = cache.change_stamp(c);
-            let pos = (at - offset) as usize;
             match cache.entries.get_mut(&c) {
                 None if exists => fetches.push(Fetch { chunk: c, from: within, to: within + n, dst: pos, stamp }),
                 None => {}
@@ -135,7 +129,6 @@ impl S3Volume {
                     }
                 }
             }
-            at += n;
         }
         fetches
     }
