@@ -124,6 +124,9 @@ enum Command {
         /// Seconds the store is away in the outage workload (0: none).
         #[arg(long, default_value_t = 0)]
         outage: u64,
+        /// Only the workloads whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -264,9 +267,9 @@ fn main() -> ExitCode {
             given.and_then(|given| block_on(s3_server(listen, root, given)))
         }
         Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
-        Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, json } => {
+        Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, only, json } => {
             let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
-            block_on(bench_s3_network(dir, rtgt::bench::network::NetworkArgs { link, seconds, outage }, json))
+            block_on(bench_s3_network(dir, rtgt::bench::network::NetworkArgs { link, seconds, outage, only }, json))
         }
         Command::BenchLoad(args) => rtgt::bench::run_load(args),
     };

@@ -27,13 +27,21 @@ const VOLUME: u64 = 2 << 30;
 const FILLED: u64 = 256 * MIB;
 
 /// What to emulate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NetworkArgs {
     pub link: LinkSpec,
     /// Each workload runs this long.
     pub seconds: u64,
     /// Seconds the store is away in the outage workload (0: no outage workload).
     pub outage: u64,
+    /// Only the workloads whose name contains this (all when `None`).
+    pub only: Option<String>,
+}
+
+impl NetworkArgs {
+    fn wants(&self, workloads: &[&str]) -> bool {
+        self.only.as_deref().is_none_or(|only| workloads.iter().any(|w| w.contains(only)))
+    }
 }
 
 /// One workload on one link.
@@ -70,7 +78,7 @@ pub async fn run(dir: &Path, args: NetworkArgs) -> Result<Vec<LatencyResult>, St
     for (i, link) in [LinkSpec::default(), args.link].into_iter().enumerate() {
         let sub = dir.join(format!("link{i}"));
         std::fs::create_dir_all(&sub).map_err(|e| e.to_string())?;
-        out.extend(on_link(&sub, link, args).await?);
+        out.extend(on_link(&sub, link, &args).await?);
     }
     Ok(out)
 }
@@ -110,7 +118,7 @@ async fn open_with(
     S3Volume::open(store, url, opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
 }
 
-async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<LatencyResult>, String> {
+async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<LatencyResult>, String> {
     let root = embedded::open_root(dir)?;
     root.create_bucket("bench")?;
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
@@ -128,93 +136,94 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
         out.push(r);
     };
 
-    let v = open(&setup, "writes").await?;
-    record("4 KiB FUA write, QD1", closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
-    record("4 KiB FUA write, QD32", closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+    const FUA_QD1: &str = "4 KiB FUA write, QD1";
+    const FUA_QD32: &str = "4 KiB FUA write, QD32";
     // More than the default cache (256 MiB) holds: writes wait for chunk merges (a GET and a
     // PUT of 4 MiB for each chunk a few random blocks dirtied) once it is full.
-    let past = "4 KiB random write, QD32, more than the cache";
-    record(past, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
-    v.close().await.map_err(|e| e.to_string())?;
+    const PAST: &str = "4 KiB random write, QD32, more than the cache";
+    if args.wants(&[FUA_QD1, FUA_QD32, PAST]) {
+        let v = open(&setup, "writes").await?;
+        if args.wants(&[FUA_QD1]) {
+            record(FUA_QD1, closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+        }
+        if args.wants(&[FUA_QD32]) {
+            record(FUA_QD32, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+        }
+        if args.wants(&[PAST]) {
+            record(PAST, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
+        }
+        v.close().await.map_err(|e| e.to_string())?;
+    }
 
     // The goal's case: the dirty data fits the cache.
-    let v = open_with(&setup, "fits", None, 4 << 30).await?;
-    let fits = "4 KiB random write, QD32, fits the cache";
-    record(fits, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
-    v.close().await.map_err(|e| e.to_string())?;
-
-    let v = open_with(&setup, "local", Some(&dir.join("journal")), VolumeOptions::default().cache_bytes).await?;
-    let local = |depth| format!("4 KiB FUA write, QD{depth}, durability local");
-    record(&local(1), closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
-    record(&local(32), closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
-    v.close().await.map_err(|e| e.to_string())?;
-
-    let v = open(&setup, "sequential").await?;
-    let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
-    let started = Instant::now();
-    let mut m = closed_loop(8, secs, MIB, |_, _| {
-        let v = v.clone();
-        let offset = next();
-        async move { v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.is_ok() }
-    })
-    .await;
-    // The writes are done once they are durable.
-    let synced = v.flush().await.is_ok();
-    m.errors += u64::from(!synced);
-    m.seconds = started.elapsed().as_secs_f64();
-    record("1 MiB sequential write, QD8, then SYNC", m);
-    // Whatever the writes did not reach is filled, so that every read below finds data.
-    let mut offset = at.load(std::sync::atomic::Ordering::Relaxed).min(FILLED);
-    while offset < FILLED {
-        v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.map_err(|e| e.to_string())?;
-        offset += MIB;
+    const FITS: &str = "4 KiB random write, QD32, fits the cache";
+    if args.wants(&[FITS]) {
+        let v = open_with(&setup, "fits", None, 4 << 30).await?;
+        record(FITS, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await);
+        v.close().await.map_err(|e| e.to_string())?;
     }
-    v.close().await.map_err(|e| e.to_string())?;
-    drop(v);
 
-    // Cold: a small cache, and every read in a segment no read touched before (the cache
-    // keeps what reads fetch).
-    let v = open_with(&setup, "sequential", None, 16 * MIB).await?;
-    let reads = std::sync::atomic::AtomicU64::new(0);
-    record(
-        "4 KiB random read, QD32, cold",
-        closed_loop(32, secs, 4 * KIB, |_, rng| {
-            let v = v.clone();
-            let offset =
-                distinct_segment(reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) + rng.below(16) * 4 * KIB;
-            async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
-        })
-        .await,
-    );
-    v.close().await.map_err(|e| e.to_string())?;
-    drop(v);
+    const LOCAL_QD1: &str = "4 KiB FUA write, QD1, durability local";
+    const LOCAL_QD32: &str = "4 KiB FUA write, QD32, durability local";
+    if args.wants(&[LOCAL_QD1, LOCAL_QD32]) {
+        let v = open_with(&setup, "local", Some(&dir.join("journal")), VolumeOptions::default().cache_bytes).await?;
+        record(LOCAL_QD1, closed_loop(1, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+        record(LOCAL_QD32, closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, true)).await);
+        v.close().await.map_err(|e| e.to_string())?;
+    }
 
-    // One pass over the filled range (readahead fetches whole chunks ahead of it) into a cache
-    // that holds it all; then random reads of it.
-    let v = open_with(&setup, "sequential", None, 2 * FILLED).await?;
-    let at = std::sync::atomic::AtomicU64::new(0);
-    record(
-        "1 MiB sequential read, QD8, cold",
-        closed_loop_limited(8, secs, MIB, FILLED / MIB, |_, _| {
-            let v = v.clone();
-            let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed);
-            async move { v.read(offset, MIB as usize).await.is_ok() }
-        })
-        .await,
-    );
-    record(
-        "4 KiB random read, QD32, warm (in the cache)",
-        closed_loop(32, secs, 4 * KIB, |_, rng| {
-            let v = v.clone();
-            let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
-            async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
-        })
-        .await,
-    );
-    v.close().await.map_err(|e| e.to_string())?;
+    const SEQ_WRITE: &str = "1 MiB sequential write, QD8, then SYNC";
+    const COLD_RANDOM: &str = "4 KiB random read, QD32, cold";
+    const SEQ_READ: &str = "1 MiB sequential read, QD8, cold";
+    const WARM: &str = "4 KiB random read, QD32, warm (in the cache)";
+    if args.wants(&[SEQ_WRITE, COLD_RANDOM, SEQ_READ, WARM]) {
+        // The reads read what the sequential writes wrote.
+        fill_sequentially(&setup, secs, &mut record).await?;
+    }
+    if args.wants(&[COLD_RANDOM]) {
+        // Cold: a small cache, and every read in a segment no read touched before (the cache
+        // keeps what reads fetch).
+        let v = open_with(&setup, "sequential", None, 16 * MIB).await?;
+        let reads = std::sync::atomic::AtomicU64::new(0);
+        record(
+            COLD_RANDOM,
+            closed_loop(32, secs, 4 * KIB, |_, rng| {
+                let v = v.clone();
+                let offset = distinct_segment(reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    + rng.below(16) * 4 * KIB;
+                async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
+            })
+            .await,
+        );
+        v.close().await.map_err(|e| e.to_string())?;
+    }
+    if args.wants(&[SEQ_READ, WARM]) {
+        // One pass over the filled range (readahead fetches whole chunks ahead of it) into a
+        // cache that holds it all; then random reads of it.
+        let v = open_with(&setup, "sequential", None, 2 * FILLED).await?;
+        let at = std::sync::atomic::AtomicU64::new(0);
+        record(
+            SEQ_READ,
+            closed_loop_limited(8, secs, MIB, FILLED / MIB, |_, _| {
+                let v = v.clone();
+                let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed);
+                async move { v.read(offset, MIB as usize).await.is_ok() }
+            })
+            .await,
+        );
+        record(
+            WARM,
+            closed_loop(32, secs, 4 * KIB, |_, rng| {
+                let v = v.clone();
+                let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
+                async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
+            })
+            .await,
+        );
+        v.close().await.map_err(|e| e.to_string())?;
+    }
 
-    if args.outage > 0 {
+    if args.outage > 0 && args.wants(&["S3 away"]) {
         let v = open(&setup, "outage").await?;
         let netem = &setup.netem;
         let outage = Duration::from_secs(args.outage);
@@ -238,6 +247,32 @@ async fn on_link(dir: &Path, link: LinkSpec, args: NetworkArgs) -> Result<Vec<La
         v.close().await.map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// The sequential-write workload, then whatever it did not reach written too, so that every
+/// read of the filled range finds data.
+async fn fill_sequentially(setup: &Setup, secs: Duration, record: &mut impl FnMut(&str, Measured)) -> Result<(), String> {
+    let v = open(setup, "sequential").await?;
+    let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
+    let started = Instant::now();
+    let mut m = closed_loop(8, secs, MIB, |_, _| {
+        let v = v.clone();
+        let offset = next();
+        async move { v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.is_ok() }
+    })
+    .await;
+    // The writes are done once they are durable.
+    let synced = v.flush().await.is_ok();
+    m.errors += u64::from(!synced);
+    m.seconds = started.elapsed().as_secs_f64();
+    record("1 MiB sequential write, QD8, then SYNC", m);
+    let mut offset = at.load(std::sync::atomic::Ordering::Relaxed).min(FILLED);
+    while offset < FILLED {
+        v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.map_err(|e| e.to_string())?;
+        offset += MIB;
+    }
+    v.close().await.map_err(|e| e.to_string())
 }
 
 fn random_write(v: &Arc<S3Volume>, rng: &mut Rng, fua: bool) -> impl std::future::Future<Output = bool> + use<> {

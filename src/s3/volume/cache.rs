@@ -228,6 +228,8 @@ pub(super) struct Cache {
     pub(super) stream_ends: VecDeque<u64>,
     /// Volume offsets of the pieces being fetched ahead of a stream.
     pub(super) reading_ahead: BTreeSet<u64>,
+    /// Chunks being merged to make room for waiting writes (`room.rs`).
+    pub(super) merging_for_room: BTreeSet<u64>,
 }
 
 /// Buckets of change stamps: a fixed size whatever the volume's, at the price of a rare

@@ -24,20 +24,21 @@ pub(super) enum LogHome {
 impl S3Volume {
     // ---- logging ----
 
-    /// Makes every unlogged block durable: chunks mostly unlogged are merged (a whole-chunk
-    /// PUT costs no more than logging them), the rest go into log objects.
+    /// Makes every unlogged block durable (see [`S3Volume::make_chunks_durable`]).
     pub(super) async fn log_unlogged(&self) -> StoreResult<()> {
+        let chunks: Vec<u64> =
+            self.cache().entries.iter().filter(|(_, e)| !e.unlogged.is_empty()).map(|(c, _)| *c).collect();
+        self.make_chunks_durable(&chunks).await
+    }
+
+    /// Makes the unlogged blocks of `chunks` durable in the object store: chunks mostly
+    /// unlogged are merged (a whole-chunk PUT costs no more than logging them, and sending
+    /// them to a log first would upload them twice), the rest go into log objects.
+    pub(super) async fn make_chunks_durable(&self, chunks: &[u64]) -> StoreResult<()> {
         let n = self.blocks_per_chunk();
         let (to_merge, to_log): (Vec<u64>, Vec<u64>) = {
             let cache = self.cache();
-            let unlogged: Vec<(u64, usize)> = cache
-                .entries
-                .iter()
-                .filter(|(_, e)| !e.unlogged.is_empty())
-                .map(|(c, e)| (*c, e.unlogged.count(n)))
-                .collect();
-            let (merge, log): (Vec<_>, Vec<_>) = unlogged.into_iter().partition(|(_, count)| 2 * count >= n);
-            (merge.into_iter().map(|(c, _)| c).collect(), log.into_iter().map(|(c, _)| c).collect())
+            chunks.iter().copied().partition(|c| cache.entries.get(c).is_some_and(|e| 2 * e.unlogged.count(n) >= n))
         };
         let (merged, logged) = tokio::join!(self.merge_chunks(&to_merge), self.log_chunks(&to_log));
         merged.and(logged)

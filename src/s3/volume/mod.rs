@@ -20,6 +20,7 @@ pub(super) mod merge;
 mod patience;
 mod read;
 mod recovery;
+mod room;
 mod unmap;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -210,6 +211,15 @@ pub struct S3Volume {
     sticky_error: Mutex<Option<String>>,
     /// Merges running at once (see [`memory_beyond_cache`]).
     merge_slots: tokio::sync::Semaphore,
+    /// Writes waiting for room in the cache take turns, in the order they came (`room.rs`).
+    room_turn: tokio::sync::Mutex<()>,
+    /// Writes waiting for room now: while any does, a new write queues behind them.
+    room_waiters: std::sync::atomic::AtomicUsize,
+    /// A merge started to make room failed: the error for the write first in line.
+    room_error: Mutex<Option<StoreError>>,
+    /// Tests plant the bug the room's order prevents (`room.rs`).
+    #[cfg(test)]
+    let_writes_barge: AtomicBool,
     /// Readahead GETs running at once.
     readahead_slots: tokio::sync::Semaphore,
     /// Bytes of merge buffers and log bodies held now.
@@ -413,6 +423,11 @@ impl S3Volume {
             write_back: AtomicBool::new(true),
             sticky_error: Mutex::new(None),
             merge_slots: tokio::sync::Semaphore::new(MERGE_PARALLEL),
+            room_turn: tokio::sync::Mutex::new(()),
+            room_waiters: std::sync::atomic::AtomicUsize::new(0),
+            room_error: Mutex::new(None),
+            #[cfg(test)]
+            let_writes_barge: AtomicBool::new(false),
             readahead_slots: tokio::sync::Semaphore::new(read::READAHEAD_PARALLEL),
             buffer_bytes: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
@@ -606,63 +621,6 @@ impl S3Volume {
         Ok(())
     }
 
-    /// Puts a write into the cache once it fits under the limit: evicts clean entries, merges
-    /// the oldest unmerged chunks under pressure. The check and the copy happen under one lock,
-    /// so concurrent writes cannot overshoot together. (A write bigger than the whole cache
-    /// goes in once the cache is empty.) While the store is away, the write waits for room
-    /// until its deadline.
-    async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
-        // Pages the write may allocate: every page it touches, in every chunk it spans.
-        let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
-        let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
-        // The common case: room at once, no deadline to keep.
-        if self.copy_if_room(&mut self.cache(), need, offset, data) {
-            return Ok(());
-        }
-        self.patiently("a write waiting for room in the cache", || self.make_room_and_write(need, offset, data)).await
-    }
-
-    /// Copies the write in if `need` bytes of pages fit (after evicting clean entries).
-    fn copy_if_room(&self, cache: &mut Cache, need: u64, offset: u64, data: &[u8]) -> bool {
-        if cache.page_bytes + need > self.cache_limit {
-            self.evict_clean(cache, need);
-        }
-        if cache.page_bytes + need <= self.cache_limit || cache.page_bytes == 0 {
-            self.copy_write(cache, offset, data);
-            return true;
-        }
-        false
-    }
-
-    /// Merges the oldest unmerged chunks until the write fits, then copies it in.
-    async fn make_room_and_write(&self, need: u64, offset: u64, data: &[u8]) -> StoreResult<()> {
-        loop {
-            let released = self.released.notified();
-            let to_merge = {
-                let mut cache = self.cache();
-                if self.copy_if_room(&mut cache, need, offset, data) {
-                    return Ok(());
-                }
-                let mut unmerged: Vec<(Duration, u64)> = cache
-                    .entries
-                    .iter()
-                    .filter(|(c, e)| !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c))
-                    .map(|(c, e)| (e.unmerged_since.unwrap_or_default(), *c))
-                    .collect();
-                unmerged.sort();
-                unmerged.into_iter().take(MERGE_PARALLEL).map(|(_, c)| c).collect::<Vec<u64>>()
-            };
-            if to_merge.is_empty() {
-                released.await; // everything is being merged already
-            } else if let Err(e) = self.merge_chunks(&to_merge).await {
-                self.note_background_error(&e);
-                return Err(e);
-            } else {
-                self.note_reachable();
-            }
-        }
-    }
-
     /// Copies a write into the cache, chunk by chunk.
     fn copy_write(&self, cache: &mut Cache, offset: u64, data: &[u8]) {
         cache.writes += 1;
@@ -827,7 +785,7 @@ impl S3Volume {
             true => Ok(()),
             // Into the journal, which the upload below empties soon after.
             false if self.journal_has_room() => self.make_unlogged_durable().await,
-            false => self.log_chunks(&unlogged_due).await,
+            false => self.make_chunks_durable(&unlogged_due).await,
         };
         let uploaded = self.upload_journal().await;
         let merged = self.merge_chunks(&merge_due).await;

@@ -45,7 +45,7 @@ impl S3Volume {
             self.note_unreachable(&error);
             if self.clock.now() + pause >= deadline {
                 return Err(StoreError::NotReady(format!(
-                    "{what}: the object store has not answered for {:?} ({error}); {} bytes wait in the cache",
+                    "{what}: not done within {:?} (last: {error}); {} bytes wait in the cache",
                     self.opts.command_deadline,
                     self.unlogged_bytes()
                 )));

@@ -1030,3 +1030,6 @@ mod journal_tests;
 
 #[path = "read_tests.rs"]
 mod read_tests;
+
+#[path = "room_tests.rs"]
+mod room_tests;
