@@ -416,9 +416,15 @@ pub struct LunConfig {
     /// object store) or "local" (in a journal in `cache_dir`, uploaded in the background).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
-    /// s3: a local directory for the journal (`durability = "local"`).
+    /// s3: a local directory for the journal (`durability = "local"`) and the disk cache
+    /// (`cache_disk_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// s3: bytes of a read cache on local disk, in `cache_dir` (off when absent): pieces of
+    /// chunk objects that reads fetched, kept across restarts, each checked against the
+    /// object's current version and its CRCs before it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_disk_size: Option<Size>,
     /// s3: bytes of logs the journal holds at most (default 1GiB); when full, syncs wait for
     /// the object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -473,6 +479,7 @@ impl LunConfig {
             durability: None,
             cache_dir: None,
             journal_size: None,
+            cache_disk_size: None,
             initiators: None,
         }
     }
@@ -530,8 +537,17 @@ impl BuildContext {
 
     /// The journal store in `dir`, opened (and locked) once per process.
     pub fn journal_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
+        self.local_bucket(dir, crate::s3::volume::format::JOURNAL_BUCKET)
+    }
+
+    /// The disk cache's store in `dir` (`cache_disk_size`).
+    pub fn disk_cache_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
+        self.local_bucket(dir, crate::s3::volume::DISK_CACHE_BUCKET)
+    }
+
+    /// A bucket of the local store in `dir` (one per directory in this process).
+    fn local_bucket(&self, dir: &Path, bucket: &str) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
         use crate::s3::local::{LocalOptions, LocalRoot, Offload, StdFs};
-        use crate::s3::volume::format::JOURNAL_BUCKET;
         let mut journals = self.journals.lock().expect("poisoned");
         let root = match journals.get(dir) {
             Some(root) => root.clone(),
@@ -544,8 +560,8 @@ impl BuildContext {
                 root
             }
         };
-        root.create_bucket(JOURNAL_BUCKET)?;
-        Ok(Arc::new(root.bucket(JOURNAL_BUCKET)?))
+        root.create_bucket(bucket)?;
+        Ok(Arc::new(root.bucket(bucket)?))
     }
 }
 
@@ -980,11 +996,18 @@ impl Config {
         {
             problems.push("cache_size: must hold at least one chunk".into());
         }
-        if l.durability == Some(Durability::Local) && l.cache_dir.is_none() {
+        let local = l.durability == Some(Durability::Local);
+        if local && l.cache_dir.is_none() {
             problems.push("cache_dir: required for durability = \"local\" (the journal's directory)".into());
         }
-        if l.durability != Some(Durability::Local) && (l.cache_dir.is_some() || l.journal_size.is_some()) {
-            problems.push("cache_dir / journal_size: only used with durability = \"local\"".into());
+        if l.cache_disk_size.is_some() && l.cache_dir.is_none() {
+            problems.push("cache_dir: required for cache_disk_size (the disk cache's directory)".into());
+        }
+        if !local && l.cache_disk_size.is_none() && l.cache_dir.is_some() {
+            problems.push("cache_dir: only used with durability = \"local\" or cache_disk_size".into());
+        }
+        if !local && l.journal_size.is_some() {
+            problems.push("journal_size: only used with durability = \"local\"".into());
         }
         problems
     }
@@ -1091,17 +1114,25 @@ impl Config {
             }),
             _ => None,
         };
-        let journal = match (l.durability, &l.cache_dir) {
+        let cache_dir = l.cache_dir.as_ref().map(|d| if d.is_absolute() { d.clone() } else { self.data_dir().join(d) });
+        let journal = match (l.durability, &cache_dir) {
             (Some(Durability::Local), Some(dir)) => Some(crate::s3::volume::JournalOptions {
-                store: ctx.journal_store(&if dir.is_absolute() { dir.clone() } else { self.data_dir().join(dir) })?,
+                store: ctx.journal_store(dir)?,
                 bytes_max: l.journal_size.map_or(DEFAULT_JOURNAL_SIZE, |s| s.0),
             }),
+            _ => None,
+        };
+        let disk_cache = match (l.cache_disk_size, &cache_dir) {
+            (Some(size), Some(dir)) => {
+                Some(crate::s3::volume::DiskCacheOptions { store: ctx.disk_cache_store(dir)?, bytes_max: size.0 })
+            }
             _ => None,
         };
         let opts = VolumeOptions {
             create,
             force: l.force,
             journal,
+            disk_cache,
             cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),
             holder: ctx.holder.clone(),
             node: ctx.node.clone(),
@@ -1336,7 +1367,7 @@ mod tests {
     }
 
     #[test]
-    fn local_durability_needs_a_cache_dir_and_nothing_else_takes_one() {
+    fn local_durability_and_the_disk_cache_need_a_cache_dir_and_nothing_else_takes_one() {
         let lun = |extra: &str| {
             format!(
                 "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:t\"\n[[target.lun]]\nlun = 0\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\n{extra}"
@@ -1345,7 +1376,16 @@ mod tests {
         let err = Config::from_toml(&lun("durability = \"local\"\n")).unwrap_err().0.join("\n");
         assert!(err.contains("cache_dir: required for durability = \"local\""), "{err}");
         let err = Config::from_toml(&lun("cache_dir = \"/var/cache/rtgt\"\n")).unwrap_err().0.join("\n");
-        assert!(err.contains("only used with durability = \"local\""), "{err}");
+        assert!(err.contains("only used with durability = \"local\" or cache_disk_size"), "{err}");
+        let err = Config::from_toml(&lun("cache_disk_size = \"10GiB\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("cache_dir: required for cache_disk_size"), "{err}");
+        let err = Config::from_toml(&lun("cache_dir = \"/c\"\ncache_disk_size = \"1GiB\"\njournal_size = \"1GiB\"\n"))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(err.contains("journal_size: only used with durability = \"local\""), "{err}");
+        let ok = Config::from_toml(&lun("cache_dir = \"/var/cache/rtgt\"\ncache_disk_size = \"10GiB\"\n")).unwrap();
+        assert_eq!(ok.targets[0].luns[0].cache_disk_size, Some(Size(10 << 30)));
         let err = Config::from_toml(&lun("durability = \"remote\"\n")).unwrap_err().0.join("\n");
         assert!(err.contains("durability"), "{err}");
         let ok = Config::from_toml(&lun(

@@ -515,7 +515,7 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 meta.block_size
             );
             println!("chunk size: {}", Size(meta.chunk_size));
-            println!("chunks:     {} present ({} stored)", chunks.len(), Size(chunks.iter().map(|c| c.1).sum()));
+            println!("chunks:     {} present ({} stored)", chunks.len(), Size(chunks.iter().map(|c| c.size).sum()));
             println!("logs:       {} (replayed at the next open)", logs.len());
             match store.get(&url.key(rtgt::s3::volume::LEASE_NAME), None).await {
                 Ok(lease) => println!("lease:      {}", String::from_utf8_lossy(&lease.body)),

@@ -139,9 +139,12 @@ pub struct LunSpec {
     /// s3: what SYNCHRONIZE CACHE waits for: s3 (default) or local (a journal in --cache-dir).
     #[arg(long)]
     durability: Option<String>,
-    /// s3: the journal's directory (with --durability local).
+    /// s3: the directory of the journal (with --durability local) and the disk cache.
     #[arg(long)]
     cache_dir: Option<String>,
+    /// s3: bytes of a read cache on local disk in --cache-dir (e.g. 10GiB).
+    #[arg(long)]
+    cache_disk_size: Option<String>,
     /// LUN masking: only these initiators see the LUN (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     initiators: Option<Vec<String>>,
@@ -353,6 +356,7 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
                 ("cache_size", size(&spec.cache_size)?.map(|s| json!(s.0))),
                 ("durability", spec.durability.map(|d| json!(d))),
                 ("cache_dir", spec.cache_dir.map(|d| json!(d))),
+                ("cache_disk_size", size(&spec.cache_disk_size)?.map(|s| json!(s.0))),
                 ("initiators", spec.initiators.map(|i| json!(i))),
             ];
             for (k, v) in fields {

@@ -33,10 +33,12 @@ pub enum Mutant {
     JournalDroppedUnuploaded = 11,
     /// The read cache keeps data fetched while the chunk's object was being replaced.
     ReadCacheKeepsStale = 12,
+    /// The disk cache serves a piece whatever version of its chunk object it was read from.
+    DiskCacheIgnoresVersion = 13,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 12] = [
+    pub const ALL: [Mutant; 13] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -49,6 +51,7 @@ impl Mutant {
         Mutant::TransientIsMediumError,
         Mutant::JournalDroppedUnuploaded,
         Mutant::ReadCacheKeepsStale,
+        Mutant::DiskCacheIgnoresVersion,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Mutant {
             Mutant::TransientIsMediumError => "transient-is-medium-error",
             Mutant::JournalDroppedUnuploaded => "journal-dropped-unuploaded",
             Mutant::ReadCacheKeepsStale => "read-cache-keeps-stale",
+            Mutant::DiskCacheIgnoresVersion => "disk-cache-ignores-version",
         }
     }
 }

@@ -22,7 +22,7 @@ use rtgt::s3::aws::AwsStore;
 use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::format::JOURNAL_BUCKET;
-use rtgt::s3::volume::{CreateSpec, JournalOptions, S3Volume, VolumeOptions};
+use rtgt::s3::volume::{CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::server::supervisor::{Opener, Placeholder, supervise};
@@ -89,6 +89,8 @@ enum Store {
 const EMBEDDED_ROOT: &str = "/data/s3";
 /// The local journal's directory (`durability = "local"`).
 const JOURNAL_ROOT: &str = "/data/journal";
+/// The disk cache's directory (`cache_disk_size`).
+const DISK_CACHE_ROOT: &str = "/data/read-cache";
 
 /// What outlives a target crash, and the switches the fault schedule turns.
 #[derive(Clone)]
@@ -96,6 +98,8 @@ struct Environment {
     store: Store,
     /// SYNCs are durable in a local journal on `fs` (remote S3 only).
     journal: bool,
+    /// The S3 volume keeps a disk cache of what it reads on `fs`.
+    disk_cache: bool,
     s3: MemS3,
     /// The target's disk for the embedded store.
     fs: CrashFs,
@@ -168,9 +172,21 @@ async fn target(env: Environment) -> turmoil::Result {
             Some(JournalOptions { store, bytes_max: 64 * 1024 })
         }
     };
+    let disk_cache = match env.disk_cache {
+        false => None,
+        true => {
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(DISK_CACHE_ROOT), options)?;
+            root.create_bucket(DISK_CACHE_BUCKET)?;
+            let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(DISK_CACHE_BUCKET)?);
+            // Half the volume: entries are evicted, and kept across crashes.
+            Some(DiskCacheOptions { store, bytes_max: BLOCKS * BLOCK / 2 })
+        }
+    };
     let opts = VolumeOptions {
         create: Some(CreateSpec { size: BLOCKS * BLOCK, block_size: BLOCK as u32, chunk_size: CHUNK }),
         journal,
+        disk_cache,
         cache_bytes: 32 * 1024,
         flush_age: Duration::from_secs(2),
         merge_age: Duration::from_secs(8),
@@ -335,6 +351,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         store,
         // Drawn apart, so that the main draws stay as they were.
         journal: store == Store::Remote && Rng::seeded(seed ^ 0x10c4_1d15).chance(0.5),
+        disk_cache: Rng::seeded(seed ^ 0xd15c_cace).chance(0.5),
         s3: MemS3::new(seed ^ 0x5353),
         fs: CrashFs::new(),
         media: Media::default(),
@@ -444,10 +461,13 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         wall_seconds: started.elapsed().as_secs_f64(),
         commands: sh.commands,
         crashes,
-        store: match (env.store, env.journal) {
-            (Store::Remote, false) => "remote S3",
-            (Store::Remote, true) => "remote S3 + local journal",
-            (Store::Embedded, _) => "embedded store",
+        store: match (env.store, env.journal, env.disk_cache) {
+            (Store::Remote, false, false) => "remote S3",
+            (Store::Remote, false, true) => "remote S3 + disk cache",
+            (Store::Remote, true, false) => "remote S3 + local journal",
+            (Store::Remote, true, true) => "remote S3 + local journal + disk cache",
+            (Store::Embedded, _, false) => "embedded store",
+            (Store::Embedded, _, true) => "embedded store + disk cache",
         },
         s3_requests: env.s3.requests(),
         trace_hash: sh.hash,

@@ -16,7 +16,7 @@ use crate::rng::Rng;
 use crate::s3::aws::AwsStore;
 use crate::s3::embedded::{self, EmbeddedS3};
 use crate::s3::url::S3Url;
-use crate::s3::volume::{CreateSpec, JournalOptions, S3Volume, VolumeOptions};
+use crate::s3::volume::{CreateSpec, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
 use crate::storage::BlockStore;
 
 const KIB: u64 = 1 << 10;
@@ -25,6 +25,7 @@ const MIB: u64 = 1 << 20;
 const VOLUME: u64 = 2 << 30;
 /// What the sequential writes fill and the cold reads read back.
 const FILLED: u64 = 256 * MIB;
+const CHUNK: u64 = 4 * MIB;
 
 /// What to emulate.
 #[derive(Debug, Clone)]
@@ -86,10 +87,19 @@ pub async fn run(dir: &Path, args: NetworkArgs) -> Result<Vec<LatencyResult>, St
 struct Setup {
     server: EmbeddedS3,
     netem: Netem,
+    /// Holds the local stores (journal, disk cache) across reopens.
+    ctx: crate::config::BuildContext,
 }
 
 async fn open(setup: &Setup, name: &str) -> Result<Arc<S3Volume>, String> {
     open_with(setup, name, None, VolumeOptions::default().cache_bytes).await
+}
+
+/// Opens a volume with a memory cache of 16 MiB and a disk cache in `dir` that holds it all.
+async fn open_disk_cached(setup: &Setup, name: &str, dir: &Path) -> Result<Arc<S3Volume>, String> {
+    let store = setup.ctx.disk_cache_store(dir)?;
+    let disk_cache = Some(DiskCacheOptions { store, bytes_max: 2 * FILLED });
+    open_opts(setup, name, VolumeOptions { cache_bytes: 16 * MIB, disk_cache, ..VolumeOptions::default() }).await
 }
 
 /// Opens a volume with a write-back cache of `cache_bytes`; with `journal`,
@@ -100,20 +110,24 @@ async fn open_with(
     journal: Option<&Path>,
     cache_bytes: u64,
 ) -> Result<Arc<S3Volume>, String> {
+    let mut opts = VolumeOptions { cache_bytes, ..VolumeOptions::default() };
+    if let Some(dir) = journal {
+        opts.journal = Some(JournalOptions { store: setup.ctx.journal_store(dir)?, bytes_max: 1 << 30 });
+        opts.node = Some(crate::node::NodeId::new("bench-node"));
+    }
+    open_opts(setup, name, opts).await
+}
+
+/// Opens volume `name` of the bench's geometry (2 GiB in 4 MiB chunks) with `opts`.
+async fn open_opts(setup: &Setup, name: &str, opts: VolumeOptions) -> Result<Arc<S3Volume>, String> {
     let mut endpoint = embedded::endpoint_for(setup.netem.addr(), setup.server.credentials());
     endpoint.url = Some(setup.netem.url());
     let store = Arc::new(AwsStore::connect(&endpoint, "bench").await);
-    let mut opts = VolumeOptions {
-        create: Some(CreateSpec { size: VOLUME, block_size: 512, chunk_size: 4 * MIB }),
+    let opts = VolumeOptions {
+        create: Some(CreateSpec { size: VOLUME, block_size: 512, chunk_size: CHUNK }),
         holder: format!("bench-{name}"),
-        cache_bytes,
-        ..VolumeOptions::default()
+        ..opts
     };
-    if let Some(dir) = journal {
-        let ctx = crate::config::BuildContext::new();
-        opts.journal = Some(JournalOptions { store: ctx.journal_store(dir)?, bytes_max: 1 << 30 });
-        opts.node = Some(crate::node::NodeId::new("bench-node"));
-    }
     let url = S3Url::parse(&format!("s3://bench/{name}"))?;
     S3Volume::open(store, url, opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
 }
@@ -123,7 +137,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
     root.create_bucket("bench")?;
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
     let netem = Netem::start(server.addr, link).await.map_err(|e| e.to_string())?;
-    let setup = Setup { server, netem };
+    let setup = Setup { server, netem, ctx: crate::config::BuildContext::new() };
     let secs = Duration::from_secs(args.seconds);
     let name = describe(link);
     let mut out = Vec::new();
@@ -176,7 +190,8 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
     const COLD_RANDOM: &str = "4 KiB random read, QD32, cold";
     const SEQ_READ: &str = "1 MiB sequential read, QD8, cold";
     const WARM: &str = "4 KiB random read, QD32, warm (in the cache)";
-    if args.wants(&[SEQ_WRITE, COLD_RANDOM, SEQ_READ, WARM]) {
+    const DISK_WARM: &str = "4 KiB random read, QD32, warm in the disk cache";
+    if args.wants(&[SEQ_WRITE, COLD_RANDOM, SEQ_READ, WARM, DISK_WARM]) {
         // The reads read what the sequential writes wrote.
         fill_sequentially(&setup, secs, &mut record).await?;
     }
@@ -223,6 +238,35 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
         v.close().await.map_err(|e| e.to_string())?;
     }
 
+    if args.wants(&[DISK_WARM]) {
+        let disk_dir = dir.join("disk-cache");
+        // Two passes over the filled range, whole chunks in a scattered order (no stream, so
+        // no readahead): each fetch goes to the disk cache, unless its writes are all busy.
+        let v = open_disk_cached(&setup, "sequential", &disk_dir).await?;
+        let chunks = FILLED / CHUNK;
+        for i in 0..2 * chunks {
+            let c = i * 7 % chunks;
+            v.read(c * CHUNK, CHUNK as usize).await.map_err(|e| e.to_string())?;
+        }
+        v.close().await.map_err(|e| e.to_string())?;
+        drop(v);
+        // Reopened: nothing in memory.
+        let v = open_disk_cached(&setup, "sequential", &disk_dir).await?;
+        let m = closed_loop(32, secs, 4 * KIB, |_, rng| {
+            let v = v.clone();
+            let offset = rng.below(FILLED / (4 * KIB)) * 4 * KIB;
+            async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
+        })
+        .await;
+        let stats = v.stats();
+        eprintln!(
+            "  disk cache: {} bytes held, {} read from it, {} fetched",
+            stats["disk_cache_bytes"], stats["read_bytes_disk"], stats["read_bytes_fetched"]
+        );
+        record(DISK_WARM, m);
+        v.close().await.map_err(|e| e.to_string())?;
+    }
+
     if args.outage > 0 && args.wants(&["S3 away"]) {
         let v = open(&setup, "outage").await?;
         let netem = &setup.netem;
@@ -251,7 +295,11 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
 
 /// The sequential-write workload, then whatever it did not reach written too, so that every
 /// read of the filled range finds data.
-async fn fill_sequentially(setup: &Setup, secs: Duration, record: &mut impl FnMut(&str, Measured)) -> Result<(), String> {
+async fn fill_sequentially(
+    setup: &Setup,
+    secs: Duration,
+    record: &mut impl FnMut(&str, Measured),
+) -> Result<(), String> {
     let v = open(setup, "sequential").await?;
     let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;

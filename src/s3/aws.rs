@@ -29,7 +29,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::{
-    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore,
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, Listed, ObjResult, ObjectError, ObjectMeta, ObjectStore,
 };
 
 /// Where and how to reach an S3-compatible service.
@@ -242,7 +242,13 @@ impl AwsStore {
         let objects = out
             .contents()
             .iter()
-            .filter_map(|o| Some((o.key()?.to_string(), o.size().unwrap_or(0).max(0) as u64)))
+            .filter_map(|o| {
+                Some(Listed {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_string),
+                })
+            })
             .collect();
         let next =
             if out.is_truncated() == Some(true) { out.next_continuation_token().map(str::to_string) } else { None };

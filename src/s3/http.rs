@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use super::local::{LocalRoot, LocalStore};
-use super::{Condition, ObjectError, ObjectStore};
+use super::{Condition, Listed, ObjectError, ObjectStore};
 
 /// The S3 service of a local store.
 #[derive(Clone)]
@@ -180,13 +180,13 @@ impl S3 for LocalService {
         let max = input.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
         let after = input.continuation_token.clone().or(input.start_after.clone()).unwrap_or_default();
         let all = store.list(&prefix, None).await.map_err(s3_error)?.objects;
-        let mut page: Vec<(String, u64)> = all.into_iter().filter(|(k, _)| *k > after).take(max + 1).collect();
+        let mut page: Vec<Listed> = all.into_iter().filter(|o| o.key > after).take(max + 1).collect();
         let truncated = page.len() > max;
         page.truncate(max);
-        let next = if truncated { page.last().map(|(k, _)| k.clone()) } else { None };
+        let next = if truncated { page.last().map(|o| o.key.clone()) } else { None };
         let objects: Vec<Object> = page
             .into_iter()
-            .map(|(key, size)| Object { key: Some(key), size: Some(size as i64), ..Default::default() })
+            .map(|o| Object { key: Some(o.key), size: Some(o.size as i64), e_tag: etag(o.etag), ..Default::default() })
             .collect();
         Ok(S3Response::new(ListObjectsV2Output {
             key_count: Some(objects.len() as i32),

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::{
-    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore,
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, Listed, ObjResult, ObjectError, ObjectMeta, ObjectStore,
 };
 use crate::rng::Rng;
 
@@ -318,17 +318,17 @@ impl ObjectStore for MemObjectStore {
     fn list(&self, prefix: &str, continuation: Option<String>) -> BoxFuture<'_, ObjResult<ListPage>> {
         let st = self.lock();
         let start = continuation.unwrap_or_else(|| prefix.to_string());
-        let mut objects: Vec<(String, u64)> = st
+        let mut objects: Vec<Listed> = st
             .objects
             .range(start..)
             // Keys with the prefix are contiguous from the prefix on.
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(self.page_size + 1)
-            .map(|(k, o)| (k.clone(), o.body.len() as u64))
+            .map(|(k, o)| Listed { key: k.clone(), size: o.body.len() as u64, etag: Some(o.etag.clone()) })
             .collect();
         let mut next = None;
         if objects.len() > self.page_size {
-            next = objects.pop().map(|(k, _)| k);
+            next = objects.pop().map(|o| o.key);
         }
         Box::pin(async move { Ok(ListPage { objects, next }) })
     }

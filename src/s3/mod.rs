@@ -93,9 +93,18 @@ pub enum Condition {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListPage {
-    /// (key, size) in lexicographic order.
-    pub objects: Vec<(String, u64)>,
+    /// In lexicographic order of keys.
+    pub objects: Vec<Listed>,
     pub next: Option<String>,
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// The entity tag of the version listed, if the store reports one.
+    pub etag: Option<String>,
 }
 
 /// The object storage seam.
@@ -121,7 +130,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 /// Lists every key under a prefix, following continuation tokens.
-pub async fn list_all(store: &dyn ObjectStore, prefix: &str) -> ObjResult<Vec<(String, u64)>> {
+pub async fn list_all(store: &dyn ObjectStore, prefix: &str) -> ObjResult<Vec<Listed>> {
     let mut out = Vec::new();
     let mut next = None;
     loop {

@@ -29,7 +29,7 @@ pub use fs::{DirEntry, Fs, ReadAt, StdFs};
 use object_file::{Description, HEADER_BYTES};
 
 use super::{
-    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore,
+    BoxFuture, Condition, DeleteResults, GetOutput, ListPage, Listed, ObjResult, ObjectError, ObjectMeta, ObjectStore,
 };
 
 /// Names inside the store's directories that are never objects.
@@ -344,7 +344,7 @@ impl LocalRoot {
     }
 
     /// Every object under `dir` whose key starts with `prefix`: (key, size).
-    fn walk(&self, bucket_dir: &Path, dir: &Path, prefix: &str, out: &mut Vec<(String, u64)>) -> io::Result<()> {
+    fn walk(&self, bucket_dir: &Path, dir: &Path, prefix: &str, out: &mut Vec<Listed>) -> io::Result<()> {
         let entries = match self.fs.read_dir(dir) {
             Ok(e) => e,
             Err(e) if is_absent(&e) => return Ok(()),
@@ -362,7 +362,10 @@ impl LocalRoot {
                     self.walk(bucket_dir, &path, prefix, out)?;
                 }
             } else if key.starts_with(prefix) {
-                out.push((key, e.len.saturating_sub(HEADER_BYTES as u64)));
+                // The entity tag is in the header; an object whose header cannot be read is
+                // listed without one (a GET reports what is wrong with it).
+                let etag = self.read_description(&path).ok().flatten().map(|(_, d)| d.etag);
+                out.push(Listed { key, size: e.len.saturating_sub(HEADER_BYTES as u64), etag });
             }
         }
         Ok(())

@@ -212,6 +212,10 @@ pub(super) struct Cache {
     /// Chunks whose object is known to exist (listed at open, or a PUT that succeeded): a
     /// GET that finds one missing is an error, one of the others reads zeros.
     pub(super) known: BTreeSet<u64>,
+    /// The entity tag of each chunk's object as this holder knows it (listed at open, or
+    /// answered by its PUT); absent while unknown, and from the moment a mutation is claimed.
+    /// The disk cache serves only data of this version.
+    pub(super) versions: BTreeMap<u64, String>,
     /// Chunks with a mutation (PUT, DELETE) in flight.
     pub(super) inflight: BTreeSet<u64>,
     /// Logs written and not yet deleted, by sequence number.

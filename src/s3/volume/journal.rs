@@ -310,7 +310,7 @@ impl S3Volume {
         let keys = crate::s3::list_all(store, &prefix)
             .await
             .map_err(|e| OpenError::Unavailable(format!("cannot list the local journal: {e}")))?;
-        Ok(keys.into_iter().filter_map(|(k, _)| Some((format::key_number(&k, &prefix)?, k))).collect())
+        Ok(keys.into_iter().filter_map(|o| Some((format::key_number(&o.key, &prefix)?, o.key))).collect())
     }
 
     /// Logs with a journal copy now (tests).

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::cache::{Bits, Cache, PAGE};
-use super::format;
 use super::{MERGE_PARALLEL, S3Volume, store_err};
+use super::{disk_cache, format};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::{StoreError, StoreResult};
 
@@ -117,18 +117,18 @@ impl S3Volume {
                 return Ok(Merged::Superseded);
             }
             settle_at = seq;
-            if exists { self.store.delete(&key).await } else { Ok(()) }
+            if exists { self.store.delete(&key).await.map(|()| None) } else { Ok(None) }
         } else {
             // From now on the object may exist, even if this merge is cancelled mid-PUT.
             self.cache().exists.insert(c);
             let metadata = format::chunk_metadata(&full, self.segment, stamp);
-            self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map(|_| ())
+            self.store.put(&key, Bytes::from(full), metadata, Condition::None).await
         };
         drop(serial);
         self.record_flush_latency(started);
         self.stats.merges.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(()) => {
+            Ok(etag) => {
                 let mut cache = self.cache();
                 if zero {
                     cache.known.remove(&c);
@@ -138,6 +138,9 @@ impl S3Volume {
                 } else {
                     cache.exists.insert(c);
                     cache.known.insert(c);
+                    if let Some(etag) = etag {
+                        cache.versions.insert(c, disk_cache::version_of(&etag));
+                    }
                 }
                 self.settle_merged(&mut cache, c, settle_at, generation);
                 Ok(Merged::Done)

@@ -11,6 +11,7 @@
 //! most one is in flight per key.
 
 mod cache;
+mod disk_cache;
 mod fence;
 pub mod format;
 mod journal;
@@ -39,6 +40,8 @@ use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, Store
 
 use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
+use disk_cache::DiskCache;
+pub use disk_cache::{DISK_CACHE_BUCKET, DiskCacheOptions};
 use format::CHUNKS_DIR;
 pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
@@ -52,13 +55,15 @@ const MERGE_PARALLEL: usize = 8;
 const LOG_BYTES_MAX: usize = 8 << 20;
 
 /// What a volume holds in memory beyond its cache limit, at most: the buffers of the merges
-/// running at once (two chunks each), the readahead GETs in flight (a piece each), and one log
-/// object being written or replayed (up to [`LOG_BYTES_MAX`] of data, plus one chunk's, plus
-/// headers). Reads hold what their commands carry, and what they fetch stays in the cache.
+/// running at once (two chunks each), the readahead GETs in flight (a piece each), the pieces
+/// being written to the disk cache (a chunk each at most), and one log object being written or
+/// replayed (up to [`LOG_BYTES_MAX`] of data, plus one chunk's, plus headers). Reads hold what
+/// their commands carry, and what they fetch stays in the cache.
 pub fn memory_beyond_cache(chunk_size: u64) -> u64 {
     let readahead_piece = read::READAHEAD_PIECE.min(chunk_size).max(format::segment_size(chunk_size));
     MERGE_PARALLEL as u64 * 2 * chunk_size
         + read::READAHEAD_PARALLEL as u64 * readahead_piece
+        + disk_cache::WRITES_PARALLEL as u64 * chunk_size
         + LOG_BYTES_MAX as u64
         + chunk_size
         + (1 << 20)
@@ -98,6 +103,8 @@ pub struct VolumeOptions {
     /// local journal, and reach the object store in the background (see `journal.rs`). Needs
     /// `node`. None: durable means in the object store.
     pub journal: Option<JournalOptions>,
+    /// `cache_disk_size`: a read cache of chunk pieces on local disk (`disk_cache.rs`).
+    pub disk_cache: Option<DiskCacheOptions>,
     pub seed: u64,
 }
 
@@ -117,6 +124,7 @@ impl Default for VolumeOptions {
             holder: "rtgt".into(),
             node: None,
             journal: None,
+            disk_cache: None,
             seed: 1,
         }
     }
@@ -156,6 +164,9 @@ pub struct VolumeStats {
     /// exists), and fetched from the store by the read itself.
     pub read_bytes_cached: AtomicU64,
     pub read_bytes_fetched: AtomicU64,
+    /// Bytes read from the disk cache: whole CRC segments, as a GET would have fetched (the
+    /// bytes reads asked of them are in `read_bytes_fetched`).
+    pub read_bytes_disk: AtomicU64,
     /// Bytes fetched ahead of a sequential stream.
     pub readahead_bytes: AtomicU64,
 }
@@ -220,6 +231,8 @@ pub struct S3Volume {
     /// Tests plant the bug the room's order prevents (`room.rs`).
     #[cfg(test)]
     let_writes_barge: AtomicBool,
+    /// The disk cache tier, once opened (with `disk_cache` in the options).
+    disk: std::sync::OnceLock<Arc<DiskCache>>,
     /// Readahead GETs running at once.
     readahead_slots: tokio::sync::Semaphore,
     /// Bytes of merge buffers and log bodies held now.
@@ -429,6 +442,7 @@ impl S3Volume {
             #[cfg(test)]
             let_writes_barge: AtomicBool::new(false),
             readahead_slots: tokio::sync::Semaphore::new(read::READAHEAD_PARALLEL),
+            disk: std::sync::OnceLock::new(),
             buffer_bytes: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
             opts,
@@ -467,6 +481,7 @@ impl S3Volume {
         let journal = self.check_journal(&previous).await?;
         self.bump_epoch().await.map_err(OpenError::Unavailable)?;
         self.load_chunk_list().await.map_err(OpenError::Unavailable)?;
+        self.open_disk_cache().await;
         self.recover(journal).await
     }
 
@@ -575,17 +590,34 @@ impl S3Volume {
         let keys = super::list_all(&*self.store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
         let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
         let mut cache = self.cache();
-        for (key, size) in keys {
+        for crate::s3::Listed { key, size, etag } in keys {
             match u64::from_str_radix(&key[prefix.len()..], 16) {
                 Ok(c) if c < chunks && size == self.chunk_len(c) => {
                     cache.exists.insert(c);
                     cache.known.insert(c);
+                    if let Some(etag) = etag {
+                        cache.versions.insert(c, disk_cache::version_of(&etag));
+                    }
                 }
                 _ => tracing::warn!(key, size, "unexpected object among the chunks: ignored"),
             }
         }
         tracing::info!(volume = %self.url, chunks = cache.exists.len(), "volume opened");
         Ok(())
+    }
+
+    /// Opens the disk cache tier, if configured; without it if it cannot be opened (it only
+    /// saves requests).
+    async fn open_disk_cache(&self) {
+        let Some(opts) = &self.opts.disk_cache else { return };
+        let versions = self.cache().versions.clone();
+        match DiskCache::open(opts, &self.uuid, &versions).await {
+            Ok(disk) => {
+                tracing::info!(volume = %self.url, bytes = disk.bytes(), "disk cache opened");
+                let _ = self.disk.set(Arc::new(disk));
+            }
+            Err(e) => tracing::warn!(volume = %self.url, error = %e, "the disk cache is off"),
+        }
     }
 
     // ---- claims: one mutation in flight per chunk ----
@@ -600,6 +632,8 @@ impl S3Volume {
                     for &c in chunks {
                         cache.inflight.insert(c);
                         cache.bump_change_stamp(c);
+                        // Its object may change from now on.
+                        cache.versions.remove(&c);
                     }
                     return Claim { volume: self, chunks: chunks.to_vec() };
                 }
@@ -1014,6 +1048,8 @@ impl BlockStore for S3Volume {
             "memory_peak_bytes": l(&self.stats.memory_peak),
             "read_bytes_cached": l(&self.stats.read_bytes_cached),
             "read_bytes_fetched": l(&self.stats.read_bytes_fetched),
+            "read_bytes_disk": l(&self.stats.read_bytes_disk),
+            "disk_cache_bytes": self.disk.get().map_or(0, |d| d.bytes()),
             "readahead_bytes": l(&self.stats.readahead_bytes),
             "logs": self.log_count(),
             "logs_written": l(&self.stats.logs_written),

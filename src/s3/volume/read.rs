@@ -46,6 +46,8 @@ struct Fetch {
 pub(super) struct Fetched {
     pub(super) at: u64,
     pub(super) data: Bytes,
+    /// The entity tag of the object version they are from, if known.
+    pub(super) version: Option<String>,
 }
 
 impl S3Volume {
@@ -159,11 +161,34 @@ impl S3Volume {
         Ok(got.data.slice((from - got.at) as usize..(to - got.at) as usize))
     }
 
-    /// Fetches the CRC segments of chunk `c` that cover `[from, to)`, and verifies them.
+    /// Fetches the CRC segments of chunk `c` that cover `[from, to)`, verified: from the disk
+    /// cache if it holds them for the chunk's current version, from the store otherwise (and
+    /// then into the disk cache).
     async fn fetch_segments(&self, c: u64, from: u64, to: u64) -> Result<Fetched, ObjectError> {
         let chunk_len = self.chunk_len(c);
         let seg_from = from / self.segment * self.segment;
         let seg_to = to.div_ceil(self.segment).saturating_mul(self.segment).min(chunk_len);
+        let disk = self.disk.get();
+        if let Some(disk) = disk {
+            let version = self.cache().versions.get(&c).cloned();
+            if let Some(version) = version
+                && let Some(data) = disk.get(c, &version, seg_from, seg_to, self.segment).await
+            {
+                self.stats.read_bytes_disk.fetch_add(data.len() as u64, Ordering::Relaxed);
+                return Ok(Fetched { at: seg_from, data, version: Some(version) });
+            }
+        }
+        let got = self.fetch_from_store(c, seg_from, seg_to).await?;
+        if let (Some(disk), Some(version)) = (disk, &got.version) {
+            disk.keep(c, version.clone(), got.at, got.data.clone(), self.segment);
+        }
+        Ok(got)
+    }
+
+    /// Fetches whole segments `[seg_from, seg_to)` of chunk `c` from the store, and verifies
+    /// them.
+    async fn fetch_from_store(&self, c: u64, seg_from: u64, seg_to: u64) -> Result<Fetched, ObjectError> {
+        let chunk_len = self.chunk_len(c);
         let whole = seg_from == 0 && seg_to == chunk_len;
         let range = if whole { None } else { Some(seg_from..seg_to) };
         let out = self.store.get(&format::chunk_key(&self.url, c), range).await?;
@@ -191,7 +216,8 @@ impl S3Volume {
             }
             at += n;
         }
-        Ok(Fetched { at: seg_from, data: out.body })
+        let version = out.meta.etag.as_deref().map(super::disk_cache::version_of);
+        Ok(Fetched { at: seg_from, data: out.body, version })
     }
 
     /// Keeps fetched blocks of chunk `c` in the cache, as clean blocks, if no mutation of the
@@ -202,6 +228,10 @@ impl S3Volume {
         let unchanged = cache.change_stamp(c) == stamp && !cache.inflight.contains(&c);
         if !unchanged && !crate::mutants::active(crate::mutants::Mutant::ReadCacheKeepsStale) {
             return;
+        }
+        // No mutation overlapped the GET: the version it read is the chunk's current one.
+        if let Some(version) = &got.version {
+            cache.versions.insert(c, version.clone());
         }
         let need = (got.data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + PAGE as u64;
         if cache.page_bytes + need > self.cache_limit {

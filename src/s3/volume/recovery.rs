@@ -54,7 +54,7 @@ impl S3Volume {
         let unavailable = OpenError::Unavailable;
         let prefix = self.url.key(LOG_DIR);
         let mut copies: BTreeMap<u64, Copies> = BTreeMap::new();
-        for (key, _) in crate::s3::list_all(&*self.store, &prefix)
+        for crate::s3::Listed { key, .. } in crate::s3::list_all(&*self.store, &prefix)
             .await
             .map_err(|e| unavailable(format!("cannot list {prefix}: {e}")))?
         {

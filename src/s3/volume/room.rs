@@ -98,7 +98,10 @@ impl S3Volume {
             .entries
             .iter()
             .filter(|(c, e)| {
-                !e.is_clean() && !e.pages.is_empty() && !cache.inflight.contains(c) && !cache.merging_for_room.contains(c)
+                !e.is_clean()
+                    && !e.pages.is_empty()
+                    && !cache.inflight.contains(c)
+                    && !cache.merging_for_room.contains(c)
             })
             .map(|(c, e)| (std::cmp::Reverse(e.pages.len()), *c))
             .collect();

@@ -8,7 +8,12 @@ const CHUNK_64K: u64 = 64 * 1024;
 
 /// `writers` closed-loop writers of `per_writer` random 4 KiB writes each; the longest a write
 /// took, in (simulated) time, and every write's outcome.
-async fn random_writes(v: &Arc<S3Volume>, chunks: u64, writers: u64, per_writer: u64) -> (Duration, Vec<StoreResult<()>>) {
+async fn random_writes(
+    v: &Arc<S3Volume>,
+    chunks: u64,
+    writers: u64,
+    per_writer: u64,
+) -> (Duration, Vec<StoreResult<()>>) {
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let v = v.clone();

@@ -699,12 +699,30 @@ const BLOCKS: u64 = CHUNK * CHUNKS / BS;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { lba: u64, blocks: u64, fill: u8, fua: bool },
-    WriteZeros { lba: u64, blocks: u64 },
-    Read { lba: u64, blocks: u64 },
-    Unmap { lba: u64, blocks: u64 },
+    Write {
+        lba: u64,
+        blocks: u64,
+        fill: u8,
+        fua: bool,
+    },
+    WriteZeros {
+        lba: u64,
+        blocks: u64,
+    },
+    Read {
+        lba: u64,
+        blocks: u64,
+    },
+    Unmap {
+        lba: u64,
+        blocks: u64,
+    },
     Flush,
-    Tick { millis: u64 },
+    Tick {
+        millis: u64,
+    },
+    /// Memory pressure drops every clean page: reads go to the disk cache or the store.
+    Evict,
     Crash,
     Faults(bool),
 }
@@ -722,6 +740,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => range().prop_map(|(lba, blocks)| Op::Unmap { lba, blocks }),
         2 => Just(Op::Flush),
         2 => (1u64..5000).prop_map(|millis| Op::Tick { millis }),
+        2 => Just(Op::Evict),
         1 => Just(Op::Crash),
         1 => proptest::bool::ANY.prop_map(Op::Faults),
     ]
@@ -760,8 +779,15 @@ enum Durability {
 }
 
 impl Harness {
-    fn model_options(&self, durability: Durability, journal: &Arc<MemObjectStore>) -> VolumeOptions {
+    fn model_options(
+        &self,
+        durability: Durability,
+        journal: &Arc<MemObjectStore>,
+        disk: &Arc<MemObjectStore>,
+    ) -> VolumeOptions {
         let mut opts = self.options(CHUNK, CHUNKS, "model");
+        // A disk cache smaller than the volume, kept across crashes like the journal.
+        opts.disk_cache = Some(DiskCacheOptions { store: disk.clone(), bytes_max: CHUNKS / 2 * CHUNK });
         if durability == Durability::Local {
             opts = on_node(opts, "model-node");
             opts.journal = Some(JournalOptions { store: journal.clone(), bytes_max: 4 * CHUNK });
@@ -773,7 +799,8 @@ impl Harness {
 async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseError> {
     let h = Harness::new();
     let journal = Arc::new(MemObjectStore::new());
-    let open = || h.open_with(h.model_options(durability, &journal));
+    let disk = Arc::new(MemObjectStore::new());
+    let open = || h.open_with(h.model_options(durability, &journal, &disk));
     let mut v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model { possible: vec![vec![0u8]; BLOCKS as usize] };
     let mut faults = false;
@@ -814,6 +841,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseE
                 Err(e) => prop_assert!(faults || e.to_string().contains("earlier"), "flush failed: {e}"),
             },
             Op::Tick { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
+            Op::Evict => v.evict_clean(&mut v.cache(), u64::MAX),
             Op::Faults(on) => {
                 faults = on;
                 let set = if on {
@@ -823,6 +851,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseE
                 };
                 h.mem.set_faults(set);
                 journal.set_faults(set);
+                disk.set_faults(set);
             }
             Op::Crash => {
                 v.simulate_crash();
@@ -831,6 +860,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseE
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 h.mem.set_faults(Faults::default());
                 journal.set_faults(Faults::default());
+                disk.set_faults(Faults::default());
                 faults = false;
                 v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 // Each block now holds one of its possible values: learn which.
@@ -849,6 +879,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseE
     }
     h.mem.set_faults(Faults::default());
     journal.set_faults(Faults::default());
+    disk.set_faults(Faults::default());
     v.flush().await.ok();
     v.flush().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     model.durable();
@@ -1033,3 +1064,6 @@ mod read_tests;
 
 #[path = "room_tests.rs"]
 mod room_tests;
+
+#[path = "disk_cache_tests.rs"]
+mod disk_cache_tests;
