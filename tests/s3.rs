@@ -1,7 +1,8 @@
 //! S3 volumes through the real S3 client path: aws-sdk-s3 against the local store over
-//! loopback HTTP, and against s3s-fs (a second implementation) in-process through s3s-aws's
-//! connector; the local store converting what s3s-fs left; and a target serving an S3 volume
-//! to libiscsi across a restart.
+//! loopback HTTP, against s3s-fs (a second implementation) in-process through s3s-aws's
+//! connector, and against moto (a third, in Python: `pip install 'moto[server]'`) over HTTP;
+//! the local store converting what s3s-fs left; and a target serving an S3 volume to libiscsi
+//! across a restart.
 
 mod common;
 
@@ -77,6 +78,90 @@ async fn volume_over_loopback_http() {
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let aws = AwsStore::connect(&server.endpoint(), "vols").await;
     exercise(Arc::new(aws)).await;
+}
+
+/// moto's S3 server on a free loopback port, killed on drop. Fails loudly without moto.
+struct Moto {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("moto_server cannot start ({e}): install it with pip install 'moto[server]'"));
+    let moto = Moto { child, addr: format!("127.0.0.1:{port}").parse().unwrap() };
+    // Ready once it accepts connections (it takes a second or two to start).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(moto.addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto_server did not listen on {} within 60 s", moto.addr);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    moto
+}
+
+async fn moto_client(moto: &Moto, bucket: &str) -> AwsStore {
+    let credentials = embedded::Credentials { access_key: "testing".into(), secret_key: "testing".into() };
+    let aws = AwsStore::connect(&embedded::endpoint_for(moto.addr, &credentials), bucket).await;
+    aws.ensure_bucket().await.unwrap();
+    aws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_against_moto() {
+    let moto = start_moto().await;
+    exercise(Arc::new(moto_client(&moto, "vols").await)).await;
+}
+
+/// The disk cache relies on a chunk's entity tag being the same in a PUT's answer, a LIST and
+/// a GET: against moto, reads after a restart come from the disk cache with no GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_cache_finds_its_versions_on_moto() {
+    let moto = start_moto().await;
+    let store = Arc::new(moto_client(&moto, "vols").await);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let ctx = BuildContext::new();
+    let url = S3Url::parse("s3://vols/cached").unwrap();
+    let open = |disk: bool| {
+        // A cache too small to keep a chunk: every read fetches (from the store or the disk).
+        let mut opts = VolumeOptions { cache_bytes: 64 * 1024, ..options("first") };
+        if disk {
+            let store = ctx.disk_cache_store(cache_dir.path()).unwrap();
+            opts.disk_cache = Some(rtgt::s3::volume::DiskCacheOptions { store, bytes_max: 64 * CHUNK });
+        }
+        S3Volume::open(store.clone(), url.clone(), opts, Arc::new(TokioClock::new()))
+    };
+    let data: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 253) as u8 + 1).collect();
+    let v = open(false).await.unwrap();
+    v.write(0, Bytes::from(data.clone()), false).await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    // Each chunk read once, then kept on disk (in the background: read until all are there).
+    let v = open(true).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while v.stats()["disk_cache_bytes"].as_u64() != Some(4 * CHUNK) {
+        assert!(std::time::Instant::now() < deadline, "the disk cache holds {}", v.stats()["disk_cache_bytes"]);
+        assert_eq!(&v.read(0, 4 * CHUNK as usize).await.unwrap()[..], &data[..]);
+    }
+    v.close().await.unwrap();
+    drop(v);
+    let v = open(true).await.unwrap();
+    let gets = v.s3_stats().get.load(Ordering::Relaxed);
+    assert_eq!(&v.read(0, 4 * CHUNK as usize).await.unwrap()[..], &data[..]);
+    assert_eq!(v.s3_stats().get.load(Ordering::Relaxed), gets, "no GET: the versions listed match the entries");
+    assert_eq!(v.stats()["read_bytes_disk"].as_u64(), Some(4 * CHUNK));
+    v.close().await.unwrap();
 }
 
 /// Credentials for servers the tests run themselves.
