@@ -2,7 +2,8 @@
 //! emulator (`rtgt::netem`), a target in this process, and an initiator. The store goes away
 //! for longer than the lease, or sits behind a slow capped link; the initiator must see no
 //! errors for plain writes, a SYNCHRONIZE CACHE must wait and then succeed, and every
-//! acknowledged write must be in the store afterwards (read back by a second target).
+//! acknowledged write must be in the store afterwards (read back by a second target). With a
+//! disk cache, reads of what it holds need no store.
 
 mod common;
 
@@ -37,8 +38,8 @@ async fn store(link: LinkSpec) -> Store {
     Store { server, netem, _dir: dir }
 }
 
-/// A target whose LUN reaches the store at `endpoint`.
-async fn target(store: &Store, endpoint: &str, cache: &str) -> TestTarget {
+/// A target whose LUN reaches the store at `endpoint`, with `extra` settings of the LUN.
+async fn target(store: &Store, endpoint: &str, cache: &str, extra: &str) -> TestTarget {
     let credentials = store.server.credentials();
     let text = format!(
         r#"
@@ -60,6 +61,7 @@ async fn target(store: &Store, endpoint: &str, cache: &str) -> TestTarget {
         size = "{}"
         cache_size = "{cache}"
         create = true
+        {extra}
         "#,
         common::TARGET,
         endpoint,
@@ -137,7 +139,7 @@ async fn sync(s: &Session) -> u8 {
 /// Reads every block through a new target (reaching the store directly) and checks it holds
 /// what was acknowledged last.
 async fn verify(store: &Store, acked: &Acked) {
-    let t = target(store, &format!("http://{}", store.server.addr), "64MiB").await;
+    let t = target(store, &format!("http://{}", store.server.addr), "64MiB", "").await;
     let s = ready_session(&t, 0x900).await;
     let acked = acked.lock().unwrap().clone();
     let per_read = 2048u64;
@@ -168,7 +170,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     // Twice the LUN: however much is written, it fits (pages are counted with a margin per
     // write), so no write waits for room. A full cache would make writes wait for merges, which
     // cannot happen while the store is away: past their deadline they get NOT READY.
-    let t = target(&store, &store.netem.url(), "128MiB").await;
+    let t = target(&store, &store.netem.url(), "128MiB", "").await;
     let s = Arc::new(ready_session(&t, 0x100).await);
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -207,7 +209,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     let store = store(LinkSpec::new(Duration::from_millis(20), 40_000_000)).await;
-    let t = target(&store, &store.netem.url(), "96MiB").await;
+    let t = target(&store, &store.netem.url(), "96MiB", "").await;
     let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut workers = Vec::new();
@@ -232,4 +234,71 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     }
     shut_down(t).await;
     verify(&store, &acked).await;
+}
+
+/// Bytes of the files under `dir`, recursively.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type().map(|t| t.is_dir()) {
+            Ok(true) => bytes_under(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// Reads the first `blocks` and checks each holds `fill(lba, 1)`; returns the failed reads.
+async fn read_back(s: &Session, blocks: u64) -> u64 {
+    let mut failed = 0;
+    for first in (0..blocks).step_by(2048) {
+        match s.command(LUN, &rw16(0x88, first, 2048, 0), Bytes::new(), 2048 * BLOCK as u32).await {
+            Ok(r) if r.status == 0 => {
+                for b in first..first + 2048 {
+                    let got = &r.data[((b - first) * BLOCK) as usize..((b - first + 1) * BLOCK) as usize];
+                    assert_eq!(got, &fill(b, 1)[..], "block {b}");
+                }
+            }
+            other => {
+                eprintln!("read at {first} failed: {other:?}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// A target with a disk cache (`cache_disk_size`) reads what it holds while the store is away:
+/// 8 MiB written by one target, read by a second (which keeps it on disk, its memory cache
+/// holding one chunk), then read again with the store refusing connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_the_disk_cache_need_no_store() {
+    let store = store(LinkSpec::default()).await;
+    let blocks = 8 * 2048;
+    let t = target(&store, &store.netem.url(), "64MiB", "").await;
+    let s = ready_session(&t, 0x100).await;
+    for first in (0..blocks).step_by(2048) {
+        let data: Vec<u8> = (first..first + 2048).flat_map(|b| fill(b, 1)).collect();
+        let r = s.command(LUN, &rw16(0x8a, first, 2048, 0), Bytes::from(data), 0).await.unwrap();
+        assert_eq!(r.status, 0);
+    }
+    s.logout().await.unwrap();
+    shut_down(t).await;
+
+    let cache_dir = tempfile::tempdir().unwrap();
+    let disk = format!("cache_dir = \"{}\"\ncache_disk_size = \"64MiB\"", cache_dir.path().display());
+    let t = target(&store, &store.netem.url(), "4MiB", &disk).await;
+    let s = ready_session(&t, 0x200).await;
+    // Pieces go to the disk in the background (and are skipped while its writes are busy):
+    // read until it holds them all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while bytes_under(cache_dir.path()) < 8 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the disk cache holds {} bytes", bytes_under(cache_dir.path()));
+        assert_eq!(read_back(&s, blocks).await, 0);
+    }
+    store.netem.set_reach(Reach::Refused);
+    assert_eq!(read_back(&s, blocks).await, 0, "every read came from the disk or memory cache");
+    store.netem.set_reach(Reach::Up);
+    s.logout().await.unwrap();
+    shut_down(t).await;
 }
