@@ -233,6 +233,9 @@ pub struct LoadArgs {
     /// Commands in flight per connection.
     #[arg(long, default_value_t = 1)]
     pub queue_depth: u32,
+    /// Writes with FUA (`--fua true`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub fua: bool,
     /// Sessions (one connection each), each with its own queue.
     #[arg(long, default_value_t = 1)]
     pub connections: u32,
@@ -370,6 +373,7 @@ pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
             let next = next.clone();
             let data = data.clone();
             let (pattern, lun, read_len) = (args.pattern, args.lun, args.block_size);
+            let write_flags = if args.fua { 0x08 } else { 0 };
             let mut rng = Rng::seeded(args.seed ^ ((c as u64) << 32) ^ q as u64);
             workers.push(tokio::spawn(async move {
                 let mut out = WorkerOutcome { latencies_ns: Vec::new(), errors: 0, first_error: None };
@@ -386,7 +390,7 @@ pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
                     let lba = slot * per_io;
                     let t0 = Instant::now();
                     let result = if pattern.writes() {
-                        session.command(lun, &rw16(0x8a, lba, per_io as u32, 0), data.clone(), 0).await
+                        session.command(lun, &rw16(0x8a, lba, per_io as u32, write_flags), data.clone(), 0).await
                     } else {
                         session.command(lun, &rw16(0x88, lba, per_io as u32, 0), Bytes::new(), read_len).await
                     };
@@ -477,6 +481,7 @@ mod load_tests {
             pattern: Pattern::Randread,
             block_size: 4096,
             queue_depth: 1,
+            fua: false,
             connections: 1,
             seconds: 1.0,
             threads: 1,

@@ -130,6 +130,21 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Serve the embedded S3 store behind an emulated link, with the bench's credentials (used
+    /// by `cargo xtask bench s3 --rtt --iscsi`).
+    #[command(hide = true)]
+    BenchS3Remote {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where the link's far end listens.
+        #[arg(long)]
+        listen: String,
+        #[arg(long, default_value_t = 20)]
+        rtt_ms: u64,
+        /// Bandwidth cap each way, in Mbit/s (0: none).
+        #[arg(long, default_value_t = 0)]
+        mbit: u64,
+    },
     /// Drive a fixed-duration load against an iSCSI LU (used by `cargo xtask bench`).
     #[command(hide = true)]
     BenchLoad(rtgt::bench::LoadArgs),
@@ -270,6 +285,10 @@ fn main() -> ExitCode {
         Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, only, json } => {
             let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
             block_on(bench_s3_network(dir, rtgt::bench::network::NetworkArgs { link, seconds, outage, only }, json))
+        }
+        Command::BenchS3Remote { dir, listen, rtt_ms, mbit } => {
+            let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
+            block_on(bench_s3_remote(dir, listen, link))
         }
         Command::BenchLoad(args) => rtgt::bench::run_load(args),
     };
@@ -559,6 +578,20 @@ async fn s3_server(listen: String, root: Option<PathBuf>, given: Option<embedded
         eprintln!("  credentials: access key {}, secret key in {}", server.credentials().access_key, file.display());
     }
     eprintln!("  buckets are the directories of {}", root.display());
+    wait_for_signal().await;
+    Ok(())
+}
+
+async fn bench_s3_remote(dir: PathBuf, listen: String, link: rtgt::netem::LinkSpec) -> Result<(), String> {
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let root = embedded::open_root(&dir)?;
+    root.create_bucket("bench")?;
+    let credentials = embedded::Credentials { access_key: "bench".into(), secret_key: "bench-secret-key".into() };
+    let local = "127.0.0.1:0".parse().expect("address");
+    let server = EmbeddedS3::start_with(root, local, Some(credentials)).await?;
+    let listen = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
+    let netem = rtgt::netem::Netem::start_on(listen, server.addr, link).await.map_err(|e| e.to_string())?;
+    eprintln!("rtgt: S3 store at {} over {link:?}", netem.url());
     wait_for_signal().await;
     Ok(())
 }

@@ -92,7 +92,12 @@ const QUEUED_READS: usize = 16;
 impl Netem {
     /// Listens on a free loopback port and forwards to `upstream` through the link.
     pub async fn start(upstream: SocketAddr, spec: LinkSpec) -> std::io::Result<Netem> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Netem::start_on("127.0.0.1:0".parse().expect("address"), upstream, spec).await
+    }
+
+    /// Listens on `listen` and forwards to `upstream` through the link.
+    pub async fn start_on(listen: SocketAddr, upstream: SocketAddr, spec: LinkSpec) -> std::io::Result<Netem> {
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let wire = || Wire { free_at: Mutex::new(Instant::now()), bytes_per_sec: spec.bytes_per_sec };
         let link = Arc::new(Link {

@@ -103,9 +103,9 @@ async fn start_moto() -> Moto {
         .unwrap_or_else(|e| panic!("moto_server cannot start ({e}): install it with pip install 'moto[server]'"));
     let moto = Moto { child, addr: format!("127.0.0.1:{port}").parse().unwrap() };
     // Ready once it accepts connections (it takes a second or two to start).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(moto.addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "moto_server did not listen on {} within 60 s", moto.addr);
+        assert!(tokio::time::Instant::now() < deadline, "moto_server did not listen on {} within 60 s", moto.addr);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     moto
@@ -149,9 +149,9 @@ async fn the_disk_cache_finds_its_versions_on_moto() {
     drop(v);
     // Each chunk read once, then kept on disk (in the background: read until all are there).
     let v = open(true).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while v.stats()["disk_cache_bytes"].as_u64() != Some(4 * CHUNK) {
-        assert!(std::time::Instant::now() < deadline, "the disk cache holds {}", v.stats()["disk_cache_bytes"]);
+        assert!(tokio::time::Instant::now() < deadline, "the disk cache holds {}", v.stats()["disk_cache_bytes"]);
         assert_eq!(&v.read(0, 4 * CHUNK as usize).await.unwrap()[..], &data[..]);
     }
     v.close().await.unwrap();

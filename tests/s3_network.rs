@@ -291,9 +291,9 @@ async fn reads_from_the_disk_cache_need_no_store() {
     let s = ready_session(&t, 0x200).await;
     // Pieces go to the disk in the background (and are skipped while its writes are busy):
     // read until it holds them all.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while bytes_under(cache_dir.path()) < 8 << 20 {
-        assert!(std::time::Instant::now() < deadline, "the disk cache holds {} bytes", bytes_under(cache_dir.path()));
+        assert!(tokio::time::Instant::now() < deadline, "the disk cache holds {} bytes", bytes_under(cache_dir.path()));
         assert_eq!(read_back(&s, blocks).await, 0);
     }
     store.netem.set_reach(Reach::Refused);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 mod bench;
 mod bench_reads;
+mod bench_rtt;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -39,9 +40,12 @@ commands:
         [--threads N]           threads of the own load generator (default 1)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
                                 server, compared with the naive design (release build)
-  bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5]
+  bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5] [--only W]
                                 the S3 volume at a distance: latency and throughput on
                                 loopback and through a delay/throttle proxy, side by side
+  bench s3 --rtt 20ms --iscsi [--bandwidth 100Mbit] [--seconds 5]
+                                the S3 goal table through iSCSI: rtgt serve, its store behind
+                                the delay/throttle proxy, rtgt's load generator
   bench s3 --reads [--seconds N]
                                 reads through iSCSI from an S3 LUN on the embedded store and
                                 a file LUN, in rtgt's cache and cold (after a restart)
@@ -472,6 +476,22 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The link and row length of `bench s3 --rtt --iscsi`, from the arguments collected for
+/// `bench-s3-network`.
+fn rtt_args(network: &[String]) -> Result<bench_rtt::Args, String> {
+    let mut args = bench_rtt::Args { rtt_ms: 20, mbit: 0, seconds: 5 };
+    for pair in network.chunks(2) {
+        let number = |v: &String| v.parse::<u64>().map_err(|_| format!("{v}: not a number"));
+        match (pair[0].as_str(), pair.get(1)) {
+            ("--rtt-ms", Some(v)) => args.rtt_ms = number(v)?,
+            ("--mbit", Some(v)) => args.mbit = number(v)?,
+            ("--seconds", Some(v)) => args.seconds = number(v)?,
+            (flag, _) => return Err(format!("{flag} is not used with --iscsi")),
+        }
+    }
+    Ok(args)
+}
+
 fn bench_s3(args: &[String]) -> Result<(), String> {
     if args.first().map(String::as_str) == Some("--reads") {
         let seconds = match args.get(1..).unwrap_or_default() {
@@ -482,6 +502,7 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
         return bench_reads::run(seconds);
     }
     let mut scale = "1".to_string();
+    let mut iscsi = false;
     // With any of these, the workloads at a distance run instead (loopback and the link).
     let mut network: Vec<String> = Vec::new();
     let mut it = args.iter();
@@ -493,8 +514,13 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
             "--bandwidth" => network.extend(["--mbit".into(), mbit(&value("a rate like 100Mbit")?)?]),
             "--outage" => network.extend(["--outage".into(), seconds(&value("a time like 30s")?)?]),
             "--seconds" => network.extend(["--seconds".into(), value("a number")?]),
+            "--only" => network.extend(["--only".into(), value("part of a workload's name")?]),
+            "--iscsi" => iscsi = true,
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
+    }
+    if iscsi {
+        return bench_rtt::run(rtt_args(&network)?);
     }
     build_release()?;
     let dir = std::env::temp_dir().join(format!("rtgt-bench-s3-{}", std::process::id()));
