@@ -537,23 +537,26 @@ impl BuildContext {
 
     /// The journal store in `dir`, opened (and locked) once per process.
     pub fn journal_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
-        self.local_bucket(dir, crate::s3::volume::format::JOURNAL_BUCKET)
+        self.local_bucket(dir, crate::s3::volume::format::JOURNAL_BUCKET, true)
     }
 
-    /// The disk cache's store in `dir` (`cache_disk_size`).
+    /// The disk cache's store under `dir` (`cache_disk_size`): a local store of its own, in
+    /// `dir/read-cache`, that does not fsync (its entries are checked when read).
     pub fn disk_cache_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
-        self.local_bucket(dir, crate::s3::volume::DISK_CACHE_BUCKET)
+        let bucket = crate::s3::volume::DISK_CACHE_BUCKET;
+        self.local_bucket(&dir.join(bucket), bucket, false)
     }
 
-    /// A bucket of the local store in `dir` (one per directory in this process).
-    fn local_bucket(&self, dir: &Path, bucket: &str) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
+    /// A bucket of the local store in `dir` (one per directory in this process; `durable` as
+    /// [`LocalOptions::durable`](crate::s3::local::LocalOptions)).
+    fn local_bucket(&self, dir: &Path, bucket: &str, durable: bool) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
         use crate::s3::local::{LocalOptions, LocalRoot, Offload, StdFs};
         let mut journals = self.journals.lock().expect("poisoned");
         let root = match journals.get(dir) {
             Some(root) => root.clone(),
             None => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
-                let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: self.seed };
+                let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: self.seed, durable };
                 let root = LocalRoot::open(Arc::new(StdFs), dir, options)
                     .map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
                 journals.insert(dir.to_path_buf(), root.clone());

@@ -156,7 +156,7 @@ async fn target(env: Environment) -> turmoil::Result {
     let store: Arc<dyn ObjectStore> = match env.store {
         Store::Remote => Arc::new(s3_store(&env)),
         Store::Embedded => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
             let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(EMBEDDED_ROOT), options)?;
             root.create_bucket(BUCKET)?;
             Arc::new(root.bucket(BUCKET)?)
@@ -165,7 +165,7 @@ async fn target(env: Environment) -> turmoil::Result {
     let journal = match env.journal {
         false => None,
         true => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
             let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(JOURNAL_ROOT), options)?;
             root.create_bucket(JOURNAL_BUCKET)?;
             let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(JOURNAL_BUCKET)?);
@@ -175,7 +175,7 @@ async fn target(env: Environment) -> turmoil::Result {
     let disk_cache = match env.disk_cache {
         false => None,
         true => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: false };
             let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(DISK_CACHE_ROOT), options)?;
             root.create_bucket(DISK_CACHE_BUCKET)?;
             let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(DISK_CACHE_BUCKET)?);

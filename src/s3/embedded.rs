@@ -60,7 +60,11 @@ pub fn open_root(root: &Path) -> Result<Arc<LocalRoot>, String> {
     // Entity tags only need to differ between versions of a key, across restarts too.
     #[allow(clippy::disallowed_methods)] // production only: the simulation opens its own root
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    LocalRoot::open(Arc::new(StdFs), root, LocalOptions { offload: Offload::BlockingPool, etag_seed: seed as u64 })
+    LocalRoot::open(
+        Arc::new(StdFs),
+        root,
+        LocalOptions { offload: Offload::BlockingPool, etag_seed: seed as u64, durable: true },
+    )
 }
 
 /// A running HTTP endpoint of the embedded store.

@@ -55,6 +55,9 @@ pub struct LocalOptions {
     pub offload: Offload,
     /// Start of the counter that makes entity tags unique across restarts.
     pub etag_seed: u64,
+    /// Whether an acknowledged PUT or DELETE is durable (fsync of the file and its directory).
+    /// A cache whose entries are checked when read may do without.
+    pub durable: bool,
 }
 
 /// A directory of buckets, locked by this process.
@@ -62,6 +65,8 @@ pub struct LocalRoot {
     fs: Arc<dyn Fs>,
     root: PathBuf,
     offload: Offload,
+    /// See [`LocalOptions::durable`].
+    durable: bool,
     /// Conditional checks and renames happen under it.
     mutate: Mutex<()>,
     next_etag: AtomicU64,
@@ -101,6 +106,7 @@ impl LocalRoot {
             fs,
             root: root.to_path_buf(),
             offload: opts.offload,
+            durable: opts.durable,
             mutate: Mutex::new(()),
             next_etag: AtomicU64::new(opts.etag_seed),
             next_temp: AtomicU64::new(0),
@@ -277,7 +283,7 @@ impl LocalRoot {
         let desc = Description { etag: etag.clone(), size: body.len() as u64, crc32c, metadata };
         let header = object_file::encode_header(&desc).map_err(|e| ObjectError::failed(e.to_string()))?;
         let temp = dir.join(self.temp_name());
-        let sync = !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
+        let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
         self.fs.write_new(&temp, &[&header, body], sync).map_err(|e| conflict_or(e, "cannot write the object"))?;
         let renamed = {
             let _serial = self.mutate.lock().expect("poisoned");
@@ -332,7 +338,7 @@ impl LocalRoot {
                 results.push((key.clone(), result));
             }
         }
-        let sync = !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
+        let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
         for (dir, removed) in dirs.into_iter().filter(|_| sync) {
             if let Err(e) = self.fs.sync_dir(&dir) {
                 for i in removed {

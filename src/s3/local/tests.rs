@@ -8,7 +8,11 @@ use super::*;
 const ROOT: &str = "/store";
 
 fn open(fs: &CrashFs) -> Result<Arc<LocalRoot>, String> {
-    LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), LocalOptions { offload: Offload::Inline, etag_seed: 1 })
+    LocalRoot::open(
+        Arc::new(fs.clone()),
+        Path::new(ROOT),
+        LocalOptions { offload: Offload::Inline, etag_seed: 1, durable: true },
+    )
 }
 
 fn bucket(fs: &CrashFs) -> LocalStore {
@@ -256,9 +260,12 @@ proptest! {
 #[tokio::test]
 async fn an_acknowledged_put_survives_a_power_loss() {
     let fs = CrashFs::new();
-    let root =
-        LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), LocalOptions { offload: Offload::Inline, etag_seed: 1 })
-            .unwrap();
+    let root = LocalRoot::open(
+        Arc::new(fs.clone()),
+        Path::new(ROOT),
+        LocalOptions { offload: Offload::Inline, etag_seed: 1, durable: true },
+    )
+    .unwrap();
     root.create_bucket("bkt").unwrap();
     let s = root.bucket("bkt").unwrap();
     s.put("v/meta", Bytes::from_static(b"durable"), BTreeMap::new(), Condition::None).await.unwrap();
@@ -334,7 +341,7 @@ async fn a_put_whose_caller_gave_up_never_lands_later() {
         stall: Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new())),
         resumed: Arc::default(),
     };
-    let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: 1 };
+    let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: 1, durable: true };
     let root = LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), options).unwrap();
     root.create_bucket("bkt").unwrap();
     let s = root.bucket("bkt").unwrap();

@@ -9,8 +9,9 @@
 //! back. So a chunk replaced by anyone (this holder's merge, another holder after a takeover)
 //! is never served from an older entry, and a torn, truncated or rotten file is a miss (and is
 //! deleted), never wrong data. Entries of other versions are deleted when the volume opens.
-//! Writes to the tier happen on tasks of their own, a few at a time; a piece that finds them
-//! all busy is not kept (the tier never slows a read down nor holds unbounded memory).
+//! Writes to the tier happen on tasks of their own, a few at a time, behind a queue of bounded
+//! bytes; a piece that finds the queue full is not kept (the tier never slows a read down nor
+//! holds unbounded memory).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,11 @@ use crate::s3::{Condition, ObjectStore};
 /// The bucket of the local store in `cache_dir` that holds disk cache entries.
 pub const DISK_CACHE_BUCKET: &str = "read-cache";
 /// Pieces being written to the tier at once.
-pub(super) const WRITES_PARALLEL: usize = 4;
+const WRITES_PARALLEL: usize = 4;
+/// Bytes of pieces waiting to be written, at most: a piece that finds no room is not kept.
+pub(super) const QUEUED_BYTES: u64 = 32 << 20;
+/// The queue's unit.
+const QUEUE_UNIT: u64 = 4096;
 /// Object metadata of an entry: the entity tag of the chunk object version it holds.
 const VERSION_METADATA: &str = "rtgt-version";
 
@@ -68,7 +73,9 @@ pub(super) struct DiskCache {
     prefix: String,
     bytes_max: u64,
     index: Mutex<Index>,
-    writes: Arc<tokio::sync::Semaphore>,
+    /// Units of [`QUEUED_BYTES`] free.
+    queue: Arc<tokio::sync::Semaphore>,
+    writes: tokio::sync::Semaphore,
 }
 
 /// A version's entity tag as compared: stores differ in quoting it.
@@ -106,7 +113,8 @@ impl DiskCache {
             prefix,
             bytes_max: opts.bytes_max,
             index: Mutex::new(index),
-            writes: Arc::new(tokio::sync::Semaphore::new(WRITES_PARALLEL)),
+            queue: Arc::new(tokio::sync::Semaphore::new((QUEUED_BYTES / QUEUE_UNIT) as usize)),
+            writes: tokio::sync::Semaphore::new(WRITES_PARALLEL),
         };
         let excess = cache.evict_for(0);
         cache.delete(excess).await;
@@ -122,10 +130,10 @@ impl DiskCache {
         self.index().bytes
     }
 
-    /// Waits until no piece is being written (tests).
+    /// Waits until no piece waits or is being written (tests).
     #[cfg(test)]
     pub(super) async fn settled(&self) {
-        let _all = self.writes.acquire_many(WRITES_PARALLEL as u32).await.expect("never closed");
+        let _all = self.queue.acquire_many((QUEUED_BYTES / QUEUE_UNIT) as u32).await.expect("never closed");
     }
 
     /// Bytes `[from, to)` (whole segments of `segment` bytes) of chunk `c` as `version` holds
@@ -174,15 +182,17 @@ impl DiskCache {
     }
 
     /// Keeps `data`, verified bytes `[at, at + len)` of chunk `c` as `version` holds them
-    /// (whole segments of `segment` bytes), on a task of its own, if a write slot is free.
+    /// (whole segments of `segment` bytes), on a task of its own, if the queue has room.
     pub(super) fn keep(self: &Arc<Self>, c: u64, version: String, at: u64, data: Bytes, segment: u64) {
         if data.is_empty() || data.len() as u64 > self.bytes_max {
             return;
         }
-        let Ok(slot) = self.writes.clone().try_acquire_owned() else { return };
+        let units = (data.len() as u64).div_ceil(QUEUE_UNIT) as u32;
+        let Ok(queued) = self.queue.clone().try_acquire_many_owned(units) else { return };
         let me = self.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _queued = queued;
+            let _writing = me.writes.acquire().await.expect("never closed");
             me.write(c, version, at, data, segment).await;
         });
     }

@@ -125,7 +125,7 @@ async fn a_journal_needs_a_node() {
 }
 
 fn journal_root(fs: &CrashFs, incarnation: u64) -> Arc<dyn ObjectStore> {
-    let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32 };
+    let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
     let root = LocalRoot::open(Arc::new(fs.clone()), Path::new("/journal"), options).unwrap();
     root.create_bucket(format::JOURNAL_BUCKET).unwrap();
     Arc::new(root.bucket(format::JOURNAL_BUCKET).unwrap())

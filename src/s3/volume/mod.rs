@@ -56,14 +56,14 @@ const LOG_BYTES_MAX: usize = 8 << 20;
 
 /// What a volume holds in memory beyond its cache limit, at most: the buffers of the merges
 /// running at once (two chunks each), the readahead GETs in flight (a piece each), the pieces
-/// being written to the disk cache (a chunk each at most), and one log object being written or
+/// queued for the disk cache (`disk_cache::QUEUED_BYTES`), and one log object being written or
 /// replayed (up to [`LOG_BYTES_MAX`] of data, plus one chunk's, plus headers). Reads hold what
 /// their commands carry, and what they fetch stays in the cache.
 pub fn memory_beyond_cache(chunk_size: u64) -> u64 {
     let readahead_piece = read::READAHEAD_PIECE.min(chunk_size).max(format::segment_size(chunk_size));
     MERGE_PARALLEL as u64 * 2 * chunk_size
         + read::READAHEAD_PARALLEL as u64 * readahead_piece
-        + disk_cache::WRITES_PARALLEL as u64 * chunk_size
+        + disk_cache::QUEUED_BYTES
         + LOG_BYTES_MAX as u64
         + chunk_size
         + (1 << 20)
@@ -213,6 +213,11 @@ pub struct S3Volume {
     /// One SYNCHRONIZE CACHE at a time makes the cache durable; those that arrive meanwhile
     /// wait and are usually covered by the next one (group commit).
     sync_lock: tokio::sync::Mutex<()>,
+    /// SYNCs and FUA writes waiting for durability now; woken as each arrives.
+    sync_waiters: std::sync::atomic::AtomicUsize,
+    sync_arrived: Notify,
+    /// How many the last group commit covered, and how long it took.
+    last_group: Mutex<(usize, Duration)>,
     /// Every write up to this count (`Cache::writes`) is durable.
     durable_writes: AtomicU64,
     next_seq: AtomicU64,
@@ -228,9 +233,8 @@ pub struct S3Volume {
     room_waiters: std::sync::atomic::AtomicUsize,
     /// A merge started to make room failed: the error for the write first in line.
     room_error: Mutex<Option<StoreError>>,
-    /// Tests plant the bug the room's order prevents (`room.rs`).
-    #[cfg(test)]
-    let_writes_barge: AtomicBool,
+    /// Bugs tests plant, to show that their checks catch them (always off otherwise).
+    planted: PlantedBugs,
     /// The disk cache tier, once opened (with `disk_cache` in the options).
     disk: std::sync::OnceLock<Arc<DiskCache>>,
     /// Readahead GETs running at once.
@@ -430,6 +434,9 @@ impl S3Volume {
             log_lock: tokio::sync::Mutex::new(()),
             upload_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
+            sync_waiters: std::sync::atomic::AtomicUsize::new(0),
+            sync_arrived: Notify::new(),
+            last_group: Mutex::new((0, Duration::ZERO)),
             durable_writes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             cache_limit: opts.cache_bytes.max(16 * PAGE as u64),
@@ -439,8 +446,7 @@ impl S3Volume {
             room_turn: tokio::sync::Mutex::new(()),
             room_waiters: std::sync::atomic::AtomicUsize::new(0),
             room_error: Mutex::new(None),
-            #[cfg(test)]
-            let_writes_barge: AtomicBool::new(false),
+            planted: PlantedBugs::default(),
             readahead_slots: tokio::sync::Semaphore::new(read::READAHEAD_PARALLEL),
             disk: std::sync::OnceLock::new(),
             buffer_bytes: AtomicU64::new(0),
@@ -764,15 +770,45 @@ impl S3Volume {
         if self.durable_writes.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = room::Waiting(&self.sync_waiters);
+        self.sync_arrived.notify_waiters();
         let _leader = self.sync_lock.lock().await;
         if self.durable_writes.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
-        // Writes copied in up to here are in the cache, unlogged or already durable.
-        let covers = self.cache().writes;
+        self.gather_group().await;
+        // Writes copied in up to here are in the cache, unlogged or already durable; every
+        // caller waiting now copied its write before it waited.
+        let (covers, group) = (self.cache().writes, self.sync_waiters.load(Ordering::SeqCst));
+        let started = self.clock.now();
         self.make_unlogged_durable().await?;
         self.durable_writes.fetch_max(covers, Ordering::SeqCst);
+        *self.last_group.lock().expect("poisoned") = (group, self.clock.now().saturating_sub(started));
         Ok(())
+    }
+
+    /// Gathers a group before its flush. The callers a flush covered come back one after the
+    /// other once it ends (each initiator's round trip later): flushing for the first alone
+    /// would leave the others to wait out that flush and one more. So the leader waits until
+    /// as many wait as the last flush covered, for a quarter of its duration at most (5 ms
+    /// at most); a lone syncer never waits.
+    async fn gather_group(&self) {
+        let (group, took) = *self.last_group.lock().expect("poisoned");
+        if group <= 1 || self.planted.groups_scatter.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = self.clock.now() + (took / 4).min(Duration::from_millis(5));
+        loop {
+            let arrived = self.sync_arrived.notified();
+            if self.sync_waiters.load(Ordering::SeqCst) >= group {
+                return;
+            }
+            tokio::select! {
+                _ = arrived => {}
+                _ = self.clock.sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Background duties: make old unlogged data durable, merge old or pressing chunks,
@@ -897,6 +933,16 @@ impl S3Volume {
             }
         }
     }
+}
+
+/// Bugs a unit test can plant in one volume, to show that its check fails with them. Only
+/// tests set them (the simulation's bugs are `crate::mutants`, process-wide).
+#[derive(Default)]
+struct PlantedBugs {
+    /// A new write takes the room before the writes waiting for it (`room.rs`).
+    writes_barge: AtomicBool,
+    /// A group commit's leader flushes without gathering the group (`gather_group`).
+    groups_scatter: AtomicBool,
 }
 
 /// The part of a byte range within one chunk: bytes `[within, within + len)` of `chunk`, at

@@ -12,8 +12,8 @@ use super::cache::{Cache, PAGE};
 use super::{MERGE_PARALLEL, S3Volume};
 use crate::storage::StoreResult;
 
-/// Writes waiting for room, for as long as one is alive.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts one waiter (for room, or for durability) for as long as it lives.
+pub(super) struct Waiting<'a>(pub(super) &'a AtomicUsize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -31,7 +31,7 @@ impl S3Volume {
         let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
         let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
         // The common case: room at once, and nobody waiting for it before this write.
-        if (self.writes_barge() || self.room_waiters.load(Ordering::SeqCst) == 0)
+        if (self.planted.writes_barge.load(Ordering::Relaxed) || self.room_waiters.load(Ordering::SeqCst) == 0)
             && self.copy_if_room(&mut self.cache(), need, offset, data)
         {
             return Ok(());
@@ -43,14 +43,6 @@ impl S3Volume {
             self.make_room_and_write(need, offset, data).await
         })
         .await
-    }
-
-    /// The planted bug of `room_tests.rs`: a new write takes the room before those waiting.
-    fn writes_barge(&self) -> bool {
-        #[cfg(test)]
-        return self.let_writes_barge.load(Ordering::Relaxed);
-        #[cfg(not(test))]
-        false
     }
 
     /// Copies the write in if `need` bytes of pages fit (after evicting clean entries).

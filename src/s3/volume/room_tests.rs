@@ -50,7 +50,7 @@ async fn crowded(h: &Harness, barging: bool) -> Arc<S3Volume> {
         ..h.options(CHUNK_64K, 64, "a")
     };
     let v = h.open_with(opts).await.unwrap();
-    v.let_writes_barge.store(barging, Ordering::Relaxed);
+    v.planted.writes_barge.store(barging, Ordering::Relaxed);
     h.mem.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
     v
 }

@@ -1067,3 +1067,41 @@ mod room_tests;
 
 #[path = "disk_cache_tests.rs"]
 mod disk_cache_tests;
+
+/// Group commit through a network: each worker's next FUA write arrives half a millisecond
+/// after its last one was answered (an initiator's round trip), just after the next flush has
+/// started. Gathered, one flush a round covers all 32; without gathering the first writer back
+/// flushes alone and the other 31 wait for a second flush, so every round takes two.
+#[tokio::test(start_paused = true)]
+async fn fua_writes_that_come_back_after_a_round_trip_share_one_flush() {
+    let gathered = round_trip_rounds_of_fua_writes(false).await;
+    let scattered = round_trip_rounds_of_fua_writes(true).await;
+    assert!(gathered <= 13, "{gathered} log PUTs for 10 rounds of 32 FUA writes");
+    // The planted bug: three flushes a round.
+    assert!(scattered >= 20, "{scattered} log PUTs without gathering");
+}
+
+/// Log PUTs of the rounds above; with `scatter`, gathering is planted away.
+async fn round_trip_rounds_of_fua_writes(scatter: bool) -> u64 {
+    let h = Harness::new();
+    // A cache that holds every write: none waits for room.
+    let v = h.open_with(VolumeOptions { cache_bytes: 8 << 20, ..h.options(64 * 1024, 64, "a") }).await.unwrap();
+    v.planted.groups_scatter.store(scatter, Ordering::Relaxed);
+    h.mem.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
+    let before = v.stats.logs_written.load(Ordering::Relaxed);
+    let workers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                for i in 0..10u64 {
+                    tokio::time::sleep(Duration::from_micros(500 + w * 10)).await;
+                    v.write((w * 2 + i % 2) * 64 * 1024, block(w as u8 + 1), true).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    v.stats.logs_written.load(Ordering::Relaxed) - before
+}
