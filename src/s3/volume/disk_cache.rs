@@ -3,7 +3,8 @@
 //! cache, need no request to S3.
 //!
 //! An entry is a piece of whole CRC segments of one version of one chunk object, stored with
-//! that version's entity tag and the segments' CRCs. It answers a read only while the volume
+//! that version's entity tag and a CRC per 16 KiB ([`CRC_UNIT`]: a 4 KiB read reads and checks
+//! 16 KiB, not the 64 KiB segment). It answers a read only while the volume
 //! knows that version to be the chunk's current one ([`Cache::versions`](super::cache::Cache),
 //! from the LIST at open, PUT answers and GETs), and only if its bytes match the CRCs when read
 //! back. So a chunk replaced by anyone (this holder's merge, another holder after a takeover)
@@ -29,6 +30,11 @@ const WRITES_PARALLEL: usize = 4;
 pub(super) const QUEUED_BYTES: u64 = 32 << 20;
 /// The queue's unit.
 const QUEUE_UNIT: u64 = 4096;
+/// Entries carry a CRC per this many bytes (finer than the chunk's 64 KiB segments, so that a
+/// small read reads and checks little; 256 CRCs for a 4 MiB piece fit an entry's header).
+pub(super) const CRC_UNIT: u64 = 16 << 10;
+/// Object metadata of an entry: [`CRC_UNIT`], so that a later change reads as a miss.
+const UNIT_METADATA: &str = "rtgt-crc-unit";
 /// Object metadata of an entry: the entity tag of the chunk object version it holds.
 const VERSION_METADATA: &str = "rtgt-version";
 
@@ -136,10 +142,10 @@ impl DiskCache {
         let _all = self.queue.acquire_many((QUEUED_BYTES / QUEUE_UNIT) as u32).await.expect("never closed");
     }
 
-    /// Bytes `[from, to)` (whole segments of `segment` bytes) of chunk `c` as `version` holds
-    /// them, if an entry has them and they match their CRCs.
-    pub(super) async fn get(&self, c: u64, version: &str, from: u64, to: u64, segment: u64) -> Option<Bytes> {
-        let (start, key) = {
+    /// Bytes `[from, to)` of chunk `c` as `version` holds them, if an entry has them and they
+    /// match their CRCs: the whole [`CRC_UNIT`]s around them, with their offset in the chunk.
+    pub(super) async fn get(&self, c: u64, version: &str, from: u64, to: u64) -> Option<(u64, Bytes)> {
+        let (start, end, key) = {
             let mut index = self.index();
             index.tick += 1;
             let tick = index.tick;
@@ -148,10 +154,13 @@ impl DiskCache {
                 return None;
             }
             piece.last_used = tick;
-            (start, piece.key.clone())
+            (start, piece.to, piece.key.clone())
         };
-        match self.read_verified(&key, version, from - start, to - start, segment).await {
-            Some(data) => Some(data),
+        // Entries start at a segment boundary, a multiple of the unit.
+        let unit_from = (from - start) / CRC_UNIT * CRC_UNIT;
+        let unit_to = ((to - start).div_ceil(CRC_UNIT) * CRC_UNIT).min(end - start);
+        match self.read_verified(&key, version, unit_from, unit_to).await {
+            Some(data) => Some((start + unit_from, data)),
             None => {
                 // Torn, rotten or gone: never again.
                 self.forget(c, start, &key).await;
@@ -160,30 +169,30 @@ impl DiskCache {
         }
     }
 
-    /// Reads `[from, to)` of the entry at `key` (offsets within the entry), checked against
-    /// the entry's version and CRCs.
-    async fn read_verified(&self, key: &str, version: &str, from: u64, to: u64, segment: u64) -> Option<Bytes> {
+    /// Reads `[from, to)` of the entry at `key` (offsets within the entry, `from` a multiple
+    /// of [`CRC_UNIT`]), checked against the entry's version and CRCs.
+    async fn read_verified(&self, key: &str, version: &str, from: u64, to: u64) -> Option<Bytes> {
         let out = self.store.get(key, Some(from..to)).await.ok()?;
-        if out.meta.metadata.get(VERSION_METADATA).map(String::as_str) != Some(version) && !ignores_version() {
+        let meta = &out.meta.metadata;
+        if meta.get(VERSION_METADATA).map(String::as_str) != Some(version) && !ignores_version() {
             return None;
         }
-        let crcs = format::parse_checksums(out.meta.metadata.get(format::CRC_METADATA)?)?;
-        if out.body.len() as u64 != to - from {
+        if meta.get(UNIT_METADATA) != Some(&CRC_UNIT.to_string()) || out.body.len() as u64 != to - from {
             return None;
         }
-        // Entries start at a segment boundary, so their CRCs count from there.
-        let first = (from / segment) as usize;
+        let crcs = format::parse_checksums(meta.get(format::CRC_METADATA)?)?;
+        let first = (from / CRC_UNIT) as usize;
         let verified = out
             .body
-            .chunks(segment as usize)
+            .chunks(CRC_UNIT as usize)
             .enumerate()
             .all(|(i, seg)| crcs.get(first + i).copied() == Some(crc32c::crc32c(seg)));
         verified.then_some(out.body)
     }
 
     /// Keeps `data`, verified bytes `[at, at + len)` of chunk `c` as `version` holds them
-    /// (whole segments of `segment` bytes), on a task of its own, if the queue has room.
-    pub(super) fn keep(self: &Arc<Self>, c: u64, version: String, at: u64, data: Bytes, segment: u64) {
+    /// (whole segments, `at` a segment boundary), on a task of its own, if the queue has room.
+    pub(super) fn keep(self: &Arc<Self>, c: u64, version: String, at: u64, data: Bytes) {
         if data.is_empty() || data.len() as u64 > self.bytes_max {
             return;
         }
@@ -193,17 +202,18 @@ impl DiskCache {
         tokio::spawn(async move {
             let _queued = queued;
             let _writing = me.writes.acquire().await.expect("never closed");
-            me.write(c, version, at, data, segment).await;
+            me.write(c, version, at, data).await;
         });
     }
 
-    async fn write(&self, c: u64, version: String, at: u64, data: Bytes, segment: u64) {
+    async fn write(&self, c: u64, version: String, at: u64, data: Bytes) {
         let to = at + data.len() as u64;
         let len = data.len() as u64;
         let key = format!("{}{}", self.prefix, entry_key(c, at, to, &version));
         let metadata = BTreeMap::from([
             (VERSION_METADATA.to_string(), version.clone()),
-            (format::CRC_METADATA.to_string(), format::segment_checksums(&data, segment)),
+            (format::CRC_METADATA.to_string(), format::segment_checksums(&data, CRC_UNIT)),
+            (UNIT_METADATA.to_string(), CRC_UNIT.to_string()),
         ]);
         let excess = self.evict_for(len);
         self.delete(excess).await;

@@ -42,7 +42,8 @@ struct Fetch {
     stamp: u64,
 }
 
-/// Verified bytes of a chunk object: `data` starts `at` bytes into the chunk.
+/// Verified bytes of a chunk object: `data` starts `at` bytes into the chunk (whole segments
+/// from the store; whole 16 KiB units from the disk cache).
 pub(super) struct Fetched {
     pub(super) at: u64,
     pub(super) data: Bytes,
@@ -172,15 +173,15 @@ impl S3Volume {
         if let Some(disk) = disk {
             let version = self.cache().versions.get(&c).cloned();
             if let Some(version) = version
-                && let Some(data) = disk.get(c, &version, seg_from, seg_to, self.segment).await
+                && let Some((at, data)) = disk.get(c, &version, from, to).await
             {
                 self.stats.read_bytes_disk.fetch_add(data.len() as u64, Ordering::Relaxed);
-                return Ok(Fetched { at: seg_from, data, version: Some(version) });
+                return Ok(Fetched { at, data, version: Some(version) });
             }
         }
         let got = self.fetch_from_store(c, seg_from, seg_to).await?;
         if let (Some(disk), Some(version)) = (disk, &got.version) {
-            disk.keep(c, version.clone(), got.at, got.data.clone(), self.segment);
+            disk.keep(c, version.clone(), got.at, got.data.clone());
         }
         Ok(got)
     }
