@@ -302,7 +302,8 @@ async fn fill_sequentially(
 ) -> Result<(), String> {
     let v = open(setup, "sequential").await?;
     let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % FILLED;
+    // Over the whole volume, eight times the cache: the rate is the link's, not the cache's.
+    let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % VOLUME;
     let started = Instant::now();
     let mut m = closed_loop(8, secs, MIB, |_, _| {
         let v = v.clone();
