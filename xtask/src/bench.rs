@@ -331,6 +331,26 @@ fn last_line(text: &str) -> String {
     text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
 }
 
+/// A benchmark's `rtgt serve --config CONFIG`: its binary, working directory (its log is
+/// `rtgt.log` there) and portal.
+pub(crate) struct Serve {
+    pub(crate) rtgt: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) addr: SocketAddr,
+    pub(crate) config: PathBuf,
+}
+
+impl Serve {
+    /// Starts it and waits for its portal.
+    pub(crate) fn start(&self) -> Result<Watched, String> {
+        let log = self.dir.join("rtgt.log");
+        let args = vec!["serve".to_string(), "--config".to_string(), self.config.display().to_string()];
+        let server = Watched::spawn("rtgt", &self.rtgt, &args, &log, &[("RUST_LOG", "warn")])?;
+        wait_for_port(self.addr, &server, &log)?;
+        Ok(server)
+    }
+}
+
 pub(crate) fn wait_for_port(addr: SocketAddr, server: &Watched, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

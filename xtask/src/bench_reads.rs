@@ -5,10 +5,10 @@
 //! `target/bench/s3-reads.json`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::bench::{Watched, bench_load, json_number, wait_for_port};
+use crate::bench::{Serve, Watched, bench_load, json_number};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-11.dev.rtgt:reads";
@@ -24,21 +24,10 @@ struct Sample {
 }
 
 struct Bench {
-    rtgt: PathBuf,
-    dir: PathBuf,
-    addr: SocketAddr,
-    config: PathBuf,
+    serve: Serve,
 }
 
 impl Bench {
-    fn start(&self) -> Result<Watched, String> {
-        let log = self.dir.join("rtgt.log");
-        let args = vec!["serve".to_string(), "--config".to_string(), self.config.display().to_string()];
-        let server = Watched::spawn("rtgt", &self.rtgt, &args, &log, &[("RUST_LOG", "warn")])?;
-        wait_for_port(self.addr, &server, &log)?;
-        Ok(server)
-    }
-
     /// A clean stop: every LUN flushed and closed, nothing left to replay at the next start.
     fn stop(&self, server: Watched) -> Result<(), String> {
         server.terminate(Duration::from_secs(60))
@@ -46,7 +35,7 @@ impl Bench {
 
     /// Runs `f` on a freshly started rtgt (its cache empty), then stops it.
     fn restarted<T>(&self, f: impl FnOnce(&Bench) -> Result<T, String>) -> Result<T, String> {
-        let server = self.start()?;
+        let server = self.serve.start()?;
         let result = f(self);
         self.stop(server)?;
         result
@@ -67,7 +56,7 @@ impl Bench {
             ("--block-size", block_size.to_string()),
             ("--queue-depth", depth.to_string()),
         ];
-        let text = bench_load(&self.rtgt, &self.dir, self.addr, IQN, &options, seconds)
+        let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
         let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
         if get("errors")? != 0.0 {
@@ -120,17 +109,17 @@ fn measure(dir: &Path, seconds: u64) -> Result<Vec<Row>, String> {
         d = dir.display()
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
-    let b = Bench { rtgt: root().join("target/release/rtgt"), dir: dir.to_path_buf(), addr, config };
+    let b = Bench { serve: Serve { rtgt: root().join("target/release/rtgt"), dir: dir.to_path_buf(), addr, config } };
 
     eprintln!("xtask: filling both LUNs (1 MiB writes, QD8), then a clean restart");
-    let server = b.start()?;
+    let server = b.serve.start()?;
     let written = b.load(S3_LUN, "fill", MIB, 8, 300)?;
     b.load(FILE_LUN, "fill", MIB, 8, 300)?;
     b.stop(server)?;
 
     // Cold as the goals mean it: rtgt's cache emptied by a restart (the kernel may still
     // cache the store's files).
-    let server = b.start()?;
+    let server = b.serve.start()?;
     let cold_seq = (b.load(S3_LUN, "seqread", MIB, 8, seconds)?, b.load(FILE_LUN, "seqread", MIB, 8, seconds)?);
     // That pass left the whole LUN in the cache.
     let seq = (b.load(S3_LUN, "seqread", MIB, 1, seconds)?, b.load(FILE_LUN, "seqread", MIB, 1, seconds)?);

@@ -5,10 +5,10 @@
 //! stdout and in `target/bench/s3-rtt.json`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::bench::{Watched, bench_load, json_number, wait_for_port};
+use crate::bench::{Serve, Watched, bench_load, json_number, wait_for_port};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-12.dev.rtgt:rtt";
@@ -39,21 +39,10 @@ struct Sample {
 }
 
 struct Bench {
-    rtgt: PathBuf,
-    dir: PathBuf,
-    addr: SocketAddr,
-    config: PathBuf,
+    serve: Serve,
 }
 
 impl Bench {
-    fn start(&self) -> Result<Watched, String> {
-        let log = self.dir.join("rtgt.log");
-        let args = vec!["serve".to_string(), "--config".to_string(), self.config.display().to_string()];
-        let server = Watched::spawn("rtgt", &self.rtgt, &args, &log, &[("RUST_LOG", "warn")])?;
-        wait_for_port(self.addr, &server, &log)?;
-        Ok(server)
-    }
-
     /// A clean stop: every LUN merged and closed (at the link's pace).
     fn stop(&self, server: Watched) -> Result<(), String> {
         server.terminate(Duration::from_secs(600))
@@ -77,7 +66,7 @@ impl Bench {
         if fua {
             options.push(("--fua", "true".to_string()));
         }
-        let text = bench_load(&self.rtgt, &self.dir, self.addr, IQN, &options, seconds)
+        let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
         let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
         Ok(Sample {
@@ -96,6 +85,12 @@ struct Row {
     sample: Sample,
     goal: String,
     met: bool,
+}
+
+impl Row {
+    fn at_least_iops(workload: &'static str, sample: Sample, goal: f64) -> Row {
+        Row { met: sample.iops >= goal, goal: format!("≥ {goal:.0} IOPS"), workload, sample }
+    }
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -163,14 +158,14 @@ fn measure(dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
         ),
     );
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
-    let b = Bench { rtgt, dir: dir.to_path_buf(), addr, config };
+    let b = Bench { serve: Serve { rtgt, dir: dir.to_path_buf(), addr, config } };
     let secs = args.seconds;
     let rtt_us = args.rtt_ms as f64 * 1000.0;
     let link_mb_s = (args.mbit > 0).then(|| args.mbit as f64 / 8.0);
     let mut rows = Vec::new();
 
     eprintln!("xtask: writes");
-    let server = b.start()?;
+    let server = b.serve.start()?;
     let s = b.load(WRITES_LUN, "randwrite", 4096, 1, secs, true)?;
     let goal = rtt_us + 10_000.0;
     rows.push(Row {
@@ -187,25 +182,11 @@ fn measure(dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
         sample: s,
     });
     let s = b.load(WRITES_LUN, "randwrite", 4096, 32, secs, true)?;
-    let goal = 0.7 * 32.0 / (rtt_us / 1e6);
-    rows.push(Row {
-        met: s.iops >= goal,
-        goal: format!("≥ {goal:.0} IOPS"),
-        workload: "4 KiB FUA write QD32, durability s3",
-        sample: s,
-    });
+    rows.push(Row::at_least_iops("4 KiB FUA write QD32, durability s3", s, 0.7 * 32.0 / (rtt_us / 1e6)));
     let s = b.load(WRITES_LUN, "randwrite", 4096, 32, secs, false)?;
-    rows.push(Row {
-        met: s.iops >= 20_000.0,
-        goal: "≥ 20,000 IOPS".into(),
-        workload: "4 KiB random write QD32 (fits the cache)",
-        sample: s,
-    });
+    rows.push(Row::at_least_iops("4 KiB random write QD32 (fits the cache)", s, 20_000.0));
     let s = b.load(STREAM_LUN, "fill", MIB, 8, 600, false)?;
-    let (goal, met) = match link_mb_s {
-        Some(link) => (format!("≥ {:.0} MB/s (80% of the link)", 0.8 * link), s.mb_s >= 0.8 * link),
-        None => ("- (no cap)".to_string(), true),
-    };
+    let (goal, met) = link_goal(link_mb_s, s.mb_s);
     rows.push(Row {
         met: met && s.errors == 0.0,
         goal,
@@ -216,39 +197,33 @@ fn measure(dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
     b.stop(server)?;
 
     eprintln!("xtask: reads, cold (after a restart)");
-    let server = b.start()?;
+    let server = b.serve.start()?;
     // No disk cache and 64 MiB of memory cache: every pass reads from the store.
     let s = b.load(STREAM_LUN, "seqread", MIB, 8, secs, false)?;
-    let (goal, met) = match link_mb_s {
-        Some(link) => (format!("≥ {:.0} MB/s (80% of the link)", 0.8 * link), s.mb_s >= 0.8 * link),
-        None => ("- (no cap)".to_string(), true),
-    };
+    let (goal, met) = link_goal(link_mb_s, s.mb_s);
     rows.push(Row { met, goal, workload: "1 MiB sequential read QD8, from the store", sample: s });
     let s = b.load(DISK_LUN, "randread", 4096, 32, secs, false)?;
-    let goal = 0.7 * 32.0 / (rtt_us / 1e6);
-    rows.push(Row {
-        met: s.iops >= goal,
-        goal: format!("≥ {goal:.0} IOPS"),
-        workload: "4 KiB random read QD32, cold",
-        sample: s,
-    });
+    rows.push(Row::at_least_iops("4 KiB random read QD32, cold", s, 0.7 * 32.0 / (rtt_us / 1e6)));
     // Sequential passes keep the rest of the LUN on disk (the disk cache's queue drops what
     // it has no room for).
     b.load(DISK_LUN, "seqread", MIB, 8, 2 * secs.max(5), false)?;
     b.stop(server)?;
 
     eprintln!("xtask: reads after a restart, from the disk cache");
-    let server = b.start()?;
+    let server = b.serve.start()?;
     let s = b.load(DISK_LUN, "randread", 4096, 32, secs, false)?;
-    rows.push(Row {
-        met: s.iops >= 20_000.0,
-        goal: "≥ 20,000 IOPS".into(),
-        workload: "4 KiB random read QD32, warm in the disk cache",
-        sample: s,
-    });
+    rows.push(Row::at_least_iops("4 KiB random read QD32, warm in the disk cache", s, 20_000.0));
     b.stop(server)?;
     store.terminate(Duration::from_secs(30))?;
     Ok(rows)
+}
+
+/// The goal of a row that the link bounds: 80% of it, when it is capped.
+fn link_goal(link_mb_s: Option<f64>, mb_s: f64) -> (String, bool) {
+    match link_mb_s {
+        Some(link) => (format!("≥ {:.0} MB/s (80% of the link)", 0.8 * link), mb_s >= 0.8 * link),
+        None => ("- (no cap)".to_string(), true),
+    }
 }
 
 fn table(link: &str, rows: &[Row]) -> String {

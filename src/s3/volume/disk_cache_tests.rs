@@ -40,17 +40,24 @@ async fn read_chunk(v: &S3Volume, c: u64, fill: u8) {
     assert!(data.iter().all(|&b| b == fill), "chunk {c}: read {} where {fill} was written", data[0]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn reads_after_a_restart_come_from_the_disk_cache() {
-    let h = Harness::new();
+/// Four chunks filled, then each read once by a volume with a disk cache (of 1 MiB), which
+/// then holds them all: that volume (open) and the disk cache's store.
+async fn four_chunks_on_disk(h: &Harness) -> (Arc<S3Volume>, Arc<MemObjectStore>) {
     let disk = Arc::new(MemObjectStore::new());
-    fill(&h, 4).await;
-    let v = h.open_with(with_disk(&h, &disk, 4, 1 << 20)).await.unwrap();
+    fill(h, 4).await;
+    let v = h.open_with(with_disk(h, &disk, 4, 1 << 20)).await.unwrap();
     for c in 0..4 {
         read_chunk(&v, c, c as u8 + 1).await;
     }
     settled(&v).await;
     assert_eq!(v.disk.get().unwrap().bytes(), 4 * CHUNK_64K);
+    (v, disk)
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_after_a_restart_come_from_the_disk_cache() {
+    let h = Harness::new();
+    let (v, disk) = four_chunks_on_disk(&h).await;
     v.close().await.unwrap();
     drop(v);
 
@@ -66,13 +73,7 @@ async fn reads_after_a_restart_come_from_the_disk_cache() {
 #[tokio::test(start_paused = true)]
 async fn a_chunk_replaced_since_is_read_from_the_store() {
     let h = Harness::new();
-    let disk = Arc::new(MemObjectStore::new());
-    fill(&h, 4).await;
-    let v = h.open_with(with_disk(&h, &disk, 4, 1 << 20)).await.unwrap();
-    for c in 0..4 {
-        read_chunk(&v, c, c as u8 + 1).await;
-    }
-    settled(&v).await;
+    let (v, disk) = four_chunks_on_disk(&h).await;
     // Replaced by this holder: a merge's PUT makes the entry of the old version useless.
     v.write(2 * CHUNK_64K, Bytes::from(vec![0x77; CHUNK_64K as usize]), false).await.unwrap();
     v.flush().await.unwrap();
@@ -97,13 +98,7 @@ async fn a_chunk_replaced_since_is_read_from_the_store() {
 #[tokio::test(start_paused = true)]
 async fn a_damaged_entry_is_a_miss_and_is_dropped() {
     let h = Harness::new();
-    let disk = Arc::new(MemObjectStore::new());
-    fill(&h, 4).await;
-    let v = h.open_with(with_disk(&h, &disk, 4, 1 << 20)).await.unwrap();
-    for c in 0..4 {
-        read_chunk(&v, c, c as u8 + 1).await;
-    }
-    settled(&v).await;
+    let (v, disk) = four_chunks_on_disk(&h).await;
     v.close().await.unwrap();
     drop(v);
     // One byte of each entry flips (a torn or rotten file), its metadata intact.
