@@ -707,8 +707,8 @@ impl Config {
         toml::to_string_pretty(self).expect("configuration serializes")
     }
 
-    /// The configuration `rtgt serve` runs without a file: one target with a 1 GiB
-    /// file-backed LUN 1 under the data directory, on 127.0.0.1:3260.
+    /// The configuration `rtgt serve` runs without a file: one target with a 1 GiB S3 LUN 1 on
+    /// the embedded object store under the data directory, on 127.0.0.1:3260.
     pub fn embedded_default(data_dir: &Path) -> Config {
         Config {
             server: ServerConfig { data_dir: Some(data_dir.to_path_buf()), ..ServerConfig::default() },

@@ -3,8 +3,9 @@
 //! writes, plain writes and SYNCHRONIZE CACHE, SIGKILL at a random moment, and the same command
 //! again. Every round the volume must open (without --force, within half a lease), and every
 //! block must hold the last write that was acknowledged as durable or a write issued after it:
-//! nothing lost, nothing torn, nothing older. And a forced takeover by a second target. Needs
-//! nothing but the rtgt binary.
+//! nothing lost, nothing torn, nothing older. The same with a disk cache, whose entries outlive
+//! each kill while recovery rewrites their chunks. And a forced takeover by a second target.
+//! Needs nothing but the rtgt binary.
 // These tests drive a real process: deadlines are wall-clock time.
 #![allow(clippy::disallowed_methods)]
 
@@ -38,12 +39,16 @@ fn free_port() -> u16 {
 struct Serve(Child);
 
 impl Serve {
-    /// The same command every time; its log is appended to `log`.
-    fn start(data: &Path, portal: SocketAddr, log: &Path) -> Serve {
+    /// The same command every time (with `config`, or the embedded default in `data`); its
+    /// log is appended to `log`.
+    fn start(data: &Path, config: Option<&Path>, portal: SocketAddr, log: &Path) -> Serve {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data)
+        let mut cmd = Command::new(BIN);
+        match config {
+            Some(config) => cmd.args(["serve", "--config"]).arg(config),
+            None => cmd.args(["serve", "--data-dir"]).arg(data),
+        };
+        let child = cmd
             .args(["--listen", &portal.to_string(), "--api-listen", "off", "--s3-listen", "off"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -239,6 +244,31 @@ async fn writer(portal: SocketAddr, index: u64, round: usize, model: Arc<Mutex<M
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_write() {
     let data = tempfile::tempdir().expect("data dir");
+    kill_9_rounds(data.path(), None, ROUNDS).await;
+}
+
+/// The embedded default with a disk cache (`cache_disk_size`) and a small memory cache: reads
+/// after each restart come from entries the killed process left (written without fsync),
+/// while recovery replays the logs into new versions of their chunks; no entry of an older
+/// version may be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_disk_cache_loses_no_acknowledged_write() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = rtgt::config::Config::embedded_default(data.path());
+    let lun = &mut config.targets[0].luns[0];
+    lun.cache_dir = Some(data.path().join("cache"));
+    lun.cache_disk_size = Some(rtgt::config::Size(64 << 20));
+    // A memory cache of one chunk, a quarter of what is written: reads after a restart go to
+    // the disk cache, also for chunks that recovery just rewrote.
+    lun.cache_size = Some(rtgt::config::Size(4 << 20));
+    let path = data.path().join("rtgt.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    kill_9_rounds(data.path(), Some(&path), 8).await;
+}
+
+/// `rounds` of: start, verify everything, writers, SIGKILL at a random moment; then a last
+/// start and verify.
+async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("serve.log");
     let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -246,9 +276,9 @@ async fn kill_9_loses_no_acknowledged_write() {
     let next_id = Arc::new(Mutex::new(0u64));
     let mut rng = Rng::seeded(12);
     let mut restarts = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let started = Instant::now();
-        let mut serve = Serve::start(data.path(), portal, &log);
+        let mut serve = Serve::start(data, config, portal, &log);
         restarts.push(wait_until_served(portal, started).await);
         verify_into(portal, &model, round, &log).await;
         let writers: Vec<_> =
@@ -260,12 +290,12 @@ async fn kill_9_loses_no_acknowledged_write() {
         }
     }
     let started = Instant::now();
-    let _serve = Serve::start(data.path(), portal, &log);
+    let _serve = Serve::start(data, config, portal, &log);
     restarts.push(wait_until_served(portal, started).await);
-    verify_into(portal, &model, ROUNDS, &log).await;
+    verify_into(portal, &model, rounds, &log).await;
     restarts.sort();
     eprintln!(
-        "{ROUNDS} kill -9 rounds, {} writes: restart to LUN served median {:?}, max {:?}",
+        "{rounds} kill -9 rounds, {} writes: restart to LUN served median {:?}, max {:?}",
         *next_id.lock().unwrap(),
         restarts[restarts.len() / 2],
         restarts.last().expect("rounds")
