@@ -98,8 +98,16 @@ pub fn run(args: Args) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("rtgt-bench-rtt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let result = measure(&dir, &args);
+    // The store is remote: its files go to memory where there is a tmpfs, so that its fsyncs do
+    // not share the target's disk (the journal's).
+    let shm = Path::new("/dev/shm");
+    let store_dir = match shm.is_dir() {
+        true => shm.join(format!("rtgt-bench-rtt-store-{}", std::process::id())),
+        false => dir.join("s3"),
+    };
+    let result = measure(&dir, &store_dir, &args);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&store_dir);
     let rows = result?;
     let link = match args.mbit {
         0 => format!("{} ms RTT", args.rtt_ms),
@@ -114,13 +122,13 @@ pub fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
+fn measure(dir: &Path, store_dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
     let rtgt = root().join("target/release/rtgt");
     let store_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let store_args: Vec<String> = [
         "bench-s3-remote",
         "--dir",
-        &dir.join("s3").display().to_string(),
+        &store_dir.display().to_string(),
         "--listen",
         &store_addr.to_string(),
         "--rtt-ms",
