@@ -236,6 +236,34 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
     verify(&store, &acked).await;
 }
 
+/// A store slow to answer: the first byte of every answer comes a second after its request
+/// was sent (a store under load, or far away), fifty times a regional round trip. Eight
+/// writers in one chunk, with FUA now and then, and a SYNCHRONIZE CACHE all succeed, only
+/// slowly; everything acknowledged is in the store afterwards. (One chunk, so that the clean
+/// shutdown merges one: 4 MiB transfers a second away come near their attempt timeouts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_slow_to_answer_fails_nothing() {
+    let store = store(LinkSpec::new(Duration::from_secs(1), 0)).await;
+    let t = target(&store, &store.netem.url(), "96MiB", "").await;
+    let s = Arc::new(ready_session(&t, 0x300).await);
+    let acked: Acked = Arc::new(std::sync::Mutex::new(vec![None; BLOCKS as usize]));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    // Ranges of 1/128 of the LUN: the first eight are the first chunk.
+    let workers: Vec<_> =
+        (0..8).map(|w| tokio::spawn(writer(s.clone(), w, 128, acked.clone(), 4, stop.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.notify_waiters();
+    let mut failed = 0;
+    for w in workers {
+        failed += w.await.unwrap();
+    }
+    assert_eq!(failed, 0, "no write failed");
+    assert_eq!(sync(&s).await, 0);
+    s.logout().await.unwrap();
+    shut_down(t).await;
+    verify(&store, &acked).await;
+}
+
 /// Bytes of the files under `dir`, recursively.
 fn bytes_under(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
