@@ -115,8 +115,23 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn test() -> Result<(), String> {
+    ensure_moto()?;
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
+
+/// moto, the second S3 server the S3 tests run against: installed with pip when missing.
+fn ensure_moto() -> Result<(), String> {
+    let runs = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
+    if runs(Command::new("moto_server").arg("--help")) {
+        return Ok(());
+    }
+    eprintln!("xtask: moto_server not found: pip install 'moto[server]'");
+    run(Command::new("python3").args(["-m", "pip", "install", "-q", "moto[server]"]))
+        .map_err(|e| format!("{e}: the S3 tests need moto (pip install 'moto[server]')"))?;
+    // pyenv's shims appear after a rehash.
+    let _ = Command::new("pyenv").arg("rehash").status();
+    Ok(())
 }
 
 // ---------------------------------------------------------------- conformance
