@@ -132,6 +132,16 @@ async fn writer(
     failed
 }
 
+/// Stops the writers; how many of their commands failed.
+async fn stop_writers(stop: &tokio::sync::Notify, workers: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
+    stop.notify_waiters();
+    let mut failed = 0;
+    for w in workers {
+        failed += w.await.unwrap();
+    }
+    failed
+}
+
 async fn sync(s: &Session) -> u8 {
     s.command(LUN, &rw16(0x91, 0, 0, 0), Bytes::new(), 0).await.unwrap().status
 }
@@ -188,11 +198,7 @@ async fn an_outage_longer_than_the_lease_costs_plain_writes_nothing() {
     store.netem.set_reach(Reach::Up);
     assert_eq!(syncing.await.unwrap(), 0, "the SYNCHRONIZE CACHE sent during the outage succeeds");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.notify_waiters();
-    let mut failed = 0;
-    for w in workers {
-        failed += w.await.unwrap();
-    }
+    let failed = stop_writers(&stop, workers).await;
     assert_eq!(failed, 0, "no plain write failed");
     assert_eq!(sync(&s).await, 0);
     s.logout().await.unwrap();
@@ -223,11 +229,7 @@ async fn a_slow_capped_link_under_qd32_writes_fails_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_secs(15)).await;
-    stop.notify_waiters();
-    let mut failed = 0;
-    for w in workers {
-        failed += w.await.unwrap();
-    }
+    let failed = stop_writers(&stop, workers).await;
     assert_eq!(failed, 0, "no write failed");
     for s in sessions {
         s.logout().await.unwrap();
@@ -252,11 +254,7 @@ async fn a_store_slow_to_answer_fails_nothing() {
     let workers: Vec<_> =
         (0..8).map(|w| tokio::spawn(writer(s.clone(), w, 128, acked.clone(), 4, stop.clone()))).collect();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.notify_waiters();
-    let mut failed = 0;
-    for w in workers {
-        failed += w.await.unwrap();
-    }
+    let failed = stop_writers(&stop, workers).await;
     assert_eq!(failed, 0, "no write failed");
     assert_eq!(sync(&s).await, 0);
     s.logout().await.unwrap();

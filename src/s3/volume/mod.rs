@@ -770,8 +770,7 @@ impl S3Volume {
         if self.durable_writes.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
-        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
-        let _waiting = room::Waiting(&self.sync_waiters);
+        let _waiting = Waiting::count(&self.sync_waiters);
         self.sync_arrived.notify_waiters();
         let _leader = self.sync_lock.lock().await;
         if self.durable_writes.load(Ordering::SeqCst) >= wanted {
@@ -943,6 +942,22 @@ struct PlantedBugs {
     writes_barge: AtomicBool,
     /// A group commit's leader flushes without gathering the group (`gather_group`).
     groups_scatter: AtomicBool,
+}
+
+/// Counts one waiter (for room in the cache, for durability) for as long as it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiters: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The part of a byte range within one chunk: bytes `[within, within + len)` of `chunk`, at

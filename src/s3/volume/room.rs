@@ -6,20 +6,11 @@
 //! and the next. Without the order, a writer passed over again and again waited out its
 //! deadline while the store was merely slow.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::cache::{Cache, PAGE};
-use super::{MERGE_PARALLEL, S3Volume};
+use super::{MERGE_PARALLEL, S3Volume, Waiting};
 use crate::storage::StoreResult;
-
-/// Counts one waiter (for room, or for durability) for as long as it lives.
-pub(super) struct Waiting<'a>(pub(super) &'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 impl S3Volume {
     /// Puts a write into the cache once it fits under the limit: evicts clean entries, merges
@@ -36,8 +27,7 @@ impl S3Volume {
         {
             return Ok(());
         }
-        self.room_waiters.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.room_waiters);
+        let _waiting = Waiting::count(&self.room_waiters);
         self.patiently("a write waiting for room in the cache", || async {
             let _turn = self.room_turn.lock().await;
             self.make_room_and_write(need, offset, data).await
