@@ -503,8 +503,10 @@ pub struct BuildContext {
     pub node: Option<crate::node::NodeId>,
     /// Lease holder name of this process.
     pub holder: String,
-    /// Journal directories open in this process (each locked once, shared by its LUNs).
+    /// Local stores open in this process (each locked once, shared by its LUNs).
     pub journals: Arc<std::sync::Mutex<BTreeMap<PathBuf, Arc<crate::s3::local::LocalRoot>>>>,
+    /// Journals open in this process, by `cache_dir` (each locked once, shared by its LUNs).
+    pub journal_segments: Arc<std::sync::Mutex<BTreeMap<PathBuf, crate::s3::local::SegmentStore>>>,
     pub seed: u64,
 }
 
@@ -531,15 +533,31 @@ impl BuildContext {
                 crate::rng::Rng::seeded(nanos ^ pid as u64).next_u64() as u32
             ),
             journals: Arc::default(),
+            journal_segments: Arc::default(),
             seed: nanos ^ pid as u64,
         }
     }
 
-    /// The journal store in `dir`, opened (and locked) once per process.
+    /// The journal in `dir` (`dir/journal-segments`), opened (and locked) once per process,
+    /// with the logs of an earlier version's journal (a local store bucket in `dir`) moved in.
     pub fn journal_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
-        self.local_bucket(dir, crate::s3::volume::format::JOURNAL_BUCKET, true)
+        use crate::s3::local::{Offload, SEGMENT_BYTES, SegmentOptions, SegmentStore, StdFs};
+        let mut open = self.journal_segments.lock().expect("poisoned");
+        if let Some(store) = open.get(dir) {
+            return Ok(Arc::new(store.clone()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
+        let opts = |offload| SegmentOptions { offload, etag_seed: self.seed, segment_bytes: SEGMENT_BYTES };
+        let segments = dir.join(JOURNAL_SEGMENTS_DIR);
+        let open_at = |offload| {
+            SegmentStore::open(Arc::new(StdFs), &segments, opts(offload))
+                .map_err(|e| format!("cache_dir {}: {e}", dir.display()))
+        };
+        move_old_journal(dir, &open_at(Offload::Inline)?)?;
+        let store = open_at(Offload::BlockingPool)?;
+        open.insert(dir.to_path_buf(), store.clone());
+        Ok(Arc::new(store))
     }
-
     /// The disk cache's store under `dir` (`cache_disk_size`): a local store of its own, in
     /// `dir/read-cache`, that does not fsync (its entries are checked when read).
     pub fn disk_cache_store(&self, dir: &Path) -> Result<Arc<dyn crate::s3::ObjectStore>, String> {
@@ -567,6 +585,36 @@ impl BuildContext {
         Ok(Arc::new(root.bucket(bucket)?))
     }
 }
+
+/// Where in a `cache_dir` the journal of `durability = "local"` keeps its segments.
+/// Moves the logs of the journal earlier versions kept (a bucket of a local store in `dir`)
+/// into `to`, so that a node that crashed before an upgrade replays them after it; then
+/// removes that bucket.
+fn move_old_journal(dir: &Path, to: &crate::s3::local::SegmentStore) -> Result<(), String> {
+    use crate::s3::local::{LocalOptions, LocalRoot, Offload, StdFs};
+    use crate::s3::{Condition, ObjectStore};
+    let bucket = crate::s3::volume::format::JOURNAL_BUCKET;
+    if !dir.join(bucket).is_dir() {
+        return Ok(());
+    }
+    let failed = |e: String| format!("cache_dir {}: cannot move the journal of an earlier version: {e}", dir.display());
+    let options = LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true };
+    let old = LocalRoot::open(Arc::new(StdFs), dir, options).and_then(|root| root.bucket(bucket)).map_err(failed)?;
+    // Both stores run inline: every future is ready when first polled.
+    futures::executor::block_on(async {
+        for listed in crate::s3::list_all(&old, "").await? {
+            let out = old.get(&listed.key, None).await?;
+            to.put(&listed.key, out.body, out.meta.metadata, Condition::None).await?;
+            old.delete(&listed.key).await?;
+        }
+        Ok(())
+    })
+    .map_err(|e: crate::s3::ObjectError| failed(e.to_string()))?;
+    tracing::info!(cache_dir = %dir.display(), "moved the journal of an earlier version into {JOURNAL_SEGMENTS_DIR}");
+    std::fs::remove_dir_all(dir.join(bucket)).map_err(|e| failed(e.to_string()))
+}
+
+pub const JOURNAL_SEGMENTS_DIR: &str = "journal-segments";
 
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -1263,6 +1311,35 @@ pub fn default_data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that crashed with logs in the journal of an earlier version (a local store
+    /// bucket in `cache_dir`) replays them after the upgrade: they move to the segments.
+    #[tokio::test]
+    async fn the_journal_of_an_earlier_version_moves_into_the_segments() {
+        use crate::s3::local::{LocalOptions, LocalRoot, Offload, StdFs};
+        use crate::s3::{Condition, ObjectStore};
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = crate::s3::volume::format::JOURNAL_BUCKET;
+        {
+            let options = LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true };
+            let root = LocalRoot::open(Arc::new(StdFs), dir.path(), options).unwrap();
+            root.create_bucket(bucket).unwrap();
+            let old = root.bucket(bucket).unwrap();
+            let meta = BTreeMap::from([("crc".to_string(), "7".to_string())]);
+            old.put("uuid/log/0000000000000003", bytes::Bytes::from_static(b"log"), meta, Condition::None)
+                .await
+                .unwrap();
+        }
+        let ctx = BuildContext::default();
+        let journal = ctx.journal_store(dir.path()).unwrap();
+        let got = journal.get("uuid/log/0000000000000003", None).await.unwrap();
+        assert_eq!((&got.body[..], got.meta.metadata["crc"].as_str()), (&b"log"[..], "7"));
+        assert!(!dir.path().join(bucket).exists(), "the old journal is gone");
+        assert!(dir.path().join(JOURNAL_SEGMENTS_DIR).is_dir());
+        drop((journal, ctx));
+        let again = BuildContext::default().journal_store(dir.path()).unwrap();
+        assert_eq!(again.list("", None).await.unwrap().objects.len(), 1, "kept across a restart");
+    }
 
     #[test]
     fn sizes_parse_and_print() {

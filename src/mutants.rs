@@ -35,10 +35,12 @@ pub enum Mutant {
     ReadCacheKeepsStale = 12,
     /// The disk cache serves a piece whatever version of its chunk object it was read from.
     DiskCacheIgnoresVersion = 13,
+    /// The journal reuses its oldest segment while logs still live in it.
+    JournalSegmentReusedLive = 14,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 13] = [
+    pub const ALL: [Mutant; 14] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -52,6 +54,7 @@ impl Mutant {
         Mutant::JournalDroppedUnuploaded,
         Mutant::ReadCacheKeepsStale,
         Mutant::DiskCacheIgnoresVersion,
+        Mutant::JournalSegmentReusedLive,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Mutant {
             Mutant::JournalDroppedUnuploaded => "journal-dropped-unuploaded",
             Mutant::ReadCacheKeepsStale => "read-cache-keeps-stale",
             Mutant::DiskCacheIgnoresVersion => "disk-cache-ignores-version",
+            Mutant::JournalSegmentReusedLive => "journal-segment-reused-live",
         }
     }
 }

@@ -19,9 +19,8 @@ use rtgt::mutants::Mutant;
 use rtgt::node::NodeId;
 use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
-use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
+use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload, SegmentOptions, SegmentStore};
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::format::JOURNAL_BUCKET;
 use rtgt::s3::volume::{CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
@@ -165,10 +164,11 @@ async fn target(env: Environment) -> turmoil::Result {
     let journal = match env.journal {
         false => None,
         true => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
-            let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(JOURNAL_ROOT), options)?;
-            root.create_bucket(JOURNAL_BUCKET)?;
-            let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(JOURNAL_BUCKET)?);
+            // Small segments: a run reuses them and carries logs forward.
+            let options =
+                SegmentOptions { offload: Offload::Inline, etag_seed: incarnation << 32, segment_bytes: 16 * 1024 };
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(SegmentStore::open(Arc::new(env.fs.clone()), Path::new(JOURNAL_ROOT), options)?);
             Some(JournalOptions { store, bytes_max: 64 * 1024 })
         }
     };
@@ -642,7 +642,7 @@ fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Opti
 /// The local journal's files, if the target keeps one.
 fn journal_logs(env: &Environment) -> BTreeMap<String, Bytes> {
     match env.journal {
-        true => LocalRoot::inspect(&env.fs, Path::new(JOURNAL_ROOT), JOURNAL_BUCKET),
+        true => SegmentStore::inspect(&env.fs, Path::new(JOURNAL_ROOT)),
         false => BTreeMap::new(),
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::fs::{DirEntry, Fs, ReadAt};
+use super::fs::{DirEntry, Fs, ReadAt, WriteAt};
 
 enum Node {
     File { data: Arc<Vec<u8>>, durable: Arc<Vec<u8>> },
@@ -180,6 +180,51 @@ impl ReadAt for Snapshot {
     }
 }
 
+/// A file open for writing in place: reads and writes see its current contents.
+struct OpenFile(CrashFs, usize);
+
+impl OpenFile {
+    fn data(&self) -> Arc<Vec<u8>> {
+        match &self.0.lock_state().nodes[self.1] {
+            Node::File { data, .. } => data.clone(),
+            Node::Dir { .. } => unreachable!("opened as a file"),
+        }
+    }
+}
+
+impl ReadAt for OpenFile {
+    fn size(&self) -> u64 {
+        self.data().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        Snapshot(self.data()).read_at(offset, buf)
+    }
+}
+
+impl WriteAt for OpenFile {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.0.lock_state();
+        CrashFs::mutate(&mut st)?;
+        let Node::File { data, .. } = &mut st.nodes[self.1] else { unreachable!("opened as a file") };
+        let data = Arc::make_mut(data);
+        let end = offset as usize + bytes.len();
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[offset as usize..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut st = self.0.lock_state();
+        CrashFs::mutate(&mut st)?;
+        let Node::File { data, durable } = &mut st.nodes[self.1] else { unreachable!("opened as a file") };
+        *durable = data.clone();
+        Ok(())
+    }
+}
+
 struct Lock(CrashFs, PathBuf, u64);
 
 impl Drop for Lock {
@@ -262,6 +307,15 @@ impl Fs for CrashFs {
         let st = self.lock_state();
         match &st.nodes[Self::resolve(&st, path)?] {
             Node::File { data, .. } => Ok(Box::new(Snapshot(data.clone()))),
+            Node::Dir { .. } => Err(io::Error::from(io::ErrorKind::IsADirectory)),
+        }
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WriteAt>> {
+        let st = self.lock_state();
+        let node = Self::resolve(&st, path)?;
+        match &st.nodes[node] {
+            Node::File { .. } => Ok(Box::new(OpenFile(self.clone(), node))),
             Node::Dir { .. } => Err(io::Error::from(io::ErrorKind::IsADirectory)),
         }
     }

@@ -13,6 +13,17 @@ pub trait ReadAt: Send {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 }
 
+/// A file opened for writing in place (segment files written by appending to a file of
+/// known size): writes are visible to reads through the same handle at once, and durable
+/// after [`WriteAt::sync_data`].
+pub trait WriteAt: ReadAt + Sync {
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes the file's contents durable (fdatasync: a write within the file's size changes
+    /// no metadata, so this is one device flush).
+    fn sync_data(&self) -> io::Result<()>;
+}
+
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -34,6 +45,8 @@ pub trait Fs: Send + Sync + 'static {
     /// Makes the entries of a directory (creations, renames, removals) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
+    /// Opens an existing file for reading and writing in place.
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WriteAt>>;
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>>;
     fn exists(&self, path: &Path) -> bool;
     /// Takes an exclusive lock on `path` (created if missing) for as long as the returned
@@ -72,6 +85,16 @@ impl ReadAt for StdFile {
     }
 }
 
+impl WriteAt for StdFile {
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
 impl Fs for StdFs {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         match std::fs::create_dir(path) {
@@ -106,6 +129,12 @@ impl Fs for StdFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
         let f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        Ok(Box::new(StdFile(f, len)))
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WriteAt>> {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
         let len = f.metadata()?.len();
         Ok(Box::new(StdFile(f, len)))
     }

@@ -13,6 +13,8 @@ mod crash_fs;
 mod fs;
 mod legacy;
 pub(crate) mod object_file;
+mod segment_record;
+mod segment_store;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,8 +27,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 pub use crash_fs::CrashFs;
-pub use fs::{DirEntry, Fs, ReadAt, StdFs};
+pub use fs::{DirEntry, Fs, ReadAt, StdFs, WriteAt};
 use object_file::{Description, HEADER_BYTES};
+pub use segment_store::{SEGMENT_BYTES, SegmentOptions, SegmentStore};
 
 use super::{
     BoxFuture, Condition, DeleteResults, GetOutput, ListPage, Listed, ObjResult, ObjectError, ObjectMeta, ObjectStore,

@@ -321,6 +321,9 @@ impl Fs for StallFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
         self.inner.open(path)
     }
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn super::WriteAt>> {
+        self.inner.open_rw(path)
+    }
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
         self.inner.read_dir(path)
     }

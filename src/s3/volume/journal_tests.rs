@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload};
+use crate::s3::local::{CrashFs, Offload, SegmentOptions, SegmentStore};
 
 const CHUNK_64K: u64 = 64 * 1024;
 
@@ -124,11 +124,10 @@ async fn a_journal_needs_a_node() {
     assert!(matches!(&err, OpenError::Refused(m) if m.contains("node")), "{err}");
 }
 
+/// The journal as production keeps it, on a filesystem that forgets what was not synced.
 fn journal_root(fs: &CrashFs, incarnation: u64) -> Arc<dyn ObjectStore> {
-    let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
-    let root = LocalRoot::open(Arc::new(fs.clone()), Path::new("/journal"), options).unwrap();
-    root.create_bucket(format::JOURNAL_BUCKET).unwrap();
-    Arc::new(root.bucket(format::JOURNAL_BUCKET).unwrap())
+    let options = SegmentOptions { offload: Offload::Inline, etag_seed: incarnation << 32, segment_bytes: 64 * 1024 };
+    Arc::new(SegmentStore::open(Arc::new(fs.clone()), Path::new("/journal"), options).unwrap())
 }
 
 /// A power loss at any step of a journal write leaves the write whole (if acknowledged) or
