@@ -921,7 +921,11 @@ impl S3Volume {
             let _no_uploads = self.upload_lock.lock().await;
             self.delete_settled_logs().await
         };
-        match merged.await {
+        let kept = match merged.await {
+            Ok(()) => Ok(()),
+            Err(e) => self.keep_in_logs(e).await,
+        };
+        match kept {
             Ok(()) => {
                 self.let_go().await;
                 Ok(())
@@ -930,6 +934,34 @@ impl S3Volume {
                 self.simulate_crash();
                 Err(e)
             }
+        }
+    }
+
+    /// After the merges of a close failed (a store too slow for whole chunks, or away): every
+    /// write put in the object store's logs, which are small, so that the lease can still go.
+    /// The next holder replays the logs instead of waiting the lease out. `Err(merge_error)`
+    /// if that fails too.
+    async fn keep_in_logs(&self, merge_error: StoreError) -> StoreResult<()> {
+        let in_logs = async {
+            self.lease.check("close")?;
+            self.log_unlogged().await?;
+            self.upload_journal().await?;
+            self.lease.check("close")
+        };
+        let left_behind = |v: &S3Volume| {
+            let cache = v.cache();
+            cache.entries.values().any(|e| !e.unlogged.is_empty()) || cache.logs.values().any(|l| l.in_journal)
+        };
+        match in_logs.await {
+            Ok(()) if !left_behind(self) => {
+                tracing::warn!(
+                    volume = %self.url,
+                    error = %merge_error,
+                    "closing with writes in logs not merged into chunks: the next open replays them"
+                );
+                Ok(())
+            }
+            _ => Err(merge_error),
         }
     }
 }

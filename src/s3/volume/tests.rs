@@ -59,6 +59,25 @@ impl Harness {
     }
 }
 
+/// A store too slow for whole chunks when the volume closes: its writes stay in logs, the
+/// lease goes, and the next holder opens at once (no lease to wait out) with every write.
+#[tokio::test(start_paused = true)]
+async fn a_close_whose_merges_fail_leaves_logs_and_lets_the_lease_go() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    v.write(0, block(1), true).await.unwrap();
+    v.write(512, block(2), false).await.unwrap();
+    h.mem.hold("vol/chunks/");
+    v.close().await.expect("closed, with its writes in logs");
+    h.mem.release_all();
+    let logs = h.mem.objects().into_keys().filter(|k| k.contains("/log/")).count();
+    assert!(logs > 0, "the writes are in logs");
+    let started = tokio::time::Instant::now();
+    let w = h.open(64 * 1024, 4, "b").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "opened after {:?}: the lease was kept", started.elapsed());
+    assert_eq!(w.read(0, 1024).await.unwrap(), [block(1), block(2)].concat());
+}
+
 fn block(fill: u8) -> Bytes {
     Bytes::from(vec![fill; BS as usize])
 }
