@@ -384,9 +384,14 @@ pub struct LunConfig {
     pub direct: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
-    /// Unit serial number (VPD 0x80); derived from the target name and LUN when absent.
+    /// Unit serial number (VPD 0x80), printable ASCII; derived when absent (from the volume's
+    /// location for s3, from the target name and LUN otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// The logical unit's NAA designator (VPD 0x83), 16 hex digits of NAA format 2, 3 or 5
+    /// ("0x3..." is locally assigned); derived like the serial when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub naa: Option<String>,
     /// s3: the volume, `s3://bucket/prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -467,6 +472,7 @@ impl LunConfig {
             direct: false,
             read_only: false,
             serial: None,
+            naa: None,
             url: None,
             endpoint: None,
             region: None,
@@ -983,6 +989,16 @@ impl Config {
                 problems.push(format!("size: {size} bytes is not a multiple of the block size {bs}"));
             }
         }
+        if let Some(serial) = &l.serial
+            && (serial.is_empty() || serial.len() > SERIAL_BYTES_MAX || !serial.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            problems.push(format!(
+                "serial: {serial:?} must be 1 to {SERIAL_BYTES_MAX} printable ASCII characters without spaces"
+            ));
+        }
+        if let Some(Err(e)) = l.naa.as_deref().map(parse_naa) {
+            problems.push(format!("naa: {e}"));
+        }
         if l.backend != "uring" {
             if l.queue_depth.is_some() {
                 problems.push(format!("queue_depth: not used by backend {:?} (only uring)", l.backend));
@@ -1204,9 +1220,12 @@ impl Config {
 
     /// The SCSI settings of a LUN with this block size.
     pub fn lu_config(&self, target: &str, l: &LunConfig, block_size: u32) -> LuConfig {
-        let mut identity = LuIdentity::derived(&format!("{target}/{}", l.lun));
+        let mut identity = LuIdentity::derived(&identity_name(target, l));
         if let Some(serial) = &l.serial {
             identity.serial = serial.clone();
+        }
+        if let Some(Ok(naa)) = l.naa.as_deref().map(parse_naa) {
+            identity.naa = naa;
         }
         let mut lu_config = LuConfig::new(block_size, identity);
         lu_config.read_only = l.read_only;
@@ -1295,6 +1314,35 @@ impl Config {
 /// Block size a store was formatted with (S3 volumes report it), else 512.
 fn store_block_size(store: &dyn BlockStore) -> u32 {
     store.stats()["block_size"].as_u64().map_or(512, |b| b as u32)
+}
+
+/// What a LUN's derived identity (serial, NAA) is a hash of. An S3 volume's location
+/// (bucket and prefix, not the endpoint, which nodes may name differently), so that both nodes
+/// of a pair, and a LUN renumbered or moved to another target, present one device to multipath.
+/// Not the volume's uuid: a LUN answers INQUIRY before its volume opens (NOT READY), and an
+/// identity that changed at open would look like another device. Other LUNs: target and LUN.
+fn identity_name(target: &str, l: &LunConfig) -> String {
+    match l.url.as_deref().map(crate::s3::url::S3Url::parse) {
+        Some(Ok(url)) if l.backend == "s3" => url.to_string(),
+        _ => format!("{target}/{}", l.lun),
+    }
+}
+
+/// The longest configured serial (VPD 0x80 and the T10 vendor id designator carry it).
+const SERIAL_BYTES_MAX: usize = 64;
+
+/// A configured NAA designator: 16 hex digits (an optional `0x`), NAA format 2, 3 or 5 (the
+/// 8-byte formats).
+pub fn parse_naa(s: &str) -> Result<u64, String> {
+    let hex = s.strip_prefix("0x").unwrap_or(s);
+    let naa = match hex.len() {
+        16 => u64::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not 16 hex digits"))?,
+        _ => return Err(format!("{s:?} is not 16 hex digits")),
+    };
+    match naa >> 60 {
+        2 | 3 | 5 => Ok(naa),
+        f => Err(format!("{s:?} has NAA format {f}; 8-byte designators are formats 2, 3 (locally assigned) and 5")),
+    }
 }
 
 /// The bucket of the embedded default volume.
@@ -1442,6 +1490,41 @@ mod tests {
             "target[1] (iqn.2026-11.org.example:a).lun[1] (LUN 1).queue_depth: 0 is out of range (1 to 4096)",
             "two LUNs on one file would corrupt it",
         ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn identities_are_locally_assigned_follow_an_s3_volume_and_can_be_configured() {
+        let config = |target: &str, luns: &str| {
+            Config::from_toml(&format!(
+                "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:{target}\"\n{luns}"
+            ))
+        };
+        let c = config(
+            "a",
+            "[[target.lun]]\nlun = 0\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\n\
+             [[target.lun]]\nlun = 1\nbackend = \"memory\"\nsize = \"1MiB\"\n\
+             [[target.lun]]\nlun = 2\nbackend = \"memory\"\nsize = \"1MiB\"\nserial = \"SN-42\"\nnaa = \"0x3000000000000042\"\n",
+        )
+        .unwrap();
+        let elsewhere = config("b", "[[target.lun]]\nlun = 7\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\n").unwrap();
+        let id = |c: &Config, l: usize| c.lu_config(&c.targets[0].name, &c.targets[0].luns[l], 512).identity;
+        assert_eq!(id(&c, 0), id(&elsewhere, 0), "one S3 volume is one device, whatever its target and LUN number");
+        assert_ne!(id(&c, 1).naa, id(&c, 0).naa);
+        for l in [0, 1] {
+            assert_eq!(id(&c, l).naa >> 60, 3, "locally assigned, not another vendor's company id");
+        }
+        assert_eq!((id(&c, 2).serial.as_str(), id(&c, 2).naa), ("SN-42", 0x3000_0000_0000_0042));
+        let err = config(
+            "a",
+            "[[target.lun]]\nlun = 0\nbackend = \"memory\"\nsize = \"1MiB\"\nserial = \"has space\"\nnaa = \"0x1000000000000042\"\n\
+             [[target.lun]]\nlun = 1\nbackend = \"memory\"\nsize = \"1MiB\"\nnaa = \"42\"\n",
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        for expected in ["serial: \"has space\" must be", "has NAA format 1", "naa: \"42\" is not 16 hex digits"] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
     }

@@ -19,7 +19,7 @@ pub struct LuIdentity {
     pub product: String,
     pub revision: String,
     pub serial: String,
-    /// NAA IEEE Registered designator (NAA 5), 8 bytes.
+    /// NAA designator, 8 bytes: locally assigned (NAA 3) unless configured.
     pub naa: u64,
 }
 
@@ -31,8 +31,9 @@ impl LuIdentity {
             h ^= b as u64;
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        // NAA 5, a locally chosen (unregistered) 24-bit company id, 36 bits of hash.
-        let naa = (0x5u64 << 60) | (0x00_1405u64 << 36) | (h & 0xf_ffff_ffff);
+        // NAA 3, "locally assigned" (SPC-4 7.8.6.6.4): 60 bits of hash, and no IEEE company
+        // id, which rtgt does not have (earlier versions borrowed another project's).
+        let naa = (0x3u64 << 60) | (h & 0x0fff_ffff_ffff_ffff);
         LuIdentity {
             vendor: "RTGT".into(),
             product: "rtgt disk".into(),
