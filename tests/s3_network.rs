@@ -25,6 +25,7 @@ const BLOCKS: u64 = 64 * 2048;
 
 struct Store {
     server: EmbeddedS3,
+    root: Arc<rtgt::s3::local::LocalRoot>,
     netem: Netem,
     _dir: tempfile::TempDir,
 }
@@ -33,9 +34,9 @@ async fn store(link: LinkSpec) -> Store {
     let dir = tempfile::tempdir().unwrap();
     let root = embedded::open_root(dir.path()).unwrap();
     root.create_bucket("vols").unwrap();
-    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = EmbeddedS3::start(root.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let netem = Netem::start(server.addr, link).await.unwrap();
-    Store { server, netem, _dir: dir }
+    Store { server, root, netem, _dir: dir }
 }
 
 /// A target whose LUN reaches the store at `endpoint`, with `extra` settings of the LUN.
@@ -259,7 +260,18 @@ async fn a_store_slow_to_answer_fails_nothing() {
     assert_eq!(sync(&s).await, 0);
     s.logout().await.unwrap();
     shut_down(t).await;
+    // Its 4 MiB merges need longer than the retry budget a second away: the writes stay in
+    // logs, and the lease goes all the same (the verifying target does not wait it out).
+    assert!(lease_released(&store).await, "the clean shutdown released the lease");
     verify(&store, &acked).await;
+}
+
+/// Whether the volume's lease record says its holder released it.
+async fn lease_released(store: &Store) -> bool {
+    use rtgt::s3::ObjectStore;
+    let lease = store.root.bucket("vols").unwrap().get("v/rtgt-lease.json", None).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&lease.body).unwrap();
+    record["released"].as_bool().expect("a lease record says whether it was released")
 }
 
 /// Bytes of the files under `dir`, recursively.

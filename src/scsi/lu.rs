@@ -73,6 +73,9 @@ pub(super) struct LuState {
     pub ua: BTreeMap<u64, VecDeque<(u8, u8)>>,
     /// Holder of an SPC-2 RESERVE(6).
     pub reserved_by: Option<u64>,
+    /// Persistent reservations: registrations and the reservation (kept across nexus loss
+    /// and resets, lost at a restart).
+    pub pr: super::pr::PrState,
     /// Nexuses that issued PREVENT MEDIUM REMOVAL.
     pub prevent: BTreeSet<u64>,
 }
@@ -133,6 +136,7 @@ impl LogicalUnit {
                 seen: BTreeSet::new(),
                 ua: BTreeMap::new(),
                 reserved_by: None,
+                pr: super::pr::PrState::default(),
                 prevent: BTreeSet::new(),
             }),
             atomic: tokio::sync::RwLock::new(()),
@@ -180,7 +184,17 @@ impl LogicalUnit {
         }
     }
 
-    /// A LOGICAL UNIT RESET: clears reservations and establishes a reset unit attention.
+    /// Queues a unit attention for one nexus.
+    pub(super) fn unit_attention_to(&self, nexus: u64, code: (u8, u8)) {
+        let mut st = self.state();
+        let q = st.ua.entry(nexus).or_default();
+        if q.len() < UA_QUEUE_MAX && !q.contains(&code) {
+            q.push_back(code);
+        }
+    }
+
+    /// A LOGICAL UNIT RESET: clears SPC-2 reservations (persistent ones stay) and establishes
+    /// a reset unit attention.
     pub fn reset(&self) {
         {
             let mut st = self.state();
@@ -255,7 +269,7 @@ impl LogicalUnit {
         {
             return self.check(&Sense::new(key::UNIT_ATTENTION, code));
         }
-        if !spec.conflict_exempt && self.reservation_conflict(nexus) {
+        if !spec.conflict_exempt && self.reservation_conflict(nexus, spec.op) {
             return Response::with_status(status::RESERVATION_CONFLICT);
         }
         if needs_medium(spec.op)
@@ -289,8 +303,12 @@ impl LogicalUnit {
         !spec.thin_only || self.store.caps().thin || self.store.ready().is_err()
     }
 
-    fn reservation_conflict(&self, nexus: u64) -> bool {
-        matches!(self.state().reserved_by, Some(holder) if holder != nexus)
+    /// Whether an SPC-2 reservation of another nexus, or the persistent reservation, keeps
+    /// `nexus` from running `op`.
+    fn reservation_conflict(&self, nexus: u64, op: Op) -> bool {
+        let st = self.state();
+        matches!(st.reserved_by, Some(holder) if holder != nexus)
+            || st.pr.conflicts(nexus, super::persistent_reserve::access(op))
     }
 
     fn check(&self, sense: &Sense) -> Response {
@@ -324,6 +342,8 @@ impl LogicalUnit {
             Op::Reserve => self.reserve(ctx),
             Op::Release => self.release(ctx),
             Op::ReadDefectData => self.read_defect_data(ctx),
+            Op::PersistentReserveIn => self.persistent_reserve_in(ctx),
+            Op::PersistentReserveOut => self.persistent_reserve_out(ctx),
         }
     }
 }
@@ -344,6 +364,8 @@ fn needs_medium(op: Op) -> bool {
             | Op::PreventAllow
             | Op::StartStopUnit
             | Op::ReadDefectData
+            | Op::PersistentReserveIn
+            | Op::PersistentReserveOut
     )
 }
 

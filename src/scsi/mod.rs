@@ -7,6 +7,8 @@ mod lu;
 pub mod metrics;
 mod mode;
 mod ops;
+mod persistent_reserve;
+mod pr;
 mod sbc;
 pub mod sense;
 mod spc;

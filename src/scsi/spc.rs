@@ -261,7 +261,13 @@ impl LogicalUnit {
         if ctx.cdb.u8(1) & 0x1f != 0 {
             return Err(Sense::invalid_cdb(1, None));
         }
-        self.state().reserved_by = Some(ctx.nexus.id);
+        let mut st = self.state();
+        // A persistent reservation or registration makes RESERVE conflict (SPC-4 §5.13.3).
+        if st.pr.active() {
+            ctx.status = super::sense::status::RESERVATION_CONFLICT;
+            return Ok(Bytes::new());
+        }
+        st.reserved_by = Some(ctx.nexus.id);
         Ok(Bytes::new())
     }
 
@@ -270,7 +276,8 @@ impl LogicalUnit {
             return Err(Sense::invalid_cdb(1, None));
         }
         let mut st = self.state();
-        // Releasing a reservation held by another nexus succeeds and changes nothing.
+        // Releasing a reservation held by another nexus succeeds and changes nothing; so does
+        // RELEASE while persistent reservations are in use (they hold no SPC-2 reservation).
         if st.reserved_by == Some(ctx.nexus.id) {
             st.reserved_by = None;
         }
