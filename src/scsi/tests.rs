@@ -278,6 +278,69 @@ async fn reservations_conflict_for_other_nexuses() {
     assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
 }
 
+fn prout(action: u8, kind: u8, key: u64, sark: u64) -> ([u8; 10], Vec<u8>) {
+    let mut cdb = [0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0];
+    cdb[2] = kind;
+    let mut data = vec![0u8; 24];
+    data[0..8].copy_from_slice(&key.to_be_bytes());
+    data[8..16].copy_from_slice(&sark.to_be_bytes());
+    (cdb, data)
+}
+
+impl Init {
+    async fn prout(&self, t: &ScsiTarget, action: u8, kind: u8, key: u64, sark: u64) -> Response {
+        let (cdb, data) = prout(action, kind, key, sark);
+        self.cmd(t, &cdb, &data).await
+    }
+
+    async fn prin(&self, t: &ScsiTarget, action: u8) -> Bytes {
+        let r = self.cmd(t, &[0x5e, action, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]).await;
+        assert_eq!(r.status, status::GOOD);
+        r.data
+    }
+}
+
+/// Persistent reservations through the dispatcher: the conflict rules, RESERVE(6) against
+/// them, what survives a logout and a LOGICAL UNIT RESET, and READ FULL STATUS's TransportID.
+#[tokio::test]
+async fn persistent_reservations_keep_others_out_and_outlive_their_nexus() {
+    let (t, _) = target();
+    let a = Init::new("iqn.a");
+    let b = Init::new("iqn.b");
+    a.ready(&t).await;
+    b.ready(&t).await;
+    assert_eq!(a.prout(&t, 6, 0, 0, 0xaa).await.status, status::GOOD);
+    assert_eq!(b.prout(&t, 0, 0, 0, 0xbb).await.status, status::GOOD);
+    assert_eq!(a.prout(&t, 1, 3, 0xaa, 0).await.status, status::GOOD, "RESERVE, exclusive access");
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(b.cmd(&t, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).await.status, status::GOOD, "READ CAPACITY");
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+    assert_eq!(b.cmd(&t, &[0x16, 0, 0, 0, 0, 0], &[]).await.status, status::RESERVATION_CONFLICT, "RESERVE(6)");
+    assert_eq!(b.prout(&t, 1, 3, 0xbb, 0).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(b.prout(&t, 0, 0, 0x11, 0x12).await.status, status::RESERVATION_CONFLICT, "not its key");
+    let keys = a.prin(&t, 0).await;
+    assert_eq!(&keys[4..8], &16u32.to_be_bytes(), "two keys");
+    let full = a.prin(&t, 3).await;
+    let tid = String::from_utf8_lossy(&full[8 + 24 + 4..]).to_string();
+    assert!(tid.starts_with("iqn.a,i,0x000000000001"), "{tid:?}");
+    // The holder logs out and a reset comes: the reservation stays.
+    t.lun(1).unwrap().nexus_gone(a.nexus.id);
+    t.lun(1).unwrap().reset();
+    b.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await;
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(b.prout(&t, 4, 1, 0xbb, 0xaa).await.status, status::GOOD, "PREEMPT");
+    a.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await; // the reset's unit attention
+    let r = a.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x05))), "REGISTRATIONS PREEMPTED");
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD, "write exclusive lets reads through");
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::RESERVATION_CONFLICT);
+    let r = a.prout(&t, 1, 1, 0, 0).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT, "no longer registered");
+    let (mut cdb, data) = prout(0, 0, 0, 0x1);
+    cdb[8] = 23;
+    assert_eq!(sense_of(&a.cmd(&t, &cdb, &data[..23]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
+}
+
 #[test]
 fn lun_encoding_round_trips() {
     for lun in [0u16, 1, 255, 256, 16383] {
