@@ -592,6 +592,10 @@ impl BuildContext {
     }
 }
 
+/// Where in the data directory the persistent reservations of file LUNs are kept (APTPL),
+/// one file per logical unit named by its NAA designator.
+pub const RESERVATIONS_DIR: &str = "reservations";
+
 /// Where in a `cache_dir` the journal of `durability = "local"` keeps its segments.
 /// Moves the logs of the journal earlier versions kept (a bucket of a local store in `dir`)
 /// into `to`, so that a node that crashed before an upgrade replays them after it; then
@@ -1169,7 +1173,7 @@ impl Config {
         Ok(Arc::new(crate::s3::aws::AwsStore::connect(&self.s3_endpoint(l), &url.bucket).await))
     }
 
-    async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
+    async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<crate::s3::volume::S3Volume>, String> {
         use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
         let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
         let store = self.object_store(l, &url, ctx).await?;
@@ -1235,10 +1239,30 @@ impl Config {
 
     /// Builds a logical unit from its configuration.
     pub async fn open_lun(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<LogicalUnit>, String> {
-        let store = self.open_store(l, ctx).await?;
+        use crate::pr_keepers::{FileKeeper, VolumeKeeper};
+        let (store, keeper): (Arc<dyn BlockStore>, Option<Arc<dyn crate::scsi::ReservationKeeper>>) =
+            match l.backend.as_str() {
+                "s3" => {
+                    let volume = self.open_s3(l, ctx).await?;
+                    (volume.clone(), Some(Arc::new(VolumeKeeper::new(volume))))
+                }
+                _ => (self.open_store(l, ctx).await?, None),
+            };
         // Without a configured block size, an existing volume decides (512 otherwise).
         let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
-        Ok(Arc::new(LogicalUnit::new(store, self.lu_config(target, l, block_size))?))
+        let lu_config = self.lu_config(target, l, block_size);
+        let keeper = keeper.or_else(|| match l.backend.as_str() {
+            "file" | "uring" => {
+                let name = format!("{:016x}.json", lu_config.identity.naa);
+                Some(Arc::new(FileKeeper::new(self.data_dir().join(RESERVATIONS_DIR).join(name))) as _)
+            }
+            _ => None,
+        });
+        let mut lu = LogicalUnit::new(store, lu_config)?;
+        if let Some(keeper) = keeper {
+            lu.keep_reservations(keeper).await?;
+        }
+        Ok(Arc::new(lu))
     }
 
     /// What a LUN serves until it is open: NOT READY, with its identity.

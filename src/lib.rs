@@ -12,6 +12,7 @@ pub mod mutants;
 pub mod netem;
 pub mod node;
 pub mod pdu;
+pub mod pr_keepers;
 pub mod private_file;
 pub mod rng;
 pub mod s3;

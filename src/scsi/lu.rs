@@ -94,6 +94,10 @@ pub struct LogicalUnit {
     /// them atomic against concurrent writes to the same blocks.
     pub(super) atomic: tokio::sync::RwLock<()>,
     pub metrics: super::metrics::LuMetrics,
+    /// Keeps persistent reservations across restarts (APTPL); none: APTPL is refused.
+    pub(super) keeper: Option<Arc<dyn super::pr_keeper::ReservationKeeper>>,
+    /// PERSISTENT RESERVE OUT commands change and save the state one at a time.
+    pub(super) pr_turn: tokio::sync::Mutex<()>,
 }
 
 /// What a handler returns: data-in, or a sense condition.
@@ -141,7 +145,29 @@ impl LogicalUnit {
             }),
             atomic: tokio::sync::RwLock::new(()),
             metrics: super::metrics::LuMetrics::default(),
+            keeper: None,
+            pr_turn: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Keeps persistent reservations with `keeper` (APTPL), starting from what it saved.
+    pub async fn keep_reservations(
+        &mut self,
+        keeper: Arc<dyn super::pr_keeper::ReservationKeeper>,
+    ) -> Result<(), String> {
+        let saved = keeper.load().await.map_err(|e| format!("reservations in {}: {e}", keeper.describe()))?;
+        if let Some(bytes) = saved {
+            let state = super::pr_keeper::decode(&bytes).map_err(|e| format!("{}: {e}", keeper.describe()))?;
+            tracing::info!(
+                keeper = keeper.describe(),
+                registrations = state.registrants.len(),
+                reserved = state.reservation.is_some(),
+                "persistent reservations restored (APTPL)"
+            );
+            self.state().pr = state;
+        }
+        self.keeper = Some(keeper);
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn BlockStore> {
@@ -343,7 +369,7 @@ impl LogicalUnit {
             Op::Release => self.release(ctx),
             Op::ReadDefectData => self.read_defect_data(ctx),
             Op::PersistentReserveIn => self.persistent_reserve_in(ctx),
-            Op::PersistentReserveOut => self.persistent_reserve_out(ctx),
+            Op::PersistentReserveOut => self.persistent_reserve_out(ctx).await,
         }
     }
 }

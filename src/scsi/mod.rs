@@ -9,6 +9,7 @@ mod mode;
 mod ops;
 mod persistent_reserve;
 mod pr;
+pub mod pr_keeper;
 mod sbc;
 pub mod sense;
 mod spc;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 
 pub use lu::{LogicalUnit, LuConfig, LuIdentity};
 pub use ops::{OpSpec, commands};
+pub use pr_keeper::ReservationKeeper;
 pub use sense::{Sense, asc, key, status};
 pub use target::ScsiTarget;
 

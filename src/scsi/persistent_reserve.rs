@@ -1,7 +1,7 @@
 //! PERSISTENT RESERVE IN and OUT (SPC-4 §6.15, §6.16): the commands over [`super::pr`].
-//! Registrations are kept in memory for the life of the logical unit: they survive an I_T
-//! nexus loss and a LOGICAL UNIT RESET, not a restart of the target (APTPL is refused and
-//! REPORT CAPABILITIES says PTPL_C=0). SPEC_I_PT, ALL_TG_PT and REGISTER AND MOVE are not
+//! Registrations survive an I_T nexus loss and a LOGICAL UNIT RESET; across a restart of the
+//! target only with APTPL, where the logical unit has a keeper (`pr_keeper.rs`): every change
+//! is saved before it is acknowledged. SPEC_I_PT, ALL_TG_PT and REGISTER AND MOVE are not
 //! offered.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -71,14 +71,14 @@ fn read_reservation(pr: &PrState) -> BytesMut {
     out
 }
 
-fn report_capabilities() -> BytesMut {
+fn report_capabilities(persist_capable: bool, aptpl: bool) -> BytesMut {
     let mut out = BytesMut::new();
     out.put_u16(8);
-    // CRH: RESERVE(6)/(10) conflict with persistent reservations (SPC-4 §5.13.3). No
-    // SIP_C, ATP_C, PTPL_C.
-    out.put_u8(0x10);
-    // TMV, ALLOW COMMANDS 0 (not reported); PTPL_A 0.
-    out.put_u8(0x80);
+    // CRH: RESERVE(6)/(10) conflict with persistent reservations (SPC-4 §5.13.3); PTPL_C
+    // where a keeper exists. No SIP_C, ATP_C.
+    out.put_u8(0x10 | u8::from(persist_capable));
+    // TMV, ALLOW COMMANDS 0 (not reported); PTPL_A: the state is kept now.
+    out.put_u8(0x80 | u8::from(aptpl));
     // Every type: WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX; EX_AC_AR.
     out.put_u8(0x80 | 0x40 | 0x20 | 0x08 | 0x02);
     out.put_u8(0x01);
@@ -131,13 +131,13 @@ impl LogicalUnit {
         let data = match ctx.cdb.service_action() {
             0 => read_keys(&st.pr),
             1 => read_reservation(&st.pr),
-            2 => report_capabilities(),
+            2 => report_capabilities(self.keeper.is_some(), st.pr.aptpl),
             _ => read_full_status(&st.pr),
         };
         Ok(truncate(data, alloc))
     }
 
-    pub(super) fn persistent_reserve_out(&self, ctx: &mut Ctx<'_>) -> Outcome {
+    pub(super) async fn persistent_reserve_out(&self, ctx: &mut Ctx<'_>) -> Outcome {
         let len = ctx.cdb.u32(5) as usize;
         ctx.data_out_len = len as u32;
         let scope = ctx.cdb.u8(2) >> 4;
@@ -149,16 +149,21 @@ impl LogicalUnit {
         let claimed = u64::from_be_bytes(p[0..8].try_into().expect("8 bytes"));
         let sark = u64::from_be_bytes(p[8..16].try_into().expect("8 bytes"));
         let flags = p[20];
-        // SPEC_I_PT (bit 3), ALL_TG_PT (bit 2), APTPL (bit 0): not offered.
+        let service_action = ctx.cdb.service_action();
+        let registering = matches!(service_action, 0 | 6);
+        // SPEC_I_PT (bit 3) and ALL_TG_PT (bit 2) are not offered; APTPL (bit 0) where a
+        // keeper is, and only REGISTER looks at it.
+        let aptpl = registering && flags & 0x01 != 0;
         for bit in [3, 2, 0] {
-            if flags & (1 << bit) != 0 {
-                return Err(Sense {
-                    field: Some(super::sense::FieldPointer { in_cdb: false, byte: 20, bit: Some(bit) }),
-                    ..Sense::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST)
-                });
+            let refused = match bit {
+                0 => aptpl && self.keeper.is_none(),
+                _ => flags & (1 << bit) != 0,
+            };
+            if refused {
+                let field = super::sense::FieldPointer { in_cdb: false, byte: 20, bit: Some(bit) };
+                return Err(Sense { field: Some(field), ..Sense::illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST) });
             }
         }
-        let service_action = ctx.cdb.service_action();
         // RESERVE, RELEASE, PREEMPT (AND ABORT) name a type and the logical unit's scope.
         let kind = match service_action {
             1 | 2 | 4 | 5 => {
@@ -179,20 +184,34 @@ impl LogicalUnit {
             isid: ctx.nexus.isid,
             relative_port: ctx.nexus.relative_port,
         };
-        let mut st = self.state();
-        let pr = &mut st.pr;
-        let done = match (service_action, kind) {
-            (0, _) => pr.register(nexus, port, claimed, sark, false),
-            (6, _) => pr.register(nexus, port, claimed, sark, true),
-            (1, Some(kind)) => pr.reserve(nexus, claimed, kind).map(|()| Vec::new()),
-            (2, Some(kind)) => pr.release(nexus, claimed, kind),
-            (3, _) => pr.clear(nexus, claimed),
-            (4 | 5, Some(kind)) => pr.preempt(nexus, claimed, sark, kind),
-            _ => return Err(Sense::invalid_cdb(1, Some(4))),
+        let _turn = self.pr_turn.lock().await;
+        let (before, after, done) = {
+            let mut st = self.state();
+            let before = st.pr.clone();
+            let pr = &mut st.pr;
+            let done = match (service_action, kind) {
+                (0, _) => pr.register(nexus, port, claimed, sark, false),
+                (6, _) => pr.register(nexus, port, claimed, sark, true),
+                (1, Some(kind)) => pr.reserve(nexus, claimed, kind).map(|()| Vec::new()),
+                (2, Some(kind)) => pr.release(nexus, claimed, kind),
+                (3, _) => pr.clear(nexus, claimed),
+                (4 | 5, Some(kind)) => pr.preempt(nexus, claimed, sark, kind),
+                _ => return Err(Sense::invalid_cdb(1, Some(4))),
+            };
+            if done.is_ok() && registering {
+                pr.aptpl = aptpl;
+            }
+            (before, st.pr.clone(), done)
         };
+        if done.is_ok()
+            && after != before
+            && let Err(sense) = self.save_reservations(&before, &after).await
+        {
+            self.state().pr = before;
+            return Err(sense);
+        }
         match done {
             Ok(notices) => {
-                drop(st);
                 for (to, code) in notices {
                     self.unit_attention_to(to, code);
                 }
@@ -204,5 +223,19 @@ impl LogicalUnit {
             }
             Err(PrError::Check(sense)) => Err(sense),
         }
+    }
+
+    /// Saves a changed state where APTPL asks for it (or forgets it when APTPL goes off),
+    /// before the change is acknowledged.
+    async fn save_reservations(&self, before: &PrState, after: &PrState) -> Result<(), Sense> {
+        let Some(keeper) = &self.keeper else { return Ok(()) };
+        if !before.aptpl && !after.aptpl {
+            return Ok(());
+        }
+        let saved = after.aptpl.then(|| super::pr_keeper::encode(after));
+        keeper.save(saved).await.map_err(|e| {
+            tracing::warn!(keeper = keeper.describe(), error = %e, "cannot save the persistent reservations");
+            Sense::new(super::sense::key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+        })
     }
 }

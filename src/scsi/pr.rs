@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use super::sense::Sense;
 
 /// The six reservation types (the TYPE field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PrType {
     WriteExclusive = 1,
     ExclusiveAccess = 3,
@@ -63,7 +64,7 @@ pub enum Access {
 }
 
 /// One registered I_T nexus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registrant {
     pub key: u64,
     /// The initiator port: iSCSI name and ISID (its TransportID).
@@ -72,7 +73,7 @@ pub struct Registrant {
     pub relative_port: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reservation {
     /// The holding nexus; for the all-registrants types, the one that reserved (every
     /// registrant holds it).
@@ -97,11 +98,15 @@ pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x05);
 /// INVALID RELEASE OF PERSISTENT RESERVATION.
 const INVALID_RELEASE: (u8, u8) = (0x26, 0x04);
 
-/// The persistent reservation state of one logical unit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The persistent reservation state of one logical unit (also its saved form, with APTPL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PrState {
     /// PRgeneration: counts REGISTER, CLEAR, PREEMPT changes (wraps).
     pub generation: u32,
+    /// Activate Persist Through Power Loss: the last REGISTER asked for the state to be kept
+    /// across a restart of the target.
+    #[serde(default)]
+    pub aptpl: bool,
     /// By nexus id.
     pub registrants: BTreeMap<u64, Registrant>,
     pub reservation: Option<Reservation>,

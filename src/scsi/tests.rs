@@ -341,6 +341,68 @@ async fn persistent_reservations_keep_others_out_and_outlive_their_nexus() {
     assert_eq!(sense_of(&a.cmd(&t, &cdb, &data[..23]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
 }
 
+/// A keeper in memory, as a file or an object would be.
+#[derive(Default)]
+struct MemKeeper(std::sync::Mutex<Option<Vec<u8>>>);
+
+impl ReservationKeeper for MemKeeper {
+    fn load(&self) -> crate::storage::BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move { Ok(self.0.lock().unwrap().clone()) })
+    }
+    fn save(&self, saved: Option<Vec<u8>>) -> crate::storage::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            *self.0.lock().unwrap() = saved;
+            Ok(())
+        })
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+async fn target_keeping(keeper: Option<Arc<MemKeeper>>) -> ScsiTarget {
+    let store = Arc::new(MemoryStore::new(BLOCKS * BS as u64));
+    let mut lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
+    if let Some(keeper) = keeper {
+        lu.keep_reservations(keeper).await.unwrap();
+    }
+    let t = ScsiTarget::new("iqn.2026-11.org.example:t");
+    t.add_lun(1, Arc::new(lu)).unwrap();
+    t
+}
+
+/// APTPL: with a keeper, registrations and the reservation outlive the logical unit (a
+/// restart); APTPL off forgets the saved state; without a keeper APTPL is refused.
+#[tokio::test]
+async fn aptpl_keeps_reservations_across_a_restart() {
+    let keeper = Arc::new(MemKeeper::default());
+    let t = target_keeping(Some(keeper.clone())).await;
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let caps = a.prin(&t, 2).await;
+    assert_eq!((caps[2] & 0x01, caps[3] & 0x01), (1, 0), "PTPL_C, not yet PTPL_A");
+    let (cdb, mut data) = prout(6, 0, 0, 0xaa);
+    data[20] = 0x01; // APTPL
+    assert_eq!(a.cmd(&t, &cdb, &data).await.status, status::GOOD);
+    assert_eq!(a.prout(&t, 1, 1, 0xaa, 0).await.status, status::GOOD, "RESERVE, write exclusive");
+    assert!(keeper.0.lock().unwrap().is_some(), "saved before it was acknowledged");
+
+    let t = target_keeping(Some(keeper.clone())).await;
+    let b = Init::new("iqn.b");
+    a.ready(&t).await;
+    b.ready(&t).await;
+    assert_eq!(&a.prin(&t, 0).await[8..16], &0xaau64.to_be_bytes(), "the key is back");
+    assert_eq!(a.prin(&t, 2).await[3] & 0x01, 1, "PTPL_A");
+    assert_eq!(b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(a.prout(&t, 2, 1, 0xaa, 0).await.status, status::GOOD, "RELEASE");
+    assert_eq!(a.prout(&t, 0, 0, 0xaa, 0xab).await.status, status::GOOD, "REGISTER without APTPL");
+    assert!(keeper.0.lock().unwrap().is_none(), "APTPL off: nothing kept");
+
+    let t = target_keeping(None).await;
+    a.ready(&t).await;
+    assert_eq!(sense_of(&a.cmd(&t, &cdb, &data).await), Some((key::ILLEGAL_REQUEST, (0x26, 0))));
+}
+
 #[test]
 fn lun_encoding_round_trips() {
     for lun in [0u16, 1, 255, 256, 16383] {

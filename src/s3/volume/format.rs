@@ -23,6 +23,8 @@ use crate::s3::url::S3Url;
 pub const FORMAT_VERSION: u32 = 1;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
+/// The persistent reservations of the volume's logical unit (APTPL), beside it.
+pub const RESERVATIONS_NAME: &str = "rtgt-reservations.json";
 pub const CHUNKS_DIR: &str = "chunks/";
 pub const LOG_DIR: &str = "log/";
 /// Object metadata: base64 of the big-endian CRC32C of each segment (chunks) or of the body (logs).

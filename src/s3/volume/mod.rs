@@ -10,6 +10,7 @@
 //! every durable write. Every mutation of a chunk object happens with the chunk claimed, so at
 //! most one is in flight per key.
 
+mod aside;
 mod cache;
 mod disk_cache;
 mod fence;

@@ -1,0 +1,140 @@
+//! Where a logical unit's persistent reservations are kept when an initiator asks for them to
+//! outlive a restart (APTPL; see `scsi/pr_keeper.rs`): a file in the data directory for file
+//! and block device LUNs, an object beside an S3 volume (so that whichever node opens the
+//! volume next finds them).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::s3::volume::S3Volume;
+use crate::s3::volume::format::RESERVATIONS_NAME;
+use crate::scsi::ReservationKeeper;
+use crate::storage::BoxFuture;
+
+/// A file, replaced whole: written beside, fsynced, renamed over, its directory fsynced.
+pub struct FileKeeper {
+    path: PathBuf,
+}
+
+impl FileKeeper {
+    pub fn new(path: PathBuf) -> FileKeeper {
+        FileKeeper { path }
+    }
+
+    fn sync_dir(dir: &Path) -> std::io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    fn save_now(&self, saved: Option<Vec<u8>>) -> std::io::Result<()> {
+        let dir = self.path.parent().expect("a file in a directory");
+        match saved {
+            Some(bytes) => {
+                std::fs::create_dir_all(dir)?;
+                let temp = self.path.with_extension("tmp");
+                let mut f = std::fs::File::create(&temp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&temp, &self.path)?;
+            }
+            None => match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                other => other?,
+            },
+        }
+        Self::sync_dir(dir)
+    }
+}
+
+impl ReservationKeeper for FileKeeper {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move {
+            match std::fs::read(&self.path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn save(&self, saved: Option<Vec<u8>>) -> BoxFuture<'_, Result<(), String>> {
+        // Rare and small (a PERSISTENT RESERVE OUT with APTPL): done in place.
+        Box::pin(async move { self.save_now(saved).map_err(|e| e.to_string()) })
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// An object beside an S3 volume, written by the lease holder only.
+pub struct VolumeKeeper {
+    volume: Arc<S3Volume>,
+}
+
+impl VolumeKeeper {
+    pub fn new(volume: Arc<S3Volume>) -> VolumeKeeper {
+        VolumeKeeper { volume }
+    }
+}
+
+impl ReservationKeeper for VolumeKeeper {
+    fn load(&self) -> BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move {
+            let saved = self.volume.read_aside(RESERVATIONS_NAME).await.map_err(|e| e.to_string())?;
+            Ok(saved.map(|b| b.to_vec()))
+        })
+    }
+
+    fn save(&self, saved: Option<Vec<u8>>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.volume.write_aside(RESERVATIONS_NAME, saved.map(Bytes::from)).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.volume.url().key(RESERVATIONS_NAME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::s3::MemObjectStore;
+    use crate::s3::url::S3Url;
+    use crate::s3::volume::{CreateSpec, VolumeOptions};
+
+    async fn round_trip(keeper: &dyn ReservationKeeper) {
+        assert_eq!(keeper.load().await, Ok(None));
+        keeper.save(Some(b"one".to_vec())).await.unwrap();
+        keeper.save(Some(b"two".to_vec())).await.unwrap();
+        assert_eq!(keeper.load().await, Ok(Some(b"two".to_vec())));
+        keeper.save(None).await.unwrap();
+        keeper.save(None).await.unwrap();
+        assert_eq!(keeper.load().await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_file_keeps_what_was_saved_last() {
+        let dir = tempfile::tempdir().unwrap();
+        round_trip(&FileKeeper::new(dir.path().join("reservations/x.json"))).await;
+    }
+
+    #[tokio::test]
+    async fn an_object_beside_the_volume_keeps_what_was_saved_last() {
+        let mem = Arc::new(MemObjectStore::new());
+        let opts = VolumeOptions {
+            create: Some(CreateSpec { size: 1 << 20, block_size: 512, chunk_size: 64 << 10 }),
+            holder: "a".into(),
+            ..VolumeOptions::default()
+        };
+        let url = S3Url::parse("s3://bucket/vol").unwrap();
+        let volume = S3Volume::open(mem.clone(), url, opts, Arc::new(TokioClock::new())).await.unwrap();
+        let keeper = VolumeKeeper::new(volume);
+        round_trip(&keeper).await;
+        keeper.save(Some(b"kept".to_vec())).await.unwrap();
+        assert_eq!(mem.objects().get("vol/rtgt-reservations.json").map(|b| &b[..]), Some(&b"kept"[..]));
+    }
+}
