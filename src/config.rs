@@ -294,6 +294,15 @@ impl Default for ServerConfig {
 pub struct PortalGroupConfig {
     pub tag: u16,
     pub portals: Vec<String>,
+    /// ALUA: the asymmetric access state of this group's port on every target it serves
+    /// ("active_optimized", the default; "active_non_optimized", "standby", "unavailable",
+    /// "transitioning"), reported to multipath initiators by REPORT TARGET PORT GROUPS.
+    #[serde(default, skip_serializing_if = "is_default_state")]
+    pub alua_state: crate::scsi::alua::AluaState,
+}
+
+fn is_default_state(s: &crate::scsi::alua::AluaState) -> bool {
+    *s == crate::scsi::alua::AluaState::default()
 }
 
 /// `[[target]]`.
@@ -770,7 +779,11 @@ impl Config {
     pub fn embedded_default(data_dir: &Path) -> Config {
         Config {
             server: ServerConfig { data_dir: Some(data_dir.to_path_buf()), ..ServerConfig::default() },
-            portal_groups: vec![PortalGroupConfig { tag: 1, portals: vec!["127.0.0.1:3260".into()] }],
+            portal_groups: vec![PortalGroupConfig {
+                tag: 1,
+                portals: vec!["127.0.0.1:3260".into()],
+                alua_state: Default::default(),
+            }],
             targets: vec![TargetConfig {
                 alias: Some("rtgt default".into()),
                 luns: vec![LunConfig {
@@ -1516,6 +1529,17 @@ mod tests {
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
+    }
+
+    #[test]
+    fn a_portal_group_has_an_alua_state() {
+        use crate::scsi::alua::AluaState;
+        let text = |state: &str| format!("[[portal_group]]\ntag = 2\nportals = [\"0.0.0.0:3261\"]\n{state}");
+        let c = Config::from_toml(&text("alua_state = \"standby\"\n")).unwrap();
+        assert_eq!(c.portal_groups[0].alua_state, AluaState::Standby);
+        assert_eq!(Config::from_toml(&text("")).unwrap().portal_groups[0].alua_state, AluaState::ActiveOptimized);
+        assert!(Config::from_toml(&text("alua_state = \"sleepy\"\n")).is_err());
+        assert!(!c.to_toml().contains("active_optimized"), "the default is not written out");
     }
 
     #[test]

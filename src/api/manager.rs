@@ -279,7 +279,7 @@ impl Manager {
             }
             if !portals.is_empty() {
                 self.registry.set_portal_group(pg.tag, bound);
-                applied.push(crate::config::PortalGroupConfig { tag: pg.tag, portals });
+                applied.push(crate::config::PortalGroupConfig { tag: pg.tag, portals, alua_state: pg.alua_state });
             }
         }
         for (tag, _) in self.registry.portal_groups() {
@@ -288,6 +288,24 @@ impl Manager {
             }
         }
         inner.config.portal_groups = applied;
+        self.apply_alua_states(want);
+    }
+
+    /// Gives every target the states of the portal groups it is reachable through.
+    fn apply_alua_states(&self, want: &Config) {
+        for entry in self.registry.targets() {
+            let tags = entry.portal_groups.read().expect("poisoned").clone();
+            let states = tags
+                .into_iter()
+                .map(|tag| {
+                    (
+                        tag,
+                        want.portal_groups.iter().find(|pg| pg.tag == tag).map(|pg| pg.alua_state).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            entry.scsi.set_port_groups(states);
+        }
     }
 
     /// The address a configured portal is bound to (port 0 resolved), if it is listening.

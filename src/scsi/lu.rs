@@ -363,7 +363,8 @@ impl LogicalUnit {
             Op::CompareAndWrite => self.compare_and_write(ctx).await,
             Op::OrWrite => self.or_write(ctx).await,
             Op::GetLbaStatus => self.get_lba_status(ctx).await,
-            Op::ReportLuns => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)), // answered by the target
+            // Answered by the target.
+            Op::ReportLuns | Op::ReportTargetPortGroups => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)),
             Op::ReportSupportedOpcodes => self.report_supported_opcodes(ctx),
             Op::Reserve => self.reserve(ctx),
             Op::Release => self.release(ctx),
@@ -392,6 +393,7 @@ fn needs_medium(op: Op) -> bool {
             | Op::ReadDefectData
             | Op::PersistentReserveIn
             | Op::PersistentReserveOut
+            | Op::ReportTargetPortGroups
     )
 }
 

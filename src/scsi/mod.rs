@@ -2,6 +2,7 @@
 //! data, VPD and mode pages, unit attentions and reservations. It runs commands against a
 //! [`crate::storage::BlockStore`] and knows nothing of sockets or iSCSI.
 
+pub mod alua;
 mod cdb;
 mod lu;
 pub mod metrics;

@@ -32,6 +32,7 @@ pub enum Op {
     ReadDefectData,
     PersistentReserveIn,
     PersistentReserveOut,
+    ReportTargetPortGroups,
 }
 
 /// One row of the table.
@@ -218,6 +219,17 @@ static COMMANDS: &[OpSpec] = &[
         &[0x9e, 0x12, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
     ),
     exempt(spec(0xa0, "REPORT LUNS", Op::ReportLuns, &[0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, CTL]), true, true),
+    exempt(
+        sa(
+            0xa3,
+            0x0a,
+            "REPORT TARGET PORT GROUPS",
+            Op::ReportTargetPortGroups,
+            &[0xa3, 0xea, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
+        ),
+        false,
+        true,
+    ),
     exempt(
         sa(
             0xa3,

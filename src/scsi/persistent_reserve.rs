@@ -28,6 +28,7 @@ pub(super) fn access(op: Op) -> Access {
         | Op::ReadCapacity16
         | Op::PersistentReserveIn
         | Op::PersistentReserveOut
+        | Op::ReportTargetPortGroups
         | Op::Release => Access::Free,
         Op::Read | Op::Verify | Op::PreFetch | Op::GetLbaStatus | Op::ModeSense | Op::ReadDefectData => Access::Read,
         Op::Write

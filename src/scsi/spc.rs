@@ -70,13 +70,15 @@ impl LogicalUnit {
 
     /// Standard INQUIRY data (SPC-4 §6.4.2) with the given peripheral qualifier.
     pub(super) fn standard_inquiry(&self, qualifier: u8) -> BytesMut {
-        standard_inquiry_data(
+        let mut out = standard_inquiry_data(
             qualifier,
             0x00,
             &self.config.identity.vendor,
             &self.config.identity.product,
             &self.config.identity.revision,
-        )
+        );
+        out[5] |= 0x10; // TPGS 01b: implicit asymmetric access (REPORT TARGET PORT GROUPS)
+        out
     }
 
     fn vpd_supported_pages(&self) -> BytesMut {
@@ -105,6 +107,8 @@ impl LogicalUnit {
         // Target port (association 01b, PIV=1, protocol iSCSI = 5): relative port and name.
         let port = ctx.nexus.relative_port.to_be_bytes();
         designator(&mut body, 0x51, 0x94, &[0, 0, port[0], port[1]]);
+        // Its target port group (association 01b, type 5): the portal group, like the port.
+        designator(&mut body, 0x01, 0x15, &[0, 0, port[0], port[1]]);
         designator(&mut body, 0x53, 0x98, &scsi_name_string(&ctx.nexus.target_port_name()));
         // Target device (association 10b): the target's name.
         designator(&mut body, 0x53, 0xa8, &scsi_name_string(&ctx.nexus.target_name));

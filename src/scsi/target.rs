@@ -6,10 +6,14 @@ use std::sync::{Arc, RwLock};
 
 use bytes::{BufMut, BytesMut};
 
+use super::alua::{self, AluaState, PortGroups};
 use super::lu::LogicalUnit;
 use super::sense::{Sense, asc};
 use super::spc::{standard_inquiry_data, truncate};
 use super::{Request, Response, decode_lun, encode_lun};
+
+/// ASYMMETRIC ACCESS STATE CHANGED.
+const ASYMMETRIC_ACCESS_STATE_CHANGED: (u8, u8) = (0x2a, 0x06);
 
 /// Most LUNs one target may have.
 pub const LUNS_MAX: usize = 1024;
@@ -20,11 +24,39 @@ pub struct ScsiTarget {
     /// LUN masking: the initiators (lowercase names) that see a LUN; a LUN absent here is seen
     /// by every initiator of the target.
     masks: RwLock<BTreeMap<u16, BTreeSet<String>>>,
+    /// The asymmetric access state of each portal group the target is reachable through.
+    port_groups: RwLock<PortGroups>,
 }
 
 impl ScsiTarget {
     pub fn new(name: &str) -> ScsiTarget {
-        ScsiTarget { name: name.to_string(), luns: RwLock::new(BTreeMap::new()), masks: RwLock::new(BTreeMap::new()) }
+        ScsiTarget {
+            name: name.to_string(),
+            luns: RwLock::new(BTreeMap::new()),
+            masks: RwLock::new(BTreeMap::new()),
+            port_groups: RwLock::new(PortGroups::new()),
+        }
+    }
+
+    /// Sets the target port groups and their states; a changed state is announced to every
+    /// initiator (ASYMMETRIC ACCESS STATE CHANGED).
+    pub fn set_port_groups(&self, groups: PortGroups) {
+        let changed = {
+            let mut current = self.port_groups.write().expect("port groups poisoned");
+            let changed = current.iter().any(|(tag, state)| groups.get(tag).is_some_and(|s| s != state));
+            *current = groups;
+            changed
+        };
+        if changed {
+            for (_, lu) in self.luns() {
+                lu.unit_attention_all(ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+            }
+        }
+    }
+
+    /// The state of the port group a command came through (active/optimized if unknown).
+    fn port_state(&self, tag: u16) -> AluaState {
+        self.port_groups.read().expect("port groups poisoned").get(&tag).copied().unwrap_or_default()
     }
 
     /// Shows `lun` only to these initiators (None: to all).
@@ -106,10 +138,33 @@ impl ScsiTarget {
             return self.report_luns(req);
         }
         let lu = decode_lun(req.lun).and_then(|n| self.lun_for(n, &req.nexus.initiator_name));
-        match lu {
-            Some(lu) => lu.execute(req).await,
-            None => Self::no_such_lun(req),
+        let Some(lu) = lu else { return Self::no_such_lun(req) };
+        let cdb = super::cdb::Cdb(&req.cdb);
+        if let super::ops::Lookup::Found(spec) = super::ops::lookup(opcode, cdb.service_action()) {
+            if let Err(sense) = self.port_state(req.nexus.relative_port).admits(spec.op) {
+                return Response::check(&sense, false);
+            }
+            if spec.op == super::ops::Op::ReportTargetPortGroups {
+                return self.report_target_port_groups(req);
+            }
         }
+        lu.execute(req).await
+    }
+
+    fn report_target_port_groups(&self, req: &Request) -> Response {
+        let cdb = super::cdb::Cdb(&req.cdb);
+        let extended = match cdb.u8(1) >> 5 {
+            0 => false,
+            1 => true,
+            _ => return Response::check(&Sense::invalid_cdb(1, Some(7)), false),
+        };
+        let groups = self.port_groups.read().expect("port groups poisoned").clone();
+        // A target not told its groups yet is reached through the nexus's one.
+        let groups = match groups.is_empty() {
+            true => PortGroups::from([(req.nexus.relative_port, AluaState::default())]),
+            false => groups,
+        };
+        Response::good(truncate(alua::report_target_port_groups(&groups, extended), cdb.u32(6) as usize))
     }
 
     /// SPC-4 §5.12: answers for an unknown LUN.

@@ -403,6 +403,35 @@ async fn aptpl_keeps_reservations_across_a_restart() {
     assert_eq!(sense_of(&a.cmd(&t, &cdb, &data).await), Some((key::ILLEGAL_REQUEST, (0x26, 0))));
 }
 
+/// ALUA: INQUIRY says TPGS, REPORT TARGET PORT GROUPS lists the groups with their states, a
+/// port in standby answers media commands NOT READY (04/0B), and a state change is announced.
+#[tokio::test]
+async fn alua_states_are_reported_and_enforced() {
+    use crate::scsi::alua::{AluaState, PortGroups};
+    let (t, _) = target();
+    let a = Init::new("iqn.a"); // through port (portal group) 1
+    a.ready(&t).await;
+    let inq = a.cmd(&t, &[0x12, 0, 0, 0, 96, 0], &[]).await;
+    assert_eq!(inq.data[5] & 0x30, 0x10, "TPGS: implicit");
+    let vpd = a.cmd(&t, &[0x12, 1, 0x83, 0, 255, 0], &[]).await;
+    assert!(vpd.data.windows(8).any(|w| w == [0x01, 0x15, 0, 4, 0, 0, 0, 1]), "target port group designator");
+    t.set_port_groups(PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::ActiveNonOptimized)]));
+    let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!(rtpg.status, status::GOOD);
+    assert_eq!(&rtpg.data[..4], &24u32.to_be_bytes(), "two groups of one port each");
+    assert_eq!((rtpg.data[4] & 0x0f, rtpg.data[16] & 0x0f), (0, 1));
+    t.set_port_groups(PortGroups::from([(1, AluaState::Standby), (2, AluaState::ActiveOptimized)]));
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::NOT_READY, (0x04, 0x0b))), "standby");
+    assert_eq!(a.cmd(&t, &[0x12, 0, 0, 0, 96, 0], &[]).await.status, status::GOOD);
+    let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!(rtpg.data[4] & 0x0f, 2);
+    t.set_port_groups(PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::ActiveOptimized)]));
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "ASYMMETRIC ACCESS STATE CHANGED");
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+}
+
 #[test]
 fn lun_encoding_round_trips() {
     for lun in [0u16, 1, 255, 256, 16383] {
