@@ -76,6 +76,8 @@ pub(super) struct LuState {
     /// Persistent reservations: registrations and the reservation (kept across nexus loss
     /// and resets, lost at a restart).
     pub pr: super::pr::PrState,
+    /// Results of EXTENDED COPY commands held for RECEIVE COPY RESULTS, per nexus.
+    pub copy_results: BTreeMap<u64, Vec<super::xcopy::CopyResult>>,
     /// Nexuses that issued PREVENT MEDIUM REMOVAL.
     pub prevent: BTreeSet<u64>,
 }
@@ -141,6 +143,7 @@ impl LogicalUnit {
                 ua: BTreeMap::new(),
                 reserved_by: None,
                 pr: super::pr::PrState::default(),
+                copy_results: BTreeMap::new(),
                 prevent: BTreeSet::new(),
             }),
             atomic: tokio::sync::RwLock::new(()),
@@ -237,6 +240,7 @@ impl LogicalUnit {
             st.reserved_by = None;
         }
         st.prevent.remove(&nexus);
+        st.copy_results.remove(&nexus);
     }
 
     /// Grows the logical unit and tells every initiator through a unit attention.
@@ -371,6 +375,8 @@ impl LogicalUnit {
             Op::ReadDefectData => self.read_defect_data(ctx),
             Op::PersistentReserveIn => self.persistent_reserve_in(ctx),
             Op::PersistentReserveOut => self.persistent_reserve_out(ctx).await,
+            Op::ExtendedCopy => self.extended_copy(ctx).await,
+            Op::ReceiveCopyResults => self.receive_copy_results(ctx),
         }
     }
 }
@@ -394,6 +400,7 @@ fn needs_medium(op: Op) -> bool {
             | Op::PersistentReserveIn
             | Op::PersistentReserveOut
             | Op::ReportTargetPortGroups
+            | Op::ReceiveCopyResults
     )
 }
 

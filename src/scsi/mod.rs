@@ -15,6 +15,7 @@ mod sbc;
 pub mod sense;
 mod spc;
 mod target;
+mod xcopy;
 
 use std::sync::Arc;
 

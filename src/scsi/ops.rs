@@ -33,6 +33,8 @@ pub enum Op {
     PersistentReserveIn,
     PersistentReserveOut,
     ReportTargetPortGroups,
+    ExtendedCopy,
+    ReceiveCopyResults,
 }
 
 /// One row of the table.
@@ -179,6 +181,27 @@ static COMMANDS: &[OpSpec] = &[
         "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
         Op::PersistentReserveOut,
         &[0x5f, 6, FF, 0, 0, FF, FF, FF, FF, CTL],
+    ),
+    sa(
+        0x83,
+        0x00,
+        "EXTENDED COPY(LID1)",
+        Op::ExtendedCopy,
+        &[0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
+    ),
+    sa(
+        0x84,
+        0x00,
+        "RECEIVE COPY RESULTS(COPY STATUS)",
+        Op::ReceiveCopyResults,
+        &[0x84, 0x00, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
+    ),
+    sa(
+        0x84,
+        0x03,
+        "RECEIVE COPY RESULTS(OPERATING PARAMETERS)",
+        Op::ReceiveCopyResults,
+        &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
     ),
     spec(0x88, "READ(16)", Op::Read, &[0x88, 0xfe, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
     spec(

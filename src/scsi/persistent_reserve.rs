@@ -30,7 +30,13 @@ pub(super) fn access(op: Op) -> Access {
         | Op::PersistentReserveOut
         | Op::ReportTargetPortGroups
         | Op::Release => Access::Free,
-        Op::Read | Op::Verify | Op::PreFetch | Op::GetLbaStatus | Op::ModeSense | Op::ReadDefectData => Access::Read,
+        Op::Read
+        | Op::Verify
+        | Op::PreFetch
+        | Op::GetLbaStatus
+        | Op::ModeSense
+        | Op::ReadDefectData
+        | Op::ReceiveCopyResults => Access::Read,
         Op::Write
         | Op::WriteAndVerify
         | Op::WriteSame
@@ -41,6 +47,7 @@ pub(super) fn access(op: Op) -> Access {
         | Op::ModeSelect
         | Op::StartStopUnit
         | Op::PreventAllow
+        | Op::ExtendedCopy
         | Op::Reserve => Access::Write,
     }
 }

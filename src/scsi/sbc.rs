@@ -81,7 +81,7 @@ impl LogicalUnit {
     }
 
     /// FUA when asked, or always when the write cache is disabled.
-    fn effective_fua(&self, fua: bool) -> bool {
+    pub(super) fn effective_fua(&self, fua: bool) -> bool {
         fua || (self.store.caps().volatile_cache && !self.write_cache_enabled())
     }
 

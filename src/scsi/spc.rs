@@ -18,7 +18,7 @@ pub(super) fn truncate(data: BytesMut, alloc_len: usize) -> Bytes {
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00a0, 0x0460, 0x04c0, 0x0960];
 
 /// VPD pages we implement, sorted.
-const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2];
 
 /// Designator header: code set, PIV/association/type, length.
 fn designator(out: &mut BytesMut, proto_codeset: u8, piv_assoc_type: u8, value: &[u8]) {
@@ -60,6 +60,7 @@ impl LogicalUnit {
             0x00 => self.vpd_supported_pages(),
             0x80 => self.vpd_unit_serial(),
             0x83 => self.vpd_device_identification(ctx),
+            0x8f => self.vpd_third_party_copy(),
             0xb0 => self.vpd_block_limits(),
             0xb1 => self.vpd_block_device_characteristics(),
             0xb2 => self.vpd_logical_block_provisioning(),
@@ -78,6 +79,7 @@ impl LogicalUnit {
             &self.config.identity.revision,
         );
         out[5] |= 0x10; // TPGS 01b: implicit asymmetric access (REPORT TARGET PORT GROUPS)
+        out[5] |= 0x08; // 3PC: third-party copy (EXTENDED COPY)
         out
     }
 

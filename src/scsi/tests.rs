@@ -432,6 +432,72 @@ async fn alua_states_are_reported_and_enforced() {
     assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
 }
 
+/// An EXTENDED COPY parameter list: one identification target descriptor naming `naa`, one
+/// block-to-block segment; LIST ID USAGE `usage`.
+fn xcopy_list(list_id: u8, usage: u8, naa: u64, blocks: u16, from: u64, to: u64) -> Vec<u8> {
+    let mut p = vec![0u8; 16 + 32 + 28];
+    p[0] = list_id;
+    p[1] = usage << 3;
+    p[3] = 32;
+    p[11] = 28;
+    let t = &mut p[16..48];
+    t[0] = 0xe4;
+    t[4] = 0x01; // binary
+    t[5] = 0x03; // NAA, associated with the logical unit
+    t[7] = 8;
+    t[8..16].copy_from_slice(&naa.to_be_bytes());
+    t[29..32].copy_from_slice(&BS.to_be_bytes()[1..]);
+    let s = &mut p[48..];
+    s[0] = 0x02;
+    s[3] = 0x18;
+    s[10..12].copy_from_slice(&blocks.to_be_bytes());
+    s[12..20].copy_from_slice(&from.to_be_bytes());
+    s[20..28].copy_from_slice(&to.to_be_bytes());
+    p
+}
+
+fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+/// EXTENDED COPY inside the logical unit: the data arrives, overlapping copies included; a
+/// target descriptor naming another device is unreachable; results are held per nexus.
+#[tokio::test]
+async fn extended_copy_copies_within_the_logical_unit() {
+    let (t, store) = target();
+    let naa = t.lun(1).unwrap().identity().naa;
+    let a = Init::new("iqn.a");
+    let b = Init::new("iqn.b");
+    a.ready(&t).await;
+    b.ready(&t).await;
+    let data: Vec<u8> = (0..8 * BS as usize).map(|i| (i / 7) as u8).collect();
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 8, 0), &data).await.status, status::GOOD);
+    let p = xcopy_list(1, 0b00, naa, 8, 0, 100);
+    assert_eq!(a.cmd(&t, &xcopy_cdb(p.len()), &p).await.status, status::GOOD);
+    assert_eq!(&store.read(100 * BS as u64, 8 * BS as usize).await.unwrap()[..], &data[..]);
+    // Overlapping, towards higher addresses: the source is read before it is overwritten.
+    let p = xcopy_list(2, 0b10, naa, 8, 100, 104);
+    assert_eq!(a.cmd(&t, &xcopy_cdb(p.len()), &p).await.status, status::GOOD);
+    assert_eq!(&store.read(104 * BS as u64, 8 * BS as usize).await.unwrap()[..], &data[..]);
+    // The results of list 1 (held), for its nexus only; list 2 was discarded.
+    let status_of = |list: u8| [0x84, 0x00, list, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
+    let r = a.cmd(&t, &status_of(1), &[]).await;
+    assert_eq!((r.status, &r.data[5..7], &r.data[8..12]), (status::GOOD, &[0, 1][..], &(8 * BS).to_be_bytes()[..]));
+    assert_eq!(sense_of(&a.cmd(&t, &status_of(2), &[]).await), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    assert_eq!(sense_of(&b.cmd(&t, &status_of(1), &[]).await), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    let p = xcopy_list(3, 0b00, naa ^ 1, 8, 0, 200);
+    assert_eq!(sense_of(&a.cmd(&t, &xcopy_cdb(p.len()), &p).await), Some((key::COPY_ABORTED, (0x08, 0x04))));
+    let p = xcopy_list(3, 0b00, naa, 8, 0, BLOCKS - 4);
+    assert_eq!(sense_of(&a.cmd(&t, &xcopy_cdb(p.len()), &p).await).map(|s| s.0), Some(key::COPY_ABORTED));
+    let p = xcopy_list(3, 0b00, naa, 8, 0, 200);
+    assert_eq!(sense_of(&a.cmd(&t, &xcopy_cdb(p.len()), &p[..60]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
+    let ops = a.cmd(&t, &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[]).await;
+    assert_eq!((&ops.data[..4], &ops.data[43..46]), (&42u32.to_be_bytes()[..], &[2, 0x02, 0xe4][..]));
+}
+
 #[test]
 fn lun_encoding_round_trips() {
     for lun in [0u16, 1, 255, 256, 16383] {
