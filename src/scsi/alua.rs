@@ -38,7 +38,10 @@ impl AluaState {
     /// Whether `op` may run through a port in this state; the NOT READY answer otherwise.
     pub fn admits(self, op: Op) -> Result<(), Sense> {
         // Every state answers what identifies the device and its paths.
-        let always = matches!(op, Op::Inquiry | Op::ReportLuns | Op::RequestSense | Op::ReportTargetPortGroups);
+        let always = matches!(
+            op,
+            Op::Inquiry | Op::ReportLuns | Op::RequestSense | Op::ReportTargetPortGroups | Op::ReportSupportedTmfs
+        );
         let (allowed, asc) = match self {
             AluaState::ActiveOptimized | AluaState::ActiveNonOptimized => return Ok(()),
             // Standby also keeps settings and reservations reachable (§5.15.2.4.4).

@@ -377,6 +377,7 @@ impl LogicalUnit {
             Op::PersistentReserveOut => self.persistent_reserve_out(ctx).await,
             Op::ExtendedCopy => self.extended_copy(ctx).await,
             Op::ReceiveCopyResults => self.receive_copy_results(ctx),
+            Op::ReportSupportedTmfs => self.report_supported_tmfs(ctx),
         }
     }
 }
@@ -401,6 +402,7 @@ fn needs_medium(op: Op) -> bool {
             | Op::PersistentReserveOut
             | Op::ReportTargetPortGroups
             | Op::ReceiveCopyResults
+            | Op::ReportSupportedTmfs
     )
 }
 

@@ -35,6 +35,7 @@ pub enum Op {
     ReportTargetPortGroups,
     ExtendedCopy,
     ReceiveCopyResults,
+    ReportSupportedTmfs,
 }
 
 /// One row of the table.
@@ -260,6 +261,17 @@ static COMMANDS: &[OpSpec] = &[
             "REPORT SUPPORTED OPERATION CODES",
             Op::ReportSupportedOpcodes,
             &[0xa3, 0x0c, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
+        ),
+        false,
+        true,
+    ),
+    exempt(
+        sa(
+            0xa3,
+            0x0d,
+            "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
+            Op::ReportSupportedTmfs,
+            &[0xa3, 0x0d, 0x80, 0, 0, 0, FF, FF, FF, FF, 0, CTL],
         ),
         false,
         true,

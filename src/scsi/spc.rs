@@ -262,6 +262,20 @@ impl LogicalUnit {
         Ok(Bytes::new())
     }
 
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.40): what the iSCSI layer answers
+    /// (`iscsi::conn`): ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET and
+    /// the target resets.
+    pub(super) fn report_supported_tmfs(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let alloc = ctx.cdb.u32(6) as usize;
+        let extended = ctx.cdb.bit(2, 0x80); // REPD: the 16-byte form
+        let mut out = BytesMut::zeroed(if extended { 16 } else { 4 });
+        out[0] = 0x80 | 0x40 | 0x10 | 0x08 | 0x02; // ATS, ATSS, CTSS, LURS, TRS
+        if extended {
+            out[3] = 0x0c; // additional data length
+        }
+        Ok(truncate(out, alloc))
+    }
+
     pub(super) fn reserve(&self, ctx: &mut Ctx<'_>) -> Outcome {
         // Third-party and extent reservations are not supported.
         if ctx.cdb.u8(1) & 0x1f != 0 {

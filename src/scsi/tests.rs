@@ -498,6 +498,17 @@ async fn extended_copy_copies_within_the_logical_unit() {
     assert_eq!((&ops.data[..4], &ops.data[43..46]), (&42u32.to_be_bytes()[..], &[2, 0x02, 0xe4][..]));
 }
 
+#[tokio::test]
+async fn supported_task_management_functions_are_the_ones_iscsi_answers() {
+    let (t, _) = target();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let r = a.cmd(&t, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]).await;
+    assert_eq!(&r.data[..], &[0xda, 0, 0, 0]);
+    let r = a.cmd(&t, &[0xa3, 0x0d, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]).await;
+    assert_eq!((r.data.len(), r.data[3]), (16, 0x0c), "REPD");
+}
+
 #[test]
 fn lun_encoding_round_trips() {
     for lun in [0u16, 1, 255, 256, 16383] {
