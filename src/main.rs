@@ -187,6 +187,16 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Delete a volume: its chunks, logs and metadata, under its lease (refused while a
+    /// target serves it, unless --force takes the volume from that target).
+    Delete {
+        url: String,
+        /// Take the volume from the target serving it (its writes from then on fail).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
     /// Set aside a damaged log object that keeps a volume from opening (it is moved to
     /// `damaged/`): the writes it holds are lost. Only while no target serves the volume.
     DiscardLog {
@@ -540,6 +550,15 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 Ok(lease) => println!("lease:      {}", String::from_utf8_lossy(&lease.body)),
                 Err(_) => println!("lease:      none"),
             }
+            Ok(())
+        }
+        VolumeCommand::Delete { url, force, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = s3.store(&url.bucket).await?;
+            let holder = format!("{}/{}/volume-delete", rtgt::config::hostname(), std::process::id());
+            let clock = std::sync::Arc::new(TokioClock::new());
+            let deleted = rtgt::s3::volume::delete_volume(store, &url, force, clock, holder).await?;
+            println!("deleted {url}: {} chunks, {} logs, {} stored", deleted.chunks, deleted.logs, Size(deleted.bytes));
             Ok(())
         }
         VolumeCommand::DiscardLog { url, seq, s3 } => {

@@ -17,6 +17,7 @@ mod fence;
 pub mod format;
 mod journal;
 pub mod lease;
+mod lifecycle;
 mod log;
 pub(super) mod merge;
 mod patience;
@@ -47,6 +48,7 @@ use format::CHUNKS_DIR;
 pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
 use lease::{Identity, LeaseState, LeaseTiming};
+pub use lifecycle::{Deleted, delete_volume};
 
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;

@@ -1,0 +1,97 @@
+//! Deleting a volume (`rtgt volume delete`): everything rtgt keeps under its prefix, under the
+//! volume's lease, so that no target opens it half deleted. A volume a live target holds is
+//! refused unless forced (the target is then fenced: its lease is taken).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::format::{CHUNKS_DIR, LEASE_NAME, LOG_DIR, META_NAME, RESERVATIONS_NAME};
+use super::lease::{self, Identity, LeaseError, LeaseState, LeaseTiming};
+use crate::clock::Clock;
+use crate::s3::url::S3Url;
+use crate::s3::{ObjectError, ObjectStore};
+
+/// Objects deleted at once.
+const DELETE_BATCH: usize = 1000;
+/// Where `rtgt volume discard-log` sets damaged logs aside.
+const DAMAGED_DIR: &str = "damaged/";
+
+/// What a deletion removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deleted {
+    pub chunks: usize,
+    pub logs: usize,
+    pub bytes: u64,
+}
+
+/// Deletes the volume at `url`. `force`: take the lease from a live holder instead of refusing.
+pub async fn delete_volume(
+    store: Arc<dyn ObjectStore>,
+    url: &S3Url,
+    force: bool,
+    clock: Arc<dyn Clock>,
+    holder: String,
+) -> Result<Deleted, String> {
+    if super::S3Volume::read_meta(&*store, url).await?.is_none() {
+        return Err(format!("no volume at {url}"));
+    }
+    let key = url.key(LEASE_NAME);
+    let timing = LeaseTiming::new(Duration::from_secs(30), Duration::from_secs(10));
+    let state = Arc::new(LeaseState::new(clock, timing));
+    let me = Identity { holder, node: None };
+    let taken = match lease::acquire(&*store, &key, &me, force, &state).await {
+        Ok(taken) => taken,
+        Err(LeaseError::Held { holder }) => {
+            return Err(format!(
+                "{url} is served by {holder}: stop that target first, or take the volume from it with --force"
+            ));
+        }
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let keeper = tokio::spawn(lease::keep(store.clone(), key.clone(), me, state, taken));
+    let deleted = delete_contents(&*store, url).await;
+    keeper.abort();
+    let deleted = deleted?;
+    // The metadata last but one: until it goes, the volume is there (and leased); the lease
+    // last, so that a target waiting for it finds no volume.
+    delete_all(&*store, vec![url.key(META_NAME)]).await?;
+    delete_all(&*store, vec![key]).await?;
+    Ok(deleted)
+}
+
+async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted, String> {
+    let listed = |dir: &str| {
+        let prefix = url.key(dir);
+        async move { crate::s3::list_all(store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}")) }
+    };
+    let chunks = listed(CHUNKS_DIR).await?;
+    let logs = listed(LOG_DIR).await?;
+    let damaged = listed(DAMAGED_DIR).await?;
+    let deleted = Deleted {
+        chunks: chunks.len(),
+        logs: logs.len(),
+        bytes: chunks.iter().chain(&logs).chain(&damaged).map(|o| o.size).sum(),
+    };
+    let mut keys: Vec<String> = chunks.into_iter().chain(logs).chain(damaged).map(|o| o.key).collect();
+    keys.push(url.key(RESERVATIONS_NAME));
+    delete_all(store, keys).await?;
+    Ok(deleted)
+}
+
+/// Deletes `keys` in batches; a key already gone is fine.
+async fn delete_all(store: &dyn ObjectStore, keys: Vec<String>) -> Result<(), String> {
+    for batch in keys.chunks(DELETE_BATCH) {
+        let results = store.delete_many(batch.to_vec()).await.map_err(|e| format!("cannot delete: {e}"))?;
+        for (key, result) in results {
+            match result {
+                Ok(()) | Err(ObjectError::NotFound) => {}
+                Err(e) => return Err(format!("cannot delete {key}: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;
