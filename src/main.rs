@@ -197,6 +197,29 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Copy a volume into a file or block device (sparse: what the volume never wrote stays a
+    /// hole). The volume is leased meanwhile, so no target serves it.
+    Export {
+        url: String,
+        file: PathBuf,
+        /// Take the volume from the target serving it.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Copy a file or block device into a new volume of its size (all-zero pieces are not
+    /// stored).
+    Import {
+        file: PathBuf,
+        url: String,
+        #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+        chunk_size: u64,
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+        #[command(flatten)]
+        s3: S3Args,
+    },
     /// Set aside a damaged log object that keeps a volume from opening (it is moved to
     /// `damaged/`): the writes it holds are lost. Only while no target serves the volume.
     DiscardLog {
@@ -561,6 +584,53 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             println!("deleted {url}: {} chunks, {} logs, {} stored", deleted.chunks, deleted.logs, Size(deleted.bytes));
             Ok(())
         }
+        VolumeCommand::Export { url, file, force, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = s3.store(&url.bucket).await?;
+            let out = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let volume = open_for_transfer(store, &url, force, None).await?;
+            let exported = rtgt::s3::volume::export_volume(&volume, &out, &progress_line("exported")).await;
+            volume.close().await.map_err(|e| e.to_string())?;
+            eprintln!();
+            println!("exported {url} to {}: {} of data", file.display(), Size(exported?));
+            Ok(())
+        }
+        VolumeCommand::Import { file, url, chunk_size, block_size, s3 } => {
+            use std::io::Seek;
+            let url = S3Url::parse(&url)?;
+            let mut input = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let size = input.seek(std::io::SeekFrom::End(0)).map_err(|e| format!("{}: {e}", file.display()))?;
+            if size == 0 || !size.is_multiple_of(block_size as u64) {
+                return Err(format!(
+                    "{}: {size} bytes is not a whole number of {block_size}-byte blocks",
+                    file.display()
+                ));
+            }
+            let store = s3.store(&url.bucket).await?;
+            if S3Volume::read_meta(&*store, &url).await?.is_some() {
+                return Err(format!("{url} exists: import creates a new volume (delete it first)"));
+            }
+            let spec = CreateSpec { size, block_size, chunk_size };
+            let volume = open_for_transfer(store, &url, false, Some(spec)).await?;
+            let imported = rtgt::s3::volume::import_volume(&volume, &input, size, &progress_line("imported")).await;
+            let closed = volume.close().await.map_err(|e| e.to_string());
+            eprintln!();
+            let imported = imported?;
+            closed?;
+            println!(
+                "imported {} into {url}: {} written (the rest is zeros), of {}",
+                file.display(),
+                Size(imported),
+                Size(size)
+            );
+            Ok(())
+        }
         VolumeCommand::DiscardLog { url, seq, s3 } => {
             let url = S3Url::parse(&url)?;
             let seq = u64::from_str_radix(&seq, 16).map_err(|_| format!("{seq:?} is not a hex sequence number"))?;
@@ -581,6 +651,33 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             store.delete(&key).await.map_err(|e| format!("cannot delete {key}: {e}"))?;
             println!("discarded {key}; the volume opens without the writes it held");
             Ok(())
+        }
+    }
+}
+
+/// Opens a volume for `volume export` / `import`, as a holder of its own.
+async fn open_for_transfer(
+    store: Arc<dyn rtgt::s3::ObjectStore>,
+    url: &S3Url,
+    force: bool,
+    create: Option<CreateSpec>,
+) -> Result<Arc<S3Volume>, String> {
+    let opts = rtgt::s3::volume::VolumeOptions {
+        create,
+        force,
+        holder: format!("{}/{}/volume-transfer", rtgt::config::hostname(), std::process::id()),
+        ..Default::default()
+    };
+    S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
+}
+
+/// A progress line on stderr, rewritten at each whole percent.
+fn progress_line(verb: &'static str) -> impl Fn(u64, u64) + Sync {
+    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
+    move |done, total| {
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        if shown.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
+            eprint!("\r{verb} {} of {} ({percent}%)", Size(done), Size(total));
         }
     }
 }

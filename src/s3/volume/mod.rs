@@ -24,6 +24,7 @@ mod patience;
 mod read;
 mod recovery;
 mod room;
+mod transfer;
 mod unmap;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +50,7 @@ pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
 use lease::{Identity, LeaseState, LeaseTiming};
 pub use lifecycle::{Deleted, delete_volume};
+pub use transfer::{export_volume, import_volume};
 
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
