@@ -17,6 +17,7 @@ pub mod private_file;
 pub mod rng;
 pub mod s3;
 pub mod scsi;
+pub mod sd_notify;
 pub mod server;
 pub mod storage;
 pub mod wire;

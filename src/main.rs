@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use rtgt::api::Manager;
 use rtgt::config::{BuildContext, Config, Size, default_data_dir};
 use rtgt::node::NodeIdentity;
@@ -21,8 +21,17 @@ use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 #[derive(Parser)]
 #[command(name = "rtgt", version, about = "An iSCSI target: file, block device, memory and S3 backed disks")]
 struct Cli {
+    /// Log lines as text (default) or as JSON objects, one a line ($RTGT_LOG_FORMAT).
+    #[arg(long, global = true, value_enum, env = "RTGT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +58,13 @@ enum Command {
         /// [embedded_s3] listen; LUNs use the store in-process either way).
         #[arg(long, value_name = "ADDR|off")]
         s3_listen: Option<String>,
+    },
+    /// Print a shell completion script: rtgt completions bash > /etc/bash_completion.d/rtgt
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (rtgt.1 and one per subcommand) into a directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Targets of the running target (through its API).
     Target {
@@ -281,18 +297,50 @@ impl S3Args {
     }
 }
 
+/// Logs to stderr, filtered by $RUST_LOG (info by default): plain lines (journald adds its own
+/// time stamps), or JSON objects with the event's fields at the top level.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+/// rtgt.1 and rtgt-SUBCOMMAND.1 (rtgt-volume-create.1, ...) for every subcommand.
+fn write_man_pages(dir: &std::path::Path) -> Result<(), String> {
+    fn write(dir: &std::path::Path, name: &str, cmd: clap::Command) -> Result<(), String> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).title(name.to_string()).render(&mut page).map_err(|e| e.to_string())?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).map_err(|e| format!("{}: {e}", path.display()))?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help" && !s.is_hide_set()) {
+            write(dir, &format!("{name}-{}", sub.get_name()), sub.clone())?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(dir, "rtgt", cmd)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     Size::parse(s).map(|s| s.0)
 }
 
 fn main() -> ExitCode {
     keep_io_buffers_on_the_heap();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rtgt", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).map_err(|e| e.to_string())
+        }
+        Command::Man { dir } => write_man_pages(&dir),
         Command::Target { command, api } => return manage::target(&api, command),
         Command::Lun { command, api } => return manage::lun(&api, command),
         Command::Portal { command, api } => return manage::portal(&api, command),
@@ -466,17 +514,35 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let manager = Manager::start(config.clone(), server.clone(), ctx, Some(path.clone())).await?;
     print_banner(&config, &registry);
+    // Every LUN has had its first open (open, or NOT READY and retried) and the portals accept.
+    rtgt::sd_notify::tell("READY=1");
+    if let Some(interval) = rtgt::sd_notify::watchdog_interval() {
+        tokio::spawn(watchdog(manager.clone(), interval));
+    }
     if let Some(listener) = api_listener {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         eprintln!("rtgt: management API at {scheme}://{addr} (changes are saved to {})", path.display());
         tokio::spawn(rtgt::api::serve(listener, manager.clone(), token, hosts, tls));
     }
     wait_for_signals(&manager).await;
+    rtgt::sd_notify::tell("STOPPING=1");
     // Stop new logins, ask initiators to log out, wait, then flush every LUN.
     manager.stop_listening().await;
     server.shutdown(Duration::from_secs(10)).await;
     eprintln!("rtgt: stopped");
     Ok(())
+}
+
+/// Tells systemd the engine is alive, twice per watchdog interval, for as long as the manager
+/// answers (its lock is the one every reload and API change takes): a wedged engine stops the
+/// pings and systemd restarts it.
+async fn watchdog(manager: Arc<Manager>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval / 2).await;
+        if tokio::time::timeout(interval / 2, manager.config()).await.is_ok() {
+            rtgt::sd_notify::tell("WATCHDOG=1");
+        }
+    }
 }
 
 /// Serves SIGHUP (reload) until SIGINT or SIGTERM.

@@ -89,7 +89,7 @@ impl LogicalUnit {
         if inline_len != 0 {
             return Err(invalid_param(12));
         }
-        if targets_len % TARGET_DESCRIPTOR_BYTES != 0 {
+        if !targets_len.is_multiple_of(TARGET_DESCRIPTOR_BYTES) {
             return Err(invalid_param(2));
         }
         let targets = &p[HEADER_BYTES..HEADER_BYTES + targets_len];
