@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 mod bench;
 mod bench_reads;
 mod bench_rtt;
+mod package;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -30,6 +31,8 @@ commands:
               [--update]        rewrite the ratchet with the tests that pass now
               [--chap]          the target requires CHAP; the suite logs in with it
   fuzz [--time SECONDS]         run every cargo-fuzz target for SECONDS each (default 60)
+  package [--release]           the Debian package (dpkg-deb): binary, systemd unit, default
+                                configuration, man pages, completions; target/debian/*.deb
   bench [targets] [--quick]     rtgt against tgtd (Debian's tgt) on memory and file LUs, with the
         [--seconds N]           own load generator and iscsi-perf; medians of alternating runs
         [--runs N]              (default 3 of 10 s; --quick: 1 of 3 s); table on stdout, JSON and
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Some("conformance") => conformance(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("package") => package::package(&args[1..]).map(|deb| eprintln!("xtask: {}", deb.display())),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
