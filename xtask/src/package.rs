@@ -75,15 +75,21 @@ pub fn package(args: &[String]) -> Result<PathBuf, String> {
     write(&stage.join("usr/share/doc/rtgt/README.md"), &readme, 0o644)?;
     let control = format!(
         "Package: rtgt\nVersion: {version}\nArchitecture: {arch}\nMaintainer: rtgt developers <rtgt@example.org>\n\
-         Section: net\nPriority: optional\nDepends: libc6\n\
+         Section: net\nPriority: optional\nDepends: libc6, passwd\n\
          Description: iSCSI target for files, block devices and S3 object storage\n \
          rtgt exports SCSI disks over TCP to any iSCSI initiator. Backing stores: files and\n \
          block devices, memory, and S3-compatible object storage as sparse volumes.\n"
     );
     write(&stage.join("DEBIAN/control"), control.as_bytes(), 0o644)?;
     write(&stage.join("DEBIAN/conffiles"), b"/etc/rtgt/rtgt.toml\n", 0o644)?;
-    let postinst = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ] && [ -d /run/systemd/system ]; then\n  \
-                    systemctl daemon-reload || true\nfi\n";
+    // The service's user, and the data directory it owns (systemd's StateDirectory= too).
+    let postinst = "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n  \
+                    if ! getent passwd rtgt >/dev/null; then\n    \
+                    useradd --system --user-group --home-dir /var/lib/rtgt --shell /usr/sbin/nologin rtgt\n  \
+                    fi\n  \
+                    install -d -o rtgt -g rtgt -m 0750 /var/lib/rtgt\n  \
+                    if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n\
+                    fi\n";
     write(&stage.join("DEBIAN/postinst"), postinst.as_bytes(), 0o755)?;
     let deb = root().join(format!("target/debian/rtgt_{version}_{arch}.deb"));
     run(Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&stage).arg(&deb))?;
