@@ -101,6 +101,11 @@ enum Command {
         #[command(flatten)]
         api: manage::ApiArgs,
     },
+    /// One screen about the running target: targets, LUNs, sessions, S3 health and cache.
+    Status {
+        #[command(flatten)]
+        api: manage::ApiArgs,
+    },
     /// Make the running target re-read its configuration file (like SIGHUP).
     Reload {
         #[command(flatten)]
@@ -347,6 +352,7 @@ fn main() -> ExitCode {
         Command::Tpgt { command, api } => return manage::tpgt(&api, command),
         Command::Session { command, api } => return manage::session(&api, command),
         Command::Reload { api } => return manage::reload(&api),
+        Command::Status { api } => return manage::status(&api),
         Command::Serve { config, data_dir, listen, force, api_listen, s3_listen } => {
             serve(config, data_dir, ServeOverrides { listen, force, api_listen, s3_listen })
         }

@@ -475,6 +475,77 @@ pub fn session(args: &ApiArgs, command: SessionCommand) -> ExitCode {
     })
 }
 
+/// One screen about a running target: version, targets, LUNs with their state and traffic,
+/// sessions, and for S3 LUNs the cache and whether the store answers.
+pub fn status(args: &ApiArgs) -> ExitCode {
+    run(args, |ctx| {
+        let version = ctx.call("GET", "/v1/version", None)?;
+        let targets = ctx.call("GET", "/v1/targets", None)?;
+        let stats = ctx.call("GET", "/v1/stats", None)?;
+        let v = json!({ "version": version, "targets": targets, "stats": stats });
+        ctx.print(&v, status_screen);
+        Ok(())
+    })
+}
+
+fn bytes(n: u64) -> String {
+    rtgt::config::Size(n).to_string()
+}
+
+fn status_screen(v: &Value) -> String {
+    let stats = &v["stats"];
+    let luns = stats["luns"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "rtgt {}: {} targets, {} LUNs, {} sessions\n\n",
+        v["version"]["version"].as_str().unwrap_or("?"),
+        v["targets"].as_array().map_or(0, Vec::len),
+        luns.len(),
+        stats["sessions"],
+    );
+    let mut rows = vec![["TARGET", "LUN", "STATE", "READ", "WRITTEN", "IN FLIGHT", "STORE"].map(String::from).to_vec()];
+    let mut s3 =
+        vec![["TARGET", "LUN", "CACHE", "DIRTY", "LOGS", "S3 AWAY", "FLUSH ERRORS"].map(String::from).to_vec()];
+    for l in &luns {
+        let backend = &l["backend"];
+        let state = match backend["ready"].as_bool() {
+            Some(false) => format!("not ready: {}", backend["reason"].as_str().unwrap_or("?")),
+            _ => "ready".into(),
+        };
+        let (target, lun) = (l["target"].as_str().unwrap_or("").to_string(), l["lun"].to_string());
+        rows.push(vec![
+            target.clone(),
+            lun.clone(),
+            state,
+            bytes(l["scsi"]["bytes_read"].as_u64().unwrap_or(0)),
+            bytes(l["scsi"]["bytes_written"].as_u64().unwrap_or(0)),
+            l["scsi"]["in_flight"].to_string(),
+            l["store"].as_str().unwrap_or("").into(),
+        ]);
+        if backend.get("dirty_bytes").is_some() {
+            let away = backend["s3_unreachable_ms"].as_u64().unwrap_or(0);
+            s3.push(vec![
+                target,
+                lun,
+                format!(
+                    "{} of {}",
+                    bytes(backend["cache_bytes"].as_u64().unwrap_or(0)),
+                    bytes(backend["cache_limit"].as_u64().unwrap_or(0))
+                ),
+                bytes(backend["dirty_bytes"].as_u64().unwrap_or(0)),
+                backend["logs"].to_string(),
+                if away == 0 { "-".into() } else { format!("{:.1} s", away as f64 / 1000.0) },
+                backend["flush_errors"].to_string(),
+            ]);
+        }
+    }
+    out.push_str(&table(&rows));
+    if s3.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&s3));
+    }
+    out
+}
+
 pub fn reload(args: &ApiArgs) -> ExitCode {
     run(args, |ctx| {
         let v = ctx.call("POST", "/v1/reload", None)?;

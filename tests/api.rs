@@ -177,6 +177,9 @@ async fn cli_changes_are_served_persisted_and_validated() {
     assert!(sessions.as_array().expect("list").iter().any(|x| x["target"] == TARGET), "{sessions}");
     let table = ok(&serve.cli(&["session", "list"]));
     assert!(table.contains("iqn.2026-11.dev.rtgt:initiator"), "{table}");
+    // `rtgt status`: one screen with the session and the LUN's traffic.
+    let status = ok(&serve.cli(&["status"]));
+    assert!(status.contains("1 sessions") && status.contains("ready") && status.contains("8KiB"), "{status}");
     let metrics =
         Client::new(&serve.api, Some(serve.token.clone())).unwrap().request("GET", "/metrics", None).unwrap().body;
     assert!(
