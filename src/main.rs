@@ -303,13 +303,15 @@ impl S3Args {
 }
 
 /// Logs to stderr, filtered by $RUST_LOG (info by default): plain lines (journald adds its own
-/// time stamps), or JSON objects with the event's fields at the top level.
+/// time stamps), or JSON objects, one a line.
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        // The event's fields stay under "fields": flattened, an event's `target` (a target's
+        // IQN) would collide with the line's (the module that logged it).
+        LogFormat::Json => builder.json().with_current_span(false).with_span_list(false).init(),
     }
 }
 

@@ -61,10 +61,15 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json() {
         .collect();
     assert!(!json.is_empty(), "no JSON log line");
     for line in &json {
-        for field in ["timestamp", "level", "target", "message"] {
+        for field in ["timestamp", "level", "target", "fields"] {
             assert!(line.get(field).is_some(), "{field} missing in {line}");
         }
+        assert!(line["fields"]["message"].is_string(), "no message in {line}");
+        assert!(line["target"].as_str().is_some_and(|t| t.starts_with("rtgt")), "the module: {line}");
     }
+    // An event's own `target` (the IQN) stays apart from the line's (the module).
+    let added = json.iter().find(|l| l["fields"]["message"] == "target added").expect("a target added line");
+    assert_eq!(added["fields"]["target"], "iqn.2026-11.dev.rtgt:default");
 }
 
 /// Completions for every shell name the subcommands; a man page per subcommand.
