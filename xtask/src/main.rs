@@ -100,12 +100,24 @@ fn cargo() -> Command {
     c
 }
 
-/// The debug build of everything: the same command line as `cargo xtask test`, so that the
-/// simulator and the conformance runs reuse its artifacts. (A narrower `cargo build --bin rtgt`
-/// resolves other features — no dev-dependencies, so tokio without `test-util` — and rebuilds
-/// tokio and all that depends on it, the AWS SDK included.)
-fn build_debug() -> Result<(), String> {
-    run(cargo().args(["build", "--quiet", "--workspace", "--all-targets"]))
+/// Cargo arguments selecting what `cargo xtask test` builds for rtgt itself: everything but
+/// the simulator, whose `mutants` feature would otherwise be unified into the rtgt that tests,
+/// conformance and the package use.
+pub(crate) const TARGET_BUILD: [&str; 4] = ["--workspace", "--all-targets", "--exclude", "rtgt-sim"];
+/// ... and for the simulator.
+const SIM_BUILD: [&str; 3] = ["--package", "rtgt-sim", "--all-targets"];
+
+/// The debug build of rtgt: the same command line as `cargo xtask test`, so that conformance
+/// runs and the package reuse its artifacts. (A narrower `cargo build --bin rtgt` resolves
+/// other features — no dev-dependencies, so tokio without `test-util` — and rebuilds tokio and
+/// all that depends on it, the AWS SDK included.)
+pub(crate) fn build_debug() -> Result<(), String> {
+    run(cargo().args(["build", "--quiet"]).args(TARGET_BUILD))
+}
+
+/// The debug build of the simulator, as `cargo xtask test` builds it.
+fn build_debug_sim() -> Result<(), String> {
+    run(cargo().args(["build", "--quiet"]).args(SIM_BUILD))
 }
 
 /// The release build of the `rtgt` binary, for the benchmarks.
@@ -120,7 +132,11 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     ensure_moto()?;
-    run(cargo().args(["test", "--workspace", "--all-targets"]))?;
+    // The simulator turns on rtgt's `mutants` feature: built together, the rtgt that the
+    // integration tests and conformance run would carry the planted bugs' hooks. Apart, they
+    // test the build users get.
+    run(cargo().args(["test"]).args(TARGET_BUILD))?;
+    run(cargo().args(["test"]).args(SIM_BUILD))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
 }
 
@@ -448,7 +464,7 @@ fn sim(args: &[String]) -> Result<(), String> {
         run(cargo().args(["build", "--quiet", "--release", "--package", "rtgt-sim"]))?;
         root().join("target/release/rtgt-sim")
     } else {
-        build_debug()?;
+        build_debug_sim()?;
         root().join("target/debug/rtgt-sim")
     };
     run(Command::new(binary).current_dir(root()).args(args.iter().filter(|a| *a != "--release")))

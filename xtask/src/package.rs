@@ -43,12 +43,11 @@ fn arch() -> Result<String, String> {
 pub fn package(args: &[String]) -> Result<PathBuf, String> {
     let release = args.iter().any(|a| a == "--release");
     let profile = if release { "release" } else { "debug" };
-    let mut build = cargo();
-    build.args(["build", "--quiet", "--bin", "rtgt"]);
-    if release {
-        build.arg("--release");
+    match release {
+        true => run(cargo().args(["build", "--quiet", "--release", "--bin", "rtgt"]))?,
+        // The build `cargo xtask test` made: no rebuild in CI.
+        false => crate::build_debug()?,
     }
-    run(&mut build)?;
     let rtgt = root().join("target").join(profile).join("rtgt");
     let (version, arch) = (version()?, arch()?);
     let stage = root().join("target/debian/stage");
