@@ -525,7 +525,7 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     // Every LUN has had its first open (open, or NOT READY and retried) and the portals accept.
     rtgt::sd_notify::tell("READY=1");
     if let Some(interval) = rtgt::sd_notify::watchdog_interval() {
-        tokio::spawn(watchdog(manager.clone(), interval));
+        tokio::spawn(watchdog(interval));
     }
     if let Some(listener) = api_listener {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -541,13 +541,14 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-/// Tells systemd the engine is alive, twice per watchdog interval, for as long as the manager
-/// answers (its lock is the one every reload and API change takes): a wedged engine stops the
-/// pings and systemd restarts it.
-async fn watchdog(manager: Arc<Manager>, interval: Duration) {
+/// Tells systemd the engine is alive, twice per watchdog interval, for as long as its runtime
+/// runs tasks: a task spawned now must have run within half the interval. If the workers are
+/// all stuck (a blocking call, a deadlock), the pings stop and systemd restarts rtgt. (Not the
+/// manager's lock: a reload may hold it for as long as an S3 volume takes to open.)
+async fn watchdog(interval: Duration) {
     loop {
         tokio::time::sleep(interval / 2).await;
-        if tokio::time::timeout(interval / 2, manager.config()).await.is_ok() {
+        if tokio::time::timeout(interval / 2, tokio::spawn(async {})).await.is_ok_and(|ran| ran.is_ok()) {
             rtgt::sd_notify::tell("WATCHDOG=1");
         }
     }

@@ -25,9 +25,10 @@ fn next_notification(socket: &UnixDatagram) -> Option<String> {
 }
 
 /// `rtgt serve` under a service manager of our own: READY=1 comes once the portal accepts
-/// (after the LUNs' first open), STOPPING=1 at SIGTERM; its JSON log lines parse.
+/// (after the LUNs' first open), WATCHDOG=1 while it runs, STOPPING=1 at SIGTERM; its JSON log
+/// lines parse.
 #[test]
-fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json() {
+fn serve_tells_systemd_when_it_is_ready_alive_and_stopping_and_logs_json() {
     let dir = tempfile::tempdir().unwrap();
     let notify = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&notify).unwrap();
@@ -38,6 +39,7 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json() {
         .arg(dir.path().join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "200000")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -48,9 +50,12 @@ fn serve_tells_systemd_when_it_is_ready_and_stopping_and_logs_json() {
     let ready = next_notification(&socket);
     assert_eq!(ready.as_deref(), Some("READY=1"));
     TcpStream::connect(("127.0.0.1", port)).expect("the portal accepts once READY=1 is sent");
+    // With WATCHDOG_USEC, pings every half interval while the engine runs.
+    assert_eq!(next_notification(&socket).as_deref(), Some("WATCHDOG=1"));
     // SAFETY: kill only sends a signal to the child we started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    assert_eq!(next_notification(&socket).as_deref(), Some("STOPPING=1"));
+    let stopping = std::iter::from_fn(|| next_notification(&socket)).find(|n| n != "WATCHDOG=1");
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1"));
     assert!(child.wait().unwrap().success());
     let json: Vec<serde_json::Value> = log
         .join()

@@ -98,51 +98,46 @@ fn segment_generation(name: &str) -> Option<u64> {
     (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten()
 }
 
-/// The objects that reading `segments` (generation, contents; in order) finds, and where each
-/// segment's records end.
-fn replay(segments: &[(u64, Vec<u8>)]) -> (BTreeMap<String, Entry>, BTreeMap<u64, u64>) {
-    let mut objects = BTreeMap::new();
-    let mut tails = BTreeMap::new();
-    for (generation, bytes) in segments {
-        let mut at = 0;
-        while let Some((record, len)) = record::decode(&bytes[at..], *generation) {
-            match record {
-                Record::Put { key, etag, metadata, body_at, body_len } => {
-                    let body = &bytes[at + body_at..at + body_at + body_len];
-                    let entry = Entry {
-                        generation: *generation,
-                        at: (at + body_at) as u64,
-                        len: body_len as u64,
-                        crc: crc32c::crc32c(body),
-                        etag,
-                        metadata,
-                    };
-                    objects.insert(key, entry);
-                }
-                Record::Delete { keys } => {
-                    for key in keys {
-                        objects.remove(&key);
-                    }
+/// Applies the records of one segment to `objects`; where its records end.
+fn replay_segment(objects: &mut BTreeMap<String, Entry>, generation: u64, bytes: &[u8]) -> u64 {
+    let mut at = 0;
+    while let Some((record, len)) = record::decode(&bytes[at..], generation) {
+        match record {
+            Record::Put { key, etag, metadata, body_at, body_len } => {
+                let body = &bytes[at + body_at..at + body_at + body_len];
+                let entry = Entry {
+                    generation,
+                    at: (at + body_at) as u64,
+                    len: body_len as u64,
+                    crc: crc32c::crc32c(body),
+                    etag,
+                    metadata,
+                };
+                objects.insert(key, entry);
+            }
+            Record::Delete { keys } => {
+                for key in keys {
+                    objects.remove(&key);
                 }
             }
-            at += len;
         }
-        tails.insert(*generation, at as u64);
+        at += len;
     }
-    (objects, tails)
+    at as u64
 }
 
-/// Every segment in `dir`, read whole, in generation order.
-fn read_segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<(u64, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for e in fs.read_dir(dir)? {
-        if let Some(generation) = segment_generation(&e.name).filter(|_| !e.is_dir) {
-            let file = fs.open(&dir.join(&e.name))?;
-            out.push((generation, fs::read_exact_at(&*file, 0, file.size() as usize)?));
-        }
-    }
-    out.sort_by_key(|(generation, _)| *generation);
-    Ok(out)
+/// The segments in `dir` by generation, oldest first.
+fn segment_names(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<u64>> {
+    let mut generations: Vec<u64> =
+        fs.read_dir(dir)?.into_iter().filter(|e| !e.is_dir).filter_map(|e| segment_generation(&e.name)).collect();
+    generations.sort_unstable();
+    Ok(generations)
+}
+
+/// One segment's contents.
+fn read_segment(fs: &dyn Fs, dir: &Path, generation: u64) -> io::Result<Vec<u8>> {
+    let file = fs.open(&dir.join(segment_name(generation)))?;
+    fs::read_exact_at(&*file, 0, file.size() as usize)
 }
 
 impl SegmentStore {
@@ -158,12 +153,14 @@ impl SegmentStore {
             if fs.exists(&dir.join(TEMP_NAME)) {
                 fs.remove_file(&dir.join(TEMP_NAME))?;
             }
-            let contents = read_segments(&*fs, dir)?;
-            let (objects, _) = replay(&contents);
+            // One segment in memory at a time: the index keeps offsets, not bodies.
+            let mut objects = BTreeMap::new();
             let mut segments = BTreeMap::new();
-            for (generation, bytes) in &contents {
-                let file = fs.open_rw(&dir.join(segment_name(*generation)))?;
-                segments.insert(*generation, Segment { file, size: bytes.len() as u64, live: 0, live_bytes: 0 });
+            for generation in segment_names(&*fs, dir)? {
+                let bytes = read_segment(&*fs, dir, generation)?;
+                replay_segment(&mut objects, generation, &bytes);
+                let file = fs.open_rw(&dir.join(segment_name(generation)))?;
+                segments.insert(generation, Segment { file, size: bytes.len() as u64, live: 0, live_bytes: 0 });
             }
             for entry in objects.values() {
                 let segment = segments.get_mut(&entry.generation).expect("read from a segment");
@@ -188,14 +185,17 @@ impl SegmentStore {
     /// Every object in the store in `dir` and its body, read without taking its lock (the
     /// simulation's oracles: what opening the store now would find).
     pub fn inspect(fs: &dyn Fs, dir: &Path) -> BTreeMap<String, Bytes> {
-        let contents = read_segments(fs, dir).unwrap_or_default();
-        let (objects, _) = replay(&contents);
-        let bodies: BTreeMap<u64, &Vec<u8>> = contents.iter().map(|(g, b)| (*g, b)).collect();
+        let mut contents = BTreeMap::new();
+        let mut objects = BTreeMap::new();
+        for generation in segment_names(fs, dir).unwrap_or_default() {
+            let bytes = read_segment(fs, dir, generation).unwrap_or_default();
+            replay_segment(&mut objects, generation, &bytes);
+            contents.insert(generation, bytes);
+        }
         objects
             .into_iter()
             .map(|(key, e)| {
-                let bytes = bodies[&e.generation];
-                (key, Bytes::copy_from_slice(&bytes[e.at as usize..(e.at + e.len) as usize]))
+                (key, Bytes::copy_from_slice(&contents[&e.generation][e.at as usize..(e.at + e.len) as usize]))
             })
             .collect()
     }
