@@ -107,6 +107,15 @@ pub struct Listed {
     pub etag: Option<String>,
 }
 
+/// DELETE of one key as a batch of one, for stores whose batch deletion is the primitive.
+pub fn delete_as_batch<'a>(store: &'a dyn ObjectStore, key: &str) -> BoxFuture<'a, ObjResult<()>> {
+    let keys = vec![key.to_string()];
+    Box::pin(async move {
+        let mut results = store.delete_many(keys).await?;
+        results.pop().expect("one result per key").1
+    })
+}
+
 /// The object storage seam.
 pub trait ObjectStore: Send + Sync + 'static {
     fn describe(&self) -> String;

@@ -477,11 +477,7 @@ impl ObjectStore for SegmentStore {
     }
 
     fn delete(&self, key: &str) -> BoxFuture<'_, ObjResult<()>> {
-        let keys = vec![key.to_string()];
-        Box::pin(async move {
-            let mut results = self.delete_many(keys).await?;
-            results.pop().expect("one result per key").1
-        })
+        crate::s3::delete_as_batch(self, key)
     }
 
     fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
