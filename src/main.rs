@@ -238,6 +238,10 @@ enum VolumeCommand {
         chunk_size: u64,
         #[arg(long, default_value_t = 512)]
         block_size: u32,
+        /// Go on with an import that stopped (into the volume it created), from its last
+        /// checkpoint (every 256 MiB).
+        #[arg(long)]
+        resume: bool,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -676,7 +680,7 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             println!("exported {url} to {}: {} of data", file.display(), Size(exported?));
             Ok(())
         }
-        VolumeCommand::Import { file, url, chunk_size, block_size, s3 } => {
+        VolumeCommand::Import { file, url, chunk_size, block_size, resume, s3 } => {
             use std::io::Seek;
             let url = S3Url::parse(&url)?;
             let mut input = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -688,12 +692,33 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 ));
             }
             let store = s3.store(&url.bucket).await?;
-            if S3Volume::read_meta(&*store, &url).await?.is_some() {
-                return Err(format!("{url} exists: import creates a new volume (delete it first)"));
-            }
-            let spec = CreateSpec { size, block_size, chunk_size };
-            let volume = open_for_transfer(store, &url, false, Some(spec)).await?;
-            let imported = rtgt::s3::volume::import_volume(&volume, &input, size, &progress_line("imported")).await;
+            let exists = S3Volume::read_meta(&*store, &url).await?.is_some();
+            let create = match (exists, resume) {
+                (false, _) => Some(CreateSpec { size, block_size, chunk_size }),
+                (true, true) => None,
+                (true, false) => {
+                    return Err(format!("{url} exists: import creates a new volume (delete it first, or --resume)"));
+                }
+            };
+            let volume = open_for_transfer(store, &url, false, create).await?;
+            let from = match (resume && exists, rtgt::s3::volume::import_progress(&volume).await) {
+                (false, _) => Ok(0),
+                (true, Ok(Some((done, recorded)))) if recorded == size => Ok(done),
+                (true, Ok(Some((_, recorded)))) => {
+                    Err(format!("{url} is the import of a {recorded}-byte file, not of this {size}-byte one"))
+                }
+                (true, Ok(None)) => Err(format!("{url} has no import to resume")),
+                (true, Err(e)) => Err(e),
+            };
+            let imported = match from {
+                Ok(from) => {
+                    if from > 0 {
+                        eprintln!("rtgt: resuming at {}", Size(from));
+                    }
+                    rtgt::s3::volume::import_volume(&volume, &input, size, from, &progress_line("imported")).await
+                }
+                Err(e) => Err(e),
+            };
             let closed = volume.close().await.map_err(|e| e.to_string());
             eprintln!();
             let imported = imported?;

@@ -59,36 +59,75 @@ pub async fn export_volume(volume: &S3Volume, file: &File, progress: Progress<'_
     Ok(total)
 }
 
-/// Writes the non-zero pieces of `file` (`size` bytes) into the volume and makes them durable;
-/// returns the bytes written.
-pub async fn import_volume(volume: &S3Volume, file: &File, size: u64, progress: Progress<'_>) -> Result<u64, String> {
+/// Where an import is, kept beside the volume until it ends: the file's size and the bytes
+/// of it (a prefix) that are durable in the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ImportProgress {
+    size: u64,
+    done: u64,
+}
+
+const IMPORT_PROGRESS: &str = "rtgt-import.json";
+/// Pieces between two checkpoints of an import (256 MiB).
+const CHECKPOINT_PIECES: u64 = 64;
+
+/// Whether an interrupted import left its progress beside the volume, and where it is.
+pub async fn import_progress(volume: &S3Volume) -> Result<Option<(u64, u64)>, String> {
+    match volume.read_aside(IMPORT_PROGRESS).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(body) => {
+            let p: ImportProgress = serde_json::from_slice(&body).map_err(|e| format!("{IMPORT_PROGRESS}: {e}"))?;
+            Ok(Some((p.done, p.size)))
+        }
+    }
+}
+
+/// Writes the non-zero pieces of `file` (`size` bytes) from byte `from` on into the volume,
+/// making them durable and recording the progress beside the volume every 256 MiB (so that an
+/// interrupted import resumes there), and removes the record at the end. Returns the bytes
+/// written.
+pub async fn import_volume(
+    volume: &S3Volume,
+    file: &File,
+    size: u64,
+    from: u64,
+    progress: Progress<'_>,
+) -> Result<u64, String> {
     if size > volume.capacity() {
         return Err(format!("{size} bytes do not fit the volume's {}", volume.capacity()));
     }
-    let done = std::sync::atomic::AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicU64::new(from);
     let written = std::sync::atomic::AtomicU64::new(0);
-    futures::stream::iter(pieces(size))
-        .map(|(offset, len)| {
-            let (done, written) = (&done, &written);
-            async move {
-                let mut data = vec![0u8; len as usize];
-                file.read_exact_at(&mut data, offset).map_err(|e| format!("read at {offset}: {e}"))?;
-                if data.iter().any(|&b| b != 0) {
-                    volume
-                        .write(offset, Bytes::from(data), false)
-                        .await
-                        .map_err(|e| format!("write at {offset}: {e}"))?;
-                    written.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    let all: Vec<(u64, u64)> = pieces(size).filter(|(offset, _)| *offset >= from).collect();
+    for batch in all.chunks(CHECKPOINT_PIECES as usize) {
+        futures::stream::iter(batch.iter().copied())
+            .map(|(offset, len)| {
+                let (done, written) = (&done, &written);
+                async move {
+                    let mut data = vec![0u8; len as usize];
+                    file.read_exact_at(&mut data, offset).map_err(|e| format!("read at {offset}: {e}"))?;
+                    if data.iter().any(|&b| b != 0) {
+                        volume
+                            .write(offset, Bytes::from(data), false)
+                            .await
+                            .map_err(|e| format!("write at {offset}: {e}"))?;
+                        written.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let now = done.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
+                    progress(now, size);
+                    Ok::<(), String>(())
                 }
-                let now = done.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
-                progress(now, size);
-                Ok::<(), String>(())
-            }
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect::<()>()
-        .await?;
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<()>()
+            .await?;
+        volume.flush().await.map_err(|e| format!("cannot make the import durable: {e}"))?;
+        let (last, len) = batch.last().copied().expect("a batch is not empty");
+        let record = serde_json::to_vec(&ImportProgress { size, done: last + len }).expect("serializable");
+        volume.write_aside(IMPORT_PROGRESS, Some(Bytes::from(record))).await.map_err(|e| e.to_string())?;
+    }
     volume.flush().await.map_err(|e| format!("cannot make the import durable: {e}"))?;
+    volume.write_aside(IMPORT_PROGRESS, None).await.map_err(|e| e.to_string())?;
     Ok(written.into_inner())
 }
 
@@ -104,10 +143,12 @@ mod tests {
 
     const CHUNK: u64 = 64 * 1024;
     const SIZE: u64 = 40 * PIECE / 4; // 40 MiB: ten pieces
+    /// Volumes of the tests: room for a few checkpoints.
+    const VOLUME: u64 = 80 * PIECE;
 
-    async fn open(mem: &Arc<MemObjectStore>, name: &str) -> Arc<S3Volume> {
+    async fn open(mem: &Arc<MemObjectStore>, name: &str, size: u64) -> Arc<S3Volume> {
         let opts = VolumeOptions {
-            create: Some(CreateSpec { size: SIZE, block_size: 512, chunk_size: CHUNK }),
+            create: Some(CreateSpec { size, block_size: 512, chunk_size: CHUNK }),
             holder: "t".into(),
             ..VolumeOptions::default()
         };
@@ -115,12 +156,44 @@ mod tests {
         S3Volume::open(mem.clone(), url, opts, Arc::new(TokioClock::new())).await.unwrap()
     }
 
+    /// An import that stops (here: the file cannot be read past a point) leaves where it got to;
+    /// resumed from there, the volume ends up whole.
+    #[tokio::test]
+    async fn an_interrupted_import_resumes_where_it_stopped() {
+        let mem = Arc::new(MemObjectStore::new());
+        let w = open(&mem, "c", VOLUME).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.img");
+        let size = (CHECKPOINT_PIECES + 3) * PIECE;
+        let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
+        file.set_len(size).unwrap();
+        let mark = |at: u64| file.write_all_at(&at.to_be_bytes(), at).unwrap();
+        for at in [0, PIECE, CHECKPOINT_PIECES * PIECE, size - PIECE] {
+            mark(at);
+        }
+        // The file is cut short after the first checkpoint: reads past it fail.
+        let short = File::options().read(true).write(true).create_new(true).open(dir.path().join("short.img")).unwrap();
+        short.set_len(CHECKPOINT_PIECES * PIECE + 1).unwrap();
+        short.write_all_at(&0u64.to_be_bytes(), 0).unwrap();
+        short.write_all_at(&PIECE.to_be_bytes(), PIECE).unwrap();
+        assert!(import_volume(&w, &short, size, 0, &|_, _| {}).await.is_err());
+        assert_eq!(&w.read(PIECE, 512).await.unwrap()[..8], &PIECE.to_be_bytes(), "the first checkpoint's data");
+        let (done, recorded) = import_progress(&w).await.unwrap().expect("progress kept");
+        assert_eq!((done, recorded), (CHECKPOINT_PIECES * PIECE, size));
+        import_volume(&w, &file, size, done, &|_, _| {}).await.unwrap();
+        for at in [PIECE, CHECKPOINT_PIECES * PIECE, size - PIECE] {
+            // Whole blocks: the volume reads and writes blocks.
+            assert_eq!(&w.read(at, 512).await.unwrap()[..8], &at.to_be_bytes(), "at {at}");
+        }
+        assert_eq!(import_progress(&w).await.unwrap(), None);
+    }
+
     /// A volume exported to a file and imported into another reads the same, and the file has
     /// holes where the volume has nothing.
     #[tokio::test]
     async fn export_then_import_round_trips_and_stays_sparse() {
         let mem = Arc::new(MemObjectStore::new());
-        let v = open(&mem, "a").await;
+        let v = open(&mem, "a", SIZE).await;
         let pattern =
             |at: u64, len: usize| Bytes::from((0..len).map(|i| ((at + i as u64) % 251 + 1) as u8).collect::<Vec<u8>>());
         v.write(0, pattern(0, 1 << 20), false).await.unwrap();
@@ -133,9 +206,10 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), SIZE);
         assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < SIZE / 2, "the file is sparse");
-        let w = open(&mem, "b").await;
-        let written = import_volume(&w, &file, SIZE, &|_, _| {}).await.unwrap();
+        let w = open(&mem, "b", SIZE).await;
+        let written = import_volume(&w, &file, SIZE, 0, &|_, _| {}).await.unwrap();
         assert!(written < SIZE / 2, "zero pieces are not written: {written}");
+        assert_eq!(import_progress(&w).await.unwrap(), None, "a finished import leaves no record");
         for (at, len) in [(0, 1 << 20), (SIZE - 4096, 4096), (20 << 20, 4096)] {
             assert_eq!(w.read(at, len).await.unwrap(), v.read(at, len).await.unwrap(), "at {at}");
         }
