@@ -74,6 +74,7 @@ async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted
     };
     let mut keys: Vec<String> = chunks.into_iter().chain(logs).chain(damaged).map(|o| o.key).collect();
     keys.push(url.key(RESERVATIONS_NAME));
+    keys.push(url.key(super::transfer::IMPORT_PROGRESS));
     delete_all(store, keys).await?;
     Ok(deleted)
 }

@@ -67,7 +67,7 @@ struct ImportProgress {
     done: u64,
 }
 
-const IMPORT_PROGRESS: &str = "rtgt-import.json";
+pub(super) const IMPORT_PROGRESS: &str = "rtgt-import.json";
 /// Pieces between two checkpoints of an import (256 MiB).
 const CHECKPOINT_PIECES: u64 = 64;
 
