@@ -655,7 +655,18 @@ impl S3Volume {
 
     // ---- writes ----
 
+    /// The volume reads and writes whole blocks (its cache, logs and checks count in them): a
+    /// request for part of one is refused, never answered with zeros.
+    pub(super) fn whole_blocks(&self, offset: u64, len: u64) -> Result<(), String> {
+        let bs = self.block_size;
+        match offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
+            true => Ok(()),
+            false => Err(format!("{len} bytes at {offset} are not whole {bs}-byte blocks")),
+        }
+    }
+
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
+        self.whole_blocks(offset, data.len() as u64).map_err(StoreError::Write)?;
         self.lease.check_held("write")?;
         self.write_within_limit(offset, &data).await?;
         if fua || !self.write_back.load(Ordering::Relaxed) {

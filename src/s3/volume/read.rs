@@ -53,6 +53,7 @@ pub(super) struct Fetched {
 
 impl S3Volume {
     pub(super) async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
+        self.whole_blocks(offset, len as u64).map_err(StoreError::Read)?;
         let mut out = BytesMut::zeroed(len);
         self.wait_for_readahead(offset, len as u64).await;
         let (fetches, ahead) = {

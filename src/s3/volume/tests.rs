@@ -78,6 +78,18 @@ async fn a_close_whose_merges_fail_leaves_logs_and_lets_the_lease_go() {
     assert_eq!(w.read(0, 1024).await.unwrap(), [block(1), block(2)].concat());
 }
 
+/// Part of a block is refused, never read as zeros or half written.
+#[tokio::test(start_paused = true)]
+async fn requests_for_part_of_a_block_are_refused() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    v.write(0, block(3), false).await.unwrap();
+    assert!(matches!(v.read(0, 8).await, Err(StoreError::Read(m)) if m.contains("not whole 512-byte blocks")));
+    assert!(matches!(v.read(8, 512).await, Err(StoreError::Read(_))));
+    assert!(matches!(v.write(0, Bytes::from_static(b"short"), false).await, Err(StoreError::Write(_))));
+    assert_eq!(v.read(0, 512).await.unwrap(), block(3), "nothing changed");
+}
+
 fn block(fill: u8) -> Bytes {
     Bytes::from(vec![fill; BS as usize])
 }
