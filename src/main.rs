@@ -646,8 +646,25 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 meta.block_size
             );
             println!("chunk size: {}", Size(meta.chunk_size));
-            println!("chunks:     {} present ({} stored)", chunks.len(), Size(chunks.iter().map(|c| c.size).sum()));
+            let stored: u64 = chunks.iter().map(|c| c.size).sum();
+            println!(
+                "chunks:     {} present ({} stored, {:.1}% of the volume)",
+                chunks.len(),
+                Size(stored),
+                stored as f64 * 100.0 / meta.size.max(1) as f64
+            );
             println!("logs:       {} (replayed at the next open)", logs.len());
+            let present = |name: &'static str| {
+                let key = url.key(name);
+                let store = store.clone();
+                async move { store.head(&key).await.is_ok() }
+            };
+            if present(rtgt::s3::volume::format::RESERVATIONS_NAME).await {
+                println!("reservations: kept (APTPL), in {}", url.key(rtgt::s3::volume::format::RESERVATIONS_NAME));
+            }
+            if present(rtgt::s3::volume::IMPORT_PROGRESS).await {
+                println!("import:     interrupted; `rtgt volume import FILE {url} --resume` goes on with it");
+            }
             match store.get(&url.key(rtgt::s3::volume::LEASE_NAME), None).await {
                 Ok(lease) => println!("lease:      {}", String::from_utf8_lossy(&lease.body)),
                 Err(_) => println!("lease:      none"),

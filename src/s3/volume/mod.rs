@@ -50,7 +50,7 @@ pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
 use lease::{Identity, LeaseState, LeaseTiming};
 pub use lifecycle::{Deleted, delete_volume};
-pub use transfer::{export_volume, import_progress, import_volume};
+pub use transfer::{IMPORT_PROGRESS, export_volume, import_progress, import_volume};
 
 /// Keys per DeleteObjects request (the S3 limit).
 const DELETE_BATCH: usize = 1000;

@@ -67,7 +67,8 @@ struct ImportProgress {
     done: u64,
 }
 
-pub(super) const IMPORT_PROGRESS: &str = "rtgt-import.json";
+/// The record of an import in progress, beside the volume.
+pub const IMPORT_PROGRESS: &str = "rtgt-import.json";
 /// Pieces between two checkpoints of an import (256 MiB).
 const CHECKPOINT_PIECES: u64 = 64;
 
