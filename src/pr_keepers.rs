@@ -3,7 +3,7 @@
 //! and block device LUNs, an object beside an S3 volume (so that whichever node opens the
 //! volume next finds them).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +13,8 @@ use crate::s3::volume::format::RESERVATIONS_NAME;
 use crate::scsi::ReservationKeeper;
 use crate::storage::BoxFuture;
 
-/// A file, replaced whole: written beside, fsynced, renamed over, its directory fsynced.
+/// A file, replaced whole (`write_atomically`: written beside, fsynced, renamed over, its
+/// directory fsynced).
 pub struct FileKeeper {
     path: PathBuf,
 }
@@ -23,27 +24,15 @@ impl FileKeeper {
         FileKeeper { path }
     }
 
-    fn sync_dir(dir: &Path) -> std::io::Result<()> {
-        std::fs::File::open(dir)?.sync_all()
-    }
-
     fn save_now(&self, saved: Option<Vec<u8>>) -> std::io::Result<()> {
-        let dir = self.path.parent().expect("a file in a directory");
         match saved {
-            Some(bytes) => {
-                std::fs::create_dir_all(dir)?;
-                let temp = self.path.with_extension("tmp");
-                let mut f = std::fs::File::create(&temp)?;
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&temp, &self.path)?;
-            }
+            Some(bytes) => crate::api::write_atomically(&self.path, &bytes),
             None => match std::fs::remove_file(&self.path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                other => other?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+                Ok(()) => std::fs::File::open(self.path.parent().expect("a file in a directory"))?.sync_all(),
             },
         }
-        Self::sync_dir(dir)
     }
 }
 
