@@ -77,6 +77,17 @@ pub fn encode_put(
     (finish(KIND_PUT, generation, payload), body_at)
 }
 
+/// The length of the PUT record `encode_put` makes, without making it.
+pub fn put_len(key: &str, etag: &str, metadata: &BTreeMap<String, String>, body_len: usize) -> usize {
+    let metadata_len: usize = metadata.iter().map(|(name, value)| 2 + name.len() + 4 + value.len()).sum();
+    HEADER_BYTES + 2 + key.len() + 2 + etag.len() + 2 + metadata_len + body_len
+}
+
+/// The length of the DELETE record `encode_delete` makes, without making it.
+pub fn delete_len(keys: &[String]) -> usize {
+    HEADER_BYTES + 4 + keys.iter().map(|key| 2 + key.len()).sum::<usize>()
+}
+
 pub fn encode_delete(generation: u64, keys: &[String]) -> Vec<u8> {
     let mut payload = Vec::new();
     payload.extend_from_slice(&(keys.len() as u32).to_le_bytes());
@@ -166,6 +177,7 @@ mod tests {
     fn records_read_back_and_damage_ends_the_segment() {
         let meta = BTreeMap::from([("crc".to_string(), "12".to_string())]);
         let (put, body_at) = encode_put(7, "u/log/1", "e1", &meta, b"body");
+        assert_eq!(put_len("u/log/1", "e1", &meta, 4), put.len());
         let (record, len) = decode(&put, 7).expect("a whole record");
         assert_eq!(len, put.len());
         assert_eq!(
@@ -180,6 +192,7 @@ mod tests {
         assert_eq!(decode(&flipped, 7), None, "a damaged record ends it");
         assert_eq!(decode(&[0; 64], 7), None, "zeros end it");
         let delete = encode_delete(7, &["a".into(), "b".into()]);
+        assert_eq!(delete_len(&["a".into(), "b".into()]), delete.len());
         assert_eq!(decode(&delete, 7), Some((Record::Delete { keys: vec!["a".into(), "b".into()] }, delete.len())));
     }
 }

@@ -388,7 +388,7 @@ impl Inner {
         let crc = crc32c::crc32c(body);
         let etag = format!("\"{crc:08x}{:016x}\"", st.next_etag);
         st.next_etag += 1;
-        let len = record::encode_put(0, &key, &etag, &metadata, body).0.len() as u64;
+        let len = record::put_len(&key, &etag, &metadata, body.len()) as u64;
         self.make_room(&mut st, len)?;
         let (bytes, body_at) = record::encode_put(st.current, &key, &etag, &metadata, body);
         let at = st.tail + body_at as u64;
@@ -421,7 +421,7 @@ impl Inner {
         caller.waiting()?;
         let present: Vec<String> = keys.iter().filter(|k| st.objects.contains_key(*k)).cloned().collect();
         if !present.is_empty() {
-            let len = record::encode_delete(0, &present).len() as u64;
+            let len = record::delete_len(&present) as u64;
             self.make_room(&mut st, len)?;
             let bytes = record::encode_delete(st.current, &present);
             self.append(&mut st, &bytes)?;
