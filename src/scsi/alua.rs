@@ -35,15 +35,23 @@ impl AluaState {
         }
     }
 
+    /// Whether every command may run through a port in this state (the active ones).
+    pub fn admits_everything(self) -> bool {
+        matches!(self, AluaState::ActiveOptimized | AluaState::ActiveNonOptimized)
+    }
+
     /// Whether `op` may run through a port in this state; the NOT READY answer otherwise.
     pub fn admits(self, op: Op) -> Result<(), Sense> {
+        if self.admits_everything() {
+            return Ok(());
+        }
         // Every state answers what identifies the device and its paths.
         let always = matches!(
             op,
             Op::Inquiry | Op::ReportLuns | Op::RequestSense | Op::ReportTargetPortGroups | Op::ReportSupportedTmfs
         );
         let (allowed, asc) = match self {
-            AluaState::ActiveOptimized | AluaState::ActiveNonOptimized => return Ok(()),
+            AluaState::ActiveOptimized | AluaState::ActiveNonOptimized => (true, (0, 0)),
             // Standby also keeps settings and reservations reachable (§5.15.2.4.4).
             AluaState::Standby => (
                 always

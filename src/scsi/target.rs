@@ -139,13 +139,19 @@ impl ScsiTarget {
         }
         let lu = decode_lun(req.lun).and_then(|n| self.lun_for(n, &req.nexus.initiator_name));
         let Some(lu) = lu else { return Self::no_such_lun(req) };
-        let cdb = super::cdb::Cdb(&req.cdb);
-        if let super::ops::Lookup::Found(spec) = super::ops::lookup(opcode, cdb.service_action()) {
-            if let Err(sense) = self.port_state(req.nexus.relative_port).admits(spec.op) {
-                return Response::check(&sense, false);
-            }
-            if spec.op == super::ops::Op::ReportTargetPortGroups {
-                return self.report_target_port_groups(req);
+        // The command table is searched here only for MAINTENANCE IN (REPORT TARGET PORT GROUPS
+        // is the target's) or through a port whose state refuses some commands: the logical
+        // unit looks every command up itself.
+        let state = self.port_state(req.nexus.relative_port);
+        if opcode == 0xa3 || !state.admits_everything() {
+            let cdb = super::cdb::Cdb(&req.cdb);
+            if let super::ops::Lookup::Found(spec) = super::ops::lookup(opcode, cdb.service_action()) {
+                if let Err(sense) = state.admits(spec.op) {
+                    return Response::check(&sense, false);
+                }
+                if spec.op == super::ops::Op::ReportTargetPortGroups {
+                    return self.report_target_port_groups(req);
+                }
             }
         }
         lu.execute(req).await
