@@ -266,6 +266,21 @@ async fn kill_9_with_a_disk_cache_loses_no_acknowledged_write() {
     kill_9_rounds(data.path(), Some(&path), 8).await;
 }
 
+/// The embedded default with `durability = "local"`: syncs and FUA writes are acknowledged once
+/// their logs are in the journal's segment files (not yet in the store), then the process is
+/// killed; the next start replays the journal, torn tail and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_local_journal_loses_no_acknowledged_write() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = rtgt::config::Config::embedded_default(data.path());
+    let lun = &mut config.targets[0].luns[0];
+    lun.durability = Some(rtgt::config::Durability::Local);
+    lun.cache_dir = Some(data.path().join("cache"));
+    let path = data.path().join("rtgt.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    kill_9_rounds(data.path(), Some(&path), 8).await;
+}
+
 /// `rounds` of: start, verify everything, writers, SIGKILL at a random moment; then a last
 /// start and verify.
 async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
