@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::iscsi::conn::ConnConfig;
 use crate::iscsi::params::{SEGMENT_LEN_MAX, SEGMENT_LEN_MIN, TargetLimits};
 use crate::scsi::{LogicalUnit, LuConfig, LuIdentity};
+use crate::server::supervisor::LunOpenError;
 use crate::server::{DEFAULT_BUSY_POLL_US, Registry, Settings, TargetEntry};
 use crate::storage::file::FileOptions;
 use crate::storage::uring::UringOptions;
@@ -426,6 +427,11 @@ pub struct LunConfig {
     /// s3: take the volume over even if another target holds its lease.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// s3: the volume is served by a failover pair (another target, its standby, takes it
+    /// over when this one's lease lapses): this target serves nothing once its lease is not
+    /// renewed in time, not even from its cache. Needs durability "s3".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
     /// s3: what SYNCHRONIZE CACHE and FUA wait for: "s3" (the default: the data is in the
     /// object store) or "local" (in a journal in `cache_dir`, uploaded in the background).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -491,6 +497,7 @@ impl LunConfig {
             chunk_size: None,
             cache_size: None,
             force: false,
+            failover: false,
             durability: None,
             cache_dir: None,
             journal_size: None,
@@ -1044,6 +1051,16 @@ impl Config {
             "s3" => problems.extend(self.validate_s3_lun(l)),
             other => problems.push(format!("backend: unknown backend {other:?} (one of {})", BACKENDS.join(", "))),
         }
+        if l.failover && l.backend != "s3" {
+            problems.push("failover: only for backend \"s3\" (a volume two targets can reach)".into());
+        }
+        if l.failover && l.durability == Some(Durability::Local) {
+            problems.push(
+                "failover: needs durability = \"s3\" (a local journal keeps acknowledged writes where the \
+                 standby cannot see them)"
+                    .into(),
+            );
+        }
         problems
     }
 
@@ -1155,7 +1172,7 @@ impl Config {
                 opts.direct = l.direct;
                 UringStore::open_or_fallback(&path, &opts)?
             }
-            "s3" => self.open_s3(l, ctx).await?,
+            "s3" => self.open_s3(l, ctx).await.map_err(|e| e.to_string())?,
             other => return Err(format!("unknown backend {other:?}")),
         })
     }
@@ -1186,7 +1203,11 @@ impl Config {
         Ok(Arc::new(crate::s3::aws::AwsStore::connect(&self.s3_endpoint(l), &url.bucket).await))
     }
 
-    async fn open_s3(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<crate::s3::volume::S3Volume>, String> {
+    async fn open_s3(
+        &self,
+        l: &LunConfig,
+        ctx: &BuildContext,
+    ) -> Result<Arc<crate::s3::volume::S3Volume>, LunOpenError> {
         use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
         let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
         let store = self.object_store(l, &url, ctx).await?;
@@ -1215,6 +1236,7 @@ impl Config {
         let opts = VolumeOptions {
             create,
             force: l.force,
+            failover: l.failover,
             journal,
             disk_cache,
             cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),
@@ -1223,14 +1245,17 @@ impl Config {
             seed: ctx.seed,
             ..VolumeOptions::default()
         };
-        let volume = S3Volume::open(store, url, opts, ctx.clock.clone()).await.map_err(|e| e.to_string())?;
+        let volume = S3Volume::open(store, url, opts, ctx.clock.clone()).await.map_err(|e| match e {
+            e @ crate::s3::volume::OpenError::HeldElsewhere { .. } => LunOpenError::Standby(e.to_string()),
+            e => LunOpenError::Failed(e.to_string()),
+        })?;
         if let Some(bs) = l.block_size
             && bs != volume.meta().block_size
         {
-            return Err(format!(
+            return Err(LunOpenError::Failed(format!(
                 "the volume has {}-byte blocks, the configuration says {bs}",
                 volume.meta().block_size
-            ));
+            )));
         }
         Ok(volume)
     }
@@ -1251,7 +1276,12 @@ impl Config {
     }
 
     /// Builds a logical unit from its configuration.
-    pub async fn open_lun(&self, target: &str, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<LogicalUnit>, String> {
+    pub async fn open_lun(
+        &self,
+        target: &str,
+        l: &LunConfig,
+        ctx: &BuildContext,
+    ) -> Result<Arc<LogicalUnit>, LunOpenError> {
         use crate::pr_keepers::{FileKeeper, VolumeKeeper};
         let (store, keeper): (Arc<dyn BlockStore>, Option<Arc<dyn crate::scsi::ReservationKeeper>>) =
             match l.backend.as_str() {
@@ -1605,6 +1635,22 @@ mod tests {
         .unwrap();
         let l = &ok.targets[0].luns[0];
         assert_eq!((l.durability, l.journal_size), (Some(Durability::Local), Some(Size(64 << 20))));
+    }
+
+    #[test]
+    fn failover_is_for_s3_volumes_made_durable_in_the_store() {
+        let lun = |backend: &str, extra: &str| {
+            format!(
+                "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:t\"\n[[target.lun]]\nlun = 0\nbackend = \"{backend}\"\n{extra}failover = true\n"
+            )
+        };
+        let ok = Config::from_toml(&lun("s3", "url = \"s3://bucket/v\"\n")).unwrap();
+        assert!(ok.targets[0].luns[0].failover);
+        let err = Config::from_toml(&lun("file", "path = \"/srv/d.img\"\nsize = \"1GiB\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("failover: only for backend \"s3\""), "{err}");
+        let local = "url = \"s3://bucket/v\"\ndurability = \"local\"\ncache_dir = \"/c\"\n";
+        let err = Config::from_toml(&lun("s3", local)).unwrap_err().0.join("\n");
+        assert!(err.contains("failover: needs durability = \"s3\""), "{err}");
     }
 
     #[test]

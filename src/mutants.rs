@@ -37,10 +37,14 @@ pub enum Mutant {
     DiskCacheIgnoresVersion = 13,
     /// The journal reuses its oldest segment while logs still live in it.
     JournalSegmentReusedLive = 14,
+    /// A target of a failover pair goes on serving from its cache after its lease lapsed.
+    LapsedHolderServes = 15,
+    /// A standby takes the lease of a live holder at once instead of waiting it out.
+    StandbyIgnoresLease = 16,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 14] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -55,6 +59,8 @@ impl Mutant {
         Mutant::ReadCacheKeepsStale,
         Mutant::DiskCacheIgnoresVersion,
         Mutant::JournalSegmentReusedLive,
+        Mutant::LapsedHolderServes,
+        Mutant::StandbyIgnoresLease,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +79,8 @@ impl Mutant {
             Mutant::ReadCacheKeepsStale => "read-cache-keeps-stale",
             Mutant::DiskCacheIgnoresVersion => "disk-cache-ignores-version",
             Mutant::JournalSegmentReusedLive => "journal-segment-reused-live",
+            Mutant::LapsedHolderServes => "lapsed-holder-serves",
+            Mutant::StandbyIgnoresLease => "standby-ignores-lease",
         }
     }
 }

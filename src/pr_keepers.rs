@@ -1,7 +1,7 @@
-//! Where a logical unit's persistent reservations are kept when an initiator asks for them to
-//! outlive a restart (APTPL; see `scsi/pr_keeper.rs`): a file in the data directory for file
-//! and block device LUNs, an object beside an S3 volume (so that whichever node opens the
-//! volume next finds them).
+//! Where a logical unit's persistent reservations are kept (see `scsi/pr_keeper.rs`): for file
+//! and block device LUNs, a file in the data directory when an initiator asks for them to
+//! outlive a restart (APTPL); for S3 volumes, an object beside the volume, written at every
+//! change, so that whichever node opens the volume next (a failover) has them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,6 +84,10 @@ impl ReservationKeeper for VolumeKeeper {
 
     fn describe(&self) -> String {
         self.volume.url().key(RESERVATIONS_NAME)
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

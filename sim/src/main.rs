@@ -1,6 +1,7 @@
 //! `rtgt-sim`: the deterministic simulation of rtgt (run it through `cargo xtask sim`).
 
 mod disk;
+mod failover;
 mod mem_s3;
 mod model;
 mod net;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use rtgt::mutants::Mutant;
 
 const USAGE: &str = "usage: rtgt-sim [--seed N | --seeds A..B] [--duration 60s] [--profile smoke|long]
-                [--scenario world|takeover] [--check-determinism] [--trace] [--mutants | --mutant NAME]";
+                [--scenario world|takeover|failover] [--check-determinism] [--trace] [--mutants | --mutant NAME]";
 
 /// What a run simulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,9 @@ enum Scenario {
     World,
     /// Two targets on one S3 volume and a failover between them.
     Takeover,
+    /// A failover pair (active and standby) under a multipath initiator, through crashes,
+    /// store cut-offs and partitions.
+    Failover,
 }
 
 impl Scenario {
@@ -32,6 +36,7 @@ impl Scenario {
         match self {
             Scenario::World => "world",
             Scenario::Takeover => "takeover",
+            Scenario::Failover => "failover",
         }
     }
 
@@ -39,6 +44,7 @@ impl Scenario {
         match self {
             Scenario::World => world::run(seed, duration, mutant, trace),
             Scenario::Takeover => takeover::run(seed, mutant, trace),
+            Scenario::Failover => failover::run(seed, mutant, trace),
         }
     }
 
@@ -46,6 +52,7 @@ impl Scenario {
     fn for_mutant(m: Mutant) -> Scenario {
         match m {
             Mutant::HolderDoesNotFence => Scenario::Takeover,
+            Mutant::LapsedHolderServes | Mutant::StandbyIgnoresLease => Scenario::Failover,
             _ => Scenario::World,
         }
     }
@@ -114,7 +121,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 a.scenario = match value()?.as_str() {
                     "world" => Scenario::World,
                     "takeover" => Scenario::Takeover,
-                    other => return Err(format!("unknown scenario {other} (world, takeover)")),
+                    "failover" => Scenario::Failover,
+                    other => return Err(format!("unknown scenario {other} (world, takeover, failover)")),
                 }
             }
             "--check-determinism" => a.check_determinism = true,

@@ -7,6 +7,7 @@
 //! landed, by host); B serves within a bound; B's clean close leaves no log and no zero chunk.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +30,11 @@ use crate::model::{BLOCK, Model, encode_block};
 use crate::net::TurmoilNet;
 use crate::world::{BUCKET, CHUNK, Outcome, SimClock, add_s3_lun, s3_client, sim_retry_policy};
 
-const TARGET: &str = "iqn.2026-11.dev.rtgt:pair";
-const PORT: u16 = 3260;
-const BLOCKS: u64 = 128;
+pub(crate) const TARGET: &str = "iqn.2026-11.dev.rtgt:pair";
+pub(crate) const PORT: u16 = 3260;
+pub(crate) const BLOCKS: u64 = 128;
 /// A short lease, so that a takeover fits a short run.
-const LEASE: Duration = Duration::from_secs(10);
+pub(crate) const LEASE: Duration = Duration::from_secs(10);
 /// B must serve within this long of its start (waiting out the lease, its recovery).
 const SERVE_BOUND: Duration = Duration::from_secs(30);
 /// How long the initiator works through B before it reads everything back.
@@ -78,21 +79,38 @@ impl Plan {
 }
 
 /// What the hosts share with the world (one thread).
-struct Shared {
-    model: Model,
-    trace: Vec<String>,
-    hash: u64,
-    violation: Option<String>,
-    commands: u64,
-    done: bool,
+pub(crate) struct Shared {
+    pub model: Model,
+    pub trace: Vec<String>,
+    pub hash: u64,
+    pub violation: Option<String>,
+    pub commands: u64,
+    pub done: bool,
+    /// The failover scenario: the target that served the last command, and that command's
+    /// issue time.
+    pub serving: Option<&'static str>,
+    pub served_at: Duration,
 }
 
 impl Shared {
-    fn event(&mut self, who: &str, what: String) {
+    pub fn new() -> Shared {
+        Shared {
+            model: Model::new(1, BLOCKS),
+            trace: Vec::new(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            violation: None,
+            commands: 0,
+            done: false,
+            serving: None,
+            served_at: Duration::ZERO,
+        }
+    }
+
+    pub fn event(&mut self, who: &str, what: String) {
         self.event_at(now(), who, what);
     }
 
-    fn event_at(&mut self, at: Duration, who: &str, what: String) {
+    pub fn event_at(&mut self, at: Duration, who: &str, what: String) {
         let line = format!("{:>9.3} {who:<8} {what}", at.as_secs_f64());
         for b in line.bytes() {
             self.hash ^= b as u64;
@@ -101,29 +119,40 @@ impl Shared {
         self.trace.push(line);
     }
 
-    fn fail(&mut self, what: String) {
+    pub fn fail(&mut self, what: String) {
         self.event("init", format!("VIOLATION {what}"));
         self.violation.get_or_insert(what);
     }
 }
 
-fn now() -> Duration {
+pub(crate) fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
+/// How one target of the pair runs.
+#[derive(Clone)]
+pub(crate) struct PairTarget {
+    pub node: &'static str,
+    /// Its portal group (and target port group, and relative port).
+    pub tag: u16,
+    pub start_at: Duration,
+    pub force: bool,
+    /// `failover = true`: serves nothing once its lease lapses.
+    pub failover: bool,
+    /// How long a command waits for the store (or a lease renewal) before NOT READY.
+    pub command_deadline: Duration,
+    /// Set by the world to shut it down; cleared by the target once it is.
+    pub shutdown: Arc<AtomicBool>,
+}
+
 /// A target of the pair: from `start_at` on, serves the volume as LUN 0 on node `node`.
-async fn target(
-    s3: MemS3,
-    node: &'static str,
-    start_at: Duration,
-    force: bool,
-    shutdown: Arc<AtomicBool>,
-) -> turmoil::Result {
+pub(crate) async fn target(s3: MemS3, t: PairTarget) -> turmoil::Result {
+    let PairTarget { node, tag, start_at, force, failover, command_deadline, shutdown } = t;
     tokio::time::sleep(start_at.saturating_sub(now())).await;
     let clock: Arc<dyn Clock> = Arc::new(SimClock(TokioClock::new()));
     let registry = Arc::new(Registry::new());
-    registry.set_portal_group(1, vec![format!("0.0.0.0:{PORT}").parse().expect("address")]);
-    let entry = TargetEntry::new(TARGET, None, [1].into_iter().collect());
+    registry.set_portal_group(tag, vec![format!("0.0.0.0:{PORT}").parse().expect("address")]);
+    let entry = TargetEntry::new(TARGET, None, [tag].into_iter().collect());
     let store: Arc<dyn ObjectStore> = Arc::new(s3_client(s3));
     let opts = VolumeOptions {
         create: Some(CreateSpec { size: BLOCKS * BLOCK as u64, block_size: BLOCK as u32, chunk_size: CHUNK }),
@@ -133,6 +162,8 @@ async fn target(
         lease_duration: LEASE,
         retry: sim_retry_policy(),
         force,
+        failover,
+        command_deadline,
         holder: format!("{node}/1"),
         node: Some(NodeId::new(node)),
         seed: node.len() as u64,
@@ -158,7 +189,7 @@ async fn target(
     }
 }
 
-async fn login(host: &str, isid: u64) -> Option<Session> {
+pub(crate) async fn login(host: &str, isid: u64) -> Option<Session> {
     let connect = turmoil::net::TcpStream::connect((host, PORT));
     let stream = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
     let config = InitiatorConfig {
@@ -232,7 +263,7 @@ async fn op(s: &Session, rng: &mut Rng, shared: &Rc<RefCell<Shared>>, host: &str
     true
 }
 
-fn check(shared: &Rc<RefCell<Shared>>, lba: u64, data: &[u8], issued: Duration) {
+pub(crate) fn check(shared: &Rc<RefCell<Shared>>, lba: u64, data: &[u8], issued: Duration) {
     let done = now();
     let mut sh = shared.borrow_mut();
     for (i, block) in data.chunks(BLOCK).enumerate() {
@@ -325,18 +356,25 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     s3.set_base_latency(Duration::from_millis(1 + rng.below(30)));
     let shutdown_b = Arc::new(AtomicBool::new(false));
     let (view_a, view_b) = (s3.view("a"), s3.view("b"));
-    let never = Arc::new(AtomicBool::new(false));
-    sim.host("a", move || target(view_a.clone(), "node-a", Duration::ZERO, false, never.clone()));
-    let (b_at, force, stop) = (plan.b_at, plan.force, shutdown_b.clone());
-    sim.host("b", move || target(view_b.clone(), "node-b", b_at, force, stop.clone()));
-    let shared = Rc::new(RefCell::new(Shared {
-        model: Model::new(1, BLOCKS),
-        trace: Vec::new(),
-        hash: 0xcbf2_9ce4_8422_2325,
-        violation: None,
-        commands: 0,
-        done: false,
-    }));
+    let a = PairTarget {
+        node: "node-a",
+        tag: 1,
+        start_at: Duration::ZERO,
+        force: false,
+        failover: false,
+        command_deadline: VolumeOptions::default().command_deadline,
+        shutdown: Arc::new(AtomicBool::new(false)),
+    };
+    let b = PairTarget {
+        node: "node-b",
+        start_at: plan.b_at,
+        force: plan.force,
+        shutdown: shutdown_b.clone(),
+        ..a.clone()
+    };
+    sim.host("a", move || target(view_a.clone(), a.clone()));
+    sim.host("b", move || target(view_b.clone(), b.clone()));
+    let shared = Rc::new(RefCell::new(Shared::new()));
     shared.borrow_mut().event("world", format!("{plan:?}"));
     sim.client("init", initiator(plan.clone(), seed, shared.clone()));
 
@@ -405,18 +443,36 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     }
 }
 
-/// Nothing of A's landed after B's first change to the volume (the lease object aside: A's
-/// renewals fail against it, and B's lease is B's).
-fn fenced(s3: &MemS3) -> Option<String> {
-    let landed = s3.landed();
-    let data = |key: &str| !key.ends_with(LEASE_NAME);
-    let first_b = landed.iter().find(|l| l.host == "b" && data(&l.key))?.at;
-    let late = landed.iter().find(|l| l.host == "a" && data(&l.key) && l.at >= first_b)?;
-    Some(format!("fence: A's change to {} landed at {:?}, after B's first change at {first_b:?}", late.key, late.at))
+/// No host's change to the volume landed during another's tenure: a tenure begins with a
+/// host's first change after a change of another, and only a host that took the lease since
+/// (its lease write landed) may begin one. So a holder that lost the lease changes nothing
+/// after its successor's first change (the lease object aside: a loser's renewals fail
+/// against it), unless it took the lease back. A forced takeover's successor waits out the
+/// old holder before its first change, so the old holder's last changes before then are fine.
+pub(crate) fn fenced(s3: &MemS3) -> Option<String> {
+    let mut tenure: Option<(&'static str, Duration)> = None;
+    let mut leased: BTreeMap<&'static str, Duration> = BTreeMap::new();
+    for l in s3.landed() {
+        if l.key.ends_with(LEASE_NAME) {
+            leased.insert(l.host, l.at);
+            continue;
+        }
+        match tenure {
+            Some((holder, _)) if holder == l.host => {}
+            Some((holder, since)) if leased.get(l.host).is_none_or(|&at| at < since) => {
+                return Some(format!(
+                    "fence: {}'s change to {} landed at {:?}, in {holder}'s tenure (since {since:?}), without the lease",
+                    l.host, l.key, l.at
+                ));
+            }
+            _ => tenure = Some((l.host, l.at)),
+        }
+    }
+    None
 }
 
 /// B closed the volume cleanly: no log left, no chunk of zeros.
-fn no_leaks(s3: &MemS3) -> Option<String> {
+pub(crate) fn no_leaks(s3: &MemS3) -> Option<String> {
     for (key, body) in s3.objects(BUCKET) {
         if key.contains("/log/") {
             return Some(format!("leak: log object {key} left after a clean shutdown"));

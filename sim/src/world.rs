@@ -17,14 +17,17 @@ use bytes::Bytes;
 use rtgt::clock::{Clock, TokioClock};
 use rtgt::mutants::Mutant;
 use rtgt::node::NodeId;
+use rtgt::pr_keepers::VolumeKeeper;
 use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
 use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload, SegmentOptions, SegmentStore};
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
+use rtgt::s3::volume::{
+    CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, OpenError, S3Volume, VolumeOptions,
+};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
-use rtgt::server::supervisor::{Opener, Placeholder, supervise};
+use rtgt::server::supervisor::{LunOpenError, Opener, Placeholder, supervise};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 use rtgt::storage::{BlockStore, BoxFuture};
 
@@ -248,8 +251,13 @@ pub fn add_s3_lun(
             let (store, url, opts, clock, lu_config) =
                 (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
             Box::pin(async move {
-                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| e.to_string())?;
-                Ok(Arc::new(LogicalUnit::new(volume, lu_config)?))
+                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| match e {
+                    e @ OpenError::HeldElsewhere { .. } => LunOpenError::Standby(e.to_string()),
+                    e => LunOpenError::Failed(e.to_string()),
+                })?;
+                let mut lu = LogicalUnit::new(volume.clone(), lu_config)?;
+                lu.keep_reservations(Arc::new(VolumeKeeper::new(volume))).await?;
+                Ok(Arc::new(lu))
             })
         })
     };

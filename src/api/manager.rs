@@ -231,7 +231,7 @@ impl Manager {
                 tokio::spawn(supervise(scsi, l.lun, open, placeholder, None, Some(tx), clock))
             }
             None => {
-                let lu = open().await?;
+                let lu = open().await.map_err(|e| e.to_string())?;
                 entry.scsi.add_lun(l.lun, lu.clone())?;
                 tokio::spawn(supervise(scsi, l.lun, open, placeholder, Some(lu), None, clock))
             }

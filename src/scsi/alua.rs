@@ -11,6 +11,9 @@ use bytes::{BufMut, BytesMut};
 use super::ops::Op;
 use super::sense::{Sense, key};
 
+/// The unit attention of a changed access state (2A/06).
+pub const ACCESS_STATE_CHANGED: (u8, u8) = (0x2a, 0x06);
+
 /// The asymmetric access state of a target port group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,6 +74,16 @@ impl AluaState {
         match allowed {
             true => Ok(()),
             false => Err(Sense::new(key::NOT_READY, asc)),
+        }
+    }
+
+    /// What a standby's logical unit (its volume served by another target) admits: Standby's
+    /// commands, but not the reservations, which live with the volume the other target holds.
+    pub fn standby_admits(op: Op) -> Result<(), Sense> {
+        AluaState::Standby.admits(op)?;
+        match op {
+            Op::PersistentReserveIn | Op::PersistentReserveOut => Err(Sense::new(key::NOT_READY, (0x04, 0x0b))),
+            _ => Ok(()),
         }
     }
 }

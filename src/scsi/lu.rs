@@ -100,6 +100,9 @@ pub struct LogicalUnit {
     pub(super) keeper: Option<Arc<dyn super::pr_keeper::ReservationKeeper>>,
     /// PERSISTENT RESERVE OUT commands change and save the state one at a time.
     pub(super) pr_turn: tokio::sync::Mutex<()>,
+    /// Another target serves this logical unit's volume: ALUA standby through every port of
+    /// this one, whatever its port group's state (see `alua.rs`).
+    standby: std::sync::atomic::AtomicBool,
 }
 
 /// What a handler returns: data-in, or a sense condition.
@@ -150,10 +153,12 @@ impl LogicalUnit {
             metrics: super::metrics::LuMetrics::default(),
             keeper: None,
             pr_turn: tokio::sync::Mutex::new(()),
+            standby: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// Keeps persistent reservations with `keeper` (APTPL), starting from what it saved.
+    /// Keeps persistent reservations with `keeper` (APTPL, or every change where the keeper is
+    /// shared), starting from what it saved.
     pub async fn keep_reservations(
         &mut self,
         keeper: Arc<dyn super::pr_keeper::ReservationKeeper>,
@@ -165,12 +170,24 @@ impl LogicalUnit {
                 keeper = keeper.describe(),
                 registrations = state.registrants.len(),
                 reserved = state.reservation.is_some(),
-                "persistent reservations restored (APTPL)"
+                "persistent reservations restored"
             );
             self.state().pr = state;
         }
         self.keeper = Some(keeper);
         Ok(())
+    }
+
+    /// Marks this logical unit as a standby's (or not); a change is announced to every
+    /// initiator (ASYMMETRIC ACCESS STATE CHANGED).
+    pub fn set_standby(&self, standby: bool) {
+        if self.standby.swap(standby, std::sync::atomic::Ordering::SeqCst) != standby {
+            self.unit_attention_all(super::alua::ACCESS_STATE_CHANGED, None);
+        }
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &Arc<dyn BlockStore> {

@@ -234,14 +234,17 @@ impl LogicalUnit {
         }
     }
 
-    /// Saves a changed state where APTPL asks for it (or forgets it when APTPL goes off),
-    /// before the change is acknowledged.
+    /// Saves a changed state where APTPL asks for it (or forgets it when APTPL goes off), or
+    /// every changed state where the keeper is shared with other targets, before the change is
+    /// acknowledged.
     async fn save_reservations(&self, before: &PrState, after: &PrState) -> Result<(), Sense> {
         let Some(keeper) = &self.keeper else { return Ok(()) };
-        if !before.aptpl && !after.aptpl {
+        let keep_all = keeper.shared();
+        let changed_and_kept = keep_all && before != after;
+        if !(before.aptpl || after.aptpl || changed_and_kept) {
             return Ok(());
         }
-        let saved = after.aptpl.then(|| super::pr_keeper::encode(after));
+        let saved = (after.aptpl || keep_all).then(|| super::pr_keeper::encode(after));
         keeper.save(saved).await.map_err(|e| {
             tracing::warn!(keeper = keeper.describe(), error = %e, "cannot save the persistent reservations");
             Sense::new(super::sense::key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)

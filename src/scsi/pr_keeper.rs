@@ -20,6 +20,12 @@ pub trait ReservationKeeper: Send + Sync + 'static {
     fn save(&self, saved: Option<Vec<u8>>) -> BoxFuture<'_, Result<(), String>>;
     /// Where, for logs.
     fn describe(&self) -> String;
+    /// Whether the state belongs to a volume that other targets serve after this one (a
+    /// failover pair on one S3 volume): then every change is kept, whatever APTPL says, so the
+    /// next holder has the registrations and the reservation.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 pub fn encode(state: &PrState) -> Vec<u8> {

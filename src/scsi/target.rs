@@ -12,9 +12,6 @@ use super::sense::{Sense, asc};
 use super::spc::{standard_inquiry_data, truncate};
 use super::{Request, Response, decode_lun, encode_lun};
 
-/// ASYMMETRIC ACCESS STATE CHANGED.
-const ASYMMETRIC_ACCESS_STATE_CHANGED: (u8, u8) = (0x2a, 0x06);
-
 /// Most LUNs one target may have.
 pub const LUNS_MAX: usize = 1024;
 
@@ -49,7 +46,7 @@ impl ScsiTarget {
         };
         if changed {
             for (_, lu) in self.luns() {
-                lu.unit_attention_all(ASYMMETRIC_ACCESS_STATE_CHANGED, None);
+                lu.unit_attention_all(alua::ACCESS_STATE_CHANGED, None);
             }
         }
     }
@@ -143,21 +140,28 @@ impl ScsiTarget {
         // is the target's) or through a port whose state refuses some commands: the logical
         // unit looks every command up itself.
         let state = self.port_state(req.nexus.relative_port);
-        if opcode == 0xa3 || !state.admits_everything() {
+        let standby = lu.is_standby() && state.admits_everything();
+        if opcode == 0xa3 || !state.admits_everything() || standby {
             let cdb = super::cdb::Cdb(&req.cdb);
             if let super::ops::Lookup::Found(spec) = super::ops::lookup(opcode, cdb.service_action()) {
-                if let Err(sense) = state.admits(spec.op) {
+                let admitted = match standby {
+                    true => AluaState::standby_admits(spec.op),
+                    false => state.admits(spec.op),
+                };
+                if let Err(sense) = admitted {
                     return Response::check(&sense, false);
                 }
                 if spec.op == super::ops::Op::ReportTargetPortGroups {
-                    return self.report_target_port_groups(req);
+                    return self.report_target_port_groups(req, standby);
                 }
             }
         }
         lu.execute(req).await
     }
 
-    fn report_target_port_groups(&self, req: &Request) -> Response {
+    /// `standby`: the logical unit's volume is served by another target, so the port the
+    /// command came through reports standby.
+    fn report_target_port_groups(&self, req: &Request, standby: bool) -> Response {
         let cdb = super::cdb::Cdb(&req.cdb);
         let extended = match cdb.u8(1) >> 5 {
             0 => false,
@@ -166,10 +170,13 @@ impl ScsiTarget {
         };
         let groups = self.port_groups.read().expect("port groups poisoned").clone();
         // A target not told its groups yet is reached through the nexus's one.
-        let groups = match groups.is_empty() {
+        let mut groups = match groups.is_empty() {
             true => PortGroups::from([(req.nexus.relative_port, AluaState::default())]),
             false => groups,
         };
+        if standby {
+            groups.insert(req.nexus.relative_port, AluaState::Standby);
+        }
         Response::good(truncate(alua::report_target_port_groups(&groups, extended), cdb.u32(6) as usize))
     }
 

@@ -341,9 +341,9 @@ async fn persistent_reservations_keep_others_out_and_outlive_their_nexus() {
     assert_eq!(sense_of(&a.cmd(&t, &cdb, &data[..23]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
 }
 
-/// A keeper in memory, as a file or an object would be.
+/// A keeper in memory, as a file or an object would be; `.1`: shared with other targets.
 #[derive(Default)]
-struct MemKeeper(std::sync::Mutex<Option<Vec<u8>>>);
+struct MemKeeper(std::sync::Mutex<Option<Vec<u8>>>, bool);
 
 impl ReservationKeeper for MemKeeper {
     fn load(&self) -> crate::storage::BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
@@ -357,6 +357,9 @@ impl ReservationKeeper for MemKeeper {
     }
     fn describe(&self) -> String {
         "memory".into()
+    }
+    fn shared(&self) -> bool {
+        self.1
     }
 }
 
@@ -403,6 +406,30 @@ async fn aptpl_keeps_reservations_across_a_restart() {
     assert_eq!(sense_of(&a.cmd(&t, &cdb, &data).await), Some((key::ILLEGAL_REQUEST, (0x26, 0))));
 }
 
+/// A keeper shared with other targets (an S3 volume's) keeps every change without APTPL: the
+/// target that serves the volume next (a failover) has the registrations and the reservation.
+#[tokio::test]
+async fn a_shared_keeper_carries_reservations_to_the_next_target() {
+    let keeper = Arc::new(MemKeeper(Default::default(), true));
+    let t = target_keeping(Some(keeper.clone())).await;
+    let (a, b) = (Init::new("iqn.a"), Init::new("iqn.b"));
+    a.ready(&t).await;
+    assert_eq!(a.prout(&t, 0, 0, 0, 0xaa).await.status, status::GOOD, "REGISTER, no APTPL");
+    assert_eq!(a.prout(&t, 1, 5, 0xaa, 0).await.status, status::GOOD, "RESERVE, write exclusive registrants only");
+
+    let t = target_keeping(Some(keeper.clone())).await;
+    a.ready(&t).await;
+    b.ready(&t).await;
+    assert_eq!(&a.prin(&t, 0).await[8..16], &0xaau64.to_be_bytes(), "the key is there");
+    assert_eq!(a.prin(&t, 2).await[3] & 0x01, 0, "APTPL was not asked for");
+    assert_eq!(b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::RESERVATION_CONFLICT);
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::GOOD);
+    assert_eq!(a.prout(&t, 0, 0, 0xaa, 0).await.status, status::GOOD, "unregister");
+    let t = target_keeping(Some(keeper.clone())).await;
+    b.ready(&t).await;
+    assert_eq!(b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::GOOD, "nothing left");
+}
+
 /// ALUA: INQUIRY says TPGS, REPORT TARGET PORT GROUPS lists the groups with their states, a
 /// port in standby answers media commands NOT READY (04/0B), and a state change is announced.
 #[tokio::test]
@@ -430,6 +457,32 @@ async fn alua_states_are_reported_and_enforced() {
     let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
     assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "ASYMMETRIC ACCESS STATE CHANGED");
     assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+}
+
+/// A logical unit whose volume another target serves is standby through every port of this
+/// one: RTPG says so, media and reservation commands are NOT READY 04/0B, INQUIRY answers, and
+/// the change both ways is announced.
+#[tokio::test]
+async fn a_standby_logical_unit_reports_and_enforces_standby() {
+    let (t, _) = target();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let lu = t.lun(1).unwrap();
+    lu.set_standby(true);
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::NOT_READY, (0x04, 0x0b))), "standby");
+    let prin = a.cmd(&t, &[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]).await;
+    assert_eq!(sense_of(&prin), Some((key::NOT_READY, (0x04, 0x0b))), "reservations live with the volume");
+    assert_eq!(a.cmd(&t, &[0x12, 0, 0, 0, 96, 0], &[]).await.status, status::GOOD);
+    let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!(rtpg.status, status::GOOD);
+    assert_eq!(rtpg.data[4] & 0x0f, 2, "the port's group is standby for this logical unit");
+    lu.set_standby(false);
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "ASYMMETRIC ACCESS STATE CHANGED");
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+    let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!(rtpg.data[4] & 0x0f, 0, "active/optimized again");
 }
 
 /// An EXTENDED COPY parameter list: one identification target descriptor naming `naa`, one

@@ -14,7 +14,30 @@ use crate::scsi::{LogicalUnit, LuConfig, ScsiTarget};
 use crate::storage::{BoxFuture, PendingStore};
 
 /// Opens the logical unit of a LUN (a new one at every call).
-pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<LogicalUnit>, String>> + Send + Sync>;
+pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<LogicalUnit>, LunOpenError>> + Send + Sync>;
+
+/// Why a LUN did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LunOpenError {
+    /// Another target serves the LUN's volume and keeps its lease: this target is its standby
+    /// (ALUA standby until the other goes away).
+    #[error("{0}")]
+    Standby(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for LunOpenError {
+    fn from(why: String) -> LunOpenError {
+        LunOpenError::Failed(why)
+    }
+}
+
+impl From<&str> for LunOpenError {
+    fn from(why: &str) -> LunOpenError {
+        LunOpenError::Failed(why.to_string())
+    }
+}
 
 /// The logical unit served while the real one is not open.
 #[derive(Clone)]
@@ -33,8 +56,17 @@ impl Placeholder {
         Ok(Placeholder { lu, store })
     }
 
-    pub fn set_reason(&self, why: &str) {
+    /// Why the last attempt failed; a standby's placeholder tells initiators (ALUA) that the
+    /// volume is served through another target.
+    pub fn failed(&self, why: &LunOpenError) {
+        self.store.set_reason(&why.to_string());
+        self.lu.set_standby(matches!(why, LunOpenError::Standby(_)));
+    }
+
+    /// Opening again after the open logical unit failed.
+    pub fn reopening(&self, why: &str) {
         self.store.set_reason(why);
+        self.lu.set_standby(false);
     }
 }
 
@@ -70,9 +102,20 @@ pub async fn supervise(
                     lu
                 }
                 Err(why) => {
-                    placeholder.set_reason(&why);
+                    let was_standby = placeholder.lu.is_standby();
+                    placeholder.failed(&why);
                     if let Some(tx) = first.take() {
-                        let _ = tx.send(Err(why.clone()));
+                        let _ = tx.send(Err(why.to_string()));
+                    }
+                    // A standby's attempts watch the other target's lease for as long as it
+                    // keeps renewing it: the next one starts at once, so the standby takes over
+                    // one lease after the last renewal, not a backoff later.
+                    if let LunOpenError::Standby(_) = why {
+                        if !was_standby {
+                            tracing::info!(target = %target.name, lun, holder = %why, "standby: another target serves the volume");
+                        }
+                        failures = 0;
+                        continue;
                     }
                     let wait = backoff(failures);
                     failures += 1;
@@ -88,7 +131,7 @@ pub async fn supervise(
         failures = 0;
         let why = lu.store().failed().await;
         tracing::error!(target = %target.name, lun, error = %why, "LUN store failed: opening it again");
-        placeholder.set_reason(&why);
+        placeholder.reopening(&why);
         target.replace_lun(lun, placeholder.lu.clone());
     }
 }
@@ -115,7 +158,7 @@ mod tests {
                 let config = config.clone();
                 Box::pin(async move {
                     if n < 3 {
-                        return Err(format!("attempt {n} failed"));
+                        return Err(format!("attempt {n} failed").into());
                     }
                     Ok(Arc::new(LogicalUnit::new(Arc::new(MemoryStore::new(1 << 20)), config)?))
                 })
@@ -179,27 +222,40 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_store_is_not_ready_until_opened_again() {
+    /// A supervised LUN whose store fails when told to, and whose opens after the first
+    /// answer `failure(n)` (None: open).
+    fn doomed_lun(
+        failure: impl Fn(u32) -> Option<LunOpenError> + Send + Sync + 'static,
+    ) -> (Arc<ScsiTarget>, Opener, Arc<tokio::sync::Notify>, Arc<AtomicU32>, Placeholder) {
         let target = Arc::new(ScsiTarget::new("t"));
         let config = LuConfig::new(512, LuIdentity::derived("t/0"));
         let placeholder = Placeholder::new(config.clone(), Some(1 << 20), "opening").unwrap();
         let doom = Arc::new(tokio::sync::Notify::new());
         let opens = Arc::new(AtomicU32::new(0));
+        let failure = Arc::new(failure);
         let open: Opener = {
             let (doom, opens, config) = (doom.clone(), opens.clone(), config.clone());
             Arc::new(move || {
                 let n = opens.fetch_add(1, Ordering::SeqCst);
                 let store = Doomed { inner: MemoryStore::new(1 << 20), doom: doom.clone() };
-                let config = config.clone();
+                let (config, failure) = (config.clone(), failure.clone());
                 Box::pin(async move {
-                    if n == 1 {
-                        return Err("the lease is held by another target".to_string());
+                    if let Some(e) = failure(n) {
+                        // As an S3 volume's open does, watching the lease for a while.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return Err(e);
                     }
                     Ok(Arc::new(LogicalUnit::new(Arc::new(store), config)?))
                 })
             })
         };
+        (target, open, doom, opens, placeholder)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_store_is_not_ready_until_opened_again() {
+        let (target, open, doom, opens, placeholder) =
+            doomed_lun(|n| (n == 1).then(|| LunOpenError::Failed("cannot reach the store".into())));
         let first = open().await.unwrap();
         target.add_lun(0, first.clone()).unwrap();
         let clock = Arc::new(TokioClock::new());
@@ -207,11 +263,36 @@ mod tests {
         tokio::task::yield_now().await;
         doom.notify_waiters();
         tokio::task::yield_now().await;
-        let lu = target.lun(0).unwrap();
-        assert!(lu.store().ready().is_err(), "NOT READY once the store failed");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(opens.load(Ordering::SeqCst), 3, "tried again, and again after a second");
+        assert!(target.lun(0).unwrap().store().ready().is_err(), "NOT READY once the store failed");
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        assert_eq!(opens.load(Ordering::SeqCst), 2, "tried again at once, then waits a second");
+        assert!(!target.lun(0).unwrap().is_standby(), "a failure is no standby");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(opens.load(Ordering::SeqCst), 3);
         assert!(target.lun(0).unwrap().store().ready().is_ok(), "open again");
+        task.abort();
+    }
+
+    /// Opens that find the volume served by another target make the LUN a standby, and the
+    /// next attempt starts at once (it watches the other's lease meanwhile).
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_watches_without_backoff_and_serves_once_open() {
+        let standby = |n| (1..=3).contains(&n).then(|| LunOpenError::Standby("in use by b".into()));
+        let (target, open, doom, opens, placeholder) = doomed_lun(standby);
+        let first = open().await.unwrap();
+        target.add_lun(0, first.clone()).unwrap();
+        let clock = Arc::new(TokioClock::new());
+        let task = tokio::spawn(supervise(target.clone(), 0, open, placeholder, Some(first), None, clock));
+        tokio::task::yield_now().await;
+        doom.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!target.lun(0).unwrap().is_standby(), "opening again: not known to be served elsewhere yet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(target.lun(0).unwrap().is_standby(), "the other target holds the volume: standby");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(opens.load(Ordering::SeqCst), 5, "three attempts of half a second, one after the other");
+        assert!(target.lun(0).unwrap().store().ready().is_ok(), "open: serving");
+        assert!(!target.lun(0).unwrap().is_standby());
         task.abort();
     }
 }

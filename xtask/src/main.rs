@@ -21,7 +21,8 @@ commands:
       [--duration 60s]          against the real engine, checked against a model; one line per seed
       [--profile smoke|long]    smoke: seeds 0..50 of 30 s; long: seeds 0..1000 of 120 s
       [--scenario S]            world (default): one target, every fault; takeover: two targets
-                                on one S3 volume and a failover between them
+                                on one S3 volume and a failover between them; failover: an
+                                active/standby pair under a multipath initiator
       [--check-determinism]     run every seed twice and compare the trace hashes
       [--trace]                 print every event
       [--mutants | --mutant M]  plant each known bug in turn; report the seed that catches it

@@ -238,7 +238,8 @@ async fn read(store: &dyn ObjectStore, key: &str) -> Result<Option<(LeaseRecord,
 /// Whether the lease's holder is provably gone: it released the lease, or it is this process,
 /// or it ran on this node (whose lock this process holds).
 fn ours_to_take(current: &LeaseRecord, me: &Identity) -> bool {
-    current.released
+    crate::mutants::active(crate::mutants::Mutant::StandbyIgnoresLease)
+        || current.released
         || current.holder == me.holder
         || me.node.as_ref().is_some_and(|n| current.node.as_deref() == Some(n.as_str()))
 }

@@ -48,7 +48,7 @@ pub use disk_cache::{DISK_CACHE_BUCKET, DiskCacheOptions};
 use format::CHUNKS_DIR;
 pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
-use lease::{Identity, LeaseState, LeaseTiming};
+use lease::{Identity, LeaseError, LeaseState, LeaseTiming};
 pub use lifecycle::{Deleted, delete_volume};
 pub use transfer::{IMPORT_PROGRESS, export_volume, import_progress, import_volume};
 
@@ -110,6 +110,11 @@ pub struct VolumeOptions {
     pub journal: Option<JournalOptions>,
     /// `cache_disk_size`: a read cache of chunk pieces on local disk (`disk_cache.rs`).
     pub disk_cache: Option<DiskCacheOptions>,
+    /// `failover = true`: another target (a standby) takes the volume over when this one's
+    /// lease lapses, so this one serves nothing once its lease is not renewed in time, not even
+    /// from its cache (see [`S3Volume::may_serve`]). Off: a lapsed lease waiting for the store
+    /// to come back still serves what needs no request.
+    pub failover: bool,
     pub seed: u64,
 }
 
@@ -130,6 +135,7 @@ impl Default for VolumeOptions {
             node: None,
             journal: None,
             disk_cache: None,
+            failover: false,
             seed: 1,
         }
     }
@@ -138,7 +144,12 @@ impl Default for VolumeOptions {
 /// Why a volume did not open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
-    /// Another target holds the lease, or the store cannot be reached: trying again may work.
+    /// Another target holds the lease and keeps renewing it: this target is the standby.
+    #[error(
+        "{url}: in use by {holder}, which keeps renewing its lease; stop that target, or take the volume over with force"
+    )]
+    HeldElsewhere { url: String, holder: String },
+    /// The store cannot be reached, or the lease could not be taken: trying again may work.
     #[error("{0}")]
     Unavailable(String),
     /// The volume is missing, differs from the configuration, or is damaged: an operator must
@@ -391,6 +402,12 @@ impl S3Volume {
         opts: VolumeOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<S3Volume>, OpenError> {
+        if opts.journal.is_some() && opts.failover {
+            return Err(OpenError::Refused(format!(
+                "{url}: a local journal (durability = \"local\") keeps acknowledged writes on this node, \
+                 where a failover target cannot see them: use durability = \"s3\" with failover"
+            )));
+        }
         if opts.journal.is_some() && opts.node.is_none() {
             return Err(OpenError::Refused(format!(
                 "{url}: a local journal (durability = \"local\") needs a node identity (a data directory)"
@@ -473,9 +490,13 @@ impl S3Volume {
     /// Takes the lease and starts renewing it.
     async fn take_lease(&self) -> Result<(), OpenError> {
         let key = self.url.key(LEASE_NAME);
-        let taken = lease::acquire(&*self.control, &key, &self.identity, self.opts.force, &self.lease)
-            .await
-            .map_err(|e| OpenError::Unavailable(format!("{}: {e}", self.url)))?;
+        let taken =
+            lease::acquire(&*self.control, &key, &self.identity, self.opts.force, &self.lease).await.map_err(|e| {
+                match e {
+                    LeaseError::Held { holder } => OpenError::HeldElsewhere { url: self.url.to_string(), holder },
+                    e => OpenError::Unavailable(format!("{}: {e}", self.url)),
+                }
+            })?;
         let keeper = lease::keep(self.control.clone(), key, self.identity.clone(), self.lease.clone(), taken);
         *self.keeper.lock().expect("poisoned") = Some(tokio::spawn(keeper));
         Ok(())
@@ -653,6 +674,25 @@ impl S3Volume {
         }
     }
 
+    /// Whether this holder serves what needs no request while its lease lapsed (waiting for the
+    /// store to come back): not in a failover pair, where the standby may have taken over.
+    pub(super) fn serves_lapsed(&self) -> bool {
+        !self.opts.failover || crate::mutants::active(crate::mutants::Mutant::LapsedHolderServes)
+    }
+
+    /// Whether a command may be served now: while this holder's lease is valid, and while it
+    /// lapsed unless in a failover pair (there the command waits for a renewal, up to its
+    /// deadline, then NOT READY).
+    pub(super) async fn may_serve(&self, what: &str) -> StoreResult<()> {
+        if self.serves_lapsed() {
+            return self.lease.check_held(what);
+        }
+        if self.lease.check(what).is_ok() {
+            return Ok(());
+        }
+        self.patiently(what, || async { self.lease.check(what) }).await
+    }
+
     // ---- writes ----
 
     /// The volume reads and writes whole blocks (its cache, logs and checks count in them): a
@@ -667,7 +707,7 @@ impl S3Volume {
 
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
         self.whole_blocks(offset, data.len() as u64).map_err(StoreError::Write)?;
-        self.lease.check_held("write")?;
+        self.may_serve("write").await?;
         self.write_within_limit(offset, &data).await?;
         if fua || !self.write_back.load(Ordering::Relaxed) {
             // FUA (and write-through): this write and every one acknowledged before it are
@@ -767,7 +807,7 @@ impl S3Volume {
     /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
     /// A background flush failure since the last call is reported here, once.
     async fn flush_all(&self) -> StoreResult<()> {
-        self.lease.check_held("SYNCHRONIZE CACHE")?;
+        self.may_serve("SYNCHRONIZE CACHE").await?;
         let wanted = self.cache().writes;
         let result = self.patiently("SYNCHRONIZE CACHE", || self.make_durable(wanted)).await;
         let sticky = self.sticky_error.lock().expect("poisoned").take();
@@ -1183,7 +1223,11 @@ impl BlockStore for S3Volume {
     }
 
     fn ready(&self) -> Result<(), String> {
-        self.lease.check_held("I/O").map_err(|e| e.to_string())
+        match self.serves_lapsed() {
+            true => self.lease.check_held("I/O"),
+            false => self.lease.check("I/O"),
+        }
+        .map_err(|e| e.to_string())
     }
 
     fn failed(&self) -> BoxFuture<'_, String> {

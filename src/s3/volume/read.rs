@@ -54,6 +54,11 @@ pub(super) struct Fetched {
 impl S3Volume {
     pub(super) async fn read_impl(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
         self.whole_blocks(offset, len as u64).map_err(StoreError::Read)?;
+        // In a failover pair, a read waits for a valid lease like any command. Elsewhere reads
+        // are not held back: a volume taken over fails, and its supervisor replaces it.
+        if !self.serves_lapsed() {
+            self.may_serve("a read").await?;
+        }
         let mut out = BytesMut::zeroed(len);
         self.wait_for_readahead(offset, len as u64).await;
         let (fetches, ahead) = {
