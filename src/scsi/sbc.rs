@@ -221,9 +221,12 @@ impl LogicalUnit {
         if anchor {
             return Err(Sense::invalid_cdb(1, Some(4)));
         }
-        if blocks == 0 {
-            return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None)); // WSNZ=1
-        }
+        // WSNZ=0: zero blocks means every block from the LBA to the end, which must then be
+        // within MAXIMUM WRITE SAME LENGTH as any other count.
+        let blocks = match blocks {
+            0 => self.num_blocks().checked_sub(lba).ok_or_else(|| Sense::illegal(asc::LBA_OUT_OF_RANGE))?,
+            n => n,
+        };
         if blocks > self.max_unmap_blocks() as u64 {
             return Err(Sense::invalid_cdb(length_field(ctx.cdb.opcode()), None));
         }
@@ -237,9 +240,10 @@ impl LogicalUnit {
         }
         let block = if ndob { Bytes::from(vec![0u8; bs as usize]) } else { ctx.data_out.clone() };
         let (offset, len) = self.byte_range(lba, blocks);
-        let zeros = block.iter().all(|&b| b == 0);
         let _shared = self.atomic.read().await;
-        if zeros && (unmap || ndob) {
+        // UNMAP set: the blocks are unmapped whatever the block sent (SBC-4 §5.50: an unmap
+        // operation; they then read as zeros, LBPRZ), as LIO and tgt do.
+        if unmap || ndob {
             self.store.unmap(offset, len).await.map_err(|e| store_sense(&e))?;
             return Ok(Bytes::new());
         }
@@ -315,9 +319,13 @@ impl LogicalUnit {
         let mut out = BytesMut::new();
         out.put_u32(0);
         out.put_u32(0);
-        for e in extents.iter().take(descriptors_max) {
-            out.put_u64(e.offset / bs);
-            out.put_u32((e.len / bs).min(u32::MAX as u64) as u32);
+        // The first descriptor starts at the LBA asked for (SBC-4 §5.8), whatever granule of
+        // the store's the extent began in.
+        let from = lba * bs;
+        for e in extents.iter().filter(|e| e.offset + e.len > from).take(descriptors_max) {
+            let start = e.offset.max(from);
+            out.put_u64(start / bs);
+            out.put_u32(((e.offset + e.len - start) / bs).min(u32::MAX as u64) as u32);
             out.put_u8(if e.mapped { 0 } else { 1 });
             out.put_slice(&[0, 0, 0]);
         }

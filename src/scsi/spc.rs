@@ -140,7 +140,7 @@ impl LogicalUnit {
         let mut out = BytesMut::zeroed(64);
         out[1] = 0xb0;
         out[3] = 0x3c;
-        out[4] = 0x01; // WSNZ: a WRITE SAME of zero blocks is refused
+        // WSNZ 0: a WRITE SAME of zero blocks writes to the end (within the maximum length).
         out[5] = Self::MAX_COMPARE_AND_WRITE_BLOCKS;
         out[6..8].copy_from_slice(&1u16.to_be_bytes());
         out[8..12].copy_from_slice(&self.max_transfer_blocks().to_be_bytes());

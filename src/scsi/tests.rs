@@ -167,8 +167,15 @@ async fn write_same_unmap_and_lba_status() {
     let st = a.cmd(&t, &status_cdb, &[]).await;
     assert_eq!(st.data[8 + 12], 1, "deallocated");
 
-    let zero = a.cmd(&t, &rw16(0x93, 0, 0, 0), &vec![0u8; BS as usize]).await;
-    assert_eq!(sense_of(&zero), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)), "WSNZ");
+    // WSNZ=0: zero blocks writes from the LBA to the end; past the end is out of range.
+    let mut ones = vec![0u8; BS as usize];
+    ones[0] = 1;
+    let to_end = a.cmd(&t, &rw16(0x93, BLOCKS - 2, 0, 0), &ones).await;
+    assert_eq!(to_end.status, status::GOOD);
+    let tail = a.cmd(&t, &rw16(0x88, BLOCKS - 3, 3, 0), &[]).await.data;
+    assert_eq!((tail[0], tail[BS as usize], tail[2 * BS as usize]), (0, 1, 1), "the last two blocks");
+    let beyond = a.cmd(&t, &rw16(0x93, BLOCKS + 1, 0, 0), &ones).await;
+    assert_eq!(sense_of(&beyond), Some((key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE)));
 }
 
 #[tokio::test]
