@@ -347,8 +347,11 @@ pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
     for i in 0..args.connections {
         sessions.push(login(args, i).await?);
     }
+    // Each new session (I_T nexus) has its power-on unit attention to take first.
+    for session in &sessions {
+        session.clear_unit_attentions(args.lun).await.map_err(|e| format!("TEST UNIT READY: {e}"))?;
+    }
     let first = &sessions[0];
-    first.clear_unit_attentions(args.lun).await.map_err(|e| format!("TEST UNIT READY: {e}"))?;
     let (blocks, lba_size) = first.capacity(args.lun).await.map_err(|e| format!("READ CAPACITY: {e}"))?;
     if lba_size == 0 || !args.block_size.is_multiple_of(lba_size) {
         return Err(format!("--block-size {} is not a multiple of the LU's {lba_size}-byte blocks", args.block_size));

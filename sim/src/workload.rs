@@ -345,8 +345,14 @@ async fn run_op(init: &Initiator, s: &Session, op: Op) -> Result<String, Error> 
         }
         Op::WriteSame { lun, lba, blocks, zero, unmap } => {
             let range = lba..lba + blocks as u64;
-            let (w, data) = if zero {
-                (init.shared.borrow_mut().model.begin_zero(lun as usize, init.index, range, issued), vec![0u8; BLOCK])
+            // With UNMAP the blocks are unmapped (they read zeros) whatever block is sent.
+            let (w, data) = if zero || unmap {
+                let w = init.shared.borrow_mut().model.begin_zero(lun as usize, init.index, range, issued);
+                let mut d = vec![0u8; BLOCK];
+                if !zero {
+                    encode_block(u32::MAX, u64::MAX, &mut d);
+                }
+                (w, d)
             } else {
                 let (w, id) = init.shared.borrow_mut().model.begin_write(lun as usize, init.index, range, issued);
                 let mut d = vec![0u8; BLOCK];

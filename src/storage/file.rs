@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::io_pool::IoPool;
+use super::small_folios::SmallFolios;
 use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
 
 /// I/O threads per file store, for reads that miss the page cache, syncs, FUA writes, UNMAP.
@@ -40,6 +41,8 @@ pub struct FileStore {
     /// FUA writes and syncs stay on `pool`: their wait for the disk is outside the lock and
     /// overlaps. A block device has no such lock; its writes use `pool`.
     writer: IoPool,
+    /// Regular files: their page cache kept in small folios (`small_folios.rs`).
+    folios: Option<Arc<SmallFolios>>,
 }
 
 /// How to open a file-backed LUN.
@@ -107,6 +110,7 @@ impl FileStore {
         if capacity == 0 {
             return Err(format!("{} has zero size", path.display()));
         }
+        let folios = (!block_device).then(|| Arc::new(SmallFolios::new(&file, capacity)));
         Ok(FileStore {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -118,6 +122,7 @@ impl FileStore {
             pool_reads: AtomicU64::new(0),
             pool: IoPool::new("rtgt-file-io", IO_THREADS, opts.busy_poll),
             writer: IoPool::new("rtgt-file-write", 1, opts.busy_poll),
+            folios,
         })
     }
 
@@ -308,11 +313,22 @@ impl BlockStore for FileStore {
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        let folios = self.folios.clone();
+        let prepare = move |f: &File| {
+            if let Some(folios) = &folios {
+                folios.before_write(f, offset, data.len() as u64);
+            }
+            data
+        };
         if fua {
-            return Box::pin(self.blocking(true, move |f| write_fua(f, &data, offset)));
+            return Box::pin(self.blocking(true, move |f| write_fua(f, &prepare(f), offset)));
         }
-        let lane = if self.block_device { &self.pool } else { &self.writer };
-        Box::pin(self.blocking_on(lane, true, move |f| f.write_all_at(&data, offset)))
+        match self.block_device {
+            true => Box::pin(self.blocking(true, move |f| f.write_all_at(&prepare(f), offset))),
+            false => Box::pin(
+                self.blocking_on(&self.writer, true, move |f| SmallFolios::write_in_pieces(f, &prepare(f), offset)),
+            ),
+        }
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

@@ -7,6 +7,7 @@ mod io_pool;
 pub mod memory;
 pub mod null;
 pub mod pending;
+mod small_folios;
 pub mod uring;
 
 use std::future::Future;

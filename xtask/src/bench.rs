@@ -79,7 +79,10 @@ struct Workload {
     /// A `rtgt bench-load --pattern`.
     pattern: &'static str,
     block_size: u32,
+    /// Commands in flight per session.
     queue_depth: u32,
+    /// Sessions of the own client, each with its own queue (iscsi-perf: one).
+    sessions: u32,
 }
 
 impl Workload {
@@ -89,14 +92,22 @@ impl Workload {
 }
 
 const fn w(name: &'static str, pattern: &'static str, block_size: u32, queue_depth: u32) -> Workload {
-    Workload { name, pattern, block_size, queue_depth }
+    Workload { name, pattern, block_size, queue_depth, sessions: 1 }
 }
 
-const WORKLOADS: [Workload; 8] = [
+const fn many(name: &'static str, pattern: &'static str, sessions: u32, queue_depth: u32) -> Workload {
+    Workload { name, pattern, block_size: 4096, queue_depth, sessions }
+}
+
+const WORKLOADS: [Workload; 12] = [
     w("randread 4K QD1", "randread", 4096, 1),
     w("randwrite 4K QD1", "randwrite", 4096, 1),
     w("randread 4K QD32", "randread", 4096, 32),
     w("randwrite 4K QD32", "randwrite", 4096, 32),
+    many("randread 4K 8 sessions x QD4", "randread", 8, 4),
+    many("randwrite 4K 8 sessions x QD4", "randwrite", 8, 4),
+    many("randread 4K 64 sessions x QD1", "randread", 64, 1),
+    many("randwrite 4K 64 sessions x QD1", "randwrite", 64, 1),
     w("seqread 128K QD8", "seqread", 128 << 10, 8),
     w("seqwrite 128K QD8", "seqwrite", 128 << 10, 8),
     w("seqread 1M QD8", "seqread", 1 << 20, 8),
@@ -123,6 +134,26 @@ struct Options {
     only: Vec<String>,
     /// rtgt's backend for the file LU: "file" (positioned I/O) or "uring".
     rtgt_file_backend: &'static str,
+    file_state: FileState,
+}
+
+/// How the file LUs come to hold data before the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileState {
+    /// Sparse, then filled through each target with 1 MiB writes.
+    Target,
+    /// Random data written in 1 MiB pieces by another program (as `dd` does) before the
+    /// targets start: in the page cache as large folios.
+    Dd,
+}
+
+impl FileState {
+    fn name(self) -> &'static str {
+        match self {
+            FileState::Target => "written through the target",
+            FileState::Dd => "written by dd before the targets started",
+        }
+    }
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -134,6 +165,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         clients: vec![Client::Own, Client::IscsiPerf],
         only: Vec::new(),
         rtgt_file_backend: "file",
+        file_state: FileState::Target,
     };
     let mut it = args.iter();
     let number = |v: Option<&String>, what: &str| -> Result<u64, String> {
@@ -167,6 +199,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     Some("file") => "file",
                     Some("uring") => "uring",
                     _ => return Err("--rtgt-file-backend needs file or uring".into()),
+                }
+            }
+            "--file-state" => {
+                o.file_state = match it.next().map(String::as_str) {
+                    Some("target") => FileState::Target,
+                    Some("dd") => FileState::Dd,
+                    _ => return Err("--file-state needs target or dd".into()),
                 }
             }
             "--only" => o.only.push(it.next().ok_or("--only needs a pattern")?.to_lowercase()),
@@ -254,6 +293,15 @@ impl Watched {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// The CPU time (user and system) the server has used so far, in seconds.
+    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // After "pid (comm) ": state is field 3, utime and stime fields 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ticks as f64 / clock_ticks_per_second())
     }
 
     /// Whether the server still runs (a zombie waiting for the watchdog's `wait` does not).
@@ -378,6 +426,10 @@ struct Target {
 }
 
 impl Target {
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.server.as_ref()?.cpu_seconds()
+    }
+
     fn alive(&self) -> bool {
         self.server.as_ref().is_some_and(Watched::alive)
     }
@@ -507,10 +559,42 @@ fn tgtd_version(tgt: &Tgt) -> String {
         .unwrap_or_else(|| "(version unknown)".into())
 }
 
-/// A sparse 1 GiB file (filled through the target before the runs).
-fn create_lun_file(path: &Path) -> Result<(), String> {
-    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.set_len(LUN_SIZE).map_err(|e| format!("{}: {e}", path.display()))
+/// USER_HZ, the unit of /proc's CPU times.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// A 1 GiB file: sparse (filled through the target before the runs), or with `Dd` full of
+/// random data written in 1 MiB pieces and synced, as `dd if=/dev/urandom bs=1M` leaves it.
+fn create_lun_file(path: &Path, state: FileState) -> Result<(), String> {
+    use std::io::Write;
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut f = std::fs::File::create(path).map_err(err)?;
+    match state {
+        FileState::Target => f.set_len(LUN_SIZE).map_err(err),
+        FileState::Dd => {
+            let mut piece = vec![0u8; 1 << 20];
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for _ in 0..LUN_SIZE / piece.len() as u64 {
+                for word in piece.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    word.copy_from_slice(&x.to_le_bytes());
+                }
+                f.write_all(&piece).map_err(err)?;
+            }
+            f.sync_all().map_err(err)
+        }
+    }
 }
 
 // ---------------------------------------------------------------- clients
@@ -521,6 +605,8 @@ struct Sample {
     mb_s: f64,
     p50_us: Option<f64>,
     p99_us: Option<f64>,
+    /// The target's CPU time per command (user and system), in microseconds.
+    cpu_us: Option<f64>,
 }
 
 /// A number after `"key":` in flat JSON (the load generator's output).
@@ -566,21 +652,13 @@ struct Runner {
 }
 
 impl Runner {
-    fn own(
-        &self,
-        t: &Target,
-        pattern: &str,
-        block_size: u32,
-        queue_depth: u32,
-        seconds: u64,
-        seed: usize,
-    ) -> Result<Sample, String> {
+    fn own(&self, t: &Target, w: &Workload, seconds: u64, seed: usize) -> Result<Sample, String> {
         let options = [
             ("--lun", "1".to_string()),
-            ("--pattern", pattern.to_string()),
-            ("--block-size", block_size.to_string()),
-            ("--queue-depth", queue_depth.to_string()),
-            ("--connections", "1".to_string()),
+            ("--pattern", w.pattern.to_string()),
+            ("--block-size", w.block_size.to_string()),
+            ("--queue-depth", w.queue_depth.to_string()),
+            ("--connections", w.sessions.to_string()),
             ("--threads", self.threads.to_string()),
             ("--seed", seed.to_string()),
         ];
@@ -594,6 +672,7 @@ impl Runner {
             mb_s: get("mb_per_s")?,
             p50_us: Some(get("lat_p50_us")?),
             p99_us: Some(get("lat_p99_us")?),
+            cpu_us: None,
         })
     }
 
@@ -626,7 +705,7 @@ impl Runner {
         let finished = ran.stdout.contains("finished.");
         match average {
             Some(iops) if ran.success && finished => {
-                Ok(Sample { iops, mb_s: iops * w.block_size as f64 / 1e6, p50_us: None, p99_us: None })
+                Ok(Sample { iops, mb_s: iops * w.block_size as f64 / 1e6, p50_us: None, p99_us: None, cpu_us: None })
             }
             _ => Err(format!(
                 "iscsi-perf {}: {}",
@@ -653,6 +732,7 @@ struct Summary {
     mb_s: Option<f64>,
     p50_us: Option<f64>,
     p99_us: Option<f64>,
+    cpu_us: Option<f64>,
     /// (max - min) / median of the IOPS of the runs.
     spread: Option<f64>,
     failed: usize,
@@ -680,6 +760,7 @@ fn summarize(samples: &[Result<Sample, String>]) -> Summary {
         mb_s: median(ok.iter().map(|s| s.mb_s).collect()),
         p50_us: median(ok.iter().filter_map(|s| s.p50_us).collect()),
         p99_us: median(ok.iter().filter_map(|s| s.p99_us).collect()),
+        cpu_us: median(ok.iter().filter_map(|s| s.cpu_us).collect()),
         spread,
         failed: samples.len() - ok.len(),
     }
@@ -701,8 +782,8 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| workload | client | backing | rtgt IOPS | rtgt MB/s | rtgt p50 µs | rtgt p99 µs | tgtd IOPS | tgtd MB/s | tgtd p50 µs | tgtd p99 µs | rtgt/tgtd | spread |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | client | backing | rtgt IOPS | rtgt MB/s | rtgt p50 µs | rtgt p99 µs | rtgt CPU µs/cmd | tgtd IOPS | tgtd MB/s | tgtd p50 µs | tgtd p99 µs | tgtd CPU µs/cmd | rtgt/tgtd | spread |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let (r, g) = (summarize(&row.rtgt), summarize(&row.tgtd));
@@ -713,7 +794,7 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {}{} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
             WORKLOADS[row.workload].name,
             row.client.name(),
             row.backing.name(),
@@ -722,11 +803,13 @@ fn table(rows: &[Row]) -> String {
             opt(r.mb_s, 1),
             opt(r.p50_us, 0),
             opt(r.p99_us, 0),
+            opt(r.cpu_us, 1),
             opt(g.iops, 0),
             failed(&g),
             opt(g.mb_s, 1),
             opt(g.p50_us, 0),
             opt(g.p99_us, 0),
+            opt(g.cpu_us, 1),
             row.ratio().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
             spread,
         );
@@ -763,21 +846,23 @@ fn json_side(samples: &[Result<Sample, String>]) -> String {
         .iter()
         .map(|r| match r {
             Ok(x) => format!(
-                "{{\"iops\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
+                "{{\"iops\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"cpu_us_per_command\": {}}}",
                 json_num(Some(x.iops)),
                 json_num(Some(x.mb_s)),
                 json_num(x.p50_us),
-                json_num(x.p99_us)
+                json_num(x.p99_us),
+                json_num(x.cpu_us)
             ),
             Err(e) => format!("{{\"error\": {}}}", json_str(e)),
         })
         .collect();
     format!(
-        "{{\"iops\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"spread\": {}, \"runs\": [{}]}}",
+        "{{\"iops\": {}, \"mb_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"cpu_us_per_command\": {}, \"spread\": {}, \"runs\": [{}]}}",
         json_num(s.iops),
         json_num(s.mb_s),
         json_num(s.p50_us),
         json_num(s.p99_us),
+        json_num(s.cpu_us),
         json_num(s.spread),
         runs.join(", ")
     )
@@ -1019,7 +1104,8 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         return Err("--only matches no workload".into());
     }
     let clients_of = |i: usize| -> Vec<Client> {
-        options.clients.iter().copied().filter(|c| *c == Client::Own || WORKLOADS[i].reads()).collect()
+        let w = &WORKLOADS[i];
+        options.clients.iter().copied().filter(|c| *c == Client::Own || (w.reads() && w.sessions == 1)).collect()
     };
     let total: usize =
         options.backings.len() * workloads.iter().map(|&i| clients_of(i).len()).sum::<usize>() * options.runs * 2;
@@ -1049,16 +1135,18 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         };
         for f in [&rtgt_file, &tgtd_file] {
             if !f.as_os_str().is_empty() {
-                create_lun_file(f)?;
+                let state = if backing == Backing::File { options.file_state } else { FileState::Target };
+                create_lun_file(f, state)?;
             }
         }
         let rtgt = start_rtgt(&runner.rtgt, backing, options.rtgt_file_backend, &dir, &rtgt_file)?;
         let tgtd = start_tgtd(&tgt, backing, &dir, &tgtd_file)?;
-        // Fill both LUs so that reads return data, not holes.
-        for t in [&rtgt, &tgtd] {
+        // Fill both LUs so that reads return data, not holes (unless written before).
+        let filled = backing == Backing::File && options.file_state == FileState::Dd;
+        for t in [&rtgt, &tgtd].into_iter().filter(|_| !filled) {
             let started = Instant::now();
             runner
-                .own(t, "fill", 1 << 20, 8, 300, 0)
+                .own(t, &w("fill", "fill", 1 << 20, 8), 300, 0)
                 .map_err(|e| format!("filling the {} LU of {}: {e}", backing.name(), t.kind.name()))?;
             eprintln!(
                 "xtask: filled {}'s 1 GiB {} LU in {:.1} s",
@@ -1078,21 +1166,21 @@ pub fn targets(args: &[String]) -> Result<(), String> {
                             let _ = run_limited(Path::new("sync"), &[], Duration::from_secs(120), &dir);
                         }
                         std::thread::sleep(Duration::from_millis(300));
+                        let cpu_before = t.cpu_seconds();
                         let result = if !t.alive() {
                             Err(format!("{} is not running (log: {})", t.kind.name(), t.log.display()))
                         } else {
                             match client {
-                                Client::Own => runner.own(
-                                    t,
-                                    w.pattern,
-                                    w.block_size,
-                                    w.queue_depth,
-                                    options.seconds,
-                                    run_index + 1,
-                                ),
+                                Client::Own => runner.own(t, w, options.seconds, run_index + 1),
                                 Client::IscsiPerf => runner.perf(t, w),
                             }
                         };
+                        let result = result.map(|mut sample| {
+                            let used = t.cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
+                            let commands = sample.iops * options.seconds as f64;
+                            sample.cpu_us = used.filter(|_| commands > 0.0).map(|u| u * 1e6 / commands);
+                            sample
+                        });
                         done += 1;
                         eprintln!(
                             "xtask: [{done}/{total}] {} {} {} {} run {}/{}: {}",
@@ -1104,11 +1192,12 @@ pub fn targets(args: &[String]) -> Result<(), String> {
                             options.runs,
                             match &result {
                                 Ok(s) => format!(
-                                    "{:.0} IOPS, {:.1} MB/s, p50 {} us, p99 {} us",
+                                    "{:.0} IOPS, {:.1} MB/s, p50 {} us, p99 {} us, CPU {} us/cmd",
                                     s.iops,
                                     s.mb_s,
                                     opt(s.p50_us, 0),
-                                    opt(s.p99_us, 0)
+                                    opt(s.p99_us, 0),
+                                    opt(s.cpu_us, 1)
                                 ),
                                 Err(e) => format!("FAILED: {e}"),
                             }
@@ -1180,14 +1269,16 @@ pub fn targets(args: &[String]) -> Result<(), String> {
             options.runs, options.seconds
         ),
         "LU: 1 GiB, 512-byte blocks, filled before the runs; MB = 10^6 bytes; latency: command submit to response (own client only)".into(),
-        "memory: rtgt's memory backend vs a tgtd rdwr file in /dev/shm (tgtd has no equivalent memory backend); file: a regular file each on one filesystem (tgtd bs-type rdwr), page cache warm, `sync` before every run".into(),
+        "memory: rtgt's memory backend vs a tgtd rdwr file in /dev/shm (tgtd has no equivalent memory backend); file: a regular file each on one filesystem (tgtd bs-type rdwr), `sync` before every run".into(),
+        format!("file LUs {}", options.file_state.name()),
+        "CPU µs/cmd: the target process's user and system CPU time over the run, per command".into(),
         format!("rtgt's file LU: backend = \"{}\"", options.rtgt_file_backend),
         format!(
             "tgtd negotiates rtgt's defaults: {}",
             TGTD_PARAMS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
         ),
         format!(
-            "own client: rtgt bench-load, one session, {} thread(s); iscsi-perf (libiscsi 1.19): reads only (it has no write mode), random offsets 512-byte aligned, no latency figures",
+            "own client: rtgt bench-load, one session (the \"N sessions\" workloads: N), {} thread(s); iscsi-perf (libiscsi 1.19): reads only (it has no write mode), random offsets 512-byte aligned, no latency figures",
             options.threads
         ),
         format!(
@@ -1244,7 +1335,7 @@ mod tests {
 
     #[test]
     fn summary_ignores_failed_runs() {
-        let s = |iops| Ok(Sample { iops, mb_s: iops / 10.0, p50_us: Some(iops), p99_us: None });
+        let s = |iops| Ok(Sample { iops, mb_s: iops / 10.0, p50_us: Some(iops), p99_us: None, cpu_us: None });
         let runs = vec![s(100.0), Err("boom".to_string()), s(300.0), s(200.0)];
         let m = summarize(&runs);
         assert_eq!((m.iops, m.mb_s, m.p50_us, m.p99_us), (Some(200.0), Some(20.0), Some(200.0), None));

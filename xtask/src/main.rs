@@ -42,6 +42,9 @@ commands:
         [--rtgt-file-backend F] rtgt's backend for the file LU: file (default) or uring
         [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
         [--threads N]           threads of the own load generator (default 1)
+        [--file-state S]        the file LUs before the runs: target (written through each
+                                target, default) or dd (random data written in 1 MiB pieces
+                                by another program, as dd does, before the targets start)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
                                 server, compared with the naive design (release build)
   bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5] [--only W]
