@@ -542,21 +542,15 @@ impl BuildContext {
     pub fn new() -> BuildContext {
         let pid = std::process::id();
         // Production only (the simulation builds its world without a BuildContext).
-        #[allow(clippy::disallowed_methods)]
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        let seed = crate::rng::os_seed();
         BuildContext {
             clock: Arc::new(crate::clock::TokioClock::new()),
             embedded: None,
             node: None,
-            holder: format!(
-                "{}/{pid}/{:08x}",
-                hostname(),
-                crate::rng::Rng::seeded(nanos ^ pid as u64).next_u64() as u32
-            ),
+            holder: format!("{}/{pid}/{:08x}", hostname(), crate::rng::Rng::seeded(seed).next_u64() as u32),
             journals: Arc::default(),
             journal_segments: Arc::default(),
-            seed: nanos ^ pid as u64,
+            seed,
         }
     }
 

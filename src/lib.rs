@@ -11,6 +11,7 @@ pub mod iscsi;
 pub mod mutants;
 pub mod netem;
 pub mod node;
+pub mod overrides;
 pub mod pdu;
 pub mod pr_keepers;
 pub mod private_file;

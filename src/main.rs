@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use rtgt::api::Manager;
 use rtgt::config::{BuildContext, Config, Size, default_data_dir};
 use rtgt::node::NodeIdentity;
+use rtgt::overrides::Overrides;
 use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
@@ -407,32 +408,20 @@ fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>, overrides: ServeOve
     let dir = data_dir.clone().unwrap_or_else(default_data_dir);
     let saved = dir.join(SAVED_CONFIG);
     let path = config.or_else(|| saved.exists().then(|| saved.clone()));
-    let mut config = match &path {
+    let file = match &path {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::embedded_default(&dir),
     };
-    if let Some(dir) = data_dir {
-        config.server.data_dir = Some(dir);
-    }
-    if overrides.force {
-        for lun in config.targets.iter_mut().flat_map(|t| &mut t.luns) {
-            lun.force = true;
-        }
-    }
-    if let Some(addr) = overrides.listen {
-        for pg in &mut config.portal_groups {
-            pg.portals = vec![addr.clone()];
-        }
-    }
-    if let Some(addr) = overrides.api_listen {
-        config.api.listen = addr;
-    }
-    if let (Some(addr), Some(e)) = (overrides.s3_listen, config.embedded_s3.as_mut()) {
-        e.listen = addr;
-    }
-    config.validate().map_err(|e| e.to_string())?;
+    let overrides = Overrides {
+        data_dir,
+        listen: overrides.listen,
+        force: overrides.force,
+        api_listen: overrides.api_listen,
+        s3_listen: overrides.s3_listen,
+    };
+    overrides.apply(&file).validate().map_err(|e| e.to_string())?;
     // Changes made through the API go to the file we read, or to the data directory.
-    block_on(run(config, path.unwrap_or(saved)))
+    block_on(run(file, overrides, path.unwrap_or(saved)))
 }
 
 /// Data buffers of up to a MaxBurstLength and more (1 MiB reads, gathered writes) come and go
@@ -475,7 +464,8 @@ fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result
     runtime.block_on(f)
 }
 
-async fn run(config: Config, path: PathBuf) -> Result<(), String> {
+async fn run(file: Config, overrides: Overrides, path: PathBuf) -> Result<(), String> {
+    let config = overrides.apply(&file);
     // One rtgt per data directory: its node identity, held locked until exit, lets the next
     // start take this node's leases back at once after a crash.
     let node = NodeIdentity::open(&config.data_dir())?;
@@ -524,7 +514,7 @@ async fn run(config: Config, path: PathBuf) -> Result<(), String> {
         _ => return Err("api.tls_cert / api.tls_key: give both or neither".into()),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let manager = Manager::start(config.clone(), server.clone(), ctx, Some(path.clone())).await?;
+    let manager = Manager::start(file, overrides, server.clone(), ctx, Some(path.clone())).await?;
     print_banner(&config, &registry);
     // Every LUN has had its first open (open, or NOT READY and retried) and the portals accept.
     rtgt::sd_notify::tell("READY=1");
@@ -620,7 +610,7 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             let url = S3Url::parse(&url)?;
             let store = s3.store(&url.bucket).await?;
             let spec = CreateSpec { size, block_size, chunk_size };
-            let meta = S3Volume::create(&*store, &url, &spec, &TokioClock::new(), std::process::id() as u64).await?;
+            let meta = S3Volume::create(&*store, &url, &spec, &TokioClock::new(), rtgt::rng::os_seed()).await?;
             println!(
                 "created {url}: {} ({} blocks of {} bytes), chunks of {}, uuid {}",
                 Size(meta.size),

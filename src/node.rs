@@ -98,15 +98,8 @@ impl NodeIdentity {
 
 /// A fresh random node id: host name and 64 random bits.
 fn new_id() -> String {
-    let mut seed = [0u8; 8];
-    // SAFETY: getrandom writes at most seed.len() bytes into seed.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    let mut value = u64::from_le_bytes(seed);
-    if n != seed.len() as isize {
-        value ^= std::process::id() as u64;
-    }
     let host = crate::config::hostname();
-    format!("{host}-{:016x}", crate::rng::Rng::seeded(value).next_u64())
+    format!("{host}-{:016x}", crate::rng::Rng::seeded(crate::rng::os_seed()).next_u64())
 }
 
 #[cfg(test)]

@@ -33,6 +33,22 @@ impl Rng {
     }
 }
 
+/// A seed from the operating system's random source (`getrandom`), for what production creates
+/// once and must not collide: node ids, volume uuids, lease holders. Two processes with the same
+/// pid (pid 1 in two containers) or the same start time still differ. Should `getrandom` fail,
+/// the time and the pid stand in. Never called where the simulation runs.
+#[allow(clippy::disallowed_methods)]
+pub fn os_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most seed.len() bytes into seed.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n == seed.len() as isize {
+        return u64::from_le_bytes(seed);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    nanos as u64 ^ (std::process::id() as u64).rotate_left(32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,11 @@ fn spawn_serve(config: &Path) -> Child {
 
 impl Serve {
     fn start(config: &Path, api_port: u16) -> Serve {
-        let child = spawn_serve(config);
+        Serve::attach(spawn_serve(config), config, api_port)
+    }
+
+    /// Waits for the API of `child`, a `rtgt serve` of `config`.
+    fn attach(child: Child, config: &Path, api_port: u16) -> Serve {
         let api = format!("http://127.0.0.1:{api_port}");
         let client = Client::new(&api, None).expect("client");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -278,6 +282,43 @@ async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
     assert_eq!(v[0]["luns"][0]["lun"], 4);
     let gone = Command::new(BIN).args(["target", "list", "--api", "http://127.0.0.1:1"]).output().expect("cli");
     assert_eq!(gone.status.code(), Some(3));
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `rtgt serve --listen/--force` last for the run: a change through the API saves the file
+/// without them, and a reload keeps serving with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_overrides_are_served_but_never_saved() {
+    let (dir, config, portal, api_port) = setup("overrides");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[[target]]\nname = \"{TARGET}\"\n\n[[target.lun]]\nlun = 1\nbackend = \"memory\"\nsize = \"4MiB\"\n"
+    ));
+    std::fs::write(&config, &text).expect("edit");
+    let elsewhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &elsewhere.to_string(), "--force"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rtgt serve");
+    let serve = Serve::attach(child, &config, api_port);
+    assert!(iscsi_ls(elsewhere).contains(TARGET), "served on the --listen address");
+
+    ok(&serve.cli(&["lun", "create", TARGET, "2", "--backend", "memory", "--size", "4MiB"]));
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(saved.contains(&portal.to_string()), "the file keeps its portal: {saved}");
+    assert!(!saved.contains(&elsewhere.to_string()), "--listen is not saved: {saved}");
+    assert!(!saved.contains("force"), "--force is not saved: {saved}");
+    assert!(saved.contains("lun = 2"), "the API's change is saved: {saved}");
+
+    ok(&serve.cli(&["reload"]));
+    let listing = iscsi_ls(elsewhere);
+    assert!(listing.contains("Lun:1") && listing.contains("Lun:2"), "still served after a reload: {listing}");
     drop(serve);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::{BuildContext, Config, LunConfig, TargetConfig};
 use crate::iscsi::params::SessionKind;
+use crate::overrides::Overrides;
 use crate::server::supervisor::supervise;
 use crate::server::{Control, Registry, Server, TargetEntry, TokioNet};
 
@@ -45,6 +46,8 @@ impl std::fmt::Display for ChangeError {
 struct Inner {
     /// What is being served (always valid).
     config: Config,
+    /// The configuration as its file holds it: what is served, less `rtgt serve`'s overrides.
+    file: Config,
     /// Accept loops by configured portal address string.
     listeners: BTreeMap<(u16, String), JoinHandle<()>>,
     /// At start, LUNs open in the background; how their first attempts went arrives here.
@@ -66,6 +69,9 @@ pub struct Manager {
     ctx: BuildContext,
     /// Where changes are persisted (None: not persisted).
     path: Option<PathBuf>,
+    /// What `rtgt serve`'s flags change for this run only: applied to what is read, kept out of
+    /// what is saved.
+    overrides: Overrides,
 }
 
 /// How long a forced target delete waits for its sessions to close.
@@ -73,16 +79,20 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl Manager {
     /// Starts serving `config`: builds its targets and LUNs and binds its portals.
+    /// `file` is the configuration as read (served with `overrides` applied).
     pub async fn start(
-        config: Config,
+        file: Config,
+        overrides: Overrides,
         server: Arc<Server<TokioNet>>,
         ctx: BuildContext,
         path: Option<PathBuf>,
     ) -> Result<Arc<Manager>, String> {
         let registry = server.registry.clone();
+        let config = overrides.apply(&file);
         let manager = Arc::new(Manager {
             inner: tokio::sync::Mutex::new(Inner {
                 config: Config { server: config.server.clone(), ..Config::default() },
+                file,
                 listeners: BTreeMap::new(),
                 first_attempts: Some(Vec::new()),
             }),
@@ -90,6 +100,7 @@ impl Manager {
             server,
             ctx,
             path,
+            overrides,
         });
         {
             let mut inner = manager.inner.lock().await;
@@ -129,9 +140,12 @@ impl Manager {
         let mut inner = self.inner.lock().await;
         let mut want = inner.config.clone();
         edit(&mut want)?;
+        // What the change adds falls under the run's overrides too (a LUN added under --force).
+        let want = self.overrides.apply(&want);
         want.validate().map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
         let problems = self.reconcile(&mut inner, &want).await;
-        let saved = self.persist(&inner.config);
+        inner.file = self.overrides.strip(&inner.config, &inner.file);
+        let saved = self.persist(&inner.file);
         if !problems.is_empty() {
             return Err(ChangeError::Failed(problems.join("; ")));
         }
@@ -143,9 +157,11 @@ impl Manager {
         let Some(path) = &self.path else {
             return Err(ChangeError::Conflict("the target runs without a configuration file".into()));
         };
-        let want = Config::load(path).map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
+        let file = Config::load(path).map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
+        let want = self.overrides.apply(&file);
         let mut inner = self.inner.lock().await;
         let problems = self.reconcile(&mut inner, &want).await;
+        inner.file = self.overrides.strip(&inner.config, &file);
         if problems.is_empty() {
             info!(path = %path.display(), "configuration reloaded");
             Ok(())
