@@ -481,13 +481,21 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
             }
         }
     }
-    // A lost its lease: it serves NOT READY now.
+    // A lost its lease: it serves NOT READY, becoming ready while it opens the volume again,
+    // then standby once it finds B renewing the lease (within a lease and a request's lifetime).
     let a = login(portal_a, 0x303).await.expect("login to A");
-    let mut tur = a.command(LUN, &[0; 6], Bytes::new(), 0).await.expect("TUR");
-    if tur.sense_code().map(|c| c.0) == Some(0x6) {
-        tur = a.command(LUN, &[0; 6], Bytes::new(), 0).await.expect("TUR");
+    let waiting = Instant::now();
+    loop {
+        let tur = a.command(LUN, &[0; 6], Bytes::new(), 0).await.expect("TUR");
+        match tur.sense_code() {
+            Some((0x6, _, _)) => continue,
+            Some((0x2, 0x04, 0x0b)) => break,
+            Some((0x2, 0x04, 0x01)) => {}
+            other => panic!("A, whose lease was taken, must be NOT READY, not {other:?}"),
+        }
+        assert!(waiting.elapsed() < Duration::from_secs(90), "A never became B's standby");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(tur.sense_code(), Some((0x2, 0x04, 0x01)), "A, whose lease was taken, is NOT READY");
     eprintln!(
         "forced takeover: B served {took:?} after its start; A acknowledged {durable_acks} FUA writes and SYNCs, \
          refused {refused} commands after losing its lease; all {BLOCKS} blocks hold their last durable write or later"
