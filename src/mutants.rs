@@ -41,10 +41,12 @@ pub enum Mutant {
     LapsedHolderServes = 15,
     /// A standby takes the lease of a live holder at once instead of waiting it out.
     StandbyIgnoresLease = 16,
+    /// A task management response goes out before the running tasks it aborted complete.
+    TmfBeforeAbortedComplete = 17,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 17] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -61,6 +63,7 @@ impl Mutant {
         Mutant::JournalSegmentReusedLive,
         Mutant::LapsedHolderServes,
         Mutant::StandbyIgnoresLease,
+        Mutant::TmfBeforeAbortedComplete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Mutant {
             Mutant::JournalSegmentReusedLive => "journal-segment-reused-live",
             Mutant::LapsedHolderServes => "lapsed-holder-serves",
             Mutant::StandbyIgnoresLease => "standby-ignores-lease",
+            Mutant::TmfBeforeAbortedComplete => "tmf-before-aborted-complete",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rtgt::rng::Rng;
@@ -28,11 +29,42 @@ pub struct SimDisk {
     capacity: u64,
     block: u64,
     faults: Arc<Mutex<(DiskFaults, Rng)>>,
+    landings: Landings,
+    /// A write takes effect after a delay drawn up to this (a disk with latency: an aborted
+    /// write may still be running when its abort arrives).
+    write_latency: (Duration, Mutex<Rng>),
 }
 
+/// A write that took effect on the disk: when, at which block, with which write's data.
+#[derive(Debug, Clone, Copy)]
+pub struct Landing {
+    pub at: Duration,
+    pub block: u64,
+    pub id: u32,
+}
+
+/// What the disk's writes left, in order, for the world to check against the model.
+pub type Landings = Arc<Mutex<Vec<Landing>>>;
+
 impl SimDisk {
-    pub fn new(media: Media, capacity: u64, block: u64, faults: Arc<Mutex<(DiskFaults, Rng)>>) -> SimDisk {
-        SimDisk { media, cache: Mutex::new(BTreeMap::new()), capacity, block, faults }
+    pub fn new(
+        media: Media,
+        capacity: u64,
+        block: u64,
+        faults: Arc<Mutex<(DiskFaults, Rng)>>,
+        landings: Landings,
+        write_latency: (Duration, Rng),
+    ) -> SimDisk {
+        let write_latency = (write_latency.0, Mutex::new(write_latency.1));
+        SimDisk { media, cache: Mutex::new(BTreeMap::new()), capacity, block, faults, landings, write_latency }
+    }
+
+    fn write_delay(&self) -> Duration {
+        let (max, rng) = &self.write_latency;
+        match max.is_zero() {
+            true => Duration::ZERO,
+            false => Duration::from_micros(rng.lock().expect("poisoned").below(max.as_micros() as u64 + 1)),
+        }
     }
 
     fn roll(&self, writing: bool) -> StoreResult<()> {
@@ -66,11 +98,17 @@ impl SimDisk {
 
     fn put(&self, offset: u64, data: &[u8], fua: bool) {
         let mut cache = self.cache.lock().expect("poisoned");
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        let mut landings = self.landings.lock().expect("poisoned");
         for (i, chunk) in data.chunks(self.block as usize).enumerate() {
             let b = offset / self.block + i as u64;
             let v = if chunk.iter().all(|&x| x == 0) { None } else { Some(Bytes::copy_from_slice(chunk)) };
+            if let Some(id) = crate::model::decode_block(b, chunk).ok().filter(|&id| id != 0) {
+                landings.push(Landing { at, block: b, id });
+            }
             cache.insert(b, v);
         }
+        drop(landings);
         drop(cache);
         if fua {
             self.flush_now();
@@ -113,8 +151,13 @@ impl BlockStore for SimDisk {
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
-        let r = self.roll(true).map(|()| self.put(offset, &data, fua));
-        Box::pin(async move { r })
+        let delay = self.write_delay();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            self.roll(true).map(|()| self.put(offset, &data, fua))
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

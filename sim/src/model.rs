@@ -131,6 +131,17 @@ impl Model {
         (w, self.writes[w.0].id)
     }
 
+    /// When write `id` was answered without being acknowledged (aborted, refused, or over with a
+    /// crash or a reinstated session), if it was: from then on it must not take effect.
+    pub fn over_unacknowledged(&self, id: u32) -> Option<Duration> {
+        let w = self.writes.get(id.checked_sub(1)? as usize)?;
+        debug_assert_eq!(w.id, id, "ids count from 1 in push order");
+        match (w.acked, w.end) {
+            (None, Some(end)) => Some(end),
+            _ => None,
+        }
+    }
+
     /// Registers a write of zeros (UNMAP, WRITE SAME of zeros).
     pub fn begin_zero(&mut self, lun: usize, initiator: usize, blocks: std::ops::Range<u64>, now: Duration) -> WriteId {
         self.push(lun, initiator, 0, now, &blocks)

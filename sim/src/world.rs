@@ -31,7 +31,7 @@ use rtgt::server::supervisor::{LunOpenError, Opener, Placeholder, supervise};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 use rtgt::storage::{BlockStore, BoxFuture};
 
-use crate::disk::{DiskFaults, Media, SimDisk};
+use crate::disk::{DiskFaults, Landings, Media, SimDisk};
 use crate::mem_s3::{MemS3, S3Faults};
 use crate::model::Model;
 use crate::net::TurmoilNet;
@@ -107,6 +107,10 @@ struct Environment {
     fs: CrashFs,
     media: Media,
     disk_faults: Arc<Mutex<(DiskFaults, Rng)>>,
+    /// The writes that took effect on LUN 0's disk, for [`late_landing`].
+    landings: Landings,
+    /// The most a write to LUN 0's disk takes.
+    disk_write_latency: Duration,
     shutdown: Arc<AtomicBool>,
     shut_down: Arc<AtomicBool>,
     /// Target processes started so far.
@@ -148,8 +152,14 @@ async fn target(env: Environment) -> turmoil::Result {
     registry.set_portal_group(1, vec![format!("0.0.0.0:{PORT}").parse().expect("address")]);
     let entry = TargetEntry::new(TARGET, None, [1].into_iter().collect());
 
-    let disk: Arc<dyn BlockStore> =
-        Arc::new(SimDisk::new(env.media.clone(), BLOCKS * BLOCK, BLOCK, env.disk_faults.clone()));
+    let disk: Arc<dyn BlockStore> = Arc::new(SimDisk::new(
+        env.media.clone(),
+        BLOCKS * BLOCK,
+        BLOCK,
+        env.disk_faults.clone(),
+        env.landings.clone(),
+        (env.disk_write_latency, Rng::seeded(env.seed ^ env.incarnations.load(Ordering::Relaxed) << 40)),
+    ));
     let lu0 = LogicalUnit::new(disk, LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/0")))?;
     entry.scsi.add_lun(0, Arc::new(lu0))?;
 
@@ -232,6 +242,25 @@ async fn target(env: Environment) -> turmoil::Result {
 
 /// Adds LUN `lun` on an S3 volume to a target, as production does: a NOT READY placeholder
 /// until the volume opens, a supervisor that opens it (again, if its lease is ever lost).
+/// A write the initiator was told is over without an acknowledgement (aborted, whose task
+/// management response must wait for it; refused; cut by a crash or a reinstated session) must
+/// not take effect afterwards: it could overwrite a newer acknowledged write. Checked on LUN 0's
+/// disk, whose writes take effect when the store is called.
+fn late_landing(landings: &Landings, shared: &Rc<RefCell<Shared>>) -> Option<String> {
+    let landed = std::mem::take(&mut *landings.lock().expect("poisoned"));
+    let sh = shared.borrow();
+    landed.iter().find_map(|l| {
+        let over = sh.model.over_unacknowledged(l.id)?;
+        (l.at > over).then(|| {
+            format!(
+                "LUN 0 block {}: write {} took effect at {:?}, after the initiator learned at {over:?} it was over \
+                 unacknowledged",
+                l.block, l.id, l.at
+            )
+        })
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn add_s3_lun(
     entry: &TargetEntry,
@@ -364,6 +393,10 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         fs: CrashFs::new(),
         media: Media::default(),
         disk_faults: Arc::new(Mutex::new((DiskFaults::default(), Rng::seeded(seed ^ 0xd15c)))),
+        landings: Landings::default(),
+        // Drawn apart, so that the main draws stay as they were: no latency in a quarter of the
+        // seeds, up to 1-3 ms in the others.
+        disk_write_latency: Duration::from_millis(Rng::seeded(seed ^ 0x1a7e_d15c).below(4)),
         shutdown: Arc::new(AtomicBool::new(false)),
         shut_down: Arc::new(AtomicBool::new(false)),
         incarnations: Arc::new(AtomicU64::new(0)),
@@ -406,7 +439,8 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
                 break;
             }
         };
-        if let Some(v) = shared.borrow_mut().violation.take() {
+        let violation = shared.borrow_mut().violation.take();
+        if let Some(v) = violation.or_else(|| late_landing(&env.landings, &shared)) {
             failure = Some(v);
             break;
         }

@@ -1092,7 +1092,7 @@ impl Connection {
             tmf::TASK_REASSIGN => (tmf::REASSIGNMENT_NOT_SUPPORTED, BTreeSet::new(), false),
             _ => (tmf::FUNCTION_NOT_SUPPORTED, BTreeSet::new(), false),
         };
-        if waiting_on.is_empty() {
+        if waiting_on.is_empty() || crate::mutants::active(crate::mutants::Mutant::TmfBeforeAbortedComplete) {
             self.send_tmf_response(t.itt, response, cold);
         } else {
             self.tmfs.push(PendingTmf { itt: t.itt, response, waiting_on, cold_reset: cold });

@@ -103,8 +103,13 @@ impl DiskCache {
         let mut stale = Vec::new();
         for o in listed {
             match parse_key(&o.key[prefix.len()..]) {
-                Some((c, from, to, hash)) if current.get(&c).is_some_and(|v| version_hash(v) == hash) => {
-                    index.bytes += o.size;
+                // An entry of another size than its name says (cut short by a power loss: the
+                // cache is never synced) goes with the stale ones; the index counts each
+                // piece as its name does, as eviction subtracts it.
+                Some((c, from, to, hash))
+                    if current.get(&c).is_some_and(|v| version_hash(v) == hash) && o.size == to - from =>
+                {
+                    index.bytes += to - from;
                     let piece = Piece { to, version: current[&c].clone(), key: o.key, last_used: 0 };
                     index.pieces.insert((c, from), piece);
                 }
