@@ -26,7 +26,7 @@ use rtgt::mutants::Mutant;
 use rtgt::rng::Rng;
 
 use crate::mem_s3::{Cut, MemS3};
-use crate::model::{BLOCK, encode_block};
+use crate::model::BLOCK;
 use crate::takeover::{BLOCKS, PairTarget, Shared, check, fenced, login, no_leaks, now, target};
 use crate::world::{BUCKET, Outcome};
 
@@ -129,11 +129,8 @@ async fn op(s: &Session, rng: &mut Rng, shared: &Rc<RefCell<Shared>>, host: &'st
         0..=3 => {
             let fua = rng.chance(0.25);
             let (w, id) = shared.borrow_mut().model.begin_write(0, 0, lba..lba + blocks as u64, issued);
-            let mut data = vec![0u8; blocks as usize * BLOCK];
-            for b in 0..blocks as usize {
-                encode_block(id, lba + b as u64, &mut data[b * BLOCK..(b + 1) * BLOCK]);
-            }
-            let result = s.command(0, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), Bytes::from(data), 0).await;
+            let data = crate::workload::data_for(id, lba, blocks);
+            let result = s.command(0, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), data, 0).await;
             let answer = match &result {
                 Ok(r) => classify(r, shared, host),
                 Err(_) => Answer::Dropped,
@@ -379,19 +376,9 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
         failure = fenced(&s3).or_else(|| no_leaks(&s3));
     }
     rtgt::mutants::set(None);
-    let sh = shared.borrow();
-    Outcome {
-        failure,
-        last_events: sh.trace.iter().rev().take(25).rev().cloned().collect(),
-        sim_seconds: sim.elapsed().as_secs_f64(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        commands: sh.commands,
-        crashes: steps.iter().filter(|s| s.trouble == Trouble::Crash).count() as u32,
-        store: "remote S3, a failover pair",
-        s3_requests: s3.requests(),
-        trace_hash: sh.hash,
-        trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
-    }
+    let crashes = steps.iter().filter(|s| s.trouble == Trouble::Crash).count() as u32;
+    let outcome = shared.borrow().outcome(&sim, started, "remote S3, a failover pair", &s3, keep_trace);
+    Outcome { failure, crashes, ..outcome }
 }
 
 fn trouble(

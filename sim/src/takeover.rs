@@ -26,7 +26,7 @@ use rtgt::scsi::{LuConfig, LuIdentity};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
 
 use crate::mem_s3::{Cut, MemS3};
-use crate::model::{BLOCK, Model, encode_block};
+use crate::model::{BLOCK, Model};
 use crate::net::TurmoilNet;
 use crate::world::{BUCKET, CHUNK, Outcome, SimClock, add_s3_lun, s3_client, sim_retry_policy};
 
@@ -117,6 +117,29 @@ impl Shared {
             self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         self.trace.push(line);
+    }
+
+    /// The outcome of a run, with no failure and no crash yet (the caller sets both).
+    pub fn outcome(
+        &self,
+        sim: &turmoil::Sim<'_>,
+        started: Instant,
+        store: &'static str,
+        s3: &MemS3,
+        keep_trace: bool,
+    ) -> Outcome {
+        Outcome {
+            failure: None,
+            last_events: self.trace.iter().rev().take(25).rev().cloned().collect(),
+            sim_seconds: sim.elapsed().as_secs_f64(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            commands: self.commands,
+            crashes: 0,
+            store,
+            s3_requests: s3.requests(),
+            trace_hash: self.hash,
+            trace: if keep_trace { self.trace.clone() } else { Vec::new() },
+        }
     }
 
     pub fn fail(&mut self, what: String) {
@@ -228,11 +251,8 @@ async fn op(s: &Session, rng: &mut Rng, shared: &Rc<RefCell<Shared>>, host: &str
         0..=3 => {
             let fua = rng.chance(0.25);
             let (w, id) = shared.borrow_mut().model.begin_write(0, 0, lba..lba + blocks as u64, issued);
-            let mut data = vec![0u8; blocks as usize * BLOCK];
-            for b in 0..blocks as usize {
-                encode_block(id, lba + b as u64, &mut data[b * BLOCK..(b + 1) * BLOCK]);
-            }
-            let result = s.command(0, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), Bytes::from(data), 0).await;
+            let data = crate::workload::data_for(id, lba, blocks);
+            let result = s.command(0, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), data, 0).await;
             let mut sh = shared.borrow_mut();
             match result {
                 Ok(r) if r.status == 0 => sh.model.acked(w, now(), fua),
@@ -428,19 +448,9 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
         failure = fenced(&s3).or_else(|| no_leaks(&s3));
     }
     rtgt::mutants::set(None);
-    let sh = shared.borrow();
-    Outcome {
-        failure,
-        last_events: sh.trace.iter().rev().take(25).rev().cloned().collect(),
-        sim_seconds: sim.elapsed().as_secs_f64(),
-        wall_seconds: started.elapsed().as_secs_f64(),
-        commands: sh.commands,
-        crashes: u32::from(plan.trouble == Trouble::Crash),
-        store: "remote S3, two targets",
-        s3_requests: s3.requests(),
-        trace_hash: sh.hash,
-        trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
-    }
+    let crashes = u32::from(plan.trouble == Trouble::Crash);
+    let outcome = shared.borrow().outcome(&sim, started, "remote S3, two targets", &s3, keep_trace);
+    Outcome { failure, crashes, ..outcome }
 }
 
 /// No host's change to the volume landed during another's tenure: a tenure begins with a

@@ -280,7 +280,8 @@ fn pick(rng: &mut Rng) -> Op {
     }
 }
 
-fn data_for(id: u32, lba: u64, blocks: u32) -> Bytes {
+/// The data of write `id` of `blocks` blocks at `lba`, each block naming both.
+pub(crate) fn data_for(id: u32, lba: u64, blocks: u32) -> Bytes {
     let mut data = vec![0u8; blocks as usize * BLOCK];
     for b in 0..blocks as usize {
         encode_block(id, lba + b as u64, &mut data[b * BLOCK..(b + 1) * BLOCK]);
