@@ -721,7 +721,7 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
             }
         }
     }
-    // Invariant 6 once quiet: no log objects, no all-zero chunk objects.
+    // Invariant 5 once quiet: no log objects, no all-zero chunk objects.
     let objects = match env.store {
         Store::Remote => env.s3.objects(BUCKET),
         Store::Embedded => LocalRoot::inspect(&env.fs, Path::new(EMBEDDED_ROOT), BUCKET),

@@ -964,7 +964,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability) -> Result<(), TestCaseE
     Ok(())
 }
 
-/// Invariant 6: once settled, an object exists exactly for the chunks holding non-zero data,
+/// Invariant 5: once settled, an object exists exactly for the chunks holding non-zero data,
 /// and no log is left.
 fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), TestCaseError> {
     let logs: Vec<String> = h.mem.objects().into_keys().filter(|k| k.contains("/log/")).collect();
