@@ -507,6 +507,16 @@ impl LunConfig {
     }
 }
 
+/// An S3 volume that did not open: its LUN is the standby when another target holds it.
+impl From<crate::s3::volume::OpenError> for LunOpenError {
+    fn from(e: crate::s3::volume::OpenError) -> LunOpenError {
+        match e {
+            e @ crate::s3::volume::OpenError::HeldElsewhere { .. } => LunOpenError::Standby(e.to_string()),
+            e => LunOpenError::Failed(e.to_string()),
+        }
+    }
+}
+
 /// The default chunk size of S3 volumes.
 pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// The default write-back cache of an S3 volume.
@@ -1239,10 +1249,7 @@ impl Config {
             seed: ctx.seed,
             ..VolumeOptions::default()
         };
-        let volume = S3Volume::open(store, url, opts, ctx.clock.clone()).await.map_err(|e| match e {
-            e @ crate::s3::volume::OpenError::HeldElsewhere { .. } => LunOpenError::Standby(e.to_string()),
-            e => LunOpenError::Failed(e.to_string()),
-        })?;
+        let volume = S3Volume::open(store, url, opts, ctx.clock.clone()).await?;
         if let Some(bs) = l.block_size
             && bs != volume.meta().block_size
         {

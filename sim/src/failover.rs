@@ -335,17 +335,13 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     let mut next = 0;
     let mut asked = false;
     loop {
-        let t = match crate::world::step(&mut sim) {
+        let t = match Shared::step(&shared, &mut sim) {
             Ok(t) => t,
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         };
-        if let Some(v) = shared.borrow_mut().violation.take() {
-            failure = Some(v);
-            break;
-        }
         if next < steps.len() && t >= steps[next].at {
             let step = &steps[next];
             next += 1;

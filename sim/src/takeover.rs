@@ -142,6 +142,16 @@ impl Shared {
         }
     }
 
+    /// One step of the world: the simulated time after it, or why the run failed (a host
+    /// failed, or a host reported a violation).
+    pub fn step(this: &Rc<RefCell<Shared>>, sim: &mut turmoil::Sim<'_>) -> Result<Duration, String> {
+        let t = crate::world::step(sim)?;
+        match this.borrow_mut().violation.take() {
+            Some(v) => Err(v),
+            None => Ok(t),
+        }
+    }
+
     pub fn fail(&mut self, what: String) {
         self.event("init", format!("VIOLATION {what}"));
         self.violation.get_or_insert(what);
@@ -401,17 +411,13 @@ pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     let mut failure = None;
     let (mut troubled, mut healed, mut asked) = (false, false, false);
     loop {
-        let t = match crate::world::step(&mut sim) {
+        let t = match Shared::step(&shared, &mut sim) {
             Ok(t) => t,
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         };
-        if let Some(v) = shared.borrow_mut().violation.take() {
-            failure = Some(v);
-            break;
-        }
         if !troubled && t >= plan.trouble_at {
             troubled = true;
             match plan.trouble {

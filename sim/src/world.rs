@@ -22,9 +22,7 @@ use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
 use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload, SegmentOptions, SegmentStore};
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{
-    CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, OpenError, S3Volume, VolumeOptions,
-};
+use rtgt::s3::volume::{CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::server::supervisor::{LunOpenError, Opener, Placeholder, supervise};
@@ -280,10 +278,7 @@ pub fn add_s3_lun(
             let (store, url, opts, clock, lu_config) =
                 (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
             Box::pin(async move {
-                let volume = S3Volume::open(store, url, opts, clock).await.map_err(|e| match e {
-                    e @ OpenError::HeldElsewhere { .. } => LunOpenError::Standby(e.to_string()),
-                    e => LunOpenError::Failed(e.to_string()),
-                })?;
+                let volume = S3Volume::open(store, url, opts, clock).await.map_err(LunOpenError::from)?;
                 let mut lu = LogicalUnit::new(volume.clone(), lu_config)?;
                 lu.keep_reservations(Arc::new(VolumeKeeper::new(volume))).await?;
                 Ok(Arc::new(lu))
