@@ -615,6 +615,8 @@ impl BuildContext {
 /// Where in the data directory the persistent reservations of file LUNs are kept (APTPL),
 /// one file per logical unit named by its NAA designator.
 pub const RESERVATIONS_DIR: &str = "reservations";
+/// Under the data directory: the intent files of atomic writes to file and device LUNs.
+pub const ATOMIC_WRITES_DIR: &str = "atomic-writes";
 
 /// Where in a `cache_dir` the journal of `durability = "local"` keeps its segments.
 /// Moves the logs of the journal earlier versions kept (a bucket of a local store in `dir`)
@@ -1155,6 +1157,7 @@ impl Config {
             size: l.size.map(|s| s.0),
             create: l.create.unwrap_or(false),
             busy_poll: Duration::from_micros(self.server.busy_poll_us),
+            atomic_intents: Some(self.data_dir().join(ATOMIC_WRITES_DIR)),
         }
     }
 

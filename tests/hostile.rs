@@ -325,7 +325,13 @@ impl BlockStore for HangingReads {
         64 * MIB
     }
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 512, optimal_transfer: 0 }
+        StoreCaps {
+            thin: false,
+            volatile_cache: false,
+            unmap_granularity: 512,
+            optimal_transfer: 0,
+            atomic_write_max: 0,
+        }
     }
     fn read(&self, _offset: u64, _len: usize) -> BoxFuture<'_, StoreResult<bytes::Bytes>> {
         self.started.fetch_add(1, Ordering::SeqCst);

@@ -126,7 +126,13 @@ impl BlockStore for SimDisk {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: true, volatile_cache: true, unmap_granularity: self.block, optimal_transfer: 0 }
+        StoreCaps {
+            thin: true,
+            volatile_cache: true,
+            unmap_granularity: self.block,
+            optimal_transfer: 0,
+            atomic_write_max: 0,
+        }
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {

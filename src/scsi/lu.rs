@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::cdb::Cdb;
-use super::ops::{self, Lookup, Op, OpSpec};
+use super::ops::{self, Lookup, Needs, Op, OpSpec};
 use super::sense::{Sense, asc, key, status};
 use super::{Nexus, Request, Response};
 use crate::storage::{BlockStore, StoreError};
@@ -347,7 +347,13 @@ impl LogicalUnit {
     /// Whether this logical unit implements a command of the table. Until its store is open
     /// that is unknown: media commands are then answered NOT READY.
     pub(super) fn supports(&self, spec: &OpSpec) -> bool {
-        !spec.thin_only || self.store.caps().thin || self.store.ready().is_err()
+        let caps = self.store.caps();
+        let offered = match spec.needs {
+            Needs::Nothing => true,
+            Needs::Thin => caps.thin,
+            Needs::AtomicWrites => caps.atomic_write_max > 0,
+        };
+        offered || self.store.ready().is_err()
     }
 
     /// Whether an SPC-2 reservation of another nexus, or the persistent reservation, keeps
@@ -383,6 +389,7 @@ impl LogicalUnit {
             Op::Unmap => self.unmap(ctx).await,
             Op::CompareAndWrite => self.compare_and_write(ctx).await,
             Op::OrWrite => self.or_write(ctx).await,
+            Op::WriteAtomic => self.write_atomic(ctx).await,
             Op::GetLbaStatus => self.get_lba_status(ctx).await,
             // Answered by the target.
             Op::ReportLuns | Op::ReportTargetPortGroups => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)),

@@ -36,6 +36,7 @@ pub enum Op {
     ExtendedCopy,
     ReceiveCopyResults,
     ReportSupportedTmfs,
+    WriteAtomic,
 }
 
 /// One row of the table.
@@ -52,8 +53,19 @@ pub struct OpSpec {
     pub ua_exempt: bool,
     /// Allowed while another I_T nexus holds a reservation.
     pub conflict_exempt: bool,
-    /// Only for thin-provisioned stores (LBPME=1): absent from dispatch and RSOC otherwise.
-    pub thin_only: bool,
+    /// What the store must offer for the command to exist: absent from dispatch and RSOC
+    /// otherwise.
+    pub needs: Needs,
+}
+
+/// A store capability a command depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    Nothing,
+    /// Thin provisioning (LBPME=1).
+    Thin,
+    /// Atomic writes (`StoreCaps::atomic_write_max`).
+    AtomicWrites,
 }
 
 impl OpSpec {
@@ -63,7 +75,16 @@ impl OpSpec {
 }
 
 const fn spec(opcode: u8, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
-    OpSpec { opcode, service_action: None, name, op, usage, ua_exempt: false, conflict_exempt: false, thin_only: false }
+    OpSpec {
+        opcode,
+        service_action: None,
+        name,
+        op,
+        usage,
+        ua_exempt: false,
+        conflict_exempt: false,
+        needs: Needs::Nothing,
+    }
 }
 
 const fn sa(opcode: u8, service_action: u16, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
@@ -75,7 +96,7 @@ const fn sa(opcode: u8, service_action: u16, name: &'static str, op: Op, usage: 
         usage,
         ua_exempt: false,
         conflict_exempt: false,
-        thin_only: false,
+        needs: Needs::Nothing,
     }
 }
 
@@ -86,7 +107,12 @@ const fn exempt(mut s: OpSpec, ua: bool, conflict: bool) -> OpSpec {
 }
 
 const fn thin(mut s: OpSpec) -> OpSpec {
-    s.thin_only = true;
+    s.needs = Needs::Thin;
+    s
+}
+
+const fn atomic(mut s: OpSpec) -> OpSpec {
+    s.needs = Needs::AtomicWrites;
     s
 }
 
@@ -228,6 +254,12 @@ static COMMANDS: &[OpSpec] = &[
         &[0x91, 0x02, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL],
     ),
     spec(0x93, "WRITE SAME(16)", Op::WriteSame, &[0x93, 0xe9, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, CTL]),
+    atomic(spec(
+        0x9c,
+        "WRITE ATOMIC(16)",
+        Op::WriteAtomic,
+        &[0x9c, 0xf8, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, FF, FF, 0, CTL],
+    )),
     sa(
         0x9e,
         0x10,

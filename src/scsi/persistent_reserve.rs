@@ -44,6 +44,7 @@ pub(super) fn access(op: Op) -> Access {
         | Op::Unmap
         | Op::CompareAndWrite
         | Op::OrWrite
+        | Op::WriteAtomic
         | Op::SynchronizeCache
         | Op::ModeSelect
         | Op::StartStopUnit

@@ -118,6 +118,8 @@ impl LogicalUnit {
         if delivered < len {
             ctx.data_in_called_for = Some(len);
         }
+        // Shared with writes, so an atomic write (which holds it alone) is seen whole or not.
+        let _shared = self.atomic.read().await;
         self.store.read(offset, len.min(delivered) as usize).await.map_err(|e| store_sense(&e))
     }
 
@@ -136,6 +138,42 @@ impl LogicalUnit {
         let fua = !verify && r.fua();
         let _shared = self.atomic.read().await;
         self.store.write(offset, data, self.effective_fua(fua)).await.map_err(|e| store_sense(&e))?;
+        Ok(Bytes::new())
+    }
+
+    /// The most blocks one WRITE ATOMIC may write (Block Limits VPD); 0: no atomic writes.
+    pub(super) fn max_atomic_blocks(&self) -> u32 {
+        let most = self.store.caps().atomic_write_max / self.block_size() as u64;
+        most.min(self.max_transfer_blocks() as u64) as u32
+    }
+
+    /// WRITE ATOMIC(16) (SBC-4 §5.48): all the blocks or none, through a crash too, and never
+    /// seen in part by a concurrent command.
+    pub(super) async fn write_atomic(&self, ctx: &mut Ctx<'_>) -> Outcome {
+        let lba = ctx.cdb.u64(2);
+        let blocks = ctx.cdb.u16(12) as u64;
+        let bs = self.block_size() as u64;
+        ctx.data_out_len = (blocks * bs) as u32;
+        self.check_writable()?;
+        if ctx.cdb.u8(1) >> 5 != 0 {
+            return Err(Sense::invalid_cdb(1, Some(7))); // WRPROTECT: no protection information
+        }
+        self.check_range(lba, blocks)?;
+        if blocks > self.max_atomic_blocks() as u64 {
+            return Err(Sense::invalid_cdb(12, None));
+        }
+        if blocks == 0 {
+            return Ok(Bytes::new());
+        }
+        // Part of an atomic write is not what was asked for: a short data-out writes nothing.
+        if (ctx.data_out.len() as u64) < blocks * bs {
+            return Err(Sense::illegal(asc::INVALID_FIELD_IN_INFORMATION_UNIT));
+        }
+        let data = ctx.data_out.slice(..(blocks * bs) as usize);
+        let (offset, _) = self.byte_range(lba, blocks);
+        let fua = self.effective_fua(ctx.cdb.bit(1, 0x08));
+        let _exclusive = self.atomic.write().await;
+        self.store.write_atomic(offset, data, fua).await.map_err(|e| store_sense(&e))?;
         Ok(Bytes::new())
     }
 

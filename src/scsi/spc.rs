@@ -155,6 +155,8 @@ impl LogicalUnit {
             out[32..36].copy_from_slice(&0x8000_0000u32.to_be_bytes()); // UGAVALID, alignment 0
         }
         out[36..44].copy_from_slice(&(self.max_unmap_blocks() as u64).to_be_bytes());
+        // MAXIMUM ATOMIC TRANSFER LENGTH; alignment and granularity 0: any LBA, any length.
+        out[44..48].copy_from_slice(&self.max_atomic_blocks().to_be_bytes());
         out
     }
 
@@ -221,7 +223,8 @@ impl LogicalUnit {
                     2 if !with_sa => return Err(Sense::invalid_cdb(2, Some(0))),
                     _ => ops::commands()
                         .iter()
-                        .find(|s| s.opcode == opcode && (!with_sa || s.service_action == Some(service_action))),
+                        .find(|s| s.opcode == opcode && (!with_sa || s.service_action == Some(service_action)))
+                        .filter(|s| self.supports(s)),
                 };
                 match found {
                     Some(spec) => {

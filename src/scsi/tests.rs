@@ -577,3 +577,62 @@ fn lun_encoding_round_trips() {
     assert_eq!(decode_lun(0x0001_0000_0000_0000), Some(1));
     assert_eq!(decode_lun(0x0001_0000_0000_0001), None);
 }
+
+fn write_atomic16(lba: u64, blocks: u16, flags: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9c;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[12..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[tokio::test]
+async fn write_atomic_writes_whole_ranges_up_to_the_advertised_limit() {
+    let (t, store) = target();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let limits = a.cmd(&t, &[0x12, 1, 0xb0, 0, 64, 0], &[]).await;
+    let most = u32::from_be_bytes(limits.data[44..48].try_into().unwrap());
+    assert_eq!(most as u64, crate::storage::ATOMIC_WRITE_MAX / BS as u64);
+    let data = vec![0xa6u8; 256 * BS as usize];
+    let w = a.cmd(&t, &write_atomic16(BLOCKS - 256, 256, 0x08), &data).await;
+    assert_eq!(w.status, status::GOOD);
+    assert_eq!(store.read((BLOCKS - 256) * BS as u64, data.len()).await.unwrap(), data);
+    // Beyond the end is out of range even when also too long; too long is an invalid field.
+    let r = a.cmd(&t, &write_atomic16(BLOCKS - 1, 2, 0), &data[..2 * BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE)));
+    let r = a.cmd(&t, &write_atomic16(0, most as u16 + 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    let r = a.cmd(&t, &write_atomic16(0, 1, 0x20), &data[..BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)), "WRPROTECT");
+    // A data-out shorter than the blocks asked for writes none of them.
+    let r = a.cmd(&t, &write_atomic16(0, 4, 0), &[0x55; 3 * BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_INFORMATION_UNIT)));
+    assert_eq!(store.read(0, 4 * BS as usize).await.unwrap(), vec![0u8; 4 * BS as usize]);
+    assert_eq!(a.cmd(&t, &write_atomic16(0, 0, 0), &[]).await.status, status::GOOD);
+}
+
+#[tokio::test]
+async fn a_store_without_atomic_writes_offers_no_write_atomic() {
+    let path = std::env::temp_dir().join(format!("rtgt-no-atomic-{}", std::process::id()));
+    let opts = crate::storage::file::FileOptions {
+        size: Some(BLOCKS * BS as u64),
+        create: true,
+        busy_poll: std::time::Duration::ZERO,
+        atomic_intents: None,
+    };
+    let store = Arc::new(crate::storage::FileStore::open(&path, &opts).unwrap());
+    let lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
+    let t = ScsiTarget::new("iqn.2026-11.org.example:t");
+    t.add_lun(1, Arc::new(lu)).unwrap();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let limits = a.cmd(&t, &[0x12, 1, 0xb0, 0, 64, 0], &[]).await;
+    assert_eq!(&limits.data[44..48], &[0, 0, 0, 0], "MAXIMUM ATOMIC TRANSFER LENGTH");
+    let r = a.cmd(&t, &write_atomic16(0, 1, 0), &[0; BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_OPCODE)));
+    let one = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0x9c, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
+    assert_eq!(one.data[1] & 0x07, 0x01, "RSOC: not supported");
+    std::fs::remove_file(path).unwrap();
+}

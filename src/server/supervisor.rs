@@ -208,6 +208,14 @@ mod tests {
         fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> BoxFuture<'_, crate::storage::StoreResult<()>> {
             self.inner.write(offset, data, fua)
         }
+        fn write_atomic(
+            &self,
+            offset: u64,
+            data: bytes::Bytes,
+            fua: bool,
+        ) -> BoxFuture<'_, crate::storage::StoreResult<()>> {
+            self.inner.write_atomic(offset, data, fua)
+        }
         fn flush(&self) -> BoxFuture<'_, crate::storage::StoreResult<()>> {
             self.inner.flush()
         }

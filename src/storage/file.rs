@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::atomic_intent::IntentLog;
 use super::io_pool::IoPool;
 use super::small_folios::SmallFolios;
 use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
@@ -43,6 +44,8 @@ pub struct FileStore {
     writer: IoPool,
     /// Regular files: their page cache kept in small folios (`small_folios.rs`).
     folios: Option<Arc<SmallFolios>>,
+    /// Where atomic writes are recorded before they are made in place; none: no atomic writes.
+    intents: Option<Arc<IntentLog>>,
 }
 
 /// How to open a file-backed LUN.
@@ -55,12 +58,15 @@ pub struct FileOptions {
     /// How long an I/O thread looks for the next request before it sleeps
     /// (`server.busy_poll_us`).
     pub busy_poll: Duration,
+    /// The directory of the intent files that make WRITE ATOMIC all-or-nothing
+    /// (`atomic_intent.rs`), one per backing file, replayed at open. None: no atomic writes.
+    pub atomic_intents: Option<PathBuf>,
 }
 
 impl FileOptions {
     /// An existing file at its own size, with threads that sleep as soon as they are idle.
     pub fn existing() -> FileOptions {
-        FileOptions { size: None, create: false, busy_poll: Duration::ZERO }
+        FileOptions { size: None, create: false, busy_poll: Duration::ZERO, atomic_intents: None }
     }
 }
 
@@ -111,6 +117,10 @@ impl FileStore {
             return Err(format!("{} has zero size", path.display()));
         }
         let folios = (!block_device).then(|| Arc::new(SmallFolios::new(&file, capacity)));
+        let intents = match &opts.atomic_intents {
+            Some(dir) => open_intents(dir, &file, capacity, path)?.map(Arc::new),
+            None => None,
+        };
         Ok(FileStore {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -123,6 +133,7 @@ impl FileStore {
             pool: IoPool::new("rtgt-file-io", IO_THREADS, opts.busy_poll),
             writer: IoPool::new("rtgt-file-write", 1, opts.busy_poll),
             folios,
+            intents,
         })
     }
 
@@ -217,6 +228,38 @@ fn pwrite_all_flags(file: &File, mut data: &[u8], mut offset: u64, flags: libc::
     Ok(())
 }
 
+/// The intent file of a backing file: named by a digest of its canonical path, so the same file
+/// finds its record whatever name the configuration used.
+fn intent_path(dir: &Path, path: &Path) -> Result<PathBuf, String> {
+    use sha2::Digest;
+    let canonical = path.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", path.display()))?;
+    let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(dir.join(format!("{name}.intent")))
+}
+
+/// Opens the intent file of atomic writes and finishes the write a crash interrupted, if any.
+/// An intent file that cannot be opened (a read-only data directory) leaves the store without
+/// atomic writes; one that holds a record that cannot be finished keeps the store closed.
+fn open_intents(dir: &Path, file: &File, capacity: u64, path: &Path) -> Result<Option<IntentLog>, String> {
+    let at = intent_path(dir, path)?;
+    let intents = match IntentLog::open(&at) {
+        Ok(intents) => intents,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), intents = %at.display(), error = %e, "no atomic writes: the intent file cannot be opened");
+            return Ok(None);
+        }
+    };
+    match intents.recover(file, capacity) {
+        Ok(Some((offset, len))) => {
+            tracing::info!(file = %path.display(), offset, len, "finished an atomic write a crash interrupted")
+        }
+        Ok(None) => {}
+        Err(e) => return Err(format!("cannot finish the atomic write recorded in {}: {e}", at.display())),
+    }
+    Ok(Some(intents))
+}
+
 fn write_fua(file: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
     match pwrite_all_flags(file, data, offset, libc::RWF_DSYNC) {
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) || e.raw_os_error() == Some(libc::ENOSYS) => {
@@ -290,7 +333,13 @@ impl BlockStore for FileStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: true, volatile_cache: true, unmap_granularity: 4096, optimal_transfer: 0 }
+        StoreCaps {
+            thin: true,
+            volatile_cache: true,
+            unmap_granularity: 4096,
+            optimal_transfer: 0,
+            atomic_write_max: if self.intents.is_some() { super::ATOMIC_WRITE_MAX } else { 0 },
+        }
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
@@ -329,6 +378,20 @@ impl BlockStore for FileStore {
                 self.blocking_on(&self.writer, true, move |f| SmallFolios::write_in_pieces(f, &prepare(f), offset)),
             ),
         }
+    }
+
+    fn write_atomic(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        let Some(intents) = self.intents.clone() else {
+            return Box::pin(async { Err(StoreError::Write("this file store offers no atomic writes".into())) });
+        };
+        let folios = self.folios.clone();
+        // Durable on return, so FUA or not makes no difference.
+        Box::pin(self.blocking(true, move |f| {
+            if let Some(folios) = &folios {
+                folios.before_write(f, offset, data.len() as u64);
+            }
+            intents.write(f, offset, &data)
+        }))
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -392,7 +455,12 @@ mod tests {
         let path = dir.path().join("sub/disk.img");
         let s = FileStore::open(
             &path,
-            &FileOptions { size: Some(4 << 20), create: true, busy_poll: Duration::from_micros(50) },
+            &FileOptions {
+                size: Some(4 << 20),
+                create: true,
+                busy_poll: Duration::from_micros(50),
+                atomic_intents: None,
+            },
         )
         .unwrap();
         assert_eq!(s.capacity(), 4 << 20);
@@ -411,8 +479,11 @@ mod tests {
         assert_eq!(s.capacity(), 4 << 20);
         assert_eq!(s.read(1 << 20, 4096).await.unwrap(), vec![9u8; 4096]);
         assert!(
-            FileStore::open(&path, &FileOptions { size: Some(1 << 20), create: false, busy_poll: Duration::ZERO })
-                .is_err()
+            FileStore::open(
+                &path,
+                &FileOptions { size: Some(1 << 20), create: false, busy_poll: Duration::ZERO, atomic_intents: None }
+            )
+            .is_err()
         );
         assert!(FileStore::open(&dir.path().join("missing"), &FileOptions::existing()).is_err());
     }
@@ -426,7 +497,12 @@ mod tests {
         let s = std::sync::Arc::new(
             FileStore::open(
                 &path,
-                &FileOptions { size: Some(1 << 20), create: true, busy_poll: Duration::from_micros(50) },
+                &FileOptions {
+                    size: Some(1 << 20),
+                    create: true,
+                    busy_poll: Duration::from_micros(50),
+                    atomic_intents: None,
+                },
             )
             .unwrap(),
         );

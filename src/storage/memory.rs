@@ -102,7 +102,13 @@ impl BlockStore for MemoryStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: true, volatile_cache: false, unmap_granularity: PAGE_LEN, optimal_transfer: 0 }
+        StoreCaps {
+            thin: true,
+            volatile_cache: false,
+            unmap_granularity: PAGE_LEN,
+            optimal_transfer: 0,
+            atomic_write_max: super::ATOMIC_WRITE_MAX,
+        }
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
@@ -113,6 +119,11 @@ impl BlockStore for MemoryStore {
     fn write(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
         self.write_sync(offset, &data);
         Box::pin(async { Ok(()) })
+    }
+
+    fn write_atomic(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        // Nothing here outlives a crash, so any write is all or nothing.
+        self.write(offset, data, fua)
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

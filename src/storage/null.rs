@@ -26,7 +26,13 @@ impl BlockStore for NullStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 0, optimal_transfer: 0 }
+        StoreCaps {
+            thin: false,
+            volatile_cache: false,
+            unmap_granularity: 0,
+            optimal_transfer: 0,
+            atomic_write_max: super::ATOMIC_WRITE_MAX,
+        }
     }
 
     fn read(&self, _offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>> {
@@ -35,6 +41,11 @@ impl BlockStore for NullStore {
 
     fn write(&self, _offset: u64, _data: Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn write_atomic(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        // Nothing here outlives a crash, so any write is all or nothing.
+        self.write(offset, data, fua)
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

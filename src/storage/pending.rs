@@ -44,7 +44,7 @@ impl BlockStore for PendingStore {
     }
 
     fn caps(&self) -> StoreCaps {
-        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 0, optimal_transfer: 0 }
+        StoreCaps { thin: false, volatile_cache: false, unmap_granularity: 0, optimal_transfer: 0, atomic_write_max: 0 }
     }
 
     fn ready(&self) -> Result<(), String> {

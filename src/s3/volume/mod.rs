@@ -11,6 +11,7 @@
 //! most one is in flight per key.
 
 mod aside;
+mod atomic;
 mod cache;
 mod disk_cache;
 mod fence;
@@ -1117,6 +1118,7 @@ impl BlockStore for S3Volume {
             volatile_cache: true,
             unmap_granularity: self.chunk_size,
             optimal_transfer: self.chunk_size,
+            atomic_write_max: crate::storage::ATOMIC_WRITE_MAX,
         }
     }
 
@@ -1126,6 +1128,11 @@ impl BlockStore for S3Volume {
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(self.write_impl(offset, data, fua))
+    }
+
+    fn write_atomic(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        // Durable on return (its own log), so FUA or not makes no difference.
+        Box::pin(self.write_atomic_impl(offset, data))
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {

@@ -18,9 +18,19 @@ impl S3Volume {
     /// writes cannot overshoot together. (A write bigger than the whole cache goes in once the
     /// cache is empty.) While the store is away, the write waits for room until its deadline.
     pub(super) async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
+        self.within_limit(offset, data.len() as u64, Some(data)).await
+    }
+
+    /// Waits, as a write would, until `len` bytes at `offset` fit, without taking the room: an
+    /// atomic write makes its room before it claims its chunks (room merges may need them).
+    pub(super) async fn wait_for_room(&self, offset: u64, len: u64) -> StoreResult<()> {
+        self.within_limit(offset, len, None).await
+    }
+
+    async fn within_limit(&self, offset: u64, len: u64, data: Option<&[u8]>) -> StoreResult<()> {
         // Pages the write may allocate: every page it touches, in every chunk it spans.
-        let pieces = (offset + data.len() as u64).div_ceil(self.chunk_size) - offset / self.chunk_size;
-        let need = (data.len() as u64).div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
+        let pieces = (offset + len).div_ceil(self.chunk_size) - offset / self.chunk_size;
+        let need = len.div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
         // The common case: room at once, and nobody waiting for it before this write.
         if (self.planted.writes_barge.load(Ordering::Relaxed) || self.room_waiters.load(Ordering::SeqCst) == 0)
             && self.copy_if_room(&mut self.cache(), need, offset, data)
@@ -35,13 +45,16 @@ impl S3Volume {
         .await
     }
 
-    /// Copies the write in if `need` bytes of pages fit (after evicting clean entries).
-    pub(super) fn copy_if_room(&self, cache: &mut Cache, need: u64, offset: u64, data: &[u8]) -> bool {
+    /// Copies the write in (if any) if `need` bytes of pages fit (after evicting clean
+    /// entries).
+    pub(super) fn copy_if_room(&self, cache: &mut Cache, need: u64, offset: u64, data: Option<&[u8]>) -> bool {
         if cache.page_bytes + need > self.cache_limit {
             self.evict_clean(cache, need);
         }
         if cache.page_bytes + need <= self.cache_limit || cache.page_bytes == 0 {
-            self.copy_write(cache, offset, data);
+            if let Some(data) = data {
+                self.copy_write(cache, offset, data);
+            }
             return true;
         }
         false
@@ -50,7 +63,7 @@ impl S3Volume {
     /// First in line: keeps merges running until the write fits, then copies it in. A merge
     /// that failed ends the attempt with its error (the caller pauses or gives up as the
     /// error deserves).
-    async fn make_room_and_write(&self, need: u64, offset: u64, data: &[u8]) -> StoreResult<()> {
+    async fn make_room_and_write(&self, need: u64, offset: u64, data: Option<&[u8]>) -> StoreResult<()> {
         loop {
             let released = self.released.notified();
             if let Some(e) = self.room_error.lock().expect("poisoned").take() {

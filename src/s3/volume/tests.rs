@@ -1172,3 +1172,49 @@ async fn round_trip_rounds_of_fua_writes(scatter: bool) -> u64 {
     }
     v.stats.logs_written.load(Ordering::Relaxed) - before
 }
+
+/// An atomic write across three chunks, among plain writes and a background of merges: a crash
+/// once it is acknowledged keeps all of it.
+#[tokio::test(start_paused = true)]
+async fn an_acknowledged_atomic_write_survives_a_crash_whole() {
+    let h = Harness::new();
+    let chunk = 64 * 1024u64;
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    assert_eq!(v.caps().atomic_write_max, crate::storage::ATOMIC_WRITE_MAX);
+    v.write(0, Bytes::from(vec![1u8; chunk as usize]), false).await.unwrap();
+    let (at, len) = (chunk - 4096, 2 * chunk as usize);
+    v.write_atomic(at, Bytes::from(vec![0xa6u8; len]), false).await.unwrap();
+    v.write(3 * chunk, block(2), false).await.unwrap();
+    v.simulate_crash();
+    drop(v);
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    assert_eq!(v.read(at, len).await.unwrap(), vec![0xa6u8; len]);
+    assert_eq!(v.read(0, 512).await.unwrap(), block(1), "blocks before it, logged with it or not, are as written");
+}
+
+/// A crash while the atomic write's log is on its way leaves none of it: no merge made any part
+/// of it durable meanwhile.
+#[tokio::test(start_paused = true)]
+async fn an_atomic_write_cut_by_a_crash_leaves_nothing() {
+    let h = Harness::new();
+    let chunk = 64 * 1024u64;
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    let (at, len) = (chunk - 4096, 2 * chunk as usize);
+    h.mem.hold("vol/log/");
+    let atomic = start({
+        let v = v.clone();
+        async move { v.write_atomic(at, Bytes::from(vec![0xa6u8; len]), false).await }
+    })
+    .await;
+    // Other writes become durable meanwhile, through a merge.
+    v.write(3 * chunk, block(2), false).await.unwrap();
+    v.merge_chunks(&[3]).await.unwrap();
+    assert!(!atomic.is_finished());
+    atomic.abort();
+    v.simulate_crash();
+    drop(v);
+    h.mem.release_all();
+    let v = h.open(chunk, 4, "a").await.unwrap();
+    assert_eq!(v.read(at, len).await.unwrap(), vec![0u8; len]);
+    assert_eq!(v.read(3 * chunk, 512).await.unwrap(), block(2));
+}
