@@ -67,6 +67,8 @@ pub(super) struct LuState {
     pub wce: bool,
     /// Control mode page D_SENSE: descriptor-format sense data.
     pub d_sense: bool,
+    /// Control mode page SWP: the medium is write-protected until an initiator clears it.
+    pub swp: bool,
     /// Nexuses that have been told about power on (the first command from each gets a UA).
     pub seen: BTreeSet<u64>,
     /// Pending unit attentions per nexus, oldest first.
@@ -142,6 +144,7 @@ impl LogicalUnit {
             state: Mutex::new(LuState {
                 wce: true,
                 d_sense: false,
+                swp: false,
                 seen: BTreeSet::new(),
                 ua: BTreeMap::new(),
                 reserved_by: None,
@@ -390,6 +393,7 @@ impl LogicalUnit {
             Op::CompareAndWrite => self.compare_and_write(ctx).await,
             Op::OrWrite => self.or_write(ctx).await,
             Op::WriteAtomic => self.write_atomic(ctx).await,
+            Op::Sanitize => self.sanitize(ctx).await,
             Op::GetLbaStatus => self.get_lba_status(ctx).await,
             // Answered by the target.
             Op::ReportLuns | Op::ReportTargetPortGroups => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)),

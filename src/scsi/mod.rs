@@ -11,6 +11,7 @@ mod ops;
 mod persistent_reserve;
 mod pr;
 pub mod pr_keeper;
+mod sanitize;
 mod sbc;
 pub mod sense;
 mod spc;

@@ -1,5 +1,5 @@
 //! MODE SENSE and MODE SELECT (6 and 10) with the Read-Write Error Recovery, Caching and
-//! Control pages. Changeable bits: WCE (caching) and D_SENSE (control).
+//! Control pages. Changeable bits: WCE (caching), D_SENSE and SWP (control).
 
 use bytes::{BufMut, BytesMut};
 
@@ -24,13 +24,13 @@ enum Pc {
 impl LogicalUnit {
     /// One mode page as current, changeable-mask or default values.
     fn mode_page(&self, page: u8, pc: Pc) -> Vec<u8> {
-        let (wce, d_sense) = match pc {
+        let (wce, d_sense, swp) = match pc {
             Pc::Current => {
                 let st = self.state();
-                (st.wce, st.d_sense)
+                (st.wce, st.d_sense, st.swp)
             }
-            Pc::Changeable => (true, true),
-            Pc::Default => (true, false),
+            Pc::Changeable => (true, true, true),
+            Pc::Default => (true, false, false),
         };
         let current = pc != Pc::Changeable;
         match page {
@@ -58,6 +58,9 @@ impl LogicalUnit {
                 p[1] = 10;
                 if d_sense {
                     p[2] |= 0x04;
+                }
+                if swp {
+                    p[4] |= 0x08;
                 }
                 if current {
                     p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
@@ -106,7 +109,8 @@ impl LogicalUnit {
             d
         };
         // Device-specific parameter: WP, DPOFUA.
-        let device_specific = if self.config.read_only { 0x80 } else { 0 } | 0x10;
+        let write_protected = self.config.read_only || self.state().swp;
+        let device_specific = if write_protected { 0x80 } else { 0 } | 0x10;
         let mut out = BytesMut::new();
         if ten {
             out.put_u16(0);
@@ -213,9 +217,10 @@ impl LogicalUnit {
                         st.wce = wce;
                     }
                     PAGE_CONTROL => {
-                        let d_sense = page[2] & 0x04 != 0;
-                        changed |= d_sense != st.d_sense;
+                        let (d_sense, swp) = (page[2] & 0x04 != 0, page[4] & 0x08 != 0);
+                        changed |= d_sense != st.d_sense || swp != st.swp;
                         st.d_sense = d_sense;
+                        st.swp = swp;
                     }
                     _ => {}
                 }

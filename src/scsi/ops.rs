@@ -37,6 +37,7 @@ pub enum Op {
     ReceiveCopyResults,
     ReportSupportedTmfs,
     WriteAtomic,
+    Sanitize,
 }
 
 /// One row of the table.
@@ -142,6 +143,7 @@ static COMMANDS: &[OpSpec] = &[
     spec(0x37, "READ DEFECT DATA(10)", Op::ReadDefectData, &[0x37, 0, 0x1f, 0, 0, 0, 0, FF, FF, CTL]),
     spec(0x41, "WRITE SAME(10)", Op::WriteSame, &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, CTL]),
     thin(spec(0x42, "UNMAP", Op::Unmap, &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL])),
+    thin(sa(0x48, 0x02, "SANITIZE (BLOCK ERASE)", Op::Sanitize, &[0x48, 0xa2, 0, 0, 0, 0, 0, FF, FF, CTL])),
     spec(0x55, "MODE SELECT(10)", Op::ModeSelect, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL]),
     spec(0x5a, "MODE SENSE(10)", Op::ModeSense, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL]),
     sa(0x5e, 0, "PERSISTENT RESERVE IN (READ KEYS)", Op::PersistentReserveIn, &[0x5e, 0, 0, 0, 0, 0, 0, FF, FF, CTL]),

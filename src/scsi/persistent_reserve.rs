@@ -45,6 +45,7 @@ pub(super) fn access(op: Op) -> Access {
         | Op::CompareAndWrite
         | Op::OrWrite
         | Op::WriteAtomic
+        | Op::Sanitize
         | Op::SynchronizeCache
         | Op::ModeSelect
         | Op::StartStopUnit

@@ -46,9 +46,13 @@ impl LogicalUnit {
         self.check_range(r.lba, r.blocks as u64)
     }
 
-    fn check_writable(&self) -> Result<(), Sense> {
+    /// DATA PROTECT for a LUN configured read-only, or write-protected by MODE SELECT (SWP).
+    pub(super) fn check_writable(&self) -> Result<(), Sense> {
         if self.config.read_only {
             return Err(Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED));
+        }
+        if self.state().swp {
+            return Err(Sense::new(key::DATA_PROTECT, asc::SOFTWARE_WRITE_PROTECTED));
         }
         Ok(())
     }

@@ -45,6 +45,7 @@ pub mod asc {
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: (u8, u8) = (0x0e, 0x03);
     pub const PARAMETER_LIST_LENGTH_ERROR: (u8, u8) = (0x1a, 0x00);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
+    pub const SOFTWARE_WRITE_PROTECTED: (u8, u8) = (0x27, 0x02);
     pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);

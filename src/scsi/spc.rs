@@ -165,6 +165,9 @@ impl LogicalUnit {
         out[1] = 0xb1;
         out[3] = 0x3c;
         out[5] = 0x01; // MEDIUM ROTATION RATE: non-rotating medium
+        if self.store.caps().thin {
+            out[7] = 0x40; // WABEREQ 01b: a read after SANITIZE BLOCK ERASE succeeds (zeros)
+        }
         out
     }
 

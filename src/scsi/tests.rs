@@ -636,3 +636,75 @@ async fn a_store_without_atomic_writes_offers_no_write_atomic() {
     assert_eq!(one.data[1] & 0x07, 0x01, "RSOC: not supported");
     std::fs::remove_file(path).unwrap();
 }
+
+#[tokio::test]
+async fn software_write_protect_refuses_writes_until_cleared() {
+    let (t, _) = target();
+    let a = Init::new("iqn.a");
+    let b = Init::new("iqn.b");
+    a.ready(&t).await;
+    b.ready(&t).await;
+    let changeable = a.cmd(&t, &[0x1a, 0x08, 0x40 | 0x0a, 0, 255, 0], &[]).await;
+    assert_eq!(changeable.data[4 + 4] & 0x08, 0x08, "SWP is changeable");
+    let control = |swp: bool| {
+        let mut page = a_control_page();
+        if swp {
+            page[4] |= 0x08;
+        }
+        let mut data = vec![0u8; 4];
+        data.extend_from_slice(&page);
+        data
+    };
+    let on = control(true);
+    assert_eq!(a.cmd(&t, &[0x15, 0x10, 0, 0, on.len() as u8, 0], &on).await.status, status::GOOD);
+    let r = b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED)));
+    let r = b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::DATA_PROTECT, asc::SOFTWARE_WRITE_PROTECTED)));
+    let sense = b.cmd(&t, &[0x1a, 0x08, 0x3f, 0, 255, 0], &[]).await;
+    assert_eq!(sense.data[2] & 0x80, 0x80, "WP in the device-specific parameter");
+    assert_eq!(b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD, "reads go on");
+    let off = control(false);
+    assert_eq!(a.cmd(&t, &[0x15, 0x10, 0, 0, off.len() as u8, 0], &off).await.status, status::GOOD);
+    b.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await; // the unit attention of the change
+    assert_eq!(b.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; BS as usize]).await.status, status::GOOD);
+}
+
+/// The control mode page as it is by default (D_SENSE and SWP clear).
+fn a_control_page() -> Vec<u8> {
+    let mut p = vec![0u8; 12];
+    p[0] = 0x0a;
+    p[1] = 10;
+    p[3] = 0x10;
+    p[8..10].copy_from_slice(&0xffffu16.to_be_bytes());
+    p
+}
+
+#[tokio::test]
+async fn sanitize_block_erase_unmaps_every_block() {
+    let (t, store) = target();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let data = vec![b'a'; 256 * BS as usize];
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 256, 0), &data).await.status, status::GOOD);
+    assert_eq!(a.cmd(&t, &rw16(0x8a, BLOCKS - 256, 256, 0), &data).await.status, status::GOOD);
+    let block_erase = [0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0];
+    // Reserved bits and a parameter list are refused, and nothing is erased.
+    let mut reserved = block_erase;
+    reserved[4] = 4;
+    assert_eq!(sense_of(&a.cmd(&t, &reserved, &[]).await), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    let mut with_list = block_erase;
+    with_list[8] = 8;
+    let r = a.cmd(&t, &with_list, &[0; 8]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    assert_eq!(store.read(0, 512).await.unwrap(), data[..512]);
+    // OVERWRITE is not offered.
+    let r = a.cmd(&t, &[0x48, 0x01, 0, 0, 0, 0, 0, 0, 8, 0], &[0; 8]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    assert_eq!(a.cmd(&t, &block_erase, &[]).await.status, status::GOOD);
+    assert_eq!(store.read(0, data.len()).await.unwrap(), vec![0u8; data.len()]);
+    let extents = store.mapped_extents(0, BLOCKS * BS as u64).await.unwrap();
+    assert!(extents.iter().all(|e| !e.mapped), "everything deallocated: {extents:?}");
+    let characteristics = a.cmd(&t, &[0x12, 1, 0xb1, 0, 64, 0], &[]).await;
+    assert_eq!(characteristics.data[7] >> 6, 1, "WABEREQ: reads after a block erase succeed");
+}

@@ -174,9 +174,7 @@ impl LogicalUnit {
             0b10 | 0b11 => false,
             _ => return Err(invalid_param(1)),
         };
-        if self.config.read_only {
-            return Err(Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED));
-        }
+        self.check_writable()?;
         let segments = self.copy_segments(p)?;
         let bs = self.block_size() as u64;
         let mut bytes = 0;
