@@ -89,16 +89,9 @@ const fn spec(opcode: u8, name: &'static str, op: Op, usage: &'static [u8]) -> O
 }
 
 const fn sa(opcode: u8, service_action: u16, name: &'static str, op: Op, usage: &'static [u8]) -> OpSpec {
-    OpSpec {
-        opcode,
-        service_action: Some(service_action),
-        name,
-        op,
-        usage,
-        ua_exempt: false,
-        conflict_exempt: false,
-        needs: Needs::Nothing,
-    }
+    let mut s = spec(opcode, name, op, usage);
+    s.service_action = Some(service_action);
+    s
 }
 
 const fn exempt(mut s: OpSpec, ua: bool, conflict: bool) -> OpSpec {
