@@ -273,3 +273,34 @@ async fn read_pdu(stream: &mut TcpStream) -> Pdu {
         assert!(n > 0, "connection closed");
     }
 }
+
+/// RFC 7144 at iSCSIProtocolLevel 2: INQUIRY claims iSCSI 0962h, the queries answer without
+/// ending anything, and I_T NEXUS RESET ends the session and leaves I_T NEXUS LOSS OCCURRED
+/// for the nexus (and only for it) when it logs in again.
+#[tokio::test]
+async fn rfc_7144_task_management_at_protocol_level_2() {
+    let t = start(memory_config("")).await;
+    let level2 = InitiatorConfig { isid: 71, protocol_level: Some(2), ..InitiatorConfig::default() };
+    let a = t.login(&level2).await;
+    assert_eq!(a.task_management(tmf::QUERY_ASYNC_EVENT, 1, 0xffff_ffff, 0).await.unwrap(), tmf::FUNCTION_SUCCEEDED);
+    a.clear_unit_attentions(1).await.unwrap();
+    assert_eq!(a.task_management(tmf::QUERY_ASYNC_EVENT, 1, 0xffff_ffff, 0).await.unwrap(), tmf::FUNCTION_COMPLETE);
+    assert_eq!(a.task_management(tmf::QUERY_TASK_SET, 1, 0xffff_ffff, 0).await.unwrap(), tmf::FUNCTION_COMPLETE);
+    assert_eq!(a.task_management(tmf::QUERY_TASK, 1, 999, 0).await.unwrap(), tmf::FUNCTION_COMPLETE);
+    assert_eq!(a.task_management(tmf::QUERY_TASK_SET, 9, 0xffff_ffff, 0).await.unwrap(), tmf::LUN_DOES_NOT_EXIST);
+    let inquiry = a.command(1, &[0x12, 0, 0, 0, 96, 0], Bytes::new(), 96).await.unwrap();
+    assert_eq!(&inquiry.data[64..66], &[0x09, 0x62], "iSCSI version descriptor at level 2");
+    let b = t.ready_session(72).await;
+    let inquiry = b.command(1, &[0x12, 0, 0, 0, 96, 0], Bytes::new(), 96).await.unwrap();
+    assert_eq!(&inquiry.data[64..66], &[0x09, 0x60], "no version claimed at level 1");
+
+    let rsotmf = a.command(1, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0], Bytes::new(), 4).await.unwrap();
+    assert_eq!((rsotmf.data[0] & 0x04, rsotmf.data[1]), (0x04, 0x07), "QTS; QAES, QTSS, ITNRS");
+    assert_eq!(a.task_management(tmf::I_T_NEXUS_RESET, 0, 0xffff_ffff, 0).await.unwrap(), tmf::FUNCTION_COMPLETE);
+    let closed = a.command(1, &[0; 6], Bytes::new(), 0).await;
+    assert!(closed.is_err(), "the session ended: {closed:?}");
+    let again = t.login(&level2).await;
+    let r = again.command(1, &[0; 6], Bytes::new(), 0).await.unwrap();
+    assert_eq!(r.sense_code(), Some((6, 0x29, 0x07)), "I_T NEXUS LOSS OCCURRED");
+    assert_eq!(b.command(1, &[0; 6], Bytes::new(), 0).await.unwrap().status, 0, "other nexuses are untouched");
+}

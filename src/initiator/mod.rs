@@ -38,6 +38,9 @@ pub struct InitiatorConfig {
     pub security_stage: bool,
     /// How long a command may take before the call fails with [`Error::Timeout`].
     pub command_timeout: Duration,
+    /// The iSCSIProtocolLevel to offer (2: RFC 7144's task management functions); none offered
+    /// by default (level 1).
+    pub protocol_level: Option<u8>,
 }
 
 impl Default for InitiatorConfig {
@@ -54,6 +57,7 @@ impl Default for InitiatorConfig {
             initial_r2t: false,
             security_stage: true,
             command_timeout: Duration::from_secs(30),
+            protocol_level: None,
         }
     }
 }
@@ -936,6 +940,9 @@ where
             ("MaxConnections".into(), "1".into()),
             ("MaxOutstandingR2T".into(), "1".into()),
         ]);
+        if let Some(level) = config.protocol_level {
+            operational.push(("iSCSIProtocolLevel".into(), level.to_string()));
+        }
     }
     let cmd_sn = 1u32;
     let mut n = Negotiated {

@@ -65,6 +65,9 @@ pub trait ConnContext {
     fn lun_exists(&self, lun: u64) -> bool;
     /// Whether this session's initiator may reset the whole target.
     fn may_reset_target(&self) -> bool;
+    /// The unit attention pending for this session's nexus on a LUN, left pending (QUERY
+    /// ASYNC EVENT).
+    fn pending_unit_attention(&self, lun: u64) -> Option<(u8, u8)>;
 }
 
 /// A SCSI command ready to run.
@@ -84,6 +87,8 @@ pub enum CloseReason {
     NopTimeout,
     ProtocolError(String),
     ColdReset,
+    /// An I_T NEXUS RESET ends the session (RFC 7144 §6.3).
+    NexusReset,
 }
 
 /// Work for the driver.
@@ -98,6 +103,8 @@ pub enum Output {
     ResetTarget {
         cold: bool,
     },
+    /// An I_T NEXUS RESET: the I_T nexus loss function on every LU, for this session's nexus.
+    NexusReset,
     Close(CloseReason),
 }
 
@@ -188,9 +195,29 @@ impl Task {
 #[derive(Debug)]
 struct PendingTmf {
     itt: u32,
-    response: u8,
+    answer: TmfAnswer,
     waiting_on: BTreeSet<u32>,
-    cold_reset: bool,
+}
+
+/// What a task management function answers (once the tasks it aborted have completed).
+#[derive(Debug, Clone)]
+struct TmfAnswer {
+    response: u8,
+    /// Bytes 8-10 of the response (QUERY ASYNC EVENT).
+    additional: [u8; 3],
+    /// The connection closes once the response is out (a cold reset, an I_T nexus reset).
+    close: Option<CloseReason>,
+}
+
+impl TmfAnswer {
+    fn just(response: u8) -> TmfAnswer {
+        TmfAnswer { response, additional: [0; 3], close: None }
+    }
+
+    /// FUNCTION SUCCEEDED when a QUERY found what it asked about, FUNCTION COMPLETE if not.
+    fn found(found: bool) -> TmfAnswer {
+        TmfAnswer::just(if found { tmf::FUNCTION_SUCCEEDED } else { tmf::FUNCTION_COMPLETE })
+    }
 }
 
 /// Something held in the CmdSN window until its turn.
@@ -1015,7 +1042,7 @@ impl Connection {
         }
         for i in ready.into_iter().rev() {
             let tmf = self.tmfs.remove(i);
-            self.send_tmf_response(tmf.itt, tmf.response, tmf.cold_reset);
+            self.send_tmf_response(tmf.itt, tmf.answer);
         }
     }
 
@@ -1051,66 +1078,96 @@ impl Connection {
 
     fn on_task_mgmt(&mut self, t: &TaskMgmtRequest, ctx: &dyn ConnContext) {
         if self.kind == SessionKind::Discovery {
-            self.send_tmf_response(t.itt, tmf::FUNCTION_REJECTED, false);
+            self.send_tmf_response(t.itt, TmfAnswer::just(tmf::FUNCTION_REJECTED));
             return;
         }
         let lun_known = ctx.lun_exists(t.lun);
-        let (response, waiting_on, cold) = match t.function {
+        let none = BTreeSet::new;
+        let (answer, waiting_on) = match t.function {
             tmf::ABORT_TASK => {
                 let rtt = t.referenced_task_tag;
                 if self.tasks.get(&rtt).is_some_and(|task| !task.aborted) {
-                    (tmf::FUNCTION_COMPLETE, self.abort_where(|task| task.itt == rtt), false)
+                    (TmfAnswer::just(tmf::FUNCTION_COMPLETE), self.abort_where(|task| task.itt == rtt))
                 } else if self.window.arrival(t.ref_cmd_sn) == Arrival::Ahead {
                     // Not received yet: consider its CmdSN received and discard it (§11.5.1).
                     self.window.hold(t.ref_cmd_sn, Held::Aborted);
-                    (tmf::FUNCTION_COMPLETE, BTreeSet::new(), false)
+                    (TmfAnswer::just(tmf::FUNCTION_COMPLETE), none())
                 } else {
-                    (tmf::TASK_DOES_NOT_EXIST, BTreeSet::new(), false)
+                    (TmfAnswer::just(tmf::TASK_DOES_NOT_EXIST), none())
                 }
             }
             tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET if lun_known => {
-                (tmf::FUNCTION_COMPLETE, self.abort_where(|task| task.lun == t.lun), false)
+                (TmfAnswer::just(tmf::FUNCTION_COMPLETE), self.abort_where(|task| task.lun == t.lun))
             }
             tmf::LOGICAL_UNIT_RESET if lun_known => {
                 let waiting = self.abort_where(|task| task.lun == t.lun);
                 self.out.push(Output::ResetLun(t.lun));
-                (tmf::FUNCTION_COMPLETE, waiting, false)
+                (TmfAnswer::just(tmf::FUNCTION_COMPLETE), waiting)
             }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET | tmf::LOGICAL_UNIT_RESET => {
-                (tmf::LUN_DOES_NOT_EXIST, BTreeSet::new(), false)
+            // RFC 7144 §6.3: the queries end no task.
+            tmf::QUERY_TASK => {
+                let rtt = t.referenced_task_tag;
+                (TmfAnswer::found(self.tasks.get(&rtt).is_some_and(|task| !task.aborted)), none())
+            }
+            tmf::QUERY_TASK_SET if lun_known => {
+                let any = self.tasks.values().any(|task| !task.aborted && task.lun == t.lun);
+                (TmfAnswer::found(any), none())
+            }
+            tmf::QUERY_ASYNC_EVENT if lun_known => match ctx.pending_unit_attention(t.lun) {
+                // UADE DEPTH 01b and the sense key, then ASC and ASCQ (SAM-5).
+                Some((asc, ascq)) => {
+                    let additional = [0x10 | crate::scsi::sense::key::UNIT_ATTENTION, asc, ascq];
+                    (TmfAnswer { additional, ..TmfAnswer::found(true) }, none())
+                }
+                None => (TmfAnswer::found(false), none()),
+            },
+            tmf::ABORT_TASK_SET
+            | tmf::CLEAR_TASK_SET
+            | tmf::LOGICAL_UNIT_RESET
+            | tmf::QUERY_TASK_SET
+            | tmf::QUERY_ASYNC_EVENT => (TmfAnswer::just(tmf::LUN_DOES_NOT_EXIST), none()),
+            // RFC 7144 §6.3: the I_T nexus loss function, and every connection of the session
+            // dropped (one here).
+            tmf::I_T_NEXUS_RESET => {
+                let waiting = self.abort_where(|_| true);
+                self.out.push(Output::NexusReset);
+                let close = Some(CloseReason::NexusReset);
+                (TmfAnswer { close, ..TmfAnswer::just(tmf::FUNCTION_COMPLETE) }, waiting)
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET if !ctx.may_reset_target() => {
                 tracing::warn!(function = t.function, "target reset refused: the initiator may not reset the target");
-                (tmf::AUTHORIZATION_FAILED, BTreeSet::new(), false)
+                (TmfAnswer::just(tmf::AUTHORIZATION_FAILED), none())
             }
             tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
                 let cold = t.function == tmf::TARGET_COLD_RESET;
                 let waiting = self.abort_where(|_| true);
                 self.out.push(Output::ResetTarget { cold });
-                (tmf::FUNCTION_COMPLETE, waiting, cold)
+                let close = cold.then_some(CloseReason::ColdReset);
+                (TmfAnswer { close, ..TmfAnswer::just(tmf::FUNCTION_COMPLETE) }, waiting)
             }
-            tmf::TASK_REASSIGN => (tmf::REASSIGNMENT_NOT_SUPPORTED, BTreeSet::new(), false),
-            _ => (tmf::FUNCTION_NOT_SUPPORTED, BTreeSet::new(), false),
+            tmf::TASK_REASSIGN => (TmfAnswer::just(tmf::REASSIGNMENT_NOT_SUPPORTED), none()),
+            _ => (TmfAnswer::just(tmf::FUNCTION_NOT_SUPPORTED), none()),
         };
         if waiting_on.is_empty() || crate::mutants::active(crate::mutants::Mutant::TmfBeforeAbortedComplete) {
-            self.send_tmf_response(t.itt, response, cold);
+            self.send_tmf_response(t.itt, answer);
         } else {
-            self.tmfs.push(PendingTmf { itt: t.itt, response, waiting_on, cold_reset: cold });
+            self.tmfs.push(PendingTmf { itt: t.itt, answer, waiting_on });
         }
     }
 
-    fn send_tmf_response(&mut self, itt: u32, response: u8, cold_reset: bool) {
+    fn send_tmf_response(&mut self, itt: u32, answer: TmfAnswer) {
         let r = TaskMgmtResponse {
-            response,
+            response: answer.response,
+            additional: answer.additional,
             itt,
             stat_sn: self.next_stat_sn(),
             exp_cmd_sn: self.window.exp_cmd_sn(),
             max_cmd_sn: self.window.max_cmd_sn(),
         };
         self.send(Pdu::new(r));
-        if cold_reset {
+        if let Some(reason) = answer.close {
             self.closing = true;
-            self.out.push(Output::Close(CloseReason::ColdReset));
+            self.out.push(Output::Close(reason));
         }
     }
 

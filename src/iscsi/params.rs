@@ -37,6 +37,9 @@ impl Default for TargetLimits {
     }
 }
 
+/// The highest iSCSIProtocolLevel we speak: RFC 7144's.
+pub const PROTOCOL_LEVEL: u8 = 2;
+
 /// The limits of RFC 7143 for data segment and burst lengths.
 pub const SEGMENT_LEN_MIN: u32 = 512;
 pub const SEGMENT_LEN_MAX: u32 = (1 << 24) - 1;
@@ -61,6 +64,9 @@ pub struct Params {
     pub data_pdu_in_order: bool,
     pub data_sequence_in_order: bool,
     pub error_recovery_level: u8,
+    /// iSCSIProtocolLevel (RFC 7144 §7.1.1): 2 lets the initiator use the task management
+    /// functions of RFC 7144.
+    pub protocol_level: u8,
 }
 
 impl Params {
@@ -82,6 +88,7 @@ impl Params {
             data_pdu_in_order: true,
             data_sequence_in_order: true,
             error_recovery_level: 0,
+            protocol_level: 1,
         }
     }
 }
@@ -304,9 +311,12 @@ impl Negotiator {
             "OFMarker" | "IFMarker" => Some("No".into()),
             "OFMarkInt" | "IFMarkInt" => Some("Reject".into()),
             "TaskReporting" => Some(if value.split(',').any(|v| v == "RFC3720") { "RFC3720" } else { "Reject" }.into()),
-            // RFC 7144: we implement RFC 7143, protocol level 1.
+            // RFC 7144 §7.1.1: we implement level 2 (RFC 7143 with RFC 7144's functions).
             "iSCSIProtocolLevel" => match parse_number(value) {
-                Some(n) if n <= 31 => Some(n.min(1).to_string()),
+                Some(n) if n <= 31 => {
+                    self.params.protocol_level = n.min(PROTOCOL_LEVEL as u64) as u8;
+                    Some(self.params.protocol_level.to_string())
+                }
                 _ => Some("Reject".into()),
             },
             "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => Some("Irrelevant".into()),
@@ -412,6 +422,19 @@ mod tests {
         assert!(n.params.header_digest && !n.params.data_digest);
         assert_eq!(n.params.initiator_max_recv_data_segment_len, 262144);
         assert_eq!(n.params.max_burst_len, 1048576);
+    }
+
+    #[test]
+    fn protocol_level_is_the_lower_of_ours_and_the_initiators() {
+        for (offered, agreed) in [("1", "1"), ("2", "2"), ("31", "2")] {
+            let mut n = normal();
+            let out = n.respond(&offers(&[("iSCSIProtocolLevel", offered)])).unwrap();
+            assert_eq!(out[0].1, agreed);
+            assert_eq!(n.params.protocol_level.to_string(), agreed);
+        }
+        let mut n = normal();
+        assert_eq!(n.respond(&offers(&[("iSCSIProtocolLevel", "32")])).unwrap()[0].1, "Reject");
+        assert_eq!(n.params.protocol_level, 1, "RFC 7143's level unless negotiated");
     }
 
     #[test]

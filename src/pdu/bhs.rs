@@ -132,6 +132,11 @@ pub mod tmf {
     pub const TARGET_WARM_RESET: u8 = 6;
     pub const TARGET_COLD_RESET: u8 = 7;
     pub const TASK_REASSIGN: u8 = 8;
+    // RFC 7144 §6.3, at iSCSIProtocolLevel 2.
+    pub const QUERY_TASK: u8 = 9;
+    pub const QUERY_TASK_SET: u8 = 10;
+    pub const I_T_NEXUS_RESET: u8 = 11;
+    pub const QUERY_ASYNC_EVENT: u8 = 12;
 
     /// TMF response codes (§11.6.1).
     pub const FUNCTION_COMPLETE: u8 = 0;
@@ -141,6 +146,8 @@ pub mod tmf {
     pub const REASSIGNMENT_NOT_SUPPORTED: u8 = 4;
     pub const FUNCTION_NOT_SUPPORTED: u8 = 5;
     pub const AUTHORIZATION_FAILED: u8 = 6;
+    /// RFC 7144 §6.4.1: a QUERY found what it asked about.
+    pub const FUNCTION_SUCCEEDED: u8 = 7;
     pub const FUNCTION_REJECTED: u8 = 255;
 }
 
@@ -274,6 +281,9 @@ pub struct ScsiResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TaskMgmtResponse {
     pub response: u8,
+    /// RFC 7144 §6.4.1, bytes 8-10: what QUERY ASYNC EVENT found (UADE depth and sense key,
+    /// ASC, ASCQ); zeros otherwise.
+    pub additional: [u8; 3],
     pub itt: u32,
     pub stat_sn: u32,
     pub exp_cmd_sn: u32,
@@ -693,6 +703,7 @@ impl Bhs {
             }),
             Opcode::TaskMgmtResponse => Bhs::TaskMgmtResponse(TaskMgmtResponse {
                 response: raw[2],
+                additional: [raw[8], raw[9], raw[10]],
                 itt: f.u32(16),
                 stat_sn: f.u32(24),
                 exp_cmd_sn: f.u32(28),
@@ -847,6 +858,7 @@ impl Bhs {
                 w = Writer::new(op, false);
                 w.u8(1, 0x80).u8(2, p.response).u32(16, p.itt).u32(24, p.stat_sn).u32(28, p.exp_cmd_sn);
                 w.u32(32, p.max_cmd_sn);
+                w.u8(8, p.additional[0]).u8(9, p.additional[1]).u8(10, p.additional[2]);
             }
             Bhs::LoginResponse(p) => {
                 w = Writer::new(op, false);

@@ -110,9 +110,11 @@ fn any_bhs() -> impl Strategy<Value = Bhs> {
                 })
             }
         ),
-        (any::<u8>(), u(), u(), u(), u()).prop_map(|(response, itt, stat_sn, exp_cmd_sn, max_cmd_sn)| {
-            Bhs::TaskMgmtResponse(TaskMgmtResponse { response, itt, stat_sn, exp_cmd_sn, max_cmd_sn })
-        }),
+        (any::<u8>(), any::<[u8; 3]>(), u(), u(), u(), u()).prop_map(
+            |(response, additional, itt, stat_sn, exp_cmd_sn, max_cmd_sn)| {
+                Bhs::TaskMgmtResponse(TaskMgmtResponse { response, additional, itt, stat_sn, exp_cmd_sn, max_cmd_sn })
+            }
+        ),
         (any::<[bool; 2]>(), 0u8..4, 0u8..4, any::<[u8; 4]>(), 0u64..(1 << 48), any::<u16>(), u(), (u(), u(), u()))
             .prop_map(|(b, csg, nsg, v, isid, tsih, itt, (stat_sn, exp_cmd_sn, max_cmd_sn))| {
                 Bhs::LoginResponse(LoginResponse {

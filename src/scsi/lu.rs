@@ -253,6 +253,18 @@ impl LogicalUnit {
         self.unit_attention_all(asc::BUS_DEVICE_RESET, None);
     }
 
+    /// The unit attention pending for a nexus, left pending (QUERY ASYNC EVENT).
+    pub fn pending_unit_attention(&self, nexus: u64) -> Option<(u8, u8)> {
+        self.take_unit_attention(nexus, false)
+    }
+
+    /// The I_T nexus loss function (SAM-5) for an I_T NEXUS RESET: releases what the nexus
+    /// held and tells it through I_T NEXUS LOSS OCCURRED.
+    pub fn nexus_reset(&self, nexus: u64) {
+        self.nexus_gone(nexus);
+        self.unit_attention_to(nexus, asc::I_T_NEXUS_LOSS_OCCURRED);
+    }
+
     /// Forgets a nexus that logged out: releases what it held.
     pub fn nexus_gone(&self, nexus: u64) {
         let mut st = self.state();

@@ -38,10 +38,18 @@ pub struct Nexus {
     pub target_name: String,
     /// Relative target port identifier (the portal group tag).
     pub relative_port: u16,
+    /// The session's iSCSIProtocolLevel (RFC 7144): 2 claims iSCSI version 0962h in INQUIRY.
+    pub protocol_level: u8,
 }
 
 impl Nexus {
-    pub fn new(initiator_name: &str, isid: u64, target_name: &str, relative_port: u16) -> Arc<Nexus> {
+    pub fn new(
+        initiator_name: &str,
+        isid: u64,
+        target_name: &str,
+        relative_port: u16,
+        protocol_level: u8,
+    ) -> Arc<Nexus> {
         // FNV-1a: stable across runs and platforms, unlike the std hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
@@ -60,7 +68,17 @@ impl Nexus {
             isid,
             target_name: target_name.to_string(),
             relative_port,
+            protocol_level,
         })
+    }
+
+    /// The iSCSI version descriptor of INQUIRY: 0960h (no version claimed), or 0960h plus the
+    /// protocol level once RFC 7144's level 2 or later is negotiated (RFC 7144 §4.2).
+    pub fn iscsi_version_descriptor(&self) -> u16 {
+        match self.protocol_level {
+            0 | 1 => 0x0960,
+            level => 0x0960 + level as u16,
+        }
     }
 
     /// The iSCSI initiator port name (SPC-4 §7.7.5): "<name>,i,0x<isid>".

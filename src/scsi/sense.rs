@@ -49,6 +49,7 @@ pub mod asc {
     pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
+    pub const I_T_NEXUS_LOSS_OCCURRED: (u8, u8) = (0x29, 0x07);
     pub const MODE_PARAMETERS_CHANGED: (u8, u8) = (0x2a, 0x01);
     pub const CAPACITY_DATA_CHANGED: (u8, u8) = (0x2a, 0x09);
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: (u8, u8) = (0x2f, 0x00);

@@ -54,7 +54,9 @@ impl LogicalUnit {
             if page != 0 {
                 return Err(Sense::invalid_cdb(2, None));
             }
-            return Ok(truncate(self.standard_inquiry(0x00), alloc));
+            let mut out = self.standard_inquiry(0x00);
+            claim_iscsi_version(&mut out, ctx.nexus);
+            return Ok(truncate(out, alloc));
         }
         let data = match page {
             0x00 => self.vpd_supported_pages(),
@@ -275,7 +277,8 @@ impl LogicalUnit {
         let alloc = ctx.cdb.u32(6) as usize;
         let extended = ctx.cdb.bit(2, 0x80); // REPD: the 16-byte form
         let mut out = BytesMut::zeroed(if extended { 16 } else { 4 });
-        out[0] = 0x80 | 0x40 | 0x10 | 0x08 | 0x02; // ATS, ATSS, CTSS, LURS, TRS
+        out[0] = 0x80 | 0x40 | 0x10 | 0x08 | 0x04 | 0x02; // ATS, ATSS, CTSS, LURS, QTS, TRS
+        out[1] = 0x04 | 0x02 | 0x01; // QAES, QTSS, ITNRS (RFC 7144, at iSCSIProtocolLevel 2)
         if extended {
             out[3] = 0x0c; // additional data length
         }
@@ -318,6 +321,12 @@ fn put_timeouts(out: &mut BytesMut) {
     out.put_u8(0);
     out.put_u32(0);
     out.put_u32(0);
+}
+
+/// Puts the session's iSCSI version descriptor (the last of [`VERSION_DESCRIPTORS`]).
+pub(super) fn claim_iscsi_version(out: &mut [u8], nexus: &super::Nexus) {
+    let at = 58 + 2 * (VERSION_DESCRIPTORS.len() - 1);
+    out[at..at + 2].copy_from_slice(&nexus.iscsi_version_descriptor().to_be_bytes());
 }
 
 /// Standard INQUIRY data for a direct-access device (or the "no LU" answer).

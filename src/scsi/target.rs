@@ -188,7 +188,8 @@ impl ScsiTarget {
                 // Peripheral qualifier 011b, device type 1Fh: no logical unit here.
                 let alloc =
                     u16::from_be_bytes([req.cdb.get(3).copied().unwrap_or(0), req.cdb.get(4).copied().unwrap_or(0)]);
-                let data = standard_inquiry_data(3, 0x1f, "RTGT", "no LUN", "0001");
+                let mut data = standard_inquiry_data(3, 0x1f, "RTGT", "no LUN", "0001");
+                super::spc::claim_iscsi_version(&mut data, &req.nexus);
                 Response::good(truncate(data, alloc as usize))
             }
             0x03 => {

@@ -22,7 +22,7 @@ struct Init {
 
 impl Init {
     fn new(name: &str) -> Init {
-        Init { nexus: Nexus::new(name, 1, "iqn.2026-11.org.example:t", 1) }
+        Init { nexus: Nexus::new(name, 1, "iqn.2026-11.org.example:t", 1, 1) }
     }
 
     async fn cmd(&self, t: &ScsiTarget, cdb: &[u8], data: &[u8]) -> Response {
@@ -564,7 +564,7 @@ async fn supported_task_management_functions_are_the_ones_iscsi_answers() {
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let r = a.cmd(&t, &[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]).await;
-    assert_eq!(&r.data[..], &[0xda, 0, 0, 0]);
+    assert_eq!(&r.data[..], &[0xde, 0x07, 0, 0]);
     let r = a.cmd(&t, &[0xa3, 0x0d, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0], &[]).await;
     assert_eq!((r.data.len(), r.data[3]), (16, 0x0c), "REPD");
 }

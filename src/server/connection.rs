@@ -233,6 +233,7 @@ struct FfpCtx<'a> {
     local: SocketAddr,
     peer: SocketAddr,
     initiator: &'a str,
+    nexus: Option<&'a Nexus>,
 }
 
 impl ConnContext for FfpCtx<'_> {
@@ -253,6 +254,11 @@ impl ConnContext for FfpCtx<'_> {
 
     fn may_reset_target(&self) -> bool {
         self.target.is_some_and(|t| t.may_reset(self.initiator))
+    }
+
+    fn pending_unit_attention(&self, lun: u64) -> Option<(u8, u8)> {
+        let (t, n, nexus) = (self.target?, decode_lun(lun)?, self.nexus?);
+        t.scsi.lun_for(n, self.initiator)?.pending_unit_attention(nexus.id)
     }
 }
 
@@ -305,9 +311,13 @@ impl FullFeature {
             clock.now(),
         );
         let nexus = match (&target, outcome.kind) {
-            (Some(t), SessionKind::Normal) => {
-                Some(Nexus::new(&outcome.initiator_name, outcome.isid, &t.name, endpoint.tpgt))
-            }
+            (Some(t), SessionKind::Normal) => Some(Nexus::new(
+                &outcome.initiator_name,
+                outcome.isid,
+                &t.name,
+                endpoint.tpgt,
+                outcome.params.protocol_level,
+            )),
             _ => None,
         };
         FullFeature {
@@ -455,6 +465,7 @@ impl FullFeature {
                     local: self.endpoint.local,
                     peer: self.endpoint.peer,
                     initiator: &self.initiator_name,
+                    nexus: self.nexus.as_deref(),
                 };
                 self.conn.on_pdu(pdu, self.clock.now(), &ctx);
             }
@@ -503,6 +514,7 @@ impl FullFeature {
                 Output::Execute(exec) => self.execute(exec),
                 Output::ResetLun(lun) => self.reset_lun(lun),
                 Output::ResetTarget { cold } => self.reset_target(cold),
+                Output::NexusReset => self.nexus_reset(),
                 Output::Close(reason) => close = Some(reason),
             }
         }
@@ -565,6 +577,15 @@ impl FullFeature {
             lu.reset();
         }
         self.registry.tell_sessions(&target.name, Some(self.handle.tsih), Control::AbortLun(lun));
+    }
+
+    /// I_T NEXUS RESET: the nexus loss function on every LU (the session ends next).
+    fn nexus_reset(&self) {
+        let (Some(target), Some(nexus)) = (&self.target, &self.nexus) else { return };
+        info!(target = %target.name, initiator = %nexus.initiator_name, "I_T NEXUS RESET");
+        for (_, lu) in target.scsi.luns() {
+            lu.nexus_reset(nexus.id);
+        }
     }
 
     fn reset_target(&self, cold: bool) {

@@ -19,6 +19,9 @@ impl ConnContext for Ctx {
     fn may_reset_target(&self) -> bool {
         true
     }
+    fn pending_unit_attention(&self, lun: u64) -> Option<(u8, u8)> {
+        self.lun_exists(lun).then_some((0x2a, 0x01))
+    }
 }
 
 const LUN1: u64 = 0x0001_0000_0000_0000;
@@ -441,4 +444,61 @@ fn unsolicited_data_without_room_is_refused_and_not_kept() {
     assert_eq!(execs(&out).iter().map(|e| e.itt).collect::<Vec<_>>(), vec![4]);
     c.on_complete(4, good(&[]));
     assert_eq!(memory.used(), 0);
+}
+
+fn tmf_request(function: u8, itt: u32, cmd_sn: u32) -> TaskMgmtRequest {
+    TaskMgmtRequest { immediate: true, function, lun: LUN1, itt, cmd_sn, ..Default::default() }
+}
+
+fn tmf_answer(out: &[Output]) -> TaskMgmtResponse {
+    match sent(out).iter().find_map(|p| match &p.bhs {
+        Bhs::TaskMgmtResponse(r) => Some(*r),
+        _ => None,
+    }) {
+        Some(r) => r,
+        None => panic!("no TMF response in {out:?}"),
+    }
+}
+
+#[test]
+fn queries_report_tasks_without_ending_them() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)));
+    let query = TaskMgmtRequest { referenced_task_tag: 1, ..tmf_request(tmf::QUERY_TASK, 70, 101) };
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(query))).response, tmf::FUNCTION_SUCCEEDED);
+    let other = TaskMgmtRequest { referenced_task_tag: 9, itt: 71, ..query };
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(other))).response, tmf::FUNCTION_COMPLETE);
+    let set = tmf_request(tmf::QUERY_TASK_SET, 72, 101);
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(set))).response, tmf::FUNCTION_SUCCEEDED);
+    let elsewhere = TaskMgmtRequest { lun: 0x0007_0000_0000_0000, itt: 73, ..set };
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(elsewhere))).response, tmf::LUN_DOES_NOT_EXIST);
+    // The queried task was not aborted: its response goes out, and then it is gone.
+    c.on_complete(1, good(&[]));
+    assert!(sent(&c.drain()).iter().any(|p| matches!(p.bhs, Bhs::ScsiResponse(ref r) if r.itt == 1)));
+    let again = TaskMgmtRequest { itt: 74, ..query };
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(again))).response, tmf::FUNCTION_COMPLETE);
+    let set = TaskMgmtRequest { itt: 75, ..set };
+    assert_eq!(tmf_answer(&feed(&mut c, Pdu::new(set))).response, tmf::FUNCTION_COMPLETE);
+}
+
+#[test]
+fn query_async_event_reports_the_pending_unit_attention() {
+    let mut c = conn();
+    let r = tmf_answer(&feed(&mut c, Pdu::new(tmf_request(tmf::QUERY_ASYNC_EVENT, 80, 100))));
+    // UADE DEPTH 01b, UNIT ATTENTION; the wire carries it in bytes 8-10 (the BHS round trip).
+    assert_eq!((r.response, r.additional), (tmf::FUNCTION_SUCCEEDED, [0x16, 0x2a, 0x01]));
+}
+
+#[test]
+fn i_t_nexus_reset_aborts_everything_then_ends_the_session() {
+    let mut c = conn();
+    feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)));
+    let out = feed(&mut c, Pdu::new(tmf_request(tmf::I_T_NEXUS_RESET, 90, 101)));
+    assert!(out.iter().any(|o| matches!(o, Output::NexusReset)));
+    assert!(sent(&out).is_empty(), "the response waits for the running task");
+    c.on_complete(1, good(&[]));
+    let out = c.drain();
+    assert_eq!(tmf_answer(&out).response, tmf::FUNCTION_COMPLETE);
+    assert!(!sent(&out).iter().any(|p| matches!(p.bhs, Bhs::ScsiResponse(_))), "the aborted task is not answered");
+    assert!(matches!(out.last(), Some(Output::Close(CloseReason::NexusReset))));
 }
