@@ -143,10 +143,36 @@ enum Phase {
     Running,
 }
 
+/// A command's task attribute (SAM-5 §8.6; ATTR in the SCSI Command PDU). Each connection is
+/// its own task set (TST 001b: one session, one connection), so the attributes order the
+/// commands of one I_T nexus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskAttr {
+    /// Runs as soon as it can, beside the others (UNTAGGED and ACA are taken as SIMPLE).
+    Simple,
+    /// Starts once every older task of its LUN is done; newer ones wait for it.
+    Ordered,
+    /// Starts at once, ahead of any task waiting.
+    HeadOfQueue,
+}
+
+impl TaskAttr {
+    fn from_wire(attr: u8) -> TaskAttr {
+        match attr {
+            2 => TaskAttr::Ordered,
+            3 => TaskAttr::HeadOfQueue,
+            _ => TaskAttr::Simple,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Task {
     itt: u32,
     immediate: bool,
+    attr: TaskAttr,
+    /// Where its delivery (its CmdSN turn) came among the connection's tasks; 0 until then.
+    order: u64,
     lun: u64,
     cdb: Bytes,
     read: bool,
@@ -256,6 +282,9 @@ pub struct Connection {
     /// when it was refused.
     memory_refused_at: Option<u64>,
     tmfs: Vec<PendingTmf>,
+    /// Tasks delivered so far (each task's `order`), and live tasks whose attribute is ORDERED.
+    deliveries: u64,
+    ordered_tasks: usize,
     next_ttt: u32,
     text_in: text::TextBuffer,
     text_out: Option<TextOut>,
@@ -298,6 +327,8 @@ impl Connection {
             budget_used: 0,
             memory_refused_at: None,
             tmfs: Vec::new(),
+            deliveries: 0,
+            ordered_tasks: 0,
             next_ttt: 1,
             text_in: text::TextBuffer::default(),
             text_out: None,
@@ -517,7 +548,7 @@ impl Connection {
                     if alive {
                         self.deliver(itt);
                     } else {
-                        self.tasks.remove(&itt);
+                        self.remove_task(itt);
                     }
                 }
                 Held::Pdu(pdu) => {
@@ -644,9 +675,13 @@ impl Connection {
         if c.read && c.expected_data_len > self.cfg.max_transfer_bytes {
             failure = Some(Failure::Check(Sense::invalid_cdb(0, None)));
         }
+        let attr = TaskAttr::from_wire(c.attr);
+        self.ordered_tasks += (attr == TaskAttr::Ordered) as usize;
         let task = Task {
             itt: c.itt,
             immediate,
+            attr,
+            order: 0,
             lun: c.lun,
             cdb: cdb.freeze(),
             read: c.read,
@@ -667,8 +702,40 @@ impl Connection {
     fn deliver(&mut self, itt: u32) {
         if let Some(t) = self.tasks.get_mut(&itt) {
             t.delivered = true;
+            self.deliveries += 1;
+            t.order = self.deliveries;
         }
         self.progress(itt);
+    }
+
+    /// Whether the task attributes let a delivered task start: a HEAD OF QUEUE task at once,
+    /// an ORDERED one once no older task of its LUN is left, any other once no older ORDERED
+    /// task of its LUN is left.
+    fn order_allows(&self, itt: u32) -> bool {
+        let t = &self.tasks[&itt];
+        if t.attr == TaskAttr::HeadOfQueue || (t.attr == TaskAttr::Simple && self.ordered_tasks == 0) {
+            return true;
+        }
+        let mut older =
+            self.tasks.values().filter(|o| o.lun == t.lun && o.delivered && !o.aborted && o.order < t.order);
+        match t.attr {
+            TaskAttr::Ordered => older.next().is_none(),
+            _ => !older.any(|o| o.attr == TaskAttr::Ordered),
+        }
+    }
+
+    /// Moves along the tasks of a LUN that their attributes held, oldest first.
+    fn release_ordered(&mut self, lun: u64) {
+        let mut held: Vec<(u64, u32)> = self
+            .tasks
+            .values()
+            .filter(|t| t.lun == lun && t.delivered && !t.aborted && t.phase != Phase::Running)
+            .map(|t| (t.order, t.itt))
+            .collect();
+        held.sort_unstable();
+        for (_, itt) in held {
+            self.progress(itt);
+        }
     }
 
     fn on_data_out(&mut self, d: &DataOut, data: Bytes) {
@@ -762,6 +829,18 @@ impl Connection {
                 let response = task.failure.as_ref().expect("checked").response(task.edtl);
                 self.finish(itt, response);
             }
+            return;
+        }
+        // Held by the task attributes: nothing solicited, nothing run, no budget taken. While
+        // an ORDERED task is about, a task not yet delivered takes nothing either, so that no
+        // task holds budget that one it waits for needs.
+        let held = match task.delivered {
+            true => !self.order_allows(itt),
+            false => self.ordered_tasks > 0,
+        };
+        if held {
+            let t = self.tasks.get_mut(&itt).expect("task");
+            t.phase = if t.collection_done() { Phase::Waiting } else { Phase::Collecting };
             return;
         }
         let needs_r2t = task.write.as_ref().is_some_and(|w| w.unsolicited_done && w.solicit_from < w.collect_len);
@@ -1026,7 +1105,7 @@ impl Connection {
 
     /// Drops a task: frees its window slot and budget, and answers any TMF waiting on it.
     fn forget(&mut self, itt: u32) {
-        let Some(task) = self.tasks.remove(&itt) else { return };
+        let Some(task) = self.remove_task(itt) else { return };
         if !task.immediate && task.delivered {
             self.window.complete();
         }
@@ -1044,6 +1123,16 @@ impl Connection {
             let tmf = self.tmfs.remove(i);
             self.send_tmf_response(tmf.itt, tmf.answer);
         }
+        if task.attr == TaskAttr::Ordered || self.ordered_tasks > 0 {
+            self.release_ordered(task.lun);
+        }
+    }
+
+    /// Removes a task from the set, keeping the count of ORDERED ones.
+    fn remove_task(&mut self, itt: u32) -> Option<Task> {
+        let task = self.tasks.remove(&itt)?;
+        self.ordered_tasks -= (task.attr == TaskAttr::Ordered) as usize;
+        Some(task)
     }
 
     // ---- task management ----

@@ -63,6 +63,7 @@ impl LogicalUnit {
                     p[4] |= 0x08;
                 }
                 if current {
+                    p[2] |= 0x20; // TST 001b: a task set per I_T nexus (task attributes order its commands)
                     p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                     p[8..10].copy_from_slice(&0xffffu16.to_be_bytes()); // busy timeout: unlimited
                 }

@@ -675,6 +675,7 @@ fn a_control_page() -> Vec<u8> {
     let mut p = vec![0u8; 12];
     p[0] = 0x0a;
     p[1] = 10;
+    p[2] = 0x20; // TST 001b
     p[3] = 0x10;
     p[8..10].copy_from_slice(&0xffffu16.to_be_bytes());
     p

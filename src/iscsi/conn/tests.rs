@@ -502,3 +502,50 @@ fn i_t_nexus_reset_aborts_everything_then_ends_the_session() {
     assert!(!sent(&out).iter().any(|p| matches!(p.bhs, Bhs::ScsiResponse(_))), "the aborted task is not answered");
     assert!(matches!(out.last(), Some(Output::Close(CloseReason::NexusReset))));
 }
+
+fn executed(out: &[Output]) -> Vec<u32> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Execute(e) => Some(e.itt),
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_attr(c: ScsiCommand, attr: u8) -> ScsiCommand {
+    ScsiCommand { attr, ..c }
+}
+
+#[test]
+fn an_ordered_task_waits_for_older_ones_and_holds_newer_ones() {
+    const ORDERED: u8 = 2;
+    const HEAD_OF_QUEUE: u8 = 3;
+    let mut c = conn();
+    assert_eq!(executed(&feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)))), [1]);
+    assert!(executed(&feed(&mut c, Pdu::new(with_attr(cmd(2, 101, false, false, 0, 0x35), ORDERED)))).is_empty());
+    assert!(executed(&feed(&mut c, Pdu::new(cmd(3, 102, false, false, 0, 0x00)))).is_empty(), "newer waits");
+    let head = with_attr(cmd(4, 103, false, false, 0, 0x00), HEAD_OF_QUEUE);
+    assert_eq!(executed(&feed(&mut c, Pdu::new(head))), [4], "HEAD OF QUEUE goes first");
+    c.on_complete(4, good(&[]));
+    assert!(executed(&c.drain()).is_empty(), "the ORDERED task still waits for task 1");
+    c.on_complete(1, good(&[]));
+    assert_eq!(executed(&c.drain()), [2]);
+    c.on_complete(2, good(&[]));
+    assert_eq!(executed(&c.drain()), [3]);
+    // Without an ORDERED task, SIMPLE ones run side by side again.
+    assert_eq!(executed(&feed(&mut c, Pdu::new(cmd(5, 104, false, false, 0, 0x00)))), [5]);
+}
+
+#[test]
+fn an_ordered_write_solicits_its_data_only_when_its_turn_comes() {
+    let mut p = params();
+    p.initial_r2t = true;
+    p.immediate_data = false;
+    let mut c = conn_with(p, SessionKind::Normal);
+    assert_eq!(executed(&feed(&mut c, Pdu::new(cmd(1, 100, false, false, 0, 0x00)))), [1]);
+    let out = feed(&mut c, Pdu::new(with_attr(cmd(2, 101, false, true, 512, 0x2a), 2)));
+    assert!(sent(&out).iter().all(|p| !matches!(p.bhs, Bhs::R2t(_))), "no R2T while task 1 runs");
+    c.on_complete(1, good(&[]));
+    let out = c.drain();
+    assert!(sent(&out).iter().any(|p| matches!(p.bhs, Bhs::R2t(ref r) if r.itt == 2)));
+}
