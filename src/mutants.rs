@@ -43,10 +43,13 @@ pub enum Mutant {
     StandbyIgnoresLease = 16,
     /// A task management response goes out before the running tasks it aborted complete.
     TmfBeforeAbortedComplete = 17,
+    /// An S3 volume's WRITE ATOMIC is a plain write made durable by a flush, which may cut it
+    /// into several logs and merges.
+    AtomicWriteWithoutItsLog = 18,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 17] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -64,6 +67,7 @@ impl Mutant {
         Mutant::LapsedHolderServes,
         Mutant::StandbyIgnoresLease,
         Mutant::TmfBeforeAbortedComplete,
+        Mutant::AtomicWriteWithoutItsLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Mutant {
             Mutant::LapsedHolderServes => "lapsed-holder-serves",
             Mutant::StandbyIgnoresLease => "standby-ignores-lease",
             Mutant::TmfBeforeAbortedComplete => "tmf-before-aborted-complete",
+            Mutant::AtomicWriteWithoutItsLog => "atomic-write-without-its-log",
         }
     }
 }

@@ -36,7 +36,7 @@ pub fn decode_block(lba: u64, block: &[u8]) -> Result<u32, String> {
     if tag != ANY_LBA && tag as u64 != lba {
         return Err(format!("block {lba} holds data written for block {tag} (write {id})"));
     }
-    let mut want = vec![0u8; BLOCK];
+    let mut want = [0u8; BLOCK];
     encode_block(id, if tag == ANY_LBA { u64::MAX } else { lba }, &mut want);
     if block != want.as_slice() {
         return Err(format!("block {lba} is torn or corrupt (claims write {id})"));
@@ -67,6 +67,8 @@ pub struct Model {
     volatile: Vec<Vec<usize>>,
     crashes: Vec<Duration>,
     next_id: u32,
+    /// WRITE ATOMICs: their writes and blocks.
+    atomic: Vec<(usize, std::ops::Range<u64>)>,
 }
 
 /// A handle on a write in flight.
@@ -140,6 +142,41 @@ impl Model {
             (None, Some(end)) => Some(end),
             _ => None,
         }
+    }
+
+    /// Marks a write as atomic (WRITE ATOMIC): all of it or none, in any image of the medium.
+    pub fn atomic(&mut self, w: WriteId, blocks: std::ops::Range<u64>) {
+        self.atomic.push((w.0, blocks));
+    }
+
+    /// Checks that no atomic write of `lun` shows in part in an image of the medium (what it
+    /// would hold were the target to crash now), given as the write each block holds: where one
+    /// of its blocks holds it, every other block holds it or a write that may have landed after
+    /// it (one not settled before it was issued).
+    pub fn check_atomic(&self, lun: usize, ids: &[u32]) -> Result<(), String> {
+        let holds = |b: u64| Some(ids[b as usize]);
+        for (i, blocks) in &self.atomic {
+            let g = &self.writes[*i];
+            if g.lun != lun {
+                continue;
+            }
+            let Some(seen) = blocks.clone().find(|&b| holds(b) == Some(g.id)) else { continue };
+            for b in blocks.clone() {
+                let Some(v) = holds(b).filter(|&v| v != g.id) else { continue };
+                let may_follow = self.history[lun][b as usize]
+                    .iter()
+                    .any(|&j| j != *i && self.writes[j].value == v && self.writes[j].end.is_none_or(|e| e > g.issued));
+                if !may_follow {
+                    return Err(format!(
+                        "atomic write {} of blocks {blocks:?} is torn: block {seen} holds it, block {b} holds {} \
+                         from before it",
+                        g.id,
+                        if v == 0 { "zeros".to_string() } else { format!("write {v}") }
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Registers a write of zeros (UNMAP, WRITE SAME of zeros).
@@ -250,12 +287,12 @@ impl Model {
         issued: Duration,
         done: Duration,
     ) -> Result<(), String> {
-        self.check(lun, block, data, issued, done, None)
+        self.check(lun, block, data, issued, done, None).map(|_| ())
     }
 
     /// Checks what a block would hold were the target to crash at `crash` and be read back
-    /// just after (without changing the model).
-    pub fn check_after_crash(&self, lun: usize, block: u64, data: &[u8], crash: Duration) -> Result<(), String> {
+    /// just after (without changing the model). Returns the write the block holds.
+    pub fn check_after_crash(&self, lun: usize, block: u64, data: &[u8], crash: Duration) -> Result<u32, String> {
         let after = crash + Duration::from_micros(1);
         self.check(lun, block, data, after, after, Some(crash))
     }
@@ -268,7 +305,7 @@ impl Model {
         issued: Duration,
         done: Duration,
         virtual_crash: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<u32, String> {
         let value = decode_block(block, data)?;
         let candidates: Vec<&Write> =
             self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).filter(|w| w.value == value).collect();
@@ -276,7 +313,7 @@ impl Model {
             return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
         }
         if candidates.iter().any(|w| w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)) {
-            return Ok(());
+            return Ok(value);
         }
         let latest = self.history[lun][block as usize]
             .iter()
@@ -303,6 +340,25 @@ mod tests {
     }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn an_atomic_write_seen_in_part_is_torn_unless_the_rest_was_overwritten_after_it() {
+        let mut m = Model::new(1, 4);
+        let (old, old_id) = m.begin_write(0, 0, 0..4, S(1));
+        m.acked(old, S(2), true);
+        let (g, g_id) = m.begin_write(0, 0, 0..4, S(3));
+        m.atomic(g, 0..4);
+        assert!(m.check_atomic(0, &[old_id; 4]).is_ok(), "none of it");
+        assert!(m.check_atomic(0, &[g_id; 4]).is_ok(), "all of it");
+        let err = m.check_atomic(0, &[g_id, g_id, old_id, old_id]).unwrap_err();
+        assert!(err.contains("torn"), "{err}");
+        assert!(m.check_atomic(0, &[g_id, 0, g_id, g_id]).is_err(), "the initial zeros are older too");
+        // A write issued while it was in flight, or after it, may have landed after it.
+        m.acked(g, S(4), true);
+        let (later, later_id) = m.begin_write(0, 1, 2..3, S(5));
+        m.acked(later, S(6), true);
+        assert!(m.check_atomic(0, &[g_id, g_id, later_id, g_id]).is_ok());
+    }
 
     #[test]
     fn reads_see_acknowledged_or_concurrent_writes_only() {

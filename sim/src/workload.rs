@@ -207,14 +207,48 @@ impl Initiator {
 /// The operations of the workload.
 #[derive(Debug, Clone, Copy)]
 enum Op {
-    Read { lun: u16, lba: u64, blocks: u32 },
-    Write { lun: u16, lba: u64, blocks: u32, fua: bool },
-    WriteSame { lun: u16, lba: u64, blocks: u32, zero: bool, unmap: bool },
-    Unmap { lun: u16, lba: u64, blocks: u32 },
-    Sync { lun: u16 },
-    CompareAndWrite { lun: u16, lba: u64 },
-    AbortTask { lun: u16, lba: u64 },
-    LunReset { lun: u16 },
+    Read {
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
+    /// WRITE ATOMIC(16), on the S3 LUN, across a chunk boundary.
+    WriteAtomic {
+        lba: u64,
+        blocks: u32,
+    },
+    WriteSame {
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+        zero: bool,
+        unmap: bool,
+    },
+    Unmap {
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+    },
+    Sync {
+        lun: u16,
+    },
+    CompareAndWrite {
+        lun: u16,
+        lba: u64,
+    },
+    AbortTask {
+        lun: u16,
+        lba: u64,
+    },
+    LunReset {
+        lun: u16,
+    },
     Nop,
     Logout,
     Disconnect,
@@ -245,6 +279,7 @@ impl Op {
             | Op::CompareAndWrite { lun, .. }
             | Op::AbortTask { lun, .. }
             | Op::LunReset { lun } => Some(lun),
+            Op::WriteAtomic { .. } => Some(S3_LUN),
             Op::Nop | Op::Logout | Op::Disconnect => None,
         }
     }
@@ -257,6 +292,11 @@ fn pick(rng: &mut Rng) -> Op {
     let blocks = 1 + rng.below(8) as u32;
     match rng.below(100) {
         0..=27 => Op::Read { lun, lba, blocks },
+        // Half of its blocks in each of two chunks (16 blocks): a flush would merge both.
+        28..=55 if lun == S3_LUN && rng.chance(0.2) => {
+            let blocks = 8 + rng.below(9) as u32;
+            Op::WriteAtomic { lba: (lba / 16 * 16 + 16 - blocks as u64 / 2).min(BLOCKS - blocks as u64), blocks }
+        }
         28..=55 => Op::Write { lun, lba, blocks, fua: rng.chance(0.15) },
         // A third of them zero an S3 chunk (16 blocks) but for its first or last block, without
         // unmapping: its merge fetches that block and may find the chunk all zeros, and that
@@ -343,6 +383,23 @@ async fn run_op(init: &Initiator, s: &Session, op: Op) -> Result<String, Error> 
             let result = s.command(lun, &cdb, data_for(id, lba, blocks), 0).await;
             settle_write(init, w, &result, fua)?;
             Ok(format!("write lun{lun} {lba}+{blocks} id {id}{}", if fua { " fua" } else { "" }))
+        }
+        Op::WriteAtomic { lba, blocks } => {
+            let range = lba..lba + blocks as u64;
+            let (w, id) = {
+                let model = &mut init.shared.borrow_mut().model;
+                let (w, id) = model.begin_write(S3_LUN as usize, init.index, range.clone(), issued);
+                model.atomic(w, range);
+                (w, id)
+            };
+            let mut cdb = [0u8; 16];
+            cdb[0] = 0x9c;
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[12..14].copy_from_slice(&(blocks as u16).to_be_bytes());
+            let result = s.command(S3_LUN, &cdb, data_for(id, lba, blocks), 0).await;
+            // Durable once acknowledged, FUA or not.
+            settle_write(init, w, &result, true)?;
+            Ok(format!("atomic write lun{S3_LUN} {lba}+{blocks} id {id}"))
         }
         Op::WriteSame { lun, lba, blocks, zero, unmap } => {
             let range = lba..lba + blocks as u64;

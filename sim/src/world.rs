@@ -667,11 +667,16 @@ fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Opti
         Ok(image) => image,
         Err(e) => return Some(format!("durability: the volume's logs cannot be replayed: {e}")),
     };
+    let mut ids = Vec::with_capacity(BLOCKS as usize);
     for b in 0..BLOCKS {
         let block = &image[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize];
-        if let Err(e) = model.check_after_crash(1, b, block, now) {
-            return Some(format!("durability: were the target to crash at {now:?}: {e}"));
+        match model.check_after_crash(1, b, block, now) {
+            Ok(id) => ids.push(id),
+            Err(e) => return Some(format!("durability: were the target to crash at {now:?}: {e}")),
         }
+    }
+    if let Err(e) = model.check_atomic(1, &ids) {
+        return Some(format!("atomicity: were the target to crash at {now:?}: {e}"));
     }
     None
 }
