@@ -5,6 +5,7 @@ pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod fnv;
 pub mod fuzzing;
 pub mod initiator;
 pub mod iscsi;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{TARGET, memory_config, start};
+use rtgt::initiator::rw16;
 use rtgt::pdu::{self, Bhs, Digests, Pdu};
 use rtgt::scsi::encode_lun;
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
@@ -410,4 +411,46 @@ async fn a_login_cannot_switch_to_another_target() {
     // A polite session is served meanwhile.
     let s = t.ready_session(9).await;
     assert_eq!(s.read(1, 0, 1, 512).await.unwrap().len(), 512);
+}
+
+/// A store with a bug: reading panics. Writes and the rest go to memory.
+struct PanicsOnRead(rtgt::storage::MemoryStore);
+
+impl BlockStore for PanicsOnRead {
+    fn describe(&self) -> String {
+        "panics on read".into()
+    }
+    fn capacity(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn caps(&self) -> StoreCaps {
+        self.0.caps()
+    }
+    fn read(&self, _offset: u64, _len: usize) -> BoxFuture<'_, StoreResult<bytes::Bytes>> {
+        Box::pin(async { panic!("a bug in a read") })
+    }
+    fn write(&self, offset: u64, data: bytes::Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
+        self.0.write(offset, data, fua)
+    }
+    fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.0.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>> {
+        self.0.unmap(offset, len)
+    }
+}
+
+/// A command whose handler panics is answered HARDWARE ERROR / INTERNAL TARGET FAILURE, and
+/// its session and the target go on serving.
+#[tokio::test]
+async fn a_panicking_command_is_answered_and_the_session_goes_on() {
+    let t = start(memory_config("")).await;
+    let store = PanicsOnRead(rtgt::storage::MemoryStore::new(MIB));
+    let lu = LogicalUnit::new(Arc::new(store), LuConfig::new(512, LuIdentity::derived("panics"))).unwrap();
+    t.server.registry.target(TARGET).unwrap().scsi.replace_lun(1, Arc::new(lu));
+    let s = t.ready_session(12).await;
+    let read = s.command(1, &rw16(0x88, 0, 1, 0), bytes::Bytes::new(), 512).await.unwrap();
+    assert_eq!(read.sense_code(), Some((0x04, 0x44, 0x00)), "HARDWARE ERROR, INTERNAL TARGET FAILURE");
+    let write = s.command(1, &rw16(0x8a, 0, 1, 0), bytes::Bytes::from(vec![7u8; 512]), 0).await.unwrap();
+    assert_eq!(write.status, 0, "the same session serves the next command");
 }

@@ -208,9 +208,6 @@ impl Model {
         self.writes[w.0].end = Some(now);
     }
 
-    /// The write's fate is unknown until [`Model::settle`].
-    pub fn cut_off(&mut self, _w: WriteId) {}
-
     /// An initiator logged in again (reinstating its session): its cut-off writes are over.
     pub fn settle(&mut self, initiator: usize, now: Duration) {
         for w in &mut self.writes {

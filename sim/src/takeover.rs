@@ -82,7 +82,7 @@ impl Plan {
 pub(crate) struct Shared {
     pub model: Model,
     pub trace: Vec<String>,
-    pub hash: u64,
+    pub hash: rtgt::fnv::Fnv1a,
     pub violation: Option<String>,
     pub commands: u64,
     pub done: bool,
@@ -97,7 +97,7 @@ impl Shared {
         Shared {
             model: Model::new(1, BLOCKS),
             trace: Vec::new(),
-            hash: 0xcbf2_9ce4_8422_2325,
+            hash: rtgt::fnv::Fnv1a::default(),
             violation: None,
             commands: 0,
             done: false,
@@ -112,10 +112,7 @@ impl Shared {
 
     pub fn event_at(&mut self, at: Duration, who: &str, what: String) {
         let line = format!("{:>9.3} {who:<8} {what}", at.as_secs_f64());
-        for b in line.bytes() {
-            self.hash ^= b as u64;
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.hash.update(line.as_bytes());
         self.trace.push(line);
     }
 
@@ -137,7 +134,7 @@ impl Shared {
             crashes: 0,
             store,
             s3_requests: s3.requests(),
-            trace_hash: self.hash,
+            trace_hash: self.hash.value(),
             trace: if keep_trace { self.trace.clone() } else { Vec::new() },
         }
     }

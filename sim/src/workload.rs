@@ -24,7 +24,7 @@ pub struct Shared {
     pub model: Model,
     pub trace: Vec<String>,
     keep_trace: bool,
-    pub hash: u64,
+    pub hash: rtgt::fnv::Fnv1a,
     pub violation: Option<String>,
     /// Per initiator: protocol violations seen over all its sessions.
     pub violations: Vec<Violations>,
@@ -42,7 +42,7 @@ impl Shared {
             model,
             trace: Vec::new(),
             keep_trace,
-            hash: 0xcbf2_9ce4_8422_2325,
+            hash: rtgt::fnv::Fnv1a::default(),
             violation: None,
             violations: Vec::new(),
             recovered_after_heal: Vec::new(),
@@ -54,10 +54,7 @@ impl Shared {
     /// Records an event in the trace (and its hash).
     pub fn event(&mut self, now: Duration, who: &str, what: String) {
         let line = format!("{:>9.3} {who:<8} {what}", now.as_secs_f64());
-        for b in line.bytes() {
-            self.hash ^= b as u64;
-            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.hash.update(line.as_bytes());
         self.trace.push(line);
         if !self.keep_trace && self.trace.len() > 400 {
             self.trace.drain(..200);
@@ -361,10 +358,7 @@ fn settle_write(init: &Initiator, w: WriteId, result: &Result<CommandResult, Err
             Err(e.clone())
         }
         // Cut off: its fate is known once the session is reinstated.
-        Err(e) => {
-            sh.model.cut_off(w);
-            Err(e.clone())
-        }
+        Err(e) => Err(e.clone()),
     }
 }
 

@@ -507,7 +507,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
             (Store::Embedded, _, true) => "embedded store + disk cache",
         },
         s3_requests: env.s3.requests(),
-        trace_hash: sh.hash,
+        trace_hash: sh.hash.value(),
         trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
     }
 }

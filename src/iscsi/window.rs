@@ -101,10 +101,6 @@ impl<T> CmdWindow<T> {
         }
     }
 
-    pub fn held_len(&self) -> usize {
-        self.held.len()
-    }
-
     /// Drops everything held (connection close).
     pub fn clear(&mut self) -> Vec<T> {
         std::mem::take(&mut self.held).into_values().collect()

@@ -139,10 +139,6 @@ impl MemObjectStore {
         self.lock().faults = faults;
     }
 
-    pub fn set_page_size(&mut self, n: usize) {
-        self.page_size = n.max(1);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("mem store poisoned")
     }

@@ -26,11 +26,7 @@ pub struct LuIdentity {
 impl LuIdentity {
     /// A stable identity derived from a name (target IQN + LUN, or a volume id).
     pub fn derived(name: &str) -> LuIdentity {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = crate::fnv::fnv1a(name.as_bytes());
         // NAA 3, "locally assigned" (SPC-4 7.8.6.6.4): 60 bits of hash, and no IEEE company
         // id, which rtgt does not have (earlier versions borrowed another project's).
         let naa = (0x3u64 << 60) | (h & 0x0fff_ffff_ffff_ffff);

@@ -50,18 +50,11 @@ impl Nexus {
         relative_port: u16,
         protocol_level: u8,
     ) -> Arc<Nexus> {
-        // FNV-1a: stable across runs and platforms, unlike the std hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for &b in bytes {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        eat(initiator_name.as_bytes());
-        eat(&isid.to_be_bytes());
-        eat(target_name.as_bytes());
-        eat(&relative_port.to_be_bytes());
+        // Stable across runs and platforms, unlike the std hasher.
+        let mut h = crate::fnv::Fnv1a::default();
+        h.update(initiator_name.as_bytes()).update(&isid.to_be_bytes());
+        h.update(target_name.as_bytes()).update(&relative_port.to_be_bytes());
+        let h = h.value();
         Arc::new(Nexus {
             id: h,
             initiator_name: initiator_name.to_string(),
@@ -79,11 +72,6 @@ impl Nexus {
             0 | 1 => 0x0960,
             level => 0x0960 + level as u16,
         }
-    }
-
-    /// The iSCSI initiator port name (SPC-4 §7.7.5): "<name>,i,0x<isid>".
-    pub fn initiator_port_name(&self) -> String {
-        format!("{},i,0x{:012x}", self.initiator_name, self.isid)
     }
 
     /// The iSCSI target port name: "<name>,t,0x<tpgt>".

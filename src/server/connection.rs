@@ -1,6 +1,6 @@
-//! The async driver of one TCP connection: runs the login state machine, then the
-//! full-feature [`Connection`], executing SCSI commands as tasks and writing PDUs through a
-//! batching writer task.
+//! The async driver of one TCP connection, one task: runs the login state machine, then the
+//! full-feature [`Connection`]: reads PDUs, runs the connection's SCSI commands as a
+//! `FuturesUnordered`, and writes PDUs through a batching writer, all in one event loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -543,9 +543,10 @@ impl FullFeature {
             let started = clock.now();
             let in_flight = lu.as_ref().map(|lu| lu.metrics.start());
             // A bug in a command handler must not leave the command unanswered forever.
-            let response = match CatchUnwind(Box::pin(async { scsi.execute(&request).await })).await {
+            let handled = std::panic::AssertUnwindSafe(async { scsi.execute(&request).await }).catch_unwind().await;
+            let response = match handled {
                 Ok(response) => response,
-                Err(()) => {
+                Err(_) => {
                     tracing::error!(cdb = ?request.cdb, "command handler panicked");
                     Response::check(&Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE), false)
                 }
@@ -628,21 +629,5 @@ impl FullFeature {
             }
         }
         self.handle.mark_done();
-    }
-}
-
-/// Turns a panic while polling the inner future into `Err(())`.
-struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
-
-impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(_) => std::task::Poll::Ready(Err(())),
-        }
     }
 }

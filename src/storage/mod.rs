@@ -11,9 +11,6 @@ pub mod pending;
 mod small_folios;
 pub mod uring;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use bytes::Bytes;
 use thiserror::Error;
 
@@ -23,7 +20,7 @@ pub use null::NullStore;
 pub use pending::PendingStore;
 pub use uring::UringStore;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures::future::BoxFuture;
 
 /// A storage failure. Each kind maps to the sense data the initiator sees and implies whether
 /// retrying can help.

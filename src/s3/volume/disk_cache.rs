@@ -302,7 +302,7 @@ fn parse_key(rest: &str) -> Option<(u64, u64, u64, u64)> {
 /// FNV-1a of a version's entity tag: names the entry's file (the exact tag is in its
 /// metadata and compared on every read).
 fn version_hash(version: &str) -> u64 {
-    version.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    crate::fnv::fnv1a(version.as_bytes())
 }
 
 #[cfg(test)]
