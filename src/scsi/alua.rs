@@ -1,6 +1,7 @@
-//! Asymmetric logical unit access (SPC-4 §5.15), implicit: each portal group of a target is a
-//! target port group with one target port (relative port and group id = the portal group tag),
-//! in an access state the operator sets (configuration, API). REPORT TARGET PORT GROUPS tells
+//! Asymmetric logical unit access (SPC-4 §5.15), implicit and explicit: each portal group of a
+//! target is a target port group with one target port (relative port and group id = the portal
+//! group tag), in an access state the operator sets (configuration, API) or an initiator sets
+//! with SET TARGET PORT GROUPS (until the configuration is applied again). REPORT TARGET PORT GROUPS tells
 //! multipath initiators which paths to prefer; commands through a port in a state that does
 //! not allow them are answered NOT READY with the state's ASC (SPC-4 §5.15.2.4).
 
@@ -53,11 +54,14 @@ impl AluaState {
             op,
             Op::Inquiry | Op::ReportLuns | Op::RequestSense | Op::ReportTargetPortGroups | Op::ReportSupportedTmfs
         );
+        // A path in standby or unavailable can be made active through itself (§5.15.2.4).
+        let settable = op == Op::SetTargetPortGroups;
         let (allowed, asc) = match self {
             AluaState::ActiveOptimized | AluaState::ActiveNonOptimized => (true, (0, 0)),
             // Standby also keeps settings and reservations reachable (§5.15.2.4.4).
             AluaState::Standby => (
                 always
+                    || settable
                     || matches!(
                         op,
                         Op::ModeSense
@@ -68,7 +72,7 @@ impl AluaState {
                     ),
                 (0x04, 0x0b),
             ),
-            AluaState::Unavailable => (always || op == Op::ReportSupportedOpcodes, (0x04, 0x0c)),
+            AluaState::Unavailable => (always || settable || op == Op::ReportSupportedOpcodes, (0x04, 0x0c)),
             AluaState::Transitioning => (always || op == Op::ReportSupportedOpcodes, (0x04, 0x0a)),
         };
         match allowed {

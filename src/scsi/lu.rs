@@ -404,7 +404,9 @@ impl LogicalUnit {
             Op::Sanitize => self.sanitize(ctx).await,
             Op::GetLbaStatus => self.get_lba_status(ctx).await,
             // Answered by the target.
-            Op::ReportLuns | Op::ReportTargetPortGroups => Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE)),
+            Op::ReportLuns | Op::ReportTargetPortGroups | Op::SetTargetPortGroups => {
+                Err(Sense::illegal(asc::INTERNAL_TARGET_FAILURE))
+            }
             Op::ReportSupportedOpcodes => self.report_supported_opcodes(ctx),
             Op::Reserve => self.reserve(ctx),
             Op::Release => self.release(ctx),
@@ -437,6 +439,7 @@ fn needs_medium(op: Op) -> bool {
             | Op::PersistentReserveIn
             | Op::PersistentReserveOut
             | Op::ReportTargetPortGroups
+            | Op::SetTargetPortGroups
             | Op::ReceiveCopyResults
             | Op::ReportSupportedTmfs
     )

@@ -29,6 +29,7 @@ pub(super) fn access(op: Op) -> Access {
         | Op::PersistentReserveIn
         | Op::PersistentReserveOut
         | Op::ReportTargetPortGroups
+        | Op::SetTargetPortGroups
         | Op::ReportSupportedTmfs
         | Op::Release => Access::Free,
         Op::Read

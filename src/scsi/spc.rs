@@ -80,7 +80,7 @@ impl LogicalUnit {
             &self.config.identity.product,
             &self.config.identity.revision,
         );
-        out[5] |= 0x10; // TPGS 01b: implicit asymmetric access (REPORT TARGET PORT GROUPS)
+        out[5] |= 0x30; // TPGS 11b: implicit and explicit (SET TARGET PORT GROUPS) asymmetric access
         out[5] |= 0x08; // 3PC: third-party copy (EXTENDED COPY)
         out
     }

@@ -141,7 +141,7 @@ impl ScsiTarget {
         // unit looks every command up itself.
         let state = self.port_state(req.nexus.relative_port);
         let standby = lu.is_standby() && state.admits_everything();
-        if opcode == 0xa3 || !state.admits_everything() || standby {
+        if opcode == 0xa3 || opcode == 0xa4 || !state.admits_everything() || standby {
             let cdb = super::cdb::Cdb(&req.cdb);
             if let super::ops::Lookup::Found(spec) = super::ops::lookup(opcode, cdb.service_action()) {
                 let admitted = match standby {
@@ -153,6 +153,9 @@ impl ScsiTarget {
                 }
                 if spec.op == super::ops::Op::ReportTargetPortGroups {
                     return self.report_target_port_groups(req, standby);
+                }
+                if spec.op == super::ops::Op::SetTargetPortGroups {
+                    return self.set_target_port_groups(req);
                 }
             }
         }
@@ -178,6 +181,46 @@ impl ScsiTarget {
             groups.insert(req.nexus.relative_port, AluaState::Standby);
         }
         Response::good(truncate(alua::report_target_port_groups(&groups, extended), cdb.u32(6) as usize))
+    }
+
+    /// SET TARGET PORT GROUPS (SPC-4 §6.31): explicit access state changes of this target's
+    /// port groups, all or none, announced like the operator's (ASYMMETRIC ACCESS STATE
+    /// CHANGED). Active/optimized, active/non-optimized, standby and unavailable may be set.
+    fn set_target_port_groups(&self, req: &Request) -> Response {
+        let cdb = super::cdb::Cdb(&req.cdb);
+        let len = cdb.u32(6) as usize;
+        let fail = |sense: Sense| {
+            let mut r = Response::check(&sense, false);
+            r.data_out_len = len.min(u32::MAX as usize) as u32;
+            r
+        };
+        if req.data_out.len() < len || (len > 0 && (len < 4 || !(len - 4).is_multiple_of(4))) {
+            return fail(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+        }
+        let mut groups = self.port_groups.read().expect("port groups poisoned").clone();
+        if groups.is_empty() {
+            groups.insert(req.nexus.relative_port, AluaState::default());
+        }
+        let descriptors = req.data_out.get(4..len).unwrap_or_default();
+        for (i, d) in descriptors.chunks(4).enumerate() {
+            let at = (4 + 4 * i) as u16;
+            let state = match d[0] & 0x0f {
+                0x0 => AluaState::ActiveOptimized,
+                0x1 => AluaState::ActiveNonOptimized,
+                0x2 => AluaState::Standby,
+                0x3 => AluaState::Unavailable,
+                _ => return fail(Sense::invalid_param(at)),
+            };
+            let tag = u16::from_be_bytes([d[2], d[3]]);
+            match groups.get_mut(&tag) {
+                Some(current) => *current = state,
+                None => return fail(Sense::invalid_param(at + 2)),
+            }
+        }
+        self.set_port_groups(groups);
+        let mut r = Response::good(bytes::Bytes::new());
+        r.data_out_len = len as u32;
+        r
     }
 
     /// SPC-4 §5.12: answers for an unknown LUN.

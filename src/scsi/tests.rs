@@ -446,7 +446,7 @@ async fn alua_states_are_reported_and_enforced() {
     let a = Init::new("iqn.a"); // through port (portal group) 1
     a.ready(&t).await;
     let inq = a.cmd(&t, &[0x12, 0, 0, 0, 96, 0], &[]).await;
-    assert_eq!(inq.data[5] & 0x30, 0x10, "TPGS: implicit");
+    assert_eq!(inq.data[5] & 0x30, 0x30, "TPGS: implicit and explicit");
     let vpd = a.cmd(&t, &[0x12, 1, 0x83, 0, 255, 0], &[]).await;
     assert!(vpd.data.windows(8).any(|w| w == [0x01, 0x15, 0, 4, 0, 0, 0, 1]), "target port group designator");
     t.set_port_groups(PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::ActiveNonOptimized)]));
@@ -463,6 +463,46 @@ async fn alua_states_are_reported_and_enforced() {
     t.set_port_groups(PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::ActiveOptimized)]));
     let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
     assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "ASYMMETRIC ACCESS STATE CHANGED");
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+}
+
+fn set_tpg(descriptors: &[(u8, u16)]) -> ([u8; 12], Vec<u8>) {
+    let mut data = vec![0u8; 4];
+    for &(state, tag) in descriptors {
+        data.extend_from_slice(&[state, 0]);
+        data.extend_from_slice(&tag.to_be_bytes());
+    }
+    let mut cdb = [0xa4, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[6..10].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    (cdb, data)
+}
+
+#[tokio::test]
+async fn set_target_port_groups_changes_states_explicitly_all_or_none() {
+    use crate::scsi::alua::{AluaState, PortGroups};
+    let (t, _) = target();
+    let a = Init::new("iqn.a"); // through port 1
+    a.ready(&t).await;
+    t.set_port_groups(PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::ActiveOptimized)]));
+    a.cmd(&t, &[0, 0, 0, 0, 0, 0], &[]).await; // the unit attention of the change
+    let (cdb, data) = set_tpg(&[(0x2, 1), (0x1, 2)]);
+    assert_eq!(a.cmd(&t, &cdb, &data).await.status, status::GOOD);
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::NOT_READY, (0x04, 0x0b))), "port 1 is standby now");
+    let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
+    assert_eq!((rtpg.data[4] & 0x0f, rtpg.data[16] & 0x0f), (2, 1));
+    // An unknown group or a state that cannot be set changes nothing.
+    for bad in [vec![(0x0, 1), (0x0, 9)], vec![(0x0, 1), (0xf, 2)]] {
+        let (cdb, data) = set_tpg(&bad);
+        let r = a.cmd(&t, &cdb, &data).await;
+        assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST)));
+    }
+    assert_eq!(sense_of(&a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await), Some((key::NOT_READY, (0x04, 0x0b))));
+    // A standby path is made active through itself.
+    let (cdb, data) = set_tpg(&[(0x0, 1)]);
+    assert_eq!(a.cmd(&t, &cdb, &data).await.status, status::GOOD);
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))));
     assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
 }
 
