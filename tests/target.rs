@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BS, TARGET, memory_config, start};
+use common::{BS, TARGET, TestTarget, memory_config, start};
 use rtgt::initiator::{self, Error, InitiatorConfig, Session, rw16};
 use rtgt::pdu::{self, Bhs, Digests, Pdu, tmf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,6 +51,7 @@ async fn write_read_flush_unmap_with_and_without_digests() {
         let after = s.read(1, 1000, 300, BS).await.unwrap();
         assert!(after[..128 * BS as usize].iter().all(|&b| b == 0));
         assert_eq!(&after[128 * BS as usize..], &data[128 * BS as usize..]);
+        TestTarget::assert_clean(&s);
         s.logout().await.unwrap();
     }
 }
@@ -65,6 +66,7 @@ async fn writes_through_r2t_only() {
     let data = pattern(9, 1 << 20); // sixteen R2Ts of 64 KiB
     s.write(0, 0, data.clone(), BS, true).await.unwrap();
     assert_eq!(s.read(0, 0, (1 << 20) / BS, BS).await.unwrap(), data);
+    TestTarget::assert_clean(&s);
 }
 
 #[tokio::test]
@@ -83,6 +85,9 @@ async fn concurrent_commands_queue_deeper_than_the_window() {
     for task in tasks {
         task.await.unwrap();
     }
+    let v = s.violations();
+    assert!(v.widest_window <= 8, "the CmdSN window stays within the queue depth: {v:?}");
+    TestTarget::assert_clean(&s);
 }
 
 #[tokio::test]
@@ -95,6 +100,7 @@ async fn residuals_are_reported() {
     // WRITE(10) of one block with 2 blocks of data: underflow.
     let r = s.command(1, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], pattern(1, 2 * BS as usize), 0).await.unwrap();
     assert_eq!((r.status, r.underflow, r.residual), (0, true, BS));
+    TestTarget::assert_clean(&s);
 }
 
 #[tokio::test]
@@ -120,6 +126,8 @@ async fn lun_reset_gives_every_session_a_unit_attention() {
     }
     assert_eq!(a.task_management(tmf::ABORT_TASK, 1, 999, 0).await.unwrap(), tmf::TASK_DOES_NOT_EXIST);
     assert_eq!(a.task_management(tmf::LOGICAL_UNIT_RESET, 9, 0, 0).await.unwrap(), tmf::LUN_DOES_NOT_EXIST);
+    TestTarget::assert_clean(&a);
+    TestTarget::assert_clean(&b);
 }
 
 #[tokio::test]

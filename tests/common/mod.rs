@@ -79,6 +79,17 @@ impl TestTarget {
         s
     }
 
+    /// The initiator saw nothing out of protocol from the target: no response to a task it
+    /// did not issue or that was aborted, StatSN in sequence, MaxCmdSN never shrinking.
+    pub fn assert_clean(s: &Session) {
+        let v = s.violations();
+        assert_eq!(
+            (v.unexpected_responses, v.responses_after_abort, v.stat_sn_errors, v.max_cmd_sn_decreases),
+            (0, 0, 0, 0),
+            "protocol violations seen by the initiator: {v:?}"
+        );
+    }
+
     pub fn url(&self, lun: u16) -> String {
         format!("iscsi://{}/{TARGET}/{lun}", self.addr)
     }
