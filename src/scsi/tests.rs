@@ -749,3 +749,36 @@ async fn sanitize_block_erase_unmaps_every_block() {
     let characteristics = a.cmd(&t, &[0x12, 1, 0xb1, 0, 64, 0], &[]).await;
     assert_eq!(characteristics.data[7] >> 6, 1, "WABEREQ: reads after a block erase succeed");
 }
+
+/// A store that is not thin (null here): no UNMAP or SANITIZE in dispatch or RSOC, LBPME and
+/// LBPRZ clear, no provisioning VPD bits, WRITE SAME with UNMAP refused, and GET LBA STATUS
+/// reporting everything mapped.
+#[tokio::test]
+async fn a_store_that_is_not_thin_offers_no_unmap_and_reports_everything_mapped() {
+    let store = Arc::new(crate::storage::NullStore::new(BLOCKS * BS as u64));
+    let lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
+    let t = ScsiTarget::new("iqn.2026-11.org.example:t");
+    t.add_lun(1, Arc::new(lu)).unwrap();
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let all = a.cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
+    let opcodes: Vec<u8> = all.data[4..].chunks(8).map(|d| d[0]).collect();
+    assert!(!opcodes.contains(&0x42) && !opcodes.contains(&0x48), "{opcodes:02x?}");
+    assert!(opcodes.contains(&0x2a) && opcodes.contains(&0x93), "writes and WRITE SAME stay");
+    let one = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0x42, 0, 0, 0, 0, 0, 64, 0, 0], &[]).await;
+    assert_eq!(one.data[1] & 0x07, 0x01, "UNMAP: not supported");
+    let unmap = a.cmd(&t, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &[0; 24]).await;
+    assert_eq!(sense_of(&unmap), Some((key::ILLEGAL_REQUEST, asc::INVALID_OPCODE)));
+    let rc16 = a.cmd(&t, &[0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[]).await;
+    assert_eq!(rc16.data[14] & 0xc0, 0, "LBPME and LBPRZ clear");
+    let lbp = a.cmd(&t, &[0x12, 1, 0xb2, 0, 8, 0], &[]).await;
+    assert_eq!((lbp.data[5], lbp.data[6]), (0, 0), "no provisioning bits, not thin");
+    let mut ws = rw16(0x93, 0, 8, 0x08);
+    ws[10..14].copy_from_slice(&8u32.to_be_bytes());
+    let r = a.cmd(&t, &ws, &[0; BS as usize]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)), "WRITE SAME with UNMAP");
+    let status = a.cmd(&t, &[0x9e, 0x12, 0, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 64, 0, 0], &[]).await;
+    assert_eq!(status.status, status::GOOD);
+    assert_eq!(&status.data[8..16], &100u64.to_be_bytes(), "from the LBA asked for");
+    assert_eq!(status.data[20], 0, "mapped");
+}
