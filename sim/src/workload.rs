@@ -386,10 +386,8 @@ async fn run_op(init: &Initiator, s: &Session, op: Op) -> Result<String, Error> 
                 model.atomic(w, range);
                 (w, id)
             };
-            let mut cdb = [0u8; 16];
-            cdb[0] = 0x9c;
-            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-            cdb[12..14].copy_from_slice(&(blocks as u16).to_be_bytes());
+            // WRITE ATOMIC(16): TRANSFER LENGTH is bytes 12-13, inside WRITE(16)'s field.
+            let cdb = rw16(0x9c, lba, blocks, 0);
             let result = s.command(S3_LUN, &cdb, data_for(id, lba, blocks), 0).await;
             // Durable once acknowledged, FUA or not.
             settle_write(init, w, &result, true)?;

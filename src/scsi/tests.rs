@@ -10,10 +10,15 @@ const BLOCKS: u64 = 4096;
 
 fn target() -> (ScsiTarget, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new(BLOCKS * BS as u64));
-    let lu = LogicalUnit::new(store.clone(), LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
+    (target_on(store.clone()), store)
+}
+
+/// A target whose LUN 1 is `store`.
+fn target_on(store: Arc<dyn BlockStore>) -> ScsiTarget {
+    let lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
     let t = ScsiTarget::new("iqn.2026-11.org.example:t");
     t.add_lun(1, Arc::new(lu)).unwrap();
-    (t, store)
+    t
 }
 
 struct Init {
@@ -618,13 +623,10 @@ fn lun_encoding_round_trips() {
     assert_eq!(decode_lun(0x0001_0000_0000_0001), None);
 }
 
+/// WRITE ATOMIC(16): the layout of the 16-byte reads and writes, its two-byte TRANSFER LENGTH
+/// (bytes 12-13) inside theirs.
 fn write_atomic16(lba: u64, blocks: u16, flags: u8) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x9c;
-    c[1] = flags;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[12..14].copy_from_slice(&blocks.to_be_bytes());
-    c
+    rw16(0x9c, lba, blocks as u32, flags)
 }
 
 #[tokio::test]
@@ -662,10 +664,7 @@ async fn a_store_without_atomic_writes_offers_no_write_atomic() {
         busy_poll: std::time::Duration::ZERO,
         atomic_intents: None,
     };
-    let store = Arc::new(crate::storage::FileStore::open(&path, &opts).unwrap());
-    let lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
-    let t = ScsiTarget::new("iqn.2026-11.org.example:t");
-    t.add_lun(1, Arc::new(lu)).unwrap();
+    let t = target_on(Arc::new(crate::storage::FileStore::open(&path, &opts).unwrap()));
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let limits = a.cmd(&t, &[0x12, 1, 0xb0, 0, 64, 0], &[]).await;
@@ -755,10 +754,7 @@ async fn sanitize_block_erase_unmaps_every_block() {
 /// reporting everything mapped.
 #[tokio::test]
 async fn a_store_that_is_not_thin_offers_no_unmap_and_reports_everything_mapped() {
-    let store = Arc::new(crate::storage::NullStore::new(BLOCKS * BS as u64));
-    let lu = LogicalUnit::new(store, LuConfig::new(BS, LuIdentity::derived("t:1"))).unwrap();
-    let t = ScsiTarget::new("iqn.2026-11.org.example:t");
-    t.add_lun(1, Arc::new(lu)).unwrap();
+    let t = target_on(Arc::new(crate::storage::NullStore::new(BLOCKS * BS as u64)));
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let all = a.cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
