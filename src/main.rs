@@ -16,6 +16,7 @@ use rtgt::overrides::Overrides;
 use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::keys::{Held, KeySource};
 use rtgt::s3::volume::{CreateSpec, S3Volume};
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 
@@ -201,6 +202,8 @@ enum VolumeCommand {
         #[arg(long, default_value_t = 512)]
         block_size: u32,
         #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
         s3: S3Args,
     },
     /// Show a volume's metadata, lease and chunk count.
@@ -228,6 +231,8 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
         #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
         s3: S3Args,
     },
     /// Copy a file or block device into a new volume of its size (all-zero pieces are not
@@ -244,6 +249,19 @@ enum VolumeCommand {
         #[arg(long)]
         resume: bool,
         #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Wrap an encrypted volume's data key with a new key or passphrase (the old one then no
+    /// longer opens it). Only while no target serves the volume; the data is not rewritten.
+    Rekey {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        new: NewKeyArgs,
+        #[command(flatten)]
         s3: S3Args,
     },
     /// Set aside a damaged log object that keeps a volume from opening (it is moved to
@@ -255,6 +273,63 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+}
+
+/// The key of an encrypted volume: encrypts a volume being created, opens an encrypted one.
+#[derive(Args)]
+#[group(multiple = false)]
+struct KeyArgs {
+    /// A 256-bit key in a file (32 bytes, 64 hex digits or base64).
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
+    /// A 256-bit key in an environment variable (64 hex digits or base64).
+    #[arg(long)]
+    encryption_key_env: Option<String>,
+    /// A passphrase in a file (Argon2id makes the key).
+    #[arg(long)]
+    encryption_passphrase_file: Option<PathBuf>,
+    /// A passphrase in an environment variable.
+    #[arg(long)]
+    encryption_passphrase_env: Option<String>,
+}
+
+impl KeyArgs {
+    fn source(&self) -> Option<KeySource> {
+        let held = |file: &Option<PathBuf>, env: &Option<String>| match (file, env) {
+            (Some(path), _) => Some(Held::File(path.clone())),
+            (_, Some(name)) => Some(Held::Env(name.clone())),
+            _ => None,
+        };
+        held(&self.encryption_key_file, &self.encryption_key_env).map(KeySource::Key).or_else(|| {
+            held(&self.encryption_passphrase_file, &self.encryption_passphrase_env).map(KeySource::Passphrase)
+        })
+    }
+}
+
+/// The key or passphrase `volume rekey` wraps the data key with from now on.
+#[derive(Args)]
+#[group(multiple = false, required = true)]
+struct NewKeyArgs {
+    #[arg(long)]
+    new_encryption_key_file: Option<PathBuf>,
+    #[arg(long)]
+    new_encryption_key_env: Option<String>,
+    #[arg(long)]
+    new_encryption_passphrase_file: Option<PathBuf>,
+    #[arg(long)]
+    new_encryption_passphrase_env: Option<String>,
+}
+
+impl NewKeyArgs {
+    fn source(&self) -> Option<KeySource> {
+        KeyArgs {
+            encryption_key_file: self.new_encryption_key_file.clone(),
+            encryption_key_env: self.new_encryption_key_env.clone(),
+            encryption_passphrase_file: self.new_encryption_passphrase_file.clone(),
+            encryption_passphrase_env: self.new_encryption_passphrase_env.clone(),
+        }
+        .source()
+    }
 }
 
 /// How to reach the object store.
@@ -606,18 +681,23 @@ async fn wait_for_signal() {
 async fn volume(command: VolumeCommand) -> Result<(), String> {
     use rtgt::s3::ObjectStore;
     match command {
-        VolumeCommand::Create { url, size, chunk_size, block_size, s3 } => {
+        VolumeCommand::Create { url, size, chunk_size, block_size, key, s3 } => {
             let url = S3Url::parse(&url)?;
             let store = s3.store(&url.bucket).await?;
             let spec = CreateSpec { size, block_size, chunk_size };
-            let meta = S3Volume::create(&*store, &url, &spec, &TokioClock::new(), rtgt::rng::os_seed()).await?;
+            let source = key.source();
+            let seed = rtgt::rng::os_seed();
+            let meta = S3Volume::create(&*store, &url, &spec, &TokioClock::new(), seed, source.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
             println!(
-                "created {url}: {} ({} blocks of {} bytes), chunks of {}, uuid {}",
+                "created {url}: {} ({} blocks of {} bytes), chunks of {}, uuid {}{}",
                 Size(meta.size),
                 meta.size / meta.block_size as u64,
                 meta.block_size,
                 Size(meta.chunk_size),
-                meta.uuid
+                meta.uuid,
+                if meta.encryption.is_some() { ", encrypted" } else { "" }
             );
             Ok(())
         }
@@ -636,6 +716,14 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 meta.block_size
             );
             println!("chunk size: {}", Size(meta.chunk_size));
+            match &meta.encryption {
+                Some(e) => println!(
+                    "encryption: {}, the data key wrapped by a {}",
+                    e.cipher,
+                    if e.kdf.is_some() { "passphrase (Argon2id)" } else { "256-bit key" }
+                ),
+                None => println!("encryption: none"),
+            }
             let stored: u64 = chunks.iter().map(|c| c.size).sum();
             println!(
                 "chunks:     {} present ({} stored, {:.1}% of the volume)",
@@ -670,7 +758,18 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             println!("deleted {url}: {} chunks, {} logs, {} stored", deleted.chunks, deleted.logs, Size(deleted.bytes));
             Ok(())
         }
-        VolumeCommand::Export { url, file, force, s3 } => {
+        VolumeCommand::Rekey { url, key, new, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let new = new.source().ok_or("give the new key (--new-encryption-key-file, ...)")?;
+            let store = s3.store(&url.bucket).await?;
+            let volume = open_for_transfer(store, &url, false, None, key.source()).await?;
+            let rekeyed = volume.rekey(&new).await;
+            volume.close().await.map_err(|e| e.to_string())?;
+            rekeyed?;
+            println!("{url}: its data key is now wrapped by the new key; the old one no longer opens it");
+            Ok(())
+        }
+        VolumeCommand::Export { url, file, force, key, s3 } => {
             let url = S3Url::parse(&url)?;
             let store = s3.store(&url.bucket).await?;
             let out = std::fs::OpenOptions::new()
@@ -680,14 +779,14 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 .truncate(false)
                 .open(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
-            let volume = open_for_transfer(store, &url, force, None).await?;
+            let volume = open_for_transfer(store, &url, force, None, key.source()).await?;
             let exported = rtgt::s3::volume::export_volume(&volume, &out, &progress_line("exported")).await;
             volume.close().await.map_err(|e| e.to_string())?;
             eprintln!();
             println!("exported {url} to {}: {} of data", file.display(), Size(exported?));
             Ok(())
         }
-        VolumeCommand::Import { file, url, chunk_size, block_size, resume, s3 } => {
+        VolumeCommand::Import { file, url, chunk_size, block_size, resume, key, s3 } => {
             use std::io::Seek;
             let url = S3Url::parse(&url)?;
             let mut input = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -707,7 +806,7 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                     return Err(format!("{url} exists: import creates a new volume (delete it first, or --resume)"));
                 }
             };
-            let volume = open_for_transfer(store, &url, false, create).await?;
+            let volume = open_for_transfer(store, &url, false, create, key.source()).await?;
             let from = match (resume && exists, rtgt::s3::volume::import_progress(&volume).await) {
                 (false, _) => Ok(0),
                 (true, Ok(Some((done, recorded)))) if recorded == size => Ok(done),
@@ -768,10 +867,12 @@ async fn open_for_transfer(
     url: &S3Url,
     force: bool,
     create: Option<CreateSpec>,
+    encryption: Option<KeySource>,
 ) -> Result<Arc<S3Volume>, String> {
     let opts = rtgt::s3::volume::VolumeOptions {
         create,
         force,
+        encryption,
         holder: format!("{}/{}/volume-transfer", rtgt::config::hostname(), std::process::id()),
         ..Default::default()
     };

@@ -148,6 +148,18 @@ pub struct LunSpec {
     /// LUN masking: only these initiators see the LUN (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     initiators: Option<Vec<String>>,
+    /// s3: the volume is encrypted with the 256-bit key in this file (on the target's host)...
+    #[arg(long, group = "encryption")]
+    encryption_key_file: Option<String>,
+    /// ...or in this environment variable of the target's process...
+    #[arg(long, group = "encryption")]
+    encryption_key_env: Option<String>,
+    /// ...or derived from the passphrase in this file...
+    #[arg(long, group = "encryption")]
+    encryption_passphrase_file: Option<String>,
+    /// ...or in this environment variable.
+    #[arg(long, group = "encryption")]
+    encryption_passphrase_env: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -358,6 +370,10 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
                 ("cache_dir", spec.cache_dir.map(|d| json!(d))),
                 ("cache_disk_size", size(&spec.cache_disk_size)?.map(|s| json!(s.0))),
                 ("initiators", spec.initiators.map(|i| json!(i))),
+                ("encryption_key_file", spec.encryption_key_file.map(|k| json!(k))),
+                ("encryption_key_env", spec.encryption_key_env.map(|k| json!(k))),
+                ("encryption_passphrase_file", spec.encryption_passphrase_file.map(|k| json!(k))),
+                ("encryption_passphrase_env", spec.encryption_passphrase_env.map(|k| json!(k))),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {

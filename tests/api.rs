@@ -138,7 +138,7 @@ fn setup(test: &str) -> (PathBuf, PathBuf, SocketAddr, u16) {
     let api_port = free_port();
     let config = dir.join("rtgt.toml");
     let text = format!(
-        "[server]\ndata_dir = {:?}\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{portal}\"]\n",
+        "# The operator's note: it stays through API changes.\n[server]\ndata_dir = {:?}  # per test\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n[[portal_group]]\ntag = 1\nportals = [\"{portal}\"]\n",
         dir.display().to_string()
     );
     std::fs::write(&config, text).expect("write config");
@@ -165,6 +165,11 @@ async fn cli_changes_are_served_persisted_and_validated() {
         "--create",
     ]));
     assert!(out.contains("created LUN 1"), "{out}");
+    // Saved into the file's own text: its comments stay, and no default is spelled out.
+    let saved = std::fs::read_to_string(&config).expect("config");
+    assert!(saved.starts_with("# The operator's note: it stays through API changes.\n"), "{saved}");
+    assert!(saved.contains("  # per test\n") && saved.contains("alias = \"api test\""), "{saved}");
+    assert!(!saved.contains("queue_depth"), "defaults written out: {saved}");
     let listing = iscsi_ls(portal);
     assert!(listing.contains(TARGET), "iscsi-ls does not see the new target: {listing}");
     assert!(listing.contains("Lun:1"), "iscsi-ls does not see LUN 1: {listing}");
@@ -196,6 +201,10 @@ async fn cli_changes_are_served_persisted_and_validated() {
     // Bad input gets a clear error and changes nothing.
     let before = std::fs::read_to_string(&config).expect("config");
     refused(&serve.cli(&["target", "create", "iqn.bad name"]), "name");
+    // Encryption settings reach the server, which keeps them for S3 volumes.
+    let encrypted_file =
+        ["lun", "create", TARGET, "9", "--backend", "file", "--path", "e.img", "--size", "8MiB", "--create"];
+    refused(&serve.cli(&[&encrypted_file[..], &["--encryption-key-file", "/k"]].concat()), "only for backend \"s3\"");
     // LUN files stay under the data directory (or server.allowed_paths); nothing is created.
     for path in ["/etc/passwd", "../escape.img", "/dev/null"] {
         let args = ["lun", "create", TARGET, "2", "--backend", "file", "--path", path, "--size", "1MiB", "--create"];

@@ -114,11 +114,21 @@ impl BlockModel {
 
 /// What every writer did: per block the candidates, and writes acknowledged but not durable
 /// yet (block, id), made durable by the next SYNCHRONIZE CACHE that returns GOOD.
+#[derive(Clone)]
 struct Model {
     blocks: Vec<BlockModel>,
+    /// The atomic writes (first block, blocks, id) of the round since the last restart.
+    atomic: Vec<(u64, u64, u64)>,
+    /// Atomic writes acknowledged, over all rounds.
+    atomic_acked: u64,
 }
 
 impl Model {
+    /// `blocks` never written.
+    fn new(blocks: u64) -> Model {
+        Model { blocks: vec![BlockModel::new(); blocks as usize], atomic: Vec::new(), atomic_acked: 0 }
+    }
+
     /// A write was issued: the block may hold it from now on.
     fn issued(&mut self, lba: u64, id: u64) {
         self.blocks[lba as usize].candidates.push(id);
@@ -130,6 +140,19 @@ impl Model {
         if let Some(i) = c.iter().position(|&x| x == id) {
             c.drain(..i);
         }
+    }
+
+    /// After a restart, each atomic write of the last round is there whole or not at all: if
+    /// one of its blocks holds it or a later write (a larger id: one writer per block), all
+    /// do. Checked once, right after its round; a later round may overwrite part of it.
+    fn check_atomic(&mut self, held: &[u64]) -> Result<(), String> {
+        for (first, blocks, id) in self.atomic.drain(..) {
+            let span = &held[first as usize..(first + blocks) as usize];
+            if span.iter().any(|&h| h >= id) && span.iter().any(|&h| h < id) {
+                return Err(format!("atomic write {id} of blocks {first}+{blocks} is torn: they hold {span:?}"));
+            }
+        }
+        Ok(())
     }
 
     /// After a restart the block holds `id`: that is what it holds from now on.
@@ -182,21 +205,39 @@ async fn verify(portal: SocketAddr, model: &mut Model) -> Result<(), String> {
     let s = login(portal, 0x78).await.ok_or("no login after the restart")?;
     s.clear_unit_attentions(LUN).await.map_err(|e| e.to_string())?;
     const READ: u64 = 2048;
+    let mut held = Vec::with_capacity((WRITERS * REGION) as usize);
     for first in (0..WRITERS * REGION).step_by(READ as usize) {
         let data = s.read(LUN, first, READ as u32, BLOCK as u32).await.map_err(|e| e.to_string())?;
         for i in 0..READ {
             let lba = first + i;
             let id = decode(lba, &data[i as usize * BLOCK..(i as usize + 1) * BLOCK])?;
             model.check(lba, id)?;
+            held.push(id);
         }
     }
+    model.check_atomic(&held)?;
     let _ = s.logout().await;
     Ok(())
 }
 
+/// How a writer writes: plain, FUA and SYNCHRONIZE CACHE only, or WRITE ATOMIC too.
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    Plain,
+    WithAtomic,
+}
+
 /// One writer until its session breaks (the kill): writes of 1-16 blocks in its region, a
-/// third with FUA, a SYNCHRONIZE CACHE every 8 writes.
-async fn writer(portal: SocketAddr, index: u64, round: usize, model: Arc<Mutex<Model>>, next_id: Arc<Mutex<u64>>) {
+/// third with FUA, a SYNCHRONIZE CACHE every 8 writes; with `Writes::WithAtomic` every fourth
+/// write is a WRITE ATOMIC of 16-512 blocks (durable when acknowledged).
+async fn writer(
+    portal: SocketAddr,
+    index: u64,
+    round: usize,
+    model: Arc<Mutex<Model>>,
+    next_id: Arc<Mutex<u64>>,
+    writes: Writes,
+) {
     let Some(s) = login(portal, 0x100 + index).await else { return };
     if s.clear_unit_attentions(LUN).await.is_err() {
         return;
@@ -204,7 +245,8 @@ async fn writer(portal: SocketAddr, index: u64, round: usize, model: Arc<Mutex<M
     let mut rng = Rng::seeded(round as u64 * 131 + index);
     let mut acked: Vec<(u64, u64)> = Vec::new();
     for n in 0u64.. {
-        let blocks = 1 + rng.below(16);
+        let atomic = writes == Writes::WithAtomic && rng.below(4) == 0;
+        let blocks = if atomic { 16 + rng.below(497) } else { 1 + rng.below(16) };
         let lba = index * REGION + rng.below(REGION - blocks);
         let id = {
             let mut next = next_id.lock().unwrap();
@@ -218,13 +260,21 @@ async fn writer(portal: SocketAddr, index: u64, round: usize, model: Arc<Mutex<M
                 data.extend_from_slice(&block(b, id));
                 m.issued(b, id);
             }
+            if atomic {
+                m.atomic.push((lba, blocks, id));
+            }
         }
-        let fua = rng.below(3) == 0;
-        if s.write(LUN, lba, Bytes::from(data), BLOCK as u32, fua).await.is_err() {
+        let fua = atomic || rng.below(3) == 0;
+        let written = match atomic {
+            true => s.write_atomic(LUN, lba, Bytes::from(data), BLOCK as u32).await,
+            false => s.write(LUN, lba, Bytes::from(data), BLOCK as u32, fua).await,
+        };
+        if written.is_err() {
             return;
         }
         if fua {
             let mut m = model.lock().unwrap();
+            m.atomic_acked += u64::from(atomic);
             (lba..lba + blocks).for_each(|b| m.durable(b, id));
         } else {
             acked.extend((lba..lba + blocks).map(|b| (b, id)));
@@ -244,7 +294,7 @@ async fn writer(portal: SocketAddr, index: u64, round: usize, model: Arc<Mutex<M
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_write() {
     let data = tempfile::tempdir().expect("data dir");
-    kill_9_rounds(data.path(), None, ROUNDS).await;
+    kill_9_rounds(data.path(), None, ROUNDS, Writes::WithAtomic).await;
 }
 
 /// The embedded default with a disk cache (`cache_disk_size`) and a small memory cache: reads
@@ -263,7 +313,30 @@ async fn kill_9_with_a_disk_cache_loses_no_acknowledged_write() {
     lun.cache_size = Some(rtgt::config::Size(4 << 20));
     let path = data.path().join("rtgt.toml");
     std::fs::write(&path, config.to_toml()).expect("config");
-    kill_9_rounds(data.path(), Some(&path), 8).await;
+    kill_9_rounds(data.path(), Some(&path), 8, Writes::Plain).await;
+}
+
+/// The embedded default volume encrypted (`encryption_key_file`): created encrypted at the
+/// first start, every restart opens it with the key from the configuration, and the kills lose
+/// and tear nothing acknowledged, atomic writes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_encrypted_volume_loses_no_acknowledged_write() {
+    let data = tempfile::tempdir().expect("data dir");
+    let key = data.path().join("volume.key");
+    std::fs::write(&key, [0x4bu8; 32]).expect("key");
+    let mut config = rtgt::config::Config::embedded_default(data.path());
+    config.targets[0].luns[0].encryption_key_file = Some(key);
+    let path = data.path().join("rtgt.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    kill_9_rounds(data.path(), Some(&path), 8, Writes::WithAtomic).await;
+    // The last target is gone (killed): the store's directory can be opened directly.
+    let info = Command::new(BIN)
+        .args(["volume", "info", "s3://rtgt/default", "--store-dir"])
+        .arg(data.path().join("s3"))
+        .output()
+        .expect("rtgt volume info");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("encryption: xchacha20poly1305"), "the volume is not encrypted: {text}");
 }
 
 /// The embedded default with `durability = "local"`: syncs and FUA writes are acknowledged once
@@ -278,16 +351,39 @@ async fn kill_9_with_a_local_journal_loses_no_acknowledged_write() {
     lun.cache_dir = Some(data.path().join("cache"));
     let path = data.path().join("rtgt.toml");
     std::fs::write(&path, config.to_toml()).expect("config");
-    kill_9_rounds(data.path(), Some(&path), 8).await;
+    kill_9_rounds(data.path(), Some(&path), 8, Writes::Plain).await;
+}
+
+/// A file LUN under WRITE ATOMIC and SIGKILL: what a killed process wrote in place stays in
+/// the page cache, so the plain writes survive anyway; an atomic write cut by the kill may be
+/// half in place, and the next start must finish it from its intent record (or it never
+/// began). Every acknowledged atomic write is there whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_file_lun_tears_no_atomic_write() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = rtgt::config::Config::embedded_default(data.path());
+    config.embedded_s3 = None;
+    config.targets[0].luns[0] = rtgt::config::LunConfig {
+        size: Some(rtgt::config::Size(WRITERS * REGION * BLOCK as u64)),
+        block_size: Some(BLOCK as u32),
+        create: Some(true),
+        path: Some(data.path().join("disk.img")),
+        ..rtgt::config::LunConfig::new(LUN, "file")
+    };
+    let path = data.path().join("rtgt.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    kill_9_rounds(data.path(), Some(&path), 12, Writes::WithAtomic).await;
+    let intents = std::fs::read_dir(data.path().join("atomic-writes")).expect("the intent directory");
+    assert_eq!(intents.count(), 1, "one intent file for the one file LUN");
 }
 
 /// `rounds` of: start, verify everything, writers, SIGKILL at a random moment; then a last
 /// start and verify.
-async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
+async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize, writes: Writes) {
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("serve.log");
     let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let model = Arc::new(Mutex::new(Model { blocks: vec![BlockModel::new(); (WRITERS * REGION) as usize] }));
+    let model = Arc::new(Mutex::new(Model::new(WRITERS * REGION)));
     let next_id = Arc::new(Mutex::new(0u64));
     let mut rng = Rng::seeded(12);
     let mut restarts = Vec::new();
@@ -296,8 +392,9 @@ async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
         let mut serve = Serve::start(data, config, portal, &log);
         restarts.push(wait_until_served(portal, started).await);
         verify_into(portal, &model, round, &log).await;
-        let writers: Vec<_> =
-            (0..WRITERS).map(|i| tokio::spawn(writer(portal, i, round, model.clone(), next_id.clone()))).collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|i| tokio::spawn(writer(portal, i, round, model.clone(), next_id.clone(), writes)))
+            .collect();
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1500))).await;
         serve.kill();
         for w in writers {
@@ -309,8 +406,10 @@ async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
     restarts.push(wait_until_served(portal, started).await);
     verify_into(portal, &model, rounds, &log).await;
     restarts.sort();
+    let atomic_acked = model.lock().unwrap().atomic_acked;
+    assert_eq!(atomic_acked > 0, writes == Writes::WithAtomic, "{atomic_acked} atomic writes acknowledged");
     eprintln!(
-        "{rounds} kill -9 rounds, {} writes: restart to LUN served median {:?}, max {:?}",
+        "{rounds} kill -9 rounds, {} writes ({atomic_acked} atomic acknowledged): restart to LUN served median {:?}, max {:?}",
         *next_id.lock().unwrap(),
         restarts[restarts.len() / 2],
         restarts.last().expect("rounds")
@@ -319,7 +418,7 @@ async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize) {
 
 /// Verifies the volume after a restart; the model learns what each block holds.
 async fn verify_into(portal: SocketAddr, model: &Arc<Mutex<Model>>, round: usize, log: &Path) {
-    let mut m = Model { blocks: model.lock().unwrap().blocks.clone() };
+    let mut m = model.lock().unwrap().clone();
     if let Err(e) = verify(portal, &mut m).await {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
@@ -383,7 +482,7 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
     wait_until_served(portal_a, Instant::now()).await;
 
     const BLOCKS: u64 = 2048;
-    let model = Arc::new(Mutex::new(Model { blocks: vec![BlockModel::new(); BLOCKS as usize] }));
+    let model = Arc::new(Mutex::new(Model::new(BLOCKS)));
     let next_id = Arc::new(Mutex::new(0u64));
     let b_serves = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

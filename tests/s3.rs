@@ -443,3 +443,90 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
     let v = open(&root).await.unwrap();
     assert_eq!(v.read(0, 4096).await.unwrap(), vec![0u8; 4096], "what the discarded log held is gone");
 }
+
+/// An encrypted volume through the command line: imported with its key, shown as encrypted,
+/// stored with no plaintext on disk, refused to an export without its key or with another,
+/// and exported byte for byte with it.
+#[test]
+fn an_encrypted_volume_round_trips_through_import_and_export_with_its_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s3");
+    embedded::open_root(&store).unwrap().create_bucket("vols").unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, [0x5cu8; 32]).unwrap();
+    let other = dir.path().join("other");
+    std::fs::write(&other, [0x5du8; 32]).unwrap();
+    // 3 MiB with holes: data in the first 64 KiB and at 2 MiB.
+    let mut image = vec![0u8; 3 << 20];
+    for range in [0..64 << 10, 2 << 20..(2 << 20) + 100_000] {
+        for i in range {
+            image[i] = (i % 251) as u8 ^ 0xa5;
+        }
+    }
+    let image_path = dir.path().join("image");
+    std::fs::write(&image_path, &image).unwrap();
+    let rtgt = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
+            .args(args)
+            .arg("--store-dir")
+            .arg(&store)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (key, other) = (key.to_str().unwrap(), other.to_str().unwrap());
+    let image_arg = image_path.to_str().unwrap();
+    let (ok, text) =
+        rtgt(&["volume", "import", image_arg, "s3://vols/enc", "--chunk-size", "1MiB", "--encryption-key-file", key]);
+    assert!(ok, "{text}");
+    let (ok, text) = rtgt(&["volume", "info", "s3://vols/enc"]);
+    assert!(ok && text.contains("encryption: xchacha20poly1305, the data key wrapped by a 256-bit key"), "{text}");
+    let mut stored = Vec::new();
+    for entry in walk(&store.join("vols/enc")) {
+        stored.push(std::fs::read(entry).unwrap());
+    }
+    assert!(stored.len() >= 3, "the metadata, two chunks at least");
+    let plaintext = &image[1000..1064];
+    assert!(!stored.iter().any(|file| file.windows(64).any(|w| w == plaintext)), "plaintext on disk");
+
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/enc", out_arg]);
+    assert!(!ok && text.contains("is encrypted: give its key"), "{text}");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/enc", out_arg, "--encryption-key-file", other]);
+    assert!(!ok && text.contains("a wrong key"), "{text}");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/enc", out_arg, "--encryption-key-file", key]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&out).unwrap() == image, "the export differs from the image");
+
+    // A new key (here a passphrase) wraps the same data key; the old key no longer opens it.
+    let passphrase = dir.path().join("passphrase");
+    std::fs::write(&passphrase, "correct horse battery staple").unwrap();
+    let passphrase = passphrase.to_str().unwrap();
+    let rekey = ["volume", "rekey", "s3://vols/enc", "--encryption-key-file", key];
+    let (ok, text) = rtgt(&[&rekey[..], &["--new-encryption-passphrase-file", passphrase]].concat());
+    assert!(ok, "{text}");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/enc", out_arg, "--encryption-key-file", key]);
+    assert!(!ok && text.contains("its key is a passphrase"), "{text}");
+    std::fs::remove_file(&out).unwrap();
+    let with_passphrase = ["volume", "export", "s3://vols/enc", out_arg, "--encryption-passphrase-file", passphrase];
+    let (ok, text) = rtgt(&with_passphrase);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&out).unwrap() == image, "the export after the rekey differs from the image");
+    let (ok, text) = rtgt(&["volume", "info", "s3://vols/enc"]);
+    assert!(ok && text.contains("wrapped by a passphrase (Argon2id)"), "{text}");
+}
+
+/// Every file under a directory.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(walk(&path)),
+            false => files.push(path),
+        }
+    }
+    files
+}

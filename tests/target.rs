@@ -136,15 +136,8 @@ async fn session_reinstatement_closes_the_old_session() {
     let old = t.ready_session(31).await;
     let new = t.ready_session(31).await;
     assert_eq!(new.read(1, 0, 1, BS).await.unwrap().len(), BS as usize);
-    let mut closed = false;
-    for _ in 0..50 {
-        if old.is_closed() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(closed, "the reinstated session's connection was closed");
+    let closed = tokio::time::timeout(Duration::from_secs(10), old.closed()).await;
+    assert!(closed.is_ok(), "the reinstated session's connection was closed");
     assert_eq!(t.server.registry.session_count(), 1);
 }
 
@@ -214,8 +207,14 @@ async fn cmd_sn_outside_the_window_is_ignored() {
         ..Default::default()
     };
     s.send_raw(&Pdu::new(tur)).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The target reads the connection in order: by the time this command (CmdSN `next`) is
+    // answered, it has seen the one beyond the window, and taken no CmdSN for it.
     assert_eq!(s.command(1, &[0; 6], Bytes::new(), 0).await.unwrap().status, 0);
+    assert_eq!(s.next_cmd_sn(), next.wrapping_add(1));
+    assert_eq!(s.command(1, &[0; 6], Bytes::new(), 0).await.unwrap().status, 0);
+    // Logged out, the target has answered whatever it was going to: nothing for 0x7777.
+    s.logout().await.unwrap();
+    TestTarget::assert_clean(&s);
 }
 
 #[tokio::test]
@@ -253,9 +252,14 @@ async fn abort_task_of_a_queued_command() {
     };
     // Sent raw: the initiator will not answer the R2T because it does not know the task.
     slow.send_raw(&Pdu::new(write)).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The target reads the connection in order: the write is its task when the ABORT TASK
+    // arrives, no sleep needed. (This session's own CmdSN counter never took the raw write's,
+    // so it sends nothing more.)
     assert_eq!(slow.task_management(tmf::ABORT_TASK, 1, 0x4242, cmd_sn).await.unwrap(), tmf::FUNCTION_COMPLETE);
-    drop(s);
+    let after = s.command(1, &rw16(0x88, 0, 1, 0), Bytes::new(), BS).await.unwrap();
+    assert_eq!((after.status, after.data.len()), (0, BS as usize));
+    assert!(after.data.iter().all(|b| *b == 0), "the aborted write wrote nothing");
+    TestTarget::assert_clean(&s);
 }
 
 /// Logs in by hand (one operational stage) on a raw stream.

@@ -16,11 +16,8 @@ use std::time::{Duration, Instant};
 
 use rtgt::mutants::Mutant;
 
-const USAGE: &str = "usage: rtgt-sim [--seed N | --seeds A..B] [--duration 60s] [--profile smoke|long]
-                [--scenario world|takeover|failover] [--check-determinism] [--trace] [--mutants | --mutant NAME]";
-
 /// What a run simulates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scenario {
     /// One target, initiators, faults everywhere, crashes and restarts.
     World,
@@ -69,6 +66,45 @@ fn hunt_duration(m: Mutant, asked: Duration) -> Duration {
     }
 }
 
+/// The deterministic simulation of rtgt (run it through `cargo xtask sim`).
+#[derive(clap::Parser)]
+#[command(name = "rtgt-sim")]
+struct Cli {
+    /// One seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Seeds A..B (B excluded); 0..50 by default, or the profile's.
+    #[arg(long, value_parser = parse_seeds)]
+    seeds: Option<std::ops::Range<u64>>,
+    /// Simulated time of each run of the world scenario (like 60s); 30s by default, or the
+    /// profile's.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// smoke: seeds 0..50 of 30 s; long: seeds 0..1000 of 120 s.
+    #[arg(long)]
+    profile: Option<Profile>,
+    #[arg(long, value_enum, default_value = "world")]
+    scenario: Scenario,
+    /// Runs each seed twice and compares the traces.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Prints each run's events.
+    #[arg(long)]
+    trace: bool,
+    /// Plants each bug in turn and checks that the oracles catch it.
+    #[arg(long, conflicts_with = "mutant")]
+    mutants: bool,
+    /// Plants one bug (by name).
+    #[arg(long, value_parser = parse_mutant)]
+    mutant: Option<Mutant>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Profile {
+    Smoke,
+    Long,
+}
+
 struct Args {
     scenario: Scenario,
     seeds: std::ops::Range<u64>,
@@ -83,60 +119,37 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     digits.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?} is not a duration like 60s"))
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        scenario: Scenario::World,
-        seeds: 0..50,
-        duration: Duration::from_secs(30),
-        check_determinism: false,
-        trace: false,
-        mutants: None,
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--seed" => {
-                let n: u64 = value()?.parse().map_err(|_| "--seed needs a number")?;
-                a.seeds = n..n + 1;
-            }
-            "--seeds" => {
-                let v = value()?;
-                let (from, to) = v.split_once("..").ok_or("--seeds takes A..B")?;
-                a.seeds = from.parse().map_err(|_| "bad --seeds")?..to.parse().map_err(|_| "bad --seeds")?;
-            }
-            "--duration" => a.duration = parse_duration(&value()?)?,
-            "--profile" => match value()?.as_str() {
-                "smoke" => {
-                    a.seeds = 0..50;
-                    a.duration = Duration::from_secs(30);
-                }
-                "long" => {
-                    a.seeds = 0..1000;
-                    a.duration = Duration::from_secs(120);
-                }
-                other => return Err(format!("unknown profile {other}")),
+fn parse_seeds(s: &str) -> Result<std::ops::Range<u64>, String> {
+    let (from, to) = s.split_once("..").ok_or("seeds are A..B")?;
+    let number = |n: &str| n.parse::<u64>().map_err(|_| format!("{n:?} is not a seed"));
+    Ok(number(from)?..number(to)?)
+}
+
+fn parse_mutant(name: &str) -> Result<Mutant, String> {
+    let names: Vec<&str> = Mutant::ALL.iter().map(|m| m.name()).collect();
+    Mutant::ALL.into_iter().find(|m| m.name() == name).ok_or(format!("no mutant {name} (one of {})", names.join(", ")))
+}
+
+impl Cli {
+    /// What to run: explicit seeds and duration win over the profile's.
+    fn args(self) -> Args {
+        let (profile_seeds, profile_duration) = match self.profile {
+            Some(Profile::Long) => (0..1000, Duration::from_secs(120)),
+            Some(Profile::Smoke) | None => (0..50, Duration::from_secs(30)),
+        };
+        Args {
+            scenario: self.scenario,
+            seeds: self.seed.map(|n| n..n + 1).or(self.seeds).unwrap_or(profile_seeds),
+            duration: self.duration.unwrap_or(profile_duration),
+            check_determinism: self.check_determinism,
+            trace: self.trace,
+            mutants: match (self.mutants, self.mutant) {
+                (true, _) => Some(Mutant::ALL.to_vec()),
+                (false, Some(m)) => Some(vec![m]),
+                (false, None) => None,
             },
-            "--scenario" => {
-                a.scenario = match value()?.as_str() {
-                    "world" => Scenario::World,
-                    "takeover" => Scenario::Takeover,
-                    "failover" => Scenario::Failover,
-                    other => return Err(format!("unknown scenario {other} (world, takeover, failover)")),
-                }
-            }
-            "--check-determinism" => a.check_determinism = true,
-            "--trace" => a.trace = true,
-            "--mutants" => a.mutants = Some(Mutant::ALL.to_vec()),
-            "--mutant" => {
-                let name = value()?;
-                let m = Mutant::ALL.into_iter().find(|m| m.name() == name).ok_or(format!("no mutant {name}"))?;
-                a.mutants = Some(vec![m]);
-            }
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    Ok(a)
 }
 
 fn replay_command(scenario: Scenario, seed: u64, duration: Duration, mutant: Option<Mutant>) -> String {
@@ -149,14 +162,7 @@ fn replay_command(scenario: Scenario, seed: u64, duration: Duration, mutant: Opt
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse(&args) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("rtgt-sim: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Cli as clap::Parser>::parse().args();
     panics::install();
     if let Ok(filter) = std::env::var("RTGT_SIM_LOG") {
         tracing_subscriber::fmt()

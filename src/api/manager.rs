@@ -170,11 +170,13 @@ impl Manager {
         }
     }
 
-    /// Writes the configuration atomically: a temporary file, fsync, rename, fsync of the
-    /// directory.
+    /// Writes the configuration atomically (a temporary file, fsync, rename, fsync of the
+    /// directory), into the file's own text: its comments and layout stay.
     fn persist(&self, config: &Config) -> Result<(), String> {
         let Some(path) = &self.path else { return Ok(()) };
-        write_atomically(path, config.to_toml().as_bytes()).map_err(|e| format!("cannot save {}: {e}", path.display()))
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let text = super::config_file::updated_text(&old, config);
+        write_atomically(path, text.as_bytes()).map_err(|e| format!("cannot save {}: {e}", path.display()))
     }
 
     /// Brings the registry and the portals from `inner.config` to `want`, step by step;

@@ -3,6 +3,7 @@
 //! validated, applied to the running target and persisted in one step.
 
 pub mod client;
+mod config_file;
 pub mod manager;
 pub mod metrics;
 pub mod paths;

@@ -195,6 +195,16 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
         // The reads read what the sequential writes wrote.
         fill_sequentially(&setup, secs, &mut record).await?;
     }
+    const SEQ_WRITE_ENCRYPTED: &str = "1 MiB sequential write, QD8, then SYNC, encrypted";
+    if args.wants(&[SEQ_WRITE_ENCRYPTED]) {
+        let key = dir.join("bench.key");
+        std::fs::write(&key, [0x6b; 32]).map_err(|e| e.to_string())?;
+        let source = crate::s3::volume::keys::KeySource::Key(crate::s3::volume::keys::Held::File(key));
+        let v = open_opts(&setup, "encrypted", VolumeOptions { encryption: Some(source), ..VolumeOptions::default() })
+            .await?;
+        record(SEQ_WRITE_ENCRYPTED, sequential_writes(&v, secs).await.0);
+        v.close().await.map_err(|e| e.to_string())?;
+    }
     if args.wants(&[COLD_RANDOM]) {
         // Cold: a small cache, and every read in a segment no read touched before (the cache
         // keeps what reads fetch).
@@ -301,8 +311,20 @@ async fn fill_sequentially(
     record: &mut impl FnMut(&str, Measured),
 ) -> Result<(), String> {
     let v = open(setup, "sequential").await?;
+    let (m, reached) = sequential_writes(&v, secs).await;
+    record("1 MiB sequential write, QD8, then SYNC", m);
+    let mut offset = reached.min(FILLED);
+    while offset < FILLED {
+        v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.map_err(|e| e.to_string())?;
+        offset += MIB;
+    }
+    v.close().await.map_err(|e| e.to_string())
+}
+
+/// 1 MiB writes at QD8 from the start of the volume, over all of it (eight times the cache:
+/// the rate is the link's, not the cache's), then a SYNCHRONIZE CACHE; the offset reached.
+async fn sequential_writes(v: &Arc<S3Volume>, secs: Duration) -> (Measured, u64) {
     let at = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // Over the whole volume, eight times the cache: the rate is the link's, not the cache's.
     let next = || at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed) % VOLUME;
     let started = Instant::now();
     let mut m = closed_loop(8, secs, MIB, |_, _| {
@@ -315,13 +337,7 @@ async fn fill_sequentially(
     let synced = v.flush().await.is_ok();
     m.errors += u64::from(!synced);
     m.seconds = started.elapsed().as_secs_f64();
-    record("1 MiB sequential write, QD8, then SYNC", m);
-    let mut offset = at.load(std::sync::atomic::Ordering::Relaxed).min(FILLED);
-    while offset < FILLED {
-        v.write(offset, Bytes::from(vec![0x5a; MIB as usize]), false).await.map_err(|e| e.to_string())?;
-        offset += MIB;
-    }
-    v.close().await.map_err(|e| e.to_string())
+    (m, at.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 fn random_write(v: &Arc<S3Volume>, rng: &mut Rng, fua: bool) -> impl std::future::Future<Output = bool> + use<> {

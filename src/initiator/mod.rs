@@ -21,6 +21,14 @@ use crate::pdu::*;
 use crate::scsi::encode_lun;
 use crate::wire::{PduReader, PduWriter, ReadEvent};
 
+mod login;
+mod receive;
+mod scsi;
+
+use login::run_login;
+use receive::read_loop;
+pub use scsi::rw16;
+
 /// Initiator-side choices for a login.
 #[derive(Debug, Clone)]
 pub struct InitiatorConfig {
@@ -273,6 +281,18 @@ impl Session {
         self.shared.state.lock().expect("poisoned").closed.is_some()
     }
 
+    /// Waits until the session is closed (by either side).
+    pub async fn closed(&self) {
+        loop {
+            // Registered before the check: a close in between still wakes it.
+            let notified = self.shared.window.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Takes an ITT (and a CmdSN unless immediate), registers the waiter, and queues the PDUs
     /// built by `build` — all under one lock so that PDUs leave in CmdSN order.
     async fn submit(
@@ -417,70 +437,6 @@ impl Session {
             pdus
         })
         .await
-    }
-
-    // ---- block helpers ----
-
-    pub async fn read(&self, lun: u16, lba: u64, blocks: u32, block_size: u32) -> Result<Bytes> {
-        let r = self.command(lun, &rw16(0x88, lba, blocks, 0), Bytes::new(), blocks * block_size).await?.ok()?;
-        Ok(r.data)
-    }
-
-    pub async fn write(&self, lun: u16, lba: u64, data: Bytes, block_size: u32, fua: bool) -> Result<()> {
-        let blocks = (data.len() / block_size as usize) as u32;
-        self.command(lun, &rw16(0x8a, lba, blocks, if fua { 0x08 } else { 0 }), data, 0).await?.ok()?;
-        Ok(())
-    }
-
-    /// SYNCHRONIZE CACHE(16) of the whole LU.
-    pub async fn flush(&self, lun: u16) -> Result<()> {
-        self.command(lun, &rw16(0x91, 0, 0, 0), Bytes::new(), 0).await?.ok()?;
-        Ok(())
-    }
-
-    /// UNMAP of (lba, blocks) ranges.
-    pub async fn unmap(&self, lun: u16, ranges: &[(u64, u32)]) -> Result<()> {
-        let mut param = Vec::with_capacity(8 + 16 * ranges.len());
-        param.extend_from_slice(&((6 + 16 * ranges.len()) as u16).to_be_bytes());
-        param.extend_from_slice(&((16 * ranges.len()) as u16).to_be_bytes());
-        param.extend_from_slice(&[0; 4]);
-        for (lba, blocks) in ranges {
-            param.extend_from_slice(&lba.to_be_bytes());
-            param.extend_from_slice(&blocks.to_be_bytes());
-            param.extend_from_slice(&[0; 4]);
-        }
-        let len = param.len() as u16;
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x42;
-        cdb[7..9].copy_from_slice(&len.to_be_bytes());
-        self.command(lun, &cdb, Bytes::from(param), 0).await?.ok()?;
-        Ok(())
-    }
-
-    /// READ CAPACITY(16): (number of blocks, block size).
-    pub async fn capacity(&self, lun: u16) -> Result<(u64, u32)> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x9e;
-        cdb[1] = 0x10;
-        cdb[13] = 32;
-        let r = self.command(lun, &cdb, Bytes::new(), 32).await?.ok()?;
-        if r.data.len() < 12 {
-            return Err(Error::Protocol("short READ CAPACITY(16) data".into()));
-        }
-        let last = u64::from_be_bytes(r.data[..8].try_into().expect("8"));
-        Ok((last + 1, u32::from_be_bytes(r.data[8..12].try_into().expect("4"))))
-    }
-
-    /// TEST UNIT READY until it stops reporting unit attentions (at most 10 times).
-    pub async fn clear_unit_attentions(&self, lun: u16) -> Result<()> {
-        for _ in 0..10 {
-            let r = self.command(lun, &[0; 6], Bytes::new(), 0).await?;
-            if r.sense_code().map(|s| s.0) != Some(0x6) {
-                r.ok()?;
-                return Ok(());
-            }
-        }
-        Err(Error::Protocol("unit attentions keep coming".into()))
     }
 
     // ---- other PDUs ----
@@ -671,16 +627,6 @@ fn close_shared(shared: &Shared, reason: Error) {
     shared.window.notify_waiters();
 }
 
-/// A 16-byte READ/WRITE-family CDB.
-pub fn rw16(opcode: u8, lba: u64, blocks: u32, flags: u8) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = opcode;
-    c[1] = flags;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
 /// Data-Out PDUs for `[from, to)` of `data`, split at `segment` bytes, DataSN from 0.
 #[allow(clippy::too_many_arguments)]
 fn data_outs(
@@ -717,311 +663,4 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: PduWriter<W>, mut rx: mps
         }
     }
     let _ = writer.shutdown().await;
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(mut reader: PduReader<R>, shared: Arc<Shared>, exp_stat_sn: u32) {
-    let mut next_stat_sn = exp_stat_sn;
-    let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
-    let limits = Limits { data_segment_len_max: shared.config.max_recv_data_segment_len };
-    let reason = loop {
-        match reader.next(digests, limits).await {
-            Ok(ReadEvent::Pdu(pdu)) => {
-                if let Err(e) = on_pdu(&shared, pdu, &mut next_stat_sn) {
-                    break e;
-                }
-            }
-            Ok(ReadEvent::Bad(e)) => break Error::Protocol(e.to_string()),
-            Ok(ReadEvent::Eof) => break Error::Io("the target closed the connection".into()),
-            Err(e) => break Error::Io(e.to_string()),
-        }
-    };
-    close_shared(&shared, reason);
-}
-
-fn on_pdu(shared: &Shared, pdu: Pdu, next_stat_sn: &mut u32) -> Result<()> {
-    let mut st = shared.state.lock().expect("poisoned");
-    check_numbering(&mut st, &pdu, next_stat_sn);
-    if let Some(itt) = pdu.bhs.itt().filter(|&i| i != RESERVED_TAG)
-        && !st.pending.contains_key(&itt)
-        && !matches!(pdu.bhs, Bhs::R2t(_))
-    {
-        if st.aborted.contains(&itt) {
-            tracing::warn!(itt, pdu = ?pdu.bhs, "a response for a task the target reported aborted");
-            st.violations.responses_after_abort += 1;
-        } else if !st.abandoned.contains(&itt) {
-            st.violations.unexpected_responses += 1;
-        }
-    }
-    // Track the target's numbering (RFC 7143 §4.2.2.1).
-    let numbers = match &pdu.bhs {
-        Bhs::ScsiResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
-        Bhs::DataIn(d) => Some((d.stat_sn, d.exp_cmd_sn, d.max_cmd_sn, d.status_present)),
-        Bhs::NopIn(n) => Some((n.stat_sn, n.exp_cmd_sn, n.max_cmd_sn, n.itt != RESERVED_TAG)),
-        Bhs::TaskMgmtResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
-        Bhs::TextResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
-        Bhs::LogoutResponse(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
-        Bhs::R2t(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, false)),
-        Bhs::AsyncMessage(m) => Some((m.stat_sn, m.exp_cmd_sn, m.max_cmd_sn, true)),
-        Bhs::Reject(r) => Some((r.stat_sn, r.exp_cmd_sn, r.max_cmd_sn, true)),
-        _ => None,
-    };
-    if let Some((stat_sn, exp_cmd_sn, max_cmd_sn, has_stat_sn)) = numbers {
-        if has_stat_sn {
-            st.exp_stat_sn = stat_sn.wrapping_add(1);
-        }
-        if !sn_lt(max_cmd_sn, exp_cmd_sn.wrapping_sub(1)) && sn_lt(st.max_cmd_sn, max_cmd_sn) {
-            st.max_cmd_sn = max_cmd_sn;
-            shared.window.notify_waiters();
-        }
-    }
-    match pdu.bhs {
-        Bhs::DataIn(d) => {
-            let Some(p) = st.pending.get_mut(&d.itt) else { return Ok(()) };
-            let at = d.buffer_offset as usize;
-            if p.data.len() < at + pdu.data.len() {
-                if at + pdu.data.len() > 256 << 20 {
-                    return Err(Error::Protocol("Data-In beyond any sane length".into()));
-                }
-                p.data.resize(at + pdu.data.len(), 0);
-            }
-            p.data[at..at + pdu.data.len()].copy_from_slice(&pdu.data);
-            if d.status_present {
-                let p = st.pending.remove(&d.itt).expect("present");
-                let result = CommandResult {
-                    status: d.status,
-                    sense: None,
-                    data: p.data.freeze(),
-                    overflow: d.overflow,
-                    underflow: d.underflow,
-                    residual: d.residual,
-                };
-                let _ = p.reply.send(Reply::Scsi(result));
-            }
-        }
-        Bhs::ScsiResponse(r) => {
-            let Some(p) = st.pending.remove(&r.itt) else { return Ok(()) };
-            let sense = (pdu.data.len() >= 2).then(|| {
-                let len = u16::from_be_bytes([pdu.data[0], pdu.data[1]]) as usize;
-                pdu.data.slice(2..(2 + len).min(pdu.data.len()))
-            });
-            let result = CommandResult {
-                status: r.status,
-                sense,
-                data: p.data.freeze(),
-                overflow: r.overflow,
-                underflow: r.underflow,
-                residual: r.residual,
-            };
-            let _ = p.reply.send(Reply::Scsi(result));
-        }
-        Bhs::R2t(r) => {
-            let Some(p) = st.pending.get(&r.itt) else { return Ok(()) };
-            let end = r.buffer_offset as usize + r.desired_len as usize;
-            if end > p.write.len() {
-                return Err(Error::Protocol("R2T beyond the write data".into()));
-            }
-            let segment = shared.negotiated.target_max_recv_data_segment_len as usize;
-            let pdus = data_outs(&p.write, r.itt, p.lun, r.ttt, r.buffer_offset as usize, end, segment, st.exp_stat_sn);
-            let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
-            for pdu in pdus {
-                let _ = shared.out.send(pdu.encode(digests));
-            }
-        }
-        Bhs::NopIn(n) => {
-            if n.ttt != RESERVED_TAG {
-                // The target pings us: answer with an immediate NOP-Out echoing its tag.
-                let reply = NopOut {
-                    immediate: true,
-                    lun: n.lun,
-                    itt: RESERVED_TAG,
-                    ttt: n.ttt,
-                    cmd_sn: st.cmd_sn,
-                    exp_stat_sn: st.exp_stat_sn,
-                };
-                let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
-                let _ = shared.out.send(Pdu::new(reply).encode(digests));
-            } else if let Some(p) = st.pending.remove(&n.itt) {
-                let _ = p.reply.send(Reply::Pdu(Box::new(pdu)));
-            }
-        }
-        Bhs::TaskMgmtResponse(TaskMgmtResponse { itt, .. })
-        | Bhs::TextResponse(TextResponse { itt, .. })
-        | Bhs::LogoutResponse(LogoutResponse { itt, .. }) => {
-            if let Some(p) = st.pending.remove(&itt) {
-                let _ = p.reply.send(Reply::Pdu(Box::new(pdu)));
-            }
-        }
-        Bhs::Reject(r) => {
-            let rejected_itt =
-                (pdu.data.len() >= 20).then(|| u32::from_be_bytes(pdu.data[16..20].try_into().expect("4")));
-            match rejected_itt.and_then(|itt| st.pending.remove(&itt)) {
-                Some(p) => {
-                    let _ = p.reply.send(Reply::Failed(Error::Rejected(r.reason)));
-                }
-                None => tracing::debug!(reason = r.reason, "Reject for no pending command"),
-            }
-        }
-        Bhs::AsyncMessage(m) => {
-            if st.async_events.len() < 64 {
-                st.async_events.push(m);
-            }
-        }
-        other => return Err(Error::Protocol(format!("unexpected {:?} from the target", other.opcode()))),
-    }
-    Ok(())
-}
-
-/// Checks StatSN and the CmdSN window of a PDU from the target.
-fn check_numbering(st: &mut State, pdu: &Pdu, next_stat_sn: &mut u32) {
-    // (StatSN, whether this PDU takes a new one, ExpCmdSN, MaxCmdSN)
-    let (stat_sn, advances, exp, max) = match &pdu.bhs {
-        Bhs::ScsiResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
-        Bhs::DataIn(d) if d.status_present => (d.stat_sn, true, d.exp_cmd_sn, d.max_cmd_sn),
-        Bhs::DataIn(d) => (*next_stat_sn, false, d.exp_cmd_sn, d.max_cmd_sn),
-        Bhs::NopIn(n) => (n.stat_sn, n.itt != RESERVED_TAG, n.exp_cmd_sn, n.max_cmd_sn),
-        Bhs::TaskMgmtResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
-        Bhs::TextResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
-        Bhs::LogoutResponse(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
-        Bhs::R2t(r) => (r.stat_sn, false, r.exp_cmd_sn, r.max_cmd_sn),
-        Bhs::AsyncMessage(m) => (m.stat_sn, true, m.exp_cmd_sn, m.max_cmd_sn),
-        Bhs::Reject(r) => (r.stat_sn, true, r.exp_cmd_sn, r.max_cmd_sn),
-        _ => return,
-    };
-    if stat_sn != *next_stat_sn {
-        st.violations.stat_sn_errors += 1;
-    }
-    if advances {
-        *next_stat_sn = stat_sn.wrapping_add(1);
-    }
-    if sn_lt(max, exp.wrapping_sub(1)) {
-        return; // an invalid pair is ignored (RFC 7143 §4.2.2.1)
-    }
-    if sn_lt(max, st.max_cmd_sn) {
-        st.violations.max_cmd_sn_decreases += 1;
-    }
-    let window = max.wrapping_sub(exp).wrapping_add(1);
-    st.violations.widest_window = st.violations.widest_window.max(window);
-}
-
-// ---------------------------------------------------------------- login
-
-async fn run_login<R, W>(
-    reader: &mut PduReader<R>,
-    writer: &mut PduWriter<W>,
-    config: &InitiatorConfig,
-    target: Option<&str>,
-) -> Result<(Negotiated, u32, u32, u32)>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
-    let digest = |b: bool| if b { "CRC32C,None" } else { "None" }.to_string();
-    let mut identity = vec![("InitiatorName".to_string(), config.initiator_name.clone())];
-    match target {
-        Some(t) => {
-            identity.push(("TargetName".into(), t.to_string()));
-            identity.push(("SessionType".into(), "Normal".into()));
-        }
-        None => identity.push(("SessionType".into(), "Discovery".into())),
-    }
-    let mut operational = vec![
-        ("HeaderDigest".to_string(), digest(config.header_digest)),
-        ("DataDigest".into(), digest(config.data_digest)),
-        ("MaxRecvDataSegmentLength".into(), config.max_recv_data_segment_len.to_string()),
-        ("ErrorRecoveryLevel".into(), "0".into()),
-    ];
-    if target.is_some() {
-        operational.extend([
-            ("InitialR2T".to_string(), yes_no(config.initial_r2t)),
-            ("ImmediateData".into(), yes_no(config.immediate_data)),
-            ("MaxBurstLength".into(), config.max_burst_len.to_string()),
-            ("FirstBurstLength".into(), config.first_burst_len.to_string()),
-            ("MaxConnections".into(), "1".into()),
-            ("MaxOutstandingR2T".into(), "1".into()),
-        ]);
-        if let Some(level) = config.protocol_level {
-            operational.push(("iSCSIProtocolLevel".into(), level.to_string()));
-        }
-    }
-    let cmd_sn = 1u32;
-    let mut n = Negotiated {
-        header_digest: false,
-        data_digest: false,
-        target_max_recv_data_segment_len: 8192,
-        max_burst_len: 262_144,
-        first_burst_len: 65_536,
-        immediate_data: true,
-        initial_r2t: true,
-        tsih: 0,
-    };
-    // (current stage, next stage, keys)
-    let mut stages: Vec<(u8, u8, text::Pairs)> = Vec::new();
-    if config.security_stage {
-        let mut keys = identity.clone();
-        keys.push(("AuthMethod".into(), "None".into()));
-        stages.push((stage::SECURITY, stage::OPERATIONAL, keys));
-        stages.push((stage::OPERATIONAL, stage::FULL_FEATURE, operational));
-    } else {
-        let mut keys = identity;
-        keys.extend(operational);
-        stages.push((stage::OPERATIONAL, stage::FULL_FEATURE, keys));
-    }
-    let mut exp_stat_sn = 0;
-    let mut max_cmd_sn = cmd_sn;
-    for (csg, nsg, keys) in stages {
-        let mut data = text::encode(&keys);
-        // Retry with no keys while the target answers T=0 (it wants more negotiation).
-        for _ in 0..16 {
-            let req = LoginRequest {
-                transit: true,
-                cont: false,
-                csg,
-                nsg,
-                version_max: 0,
-                version_min: 0,
-                isid: config.isid,
-                tsih: 0,
-                itt: 0,
-                cid: 0,
-                cmd_sn,
-                exp_stat_sn,
-            };
-            writer.write(Pdu::with_data(req, data.clone()).encode(Digests::default())).await?;
-            let limits = Limits { data_segment_len_max: 8192 };
-            let pdu = match reader.next(Digests::default(), limits).await? {
-                ReadEvent::Pdu(p) => p,
-                ReadEvent::Bad(e) => return Err(Error::Protocol(e.to_string())),
-                ReadEvent::Eof => return Err(Error::Io("the target closed the connection during login".into())),
-            };
-            let Bhs::LoginResponse(r) = pdu.bhs else {
-                return Err(Error::Protocol(format!("expected a login response, got {:?}", pdu.opcode())));
-            };
-            if r.status_class != 0 {
-                return Err(Error::Login { class: r.status_class, detail: r.status_detail });
-            }
-            exp_stat_sn = r.stat_sn.wrapping_add(1);
-            max_cmd_sn = r.max_cmd_sn;
-            n.tsih = r.tsih;
-            let pairs = text::parse(&pdu.data).map_err(|e| Error::Protocol(e.to_string()))?;
-            for (k, v) in &pairs {
-                let num = parse_number(v).map(|x| x as u32);
-                match (k.as_str(), v.as_str()) {
-                    ("HeaderDigest", v) => n.header_digest = v == "CRC32C",
-                    ("DataDigest", v) => n.data_digest = v == "CRC32C",
-                    ("MaxRecvDataSegmentLength", _) => n.target_max_recv_data_segment_len = num.unwrap_or(8192),
-                    ("MaxBurstLength", _) => n.max_burst_len = num.unwrap_or(n.max_burst_len),
-                    ("FirstBurstLength", _) => n.first_burst_len = num.unwrap_or(n.first_burst_len),
-                    ("ImmediateData", v) => n.immediate_data = v == "Yes",
-                    ("InitialR2T", v) => n.initial_r2t = v == "Yes",
-                    _ => {}
-                }
-            }
-            data = Bytes::new();
-            if r.transit {
-                break;
-            }
-        }
-    }
-    Ok((n, cmd_sn, max_cmd_sn, exp_stat_sn))
 }

@@ -86,6 +86,8 @@ pub enum CloseReason {
     Logout,
     NopTimeout,
     ProtocolError(String),
+    /// The connection itself went: the peer closed it, or a read or write on it failed.
+    ConnectionLost(String),
     ColdReset,
     /// An I_T NEXUS RESET ends the session (RFC 7144 §6.3).
     NexusReset,
@@ -112,6 +114,8 @@ pub enum Output {
 #[derive(Debug)]
 struct WriteIn {
     buf: BytesMut,
+    /// All of the data, when it came whole as immediate data: kept as received, not copied.
+    whole: Option<Bytes>,
     /// Bytes that will be collected in total (EDTL, or only the unsolicited part on failure).
     collect_len: u32,
     /// End offset of the unsolicited data (immediate data plus unsolicited Data-Out).
@@ -654,12 +658,14 @@ impl Connection {
             }
             // A failed command's data is counted as it passes, never kept.
             let mut buf = BytesMut::new();
-            if failure.is_none() {
+            let whole = (failure.is_none() && imm.len() as u32 == edtl).then(|| imm.clone());
+            if failure.is_none() && whole.is_none() {
                 buf.reserve(unsolicited_end as usize);
                 buf.extend_from_slice(imm);
             }
             Some(WriteIn {
                 buf,
+                whole,
                 collect_len,
                 unsolicited_end,
                 unsolicited_next_offset: imm.len() as u32,
@@ -736,81 +742,6 @@ impl Connection {
         for (_, itt) in held {
             self.progress(itt);
         }
-    }
-
-    fn on_data_out(&mut self, d: &DataOut, data: Bytes) {
-        let Some(task) = self.tasks.get_mut(&d.itt) else {
-            // Data for a task that is finished or aborted: silently dropped (a Reject would make
-            // initiators fail an unrelated command or drop the session).
-            tracing::debug!(itt = d.itt, "Data-Out for no task: dropped");
-            return;
-        };
-        let Some(w) = task.write.as_mut() else {
-            task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
-            return;
-        };
-        let len = data.len() as u32;
-        let (expected_offset, expected_sn, end) = if d.ttt == RESERVED_TAG {
-            if w.unsolicited_done {
-                task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
-                return;
-            }
-            (w.unsolicited_next_offset, w.unsolicited_next_sn, w.unsolicited_end)
-        } else {
-            match w.r2ts.iter().find(|r| r.ttt == d.ttt) {
-                Some(r) => (r.next_offset, r.next_data_sn, r.end),
-                None => {
-                    task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
-                    return;
-                }
-            }
-        };
-        let in_order = d.buffer_offset == expected_offset && d.data_sn == expected_sn;
-        let fits = d.buffer_offset.checked_add(len).is_some_and(|e| e <= end);
-        if in_order && fits && task.failure.is_none() {
-            let at = d.buffer_offset as usize;
-            let data = if crate::mutants::active(crate::mutants::Mutant::DropDataOut) && d.data_sn == 1 {
-                Bytes::from(vec![0u8; data.len()])
-            } else {
-                data
-            };
-            if w.buf.len() == at {
-                w.buf.extend_from_slice(&data);
-            } else {
-                if w.buf.len() < at + data.len() {
-                    w.buf.resize(at + data.len(), 0);
-                }
-                w.buf[at..at + data.len()].copy_from_slice(&data);
-            }
-        } else if !(in_order && fits) {
-            task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
-        }
-        // Advance the sequence even on error, so that it ends and the command can be answered.
-        let next = expected_offset.saturating_add(len).min(end);
-        let seq_done = d.fin || next >= end;
-        if d.ttt == RESERVED_TAG {
-            w.unsolicited_next_offset = next;
-            w.unsolicited_next_sn = expected_sn.wrapping_add(1);
-            if seq_done {
-                w.unsolicited_done = true;
-                if next < w.unsolicited_end {
-                    // The initiator ended its unsolicited data early: solicit the rest.
-                    w.solicit_from = next;
-                }
-            }
-        } else {
-            let i = w.r2ts.iter().position(|r| r.ttt == d.ttt).expect("found above");
-            w.r2ts[i].next_offset = next;
-            w.r2ts[i].next_data_sn = expected_sn.wrapping_add(1);
-            if seq_done {
-                if next < w.r2ts[i].end {
-                    task.failure.get_or_insert(Failure::Check(Sense::new(key::ABORTED_COMMAND, asc::DATA_PHASE_ERROR)));
-                }
-                w.r2ts.remove(i);
-            }
-        }
-        let itt = d.itt;
-        self.progress(itt);
     }
 
     /// Moves a task along: solicit data, wait for its turn and budget, run it, or answer it.
@@ -952,46 +883,10 @@ impl Connection {
         self.start_queued();
     }
 
-    fn send_r2ts(&mut self, itt: u32) {
-        let max_burst = self.params.max_burst_len;
-        let max_outstanding = self.params.max_outstanding_r2t.max(1) as usize;
-        loop {
-            let task = self.tasks.get_mut(&itt).expect("task");
-            let w = task.write.as_mut().expect("write task");
-            if w.r2ts.len() >= max_outstanding || w.solicit_from >= w.collect_len {
-                break;
-            }
-            if w.buf.capacity() < w.collect_len as usize {
-                w.buf.reserve(w.collect_len as usize - w.buf.len());
-            }
-            let offset = w.solicit_from;
-            let len = (w.collect_len - offset).min(max_burst);
-            w.solicit_from += len;
-            let r2t_sn = w.r2t_sn;
-            w.r2t_sn = w.r2t_sn.wrapping_add(1);
-            let lun = task.lun;
-            let ttt = self.alloc_ttt();
-            let w = self.tasks.get_mut(&itt).expect("task").write.as_mut().expect("write task");
-            w.r2ts.push(R2tSeq { ttt, end: offset + len, next_offset: offset, next_data_sn: 0 });
-            let r2t = R2t {
-                lun,
-                itt,
-                ttt,
-                stat_sn: self.stat_sn,
-                exp_cmd_sn: self.window.exp_cmd_sn(),
-                max_cmd_sn: self.window.max_cmd_sn(),
-                r2t_sn,
-                buffer_offset: offset,
-                desired_len: len,
-            };
-            self.send(Pdu::new(r2t));
-        }
-    }
-
     fn execute(&mut self, itt: u32) {
         let task = self.tasks.get_mut(&itt).expect("task");
         task.phase = Phase::Running;
-        let data_out = task.write.take().map(|w| w.buf.freeze()).unwrap_or_default();
+        let data_out = task.write.take().map(|w| w.whole.unwrap_or_else(|| w.buf.freeze())).unwrap_or_default();
         let data_in_max = if task.read { task.edtl } else { 0 };
         let exec = Exec { itt, lun: task.lun, cdb: task.cdb.clone(), data_out, data_in_max };
         self.out.push(Output::Execute(exec));
@@ -1135,273 +1030,6 @@ impl Connection {
         Some(task)
     }
 
-    // ---- task management ----
-
-    /// Aborts tasks matching `select`. Returns the ones still running (whose completion must
-    /// be awaited before the abort is reported done).
-    fn abort_where(&mut self, select: impl Fn(&Task) -> bool) -> BTreeSet<u32> {
-        let victims: Vec<u32> = self.tasks.values().filter(|t| !t.aborted && select(t)).map(|t| t.itt).collect();
-        let mut running = BTreeSet::new();
-        for itt in victims {
-            let task = self.tasks.get_mut(&itt).expect("task");
-            task.aborted = true;
-            if task.phase == Phase::Running {
-                running.insert(itt);
-            } else if task.delivered || task.immediate {
-                self.forget(itt);
-            }
-            // Tasks still held for their CmdSN are forgotten when their turn comes.
-        }
-        running
-    }
-
-    /// Aborts this connection's tasks on a LUN because another session reset it.
-    pub fn abort_lun(&mut self, lun: u64) {
-        self.abort_where(|t| t.lun == lun);
-    }
-
-    /// Aborts every task (a target reset from another session).
-    pub fn abort_all(&mut self) {
-        self.abort_where(|_| true);
-    }
-
-    fn on_task_mgmt(&mut self, t: &TaskMgmtRequest, ctx: &dyn ConnContext) {
-        if self.kind == SessionKind::Discovery {
-            self.send_tmf_response(t.itt, TmfAnswer::just(tmf::FUNCTION_REJECTED));
-            return;
-        }
-        let lun_known = ctx.lun_exists(t.lun);
-        let none = BTreeSet::new;
-        let (answer, waiting_on) = match t.function {
-            tmf::ABORT_TASK => {
-                let rtt = t.referenced_task_tag;
-                if self.tasks.get(&rtt).is_some_and(|task| !task.aborted) {
-                    (TmfAnswer::just(tmf::FUNCTION_COMPLETE), self.abort_where(|task| task.itt == rtt))
-                } else if self.window.arrival(t.ref_cmd_sn) == Arrival::Ahead {
-                    // Not received yet: consider its CmdSN received and discard it (§11.5.1).
-                    self.window.hold(t.ref_cmd_sn, Held::Aborted);
-                    (TmfAnswer::just(tmf::FUNCTION_COMPLETE), none())
-                } else {
-                    (TmfAnswer::just(tmf::TASK_DOES_NOT_EXIST), none())
-                }
-            }
-            tmf::ABORT_TASK_SET | tmf::CLEAR_TASK_SET if lun_known => {
-                (TmfAnswer::just(tmf::FUNCTION_COMPLETE), self.abort_where(|task| task.lun == t.lun))
-            }
-            tmf::LOGICAL_UNIT_RESET if lun_known => {
-                let waiting = self.abort_where(|task| task.lun == t.lun);
-                self.out.push(Output::ResetLun(t.lun));
-                (TmfAnswer::just(tmf::FUNCTION_COMPLETE), waiting)
-            }
-            // RFC 7144 §6.3: the queries end no task.
-            tmf::QUERY_TASK => {
-                let rtt = t.referenced_task_tag;
-                (TmfAnswer::found(self.tasks.get(&rtt).is_some_and(|task| !task.aborted)), none())
-            }
-            tmf::QUERY_TASK_SET if lun_known => {
-                let any = self.tasks.values().any(|task| !task.aborted && task.lun == t.lun);
-                (TmfAnswer::found(any), none())
-            }
-            tmf::QUERY_ASYNC_EVENT if lun_known => match ctx.pending_unit_attention(t.lun) {
-                // UADE DEPTH 01b and the sense key, then ASC and ASCQ (SAM-5).
-                Some((asc, ascq)) => {
-                    let additional = [0x10 | crate::scsi::sense::key::UNIT_ATTENTION, asc, ascq];
-                    (TmfAnswer { additional, ..TmfAnswer::found(true) }, none())
-                }
-                None => (TmfAnswer::found(false), none()),
-            },
-            tmf::ABORT_TASK_SET
-            | tmf::CLEAR_TASK_SET
-            | tmf::LOGICAL_UNIT_RESET
-            | tmf::QUERY_TASK_SET
-            | tmf::QUERY_ASYNC_EVENT => (TmfAnswer::just(tmf::LUN_DOES_NOT_EXIST), none()),
-            // RFC 7144 §6.3: the I_T nexus loss function, and every connection of the session
-            // dropped (one here).
-            tmf::I_T_NEXUS_RESET => {
-                let waiting = self.abort_where(|_| true);
-                self.out.push(Output::NexusReset);
-                let close = Some(CloseReason::NexusReset);
-                (TmfAnswer { close, ..TmfAnswer::just(tmf::FUNCTION_COMPLETE) }, waiting)
-            }
-            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET if !ctx.may_reset_target() => {
-                tracing::warn!(function = t.function, "target reset refused: the initiator may not reset the target");
-                (TmfAnswer::just(tmf::AUTHORIZATION_FAILED), none())
-            }
-            tmf::TARGET_WARM_RESET | tmf::TARGET_COLD_RESET => {
-                let cold = t.function == tmf::TARGET_COLD_RESET;
-                let waiting = self.abort_where(|_| true);
-                self.out.push(Output::ResetTarget { cold });
-                let close = cold.then_some(CloseReason::ColdReset);
-                (TmfAnswer { close, ..TmfAnswer::just(tmf::FUNCTION_COMPLETE) }, waiting)
-            }
-            tmf::TASK_REASSIGN => (TmfAnswer::just(tmf::REASSIGNMENT_NOT_SUPPORTED), none()),
-            _ => (TmfAnswer::just(tmf::FUNCTION_NOT_SUPPORTED), none()),
-        };
-        if waiting_on.is_empty() || crate::mutants::active(crate::mutants::Mutant::TmfBeforeAbortedComplete) {
-            self.send_tmf_response(t.itt, answer);
-        } else {
-            self.tmfs.push(PendingTmf { itt: t.itt, answer, waiting_on });
-        }
-    }
-
-    fn send_tmf_response(&mut self, itt: u32, answer: TmfAnswer) {
-        let r = TaskMgmtResponse {
-            response: answer.response,
-            additional: answer.additional,
-            itt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-        };
-        self.send(Pdu::new(r));
-        if let Some(reason) = answer.close {
-            self.closing = true;
-            self.out.push(Output::Close(reason));
-        }
-    }
-
-    // ---- text and logout ----
-
-    fn on_text(&mut self, t: &TextRequest, data: &Bytes, ctx: &dyn ConnContext) {
-        // The initiator asks for the next piece of a long response.
-        if t.ttt != RESERVED_TAG {
-            match self.text_out.as_mut() {
-                Some(out) if out.ttt == t.ttt => {
-                    let segment = out.segments.pop_front().unwrap_or_default();
-                    let more = !out.segments.is_empty();
-                    let ttt = out.ttt;
-                    if !more {
-                        self.text_out = None;
-                    }
-                    self.send_text_response(t, segment, more, if more { ttt } else { RESERVED_TAG });
-                }
-                _ => {
-                    let header = Pdu::new(*t).bhs.encode();
-                    self.reject(reject_reason::INVALID_PDU_FIELD, &header);
-                }
-            }
-            return;
-        }
-        self.text_out = None;
-        if let Err(e) = self.text_in.push(data) {
-            tracing::info!(error = %e, "text request too long");
-            self.text_in.clear();
-            let header = Pdu::new(*t).bhs.encode();
-            self.reject(reject_reason::PROTOCOL_ERROR, &header);
-            return;
-        }
-        if t.cont {
-            let ttt = self.alloc_ttt();
-            self.send_text_response(t, Bytes::new(), false, ttt);
-            return;
-        }
-        let pairs = match self.text_in.finish() {
-            Ok(pairs) => pairs,
-            Err(e) => {
-                tracing::info!(error = %e, "malformed text request");
-                let header = Pdu::new(*t).bhs.encode();
-                self.reject(reject_reason::PROTOCOL_ERROR, &header);
-                return;
-            }
-        };
-        let mut reply: Vec<(String, String)> = Vec::new();
-        for (k, v) in &pairs {
-            if k == "SendTargets" {
-                reply.extend(self.send_targets(v, ctx));
-            } else {
-                // Operational keys cannot be renegotiated in full-feature phase here.
-                reply.push((k.clone(), "Reject".into()));
-            }
-        }
-        let body = text::encode(&reply);
-        let mut segments: VecDeque<Bytes> =
-            text::segments(&body, self.params.initiator_max_recv_data_segment_len as usize).into();
-        let first = segments.pop_front().unwrap_or_default();
-        if segments.is_empty() {
-            self.send_text_response(t, first, false, RESERVED_TAG);
-        } else {
-            let ttt = self.alloc_ttt();
-            self.text_out = Some(TextOut { ttt, segments });
-            self.send_text_response(t, first, true, ttt);
-        }
-    }
-
-    fn send_targets(&self, which: &str, ctx: &dyn ConnContext) -> Vec<(String, String)> {
-        let all = ctx.targets();
-        let selected: Vec<&TargetRecord> = match which {
-            "All" if self.kind == SessionKind::Discovery => all.iter().collect(),
-            "All" => return vec![("SendTargets".into(), "Reject".into())],
-            "" => {
-                let own = ctx.own_target();
-                all.iter().filter(|t| Some(&t.name) == own.as_ref()).collect()
-            }
-            name => all.iter().filter(|t| t.name == name).collect(),
-        };
-        let mut out = Vec::new();
-        for t in selected {
-            out.push(("TargetName".to_string(), t.name.clone()));
-            for a in &t.addresses {
-                out.push(("TargetAddress".to_string(), a.clone()));
-            }
-        }
-        out
-    }
-
-    fn send_text_response(&mut self, t: &TextRequest, data: Bytes, cont: bool, ttt: u32) {
-        let r = TextResponse {
-            fin: !cont && ttt == RESERVED_TAG,
-            cont,
-            lun: t.lun,
-            itt: t.itt,
-            ttt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-        };
-        self.send(Pdu::with_data(r, data));
-    }
-
-    fn on_logout(&mut self, l: &LogoutRequest) {
-        let response = match l.reason {
-            logout::CLOSE_SESSION => logout::CLOSED,
-            logout::CLOSE_CONNECTION if l.cid == self.cid => logout::CLOSED,
-            logout::CLOSE_CONNECTION => logout::CID_NOT_FOUND,
-            _ => logout::RECOVERY_NOT_SUPPORTED,
-        };
-        let r = LogoutResponse {
-            response,
-            itt: l.itt,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-            time2wait: 0,
-            time2retain: 0,
-        };
-        self.send(Pdu::new(r));
-        if response == logout::CLOSED {
-            // Running commands finish (their responses are not sent); nothing else is accepted.
-            self.abort_where(|_| true);
-            self.closing = true;
-            self.out.push(Output::Close(CloseReason::Logout));
-        }
-    }
-
-    /// Asks the initiator to log out (graceful shutdown).
-    pub fn request_logout(&mut self, time_to_logout_secs: u16) {
-        let msg = AsyncMessage {
-            lun: 0,
-            stat_sn: self.next_stat_sn(),
-            exp_cmd_sn: self.window.exp_cmd_sn(),
-            max_cmd_sn: self.window.max_cmd_sn(),
-            event: async_event::LOGOUT_REQUESTED,
-            vcode: 0,
-            param1: 0,
-            param2: 0,
-            param3: time_to_logout_secs,
-        };
-        self.send(Pdu::new(msg));
-    }
-
     // ---- timers ----
 
     /// When the driver should call [`Connection::on_tick`] next.
@@ -1454,6 +1082,10 @@ impl std::fmt::Debug for Connection {
             .finish()
     }
 }
+
+mod data_out;
+mod task_mgmt;
+mod text_and_logout;
 
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,7 @@ pub fn report_target_port_groups(groups: &PortGroups, extended: bool) -> BytesMu
         descriptors.put_u8(0x80 | 0x08 | 0x04 | 0x02 | 0x01);
         descriptors.put_u16(tag);
         descriptors.put_u8(0);
-        descriptors.put_u8(0x02); // status: altered by implicit behaviour (an operator's change)
+        descriptors.put_u8(0); // STATUS CODE: no status available
         descriptors.put_u8(0); // vendor specific
         descriptors.put_u8(1); // one target port
         descriptors.put_u16(0);
@@ -145,7 +145,7 @@ mod tests {
         let groups = PortGroups::from([(1, AluaState::ActiveOptimized), (2, AluaState::Standby)]);
         let r = report_target_port_groups(&groups, false);
         assert_eq!(&r[..4], &24u32.to_be_bytes());
-        assert_eq!(&r[4..16], &[0x00, 0x8f, 0, 1, 0, 2, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(&r[4..16], &[0x00, 0x8f, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1], "STATUS CODE 0: no status available");
         assert_eq!((r[16], &r[18..20]), (0x02, &[0, 2][..]));
         let x = report_target_port_groups(&groups, true);
         assert_eq!((&x[..4], x[4]), (&28u32.to_be_bytes()[..], 0x10));

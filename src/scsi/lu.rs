@@ -78,6 +78,9 @@ pub(super) struct LuState {
     pub copy_results: BTreeMap<u64, Vec<super::xcopy::CopyResult>>,
     /// Nexuses that issued PREVENT MEDIUM REMOVAL.
     pub prevent: BTreeSet<u64>,
+    /// The relative target ports of the target this logical unit belongs to (ALL_TG_PT
+    /// registers through each; REGISTER AND MOVE may name any).
+    pub target_ports: BTreeSet<u16>,
 }
 
 /// Bound on remembered nexuses; beyond it the oldest-keyed are forgotten (they then see a
@@ -120,6 +123,8 @@ pub(super) struct Ctx<'a> {
     pub data_in_called_for: Option<u64>,
     /// A status other than GOOD for a successful command (CONDITION MET).
     pub status: u8,
+    /// The other logical units of the target, for EXTENDED COPY.
+    pub peers: &'a dyn super::xcopy::CopyPeers,
 }
 
 impl LogicalUnit {
@@ -145,6 +150,7 @@ impl LogicalUnit {
                 ua: BTreeMap::new(),
                 reserved_by: None,
                 pr: super::pr::PrState::default(),
+                target_ports: BTreeSet::new(),
                 copy_results: BTreeMap::new(),
                 prevent: BTreeSet::new(),
             }),
@@ -183,6 +189,11 @@ impl LogicalUnit {
         if self.standby.swap(standby, std::sync::atomic::Ordering::SeqCst) != standby {
             self.unit_attention_all(super::alua::ACCESS_STATE_CHANGED, None);
         }
+    }
+
+    /// The target's relative target ports, as its portal groups are now.
+    pub fn set_target_ports(&self, ports: BTreeSet<u16>) {
+        self.state().target_ports = ports;
     }
 
     pub fn is_standby(&self) -> bool {
@@ -305,8 +316,14 @@ impl LogicalUnit {
         code
     }
 
-    /// Runs one command addressed to this logical unit.
+    /// Runs one command addressed to this logical unit, alone (EXTENDED COPY reaches only
+    /// this logical unit).
     pub async fn execute(&self, req: &Request) -> Response {
+        self.execute_among(req, &super::xcopy::NoPeers).await
+    }
+
+    /// Runs one command addressed to this logical unit, one of the target's `peers`.
+    pub async fn execute_among(&self, req: &Request, peers: &dyn super::xcopy::CopyPeers) -> Response {
         let cdb = Cdb(&req.cdb);
         let spec = match ops::lookup(cdb.opcode(), cdb.service_action()) {
             Lookup::Found(spec) if self.supports(spec) => spec,
@@ -345,6 +362,7 @@ impl LogicalUnit {
             data_in_max: req.data_in_max,
             data_in_called_for: None,
             status: status::GOOD,
+            peers,
         };
         let outcome = self.run(&mut ctx).await;
         let mut response = match outcome {
@@ -369,7 +387,7 @@ impl LogicalUnit {
 
     /// Whether an SPC-2 reservation of another nexus, or the persistent reservation, keeps
     /// `nexus` from running `op`.
-    fn reservation_conflict(&self, nexus: u64, op: Op) -> bool {
+    pub(super) fn reservation_conflict(&self, nexus: u64, op: Op) -> bool {
         let st = self.state();
         matches!(st.reserved_by, Some(holder) if holder != nexus)
             || st.pr.conflicts(nexus, super::persistent_reserve::access(op))

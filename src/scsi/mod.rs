@@ -16,6 +16,7 @@ mod sbc;
 pub mod sense;
 mod spc;
 mod target;
+mod transport_id;
 mod xcopy;
 
 use std::sync::Arc;
@@ -50,19 +51,24 @@ impl Nexus {
         relative_port: u16,
         protocol_level: u8,
     ) -> Arc<Nexus> {
-        // Stable across runs and platforms, unlike the std hasher.
-        let mut h = crate::fnv::Fnv1a::default();
-        h.update(initiator_name.as_bytes()).update(&isid.to_be_bytes());
-        h.update(target_name.as_bytes()).update(&relative_port.to_be_bytes());
-        let h = h.value();
         Arc::new(Nexus {
-            id: h,
+            id: Nexus::id_of(initiator_name, isid, target_name, relative_port),
             initiator_name: initiator_name.to_string(),
             isid,
             target_name: target_name.to_string(),
             relative_port,
             protocol_level,
         })
+    }
+
+    /// The id of the I_T nexus between an initiator port and a target port, whether or not it
+    /// exists now (persistent reservations name nexuses that have not logged in).
+    pub fn id_of(initiator_name: &str, isid: u64, target_name: &str, relative_port: u16) -> u64 {
+        // Stable across runs and platforms, unlike the std hasher.
+        let mut h = crate::fnv::Fnv1a::default();
+        h.update(initiator_name.as_bytes()).update(&isid.to_be_bytes());
+        h.update(target_name.as_bytes()).update(&relative_port.to_be_bytes());
+        h.value()
     }
 
     /// The iSCSI version descriptor of INQUIRY: 0960h (no version claimed), or 0960h plus the

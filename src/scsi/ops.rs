@@ -206,6 +206,13 @@ static COMMANDS: &[OpSpec] = &[
         &[0x5f, 6, FF, 0, 0, FF, FF, FF, FF, CTL],
     ),
     sa(
+        0x5f,
+        7,
+        "PERSISTENT RESERVE OUT (REGISTER AND MOVE)",
+        Op::PersistentReserveOut,
+        &[0x5f, 7, FF, 0, 0, FF, FF, FF, FF, CTL],
+    ),
+    sa(
         0x83,
         0x00,
         "EXTENDED COPY(LID1)",

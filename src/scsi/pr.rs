@@ -63,7 +63,8 @@ pub enum Access {
     Write,
 }
 
-/// One registered I_T nexus.
+/// One registered I_T nexus: the initiator port (iSCSI name and ISID) through one target
+/// port. ALL_TG_PT and SPEC_I_PT make one registration per I_T nexus they name.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registrant {
     pub key: u64,
@@ -97,6 +98,16 @@ pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2a, 0x04);
 pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x05);
 /// INVALID RELEASE OF PERSISTENT RESERVATION.
 const INVALID_RELEASE: (u8, u8) = (0x26, 0x04);
+/// INSUFFICIENT REGISTRATION RESOURCES.
+const INSUFFICIENT_REGISTRATION_RESOURCES: (u8, u8) = (0x55, 0x04);
+
+/// Most registrations one logical unit keeps. SPEC_I_PT lets one command name many I_T
+/// nexuses; beyond this bound REGISTER is refused with INSUFFICIENT REGISTRATION RESOURCES.
+pub const REGISTRATIONS_MAX: usize = 1024;
+
+/// An I_T nexus a command names without coming through it (ALL_TG_PT's other target ports,
+/// SPEC_I_PT's and REGISTER AND MOVE's TransportIDs): its id and its registration to be.
+pub type NamedNexus = (u64, Registrant);
 
 /// The persistent reservation state of one logical unit (also its saved form, with APTPL).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -165,7 +176,7 @@ impl PrState {
             None if !ignore_existing && claimed != 0 => Err(PrError::Conflict),
             None if new_key == 0 => Ok(Vec::new()),
             None => {
-                self.registrants.insert(nexus, Registrant { key: new_key, ..port });
+                self.insert(nexus, Registrant { key: new_key, ..port })?;
                 self.bump();
                 Ok(Vec::new())
             }
@@ -181,6 +192,77 @@ impl PrState {
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// ALL_TG_PT: the sender's initiator port through the other target ports gets the key the
+    /// sender's REGISTER set: registered with it, changed to it, or (zero) unregistered.
+    pub fn register_other_ports(&mut self, others: Vec<NamedNexus>, key: u64) -> Result<Notices, PrError> {
+        let mut notices = Vec::new();
+        for (nexus, port) in others {
+            match self.registrants.get_mut(&nexus) {
+                None if key == 0 => {}
+                None => self.insert(nexus, Registrant { key, ..port })?,
+                Some(_) if key == 0 => notices.extend(self.unregister(nexus)),
+                Some(r) => r.key = key,
+            }
+        }
+        Ok(notices)
+    }
+
+    /// SPEC_I_PT: registers the I_T nexuses the TransportIDs name with `key`. None may be
+    /// registered already (INVALID FIELD IN PARAMETER LIST, at the TransportIDs).
+    pub fn register_specified(&mut self, specified: Vec<NamedNexus>, key: u64) -> Result<(), PrError> {
+        if specified.iter().any(|(nexus, _)| self.registrants.contains_key(nexus)) {
+            return Err(PrError::Check(Sense::invalid_param(28)));
+        }
+        for (nexus, port) in specified {
+            self.insert(nexus, Registrant { key, ..port })?;
+        }
+        Ok(())
+    }
+
+    /// REGISTER AND MOVE: the holder of a reservation (not of an all-registrants type) hands
+    /// it to another I_T nexus as `kind`, registering that nexus with `new_key` if it is not
+    /// registered, and unregistering itself with `unregister_sender`.
+    pub fn register_and_move(
+        &mut self,
+        nexus: u64,
+        claimed: u64,
+        new_key: u64,
+        kind: PrType,
+        to: NamedNexus,
+        unregister_sender: bool,
+    ) -> Result<Notices, PrError> {
+        self.registered_as(nexus, claimed)?;
+        match self.reservation {
+            Some(r) if !r.kind.all_registrants() && r.holder == nexus => {}
+            _ => return Err(PrError::Conflict),
+        }
+        if new_key == 0 {
+            return Err(PrError::Check(Sense::invalid_param(8)));
+        }
+        let (destination, port) = to;
+        if destination == nexus {
+            return Err(PrError::Check(Sense::invalid_param(24)));
+        }
+        if !self.registrants.contains_key(&destination) {
+            self.insert(destination, Registrant { key: new_key, ..port })?;
+        }
+        self.reservation = Some(Reservation { holder: destination, kind });
+        if unregister_sender {
+            self.registrants.remove(&nexus);
+        }
+        self.bump();
+        Ok(Vec::new())
+    }
+
+    /// Adds a registration within [`REGISTRATIONS_MAX`].
+    fn insert(&mut self, nexus: u64, registrant: Registrant) -> Result<(), PrError> {
+        if self.registrants.len() >= REGISTRATIONS_MAX && !self.registrants.contains_key(&nexus) {
+            return Err(PrError::Check(Sense::illegal(INSUFFICIENT_REGISTRATION_RESOURCES)));
+        }
+        self.registrants.insert(nexus, registrant);
+        Ok(())
     }
 
     /// Removes a registration, releasing the reservation it held (an all-registrants one only

@@ -131,3 +131,40 @@ fn clear_removes_everything_and_tells_the_others() {
     assert_eq!(s.clear(B, 0xb).unwrap(), vec![(A, RESERVATIONS_PREEMPTED)]);
     assert!(!s.active());
 }
+
+#[test]
+fn registrations_are_bounded_however_they_are_asked_for() {
+    let mut s = PrState::default();
+    let many: Vec<NamedNexus> = (0..REGISTRATIONS_MAX as u64).map(|n| (n, port("iqn.x"))).collect();
+    s.register_specified(many, 0xa).unwrap();
+    let full = (Err(PrError::Check(Sense::illegal((0x55, 0x04)))), Err(PrError::Check(Sense::illegal((0x55, 0x04)))));
+    let more = REGISTRATIONS_MAX as u64;
+    let refused =
+        (s.register(more, port("iqn.y"), 0, 0xb, false), s.register_other_ports(vec![(more, port("iqn.y"))], 0xb));
+    assert_eq!(refused, full);
+    assert_eq!(s.register(0, port("iqn.x"), 0xa, 0xc, false), Ok(Vec::new()), "a registered nexus changes its key");
+    assert_eq!(s.registrants.len(), REGISTRATIONS_MAX);
+}
+
+#[test]
+fn register_and_move_needs_the_holder_of_a_one_holder_reservation() {
+    let mut s = registered(&[(A, 0xa), (B, 0xb)]);
+    let to_c = || (C, port("iqn.c"));
+    assert_eq!(s.register_and_move(A, 0xa, 0xc, PrType::WriteExclusive, to_c(), false), Err(PrError::Conflict));
+    s.reserve(A, 0xa, PrType::WriteExclusiveAllRegistrants).unwrap();
+    let moved = s.register_and_move(A, 0xa, 0xc, PrType::WriteExclusive, to_c(), false);
+    assert_eq!(moved, Err(PrError::Conflict), "all registrants hold it");
+    let mut s = registered(&[(A, 0xa), (B, 0xb)]);
+    s.reserve(A, 0xa, PrType::ExclusiveAccess).unwrap();
+    assert_eq!(s.register_and_move(B, 0xb, 0xc, PrType::WriteExclusive, to_c(), false), Err(PrError::Conflict));
+    assert!(matches!(s.register_and_move(A, 0xa, 0, PrType::WriteExclusive, to_c(), false), Err(PrError::Check(_))));
+    let generation = s.generation;
+    s.register_and_move(A, 0xa, 0xc, PrType::WriteExclusive, to_c(), false).unwrap();
+    assert_eq!(s.reservation, Some(Reservation { holder: C, kind: PrType::WriteExclusive }));
+    assert_eq!(s.registrants.get(&C).map(|r| r.key), Some(0xc));
+    assert!(s.registrants.contains_key(&A), "without UNREG the sender stays registered");
+    assert_eq!(s.generation, generation + 1);
+    s.register_and_move(C, 0xc, 0xb, PrType::WriteExclusive, (B, port("iqn.x")), true).unwrap();
+    assert_eq!(s.registrants.get(&B).map(|r| r.key), Some(0xb), "a registered destination keeps its key");
+    assert!(!s.registrants.contains_key(&C), "UNREG");
+}

@@ -38,17 +38,31 @@ impl ScsiTarget {
     /// Sets the target port groups and their states; a changed state is announced to every
     /// initiator (ASYMMETRIC ACCESS STATE CHANGED).
     pub fn set_port_groups(&self, groups: PortGroups) {
+        self.change_port_groups(groups, None);
+    }
+
+    /// Sets the port groups; a changed state is announced to every nexus but `by`, the one
+    /// that asked for it with SET TARGET PORT GROUPS (SPC-4 §5.15.2.3).
+    fn change_port_groups(&self, groups: PortGroups, by: Option<u64>) {
         let changed = {
             let mut current = self.port_groups.write().expect("port groups poisoned");
             let changed = current.iter().any(|(tag, state)| groups.get(tag).is_some_and(|s| s != state));
             *current = groups;
             changed
         };
+        for (_, lu) in self.luns() {
+            lu.set_target_ports(self.target_ports());
+        }
         if changed {
             for (_, lu) in self.luns() {
-                lu.unit_attention_all(alua::ACCESS_STATE_CHANGED, None);
+                lu.unit_attention_all(alua::ACCESS_STATE_CHANGED, by);
             }
         }
+    }
+
+    /// The relative target ports: one per portal group (numbered by its tag).
+    fn target_ports(&self) -> BTreeSet<u16> {
+        self.port_groups.read().expect("port groups poisoned").keys().copied().collect()
     }
 
     /// The state of the port group a command came through (active/optimized if unknown).
@@ -95,6 +109,7 @@ impl ScsiTarget {
         if luns.len() >= LUNS_MAX {
             return Err(format!("{} already has {LUNS_MAX} LUNs", self.name));
         }
+        lu.set_target_ports(self.target_ports());
         luns.insert(lun, lu);
         for lu in luns.values() {
             lu.unit_attention_all(asc::REPORTED_LUNS_DATA_CHANGED, None);
@@ -105,6 +120,7 @@ impl ScsiTarget {
     /// Puts another logical unit in place of `lun` (the same LUN, opened again or not ready
     /// yet): the LUN inventory does not change.
     pub fn replace_lun(&self, lun: u16, lu: Arc<LogicalUnit>) -> Option<Arc<LogicalUnit>> {
+        lu.set_target_ports(self.target_ports());
         self.luns.write().expect("LUN map poisoned").insert(lun, lu)
     }
 
@@ -149,6 +165,12 @@ impl ScsiTarget {
                     false => state.admits(spec.op),
                 };
                 if let Err(sense) = admitted {
+                    // A pending unit attention comes first (SAM-5 §5.14), as through any port.
+                    if !spec.ua_exempt
+                        && let Some(code) = lu.take_unit_attention(req.nexus.id, true)
+                    {
+                        return Response::check(&Sense::new(super::sense::key::UNIT_ATTENTION, code), false);
+                    }
                     return Response::check(&sense, false);
                 }
                 if spec.op == super::ops::Op::ReportTargetPortGroups {
@@ -159,7 +181,7 @@ impl ScsiTarget {
                 }
             }
         }
-        lu.execute(req).await
+        lu.execute_among(req, self).await
     }
 
     /// `standby`: the logical unit's volume is served by another target, so the port the
@@ -217,7 +239,7 @@ impl ScsiTarget {
                 None => return fail(Sense::invalid_param(at + 2)),
             }
         }
-        self.set_port_groups(groups);
+        self.change_port_groups(groups, Some(req.nexus.id));
         let mut r = Response::good(bytes::Bytes::new());
         r.data_out_len = len as u32;
         r
@@ -267,5 +289,13 @@ impl ScsiTarget {
             out.put_u64(encode_lun(lun));
         }
         Response::good(truncate(out, alloc))
+    }
+}
+
+impl super::xcopy::CopyPeers for ScsiTarget {
+    fn by_naa(&self, naa: u64, initiator: &str) -> Option<Arc<LogicalUnit>> {
+        let luns = self.luns.read().expect("LUN map poisoned");
+        let (lun, lu) = luns.iter().find(|(_, lu)| lu.identity().naa == naa)?;
+        self.visible(*lun, initiator).then(|| lu.clone())
     }
 }

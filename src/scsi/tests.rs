@@ -353,6 +353,145 @@ async fn persistent_reservations_keep_others_out_and_outlive_their_nexus() {
     assert_eq!(sense_of(&a.cmd(&t, &cdb, &data[..23]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
 }
 
+/// An iSCSI TransportID naming an initiator port (format 01b).
+fn initiator_port_id(port: &str) -> Vec<u8> {
+    let mut name = port.as_bytes().to_vec();
+    name.push(0);
+    name.resize(name.len().div_ceil(4).max(5) * 4, 0);
+    let mut id = vec![0x45, 0];
+    id.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    id.extend_from_slice(&name);
+    id
+}
+
+/// A PERSISTENT RESERVE OUT with a parameter list of any length.
+fn prout_with(action: u8, kind: u8, data: &[u8]) -> [u8; 10] {
+    let mut cdb = [0x5f, action, kind, 0, 0, 0, 0, 0, 0, 0];
+    cdb[5..9].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    cdb
+}
+
+fn through_port(name: &str, relative_port: u16) -> Init {
+    Init { nexus: Nexus::new(name, 1, "iqn.2026-11.org.example:t", relative_port, 1) }
+}
+
+/// The number of registered I_T nexuses READ KEYS reports.
+async fn registrations(init: &Init, t: &ScsiTarget) -> u32 {
+    u32::from_be_bytes(init.prin(t, 0).await[4..8].try_into().unwrap()) / 8
+}
+
+/// ALL_TG_PT registers the initiator port through every target port of the target, and
+/// unregisters it from all of them the same way; REPORT CAPABILITIES offers it and SPEC_I_PT.
+#[tokio::test]
+async fn all_tg_pt_registers_through_every_target_port() {
+    let (t, _) = target();
+    let groups = [(1, alua::AluaState::ActiveOptimized), (2, alua::AluaState::ActiveNonOptimized)];
+    t.set_port_groups(groups.into_iter().collect());
+    let (a1, a2) = (through_port("iqn.a", 1), through_port("iqn.a", 2));
+    a1.ready(&t).await;
+    a2.ready(&t).await;
+    let caps = a1.prin(&t, 2).await;
+    assert_eq!(caps[2] & 0x0c, 0x0c, "SIP_C and ATP_C");
+    let (cdb, mut data) = prout(0, 0, 0, 0xaa);
+    data[20] = 0x04; // ALL_TG_PT
+    assert_eq!(a1.cmd(&t, &cdb, &data).await.status, status::GOOD);
+    assert_eq!(registrations(&a1, &t).await, 2, "through ports 1 and 2");
+    assert_eq!(a2.prout(&t, 1, 1, 0xaa, 0).await.status, status::GOOD, "RESERVE through port 2");
+    assert_eq!(
+        a1.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status,
+        status::RESERVATION_CONFLICT,
+        "not the holder"
+    );
+    assert_eq!(a2.prout(&t, 2, 1, 0xaa, 0).await.status, status::GOOD, "RELEASE");
+    let (cdb, mut data) = prout(0, 0, 0xaa, 0);
+    data[20] = 0x04;
+    assert_eq!(a1.cmd(&t, &cdb, &data).await.status, status::GOOD, "unregister everywhere");
+    assert_eq!(registrations(&a1, &t).await, 0);
+}
+
+/// SPEC_I_PT registers the initiator ports the TransportIDs name, all or none; only for an
+/// unregistered sender, and only with REGISTER.
+#[tokio::test]
+async fn spec_i_pt_registers_named_initiator_ports_all_or_none() {
+    let (t, _) = target();
+    let (a, b, c) = (Init::new("iqn.a"), Init::new("iqn.b"), Init::new("iqn.c"));
+    a.ready(&t).await;
+    let specified = |ports: &[&str]| {
+        let ids: Vec<u8> = ports.iter().flat_map(|p| initiator_port_id(p)).collect();
+        let (_, mut data) = prout(0, 0, 0, 0xaa);
+        data[20] = 0x08; // SPEC_I_PT
+        data.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        data.extend_from_slice(&ids);
+        data
+    };
+    let data = specified(&["iqn.b,i,0x000000000001", "iqn.c,i,0x000000000001"]);
+    assert_eq!(a.cmd(&t, &prout_with(0, 0, &data), &data).await.status, status::GOOD);
+    assert_eq!(registrations(&a, &t).await, 3);
+    b.ready(&t).await;
+    assert_eq!(b.prout(&t, 1, 5, 0xaa, 0).await.status, status::GOOD, "b was registered without logging in");
+    c.ready(&t).await;
+    assert_eq!(c.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::GOOD, "a registrant writes");
+
+    let again = specified(&["iqn.d,i,0x000000000001"]);
+    let r = a.cmd(&t, &prout_with(0, 0, &again), &again).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)), "a is registered");
+    let e = Init::new("iqn.e");
+    e.ready(&t).await;
+    let r = e.cmd(&t, &prout_with(6, 0, &again), &again).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, (0x26, 0))), "SPEC_I_PT with REGISTER AND IGNORE");
+    let taken = specified(&["iqn.d,i,0x000000000001", "iqn.b,i,0x000000000001"]);
+    let r = e.cmd(&t, &prout_with(0, 0, &taken), &taken).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, (0x26, 0))), "b is registered already");
+    assert_eq!(registrations(&a, &t).await, 3, "neither e nor d was registered");
+    let mut cut = specified(&["iqn.d,i,0x000000000001"]);
+    cut.truncate(cut.len() - 4);
+    let r = e.cmd(&t, &prout_with(0, 0, &cut), &cut).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, (0x1a, 0))), "TransportIDs beyond the list");
+}
+
+/// REGISTER AND MOVE hands the holder's reservation to another I_T nexus (registering it),
+/// through another target port, and with UNREG leaves the sender unregistered.
+#[tokio::test]
+async fn register_and_move_hands_the_reservation_to_another_nexus() {
+    let (t, _) = target();
+    t.set_port_groups([(1, alua::AluaState::ActiveOptimized), (2, alua::AluaState::ActiveOptimized)].into());
+    let (a, b2) = (Init::new("iqn.a"), through_port("iqn.b", 2));
+    a.ready(&t).await;
+    b2.ready(&t).await;
+    assert_eq!(a.prout(&t, 0, 0, 0, 0xaa).await.status, status::GOOD);
+    let moving = |key: u64, sark: u64, port: u16, to: &str, flags: u8| {
+        let id = initiator_port_id(to);
+        let (_, mut data) = prout(7, 1, key, sark);
+        data[17] = flags;
+        data[18..20].copy_from_slice(&port.to_be_bytes());
+        data[20..24].copy_from_slice(&(id.len() as u32).to_be_bytes());
+        data.extend_from_slice(&id);
+        data
+    };
+    let data = moving(0xaa, 0xbb, 2, "iqn.b,i,0x000000000001", 0x02);
+    let r = a.cmd(&t, &prout_with(7, 1, &data), &data).await;
+    assert_eq!(r.status, status::RESERVATION_CONFLICT, "no reservation: {:?}", sense_of(&r));
+    assert_eq!(a.prout(&t, 1, 1, 0xaa, 0).await.status, status::GOOD, "RESERVE, write exclusive");
+    let to_itself = moving(0xaa, 0xbb, 1, "iqn.a,i,0x000000000001", 0);
+    let r = a.cmd(&t, &prout_with(7, 1, &to_itself), &to_itself).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, (0x26, 0))), "to the sender itself");
+    let nowhere = moving(0xaa, 0xbb, 9, "iqn.b,i,0x000000000001", 0);
+    let r = a.cmd(&t, &prout_with(7, 1, &nowhere), &nowhere).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, (0x26, 0))), "no target port 9");
+    assert_eq!(a.cmd(&t, &prout_with(7, 1, &data), &data).await.status, status::GOOD);
+    let reservation = a.prin(&t, 1).await;
+    assert_eq!(&reservation[8..16], &0xbbu64.to_be_bytes(), "b's key holds it");
+    assert_eq!(registrations(&b2, &t).await, 1, "UNREG: a is gone");
+    assert_eq!(b2.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::GOOD);
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 1, 0), &[0; 512]).await.status, status::RESERVATION_CONFLICT);
+    let back = moving(0xaa, 0xcc, 1, "iqn.a,i,0x000000000001", 0);
+    assert_eq!(
+        a.cmd(&t, &prout_with(7, 1, &back), &back).await.status,
+        status::RESERVATION_CONFLICT,
+        "a holds nothing"
+    );
+}
+
 /// A keeper in memory, as a file or an object would be; `.1`: shared with other targets.
 #[derive(Default)]
 struct MemKeeper(std::sync::Mutex<Option<Vec<u8>>>, bool);
@@ -461,6 +600,8 @@ async fn alua_states_are_reported_and_enforced() {
     assert_eq!((rtpg.data[4] & 0x0f, rtpg.data[16] & 0x0f), (0, 1));
     t.set_port_groups(PortGroups::from([(1, AluaState::Standby), (2, AluaState::ActiveOptimized)]));
     let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "the change first, then the refusal");
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
     assert_eq!(sense_of(&r), Some((key::NOT_READY, (0x04, 0x0b))), "standby");
     assert_eq!(a.cmd(&t, &[0x12, 0, 0, 0, 96, 0], &[]).await.status, status::GOOD);
     let rtpg = a.cmd(&t, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[]).await;
@@ -503,12 +644,15 @@ async fn set_target_port_groups_changes_states_explicitly_all_or_none() {
         assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST)));
     }
     assert_eq!(sense_of(&a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await), Some((key::NOT_READY, (0x04, 0x0b))));
-    // A standby path is made active through itself.
+    // A standby path is made active through itself. The change is announced to every other
+    // nexus, not to the one that asked for it (SPC-4 §5.15.2.3).
+    let b = through_port("iqn.b", 2);
+    b.ready(&t).await;
     let (cdb, data) = set_tpg(&[(0x0, 1)]);
     assert_eq!(a.cmd(&t, &cdb, &data).await.status, status::GOOD);
-    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
-    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))));
     assert_eq!(a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await.status, status::GOOD);
+    let r = b.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))));
 }
 
 /// A logical unit whose volume another target serves is standby through every port of this
@@ -521,6 +665,8 @@ async fn a_standby_logical_unit_reports_and_enforces_standby() {
     a.ready(&t).await;
     let lu = t.lun(1).unwrap();
     lu.set_standby(true);
+    let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
+    assert_eq!(sense_of(&r), Some((key::UNIT_ATTENTION, (0x2a, 0x06))), "the change first");
     let r = a.cmd(&t, &rw16(0x88, 0, 1, 0), &[]).await;
     assert_eq!(sense_of(&r), Some((key::NOT_READY, (0x04, 0x0b))), "standby");
     let prin = a.cmd(&t, &[0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], &[]).await;
@@ -601,6 +747,86 @@ async fn extended_copy_copies_within_the_logical_unit() {
     assert_eq!(sense_of(&a.cmd(&t, &xcopy_cdb(p.len()), &p[..60]).await), Some((key::ILLEGAL_REQUEST, (0x1a, 0))));
     let ops = a.cmd(&t, &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[]).await;
     assert_eq!((&ops.data[..4], &ops.data[43..46]), (&42u32.to_be_bytes()[..], &[2, 0x02, 0xe4][..]));
+}
+
+/// An EXTENDED COPY parameter list with two target descriptors (`from`'s logical unit, then
+/// `to`'s) and one segment between them.
+fn xcopy_between(from: (u64, u64), to: (u64, u64), blocks: u16) -> Vec<u8> {
+    let mut p = xcopy_list(9, 0b10, from.0, blocks, from.1, to.1);
+    let mut second = p[16..48].to_vec();
+    second[8..16].copy_from_slice(&to.0.to_be_bytes());
+    p.splice(48..48, second);
+    p[3] = 64;
+    p[48 + 32 + 7] = 1; // the segment's DESTINATION CSCD DESCRIPTOR ID
+    p
+}
+
+/// EXTENDED COPY between the logical units of a target, either way, when the initiator could
+/// do the same itself; a logical unit it does not see, one that is write-protected, or one
+/// another nexus reserved is unreachable, and nothing is copied.
+#[tokio::test]
+async fn extended_copy_copies_between_the_logical_units_of_a_target() {
+    let (t, one) = target();
+    let lu = |n: &str, read_only: bool| {
+        let store = Arc::new(MemoryStore::new(BLOCKS * BS as u64));
+        let config = LuConfig { read_only, ..LuConfig::new(BS, LuIdentity::derived(n)) };
+        (Arc::new(LogicalUnit::new(store.clone(), config).unwrap()), store)
+    };
+    let ((two_lu, two), (hidden, _), (protected, _)) = (lu("t:2", false), lu("t:3", false), lu("t:4", true));
+    let naa = |lu: &LogicalUnit| lu.identity().naa;
+    let (n1, n2, n3, n4) = (naa(&t.lun(1).unwrap()), naa(&two_lu), naa(&hidden), naa(&protected));
+    t.add_lun(2, two_lu).unwrap();
+    t.add_lun(3, hidden).unwrap();
+    t.add_lun(4, protected).unwrap();
+    t.set_mask(3, Some(["iqn.someone-else".to_string()].into()));
+    let (a, b) = (Init::new("iqn.a"), Init::new("iqn.b"));
+    a.ready(&t).await;
+    let data: Vec<u8> = (0..8 * BS as usize).map(|i| (i / 5) as u8).collect();
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 8, 0), &data).await.status, status::GOOD);
+    let (a, t) = (&a, &t);
+    let copy = |p: Vec<u8>| async move { a.cmd(t, &xcopy_cdb(p.len()), &p).await };
+    assert_eq!(copy(xcopy_between((n1, 0), (n2, 100), 8)).await.status, status::GOOD);
+    assert_eq!(&two.read(100 * BS as u64, 8 * BS as usize).await.unwrap()[..], &data[..], "into LUN 2");
+    assert_eq!(copy(xcopy_between((n2, 100), (n1, 300), 8)).await.status, status::GOOD);
+    assert_eq!(&one.read(300 * BS as u64, 8 * BS as usize).await.unwrap()[..], &data[..], "back from LUN 2");
+    let unreachable = Some((key::COPY_ABORTED, (0x08, 0x04)));
+    assert_eq!(sense_of(&copy(xcopy_between((n1, 0), (n3, 0), 8)).await), unreachable, "masked from a");
+    assert_eq!(sense_of(&copy(xcopy_between((n1, 0), (n4, 0), 8)).await), unreachable, "write-protected");
+    assert_eq!(copy(xcopy_between((n4, 0), (n1, 500), 8)).await.status, status::GOOD, "read from a protected one");
+    // Received by the write-protected LUN 4 itself: out of it, yes; into it, DATA PROTECT.
+    let to_lun4 = |p: Vec<u8>| {
+        let req = Request {
+            nexus: a.nexus.clone(),
+            lun: encode_lun(4),
+            cdb: Bytes::copy_from_slice(&xcopy_cdb(p.len())),
+            data_out: Bytes::from(p),
+            data_in_max: 0,
+        };
+        async move { t.execute(&req).await }
+    };
+    let first = to_lun4(xcopy_between((n4, 0), (n1, 600), 8)).await;
+    assert_eq!(sense_of(&first), Some((key::UNIT_ATTENTION, asc::POWER_ON_RESET)));
+    assert_eq!(to_lun4(xcopy_between((n4, 0), (n1, 600), 8)).await.status, status::GOOD, "out of LUN 4");
+    let r = to_lun4(xcopy_between((n1, 0), (n4, 0), 8)).await;
+    assert_eq!(sense_of(&r), Some((key::DATA_PROTECT, asc::WRITE_PROTECTED)), "into LUN 4");
+    // b reserves LUN 2 for itself (exclusive access): a may neither read nor write it.
+    let reserve = |action, kind, key, sark| {
+        let (cdb, data) = prout(action, kind, key, sark);
+        Request {
+            nexus: b.nexus.clone(),
+            lun: encode_lun(2),
+            cdb: Bytes::copy_from_slice(&cdb[..]),
+            data_out: Bytes::from(data),
+            data_in_max: 0,
+        }
+    };
+    let first = t.execute(&reserve(0, 0, 0, 0xbb)).await;
+    assert_eq!(sense_of(&first), Some((key::UNIT_ATTENTION, asc::POWER_ON_RESET)));
+    assert_eq!(t.execute(&reserve(0, 0, 0, 0xbb)).await.status, status::GOOD, "REGISTER");
+    assert_eq!(t.execute(&reserve(1, 3, 0xbb, 0)).await.status, status::GOOD, "RESERVE, exclusive access");
+    assert_eq!(sense_of(&copy(xcopy_between((n1, 0), (n2, 200), 8)).await), unreachable, "into b's");
+    assert_eq!(sense_of(&copy(xcopy_between((n2, 100), (n1, 700), 8)).await), unreachable, "out of b's");
+    assert!(two.read(200 * BS as u64, BS as usize).await.unwrap().iter().all(|x| *x == 0), "nothing copied");
 }
 
 #[tokio::test]
@@ -777,4 +1003,143 @@ async fn a_store_that_is_not_thin_offers_no_unmap_and_reports_everything_mapped(
     assert_eq!(status.status, status::GOOD);
     assert_eq!(&status.data[8..16], &100u64.to_be_bytes(), "from the LBA asked for");
     assert_eq!(status.data[20], 0, "mapped");
+}
+
+/// One PERSISTENT RESERVE OUT a hostile or confused initiator might send: any service action,
+/// scope and type, and a parameter list of any length that is sometimes well formed, with
+/// TransportIDs naming the initiators of the test or garbage.
+#[derive(Debug, Clone)]
+struct RandomProut {
+    from: usize,
+    action: u8,
+    scope_type: u8,
+    keys: (u64, u64),
+    flags: u8,
+    relative_port: u16,
+    ids: Vec<(usize, bool)>,
+    garbage: Vec<u8>,
+    length_delta: i8,
+}
+
+fn random_prout() -> impl proptest::strategy::Strategy<Value = RandomProut> {
+    use proptest::prelude::*;
+    (
+        0..4usize,
+        prop_oneof![4 => Just(0u8), 3 => Just(1), 2 => Just(2), 1 => Just(3), 2 => Just(4), 1 => Just(5), 2 => Just(6), 3 => Just(7), 1 => Just(8)],
+        prop_oneof![8 => prop_oneof![Just(1u8), Just(3), Just(5), Just(6), Just(7), Just(8)], 1 => any::<u8>()],
+        (0u64..3, 0u64..3),
+        prop_oneof![4 => Just(0u8), 1 => Just(0x04), 1 => Just(0x08), 1 => Just(0x0c), 1 => Just(0x02), 1 => any::<u8>()],
+        prop_oneof![4 => 1u16..3, 1 => 0u16..4],
+        proptest::collection::vec((0..4usize, proptest::bool::weighted(0.8)), 0..3),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        prop_oneof![6 => Just(0i8), 1 => -3i8..4],
+    )
+        .prop_map(|(from, action, scope_type, keys, flags, relative_port, ids, garbage, length_delta)| RandomProut {
+            from,
+            action,
+            scope_type,
+            keys,
+            flags,
+            relative_port,
+            ids,
+            garbage,
+            length_delta,
+        })
+}
+
+const RANDOM_INITIATORS: [(&str, u16); 4] = [("iqn.a", 1), ("iqn.a", 2), ("iqn.b", 1), ("iqn.c", 2)];
+
+impl RandomProut {
+    fn nexus(&self) -> Arc<Nexus> {
+        let (name, port) = RANDOM_INITIATORS[self.from];
+        Nexus::new(name, 1, "iqn.2026-11.org.example:t", port, 1)
+    }
+
+    fn request(&self) -> Request {
+        let mut data = vec![0u8; 24];
+        data[0..8].copy_from_slice(&self.keys.0.to_be_bytes());
+        data[8..16].copy_from_slice(&self.keys.1.to_be_bytes());
+        let ids: Vec<u8> = self
+            .ids
+            .iter()
+            .flat_map(|&(i, well_formed)| match well_formed {
+                true => initiator_port_id(&format!("{},i,0x000000000001", RANDOM_INITIATORS[i].0)),
+                false => self.garbage.clone(),
+            })
+            .collect();
+        if self.action == 7 {
+            data[17] = self.flags & 0x03;
+            data[18..20].copy_from_slice(&self.relative_port.to_be_bytes());
+            data[20..24].copy_from_slice(&(ids.len() as u32).to_be_bytes());
+            data.extend_from_slice(&ids);
+        } else {
+            data[20] = self.flags;
+            if self.flags & 0x08 != 0 {
+                data.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+                data.extend_from_slice(&ids);
+            }
+        }
+        let len = (data.len() as i64 + self.length_delta as i64).max(0) as usize;
+        data.resize(len, 0);
+        Request {
+            nexus: self.nexus(),
+            lun: encode_lun(1),
+            cdb: Bytes::copy_from_slice(&prout_with(self.action, self.scope_type, &data)),
+            data_out: Bytes::from(data),
+            data_in_max: u32::MAX,
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 3000, ..Default::default() })]
+
+    /// Any sequence of PERSISTENT RESERVE OUT commands is answered (GOOD, CHECK CONDITION or
+    /// RESERVATION CONFLICT), never panics, and leaves a coherent state: a reservation that
+    /// is not all-registrants is held by a registered I_T nexus, and the registrations stay
+    /// within their bound. (Each initiator's power-on unit attention is cleared first.)
+    #[test]
+    fn persistent_reserve_out_survives_anything_and_stays_coherent(
+        commands in proptest::collection::vec(random_prout(), 1..25)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (t, _) = target();
+            t.set_port_groups([(1, alua::AluaState::ActiveOptimized), (2, alua::AluaState::ActiveOptimized)].into());
+            for from in 0..RANDOM_INITIATORS.len() {
+                let init = Init { nexus: RandomProut { from, ..random_prout_default() }.nexus() };
+                init.ready(&t).await;
+            }
+            for command in &commands {
+                let r = t.execute(&command.request()).await;
+                proptest::prop_assert!(
+                    [status::GOOD, status::CHECK_CONDITION, status::RESERVATION_CONFLICT].contains(&r.status),
+                    "{:?} answered {}", command, r.status
+                );
+                let lu = t.lun(1).unwrap();
+                let st = lu.state();
+                proptest::prop_assert!(st.pr.registrants.len() <= pr::REGISTRATIONS_MAX);
+                if let Some(r) = st.pr.reservation
+                    && !r.kind.all_registrants()
+                {
+                    proptest::prop_assert!(st.pr.registrants.contains_key(&r.holder), "holder unregistered after {:?}", command);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
+
+fn random_prout_default() -> RandomProut {
+    RandomProut {
+        from: 0,
+        action: 0,
+        scope_type: 0,
+        keys: (0, 0),
+        flags: 0,
+        relative_port: 0,
+        ids: Vec::new(),
+        garbage: Vec::new(),
+        length_delta: 0,
+    }
 }

@@ -1,15 +1,23 @@
-//! Third-party copy within a logical unit (SPC-4 §6.4, LID1): EXTENDED COPY with
+//! Third-party copy within a target (SPC-4 §6.4, LID1): EXTENDED COPY with
 //! identification-descriptor target descriptors (0xE4) and block-to-block segments (0x02),
 //! RECEIVE COPY RESULTS (COPY STATUS, OPERATING PARAMETERS), and the Third-party Copy VPD page
-//! (0x8F). The copy manager copies inside the logical unit that received the command: VMware's
-//! XCOPY clones a disk within a datastore without the data crossing the network. A target
-//! descriptor naming another logical unit is refused (COPY ABORTED, UNREACHABLE COPY TARGET).
+//! (0x8F). The copy manager copies within the logical unit that received the command or between
+//! it and the other logical units of its target that the initiator sees (by NAA designator), so
+//! VMware's XCOPY clones a disk within a datastore or moves it to another LUN without the data
+//! crossing the network. A descriptor naming anything else, or another logical unit that could
+//! not serve the initiator the same access itself (not ready, standby, write-protected,
+//! reserved by someone else), is refused: COPY ABORTED, UNREACHABLE COPY TARGET, and the
+//! initiator copies through the host instead.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::lu::{Ctx, LogicalUnit, Outcome, store_sense};
+use super::ops::Op;
 use super::sense::{FieldPointer, Sense, asc, key};
 use super::spc::truncate;
+use crate::scsi::Nexus;
 
 /// Target (CSCD) descriptors one list may hold.
 pub(super) const TARGET_DESCRIPTORS_MAX: u16 = 2;
@@ -45,8 +53,40 @@ pub(super) struct CopyResult {
     pub bytes: u64,
 }
 
-/// One block-to-block segment, checked.
+/// The other logical units of a target, as an EXTENDED COPY may name them.
+pub trait CopyPeers: Sync {
+    /// The logical unit with this NAA designator that `initiator` sees (LUN masking holds).
+    fn by_naa(&self, naa: u64, initiator: &str) -> Option<Arc<LogicalUnit>>;
+}
+
+/// No other logical units: copies stay within the one that received the command.
+pub struct NoPeers;
+
+impl CopyPeers for NoPeers {
+    fn by_naa(&self, _: u64, _: &str) -> Option<Arc<LogicalUnit>> {
+        None
+    }
+}
+
+/// A copy source or destination: the logical unit that received the command, or another one.
+enum CopyTarget {
+    Me,
+    Peer(Arc<LogicalUnit>),
+}
+
+impl CopyTarget {
+    fn lu<'a>(&'a self, me: &'a LogicalUnit) -> &'a LogicalUnit {
+        match self {
+            CopyTarget::Me => me,
+            CopyTarget::Peer(lu) => lu,
+        }
+    }
+}
+
+/// One block-to-block segment, checked: indices into the resolved copy targets.
 struct Segment {
+    from: usize,
+    to: usize,
     blocks: u64,
     source: u64,
     destination: u64,
@@ -63,17 +103,38 @@ fn copy_aborted(code: (u8, u8)) -> Sense {
 impl LogicalUnit {
     /// Whether a target descriptor names this logical unit: its NAA designator, and its
     /// block size.
-    fn names_me(&self, d: &[u8]) -> bool {
-        let designator_type = d[5] & 0x0f;
-        let len = d[7] as usize;
-        let naa = self.config.identity.naa.to_be_bytes();
+    fn named_by(&self, d: &[u8]) -> bool {
         let block_size = u32::from_be_bytes([0, d[29], d[30], d[31]]);
-        designator_type == 0x03 && len == naa.len() && d[8..8 + len] == naa && block_size == self.block_size()
+        designated_naa(d) == Some(self.config.identity.naa) && block_size == self.block_size()
     }
 
-    /// The segments of an EXTENDED COPY parameter list, checked in SPC-4's order: lengths,
-    /// counts, types, then whether each target is this logical unit and each range fits it.
-    fn copy_segments(&self, p: &[u8]) -> Result<Vec<Segment>, Sense> {
+    /// The logical unit a target descriptor names: this one, or another of the target that
+    /// would let `nexus` do the same itself (`access`: read from it or write to it).
+    fn copy_target(&self, d: &[u8], peers: &dyn CopyPeers, nexus: &Nexus, access: Op) -> Option<CopyTarget> {
+        // NUL and non-block devices (PERIPHERAL DEVICE TYPE) are not copy targets.
+        if d[1] & 0x20 != 0 || d[1] & 0x1f != 0 {
+            return None;
+        }
+        if self.named_by(d) {
+            return Some(CopyTarget::Me);
+        }
+        let peer = peers.by_naa(designated_naa(d)?, &nexus.initiator_name).filter(|lu| lu.named_by(d))?;
+        let serves = peer.store.ready().is_ok()
+            && !peer.is_standby()
+            && !peer.reservation_conflict(nexus.id, access)
+            && (access != Op::Write || peer.check_writable().is_ok());
+        serves.then_some(CopyTarget::Peer(peer))
+    }
+
+    /// The segments of an EXTENDED COPY parameter list and the copy targets they name,
+    /// checked in SPC-4's order: lengths, counts, types, then whether each target is reachable
+    /// and each range fits it.
+    fn copy_segments(
+        &self,
+        p: &[u8],
+        peers: &dyn CopyPeers,
+        nexus: &Nexus,
+    ) -> Result<(Vec<CopyTarget>, Vec<Segment>), Sense> {
         if p.len() < HEADER_BYTES {
             return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
         }
@@ -122,6 +183,7 @@ impl LogicalUnit {
                 return Err(Sense { field: Some(field), ..Sense::illegal(UNSUPPORTED_TARGET_DESCRIPTOR) });
             }
         }
+        let mut resolved = Vec::new();
         let mut out = Vec::new();
         for (offset, kind, d) in found {
             if kind != BLOCK_TO_BLOCK {
@@ -130,31 +192,37 @@ impl LogicalUnit {
             if d.len() != 28 {
                 return Err(invalid_param(offset + 2));
             }
-            // DC (bit 1 of byte 1): the count is in destination blocks; ours are the same size.
-            let target = |index: u16| -> Result<(), Sense> {
+            let mut target = |index: u16, access: Op| -> Result<usize, Sense> {
                 let d = targets.chunks(TARGET_DESCRIPTOR_BYTES).nth(index as usize);
-                match d {
-                    Some(d) if d[1] & 0x20 == 0 && d[1] & 0x1f == 0 && self.names_me(d) => Ok(()),
-                    _ => Err(copy_aborted(UNREACHABLE_COPY_TARGET)),
-                }
+                let found = d.and_then(|d| self.copy_target(d, peers, nexus, access));
+                resolved.push(found.ok_or(copy_aborted(UNREACHABLE_COPY_TARGET))?);
+                Ok(resolved.len() - 1)
             };
-            target(u16::from_be_bytes([d[4], d[5]]))?;
-            target(u16::from_be_bytes([d[6], d[7]]))?;
+            let from = target(u16::from_be_bytes([d[4], d[5]]), Op::Read)?;
+            let to = target(u16::from_be_bytes([d[6], d[7]]), Op::Write)?;
+            let (source_lu, destination_lu) = (resolved[from].lu(self), resolved[to].lu(self));
+            // DC (bit 1 of byte 1): the count is in destination blocks; both must be one size.
+            if source_lu.block_size() != destination_lu.block_size() {
+                return Err(invalid_param(offset + 6));
+            }
             let segment = Segment {
+                from,
+                to,
                 blocks: u16::from_be_bytes([d[10], d[11]]) as u64,
                 source: u64::from_be_bytes(d[12..20].try_into().expect("8 bytes")),
                 destination: u64::from_be_bytes(d[20..28].try_into().expect("8 bytes")),
             };
-            if segment.blocks * self.block_size() as u64 > SEGMENT_BYTES_MAX as u64 {
+            if segment.blocks * source_lu.block_size() as u64 > SEGMENT_BYTES_MAX as u64 {
                 return Err(invalid_param(offset + 10));
             }
-            let fits = |lba: u64| lba.checked_add(segment.blocks).is_some_and(|end| end <= self.num_blocks());
-            if !fits(segment.source) || !fits(segment.destination) {
+            let fits =
+                |lu: &LogicalUnit, lba: u64| lba.checked_add(segment.blocks).is_some_and(|end| end <= lu.num_blocks());
+            if !fits(source_lu, segment.source) || !fits(destination_lu, segment.destination) {
                 return Err(copy_aborted(asc::NO_ADDITIONAL));
             }
             out.push(segment);
         }
-        Ok(out)
+        Ok((resolved, out))
     }
 
     pub(super) async fn extended_copy(&self, ctx: &mut Ctx<'_>) -> Outcome {
@@ -174,32 +242,25 @@ impl LogicalUnit {
             0b10 | 0b11 => false,
             _ => return Err(invalid_param(1)),
         };
-        self.check_writable()?;
-        let segments = self.copy_segments(p)?;
-        let bs = self.block_size() as u64;
+        let (targets, segments) = self.copy_segments(p, ctx.peers, ctx.nexus)?;
+        // Written to, this logical unit must be writable (another one that is not was found
+        // unreachable above); a copy only out of it may read a write-protected one.
+        if segments.iter().any(|s| matches!(targets[s.to], CopyTarget::Me)) {
+            self.check_writable()?;
+        }
+        // No command sees part of an atomic write or a sanitize of any logical unit the copy
+        // touches. Locks are taken in one order (by address), so two copies between the same
+        // two logical units in opposite directions cannot wait on each other.
+        let mut involved: Vec<&LogicalUnit> = std::iter::once(self).chain(targets.iter().map(|t| t.lu(self))).collect();
+        involved.sort_by_key(|lu| *lu as *const LogicalUnit as usize);
+        involved.dedup_by_key(|lu| *lu as *const LogicalUnit as usize);
+        let mut _shared = Vec::with_capacity(involved.len());
+        for lu in involved {
+            _shared.push(lu.atomic.read().await);
+        }
         let mut bytes = 0;
-        let _shared = self.atomic.read().await;
         for s in &segments {
-            let (mut from, mut to) = (s.source * bs, s.destination * bs);
-            let end = from + s.blocks * bs;
-            // Forward in pieces; an overlapping copy towards higher addresses goes backward.
-            let backward = to > from && to < end;
-            let mut left = s.blocks * bs;
-            while left > 0 {
-                let n = left.min(PIECE_BYTES);
-                let (src, dst) = match backward {
-                    true => (from + left - n, to + left - n),
-                    false => (from, to),
-                };
-                let data = self.store.read(src, n as usize).await.map_err(|e| store_sense(&e))?;
-                self.store.write(dst, data, self.effective_fua(false)).await.map_err(|e| store_sense(&e))?;
-                if !backward {
-                    from += n;
-                    to += n;
-                }
-                left -= n;
-                bytes += n;
-            }
+            bytes += self.copy_segment(targets[s.from].lu(self), targets[s.to].lu(self), s).await?;
         }
         if hold {
             let result = CopyResult { list_id, segments: segments.len() as u16, bytes };
@@ -212,6 +273,34 @@ impl LogicalUnit {
             kept.push(result);
         }
         Ok(Bytes::new())
+    }
+
+    /// Copies one segment in pieces; the bytes copied.
+    async fn copy_segment(&self, source: &LogicalUnit, destination: &LogicalUnit, s: &Segment) -> Result<u64, Sense> {
+        let bs = source.block_size() as u64;
+        let (mut from, mut to) = (s.source * bs, s.destination * bs);
+        let end = from + s.blocks * bs;
+        // Forward in pieces; an overlapping copy within one logical unit towards higher
+        // addresses goes backward.
+        let same = std::ptr::eq(source, destination);
+        let backward = same && to > from && to < end;
+        let mut left = s.blocks * bs;
+        while left > 0 {
+            let n = left.min(PIECE_BYTES);
+            let (src, dst) = match backward {
+                true => (from + left - n, to + left - n),
+                false => (from, to),
+            };
+            let data = source.store.read(src, n as usize).await.map_err(|e| store_sense(&e))?;
+            let fua = destination.effective_fua(false);
+            destination.store.write(dst, data, fua).await.map_err(|e| store_sense(&e))?;
+            if !backward {
+                from += n;
+                to += n;
+            }
+            left -= n;
+        }
+        Ok(s.blocks * bs)
     }
 
     pub(super) fn receive_copy_results(&self, ctx: &mut Ctx<'_>) -> Outcome {
@@ -275,5 +364,14 @@ impl LogicalUnit {
         out.put_u16(descriptor.len() as u16);
         out.put_slice(&descriptor);
         out
+    }
+}
+
+/// The NAA designator of an identification target descriptor (designator type 3, 8 bytes).
+fn designated_naa(d: &[u8]) -> Option<u64> {
+    let (designator_type, len) = (d[5] & 0x0f, d[7] as usize);
+    match designator_type == 0x03 && len == 8 {
+        true => Some(u64::from_be_bytes(d[8..16].try_into().expect("8 bytes"))),
+        false => None,
     }
 }

@@ -345,8 +345,7 @@ impl FullFeature {
     {
         let reason = self.event_loop(&mut reader, &mut writer).await;
         info!(peer = %self.endpoint.peer, tsih = self.handle.tsih, ?reason, "connection closed");
-        let dropped =
-            matches!(&reason, CloseReason::ProtocolError(m) if m.contains("peer closed") || m.contains("failed"));
+        let dropped = matches!(&reason, CloseReason::ConnectionLost(_));
         // Release the session (its reservations among them) before the last responses go out:
         // once an initiator reads its Logout Response, other nexuses must no longer see what
         // the session held (libiscsi's Reserve6.Logout reserves from another session at once).
@@ -423,7 +422,7 @@ impl FullFeature {
                 },
                 written = writer.flush(), if writing => {
                     if let Err(e) = written {
-                        return CloseReason::ProtocolError(format!("write failed: {e}"));
+                        return CloseReason::ConnectionLost(format!("write failed: {e}"));
                     }
                 }
                 event = reader.next(digests, limits), if reading => {
@@ -474,9 +473,9 @@ impl FullFeature {
                 self.conn.on_decode_error(&err, self.clock.now());
             }
             Ok(ReadEvent::Eof) => {
-                self.closed_by_peer = Some(CloseReason::ProtocolError("peer closed the connection".into()))
+                self.closed_by_peer = Some(CloseReason::ConnectionLost("peer closed the connection".into()))
             }
-            Err(e) => self.closed_by_peer = Some(CloseReason::ProtocolError(format!("read failed: {e}"))),
+            Err(e) => self.closed_by_peer = Some(CloseReason::ConnectionLost(format!("read failed: {e}"))),
         }
     }
 

@@ -176,25 +176,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Jobs meet in threes at a barrier: only three threads running at once let any of them
+    /// finish (fewer would never pass it: the timeout), and a fourth would show in the peak.
     #[tokio::test]
     async fn runs_jobs_on_a_bounded_number_of_threads() {
         let pool = IoPool::new("test-io", 3, Duration::ZERO);
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let jobs = (0..64u64).map(|i| {
-            let (running, peak) = (running.clone(), peak.clone());
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let jobs = (0..63u64).map(|i| {
+            let (running, peak, barrier) = (running.clone(), peak.clone(), barrier.clone());
             pool.run(move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 peak.fetch_max(now, Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                barrier.wait();
                 running.fetch_sub(1, Ordering::SeqCst);
                 i * 2
             })
         });
-        let results: Vec<u64> = futures::future::join_all(jobs).await.into_iter().map(Result::unwrap).collect();
-        assert_eq!(results, (0..64u64).map(|i| i * 2).collect::<Vec<_>>());
-        let peak = peak.load(Ordering::SeqCst);
-        assert!((2..=3).contains(&peak), "peak concurrency {peak}, bound 3");
+        let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(jobs)).await;
+        let results: Vec<u64> = all.expect("three jobs at once").into_iter().map(Result::unwrap).collect();
+        assert_eq!(results, (0..63u64).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 3, "peak concurrency, bound 3");
         assert_eq!(pool.shared.state.lock().unwrap().threads, 3);
     }
 

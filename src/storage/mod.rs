@@ -88,6 +88,11 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Human-readable description for logs and the management API ("file:/srv/disk.img").
     fn describe(&self) -> String;
     fn capacity(&self) -> u64;
+    /// The block size the store was formatted with, if it keeps one (an S3 volume's metadata
+    /// does); the configuration decides otherwise.
+    fn formatted_block_size(&self) -> Option<u32> {
+        None
+    }
     fn caps(&self) -> StoreCaps;
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, StoreResult<Bytes>>;
     /// Writes `data` at `offset`; with `fua`, returns only once the data is durable.

@@ -58,7 +58,7 @@ impl Bench {
         ];
         let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
-        let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
+        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
         if get("errors")? != 0.0 {
             return Err(format!("bench-load {pattern} on LUN {lun}: {} errors", get("errors")?));
         }
@@ -232,14 +232,13 @@ fn table(rows: &[Row]) -> String {
 }
 
 fn json_rows(rows: &[Row]) -> String {
-    let items: Vec<String> = rows
+    let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
-            format!(
-                "{{\"workload\":{:?},\"unit\":{:?},\"s3\":{:.3},\"file\":{:.3},\"goal\":{:?},\"met\":{}}}",
-                r.workload, r.unit, r.s3, r.file, r.goal, r.met
-            )
+            serde_json::json!({
+                "workload": r.workload, "unit": r.unit, "s3": r.s3, "file": r.file, "goal": r.goal, "met": r.met,
+            })
         })
         .collect();
-    format!("[{}]\n", items.join(","))
+    serde_json::to_string(&items).expect("rows serialize") + "\n"
 }

@@ -68,7 +68,7 @@ impl Bench {
         }
         let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
-        let get = |k: &str| json_number(&text, k).ok_or(format!("bench-load result without {k}"));
+        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
         Ok(Sample {
             iops: get("iops")?,
             mb_s: get("mb_per_s")?,
@@ -259,15 +259,15 @@ fn table(link: &str, rows: &[Row]) -> String {
 }
 
 fn json_rows(link: &str, rows: &[Row]) -> String {
-    let items: Vec<String> = rows
+    let items: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
             let s = &r.sample;
-            format!(
-                "{{\"link\":{link:?},\"workload\":{:?},\"iops\":{:.1},\"mb_per_s\":{:.2},\"p50_us\":{:.1},\"max_us\":{:.1},\"errors\":{},\"goal\":{:?},\"met\":{}}}",
-                r.workload, s.iops, s.mb_s, s.p50_us, s.max_us, s.errors, r.goal, r.met
-            )
+            serde_json::json!({
+                "link": link, "workload": r.workload, "iops": s.iops, "mb_per_s": s.mb_s, "p50_us": s.p50_us,
+                "max_us": s.max_us, "errors": s.errors, "goal": r.goal, "met": r.met,
+            })
         })
         .collect();
-    format!("[{}]\n", items.join(","))
+    serde_json::to_string(&items).expect("rows serialize") + "\n"
 }

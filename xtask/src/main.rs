@@ -13,9 +13,7 @@ mod bench_reads;
 mod bench_rtt;
 mod package;
 
-const USAGE: &str = "usage: cargo xtask <command>
-
-commands:
+const USAGE: &str = "commands and their options:
   test                          unit and integration tests, fuzz corpus replay, clippy
   sim [--seed N | --seeds A..B] the deterministic simulation (turmoil): initiators, faults and S3
       [--duration 60s]          against the real engine, checked against a model; one line per seed
@@ -58,19 +56,63 @@ commands:
                                 a file LUN, in rtgt's cache and cold (after a restart)
 ";
 
+/// Project tasks.
+#[derive(clap::Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", after_help = USAGE)]
+enum Task {
+    /// Unit and integration tests, fuzz corpus replay, clippy.
+    Test,
+    /// The deterministic simulation (its own options: `cargo xtask sim --help`).
+    #[command(disable_help_flag = true)]
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// libiscsi's conformance suite against rtgt.
+    Conformance(ConformanceArgs),
+    /// Runs every cargo-fuzz target for a while.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
+    /// The Debian package (target/debian/*.deb).
+    Package {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Benchmarks (see below).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConformanceArgs {
+    /// The LUN's backend.
+    #[arg(long, value_parser = ["memory", "file", "uring", "s3"], default_value = "memory")]
+    backend: String,
+    /// Only these suites or tests (ALL.Read10, ALL.Read10.Simple).
+    #[arg(long, num_args = 1..)]
+    only: Vec<String>,
+    /// Rewrites the ratchet with the tests that pass now.
+    #[arg(long)]
+    update: bool,
+    /// The target requires CHAP; the suite logs in with it.
+    #[arg(long)]
+    chap: bool,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("test") => test(),
-        Some("sim") => sim(&args[1..]),
-        Some("conformance") => conformance(&args[1..]),
-        Some("fuzz") => fuzz(&args[1..]),
-        Some("bench") => bench(&args[1..]),
-        Some("package") => package::package(&args[1..]).map(|deb| eprintln!("xtask: {}", deb.display())),
-        _ => {
-            eprint!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let result = match <Task as clap::Parser>::parse() {
+        Task::Test => test(),
+        Task::Sim { args } => sim(&args),
+        Task::Conformance(args) => conformance(args),
+        Task::Fuzz { time } => fuzz(time),
+        Task::Bench { args } => bench(&args),
+        Task::Package { release } => package::package(release).map(|deb| eprintln!("xtask: {}", deb.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,21 +301,8 @@ const SUITE_INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-te
 const CHAP_USER: &str = "conformance";
 const CHAP_SECRET: &str = "conformance-secret-1";
 
-fn conformance(args: &[String]) -> Result<(), String> {
-    let mut backend = "memory".to_string();
-    let mut only: Vec<String> = Vec::new();
-    let mut update = false;
-    let mut chap = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--backend" => backend = it.next().ok_or("--backend needs a value")?.clone(),
-            "--update" => update = true,
-            "--chap" => chap = true,
-            "--only" => only.extend(it.by_ref().cloned()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
+fn conformance(args: ConformanceArgs) -> Result<(), String> {
+    let ConformanceArgs { backend, only, update, chap } = args;
     let scorer = scorer()?;
     build_debug()?;
 
@@ -429,15 +458,7 @@ fn update_ratchet(jsons: &[PathBuf], ratchet: &Path) -> Result<(), String> {
 
 // ---------------------------------------------------------------- fuzz
 
-fn fuzz(args: &[String]) -> Result<(), String> {
-    let mut seconds = 60u64;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--time" => seconds = it.next().and_then(|s| s.parse().ok()).ok_or("--time needs seconds")?,
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
-    }
+fn fuzz(seconds: u64) -> Result<(), String> {
     if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }

@@ -40,8 +40,7 @@ fn arch() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn package(args: &[String]) -> Result<PathBuf, String> {
-    let release = args.iter().any(|a| a == "--release");
+pub fn package(release: bool) -> Result<PathBuf, String> {
     let profile = if release { "release" } else { "debug" };
     match release {
         true => run(cargo().args(["build", "--quiet", "--release", "--bin", "rtgt"]))?,

@@ -151,10 +151,12 @@ fn check_condition_goes_in_a_scsi_response_with_sense_length() {
 #[test]
 fn write_with_immediate_data_runs_at_once_zero_copy() {
     let mut c = conn();
-    let out = feed(&mut c, Pdu::with_data(cmd(1, 100, false, true, 4096, 0x2a), Bytes::from(vec![3u8; 4096])));
+    let data = Bytes::from(vec![3u8; 4096]);
+    let out = feed(&mut c, Pdu::with_data(cmd(1, 100, false, true, 4096, 0x2a), data.clone()));
     let ex = execs(&out);
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].data_out, vec![3u8; 4096]);
+    assert_eq!(ex[0].data_out.as_ptr(), data.as_ptr(), "the PDU's own buffer, not a copy");
 }
 
 #[test]

@@ -19,8 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::s3::url::S3Url;
 
-/// The volume format this rtgt writes and reads.
+/// The volume format this rtgt writes for a plain volume, and reads.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of an encrypted volume: its chunks and logs are sealed (`sealing.rs`), which an
+/// rtgt that knows only format 1 must not read as plaintext.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
 /// The persistent reservations of the volume's logical unit (APTPL), beside it.
@@ -62,15 +65,23 @@ pub struct VolumeMeta {
     /// node: once anyone else opened the volume, it is stale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_node: Option<String>,
+    /// How the volume's data objects are encrypted (format 2); None: they are plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::keys::Encryption>,
 }
 
 impl VolumeMeta {
     /// Parses and checks a metadata object: its format version and geometry.
     pub fn parse(body: &[u8]) -> Result<VolumeMeta, String> {
         let meta: VolumeMeta = serde_json::from_slice(body).map_err(|e| format!("not volume metadata: {e}"))?;
-        if meta.format_version != FORMAT_VERSION {
+        let expected = match meta.encryption {
+            None => FORMAT_VERSION,
+            Some(_) => ENCRYPTED_FORMAT_VERSION,
+        };
+        if meta.format_version != expected {
             return Err(format!(
-                "volume format version {}, this rtgt reads version {FORMAT_VERSION}",
+                "volume format version {}, this rtgt reads versions {FORMAT_VERSION} (plain) and \
+                 {ENCRYPTED_FORMAT_VERSION} (encrypted)",
                 meta.format_version
             ));
         }
@@ -488,10 +499,25 @@ mod tests {
             created_unix_secs: 1,
             epoch: 3,
             journal_node: Some("node-a".into()),
+            encryption: None,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
-        let newer = VolumeMeta { format_version: FORMAT_VERSION + 1, ..meta.clone() };
+        let newer = VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION + 1, ..meta.clone() };
         assert!(VolumeMeta::parse(&newer.encode()).unwrap_err().contains("version"));
+        // Format 2 is an encrypted volume, and an encrypted volume is format 2.
+        let encryption = super::super::keys::Encryption {
+            cipher: "xchacha20poly1305".into(),
+            unit: 65536,
+            wrapped_key: "k".into(),
+            kdf: None,
+        };
+        let encrypted =
+            VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION, encryption: Some(encryption), ..meta.clone() };
+        assert_eq!(VolumeMeta::parse(&encrypted.encode()).unwrap(), encrypted);
+        let unmarked = VolumeMeta { format_version: FORMAT_VERSION, ..encrypted.clone() };
+        assert!(VolumeMeta::parse(&unmarked.encode()).unwrap_err().contains("version"));
+        let empty = VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION, ..meta.clone() };
+        assert!(VolumeMeta::parse(&empty.encode()).unwrap_err().contains("version"));
         let odd = VolumeMeta { block_size: 1000, ..meta };
         assert!(VolumeMeta::parse(&odd.encode()).is_err());
         assert!(VolumeMeta::parse(b"{").is_err());

@@ -17,6 +17,7 @@ mod disk_cache;
 mod fence;
 pub mod format;
 mod journal;
+pub mod keys;
 pub mod lease;
 mod lifecycle;
 mod log;
@@ -25,6 +26,7 @@ mod patience;
 mod read;
 mod recovery;
 mod room;
+mod sealing;
 mod transfer;
 mod unmap;
 
@@ -116,6 +118,9 @@ pub struct VolumeOptions {
     /// from its cache (see [`S3Volume::may_serve`]). Off: a lapsed lease waiting for the store
     /// to come back still serves what needs no request.
     pub failover: bool,
+    /// The key-encryption key of an encrypted volume (and, with `create`, makes a new volume
+    /// an encrypted one). An encrypted volume refuses to open without it; a plain one with it.
+    pub encryption: Option<keys::KeySource>,
     pub seed: u64,
 }
 
@@ -137,6 +142,7 @@ impl Default for VolumeOptions {
             journal: None,
             disk_cache: None,
             failover: false,
+            encryption: None,
             seed: 1,
         }
     }
@@ -292,16 +298,34 @@ fn store_err(e: ObjectError, writing: bool) -> StoreError {
     }
 }
 
+/// Why a volume was not created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    #[error("a volume already exists at {0}")]
+    Exists(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl S3Volume {
     /// Writes a new metadata object; fails if a volume already exists there.
+    /// With `encryption`, the volume is an encrypted one (format 2) whose data key that
+    /// key-encryption key wraps.
     pub async fn create(
         store: &dyn ObjectStore,
         url: &S3Url,
         spec: &CreateSpec,
         clock: &dyn Clock,
         seed: u64,
-    ) -> Result<VolumeMeta, String> {
-        spec.validate()?;
+        encryption: Option<&keys::KeySource>,
+    ) -> Result<VolumeMeta, CreateError> {
+        spec.validate().map_err(CreateError::Failed)?;
+        let encryption = match encryption {
+            Some(source) => Some(
+                keys::new_encryption(source).map_err(|e| CreateError::Failed(format!("cannot encrypt {url}: {e}")))?.0,
+            ),
+            None => None,
+        };
         let mut rng = Rng::seeded(seed);
         let uuid = format!(
             "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
@@ -313,7 +337,7 @@ impl S3Volume {
         );
         let created = clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let meta = VolumeMeta {
-            format_version: FORMAT_VERSION,
+            format_version: if encryption.is_some() { format::ENCRYPTED_FORMAT_VERSION } else { FORMAT_VERSION },
             size: spec.size,
             block_size: spec.block_size,
             chunk_size: spec.chunk_size,
@@ -321,11 +345,12 @@ impl S3Volume {
             created_unix_secs: created,
             epoch: 0,
             journal_node: None,
+            encryption,
         };
         match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
             Ok(_) => Ok(meta),
-            Err(ObjectError::PreconditionFailed) => Err(format!("a volume already exists at {url}")),
-            Err(e) => Err(format!("cannot create the volume at {url}: {e}")),
+            Err(ObjectError::PreconditionFailed) => Err(CreateError::Exists(url.to_string())),
+            Err(e) => Err(CreateError::Failed(format!("cannot create the volume at {url}: {e}"))),
         }
     }
 
@@ -361,11 +386,10 @@ impl S3Volume {
                         "no volume at {url}: create it with `rtgt volume create {url} --size SIZE` or set create = true"
                     )));
                 };
-                match S3Volume::create(store, url, spec, clock, opts.seed).await {
+                match S3Volume::create(store, url, spec, clock, opts.seed, opts.encryption.as_ref()).await {
                     // Someone else created it meanwhile (or our uncertain attempt did).
-                    Ok(_) => {}
-                    Err(e) if e.contains("already exists") => {}
-                    Err(e) => return Err(OpenError::Unavailable(e)),
+                    Ok(_) | Err(CreateError::Exists(_)) => {}
+                    Err(e) => return Err(OpenError::Unavailable(e.to_string())),
                 }
                 S3Volume::read_meta(store, url)
                     .await
@@ -391,6 +415,48 @@ impl S3Volume {
             }
         }
         Ok(found)
+    }
+
+    /// Writes `meta` over the metadata object whose version is `etag` (any version if none):
+    /// the new version's entity tag.
+    async fn put_meta(&self, meta: &VolumeMeta, etag: Option<String>) -> Result<Option<String>, ObjectError> {
+        let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
+        self.store.put(&self.url.key(META_NAME), meta.encode(), BTreeMap::new(), condition).await
+    }
+
+    /// Wraps an encrypted volume's data key with the key-encryption key from `new` in place of
+    /// the one it was opened with, under the lease (no other node rewrites the metadata
+    /// meanwhile); the data and the data key stay as they are.
+    pub async fn rekey(&self, new: &keys::KeySource) -> Result<(), String> {
+        self.lease.check("rekey").map_err(|e| e.to_string())?;
+        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+        let (Some(encryption), Some(old)) = (&meta.encryption, &self.opts.encryption) else {
+            return Err(format!("{} is not encrypted", self.url));
+        };
+        meta.encryption = Some(keys::rewrap(encryption, old, new)?);
+        let etag =
+            self.put_meta(&meta, etag).await.map_err(|e| format!("cannot update the metadata of {}: {e}", self.url))?;
+        *self.meta.lock().expect("poisoned") = (meta, etag);
+        Ok(())
+    }
+
+    /// The data key of an encrypted volume, unwrapped with the configured key; a plain volume
+    /// given a key, or an encrypted one given none or the wrong one, is refused.
+    fn data_key(url: &S3Url, meta: &VolumeMeta, opts: &VolumeOptions) -> Result<Option<keys::DataKey>, OpenError> {
+        match (&meta.encryption, &opts.encryption) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(OpenError::Refused(format!(
+                "{url} is not encrypted, but the configuration gives it a key; refusing to open it \
+                 (remove the key, or import the data into a new encrypted volume)"
+            ))),
+            (Some(_), None) => Err(OpenError::Refused(format!(
+                "{url} is encrypted: give its key (encryption_key_file, encryption_key_env, \
+                 encryption_passphrase_file or encryption_passphrase_env)"
+            ))),
+            (Some(encryption), Some(source)) => keys::unwrap(encryption, source)
+                .map(Some)
+                .map_err(|e| OpenError::Refused(format!("{url} is encrypted and cannot be opened: {e}"))),
+        }
     }
 
     /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease
@@ -429,10 +495,18 @@ impl S3Volume {
         };
         let control: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(store.clone(), control_policy, opts.seed ^ 0x1ea5e, s3_stats.clone()));
-        let fenced = fence::Fenced::new(store, lease.clone());
-        let data: Arc<dyn ObjectStore> =
-            Arc::new(Resilient::with_stats(fenced, opts.retry.clone(), opts.seed, s3_stats.clone()));
         let (meta, etag) = S3Volume::find_or_create(&*control, &url, &opts, &*clock).await?;
+        let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
+        let sealed = match S3Volume::data_key(&url, &meta, &opts)? {
+            Some(key) => {
+                let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
+                let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
+                Arc::new(sealing::SealedStore::new(fenced, &url, sealer))
+            }
+            None => fenced,
+        };
+        let data: Arc<dyn ObjectStore> =
+            Arc::new(Resilient::with_stats(sealed, opts.retry.clone(), opts.seed, s3_stats.clone()));
         // A name of this open alone: another open of the same volume in this process (a LUN
         // removed and added again) is another holder.
         let open_id = Rng::seeded(opts.seed ^ clock.now().as_nanos() as u64).next_u64() as u32;
@@ -596,9 +670,7 @@ impl S3Volume {
         let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
         meta.epoch += 1;
         meta.journal_node = self.opts.journal.as_ref().and(self.opts.node.as_ref()).map(|n| n.as_str().to_string());
-        let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
-        let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
-        let etag = match self.store.put(&self.url.key(META_NAME), body, BTreeMap::new(), condition).await {
+        let etag = match self.put_meta(&meta, etag).await {
             Ok(etag) => etag,
             // Our uncertain attempt may have landed: read back.
             Err(ObjectError::Indeterminate(_)) | Err(ObjectError::PreconditionFailed) => {
@@ -1171,13 +1243,7 @@ impl BlockStore for S3Volume {
                 return Err(StoreError::Write("shrinking would lose data".into()));
             }
             meta.size = capacity;
-            let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serializes"));
-            let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
-            let etag = self
-                .store
-                .put(&self.url.key(META_NAME), body, BTreeMap::new(), condition)
-                .await
-                .map_err(|e| store_err(e, true))?;
+            let etag = self.put_meta(&meta, etag).await.map_err(|e| store_err(e, true))?;
             *self.meta.lock().expect("poisoned") = (meta, etag);
             self.capacity.store(capacity, Ordering::Relaxed);
             Ok(())
@@ -1186,6 +1252,10 @@ impl BlockStore for S3Volume {
 
     fn set_write_cache(&self, enabled: bool) {
         self.write_back.store(enabled, Ordering::Relaxed);
+    }
+
+    fn formatted_block_size(&self) -> Option<u32> {
+        Some(self.block_size as u32)
     }
 
     fn stats(&self) -> serde_json::Value {
