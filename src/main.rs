@@ -17,6 +17,7 @@ use rtgt::s3::aws::{AwsStore, Endpoint};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::keys::{Held, KeySource};
+use rtgt::s3::volume::manifest::SnapshotName;
 use rtgt::s3::volume::{CreateSpec, S3Volume};
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
 
@@ -222,8 +223,9 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
-    /// Copy a volume into a file or block device (sparse: what the volume never wrote stays a
-    /// hole). The volume is leased meanwhile, so no target serves it.
+    /// Copy a volume, or a snapshot of it (s3://bucket/volume@snapshot), into a file or block
+    /// device (sparse: what the volume never wrote stays a hole). A volume is leased
+    /// meanwhile, so no target serves it; a snapshot is read while the volume is in use.
     Export {
         url: String,
         file: PathBuf,
@@ -264,12 +266,48 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Snapshots of a volume (format 3): point in time, crash consistent, no data copied.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Set aside a damaged log object that keeps a volume from opening (it is moved to
     /// `damaged/`): the writes it holds are lost. Only while no target serves the volume.
     DiscardLog {
         url: String,
         /// The log's sequence number, in hex, as the error names it.
         seq: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Take a snapshot: rtgt volume snapshot create s3://bucket/volume NAME. Only while no
+    /// target serves the volume (a target takes them through its API:
+    /// POST /api/v1/targets/{iqn}/luns/{lun}/snapshots).
+    Create {
+        url: String,
+        name: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// List a volume's snapshots (while a target serves it too).
+    List {
+        url: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+    /// Delete a snapshot: what only it held is deleted. Only while no target serves the
+    /// volume (through the target's API otherwise).
+    Delete {
+        url: String,
+        name: String,
+        #[command(flatten)]
+        key: KeyArgs,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -725,12 +763,22 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 None => println!("encryption: none"),
             }
             let stored: u64 = chunks.iter().map(|c| c.size).sum();
+            let chunk_dir = url.key(rtgt::s3::volume::format::CHUNKS_DIR);
+            let indexes: std::collections::BTreeSet<u64> = chunks
+                .iter()
+                .filter_map(|o| rtgt::s3::volume::format::parse_chunk_key(&o.key, &chunk_dir, meta.layout()))
+                .map(|(c, _)| c)
+                .collect();
             println!(
                 "chunks:     {} present ({} stored, {:.1}% of the volume)",
-                chunks.len(),
+                indexes.len(),
                 Size(stored),
                 stored as f64 * 100.0 / meta.size.max(1) as f64
             );
+            if chunks.len() > indexes.len() {
+                println!("            {} older versions not yet swept", chunks.len() - indexes.len());
+            }
+            println!("format:     {}", meta.format_version);
             println!("logs:       {} (replayed at the next open)", logs.len());
             let present = |name: &'static str| {
                 let key = url.key(name);
@@ -770,7 +818,8 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             Ok(())
         }
         VolumeCommand::Export { url, file, force, key, s3 } => {
-            let url = S3Url::parse(&url)?;
+            let (url, snapshot) = SnapshotName::split_url(&url)?;
+            let url = S3Url::parse(url)?;
             let store = s3.store(&url.bucket).await?;
             let out = std::fs::OpenOptions::new()
                 .read(true)
@@ -779,13 +828,26 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 .truncate(false)
                 .open(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
-            let volume = open_for_transfer(store, &url, force, None, key.source()).await?;
-            let exported = rtgt::s3::volume::export_volume(&volume, &out, &progress_line("exported")).await;
-            volume.close().await.map_err(|e| e.to_string())?;
+            let exported = match &snapshot {
+                Some(name) => {
+                    let view = rtgt::s3::volume::SnapshotView::open(store, &url, name, key.source().as_ref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    rtgt::s3::volume::export_volume(&view, &out, &progress_line("exported")).await
+                }
+                None => {
+                    let volume = open_for_transfer(store, &url, force, None, key.source()).await?;
+                    let exported = rtgt::s3::volume::export_volume(&*volume, &out, &progress_line("exported")).await;
+                    volume.close().await.map_err(|e| e.to_string())?;
+                    exported
+                }
+            };
             eprintln!();
-            println!("exported {url} to {}: {} of data", file.display(), Size(exported?));
+            let what = snapshot.map_or(url.to_string(), |name| format!("{url}@{name}"));
+            println!("exported {what} to {}: {} of data", file.display(), Size(exported?));
             Ok(())
         }
+        VolumeCommand::Snapshot { command } => snapshot(command).await,
         VolumeCommand::Import { file, url, chunk_size, block_size, resume, key, s3 } => {
             use std::io::Seek;
             let url = S3Url::parse(&url)?;
@@ -862,6 +924,55 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
 }
 
 /// Opens a volume for `volume export` / `import`, as a holder of its own.
+async fn snapshot(command: SnapshotCommand) -> Result<(), String> {
+    match command {
+        SnapshotCommand::Create { url, name, key, s3 } => {
+            let (url, name) = (S3Url::parse(&url)?, SnapshotName::parse(&name)?);
+            let volume = open_for_snapshots(&s3, &url, key.source()).await?;
+            let taken = volume.create_snapshot(name).await.map_err(|e| e.to_string());
+            volume.close().await.map_err(|e| e.to_string())?;
+            let taken = taken?;
+            println!("snapshot {url}@{}: {} chunks hold data", taken.name, taken.chunks);
+            Ok(())
+        }
+        SnapshotCommand::List { url, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = s3.store(&url.bucket).await?;
+            let (meta, _) = S3Volume::read_meta(&*store, &url).await?.ok_or_else(|| format!("no volume at {url}"))?;
+            let manifests = rtgt::s3::volume::snapshot::read_manifests(&*store, &url, &meta.uuid).await?;
+            println!("{:<24} {:<29} {:>10} {:>8}", "NAME", "TAKEN", "SIZE", "CHUNKS");
+            for m in manifests {
+                let taken = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix_secs);
+                let (taken, size) = (httpdate::fmt_http_date(taken), Size(m.size).to_string());
+                println!("{:<24} {taken:<29} {size:>10} {:>8}", m.name.as_str(), m.chunks.len());
+            }
+            Ok(())
+        }
+        SnapshotCommand::Delete { url, name, key, s3 } => {
+            let (url, name) = (S3Url::parse(&url)?, SnapshotName::parse(&name)?);
+            let volume = open_for_snapshots(&s3, &url, key.source()).await?;
+            let deleted = volume.delete_snapshot(&name).await.map_err(|e| e.to_string());
+            volume.close().await.map_err(|e| e.to_string())?;
+            deleted?;
+            println!("deleted snapshot {url}@{name}");
+            Ok(())
+        }
+    }
+}
+
+/// Opens a volume to take or delete a snapshot, with a hint when a target serves it.
+async fn open_for_snapshots(s3: &S3Args, url: &S3Url, key: Option<KeySource>) -> Result<Arc<S3Volume>, String> {
+    let store = s3.store(&url.bucket).await?;
+    let opts = transfer_options(false, None, key);
+    S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| match e {
+        e @ rtgt::s3::volume::OpenError::HeldElsewhere { .. } => format!(
+            "{e}\n(a target serving the volume takes and deletes its snapshots through its API: \
+             POST /api/v1/targets/{{iqn}}/luns/{{lun}}/snapshots, DELETE .../snapshots/{{name}})"
+        ),
+        e => e.to_string(),
+    })
+}
+
 async fn open_for_transfer(
     store: Arc<dyn rtgt::s3::ObjectStore>,
     url: &S3Url,
@@ -869,14 +980,23 @@ async fn open_for_transfer(
     create: Option<CreateSpec>,
     encryption: Option<KeySource>,
 ) -> Result<Arc<S3Volume>, String> {
-    let opts = rtgt::s3::volume::VolumeOptions {
+    let opts = transfer_options(force, create, encryption);
+    S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
+}
+
+/// How the CLI opens a volume for itself.
+fn transfer_options(
+    force: bool,
+    create: Option<CreateSpec>,
+    encryption: Option<KeySource>,
+) -> rtgt::s3::volume::VolumeOptions {
+    rtgt::s3::volume::VolumeOptions {
         create,
         force,
         encryption,
         holder: format!("{}/{}/volume-transfer", rtgt::config::hostname(), std::process::id()),
         ..Default::default()
-    };
-    S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| e.to_string())
+    }
 }
 
 /// A progress line on stderr, rewritten at each whole percent.

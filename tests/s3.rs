@@ -530,3 +530,72 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Snapshots through the command line: taken of an imported volume, listed, exported byte for
+/// byte as they were after the volume changed, and deleted.
+#[test]
+fn a_snapshot_exports_its_point_in_time_after_the_volume_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s3");
+    embedded::open_root(&store).unwrap().create_bucket("vols").unwrap();
+    let mut image = vec![0u8; 4 << 20];
+    for range in [0..64 << 10, 2 << 20..(2 << 20) + 100_000] {
+        for i in range {
+            image[i] = (i % 251) as u8 ^ 0x3c;
+        }
+    }
+    let image_path = dir.path().join("image");
+    std::fs::write(&image_path, &image).unwrap();
+    let rtgt = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
+            .args(args)
+            .arg("--store-dir")
+            .arg(&store)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) =
+        rtgt(&["volume", "import", image_path.to_str().unwrap(), "s3://vols/snap", "--chunk-size", "1MiB"]);
+    assert!(ok, "{text}");
+    let (ok, text) = rtgt(&["volume", "snapshot", "create", "s3://vols/snap", "before"]);
+    assert!(ok && text.contains("snapshot s3://vols/snap@before: 2 chunks hold data"), "{text}");
+
+    // The volume changes: a write over the first chunk, the third chunk unmapped.
+    let mut changed = image.clone();
+    changed[..4096].fill(0xee);
+    changed[2 << 20..3 << 20].fill(0);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let gone = {
+            let root = embedded::open_root(&store).unwrap();
+            let url = S3Url::parse("s3://vols/snap").unwrap();
+            let opts = VolumeOptions { holder: "writer".into(), ..VolumeOptions::default() };
+            let v = S3Volume::open(Arc::new(root.bucket("vols").unwrap()), url, opts, Arc::new(TokioClock::new()))
+                .await
+                .unwrap();
+            v.write(0, Bytes::from(vec![0xeeu8; 4096]), false).await.unwrap();
+            v.unmap(2 << 20, 1 << 20).await.unwrap();
+            v.close().await.unwrap();
+            Arc::downgrade(&root)
+        };
+        released(&gone).await;
+    });
+
+    let (ok, text) = rtgt(&["volume", "snapshot", "list", "s3://vols/snap"]);
+    assert!(ok && text.contains("before") && text.contains("4MiB"), "{text}");
+    let (snap_out, now_out) = (dir.path().join("snap.img"), dir.path().join("now.img"));
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/snap@before", snap_out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&snap_out).unwrap() == image, "the snapshot's export differs from the image it was");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/snap", now_out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&now_out).unwrap() == changed, "the volume's export differs from what it became");
+
+    let (ok, text) = rtgt(&["volume", "snapshot", "delete", "s3://vols/snap", "before"]);
+    assert!(ok, "{text}");
+    let (ok, text) = rtgt(&["volume", "snapshot", "list", "s3://vols/snap"]);
+    assert!(ok && !text.contains("before"), "{text}");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/snap@before", snap_out.to_str().unwrap()]);
+    assert!(!ok && text.contains("has no snapshot named before"), "{text}");
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use rtgt::s3::volume::format::{self, CHUNKS_DIR, CRC_METADATA, LOG_DIR, Record};
+use rtgt::s3::volume::format::{self, CHUNKS_DIR, CRC_METADATA, ChunkLayout, LOG_DIR, Record};
 
 /// The volume's bytes as recovery would rebuild them, or why the logs cannot be replayed.
 /// `journal`: the local journal's objects (`UUID/log/SEQ`), replayed with the store's logs as
@@ -23,8 +23,14 @@ pub fn recovery_image(
     let chunks = format!("{prefix}/{CHUNKS_DIR}");
     let logs = format!("{prefix}/{LOG_DIR}");
     let mut replay = Vec::new();
+    // Keys in order: of the versions of a chunk (format 3), the newest comes last and wins.
+    let chunk_of = |key: &str| {
+        format::parse_chunk_key(key, &chunks, ChunkLayout::Versioned)
+            .or_else(|| format::parse_chunk_key(key, &chunks, ChunkLayout::Flat))
+            .map(|(c, _)| c)
+    };
     for (key, (body, meta)) in objects {
-        if let Some(c) = format::key_number(key, &chunks) {
+        if let Some(c) = chunk_of(key) {
             let at = (c * chunk) as usize;
             let end = (at + body.len()).min(image.len());
             image[at..end].copy_from_slice(&body[..end - at]);

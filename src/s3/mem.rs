@@ -47,6 +47,10 @@ struct State {
     held_answers: Vec<String>,
     /// GETs waiting to answer now.
     answers_waiting: usize,
+    /// GETs of keys under these prefixes wait until released, before they read the object.
+    held_gets: Vec<String>,
+    /// GETs waiting so now.
+    gets_waiting: usize,
     /// DELETEs of keys under this prefix fail for good.
     undeletable: Option<String>,
 }
@@ -81,6 +85,8 @@ impl MemObjectStore {
                 rng: Rng::seeded(seed),
                 held: Vec::new(),
                 held_answers: Vec::new(),
+                held_gets: Vec::new(),
+                gets_waiting: 0,
                 answers_waiting: 0,
                 undeletable: None,
             }),
@@ -106,6 +112,17 @@ impl MemObjectStore {
         self.lock().held_answers.push(prefix.to_string());
     }
 
+    /// Makes GETs of keys under `prefix` wait, before they read the object, until released
+    /// (other requests go on).
+    pub fn hold_gets(&self, prefix: &str) {
+        self.lock().held_gets.push(prefix.to_string());
+    }
+
+    /// GETs held by [`MemObjectStore::hold_gets`] now.
+    pub fn gets_waiting(&self) -> usize {
+        self.lock().gets_waiting
+    }
+
     /// GETs that read their object and wait to answer.
     pub fn answers_waiting(&self) -> usize {
         self.lock().answers_waiting
@@ -115,6 +132,7 @@ impl MemObjectStore {
         let mut st = self.lock();
         st.held.clear();
         st.held_answers.clear();
+        st.held_gets.clear();
         drop(st);
         self.released.notify_waiters();
     }
@@ -266,6 +284,9 @@ impl ObjectStore for MemObjectStore {
         let key = key.to_string();
         Box::pin(async move {
             self.wait_if_held(&key).await;
+            self.lock().gets_waiting += 1;
+            self.wait_while(&key, |st| &st.held_gets).await;
+            self.lock().gets_waiting -= 1;
             self.wait_latency().await;
             let answer = self.get_sync(&key, range);
             self.wait_response_delay().await;

@@ -209,6 +209,20 @@ pub(super) struct Cache {
     /// Chunks whose object exists, or may exist: a PUT is counted before it is sent (it may
     /// land even if its caller gives up), an uncertain DELETE is not a delete.
     pub(super) exists: BTreeSet<u64>,
+    /// The versioned layout: the version that holds each chunk's data now (`chunk_map.rs`).
+    pub(super) live: BTreeMap<u64, u64>,
+    /// The versioned layout: versions of each chunk that are (or may be) in the store and
+    /// hold nothing anyone reads; deleted by the next sweep.
+    pub(super) garbage: BTreeMap<u64, BTreeSet<u64>>,
+    /// The versioned layout: versions the snapshots hold, per chunk (never swept).
+    pub(super) retained: BTreeMap<u64, BTreeSet<u64>>,
+    /// The versioned layout: chunks whose newest version is a tombstone (an empty object
+    /// that reads as zeros, so that older versions a snapshot holds are not the data).
+    pub(super) tombstones: BTreeMap<u64, u64>,
+    /// The snapshots of the volume, by name (`snapshot.rs`).
+    pub(super) snapshots: BTreeMap<super::manifest::SnapshotName, std::sync::Arc<super::manifest::Manifest>>,
+    /// A manifest could not be read at open: nothing may be swept (it may hold anything).
+    pub(super) sweep_blocked: bool,
     /// Chunks whose object is known to exist (listed at open, or a PUT that succeeded): a
     /// GET that finds one missing is an error, one of the others reads zeros.
     pub(super) known: BTreeSet<u64>,

@@ -5,9 +5,12 @@
 //! Layout under `s3://bucket/prefix/`:
 //! * `rtgt-volume.json`: [`VolumeMeta`], created with `If-None-Match: *`.
 //! * `rtgt-lease.json`: the single-writer lease (see `lease.rs`).
-//! * `chunks/<index, 16 hex digits>`: one object per chunk holding non-zero data, with the
+//! * `chunks/<index, 16 hex digits>/<version, 16 hex digits>` (format 3): the versions of a
+//!   chunk holding non-zero data, each written once and never overwritten; the newest is the
+//!   chunk's data, older ones are garbage (see `chunk_map.rs`). Formats 1 and 2 keep one object
+//!   per chunk, `chunks/<index>`, overwritten in place. Either way a chunk object has the
 //!   CRC32C of each segment ([`CRC_METADATA`]) and the log sequence number it includes
-//!   ([`SEQ_METADATA`]) in its metadata. A missing chunk reads as zeros.
+//!   ([`SEQ_METADATA`]) in its metadata, and a missing chunk reads as zeros.
 //! * `log/<seq, 16 hex digits>`: [`Record`]s of writes and zeroed ranges made durable by a
 //!   SYNCHRONIZE CACHE (or FUA, or age) before their chunks are rewritten ("merged").
 
@@ -19,11 +22,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::s3::url::S3Url;
 
-/// The volume format this rtgt writes for a plain volume, and reads.
-pub const FORMAT_VERSION: u32 = 1;
-/// The format of an encrypted volume: its chunks and logs are sealed (`sealing.rs`), which an
-/// rtgt that knows only format 1 must not read as plaintext.
+/// The first format: one object per chunk, overwritten in place; plaintext. Read, not written.
+pub const FLAT_FORMAT_VERSION: u32 = 1;
+/// Format 1 encrypted: its chunks and logs are sealed (`sealing.rs`), which an rtgt that knows
+/// only format 1 must not read as plaintext. Read, not written.
 pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
+/// The format this rtgt writes: chunk objects are immutable versions (encrypted or not, as
+/// [`VolumeMeta::encryption`] says), which an rtgt that knows only formats 1 and 2 would
+/// not find (it would read zeros).
+pub const FORMAT_VERSION: u32 = 3;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
 /// The persistent reservations of the volume's logical unit (APTPL), beside it.
@@ -74,15 +81,16 @@ impl VolumeMeta {
     /// Parses and checks a metadata object: its format version and geometry.
     pub fn parse(body: &[u8]) -> Result<VolumeMeta, String> {
         let meta: VolumeMeta = serde_json::from_slice(body).map_err(|e| format!("not volume metadata: {e}"))?;
-        let expected = match meta.encryption {
-            None => FORMAT_VERSION,
-            Some(_) => ENCRYPTED_FORMAT_VERSION,
-        };
-        if meta.format_version != expected {
+        let known = matches!(
+            (meta.format_version, &meta.encryption),
+            (FLAT_FORMAT_VERSION, None) | (ENCRYPTED_FORMAT_VERSION, Some(_)) | (FORMAT_VERSION, _)
+        );
+        if !known {
             return Err(format!(
-                "volume format version {}, this rtgt reads versions {FORMAT_VERSION} (plain) and \
-                 {ENCRYPTED_FORMAT_VERSION} (encrypted)",
-                meta.format_version
+                "volume format version {}{}, this rtgt reads versions {FLAT_FORMAT_VERSION} (plain), \
+                 {ENCRYPTED_FORMAT_VERSION} (encrypted) and {FORMAT_VERSION}",
+                meta.format_version,
+                if meta.encryption.is_some() { " (encrypted)" } else { "" },
             ));
         }
         meta.spec().validate().map_err(|e| format!("invalid metadata: {e}"))?;
@@ -97,6 +105,11 @@ impl VolumeMeta {
         CreateSpec { size: self.size, block_size: self.block_size, chunk_size: self.chunk_size }
     }
 
+    /// How the volume keeps its chunk objects.
+    pub fn layout(&self) -> ChunkLayout {
+        if self.format_version >= FORMAT_VERSION { ChunkLayout::Versioned } else { ChunkLayout::Flat }
+    }
+
     /// The first sequence number of this epoch.
     pub fn first_seq(&self) -> u64 {
         (self.epoch << EPOCH_SHIFT) + 1
@@ -106,6 +119,15 @@ impl VolumeMeta {
 /// The epoch a sequence number was taken in.
 pub fn epoch_of(seq: u64) -> u64 {
     seq >> EPOCH_SHIFT
+}
+
+/// How a volume keeps its chunk objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkLayout {
+    /// Formats 1 and 2: `chunks/<index>`, overwritten by every merge.
+    Flat,
+    /// Format 3: `chunks/<index>/<version>`, a new object for every merge.
+    Versioned,
 }
 
 /// Geometry of a new volume.
@@ -174,9 +196,28 @@ impl LeaseRecord {
     }
 }
 
-/// The key of chunk `index`.
+/// The key of chunk `index` in a volume of the flat layout.
 pub fn chunk_key(url: &S3Url, index: u64) -> String {
     url.key(&format!("{CHUNKS_DIR}{index:016x}"))
+}
+
+/// The key of version `version` of chunk `index` in a volume of the versioned layout.
+pub fn chunk_version_key(url: &S3Url, index: u64, version: u64) -> String {
+    url.key(&format!("{CHUNKS_DIR}{index:016x}/{version:016x}"))
+}
+
+/// The chunk index and, in the versioned layout, the version that a key below `chunks`
+/// (the volume's `chunks/` prefix) names; None for a key that names no chunk.
+pub fn parse_chunk_key(key: &str, chunks: &str, layout: ChunkLayout) -> Option<(u64, Option<u64>)> {
+    let rest = key.strip_prefix(chunks)?;
+    let hex = |digits: &str| (digits.len() == 16).then(|| u64::from_str_radix(digits, 16).ok()).flatten();
+    match layout {
+        ChunkLayout::Flat => Some((hex(rest)?, None)),
+        ChunkLayout::Versioned => {
+            let (index, version) = rest.split_once('/')?;
+            Some((hex(index)?, Some(hex(version)?)))
+        }
+    }
 }
 
 /// The key of log `seq`.
@@ -232,6 +273,40 @@ pub fn chunk_metadata(data: &[u8], segment: u64, stamp: u64) -> BTreeMap<String,
         (CRC_METADATA.to_string(), segment_checksums(data, segment)),
         (SEQ_METADATA.to_string(), stamp.to_string()),
     ])
+}
+
+/// Checks what a GET of bytes `range` of a chunk object of `chunk_len` bytes returned: its
+/// lengths, and the CRC32C of every segment (of `segment` bytes) it holds; `range` covers
+/// whole segments.
+pub fn verify_segments(
+    got: &crate::s3::GetOutput,
+    chunk_len: u64,
+    range: std::ops::Range<u64>,
+    segment: u64,
+) -> Result<(), String> {
+    if got.body.len() as u64 != range.end - range.start {
+        return Err(format!("expected {} bytes, got {}", range.end - range.start, got.body.len()));
+    }
+    if got.meta.size != chunk_len {
+        return Err(format!("object is {} bytes, chunks are {chunk_len}", got.meta.size));
+    }
+    let crcs = got
+        .meta
+        .metadata
+        .get(CRC_METADATA)
+        .and_then(|v| parse_checksums(v))
+        .ok_or_else(|| "missing or unreadable checksums".to_string())?;
+    let mut at = range.start;
+    while at < range.end {
+        let i = (at / segment) as usize;
+        let n = segment.min(range.end - at);
+        let piece = &got.body[(at - range.start) as usize..(at - range.start + n) as usize];
+        if crcs.get(i).copied() != Some(crc32c::crc32c(piece)) {
+            return Err(format!("checksum mismatch in segment {i}"));
+        }
+        at += n;
+    }
+    Ok(())
 }
 
 /// The stamp of a chunk object (0 when absent or unreadable: every log record is newer).
@@ -502,9 +577,12 @@ mod tests {
             encryption: None,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
-        let newer = VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION + 1, ..meta.clone() };
+        assert_eq!(meta.layout(), ChunkLayout::Versioned);
+        let newer = VolumeMeta { format_version: FORMAT_VERSION + 1, ..meta.clone() };
         assert!(VolumeMeta::parse(&newer.encode()).unwrap_err().contains("version"));
-        // Format 2 is an encrypted volume, and an encrypted volume is format 2.
+        let flat = VolumeMeta { format_version: FLAT_FORMAT_VERSION, ..meta.clone() };
+        assert_eq!(VolumeMeta::parse(&flat.encode()).unwrap().layout(), ChunkLayout::Flat);
+        // Format 2 is an encrypted volume, and an encrypted volume of the flat layout is format 2.
         let encryption = super::super::keys::Encryption {
             cipher: "xchacha20poly1305".into(),
             unit: 65536,
@@ -514,8 +592,11 @@ mod tests {
         let encrypted =
             VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION, encryption: Some(encryption), ..meta.clone() };
         assert_eq!(VolumeMeta::parse(&encrypted.encode()).unwrap(), encrypted);
-        let unmarked = VolumeMeta { format_version: FORMAT_VERSION, ..encrypted.clone() };
+        assert_eq!(encrypted.layout(), ChunkLayout::Flat);
+        let unmarked = VolumeMeta { format_version: FLAT_FORMAT_VERSION, ..encrypted.clone() };
         assert!(VolumeMeta::parse(&unmarked.encode()).unwrap_err().contains("version"));
+        let versioned = VolumeMeta { format_version: FORMAT_VERSION, ..encrypted.clone() };
+        assert_eq!(VolumeMeta::parse(&versioned.encode()).unwrap(), versioned);
         let empty = VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION, ..meta.clone() };
         assert!(VolumeMeta::parse(&empty.encode()).unwrap_err().contains("version"));
         let odd = VolumeMeta { block_size: 1000, ..meta };
@@ -546,6 +627,13 @@ mod tests {
         let url = S3Url::parse("s3://bkt/v").unwrap();
         assert_eq!(chunk_key(&url, 255), "v/chunks/00000000000000ff");
         assert_eq!(key_number(&chunk_key(&url, 255), "v/chunks/"), Some(255));
+        assert_eq!(chunk_version_key(&url, 255, 7), "v/chunks/00000000000000ff/0000000000000007");
+        let parse = |key: &str, layout| parse_chunk_key(key, "v/chunks/", layout);
+        assert_eq!(parse(&chunk_version_key(&url, 255, 7), ChunkLayout::Versioned), Some((255, Some(7))));
+        assert_eq!(parse(&chunk_key(&url, 255), ChunkLayout::Flat), Some((255, None)));
+        assert_eq!(parse(&chunk_key(&url, 255), ChunkLayout::Versioned), None);
+        assert_eq!(parse(&chunk_version_key(&url, 255, 7), ChunkLayout::Flat), None);
+        assert_eq!(parse("v/chunks/00000000000000ff/7", ChunkLayout::Versioned), None);
         assert_eq!(key_number("v/chunks/ff", "v/chunks/"), None);
         let data = vec![1u8; 3 * 65536];
         let crcs = parse_checksums(&segment_checksums(&data, 65536)).unwrap();

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::cache::{Bits, Cache, PAGE};
+use super::chunk_map::Landed;
 use super::{MERGE_PARALLEL, S3Volume, store_err};
 use super::{disk_cache, format};
 use crate::s3::{Condition, ObjectError};
@@ -104,7 +105,6 @@ impl S3Volume {
             self.drop_zero_pages(c);
             return Ok(Merged::Done);
         }
-        let key = format::chunk_key(&self.url, c);
         // A zero chunk has no object to carry a stamp: a zero record in the log keeps older
         // records from resurrecting its data after a crash. The log lock is held until the
         // DELETE is done, so no log with older records can appear behind it.
@@ -117,12 +117,18 @@ impl S3Volume {
                 return Ok(Merged::Superseded);
             }
             settle_at = seq;
-            if exists { self.store.delete(&key).await.map(|()| None) } else { Ok(None) }
+            if exists { self.delete_chunk_objects(&[c]).await.and_then(first_error).map(|()| None) } else { Ok(None) }
         } else {
             // From now on the object may exist, even if this merge is cancelled mid-PUT.
             self.cache().exists.insert(c);
             let metadata = format::chunk_metadata(&full, self.segment, stamp);
-            self.store.put(&key, Bytes::from(full), metadata, Condition::None).await
+            let (key, version) = self.new_chunk_key(c);
+            let put = self.store.put(&key, Bytes::from(full), metadata, Condition::None);
+            // A merge cancelled mid-PUT leaves a version that may be there.
+            let maybe = MaybeVersion { volume: self, c, version };
+            let result = put.await;
+            maybe.ended(&result);
+            result
         };
         drop(serial);
         self.record_flush_latency(started);
@@ -138,6 +144,7 @@ impl S3Volume {
                 } else {
                     cache.exists.insert(c);
                     cache.known.insert(c);
+                    // (The version was noted by `MaybeVersion`.)
                     if let Some(etag) = etag {
                         cache.versions.insert(c, disk_cache::version_of(&etag));
                     }
@@ -232,5 +239,36 @@ impl S3Volume {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The first failure of a deletion of chunk objects.
+fn first_error(results: Vec<(u64, Result<(), ObjectError>)>) -> Result<(), ObjectError> {
+    results.into_iter().try_for_each(|(_, r)| r)
+}
+
+/// A chunk version being PUT: noted in the chunk map when the PUT ends, or as one that may
+/// be there if the merge is dropped first.
+struct MaybeVersion<'a> {
+    volume: &'a S3Volume,
+    c: u64,
+    version: Option<u64>,
+}
+
+impl MaybeVersion<'_> {
+    fn ended(mut self, result: &Result<Option<String>, ObjectError>) {
+        // Any failure may hide an attempt that landed (a retried PUT): the version is noted
+        // as one that may be there, so that nothing ever forgets to delete it.
+        let landed = if result.is_ok() { Landed::Yes } else { Landed::Maybe };
+        self.volume.note_chunk_put(&mut self.volume.cache(), self.c, self.version, landed);
+        self.version = None;
+    }
+}
+
+impl Drop for MaybeVersion<'_> {
+    fn drop(&mut self) {
+        if self.version.is_some() {
+            self.volume.note_chunk_put(&mut self.volume.cache(), self.c, self.version, Landed::Maybe);
+        }
     }
 }

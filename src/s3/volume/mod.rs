@@ -13,6 +13,7 @@
 mod aside;
 mod atomic;
 mod cache;
+mod chunk_map;
 mod disk_cache;
 mod fence;
 pub mod format;
@@ -21,12 +22,15 @@ pub mod keys;
 pub mod lease;
 mod lifecycle;
 mod log;
+pub mod manifest;
 pub(super) mod merge;
 mod patience;
 mod read;
 mod recovery;
 mod room;
 mod sealing;
+pub mod snapshot;
+mod snapshot_view;
 mod transfer;
 mod unmap;
 
@@ -53,6 +57,7 @@ pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
 use lease::{Identity, LeaseError, LeaseState, LeaseTiming};
 pub use lifecycle::{Deleted, delete_volume};
+pub use snapshot_view::SnapshotView;
 pub use transfer::{IMPORT_PROGRESS, export_volume, import_progress, import_volume};
 
 /// Keys per DeleteObjects request (the S3 limit).
@@ -176,6 +181,8 @@ pub struct VolumeStats {
     pub flush_micros_max: AtomicU64,
     pub flushes: AtomicU64,
     pub chunks_deleted: AtomicU64,
+    /// Superseded chunk versions deleted (the versioned layout).
+    pub versions_swept: AtomicU64,
     /// Logs written to the local journal, and uploaded from it.
     pub journal_writes: AtomicU64,
     pub journal_uploads: AtomicU64,
@@ -225,6 +232,11 @@ pub struct S3Volume {
     block_size: u64,
     segment: u64,
     capacity: AtomicU64,
+    /// How the chunk objects are kept; with versions, the last version number taken.
+    layout: format::ChunkLayout,
+    next_version: AtomicU64,
+    /// Writes and UNMAPs hold it shared; taking a snapshot holds it alone.
+    snapshot_gate: tokio::sync::RwLock<()>,
     cache: Mutex<Cache>,
     /// Woken when a claim is released, pages are freed, or a readahead ends.
     released: Notify,
@@ -337,7 +349,7 @@ impl S3Volume {
         );
         let created = clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let meta = VolumeMeta {
-            format_version: if encryption.is_some() { format::ENCRYPTED_FORMAT_VERSION } else { FORMAT_VERSION },
+            format_version: FORMAT_VERSION,
             size: spec.size,
             block_size: spec.block_size,
             chunk_size: spec.chunk_size,
@@ -442,8 +454,13 @@ impl S3Volume {
 
     /// The data key of an encrypted volume, unwrapped with the configured key; a plain volume
     /// given a key, or an encrypted one given none or the wrong one, is refused.
-    fn data_key(url: &S3Url, meta: &VolumeMeta, opts: &VolumeOptions) -> Result<Option<keys::DataKey>, OpenError> {
-        match (&meta.encryption, &opts.encryption) {
+    /// The volume's data key, unwrapped by the key `source` gives (None for a plain volume).
+    pub(super) fn data_key(
+        url: &S3Url,
+        meta: &VolumeMeta,
+        source: Option<&keys::KeySource>,
+    ) -> Result<Option<keys::DataKey>, OpenError> {
+        match (&meta.encryption, source) {
             (None, None) => Ok(None),
             (None, Some(_)) => Err(OpenError::Refused(format!(
                 "{url} is not encrypted, but the configuration gives it a key; refusing to open it \
@@ -457,6 +474,23 @@ impl S3Volume {
                 .map(Some)
                 .map_err(|e| OpenError::Refused(format!("{url} is encrypted and cannot be opened: {e}"))),
         }
+    }
+
+    /// `store`, sealing and opening the data objects of an encrypted volume with its data key.
+    pub(super) fn sealed(
+        store: Arc<dyn ObjectStore>,
+        url: &S3Url,
+        meta: &VolumeMeta,
+        source: Option<&keys::KeySource>,
+    ) -> Result<Arc<dyn ObjectStore>, OpenError> {
+        Ok(match S3Volume::data_key(url, meta, source)? {
+            Some(key) => {
+                let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
+                let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
+                Arc::new(sealing::SealedStore::new(store, url, sealer))
+            }
+            None => store,
+        })
     }
 
     /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease
@@ -497,14 +531,7 @@ impl S3Volume {
             Arc::new(Resilient::with_stats(store.clone(), control_policy, opts.seed ^ 0x1ea5e, s3_stats.clone()));
         let (meta, etag) = S3Volume::find_or_create(&*control, &url, &opts, &*clock).await?;
         let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
-        let sealed = match S3Volume::data_key(&url, &meta, &opts)? {
-            Some(key) => {
-                let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
-                let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
-                Arc::new(sealing::SealedStore::new(fenced, &url, sealer))
-            }
-            None => fenced,
-        };
+        let sealed = S3Volume::sealed(fenced, &url, &meta, opts.encryption.as_ref())?;
         let data: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(sealed, opts.retry.clone(), opts.seed, s3_stats.clone()));
         // A name of this open alone: another open of the same volume in this process (a LUN
@@ -525,6 +552,9 @@ impl S3Volume {
             block_size: meta.block_size as u64,
             segment,
             capacity: AtomicU64::new(meta.size),
+            layout: meta.layout(),
+            next_version: AtomicU64::new(0),
+            snapshot_gate: tokio::sync::RwLock::new(()),
             meta: Mutex::new((meta, etag)),
             cache: Mutex::new(Cache::default()),
             released: Notify::new(),
@@ -587,6 +617,7 @@ impl S3Volume {
         let previous = self.meta();
         let journal = self.check_journal(&previous).await?;
         self.bump_epoch().await.map_err(OpenError::Unavailable)?;
+        self.load_snapshots().await.map_err(OpenError::Unavailable)?;
         self.load_chunk_list().await.map_err(OpenError::Unavailable)?;
         self.open_disk_cache().await;
         self.recover(journal).await
@@ -686,6 +717,7 @@ impl S3Volume {
             Err(e) => return Err(format!("cannot update the metadata of {}: {e}", self.url)),
         };
         self.next_seq.store(meta.first_seq(), Ordering::SeqCst);
+        self.start_versions(meta.epoch);
         *self.meta.lock().expect("poisoned") = (meta, etag);
         Ok(())
     }
@@ -695,16 +727,31 @@ impl S3Volume {
         let keys = super::list_all(&*self.store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
         let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
         let mut cache = self.cache();
+        let mut versions = Vec::new();
+        let mut etags = BTreeMap::new();
         for crate::s3::Listed { key, size, etag } in keys {
-            match u64::from_str_radix(&key[prefix.len()..], 16) {
-                Ok(c) if c < chunks && size == self.chunk_len(c) => {
-                    cache.exists.insert(c);
-                    cache.known.insert(c);
+            let tombstone = size == 0;
+            match format::parse_chunk_key(&key, &prefix, self.layout) {
+                Some((c, version)) if c < chunks && (size == self.chunk_len(c) || tombstone && version.is_some()) => {
+                    let version = version.unwrap_or(0);
                     if let Some(etag) = etag {
-                        cache.versions.insert(c, disk_cache::version_of(&etag));
+                        etags.insert((c, version), etag);
                     }
+                    versions.push((c, version, tombstone));
                 }
                 _ => tracing::warn!(key, size, "unexpected object among the chunks: ignored"),
+            }
+        }
+        let data = match self.layout {
+            format::ChunkLayout::Versioned => self.note_listed(&mut cache, versions),
+            format::ChunkLayout::Flat => versions.iter().map(|(c, _, _)| *c).collect(),
+        };
+        for c in data {
+            cache.exists.insert(c);
+            cache.known.insert(c);
+            let version = cache.live.get(&c).copied().unwrap_or(0);
+            if let Some(etag) = etags.get(&(c, version)) {
+                cache.versions.insert(c, disk_cache::version_of(etag));
             }
         }
         tracing::info!(volume = %self.url, chunks = cache.exists.len(), "volume opened");
@@ -1048,7 +1095,9 @@ impl S3Volume {
             let dirty: Vec<u64> = self.dirty_chunks();
             self.merge_chunks(&dirty).await?;
             let _no_uploads = self.upload_lock.lock().await;
-            self.delete_settled_logs().await
+            self.delete_settled_logs().await?;
+            self.sweep_garbage().await;
+            Ok(())
         };
         let kept = match merged.await {
             Ok(()) => Ok(()),
@@ -1164,6 +1213,7 @@ async fn background(volume: Weak<S3Volume>) {
             return;
         }
         v.background_flush().await;
+        v.sweep_garbage().await;
         since_report += interval;
         // Counters go to the log once a minute while the volume is busy.
         let requests = v.s3_stats.requests();
@@ -1199,12 +1249,18 @@ impl BlockStore for S3Volume {
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.write_impl(offset, data, fua))
+        Box::pin(async move {
+            let _gate = self.snapshot_gate.read().await;
+            self.write_impl(offset, data, fua).await
+        })
     }
 
     fn write_atomic(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, StoreResult<()>> {
         // Durable on return (its own log), so FUA or not makes no difference.
-        Box::pin(self.write_atomic_impl(offset, data))
+        Box::pin(async move {
+            let _gate = self.snapshot_gate.read().await;
+            self.write_atomic_impl(offset, data).await
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, StoreResult<()>> {
@@ -1212,7 +1268,10 @@ impl BlockStore for S3Volume {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(self.unmap_impl(offset, len))
+        Box::pin(async move {
+            let _gate = self.snapshot_gate.read().await;
+            self.unmap_impl(offset, len).await
+        })
     }
 
     fn mapped_extents(&self, offset: u64, len: u64) -> BoxFuture<'_, StoreResult<Vec<Extent>>> {
@@ -1285,6 +1344,7 @@ impl BlockStore for S3Volume {
             "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
             "flush_latency_max_us": l(&self.stats.flush_micros_max),
             "chunks_deleted": l(&self.stats.chunks_deleted),
+            "versions_swept": l(&self.stats.versions_swept),
             "journal": self.opts.journal.is_some(),
             "journal_logs": self.journal_log_count(),
             "journal_bytes": self.journal_bytes(&self.cache()),

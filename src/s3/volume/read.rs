@@ -192,37 +192,34 @@ impl S3Volume {
         Ok(got)
     }
 
+    /// GETs (part of) the object that holds chunk `c` now. A version superseded and swept
+    /// while the GET was on its way is gone: then the newer one is read.
+    async fn get_chunk(
+        &self,
+        c: u64,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<crate::s3::GetOutput, ObjectError> {
+        let mut key = self.chunk_key_now(&self.cache(), c).ok_or(ObjectError::NotFound)?;
+        loop {
+            match self.store.get(&key, range.clone()).await {
+                Err(ObjectError::NotFound) => match self.chunk_key_now(&self.cache(), c) {
+                    Some(now) if now != key => key = now,
+                    _ => return Err(ObjectError::NotFound),
+                },
+                got => return got,
+            }
+        }
+    }
+
     /// Fetches whole segments `[seg_from, seg_to)` of chunk `c` from the store, and verifies
     /// them.
     async fn fetch_from_store(&self, c: u64, seg_from: u64, seg_to: u64) -> Result<Fetched, ObjectError> {
         let chunk_len = self.chunk_len(c);
         let whole = seg_from == 0 && seg_to == chunk_len;
         let range = if whole { None } else { Some(seg_from..seg_to) };
-        let out = self.store.get(&format::chunk_key(&self.url, c), range).await?;
-        let corrupt = |why: String| ObjectError::failed(format!("chunk {c} of {}: {why}", self.url));
-        if out.body.len() as u64 != seg_to - seg_from {
-            return Err(corrupt(format!("expected {} bytes, got {}", seg_to - seg_from, out.body.len())));
-        }
-        if out.meta.size != chunk_len {
-            return Err(corrupt(format!("object is {} bytes, chunks are {chunk_len}", out.meta.size)));
-        }
-        let crcs = out
-            .meta
-            .metadata
-            .get(format::CRC_METADATA)
-            .and_then(|v| format::parse_checksums(v))
-            .ok_or_else(|| corrupt("missing or unreadable checksums".into()))?;
-        let mut at = seg_from;
-        while at < seg_to {
-            let i = (at / self.segment) as usize;
-            let n = self.segment.min(seg_to - at);
-            let want = crcs.get(i).copied();
-            let got = crc32c::crc32c(&out.body[(at - seg_from) as usize..(at - seg_from + n) as usize]);
-            if want != Some(got) {
-                return Err(corrupt(format!("checksum mismatch in segment {i}")));
-            }
-            at += n;
-        }
+        let out = self.get_chunk(c, range).await?;
+        format::verify_segments(&out, chunk_len, seg_from..seg_to, self.segment)
+            .map_err(|why| ObjectError::failed(format!("chunk {c} of {}: {why}", self.url)))?;
         let version = out.meta.etag.as_deref().map(super::disk_cache::version_of);
         Ok(Fetched { at: seg_from, data: out.body, version })
     }

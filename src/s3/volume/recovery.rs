@@ -260,10 +260,14 @@ impl S3Volume {
 
     /// The log sequence number a chunk object includes (0 when it does not exist).
     pub(super) async fn chunk_stamp(&self, c: u64) -> Result<u64, String> {
-        if !self.cache().exists.contains(&c) {
-            return Ok(0);
-        }
-        match self.store.head(&format::chunk_key(&self.url, c)).await {
+        let key = {
+            let cache = self.cache();
+            match cache.exists.contains(&c).then(|| self.chunk_key_now(&cache, c)).flatten() {
+                Some(key) => key,
+                None => return Ok(0),
+            }
+        };
+        match self.store.head(&key).await {
             Ok(meta) => Ok(format::chunk_stamp(&meta.metadata)),
             Err(ObjectError::NotFound) => Ok(0),
             Err(e) => Err(format!("cannot read chunk {c}: {e}")),

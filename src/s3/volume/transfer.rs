@@ -27,7 +27,7 @@ fn pieces(len: u64) -> impl Iterator<Item = (u64, u64)> {
 
 /// Writes the volume's mapped data into `file` (which must be empty or a device at least as
 /// large); returns the bytes read from the volume.
-pub async fn export_volume(volume: &S3Volume, file: &File, progress: Progress<'_>) -> Result<u64, String> {
+pub async fn export_volume(volume: &dyn BlockStore, file: &File, progress: Progress<'_>) -> Result<u64, String> {
     let size = volume.capacity();
     if file.metadata().map_err(|e| e.to_string())?.is_file() {
         file.set_len(size).map_err(|e| format!("cannot size the file: {e}"))?;
@@ -202,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         let file = File::options().read(true).write(true).create_new(true).open(&path).unwrap();
-        let exported = export_volume(&v, &file, &|_, _| {}).await.unwrap();
+        let exported = export_volume(&*v, &file, &|_, _| {}).await.unwrap();
         assert!(exported < SIZE / 2, "only mapped pieces are read: {exported}");
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), SIZE);

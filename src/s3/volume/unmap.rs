@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::cache::{Bits, Entry, PAGE};
-use super::format;
 use super::{DELETE_BATCH, S3Volume, store_err};
 use crate::storage::{StoreError, StoreResult};
 
@@ -62,6 +61,11 @@ impl S3Volume {
                 e.last_used = generation;
                 cache.entries.insert(c, e);
             }
+            // Counted as a write: a SYNCHRONIZE CACHE after an UNMAP whose deletions failed
+            // must make its zeros durable, not find every write durable already.
+            if !existing.is_empty() {
+                cache.writes += 1;
+            }
             existing
         };
         self.released.notify_waiters();
@@ -98,18 +102,17 @@ impl S3Volume {
         };
         let mut failed: BTreeMap<u64, StoreError> = BTreeMap::new();
         if !present.is_empty() {
-            let keys: Vec<String> = present.iter().map(|c| format::chunk_key(&self.url, *c)).collect();
-            let results = self.store.delete_many(keys).await.map_err(|e| store_err(e, true))?;
-            for (c, (_, r)) in present.iter().zip(results) {
+            let results = self.delete_chunk_objects(&present).await.map_err(|e| store_err(e, true))?;
+            for (c, r) in results {
                 match r {
                     Ok(()) => {
                         self.stats.chunks_deleted.fetch_add(1, Ordering::Relaxed);
                         let mut cache = self.cache();
-                        cache.exists.remove(c);
-                        cache.known.remove(c);
+                        cache.exists.remove(&c);
+                        cache.known.remove(&c);
                     }
                     Err(e) => {
-                        failed.insert(*c, store_err(e, true));
+                        failed.insert(c, store_err(e, true));
                     }
                 }
             }

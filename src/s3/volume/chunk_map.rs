@@ -1,0 +1,281 @@
+//! Where each chunk's data lives. A volume of the versioned layout (format 3) never
+//! overwrites a chunk object: every merge writes a new version, `chunks/<index>/<version>`,
+//! and the newest version of a chunk is its data. Versions are `epoch << EPOCH_SHIFT |
+//! counter`, so a later open (or a taker of the lease) always writes newer ones than an
+//! earlier holder. Older versions are garbage, deleted in batches in the background, unless a
+//! snapshot holds them (`snapshot.rs`). Volumes of formats 1 and 2 keep one object per chunk,
+//! `chunks/<index>`, overwritten in place.
+//!
+//! A chunk that becomes all zeros loses its versions, the older ones first and the newest
+//! last, so that no older version is ever the newest while the data is newer. If a snapshot
+//! holds one of them, a tombstone (an empty version) is written instead: it is the newest, and
+//! reads as zeros. A tombstone goes once no older version is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::S3Volume;
+use super::cache::Cache;
+use super::format::{self, ChunkLayout, EPOCH_SHIFT};
+use crate::s3::{Condition, ObjectError};
+
+/// Objects deleted by one request.
+const SWEEP_BATCH: usize = 1000;
+
+/// How a chunk object's PUT ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Landed {
+    Yes,
+    /// Indeterminate: it may be there.
+    Maybe,
+}
+
+/// An object of a chunk: the chunk's index, the object's key.
+type ChunkKey = (u64, String);
+
+/// Per chunk, how the deletion of its objects ended.
+pub(super) type Deletions = Vec<(u64, Result<(), ObjectError>)>;
+
+impl S3Volume {
+    /// The version numbers of this open begin after its epoch's.
+    pub(super) fn start_versions(&self, epoch: u64) {
+        self.next_version.store(epoch << EPOCH_SHIFT, Ordering::SeqCst);
+    }
+
+    /// The key a new object of chunk `c` goes to: a new version, or the chunk's one key.
+    pub(super) fn new_chunk_key(&self, c: u64) -> (String, Option<u64>) {
+        match self.layout {
+            ChunkLayout::Flat => (format::chunk_key(&self.url, c), None),
+            ChunkLayout::Versioned => {
+                let version = self.next_version.fetch_add(1, Ordering::SeqCst) + 1;
+                (format::chunk_version_key(&self.url, c, version), Some(version))
+            }
+        }
+    }
+
+    /// The key that holds chunk `c`'s data now (None: no object holds it).
+    pub(super) fn chunk_key_now(&self, cache: &Cache, c: u64) -> Option<String> {
+        match self.layout {
+            ChunkLayout::Flat => Some(format::chunk_key(&self.url, c)),
+            ChunkLayout::Versioned => cache.live.get(&c).map(|&v| format::chunk_version_key(&self.url, c, v)),
+        }
+    }
+
+    /// Records that a PUT of data `version` of chunk `c` ended as `landed`. A version that
+    /// landed is the chunk's data from now on, and what it replaced is garbage (unless a
+    /// snapshot holds it); one that may have landed is garbage (the cache still holds what it
+    /// has), unless the chunk had no object.
+    pub(super) fn note_chunk_put(&self, cache: &mut Cache, c: u64, version: Option<u64>, landed: Landed) {
+        let Some(version) = version else { return };
+        match landed {
+            Landed::Yes => {
+                if let Some(old) = cache.live.insert(c, version) {
+                    supersede(cache, c, old);
+                }
+                if let Some(tombstone) = cache.tombstones.remove(&c) {
+                    supersede(cache, c, tombstone);
+                }
+            }
+            Landed::Maybe if cache.live.contains_key(&c) => supersede(cache, c, version),
+            Landed::Maybe => {
+                cache.live.insert(c, version);
+            }
+        }
+    }
+
+    /// Builds the chunk map from the listed versions `(chunk, version, is a tombstone)`: the
+    /// newest version of each chunk is its data (or its zeros), the others are garbage unless
+    /// a snapshot holds them. Returns the chunks that hold data.
+    pub(super) fn note_listed(&self, cache: &mut Cache, listed: Vec<(u64, u64, bool)>) -> BTreeSet<u64> {
+        let mut newest: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+        let mut older: Vec<(u64, u64)> = Vec::new();
+        for (c, v, tombstone) in listed {
+            match newest.get(&c) {
+                Some(&(n, _)) if n > v => older.push((c, v)),
+                Some(&(n, _)) => {
+                    older.push((c, n));
+                    newest.insert(c, (v, tombstone));
+                }
+                None => {
+                    newest.insert(c, (v, tombstone));
+                }
+            }
+        }
+        for (c, v) in older {
+            supersede(cache, c, v);
+        }
+        let mut data = BTreeSet::new();
+        for (c, (v, tombstone)) in newest {
+            if tombstone {
+                cache.tombstones.insert(c, v);
+            } else {
+                cache.live.insert(c, v);
+                data.insert(c);
+            }
+        }
+        data
+    }
+
+    /// Makes the chunks `chunks` (zero now) read as zeros in the store: each loses its
+    /// versions, or gets a tombstone if a snapshot holds one of them. A chunk whose deletion
+    /// failed keeps whatever is left in the map (still the newest first).
+    pub(super) async fn delete_chunk_objects(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
+        let held: Vec<u64> = {
+            let cache = self.cache();
+            chunks.iter().copied().filter(|c| cache.retained.get(c).is_some_and(|v| !v.is_empty())).collect()
+        };
+        let free: Vec<u64> = chunks.iter().copied().filter(|c| !held.contains(c)).collect();
+        let mut outcome = self.delete_all_versions(&free).await?;
+        for c in held {
+            outcome.push((c, self.put_tombstone(c).await));
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes every version of `chunks`: older versions first, then the newest.
+    async fn delete_all_versions(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
+        let (older, newest): (Vec<ChunkKey>, Vec<ChunkKey>) = {
+            let cache = self.cache();
+            let key = |c: u64, v: u64| (c, format::chunk_version_key(&self.url, c, v));
+            let older = chunks
+                .iter()
+                .flat_map(|&c| cache.garbage.get(&c).into_iter().flatten().map(move |&v| key(c, v)))
+                .collect();
+            let newest = chunks
+                .iter()
+                .flat_map(|&c| {
+                    let tombstone = cache.tombstones.get(&c).map(|&v| key(c, v));
+                    self.chunk_key_now(&cache, c).map(|k| (c, k)).into_iter().chain(tombstone)
+                })
+                .collect();
+            (older, newest)
+        };
+        let mut outcome: Deletions = Vec::new();
+        let mut failed: BTreeSet<u64> = BTreeSet::new();
+        for (c, result) in self.delete_keys(older).await? {
+            if let Err(e) = result
+                && failed.insert(c)
+            {
+                outcome.push((c, Err(e)));
+            }
+        }
+        for &c in chunks.iter().filter(|c| !failed.contains(c)) {
+            self.cache().garbage.remove(&c);
+        }
+        let newest: Vec<(u64, String)> = newest.into_iter().filter(|(c, _)| !failed.contains(c)).collect();
+        for (c, result) in self.delete_keys(newest).await? {
+            if let Err(e) = result
+                && failed.insert(c)
+            {
+                outcome.push((c, Err(e)));
+            }
+        }
+        let mut cache = self.cache();
+        for &c in chunks.iter().filter(|c| !failed.contains(c)) {
+            cache.live.remove(&c);
+            cache.tombstones.remove(&c);
+            outcome.push((c, Ok(())));
+        }
+        Ok(outcome)
+    }
+
+    /// Writes a tombstone as chunk `c`'s newest version; what it replaces is garbage unless
+    /// a snapshot holds it.
+    async fn put_tombstone(&self, c: u64) -> Result<(), ObjectError> {
+        let (key, version) = self.new_chunk_key(c);
+        let version = version.expect("versioned layout: only its snapshots hold versions");
+        let result = self.store.put(&key, Bytes::new(), BTreeMap::new(), Condition::None).await;
+        let mut cache = self.cache();
+        match &result {
+            Ok(_) => {
+                if let Some(old) = cache.live.remove(&c) {
+                    supersede(&mut cache, c, old);
+                }
+                if let Some(old) = cache.tombstones.insert(c, version) {
+                    supersede(&mut cache, c, old);
+                }
+            }
+            // It may be there (a failure may hide an attempt that landed): garbage. The chunk
+            // stays dirty and zero in the cache, with its zero record in a log.
+            Err(_) => supersede(&mut cache, c, version),
+        }
+        result.map(|_| ())
+    }
+
+    /// Deletes `keys` (each of a chunk) in batches; a key already gone is deleted. Answers in
+    /// the order asked.
+    async fn delete_keys(&self, keys: Vec<(u64, String)>) -> Result<Deletions, ObjectError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(SWEEP_BATCH) {
+            let names: Vec<String> = batch.iter().map(|(_, k)| k.clone()).collect();
+            let mut results: BTreeMap<String, Result<(), ObjectError>> =
+                self.store.delete_many(names).await?.into_iter().collect();
+            for (c, key) in batch {
+                let result =
+                    results.remove(key).unwrap_or_else(|| Err(ObjectError::failed(format!("{key}: no answer"))));
+                out.push((*c, result.or_else(|e| if matches!(e, ObjectError::NotFound) { Ok(()) } else { Err(e) })));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the garbage versions known now, then the tombstones with no older version
+    /// left, in batches. A failure leaves them for the next sweep: garbage costs storage,
+    /// never correctness.
+    pub(super) async fn sweep_garbage(&self) {
+        if self.cache().sweep_blocked || self.lease.check("a sweep").is_err() {
+            return;
+        }
+        let versions: Vec<(u64, u64)> = {
+            let cache = self.cache();
+            cache.garbage.iter().flat_map(|(&c, versions)| versions.iter().map(move |&v| (c, v))).collect()
+        };
+        self.sweep(versions, false).await;
+        let tombstones: Vec<(u64, u64)> = {
+            let cache = self.cache();
+            let alone = |c: &u64| !cache.garbage.contains_key(c) && !cache.retained.contains_key(c);
+            cache.tombstones.iter().filter(|(c, _)| alone(c)).map(|(&c, &v)| (c, v)).collect()
+        };
+        self.sweep(tombstones, true).await;
+    }
+
+    async fn sweep(&self, versions: Vec<(u64, u64)>, tombstones: bool) {
+        for batch in versions.chunks(SWEEP_BATCH) {
+            let keys = batch.iter().map(|&(c, v)| (c, format::chunk_version_key(&self.url, c, v))).collect();
+            let results = match self.delete_keys(keys).await {
+                Ok(results) => results,
+                Err(e) => {
+                    tracing::debug!(volume = %self.url, error = %e, "garbage sweep failed; retried later");
+                    return;
+                }
+            };
+            let mut cache = self.cache();
+            for (&(c, v), (_, result)) in batch.iter().zip(results) {
+                if result.is_err() {
+                    continue;
+                }
+                self.stats.versions_swept.fetch_add(1, Ordering::Relaxed);
+                if tombstones {
+                    if cache.tombstones.get(&c) == Some(&v) {
+                        cache.tombstones.remove(&c);
+                    }
+                } else if let Some(left) = cache.garbage.get_mut(&c) {
+                    left.remove(&v);
+                    if left.is_empty() {
+                        cache.garbage.remove(&c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Version `v` of chunk `c` no longer holds the chunk's data: garbage, unless a snapshot
+/// holds it.
+pub(super) fn supersede(cache: &mut Cache, c: u64, v: u64) {
+    if !cache.retained.get(&c).is_some_and(|held| held.contains(&v)) {
+        cache.garbage.entry(c).or_default().insert(v);
+    }
+}

@@ -1,0 +1,144 @@
+//! The versioned layout: every merge writes a new version of its chunk, the newest version is
+//! the chunk's data (after a crash too), superseded ones are swept, and a read that raced a
+//! sweep reads the newer version, never zeros.
+
+use super::*;
+
+const CHUNK_64K: u64 = 64 * 1024;
+
+fn fill(byte: u8) -> Bytes {
+    Bytes::from(vec![byte; CHUNK_64K as usize])
+}
+
+/// The keys of chunk `c`'s versions in the store, oldest first.
+fn versions(h: &Harness, c: u64) -> Vec<String> {
+    let prefix = format!("{}/", format::chunk_key(&url(), c));
+    h.chunk_objects().into_keys().filter(|k| k.starts_with(&prefix)).collect()
+}
+
+/// Writes chunk 0 full of `byte` and merges it.
+async fn merged(v: &S3Volume, byte: u8) {
+    v.write(0, fill(byte), false).await.unwrap();
+    v.merge_chunk(0).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merge_writes_a_new_version_and_the_sweep_deletes_the_old() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    assert_eq!(v.meta().layout(), format::ChunkLayout::Versioned);
+    merged(&v, 1).await;
+    let first = versions(&h, 0);
+    assert_eq!(first.len(), 1);
+    merged(&v, 2).await;
+    let both = versions(&h, 0);
+    assert_eq!(both.len(), 2, "the older version is garbage until swept");
+    assert_eq!(both[0], first[0], "versions grow: the new one sorts last");
+    assert!(h.mem.objects()[&first[0]] == fill(1), "a version is never overwritten");
+    v.sweep_garbage().await;
+    assert_eq!(versions(&h, 0), both[1..]);
+    assert!(v.read(0, CHUNK_64K as usize).await.unwrap() == fill(2), "read back other data");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_newest_version_wins_after_a_crash_and_the_rest_is_swept() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    merged(&v, 1).await;
+    merged(&v, 2).await;
+    v.simulate_crash();
+    drop(v);
+    assert_eq!(versions(&h, 0).len(), 2, "the crash left the older version behind");
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    assert!(v.read(0, CHUNK_64K as usize).await.unwrap() == fill(2), "read back other data");
+    // A version taken by this open sorts after every version of the last.
+    merged(&v, 3).await;
+    v.sweep_garbage().await;
+    let left = versions(&h, 0);
+    assert_eq!(left.len(), 1);
+    assert!(h.mem.objects()[&left[0]] == fill(3), "the newest version holds other data");
+    v.close().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zeroed_chunk_loses_every_version_and_older_ones_never_resurface() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    merged(&v, 1).await;
+    merged(&v, 2).await;
+    // The newest version cannot be deleted: the older one goes, the newest stays the data.
+    let newest = versions(&h, 0).pop().unwrap();
+    h.mem.refuse_deletes(Some(&newest));
+    // A FUA write of zeros: a zero record in a log, then the deletions (which fail).
+    assert!(v.write(0, Bytes::from(vec![0u8; CHUNK_64K as usize]), true).await.is_err());
+    assert_eq!(versions(&h, 0), vec![newest.clone()]);
+    v.simulate_crash();
+    drop(v);
+    h.mem.refuse_deletes(None);
+    // The write failed: the chunk reads as before it or as zeros, never as the older version.
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    let read = v.read(0, CHUNK_64K as usize).await.unwrap();
+    assert!(read == fill(2) || read.iter().all(|&b| b == 0), "read {} after the crash", read[0]);
+    v.write(0, Bytes::from(vec![0u8; CHUNK_64K as usize]), true).await.unwrap();
+    v.close().await.unwrap();
+    assert!(versions(&h, 0).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_raced_a_sweep_reads_the_newer_version() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    merged(&v, 1).await;
+    v.close().await.unwrap();
+    drop(v);
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap(); // nothing cached
+    let old = versions(&h, 0).pop().unwrap();
+    h.mem.hold_gets(&old);
+    let reader = tokio::spawn({
+        let v = v.clone();
+        async move { v.read(0, 4096).await }
+    });
+    while h.mem.gets_waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    merged(&v, 7).await;
+    v.sweep_garbage().await;
+    assert!(!h.mem.objects().contains_key(&old), "the version the read is after is gone");
+    h.mem.release_all();
+    let raced = reader.await.unwrap().unwrap();
+    assert!(
+        raced.iter().all(|&b| b == 1) || raced.iter().all(|&b| b == 7),
+        "read {} (zeros: the retry is gone)",
+        raced[0]
+    );
+    v.close().await.unwrap();
+}
+
+/// A volume of the flat layout (formats 1 and 2) keeps one object per chunk, overwritten.
+#[tokio::test(start_paused = true)]
+async fn a_flat_volume_keeps_one_object_per_chunk() {
+    let h = Harness::new();
+    let flat = VolumeMeta {
+        format_version: format::FLAT_FORMAT_VERSION,
+        size: 4 * CHUNK_64K,
+        block_size: BS as u32,
+        chunk_size: CHUNK_64K,
+        uuid: "00000000-0000-4000-a000-000000000001".into(),
+        created_unix_secs: 0,
+        epoch: 0,
+        journal_node: None,
+        encryption: None,
+    };
+    h.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    assert_eq!(v.meta().layout(), format::ChunkLayout::Flat);
+    merged(&v, 1).await;
+    merged(&v, 2).await;
+    assert_eq!(h.chunk_objects().into_keys().collect::<Vec<_>>(), vec![format::chunk_key(&url(), 0)]);
+    v.close().await.unwrap();
+    drop(v);
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    assert!(v.read(0, CHUNK_64K as usize).await.unwrap() == fill(2), "read back other data");
+    v.close().await.unwrap();
+}

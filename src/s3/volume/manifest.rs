@@ -1,0 +1,174 @@
+//! The snapshot manifest: `snapshots/<name>.json` beside a volume of the versioned layout,
+//! the chunk versions that held the volume's data when the snapshot was taken. A snapshot
+//! is nothing but this object: the versions it names are kept (never swept) while it exists.
+//! Pure: no I/O, so every rule here is checked by unit tests.
+//!
+//! The body is JSON with a format number; its CRC32C travels in the object's metadata
+//! ([`super::format::CRC_METADATA`]), so a damaged manifest is refused, never read as a
+//! snapshot with chunks missing (which would read as zeros).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::format::CRC_METADATA;
+use crate::s3::url::S3Url;
+
+/// Where the manifests live, under the volume's prefix.
+pub const SNAPSHOTS_DIR: &str = "snapshots/";
+/// The manifest format this rtgt writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Longest snapshot name.
+const NAME_MAX: usize = 64;
+
+/// A snapshot's name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a dot (so it is a
+/// plain object name, and a URL's `@name` never needs escaping).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotName(String);
+
+impl SnapshotName {
+    pub fn parse(name: &str) -> Result<SnapshotName, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if name.is_empty() || name.len() > NAME_MAX || name.starts_with('.') || !name.chars().all(allowed) {
+            return Err(format!(
+                "snapshot name {name:?}: 1 to {NAME_MAX} letters, digits, '.', '_' or '-', not starting with '.'"
+            ));
+        }
+        Ok(SnapshotName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Splits `s3://bucket/volume@name` into the volume's URL and the snapshot's name.
+    pub fn split_url(url: &str) -> Result<(&str, Option<SnapshotName>), String> {
+        match url.rsplit_once('@') {
+            Some((volume, name)) if !name.contains('/') => Ok((volume, Some(SnapshotName::parse(name)?))),
+            _ => Ok((url, None)),
+        }
+    }
+}
+
+impl TryFrom<String> for SnapshotName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        SnapshotName::parse(&s)
+    }
+}
+
+impl From<SnapshotName> for String {
+    fn from(n: SnapshotName) -> String {
+        n.0
+    }
+}
+
+impl std::fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A frozen view of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: SnapshotName,
+    /// The volume's uuid: a manifest copied beside another volume is refused.
+    pub volume_uuid: String,
+    pub created_unix_secs: u64,
+    /// The volume's size when the snapshot was taken (a later resize does not change it).
+    pub size: u64,
+    /// Per chunk holding data: the version that held it. Chunks absent read as zeros.
+    pub chunks: BTreeMap<u64, u64>,
+}
+
+impl Manifest {
+    pub fn key(url: &S3Url, name: &SnapshotName) -> String {
+        url.key(&format!("{SNAPSHOTS_DIR}{name}.json"))
+    }
+
+    /// The name in a manifest's key below `dir` (the volume's `snapshots/` prefix).
+    pub fn name_of_key(key: &str, dir: &str) -> Option<SnapshotName> {
+        SnapshotName::parse(key.strip_prefix(dir)?.strip_suffix(".json")?).ok()
+    }
+
+    /// The body and metadata of the manifest object.
+    pub fn encode(&self) -> (Bytes, BTreeMap<String, String>) {
+        let body = serde_json::to_vec(self).expect("a manifest serializes");
+        let crc = crc32c::crc32c(&body).to_string();
+        (Bytes::from(body), BTreeMap::from([(CRC_METADATA.to_string(), crc)]))
+    }
+
+    /// Parses and checks a manifest object of the volume `uuid`.
+    pub fn parse(body: &[u8], metadata: &BTreeMap<String, String>, uuid: &str) -> Result<Manifest, String> {
+        let crc = metadata.get(CRC_METADATA).and_then(|c| c.parse::<u32>().ok());
+        if crc != Some(crc32c::crc32c(body)) {
+            return Err("damaged snapshot manifest (its checksum does not match)".into());
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(body).map_err(|e| format!("unreadable snapshot manifest: {e}"))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "snapshot manifest format {}, this rtgt reads format {MANIFEST_FORMAT}",
+                manifest.format
+            ));
+        }
+        if manifest.volume_uuid != uuid {
+            return Err(format!("snapshot {} belongs to volume {}, not {uuid}", manifest.name, manifest.volume_uuid));
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            name: SnapshotName::parse("before-upgrade_1.2").unwrap(),
+            volume_uuid: "u".into(),
+            created_unix_secs: 5,
+            size: 1 << 30,
+            chunks: BTreeMap::from([(0, 7), (9, 1 << 40)]),
+        }
+    }
+
+    #[test]
+    fn a_manifest_round_trips_and_damage_or_strangers_are_refused() {
+        let m = manifest();
+        let (body, meta) = m.encode();
+        assert_eq!(Manifest::parse(&body, &meta, "u").unwrap(), m);
+        let mut flipped = body.to_vec();
+        flipped[10] ^= 1;
+        assert!(Manifest::parse(&flipped, &meta, "u").unwrap_err().contains("damaged"));
+        assert!(Manifest::parse(&body, &BTreeMap::new(), "u").unwrap_err().contains("damaged"));
+        assert!(Manifest::parse(&body, &meta, "other").unwrap_err().contains("belongs to"));
+        let later = Manifest { format: MANIFEST_FORMAT + 1, ..m };
+        let (body, meta) = later.encode();
+        assert!(Manifest::parse(&body, &meta, "u").unwrap_err().contains("format"));
+    }
+
+    #[test]
+    fn names_are_plain_object_names() {
+        for good in ["a", "daily-2026-12-05", "v1.2_x", &"n".repeat(64)] {
+            assert!(SnapshotName::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "a/b", "a b", "é", &"n".repeat(65), "x@y"] {
+            assert!(SnapshotName::parse(bad).is_err(), "{bad}");
+        }
+        let url = S3Url::parse("s3://bkt/vol").unwrap();
+        let name = SnapshotName::parse("s1").unwrap();
+        let key = Manifest::key(&url, &name);
+        assert_eq!(key, "vol/snapshots/s1.json");
+        assert_eq!(Manifest::name_of_key(&key, "vol/snapshots/"), Some(name.clone()));
+        assert_eq!(Manifest::name_of_key("vol/snapshots/s1.tmp", "vol/snapshots/"), None);
+        assert_eq!(SnapshotName::split_url("s3://b/v@s1").unwrap(), ("s3://b/v", Some(name)));
+        assert_eq!(SnapshotName::split_url("s3://b/v").unwrap(), ("s3://b/v", None));
+        assert!(SnapshotName::split_url("s3://b/v@").is_err());
+    }
+}

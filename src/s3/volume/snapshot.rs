@@ -1,0 +1,208 @@
+//! Snapshots of a volume of the versioned layout: a snapshot is a manifest (`manifest.rs`)
+//! naming the chunk versions that held the volume's data when it was taken. Taking one copies
+//! no data: writes wait while every dirty chunk is merged (a flush that writes chunk versions
+//! instead of logs), the versions are noted, and the manifest is written. The versions a
+//! snapshot names are never swept while it exists; deleting it makes them garbage.
+//!
+//! Crash consistency: every write acknowledged before the snapshot began is in a chunk version
+//! it names; no write that began after it is. A crash before the manifest lands leaves no
+//! snapshot (its versions are garbage at the next open).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use super::format::ChunkLayout;
+use super::manifest::{MANIFEST_FORMAT, Manifest, SNAPSHOTS_DIR, SnapshotName};
+use super::{S3Volume, chunk_map};
+use crate::s3::url::S3Url;
+use crate::s3::{Condition, ObjectError, ObjectStore};
+
+/// Why a snapshot operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "{url} is of format {format} (made by an older rtgt), whose chunks are overwritten in place: \
+         snapshots need format 3 (export the volume and import it into a new one)"
+    )]
+    FlatLayout { url: String, format: u32 },
+    #[error("{url} already has a snapshot named {name}")]
+    Exists { url: String, name: SnapshotName },
+    #[error("{url} has no snapshot named {name}")]
+    NotFound { url: String, name: SnapshotName },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What `snapshot list` shows of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotSummary {
+    pub name: SnapshotName,
+    pub created_unix_secs: u64,
+    /// The volume's size when it was taken.
+    pub size: u64,
+    /// Chunks holding data in it.
+    pub chunks: u64,
+}
+
+impl From<&Manifest> for SnapshotSummary {
+    fn from(m: &Manifest) -> SnapshotSummary {
+        SnapshotSummary {
+            name: m.name.clone(),
+            created_unix_secs: m.created_unix_secs,
+            size: m.size,
+            chunks: m.chunks.len() as u64,
+        }
+    }
+}
+
+/// The snapshots beside the volume at `url` (of uuid `uuid`), read without opening it; an
+/// unreadable manifest is an error.
+pub async fn read_manifests(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<Vec<Manifest>, String> {
+    let dir = url.key(SNAPSHOTS_DIR);
+    let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
+    let mut out = Vec::new();
+    for object in listed {
+        let Some(name) = Manifest::name_of_key(&object.key, &dir) else { continue };
+        let got = store.get(&object.key, None).await.map_err(|e| format!("cannot read snapshot {name}: {e}"))?;
+        let manifest =
+            Manifest::parse(&got.body, &got.meta.metadata, uuid).map_err(|e| format!("snapshot {name}: {e}"))?;
+        if manifest.name != name {
+            return Err(format!("snapshot {name}: its manifest names {}", manifest.name));
+        }
+        out.push(manifest);
+    }
+    Ok(out)
+}
+
+impl S3Volume {
+    /// Loads the snapshots at open, before the chunk list (whose older versions are garbage
+    /// only if no snapshot holds them). A manifest that cannot be read stops every sweep.
+    pub(super) async fn load_snapshots(&self) -> Result<(), String> {
+        if self.layout == ChunkLayout::Flat {
+            return Ok(());
+        }
+        match read_manifests(&*self.store, &self.url, &self.uuid).await {
+            Ok(manifests) => {
+                let mut cache = self.cache();
+                for m in manifests {
+                    cache.snapshots.insert(m.name.clone(), Arc::new(m));
+                }
+                retain(&mut cache);
+                Ok(())
+            }
+            Err(e) if e.starts_with("cannot list") => Err(e),
+            Err(e) => {
+                tracing::warn!(volume = %self.url, error = %e, "a snapshot is unreadable: nothing is swept until it is mended or deleted");
+                self.cache().sweep_blocked = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The volume's snapshots, oldest name first.
+    pub fn snapshots(&self) -> Vec<SnapshotSummary> {
+        self.cache().snapshots.values().map(|m| SnapshotSummary::from(&**m)).collect()
+    }
+
+    /// Takes a snapshot named `name`: writes wait while every dirty chunk is merged.
+    pub async fn create_snapshot(&self, name: SnapshotName) -> Result<SnapshotSummary, SnapshotError> {
+        self.snapshots_possible()?;
+        if self.cache().snapshots.contains_key(&name) {
+            return Err(SnapshotError::Exists { url: self.url.to_string(), name });
+        }
+        let manifest = {
+            let _writes_wait = self.snapshot_gate.write().await;
+            self.lease.check("a snapshot").map_err(|e| SnapshotError::Failed(e.to_string()))?;
+            let dirty = self.dirty_chunks();
+            self.merge_chunks(&dirty).await.map_err(|e| SnapshotError::Failed(format!("cannot merge: {e}")))?;
+            let mut cache = self.cache();
+            if let Some(c) = cache.entries.iter().find(|(_, e)| !e.is_clean()).map(|(c, _)| *c) {
+                return Err(SnapshotError::Failed(format!("chunk {c} is still dirty after its merge")));
+            }
+            let chunks: BTreeMap<u64, u64> =
+                cache.live.iter().filter(|(c, _)| cache.exists.contains(c)).map(|(&c, &v)| (c, v)).collect();
+            let manifest = Arc::new(Manifest {
+                format: MANIFEST_FORMAT,
+                name: name.clone(),
+                volume_uuid: self.uuid.clone(),
+                created_unix_secs: self.clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+                size: self.capacity.load(std::sync::atomic::Ordering::Relaxed),
+                chunks,
+            });
+            // Held from now on: the merges of the writes that wait must not sweep them.
+            cache.snapshots.insert(name.clone(), manifest.clone());
+            retain(&mut cache);
+            manifest
+        };
+        let (body, metadata) = manifest.encode();
+        let key = Manifest::key(&self.url, &name);
+        match self.store.put(&key, body, metadata, Condition::IfNoneMatch).await {
+            Ok(_) => {
+                tracing::info!(volume = %self.url, snapshot = %name, chunks = manifest.chunks.len(), "snapshot taken");
+                Ok(SnapshotSummary::from(&*manifest))
+            }
+            Err(e) => {
+                // Another holder wrote that name (or maybe ours landed): keep the versions
+                // until the next open knows for sure.
+                if !matches!(e, ObjectError::Indeterminate(_)) {
+                    self.forget(&name);
+                }
+                Err(match e {
+                    ObjectError::PreconditionFailed => SnapshotError::Exists { url: self.url.to_string(), name },
+                    e => SnapshotError::Failed(format!("cannot write the manifest: {e}")),
+                })
+            }
+        }
+    }
+
+    /// Deletes the snapshot `name`: its versions that hold no data now become garbage.
+    pub async fn delete_snapshot(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
+        self.snapshots_possible()?;
+        if !self.cache().snapshots.contains_key(name) {
+            return Err(SnapshotError::NotFound { url: self.url.to_string(), name: name.clone() });
+        }
+        self.lease.check("a snapshot deletion").map_err(|e| SnapshotError::Failed(e.to_string()))?;
+        // The manifest first: once it is gone, nothing holds the versions.
+        match self.store.delete(&Manifest::key(&self.url, name)).await {
+            Ok(()) | Err(ObjectError::NotFound) => {}
+            Err(e) => return Err(SnapshotError::Failed(format!("cannot delete the manifest: {e}"))),
+        }
+        self.forget(name);
+        tracing::info!(volume = %self.url, snapshot = %name, "snapshot deleted");
+        Ok(())
+    }
+
+    fn snapshots_possible(&self) -> Result<(), SnapshotError> {
+        match self.layout {
+            ChunkLayout::Versioned => Ok(()),
+            ChunkLayout::Flat => {
+                Err(SnapshotError::FlatLayout { url: self.url.to_string(), format: self.meta().format_version })
+            }
+        }
+    }
+
+    /// Drops a snapshot from memory: the versions only it held and that hold no data now
+    /// become garbage.
+    fn forget(&self, name: &SnapshotName) {
+        let mut cache = self.cache();
+        let Some(manifest) = cache.snapshots.remove(name) else { return };
+        retain(&mut cache);
+        for (&c, &v) in &manifest.chunks {
+            if cache.live.get(&c) != Some(&v) {
+                chunk_map::supersede(&mut cache, c, v);
+            }
+        }
+    }
+}
+
+/// Recomputes the versions the snapshots hold.
+fn retain(cache: &mut super::cache::Cache) {
+    let mut retained: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for m in cache.snapshots.values() {
+        for (&c, &v) in &m.chunks {
+            retained.entry(c).or_default().insert(v);
+        }
+    }
+    cache.retained = retained;
+}
