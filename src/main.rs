@@ -285,8 +285,7 @@ enum VolumeCommand {
 #[derive(Subcommand)]
 enum SnapshotCommand {
     /// Take a snapshot: rtgt volume snapshot create s3://bucket/volume NAME. Only while no
-    /// target serves the volume (a target takes them through its API:
-    /// POST /api/v1/targets/{iqn}/luns/{lun}/snapshots).
+    /// target serves the volume (the target serving it takes them: rtgt lun snapshot).
     Create {
         url: String,
         name: String,
@@ -302,7 +301,7 @@ enum SnapshotCommand {
         s3: S3Args,
     },
     /// Delete a snapshot: what only it held is deleted. Only while no target serves the
-    /// volume (through the target's API otherwise).
+    /// volume (the target serving it deletes them: rtgt lun delete-snapshot).
     Delete {
         url: String,
         name: String,
@@ -966,8 +965,8 @@ async fn open_for_snapshots(s3: &S3Args, url: &S3Url, key: Option<KeySource>) ->
     let opts = transfer_options(false, None, key);
     S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| match e {
         e @ rtgt::s3::volume::OpenError::HeldElsewhere { .. } => format!(
-            "{e}\n(a target serving the volume takes and deletes its snapshots through its API: \
-             POST /api/v1/targets/{{iqn}}/luns/{{lun}}/snapshots, DELETE .../snapshots/{{name}})"
+            "{e}\n(the target serving the volume takes and deletes its snapshots: \
+             rtgt lun snapshot|snapshots|delete-snapshot TARGET LUN [NAME], or its API)"
         ),
         e => e.to_string(),
     })

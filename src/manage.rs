@@ -103,6 +103,12 @@ pub enum LunCommand {
         #[arg(long)]
         size: String,
     },
+    /// Take a crash-consistent snapshot of a LUN's S3 volume while it is served.
+    Snapshot { target: String, lun: u16, name: String },
+    /// List the snapshots of a LUN's S3 volume.
+    Snapshots { target: String, lun: u16 },
+    /// Delete a snapshot of a LUN's S3 volume.
+    DeleteSnapshot { target: String, lun: u16, name: String },
 }
 
 /// The backend of a new LUN (the fields of `[[target.lun]]`).
@@ -405,7 +411,35 @@ pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
             ctx.done(&v, format!("LUN {lun} of {target} is now {}", Size(v["size"].as_u64().unwrap_or(0))));
             Ok(())
         }
+        LunCommand::Snapshot { target, lun, name } => {
+            let path = format!("/v1/targets/{}/luns/{lun}/snapshots", enc(&target));
+            let v = ctx.call("POST", &path, Some(json!({"name": name})))?;
+            ctx.done(&v, format!("snapshot {name} of LUN {lun} of {target}: {} chunks hold data", v["chunks"]));
+            Ok(())
+        }
+        LunCommand::Snapshots { target, lun } => {
+            let v = ctx.call("GET", &format!("/v1/targets/{}/luns/{lun}/snapshots", enc(&target)), None)?;
+            ctx.print(&v, snapshots_table);
+            Ok(())
+        }
+        LunCommand::DeleteSnapshot { target, lun, name } => {
+            let path = format!("/v1/targets/{}/luns/{lun}/snapshots/{}", enc(&target), enc(&name));
+            let v = ctx.call("DELETE", &path, None)?;
+            ctx.done(&v, format!("deleted snapshot {name} of LUN {lun} of {target}"));
+            Ok(())
+        }
     })
+}
+
+/// The snapshots of a LUN, a line each.
+fn snapshots_table(v: &Value) -> String {
+    let mut out = format!("{:<24} {:>20} {:>10} {:>8}\n", "NAME", "TAKEN (UNIX TIME)", "SIZE", "CHUNKS");
+    for s in v.as_array().into_iter().flatten() {
+        let size = Size(s["size"].as_u64().unwrap_or(0)).to_string();
+        let name = s["name"].as_str().unwrap_or("?");
+        out.push_str(&format!("{name:<24} {:>20} {size:>10} {:>8}\n", s["created_unix_secs"], s["chunks"]));
+    }
+    out
 }
 
 pub fn portal(args: &ApiArgs, command: PortalCommand) -> ExitCode {

@@ -521,3 +521,70 @@ fn the_api_can_serve_https() {
     let _ = child.wait();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Snapshots of a served S3 volume through the API and the CLI: taken while the target serves
+/// it, listed, refused twice under one name, exported through the CLI (which reads the snapshot
+/// without the volume's lease), and deleted; a LUN that takes none says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_of_a_served_volume_are_taken_through_the_api() {
+    let (dir, config, portal, api_port) = setup("snapshots");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[embedded_s3]\nlisten = \"off\"\n\n[[target]]\nname = \"{TARGET}\"\n\n\
+         [[target.lun]]\nlun = 0\nbackend = \"s3\"\nurl = \"s3://rtgt/snap\"\nendpoint = \"embedded\"\nsize = \"4MiB\"\ncreate = true\n\n\
+         [[target.lun]]\nlun = 1\nbackend = \"memory\"\nsize = \"1MiB\"\n"
+    ));
+    std::fs::write(&config, text).expect("config");
+    let serve = Serve::start(&config, api_port);
+    let session = login(portal, 0x1).await;
+    // The LUN opens in the background: NOT READY until it has.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while session.write(0, 0, bytes::Bytes::from(vec![0x11; 4096]), 512, false).await.is_err() {
+        assert!(Instant::now() < deadline, "LUN 0 never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = Client::new(&serve.api, Some(serve.token.clone())).expect("client");
+    let path = format!("/v1/targets/{TARGET}/luns/0/snapshots");
+    let taken = client.request("POST", &path, Some(&serde_json::json!({"name": "first"}))).expect("request");
+    assert_eq!(taken.status, 201, "{}", taken.body);
+    let again = client.request("POST", &path, Some(&serde_json::json!({"name": "first"}))).expect("request");
+    assert_eq!(again.status, 409, "{}", again.body);
+    let bad = client.request("POST", &path, Some(&serde_json::json!({"name": "a/b"}))).expect("request");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    // Written after the snapshot: not in it.
+    session.write(0, 0, bytes::Bytes::from(vec![0x22; 4096]), 512, false).await.expect("write");
+    let listed = serve.get(&path);
+    assert_eq!(listed[0]["name"], "first", "{listed}");
+    assert_eq!(listed[0]["size"], 4 << 20, "{listed}");
+    let memory = client.request("GET", &format!("/v1/targets/{TARGET}/luns/1/snapshots"), None).expect("request");
+    assert_eq!(memory.status, 409, "{}", memory.body);
+
+    // The same through the CLI.
+    let taken = ok(&serve.cli(&["lun", "snapshot", TARGET, "0", "second"]));
+    assert!(taken.contains("snapshot second of LUN 0"), "{taken}");
+    let listed = ok(&serve.cli(&["lun", "snapshots", TARGET, "0"]));
+    assert!(listed.contains("first") && listed.contains("second") && listed.contains("4MiB"), "{listed}");
+    ok(&serve.cli(&["lun", "delete-snapshot", TARGET, "0", "second"]));
+    let names: Vec<Value> = serve.get(&path).as_array().expect("a list").iter().map(|s| s["name"].clone()).collect();
+    assert_eq!(names, [serde_json::json!("first")]);
+    let missing = client.request("DELETE", &format!("{path}/second"), None).expect("request");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    session.logout().await.expect("logout");
+    assert!(serve.stop().success());
+
+    // The embedded store is free once the target stopped: the snapshot holds what was
+    // written before it.
+    let out_file = dir.join("first.img");
+    let out = Command::new(BIN)
+        .args(["volume", "export", "s3://rtgt/snap@first"])
+        .arg(&out_file)
+        .arg("--store-dir")
+        .arg(dir.join("s3"))
+        .output()
+        .expect("export");
+    let exported = ok(&out);
+    assert!(exported.contains("exported s3://rtgt/snap@first"), "{exported}");
+    let image = std::fs::read(&out_file).expect("the export");
+    assert!(image[..4096].iter().all(|&b| b == 0x11), "the snapshot does not hold the write before it");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -7,6 +7,7 @@ mod config_file;
 pub mod manager;
 pub mod metrics;
 pub mod paths;
+mod snapshots;
 pub mod tls;
 pub mod token;
 
@@ -17,12 +18,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{self, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub use manager::{ChangeError, Manager, write_atomically};
+use snapshots::{create_snapshot, delete_snapshot, list_snapshots};
 
 use crate::config::{LunConfig, PortalGroupConfig, Size, TargetConfig};
 use crate::server::Control;
@@ -105,6 +107,8 @@ pub fn router(manager: Arc<Manager>, token: Option<String>, hosts: AllowedHosts)
         .route("/v1/targets/{name}/luns", get(list_luns).post(create_lun))
         .route("/v1/targets/{name}/luns/{lun}", get(show_lun).delete(delete_lun))
         .route("/v1/targets/{name}/luns/{lun}/grow", post(grow_lun))
+        .route("/v1/targets/{name}/luns/{lun}/snapshots", get(list_snapshots).post(create_snapshot))
+        .route("/v1/targets/{name}/luns/{lun}/snapshots/{snapshot}", routing::delete(delete_snapshot))
         .route("/v1/portal-groups", get(list_portal_groups).post(create_portal_group))
         .route("/v1/portal-groups/{tag}", get(show_portal_group).delete(delete_portal_group))
         .route("/v1/portal-groups/{tag}/portals", post(add_portal))

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod null;
 pub mod pending;
 mod small_folios;
+pub mod snapshots;
 pub mod uring;
 
 use bytes::Bytes;
@@ -117,6 +118,10 @@ pub trait BlockStore: Send + Sync + 'static {
     }
     /// Switches between write-back (`true`) and write-through caching (MODE SELECT WCE).
     fn set_write_cache(&self, _enabled: bool) {}
+    /// The snapshots the store takes, if it takes any.
+    fn snapshots(&self) -> Option<&dyn snapshots::Snapshots> {
+        None
+    }
     /// Whether the store can serve media access now; why not otherwise (NOT READY).
     fn ready(&self) -> Result<(), String> {
         Ok(())

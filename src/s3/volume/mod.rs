@@ -1309,6 +1309,10 @@ impl BlockStore for S3Volume {
         })
     }
 
+    fn snapshots(&self) -> Option<&dyn crate::storage::snapshots::Snapshots> {
+        Some(self)
+    }
+
     fn set_write_cache(&self, enabled: bool) {
         self.write_back.store(enabled, Ordering::Relaxed);
     }

@@ -17,33 +17,8 @@ use super::manifest::{MANIFEST_FORMAT, Manifest, SNAPSHOTS_DIR, SnapshotName};
 use super::{S3Volume, chunk_map};
 use crate::s3::url::S3Url;
 use crate::s3::{Condition, ObjectError, ObjectStore};
-
-/// Why a snapshot operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    #[error(
-        "{url} is of format {format} (made by an older rtgt), whose chunks are overwritten in place: \
-         snapshots need format 3 (export the volume and import it into a new one)"
-    )]
-    FlatLayout { url: String, format: u32 },
-    #[error("{url} already has a snapshot named {name}")]
-    Exists { url: String, name: SnapshotName },
-    #[error("{url} has no snapshot named {name}")]
-    NotFound { url: String, name: SnapshotName },
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// What `snapshot list` shows of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SnapshotSummary {
-    pub name: SnapshotName,
-    pub created_unix_secs: u64,
-    /// The volume's size when it was taken.
-    pub size: u64,
-    /// Chunks holding data in it.
-    pub chunks: u64,
-}
+use crate::storage::BoxFuture;
+pub use crate::storage::snapshots::{SnapshotError, SnapshotSummary, Snapshots};
 
 impl From<&Manifest> for SnapshotSummary {
     fn from(m: &Manifest) -> SnapshotSummary {
@@ -109,7 +84,7 @@ impl S3Volume {
     pub async fn create_snapshot(&self, name: SnapshotName) -> Result<SnapshotSummary, SnapshotError> {
         self.snapshots_possible()?;
         if self.cache().snapshots.contains_key(&name) {
-            return Err(SnapshotError::Exists { url: self.url.to_string(), name });
+            return Err(SnapshotError::Exists { store: self.url.to_string(), name });
         }
         let manifest = {
             let _writes_wait = self.snapshot_gate.write().await;
@@ -149,7 +124,7 @@ impl S3Volume {
                     self.forget(&name);
                 }
                 Err(match e {
-                    ObjectError::PreconditionFailed => SnapshotError::Exists { url: self.url.to_string(), name },
+                    ObjectError::PreconditionFailed => SnapshotError::Exists { store: self.url.to_string(), name },
                     e => SnapshotError::Failed(format!("cannot write the manifest: {e}")),
                 })
             }
@@ -160,7 +135,7 @@ impl S3Volume {
     pub async fn delete_snapshot(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
         self.snapshots_possible()?;
         if !self.cache().snapshots.contains_key(name) {
-            return Err(SnapshotError::NotFound { url: self.url.to_string(), name: name.clone() });
+            return Err(SnapshotError::NotFound { store: self.url.to_string(), name: name.clone() });
         }
         self.lease.check("a snapshot deletion").map_err(|e| SnapshotError::Failed(e.to_string()))?;
         // The manifest first: once it is gone, nothing holds the versions.
@@ -176,9 +151,12 @@ impl S3Volume {
     fn snapshots_possible(&self) -> Result<(), SnapshotError> {
         match self.layout {
             ChunkLayout::Versioned => Ok(()),
-            ChunkLayout::Flat => {
-                Err(SnapshotError::FlatLayout { url: self.url.to_string(), format: self.meta().format_version })
-            }
+            ChunkLayout::Flat => Err(SnapshotError::Unsupported(format!(
+                "{} is of format {} (made by an older rtgt), whose chunks are overwritten in place: \
+                 snapshots need format 3 (export the volume and import it into a new one)",
+                self.url,
+                self.meta().format_version
+            ))),
         }
     }
 
@@ -193,6 +171,20 @@ impl S3Volume {
                 chunk_map::supersede(&mut cache, c, v);
             }
         }
+    }
+}
+
+impl Snapshots for S3Volume {
+    fn create_snapshot(&self, name: SnapshotName) -> BoxFuture<'_, Result<SnapshotSummary, SnapshotError>> {
+        Box::pin(S3Volume::create_snapshot(self, name))
+    }
+
+    fn delete_snapshot<'a>(&'a self, name: &'a SnapshotName) -> BoxFuture<'a, Result<(), SnapshotError>> {
+        Box::pin(S3Volume::delete_snapshot(self, name))
+    }
+
+    fn snapshots(&self) -> Vec<SnapshotSummary> {
+        S3Volume::snapshots(self)
     }
 }
 
