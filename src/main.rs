@@ -213,8 +213,9 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
-    /// Delete a volume: its chunks, logs and metadata, under its lease (refused while a
-    /// target serves it, unless --force takes the volume from that target).
+    /// Delete a volume: its chunks, logs, snapshots and metadata, under its lease (refused while
+    /// a target serves it or it has snapshots, unless --force takes the volume from that target
+    /// and deletes its snapshots).
     Delete {
         url: String,
         /// Take the volume from the target serving it (its writes from then on fail).
@@ -802,7 +803,13 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             let holder = format!("{}/{}/volume-delete", rtgt::config::hostname(), std::process::id());
             let clock = std::sync::Arc::new(TokioClock::new());
             let deleted = rtgt::s3::volume::delete_volume(store, &url, force, clock, holder).await?;
-            println!("deleted {url}: {} chunks, {} logs, {} stored", deleted.chunks, deleted.logs, Size(deleted.bytes));
+            println!(
+                "deleted {url}: {} chunk objects, {} logs, {} snapshots, {} stored",
+                deleted.chunks,
+                deleted.logs,
+                deleted.snapshots,
+                Size(deleted.bytes)
+            );
             Ok(())
         }
         VolumeCommand::Rekey { url, key, new, s3 } => {

@@ -1,12 +1,14 @@
 //! Deleting a volume (`rtgt volume delete`): everything rtgt keeps under its prefix, under the
-//! volume's lease, so that no target opens it half deleted. A volume a live target holds is
-//! refused unless forced (the target is then fenced: its lease is taken).
+//! volume's lease, so that no target opens it half deleted. A volume a live target holds, or
+//! one with snapshots, is refused unless forced (the target is then fenced: its lease is taken;
+//! the snapshots go with the volume).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::format::{CHUNKS_DIR, LEASE_NAME, LOG_DIR, META_NAME, RESERVATIONS_NAME};
 use super::lease::{self, Identity, LeaseError, LeaseState, LeaseTiming};
+use super::manifest::{Manifest, SNAPSHOTS_DIR};
 use crate::clock::Clock;
 use crate::s3::url::S3Url;
 use crate::s3::{ObjectError, ObjectStore};
@@ -21,10 +23,12 @@ const DAMAGED_DIR: &str = "damaged/";
 pub struct Deleted {
     pub chunks: usize,
     pub logs: usize,
+    pub snapshots: usize,
     pub bytes: u64,
 }
 
-/// Deletes the volume at `url`. `force`: take the lease from a live holder instead of refusing.
+/// Deletes the volume at `url`. `force`: take the lease from a live holder, and delete the
+/// volume's snapshots, instead of refusing.
 pub async fn delete_volume(
     store: Arc<dyn ObjectStore>,
     url: &S3Url,
@@ -34,6 +38,14 @@ pub async fn delete_volume(
 ) -> Result<Deleted, String> {
     if super::S3Volume::read_meta(&*store, url).await?.is_none() {
         return Err(format!("no volume at {url}"));
+    }
+    let snapshots = snapshot_names(&*store, url).await?;
+    if !snapshots.is_empty() && !force {
+        return Err(format!(
+            "{url} has snapshots ({}): delete them first (rtgt volume snapshot delete), or delete them with the \
+             volume with --force",
+            snapshots.join(", ")
+        ));
     }
     let key = url.key(LEASE_NAME);
     let timing = LeaseTiming::new(Duration::from_secs(30), Duration::from_secs(10));
@@ -64,12 +76,16 @@ async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted
         let prefix = url.key(dir);
         async move { crate::s3::list_all(store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}")) }
     };
+    // The manifests first: a deletion cut short leaves no snapshot naming deleted versions.
+    let manifests = listed(SNAPSHOTS_DIR).await?;
+    delete_all(store, manifests.iter().map(|o| o.key.clone()).collect()).await?;
     let chunks = listed(CHUNKS_DIR).await?;
     let logs = listed(LOG_DIR).await?;
     let damaged = listed(DAMAGED_DIR).await?;
     let deleted = Deleted {
         chunks: chunks.len(),
         logs: logs.len(),
+        snapshots: manifests.len(),
         bytes: chunks.iter().chain(&logs).chain(&damaged).map(|o| o.size).sum(),
     };
     let mut keys: Vec<String> = chunks.into_iter().chain(logs).chain(damaged).map(|o| o.key).collect();
@@ -77,6 +93,13 @@ async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted
     keys.push(url.key(super::transfer::IMPORT_PROGRESS));
     delete_all(store, keys).await?;
     Ok(deleted)
+}
+
+/// The names of the volume's snapshots (by their manifests' keys).
+async fn snapshot_names(store: &dyn ObjectStore, url: &S3Url) -> Result<Vec<String>, String> {
+    let dir = url.key(SNAPSHOTS_DIR);
+    let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
+    Ok(listed.iter().filter_map(|o| Manifest::name_of_key(&o.key, &dir)).map(|n| n.to_string()).collect())
 }
 
 /// Deletes `keys` in batches; a key already gone is fine.

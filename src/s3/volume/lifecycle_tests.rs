@@ -57,3 +57,18 @@ async fn a_volume_a_target_serves_is_deleted_only_by_force() {
     delete_volume(mem.clone(), &url, true, Arc::new(TokioClock::new()), "cli".into()).await.unwrap();
     assert_eq!(keys_under(&mem, "vol/"), Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_with_snapshots_is_deleted_only_by_force_and_its_snapshots_with_it() {
+    let mem = Arc::new(MemObjectStore::new());
+    let url = S3Url::parse("s3://bucket/vol").unwrap();
+    let v = volume_with_data(&mem, &url, "a").await;
+    v.create_snapshot(crate::storage::snapshots::SnapshotName::parse("keep").unwrap()).await.unwrap();
+    v.close().await.unwrap();
+    let err = delete_volume(mem.clone(), &url, false, Arc::new(TokioClock::new()), "cli".into()).await.unwrap_err();
+    assert!(err.contains("has snapshots (keep)") && err.contains("--force"), "{err}");
+    assert!(!keys_under(&mem, "vol/chunks/").is_empty(), "nothing deleted");
+    let deleted = delete_volume(mem.clone(), &url, true, Arc::new(TokioClock::new()), "cli".into()).await.unwrap();
+    assert_eq!(deleted.snapshots, 1);
+    assert_eq!(keys_under(&mem, "vol/"), Vec::<String>::new());
+}
