@@ -267,6 +267,17 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Make a writable clone of a snapshot at once: rtgt volume clone s3://b/v@snap s3://b/w.
+    /// It reads the snapshot's data until it writes its own (nothing is copied); the snapshot
+    /// cannot be deleted while the clone exists. Same bucket, same geometry and encryption.
+    Clone {
+        /// The snapshot: s3://bucket/volume@name.
+        source: String,
+        /// The new volume: s3://bucket/prefix.
+        url: String,
+        #[command(flatten)]
+        s3: S3Args,
+    },
     /// Snapshots of a volume (format 3): point in time, crash consistent, no data copied.
     Snapshot {
         #[command(subcommand)]
@@ -779,6 +790,9 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 println!("            {} older versions not yet swept", chunks.len() - indexes.len());
             }
             println!("format:     {}", meta.format_version);
+            if let Some(parent) = &meta.parent {
+                println!("clone of:   s3://{}/{}@{}", url.bucket, parent.prefix.trim_end_matches('/'), parent.snapshot);
+            }
             println!("logs:       {} (replayed at the next open)", logs.len());
             let present = |name: &'static str| {
                 let key = url.key(name);
@@ -854,6 +868,18 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             Ok(())
         }
         VolumeCommand::Snapshot { command } => snapshot(command).await,
+        VolumeCommand::Clone { source, url, s3 } => {
+            let (parent, name) = SnapshotName::split_url(&source)?;
+            let name = name.ok_or_else(|| format!("{source}: name the snapshot to clone (s3://bucket/volume@name)"))?;
+            let (parent, url) = (S3Url::parse(parent)?, S3Url::parse(&url)?);
+            let store = s3.store(&parent.bucket).await?;
+            let seed = rtgt::rng::os_seed();
+            let meta = rtgt::s3::volume::clone::clone_volume(&*store, &parent, &name, &url, &TokioClock::new(), seed)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("cloned {source} to {url}: {} (uuid {})", Size(meta.size), meta.uuid);
+            Ok(())
+        }
         VolumeCommand::Import { file, url, chunk_size, block_size, resume, key, s3 } => {
             use std::io::Seek;
             let url = S3Url::parse(&url)?;

@@ -592,6 +592,21 @@ fn a_snapshot_exports_its_point_in_time_after_the_volume_changed() {
     assert!(ok, "{text}");
     assert!(std::fs::read(&now_out).unwrap() == changed, "the volume's export differs from what it became");
 
+    // A clone of the snapshot: made at once, it reads the snapshot's data; the snapshot stays
+    // while it exists.
+    let (ok, text) = rtgt(&["volume", "clone", "s3://vols/snap@before", "s3://vols/copy"]);
+    assert!(ok && text.contains("cloned s3://vols/snap@before to s3://vols/copy: 4MiB"), "{text}");
+    let (ok, text) = rtgt(&["volume", "info", "s3://vols/copy"]);
+    assert!(ok && text.contains("clone of:   s3://vols/snap@before") && text.contains("format:     4"), "{text}");
+    let copy_out = dir.path().join("copy.img");
+    let (ok, text) = rtgt(&["volume", "export", "s3://vols/copy", copy_out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&copy_out).unwrap() == image, "the clone's export differs from its snapshot");
+    let (ok, text) = rtgt(&["volume", "snapshot", "delete", "s3://vols/snap", "before"]);
+    assert!(!ok && text.contains("has clones"), "{text}");
+    let (ok, text) = rtgt(&["volume", "delete", "s3://vols/copy"]);
+    assert!(ok, "{text}");
+
     let (ok, text) = rtgt(&["volume", "snapshot", "delete", "s3://vols/snap", "before"]);
     assert!(ok, "{text}");
     let (ok, text) = rtgt(&["volume", "snapshot", "list", "s3://vols/snap"]);

@@ -41,7 +41,9 @@ fn store_of(api: &Api, name: &str, lun: u16) -> ApiResult<Arc<dyn BlockStore>> {
 impl From<SnapshotError> for ApiError {
     fn from(e: SnapshotError) -> ApiError {
         let status = match &e {
-            SnapshotError::Unsupported(_) | SnapshotError::Exists { .. } => StatusCode::CONFLICT,
+            SnapshotError::Unsupported(_) | SnapshotError::Exists { .. } | SnapshotError::HasClones { .. } => {
+                StatusCode::CONFLICT
+            }
             SnapshotError::NotFound { .. } => StatusCode::NOT_FOUND,
             SnapshotError::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -78,6 +78,9 @@ pub enum SnapshotError {
     Exists { store: String, name: SnapshotName },
     #[error("{store} has no snapshot named {name}")]
     NotFound { store: String, name: SnapshotName },
+    /// Clones read through to it: they go first.
+    #[error("snapshot {name} of {store} has clones ({clones}), which read through to it: delete them first")]
+    HasClones { store: String, name: SnapshotName, clones: String },
     #[error("{0}")]
     Failed(String),
 }

@@ -219,6 +219,9 @@ pub(super) struct Cache {
     /// The versioned layout: chunks whose newest version is a tombstone (an empty object
     /// that reads as zeros, so that older versions a snapshot holds are not the data).
     pub(super) tombstones: BTreeMap<u64, u64>,
+    /// A clone: per chunk, the ancestor's version it reads until it writes its own (or a
+    /// tombstone hides it).
+    pub(super) inherited: BTreeMap<u64, super::manifest::Inherited>,
     /// The snapshots of the volume, by name (`snapshot.rs`).
     pub(super) snapshots: BTreeMap<super::manifest::SnapshotName, std::sync::Arc<super::manifest::Manifest>>,
     /// A manifest could not be read at open: nothing may be swept (it may hold anything).

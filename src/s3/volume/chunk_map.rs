@@ -55,8 +55,20 @@ impl S3Volume {
         }
     }
 
-    /// The key that holds chunk `c`'s data now (None: no object holds it).
+    /// The key that holds chunk `c`'s data now (None: no object holds it): the chunk's own
+    /// newest version, or in a clone the ancestor's it reads through to.
     pub(super) fn chunk_key_now(&self, cache: &Cache, c: u64) -> Option<String> {
+        match self.layout {
+            ChunkLayout::Flat => Some(format::chunk_key(&self.url, c)),
+            ChunkLayout::Versioned => self.own_key_now(cache, c).or_else(|| {
+                let i = cache.inherited.get(&c).filter(|_| !cache.tombstones.contains_key(&c))?;
+                Some(format::chunk_version_key_in(&i.prefix, c, i.version))
+            }),
+        }
+    }
+
+    /// The key of chunk `c`'s own newest data version, if it has one.
+    pub(super) fn own_key_now(&self, cache: &Cache, c: u64) -> Option<String> {
         match self.layout {
             ChunkLayout::Flat => Some(format::chunk_key(&self.url, c)),
             ChunkLayout::Versioned => cache.live.get(&c).map(|&v| format::chunk_version_key(&self.url, c, v)),
@@ -124,7 +136,10 @@ impl S3Volume {
     pub(super) async fn delete_chunk_objects(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
         let held: Vec<u64> = {
             let cache = self.cache();
-            chunks.iter().copied().filter(|c| cache.retained.get(c).is_some_and(|v| !v.is_empty())).collect()
+            // A snapshot holds a version, or the chunk reads through to an ancestor's.
+            let held =
+                |c: &u64| cache.retained.get(c).is_some_and(|v| !v.is_empty()) || cache.inherited.contains_key(c);
+            chunks.iter().copied().filter(held).collect()
         };
         let free: Vec<u64> = chunks.iter().copied().filter(|c| !held.contains(c)).collect();
         let mut outcome = self.delete_all_versions(&free).await?;
@@ -147,7 +162,7 @@ impl S3Volume {
                 .iter()
                 .flat_map(|&c| {
                     let tombstone = cache.tombstones.get(&c).map(|&v| key(c, v));
-                    self.chunk_key_now(&cache, c).map(|k| (c, k)).into_iter().chain(tombstone)
+                    self.own_key_now(&cache, c).map(|k| (c, k)).into_iter().chain(tombstone)
                 })
                 .collect();
             (older, newest)
@@ -235,7 +250,9 @@ impl S3Volume {
         self.sweep(versions, false).await;
         let tombstones: Vec<(u64, u64)> = {
             let cache = self.cache();
-            let alone = |c: &u64| !cache.garbage.contains_key(c) && !cache.retained.contains_key(c);
+            let alone = |c: &u64| {
+                !cache.garbage.contains_key(c) && !cache.retained.contains_key(c) && !cache.inherited.contains_key(c)
+            };
             cache.tombstones.iter().filter(|(c, _)| alone(c)).map(|(&c, &v)| (c, v)).collect()
         };
         self.sweep(tombstones, true).await;

@@ -129,6 +129,7 @@ async fn a_flat_volume_keeps_one_object_per_chunk() {
         epoch: 0,
         journal_node: None,
         encryption: None,
+        parent: None,
     };
     h.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();

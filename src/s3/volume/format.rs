@@ -31,6 +31,10 @@ pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 /// [`VolumeMeta::encryption`] says), which an rtgt that knows only formats 1 and 2 would
 /// not find (it would read zeros).
 pub const FORMAT_VERSION: u32 = 3;
+/// Format 3 whose chunks read through to a snapshot of another volume until written
+/// ([`VolumeMeta::parent`]): a clone, which an rtgt that knows only format 3 would read as
+/// zeros where it has not written.
+pub const CLONE_FORMAT_VERSION: u32 = 4;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
 /// The persistent reservations of the volume's logical unit (APTPL), beside it.
@@ -75,6 +79,18 @@ pub struct VolumeMeta {
     /// How the volume's data objects are encrypted (format 2); None: they are plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<super::keys::Encryption>,
+    /// A clone (format 4): the snapshot it was made from, read where it has not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// The snapshot a clone was made from, in the same bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent volume's key prefix ("" or "prefix/").
+    pub prefix: String,
+    pub uuid: String,
+    pub snapshot: super::manifest::SnapshotName,
 }
 
 impl VolumeMeta {
@@ -82,15 +98,19 @@ impl VolumeMeta {
     pub fn parse(body: &[u8]) -> Result<VolumeMeta, String> {
         let meta: VolumeMeta = serde_json::from_slice(body).map_err(|e| format!("not volume metadata: {e}"))?;
         let known = matches!(
-            (meta.format_version, &meta.encryption),
-            (FLAT_FORMAT_VERSION, None) | (ENCRYPTED_FORMAT_VERSION, Some(_)) | (FORMAT_VERSION, _)
+            (meta.format_version, &meta.encryption, &meta.parent),
+            (FLAT_FORMAT_VERSION, None, None)
+                | (ENCRYPTED_FORMAT_VERSION, Some(_), None)
+                | (FORMAT_VERSION, _, None)
+                | (CLONE_FORMAT_VERSION, _, Some(_))
         );
         if !known {
             return Err(format!(
-                "volume format version {}{}, this rtgt reads versions {FLAT_FORMAT_VERSION} (plain), \
-                 {ENCRYPTED_FORMAT_VERSION} (encrypted) and {FORMAT_VERSION}",
+                "volume format version {}{}{}, this rtgt reads versions {FLAT_FORMAT_VERSION} (plain), \
+                 {ENCRYPTED_FORMAT_VERSION} (encrypted), {FORMAT_VERSION} and {CLONE_FORMAT_VERSION} (a clone)",
                 meta.format_version,
                 if meta.encryption.is_some() { " (encrypted)" } else { "" },
+                if meta.parent.is_some() { " (with a parent)" } else { "" },
             ));
         }
         meta.spec().validate().map_err(|e| format!("invalid metadata: {e}"))?;
@@ -204,6 +224,12 @@ pub fn chunk_key(url: &S3Url, index: u64) -> String {
 /// The key of version `version` of chunk `index` in a volume of the versioned layout.
 pub fn chunk_version_key(url: &S3Url, index: u64, version: u64) -> String {
     url.key(&format!("{CHUNKS_DIR}{index:016x}/{version:016x}"))
+}
+
+/// The key of version `version` of chunk `index` of the volume whose key prefix is `prefix`
+/// ("" or "prefix/": a clone's parent).
+pub fn chunk_version_key_in(prefix: &str, index: u64, version: u64) -> String {
+    format!("{prefix}{CHUNKS_DIR}{index:016x}/{version:016x}")
 }
 
 /// The chunk index and, in the versioned layout, the version that a key below `chunks`
@@ -575,10 +601,22 @@ mod tests {
             epoch: 3,
             journal_node: Some("node-a".into()),
             encryption: None,
+            parent: None,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.layout(), ChunkLayout::Versioned);
-        let newer = VolumeMeta { format_version: FORMAT_VERSION + 1, ..meta.clone() };
+        let newer = VolumeMeta { format_version: CLONE_FORMAT_VERSION + 1, ..meta.clone() };
+        let parent = ParentRef {
+            prefix: "p/".into(),
+            uuid: "u".into(),
+            snapshot: super::super::manifest::SnapshotName::parse("s").unwrap(),
+        };
+        let clone = VolumeMeta { format_version: CLONE_FORMAT_VERSION, parent: Some(parent), ..meta.clone() };
+        assert_eq!(VolumeMeta::parse(&clone.encode()).unwrap().layout(), ChunkLayout::Versioned);
+        let orphan = VolumeMeta { parent: None, ..clone.clone() };
+        assert!(VolumeMeta::parse(&orphan.encode()).unwrap_err().contains("version"));
+        let unmarked = VolumeMeta { format_version: FORMAT_VERSION, ..clone };
+        assert!(VolumeMeta::parse(&unmarked.encode()).unwrap_err().contains("with a parent"));
         assert!(VolumeMeta::parse(&newer.encode()).unwrap_err().contains("version"));
         let flat = VolumeMeta { format_version: FLAT_FORMAT_VERSION, ..meta.clone() };
         assert_eq!(VolumeMeta::parse(&flat.encode()).unwrap().layout(), ChunkLayout::Flat);
@@ -628,6 +666,7 @@ mod tests {
         assert_eq!(chunk_key(&url, 255), "v/chunks/00000000000000ff");
         assert_eq!(key_number(&chunk_key(&url, 255), "v/chunks/"), Some(255));
         assert_eq!(chunk_version_key(&url, 255, 7), "v/chunks/00000000000000ff/0000000000000007");
+        assert_eq!(chunk_version_key_in(&url.key(""), 255, 7), chunk_version_key(&url, 255, 7));
         let parse = |key: &str, layout| parse_chunk_key(key, "v/chunks/", layout);
         assert_eq!(parse(&chunk_version_key(&url, 255, 7), ChunkLayout::Versioned), Some((255, Some(7))));
         assert_eq!(parse(&chunk_key(&url, 255), ChunkLayout::Flat), Some((255, None)));

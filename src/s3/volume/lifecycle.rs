@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::format::{CHUNKS_DIR, LEASE_NAME, LOG_DIR, META_NAME, RESERVATIONS_NAME};
 use super::lease::{self, Identity, LeaseError, LeaseState, LeaseTiming};
-use super::manifest::{Manifest, SNAPSHOTS_DIR};
+use super::manifest::{Manifest, SNAPSHOTS_DIR, SnapshotName};
 use crate::clock::Clock;
 use crate::s3::url::S3Url;
 use crate::s3::{ObjectError, ObjectStore};
@@ -36,15 +36,22 @@ pub async fn delete_volume(
     clock: Arc<dyn Clock>,
     holder: String,
 ) -> Result<Deleted, String> {
-    if super::S3Volume::read_meta(&*store, url).await?.is_none() {
-        return Err(format!("no volume at {url}"));
-    }
+    let (meta, _) = super::S3Volume::read_meta(&*store, url).await?.ok_or_else(|| format!("no volume at {url}"))?;
     let snapshots = snapshot_names(&*store, url).await?;
+    for name in &snapshots {
+        let clones = super::clone::clones_of(&*store, &url.key(""), name).await?;
+        if !clones.is_empty() {
+            return Err(format!(
+                "snapshot {name} of {url} has clones (volume uuids {}), which read through to it: delete them first",
+                clones.join(", ")
+            ));
+        }
+    }
     if !snapshots.is_empty() && !force {
         return Err(format!(
             "{url} has snapshots ({}): delete them first (rtgt volume snapshot delete), or delete them with the \
              volume with --force",
-            snapshots.join(", ")
+            snapshots.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
         ));
     }
     let key = url.key(LEASE_NAME);
@@ -68,6 +75,11 @@ pub async fn delete_volume(
     // last, so that a target waiting for it finds no volume.
     delete_all(&*store, vec![url.key(META_NAME)]).await?;
     delete_all(&*store, vec![key]).await?;
+    // A clone gone no longer keeps its parent's snapshot.
+    if let Some(parent) = &meta.parent {
+        let record = format!("{}{}", super::clone::clones_dir(&parent.prefix, &parent.snapshot), meta.uuid);
+        delete_all(&*store, vec![record]).await?;
+    }
     Ok(deleted)
 }
 
@@ -96,10 +108,10 @@ async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted
 }
 
 /// The names of the volume's snapshots (by their manifests' keys).
-async fn snapshot_names(store: &dyn ObjectStore, url: &S3Url) -> Result<Vec<String>, String> {
+async fn snapshot_names(store: &dyn ObjectStore, url: &S3Url) -> Result<Vec<SnapshotName>, String> {
     let dir = url.key(SNAPSHOTS_DIR);
     let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
-    Ok(listed.iter().filter_map(|o| Manifest::name_of_key(&o.key, &dir)).map(|n| n.to_string()).collect())
+    Ok(listed.iter().filter_map(|o| Manifest::name_of_key(&o.key, &dir)).collect())
 }
 
 /// Deletes `keys` in batches; a key already gone is fine.

@@ -31,13 +31,48 @@ pub struct Manifest {
     pub created_unix_secs: u64,
     /// The volume's size when the snapshot was taken (a later resize does not change it).
     pub size: u64,
-    /// Per chunk holding data: the version that held it. Chunks absent read as zeros.
+    /// Per chunk holding data: the version of the volume's own that held it. Chunks absent
+    /// from both maps read as zeros.
     pub chunks: BTreeMap<u64, u64>,
+    /// A clone's snapshot: per chunk it had not written, the version of an ancestor (a
+    /// clone's own snapshot) it read through to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inherited: BTreeMap<u64, Inherited>,
+}
+
+/// A chunk version of another volume (a clone's parent, or further up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inherited {
+    /// That volume's key prefix ("" or "prefix/"), in the same bucket.
+    pub prefix: String,
+    pub version: u64,
 }
 
 impl Manifest {
     pub fn key(url: &S3Url, name: &SnapshotName) -> String {
         url.key(&format!("{SNAPSHOTS_DIR}{name}.json"))
+    }
+
+    /// The key of chunk `c`'s version in this snapshot of the volume whose key prefix is
+    /// `prefix`; None if it reads as zeros.
+    pub fn chunk_key(&self, prefix: &str, c: u64) -> Option<String> {
+        match (self.chunks.get(&c), self.inherited.get(&c)) {
+            (Some(&v), _) => Some(super::format::chunk_version_key_in(prefix, c, v)),
+            (None, Some(i)) => Some(super::format::chunk_version_key_in(&i.prefix, c, i.version)),
+            (None, None) => None,
+        }
+    }
+
+    /// What a clone of this snapshot (of the volume whose key prefix is `prefix`) reads through
+    /// to, per chunk.
+    pub fn as_inherited(&self, prefix: &str) -> BTreeMap<u64, Inherited> {
+        let own = self.chunks.iter().map(|(&c, &version)| (c, Inherited { prefix: prefix.to_string(), version }));
+        self.inherited.clone().into_iter().chain(own).collect()
+    }
+
+    /// The key prefixes of the volumes this snapshot reads from besides its own.
+    pub fn ancestors(&self) -> std::collections::BTreeSet<String> {
+        self.inherited.values().map(|i| i.prefix.clone()).collect()
     }
 
     /// The name in a manifest's key below `dir` (the volume's `snapshots/` prefix).
@@ -85,6 +120,7 @@ mod tests {
             created_unix_secs: 5,
             size: 1 << 30,
             chunks: BTreeMap::from([(0, 7), (9, 1 << 40)]),
+            inherited: BTreeMap::from([(3, Inherited { prefix: "base/".into(), version: 2 })]),
         }
     }
 
@@ -98,6 +134,12 @@ mod tests {
         assert!(Manifest::parse(&flipped, &meta, "u").unwrap_err().contains("damaged"));
         assert!(Manifest::parse(&body, &BTreeMap::new(), "u").unwrap_err().contains("damaged"));
         assert!(Manifest::parse(&body, &meta, "other").unwrap_err().contains("belongs to"));
+        assert_eq!(m.chunk_key("vol/", 0).unwrap(), "vol/chunks/0000000000000000/0000000000000007");
+        assert_eq!(m.chunk_key("vol/", 3).unwrap(), "base/chunks/0000000000000003/0000000000000002");
+        assert_eq!(m.chunk_key("vol/", 4), None);
+        let inherited = m.as_inherited("vol/");
+        assert_eq!(inherited.len(), 3);
+        assert_eq!(inherited[&9], Inherited { prefix: "vol/".into(), version: 1 << 40 });
         let later = Manifest { format: MANIFEST_FORMAT + 1, ..m };
         let (body, meta) = later.encode();
         assert!(Manifest::parse(&body, &meta, "u").unwrap_err().contains("format"));

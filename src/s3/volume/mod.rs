@@ -14,6 +14,7 @@ mod aside;
 mod atomic;
 mod cache;
 mod chunk_map;
+pub mod clone;
 mod disk_cache;
 mod fence;
 pub mod format;
@@ -338,6 +339,12 @@ impl S3Volume {
             ),
             None => None,
         };
+        let meta = VolumeMeta { encryption, ..S3Volume::new_meta(spec, clock, seed) };
+        S3Volume::put_new_meta(store, url, meta).await
+    }
+
+    /// The metadata of a new plain volume of geometry `spec` (format 3), with a fresh uuid.
+    pub(super) fn new_meta(spec: &CreateSpec, clock: &dyn Clock, seed: u64) -> VolumeMeta {
         let mut rng = Rng::seeded(seed);
         let uuid = format!(
             "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
@@ -347,18 +354,26 @@ impl S3Volume {
             rng.next_u64() & 0xfff,
             rng.next_u64() & 0xffff_ffff_ffff
         );
-        let created = clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let meta = VolumeMeta {
+        VolumeMeta {
             format_version: FORMAT_VERSION,
             size: spec.size,
             block_size: spec.block_size,
             chunk_size: spec.chunk_size,
             uuid,
-            created_unix_secs: created,
+            created_unix_secs: clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
             epoch: 0,
             journal_node: None,
-            encryption,
-        };
+            encryption: None,
+            parent: None,
+        }
+    }
+
+    /// Writes a new volume's metadata object; fails if a volume already exists there.
+    pub(super) async fn put_new_meta(
+        store: &dyn ObjectStore,
+        url: &S3Url,
+        meta: VolumeMeta,
+    ) -> Result<VolumeMeta, CreateError> {
         match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
             Ok(_) => Ok(meta),
             Err(ObjectError::PreconditionFailed) => Err(CreateError::Exists(url.to_string())),
@@ -477,17 +492,21 @@ impl S3Volume {
     }
 
     /// `store`, sealing and opening the data objects of an encrypted volume with its data key.
+    /// `ancestors`: the key prefixes of the volumes a clone reads through to (they share its
+    /// data key).
     pub(super) fn sealed(
         store: Arc<dyn ObjectStore>,
         url: &S3Url,
+        ancestors: impl IntoIterator<Item = String>,
         meta: &VolumeMeta,
         source: Option<&keys::KeySource>,
     ) -> Result<Arc<dyn ObjectStore>, OpenError> {
+        let prefixes = std::iter::once(url.key("")).chain(ancestors).collect();
         Ok(match S3Volume::data_key(url, meta, source)? {
             Some(key) => {
                 let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
                 let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
-                Arc::new(sealing::SealedStore::new(store, url, sealer))
+                Arc::new(sealing::SealedStore::over(store, prefixes, sealer))
             }
             None => store,
         })
@@ -530,8 +549,11 @@ impl S3Volume {
         let control: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(store.clone(), control_policy, opts.seed ^ 0x1ea5e, s3_stats.clone()));
         let (meta, etag) = S3Volume::find_or_create(&*control, &url, &opts, &*clock).await?;
+        // A clone reads through to its parent's snapshot.
+        let inherited = clone::inherited(&Resilient::new(store.clone(), opts.retry.clone(), opts.seed), &meta).await?;
         let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
-        let sealed = S3Volume::sealed(fenced, &url, &meta, opts.encryption.as_ref())?;
+        let ancestors: BTreeSet<String> = inherited.values().map(|i| i.prefix.clone()).collect();
+        let sealed = S3Volume::sealed(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
         let data: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(sealed, opts.retry.clone(), opts.seed, s3_stats.clone()));
         // A name of this open alone: another open of the same volume in this process (a LUN
@@ -583,6 +605,7 @@ impl S3Volume {
             stats: VolumeStats::default(),
             s3_stats,
         });
+        volume.cache().inherited = inherited;
         volume.take_lease().await?;
         if let Err(e) = volume.start().await {
             volume.let_go().await;
@@ -746,7 +769,14 @@ impl S3Volume {
             format::ChunkLayout::Versioned => self.note_listed(&mut cache, versions),
             format::ChunkLayout::Flat => versions.iter().map(|(c, _, _)| *c).collect(),
         };
-        for c in data {
+        // A clone's chunks it has neither written nor zeroed are its ancestors'.
+        let inherited: Vec<u64> = cache
+            .inherited
+            .keys()
+            .copied()
+            .filter(|c| *c < chunks && !cache.live.contains_key(c) && !cache.tombstones.contains_key(c))
+            .collect();
+        for c in data.into_iter().chain(inherited) {
             cache.exists.insert(c);
             cache.known.insert(c);
             let version = cache.live.get(&c).copied().unwrap_or(0);

@@ -258,11 +258,12 @@ impl S3Volume {
         self.cache().entries.iter().filter(|(_, e)| !e.is_clean()).map(|(c, _)| *c).collect()
     }
 
-    /// The log sequence number a chunk object includes (0 when it does not exist).
+    /// The log sequence number a chunk object includes (0 when it does not exist, or is an
+    /// ancestor's that a clone reads through to: every log of the clone is newer).
     pub(super) async fn chunk_stamp(&self, c: u64) -> Result<u64, String> {
         let key = {
             let cache = self.cache();
-            match cache.exists.contains(&c).then(|| self.chunk_key_now(&cache, c)).flatten() {
+            match cache.exists.contains(&c).then(|| self.own_key_now(&cache, c)).flatten() {
                 Some(key) => key,
                 None => return Ok(0),
             }

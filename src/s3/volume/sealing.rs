@@ -25,7 +25,6 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use super::format::{CHUNKS_DIR, LOG_DIR};
 use super::keys::DataKey;
-use crate::s3::url::S3Url;
 use crate::s3::{Condition, DeleteResults, GetOutput, ListPage, ObjResult, ObjectError, ObjectMeta, ObjectStore};
 use crate::storage::BoxFuture;
 
@@ -152,19 +151,21 @@ impl Sealer {
 pub struct SealedStore {
     inner: Arc<dyn ObjectStore>,
     sealer: Sealer,
-    /// The volume's key prefix ("" or "prefix/"): names are relative to it.
-    volume: String,
+    /// The key prefixes ("" or "prefix/") of the volume and of the volumes it reads through
+    /// to (a clone's parents, which share its data key): names are relative to them.
+    volumes: Vec<String>,
 }
 
 impl SealedStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, url: &S3Url, sealer: Sealer) -> SealedStore {
-        SealedStore { inner, sealer, volume: url.key("") }
+    /// A sealed store over the volumes whose key prefixes are `volumes`.
+    pub fn over(inner: Arc<dyn ObjectStore>, volumes: Vec<String>, sealer: Sealer) -> SealedStore {
+        SealedStore { inner, sealer, volumes }
     }
 
-    /// The name within the volume of a key to seal: chunks and logs.
+    /// The name within its volume of a key to seal: chunks and logs.
     fn sealed_name<'a>(&self, key: &'a str) -> Option<&'a str> {
-        let name = key.strip_prefix(self.volume.as_str())?;
-        (name.starts_with(CHUNKS_DIR) || name.starts_with(LOG_DIR)).then_some(name)
+        let data = |name: &str| name.starts_with(CHUNKS_DIR) || name.starts_with(LOG_DIR);
+        self.volumes.iter().filter_map(|v| key.strip_prefix(v.as_str())).find(|name| data(name))
     }
 
     /// The plaintext length a sealed object's metadata records; the metadata without it.

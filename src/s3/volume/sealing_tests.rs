@@ -1,5 +1,6 @@
 use super::*;
 use crate::s3::mem::MemObjectStore;
+use crate::s3::url::S3Url;
 
 /// Nonces 0, 1, 2, ... in each byte: known answers need known nonces.
 fn counting_nonces() -> NonceSource {
@@ -14,7 +15,7 @@ fn sealed(unit: u64) -> (Arc<MemObjectStore>, SealedStore) {
     let mem = Arc::new(MemObjectStore::new());
     let url = S3Url::parse("s3://bucket/vol").unwrap();
     let sealer = Sealer::new(&DataKey::from_bytes([0x42; 32]), unit, counting_nonces());
-    (mem.clone(), SealedStore::new(mem, &url, sealer))
+    (mem.clone(), SealedStore::over(mem, vec![url.key("")], sealer))
 }
 
 fn bytes(n: usize) -> Bytes {

@@ -97,6 +97,13 @@ impl S3Volume {
             }
             let chunks: BTreeMap<u64, u64> =
                 cache.live.iter().filter(|(c, _)| cache.exists.contains(c)).map(|(&c, &v)| (c, v)).collect();
+            // A clone's chunks it has not written (nor zeroed) are its ancestors'.
+            let inherited = cache
+                .inherited
+                .iter()
+                .filter(|(c, _)| !chunks.contains_key(c) && !cache.tombstones.contains_key(c))
+                .map(|(&c, i)| (c, i.clone()))
+                .collect();
             let manifest = Arc::new(Manifest {
                 format: MANIFEST_FORMAT,
                 name: name.clone(),
@@ -104,6 +111,7 @@ impl S3Volume {
                 created_unix_secs: self.clock.wall().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
                 size: self.capacity.load(std::sync::atomic::Ordering::Relaxed),
                 chunks,
+                inherited,
             });
             // Held from now on: the merges of the writes that wait must not sweep them.
             cache.snapshots.insert(name.clone(), manifest.clone());
@@ -138,6 +146,12 @@ impl S3Volume {
             return Err(SnapshotError::NotFound { store: self.url.to_string(), name: name.clone() });
         }
         self.lease.check("a snapshot deletion").map_err(|e| SnapshotError::Failed(e.to_string()))?;
+        let clones =
+            super::clone::clones_of(&*self.store, &self.url.key(""), name).await.map_err(SnapshotError::Failed)?;
+        if !clones.is_empty() {
+            let (store, name) = (self.url.to_string(), name.clone());
+            return Err(SnapshotError::HasClones { store, name, clones: clones.join(", ") });
+        }
         // The manifest first: once it is gone, nothing holds the versions.
         match self.store.delete(&Manifest::key(&self.url, name)).await {
             Ok(()) | Err(ObjectError::NotFound) => {}

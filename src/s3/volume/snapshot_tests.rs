@@ -152,6 +152,7 @@ async fn names_are_unique_and_a_flat_volume_has_no_snapshots() {
         epoch: 0,
         journal_node: None,
         encryption: None,
+        parent: None,
     };
     h.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();

@@ -49,7 +49,7 @@ impl SnapshotView {
         };
         let manifest = Manifest::parse(&got.body, &got.meta.metadata, &meta.uuid)
             .map_err(|e| OpenError::Refused(format!("snapshot {name} of {url}: {e}")))?;
-        let store = S3Volume::sealed(store, url, &meta, key)?;
+        let store = S3Volume::sealed(store, url, manifest.ancestors(), &meta, key)?;
         let spec = CreateSpec { size: manifest.size, ..meta.spec() };
         Ok(SnapshotView { store, url: url.clone(), manifest, spec, segment: format::segment_size(meta.chunk_size) })
     }
@@ -65,13 +65,12 @@ impl SnapshotView {
     /// Bytes `[within, within + len)` of chunk `c`: from the version the manifest names, or
     /// zeros.
     async fn read_chunk(&self, c: u64, within: u64, len: u64) -> StoreResult<Bytes> {
-        let Some(&version) = self.manifest.chunks.get(&c) else {
+        let Some(key) = self.manifest.chunk_key(&self.url.key(""), c) else {
             return Ok(Bytes::from(vec![0u8; len as usize]));
         };
         let chunk_len = self.chunk_len(c);
         let from = within / self.segment * self.segment;
         let to = (within + len).div_ceil(self.segment).saturating_mul(self.segment).min(chunk_len);
-        let key = format::chunk_version_key(&self.url, c, version);
         let failed = |why: String| StoreError::Read(format!("chunk {c} of snapshot {}: {why}", self.manifest.name));
         let got = match self.store.get(&key, Some(from..to)).await {
             Ok(got) => got,
@@ -153,7 +152,7 @@ impl BlockStore for SnapshotView {
         while at < end {
             let c = at / chunk;
             let stop = ((c + 1) * chunk).min(end);
-            let mapped = self.manifest.chunks.contains_key(&c);
+            let mapped = self.manifest.chunks.contains_key(&c) || self.manifest.inherited.contains_key(&c);
             match out.last_mut() {
                 Some(last) if last.mapped == mapped => last.len += stop - at,
                 _ => out.push(Extent { offset: at, len: stop - at, mapped }),

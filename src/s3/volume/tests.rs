@@ -55,7 +55,7 @@ impl Harness {
     }
 
     fn chunk_objects(&self) -> BTreeMap<String, Bytes> {
-        self.mem.objects().into_iter().filter(|(k, _)| k.contains("/chunks/")).collect()
+        self.mem.objects().into_iter().filter(|(k, _)| k.starts_with("vol/chunks/")).collect()
     }
 
     /// Flips a bit of the first chunk object in the store, its metadata kept; its key and
@@ -978,7 +978,43 @@ impl Harness {
 
 /// With `encrypted`, the volume's objects go through the sealing layer (a key file in a
 /// directory of the run's own).
-async fn run_model(ops: Vec<Op>, durability: Durability, encrypted: bool) -> Result<(), TestCaseError> {
+/// A clone's parent for the model test: volume `base` with data in the even chunks
+/// ([`inherited_byte`]), snapshot `s`. Opened twice, so that its chunks' stamps are of a later
+/// epoch than the clone's logs.
+async fn clone_parent(h: &Harness, opts: VolumeOptions) -> Result<(), TestCaseError> {
+    let fail = |e: String| TestCaseError::fail(e);
+    let base = S3Url::parse("s3://bucket/base").expect("a URL");
+    let open = || S3Volume::open(h.mem.clone(), base.clone(), opts.clone(), Arc::new(TokioClock::new()));
+    open().await.map_err(|e| fail(e.to_string()))?.close().await.map_err(|e| fail(e.to_string()))?;
+    let v = open().await.map_err(|e| fail(e.to_string()))?;
+    for b in (0..BLOCKS).filter(|b| inherited_byte(*b) != 0) {
+        v.write(b * BS, Bytes::from(vec![inherited_byte(b); BS as usize]), false)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    v.create_snapshot(manifest::SnapshotName::parse("s").expect("a name")).await.map_err(|e| fail(e.to_string()))?;
+    v.close().await.map_err(|e| fail(e.to_string()))?;
+    let name = manifest::SnapshotName::parse("s").expect("a name");
+    clone::clone_volume(&*h.mem, &base, &name, &url(), &TokioClock::new(), 1).await.map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// What a clone's parent holds in block `b` (the even chunks hold data).
+fn inherited_byte(b: u64) -> u8 {
+    if (b * BS / CHUNK).is_multiple_of(2) { (b * 37 % 250) as u8 + 1 } else { 0 }
+}
+
+/// What the model test runs on.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    durability: Durability,
+    encrypted: bool,
+    /// A clone of a snapshot holding data (its parent is never written after).
+    clone: bool,
+}
+
+async fn run_model(ops: Vec<Op>, variant: Variant) -> Result<(), TestCaseError> {
+    let Variant { durability, encrypted, clone } = variant;
     let h = Harness::new();
     let journal = Arc::new(MemObjectStore::new());
     let disk = Arc::new(MemObjectStore::new());
@@ -990,8 +1026,13 @@ async fn run_model(ops: Vec<Op>, durability: Durability, encrypted: bool) -> Res
         let opts = VolumeOptions { encryption: encryption.clone(), ..h.model_options(durability, &journal, &disk) };
         h.open_with(opts)
     };
-    let mut v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut model = Model { possible: vec![vec![0u8]; BLOCKS as usize] };
+    if clone {
+        let opts = VolumeOptions { encryption: encryption.clone(), ..h.model_options(durability, &journal, &disk) };
+        clone_parent(&h, VolumeOptions { holder: "base".into(), ..opts }).await?;
+        model.possible = (0..BLOCKS).map(|b| vec![inherited_byte(b)]).collect();
+    }
+    let mut v = open().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut faults = false;
     let mut snapshots: Vec<(manifest::SnapshotName, Vec<u8>)> = Vec::new();
     let mut taken = 0;
@@ -1101,7 +1142,7 @@ async fn run_model(ops: Vec<Op>, durability: Durability, encrypted: bool) -> Res
         v.delete_snapshot(&s.name).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
     v.close().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-    check_no_zero_or_leaked_objects(&h, &model)?;
+    check_no_zero_or_leaked_objects(&h, &model, clone)?;
     let left: Vec<String> = journal.objects().into_keys().collect();
     prop_assert!(left.is_empty(), "journal logs left after close: {:?}", left);
     // Reopened, it reads back the model.
@@ -1116,7 +1157,9 @@ async fn run_model(ops: Vec<Op>, durability: Durability, encrypted: bool) -> Res
 
 /// Invariant 5: once settled, an object exists exactly for the chunks holding non-zero data,
 /// and no log is left.
-fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), TestCaseError> {
+/// A clone (`clone`) keeps no object for a chunk it never wrote (it reads its parent's), and
+/// a tombstone for one of its parent's chunks it made zero.
+fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model, clone: bool) -> Result<(), TestCaseError> {
     let logs: Vec<String> = h.mem.objects().into_keys().filter(|k| k.contains("/log/")).collect();
     prop_assert!(logs.is_empty(), "logs left after close: {:?}", logs);
     let objects = h.chunk_objects();
@@ -1130,9 +1173,13 @@ fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model) -> Result<(), Tes
     }
     for c in 0..CHUNKS {
         let nonzero = (c * 4..c * 4 + 4).any(|b| model.current(b) != 0);
+        let inherited = clone && (c * 4..c * 4 + 4).any(|b| inherited_byte(b) != 0);
         let stored = versions.get(&c).map_or(&[][..], |v| &v[..]);
-        prop_assert_eq!(stored.len(), usize::from(nonzero), "chunk {} objects", c);
-        for body in stored {
+        let (tombstones, data): (Vec<&Bytes>, Vec<&Bytes>) = stored.iter().partition(|b| b.is_empty());
+        prop_assert!(stored.len() <= 1, "chunk {} has {} objects", c, stored.len());
+        prop_assert!(tombstones.is_empty() || inherited && !nonzero, "chunk {} has a tombstone it needs not", c);
+        prop_assert!(data.len() == usize::from(nonzero) || inherited, "chunk {} objects", c);
+        for body in data {
             prop_assert!(body.iter().any(|&b| b != 0), "chunk {} stored as zeros", c);
         }
     }
@@ -1145,7 +1192,7 @@ proptest! {
     #[test]
     fn chunked_volume_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-        rt.block_on(run_model(ops, Durability::S3, false))?;
+        rt.block_on(run_model(ops, Variant { durability: Durability::S3, encrypted: false, clone: false }))?;
     }
 }
 
@@ -1157,7 +1204,7 @@ proptest! {
     #[test]
     fn a_volume_with_a_journal_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-        rt.block_on(run_model(ops, Durability::Local, false))?;
+        rt.block_on(run_model(ops, Variant { durability: Durability::Local, encrypted: false, clone: false }))?;
     }
 }
 
@@ -1169,7 +1216,19 @@ proptest! {
     #[test]
     fn an_encrypted_volume_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-        rt.block_on(run_model(ops, Durability::S3, true))?;
+        rt.block_on(run_model(ops, Variant { durability: Durability::S3, encrypted: true, clone: false }))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// The same on a clone of a snapshot that holds data in half its chunks (encrypted or
+    /// not): writes merge over the parent's data, UNMAPs hide it, crashes replay over it.
+    #[test]
+    fn a_clone_matches_a_flat_model(ops in proptest::collection::vec(op(), 1..60), encrypted in proptest::bool::ANY) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(run_model(ops, Variant { durability: Durability::S3, encrypted, clone: true }))?;
     }
 }
 
@@ -1302,6 +1361,9 @@ mod chunk_map_tests;
 
 #[path = "snapshot_tests.rs"]
 mod snapshot_tests;
+
+#[path = "clone_tests.rs"]
+mod clone_tests;
 
 #[path = "room_tests.rs"]
 mod room_tests;

@@ -1,0 +1,104 @@
+//! Clones: a new volume made at once from a snapshot of another in the same bucket, reading
+//! through to the snapshot's chunk versions until it writes its own (`chunk_map.rs`). Nothing
+//! is copied. The parent's snapshot records the clone (`snapshots/<name>.clones/<uuid>`) and
+//! cannot be deleted while it exists, so what the clone reads through to stays.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::format::{ChunkLayout, ParentRef};
+use super::manifest::{Inherited, Manifest, SNAPSHOTS_DIR, SnapshotName};
+use super::{CreateError, OpenError, S3Volume, VolumeMeta};
+use crate::clock::Clock;
+use crate::s3::url::S3Url;
+use crate::s3::{Condition, ObjectError, ObjectStore};
+
+/// Where the clones of snapshot `name` of the volume whose key prefix is `prefix` are
+/// recorded.
+pub fn clones_dir(prefix: &str, name: &SnapshotName) -> String {
+    format!("{prefix}{SNAPSHOTS_DIR}{name}.clones/")
+}
+
+/// Makes a clone at `child` of snapshot `name` of the volume at `parent`: a new volume of
+/// the snapshot's size and the parent's geometry and encryption (the same data key, wrapped by
+/// the same key), which reads the snapshot's data until it writes its own.
+pub async fn clone_volume(
+    store: &dyn ObjectStore,
+    parent: &S3Url,
+    name: &SnapshotName,
+    child: &S3Url,
+    clock: &dyn Clock,
+    seed: u64,
+) -> Result<VolumeMeta, CreateError> {
+    let failed = |why: String| CreateError::Failed(why);
+    if parent.bucket != child.bucket {
+        return Err(failed(format!("a clone lives in its parent's bucket: {child} is not in {}", parent.bucket)));
+    }
+    let (parent_meta, _) = S3Volume::read_meta(store, parent)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("no volume at {parent}")))?;
+    if parent_meta.layout() == ChunkLayout::Flat {
+        return Err(failed(format!("{parent} is of format {}: it has no snapshots", parent_meta.format_version)));
+    }
+    let manifest =
+        read_manifest(store, &parent.key(""), &parent_meta.uuid, name).await.map_err(|e| failed(e.to_string()))?;
+    let spec = super::CreateSpec { size: manifest.size, ..parent_meta.spec() };
+    let meta = VolumeMeta {
+        format_version: super::format::CLONE_FORMAT_VERSION,
+        encryption: parent_meta.encryption.clone(),
+        parent: Some(ParentRef { prefix: parent.key(""), uuid: parent_meta.uuid.clone(), snapshot: name.clone() }),
+        ..S3Volume::new_meta(&spec, clock, seed)
+    };
+    // The record first: a snapshot with a clone is never deleted, and a record left by a
+    // clone that was never made only keeps the snapshot (`volume info` shows it).
+    let record = format!("{}{}", clones_dir(&parent.key(""), name), meta.uuid);
+    store
+        .put(&record, Bytes::from(child.to_string()), BTreeMap::new(), Condition::None)
+        .await
+        .map_err(|e| failed(format!("cannot record the clone beside {parent}: {e}")))?;
+    match S3Volume::put_new_meta(store, child, meta).await {
+        Ok(meta) => Ok(meta),
+        Err(e) => {
+            if let Err(undo) = store.delete(&record).await {
+                tracing::warn!(record, error = %undo, "cannot remove the record of a clone never made");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Reads snapshot `name` of the volume (of uuid `uuid`) whose key prefix is `prefix`.
+pub(super) async fn read_manifest(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    uuid: &str,
+    name: &SnapshotName,
+) -> Result<Manifest, OpenError> {
+    let key = format!("{prefix}{SNAPSHOTS_DIR}{name}.json");
+    let got = match store.get(&key, None).await {
+        Ok(got) => got,
+        Err(ObjectError::NotFound) => return Err(OpenError::Refused(format!("no snapshot {name} at {key}"))),
+        Err(e) => return Err(OpenError::Unavailable(format!("cannot read {key}: {e}"))),
+    };
+    Manifest::parse(&got.body, &got.meta.metadata, uuid).map_err(|e| OpenError::Refused(format!("{key}: {e}")))
+}
+
+/// What a clone reads through to, per chunk (nothing for a volume that is no clone).
+pub(super) async fn inherited(
+    store: &dyn ObjectStore,
+    meta: &VolumeMeta,
+) -> Result<BTreeMap<u64, Inherited>, OpenError> {
+    let Some(parent) = &meta.parent else { return Ok(BTreeMap::new()) };
+    let manifest = read_manifest(store, &parent.prefix, &parent.uuid, &parent.snapshot).await?;
+    Ok(manifest.as_inherited(&parent.prefix))
+}
+
+/// The uuids of the clones made from snapshot `name` of the volume whose key prefix is
+/// `prefix`.
+pub async fn clones_of(store: &dyn ObjectStore, prefix: &str, name: &SnapshotName) -> Result<Vec<String>, String> {
+    let dir = clones_dir(prefix, name);
+    let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
+    Ok(listed.into_iter().map(|o| o.key[dir.len()..].to_string()).collect())
+}
