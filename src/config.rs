@@ -407,6 +407,10 @@ pub struct LunConfig {
     /// s3: the volume, `s3://bucket/prefix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// s3: serve this snapshot of the volume, read-only. No lease is taken: the target that
+    /// serves the volume itself goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// s3: endpoint URL (MinIO, Ceph RGW), or "embedded"; AWS S3 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -523,6 +527,7 @@ impl LunConfig {
             serial: None,
             naa: None,
             url: None,
+            snapshot: None,
             endpoint: None,
             region: None,
             path_style: None,
@@ -893,7 +898,9 @@ impl Config {
                     problems.push(format!("{at}.lun: must be 0-16383"));
                 }
                 problems.extend(self.validate_lun(l).into_iter().map(|p| format!("{at}.{p}")));
-                if let Some(u) = l.url.as_deref().and_then(|u| crate::s3::url::S3Url::parse(u).ok()) {
+                // A snapshot is read only: any number of LUNs may serve one beside its volume.
+                let writable_volume = l.url.as_deref().filter(|_| l.snapshot.is_none());
+                if let Some(u) = writable_volume.and_then(|u| crate::s3::url::S3Url::parse(u).ok()) {
                     let key = (l.endpoint.clone().unwrap_or_default(), u.to_string());
                     if let Some(other) = volumes.insert(key, at.clone()) {
                         problems.push(format!(
@@ -978,6 +985,9 @@ impl Config {
             }
             Ok(_) => {}
         }
+        if l.snapshot.is_some() && l.backend != "s3" {
+            problems.push("snapshot: only for backend \"s3\" (volumes take snapshots)".into());
+        }
         if l.failover && l.backend != "s3" {
             problems.push("failover: only for backend \"s3\" (a volume two targets can reach)".into());
         }
@@ -1006,6 +1016,14 @@ impl Config {
         }
         if l.endpoint.as_deref() == Some("embedded") && self.embedded_s3.is_none() {
             problems.push("endpoint: \"embedded\" needs an [embedded_s3] section".into());
+        }
+        if let Some(name) = &l.snapshot {
+            if let Err(e) = crate::storage::snapshots::SnapshotName::parse(name) {
+                problems.push(format!("snapshot: {e}"));
+            }
+            if l.create == Some(true) || l.failover || l.durability == Some(Durability::Local) || l.force {
+                problems.push("snapshot: served read-only as it is (no create, failover, force or journal)".into());
+            }
         }
         if l.create == Some(true) && l.size.is_none() {
             problems.push("size: required to create a volume (create = true)".into());
@@ -1310,6 +1328,27 @@ mod tests {
         let local = "url = \"s3://bucket/v\"\ndurability = \"local\"\ncache_dir = \"/c\"\n";
         let err = Config::from_toml(&lun("s3", local)).unwrap_err().0.join("\n");
         assert!(err.contains("failover: needs durability = \"s3\""), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_is_served_read_only_beside_its_volume() {
+        let luns = |extra: &str| {
+            format!(
+                "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:t\"\n\
+                 [[target.lun]]\nlun = 0\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\n\
+                 [[target.lun]]\nlun = 1\nbackend = \"s3\"\nurl = \"s3://bucket/v\"\nsnapshot = \"daily\"\n{extra}"
+            )
+        };
+        let ok = Config::from_toml(&luns("")).unwrap();
+        assert_eq!(ok.targets[0].luns[1].snapshot.as_deref(), Some("daily"));
+        let err = Config::from_toml(&luns("create = true\nsize = \"1GiB\"\n")).unwrap_err().0.join("\n");
+        assert!(err.contains("snapshot: served read-only as it is"), "{err}");
+        let bad = luns("").replace("\"daily\"", "\"a/b\"");
+        assert!(Config::from_toml(&bad).unwrap_err().0.join("\n").contains("snapshot: snapshot name"));
+        let file = "[[portal_group]]\ntag = 1\nportals = [\"0.0.0.0:3260\"]\n[[target]]\nname = \"iqn.2026-12.org.example:t\"\n\
+                    [[target.lun]]\nlun = 0\nbackend = \"file\"\npath = \"/d.img\"\nsize = \"1GiB\"\nsnapshot = \"x\"\n";
+        let err = Config::from_toml(file).unwrap_err().0.join("\n");
+        assert!(err.contains("snapshot: only for backend \"s3\""), "{err}");
     }
 
     #[test]

@@ -278,6 +278,17 @@ enum VolumeCommand {
         #[command(flatten)]
         s3: S3Args,
     },
+    /// Delete what a volume keeps and nothing needs: chunk versions superseded (and not held
+    /// by a snapshot), tombstones nothing is under, records of clones that do not exist. A
+    /// target serving the volume does the first two in the background; this runs while none
+    /// does.
+    Gc {
+        url: String,
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
+    },
     /// Snapshots of a volume (format 3): point in time, crash consistent, no data copied.
     Snapshot {
         #[command(subcommand)]
@@ -868,6 +879,16 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             Ok(())
         }
         VolumeCommand::Snapshot { command } => snapshot(command).await,
+        VolumeCommand::Gc { url, key, s3 } => {
+            let url = S3Url::parse(&url)?;
+            let store = s3.store(&url.bucket).await?;
+            let volume = open_for_snapshots(store.clone(), &url, key.source()).await?;
+            let (swept, left) = volume.collect_garbage().await;
+            let forgotten = rtgt::s3::volume::clone::forget_missing_clones(&*store, &url, &volume.meta().uuid).await;
+            volume.close().await.map_err(|e| e.to_string())?;
+            println!("{url}: {swept} objects deleted, {left} left, {} records of missing clones removed", forgotten?);
+            Ok(())
+        }
         VolumeCommand::Clone { source, url, s3 } => {
             let (parent, name) = SnapshotName::split_url(&source)?;
             let name = name.ok_or_else(|| format!("{source}: name the snapshot to clone (s3://bucket/volume@name)"))?;
@@ -960,7 +981,7 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), String> {
     match command {
         SnapshotCommand::Create { url, name, key, s3 } => {
             let (url, name) = (S3Url::parse(&url)?, SnapshotName::parse(&name)?);
-            let volume = open_for_snapshots(&s3, &url, key.source()).await?;
+            let volume = open_for_snapshots(s3.store(&url.bucket).await?, &url, key.source()).await?;
             let taken = volume.create_snapshot(name).await.map_err(|e| e.to_string());
             volume.close().await.map_err(|e| e.to_string())?;
             let taken = taken?;
@@ -982,7 +1003,7 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), String> {
         }
         SnapshotCommand::Delete { url, name, key, s3 } => {
             let (url, name) = (S3Url::parse(&url)?, SnapshotName::parse(&name)?);
-            let volume = open_for_snapshots(&s3, &url, key.source()).await?;
+            let volume = open_for_snapshots(s3.store(&url.bucket).await?, &url, key.source()).await?;
             let deleted = volume.delete_snapshot(&name).await.map_err(|e| e.to_string());
             volume.close().await.map_err(|e| e.to_string())?;
             deleted?;
@@ -993,8 +1014,11 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), String> {
 }
 
 /// Opens a volume to take or delete a snapshot, with a hint when a target serves it.
-async fn open_for_snapshots(s3: &S3Args, url: &S3Url, key: Option<KeySource>) -> Result<Arc<S3Volume>, String> {
-    let store = s3.store(&url.bucket).await?;
+async fn open_for_snapshots(
+    store: Arc<dyn rtgt::s3::ObjectStore>,
+    url: &S3Url,
+    key: Option<KeySource>,
+) -> Result<Arc<S3Volume>, String> {
     let opts = transfer_options(false, None, key);
     S3Volume::open(store, url.clone(), opts, Arc::new(TokioClock::new())).await.map_err(|e| match e {
         e @ rtgt::s3::volume::OpenError::HeldElsewhere { .. } => format!(

@@ -558,6 +558,23 @@ async fn snapshots_of_a_served_volume_are_taken_through_the_api() {
     assert_eq!(listed[0]["size"], 4 << 20, "{listed}");
     let memory = client.request("GET", &format!("/v1/targets/{TARGET}/luns/1/snapshots"), None).expect("request");
     assert_eq!(memory.status, 409, "{}", memory.body);
+    // The snapshot served as a LUN of its own, read-only, another device than its volume.
+    let lun = serde_json::json!({"lun": 2, "backend": "s3", "url": "s3://rtgt/snap", "endpoint": "embedded", "snapshot": "first"});
+    let added = client.request("POST", &format!("/v1/targets/{TARGET}/luns"), Some(&lun)).expect("request");
+    assert_eq!(added.status, 201, "{}", added.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        match session.read(2, 0, 8, 512).await {
+            Ok(data) => break data,
+            Err(e) => assert!(Instant::now() < deadline, "LUN 2 never opened: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(first.iter().all(|&b| b == 0x11), "the snapshot LUN does not read the snapshot");
+    let refused = session.write(2, 0, bytes::Bytes::from(vec![0x33; 512]), 512, false).await;
+    assert!(refused.is_err(), "a write to a snapshot was accepted");
+    let luns = serve.get(&format!("/v1/targets/{TARGET}/luns"));
+    assert!(luns.to_string().contains("s3:s3://rtgt/snap@first (snapshot, read-only)"), "{luns}");
 
     // The same through the CLI.
     let taken = ok(&serve.cli(&["lun", "snapshot", TARGET, "0", "second"]));

@@ -183,6 +183,17 @@ impl Config {
         Ok(Arc::new(crate::s3::aws::AwsStore::connect(&self.s3_endpoint(l), &url.bucket).await))
     }
 
+    /// A snapshot of an S3 volume, read-only.
+    async fn open_snapshot(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, LunOpenError> {
+        let url = crate::s3::url::S3Url::parse(l.url.as_deref().ok_or("url is required")?)?;
+        let name = crate::storage::snapshots::SnapshotName::parse(l.snapshot.as_deref().unwrap_or_default())
+            .map_err(LunOpenError::Failed)?;
+        let store = self.object_store(l, &url, ctx).await?;
+        let key = l.encryption_key().map_err(LunOpenError::Failed)?;
+        let view = crate::s3::volume::SnapshotView::open(store, &url, &name, key.as_ref()).await?;
+        Ok(Arc::new(view))
+    }
+
     async fn open_s3(
         &self,
         l: &LunConfig,
@@ -263,6 +274,7 @@ impl Config {
         use crate::pr_keepers::{FileKeeper, VolumeKeeper};
         let (store, keeper): (Arc<dyn BlockStore>, Option<Arc<dyn crate::scsi::ReservationKeeper>>) =
             match l.backend.as_str() {
+                "s3" if l.snapshot.is_some() => (self.open_snapshot(l, ctx).await?, None),
                 "s3" => {
                     let volume = self.open_s3(l, ctx).await?;
                     (volume.clone(), Some(Arc::new(VolumeKeeper::new(volume))))
@@ -271,7 +283,9 @@ impl Config {
             };
         // Without a configured block size, an existing volume decides (512 otherwise).
         let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
-        let lu_config = self.lu_config(target, l, block_size);
+        let mut lu_config = self.lu_config(target, l, block_size);
+        // A snapshot never changes.
+        lu_config.read_only |= l.snapshot.is_some();
         let keeper = keeper.or_else(|| match l.backend.as_str() {
             "file" | "uring" => {
                 let name = format!("{:016x}.json", lu_config.identity.naa);
@@ -367,8 +381,10 @@ fn store_block_size(store: &dyn BlockStore) -> u32 {
 /// Not the volume's uuid: a LUN answers INQUIRY before its volume opens (NOT READY), and an
 /// identity that changed at open would look like another device. Other LUNs: target and LUN.
 fn identity_name(target: &str, l: &LunConfig) -> String {
-    match l.url.as_deref().map(crate::s3::url::S3Url::parse) {
-        Some(Ok(url)) if l.backend == "s3" => url.to_string(),
+    match (l.url.as_deref().map(crate::s3::url::S3Url::parse), &l.snapshot) {
+        // A snapshot is another device than its volume (multipath must not merge them).
+        (Some(Ok(url)), Some(snapshot)) if l.backend == "s3" => format!("{url}@{snapshot}"),
+        (Some(Ok(url)), None) if l.backend == "s3" => url.to_string(),
         _ => format!("{target}/{}", l.lun),
     }
 }
@@ -376,6 +392,19 @@ fn identity_name(target: &str, l: &LunConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot served as a LUN is another device than its volume, and read-only.
+    #[test]
+    fn a_snapshot_lun_has_an_identity_of_its_own() {
+        let config = Config::from_toml("").unwrap();
+        let volume = LunConfig { url: Some("s3://bkt/v".into()), ..LunConfig::new(0, "s3") };
+        let snapshot = LunConfig { snapshot: Some("s1".into()), lun: 1, ..volume.clone() };
+        let (a, b) = (config.lu_config("t", &volume, 512), config.lu_config("t", &snapshot, 512));
+        assert_ne!(a.identity.serial, b.identity.serial);
+        assert_ne!(a.identity.naa, b.identity.naa);
+        let moved = LunConfig { lun: 7, ..snapshot.clone() };
+        assert_eq!(config.lu_config("other", &moved, 512).identity.naa, b.identity.naa, "the same snapshot anywhere");
+    }
 
     /// A node that crashed with logs in the journal of an earlier version (a local store
     /// bucket in `cache_dir`) replays them after the upgrade: they move to the segments.

@@ -258,6 +258,18 @@ impl S3Volume {
         self.sweep(tombstones, true).await;
     }
 
+    /// Deletes the garbage known now (`rtgt volume gc`: the open that precedes it listed every
+    /// version); returns how many objects went, and how many are left (a failure, or an
+    /// unreadable manifest that stops the sweep).
+    pub async fn collect_garbage(&self) -> (u64, u64) {
+        let before = self.stats.versions_swept.load(Ordering::Relaxed);
+        self.sweep_garbage().await;
+        let swept = self.stats.versions_swept.load(Ordering::Relaxed) - before;
+        let cache = self.cache();
+        let left = cache.garbage.values().map(|v| v.len() as u64).sum::<u64>();
+        (swept, left)
+    }
+
     async fn sweep(&self, versions: Vec<(u64, u64)>, tombstones: bool) {
         for batch in versions.chunks(SWEEP_BATCH) {
             let keys = batch.iter().map(|&(c, v)| (c, format::chunk_version_key(&self.url, c, v))).collect();

@@ -51,6 +51,8 @@ async fn the_newest_version_wins_after_a_crash_and_the_rest_is_swept() {
     drop(v);
     assert_eq!(versions(&h, 0).len(), 2, "the crash left the older version behind");
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    assert_eq!(v.collect_garbage().await, (1, 0), "gc deletes what the crash left");
+    assert_eq!(versions(&h, 0).len(), 1);
     assert!(v.read(0, CHUNK_64K as usize).await.unwrap() == fill(2), "read back other data");
     // A version taken by this open sorts after every version of the last.
     merged(&v, 3).await;

@@ -102,3 +102,27 @@ pub async fn clones_of(store: &dyn ObjectStore, prefix: &str, name: &SnapshotNam
     let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
     Ok(listed.into_iter().map(|o| o.key[dir.len()..].to_string()).collect())
 }
+
+/// Deletes the records of clones of the volume at `url` (of uuid `uuid`) that do not exist
+/// (a clone whose creation was cut short, or deleted by hand): they would keep their
+/// snapshots forever. Returns how many went.
+pub async fn forget_missing_clones(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<u64, String> {
+    let mut forgotten = 0;
+    for manifest in super::snapshot::read_manifests(store, url, uuid).await? {
+        let dir = clones_dir(&url.key(""), &manifest.name);
+        for record in crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))? {
+            let clone_uuid = &record.key[dir.len()..];
+            let got = store.get(&record.key, None).await.map_err(|e| format!("cannot read {}: {e}", record.key))?;
+            let child = String::from_utf8_lossy(&got.body).to_string();
+            let exists = match S3Url::parse(&child) {
+                Ok(child) => S3Volume::read_meta(store, &child).await?.is_some_and(|(m, _)| m.uuid == clone_uuid),
+                Err(_) => false,
+            };
+            if !exists {
+                store.delete(&record.key).await.map_err(|e| format!("cannot delete {}: {e}", record.key))?;
+                forgotten += 1;
+            }
+        }
+    }
+    Ok(forgotten)
+}
