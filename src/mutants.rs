@@ -46,10 +46,15 @@ pub enum Mutant {
     /// An S3 volume's WRITE ATOMIC is a plain write made durable by a flush, which may cut it
     /// into several logs and merges.
     AtomicWriteWithoutItsLog = 18,
+    /// The sweep deletes superseded chunk versions a snapshot still holds.
+    SweepHeldVersions = 19,
+    /// Taking a snapshot notes the chunk versions without merging the dirty chunks first: it
+    /// misses acknowledged writes still in the cache or in logs.
+    SnapshotSkipsMerge = 20,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 18] = [
+    pub const ALL: [Mutant; 20] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -68,6 +73,8 @@ impl Mutant {
         Mutant::StandbyIgnoresLease,
         Mutant::TmfBeforeAbortedComplete,
         Mutant::AtomicWriteWithoutItsLog,
+        Mutant::SweepHeldVersions,
+        Mutant::SnapshotSkipsMerge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +97,8 @@ impl Mutant {
             Mutant::StandbyIgnoresLease => "standby-ignores-lease",
             Mutant::TmfBeforeAbortedComplete => "tmf-before-aborted-complete",
             Mutant::AtomicWriteWithoutItsLog => "atomic-write-without-its-log",
+            Mutant::SweepHeldVersions => "sweep-held-versions",
+            Mutant::SnapshotSkipsMerge => "snapshot-skips-merge",
         }
     }
 }

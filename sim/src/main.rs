@@ -7,6 +7,7 @@ mod model;
 mod net;
 mod panics;
 mod recovery_image;
+mod snapshots;
 mod takeover;
 mod workload;
 mod world;

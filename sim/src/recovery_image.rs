@@ -32,6 +32,9 @@ pub fn recovery_image(
     for (key, (body, meta)) in objects {
         if let Some(c) = chunk_of(key) {
             let at = (c * chunk) as usize;
+            // A tombstone (an empty version) reads as zeros.
+            let chunk_end = (at + chunk as usize).min(image.len());
+            image[at..chunk_end].fill(0);
             let end = (at + body.len()).min(image.len());
             image[at..end].copy_from_slice(&body[..end - at]);
             stamps.insert(c, format::chunk_stamp(meta));

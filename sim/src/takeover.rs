@@ -201,7 +201,7 @@ pub(crate) async fn target(s3: MemS3, t: PairTarget) -> turmoil::Result {
     };
     let url = S3Url::parse(&format!("s3://{BUCKET}/pair")).expect("url");
     let lu_config = LuConfig::new(BLOCK as u32, LuIdentity::derived("pair/0"));
-    add_s3_lun(&entry, 0, store, url, opts, lu_config, BLOCKS * BLOCK as u64, &clock)?;
+    add_s3_lun(&entry, 0, store, url, opts, lu_config, BLOCKS * BLOCK as u64, &clock, None)?;
     registry.add_target(entry)?;
     // Busy polling spins on yields, and simulated time does not pass while tasks only yield.
     let settings = Settings { busy_poll: Duration::ZERO, ..Settings::default() };

@@ -34,6 +34,8 @@ pub struct Shared {
     pub recovered_after_heal: Vec<[Option<Duration>; LUNS]>,
     pub clients_done: usize,
     pub commands: u64,
+    /// The snapshots of LUN 1's volume the target took (`snapshots.rs`).
+    pub snapshots: Vec<crate::snapshots::Taken>,
 }
 
 impl Shared {
@@ -48,6 +50,7 @@ impl Shared {
             recovered_after_heal: Vec::new(),
             clients_done: 0,
             commands: 0,
+            snapshots: Vec::new(),
         }
     }
 

@@ -33,6 +33,7 @@ use crate::disk::{DiskFaults, Landings, Media, SimDisk};
 use crate::mem_s3::{MemS3, S3Faults};
 use crate::model::Model;
 use crate::net::TurmoilNet;
+use crate::snapshots::{Snapshotter, VolumeSlot};
 use crate::workload::{self, Shared};
 
 pub const TARGET: &str = "iqn.2026-11.dev.rtgt:sim";
@@ -144,7 +145,7 @@ pub fn s3_client(s3: MemS3) -> AwsStore {
 }
 
 /// The target's software: built from scratch at every (re)start, as a process would be.
-async fn target(env: Environment) -> turmoil::Result {
+async fn target(env: Environment, shared: Rc<RefCell<Shared>>) -> turmoil::Result {
     let clock: Arc<dyn Clock> = Arc::new(SimClock(TokioClock::new()));
     let registry = Arc::new(Registry::new());
     registry.set_portal_group(1, vec![format!("0.0.0.0:{PORT}").parse().expect("address")]);
@@ -212,7 +213,18 @@ async fn target(env: Environment) -> turmoil::Result {
     // LUN 1 opens in the background as in production: NOT READY until its volume is open
     // (the object store may be failing), opened again if its lease is ever lost.
     let lu_config = LuConfig::new(BLOCK as u32, LuIdentity::derived("sim/1"));
-    add_s3_lun(&entry, 1, store, url, opts, lu_config, BLOCKS * BLOCK, &clock)?;
+    let slot = VolumeSlot::default();
+    let mut snapshotter = Snapshotter {
+        slot: slot.clone(),
+        store: store.clone(),
+        url: url.clone(),
+        blocks: BLOCKS,
+        shared,
+        rng: Rng::seeded(env.seed ^ 0x5ea9_5407 ^ incarnation << 20),
+        incarnation,
+        taken: 0,
+    };
+    add_s3_lun(&entry, 1, store, url, opts, lu_config, BLOCKS * BLOCK, &clock, Some(slot))?;
     registry.add_target(entry)?;
 
     let mut settings = Settings::default();
@@ -223,12 +235,18 @@ async fn target(env: Environment) -> turmoil::Result {
     settings.conn.nop_timeout = Duration::from_secs(10);
     // Busy polling spins on yields, and simulated time does not pass while tasks only yield.
     settings.busy_poll = Duration::ZERO;
-    let server = Arc::new(Server::new(TurmoilNet, clock, registry, settings));
+    let server = Arc::new(Server::new(TurmoilNet, clock.clone(), registry, settings));
     for portal in server.bind().await? {
         tokio::spawn(server.clone().accept_loop(portal));
     }
+    // Snapshots of LUN 1 now and then, every 2 to 8 s.
+    let mut next_snapshot = clock.now() + Duration::from_millis(2000 + snapshotter.rng.below(6000));
     while !env.shutdown.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if clock.now() >= next_snapshot {
+            snapshotter.round().await;
+            next_snapshot = clock.now() + Duration::from_millis(2000 + snapshotter.rng.below(6000));
+        }
     }
     server.shutdown(Duration::from_secs(5)).await;
     env.shut_down.store(true, Ordering::Relaxed);
@@ -269,16 +287,20 @@ pub fn add_s3_lun(
     lu_config: LuConfig,
     capacity: u64,
     clock: &Arc<dyn Clock>,
+    slot: Option<VolumeSlot>,
 ) -> Result<(), String> {
     let placeholder = Placeholder::new(lu_config.clone(), Some(capacity), "opening")?;
     entry.scsi.add_lun(lun, placeholder.lu.clone())?;
     let open: Opener = {
         let clock = clock.clone();
         Arc::new(move || {
-            let (store, url, opts, clock, lu_config) =
-                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone());
+            let (store, url, opts, clock, lu_config, slot) =
+                (store.clone(), url.clone(), opts.clone(), clock.clone(), lu_config.clone(), slot.clone());
             Box::pin(async move {
                 let volume = S3Volume::open(store, url, opts, clock).await.map_err(LunOpenError::from)?;
+                if let Some(slot) = slot {
+                    *slot.lock().expect("poisoned") = Some(Arc::downgrade(&volume));
+                }
                 let mut lu = LogicalUnit::new(volume.clone(), lu_config)?;
                 lu.keep_reservations(Arc::new(VolumeKeeper::new(volume))).await?;
                 Ok(Arc::new(lu))
@@ -400,10 +422,10 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
     env.s3.create_bucket(BUCKET);
     // Object stores answer in milliseconds (tens of them, at a distance).
     env.s3.set_base_latency(Duration::from_millis(1 + rng.below(30)));
-    let host_env = env.clone();
-    sim.host("target", move || target(host_env.clone()));
-
     let shared = Rc::new(RefCell::new(Shared::new(Model::new(2, BLOCKS), keep_trace)));
+    let (host_env, host_shared) = (env.clone(), shared.clone());
+    sim.host("target", move || target(host_env.clone(), host_shared.clone()));
+
     let names: Vec<String> = (0..initiators).map(|i| format!("init{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         let shared = shared.clone();
@@ -721,7 +743,8 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
             }
         }
     }
-    // Invariant 5 once quiet: no log objects, no all-zero chunk objects.
+    // Invariant 5 once quiet: no log objects, no all-zero chunk objects (a tombstone, an empty
+    // version, only while a snapshot may hold what it hides).
     let objects = match env.store {
         Store::Remote => env.s3.objects(BUCKET),
         Store::Embedded => LocalRoot::inspect(&env.fs, Path::new(EMBEDDED_ROOT), BUCKET),
@@ -729,11 +752,15 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
     if let Some(key) = journal_logs(env).keys().next() {
         return Some(format!("leak: journal log {key} left after a clean shutdown"));
     }
+    let snapshots = objects.keys().any(|k| k.contains("/snapshots/") && k.ends_with(".json"));
     for (key, body) in objects {
         if key.contains("/log/") {
             return Some(format!("leak: log object {key} left after a clean shutdown"));
         }
-        if key.contains("/chunks/") && body.iter().all(|&b| b == 0) {
+        if key.contains("/chunks/") && body.is_empty() && !snapshots {
+            return Some(format!("leak: tombstone {key} left with no snapshot"));
+        }
+        if key.contains("/chunks/") && !body.is_empty() && body.iter().all(|&b| b == 0) {
             return Some(format!("leak: chunk object {key} holds only zeros"));
         }
     }
