@@ -997,7 +997,7 @@ async fn snapshot(command: SnapshotCommand) -> Result<(), String> {
             for m in manifests {
                 let taken = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.created_unix_secs);
                 let (taken, size) = (httpdate::fmt_http_date(taken), Size(m.size).to_string());
-                println!("{:<24} {taken:<29} {size:>10} {:>8}", m.name.as_str(), m.chunks.len());
+                println!("{:<24} {taken:<29} {size:>10} {:>8}", m.name.as_str(), m.holding());
             }
             Ok(())
         }

@@ -70,6 +70,11 @@ impl Manifest {
         self.inherited.clone().into_iter().chain(own).collect()
     }
 
+    /// Chunks holding data in the snapshot, its own and inherited.
+    pub fn holding(&self) -> u64 {
+        (self.chunks.len() + self.inherited.keys().filter(|c| !self.chunks.contains_key(c)).count()) as u64
+    }
+
     /// The key prefixes of the volumes this snapshot reads from besides its own.
     pub fn ancestors(&self) -> std::collections::BTreeSet<String> {
         self.inherited.values().map(|i| i.prefix.clone()).collect()
@@ -137,6 +142,7 @@ mod tests {
         assert_eq!(m.chunk_key("vol/", 0).unwrap(), "vol/chunks/0000000000000000/0000000000000007");
         assert_eq!(m.chunk_key("vol/", 3).unwrap(), "base/chunks/0000000000000003/0000000000000002");
         assert_eq!(m.chunk_key("vol/", 4), None);
+        assert_eq!(m.holding(), 3);
         let inherited = m.as_inherited("vol/");
         assert_eq!(inherited.len(), 3);
         assert_eq!(inherited[&9], Inherited { prefix: "vol/".into(), version: 1 << 40 });

@@ -26,7 +26,7 @@ impl From<&Manifest> for SnapshotSummary {
             name: m.name.clone(),
             created_unix_secs: m.created_unix_secs,
             size: m.size,
-            chunks: m.chunks.len() as u64,
+            chunks: m.holding(),
         }
     }
 }
