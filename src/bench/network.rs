@@ -177,6 +177,40 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
         v.close().await.map_err(|e| e.to_string())?;
     }
 
+    // The same with a snapshot taken every second meanwhile: writes wait while it merges the
+    // dirty chunks. Compare its max with the p99 of the run above.
+    const SNAPSHOTS: &str = "4 KiB random write, QD32, fits the cache, a snapshot every second";
+    if args.wants(&[SNAPSHOTS]) {
+        let v = open_with(&setup, "snapshots", None, 4 << 30).await?;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // On a task of its own: the writes, which the cache takes at once, never yield.
+        let taker = tokio::spawn({
+            let (v, done) = (v.clone(), done.clone());
+            async move {
+                let mut took = Vec::new();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        return took;
+                    }
+                    let name = format!("s{}", took.len());
+                    let name = crate::storage::snapshots::SnapshotName::parse(&name).expect("a name");
+                    let started = Instant::now();
+                    if v.create_snapshot(name).await.is_ok() {
+                        took.push(started.elapsed());
+                    }
+                }
+            }
+        });
+        let m = closed_loop(32, secs, 4 * KIB, |_, rng| random_write(&v, rng, false)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let took = taker.await.map_err(|e| e.to_string())?;
+        let ms: Vec<String> = took.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+        eprintln!("snapshots taken meanwhile: {} (ms each: {})", took.len(), ms.join(", "));
+        record(SNAPSHOTS, m);
+        v.close().await.map_err(|e| e.to_string())?;
+    }
+
     const LOCAL_QD1: &str = "4 KiB FUA write, QD1, durability local";
     const LOCAL_QD32: &str = "4 KiB FUA write, QD32, durability local";
     if args.wants(&[LOCAL_QD1, LOCAL_QD32]) {
