@@ -224,6 +224,9 @@ pub(super) struct Cache {
     pub(super) inherited: BTreeMap<u64, super::manifest::Inherited>,
     /// The snapshots of the volume, by name (`snapshot.rs`).
     pub(super) snapshots: BTreeMap<super::manifest::SnapshotName, std::sync::Arc<super::manifest::Manifest>>,
+    /// Per snapshot being written: the versions its captured chunks compose over (held until
+    /// they are written).
+    pub(super) holding: BTreeMap<super::manifest::SnapshotName, Vec<(u64, u64)>>,
     /// A manifest could not be read at open: nothing may be swept (it may hold anything).
     pub(super) sweep_blocked: bool,
     /// Chunks whose object is known to exist (listed at open, or a PUT that succeeded): a

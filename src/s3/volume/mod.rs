@@ -31,6 +31,7 @@ mod recovery;
 mod room;
 mod sealing;
 pub mod snapshot;
+mod snapshot_capture;
 mod snapshot_view;
 mod transfer;
 mod unmap;

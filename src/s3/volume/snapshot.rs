@@ -1,14 +1,15 @@
 //! Snapshots of a volume of the versioned layout: a snapshot is a manifest (`manifest.rs`)
 //! naming the chunk versions that held the volume's data when it was taken. Taking one copies
-//! no data: writes wait while every dirty chunk is merged (a flush that writes chunk versions
-//! instead of logs), the versions are noted, and the manifest is written. The versions a
+//! no object: writes wait while the dirty chunks are copied out of the cache
+//! (`snapshot_capture.rs`), then go on while those copies are written as chunk versions, and
+//! the manifest is written. The versions a
 //! snapshot names are never swept while it exists; deleting it makes them garbage.
 //!
 //! Crash consistency: every write acknowledged before the snapshot began is in a chunk version
 //! it names; no write that began after it is. A crash before the manifest lands leaves no
 //! snapshot (its versions are garbage at the next open).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -86,18 +87,20 @@ impl S3Volume {
         if self.cache().snapshots.contains_key(&name) {
             return Err(SnapshotError::Exists { store: self.url.to_string(), name });
         }
-        let manifest = {
+        let (provisional, captured) = {
             let _writes_wait = self.snapshot_gate.write().await;
             self.lease.check("a snapshot").map_err(|e| SnapshotError::Failed(e.to_string()))?;
-            let planted = crate::mutants::active(crate::mutants::Mutant::SnapshotSkipsMerge);
-            let dirty = if planted { Vec::new() } else { self.dirty_chunks() };
-            self.merge_chunks(&dirty).await.map_err(|e| SnapshotError::Failed(format!("cannot merge: {e}")))?;
             let mut cache = self.cache();
-            if let Some(c) = cache.entries.iter().find(|(_, e)| !planted && !e.is_clean()).map(|(c, _)| *c) {
-                return Err(SnapshotError::Failed(format!("chunk {c} is still dirty after its merge")));
-            }
-            let chunks: BTreeMap<u64, u64> =
-                cache.live.iter().filter(|(c, _)| cache.exists.contains(c)).map(|(&c, &v)| (c, v)).collect();
+            let planted = crate::mutants::active(crate::mutants::Mutant::SnapshotSkipsMerge);
+            let captured = if planted { Vec::new() } else { self.capture_dirty(&mut cache) };
+            let dirty: BTreeSet<u64> = captured.iter().map(|k| k.c).collect();
+            let mut chunks: BTreeMap<u64, u64> = cache
+                .live
+                .iter()
+                .filter(|(c, _)| cache.exists.contains(c) && !dirty.contains(c))
+                .map(|(&c, &v)| (c, v))
+                .collect();
+            chunks.extend(captured.iter().map(|k| (k.c, k.version)));
             // A clone's chunks it has not written (nor zeroed) are its ancestors'.
             let inherited = cache
                 .inherited
@@ -114,9 +117,41 @@ impl S3Volume {
                 chunks,
                 inherited,
             });
-            // Held from now on: the merges of the writes that wait must not sweep them.
+            // Held from now on, with the versions the captured chunks compose over: the merges
+            // of the writes that go on must not sweep them.
+            let bases = captured.iter().filter_map(|k| Some((k.c, *cache.live.get(&k.c)?))).collect();
+            cache.holding.insert(name.clone(), bases);
             cache.snapshots.insert(name.clone(), manifest.clone());
             retain(&mut cache);
+            (manifest, captured)
+        };
+        // Writes go on while the captured chunks are written.
+        let mut zero = BTreeSet::new();
+        for group in captured.chunks(super::MERGE_PARALLEL) {
+            for (k, written) in
+                group.iter().zip(futures::future::join_all(group.iter().map(|k| self.write_captured(k))).await)
+            {
+                match written {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        zero.insert(k.c);
+                    }
+                    Err(e) => {
+                        self.forget(&name);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let manifest = {
+            let mut chunks = provisional.chunks.clone();
+            chunks.retain(|c, _| !zero.contains(c));
+            let manifest = Arc::new(Manifest { chunks, ..(*provisional).clone() });
+            let mut cache = self.cache();
+            cache.snapshots.insert(name.clone(), manifest.clone());
+            let bases = cache.holding.remove(&name).unwrap_or_default();
+            retain(&mut cache);
+            release(&mut cache, bases.into_iter().chain(zero.iter().map(|&c| (c, provisional.chunks[&c]))));
             manifest
         };
         let (body, metadata) = manifest.encode();
@@ -180,12 +215,9 @@ impl S3Volume {
     fn forget(&self, name: &SnapshotName) {
         let mut cache = self.cache();
         let Some(manifest) = cache.snapshots.remove(name) else { return };
+        let bases = cache.holding.remove(name).unwrap_or_default();
         retain(&mut cache);
-        for (&c, &v) in &manifest.chunks {
-            if cache.live.get(&c) != Some(&v) {
-                chunk_map::supersede(&mut cache, c, v);
-            }
-        }
+        release(&mut cache, manifest.chunks.iter().map(|(&c, &v)| (c, v)).chain(bases));
     }
 }
 
@@ -205,11 +237,20 @@ impl Snapshots for S3Volume {
 
 /// Recomputes the versions the snapshots hold.
 fn retain(cache: &mut super::cache::Cache) {
-    let mut retained: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
-    for m in cache.snapshots.values() {
-        for (&c, &v) in &m.chunks {
-            retained.entry(c).or_default().insert(v);
-        }
+    let mut retained: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    let held = cache.snapshots.values().flat_map(|m| m.chunks.iter().map(|(&c, &v)| (c, v)));
+    for (c, v) in held.chain(cache.holding.values().flatten().copied()) {
+        retained.entry(c).or_default().insert(v);
     }
     cache.retained = retained;
+}
+
+/// Versions no longer held by what held them: garbage, unless they hold a chunk's data or
+/// something else holds them.
+fn release(cache: &mut super::cache::Cache, versions: impl Iterator<Item = (u64, u64)>) {
+    for (c, v) in versions {
+        if cache.live.get(&c) != Some(&v) {
+            chunk_map::supersede(cache, c, v);
+        }
+    }
 }
