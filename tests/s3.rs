@@ -457,24 +457,10 @@ fn an_encrypted_volume_round_trips_through_import_and_export_with_its_key_only()
     let other = dir.path().join("other");
     std::fs::write(&other, [0x5du8; 32]).unwrap();
     // 3 MiB with holes: data in the first 64 KiB and at 2 MiB.
-    let mut image = vec![0u8; 3 << 20];
-    for range in [0..64 << 10, 2 << 20..(2 << 20) + 100_000] {
-        for i in range {
-            image[i] = (i % 251) as u8 ^ 0xa5;
-        }
-    }
+    let image = image_with_holes(3 << 20, 0xa5);
     let image_path = dir.path().join("image");
     std::fs::write(&image_path, &image).unwrap();
-    let rtgt = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
-            .args(args)
-            .arg("--store-dir")
-            .arg(&store)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    };
+    let rtgt = |args: &[&str]| rtgt_on(&store, args);
     let (key, other) = (key.to_str().unwrap(), other.to_str().unwrap());
     let image_arg = image_path.to_str().unwrap();
     let (ok, text) =
@@ -518,6 +504,30 @@ fn an_encrypted_volume_round_trips_through_import_and_export_with_its_key_only()
     assert!(ok && text.contains("wrapped by a passphrase (Argon2id)"), "{text}");
 }
 
+/// `len` bytes with data in the first 64 KiB and in 100,000 bytes at 2 MiB, zeros elsewhere.
+fn image_with_holes(len: usize, salt: u8) -> Vec<u8> {
+    let mut image = vec![0u8; len];
+    for range in [0..64 << 10, 2 << 20..(2 << 20) + 100_000] {
+        for i in range {
+            image[i] = (i % 251) as u8 ^ salt;
+        }
+    }
+    image
+}
+
+/// Runs the rtgt command line on the embedded store at `store`: whether it succeeded, and
+/// what it printed.
+fn rtgt_on(store: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
+        .args(args)
+        .arg("--store-dir")
+        .arg(store)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 /// Every file under a directory.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
@@ -538,24 +548,10 @@ fn a_snapshot_exports_its_point_in_time_after_the_volume_changed() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s3");
     embedded::open_root(&store).unwrap().create_bucket("vols").unwrap();
-    let mut image = vec![0u8; 4 << 20];
-    for range in [0..64 << 10, 2 << 20..(2 << 20) + 100_000] {
-        for i in range {
-            image[i] = (i % 251) as u8 ^ 0x3c;
-        }
-    }
+    let image = image_with_holes(4 << 20, 0x3c);
     let image_path = dir.path().join("image");
     std::fs::write(&image_path, &image).unwrap();
-    let rtgt = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
-            .args(args)
-            .arg("--store-dir")
-            .arg(&store)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    };
+    let rtgt = |args: &[&str]| rtgt_on(&store, args);
     let (ok, text) =
         rtgt(&["volume", "import", image_path.to_str().unwrap(), "s3://vols/snap", "--chunk-size", "1MiB"]);
     assert!(ok, "{text}");

@@ -121,19 +121,7 @@ async fn a_read_that_raced_a_sweep_reads_the_newer_version() {
 #[tokio::test(start_paused = true)]
 async fn a_flat_volume_keeps_one_object_per_chunk() {
     let h = Harness::new();
-    let flat = VolumeMeta {
-        format_version: format::FLAT_FORMAT_VERSION,
-        size: 4 * CHUNK_64K,
-        block_size: BS as u32,
-        chunk_size: CHUNK_64K,
-        uuid: "00000000-0000-4000-a000-000000000001".into(),
-        created_unix_secs: 0,
-        epoch: 0,
-        journal_node: None,
-        encryption: None,
-        parent: None,
-    };
-    h.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
+    h.put_flat_volume(CHUNK_64K, 4).await;
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     assert_eq!(v.meta().layout(), format::ChunkLayout::Flat);
     merged(&v, 1).await;

@@ -139,19 +139,7 @@ async fn names_are_unique_and_a_flat_volume_has_no_snapshots() {
     v.close().await.unwrap();
 
     let h = Harness::new();
-    let flat = VolumeMeta {
-        format_version: format::FLAT_FORMAT_VERSION,
-        size: 4 * CHUNK_64K,
-        block_size: BS as u32,
-        chunk_size: CHUNK_64K,
-        uuid: "00000000-0000-4000-a000-000000000001".into(),
-        created_unix_secs: 0,
-        epoch: 0,
-        journal_node: None,
-        encryption: None,
-        parent: None,
-    };
-    h.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
+    h.put_flat_volume(CHUNK_64K, 4).await;
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     let err = v.create_snapshot(name("s")).await.unwrap_err();
     assert!(err.to_string().contains("format 3"), "{err}");

@@ -54,6 +54,24 @@ impl Harness {
         self.open_with(self.options(chunk, chunks, holder)).await
     }
 
+    /// Writes the metadata of a volume of format 1 (the flat layout) at `url()`, as an rtgt
+    /// before format 3 created it.
+    async fn put_flat_volume(&self, chunk: u64, chunks: u64) {
+        let flat = VolumeMeta {
+            format_version: format::FLAT_FORMAT_VERSION,
+            size: chunks * chunk,
+            block_size: BS as u32,
+            chunk_size: chunk,
+            uuid: "00000000-0000-4000-a000-000000000001".into(),
+            created_unix_secs: 0,
+            epoch: 0,
+            journal_node: None,
+            encryption: None,
+            parent: None,
+        };
+        self.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
+    }
+
     fn chunk_objects(&self) -> BTreeMap<String, Bytes> {
         self.mem.objects().into_iter().filter(|(k, _)| k.starts_with("vol/chunks/")).collect()
     }
