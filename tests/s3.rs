@@ -612,3 +612,42 @@ fn a_snapshot_exports_its_point_in_time_after_the_volume_changed() {
     let (ok, text) = rtgt(&["volume", "export", "s3://vols/snap@before", snap_out.to_str().unwrap()]);
     assert!(!ok && text.contains("has no snapshot named before"), "{text}");
 }
+
+/// A 1 GiB image with holes through the command line: imported (sparse: only the pieces with
+/// data are stored), exported (sparse: holes stay holes), byte for byte the same.
+#[test]
+fn a_1_gib_image_with_holes_round_trips_through_import_and_export() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s3");
+    embedded::open_root(&store).unwrap().create_bucket("vols").unwrap();
+    let image_path = dir.path().join("image");
+    let mut image = std::fs::File::create(&image_path).unwrap();
+    image.set_len(1 << 30).unwrap();
+    // Data in 16 places (whole chunks, pieces of chunks, single blocks across chunk edges).
+    let places: Vec<(u64, usize)> =
+        (0..16u64).map(|i| ((i * 67) << 20 | (i * 4096 % (1 << 20)), 512 << (i % 12))).collect();
+    for (i, &(at, len)) in places.iter().enumerate() {
+        let data: Vec<u8> = (0..len).map(|j| (j % 253) as u8 ^ i as u8 | 1).collect();
+        image.seek(SeekFrom::Start(at)).unwrap();
+        image.write_all(&data).unwrap();
+    }
+    image.sync_all().unwrap();
+    let (ok, text) = rtgt_on(&store, &["volume", "import", image_path.to_str().unwrap(), "s3://vols/big"]);
+    assert!(ok && text.contains("of 1GiB"), "{text}");
+    let stored: u64 = walk(&store.join("vols/big/chunks")).iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(stored <= 16 * (4 << 20) + (1 << 20), "{stored} bytes stored for 16 places of data");
+    let out = dir.path().join("out");
+    let (ok, text) = rtgt_on(&store, &["volume", "export", "s3://vols/big", out.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let (mut a, mut b) = (std::fs::File::open(&image_path).unwrap(), std::fs::File::open(&out).unwrap());
+    assert_eq!(b.metadata().unwrap().len(), 1 << 30);
+    let (mut x, mut y) = (vec![0u8; 4 << 20], vec![0u8; 4 << 20]);
+    for piece in 0..256u64 {
+        a.read_exact(&mut x).unwrap();
+        b.read_exact(&mut y).unwrap();
+        assert!(x == y, "the export differs in the piece at {} MiB", piece * 4);
+    }
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&b.metadata().unwrap()) * 512;
+    assert!(allocated < 128 << 20, "the export allocated {allocated} bytes: its holes were written");
+}
