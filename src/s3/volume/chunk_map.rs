@@ -245,7 +245,19 @@ impl S3Volume {
         }
         let versions: Vec<(u64, u64)> = {
             let cache = self.cache();
-            cache.garbage.iter().flat_map(|(&c, versions)| versions.iter().map(move |&v| (c, v))).collect()
+            // Only versions older than one that surely holds the chunk: a version that may
+            // have landed after it is what a taker of the lease would find newest, and a
+            // DELETE of it still on its way when this holder dies would land after the
+            // taker listed it.
+            let superseded = |c: u64, v: u64| {
+                cache.live.get(&c).is_some_and(|&l| l > v) || cache.tombstones.get(&c).is_some_and(|&t| t > v)
+            };
+            cache
+                .garbage
+                .iter()
+                .flat_map(|(&c, versions)| versions.iter().map(move |&v| (c, v)))
+                .filter(|&(c, v)| superseded(c, v))
+                .collect()
         };
         self.sweep(versions, false).await;
         let tombstones: Vec<(u64, u64)> = {

@@ -126,6 +126,7 @@ impl S3Volume {
             (manifest, captured)
         };
         // Writes go on while the captured chunks are written.
+        let mut unfinished = Unfinished { volume: self, name: Some(name.clone()) };
         let mut zero = BTreeSet::new();
         for group in captured.chunks(super::MERGE_PARALLEL) {
             for (k, written) in
@@ -156,6 +157,8 @@ impl S3Volume {
         };
         let (body, metadata) = manifest.encode();
         let key = Manifest::key(&self.url, &name);
+        // From here a manifest may land, dropped or not.
+        unfinished.name = None;
         match self.store.put(&key, body, metadata, Condition::IfNoneMatch).await {
             Ok(_) => {
                 tracing::info!(volume = %self.url, snapshot = %name, chunks = manifest.chunks.len(), "snapshot taken");
@@ -232,6 +235,21 @@ impl Snapshots for S3Volume {
 
     fn snapshots(&self) -> Vec<SnapshotSummary> {
         S3Volume::snapshots(self)
+    }
+}
+
+/// A snapshot being taken, forgotten if its taking is dropped (a client gone) before its
+/// manifest is sent: it would be held in memory, and its versions, for nothing.
+struct Unfinished<'a> {
+    volume: &'a S3Volume,
+    name: Option<SnapshotName>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.volume.forget(&name);
+        }
     }
 }
 

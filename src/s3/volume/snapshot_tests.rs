@@ -194,3 +194,25 @@ async fn a_snapshot_view_reads_its_point_in_time_and_a_missing_version_is_an_err
     assert!(matches!(err, StoreError::Read(_)) && err.to_string().contains("missing"), "{err}");
     v.close().await.unwrap();
 }
+
+/// A snapshot whose taking is dropped before its manifest is sent (the API client went away)
+/// is forgotten: not listed, and its copies are garbage.
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_dropped_while_taken_is_forgotten() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    v.write(0, fill(1), false).await.unwrap();
+    v.merge_chunk(0).await.unwrap();
+    v.evict_clean(&mut v.cache(), u64::MAX);
+    v.write(0, block(2), false).await.unwrap(); // partial: its copy reads the base
+    let base = h.chunk_objects().into_keys().next().unwrap();
+    h.mem.hold_gets(&base);
+    // The copy waits for its base; the caller gives up (a second of paused time) and drops it.
+    let taking = tokio::time::timeout(Duration::from_secs(1), v.create_snapshot(name("gone"))).await;
+    assert!(taking.is_err(), "the snapshot was taken with its base held");
+    h.mem.release_all();
+    assert!(v.snapshots().is_empty(), "a snapshot never written is listed");
+    assert!(v.cache().retained.is_empty() && v.cache().holding.is_empty());
+    v.create_snapshot(name("gone")).await.unwrap();
+    v.close().await.unwrap();
+}
