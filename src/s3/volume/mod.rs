@@ -637,6 +637,7 @@ impl S3Volume {
             tracing::warn!(volume = %self.url, "taken over by force: waiting out the previous holder's lease");
         }
         self.lease.wait_until_writable().await;
+        self.refresh_meta().await?;
         // What the last open left: its journal is ours to replay only if it was this node's.
         let previous = self.meta();
         let journal = self.check_journal(&previous).await?;
@@ -720,30 +721,53 @@ impl S3Volume {
         self.next_seq.load(Ordering::SeqCst) - 1
     }
 
-    /// Writes the metadata back with the epoch bumped; sequence numbers start above it.
-    async fn bump_epoch(&self) -> Result<(), String> {
-        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
-        meta.epoch += 1;
-        meta.journal_node = self.opts.journal.as_ref().and(self.opts.node.as_ref()).map(|n| n.as_str().to_string());
-        let etag = match self.put_meta(&meta, etag).await {
-            Ok(etag) => etag,
-            // Our uncertain attempt may have landed: read back.
-            Err(ObjectError::Indeterminate(_)) | Err(ObjectError::PreconditionFailed) => {
-                let (found, etag) = S3Volume::read_meta(&*self.store, &self.url)
-                    .await?
-                    .ok_or_else(|| format!("{} vanished", self.url))?;
-                if found.epoch < meta.epoch {
-                    return Err(format!("cannot update the metadata of {}: it changed meanwhile", self.url));
-                }
-                meta = found;
-                etag
-            }
-            Err(e) => return Err(format!("cannot update the metadata of {}: {e}", self.url)),
-        };
-        self.next_seq.store(meta.first_seq(), Ordering::SeqCst);
-        self.start_versions(meta.epoch);
-        *self.meta.lock().expect("poisoned") = (meta, etag);
+    /// Reads the metadata again now that the lease is ours: the holder before us may have
+    /// changed it (bumped the epoch, grown the volume) while we waited for the lease.
+    async fn refresh_meta(&self) -> Result<(), OpenError> {
+        let (found, etag) = S3Volume::read_meta(&*self.control, &self.url)
+            .await
+            .map_err(OpenError::Unavailable)?
+            .ok_or_else(|| OpenError::Unavailable(format!("{} was deleted while we waited for its lease", self.url)))?;
+        let was = self.meta();
+        let same_volume = (found.uuid == was.uuid)
+            && (found.format_version, found.chunk_size, found.block_size)
+                == (was.format_version, was.chunk_size, was.block_size);
+        if !same_volume {
+            // Deleted and created again: the next attempt opens the new one from the start.
+            return Err(OpenError::Unavailable(format!("{} was replaced while we waited for its lease", self.url)));
+        }
+        self.capacity.store(found.size, Ordering::Relaxed);
+        *self.meta.lock().expect("poisoned") = (found, etag);
         Ok(())
+    }
+
+    /// Writes the metadata back with the epoch bumped; sequence numbers and chunk versions
+    /// start above it. An epoch is ours only by a write that certainly succeeded: after an
+    /// uncertain or refused one we read the metadata again and bump above what it holds, even
+    /// if it holds our own attempt (a number is skipped), since it may as well hold another
+    /// holder's bump to the same number, and two holders of one epoch write the same versions.
+    async fn bump_epoch(&self) -> Result<(), String> {
+        for _ in 0..8 {
+            let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+            meta.epoch += 1;
+            meta.journal_node = self.opts.journal.as_ref().and(self.opts.node.as_ref()).map(|n| n.as_str().to_string());
+            match self.put_meta(&meta, etag).await {
+                Ok(etag) => {
+                    self.next_seq.store(meta.first_seq(), Ordering::SeqCst);
+                    self.start_versions(meta.epoch);
+                    *self.meta.lock().expect("poisoned") = (meta, etag);
+                    return Ok(());
+                }
+                Err(ObjectError::Indeterminate(_)) | Err(ObjectError::PreconditionFailed) => {
+                    let found = S3Volume::read_meta(&*self.store, &self.url)
+                        .await?
+                        .ok_or_else(|| format!("{} vanished", self.url))?;
+                    *self.meta.lock().expect("poisoned") = found;
+                }
+                Err(e) => return Err(format!("cannot update the metadata of {}: {e}", self.url)),
+            }
+        }
+        Err(format!("cannot update the metadata of {}: it keeps changing", self.url))
     }
 
     async fn load_chunk_list(&self) -> Result<(), String> {

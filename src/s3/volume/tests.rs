@@ -274,6 +274,8 @@ struct Tagged {
     cut_from_lease: std::sync::atomic::AtomicBool,
     /// PUTs of the lease object are lost: never applied, reported uncertain.
     lose_lease_puts: std::sync::atomic::AtomicBool,
+    /// Reads of the lease object wait while this is set (a slow request).
+    lease_reads_held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Tagged {
@@ -290,7 +292,14 @@ impl ObjectStore for Tagged {
         if key.ends_with(LEASE_NAME) && self.cut_from_lease.load(Ordering::Relaxed) {
             return Box::pin(async { Err(ObjectError::transient("cut off")) });
         }
-        self.inner.get(key, range)
+        let key = key.to_string();
+        Box::pin(async move {
+            if key.ends_with(LEASE_NAME) {
+                let mut held = self.lease_reads_held.subscribe();
+                held.wait_for(|h| !h).await.expect("the sender lives in self");
+            }
+            self.inner.get(&key, range).await
+        })
     }
     fn put(
         &self,
@@ -545,6 +554,46 @@ async fn a_read_fetches_its_chunks_in_parallel() {
 
 /// A renewal whose PUT was lost (reported uncertain, never applied) finds the holder's previous
 /// record when it reads back: that is not a renewal, and the lease runs out as it should.
+/// A target whose open read the metadata, then waited for the lease while another target
+/// took it, served and let it go, must still take a newer epoch than that target's: its chunk
+/// versions must outrank the other's, or a later open reads the other's older data.
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_waited_for_the_lease_takes_an_epoch_above_the_one_before() {
+    let h = Harness::new();
+    let chunk = 64 * 1024;
+    h.open(chunk, 4, "creator").await.unwrap().close().await.unwrap();
+    let slow = Arc::new(Tagged {
+        inner: h.mem.clone(),
+        who: "a",
+        clock: TokioClock::new(),
+        landed: Arc::default(),
+        cut_from_lease: Default::default(),
+        lose_lease_puts: Default::default(),
+        lease_reads_held: tokio::sync::watch::Sender::new(true),
+    });
+    let waiting = tokio::spawn({
+        let (slow, opts) = (slow.clone(), h.options(chunk, 4, "a"));
+        async move { S3Volume::open(slow, url(), opts, Arc::new(TokioClock::new())).await }
+    });
+    // A has read the metadata and waits for its lease read; B opens, serves and closes.
+    while slow.lease_reads_held.receiver_count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let b = h.open(chunk, 4, "b").await.unwrap();
+    for round in 0..4 {
+        b.write(0, block(10 + round), true).await.unwrap();
+        b.merge_chunk(0).await.unwrap();
+    }
+    b.close().await.unwrap();
+    slow.lease_reads_held.send_replace(false);
+    let a = waiting.await.unwrap().unwrap();
+    assert!(a.meta().epoch > b.meta().epoch, "epoch {} after {}", a.meta().epoch, b.meta().epoch);
+    a.write(0, block(20), true).await.unwrap();
+    a.close().await.unwrap();
+    let again = h.open(chunk, 4, "c").await.unwrap();
+    assert_eq!(again.read(0, 512).await.unwrap(), block(20), "the last holder's write, not the one before");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_renewal_that_never_landed_does_not_extend_the_lease() {
     let h = Harness::new();
@@ -555,6 +604,7 @@ async fn a_renewal_that_never_landed_does_not_extend_the_lease() {
         landed: Arc::default(),
         cut_from_lease: Default::default(),
         lose_lease_puts: Default::default(),
+        lease_reads_held: Default::default(),
     });
     let v =
         S3Volume::open(store.clone(), url(), h.options(64 * 1024, 4, "a"), Arc::new(TokioClock::new())).await.unwrap();
@@ -613,6 +663,7 @@ async fn nothing_of_the_old_holder_lands_after_the_new_holders_first_write() {
             landed: landed.clone(),
             cut_from_lease: Default::default(),
             lose_lease_puts: Default::default(),
+            lease_reads_held: Default::default(),
         })
     };
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
