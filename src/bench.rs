@@ -16,7 +16,8 @@ use crate::s3::S3Stats;
 use crate::s3::aws::AwsStore;
 use crate::s3::embedded::{self, EmbeddedS3};
 use crate::s3::url::S3Url;
-use crate::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use crate::s3::volume::keys::{Held, KeySource};
+use crate::s3::volume::{Compression, CreateSpec, S3Volume, VolumeOptions};
 use crate::storage::BlockStore;
 
 pub mod network;
@@ -36,6 +37,9 @@ pub struct S3Result {
     pub seconds: f64,
     pub naive_requests: u64,
     pub naive_bytes_up: u64,
+    /// Bytes of chunk objects stored once the volume closed (the rows that measure what
+    /// compression keeps).
+    pub stored_bytes: Option<u64>,
 }
 
 impl S3Result {
@@ -51,10 +55,28 @@ impl S3Result {
 }
 
 async fn volume(server: &EmbeddedS3, name: &str, size: u64) -> Result<(Arc<S3Volume>, Arc<S3Stats>), String> {
+    volume_with(server, name, size, DataFormat::default()).await
+}
+
+/// How a benchmark volume keeps its data.
+#[derive(Debug, Clone, Default)]
+struct DataFormat {
+    compression: Option<Compression>,
+    encryption: Option<KeySource>,
+}
+
+async fn volume_with(
+    server: &EmbeddedS3,
+    name: &str,
+    size: u64,
+    format: DataFormat,
+) -> Result<(Arc<S3Volume>, Arc<S3Stats>), String> {
     let store = Arc::new(AwsStore::connect(&server.endpoint(), "bench").await);
     let opts = VolumeOptions {
         create: Some(CreateSpec { size, block_size: 512, chunk_size: CHUNK }),
         holder: format!("bench-{name}"),
+        compression: format.compression,
+        encryption: format.encryption,
         ..VolumeOptions::default()
     };
     let url = S3Url::parse(&format!("s3://bench/{name}"))?;
@@ -94,6 +116,7 @@ fn result(
         seconds: started.elapsed().as_secs_f64(),
         naive_requests: naive.0,
         naive_bytes_up: naive.1,
+        stored_bytes: None,
     }
 }
 
@@ -168,7 +191,61 @@ pub async fn s3(dir: &Path, scale: u64) -> Result<Vec<S3Result>, String> {
     }
     v.close().await.map_err(|e| e.to_string())?;
     out.push(r);
+
+    // (d) sequential 1 MiB writes of text (CSV rows), on a plain, compressed and encrypted
+    // volume: what compression keeps, and what it and encryption cost in throughput.
+    let key = dir.join("bench.key");
+    std::fs::write(&key, [0x42u8; 32]).map_err(|e| e.to_string())?;
+    let sealed = Some(KeySource::Key(Held::File(key)));
+    let formats = [
+        ("plain", DataFormat::default()),
+        ("zstd", DataFormat { compression: Some(Compression::Zstd), encryption: None }),
+        ("lz4", DataFormat { compression: Some(Compression::Lz4), encryption: None }),
+        ("encrypted", DataFormat { compression: None, encryption: sealed.clone() }),
+        ("encrypted + zstd", DataFormat { compression: Some(Compression::Zstd), encryption: sealed }),
+    ];
+    for (name, format) in formats {
+        out.push(text_writes(&server, name, format, 256 * MIB * scale).await?);
+    }
     Ok(out)
+}
+
+/// `total` bytes of CSV rows written sequentially in 1 MiB writes, then a clean close; the
+/// chunk bytes stored.
+async fn text_writes(server: &EmbeddedS3, name: &str, format: DataFormat, total: u64) -> Result<S3Result, String> {
+    let prefix = format!("text-{}", name.replace([' ', '+'], ""));
+    let (v, stats) = volume_with(server, &prefix, GIB, format).await?;
+    let mut row = 0u64;
+    let mut next_write = || {
+        let mut text = Vec::with_capacity(MIB as usize + 64);
+        while text.len() < MIB as usize {
+            let line = format!(
+                "{row},2026-12-05T10:{:02}:{:02},customer-{},{},ok\n",
+                row / 60 % 60,
+                row % 60,
+                row % 977,
+                row * 31 % 10_007
+            );
+            text.extend_from_slice(line.as_bytes());
+            row += 1;
+        }
+        text.truncate(MIB as usize);
+        Bytes::from(text)
+    };
+    let writes: Vec<Bytes> = (0..total / MIB).map(|_| next_write()).collect();
+    let before = counters(&stats);
+    let started = Instant::now();
+    for (i, data) in writes.into_iter().enumerate() {
+        v.write(i as u64 * MIB, data, false).await.map_err(|e| e.to_string())?;
+    }
+    v.flush().await.map_err(|e| e.to_string())?;
+    v.close().await.map_err(|e| e.to_string())?;
+    let mut r =
+        result(&format!("sequential 1 MiB text writes, {name}"), total, before, counters(&stats), started, (0, 0));
+    let store = AwsStore::connect(&server.endpoint(), "bench").await;
+    let chunks = crate::s3::list_all(&store, &format!("{prefix}/chunks/")).await.map_err(|e| e.to_string())?;
+    r.stored_bytes = Some(chunks.iter().map(|c| c.size).sum());
+    Ok(r)
 }
 
 const GIB: u64 = 1 << 30;
@@ -176,16 +253,23 @@ const GIB: u64 = 1 << 30;
 /// A Markdown table of S3 results.
 pub fn s3_table(results: &[S3Result]) -> String {
     let mut t = String::from(
-        "| workload | written | S3 requests | requests/MiB | bytes up / written | naive bytes up / ours | time |\n|---|---|---|---|---|---|---|\n",
+        "| workload | written | S3 requests | requests/MiB | bytes up / written | naive bytes up / ours | stored / written | MB/s | time |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
-        let written = if r.written_bytes > 0 { format!("{} MiB", r.written_bytes / MIB) } else { "-".into() };
-        let per_mib = if r.written_bytes > 0 { format!("{:.3}", r.requests_per_mib()) } else { "-".into() };
-        let up = if r.written_bytes > 0 { format!("{:.3}", r.up_per_written()) } else { "-".into() };
+        let wrote = r.written_bytes > 0;
+        let written = if wrote { format!("{} MiB", r.written_bytes / MIB) } else { "-".into() };
+        let per_mib = if wrote { format!("{:.3}", r.requests_per_mib()) } else { "-".into() };
+        let up = if wrote { format!("{:.3}", r.up_per_written()) } else { "-".into() };
         let naive = if r.naive_bytes_up > 0 { format!("{:.1}x", r.naive_ratio()) } else { "-".into() };
+        let stored = match r.stored_bytes {
+            Some(b) if wrote => format!("{:.1}%", b as f64 * 100.0 / r.written_bytes as f64),
+            _ => "-".into(),
+        };
+        let rate =
+            if wrote { format!("{:.0}", r.written_bytes as f64 / 1e6 / r.seconds.max(1e-9)) } else { "-".into() };
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} s |\n",
-            r.workload, written, r.requests, per_mib, up, naive, r.seconds
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} s |\n",
+            r.workload, written, r.requests, per_mib, up, naive, stored, rate, r.seconds
         ));
     }
     t

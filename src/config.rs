@@ -472,6 +472,10 @@ pub struct LunConfig {
     /// ...or in this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_passphrase_env: Option<String>,
+    /// s3: a volume created (`create = true`) compresses its chunks so: "zstd" or "lz4". An
+    /// existing volume keeps the compression it was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::s3::volume::Compression>,
 }
 
 impl LunConfig {
@@ -546,6 +550,7 @@ impl LunConfig {
             encryption_key_env: None,
             encryption_passphrase_file: None,
             encryption_passphrase_env: None,
+            compression: None,
         }
     }
 }
@@ -1027,6 +1032,9 @@ impl Config {
         }
         if l.create == Some(true) && l.size.is_none() {
             problems.push("size: required to create a volume (create = true)".into());
+        }
+        if l.compression.is_some() && l.create != Some(true) {
+            problems.push("compression: chosen when the volume is created (create = true)".into());
         }
         if l.access_key_id.is_some() != l.secret_access_key.is_some() {
             problems.push("access_key_id / secret_access_key: give both or neither".into());

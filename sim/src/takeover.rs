@@ -132,7 +132,7 @@ impl Shared {
             wall_seconds: started.elapsed().as_secs_f64(),
             commands: self.commands,
             crashes: 0,
-            store,
+            store: store.into(),
             s3_requests: s3.requests(),
             trace_hash: self.hash.value(),
             trace: if keep_trace { self.trace.clone() } else { Vec::new() },

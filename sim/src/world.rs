@@ -22,7 +22,10 @@ use rtgt::rng::Rng;
 use rtgt::s3::aws::AwsStore;
 use rtgt::s3::local::{CrashFs, LocalOptions, LocalRoot, Offload, SegmentOptions, SegmentStore};
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
+use rtgt::s3::volume::compression::ChunkCodec;
+use rtgt::s3::volume::{
+    Compression, CreateSpec, DISK_CACHE_BUCKET, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions,
+};
 use rtgt::s3::{ObjectStore, RetryPolicy};
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::server::supervisor::{LunOpenError, Opener, Placeholder, supervise};
@@ -101,6 +104,8 @@ struct Environment {
     journal: bool,
     /// The S3 volume keeps a disk cache of what it reads on `fs`.
     disk_cache: bool,
+    /// The S3 volume's chunks are compressed so.
+    compression: Option<Compression>,
     s3: MemS3,
     /// The target's disk for the embedded store.
     fs: CrashFs,
@@ -206,6 +211,7 @@ async fn target(env: Environment, shared: Rc<RefCell<Shared>>) -> turmoil::Resul
         retry: sim_retry_policy(),
         holder: format!("sim-node/{incarnation}"),
         node: Some(NodeId::new("sim-node")),
+        compression: env.compression,
         seed: env.seed,
         ..VolumeOptions::default()
     };
@@ -334,7 +340,7 @@ pub struct Outcome {
     pub commands: u64,
     pub crashes: u32,
     /// Where LUN 1 lived: "remote S3" or "embedded store".
-    pub store: &'static str,
+    pub store: String,
     pub s3_requests: u64,
     pub trace_hash: u64,
     pub trace: Vec<String>,
@@ -406,6 +412,8 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         // Drawn apart, so that the main draws stay as they were.
         journal: store == Store::Remote && Rng::seeded(seed ^ 0x10c4_1d15).chance(0.5),
         disk_cache: Rng::seeded(seed ^ 0xd15c_cace).chance(0.5),
+        compression: [None, Some(Compression::Zstd), Some(Compression::Lz4)]
+            [Rng::seeded(seed ^ 0xc0_c0de).below(3) as usize],
         s3: MemS3::new(seed ^ 0x5353),
         fs: CrashFs::new(),
         media: Media::default(),
@@ -520,14 +528,18 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         wall_seconds: started.elapsed().as_secs_f64(),
         commands: sh.commands,
         crashes,
-        store: match (env.store, env.journal, env.disk_cache) {
-            (Store::Remote, false, false) => "remote S3",
-            (Store::Remote, false, true) => "remote S3 + disk cache",
-            (Store::Remote, true, false) => "remote S3 + local journal",
-            (Store::Remote, true, true) => "remote S3 + local journal + disk cache",
-            (Store::Embedded, _, false) => "embedded store",
-            (Store::Embedded, _, true) => "embedded store + disk cache",
-        },
+        store: format!(
+            "{}{}",
+            match (env.store, env.journal, env.disk_cache) {
+                (Store::Remote, false, false) => "remote S3",
+                (Store::Remote, false, true) => "remote S3 + disk cache",
+                (Store::Remote, true, false) => "remote S3 + local journal",
+                (Store::Remote, true, true) => "remote S3 + local journal + disk cache",
+                (Store::Embedded, _, false) => "embedded store",
+                (Store::Embedded, _, true) => "embedded store + disk cache",
+            },
+            env.compression.map(|c| format!(", {c}-compressed")).unwrap_or_default()
+        ),
         s3_requests: env.s3.requests(),
         trace_hash: sh.hash.value(),
         trace: if keep_trace { sh.trace.clone() } else { Vec::new() },
@@ -685,7 +697,8 @@ const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Option<String> {
     let objects = env.s3.objects_with_metadata(BUCKET);
     let journal = journal_logs(env);
-    let image = match crate::recovery_image::recovery_image(&objects, &journal, "lun1", BLOCKS * BLOCK, CHUNK) {
+    let codec = env.compression.map(|c| ChunkCodec::new(c, CHUNK));
+    let image = match crate::recovery_image::recovery_image(&objects, &journal, "lun1", BLOCKS * BLOCK, CHUNK, codec) {
         Ok(image) => image,
         Err(e) => return Some(format!("durability: the volume's logs cannot be replayed: {e}")),
     };
@@ -760,7 +773,16 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
         if key.contains("/chunks/") && body.is_empty() && !snapshots {
             return Some(format!("leak: tombstone {key} left with no snapshot"));
         }
-        if key.contains("/chunks/") && !body.is_empty() && body.iter().all(|&b| b == 0) {
+        let plain = match env.compression {
+            Some(codec) if key.contains("/chunks/") => {
+                match ChunkCodec::new(codec, CHUNK).decompress_whole(&key, &body) {
+                    Ok(plain) => plain,
+                    Err(e) => return Some(format!("damaged: {e}")),
+                }
+            }
+            _ => body.to_vec(),
+        };
+        if key.contains("/chunks/") && !plain.is_empty() && plain.iter().all(|&b| b == 0) {
             return Some(format!("leak: chunk object {key} holds only zeros"));
         }
     }

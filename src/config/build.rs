@@ -229,6 +229,7 @@ impl Config {
             force: l.force,
             failover: l.failover,
             encryption: l.encryption_key().map_err(LunOpenError::Failed)?,
+            compression: l.compression,
             journal,
             disk_cache,
             cache_bytes: l.cache_size.map_or(DEFAULT_CACHE_SIZE, |c| c.0),

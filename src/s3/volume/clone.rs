@@ -46,8 +46,9 @@ pub async fn clone_volume(
         read_manifest(store, &parent.key(""), &parent_meta.uuid, name).await.map_err(|e| failed(e.to_string()))?;
     let spec = super::CreateSpec { size: manifest.size, ..parent_meta.spec() };
     let meta = VolumeMeta {
-        format_version: super::format::CLONE_FORMAT_VERSION,
+        format_version: VolumeMeta::version_for(true, parent_meta.compression.is_some()),
         encryption: parent_meta.encryption.clone(),
+        compression: parent_meta.compression,
         parent: Some(ParentRef { prefix: parent.key(""), uuid: parent_meta.uuid.clone(), snapshot: name.clone() }),
         ..S3Volume::new_meta(&spec, clock, seed)
     };

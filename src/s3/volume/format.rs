@@ -35,6 +35,9 @@ pub const FORMAT_VERSION: u32 = 3;
 /// ([`VolumeMeta::parent`]): a clone, which an rtgt that knows only format 3 would read as
 /// zeros where it has not written.
 pub const CLONE_FORMAT_VERSION: u32 = 4;
+/// Format 3 or 4 whose chunks are compressed ([`VolumeMeta::compression`]), which an rtgt that
+/// knows only formats 3 and 4 would read as garbage.
+pub const COMPRESSED_FORMAT_VERSION: u32 = 5;
 pub const META_NAME: &str = "rtgt-volume.json";
 pub const LEASE_NAME: &str = "rtgt-lease.json";
 /// The persistent reservations of the volume's logical unit (APTPL), beside it.
@@ -82,6 +85,9 @@ pub struct VolumeMeta {
     /// A clone (format 4): the snapshot it was made from, read where it has not written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// How the chunks are compressed (format 5); None: they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<super::compression::Compression>,
 }
 
 /// The snapshot a clone was made from, in the same bucket.
@@ -98,19 +104,22 @@ impl VolumeMeta {
     pub fn parse(body: &[u8]) -> Result<VolumeMeta, String> {
         let meta: VolumeMeta = serde_json::from_slice(body).map_err(|e| format!("not volume metadata: {e}"))?;
         let known = matches!(
-            (meta.format_version, &meta.encryption, &meta.parent),
-            (FLAT_FORMAT_VERSION, None, None)
-                | (ENCRYPTED_FORMAT_VERSION, Some(_), None)
-                | (FORMAT_VERSION, _, None)
-                | (CLONE_FORMAT_VERSION, _, Some(_))
+            (meta.format_version, &meta.encryption, &meta.parent, &meta.compression),
+            (FLAT_FORMAT_VERSION, None, None, None)
+                | (ENCRYPTED_FORMAT_VERSION, Some(_), None, None)
+                | (FORMAT_VERSION, _, None, None)
+                | (CLONE_FORMAT_VERSION, _, Some(_), None)
+                | (COMPRESSED_FORMAT_VERSION, _, _, Some(_))
         );
         if !known {
             return Err(format!(
-                "volume format version {}{}{}, this rtgt reads versions {FLAT_FORMAT_VERSION} (plain), \
-                 {ENCRYPTED_FORMAT_VERSION} (encrypted), {FORMAT_VERSION} and {CLONE_FORMAT_VERSION} (a clone)",
+                "volume format version {}{}{}{}, this rtgt reads versions {FLAT_FORMAT_VERSION} (plain), \
+                 {ENCRYPTED_FORMAT_VERSION} (encrypted), {FORMAT_VERSION}, {CLONE_FORMAT_VERSION} (a clone) \
+                 and {COMPRESSED_FORMAT_VERSION} (compressed)",
                 meta.format_version,
                 if meta.encryption.is_some() { " (encrypted)" } else { "" },
                 if meta.parent.is_some() { " (with a parent)" } else { "" },
+                if meta.compression.is_some() { " (compressed)" } else { "" },
             ));
         }
         meta.spec().validate().map_err(|e| format!("invalid metadata: {e}"))?;
@@ -128,6 +137,15 @@ impl VolumeMeta {
     /// How the volume keeps its chunk objects.
     pub fn layout(&self) -> ChunkLayout {
         if self.format_version >= FORMAT_VERSION { ChunkLayout::Versioned } else { ChunkLayout::Flat }
+    }
+
+    /// The format version of a volume of format 3 with these parent and compression.
+    pub fn version_for(parent: bool, compressed: bool) -> u32 {
+        match (parent, compressed) {
+            (_, true) => COMPRESSED_FORMAT_VERSION,
+            (true, false) => CLONE_FORMAT_VERSION,
+            (false, false) => FORMAT_VERSION,
+        }
     }
 
     /// The first sequence number of this epoch.
@@ -602,10 +620,11 @@ mod tests {
             journal_node: Some("node-a".into()),
             encryption: None,
             parent: None,
+            compression: None,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.layout(), ChunkLayout::Versioned);
-        let newer = VolumeMeta { format_version: CLONE_FORMAT_VERSION + 1, ..meta.clone() };
+        let newer = VolumeMeta { format_version: COMPRESSED_FORMAT_VERSION + 1, ..meta.clone() };
         let parent = ParentRef {
             prefix: "p/".into(),
             uuid: "u".into(),
@@ -636,6 +655,15 @@ mod tests {
         let versioned = VolumeMeta { format_version: FORMAT_VERSION, ..encrypted.clone() };
         assert_eq!(VolumeMeta::parse(&versioned.encode()).unwrap(), versioned);
         let empty = VolumeMeta { format_version: ENCRYPTED_FORMAT_VERSION, ..meta.clone() };
+        assert!(VolumeMeta::parse(&empty.encode()).unwrap_err().contains("version"));
+        // Format 5 is a compressed volume (a clone or not), and a compressed volume is format 5.
+        let zstd = Some(super::super::compression::Compression::Zstd);
+        let compressed = VolumeMeta { format_version: COMPRESSED_FORMAT_VERSION, compression: zstd, ..meta.clone() };
+        assert_eq!(VolumeMeta::parse(&compressed.encode()).unwrap(), compressed);
+        assert!(compressed.encode().windows(6).any(|w| w == b"\"zstd\""), "named in the metadata");
+        let unmarked = VolumeMeta { format_version: FORMAT_VERSION, ..compressed.clone() };
+        assert!(VolumeMeta::parse(&unmarked.encode()).unwrap_err().contains("(compressed)"));
+        let empty = VolumeMeta { format_version: COMPRESSED_FORMAT_VERSION, ..meta.clone() };
         assert!(VolumeMeta::parse(&empty.encode()).unwrap_err().contains("version"));
         let odd = VolumeMeta { block_size: 1000, ..meta };
         assert!(VolumeMeta::parse(&odd.encode()).is_err());

@@ -15,6 +15,7 @@ mod atomic;
 mod cache;
 mod chunk_map;
 pub mod clone;
+pub mod compression;
 mod disk_cache;
 mod fence;
 pub mod format;
@@ -52,6 +53,7 @@ use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, Store
 
 use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
+pub use compression::Compression;
 use disk_cache::DiskCache;
 pub use disk_cache::{DISK_CACHE_BUCKET, DiskCacheOptions};
 use format::CHUNKS_DIR;
@@ -128,6 +130,9 @@ pub struct VolumeOptions {
     /// The key-encryption key of an encrypted volume (and, with `create`, makes a new volume
     /// an encrypted one). An encrypted volume refuses to open without it; a plain one with it.
     pub encryption: Option<keys::KeySource>,
+    /// With `create`: a new volume's chunks are compressed so (an existing volume keeps the
+    /// compression it was created with).
+    pub compression: Option<Compression>,
     pub seed: u64,
 }
 
@@ -150,6 +155,7 @@ impl Default for VolumeOptions {
             disk_cache: None,
             failover: false,
             encryption: None,
+            compression: None,
             seed: 1,
         }
     }
@@ -323,8 +329,8 @@ pub enum CreateError {
 
 impl S3Volume {
     /// Writes a new metadata object; fails if a volume already exists there.
-    /// With `encryption`, the volume is an encrypted one (format 2) whose data key that
-    /// key-encryption key wraps.
+    /// With `encryption`, the volume is an encrypted one whose data key that key-encryption
+    /// key wraps; with `compression`, its chunks are compressed (format 5).
     pub async fn create(
         store: &dyn ObjectStore,
         url: &S3Url,
@@ -332,6 +338,7 @@ impl S3Volume {
         clock: &dyn Clock,
         seed: u64,
         encryption: Option<&keys::KeySource>,
+        compression: Option<Compression>,
     ) -> Result<VolumeMeta, CreateError> {
         spec.validate().map_err(CreateError::Failed)?;
         let encryption = match encryption {
@@ -340,7 +347,12 @@ impl S3Volume {
             ),
             None => None,
         };
-        let meta = VolumeMeta { encryption, ..S3Volume::new_meta(spec, clock, seed) };
+        let meta = VolumeMeta {
+            format_version: VolumeMeta::version_for(false, compression.is_some()),
+            encryption,
+            compression,
+            ..S3Volume::new_meta(spec, clock, seed)
+        };
         S3Volume::put_new_meta(store, url, meta).await
     }
 
@@ -366,6 +378,7 @@ impl S3Volume {
             journal_node: None,
             encryption: None,
             parent: None,
+            compression: None,
         }
     }
 
@@ -414,7 +427,9 @@ impl S3Volume {
                         "no volume at {url}: create it with `rtgt volume create {url} --size SIZE` or set create = true"
                     )));
                 };
-                match S3Volume::create(store, url, spec, clock, opts.seed, opts.encryption.as_ref()).await {
+                match S3Volume::create(store, url, spec, clock, opts.seed, opts.encryption.as_ref(), opts.compression)
+                    .await
+                {
                     // Someone else created it meanwhile (or our uncertain attempt did).
                     Ok(_) | Err(CreateError::Exists(_)) => {}
                     Err(e) => return Err(OpenError::Unavailable(e.to_string())),
@@ -492,24 +507,29 @@ impl S3Volume {
         }
     }
 
-    /// `store`, sealing and opening the data objects of an encrypted volume with its data key.
+    /// `store` as the volume's data objects are kept: sealed and opened with the data key of
+    /// an encrypted volume, compressed and decompressed in a compressed one (before sealing).
     /// `ancestors`: the key prefixes of the volumes a clone reads through to (they share its
-    /// data key).
-    pub(super) fn sealed(
+    /// data key and compression).
+    pub(super) fn data_objects(
         store: Arc<dyn ObjectStore>,
         url: &S3Url,
         ancestors: impl IntoIterator<Item = String>,
         meta: &VolumeMeta,
         source: Option<&keys::KeySource>,
     ) -> Result<Arc<dyn ObjectStore>, OpenError> {
-        let prefixes = std::iter::once(url.key("")).chain(ancestors).collect();
-        Ok(match S3Volume::data_key(url, meta, source)? {
+        let prefixes: Vec<String> = std::iter::once(url.key("")).chain(ancestors).collect();
+        let sealed: Arc<dyn ObjectStore> = match S3Volume::data_key(url, meta, source)? {
             Some(key) => {
                 let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
                 let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
-                Arc::new(sealing::SealedStore::over(store, prefixes, sealer))
+                Arc::new(sealing::SealedStore::over(store, prefixes.clone(), sealer))
             }
             None => store,
+        };
+        Ok(match meta.compression {
+            Some(codec) => Arc::new(compression::CompressedStore::over(sealed, prefixes, codec, meta.chunk_size)),
+            None => sealed,
         })
     }
 
@@ -554,7 +574,7 @@ impl S3Volume {
         let inherited = clone::inherited(&Resilient::new(store.clone(), opts.retry.clone(), opts.seed), &meta).await?;
         let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
         let ancestors: BTreeSet<String> = inherited.values().map(|i| i.prefix.clone()).collect();
-        let sealed = S3Volume::sealed(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
+        let sealed = S3Volume::data_objects(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
         let data: Arc<dyn ObjectStore> =
             Arc::new(Resilient::with_stats(sealed, opts.retry.clone(), opts.seed, s3_stats.clone()));
         // A name of this open alone: another open of the same volume in this process (a LUN
@@ -774,13 +794,20 @@ impl S3Volume {
         let prefix = self.url.key(CHUNKS_DIR);
         let keys = super::list_all(&*self.store, &prefix).await.map_err(|e| format!("cannot list {prefix}: {e}"))?;
         let chunks = self.capacity.load(Ordering::Relaxed).div_ceil(self.chunk_size);
+        let compressed = self.meta().compression.is_some();
         let mut cache = self.cache();
         let mut versions = Vec::new();
         let mut etags = BTreeMap::new();
         for crate::s3::Listed { key, size, etag } in keys {
             let tombstone = size == 0;
             match format::parse_chunk_key(&key, &prefix, self.layout) {
-                Some((c, version)) if c < chunks && (size == self.chunk_len(c) || tombstone && version.is_some()) => {
+                // A compressed chunk's stored size says nothing of its length.
+                Some((c, version))
+                    if c < chunks
+                        && (size == self.chunk_len(c)
+                            || compressed && !tombstone
+                            || tombstone && version.is_some()) =>
+                {
                     let version = version.unwrap_or(0);
                     if let Some(etag) = etag {
                         etags.insert((c, version), etag);
