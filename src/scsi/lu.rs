@@ -327,6 +327,10 @@ impl LogicalUnit {
         let cdb = Cdb(&req.cdb);
         let spec = match ops::lookup(cdb.opcode(), cdb.service_action()) {
             Lookup::Found(spec) if self.supports(spec) => spec,
+            // A service action this store does not offer, of a command it offers.
+            Lookup::Found(spec) if self.supports_another_service_action(spec) => {
+                return self.check(&Sense::invalid_cdb(1, Some(4)));
+            }
             Lookup::Found(_) => return self.check(&Sense::illegal(asc::INVALID_OPCODE)),
             Lookup::UnknownOpcode => return self.check(&Sense::illegal(asc::INVALID_OPCODE)),
             Lookup::UnknownServiceAction => return self.check(&Sense::invalid_cdb(1, Some(4))),
@@ -381,8 +385,15 @@ impl LogicalUnit {
             Needs::Nothing => true,
             Needs::Thin => caps.thin,
             Needs::AtomicWrites => caps.atomic_write_max > 0,
+            Needs::CryptoErase => self.store.crypto_erase().is_some(),
         };
         offered || self.store.ready().is_err()
+    }
+
+    /// Whether another service action of `spec`'s operation code is offered here.
+    fn supports_another_service_action(&self, spec: &OpSpec) -> bool {
+        spec.service_action.is_some()
+            && ops::commands().iter().any(|s| s.opcode == spec.opcode && s.service_action.is_some() && self.supports(s))
     }
 
     /// Whether an SPC-2 reservation of another nexus, or the persistent reservation, keeps

@@ -68,6 +68,8 @@ pub enum Needs {
     Thin,
     /// Atomic writes (`StoreCaps::atomic_write_max`).
     AtomicWrites,
+    /// A store that encrypts and can replace its key (`BlockStore::crypto_erase`).
+    CryptoErase,
 }
 
 impl OpSpec {
@@ -106,6 +108,11 @@ const fn thin(mut s: OpSpec) -> OpSpec {
     s
 }
 
+const fn crypto(mut s: OpSpec) -> OpSpec {
+    s.needs = Needs::CryptoErase;
+    s
+}
+
 const fn atomic(mut s: OpSpec) -> OpSpec {
     s.needs = Needs::AtomicWrites;
     s
@@ -138,6 +145,7 @@ static COMMANDS: &[OpSpec] = &[
     spec(0x41, "WRITE SAME(10)", Op::WriteSame, &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, CTL]),
     thin(spec(0x42, "UNMAP", Op::Unmap, &[0x42, 0x01, 0, 0, 0, 0, 0, FF, FF, CTL])),
     thin(sa(0x48, 0x02, "SANITIZE (BLOCK ERASE)", Op::Sanitize, &[0x48, 0xa2, 0, 0, 0, 0, 0, FF, FF, CTL])),
+    crypto(sa(0x48, 0x03, "SANITIZE (CRYPTO ERASE)", Op::Sanitize, &[0x48, 0xa3, 0, 0, 0, 0, 0, FF, FF, CTL])),
     spec(0x55, "MODE SELECT(10)", Op::ModeSelect, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, CTL]),
     spec(0x5a, "MODE SENSE(10)", Op::ModeSense, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, CTL]),
     sa(0x5e, 0, "PERSISTENT RESERVE IN (READ KEYS)", Op::PersistentReserveIn, &[0x5e, 0, 0, 0, 0, 0, 0, FF, FF, CTL]),

@@ -231,7 +231,9 @@ async fn rsoc_reports_the_dispatch_table() {
     a.ready(&t).await;
     let all = a.cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
     let len = u32::from_be_bytes(all.data[..4].try_into().unwrap()) as usize;
-    assert_eq!(len, 8 * commands().len());
+    // Every command but CRYPTO ERASE (a memory store does not encrypt).
+    let offered = commands().iter().filter(|s| !matches!(s.needs, ops::Needs::CryptoErase)).count();
+    assert_eq!(len, 8 * offered);
     let opcodes: Vec<u8> = all.data[4..].chunks(8).map(|d| d[0]).collect();
     assert!(opcodes.contains(&0x89) && opcodes.contains(&0x2a));
     // Every reported command dispatches (none answers INVALID COMMAND OPERATION CODE).
@@ -973,6 +975,96 @@ async fn sanitize_block_erase_unmaps_every_block() {
     assert!(extents.iter().all(|e| !e.mapped), "everything deallocated: {extents:?}");
     let characteristics = a.cmd(&t, &[0x12, 1, 0xb1, 0, 64, 0], &[]).await;
     assert_eq!(characteristics.data[7] >> 6, 1, "WABEREQ: reads after a block erase succeed");
+}
+
+/// A memory store that "encrypts": its crypto erase unmaps everything and counts the keys it
+/// had, and refuses while `refuse` is set.
+struct Encrypting {
+    inner: MemoryStore,
+    keys_replaced: std::sync::atomic::AtomicU32,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl BlockStore for Encrypting {
+    fn describe(&self) -> String {
+        "encrypting".into()
+    }
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn caps(&self) -> crate::storage::StoreCaps {
+        self.inner.caps()
+    }
+    fn read(&self, offset: u64, len: usize) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<Bytes>> {
+        self.inner.read(offset, len)
+    }
+    fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+        self.inner.write(offset, data, fua)
+    }
+    fn flush(&self) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+        self.inner.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+        self.inner.unmap(offset, len)
+    }
+    fn crypto_erase(&self) -> Option<&dyn crate::storage::crypto_erase::CryptoErase> {
+        Some(self)
+    }
+}
+
+impl crate::storage::crypto_erase::CryptoErase for Encrypting {
+    fn crypto_erase(&self) -> crate::storage::BoxFuture<'_, Result<(), crate::storage::crypto_erase::EraseError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            if self.refuse.load(SeqCst) {
+                return Err(crate::storage::crypto_erase::EraseError::Refused("snapshots".into()));
+            }
+            self.inner.unmap(0, self.inner.capacity()).await?;
+            self.keys_replaced.fetch_add(1, SeqCst);
+            Ok(())
+        })
+    }
+}
+
+/// SANITIZE CRYPTO ERASE reaches a store that encrypts (and is listed by REPORT SUPPORTED
+/// OPERATION CODES only there); a store that refuses leaves the data, answering INVALID FIELD
+/// IN CDB on the service action; a store that does not encrypt never sees it.
+#[tokio::test]
+async fn sanitize_crypto_erase_replaces_the_key_where_the_store_encrypts() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(Encrypting {
+        inner: MemoryStore::new(BLOCKS * BS as u64),
+        keys_replaced: Default::default(),
+        refuse: std::sync::atomic::AtomicBool::new(true),
+    });
+    let t = target_on(store.clone());
+    let a = Init::new("iqn.a");
+    a.ready(&t).await;
+    let data = vec![b'c'; 64 * BS as usize];
+    assert_eq!(a.cmd(&t, &rw16(0x8a, 0, 64, 0), &data).await.status, status::GOOD);
+    let listed = a.cmd(&t, &[0xa3, 0x0c, 0x02, 0x48, 0, 0x03, 0, 0, 0, 64, 0, 0], &[]).await;
+    assert_eq!((listed.status, listed.data[1] & 0x07), (status::GOOD, 0x03), "supported per standard");
+    let crypto_erase = [0x48, 0x03, 0, 0, 0, 0, 0, 0, 0, 0];
+    let refused = a.cmd(&t, &crypto_erase, &[]).await;
+    assert_eq!(sense_of(&refused), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    assert_eq!(store.keys_replaced.load(SeqCst), 0);
+    assert_eq!(store.inner.read(0, 512).await.unwrap(), data[..512]);
+    store.refuse.store(false, SeqCst);
+    assert_eq!(a.cmd(&t, &crypto_erase, &[]).await.status, status::GOOD);
+    assert_eq!(store.keys_replaced.load(SeqCst), 1);
+    assert_eq!(a.cmd(&t, &rw16(0x88, 0, 64, 0), &[]).await.data, vec![0u8; data.len()]);
+
+    let (plain, _) = target();
+    a.ready(&plain).await;
+    let r = a.cmd(&plain, &crypto_erase, &[]).await;
+    assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB)));
+    let listed = a.cmd(&plain, &[0xa3, 0x0c, 0x02, 0x48, 0, 0x03, 0, 0, 0, 64, 0, 0], &[]).await;
+    assert_eq!(listed.data[1] & 0x07, 0x01, "not supported");
 }
 
 /// A store that is not thin (null here): no UNMAP or SANITIZE in dispatch or RSOC, LBPME and

@@ -3,6 +3,7 @@
 //! it, so stores may assume `offset + len <= capacity`.
 
 mod atomic_intent;
+pub mod crypto_erase;
 pub mod file;
 mod io_pool;
 pub mod memory;
@@ -120,6 +121,10 @@ pub trait BlockStore: Send + Sync + 'static {
     fn set_write_cache(&self, _enabled: bool) {}
     /// The snapshots the store takes, if it takes any.
     fn snapshots(&self) -> Option<&dyn snapshots::Snapshots> {
+        None
+    }
+    /// SANITIZE CRYPTO ERASE, if the store encrypts what it keeps.
+    fn crypto_erase(&self) -> Option<&dyn crypto_erase::CryptoErase> {
         None
     }
     /// Whether the store can serve media access now; why not otherwise (NOT READY).

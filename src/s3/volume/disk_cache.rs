@@ -273,6 +273,21 @@ impl DiskCache {
     }
 
     /// Deletes entries' objects (a failure leaves a file that the next open deletes).
+    /// Deletes every entry, once the pieces queued are written (a crypto erase: they hold
+    /// plaintext of versions now gone).
+    pub(super) async fn clear(&self) {
+        let _queue = self.queue.acquire_many((QUEUED_BYTES / QUEUE_UNIT) as u32).await.expect("never closed");
+        let pieces = {
+            let mut index = self.index();
+            index.bytes = 0;
+            std::mem::take(&mut index.pieces)
+        };
+        let keys: Vec<String> = pieces.into_values().map(|p| p.key).collect();
+        for batch in keys.chunks(1000) {
+            self.delete(batch.to_vec()).await;
+        }
+    }
+
     async fn delete(&self, keys: Vec<String>) {
         if !keys.is_empty() && self.store.delete_many(keys).await.is_err() {
             tracing::debug!("the disk cache could not delete entries");

@@ -16,6 +16,7 @@ mod cache;
 mod chunk_map;
 pub mod clone;
 pub mod compression;
+mod crypto_erase;
 mod disk_cache;
 mod fence;
 pub mod format;
@@ -161,6 +162,13 @@ impl Default for VolumeOptions {
     }
 }
 
+/// The object store of a volume's data, as [`S3Volume::data_objects`] builds it.
+pub(super) struct DataObjects {
+    pub store: Arc<dyn ObjectStore>,
+    /// The sealing layer of an encrypted volume (its data key is replaced by a crypto erase).
+    pub sealing: Option<Arc<sealing::SealedStore>>,
+}
+
 /// Why a volume did not open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -226,6 +234,8 @@ pub struct S3Volume {
     me: Weak<S3Volume>,
     /// Requests that read or change the volume: fenced by the lease, retried.
     store: Arc<dyn ObjectStore>,
+    /// The sealing layer within `store`, of an encrypted volume.
+    sealing: Option<Arc<sealing::SealedStore>>,
     /// The lease's own requests: retried, on request slots of their own.
     control: Arc<dyn ObjectStore>,
     lease: Arc<LeaseState>,
@@ -517,20 +527,25 @@ impl S3Volume {
         ancestors: impl IntoIterator<Item = String>,
         meta: &VolumeMeta,
         source: Option<&keys::KeySource>,
-    ) -> Result<Arc<dyn ObjectStore>, OpenError> {
+    ) -> Result<DataObjects, OpenError> {
         let prefixes: Vec<String> = std::iter::once(url.key("")).chain(ancestors).collect();
-        let sealed: Arc<dyn ObjectStore> = match S3Volume::data_key(url, meta, source)? {
+        let sealing = match S3Volume::data_key(url, meta, source)? {
             Some(key) => {
                 let unit = meta.encryption.as_ref().map_or(keys::UNIT_BYTES, |e| e.unit);
                 let sealer = sealing::Sealer::new(&key, unit, sealing::os_nonces());
-                Arc::new(sealing::SealedStore::over(store, prefixes.clone(), sealer))
+                Some(Arc::new(sealing::SealedStore::over(store.clone(), prefixes.clone(), sealer)))
             }
+            None => None,
+        };
+        let sealed: Arc<dyn ObjectStore> = match &sealing {
+            Some(sealed) => sealed.clone(),
             None => store,
         };
-        Ok(match meta.compression {
+        let store: Arc<dyn ObjectStore> = match meta.compression {
             Some(codec) => Arc::new(compression::CompressedStore::over(sealed, prefixes, codec, meta.chunk_size)),
             None => sealed,
-        })
+        };
+        Ok(DataObjects { store, sealing })
     }
 
     /// Opens (and with `opts.create`, creates) a volume: reads its metadata, takes the lease
@@ -574,9 +589,9 @@ impl S3Volume {
         let inherited = clone::inherited(&Resilient::new(store.clone(), opts.retry.clone(), opts.seed), &meta).await?;
         let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
         let ancestors: BTreeSet<String> = inherited.values().map(|i| i.prefix.clone()).collect();
-        let sealed = S3Volume::data_objects(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
+        let objects = S3Volume::data_objects(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
         let data: Arc<dyn ObjectStore> =
-            Arc::new(Resilient::with_stats(sealed, opts.retry.clone(), opts.seed, s3_stats.clone()));
+            Arc::new(Resilient::with_stats(objects.store, opts.retry.clone(), opts.seed, s3_stats.clone()));
         // A name of this open alone: another open of the same volume in this process (a LUN
         // removed and added again) is another holder.
         let open_id = Rng::seeded(opts.seed ^ clock.now().as_nanos() as u64).next_u64() as u32;
@@ -585,6 +600,7 @@ impl S3Volume {
         let volume = Arc::new_cyclic(|me| S3Volume {
             me: me.clone(),
             store: data,
+            sealing: objects.sealing,
             control,
             lease,
             identity,
@@ -1393,6 +1409,10 @@ impl BlockStore for S3Volume {
 
     fn snapshots(&self) -> Option<&dyn crate::storage::snapshots::Snapshots> {
         Some(self)
+    }
+
+    fn crypto_erase(&self) -> Option<&dyn crate::storage::crypto_erase::CryptoErase> {
+        self.offers_crypto_erase().then_some(self as &dyn crate::storage::crypto_erase::CryptoErase)
     }
 
     fn set_write_cache(&self, enabled: bool) {

@@ -150,7 +150,8 @@ impl Sealer {
 /// An object store that seals the data objects of one volume.
 pub struct SealedStore {
     inner: Arc<dyn ObjectStore>,
-    sealer: Sealer,
+    /// Replaced by a crypto erase (with nothing sealed under the old one left to read).
+    sealer: std::sync::RwLock<Arc<Sealer>>,
     /// The key prefixes ("" or "prefix/") of the volume and of the volumes it reads through
     /// to (a clone's parents, which share its data key): names are relative to them.
     volumes: Vec<String>,
@@ -159,7 +160,16 @@ pub struct SealedStore {
 impl SealedStore {
     /// A sealed store over the volumes whose key prefixes are `volumes`.
     pub fn over(inner: Arc<dyn ObjectStore>, volumes: Vec<String>, sealer: Sealer) -> SealedStore {
-        SealedStore { inner, sealer, volumes }
+        SealedStore { inner, sealer: std::sync::RwLock::new(Arc::new(sealer)), volumes }
+    }
+
+    fn sealer(&self) -> Arc<Sealer> {
+        self.sealer.read().expect("poisoned").clone()
+    }
+
+    /// Seals and opens with `sealer` from now on (a new data key: a crypto erase).
+    pub fn replace_sealer(&self, sealer: Sealer) {
+        *self.sealer.write().expect("poisoned") = Arc::new(sealer);
     }
 
     /// The name within its volume of a key to seal: chunks and logs.
@@ -175,12 +185,13 @@ impl SealedStore {
     }
 
     async fn get_sealed(&self, key: &str, name: &str, range: Option<Range<u64>>) -> ObjResult<GetOutput> {
-        let stored_range = range.as_ref().map(|r| self.sealer.stored_range(r));
+        let sealer = self.sealer();
+        let stored_range = range.as_ref().map(|r| sealer.stored_range(r));
         let mut out = self.inner.get(key, stored_range).await?;
         let plain_len = SealedStore::plain_len(key, &mut out.meta)?;
         out.meta.size = plain_len;
         let Some(range) = range else {
-            let plain = self.sealer.open(name, &out.body, 0, plain_len).map_err(ObjectError::failed)?;
+            let plain = sealer.open(name, &out.body, 0, plain_len).map_err(ObjectError::failed)?;
             if plain.len() as u64 != plain_len {
                 return Err(ObjectError::failed(format!("{key}: {} of its {plain_len} bytes", plain.len())));
             }
@@ -190,10 +201,10 @@ impl SealedStore {
         if range.start >= plain_len && !(range.start == 0 && plain_len == 0) {
             return Err(ObjectError::failed("range not satisfiable"));
         }
-        let first = range.start / self.sealer.unit;
-        let plain = self.sealer.open(name, &out.body, first, plain_len).map_err(ObjectError::failed)?;
-        let from = (range.start - first * self.sealer.unit) as usize;
-        let to = (range.end.min(plain_len) - first * self.sealer.unit) as usize;
+        let first = range.start / sealer.unit;
+        let plain = sealer.open(name, &out.body, first, plain_len).map_err(ObjectError::failed)?;
+        let from = (range.start - first * sealer.unit) as usize;
+        let to = (range.end.min(plain_len) - first * sealer.unit) as usize;
         if to > plain.len() {
             return Err(ObjectError::failed(format!("{key}: fewer units than its length says")));
         }
@@ -227,7 +238,7 @@ impl ObjectStore for SealedStore {
         let body = match self.sealed_name(key) {
             Some(name) => {
                 metadata.insert(SEALED_LENGTH_METADATA.into(), body.len().to_string());
-                self.sealer.seal(name, &body)
+                self.sealer().seal(name, &body)
             }
             None => body,
         };
@@ -247,9 +258,10 @@ impl ObjectStore for SealedStore {
         let prefix = prefix.to_string();
         Box::pin(async move {
             let mut page = self.inner.list(&prefix, continuation).await?;
+            let sealer = self.sealer();
             for listed in &mut page.objects {
                 if self.sealed_name(&listed.key).is_some() {
-                    listed.size = self.sealer.plain_len_of(listed.size);
+                    listed.size = sealer.plain_len_of(listed.size);
                 }
             }
             Ok(page)

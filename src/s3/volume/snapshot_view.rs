@@ -49,7 +49,7 @@ impl SnapshotView {
         };
         let manifest = Manifest::parse(&got.body, &got.meta.metadata, &meta.uuid)
             .map_err(|e| OpenError::Refused(format!("snapshot {name} of {url}: {e}")))?;
-        let store = S3Volume::data_objects(store, url, manifest.ancestors(), &meta, key)?;
+        let store = S3Volume::data_objects(store, url, manifest.ancestors(), &meta, key)?.store;
         let spec = CreateSpec { size: manifest.size, ..meta.spec() };
         Ok(SnapshotView { store, url: url.clone(), manifest, spec, segment: format::segment_size(meta.chunk_size) })
     }

@@ -1666,3 +1666,6 @@ async fn a_sync_after_a_failed_unmap_makes_its_zeros_durable() {
     assert!(read.iter().all(|&b| b == 0), "the unmapped chunk came back as {}", read[0]);
     v.close().await.unwrap();
 }
+
+#[path = "crypto_erase_tests.rs"]
+mod crypto_erase_tests;
