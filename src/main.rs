@@ -909,7 +909,6 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                     exported
                 }
             };
-            eprintln!();
             let what = snapshot.map_or(url.to_string(), |name| format!("{url}@{name}"));
             println!("exported {what} to {}: {} of data", file.display(), Size(exported?));
             Ok(())
@@ -980,7 +979,6 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
                 Err(e) => Err(e),
             };
             let closed = volume.close().await.map_err(|e| e.to_string());
-            eprintln!();
             let imported = imported?;
             closed?;
             println!(
@@ -1094,13 +1092,22 @@ fn transfer_options(
     }
 }
 
-/// A progress line on stderr, rewritten at each whole percent.
+/// A progress bar on stderr (bytes done, rate, time left), drawn only on a terminal; the
+/// first call gives the total.
 fn progress_line(verb: &'static str) -> impl Fn(u64, u64) + Sync {
-    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let bar = std::sync::OnceLock::<indicatif::ProgressBar>::new();
     move |done, total| {
-        let percent = (done * 100).checked_div(total).unwrap_or(100);
-        if shown.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
-            eprint!("\r{verb} {} of {} ({percent}%)", Size(done), Size(total));
+        let bar = bar.get_or_init(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec}, {eta} left",
+            )
+            .expect("a valid template")
+            .progress_chars("=> ");
+            indicatif::ProgressBar::new(total).with_style(style).with_message(verb)
+        });
+        bar.set_position(done);
+        if done >= total {
+            bar.finish();
         }
     }
 }
