@@ -51,10 +51,12 @@ pub enum Mutant {
     /// Taking a snapshot notes the chunk versions without merging the dirty chunks first: it
     /// misses acknowledged writes still in the cache or in logs.
     SnapshotSkipsMerge = 20,
+    /// A clone opens without the chunks it inherits from its snapshot: it reads zeros there.
+    CloneForgetsInherited = 21,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 20] = [
+    pub const ALL: [Mutant; 21] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -75,6 +77,7 @@ impl Mutant {
         Mutant::AtomicWriteWithoutItsLog,
         Mutant::SweepHeldVersions,
         Mutant::SnapshotSkipsMerge,
+        Mutant::CloneForgetsInherited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Mutant {
             Mutant::AtomicWriteWithoutItsLog => "atomic-write-without-its-log",
             Mutant::SweepHeldVersions => "sweep-held-versions",
             Mutant::SnapshotSkipsMerge => "snapshot-skips-merge",
+            Mutant::CloneForgetsInherited => "clone-forgets-inherited",
         }
     }
 }

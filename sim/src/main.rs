@@ -1,5 +1,6 @@
 //! `rtgt-sim`: the deterministic simulation of rtgt (run it through `cargo xtask sim`).
 
+mod clones;
 mod disk;
 mod failover;
 mod mem_s3;

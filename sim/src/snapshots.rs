@@ -30,7 +30,7 @@ pub struct Taken {
     began: Duration,
     ended: Duration,
     /// The write each block holds, once read and checked.
-    ids: Option<Vec<u32>>,
+    pub(crate) ids: Option<Vec<u32>>,
 }
 
 /// What the target's host needs to take and check snapshots.
@@ -44,11 +44,14 @@ pub struct Snapshotter {
     /// The target's incarnation, and the snapshots it took: names are never reused.
     pub incarnation: u64,
     pub taken: u64,
+    /// Clones made (`clones.rs`), and blocks written to them.
+    pub clones: u64,
+    pub clone_writes: u32,
 }
 
 /// Simulated time, as the model and the initiators see it (the target's clock starts with
 /// each incarnation).
-fn sim_now() -> Duration {
+pub(crate) fn sim_now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
@@ -82,6 +85,9 @@ impl Snapshotter {
         let again = (!checked.is_empty()).then(|| checked[self.rng.below(checked.len() as u64) as usize].clone());
         for name in unchecked.iter().chain(&again) {
             self.check(name).await;
+        }
+        if self.rng.chance(0.3) {
+            self.clone_round().await;
         }
     }
 
@@ -142,7 +148,7 @@ impl Snapshotter {
         Ok(())
     }
 
-    fn violation(&self, what: String) {
+    pub(crate) fn violation(&self, what: String) {
         self.shared.borrow_mut().violation.get_or_insert(format!("snapshots: {what}"));
     }
 }

@@ -229,6 +229,8 @@ async fn target(env: Environment, shared: Rc<RefCell<Shared>>) -> turmoil::Resul
         rng: Rng::seeded(env.seed ^ 0x5ea9_5407 ^ incarnation << 20),
         incarnation,
         taken: 0,
+        clones: 0,
+        clone_writes: 0,
     };
     add_s3_lun(&entry, 1, store, url, opts, lu_config, BLOCKS * BLOCK, &clock, Some(slot))?;
     registry.add_target(entry)?;

@@ -838,11 +838,13 @@ impl S3Volume {
             format::ChunkLayout::Flat => versions.iter().map(|(c, _, _)| *c).collect(),
         };
         // A clone's chunks it has neither written nor zeroed are its ancestors'.
+        let planted = crate::mutants::active(crate::mutants::Mutant::CloneForgetsInherited);
         let inherited: Vec<u64> = cache
             .inherited
             .keys()
             .copied()
             .filter(|c| *c < chunks && !cache.live.contains_key(c) && !cache.tombstones.contains_key(c))
+            .filter(|_| !planted)
             .collect();
         for c in data.into_iter().chain(inherited) {
             cache.exists.insert(c);
