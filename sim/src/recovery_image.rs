@@ -6,19 +6,17 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use rtgt::s3::volume::compression::ChunkCodec;
 use rtgt::s3::volume::format::{self, CHUNKS_DIR, CRC_METADATA, ChunkLayout, LOG_DIR, Record};
 
 /// The volume's bytes as recovery would rebuild them, or why the logs cannot be replayed.
 /// `journal`: the local journal's objects (`UUID/log/SEQ`), replayed with the store's logs as
-/// one sequence. `codec`: how the chunks are compressed, if they are.
+/// one sequence. Chunk bodies are plain (decompressed if the volume compresses them).
 pub fn recovery_image(
     objects: &BTreeMap<String, (Bytes, BTreeMap<String, String>)>,
     journal: &BTreeMap<String, Bytes>,
     prefix: &str,
     size: u64,
     chunk: u64,
-    codec: Option<ChunkCodec>,
 ) -> Result<Vec<u8>, String> {
     let mut image = vec![0u8; size as usize];
     let mut stamps: BTreeMap<u64, u64> = BTreeMap::new();
@@ -33,10 +31,6 @@ pub fn recovery_image(
     };
     for (key, (body, meta)) in objects {
         if let Some(c) = chunk_of(key) {
-            let body = match codec {
-                Some(codec) => &Bytes::from(codec.decompress_whole(key, body).map_err(|e| e.to_string())?),
-                None => body,
-            };
             let at = (c * chunk) as usize;
             // A tombstone (an empty version) reads as zeros.
             let chunk_end = (at + chunk as usize).min(image.len());

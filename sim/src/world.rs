@@ -106,6 +106,8 @@ struct Environment {
     disk_cache: bool,
     /// The S3 volume's chunks are compressed so.
     compression: Option<Compression>,
+    /// Chunk objects decompressed by the checks: (stored, plain) by key.
+    decompressed: Arc<PlainChunks>,
     s3: MemS3,
     /// The target's disk for the embedded store.
     fs: CrashFs,
@@ -416,6 +418,7 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         disk_cache: Rng::seeded(seed ^ 0xd15c_cace).chance(0.5),
         compression: [None, Some(Compression::Zstd), Some(Compression::Lz4)]
             [Rng::seeded(seed ^ 0xc0_c0de).below(3) as usize],
+        decompressed: Arc::default(),
         s3: MemS3::new(seed ^ 0x5353),
         fs: CrashFs::new(),
         media: Media::default(),
@@ -694,13 +697,44 @@ fn apply_repair(
 /// mutation that lands.
 const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// Chunk objects of a compressed volume as the checks read them, decompressed once: a
+/// version's key is never reused (the body is compared all the same).
+#[derive(Default)]
+struct PlainChunks(Mutex<BTreeMap<String, (Bytes, Bytes)>>);
+
+/// The objects of a bucket: body and metadata by key.
+type Objects = BTreeMap<String, (Bytes, BTreeMap<String, String>)>;
+
+impl PlainChunks {
+    /// `objects` with every chunk body decompressed; forgets the chunks no longer there.
+    fn plain(&self, codec: Option<Compression>, mut objects: Objects) -> Result<Objects, String> {
+        let Some(codec) = codec.map(|c| ChunkCodec::new(c, CHUNK)) else { return Ok(objects) };
+        let mut known = self.0.lock().expect("poisoned");
+        known.retain(|key, _| objects.contains_key(key));
+        for (key, (body, _)) in objects.iter_mut().filter(|(k, _)| k.contains("/chunks/")) {
+            match known.get(key) {
+                Some((stored, plain)) if stored == body => *body = plain.clone(),
+                _ => {
+                    let plain = Bytes::from(codec.decompress_whole(key, body).map_err(|e| e.to_string())?);
+                    known.insert(key.clone(), (body.clone(), plain.clone()));
+                    *body = plain;
+                }
+            }
+        }
+        Ok(objects)
+    }
+}
+
 /// Durability at every moment, not only at crashes: what recovery would make of LUN 1's
 /// objects were the target to die now holds every durable write (and nothing superseded).
 fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Option<String> {
     let objects = env.s3.objects_with_metadata(BUCKET);
     let journal = journal_logs(env);
-    let codec = env.compression.map(|c| ChunkCodec::new(c, CHUNK));
-    let image = match crate::recovery_image::recovery_image(&objects, &journal, "lun1", BLOCKS * BLOCK, CHUNK, codec) {
+    let objects = match env.decompressed.plain(env.compression, objects) {
+        Ok(objects) => objects,
+        Err(e) => return Some(format!("damaged: {e}")),
+    };
+    let image = match crate::recovery_image::recovery_image(&objects, &journal, "lun1", BLOCKS * BLOCK, CHUNK) {
         Ok(image) => image,
         Err(e) => return Some(format!("durability: the volume's logs cannot be replayed: {e}")),
     };

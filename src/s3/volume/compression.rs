@@ -59,7 +59,13 @@ impl Compression {
     /// `plain` compressed; None if that saves nothing.
     fn compress(self, plain: &[u8]) -> Option<Vec<u8>> {
         let packed = match self {
-            Compression::Zstd => zstd::bulk::compress(plain, ZSTD_LEVEL).ok()?,
+            Compression::Zstd => ZSTD_COMPRESSOR.with_borrow_mut(|c| {
+                let c = match c {
+                    Some(c) => c,
+                    None => c.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
+                };
+                c.compress(plain).ok()
+            })?,
             Compression::Lz4 => lz4_flex::block::compress(plain),
         };
         (packed.len() < plain.len()).then_some(packed)
@@ -68,7 +74,13 @@ impl Compression {
     /// Decompresses a segment of exactly `len` plain bytes.
     fn decompress(self, packed: &[u8], len: usize) -> Result<Vec<u8>, String> {
         let plain = match self {
-            Compression::Zstd => zstd::bulk::decompress(packed, len).map_err(|e| e.to_string())?,
+            Compression::Zstd => ZSTD_DECOMPRESSOR.with_borrow_mut(|d| {
+                let d = match d {
+                    Some(d) => d,
+                    None => d.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+                };
+                d.decompress(packed, len).map_err(|e| e.to_string())
+            })?,
             Compression::Lz4 => lz4_flex::block::decompress(packed, len).map_err(|e| e.to_string())?,
         };
         match plain.len() == len {
@@ -85,6 +97,15 @@ impl std::fmt::Display for Compression {
 }
 
 const ZSTD_LEVEL: i32 = 3;
+
+thread_local! {
+    // A zstd context costs an allocation of hundreds of KiB and its clearing: one per thread,
+    // not one per segment.
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
 const MAGIC: &[u8; 4] = b"RTZ1";
 /// Header bytes before the table of stored lengths.
 const FIXED: usize = 24;
