@@ -106,8 +106,8 @@ struct Environment {
     disk_cache: bool,
     /// The S3 volume's chunks are compressed so.
     compression: Option<Compression>,
-    /// Chunk objects decompressed by the checks: (stored, plain) by key.
-    decompressed: Arc<PlainChunks>,
+    /// Chunk objects as the checks read them.
+    chunks: Arc<PlainChunks>,
     s3: MemS3,
     /// The target's disk for the embedded store.
     fs: CrashFs,
@@ -411,14 +411,16 @@ pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bo
         .build();
 
     let store = if rng.chance(0.4) { Store::Embedded } else { Store::Remote };
+    // Drawn apart, so that the main draws stay as they were.
+    let compression =
+        [None, Some(Compression::Zstd), Some(Compression::Lz4)][Rng::seeded(seed ^ 0xc0_c0de).below(3) as usize];
     let env = Environment {
         store,
         // Drawn apart, so that the main draws stay as they were.
         journal: store == Store::Remote && Rng::seeded(seed ^ 0x10c4_1d15).chance(0.5),
         disk_cache: Rng::seeded(seed ^ 0xd15c_cace).chance(0.5),
-        compression: [None, Some(Compression::Zstd), Some(Compression::Lz4)]
-            [Rng::seeded(seed ^ 0xc0_c0de).below(3) as usize],
-        decompressed: Arc::default(),
+        compression,
+        chunks: Arc::new(PlainChunks::new(compression)),
         s3: MemS3::new(seed ^ 0x5353),
         fs: CrashFs::new(),
         media: Media::default(),
@@ -697,29 +699,41 @@ fn apply_repair(
 /// mutation that lands.
 const IMAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// Chunk objects of a compressed volume as the checks read them, decompressed once: a
-/// version's key is never reused (the body is compared all the same).
-#[derive(Default)]
-struct PlainChunks(Mutex<BTreeMap<String, (Bytes, Bytes)>>);
+/// Chunk objects as the checks read them: decompressed (once per version: a version's key is
+/// never reused, and the stored body is compared all the same) if the volume compresses them.
+struct PlainChunks {
+    codec: Option<ChunkCodec>,
+    /// (stored, plain) by key.
+    known: Mutex<BTreeMap<String, (Bytes, Bytes)>>,
+}
 
 /// The objects of a bucket: body and metadata by key.
 type Objects = BTreeMap<String, (Bytes, BTreeMap<String, String>)>;
 
 impl PlainChunks {
-    /// `objects` with every chunk body decompressed; forgets the chunks no longer there.
-    fn plain(&self, codec: Option<Compression>, mut objects: Objects) -> Result<Objects, String> {
-        let Some(codec) = codec.map(|c| ChunkCodec::new(c, CHUNK)) else { return Ok(objects) };
-        let mut known = self.0.lock().expect("poisoned");
-        known.retain(|key, _| objects.contains_key(key));
-        for (key, (body, _)) in objects.iter_mut().filter(|(k, _)| k.contains("/chunks/")) {
-            match known.get(key) {
-                Some((stored, plain)) if stored == body => *body = plain.clone(),
-                _ => {
-                    let plain = Bytes::from(codec.decompress_whole(key, body).map_err(|e| e.to_string())?);
-                    known.insert(key.clone(), (body.clone(), plain.clone()));
-                    *body = plain;
-                }
+    fn new(compression: Option<Compression>) -> PlainChunks {
+        PlainChunks { codec: compression.map(|c| ChunkCodec::new(c, CHUNK)), known: Mutex::default() }
+    }
+
+    /// The plain bytes of object `key` stored as `body`.
+    fn body(&self, key: &str, body: &Bytes) -> Result<Bytes, String> {
+        let Some(codec) = self.codec.filter(|_| key.contains("/chunks/")) else { return Ok(body.clone()) };
+        let mut known = self.known.lock().expect("poisoned");
+        match known.get(key) {
+            Some((stored, plain)) if stored == body => Ok(plain.clone()),
+            _ => {
+                let plain = Bytes::from(codec.decompress_whole(key, body).map_err(|e| e.to_string())?);
+                known.insert(key.to_string(), (body.clone(), plain.clone()));
+                Ok(plain)
             }
+        }
+    }
+
+    /// `objects` with every chunk body plain; forgets the chunks no longer there.
+    fn plain(&self, mut objects: Objects) -> Result<Objects, String> {
+        self.known.lock().expect("poisoned").retain(|key, _| objects.contains_key(key));
+        for (key, (body, _)) in objects.iter_mut() {
+            *body = self.body(key, body)?;
         }
         Ok(objects)
     }
@@ -730,7 +744,7 @@ impl PlainChunks {
 fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Option<String> {
     let objects = env.s3.objects_with_metadata(BUCKET);
     let journal = journal_logs(env);
-    let objects = match env.decompressed.plain(env.compression, objects) {
+    let objects = match env.chunks.plain(objects) {
         Ok(objects) => objects,
         Err(e) => return Some(format!("damaged: {e}")),
     };
@@ -809,14 +823,9 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
         if key.contains("/chunks/") && body.is_empty() && !snapshots {
             return Some(format!("leak: tombstone {key} left with no snapshot"));
         }
-        let plain = match env.compression {
-            Some(codec) if key.contains("/chunks/") => {
-                match ChunkCodec::new(codec, CHUNK).decompress_whole(&key, &body) {
-                    Ok(plain) => plain,
-                    Err(e) => return Some(format!("damaged: {e}")),
-                }
-            }
-            _ => body.to_vec(),
+        let plain = match env.chunks.body(&key, &body) {
+            Ok(plain) => plain,
+            Err(e) => return Some(format!("damaged: {e}")),
         };
         if key.contains("/chunks/") && !plain.is_empty() && plain.iter().all(|&b| b == 0) {
             return Some(format!("leak: chunk object {key} holds only zeros"));

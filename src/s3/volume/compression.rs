@@ -221,7 +221,8 @@ impl ChunkCodec {
     /// segment may decompress to).
     fn header(&self, key: &str, bytes: &[u8]) -> ObjResult<Header> {
         let header = Header::parse(bytes).map_err(|e| damaged(key, e))?;
-        if header.segment != self.segment || header.plain_len > self.chunk_size {
+        // An empty chunk (a tombstone) is never compressed: a header holds one segment at least.
+        if header.segment != self.segment || header.plain_len > self.chunk_size || header.plain_len == 0 {
             return Err(damaged(
                 key,
                 format!("{} bytes in segments of {}: not a chunk of this volume", header.plain_len, header.segment),

@@ -104,6 +104,11 @@ async fn a_damaged_or_hostile_object_is_an_error_never_data_or_a_large_allocatio
             b[4] = 2;
             b
         }),
+        ("no segments at all", {
+            let mut b = good[..Header::len_for(0)].to_vec();
+            b[12..24].fill(0);
+            b
+        }),
         ("a garbled payload", {
             let mut b = good.to_vec();
             let first_payload = Header::len_for(16);

@@ -58,25 +58,34 @@ impl S3Volume {
         let unit = encryption.unit;
         let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
         meta.encryption = Some(encryption);
-        let etag = self.put_meta(&meta, etag).await.map_err(|e| super::store_err(e, true))?;
-        *self.meta.lock().expect("poisoned") = (meta, etag);
+        match self.put_meta(&meta, etag).await {
+            Ok(etag) => *self.meta.lock().expect("poisoned") = (meta, etag),
+            Err(e) => {
+                // Maybe it landed: the key the metadata holds is the one writes must use.
+                let found = S3Volume::read_meta(&*self.control, &self.url).await.ok().flatten();
+                match found {
+                    Some((found, etag)) if found.encryption == meta.encryption => {
+                        *self.meta.lock().expect("poisoned") = (found, etag)
+                    }
+                    Some(_) => return Err(super::store_err(e, true).into()), // not replaced
+                    None => {
+                        // Unknown which key is in force: serve nothing until reopened.
+                        self.lease.end(super::lease::Ended::Closed);
+                        return Err(StoreError::NotReady(format!(
+                            "{}: the new data key may or may not be in the metadata: reopen the volume",
+                            self.url
+                        ))
+                        .into());
+                    }
+                }
+            }
+        }
         sealing.replace_sealer(sealing::Sealer::new(&data_key, unit, sealing::os_nonces()));
         if let Some(disk) = self.disk.get() {
             // Its entries are plaintext of versions now deleted.
             disk.clear().await;
         }
         tracing::warn!(volume = %self.url, "crypto erased: every block unmapped, the data key replaced");
-        Ok(())
-    }
-
-    /// Merges every dirty chunk, deletes every settled log and sweeps the garbage, as a clean
-    /// close does, without letting the lease go.
-    async fn settle_everything(&self) -> Result<(), StoreError> {
-        let dirty = self.dirty_chunks();
-        self.merge_chunks(&dirty).await?;
-        let _no_uploads = self.upload_lock.lock().await;
-        self.delete_settled_logs().await?;
-        self.sweep_garbage().await;
         Ok(())
     }
 }

@@ -1192,12 +1192,7 @@ impl S3Volume {
     pub async fn close(&self) -> StoreResult<()> {
         let merged = async {
             self.lease.check("close")?;
-            let dirty: Vec<u64> = self.dirty_chunks();
-            self.merge_chunks(&dirty).await?;
-            let _no_uploads = self.upload_lock.lock().await;
-            self.delete_settled_logs().await?;
-            self.sweep_garbage().await;
-            Ok(())
+            self.settle_everything().await
         };
         let kept = match merged.await {
             Ok(()) => Ok(()),
@@ -1213,6 +1208,17 @@ impl S3Volume {
                 Err(e)
             }
         }
+    }
+
+    /// Merges every dirty chunk, deletes every settled log and sweeps the garbage: a clean
+    /// close without letting the lease go.
+    pub(super) async fn settle_everything(&self) -> StoreResult<()> {
+        let dirty = self.dirty_chunks();
+        self.merge_chunks(&dirty).await?;
+        let _no_uploads = self.upload_lock.lock().await;
+        self.delete_settled_logs().await?;
+        self.sweep_garbage().await;
+        Ok(())
     }
 
     /// After the merges of a close failed (a store too slow for whole chunks, or away): every
