@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BS, TARGET, TestTarget, memory_config, start};
+use common::{BS, TARGET, TestTarget, eventually, memory_config, start};
 use rtgt::initiator::{self, Error, InitiatorConfig, Session, rw16};
 use rtgt::pdu::{self, Bhs, Digests, Pdu, tmf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -220,15 +220,16 @@ async fn cmd_sn_outside_the_window_is_ignored() {
 #[tokio::test]
 async fn idle_initiators_are_pinged_and_dead_ones_dropped() {
     let t = start(memory_config("nop_interval_secs = 1\nnop_timeout_secs = 1")).await;
-    // A live session answers the pings and survives.
+    // A live session answers the pings and survives three of them (each would drop it
+    // unanswered within its 1 s timeout).
     let live = t.ready_session(61).await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    eventually("three pings answered", || live.pings_answered() >= 3).await;
     assert_eq!(live.command(1, &[0; 6], Bytes::new(), 0).await.unwrap().status, 0);
     // A dead one (logs in, never reads again) is dropped.
     let _raw = raw_login(t.addr, 62).await;
     assert_eq!(t.server.registry.session_count(), 2);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(t.server.registry.session_count(), 1, "the silent session was dropped");
+    eventually("the silent session dropped", || t.server.registry.session_count() == 1).await;
+    assert_eq!(live.command(1, &[0; 6], Bytes::new(), 0).await.unwrap().status, 0, "the live one was dropped too");
 }
 
 #[tokio::test]

@@ -174,6 +174,8 @@ struct State {
     /// Tasks the target said it aborted: any response is a protocol violation.
     aborted: BTreeSet<u32>,
     violations: Violations,
+    /// NOP-In pings of the target answered.
+    pings_answered: u64,
 }
 
 /// Protocol rules the target broke on this session, as seen by the initiator (the
@@ -251,6 +253,7 @@ impl Session {
                 abandoned: VecDeque::new(),
                 aborted: BTreeSet::new(),
                 violations: Violations::default(),
+                pings_answered: 0,
             }),
             window: Notify::new(),
             out: out_tx,
@@ -541,6 +544,11 @@ impl Session {
     /// The CmdSN the next non-immediate command will carry.
     pub fn next_cmd_sn(&self) -> u32 {
         self.shared.state.lock().expect("poisoned").cmd_sn
+    }
+
+    /// How many of the target's NOP-In pings this session has answered.
+    pub fn pings_answered(&self) -> u64 {
+        self.shared.state.lock().expect("poisoned").pings_answered
     }
 
     /// Text request SendTargets=<which>.

@@ -128,7 +128,9 @@ fn on_pdu(shared: &Shared, pdu: Pdu, next_stat_sn: &mut u32) -> Result<()> {
                     exp_stat_sn: st.exp_stat_sn,
                 };
                 let digests = Digests { header: shared.negotiated.header_digest, data: shared.negotiated.data_digest };
-                let _ = shared.out.send(Pdu::new(reply).encode(digests));
+                if shared.out.send(Pdu::new(reply).encode(digests)).is_ok() {
+                    st.pings_answered += 1;
+                }
             } else if let Some(p) = st.pending.remove(&n.itt) {
                 let _ = p.reply.send(Reply::Pdu(Box::new(pdu)));
             }

@@ -94,3 +94,14 @@ impl TestTarget {
         format!("iscsi://{}/{TARGET}/{lun}", self.addr)
     }
 }
+
+/// Waits until `condition` holds, checking every 20 ms; panics naming `what` after 30 s.
+/// (For conditions that only the passage of real time brings about: a target's pings.)
+#[allow(dead_code)]
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "not within 30 s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 mod bench;
 mod bench_reads;
 mod bench_rtt;
+mod bench_snapshot;
 mod package;
 
 const USAGE: &str = "commands and their options:
@@ -54,6 +55,10 @@ const USAGE: &str = "commands and their options:
   bench s3 --reads [--seconds N]
                                 reads through iSCSI from an S3 LUN on the embedded store and
                                 a file LUN, in rtgt's cache and cold (after a restart)
+  bench s3 --snapshot [--seconds N] [--rounds N]
+                                a snapshot under a 4 KiB random-write load (QD32, iSCSI, the
+                                embedded store, the default cache) against the same load
+                                without one: longest command against the p99 without
 ";
 
 /// Project tasks.
@@ -586,6 +591,22 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown arguments {other:?}\n{USAGE}")),
         };
         return bench_reads::run(seconds);
+    }
+    if args.first().map(String::as_str) == Some("--snapshot") {
+        let (mut seconds, mut rounds) = (10, 3);
+        let mut it = args[1..].iter();
+        while let Some(a) = it.next() {
+            let mut number = || -> Result<u64, String> {
+                let n = it.next().ok_or(format!("{a} needs a number"))?;
+                n.parse().map_err(|_| format!("{a} {n}: not a number"))
+            };
+            match a.as_str() {
+                "--seconds" => seconds = number()?,
+                "--rounds" => rounds = number()? as usize,
+                other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            }
+        }
+        return bench_snapshot::run(seconds, rounds);
     }
     let mut scale = "1".to_string();
     let mut iscsi = false;

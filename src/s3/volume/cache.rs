@@ -3,10 +3,20 @@
 //! objects exist; chunk claims; and what is known of each log object.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Cache allocation unit.
 pub(super) const PAGE: usize = 4096;
+
+/// A cached page. Shared, not copied, by a snapshot that captures it (`snapshot_capture.rs`):
+/// a write into a shared page copies it first.
+pub(super) type Page = Arc<[u8; PAGE]>;
+
+/// A chunk's cached pages by index. Shared whole by a snapshot's capture, so that writes wait
+/// for it only as long as it takes to count the dirty chunks: the first change after it copies
+/// the map (not the pages), the type seeing that no change is missed.
+pub(super) type Pages = Arc<BTreeMap<u32, Page>>;
 
 /// A per-block bitmap with cheap all-clear and all-set states.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +72,34 @@ impl Bits {
         }
     }
 
-    /// Maximal runs `[start, end)` of set bits below `n`.
+    /// Maximal runs `[start, end)` of set bits below `n`. Whole words of zeros or ones are
+    /// stepped over at once: the log's writer asks this of every chunk it logs, under the
+    /// cache lock.
     pub(super) fn runs(&self, n: usize) -> Vec<(usize, usize)> {
+        let words = match self {
+            Bits::Empty => return Vec::new(),
+            Bits::Full => return if n > 0 { vec![(0, n)] } else { Vec::new() },
+            Bits::Some(words) => words,
+        };
         let mut out = Vec::new();
+        let mut start = None;
         let mut i = 0;
         while i < n {
-            if !self.get(i) {
-                i += 1;
-                continue;
+            let word = words[i / 64];
+            let uniform = i % 64 == 0 && i + 64 <= n && (word == 0 || word == u64::MAX);
+            let set = word >> (i % 64) & 1 == 1;
+            match (set, start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    out.push((s, i));
+                    start = None;
+                }
+                _ => {}
             }
-            let start = i;
-            while i < n && self.get(i) {
-                i += 1;
-            }
-            out.push((start, i));
+            i += if uniform { 64 } else { 1 };
+        }
+        if let Some(s) = start {
+            out.push((s, n));
         }
         out
     }
@@ -84,7 +108,7 @@ impl Bits {
 /// Cached state of one chunk. Valid blocks whose page is absent are zeros.
 #[derive(Debug)]
 pub(super) struct Entry {
-    pub(super) pages: BTreeMap<u32, Box<[u8]>>,
+    pub(super) pages: Pages,
     /// Blocks whose current contents the entry holds.
     pub(super) valid: Bits,
     /// Blocks newer than the chunk object.
@@ -101,7 +125,7 @@ pub(super) struct Entry {
 impl Entry {
     pub(super) fn empty() -> Entry {
         Entry {
-            pages: BTreeMap::new(),
+            pages: Pages::default(),
             valid: Bits::Empty,
             unmerged: Bits::Empty,
             unlogged: Bits::Empty,
@@ -150,13 +174,13 @@ impl Entry {
             let within = (at + pos) % PAGE;
             let n = (PAGE - within).min(data.len() - pos);
             let src = &data[pos..pos + n];
-            match self.pages.get_mut(&page) {
-                Some(p) => p[within..within + n].copy_from_slice(src),
+            match Arc::make_mut(&mut self.pages).get_mut(&page) {
+                Some(p) => Arc::make_mut(p)[within..within + n].copy_from_slice(src),
                 None if src.iter().all(|&b| b == 0) => {} // zeros stay unallocated
                 None => {
-                    let mut p = vec![0u8; PAGE].into_boxed_slice();
+                    let mut p = [0u8; PAGE];
                     p[within..within + n].copy_from_slice(src);
-                    self.pages.insert(page, p);
+                    Arc::make_mut(&mut self.pages).insert(page, Arc::new(p));
                     allocated += 1;
                 }
             }
@@ -270,5 +294,42 @@ impl Cache {
             self.change_stamps = vec![0; STAMP_BUCKETS];
         }
         self.change_stamps[c as usize % STAMP_BUCKETS] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bits;
+    use crate::rng::Rng;
+
+    /// Runs found bit by bit.
+    fn naive_runs(bits: &Bits, n: usize) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in (0..n).filter(|&i| bits.get(i)) {
+            match out.last_mut() {
+                Some((_, end)) if *end == i => *end = i + 1,
+                _ => out.push((i, i + 1)),
+            }
+        }
+        out
+    }
+
+    /// Runs stepped over whole words agree with runs found bit by bit: words of zeros, of
+    /// ones, mixed, runs across words, a last partial word.
+    #[test]
+    fn runs_match_a_bit_by_bit_scan() {
+        let mut rng = Rng::seeded(7);
+        for case in 0..2000 {
+            let n = [8192, 8000, 130, 64, 1][case % 5];
+            let mut bits = Bits::Empty;
+            for _ in 0..rng.below(12) {
+                let start = rng.below(n as u64) as usize;
+                let len = [1, 7, 64, 200, 1000][rng.below(5) as usize];
+                bits.set_range(start, (start + len).min(n), n);
+            }
+            assert_eq!(bits.runs(n), naive_runs(&bits, n), "case {case}, n {n}, {bits:?}");
+        }
+        assert_eq!(Bits::Full.runs(10), [(0, 10)]);
+        assert!(Bits::Empty.runs(10).is_empty());
     }
 }

@@ -122,6 +122,8 @@ impl S3Volume {
             LogHome::Journal => LogInfo::for_journal(unsettled),
         };
         cache.logs.insert(seq, info);
+        // Its checksum outside the lock: writes wait for the cache while it is held.
+        drop(cache);
         Some((seq, log.finish(seq), covered, taken))
     }
 

@@ -193,7 +193,10 @@ impl S3Volume {
         let mut cache = self.cache();
         let Some(e) = cache.entries.get_mut(&c) else { return };
         let before = e.pages.len();
-        e.pages.retain(|_, p| p.iter().any(|&b| b != 0));
+        let zero = |p: &[u8; PAGE]| p.iter().all(|&b| b == 0);
+        if e.pages.values().any(|p| zero(p)) {
+            std::sync::Arc::make_mut(&mut e.pages).retain(|_, p| !zero(p));
+        }
         let freed = (before - e.pages.len()) * PAGE;
         cache.page_bytes -= freed as u64;
     }

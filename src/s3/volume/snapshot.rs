@@ -1,6 +1,6 @@
 //! Snapshots of a volume of the versioned layout: a snapshot is a manifest (`manifest.rs`)
 //! naming the chunk versions that held the volume's data when it was taken. Taking one copies
-//! no object: writes wait while the dirty chunks are copied out of the cache
+//! no object: writes wait while the pages of the dirty chunks are taken from the cache
 //! (`snapshot_capture.rs`), then go on while those copies are written as chunk versions, and
 //! the manifest is written. The versions a
 //! snapshot names are never swept while it exists; deleting it makes them garbage.
@@ -15,6 +15,7 @@ use std::time::UNIX_EPOCH;
 
 use super::format::ChunkLayout;
 use super::manifest::{MANIFEST_FORMAT, Manifest, SNAPSHOTS_DIR, SnapshotName};
+use super::snapshot_capture::Captured;
 use super::{S3Volume, chunk_map};
 use crate::s3::url::S3Url;
 use crate::s3::{Condition, ObjectError, ObjectStore};
@@ -81,12 +82,14 @@ impl S3Volume {
         self.cache().snapshots.values().map(|m| SnapshotSummary::from(&**m)).collect()
     }
 
-    /// Takes a snapshot named `name`: writes wait while every dirty chunk is merged.
+    /// Takes a snapshot named `name`: writes wait while the dirty chunks are captured.
     pub async fn create_snapshot(&self, name: SnapshotName) -> Result<SnapshotSummary, SnapshotError> {
         self.snapshots_possible()?;
         if self.cache().snapshots.contains_key(&name) {
             return Err(SnapshotError::Exists { store: self.url.to_string(), name });
         }
+        // Writes wait from the moment the gate is asked for (it is fair) until it is let go.
+        let gate_asked = self.clock.now();
         let (provisional, captured) = {
             let _writes_wait = self.snapshot_gate.write().await;
             self.lease.check("a snapshot").map_err(|e| SnapshotError::Failed(e.to_string()))?;
@@ -125,24 +128,14 @@ impl S3Volume {
             retain(&mut cache);
             (manifest, captured)
         };
+        let writes_waited = self.clock.now().saturating_sub(gate_asked);
         // Writes go on while the captured chunks are written.
         let mut unfinished = Unfinished { volume: self, name: Some(name.clone()) };
         let mut zero = BTreeSet::new();
-        for group in captured.chunks(super::MERGE_PARALLEL) {
-            for (k, written) in
-                group.iter().zip(futures::future::join_all(group.iter().map(|k| self.write_captured(k))).await)
-            {
-                match written {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        zero.insert(k.c);
-                    }
-                    Err(e) => {
-                        self.forget(&name);
-                        return Err(e);
-                    }
-                }
-            }
+        let captured_chunks = captured.len();
+        if let Err(e) = self.write_all_captured(captured, &mut zero).await {
+            self.forget(&name);
+            return Err(e);
         }
         let manifest = {
             let mut chunks = provisional.chunks.clone();
@@ -161,7 +154,14 @@ impl S3Volume {
         unfinished.name = None;
         match self.store.put(&key, body, metadata, Condition::IfNoneMatch).await {
             Ok(_) => {
-                tracing::info!(volume = %self.url, snapshot = %name, chunks = manifest.chunks.len(), "snapshot taken");
+                tracing::info!(
+                    volume = %self.url,
+                    snapshot = %name,
+                    chunks = manifest.chunks.len(),
+                    captured = captured_chunks,
+                    writes_waited_us = writes_waited.as_micros() as u64,
+                    "snapshot taken"
+                );
                 Ok(SnapshotSummary::from(&*manifest))
             }
             Err(e) => {
@@ -174,6 +174,31 @@ impl S3Volume {
                     ObjectError::PreconditionFailed => SnapshotError::Exists { store: self.url.to_string(), name },
                     e => SnapshotError::Failed(format!("cannot write the manifest: {e}")),
                 })
+            }
+        }
+    }
+
+    /// Writes the captured chunks, [`super::MERGE_PARALLEL`] at a time, each on a task of its
+    /// own (so that their copies and checksums spread over the workers between commands, not
+    /// in one poll); notes those found all zeros in `zero`. Dropped, it stops them.
+    async fn write_all_captured(&self, captured: Vec<Captured>, zero: &mut BTreeSet<u64>) -> Result<(), SnapshotError> {
+        let Some(me) = self.me.upgrade() else {
+            return Err(SnapshotError::Failed(format!("{} is closing", self.url)));
+        };
+        let mut captured = captured.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < super::MERGE_PARALLEL
+                && let Some(k) = captured.next()
+            {
+                let me = me.clone();
+                running.spawn(async move { (k.c, me.write_captured(&k).await) });
+            }
+            let Some(ended) = running.join_next().await else { return Ok(()) };
+            match ended.map_err(|e| SnapshotError::Failed(format!("a chunk's write ended: {e}")))? {
+                (_, Ok(Some(_))) => {}
+                (c, Ok(None)) => _ = zero.insert(c),
+                (_, Err(e)) => return Err(e),
             }
         }
     }

@@ -1,5 +1,7 @@
 //! How a snapshot takes what the cache holds without making writes wait for the store: under
-//! the snapshot gate (writes wait) it copies the pages of every dirty chunk, numbers a version
+//! the snapshot gate (writes wait) it takes the pages of every dirty chunk (shared: a change
+//! copies the chunk's map of pages, a write the page it changes; the gate copies nothing),
+//! numbers a version
 //! for each and holds the versions their other blocks come from; then writes go on, and the
 //! copies are written as those versions, each composed like a merge (the cached blocks over
 //! the held base). A version numbered under the gate is older than any merge that follows, so
@@ -8,12 +10,10 @@
 //! a merge; and if the chunk did not change meanwhile it is one: the chunk's data from then on,
 //! its cache entry clean, so the next snapshot holds the same version.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 use super::S3Volume;
-use super::cache::{Bits, Cache, PAGE};
+use super::cache::{Bits, Cache, PAGE, Pages};
 use super::chunk_map::Landed;
 use super::format;
 use crate::s3::{Condition, ObjectError};
@@ -22,8 +22,9 @@ use crate::storage::snapshots::SnapshotError;
 /// A dirty chunk as the snapshot found it.
 pub(super) struct Captured {
     pub(super) c: u64,
-    /// What the cache held of the chunk (blocks outside `valid` are zeros there).
-    pages: BTreeMap<u32, Box<[u8]>>,
+    /// What the cache held of the chunk (blocks outside `valid` are zeros there): its pages,
+    /// shared with the cache until a write changes them.
+    pub(super) pages: Pages,
     valid: Bits,
     /// Where the other blocks were: the chunk's object then (None: zeros), and whether it
     /// surely existed (one whose PUT may never have landed reads as zeros when missing).
@@ -64,7 +65,10 @@ impl S3Volume {
         captured
     }
 
-    /// Writes a captured chunk as its version; None if it holds only zeros (no object).
+    /// Writes a captured chunk as its version; None if it holds only zeros (no object). Its
+    /// composition (4 MiB of copies and checksums) yields between steps: the snapshot writes
+    /// every dirty chunk while writes go on, and a task that kept a worker for a whole chunk
+    /// stalled the commands queued behind it (up to 90 ms in `cargo xtask bench s3 --snapshot`).
     pub(super) async fn write_captured(&self, k: &Captured) -> Result<Option<u64>, SnapshotError> {
         let failed = |why: String| SnapshotError::Failed(format!("chunk {} of {}: {why}", k.c, self.url));
         let _claim = self.claim(&[k.c]).await;
@@ -72,17 +76,19 @@ impl S3Volume {
         let bs = self.block_size as usize;
         let n = len / bs;
         let mut full = vec![0u8; len];
-        for (&page, data) in &k.pages {
+        for (&page, data) in k.pages.iter() {
             let at = page as usize * PAGE;
             let end = (at + PAGE).min(len);
             full[at..end].copy_from_slice(&data[..end - at]);
         }
+        tokio::task::yield_now().await;
         if k.valid.count(n) < n
             && let Some(key) = &k.base
         {
             match self.store.get(key, None).await {
                 Ok(got) => {
                     format::verify_segments(&got, len as u64, 0..len as u64, self.segment).map_err(failed)?;
+                    tokio::task::yield_now().await;
                     for b in (0..n).filter(|&b| !k.valid.get(b)) {
                         full[b * bs..(b + 1) * bs].copy_from_slice(&got.body[b * bs..(b + 1) * bs]);
                     }
@@ -94,6 +100,7 @@ impl S3Volume {
         if full.iter().all(|&b| b == 0) {
             return Ok(None);
         }
+        tokio::task::yield_now().await;
         let metadata = format::chunk_metadata(&full, self.segment, k.stamp);
         let key = format::chunk_version_key(&self.url, k.c, k.version);
         self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map_err(|e| failed(e.to_string()))?;

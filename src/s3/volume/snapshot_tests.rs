@@ -216,3 +216,28 @@ async fn a_snapshot_dropped_while_taken_is_forgotten() {
     v.create_snapshot(name("gone")).await.unwrap();
     v.close().await.unwrap();
 }
+
+/// A capture shares the cache's pages instead of copying them (the snapshot gate copies no
+/// data), and a write after it copies what it changes: the capture keeps what the chunk held.
+#[tokio::test(start_paused = true)]
+async fn a_capture_shares_the_pages_and_a_later_write_copies_what_it_changes() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    v.write(0, fill(1), false).await.unwrap();
+    let captured = v.capture_dirty(&mut v.cache());
+    let [k] = captured.as_slice() else { panic!("{} chunks captured, not one", captured.len()) };
+    let page = |pages: &super::cache::Pages, i: u32| pages[&i].clone();
+    {
+        let cache = v.cache();
+        let entry = &cache.entries[&0];
+        assert!(Arc::ptr_eq(&entry.pages, &k.pages), "the capture copied the chunk's map of pages");
+    }
+    v.write(4096, Bytes::from(vec![9u8; 4096]), false).await.unwrap();
+    let cache = v.cache();
+    let entry = &cache.entries[&0];
+    assert!(!Arc::ptr_eq(&entry.pages, &k.pages), "the write changed the captured map");
+    assert_eq!(page(&k.pages, 1)[..], [1u8; 4096][..], "the capture saw a later write");
+    assert_eq!(page(&entry.pages, 1)[..], [9u8; 4096][..], "the cache lost the write");
+    assert!(Arc::ptr_eq(&page(&entry.pages, 0), &page(&k.pages, 0)), "a page the write left was copied");
+    assert!(!Arc::ptr_eq(&page(&entry.pages, 1), &page(&k.pages, 1)));
+}

@@ -177,9 +177,14 @@ pub(crate) struct Serve {
 impl Serve {
     /// Starts it and waits for its portal.
     pub(crate) fn start(&self) -> Result<Watched, String> {
+        self.start_logging("warn")
+    }
+
+    /// Starts it with `RUST_LOG=filter` and waits for its portal.
+    pub(crate) fn start_logging(&self, filter: &str) -> Result<Watched, String> {
         let log = self.dir.join("rtgt.log");
         let args = vec!["serve".to_string(), "--config".to_string(), self.config.display().to_string()];
-        let server = Watched::spawn("rtgt", &self.rtgt, &args, &log, &[("RUST_LOG", "warn")])?;
+        let server = Watched::spawn("rtgt", &self.rtgt, &args, &log, &[("RUST_LOG", filter)])?;
         wait_for_port(self.addr, &server, &log)?;
         Ok(server)
     }
