@@ -16,7 +16,9 @@ use crate::server::supervisor::LunOpenError;
 use crate::server::{DEFAULT_BUSY_POLL_US, Settings};
 use crate::storage::file::FileOptions;
 
+mod backend;
 mod build;
+pub use backend::Backend;
 
 pub use build::{ATOMIC_WRITES_DIR, BuildContext};
 
@@ -375,7 +377,7 @@ impl TargetConfig {
 pub struct LunConfig {
     pub lun: u16,
     /// memory, file, uring, null or s3.
-    pub backend: String,
+    pub backend: Backend,
     /// Capacity: bytes, or a string such as "10GiB".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
@@ -517,10 +519,10 @@ pub enum Durability {
 
 impl LunConfig {
     /// A LUN of the given backend with every optional field unset.
-    pub fn new(lun: u16, backend: &str) -> LunConfig {
+    pub fn new(lun: u16, backend: Backend) -> LunConfig {
         LunConfig {
             lun,
-            backend: backend.into(),
+            backend,
             size: None,
             block_size: None,
             path: None,
@@ -686,8 +688,6 @@ pub fn validate_iscsi_name(name: &str) -> Result<(), String> {
     Err("an iSCSI name starts with iqn., eui. or naa.".into())
 }
 
-pub const BACKENDS: &[&str] = &["memory", "file", "uring", "null", "s3"];
-
 /// Most entries of one LUN's io_uring (`queue_depth`).
 const URING_DEPTH_MAX: u32 = 4096;
 
@@ -729,7 +729,7 @@ impl Config {
                     create: Some(true),
                     url: Some(format!("s3://{DEFAULT_BUCKET}/default")),
                     endpoint: Some("embedded".into()),
-                    ..LunConfig::new(1, "s3")
+                    ..LunConfig::new(1, Backend::S3)
                 }],
                 ..TargetConfig::new(DEFAULT_TARGET)
             }],
@@ -955,45 +955,47 @@ impl Config {
         if let Some(Err(e)) = l.naa.as_deref().map(parse_naa) {
             problems.push(format!("naa: {e}"));
         }
-        if l.backend != "uring" {
+        if l.backend != Backend::Uring {
             if l.queue_depth.is_some() {
-                problems.push(format!("queue_depth: not used by backend {:?} (only uring)", l.backend));
+                problems.push(format!("queue_depth: not used by backend {:?} (only uring)", l.backend.name()));
             }
             if l.direct {
-                problems.push(format!("direct: not used by backend {:?} (only uring)", l.backend));
+                problems.push(format!("direct: not used by backend {:?} (only uring)", l.backend.name()));
             }
         }
         if let Some(depth) = l.queue_depth.filter(|d| !(1..=URING_DEPTH_MAX).contains(d)) {
             problems.push(format!("queue_depth: {depth} is out of range (1 to {URING_DEPTH_MAX})"));
         }
-        match l.backend.as_str() {
-            "memory" | "null" => {
+        match &l.backend {
+            Backend::Memory | Backend::Null => {
                 if l.size.is_none() {
-                    problems.push(format!("size: required for backend {:?}", l.backend));
+                    problems.push(format!("size: required for backend {:?}", l.backend.name()));
                 }
                 if l.path.is_some() {
-                    problems.push(format!("path: not used by backend {:?}", l.backend));
+                    problems.push(format!("path: not used by backend {:?}", l.backend.name()));
                 }
             }
-            "file" | "uring" => {
+            Backend::File | Backend::Uring => {
                 if l.path.is_none() {
-                    problems.push(format!("path: required for backend {:?}", l.backend));
+                    problems.push(format!("path: required for backend {:?}", l.backend.name()));
                 }
             }
-            "s3" => problems.extend(self.validate_s3_lun(l)),
-            other => problems.push(format!("backend: unknown backend {other:?} (one of {})", BACKENDS.join(", "))),
+            Backend::S3 => problems.extend(self.validate_s3_lun(l)),
+            Backend::Unknown(other) => {
+                problems.push(format!("backend: unknown backend {other:?} (one of {})", Backend::known_names()))
+            }
         }
         match l.encryption_key() {
             Err(e) => problems.push(e),
-            Ok(Some(_)) if l.backend != "s3" => {
+            Ok(Some(_)) if l.backend != Backend::S3 => {
                 problems.push("encryption_*: only for backend \"s3\" (volumes encrypt their objects)".into())
             }
             Ok(_) => {}
         }
-        if l.snapshot.is_some() && l.backend != "s3" {
+        if l.snapshot.is_some() && l.backend != Backend::S3 {
             problems.push("snapshot: only for backend \"s3\" (volumes take snapshots)".into());
         }
-        if l.failover && l.backend != "s3" {
+        if l.failover && l.backend != Backend::S3 {
             problems.push("failover: only for backend \"s3\" (a volume two targets can reach)".into());
         }
         if l.failover && l.durability == Some(Durability::Local) {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use rtgt::api::client::{Client, Reply};
-use rtgt::config::{DEFAULT_API_LISTEN, Size};
+use rtgt::config::{Backend, DEFAULT_API_LISTEN, Size};
 use serde_json::{Value, json};
 
 /// How to reach the API, and how to print.
@@ -111,12 +111,18 @@ pub enum LunCommand {
     DeleteSnapshot { target: String, lun: u16, name: String },
 }
 
+/// `--backend`: a name the target does not know is its to refuse (with every other problem of
+/// the LUN), not the CLI's.
+fn backend(name: &str) -> Result<Backend, String> {
+    Ok(Backend::parse(name))
+}
+
 /// The backend of a new LUN (the fields of `[[target.lun]]`).
 #[derive(Args)]
 pub struct LunSpec {
     /// memory, file, uring, null or s3.
-    #[arg(long)]
-    backend: String,
+    #[arg(long, value_parser = backend)]
+    backend: Backend,
     /// Capacity, e.g. 10GiB.
     #[arg(long)]
     size: Option<String>,

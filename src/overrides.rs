@@ -98,7 +98,7 @@ mod tests {
         assert!(running.portal_groups.iter().all(|pg| pg.portals == ["127.0.0.1:3999"]));
         assert_eq!(running.api.listen, "off");
         // A change made through the API while it runs (a LUN added, forced too) is kept.
-        let mut added = LunConfig::new(9, "memory");
+        let mut added = LunConfig::new(9, crate::config::Backend::Memory);
         added.size = Some(crate::config::Size(1 << 20));
         added.force = true;
         running.targets[0].luns.push(added);

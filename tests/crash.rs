@@ -368,7 +368,7 @@ async fn kill_9_of_a_file_lun_tears_no_atomic_write() {
         block_size: Some(BLOCK as u32),
         create: Some(true),
         path: Some(data.path().join("disk.img")),
-        ..rtgt::config::LunConfig::new(LUN, "file")
+        ..rtgt::config::LunConfig::new(LUN, rtgt::config::Backend::File)
     };
     let path = data.path().join("rtgt.toml");
     std::fs::write(&path, config.to_toml()).expect("config");

@@ -159,7 +159,7 @@ size = "16MiB"
         assert_eq!(updated_text(FILE, &config), FILE, "nothing changed, nothing rewritten");
         config.targets[0].luns[0].size = Some(crate::config::Size(128 << 20));
         config.targets[0].luns.remove(1);
-        let mut added = crate::config::LunConfig::new(2, "memory");
+        let mut added = crate::config::LunConfig::new(2, crate::config::Backend::Memory);
         added.size = Some(crate::config::Size(8 << 20));
         config.targets[0].luns.push(added);
         let text = updated_text(FILE, &config);

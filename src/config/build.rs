@@ -137,14 +137,14 @@ impl Config {
     /// Opens the backing store of a LUN.
     pub async fn open_store(&self, l: &LunConfig, ctx: &BuildContext) -> Result<Arc<dyn BlockStore>, String> {
         let size = l.size.map(|s| s.0);
-        Ok(match l.backend.as_str() {
-            "memory" => Arc::new(MemoryStore::new(size.ok_or("size is required")?)),
-            "null" => Arc::new(NullStore::new(size.ok_or("size is required")?)),
-            "file" => {
+        Ok(match &l.backend {
+            Backend::Memory => Arc::new(MemoryStore::new(size.ok_or("size is required")?)),
+            Backend::Null => Arc::new(NullStore::new(size.ok_or("size is required")?)),
+            Backend::File => {
                 let path = self.lun_path(l).ok_or("path is required")?;
                 Arc::new(FileStore::open(&path, &self.file_options(l))?)
             }
-            "uring" => {
+            Backend::Uring => {
                 let path = self.lun_path(l).ok_or("path is required")?;
                 let file = self.file_options(l);
                 let mut opts = UringOptions::new(file);
@@ -152,8 +152,8 @@ impl Config {
                 opts.direct = l.direct;
                 UringStore::open_or_fallback(&path, &opts)?
             }
-            "s3" => self.open_s3(l, ctx).await.map_err(|e| e.to_string())?,
-            other => return Err(format!("unknown backend {other:?}")),
+            Backend::S3 => self.open_s3(l, ctx).await.map_err(|e| e.to_string())?,
+            Backend::Unknown(other) => return Err(format!("unknown backend {other:?}")),
         })
     }
 
@@ -273,26 +273,24 @@ impl Config {
         ctx: &BuildContext,
     ) -> Result<Arc<LogicalUnit>, LunOpenError> {
         use crate::pr_keepers::{FileKeeper, VolumeKeeper};
-        let (store, keeper): (Arc<dyn BlockStore>, Option<Arc<dyn crate::scsi::ReservationKeeper>>) =
-            match l.backend.as_str() {
-                "s3" if l.snapshot.is_some() => (self.open_snapshot(l, ctx).await?, None),
-                "s3" => {
-                    let volume = self.open_s3(l, ctx).await?;
-                    (volume.clone(), Some(Arc::new(VolumeKeeper::new(volume))))
-                }
-                _ => (self.open_store(l, ctx).await?, None),
-            };
+        let (store, keeper): (Arc<dyn BlockStore>, Option<Arc<dyn crate::scsi::ReservationKeeper>>) = match l.backend {
+            Backend::S3 if l.snapshot.is_some() => (self.open_snapshot(l, ctx).await?, None),
+            Backend::S3 => {
+                let volume = self.open_s3(l, ctx).await?;
+                (volume.clone(), Some(Arc::new(VolumeKeeper::new(volume))))
+            }
+            _ => (self.open_store(l, ctx).await?, None),
+        };
         // Without a configured block size, an existing volume decides (512 otherwise).
         let block_size = l.block_size.unwrap_or_else(|| store_block_size(&*store));
         let mut lu_config = self.lu_config(target, l, block_size);
         // A snapshot never changes.
         lu_config.read_only |= l.snapshot.is_some();
-        let keeper = keeper.or_else(|| match l.backend.as_str() {
-            "file" | "uring" => {
+        let keeper = keeper.or_else(|| {
+            l.backend.is_file().then(|| {
                 let name = format!("{:016x}.json", lu_config.identity.naa);
-                Some(Arc::new(FileKeeper::new(self.data_dir().join(RESERVATIONS_DIR).join(name))) as _)
-            }
-            _ => None,
+                Arc::new(FileKeeper::new(self.data_dir().join(RESERVATIONS_DIR).join(name))) as _
+            })
         });
         let mut lu = LogicalUnit::new(store, lu_config)?;
         if let Some(keeper) = keeper {
@@ -384,8 +382,8 @@ fn store_block_size(store: &dyn BlockStore) -> u32 {
 fn identity_name(target: &str, l: &LunConfig) -> String {
     match (l.url.as_deref().map(crate::s3::url::S3Url::parse), &l.snapshot) {
         // A snapshot is another device than its volume (multipath must not merge them).
-        (Some(Ok(url)), Some(snapshot)) if l.backend == "s3" => format!("{url}@{snapshot}"),
-        (Some(Ok(url)), None) if l.backend == "s3" => url.to_string(),
+        (Some(Ok(url)), Some(snapshot)) if l.backend == Backend::S3 => format!("{url}@{snapshot}"),
+        (Some(Ok(url)), None) if l.backend == Backend::S3 => url.to_string(),
         _ => format!("{target}/{}", l.lun),
     }
 }
@@ -398,7 +396,7 @@ mod tests {
     #[test]
     fn a_snapshot_lun_has_an_identity_of_its_own() {
         let config = Config::from_toml("").unwrap();
-        let volume = LunConfig { url: Some("s3://bkt/v".into()), ..LunConfig::new(0, "s3") };
+        let volume = LunConfig { url: Some("s3://bkt/v".into()), ..LunConfig::new(0, Backend::S3) };
         let snapshot = LunConfig { snapshot: Some("s1".into()), lun: 1, ..volume.clone() };
         let (a, b) = (config.lu_config("t", &volume, 512), config.lu_config("t", &snapshot, 512));
         assert_ne!(a.identity.serial, b.identity.serial);

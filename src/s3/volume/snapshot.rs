@@ -33,19 +33,37 @@ impl From<&Manifest> for SnapshotSummary {
     }
 }
 
+/// Why the snapshots beside a volume could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestsError {
+    /// The store did not list them (nothing is known of any).
+    #[error("cannot list {dir}: {error}")]
+    List { dir: String, error: ObjectError },
+    /// One could not be read, or is not a manifest of this volume.
+    #[error("snapshot {name}: {why}")]
+    Unreadable { name: String, why: String },
+}
+
+impl From<ManifestsError> for String {
+    fn from(e: ManifestsError) -> String {
+        e.to_string()
+    }
+}
+
 /// The snapshots beside the volume at `url` (of uuid `uuid`), read without opening it; an
 /// unreadable manifest is an error.
-pub async fn read_manifests(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<Vec<Manifest>, String> {
+pub async fn read_manifests(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<Vec<Manifest>, ManifestsError> {
     let dir = url.key(SNAPSHOTS_DIR);
-    let listed = crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))?;
+    let listed =
+        crate::s3::list_all(store, &dir).await.map_err(|error| ManifestsError::List { dir: dir.clone(), error })?;
     let mut out = Vec::new();
     for object in listed {
         let Some(name) = Manifest::name_of_key(&object.key, &dir) else { continue };
-        let got = store.get(&object.key, None).await.map_err(|e| format!("cannot read snapshot {name}: {e}"))?;
-        let manifest =
-            Manifest::parse(&got.body, &got.meta.metadata, uuid).map_err(|e| format!("snapshot {name}: {e}"))?;
+        let unreadable = |why: String| ManifestsError::Unreadable { name: name.to_string(), why };
+        let got = store.get(&object.key, None).await.map_err(|e| unreadable(format!("cannot read it: {e}")))?;
+        let manifest = Manifest::parse(&got.body, &got.meta.metadata, uuid).map_err(|e| unreadable(e.to_string()))?;
         if manifest.name != name {
-            return Err(format!("snapshot {name}: its manifest names {}", manifest.name));
+            return Err(unreadable(format!("its manifest names {}", manifest.name)));
         }
         out.push(manifest);
     }
@@ -68,8 +86,8 @@ impl S3Volume {
                 retain(&mut cache);
                 Ok(())
             }
-            Err(e) if e.starts_with("cannot list") => Err(e),
-            Err(e) => {
+            Err(e @ ManifestsError::List { .. }) => Err(e.to_string()),
+            Err(e @ ManifestsError::Unreadable { .. }) => {
                 tracing::warn!(volume = %self.url, error = %e, "a snapshot is unreadable: nothing is swept until it is mended or deleted");
                 self.cache().sweep_blocked = true;
                 Ok(())
