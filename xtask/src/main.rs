@@ -567,68 +567,87 @@ fn bench(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The link and row length of `bench s3 --rtt --iscsi`, from the arguments collected for
-/// `bench-s3-network`.
-fn rtt_args(network: &[String]) -> Result<bench_rtt::Args, String> {
-    let mut args = bench_rtt::Args { rtt_ms: 20, mbit: 0, seconds: 5 };
-    for pair in network.chunks(2) {
-        let number = |v: &String| v.parse::<u64>().map_err(|_| format!("{v}: not a number"));
-        match (pair[0].as_str(), pair.get(1)) {
-            ("--rtt-ms", Some(v)) => args.rtt_ms = number(v)?,
-            ("--mbit", Some(v)) => args.mbit = number(v)?,
-            ("--seconds", Some(v)) => args.seconds = number(v)?,
-            (flag, _) => return Err(format!("{flag} is not used with --iscsi")),
+/// `cargo xtask bench s3`: which S3 benchmark, and its options.
+#[derive(clap::Parser, Debug)]
+#[command(name = "s3", bin_name = "cargo xtask bench s3", disable_version_flag = true)]
+struct BenchS3 {
+    /// Reads through iSCSI from an S3 LUN and a file LUN, in rtgt's cache and cold.
+    #[arg(long, conflicts_with_all = ["snapshot", "iscsi", "scale", "rtt", "bandwidth", "outage", "only"])]
+    reads: bool,
+    /// A snapshot under a 4 KiB random-write load, against the same load without one.
+    #[arg(long, conflicts_with_all = ["iscsi", "scale", "rtt", "bandwidth", "outage", "only"])]
+    snapshot: bool,
+    /// Runs of each kind (--snapshot; default 3).
+    #[arg(long, requires = "snapshot")]
+    rounds: Option<usize>,
+    /// The S3 goal table through iSCSI, the store behind the emulated link.
+    #[arg(long, conflicts_with_all = ["scale", "outage", "only"])]
+    iscsi: bool,
+    /// Requests and bytes per MiB written: how much to write (default 1).
+    #[arg(long, conflicts_with_all = ["rtt", "bandwidth", "outage", "only", "seconds"])]
+    scale: Option<String>,
+    /// Round-trip time of the emulated link, such as 20ms.
+    #[arg(long, value_parser = millis)]
+    rtt: Option<String>,
+    /// Bandwidth of the emulated link, such as 100Mbit.
+    #[arg(long, value_parser = mbit)]
+    bandwidth: Option<String>,
+    /// A store outage of this long, such as 30s.
+    #[arg(long, value_parser = seconds)]
+    outage: Option<String>,
+    /// Seconds per workload.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Only the workloads whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+impl BenchS3 {
+    /// The options of `rtgt bench-s3-network`; none: the request-count benchmark runs instead.
+    fn network(&self) -> Vec<String> {
+        let flags = [
+            ("--rtt-ms", &self.rtt),
+            ("--mbit", &self.bandwidth),
+            ("--outage", &self.outage),
+            ("--seconds", &self.seconds.map(|s| s.to_string())),
+            ("--only", &self.only),
+        ];
+        flags.into_iter().filter_map(|(flag, v)| Some([flag.to_string(), v.clone()?])).flatten().collect()
+    }
+
+    /// The link and row length of `--iscsi`.
+    fn rtt(&self) -> bench_rtt::Args {
+        let number = |v: &Option<String>| v.as_deref().and_then(|v| v.parse().ok());
+        bench_rtt::Args {
+            rtt_ms: number(&self.rtt).unwrap_or(20),
+            mbit: number(&self.bandwidth).unwrap_or(0),
+            seconds: self.seconds.unwrap_or(5),
         }
     }
-    Ok(args)
 }
 
 fn bench_s3(args: &[String]) -> Result<(), String> {
-    if args.first().map(String::as_str) == Some("--reads") {
-        let seconds = match args.get(1..).unwrap_or_default() {
-            [] => 3,
-            [flag, n] if flag == "--seconds" => n.parse().map_err(|_| format!("--seconds {n}: not a number"))?,
-            other => return Err(format!("unknown arguments {other:?}\n{USAGE}")),
-        };
-        return bench_reads::run(seconds);
-    }
-    if args.first().map(String::as_str) == Some("--snapshot") {
-        let (mut seconds, mut rounds) = (10, 3);
-        let mut it = args[1..].iter();
-        while let Some(a) = it.next() {
-            let mut number = || -> Result<u64, String> {
-                let n = it.next().ok_or(format!("{a} needs a number"))?;
-                n.parse().map_err(|_| format!("{a} {n}: not a number"))
-            };
-            match a.as_str() {
-                "--seconds" => seconds = number()?,
-                "--rounds" => rounds = number()? as usize,
-                other => return Err(format!("unknown argument {other}\n{USAGE}")),
-            }
+    let argv = std::iter::once("s3".to_string()).chain(args.iter().cloned());
+    let a = match <BenchS3 as clap::Parser>::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => return Err(format!("{e}\n{USAGE}")),
+        Err(help) => {
+            print!("{help}");
+            return Ok(());
         }
-        return bench_snapshot::run(seconds, rounds);
+    };
+    if a.reads {
+        return bench_reads::run(a.seconds.unwrap_or(3));
     }
-    let mut scale = "1".to_string();
-    let mut iscsi = false;
-    // With any of these, the workloads at a distance run instead (loopback and the link).
-    let mut network: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |what: &str| it.next().cloned().ok_or(format!("{a} needs {what}"));
-        match a.as_str() {
-            "--scale" => scale = value("a number")?,
-            "--rtt" => network.extend(["--rtt-ms".into(), millis(&value("a time like 20ms")?)?]),
-            "--bandwidth" => network.extend(["--mbit".into(), mbit(&value("a rate like 100Mbit")?)?]),
-            "--outage" => network.extend(["--outage".into(), seconds(&value("a time like 30s")?)?]),
-            "--seconds" => network.extend(["--seconds".into(), value("a number")?]),
-            "--only" => network.extend(["--only".into(), value("part of a workload's name")?]),
-            "--iscsi" => iscsi = true,
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
-        }
+    if a.snapshot {
+        return bench_snapshot::run(a.seconds.unwrap_or(10), a.rounds.unwrap_or(3));
     }
-    if iscsi {
-        return bench_rtt::run(rtt_args(&network)?);
+    if a.iscsi {
+        return bench_rtt::run(a.rtt());
     }
+    let network = a.network();
+    let scale = a.scale.clone().unwrap_or_else(|| "1".to_string());
     build_release()?;
     let dir = std::env::temp_dir().join(format!("rtgt-bench-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -674,5 +693,27 @@ mod units_tests {
         assert_eq!(mbit("100Mbit").unwrap(), "100");
         assert_eq!(mbit("1Gbit").unwrap(), "1000");
         assert!(millis("fast").is_err() && mbit("-3").is_err());
+    }
+
+    fn bench_s3_args(line: &str) -> Result<BenchS3, clap::Error> {
+        <BenchS3 as clap::Parser>::try_parse_from(std::iter::once("s3").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn bench_s3_options_choose_the_benchmark_and_carry_their_units() {
+        let a = bench_s3_args("--rtt 50ms --bandwidth 1Gbit --only seq").unwrap();
+        assert_eq!(a.network(), ["--rtt-ms", "50", "--mbit", "1000", "--only", "seq"]);
+        let a = bench_s3_args("--rtt 0.02s --iscsi").unwrap();
+        assert!(a.iscsi);
+        let rtt = a.rtt();
+        assert_eq!((rtt.rtt_ms, rtt.mbit, rtt.seconds), (20, 0, 5));
+        assert!(bench_s3_args("--scale 4").unwrap().network().is_empty());
+        let a = bench_s3_args("--snapshot --rounds 2 --seconds 5").unwrap();
+        assert_eq!((a.snapshot, a.rounds, a.seconds), (true, Some(2), Some(5)));
+        for refused in
+            ["--reads --rtt 20ms", "--rounds 2", "--iscsi --outage 30s", "--scale 2 --rtt 20ms", "--rtt soon"]
+        {
+            assert!(bench_s3_args(refused).is_err(), "{refused} was taken");
+        }
     }
 }
