@@ -38,7 +38,7 @@ const LBA: u32 = 512;
 
 // ---------------------------------------------------------------- workloads
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backing {
     Memory,
     File,
@@ -53,7 +53,7 @@ impl Backing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Client {
     /// `rtgt bench-load`.
     Own,
@@ -149,7 +149,7 @@ struct Options {
 }
 
 /// How the file LUs come to hold data before the runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum FileState {
     /// Sparse, then filled through each target with 1 MiB writes.
     Target,
@@ -167,63 +167,59 @@ impl FileState {
     }
 }
 
+/// `cargo xtask bench [targets]`: rtgt and tgtd side by side.
+#[derive(clap::Parser, Debug)]
+#[command(name = "targets", bin_name = "cargo xtask bench targets", disable_version_flag = true)]
+struct TargetsArgs {
+    /// Seconds per run (default 10; 3 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: Option<u64>,
+    /// Runs of each workload on each target, alternating (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: Option<u64>,
+    /// Threads of the own load generator.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: u64,
+    /// Short runs, one each.
+    #[arg(long)]
+    quick: bool,
+    /// Only this backing (default: memory and file).
+    #[arg(long, value_enum)]
+    backing: Option<Backing>,
+    /// Only this client (default: own and iscsi-perf).
+    #[arg(long, value_enum)]
+    client: Option<Client>,
+    /// rtgt's backend for the file LU.
+    #[arg(long, value_parser = ["file", "uring"], default_value = "file")]
+    rtgt_file_backend: String,
+    /// How the file LUs come to hold data before the runs.
+    #[arg(long, value_enum, default_value = "target")]
+    file_state: FileState,
+    /// Workloads whose name contains it (randread, 4K, QD32...); repeatable.
+    #[arg(long)]
+    only: Vec<String>,
+}
+
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        seconds: 10,
-        runs: 3,
-        threads: 1,
-        backings: vec![Backing::Memory, Backing::File],
-        clients: vec![Client::Own, Client::IscsiPerf],
-        only: Vec::new(),
-        rtgt_file_backend: "file",
-        file_state: FileState::Target,
-    };
-    let mut it = args.iter();
-    let number = |v: Option<&String>, what: &str| -> Result<u64, String> {
-        v.and_then(|s| s.parse().ok()).filter(|n| *n > 0).ok_or(format!("{what} needs a positive number"))
-    };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--seconds" => o.seconds = number(it.next(), "--seconds")?,
-            "--runs" => o.runs = number(it.next(), "--runs")? as usize,
-            "--threads" => o.threads = number(it.next(), "--threads")? as usize,
-            "--quick" => {
-                o.seconds = 3;
-                o.runs = 1;
-            }
-            "--backing" => {
-                o.backings = match it.next().map(String::as_str) {
-                    Some("memory") => vec![Backing::Memory],
-                    Some("file") => vec![Backing::File],
-                    _ => return Err("--backing needs memory or file".into()),
-                }
-            }
-            "--client" => {
-                o.clients = match it.next().map(String::as_str) {
-                    Some("own") => vec![Client::Own],
-                    Some("iscsi-perf") => vec![Client::IscsiPerf],
-                    _ => return Err("--client needs own or iscsi-perf".into()),
-                }
-            }
-            "--rtgt-file-backend" => {
-                o.rtgt_file_backend = match it.next().map(String::as_str) {
-                    Some("file") => "file",
-                    Some("uring") => "uring",
-                    _ => return Err("--rtgt-file-backend needs file or uring".into()),
-                }
-            }
-            "--file-state" => {
-                o.file_state = match it.next().map(String::as_str) {
-                    Some("target") => FileState::Target,
-                    Some("dd") => FileState::Dd,
-                    _ => return Err("--file-state needs target or dd".into()),
-                }
-            }
-            "--only" => o.only.push(it.next().ok_or("--only needs a pattern")?.to_lowercase()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+    let argv = std::iter::once("targets".to_string()).chain(args.iter().cloned());
+    let a = match <TargetsArgs as clap::Parser>::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => return Err(format!("{e}\n{USAGE}")),
+        Err(help) => {
+            print!("{help}");
+            std::process::exit(0);
         }
-    }
-    Ok(o)
+    };
+    Ok(Options {
+        seconds: a.seconds.unwrap_or(if a.quick { 3 } else { 10 }),
+        runs: a.runs.unwrap_or(if a.quick { 1 } else { 3 }) as usize,
+        threads: a.threads as usize,
+        backings: a.backing.map_or(vec![Backing::Memory, Backing::File], |b| vec![b]),
+        clients: a.client.map_or(vec![Client::Own, Client::IscsiPerf], |c| vec![c]),
+        only: a.only.iter().map(|o| o.to_lowercase()).collect(),
+        rtgt_file_backend: if a.rtgt_file_backend == "uring" { "uring" } else { "file" },
+        file_state: a.file_state,
+    })
 }
 
 // ---------------------------------------------------------------- clients
@@ -609,6 +605,26 @@ pub fn targets(args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(line: &str) -> Result<Options, String> {
+        parse(&line.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_have_their_defaults_and_quick_only_shortens_what_is_not_given() {
+        let o = options("").unwrap();
+        assert_eq!((o.seconds, o.runs, o.threads), (10, 3, 1));
+        assert_eq!((o.backings.len(), o.clients.len(), o.rtgt_file_backend), (2, 2, "file"));
+        let o = options("--quick --seconds 5 --backing file --client iscsi-perf --only RandRead --only 4K").unwrap();
+        assert_eq!((o.seconds, o.runs), (5, 1));
+        assert_eq!((o.backings, o.clients), (vec![Backing::File], vec![Client::IscsiPerf]));
+        assert_eq!(o.only, ["randread", "4k"]);
+        let o = options("--rtgt-file-backend uring --file-state dd").unwrap();
+        assert_eq!((o.rtgt_file_backend, o.file_state), ("uring", FileState::Dd));
+        for refused in ["--seconds 0", "--backing tape", "--client fio", "--rtgt-file-backend aio", "--bogus"] {
+            assert!(options(refused).is_err(), "{refused} was taken");
+        }
+    }
 
     #[test]
     fn medians() {
