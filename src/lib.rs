@@ -1,24 +1,24 @@
 //! rtgt: an iSCSI target. See ARCHITECTURE.md for the map of the crate.
+//!
+//! The sans-IO core (PDU codec, iSCSI and SCSI state machines, the storage seam) is the
+//! `rtgt-core` crate (`src/core/`), re-exported here under its old paths.
+
+pub use rtgt_core::{fnv, iscsi, mutants, pdu, scsi};
 
 #[doc(hidden)]
 pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;
-pub mod fnv;
 pub mod fuzzing;
 pub mod initiator;
-pub mod iscsi;
-pub mod mutants;
 pub mod netem;
 pub mod node;
 pub mod overrides;
-pub mod pdu;
 pub mod pr_keepers;
 pub mod private_file;
 pub mod rng;
 pub mod s3;
-pub mod scsi;
 pub mod sd_notify;
 pub mod server;
 pub mod storage;

@@ -464,6 +464,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.capacity(), 4 << 20);
+        // Without its intent file, a file store offers no atomic writes (so the SCSI layer
+        // offers no WRITE ATOMIC: `a_store_without_atomic_writes_offers_no_write_atomic`).
+        assert_eq!(s.caps().atomic_write_max, 0);
+        assert!(s.write_atomic(0, Bytes::from(vec![1u8; 4096]), false).await.is_err());
         s.write(8192, Bytes::from(vec![7u8; 8192]), true).await.unwrap();
         s.write(1 << 20, Bytes::from(vec![9u8; 4096]), false).await.unwrap();
         s.flush().await.unwrap();

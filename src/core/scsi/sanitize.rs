@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::lu::{Ctx, LogicalUnit, Outcome, store_sense};
 use super::sense::Sense;
-use crate::storage::crypto_erase::EraseError;
+use crate::store::crypto_erase::EraseError;
 
 /// SANITIZE service actions offered.
 const BLOCK_ERASE: u8 = 0x02;

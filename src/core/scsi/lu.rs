@@ -10,7 +10,7 @@ use super::cdb::Cdb;
 use super::ops::{self, Lookup, Needs, Op, OpSpec};
 use super::sense::{Sense, asc, key, status};
 use super::{Nexus, Request, Response};
-use crate::storage::{BlockStore, StoreError};
+use crate::store::{BlockStore, StoreError};
 
 /// Identity of a logical unit as reported in INQUIRY and VPD pages.
 #[derive(Debug, Clone, PartialEq, Eq)]

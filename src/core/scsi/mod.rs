@@ -1,6 +1,6 @@
 //! The SCSI core (SPC-4 / SBC-3) for disk logical units: CDB decoding, command handlers, sense
 //! data, VPD and mode pages, unit attentions and reservations. It runs commands against a
-//! [`crate::storage::BlockStore`] and knows nothing of sockets or iSCSI.
+//! [`crate::store::BlockStore`] and knows nothing of sockets or iSCSI.
 
 pub mod alua;
 mod cdb;

@@ -3,7 +3,7 @@
 //! for file LUNs, an object beside an S3 volume). A logical unit without a keeper refuses APTPL.
 
 use super::pr::PrState;
-use crate::storage::BoxFuture;
+use crate::store::BoxFuture;
 
 /// The saved form: versioned JSON, so that a later rtgt reads what an earlier one wrote.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

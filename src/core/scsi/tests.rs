@@ -3,7 +3,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::storage::{BlockStore, MemoryStore};
+use crate::store::{BlockStore, MemoryStore};
 
 const BS: u32 = 512;
 const BLOCKS: u64 = 4096;
@@ -499,10 +499,10 @@ async fn register_and_move_hands_the_reservation_to_another_nexus() {
 struct MemKeeper(std::sync::Mutex<Option<Vec<u8>>>, bool);
 
 impl ReservationKeeper for MemKeeper {
-    fn load(&self) -> crate::storage::BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
+    fn load(&self) -> crate::store::BoxFuture<'_, Result<Option<Vec<u8>>, String>> {
         Box::pin(async move { Ok(self.0.lock().unwrap().clone()) })
     }
-    fn save(&self, saved: Option<Vec<u8>>) -> crate::storage::BoxFuture<'_, Result<(), String>> {
+    fn save(&self, saved: Option<Vec<u8>>) -> crate::store::BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             *self.0.lock().unwrap() = saved;
             Ok(())
@@ -864,7 +864,7 @@ async fn write_atomic_writes_whole_ranges_up_to_the_advertised_limit() {
     a.ready(&t).await;
     let limits = a.cmd(&t, &[0x12, 1, 0xb0, 0, 64, 0], &[]).await;
     let most = u32::from_be_bytes(limits.data[44..48].try_into().unwrap());
-    assert_eq!(most as u64, crate::storage::ATOMIC_WRITE_MAX / BS as u64);
+    assert_eq!(most as u64, crate::store::ATOMIC_WRITE_MAX / BS as u64);
     let data = vec![0xa6u8; 256 * BS as usize];
     let w = a.cmd(&t, &write_atomic16(BLOCKS - 256, 256, 0x08), &data).await;
     assert_eq!(w.status, status::GOOD);
@@ -883,16 +883,37 @@ async fn write_atomic_writes_whole_ranges_up_to_the_advertised_limit() {
     assert_eq!(a.cmd(&t, &write_atomic16(0, 0, 0), &[]).await.status, status::GOOD);
 }
 
+/// A memory store without atomic writes (as a file store without its intent file is: the
+/// `rtgt` crate's file tests check that it says so).
+struct NoAtomicWrites(MemoryStore);
+
+impl BlockStore for NoAtomicWrites {
+    fn describe(&self) -> String {
+        "no atomic writes".into()
+    }
+    fn capacity(&self) -> u64 {
+        self.0.capacity()
+    }
+    fn caps(&self) -> crate::store::StoreCaps {
+        crate::store::StoreCaps { atomic_write_max: 0, ..self.0.caps() }
+    }
+    fn read(&self, offset: u64, len: usize) -> crate::store::BoxFuture<'_, crate::store::StoreResult<Bytes>> {
+        self.0.read(offset, len)
+    }
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
+        self.0.write(offset, data, fua)
+    }
+    fn flush(&self) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
+        self.0.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
+        self.0.unmap(offset, len)
+    }
+}
+
 #[tokio::test]
 async fn a_store_without_atomic_writes_offers_no_write_atomic() {
-    let path = std::env::temp_dir().join(format!("rtgt-no-atomic-{}", std::process::id()));
-    let opts = crate::storage::file::FileOptions {
-        size: Some(BLOCKS * BS as u64),
-        create: true,
-        busy_poll: std::time::Duration::ZERO,
-        atomic_intents: None,
-    };
-    let t = target_on(Arc::new(crate::storage::FileStore::open(&path, &opts).unwrap()));
+    let t = target_on(Arc::new(NoAtomicWrites(MemoryStore::new(BLOCKS * BS as u64))));
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let limits = a.cmd(&t, &[0x12, 1, 0xb0, 0, 64, 0], &[]).await;
@@ -901,7 +922,6 @@ async fn a_store_without_atomic_writes_offers_no_write_atomic() {
     assert_eq!(sense_of(&r), Some((key::ILLEGAL_REQUEST, asc::INVALID_OPCODE)));
     let one = a.cmd(&t, &[0xa3, 0x0c, 0x01, 0x9c, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
     assert_eq!(one.data[1] & 0x07, 0x01, "RSOC: not supported");
-    std::fs::remove_file(path).unwrap();
 }
 
 #[tokio::test]
@@ -992,37 +1012,32 @@ impl BlockStore for Encrypting {
     fn capacity(&self) -> u64 {
         self.inner.capacity()
     }
-    fn caps(&self) -> crate::storage::StoreCaps {
+    fn caps(&self) -> crate::store::StoreCaps {
         self.inner.caps()
     }
-    fn read(&self, offset: u64, len: usize) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<Bytes>> {
+    fn read(&self, offset: u64, len: usize) -> crate::store::BoxFuture<'_, crate::store::StoreResult<Bytes>> {
         self.inner.read(offset, len)
     }
-    fn write(
-        &self,
-        offset: u64,
-        data: Bytes,
-        fua: bool,
-    ) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
         self.inner.write(offset, data, fua)
     }
-    fn flush(&self) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+    fn flush(&self) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
         self.inner.flush()
     }
-    fn unmap(&self, offset: u64, len: u64) -> crate::storage::BoxFuture<'_, crate::storage::StoreResult<()>> {
+    fn unmap(&self, offset: u64, len: u64) -> crate::store::BoxFuture<'_, crate::store::StoreResult<()>> {
         self.inner.unmap(offset, len)
     }
-    fn crypto_erase(&self) -> Option<&dyn crate::storage::crypto_erase::CryptoErase> {
+    fn crypto_erase(&self) -> Option<&dyn crate::store::crypto_erase::CryptoErase> {
         Some(self)
     }
 }
 
-impl crate::storage::crypto_erase::CryptoErase for Encrypting {
-    fn crypto_erase(&self) -> crate::storage::BoxFuture<'_, Result<(), crate::storage::crypto_erase::EraseError>> {
+impl crate::store::crypto_erase::CryptoErase for Encrypting {
+    fn crypto_erase(&self) -> crate::store::BoxFuture<'_, Result<(), crate::store::crypto_erase::EraseError>> {
         use std::sync::atomic::Ordering::SeqCst;
         Box::pin(async move {
             if self.refuse.load(SeqCst) {
-                return Err(crate::storage::crypto_erase::EraseError::Refused("snapshots".into()));
+                return Err(crate::store::crypto_erase::EraseError::Refused("snapshots".into()));
             }
             self.inner.unmap(0, self.inner.capacity()).await?;
             self.keys_replaced.fetch_add(1, SeqCst);
@@ -1072,7 +1087,7 @@ async fn sanitize_crypto_erase_replaces_the_key_where_the_store_encrypts() {
 /// reporting everything mapped.
 #[tokio::test]
 async fn a_store_that_is_not_thin_offers_no_unmap_and_reports_everything_mapped() {
-    let t = target_on(Arc::new(crate::storage::NullStore::new(BLOCKS * BS as u64)));
+    let t = target_on(Arc::new(crate::store::NullStore::new(BLOCKS * BS as u64)));
     let a = Init::new("iqn.a");
     a.ready(&t).await;
     let all = a.cmd(&t, &[0xa3, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]).await;
