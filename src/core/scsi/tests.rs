@@ -224,6 +224,72 @@ async fn mode_select_changes_only_changeable_bits() {
     assert_eq!(r.sense.unwrap()[0], 0x72);
 }
 
+/// The commands a thin store that does not encrypt (the memory store) offers, in opcode order:
+/// (operation code, service action).
+const EXPECTED_ON_A_THIN_STORE_WITHOUT_ENCRYPTION: &[(u8, Option<u16>)] = &[
+    (0x00, None),       // TEST UNIT READY
+    (0x03, None),       // REQUEST SENSE
+    (0x08, None),       // READ(6)
+    (0x0a, None),       // WRITE(6)
+    (0x12, None),       // INQUIRY
+    (0x15, None),       // MODE SELECT(6)
+    (0x16, None),       // RESERVE(6)
+    (0x17, None),       // RELEASE(6)
+    (0x1a, None),       // MODE SENSE(6)
+    (0x1b, None),       // START STOP UNIT
+    (0x1e, None),       // PREVENT ALLOW MEDIUM REMOVAL
+    (0x25, None),       // READ CAPACITY(10)
+    (0x28, None),       // READ(10)
+    (0x2a, None),       // WRITE(10)
+    (0x2e, None),       // WRITE AND VERIFY(10)
+    (0x2f, None),       // VERIFY(10)
+    (0x34, None),       // PRE-FETCH(10)
+    (0x35, None),       // SYNCHRONIZE CACHE(10)
+    (0x37, None),       // READ DEFECT DATA(10)
+    (0x41, None),       // WRITE SAME(10)
+    (0x42, None),       // UNMAP
+    (0x48, Some(0x02)), // SANITIZE (BLOCK ERASE); not CRYPTO ERASE (0x03)
+    (0x55, None),       // MODE SELECT(10)
+    (0x5a, None),       // MODE SENSE(10)
+    (0x5e, Some(0)),    // PERSISTENT RESERVE IN: READ KEYS
+    (0x5e, Some(1)),    // READ RESERVATION
+    (0x5e, Some(2)),    // REPORT CAPABILITIES
+    (0x5e, Some(3)),    // READ FULL STATUS
+    (0x5f, Some(0)),    // PERSISTENT RESERVE OUT: REGISTER
+    (0x5f, Some(1)),    // RESERVE
+    (0x5f, Some(2)),    // RELEASE
+    (0x5f, Some(3)),    // CLEAR
+    (0x5f, Some(4)),    // PREEMPT
+    (0x5f, Some(5)),    // PREEMPT AND ABORT
+    (0x5f, Some(6)),    // REGISTER AND IGNORE EXISTING KEY
+    (0x5f, Some(7)),    // REGISTER AND MOVE
+    (0x83, Some(0x00)), // EXTENDED COPY(LID1)
+    (0x84, Some(0x00)), // RECEIVE COPY RESULTS: COPY STATUS
+    (0x84, Some(0x03)), // RECEIVE COPY RESULTS: OPERATING PARAMETERS
+    (0x88, None),       // READ(16)
+    (0x89, None),       // COMPARE AND WRITE
+    (0x8a, None),       // WRITE(16)
+    (0x8b, None),       // ORWRITE(16)
+    (0x8e, None),       // WRITE AND VERIFY(16)
+    (0x8f, None),       // VERIFY(16)
+    (0x90, None),       // PRE-FETCH(16)
+    (0x91, None),       // SYNCHRONIZE CACHE(16)
+    (0x93, None),       // WRITE SAME(16)
+    (0x9c, None),       // WRITE ATOMIC(16)
+    (0x9e, Some(0x10)), // READ CAPACITY(16)
+    (0x9e, Some(0x12)), // GET LBA STATUS
+    (0xa0, None),       // REPORT LUNS
+    (0xa3, Some(0x0a)), // REPORT TARGET PORT GROUPS
+    (0xa3, Some(0x0c)), // REPORT SUPPORTED OPERATION CODES
+    (0xa3, Some(0x0d)), // REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS
+    (0xa4, Some(0x0a)), // SET TARGET PORT GROUPS
+    (0xa8, None),       // READ(12)
+    (0xaa, None),       // WRITE(12)
+    (0xae, None),       // WRITE AND VERIFY(12)
+    (0xaf, None),       // VERIFY(12)
+    (0xb7, None),       // READ DEFECT DATA(12)
+];
+
 #[tokio::test]
 async fn rsoc_reports_the_dispatch_table() {
     let (t, _) = target();
@@ -236,6 +302,11 @@ async fn rsoc_reports_the_dispatch_table() {
     assert_eq!(len, 8 * offered);
     let opcodes: Vec<u8> = all.data[4..].chunks(8).map(|d| d[0]).collect();
     assert!(opcodes.contains(&0x89) && opcodes.contains(&0x2a));
+    // What is reported, against a list written out apart from the table (SPC-4 and SBC-4
+    // numbers): a command dropped from the table, or one added by mistake, shows here.
+    let reported: Vec<(u8, Option<u16>)> =
+        all.data[4..].chunks(8).map(|d| (d[0], (d[5] & 0x01 != 0).then(|| u16::from_be_bytes([d[2], d[3]])))).collect();
+    assert_eq!(reported, EXPECTED_ON_A_THIN_STORE_WITHOUT_ENCRYPTION);
     // Every reported command dispatches (none answers INVALID COMMAND OPERATION CODE).
     for spec in commands() {
         let mut cdb = vec![0u8; spec.cdb_len()];
