@@ -27,6 +27,7 @@ mod setup;
 use loopback::*;
 use process::*;
 pub(crate) use process::{Serve, Watched, wait_for_port};
+pub(crate) use report::median;
 use report::*;
 use setup::*;
 

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::bench::{Serve, bench_load, json_number};
+use crate::bench::{Serve, bench_load, json_number, median};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-12.dev.rtgt:snapshot";
@@ -58,7 +58,7 @@ struct Judged {
 impl Judged {
     fn of(case: &'static Case, runs: Vec<Run>) -> Judged {
         let (with, without): (Vec<Run>, Vec<Run>) = runs.iter().partition(|r| r.snapshot_s.is_some());
-        let p99_without_us = median(without.iter().map(|r| r.p99_us));
+        let p99_without_us = median(without.iter().map(|r| r.p99_us).collect()).unwrap_or(0.0);
         let max_with_us = with.iter().map(|r| r.max_us).fold(0.0, f64::max);
         Judged { case, runs, p99_without_us, max_with_us, met: max_with_us <= 2.0 * p99_without_us }
     }
@@ -241,13 +241,4 @@ fn logged_gate_us(line: &str) -> Option<f64> {
     }
     let at = plain.find("writes_waited_us=")? + "writes_waited_us=".len();
     plain[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n => v[n / 2],
-    }
 }
