@@ -47,7 +47,7 @@ pub struct Config {
 /// CHAP secrets: what initiators must prove, and what the target proves back when asked.
 /// A secret is written as is, or as `env:NAME` (an environment variable) or `file:PATH` (a
 /// file's contents, without a trailing newline); 12 to 255 bytes.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChapConfig {
     pub user: String,
@@ -294,7 +294,7 @@ impl Default for ServerConfig {
 }
 
 /// `[[portal_group]]`: a tag and the addresses it listens on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortalGroupConfig {
     pub tag: u16,
@@ -372,7 +372,7 @@ impl TargetConfig {
 }
 
 /// `[[target.lun]]`: a logical unit and its backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub lun: u16,
@@ -385,6 +385,7 @@ pub struct LunConfig {
     pub block_size: Option<u32>,
     /// file, uring: the file or block device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     /// file, uring: create the file if it does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,6 +448,7 @@ pub struct LunConfig {
     /// s3: a local directory for the journal (`durability = "local"`) and the disk cache
     /// (`cache_disk_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub cache_dir: Option<PathBuf>,
     /// s3: bytes of a read cache on local disk, in `cache_dir` (off when absent): pieces of
     /// chunk objects that reads fetched, kept across restarts, each checked against the
@@ -464,12 +466,14 @@ pub struct LunConfig {
     /// s3: the volume is encrypted (created so with `create = true`), its data key wrapped by
     /// the 256-bit key in this file (32 bytes, 64 hex digits or base64)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub encryption_key_file: Option<PathBuf>,
     /// ...or in this environment variable (hex or base64)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_env: Option<String>,
     /// ...or derived (Argon2id) from the passphrase in this file...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub encryption_passphrase_file: Option<PathBuf>,
     /// ...or in this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -507,7 +511,7 @@ impl LunConfig {
 }
 
 /// What a SYNCHRONIZE CACHE or FUA write of an S3 LUN waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// The data is in the object store: it survives the loss of this machine.
@@ -621,6 +625,24 @@ impl std::fmt::Display for Size {
 impl Serialize for Size {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
+    }
+}
+
+/// In the API: bytes, or a string such as "10GiB" (always a string in answers).
+impl utoipa::PartialSchema for Size {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+            .item(ObjectBuilder::new().schema_type(Type::String).examples(["10GiB"]))
+            .description(Some("Bytes, or a number with a unit: KiB, MiB, GiB, TiB"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Size {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
     }
 }
 

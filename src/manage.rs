@@ -8,8 +8,16 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use rtgt::api::client::{Client, Reply};
-use rtgt::config::{Backend, DEFAULT_API_LISTEN, Size};
-use serde_json::{Value, json};
+use rtgt::api::types::{
+    AclChange, AuthChange, Grow, LunView, NewPortal, NewSnapshot, NewTarget, PortalGroupBinding, PortalGroupView,
+    Reloaded, SessionView, Stats, TargetView, Version,
+};
+use rtgt::config::{Backend, ChapConfig, DEFAULT_API_LISTEN, LunConfig, PortalGroupConfig, Size};
+use rtgt::storage::StoreStats;
+use rtgt::storage::snapshots::{SnapshotName, SnapshotSummary};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 /// How to reach the API, and how to print.
 #[derive(Args, Clone)]
@@ -238,14 +246,32 @@ impl Ctx {
         Ok(Ctx { client, json: args.json })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    /// One request; the API's answer, refused or failed as the exit code says.
+    fn request(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<Reply, Failure> {
         let reply = self.client.request(method, path, body.as_ref()).map_err(|e| Failure(e, 3))?;
         check(&reply)?;
-        Ok(serde_json::from_str(&reply.body).unwrap_or(Value::Null))
+        Ok(reply)
+    }
+
+    /// A request whose answer is a `T`.
+    fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<impl Serialize>) -> Result<T, Failure> {
+        let body = body.map(|b| serde_json::to_value(b).expect("a request body serializes"));
+        let reply = self.request(method, path, body)?;
+        serde_json::from_str(&reply.body)
+            .map_err(|e| Failure(format!("the API answered {method} {path} with what this rtgt cannot read: {e}"), 4))
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        self.call(Method::GET, path, None::<()>)
+    }
+
+    /// A request answered with no content (`204`).
+    fn act(&self, method: &str, path: &str) -> CliResult {
+        self.request(method, path, None).map(drop)
     }
 
     /// Prints a result as JSON, or with `table` otherwise.
-    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+    fn print<T: Serialize>(&self, v: &T, table: impl FnOnce(&T) -> String) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
@@ -253,13 +279,23 @@ impl Ctx {
         }
     }
 
-    fn done(&self, v: &Value, what: String) {
+    fn done(&self, v: &impl Serialize, what: String) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
             println!("{what}");
         }
     }
+}
+
+/// HTTP methods, named.
+struct Method;
+
+impl Method {
+    const GET: &str = "GET";
+    const POST: &str = "POST";
+    const PUT: &str = "PUT";
+    const DELETE: &str = "DELETE";
 }
 
 fn check(reply: &Reply) -> CliResult {
@@ -281,17 +317,14 @@ fn run(args: &ApiArgs, f: impl FnOnce(&Ctx) -> CliResult) -> ExitCode {
     }
 }
 
+/// A name as one segment of a URL path.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
 }
+
+/// Everything but RFC 3986's unreserved characters is escaped.
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 fn size(s: &Option<String>) -> Result<Option<Size>, Failure> {
     s.as_deref().map(|s| Size::parse(s).map_err(|e| Failure(format!("--size: {e}"), 2))).transpose()
@@ -300,14 +333,14 @@ fn size(s: &Option<String>) -> Result<Option<Size>, Failure> {
 pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
     run(args, |ctx| match command {
         TargetCommand::Create { name, alias, portal_groups } => {
-            let groups = (!portal_groups.is_empty()).then_some(portal_groups);
-            let v =
-                ctx.call("POST", "/v1/targets", Some(json!({"name": name, "alias": alias, "portal_groups": groups})))?;
+            let portal_groups = (!portal_groups.is_empty()).then_some(portal_groups);
+            let new = NewTarget { name: name.clone(), alias, portal_groups };
+            let v: TargetView = ctx.call(Method::POST, "/v1/targets", Some(new))?;
             ctx.done(&v, format!("created target {name}"));
             Ok(())
         }
         TargetCommand::Delete { name, force } => {
-            ctx.call("DELETE", &format!("/v1/targets/{}?force={force}", enc(&name)), None)?;
+            ctx.act(Method::DELETE, &format!("/v1/targets/{}?force={force}", enc(&name)))?;
             ctx.done(&json!({"deleted": name}), format!("deleted target {name}"));
             Ok(())
         }
@@ -316,46 +349,43 @@ pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
                 spec.map(|s| rtgt::config::read_secret(what, &s).map_err(|e| Failure(e, 2))).transpose()
             };
             let chap = match (none, user) {
-                (true, _) => Value::Null,
+                (true, _) => None,
                 (false, None) => return Err(Failure("give --user and --secret, or --none".into(), 2)),
-                (false, Some(user)) => json!({
-                    "user": user,
-                    "secret": read("--secret", secret)?,
-                    "mutual_user": mutual_user,
-                    "mutual_secret": read("--mutual-secret", mutual_secret)?,
+                (false, Some(user)) => Some(ChapConfig {
+                    user,
+                    secret: read("--secret", secret)?.unwrap_or_default(),
+                    mutual_user,
+                    mutual_secret: read("--mutual-secret", mutual_secret)?,
                 }),
             };
-            let v = ctx.call("PUT", &format!("/v1/targets/{}/auth", enc(&name)), Some(json!({ "chap": chap })))?;
+            let path = format!("/v1/targets/{}/auth", enc(&name));
+            let v: TargetView = ctx.call(Method::PUT, &path, Some(AuthChange { chap }))?;
             let what = if none { "no longer requires CHAP" } else { "requires CHAP" };
             ctx.done(&v, format!("target {name} {what}"));
             Ok(())
         }
         TargetCommand::Acl { name, initiators, addresses, reset_initiators } => {
-            let body = json!({
-                "allowed_initiators": initiators,
-                "allowed_addresses": addresses,
-                "reset_initiators": reset_initiators,
-            });
-            let v = ctx.call("PUT", &format!("/v1/targets/{}/acl", enc(&name)), Some(body))?;
+            let acl = AclChange { allowed_initiators: initiators, allowed_addresses: addresses, reset_initiators };
+            let v: TargetView = ctx.call(Method::PUT, &format!("/v1/targets/{}/acl", enc(&name)), Some(acl))?;
             ctx.done(&v, format!("access rules of {name} set"));
             Ok(())
         }
         TargetCommand::List => {
-            let v = ctx.call("GET", "/v1/targets", None)?;
-            ctx.print(&v, targets_table);
+            let v: Vec<TargetView> = ctx.get("/v1/targets")?;
+            ctx.print(&v, |v| targets_table(v));
             Ok(())
         }
         TargetCommand::Show { name } => {
-            let v = ctx.call("GET", &format!("/v1/targets/{}", enc(&name)), None)?;
+            let v: TargetView = ctx.get(&format!("/v1/targets/{}", enc(&name)))?;
             ctx.print(&v, |t| {
                 let mut out = format!(
                     "target:        {}\nalias:         {}\nportal groups: {}\nsessions:      {}\n",
-                    t["name"].as_str().unwrap_or(""),
-                    t["alias"].as_str().unwrap_or("-"),
-                    list(&t["portal_groups"]),
-                    t["sessions"]
+                    t.name,
+                    t.alias.as_deref().unwrap_or("-"),
+                    list(&t.portal_groups),
+                    t.sessions
                 );
-                out.push_str(&luns_table(&Value::Array(vec![t.clone()])));
+                out.push_str(&luns_table(std::slice::from_ref(t)));
                 out
             });
             Ok(())
@@ -363,87 +393,93 @@ pub fn target(args: &ApiArgs, command: TargetCommand) -> ExitCode {
     })
 }
 
+/// The `[[target.lun]]` of `lun create`'s options.
+fn lun_config(lun: u16, spec: LunSpec) -> Result<LunConfig, Failure> {
+    let durability = match spec.durability.as_deref() {
+        None => None,
+        Some(d) => {
+            Some(serde_json::from_value(json!(d)).map_err(|_| Failure(format!("--durability {d:?}: s3 or local"), 2))?)
+        }
+    };
+    Ok(LunConfig {
+        size: size(&spec.size)?,
+        block_size: spec.block_size,
+        path: spec.path.map(Into::into),
+        create: spec.create.then_some(true),
+        read_only: spec.read_only,
+        url: spec.url,
+        endpoint: spec.endpoint,
+        region: spec.region,
+        chunk_size: size(&spec.chunk_size)?,
+        cache_size: size(&spec.cache_size)?,
+        durability,
+        cache_dir: spec.cache_dir.map(Into::into),
+        cache_disk_size: size(&spec.cache_disk_size)?,
+        initiators: spec.initiators,
+        encryption_key_file: spec.encryption_key_file.map(Into::into),
+        encryption_key_env: spec.encryption_key_env,
+        encryption_passphrase_file: spec.encryption_passphrase_file.map(Into::into),
+        encryption_passphrase_env: spec.encryption_passphrase_env,
+        ..LunConfig::new(lun, spec.backend)
+    })
+}
+
 pub fn lun(args: &ApiArgs, command: LunCommand) -> ExitCode {
     run(args, |ctx| match command {
         LunCommand::Create { target, lun, spec } => {
-            let mut body = json!({"lun": lun, "backend": spec.backend});
-            let fields = [
-                ("size", size(&spec.size)?.map(|s| json!(s.0))),
-                ("block_size", spec.block_size.map(|b| json!(b))),
-                ("path", spec.path.map(|p| json!(p))),
-                ("create", spec.create.then_some(json!(true))),
-                ("read_only", spec.read_only.then_some(json!(true))),
-                ("url", spec.url.map(|u| json!(u))),
-                ("endpoint", spec.endpoint.map(|e| json!(e))),
-                ("region", spec.region.map(|r| json!(r))),
-                ("chunk_size", size(&spec.chunk_size)?.map(|s| json!(s.0))),
-                ("cache_size", size(&spec.cache_size)?.map(|s| json!(s.0))),
-                ("durability", spec.durability.map(|d| json!(d))),
-                ("cache_dir", spec.cache_dir.map(|d| json!(d))),
-                ("cache_disk_size", size(&spec.cache_disk_size)?.map(|s| json!(s.0))),
-                ("initiators", spec.initiators.map(|i| json!(i))),
-                ("encryption_key_file", spec.encryption_key_file.map(|k| json!(k))),
-                ("encryption_key_env", spec.encryption_key_env.map(|k| json!(k))),
-                ("encryption_passphrase_file", spec.encryption_passphrase_file.map(|k| json!(k))),
-                ("encryption_passphrase_env", spec.encryption_passphrase_env.map(|k| json!(k))),
-            ];
-            for (k, v) in fields {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            let v = ctx.call("POST", &format!("/v1/targets/{}/luns", enc(&target)), Some(body))?;
-            let what = format!("created LUN {lun} of {target}: {}", v["store"].as_str().unwrap_or(""));
+            let config = lun_config(lun, *spec)?;
+            let v: LunView = ctx.call(Method::POST, &format!("/v1/targets/{}/luns", enc(&target)), Some(config))?;
+            let what = format!("created LUN {lun} of {target}: {}", v.store.as_deref().unwrap_or(""));
             ctx.done(&v, what);
             Ok(())
         }
         LunCommand::Delete { target, lun } => {
-            ctx.call("DELETE", &format!("/v1/targets/{}/luns/{lun}", enc(&target)), None)?;
+            ctx.act(Method::DELETE, &format!("/v1/targets/{}/luns/{lun}", enc(&target)))?;
             ctx.done(&json!({"deleted": lun}), format!("deleted LUN {lun} of {target}"));
             Ok(())
         }
         LunCommand::List { target } => {
-            let targets = match target {
-                Some(t) => Value::Array(vec![ctx.call("GET", &format!("/v1/targets/{}", enc(&t)), None)?]),
-                None => ctx.call("GET", "/v1/targets", None)?,
+            let targets: Vec<TargetView> = match target {
+                Some(t) => vec![ctx.get(&format!("/v1/targets/{}", enc(&t)))?],
+                None => ctx.get("/v1/targets")?,
             };
-            ctx.print(&targets, luns_table);
+            ctx.print(&targets, |t| luns_table(t));
             Ok(())
         }
         LunCommand::Grow { target, lun, size: s } => {
-            let s = Size::parse(&s).map_err(|e| Failure(format!("--size: {e}"), 2))?;
-            let v =
-                ctx.call("POST", &format!("/v1/targets/{}/luns/{lun}/grow", enc(&target)), Some(json!({"size": s.0})))?;
-            ctx.done(&v, format!("LUN {lun} of {target} is now {}", Size(v["size"].as_u64().unwrap_or(0))));
+            let size = Size::parse(&s).map_err(|e| Failure(format!("--size: {e}"), 2))?;
+            let path = format!("/v1/targets/{}/luns/{lun}/grow", enc(&target));
+            let v: LunView = ctx.call(Method::POST, &path, Some(Grow { size }))?;
+            ctx.done(&v, format!("LUN {lun} of {target} is now {}", Size(v.size.unwrap_or(0))));
             Ok(())
         }
         LunCommand::Snapshot { target, lun, name } => {
+            let name = SnapshotName::parse(&name).map_err(|e| Failure(e, 2))?;
             let path = format!("/v1/targets/{}/luns/{lun}/snapshots", enc(&target));
-            let v = ctx.call("POST", &path, Some(json!({"name": name})))?;
-            ctx.done(&v, format!("snapshot {name} of LUN {lun} of {target}: {} chunks hold data", v["chunks"]));
+            let v: SnapshotSummary = ctx.call(Method::POST, &path, Some(NewSnapshot { name: name.clone() }))?;
+            ctx.done(&v, format!("snapshot {name} of LUN {lun} of {target}: {} chunks hold data", v.chunks));
             Ok(())
         }
         LunCommand::Snapshots { target, lun } => {
-            let v = ctx.call("GET", &format!("/v1/targets/{}/luns/{lun}/snapshots", enc(&target)), None)?;
-            ctx.print(&v, snapshots_table);
+            let v: Vec<SnapshotSummary> = ctx.get(&format!("/v1/targets/{}/luns/{lun}/snapshots", enc(&target)))?;
+            ctx.print(&v, |v| snapshots_table(v));
             Ok(())
         }
         LunCommand::DeleteSnapshot { target, lun, name } => {
             let path = format!("/v1/targets/{}/luns/{lun}/snapshots/{}", enc(&target), enc(&name));
-            let v = ctx.call("DELETE", &path, None)?;
-            ctx.done(&v, format!("deleted snapshot {name} of LUN {lun} of {target}"));
+            ctx.act(Method::DELETE, &path)?;
+            ctx.done(&json!({"deleted": name}), format!("deleted snapshot {name} of LUN {lun} of {target}"));
             Ok(())
         }
     })
 }
 
 /// The snapshots of a LUN, a line each.
-fn snapshots_table(v: &Value) -> String {
+fn snapshots_table(v: &[SnapshotSummary]) -> String {
     let mut out = format!("{:<24} {:>20} {:>10} {:>8}\n", "NAME", "TAKEN (UNIX TIME)", "SIZE", "CHUNKS");
-    for s in v.as_array().into_iter().flatten() {
-        let size = Size(s["size"].as_u64().unwrap_or(0)).to_string();
-        let name = s["name"].as_str().unwrap_or("?");
-        out.push_str(&format!("{name:<24} {:>20} {size:>10} {:>8}\n", s["created_unix_secs"], s["chunks"]));
+    for s in v {
+        let size = Size(s.size).to_string();
+        out.push_str(&format!("{:<24} {:>20} {size:>10} {:>8}\n", s.name.as_str(), s.created_unix_secs, s.chunks));
     }
     out
 }
@@ -451,28 +487,30 @@ fn snapshots_table(v: &Value) -> String {
 pub fn portal(args: &ApiArgs, command: PortalCommand) -> ExitCode {
     run(args, |ctx| match command {
         PortalCommand::List => {
-            let v = ctx.call("GET", "/v1/portal-groups", None)?;
-            ctx.print(&v, portal_groups_table);
+            let v: Vec<PortalGroupView> = ctx.get("/v1/portal-groups")?;
+            ctx.print(&v, |v| portal_groups_table(v));
             Ok(())
         }
         PortalCommand::Add { tag, portal } => {
-            let exists =
-                ctx.client.request("GET", &format!("/v1/portal-groups/{tag}"), None).map_err(|e| Failure(e, 3))?;
-            let v = if exists.status == 404 {
-                ctx.call("POST", "/v1/portal-groups", Some(json!({"tag": tag, "portals": [portal]})))?
+            let exists = ctx
+                .client
+                .request(Method::GET, &format!("/v1/portal-groups/{tag}"), None)
+                .map_err(|e| Failure(e, 3))?;
+            let v: PortalGroupView = if exists.status == 404 {
+                let group = PortalGroupConfig { tag, portals: vec![portal], alua_state: Default::default() };
+                ctx.call(Method::POST, "/v1/portal-groups", Some(group))?
             } else {
-                ctx.call("POST", &format!("/v1/portal-groups/{tag}/portals"), Some(json!({"portal": portal})))?
+                ctx.call(Method::POST, &format!("/v1/portal-groups/{tag}/portals"), Some(NewPortal { portal }))?
             };
-            ctx.done(&v, format!("portal group {tag} listens on {}", list(&v["listening"])));
+            ctx.done(&v, format!("portal group {tag} listens on {}", list(&v.listening)));
             Ok(())
         }
         PortalCommand::Remove { tag, portal } => {
-            let group = ctx.call("GET", &format!("/v1/portal-groups/{tag}"), None)?;
-            let last = group["portals"].as_array().is_some_and(|p| p.len() == 1 && p[0] == json!(portal));
-            if last {
-                ctx.call("DELETE", &format!("/v1/portal-groups/{tag}"), None)?;
+            let group: PortalGroupView = ctx.get(&format!("/v1/portal-groups/{tag}"))?;
+            if group.portals == [portal.clone()] {
+                ctx.act(Method::DELETE, &format!("/v1/portal-groups/{tag}"))?;
             } else {
-                ctx.call("DELETE", &format!("/v1/portal-groups/{tag}/portals/{}", enc(&portal)), None)?;
+                ctx.act(Method::DELETE, &format!("/v1/portal-groups/{tag}/portals/{}", enc(&portal)))?;
             }
             ctx.done(&json!({"removed": portal}), format!("removed {portal} from portal group {tag}"));
             Ok(())
@@ -483,29 +521,21 @@ pub fn portal(args: &ApiArgs, command: PortalCommand) -> ExitCode {
 pub fn tpgt(args: &ApiArgs, command: TpgtCommand) -> ExitCode {
     run(args, |ctx| match command {
         TpgtCommand::List => {
-            let groups = ctx.call("GET", "/v1/portal-groups", None)?;
-            let targets = ctx.call("GET", "/v1/targets", None)?;
+            let groups: Vec<PortalGroupView> = ctx.get("/v1/portal-groups")?;
+            let targets: Vec<TargetView> = ctx.get("/v1/targets")?;
             let mut rows = vec![vec!["TPGT".to_string(), "PORTALS".into(), "TARGETS".into()]];
-            for g in groups.as_array().into_iter().flatten() {
-                let bound: Vec<&str> = targets
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| t["portal_groups"].as_array().is_some_and(|a| a.contains(&g["tag"])))
-                    .filter_map(|t| t["name"].as_str())
-                    .collect();
-                rows.push(vec![g["tag"].to_string(), list(&g["listening"]), bound.join(", ")]);
+            for g in &groups {
+                let bound: Vec<&str> =
+                    targets.iter().filter(|t| t.portal_groups.contains(&g.tag)).map(|t| t.name.as_str()).collect();
+                rows.push(vec![g.tag.to_string(), list(&g.listening), bound.join(", ")]);
             }
             ctx.print(&json!({"portal_groups": groups, "targets": targets}), |_| table(&rows));
             Ok(())
         }
         TpgtCommand::Bind { target, tags } => {
-            let v = ctx.call(
-                "PUT",
-                &format!("/v1/targets/{}/portal-groups", enc(&target)),
-                Some(json!({"portal_groups": tags})),
-            )?;
-            ctx.done(&v, format!("{target} is served on portal groups {}", list(&v["portal_groups"])));
+            let path = format!("/v1/targets/{}/portal-groups", enc(&target));
+            let v: TargetView = ctx.call(Method::PUT, &path, Some(PortalGroupBinding { portal_groups: tags }))?;
+            ctx.done(&v, format!("{target} is served on portal groups {}", list(&v.portal_groups)));
             Ok(())
         }
     })
@@ -514,32 +544,38 @@ pub fn tpgt(args: &ApiArgs, command: TpgtCommand) -> ExitCode {
 pub fn session(args: &ApiArgs, command: SessionCommand) -> ExitCode {
     run(args, |ctx| match command {
         SessionCommand::List => {
-            let v = ctx.call("GET", "/v1/sessions", None)?;
-            ctx.print(&v, sessions_table);
+            let v: Vec<SessionView> = ctx.get("/v1/sessions")?;
+            ctx.print(&v, |v| sessions_table(v));
             Ok(())
         }
         SessionCommand::Show { tsih } => {
-            let v = ctx.call("GET", &format!("/v1/sessions/{tsih}"), None)?;
+            let v: SessionView = ctx.get(&format!("/v1/sessions/{tsih}"))?;
             ctx.print(&v, |s| serde_json::to_string_pretty(s).unwrap_or_default() + "\n");
             Ok(())
         }
         SessionCommand::Logout { tsih } => {
-            ctx.call("DELETE", &format!("/v1/sessions/{tsih}"), None)?;
+            ctx.act(Method::DELETE, &format!("/v1/sessions/{tsih}"))?;
             ctx.done(&json!({"logged_out": tsih}), format!("session {tsih} logged out"));
             Ok(())
         }
     })
 }
 
+/// What `rtgt status` shows, and prints with `--json`.
+#[derive(Serialize)]
+struct Status {
+    version: Version,
+    targets: Vec<TargetView>,
+    stats: Stats,
+}
+
 /// One screen about a running target: version, targets, LUNs with their state and traffic,
 /// sessions, and for S3 LUNs the cache and whether the store answers.
 pub fn status(args: &ApiArgs) -> ExitCode {
     run(args, |ctx| {
-        let version = ctx.call("GET", "/v1/version", None)?;
-        let targets = ctx.call("GET", "/v1/targets", None)?;
-        let stats = ctx.call("GET", "/v1/stats", None)?;
-        let v = json!({ "version": version, "targets": targets, "stats": stats });
-        ctx.print(&v, status_screen);
+        let status =
+            Status { version: ctx.get("/v1/version")?, targets: ctx.get("/v1/targets")?, stats: ctx.get("/v1/stats")? };
+        ctx.print(&status, status_screen);
         Ok(())
     })
 }
@@ -548,49 +584,42 @@ fn bytes(n: u64) -> String {
     rtgt::config::Size(n).to_string()
 }
 
-fn status_screen(v: &Value) -> String {
-    let stats = &v["stats"];
-    let luns = stats["luns"].as_array().cloned().unwrap_or_default();
+fn status_screen(v: &Status) -> String {
+    let luns = &v.stats.luns;
     let mut out = format!(
         "rtgt {}: {} targets, {} LUNs, {} sessions\n\n",
-        v["version"]["version"].as_str().unwrap_or("?"),
-        v["targets"].as_array().map_or(0, Vec::len),
+        v.version.version,
+        v.targets.len(),
         luns.len(),
-        stats["sessions"],
+        v.stats.sessions,
     );
     let mut rows = vec![["TARGET", "LUN", "STATE", "READ", "WRITTEN", "IN FLIGHT", "STORE"].map(String::from).to_vec()];
     let mut s3 =
         vec![["TARGET", "LUN", "CACHE", "DIRTY", "LOGS", "S3 AWAY", "FLUSH ERRORS"].map(String::from).to_vec()];
-    for l in &luns {
-        let backend = &l["backend"];
-        let state = match backend["ready"].as_bool() {
-            Some(false) => format!("not ready: {}", backend["reason"].as_str().unwrap_or("?")),
+    for l in luns {
+        let state = match &l.backend {
+            StoreStats::NotReady { reason } => format!("not ready: {reason}"),
             _ => "ready".into(),
         };
-        let (target, lun) = (l["target"].as_str().unwrap_or("").to_string(), l["lun"].to_string());
         rows.push(vec![
-            target.clone(),
-            lun.clone(),
+            l.target.clone(),
+            l.lun.to_string(),
             state,
-            bytes(l["scsi"]["bytes_read"].as_u64().unwrap_or(0)),
-            bytes(l["scsi"]["bytes_written"].as_u64().unwrap_or(0)),
-            l["scsi"]["in_flight"].to_string(),
-            l["store"].as_str().unwrap_or("").into(),
+            bytes(l.scsi.bytes_read),
+            bytes(l.scsi.bytes_written),
+            l.scsi.in_flight.to_string(),
+            l.store.clone(),
         ]);
-        if backend.get("dirty_bytes").is_some() {
-            let away = backend["s3_unreachable_ms"].as_u64().unwrap_or(0);
+        if let Some(volume) = l.backend.volume() {
+            let away = volume.s3_unreachable_ms;
             s3.push(vec![
-                target,
-                lun,
-                format!(
-                    "{} of {}",
-                    bytes(backend["cache_bytes"].as_u64().unwrap_or(0)),
-                    bytes(backend["cache_limit"].as_u64().unwrap_or(0))
-                ),
-                bytes(backend["dirty_bytes"].as_u64().unwrap_or(0)),
-                backend["logs"].to_string(),
+                l.target.clone(),
+                l.lun.to_string(),
+                format!("{} of {}", bytes(volume.cache_bytes), bytes(volume.cache_limit)),
+                bytes(volume.dirty_bytes),
+                volume.logs.to_string(),
                 if away == 0 { "-".into() } else { format!("{:.1} s", away as f64 / 1000.0) },
-                backend["flush_errors"].to_string(),
+                volume.flush_errors.to_string(),
             ]);
         }
     }
@@ -604,16 +633,14 @@ fn status_screen(v: &Value) -> String {
 
 pub fn reload(args: &ApiArgs) -> ExitCode {
     run(args, |ctx| {
-        let v = ctx.call("POST", "/v1/reload", None)?;
+        let v: Reloaded = ctx.call(Method::POST, "/v1/reload", None::<()>)?;
         ctx.done(&v, "configuration reloaded".into());
         Ok(())
     })
 }
 
-fn list(v: &Value) -> String {
-    let items: Vec<String> =
-        v.as_array().into_iter().flatten().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string)).collect();
-    if items.is_empty() { "-".into() } else { items.join(", ") }
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() { "-".into() } else { items.iter().map(T::to_string).collect::<Vec<_>>().join(", ") }
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -629,44 +656,39 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn targets_table(v: &Value) -> String {
+fn targets_table(v: &[TargetView]) -> String {
     let mut rows = vec![vec!["TARGET".to_string(), "LUNS".into(), "SESSIONS".into(), "PORTAL GROUPS".into()]];
-    for t in v.as_array().into_iter().flatten() {
-        rows.push(vec![
-            t["name"].as_str().unwrap_or("").into(),
-            t["luns"].as_array().map_or(0, Vec::len).to_string(),
-            t["sessions"].to_string(),
-            list(&t["portal_groups"]),
-        ]);
+    for t in v {
+        rows.push(vec![t.name.clone(), t.luns.len().to_string(), t.sessions.to_string(), list(&t.portal_groups)]);
     }
     table(&rows)
 }
 
-fn luns_table(targets: &Value) -> String {
+fn luns_table(targets: &[TargetView]) -> String {
     let mut rows = vec![vec!["TARGET".to_string(), "LUN".into(), "BACKEND".into(), "SIZE".into(), "STORE".into()]];
-    for t in targets.as_array().into_iter().flatten() {
-        for l in t["luns"].as_array().into_iter().flatten() {
+    for t in targets {
+        for l in &t.luns {
             rows.push(vec![
-                t["name"].as_str().unwrap_or("").into(),
-                l["lun"].to_string(),
-                l["backend"].as_str().unwrap_or("").into(),
-                l["size"].as_u64().map_or("-".into(), |s| Size(s).to_string()),
-                l["store"].as_str().unwrap_or("-").into(),
+                t.name.clone(),
+                l.lun.to_string(),
+                l.backend.to_string(),
+                l.size.map_or("-".into(), |s| Size(s).to_string()),
+                l.store.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
     }
     table(&rows)
 }
 
-fn portal_groups_table(v: &Value) -> String {
+fn portal_groups_table(v: &[PortalGroupView]) -> String {
     let mut rows = vec![vec!["TPGT".to_string(), "CONFIGURED".into(), "LISTENING".into()]];
-    for g in v.as_array().into_iter().flatten() {
-        rows.push(vec![g["tag"].to_string(), list(&g["portals"]), list(&g["listening"])]);
+    for g in v {
+        rows.push(vec![g.tag.to_string(), list(&g.portals), list(&g.listening)]);
     }
     table(&rows)
 }
 
-fn sessions_table(v: &Value) -> String {
+fn sessions_table(v: &[SessionView]) -> String {
     let mut rows = vec![vec![
         "TSIH".to_string(),
         "INITIATOR".into(),
@@ -675,15 +697,26 @@ fn sessions_table(v: &Value) -> String {
         "PEER".into(),
         "COMMANDS".into(),
     ]];
-    for s in v.as_array().into_iter().flatten() {
+    for s in v {
         rows.push(vec![
-            s["tsih"].to_string(),
-            s["initiator"].as_str().unwrap_or("").into(),
-            s["isid"].as_str().unwrap_or("").into(),
-            s["target"].as_str().unwrap_or("(discovery)").into(),
-            s["connections"][0]["peer"].as_str().unwrap_or("").into(),
-            s["counters"]["commands"].to_string(),
+            s.tsih.to_string(),
+            s.initiator.clone(),
+            s.isid.clone(),
+            s.target.clone().unwrap_or_else(|| "(discovery)".into()),
+            s.connections.first().map_or_else(String::new, |c| c.peer.clone()),
+            s.counters.commands.to_string(),
         ]);
     }
     table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_as_one_path_segment() {
+        assert_eq!(enc("iqn.2026-11.org.example:disk1"), "iqn.2026-11.org.example%3Adisk1");
+        assert_eq!(enc("a/b c~_"), "a%2Fb%20c~_");
+    }
 }

@@ -150,8 +150,8 @@ async fn the_disk_cache_finds_its_versions_on_moto() {
     // Each chunk read once, then kept on disk (in the background: read until all are there).
     let v = open(true).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while v.stats()["disk_cache_bytes"].as_u64() != Some(4 * CHUNK) {
-        assert!(tokio::time::Instant::now() < deadline, "the disk cache holds {}", v.stats()["disk_cache_bytes"]);
+    while v.counters().disk_cache_bytes != 4 * CHUNK {
+        assert!(tokio::time::Instant::now() < deadline, "the disk cache holds {}", v.counters().disk_cache_bytes);
         assert_eq!(&v.read(0, 4 * CHUNK as usize).await.unwrap()[..], &data[..]);
     }
     v.close().await.unwrap();
@@ -160,7 +160,7 @@ async fn the_disk_cache_finds_its_versions_on_moto() {
     let gets = v.s3_stats().get.load(Ordering::Relaxed);
     assert_eq!(&v.read(0, 4 * CHUNK as usize).await.unwrap()[..], &data[..]);
     assert_eq!(v.s3_stats().get.load(Ordering::Relaxed), gets, "no GET: the versions listed match the entries");
-    assert_eq!(v.stats()["read_bytes_disk"].as_u64(), Some(4 * CHUNK));
+    assert_eq!(v.counters().read_bytes_disk, 4 * CHUNK);
     v.close().await.unwrap();
 }
 

@@ -51,7 +51,7 @@ pub fn render(registry: &Registry) -> String {
         let _ = writeln!(out, "rtgt_lun_bytes_written_total{{{labels}}} {}", m.bytes_written);
         let _ = writeln!(out, "rtgt_lun_queue_depth{{{labels}}} {}", m.in_flight);
         let mut stats = Vec::new();
-        flatten("", &lu.store().stats(), &mut stats);
+        flatten("", &serde_json::to_value(lu.store().stats()).unwrap_or_default(), &mut stats);
         for (name, v) in stats {
             let _ = writeln!(out, "rtgt_backend{{{labels},stat=\"{}\"}} {v}", escape(&name));
         }

@@ -8,17 +8,20 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 
-use super::{Api, ApiError, ApiResult, bad_json, not_found};
+use super::types::{ErrorBody, NewSnapshot};
+use super::{Api, ApiError, ApiResult, Body, LunNumber, TargetName, bad_json, not_found};
 use crate::storage::BlockStore;
 use crate::storage::snapshots::{SnapshotError, SnapshotName, SnapshotSummary};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewSnapshot {
-    name: SnapshotName,
-}
+/// `{snapshot}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("snapshot"), parameter_in = Path)]
+#[allow(dead_code)] // documents the path parameter; axum reads it as a String
+pub(super) struct SnapshotParam(
+    /// The snapshot's name.
+    String,
+);
 
 /// The store of LUN `lun` of target `name`, if it takes snapshots.
 fn store_of(api: &Api, name: &str, lun: u16) -> ApiResult<Arc<dyn BlockStore>> {
@@ -51,6 +54,10 @@ impl From<SnapshotError> for ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/v1/targets/{name}/luns/{lun}/snapshots", tag = "snapshots",
+    summary = "List the snapshots of a LUN's S3 volume", params(TargetName, LunNumber),
+    responses((status = 200, body = Vec<SnapshotSummary>), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub(super) async fn list_snapshots(
     State(api): State<Api>,
     Path((name, lun)): Path<(String, u16)>,
@@ -59,10 +66,15 @@ pub(super) async fn list_snapshots(
     Ok(Json(store.snapshots().expect("checked").snapshots()))
 }
 
+#[utoipa::path(post, path = "/v1/targets/{name}/luns/{lun}/snapshots", tag = "snapshots",
+    summary = "Take a crash-consistent snapshot of a LUN's S3 volume (writes wait while its dirty chunks are merged)",
+    params(TargetName, LunNumber), request_body = NewSnapshot,
+    responses((status = 201, body = SnapshotSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn create_snapshot(
     State(api): State<Api>,
     Path((name, lun)): Path<(String, u16)>,
-    body: Result<Json<NewSnapshot>, axum::extract::rejection::JsonRejection>,
+    body: Body<NewSnapshot>,
 ) -> ApiResult<(StatusCode, Json<SnapshotSummary>)> {
     let Json(new) = body.map_err(bad_json)?;
     let store = store_of(&api, &name, lun)?;
@@ -70,6 +82,10 @@ pub(super) async fn create_snapshot(
     Ok((StatusCode::CREATED, Json(taken)))
 }
 
+#[utoipa::path(delete, path = "/v1/targets/{name}/luns/{lun}/snapshots/{snapshot}", tag = "snapshots",
+    summary = "Delete a snapshot; what only it held is deleted", params(TargetName, LunNumber, SnapshotParam),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn delete_snapshot(
     State(api): State<Api>,
     Path((name, lun, snapshot)): Path<(String, u16, String)>,

@@ -302,10 +302,10 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
             async move { v.read(offset, 4 * KIB as usize).await.is_ok() }
         })
         .await;
-        let stats = v.stats();
+        let stats = v.counters();
         eprintln!(
             "  disk cache: {} bytes held, {} read from it, {} fetched",
-            stats["disk_cache_bytes"], stats["read_bytes_disk"], stats["read_bytes_fetched"]
+            stats.disk_cache_bytes, stats.read_bytes_disk, stats.read_bytes_fetched
         );
         record(DISK_WARM, m);
         v.close().await.map_err(|e| e.to_string())?;

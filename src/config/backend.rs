@@ -78,6 +78,21 @@ impl<'de> Deserialize<'de> for Backend {
     }
 }
 
+/// In the API: one of the known names.
+impl utoipa::PartialSchema for Backend {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let names: Vec<&str> = Backend::KNOWN.iter().map(Backend::name).collect();
+        ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into()
+    }
+}
+
+impl utoipa::ToSchema for Backend {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Backend".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,6 +306,7 @@ fn classify_write<E: std::error::Error + Send + Sync + 'static>(
         _ => match status(&e) {
             Some(404) => ObjectError::NotFound,
             Some(412) | Some(409) => ObjectError::PreconditionFailed,
+            Some(416) => ObjectError::RangeNotSatisfiable,
             Some(429) | Some(503) => ObjectError::transient(message),
             // 500 may or may not have been applied.
             Some(s) if s >= 500 => ObjectError::Indeterminate(message),

@@ -39,12 +39,8 @@ fn s3_error(e: ObjectError) -> S3Error {
     match e {
         ObjectError::NotFound => S3Error::new(S3ErrorCode::NoSuchKey),
         ObjectError::PreconditionFailed => error(S3ErrorCode::PreconditionFailed, 412, "precondition failed".into()),
-        ObjectError::Determinate { message, retryable: false } if message.contains("invalid key") => {
-            error(S3ErrorCode::InvalidArgument, 400, message)
-        }
-        ObjectError::Determinate { message, retryable: false } if message.contains("range not satisfiable") => {
-            error(S3ErrorCode::InvalidRange, 416, message)
-        }
+        e @ ObjectError::InvalidKey { .. } => error(S3ErrorCode::InvalidArgument, 400, e.to_string()),
+        e @ ObjectError::RangeNotSatisfiable => error(S3ErrorCode::InvalidRange, 416, e.to_string()),
         other => error(S3ErrorCode::InternalError, 500, other.to_string()),
     }
 }

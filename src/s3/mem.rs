@@ -263,7 +263,7 @@ impl MemObjectStore {
         let body = match range {
             None => o.body.clone(),
             Some(r) if r.start < size => o.body.slice(r.start as usize..r.end.min(size) as usize),
-            Some(_) => return Err(ObjectError::failed("range not satisfiable")),
+            Some(_) => return Err(ObjectError::RangeNotSatisfiable),
         };
         Ok(GetOutput { body, meta: ObjectMeta { size, etag: Some(o.etag.clone()), metadata: o.metadata.clone() } })
     }

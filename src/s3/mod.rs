@@ -20,6 +20,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 pub use crate::storage::BoxFuture;
+use crate::storage::stats::{ObjectStoreStats, RequestCounts};
 pub use mem::MemObjectStore;
 pub use resilient::{Resilient, RetryPolicy};
 pub use volume::{S3Volume, VolumeOptions};
@@ -32,6 +33,12 @@ pub enum ObjectError {
     /// A conditional request's condition did not hold; nothing changed.
     #[error("precondition failed")]
     PreconditionFailed,
+    /// The key is not one this store can hold (why, in words); nothing changed.
+    #[error("invalid key {key:?}: {why}")]
+    InvalidKey { key: String, why: String },
+    /// A ranged read that starts past the object's end.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable,
     /// The request certainly had no effect. `retryable`: trying again may succeed.
     #[error("request failed: {message}")]
     Determinate { message: String, retryable: bool },
@@ -176,17 +183,21 @@ impl S3Stats {
             .sum()
     }
 
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> ObjectStoreStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "requests": {
-                "get": l(&self.get), "put": l(&self.put), "delete": l(&self.delete),
-                "delete_many": l(&self.delete_many), "list": l(&self.list), "head": l(&self.head),
+        ObjectStoreStats {
+            requests: RequestCounts {
+                get: l(&self.get),
+                put: l(&self.put),
+                delete: l(&self.delete),
+                delete_many: l(&self.delete_many),
+                list: l(&self.list),
+                head: l(&self.head),
             },
-            "bytes_up": l(&self.bytes_up),
-            "bytes_down": l(&self.bytes_down),
-            "errors": l(&self.errors),
-            "retries": l(&self.retries),
-        })
+            bytes_up: l(&self.bytes_up),
+            bytes_down: l(&self.bytes_down),
+            errors: l(&self.errors),
+            retries: l(&self.retries),
+        }
     }
 }

@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use super::atomic_intent::IntentLog;
 use super::io_pool::IoPool;
 use super::small_folios::SmallFolios;
-use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+use super::stats::FileStats;
+use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult, StoreStats};
 
 /// I/O threads per file store, for reads that miss the page cache, syncs, FUA writes, UNMAP.
 pub const IO_THREADS: usize = 4;
@@ -422,11 +423,10 @@ impl BlockStore for FileStore {
         Box::pin(self.blocking(false, move |f| extents_sync(f, offset, len)))
     }
 
-    fn stats(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": "file",
-            "cached_reads": self.cached_reads.load(Ordering::Relaxed),
-            "pool_reads": self.pool_reads.load(Ordering::Relaxed),
+    fn stats(&self) -> StoreStats {
+        StoreStats::File(FileStats {
+            cached_reads: self.cached_reads.load(Ordering::Relaxed),
+            pool_reads: self.pool_reads.load(Ordering::Relaxed),
         })
     }
 
@@ -531,8 +531,7 @@ mod tests {
         for i in [3u64, 40, 63] {
             assert_eq!(s.read(i * 4096, 4096).await.unwrap(), pattern(i), "block {i}");
         }
-        let stats = s.stats();
-        let counted = stats["cached_reads"].as_u64().unwrap() + stats["pool_reads"].as_u64().unwrap();
-        assert_eq!(counted, 4, "{stats}");
+        let StoreStats::File(stats) = s.stats() else { panic!("a file store reports file counters") };
+        assert_eq!(stats.cached_reads + stats.pool_reads, 4, "{stats:?}");
     }
 }

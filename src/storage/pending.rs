@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-use super::{BlockStore, BoxFuture, StoreCaps, StoreError, StoreResult};
+use super::{BlockStore, BoxFuture, StoreCaps, StoreError, StoreResult, StoreStats};
 
 pub struct PendingStore {
     /// What the configuration says the capacity will be (or one block); never reported.
@@ -67,8 +67,8 @@ impl BlockStore for PendingStore {
         self.not_ready()
     }
 
-    fn stats(&self) -> serde_json::Value {
-        serde_json::json!({ "ready": false, "reason": self.reason() })
+    fn stats(&self) -> StoreStats {
+        StoreStats::NotReady { reason: self.reason() }
     }
 
     /// Nothing was written: nothing to flush.

@@ -28,7 +28,8 @@ use io_uring::{IoUring, Probe, opcode, squeue, types};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::file::{FileOptions, FileStore};
-use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+use super::stats::UringStats;
+use super::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult, StoreStats};
 
 /// Ring entries (and in-flight requests) when not configured otherwise.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 128;
@@ -763,8 +764,8 @@ impl BlockStore for UringStore {
         self.meta.resize(capacity)
     }
 
-    fn stats(&self) -> serde_json::Value {
-        serde_json::json!({ "backend": "io_uring", "direct": self.direct })
+    fn stats(&self) -> StoreStats {
+        StoreStats::Uring(UringStats { direct: self.direct })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {

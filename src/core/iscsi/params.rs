@@ -45,7 +45,8 @@ pub const SEGMENT_LEN_MIN: u32 = 512;
 pub const SEGMENT_LEN_MAX: u32 = (1 << 24) - 1;
 
 /// Negotiated operational parameters of a session and its connection.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Params {
     pub header_digest: bool,
     pub data_digest: bool,

@@ -17,6 +17,7 @@ pub const ACCESS_STATE_CHANGED: (u8, u8) = (0x2a, 0x06);
 
 /// The asymmetric access state of a target port group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AluaState {
     #[default]

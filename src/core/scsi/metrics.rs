@@ -58,7 +58,8 @@ pub struct LuMetrics {
 }
 
 /// A snapshot of one class for rendering.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClassSnapshot {
     pub ops: u64,
     pub errors: u64,
@@ -67,7 +68,8 @@ pub struct ClassSnapshot {
     pub buckets: Vec<u64>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsSnapshot {
     pub read: ClassSnapshot,
     pub write: ClassSnapshot,

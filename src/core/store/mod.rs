@@ -7,12 +7,14 @@ pub mod crypto_erase;
 pub mod memory;
 pub mod null;
 pub mod snapshots;
+pub mod stats;
 
 use bytes::Bytes;
 use thiserror::Error;
 
 pub use memory::MemoryStore;
 pub use null::NullStore;
+pub use stats::StoreStats;
 
 pub use futures::future::BoxFuture;
 
@@ -124,8 +126,8 @@ pub trait BlockStore: Send + Sync + 'static {
         Ok(())
     }
     /// Backend counters for logs and the management API.
-    fn stats(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    fn stats(&self) -> StoreStats {
+        StoreStats::Plain
     }
     /// Makes everything durable and lets go of the backend (clean shutdown).
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {

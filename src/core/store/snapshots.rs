@@ -11,6 +11,7 @@ const NAME_MAX: usize = 64;
 /// A snapshot's name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a dot (so it is a plain
 /// object name, and a URL's `@name` never needs escaping).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct SnapshotName(String);
 
@@ -59,6 +60,7 @@ impl std::fmt::Display for SnapshotName {
 
 /// What is shown of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotSummary {
     pub name: SnapshotName,
     pub created_unix_secs: u64,

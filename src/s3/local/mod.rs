@@ -446,7 +446,7 @@ impl LocalStore {
 
     /// The file of a key; keys that are not plain relative paths are refused.
     fn path(&self, key: &str) -> ObjResult<PathBuf> {
-        let invalid = |why: &str| Err(ObjectError::failed(format!("invalid key {key:?}: {why}")));
+        let invalid = |why: &str| Err(ObjectError::InvalidKey { key: key.to_string(), why: why.to_string() });
         if key.is_empty() || key.len() > KEY_BYTES_MAX {
             return invalid("empty or longer than 1024 bytes");
         }
@@ -479,7 +479,7 @@ impl ObjectStore for LocalStore {
                         Some(r) if r.start < desc.size || (r.start == 0 && desc.size == 0) => {
                             (r.start, r.end.min(desc.size))
                         }
-                        Some(_) => return Err(ObjectError::failed("range not satisfiable")),
+                        Some(_) => return Err(ObjectError::RangeNotSatisfiable),
                     };
                     let body = fs::read_exact_at(&*file, HEADER_BYTES as u64 + from, (to - from) as usize)
                         .map_err(|e| io_err(e, "cannot read the object"))?;

@@ -363,7 +363,7 @@ fn unplace(st: &mut State, old: &Entry) {
 
 fn check_key(key: &str) -> ObjResult<()> {
     match key.is_empty() || key.len() > KEY_BYTES_MAX {
-        true => Err(ObjectError::failed(format!("invalid key {key:?}"))),
+        true => Err(ObjectError::InvalidKey { key: key.to_string(), why: "empty or longer than 1024 bytes".into() }),
         false => Ok(()),
     }
 }
@@ -404,7 +404,7 @@ impl Inner {
         let (from, to) = match range {
             None => (0, entry.len),
             Some(r) if r.start < entry.len || (r.start == 0 && entry.len == 0) => (r.start, r.end.min(entry.len)),
-            Some(_) => return Err(ObjectError::failed("range not satisfiable")),
+            Some(_) => return Err(ObjectError::RangeNotSatisfiable),
         };
         let file = segment_file(&st, entry.generation);
         let body = fs::read_exact_at(file, entry.at + from, (to - from) as usize)

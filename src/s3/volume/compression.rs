@@ -32,7 +32,7 @@ use crate::s3::{Condition, DeleteResults, GetOutput, ListPage, ObjResult, Object
 use crate::storage::BoxFuture;
 
 /// How a volume's chunks are compressed, chosen when it is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// zstd at level 3: about half the size of lz4's output on text, at a few times its CPU.
@@ -348,7 +348,7 @@ impl CompressedStore {
             }
         };
         if range.start >= header.plain_len || range.end <= range.start {
-            return Err(ObjectError::failed("range not satisfiable"));
+            return Err(ObjectError::RangeNotSatisfiable);
         }
         let first = (range.start / header.segment) as usize;
         let last = ((range.end.min(header.plain_len) - 1) / header.segment) as usize;

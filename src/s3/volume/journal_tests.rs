@@ -58,10 +58,10 @@ async fn journal_logs_reach_the_store_and_leave_the_journal() {
     for i in 0..8u64 {
         v.write(i * 512, block(i as u8 + 1), true).await.unwrap();
     }
-    assert_eq!(v.stats()["journal_writes"], 8);
+    assert_eq!(v.counters().journal_writes, 8);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(jmem.objects().len(), 0, "uploaded within a flush interval");
-    assert_eq!(v.stats()["journal_uploads"], 8);
+    assert_eq!(v.counters().journal_uploads, 8);
     assert_eq!(store_logs(&h), 8);
     v.simulate_crash();
     let other = h.open_with(on_node(h.options(CHUNK_64K, 4, "b"), "n2")).await.unwrap();
@@ -110,8 +110,8 @@ async fn a_full_journal_sends_syncs_to_the_store() {
     v.write(0, block(1), true).await.unwrap();
     v.write(512, block(2), true).await.unwrap();
     v.write(1024, block(3), true).await.unwrap();
-    assert_eq!(v.stats()["journal_writes"], 1);
-    assert_eq!(v.stats()["logs_written"], 2);
+    assert_eq!(v.counters().journal_writes, 1);
+    assert_eq!(v.counters().logs_written, 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -50,7 +50,8 @@ use super::url::S3Url;
 use super::{Condition, ObjectError, ObjectStore, Resilient, RetryPolicy, S3Stats};
 use crate::clock::Clock;
 use crate::rng::Rng;
-use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult};
+use crate::storage::stats::VolumeStats;
+use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult, StoreStats};
 
 use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
@@ -188,7 +189,7 @@ pub enum OpenError {
 
 /// Counters of the volume itself (the object store keeps request counters).
 #[derive(Debug, Default)]
-pub struct VolumeStats {
+pub struct VolumeCounters {
     pub merges: AtomicU64,
     pub logs_written: AtomicU64,
     pub log_bytes: AtomicU64,
@@ -298,7 +299,7 @@ pub struct S3Volume {
     unreachable_since: AtomicU64,
     opts: VolumeOptions,
     clock: Arc<dyn Clock>,
-    stats: VolumeStats,
+    stats: VolumeCounters,
     s3_stats: Arc<S3Stats>,
 }
 
@@ -639,7 +640,7 @@ impl S3Volume {
             unreachable_since: AtomicU64::new(0),
             opts,
             clock,
-            stats: VolumeStats::default(),
+            stats: VolumeCounters::default(),
             s3_stats,
         });
         volume.cache().inherited = inherited;
@@ -1326,7 +1327,48 @@ async fn background(volume: Weak<S3Volume>) {
         if since_report >= Duration::from_secs(60) && requests != last_requests {
             since_report = Duration::ZERO;
             last_requests = requests;
-            tracing::info!(volume = %v.url, stats = %v.stats(), "S3 volume counters");
+            tracing::info!(volume = %v.url, stats = ?v.counters(), "S3 volume counters");
+        }
+    }
+}
+
+impl S3Volume {
+    /// The volume's counters (as [`BlockStore::stats`] reports them).
+    pub fn counters(&self) -> VolumeStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let flushes = l(&self.stats.flushes);
+        VolumeStats {
+            volume: self.url.to_string(),
+            block_size: self.block_size,
+            chunk_size: self.chunk_size,
+            chunks: self.chunk_count() as u64,
+            dirty_bytes: self.dirty_bytes(),
+            unlogged_bytes: self.unlogged_bytes(),
+            cache_bytes: self.cache().page_bytes,
+            cache_limit: self.cache_limit,
+            cache_peak_bytes: l(&self.stats.cache_peak),
+            memory_peak_bytes: l(&self.stats.memory_peak),
+            read_bytes_cached: l(&self.stats.read_bytes_cached),
+            read_bytes_fetched: l(&self.stats.read_bytes_fetched),
+            read_bytes_disk: l(&self.stats.read_bytes_disk),
+            disk_cache_bytes: self.disk.get().map_or(0, |d| d.bytes()),
+            readahead_bytes: l(&self.stats.readahead_bytes),
+            logs: self.log_count() as u64,
+            logs_written: l(&self.stats.logs_written),
+            log_bytes_written: l(&self.stats.log_bytes),
+            merges: l(&self.stats.merges),
+            flush_errors: l(&self.stats.flush_errors),
+            flush_latency_avg_us: l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
+            flush_latency_max_us: l(&self.stats.flush_micros_max),
+            chunks_deleted: l(&self.stats.chunks_deleted),
+            versions_swept: l(&self.stats.versions_swept),
+            journal: self.opts.journal.is_some(),
+            journal_logs: self.journal_log_count() as u64,
+            journal_bytes: self.journal_bytes(&self.cache()),
+            journal_writes: l(&self.stats.journal_writes),
+            journal_uploads: l(&self.stats.journal_uploads),
+            s3_unreachable_ms: self.unreachable_for().as_millis() as u64,
+            s3: self.s3_stats.snapshot(),
         }
     }
 }
@@ -1431,42 +1473,8 @@ impl BlockStore for S3Volume {
         Some(self.block_size as u32)
     }
 
-    fn stats(&self) -> serde_json::Value {
-        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let flushes = l(&self.stats.flushes);
-        serde_json::json!({
-            "volume": self.url.to_string(),
-            "block_size": self.block_size,
-            "chunk_size": self.chunk_size,
-            "chunks": self.chunk_count(),
-            "dirty_bytes": self.dirty_bytes(),
-            "unlogged_bytes": self.unlogged_bytes(),
-            "cache_bytes": self.cache().page_bytes,
-            "cache_limit": self.cache_limit,
-            "cache_peak_bytes": l(&self.stats.cache_peak),
-            "memory_peak_bytes": l(&self.stats.memory_peak),
-            "read_bytes_cached": l(&self.stats.read_bytes_cached),
-            "read_bytes_fetched": l(&self.stats.read_bytes_fetched),
-            "read_bytes_disk": l(&self.stats.read_bytes_disk),
-            "disk_cache_bytes": self.disk.get().map_or(0, |d| d.bytes()),
-            "readahead_bytes": l(&self.stats.readahead_bytes),
-            "logs": self.log_count(),
-            "logs_written": l(&self.stats.logs_written),
-            "log_bytes_written": l(&self.stats.log_bytes),
-            "merges": l(&self.stats.merges),
-            "flush_errors": l(&self.stats.flush_errors),
-            "flush_latency_avg_us": l(&self.stats.flush_micros_total).checked_div(flushes).unwrap_or(0),
-            "flush_latency_max_us": l(&self.stats.flush_micros_max),
-            "chunks_deleted": l(&self.stats.chunks_deleted),
-            "versions_swept": l(&self.stats.versions_swept),
-            "journal": self.opts.journal.is_some(),
-            "journal_logs": self.journal_log_count(),
-            "journal_bytes": self.journal_bytes(&self.cache()),
-            "journal_writes": l(&self.stats.journal_writes),
-            "journal_uploads": l(&self.stats.journal_uploads),
-            "s3_unreachable_ms": self.unreachable_for().as_millis() as u64,
-            "s3": self.s3_stats.snapshot(),
-        })
+    fn stats(&self) -> StoreStats {
+        StoreStats::S3Volume(Box::new(self.counters()))
     }
 
     fn shutdown(&self) -> BoxFuture<'_, StoreResult<()>> {

@@ -199,7 +199,7 @@ impl SealedStore {
             return Ok(out);
         };
         if range.start >= plain_len && !(range.start == 0 && plain_len == 0) {
-            return Err(ObjectError::failed("range not satisfiable"));
+            return Err(ObjectError::RangeNotSatisfiable);
         }
         let first = range.start / sealer.unit;
         let plain = sealer.open(name, &out.body, first, plain_len).map_err(ObjectError::failed)?;
