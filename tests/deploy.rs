@@ -96,3 +96,10 @@ fn completions_and_man_pages_cover_the_subcommands() {
         assert!(text.contains(".TH") && text.contains(".SH NAME"), "{page}.1 is not a man page");
     }
 }
+
+/// The build the tests, the simulation, conformance and the package use is the one users get:
+/// the simulator's planted bugs (its `mutants` feature) are never unified into it.
+#[test]
+fn the_tested_build_carries_no_planted_bugs() {
+    assert!(!rtgt::mutants::ENABLED, "rtgt was built with the mutants feature: what enables it by default?");
+}

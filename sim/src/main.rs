@@ -173,6 +173,10 @@ fn main() -> ExitCode {
             .init();
     }
     // With --trace, one planted bug replays like any seed (the command a catch prints).
+    if args.mutants.is_some() && !rtgt::mutants::ENABLED {
+        eprintln!("rtgt-sim: --mutants and --mutant need the mutants feature (cargo xtask sim builds it so)");
+        return ExitCode::from(2);
+    }
     let planted = match &args.mutants {
         Some(m) if args.trace && m.len() == 1 => Some(m[0]),
         Some(mutants) => return mutation_check(mutants, &args),

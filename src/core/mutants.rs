@@ -107,6 +107,10 @@ impl Mutant {
     }
 }
 
+/// Whether this build can plant bugs: true only with the `mutants` feature, which the build
+/// users get, the tests and conformance run never carries (a test holds that).
+pub const ENABLED: bool = cfg!(feature = "mutants");
+
 #[cfg(feature = "mutants")]
 static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
@@ -120,6 +124,12 @@ pub fn set(m: Option<Mutant>) {
 #[inline]
 pub fn active(m: Mutant) -> bool {
     ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == m as u8
+}
+
+/// Without the feature there is nothing to switch on: only "all off" is accepted.
+#[cfg(not(feature = "mutants"))]
+pub fn set(m: Option<Mutant>) {
+    assert!(m.is_none(), "planting {m:?} needs a build with the mutants feature");
 }
 
 #[cfg(not(feature = "mutants"))]

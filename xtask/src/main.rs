@@ -151,12 +151,16 @@ fn cargo() -> Command {
     c
 }
 
-/// Cargo arguments selecting what `cargo xtask test` builds for rtgt itself: everything but
-/// the simulator, whose `mutants` feature would otherwise be unified into the rtgt that tests,
-/// conformance and the package use.
-pub(crate) const TARGET_BUILD: [&str; 4] = ["--workspace", "--all-targets", "--exclude", "rtgt-sim"];
-/// ... and for the simulator.
-const SIM_BUILD: [&str; 3] = ["--package", "rtgt-sim", "--all-targets"];
+/// Cargo arguments selecting what `cargo xtask test` builds: the whole workspace, the simulator
+/// included, in one resolution of features, so that tests, simulation, conformance and the
+/// package share one build of every crate (and it is the build users get: the simulator's
+/// planted bugs are a feature of their own, built apart by `cargo xtask sim --mutants`).
+pub(crate) const TARGET_BUILD: [&str; 2] = ["--workspace", "--all-targets"];
+
+/// The simulator with its planted bugs: a target directory of its own, so that neither build
+/// overwrites the other's `rtgt-sim`.
+const MUTANTS_BUILD: [&str; 6] =
+    ["--package", "rtgt-sim", "--features", "rtgt-sim/mutants", "--target-dir", "target/mutants"];
 
 /// The debug build of rtgt: the same command line as `cargo xtask test`, so that conformance
 /// runs and the package reuse its artifacts. (A narrower `cargo build --bin rtgt` resolves
@@ -164,11 +168,6 @@ const SIM_BUILD: [&str; 3] = ["--package", "rtgt-sim", "--all-targets"];
 /// all that depends on it, the AWS SDK included.)
 pub(crate) fn build_debug() -> Result<(), String> {
     run(cargo().args(["build", "--quiet"]).args(TARGET_BUILD))
-}
-
-/// The debug build of the simulator, as `cargo xtask test` builds it.
-fn build_debug_sim() -> Result<(), String> {
-    run(cargo().args(["build", "--quiet"]).args(SIM_BUILD))
 }
 
 /// The release build of the `rtgt` binary, for the benchmarks.
@@ -183,11 +182,7 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     ensure_moto()?;
-    // The simulator turns on rtgt's `mutants` feature: built together, the rtgt that the
-    // integration tests and conformance run would carry the planted bugs' hooks. Apart, they
-    // test the build users get.
     run(cargo().args(["test"]).args(TARGET_BUILD))?;
-    run(cargo().args(["test"]).args(SIM_BUILD))?;
     // The core alone, with its own dependency features (tokio's sync primitives only): in the
     // workspace build tokio carries every feature rtgt asks for, so only this build refuses a
     // socket, file, clock or spawn in the core.
@@ -517,14 +512,25 @@ fn fuzz(seconds: u64) -> Result<(), String> {
 // ---------------------------------------------------------------- bench
 
 /// Runs the simulator with the given arguments: the debug build shared with `cargo xtask test`
-/// (the dependencies are optimised in it anyway), or a release build with `--release`.
+/// (the dependencies are optimised in it anyway), or a release build with `--release`; with
+/// `--mutants` or `--mutant`, a build of its own that carries the planted bugs.
 fn sim(args: &[String]) -> Result<(), String> {
     let release = args.iter().any(|a| a == "--release");
-    let binary = if release {
+    let mutants = args.iter().any(|a| a == "--mutants" || a == "--mutant" || a.starts_with("--mutant="));
+    let profile = if release { "release" } else { "debug" };
+    let binary = if mutants {
+        let mut build = cargo();
+        build.args(["build", "--quiet"]).args(MUTANTS_BUILD);
+        if release {
+            build.arg("--release");
+        }
+        run(&mut build)?;
+        root().join("target/mutants").join(profile).join("rtgt-sim")
+    } else if release {
         run(cargo().args(["build", "--quiet", "--release", "--package", "rtgt-sim"]))?;
         root().join("target/release/rtgt-sim")
     } else {
-        build_debug_sim()?;
+        build_debug()?;
         root().join("target/debug/rtgt-sim")
     };
     run(Command::new(binary).current_dir(root()).args(args.iter().filter(|a| *a != "--release")))
