@@ -7,12 +7,8 @@ pub use rtgt_core::{fnv, iscsi, mutants, pdu, scsi};
 
 #[doc(hidden)]
 pub mod api;
-pub mod bench;
 pub mod clock;
 pub mod config;
-pub mod fuzzing;
-pub mod initiator;
-pub mod netem;
 pub mod node;
 pub mod overrides;
 pub mod pr_keepers;

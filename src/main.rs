@@ -121,57 +121,6 @@ enum Command {
         #[command(subcommand)]
         command: VolumeCommand,
     },
-    /// Benchmark the S3 volume against an embedded S3 server (used by `cargo xtask bench`).
-    #[command(hide = true)]
-    BenchS3 {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        scale: u64,
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-    /// Benchmark the S3 volume over an emulated network (used by `cargo xtask bench s3 --rtt`).
-    #[command(hide = true)]
-    BenchS3Network {
-        #[arg(long)]
-        dir: PathBuf,
-        /// Round-trip time to the store, in milliseconds.
-        #[arg(long, default_value_t = 20)]
-        rtt_ms: u64,
-        /// Bandwidth cap each way, in Mbit/s (0: none).
-        #[arg(long, default_value_t = 0)]
-        mbit: u64,
-        /// Seconds per workload.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Seconds the store is away in the outage workload (0: none).
-        #[arg(long, default_value_t = 0)]
-        outage: u64,
-        /// Only the workloads whose name contains this.
-        #[arg(long)]
-        only: Option<String>,
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-    /// Serve the embedded S3 store behind an emulated link, with the bench's credentials (used
-    /// by `cargo xtask bench s3 --rtt --iscsi`).
-    #[command(hide = true)]
-    BenchS3Remote {
-        #[arg(long)]
-        dir: PathBuf,
-        /// Where the link's far end listens.
-        #[arg(long)]
-        listen: String,
-        #[arg(long, default_value_t = 20)]
-        rtt_ms: u64,
-        /// Bandwidth cap each way, in Mbit/s (0: none).
-        #[arg(long, default_value_t = 0)]
-        mbit: u64,
-    },
-    /// Drive a fixed-duration load against an iSCSI LU (used by `cargo xtask bench`).
-    #[command(hide = true)]
-    BenchLoad(rtgt::bench::LoadArgs),
     /// Run only the embedded object store's S3 endpoint (over a directory; not while a
     /// `serve` uses the same directory).
     S3Server {
@@ -517,16 +466,6 @@ fn main() -> ExitCode {
             };
             given.and_then(|given| block_on(s3_server(listen, root, given)))
         }
-        Command::BenchS3 { dir, scale, json } => block_on(bench_s3(dir, scale, json)),
-        Command::BenchS3Network { dir, rtt_ms, mbit, seconds, outage, only, json } => {
-            let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
-            block_on(bench_s3_network(dir, rtgt::bench::network::NetworkArgs { link, seconds, outage, only }, json))
-        }
-        Command::BenchS3Remote { dir, listen, rtt_ms, mbit } => {
-            let link = rtgt::netem::LinkSpec::new(std::time::Duration::from_millis(rtt_ms), mbit * 1_000_000);
-            block_on(bench_s3_remote(dir, listen, link))
-        }
-        Command::BenchLoad(args) => rtgt::bench::run_load(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1125,43 +1064,5 @@ async fn s3_server(listen: String, root: Option<PathBuf>, given: Option<embedded
     }
     eprintln!("  buckets are the directories of {}", root.display());
     wait_for_signal().await;
-    Ok(())
-}
-
-async fn bench_s3_remote(dir: PathBuf, listen: String, link: rtgt::netem::LinkSpec) -> Result<(), String> {
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let root = embedded::open_root(&dir)?;
-    root.create_bucket("bench")?;
-    let credentials = embedded::Credentials { access_key: "bench".into(), secret_key: "bench-secret-key".into() };
-    let local = "127.0.0.1:0".parse().expect("address");
-    let server = EmbeddedS3::start_with(root, local, Some(credentials)).await?;
-    let listen = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
-    let netem = rtgt::netem::Netem::start_on(listen, server.addr, link).await.map_err(|e| e.to_string())?;
-    eprintln!("rtgt: S3 store at {} over {link:?}", netem.url());
-    wait_for_signal().await;
-    Ok(())
-}
-
-async fn bench_s3_network(
-    dir: PathBuf,
-    args: rtgt::bench::network::NetworkArgs,
-    json: Option<PathBuf>,
-) -> Result<(), String> {
-    let results = rtgt::bench::network::run(&dir, args).await?;
-    print!("{}", rtgt::bench::network::table(&results));
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-async fn bench_s3(dir: PathBuf, scale: u64, json: Option<PathBuf>) -> Result<(), String> {
-    let results = rtgt::bench::s3(&dir, scale).await?;
-    print!("{}", rtgt::bench::s3_table(&results));
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
     Ok(())
 }

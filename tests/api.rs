@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtgt::api::client::Client;
-use rtgt::initiator::{InitiatorConfig, Session};
+use rtgt_testkit::initiator::{InitiatorConfig, Session};
 use serde_json::Value;
 
 const TARGET: &str = "iqn.2026-11.dev.rtgt:api-test";
@@ -453,7 +453,7 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     ok(&out);
     assert_eq!(
         login_status(2).await,
-        Some(rtgt::initiator::Error::Login { class: 2, detail: 1 }),
+        Some(rtgt_testkit::initiator::Error::Login { class: 2, detail: 1 }),
         "CHAP is required now"
     );
     let shown =
@@ -466,7 +466,11 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     ok(&serve.cli(&["target", "auth", TARGET, "--none"]));
 
     ok(&serve.cli(&["target", "acl", TARGET, "--initiators", "iqn.2026-12.dev.rtgt:someone-else"]));
-    assert_eq!(login_status(3).await, Some(rtgt::initiator::Error::Login { class: 2, detail: 2 }), "not allowed");
+    assert_eq!(
+        login_status(3).await,
+        Some(rtgt_testkit::initiator::Error::Login { class: 2, detail: 2 }),
+        "not allowed"
+    );
     ok(&serve.cli(&["target", "acl", TARGET]));
     assert_eq!(login_status(4).await, None, "open again");
     drop(serve);

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtgt::initiator::{InitiatorConfig, Session};
 use rtgt::rng::Rng;
+use rtgt_testkit::initiator::{InitiatorConfig, Session};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rtgt");
 const TARGET: &str = "iqn.2026-11.dev.rtgt:default";
@@ -520,7 +520,7 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
                     }
                 }
                 let fua = n % 3 == 0;
-                let cdb = rtgt::initiator::rw16(0x8a, lba, blocks as u32, if fua { 0x08 } else { 0 });
+                let cdb = rtgt_testkit::initiator::rw16(0x8a, lba, blocks as u32, if fua { 0x08 } else { 0 });
                 match s.command(LUN, &cdb, Bytes::from(data), 0).await {
                     Ok(r) if r.status == 0 && fua => {
                         let mut m = model.lock().unwrap();
@@ -533,7 +533,7 @@ async fn a_forced_takeover_loses_no_acknowledged_write() {
                 }
                 if n % 8 == 7
                     && let Some(s) = session.as_ref()
-                    && matches!(s.command(LUN, &rtgt::initiator::rw16(0x91, 0, 0, 0), Bytes::new(), 0).await, Ok(r) if r.status == 0)
+                    && matches!(s.command(LUN, &rtgt_testkit::initiator::rw16(0x91, 0, 0, 0), Bytes::new(), 0).await, Ok(r) if r.status == 0)
                 {
                     let mut m = model.lock().unwrap();
                     for (b, id) in acked.drain(..) {

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtgt::initiator::{CommandResult, InitiatorConfig, Session};
+use rtgt_testkit::initiator::{CommandResult, InitiatorConfig, Session};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rtgt");
 const TARGET: &str = "iqn.2026-12.dev.rtgt:pair";

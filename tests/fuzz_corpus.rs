@@ -16,25 +16,25 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn pdu_decode_corpus() {
-    replay("pdu_decode", rtgt::fuzzing::pdu_decode);
+    replay("pdu_decode", rtgt_testkit::fuzzing::pdu_decode);
 }
 
 #[test]
 fn text_parse_corpus() {
-    replay("text_parse", rtgt::fuzzing::text_parse);
+    replay("text_parse", rtgt_testkit::fuzzing::text_parse);
 }
 
 #[test]
 fn login_corpus() {
-    replay("login", rtgt::fuzzing::login);
+    replay("login", rtgt_testkit::fuzzing::login);
 }
 
 #[test]
 fn volume_format_corpus() {
-    replay("volume_format", rtgt::fuzzing::volume_format);
+    replay("volume_format", rtgt_testkit::fuzzing::volume_format);
 }
 
 #[test]
 fn access_corpus() {
-    replay("access", rtgt::fuzzing::access);
+    replay("access", rtgt_testkit::fuzzing::access);
 }

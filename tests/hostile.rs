@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{TARGET, memory_config, start};
-use rtgt::initiator::rw16;
 use rtgt::pdu::{self, Bhs, Digests, Pdu};
 use rtgt::scsi::encode_lun;
 use rtgt::scsi::{LogicalUnit, LuConfig, LuIdentity};
 use rtgt::storage::{BlockStore, BoxFuture, StoreCaps, StoreResult};
+use rtgt_testkit::initiator::rw16;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -249,8 +249,9 @@ async fn a_connection_flood_is_bounded() {
     until("the flood admitted up to its bound", || t.server.admission.counts().0 == 32).await;
     assert!(t.server.admission.counts().0 <= 32);
     let stream = connect_from("127.0.0.3", t.addr).await;
-    let config = rtgt::initiator::InitiatorConfig { isid: 6, ..Default::default() };
-    let s = rtgt::initiator::Session::login(stream, &config, Some(TARGET)).await.expect("another address logs in");
+    let config = rtgt_testkit::initiator::InitiatorConfig { isid: 6, ..Default::default() };
+    let s =
+        rtgt_testkit::initiator::Session::login(stream, &config, Some(TARGET)).await.expect("another address logs in");
     s.logout().await.unwrap();
     drop(held);
     until("all released", || t.server.admission.counts() == (0, 0)).await;

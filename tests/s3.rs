@@ -204,7 +204,7 @@ async fn the_local_store_converts_what_s3s_fs_left() {
         let v = open(&Arc::new(aws), "old").await.unwrap();
         v.write(2 * CHUNK, Bytes::from(data.clone()), false).await.unwrap();
         v.write(512, Bytes::from(vec![7u8; 4096]), true).await.unwrap(); // logged, left for replay
-        v.simulate_crash();
+        v.abandon();
     }
     let root = embedded::open_root(dir.path()).unwrap();
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -338,8 +338,8 @@ async fn libiscsi_writes_survive_a_target_restart() {
 /// The first 256 blocks of LUN 1, read with the library's initiator.
 async fn read_lun(addr: std::net::SocketAddr) -> Bytes {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let cfg = rtgt::initiator::InitiatorConfig { isid: 0x99, ..Default::default() };
-    let s = rtgt::initiator::Session::login(stream, &cfg, Some(common::TARGET)).await.unwrap();
+    let cfg = rtgt_testkit::initiator::InitiatorConfig { isid: 0x99, ..Default::default() };
+    let s = rtgt_testkit::initiator::Session::login(stream, &cfg, Some(common::TARGET)).await.unwrap();
     s.clear_unit_attentions(1).await.unwrap();
     let data = s.read(1, 0, 256, 512).await.unwrap();
     s.logout().await.unwrap();
@@ -414,7 +414,7 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
         root.create_bucket("vols").unwrap();
         let v = open(&root).await.unwrap();
         v.write(0, Bytes::from(vec![3u8; 4096]), true).await.unwrap(); // logged
-        v.simulate_crash();
+        v.abandon();
         Arc::downgrade(&root)
     };
     // The store's lock goes with its last user (a blocking job may still be finishing).

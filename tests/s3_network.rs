@@ -1,5 +1,5 @@
 //! An S3 LUN whose store is at a distance: the embedded store over HTTP behind a network
-//! emulator (`rtgt::netem`), a target in this process, and an initiator. The store goes away
+//! emulator (`rtgt_testkit::netem`), a target in this process, and an initiator. The store goes away
 //! for longer than the lease, or sits behind a slow capped link; the initiator must see no
 //! errors for plain writes, a SYNCHRONIZE CACHE must wait and then succeed, and every
 //! acknowledged write must be in the store afterwards (read back by a second target). With a
@@ -13,10 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::TestTarget;
 use rtgt::config::Config;
-use rtgt::initiator::{InitiatorConfig, Session, rw16};
-use rtgt::netem::{LinkSpec, Netem, Reach};
 use rtgt::rng::Rng;
 use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt_testkit::initiator::{InitiatorConfig, Session, rw16};
+use rtgt_testkit::netem::{LinkSpec, Netem, Reach};
 
 const LUN: u16 = 1;
 const BLOCK: u64 = 512;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{TestTarget, start};
 use rtgt::config::Config;
-use rtgt::initiator::{InitiatorConfig, Session};
 use rtgt::pdu::tmf;
+use rtgt_testkit::initiator::{InitiatorConfig, Session};
 use tokio::process::Command;
 
 const OPEN: &str = "iqn.2026-12.dev.rtgt:open";
@@ -180,7 +180,7 @@ async fn login_from(
     source: &str,
     initiator: &str,
     isid: u64,
-) -> Result<Session, rtgt::initiator::Error> {
+) -> Result<Session, rtgt_testkit::initiator::Error> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let stream = socket.connect(t.addr).await.unwrap();
@@ -215,7 +215,7 @@ async fn only_the_sessions_own_address_may_reinstate_it() {
     let Err(refused) = login_from(&t, "127.0.0.2", ALLOWED, 7).await else {
         panic!("a login from elsewhere is refused")
     };
-    assert!(matches!(refused, rtgt::initiator::Error::Login { class: 3, detail: 1 }), "{refused}");
+    assert!(matches!(refused, rtgt_testkit::initiator::Error::Login { class: 3, detail: 1 }), "{refused}");
     first.nop(Bytes::from_static(b"untouched")).await.unwrap();
     let again = login_from(&t, "127.0.0.1", ALLOWED, 7).await.unwrap();
     again.nop(Bytes::from_static(b"reinstated")).await.unwrap();

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{BS, TARGET, TestTarget, eventually, memory_config, start};
-use rtgt::initiator::{self, Error, InitiatorConfig, Session, rw16};
 use rtgt::pdu::{self, Bhs, Digests, Pdu, tmf};
+use rtgt_testkit::initiator::{self, Error, InitiatorConfig, Session, rw16};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt::fuzzing::login(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt_testkit::fuzzing::login(data));

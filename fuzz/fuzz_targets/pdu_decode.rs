@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt::fuzzing::pdu_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt_testkit::fuzzing::pdu_decode(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt::fuzzing::text_parse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt_testkit::fuzzing::text_parse(data));

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt::fuzzing::volume_format(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rtgt_testkit::fuzzing::volume_format(data));

@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rtgt::initiator::{CommandResult, Session, rw16};
 use rtgt::mutants::Mutant;
 use rtgt::rng::Rng;
+use rtgt_testkit::initiator::{CommandResult, Session, rw16};
 
 use crate::mem_s3::{Cut, MemS3};
 use crate::model::BLOCK;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rtgt::clock::{Clock, TokioClock};
-use rtgt::initiator::{InitiatorConfig, Session, rw16};
 use rtgt::mutants::Mutant;
 use rtgt::node::NodeId;
 use rtgt::rng::Rng;
@@ -24,6 +23,7 @@ use rtgt::s3::url::S3Url;
 use rtgt::s3::volume::{CreateSpec, LEASE_NAME, VolumeOptions};
 use rtgt::scsi::{LuConfig, LuIdentity};
 use rtgt::server::{Registry, Server, Settings, TargetEntry};
+use rtgt_testkit::initiator::{InitiatorConfig, Session, rw16};
 
 use crate::mem_s3::{Cut, MemS3};
 use crate::model::{BLOCK, Model};

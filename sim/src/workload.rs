@@ -6,9 +6,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rtgt::initiator::{CommandResult, Error, InitiatorConfig, Session, Violations, rw16};
 use rtgt::pdu::tmf;
 use rtgt::rng::Rng;
+use rtgt_testkit::initiator::{CommandResult, Error, InitiatorConfig, Session, Violations, rw16};
 
 use crate::model::{BLOCK, Model, WriteId, encode_block};
 use crate::world::{BLOCKS, PORT, TARGET};

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rtgt::config::Config;
-use rtgt::initiator::{InitiatorConfig, Session};
 use rtgt::server::{Registry, Server, TokioClock, TokioNet};
+use rtgt_testkit::initiator::{InitiatorConfig, Session};
 use tokio::net::TcpStream;
 
 pub const TARGET: &str = "iqn.2026-11.dev.rtgt:test";

@@ -3,7 +3,7 @@
 //! Both targets export one 1 GiB LU with the same kind of backing (memory: rtgt's memory backend
 //! against a tgtd rdwr file in /dev/shm; file: a regular file each, on one filesystem), both
 //! negotiate the same limits, and both are driven by the same clients: rtgt's own load generator
-//! (`rtgt bench-load`, the library's initiator) and libiscsi's `iscsi-perf`. Runs alternate
+//! (`rtgt-bench load`, the library's initiator) and libiscsi's `iscsi-perf`. Runs alternate
 //! (rtgt, tgtd, rtgt, tgtd, ...) and the table shows medians. Results go to stdout,
 //! `target/bench/targets.json` and `target/bench/targets.svg`.
 //!
@@ -22,324 +22,25 @@ use crate::{USAGE, build_release, free_port, root};
 mod loopback;
 mod process;
 mod report;
+mod runner;
 mod setup;
+mod workloads;
 
 use loopback::*;
 use process::*;
 pub(crate) use process::{Serve, Watched, wait_for_port};
 pub(crate) use report::median;
 use report::*;
+use runner::*;
+pub(crate) use runner::{bench_load, json_number};
 use setup::*;
+use workloads::*;
 
 const RTGT_IQN: &str = "iqn.2026-11.dev.rtgt:bench";
 const TGTD_IQN: &str = "iqn.2026-11.dev.rtgt:bench-tgtd";
 const LUN_SIZE: u64 = 1 << 30;
 /// The LUs' logical block size (both targets' default); iscsi-perf counts in these.
 const LBA: u32 = 512;
-
-// ---------------------------------------------------------------- workloads
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Backing {
-    Memory,
-    File,
-}
-
-impl Backing {
-    fn name(self) -> &'static str {
-        match self {
-            Backing::Memory => "memory",
-            Backing::File => "file",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Client {
-    /// `rtgt bench-load`.
-    Own,
-    /// libiscsi's iscsi-perf (reads only).
-    IscsiPerf,
-}
-
-impl Client {
-    fn name(self) -> &'static str {
-        match self {
-            Client::Own => "own",
-            Client::IscsiPerf => "iscsi-perf",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Rtgt,
-    Tgtd,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Rtgt => "rtgt",
-            Kind::Tgtd => "tgtd",
-        }
-    }
-}
-
-struct Workload {
-    name: &'static str,
-    /// A `rtgt bench-load --pattern`.
-    pattern: &'static str,
-    block_size: u32,
-    /// Commands in flight per session.
-    queue_depth: u32,
-    /// Sessions of the own client, each with its own queue (iscsi-perf: one).
-    sessions: u32,
-}
-
-impl Workload {
-    fn reads(&self) -> bool {
-        self.pattern.ends_with("read")
-    }
-}
-
-const fn w(name: &'static str, pattern: &'static str, block_size: u32, queue_depth: u32) -> Workload {
-    Workload { name, pattern, block_size, queue_depth, sessions: 1 }
-}
-
-const fn many(name: &'static str, pattern: &'static str, sessions: u32, queue_depth: u32) -> Workload {
-    Workload { name, pattern, block_size: 4096, queue_depth, sessions }
-}
-
-const WORKLOADS: [Workload; 12] = [
-    w("randread 4K QD1", "randread", 4096, 1),
-    w("randwrite 4K QD1", "randwrite", 4096, 1),
-    w("randread 4K QD32", "randread", 4096, 32),
-    w("randwrite 4K QD32", "randwrite", 4096, 32),
-    many("randread 4K 8 sessions x QD4", "randread", 8, 4),
-    many("randwrite 4K 8 sessions x QD4", "randwrite", 8, 4),
-    many("randread 4K 64 sessions x QD1", "randread", 64, 1),
-    many("randwrite 4K 64 sessions x QD1", "randwrite", 64, 1),
-    w("seqread 128K QD8", "seqread", 128 << 10, 8),
-    w("seqwrite 128K QD8", "seqwrite", 128 << 10, 8),
-    w("seqread 1M QD8", "seqread", 1 << 20, 8),
-    w("seqwrite 1M QD8", "seqwrite", 1 << 20, 8),
-];
-
-/// The negotiation limits tgtd is given: rtgt's defaults (config.rs), so that both targets
-/// move the same PDUs.
-const TGTD_PARAMS: [(&str, &str); 6] = [
-    ("MaxRecvDataSegmentLength", "262144"),
-    ("MaxXmitDataSegmentLength", "262144"),
-    ("MaxBurstLength", "1048576"),
-    ("FirstBurstLength", "262144"),
-    ("InitialR2T", "No"),
-    ("ImmediateData", "Yes"),
-];
-
-struct Options {
-    seconds: u64,
-    runs: usize,
-    threads: usize,
-    backings: Vec<Backing>,
-    clients: Vec<Client>,
-    only: Vec<String>,
-    /// rtgt's backend for the file LU: "file" (positioned I/O) or "uring".
-    rtgt_file_backend: &'static str,
-    file_state: FileState,
-}
-
-/// How the file LUs come to hold data before the runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum FileState {
-    /// Sparse, then filled through each target with 1 MiB writes.
-    Target,
-    /// Random data written in 1 MiB pieces by another program (as `dd` does) before the
-    /// targets start: in the page cache as large folios.
-    Dd,
-}
-
-impl FileState {
-    fn name(self) -> &'static str {
-        match self {
-            FileState::Target => "written through the target",
-            FileState::Dd => "written by dd before the targets started",
-        }
-    }
-}
-
-/// `cargo xtask bench [targets]`: rtgt and tgtd side by side.
-#[derive(clap::Parser, Debug)]
-#[command(name = "targets", bin_name = "cargo xtask bench targets", disable_version_flag = true)]
-struct TargetsArgs {
-    /// Seconds per run (default 10; 3 with --quick).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    seconds: Option<u64>,
-    /// Runs of each workload on each target, alternating (default 3; 1 with --quick).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    runs: Option<u64>,
-    /// Threads of the own load generator.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    threads: u64,
-    /// Short runs, one each.
-    #[arg(long)]
-    quick: bool,
-    /// Only this backing (default: memory and file).
-    #[arg(long, value_enum)]
-    backing: Option<Backing>,
-    /// Only this client (default: own and iscsi-perf).
-    #[arg(long, value_enum)]
-    client: Option<Client>,
-    /// rtgt's backend for the file LU.
-    #[arg(long, value_parser = ["file", "uring"], default_value = "file")]
-    rtgt_file_backend: String,
-    /// How the file LUs come to hold data before the runs.
-    #[arg(long, value_enum, default_value = "target")]
-    file_state: FileState,
-    /// Workloads whose name contains it (randread, 4K, QD32...); repeatable.
-    #[arg(long)]
-    only: Vec<String>,
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let argv = std::iter::once("targets".to_string()).chain(args.iter().cloned());
-    let a = match <TargetsArgs as clap::Parser>::try_parse_from(argv) {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => return Err(format!("{e}\n{USAGE}")),
-        Err(help) => {
-            print!("{help}");
-            std::process::exit(0);
-        }
-    };
-    Ok(Options {
-        seconds: a.seconds.unwrap_or(if a.quick { 3 } else { 10 }),
-        runs: a.runs.unwrap_or(if a.quick { 1 } else { 3 }) as usize,
-        threads: a.threads as usize,
-        backings: a.backing.map_or(vec![Backing::Memory, Backing::File], |b| vec![b]),
-        clients: a.client.map_or(vec![Client::Own, Client::IscsiPerf], |c| vec![c]),
-        only: a.only.iter().map(|o| o.to_lowercase()).collect(),
-        rtgt_file_backend: if a.rtgt_file_backend == "uring" { "uring" } else { "file" },
-        file_state: a.file_state,
-    })
-}
-
-// ---------------------------------------------------------------- clients
-
-#[derive(Debug, Clone)]
-struct Sample {
-    iops: f64,
-    mb_s: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
-    /// The target's CPU time per command (user and system), in microseconds.
-    cpu_us: Option<f64>,
-}
-
-/// The number at `path` (keys from the top) of a JSON document (the load generator's and
-/// iperf3's output).
-pub(crate) fn json_number(text: &str, path: &[&str]) -> Option<f64> {
-    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
-    path.iter().try_fold(&doc, |v, key| v.get(key))?.as_f64()
-}
-
-/// One run of rtgt's load generator (`rtgt bench-load`) on `iqn` at `portal` for `seconds`,
-/// with `options` (flag, value); returns its JSON result.
-pub(crate) fn bench_load(
-    rtgt: &Path,
-    dir: &Path,
-    portal: SocketAddr,
-    iqn: &str,
-    options: &[(&str, String)],
-    seconds: u64,
-) -> Result<String, String> {
-    let json = dir.join("load.json");
-    let _ = std::fs::remove_file(&json);
-    let mut args: Vec<String> =
-        ["bench-load", "--portal", &portal.to_string(), "--target", iqn].iter().map(|s| s.to_string()).collect();
-    for (flag, value) in options {
-        args.extend([flag.to_string(), value.clone()]);
-    }
-    args.extend(["--seconds".to_string(), seconds.to_string(), "--json".to_string(), json.display().to_string()]);
-    // Login, draining the queue, a 30 s command timeout and logout fit in the margin.
-    let ran = run_limited(rtgt, &args, Duration::from_secs(seconds + 60), dir)?;
-    if !ran.success {
-        return Err(format!("bench-load {}: {}", ran.status, last_line(&ran.stderr)));
-    }
-    std::fs::read_to_string(&json).map_err(|e| format!("bench-load wrote no result: {e}"))
-}
-
-struct Runner {
-    rtgt: PathBuf,
-    iscsi_perf: PathBuf,
-    seconds: u64,
-    threads: usize,
-    dir: PathBuf,
-}
-
-impl Runner {
-    fn own(&self, t: &Target, w: &Workload, seconds: u64, seed: usize) -> Result<Sample, String> {
-        let options = [
-            ("--lun", "1".to_string()),
-            ("--pattern", w.pattern.to_string()),
-            ("--block-size", w.block_size.to_string()),
-            ("--queue-depth", w.queue_depth.to_string()),
-            ("--connections", w.sessions.to_string()),
-            ("--threads", self.threads.to_string()),
-            ("--seed", seed.to_string()),
-        ];
-        let text = bench_load(&self.rtgt, &self.dir, t.addr, t.iqn, &options, seconds)?;
-        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
-        if get("ios")? == 0.0 {
-            return Err("bench-load completed no command".into());
-        }
-        Ok(Sample {
-            iops: get("iops")?,
-            mb_s: get("mb_per_s")?,
-            p50_us: Some(get("lat_p50_us")?),
-            p99_us: Some(get("lat_p99_us")?),
-            cpu_us: None,
-        })
-    }
-
-    /// iscsi-perf: `-b` blocks per read, `-m` reads in flight, `-r` random (512-byte aligned
-    /// offsets), `-t` seconds. It ignores the first SIGTERM while reads are in flight and may
-    /// never stop if its progress tick misses the last second, so it runs under SIGKILL after
-    /// seconds + 10.
-    fn perf(&self, t: &Target, w: &Workload) -> Result<Sample, String> {
-        let url = format!("iscsi://{}/{}/1", t.addr, t.iqn);
-        let mut args: Vec<String> = vec![
-            "-t".into(),
-            self.seconds.to_string(),
-            "-m".into(),
-            w.queue_depth.to_string(),
-            "-b".into(),
-            (w.block_size / LBA).to_string(),
-        ];
-        if w.pattern == "randread" {
-            args.push("-r".into());
-        }
-        args.push(url);
-        let ran = run_limited(&self.iscsi_perf, &args, Duration::from_secs(self.seconds + 10), &self.dir)?;
-        // Progress lines end in '\r'; the last "iops average N" is the whole run's.
-        let average = ran
-            .stdout
-            .split(['\r', '\n'])
-            .filter_map(|l| l.split("iops average ").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .next_back();
-        let finished = ran.stdout.contains("finished.");
-        match average {
-            Some(iops) if ran.success && finished => {
-                Ok(Sample { iops, mb_s: iops * w.block_size as f64 / 1e6, p50_us: None, p99_us: None, cpu_us: None })
-            }
-            _ => Err(format!(
-                "iscsi-perf {}: {}",
-                ran.status,
-                last_line(&format!("{}\n{}", ran.stdout.replace('\r', "\n"), ran.stderr))
-            )),
-        }
-    }
-}
 
 // ---------------------------------------------------------------- the benchmark
 
@@ -568,7 +269,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
             TGTD_PARAMS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
         ),
         format!(
-            "own client: rtgt bench-load, one session (the \"N sessions\" workloads: N), {} thread(s); iscsi-perf (libiscsi 1.19): reads only (it has no write mode), random offsets 512-byte aligned, no latency figures",
+            "own client: rtgt-bench load, one session (the \"N sessions\" workloads: N), {} thread(s); iscsi-perf (libiscsi 1.19): reads only (it has no write mode), random offsets 512-byte aligned, no latency figures",
             options.threads
         ),
         format!(

@@ -1,7 +1,7 @@
 //! `cargo xtask bench s3 --reads`: reads through iSCSI from an S3 LUN on the embedded store
 //! (the default `rtgt serve` path, in-process) beside a file LUN on the same machine, with
 //! data in rtgt's cache and cold (the cache emptied by a restart). Driven by rtgt's load
-//! generator (`bench-load`) for latency percentiles; one run each. Results on stdout and in
+//! generator (`rtgt-bench load`) for latency percentiles; one run each. Results on stdout and in
 //! `target/bench/s3-reads.json`.
 
 use std::net::SocketAddr;
@@ -56,11 +56,11 @@ impl Bench {
             ("--block-size", block_size.to_string()),
             ("--queue-depth", depth.to_string()),
         ];
-        let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
+        let text = bench_load(&self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
-        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
+        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
         if get("errors")? != 0.0 {
-            return Err(format!("bench-load {pattern} on LUN {lun}: {} errors", get("errors")?));
+            return Err(format!("rtgt-bench load {pattern} on LUN {lun}: {} errors", get("errors")?));
         }
         Ok(Sample { mb_s: get("mb_per_s")?, iops: get("iops")?, p50_us: get("lat_p50_us")? })
     }

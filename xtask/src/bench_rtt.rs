@@ -1,7 +1,7 @@
 //! `cargo xtask bench s3 --rtt 20ms --iscsi [--bandwidth 100Mbit] [--seconds N]`: the S3
 //! volume's goal table through iSCSI. `rtgt serve` (release) exports S3 LUNs whose store, the
-//! embedded one, sits behind the network emulator (`rtgt bench-s3-remote`); rtgt's load
-//! generator (`bench-load`, the library's initiator) drives them. One run per row. Results on
+//! embedded one, sits behind the network emulator (`rtgt-bench s3-remote`); rtgt's load
+//! generator (`rtgt-bench load`, the library's initiator) drives them. One run per row. Results on
 //! stdout and in `target/bench/s3-rtt.json`.
 
 use std::net::SocketAddr;
@@ -66,9 +66,9 @@ impl Bench {
         if fua {
             options.push(("--fua", "true".to_string()));
         }
-        let text = bench_load(&self.serve.rtgt, &self.serve.dir, self.serve.addr, IQN, &options, seconds)
+        let text = bench_load(&self.serve.dir, self.serve.addr, IQN, &options, seconds)
             .map_err(|e| format!("{pattern} on LUN {lun}: {e}"))?;
-        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
+        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
         Ok(Sample {
             iops: get("iops")?,
             mb_s: get("mb_per_s")?,
@@ -124,9 +124,10 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn measure(dir: &Path, store_dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
     let rtgt = root().join("target/release/rtgt");
+    let bench = root().join("target/release/rtgt-bench");
     let store_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let store_args: Vec<String> = [
-        "bench-s3-remote",
+        "s3-remote",
         "--dir",
         &store_dir.display().to_string(),
         "--listen",
@@ -140,7 +141,7 @@ fn measure(dir: &Path, store_dir: &Path, args: &Args) -> Result<Vec<Row>, String
     .map(|s| s.to_string())
     .collect();
     let store_log = dir.join("store.log");
-    let store = Watched::spawn("the store", &rtgt, &store_args, &store_log, &[("RUST_LOG", "warn")])?;
+    let store = Watched::spawn("the store", &bench, &store_args, &store_log, &[("RUST_LOG", "warn")])?;
     wait_for_port(store_addr, &store, &store_log)?;
 
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");

@@ -180,14 +180,14 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize) -> Result<Vec<R
                 ("--block-size", "4096".to_string()),
                 ("--queue-depth", "32".to_string()),
             ];
-            let text = bench_load(&serve.rtgt, &serve.dir, addr, IQN, &options, seconds)?;
+            let text = bench_load(&serve.dir, addr, IQN, &options, seconds)?;
             let snapshot_s = match taker {
                 Some(t) => Some(t.join().map_err(|_| "the snapshot thread panicked".to_string())??),
                 None => None,
             };
-            let get = |k: &str| json_number(&text, &[k]).ok_or(format!("bench-load result without {k}"));
+            let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
             if get("errors")? != 0.0 {
-                return Err(format!("bench-load: {} errors", get("errors")?));
+                return Err(format!("rtgt-bench load: {} errors", get("errors")?));
             }
             Ok(Run {
                 iops: get("iops")?,

@@ -170,9 +170,10 @@ pub(crate) fn build_debug() -> Result<(), String> {
     run(cargo().args(["build", "--quiet"]).args(TARGET_BUILD))
 }
 
-/// The release build of the `rtgt` binary, for the benchmarks.
+/// The release builds of the `rtgt` binary and of `rtgt-bench` (the load generator and the S3
+/// benchmarks), for the benchmarks.
 fn build_release() -> Result<(), String> {
-    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt"]))
+    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt", "--bin", "rtgt-bench"]))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -614,7 +615,7 @@ struct BenchS3 {
 }
 
 impl BenchS3 {
-    /// The options of `rtgt bench-s3-network`; none: the request-count benchmark runs instead.
+    /// The options of `rtgt-bench s3-network`; none: the request-count benchmark runs instead.
     fn network(&self) -> Vec<String> {
         let flags = [
             ("--rtt-ms", &self.rtt),
@@ -666,16 +667,16 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let (json, result) = if network.is_empty() {
         let json = out.join("s3.json");
-        let result = run(Command::new(root().join("target/release/rtgt"))
-            .args(["bench-s3", "--scale", &scale, "--dir"])
+        let result = run(Command::new(root().join("target/release/rtgt-bench"))
+            .args(["s3", "--scale", &scale, "--dir"])
             .arg(&dir)
             .arg("--json")
             .arg(&json));
         (json, result)
     } else {
         let json = out.join("s3-network.json");
-        let result = run(Command::new(root().join("target/release/rtgt"))
-            .args(["bench-s3-network", "--dir"])
+        let result = run(Command::new(root().join("target/release/rtgt-bench"))
+            .args(["s3-network", "--dir"])
             .arg(&dir)
             .args(&network)
             .arg("--json")

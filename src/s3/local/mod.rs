@@ -12,7 +12,8 @@
 mod crash_fs;
 mod fs;
 mod legacy;
-pub(crate) mod object_file;
+#[doc(hidden)] // public for the fuzz target of its header parser
+pub mod object_file;
 mod segment_record;
 mod segment_store;
 

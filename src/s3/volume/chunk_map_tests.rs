@@ -47,7 +47,7 @@ async fn the_newest_version_wins_after_a_crash_and_the_rest_is_swept() {
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     merged(&v, 1).await;
     merged(&v, 2).await;
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     assert_eq!(versions(&h, 0).len(), 2, "the crash left the older version behind");
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
@@ -75,7 +75,7 @@ async fn a_zeroed_chunk_loses_every_version_and_older_ones_never_resurface() {
     // A FUA write of zeros: a zero record in a log, then the deletions (which fail).
     assert!(v.write(0, Bytes::from(vec![0u8; CHUNK_64K as usize]), true).await.is_err());
     assert_eq!(versions(&h, 0), vec![newest.clone()]);
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     h.mem.refuse_deletes(None);
     // The write failed: the chunk reads as before it or as zeros, never as the older version.

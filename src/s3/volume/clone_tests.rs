@@ -68,7 +68,7 @@ async fn a_clone_reads_its_snapshot_until_written_and_never_touches_its_parent()
     v.unmap(2 * CHUNK_64K, CHUNK_64K).await.unwrap();
     v.merge_chunks(&v.dirty_chunks()).await.unwrap();
     v.sweep_garbage().await;
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(CHUNK_64K, 4, "b").await.unwrap();
     let one = chunk(&v, 1).await;
@@ -94,7 +94,7 @@ async fn a_logged_write_to_an_inherited_chunk_survives_a_crash() {
     clone_of_base(&h, "vol").await;
     let v = h.open(CHUNK_64K, 4, "b").await.unwrap();
     v.write(2 * CHUNK_64K, block(5), true).await.unwrap(); // in a log only
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(CHUNK_64K, 4, "b").await.unwrap();
     let two = chunk(&v, 2).await;

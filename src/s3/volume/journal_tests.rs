@@ -39,7 +39,7 @@ async fn a_fua_write_is_durable_in_the_journal_while_the_store_is_away() {
     assert!(started.elapsed() < Duration::from_millis(10), "waited {:?}", started.elapsed());
     assert_eq!(store_logs(&h), 0, "nothing reached the object store");
     assert_eq!(jmem.objects().len(), 2, "two journal logs");
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     h.mem.set_faults(Faults::default());
     let again = h.open_with(opts).await.unwrap();
@@ -63,7 +63,7 @@ async fn journal_logs_reach_the_store_and_leave_the_journal() {
     assert_eq!(jmem.objects().len(), 0, "uploaded within a flush interval");
     assert_eq!(v.counters().journal_uploads, 8);
     assert_eq!(store_logs(&h), 8);
-    v.simulate_crash();
+    v.abandon();
     let other = h.open_with(on_node(h.options(CHUNK_64K, 4, "b"), "n2")).await.unwrap();
     for i in 0..8u64 {
         assert_eq!(other.read(i * 512, 512).await.unwrap(), block(i as u8 + 1));
@@ -80,7 +80,7 @@ async fn a_journal_superseded_by_another_nodes_open_is_set_aside() {
     let a = h.open_with(opts.clone()).await.unwrap();
     h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
     a.write(0, block(1), true).await.unwrap();
-    a.simulate_crash();
+    a.abandon();
     drop(a);
     h.mem.set_faults(Faults::default());
     let b = h.open_with(on_node(h.options(CHUNK_64K, 4, "b"), "n2")).await.unwrap();
@@ -93,7 +93,7 @@ async fn a_journal_superseded_by_another_nodes_open_is_set_aside() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].contains("/stale-"), "set aside, not deleted: {kept:?}");
     again.write(0, block(3), true).await.unwrap();
-    again.simulate_crash();
+    again.abandon();
     let last = h.open_with(with_journal(h.options(CHUNK_64K, 4, "c"), "n1", &journal)).await.unwrap();
     assert_eq!(last.read(0, 512).await.unwrap(), block(3), "its own journal is replayed again");
 }
@@ -147,7 +147,7 @@ async fn a_journal_write_cut_short_by_a_power_loss_is_whole_or_invisible() {
         h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
         fs.die_after(step);
         let acked = v.write(512, block(2), true).await.is_ok();
-        v.simulate_crash();
+        v.abandon();
         drop((v, journal));
         fs.power_loss();
         h.mem.set_faults(Faults::default());

@@ -1175,11 +1175,10 @@ impl S3Volume {
         self.cache().logs.len()
     }
 
-    /// Stops all object store traffic at once, as if the process died (model checks, and a
-    /// close that failed): the cache is abandoned, nothing more is written, the lease is not
-    /// renewed (nor released).
-    #[doc(hidden)]
-    pub fn simulate_crash(&self) {
+    /// Stops all object store traffic at once, as if the process died: the cache is abandoned,
+    /// nothing more is written, the lease is not renewed (nor released). What a close that
+    /// failed does; tests use it as a crash.
+    pub fn abandon(&self) {
         if let Some(keeper) = self.keeper.lock().expect("poisoned").take() {
             keeper.abort();
         }
@@ -1205,7 +1204,7 @@ impl S3Volume {
                 Ok(())
             }
             Err(e) => {
-                self.simulate_crash();
+                self.abandon();
                 Err(e)
             }
         }

@@ -76,7 +76,7 @@ async fn writes_waiting_for_room_are_served_in_turn() {
 /// The same with new writes taking the room before those waiting (the planted bug): some
 /// writer is passed over again and again. (Before the room had an order, writers that made
 /// their own room were passed over until their deadline: 25 NOT READY a minute on loopback in
-/// `bench-s3-network --only "more than"`.)
+/// `rtgt-bench s3-network --only "more than"`.)
 #[tokio::test(start_paused = true)]
 async fn with_barging_writes_some_writer_waits_far_longer() {
     let h = Harness::new();

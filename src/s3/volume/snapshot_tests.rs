@@ -55,7 +55,7 @@ async fn a_snapshot_holds_what_was_written_before_it_through_writes_unmaps_and_s
         "the unmapped chunk is not zeros"
     );
     // Through a crash and a reopen, with its sweeps.
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     v.sweep_garbage().await;
@@ -154,7 +154,7 @@ async fn a_damaged_manifest_stops_every_sweep() {
     v.create_snapshot(name("s")).await.unwrap();
     v.write(0, fill(2), false).await.unwrap();
     v.merge_chunk(0).await.unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let key = Manifest::key(&url(), &name("s"));
     let mut body = h.mem.objects()[&key].to_vec();

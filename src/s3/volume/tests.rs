@@ -225,7 +225,7 @@ async fn a_compressed_volume_stores_text_in_half_and_reads_it_back_through_a_cra
         let v = h.open_with(opts()).await.unwrap();
         assert_eq!(v.read(0, 3 * chunk as usize).await.unwrap(), data, "{codec}");
         v.write(chunk + 512, Bytes::from(vec![5u8; 4096]), true).await.unwrap();
-        v.simulate_crash();
+        v.abandon();
         drop(v);
         let v = h.open_with(opts()).await.unwrap();
         assert_eq!(v.read(chunk + 512, 4096).await.unwrap(), Bytes::from(vec![5u8; 4096]), "{codec}");
@@ -254,7 +254,7 @@ async fn an_encrypted_volume_keeps_its_data_sealed_through_logs_merges_and_a_cra
     v.merge_chunks(&[0]).await.unwrap();
     v.write(chunk + 4096, block(7), true).await.unwrap(); // logged, not merged
     v.write(2 * chunk, block(8), false).await.unwrap(); // neither
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     for (key, body) in h.mem.objects() {
         let clear = key.contains("/chunks/") || key.contains("/log/");
@@ -428,13 +428,13 @@ async fn a_restart_on_the_same_node_takes_the_lease_back_at_once() {
     let h = Harness::new();
     let a = h.open_with(on_node(h.options(64 * 1024, 4, "pid-1"), "n1")).await.unwrap();
     a.write(0, block(4), true).await.unwrap();
-    a.simulate_crash();
+    a.abandon();
     drop(a);
     let started = tokio::time::Instant::now();
     let again = h.open_with(on_node(h.options(64 * 1024, 4, "pid-2"), "n1")).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     assert_eq!(again.read(0, 512).await.unwrap(), block(4));
-    again.simulate_crash();
+    again.abandon();
     // Another node waits out the silent holder's lease, then takes it.
     let started = tokio::time::Instant::now();
     let other = h.open_with(on_node(h.options(64 * 1024, 4, "pid-3"), "n2")).await.unwrap();
@@ -524,7 +524,7 @@ async fn a_sync_during_an_outage_waits_and_succeeds_when_the_store_returns() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     h.mem.set_faults(Faults::default());
     flush.await.expect("task").expect("the SYNC succeeds");
-    v.simulate_crash();
+    v.abandon();
     let again = h.open_with(on_node(h.options(64 * 1024, 4, "b"), "n2")).await.unwrap();
     for i in 0..40u64 {
         assert_eq!(again.read(i * 512, 512).await.unwrap(), block(i as u8 + 1));
@@ -797,7 +797,7 @@ async fn a_zero_merge_racing_a_logged_write_keeps_the_write() {
     v.flush().await.unwrap(); // a small write: logged
     h.mem.release_all();
     merge.await.unwrap().unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(chunk, 4, "a").await.unwrap();
     let got = v.read(5 * 512, 512).await.unwrap();
@@ -831,7 +831,7 @@ async fn a_sync_whose_zero_merge_is_overtaken_is_still_durable() {
     v.write(12 * BS, block(0xcc), false).await.unwrap();
     h.mem.release_all();
     sync.await.unwrap().unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(chunk, 4, "a").await.unwrap();
     assert_eq!(v.read(0, BS as usize).await.unwrap(), block(0), "the zeros the SYNC covered are durable");
@@ -883,7 +883,7 @@ async fn replay_deletes_a_zero_chunk_only_after_a_zero_record() {
     // Log 2: block 32 zeroed: chunk 2 is all zeros now.
     v.write(32 * BS, block(0), false).await.unwrap();
     v.flush().await.unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     h.mem.refuse_deletes(Some("vol/log/"));
     assert!(h.open_with(big_cache.clone()).await.is_err(), "the logs cannot be deleted");
@@ -1238,7 +1238,7 @@ async fn run_model(ops: Vec<Op>, variant: Variant) -> Result<(), TestCaseError> 
                 disk.set_faults(set);
             }
             Op::Crash => {
-                v.simulate_crash();
+                v.abandon();
                 drop(v);
                 // Requests already in flight may still land, as after a real crash.
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -1475,7 +1475,7 @@ async fn run_bound(ops: Vec<BoundOp>) -> Result<(), TestCaseError> {
             }
             BoundOp::Tick { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
             BoundOp::Crash => {
-                v.simulate_crash();
+                v.abandon();
                 drop(v);
                 cache = if cache == SMALL_CACHE { 3 * SMALL_CACHE } else { SMALL_CACHE };
                 v = open(cache).await?;
@@ -1578,7 +1578,7 @@ async fn an_acknowledged_atomic_write_survives_a_crash_whole() {
     let (at, len) = (chunk - 4096, 2 * chunk as usize);
     v.write_atomic(at, Bytes::from(vec![0xa6u8; len]), false).await.unwrap();
     v.write(3 * chunk, block(2), false).await.unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(chunk, 4, "a").await.unwrap();
     assert_eq!(v.read(at, len).await.unwrap(), vec![0xa6u8; len]);
@@ -1610,7 +1610,7 @@ async fn an_atomic_write_waits_out_a_short_outage_and_fails_whole_in_a_long_one(
     let long = v.write_atomic(3 * chunk - 4096, Bytes::from(vec![0x5bu8; len]), false).await;
     assert!(not_ready(long), "past its deadline: NOT READY");
     h.mem.set_faults(Faults::default());
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open_with(on_node(h.options(chunk, 4, "b"), "n2")).await.unwrap();
     assert_eq!(v.read(at, len).await.unwrap(), vec![0xa6u8; len], "the acknowledged one, whole");
@@ -1636,7 +1636,7 @@ async fn an_atomic_write_cut_by_a_crash_leaves_nothing() {
     v.merge_chunks(&[3]).await.unwrap();
     assert!(!atomic.is_finished());
     atomic.abort();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     h.mem.release_all();
     let v = h.open(chunk, 4, "a").await.unwrap();
@@ -1659,7 +1659,7 @@ async fn a_sync_after_a_failed_unmap_makes_its_zeros_durable() {
     assert!(v.unmap(0, chunk).await.is_err());
     h.mem.refuse_deletes(None);
     v.flush().await.unwrap();
-    v.simulate_crash();
+    v.abandon();
     drop(v);
     let v = h.open(chunk, 4, "a").await.unwrap();
     let read = v.read(0, chunk as usize).await.unwrap();

@@ -4,9 +4,9 @@
 
 use bytes::BytesMut;
 
-use crate::iscsi::login::{Login, LoginContext, LoginOutcome};
-use crate::iscsi::params::TargetLimits;
-use crate::pdu::{Bhs, Digests, Limits, Pdu, text};
+use rtgt::iscsi::login::{Login, LoginContext, LoginOutcome};
+use rtgt::iscsi::params::TargetLimits;
+use rtgt::pdu::{Bhs, Digests, Limits, Pdu, text};
 
 const LIMITS: Limits = Limits { data_segment_len_max: 64 * 1024 };
 
@@ -59,9 +59,9 @@ impl LoginContext for NullContext {
     fn portal_group_tag(&self) -> u16 {
         1
     }
-    fn authorize(&self, initiator: &str, _: Option<&str>) -> crate::iscsi::login::Authorization {
-        use crate::iscsi::chap::{ChapSecrets, Secret};
-        crate::iscsi::login::Authorization {
+    fn authorize(&self, initiator: &str, _: Option<&str>) -> rtgt::iscsi::login::Authorization {
+        use rtgt::iscsi::chap::{ChapSecrets, Secret};
+        rtgt::iscsi::login::Authorization {
             allowed: !initiator.contains("denied"),
             chap: self.chap.then(|| ChapSecrets {
                 user: "fuzz".into(),
@@ -85,7 +85,7 @@ pub fn login(data: &[u8]) {
         let Ok(Some(pdu)) = Pdu::decode(&mut buf, Digests::default(), Limits::default()) else { return };
         let Bhs::LoginRequest(req) = pdu.bhs else { return };
         match login.on_request(&req, &pdu.data, &mut ctx) {
-            crate::iscsi::login::Step::Reply(resp) => assert!(resp.data.len() <= 8192),
+            rtgt::iscsi::login::Step::Reply(resp) => assert!(resp.data.len() <= 8192),
             _ => return,
         }
     }
@@ -95,8 +95,8 @@ pub fn login(data: &[u8]) {
 /// (either format), volume metadata, the lease, the local store's object header. The first byte
 /// picks one. What parses must re-encode to what parses the same.
 pub fn volume_format(data: &[u8]) {
-    use crate::s3::local::object_file;
-    use crate::s3::volume::format::{self, LeaseRecord, VolumeMeta};
+    use rtgt::s3::local::object_file;
+    use rtgt::s3::volume::format::{self, LeaseRecord, VolumeMeta};
     let Some((&pick, rest)) = data.split_first() else { return };
     match pick % 5 {
         0 | 1 => {
@@ -131,7 +131,7 @@ pub fn volume_format(data: &[u8]) {
 /// rest initiator names. Whatever parses must match consistently: a network contains its own
 /// address, and an address is matched the same as its IPv4-mapped IPv6 form.
 pub fn access(data: &[u8]) {
-    use crate::server::access::{Access, Network};
+    use rtgt::server::access::{Access, Network};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let mut lines = text.lines();
     let (Some(net), Some(addr)) = (lines.next(), lines.next()) else { return };

@@ -10,15 +10,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::clock::TokioClock;
-use crate::rng::Rng;
-use crate::s3::S3Stats;
-use crate::s3::aws::AwsStore;
-use crate::s3::embedded::{self, EmbeddedS3};
-use crate::s3::url::S3Url;
-use crate::s3::volume::keys::{Held, KeySource};
-use crate::s3::volume::{Compression, CreateSpec, S3Volume, VolumeOptions};
-use crate::storage::BlockStore;
+use rtgt::clock::TokioClock;
+use rtgt::rng::Rng;
+use rtgt::s3::S3Stats;
+use rtgt::s3::aws::AwsStore;
+use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::keys::{Held, KeySource};
+use rtgt::s3::volume::{Compression, CreateSpec, S3Volume, VolumeOptions};
+use rtgt::storage::BlockStore;
 
 pub mod network;
 
@@ -267,7 +267,7 @@ async fn text_writes(
         (0, 0),
     );
     let store = AwsStore::connect(&server.endpoint(), "bench").await;
-    let chunks = crate::s3::list_all(&store, &format!("{prefix}/chunks/")).await.map_err(|e| e.to_string())?;
+    let chunks = rtgt::s3::list_all(&store, &format!("{prefix}/chunks/")).await.map_err(|e| e.to_string())?;
     r.stored_bytes = Some(chunks.iter().map(|c| c.size).sum());
     Ok(r)
 }
@@ -301,7 +301,7 @@ pub fn s3_table(results: &[S3Result]) -> String {
 
 // ---------------------------------------------------------------- load generator
 
-/// The access pattern of `rtgt bench-load`.
+/// The access pattern of `rtgt-bench load`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pattern {
@@ -322,7 +322,7 @@ impl Pattern {
     }
 }
 
-/// `rtgt bench-load`: a fixed-duration load against one LU through the library's initiator.
+/// `rtgt-bench load`: a fixed-duration load against one LU through the library's initiator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Target portal (host:port).
@@ -547,7 +547,7 @@ pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
     Ok(result)
 }
 
-/// `rtgt bench-load`: runs the load, prints a line and writes the JSON; fails if any command
+/// `rtgt-bench load`: runs the load, prints a line and writes the JSON; fails if any command
 /// failed.
 pub fn run_load(args: LoadArgs) -> Result<(), String> {
     let runtime = if args.threads <= 1 {

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::clock::TokioClock;
 use crate::netem::{LinkSpec, Netem, Reach};
-use crate::rng::Rng;
-use crate::s3::aws::AwsStore;
-use crate::s3::embedded::{self, EmbeddedS3};
-use crate::s3::url::S3Url;
-use crate::s3::volume::{CreateSpec, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
-use crate::storage::BlockStore;
+use rtgt::clock::TokioClock;
+use rtgt::rng::Rng;
+use rtgt::s3::aws::AwsStore;
+use rtgt::s3::embedded::{self, EmbeddedS3};
+use rtgt::s3::url::S3Url;
+use rtgt::s3::volume::{CreateSpec, DiskCacheOptions, JournalOptions, S3Volume, VolumeOptions};
+use rtgt::storage::BlockStore;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -88,7 +88,7 @@ struct Setup {
     server: EmbeddedS3,
     netem: Netem,
     /// Holds the local stores (journal, disk cache) across reopens.
-    ctx: crate::config::BuildContext,
+    ctx: rtgt::config::BuildContext,
 }
 
 async fn open(setup: &Setup, name: &str) -> Result<Arc<S3Volume>, String> {
@@ -113,7 +113,7 @@ async fn open_with(
     let mut opts = VolumeOptions { cache_bytes, ..VolumeOptions::default() };
     if let Some(dir) = journal {
         opts.journal = Some(JournalOptions { store: setup.ctx.journal_store(dir)?, bytes_max: 1 << 30 });
-        opts.node = Some(crate::node::NodeId::new("bench-node"));
+        opts.node = Some(rtgt::node::NodeId::new("bench-node"));
     }
     open_opts(setup, name, opts).await
 }
@@ -137,7 +137,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
     root.create_bucket("bench")?;
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().expect("address")).await?;
     let netem = Netem::start(server.addr, link).await.map_err(|e| e.to_string())?;
-    let setup = Setup { server, netem, ctx: crate::config::BuildContext::new() };
+    let setup = Setup { server, netem, ctx: rtgt::config::BuildContext::new() };
     let secs = Duration::from_secs(args.seconds);
     let name = describe(link);
     let mut out = Vec::new();
@@ -194,7 +194,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
                         return took;
                     }
                     let name = format!("s{}", took.len());
-                    let name = crate::storage::snapshots::SnapshotName::parse(&name).expect("a name");
+                    let name = rtgt::storage::snapshots::SnapshotName::parse(&name).expect("a name");
                     let started = Instant::now();
                     if v.create_snapshot(name).await.is_ok() {
                         took.push(started.elapsed());
@@ -233,7 +233,7 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
     if args.wants(&[SEQ_WRITE_ENCRYPTED]) {
         let key = dir.join("bench.key");
         std::fs::write(&key, [0x6b; 32]).map_err(|e| e.to_string())?;
-        let source = crate::s3::volume::keys::KeySource::Key(crate::s3::volume::keys::Held::File(key));
+        let source = rtgt::s3::volume::keys::KeySource::Key(rtgt::s3::volume::keys::Held::File(key));
         let v = open_opts(&setup, "encrypted", VolumeOptions { encryption: Some(source), ..VolumeOptions::default() })
             .await?;
         record(SEQ_WRITE_ENCRYPTED, sequential_writes(&v, secs).await.0);
@@ -390,7 +390,7 @@ async fn retried_write(v: &Arc<S3Volume>, offset: u64, retries: &std::sync::atom
     loop {
         match v.write(offset, data.clone(), false).await {
             Ok(()) => return true,
-            Err(crate::storage::StoreError::NotReady(_)) if Instant::now() < budget => {
+            Err(rtgt::storage::StoreError::NotReady(_)) if Instant::now() < budget => {
                 retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(_) => return false,

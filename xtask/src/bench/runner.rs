@@ -1,0 +1,119 @@
+//! The clients: rtgt's load generator and iscsi-perf, run against one target, and what a run
+//! measured.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct Sample {
+    pub(super) iops: f64,
+    pub(super) mb_s: f64,
+    pub(super) p50_us: Option<f64>,
+    pub(super) p99_us: Option<f64>,
+    /// The target's CPU time per command (user and system), in microseconds.
+    pub(super) cpu_us: Option<f64>,
+}
+
+/// The number at `path` (keys from the top) of a JSON document (the load generator's and
+/// iperf3's output).
+pub(crate) fn json_number(text: &str, path: &[&str]) -> Option<f64> {
+    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+    path.iter().try_fold(&doc, |v, key| v.get(key))?.as_f64()
+}
+
+/// One run of rtgt's load generator (`rtgt-bench load`, of the release build) on `iqn` at
+/// `portal` for `seconds`, with `options` (flag, value); returns its JSON result.
+pub(crate) fn bench_load(
+    dir: &Path,
+    portal: SocketAddr,
+    iqn: &str,
+    options: &[(&str, String)],
+    seconds: u64,
+) -> Result<String, String> {
+    let json = dir.join("load.json");
+    let _ = std::fs::remove_file(&json);
+    let mut args: Vec<String> =
+        ["load", "--portal", &portal.to_string(), "--target", iqn].iter().map(|s| s.to_string()).collect();
+    for (flag, value) in options {
+        args.extend([flag.to_string(), value.clone()]);
+    }
+    args.extend(["--seconds".to_string(), seconds.to_string(), "--json".to_string(), json.display().to_string()]);
+    // Login, draining the queue, a 30 s command timeout and logout fit in the margin.
+    let ran = run_limited(&root().join("target/release/rtgt-bench"), &args, Duration::from_secs(seconds + 60), dir)?;
+    if !ran.success {
+        return Err(format!("rtgt-bench load {}: {}", ran.status, last_line(&ran.stderr)));
+    }
+    std::fs::read_to_string(&json).map_err(|e| format!("rtgt-bench load wrote no result: {e}"))
+}
+
+pub(super) struct Runner {
+    pub(super) rtgt: PathBuf,
+    pub(super) iscsi_perf: PathBuf,
+    pub(super) seconds: u64,
+    pub(super) threads: usize,
+    pub(super) dir: PathBuf,
+}
+
+impl Runner {
+    pub(super) fn own(&self, t: &Target, w: &Workload, seconds: u64, seed: usize) -> Result<Sample, String> {
+        let options = [
+            ("--lun", "1".to_string()),
+            ("--pattern", w.pattern.to_string()),
+            ("--block-size", w.block_size.to_string()),
+            ("--queue-depth", w.queue_depth.to_string()),
+            ("--connections", w.sessions.to_string()),
+            ("--threads", self.threads.to_string()),
+            ("--seed", seed.to_string()),
+        ];
+        let text = bench_load(&self.dir, t.addr, t.iqn, &options, seconds)?;
+        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
+        if get("ios")? == 0.0 {
+            return Err("rtgt-bench load completed no command".into());
+        }
+        Ok(Sample {
+            iops: get("iops")?,
+            mb_s: get("mb_per_s")?,
+            p50_us: Some(get("lat_p50_us")?),
+            p99_us: Some(get("lat_p99_us")?),
+            cpu_us: None,
+        })
+    }
+
+    /// iscsi-perf: `-b` blocks per read, `-m` reads in flight, `-r` random (512-byte aligned
+    /// offsets), `-t` seconds. It ignores the first SIGTERM while reads are in flight and may
+    /// never stop if its progress tick misses the last second, so it runs under SIGKILL after
+    /// seconds + 10.
+    pub(super) fn perf(&self, t: &Target, w: &Workload) -> Result<Sample, String> {
+        let url = format!("iscsi://{}/{}/1", t.addr, t.iqn);
+        let mut args: Vec<String> = vec![
+            "-t".into(),
+            self.seconds.to_string(),
+            "-m".into(),
+            w.queue_depth.to_string(),
+            "-b".into(),
+            (w.block_size / LBA).to_string(),
+        ];
+        if w.pattern == "randread" {
+            args.push("-r".into());
+        }
+        args.push(url);
+        let ran = run_limited(&self.iscsi_perf, &args, Duration::from_secs(self.seconds + 10), &self.dir)?;
+        // Progress lines end in '\r'; the last "iops average N" is the whole run's.
+        let average = ran
+            .stdout
+            .split(['\r', '\n'])
+            .filter_map(|l| l.split("iops average ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .next_back();
+        let finished = ran.stdout.contains("finished.");
+        match average {
+            Some(iops) if ran.success && finished => {
+                Ok(Sample { iops, mb_s: iops * w.block_size as f64 / 1e6, p50_us: None, p99_us: None, cpu_us: None })
+            }
+            _ => Err(format!(
+                "iscsi-perf {}: {}",
+                ran.status,
+                last_line(&format!("{}\n{}", ran.stdout.replace('\r', "\n"), ran.stderr))
+            )),
+        }
+    }
+}
