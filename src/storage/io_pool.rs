@@ -221,12 +221,14 @@ mod tests {
         assert!((1..=2).contains(&threads), "{threads} threads, bound 2");
         let shared = pool.shared.clone();
         drop(pool);
-        for _ in 0..100 {
+        // Polled (the thread's exit is observable only through the count), with a bound far
+        // above its spin interval's check so that a loaded machine does not fail it.
+        for _ in 0..3000 {
             if shared.state.lock().unwrap().threads == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("the spinning thread did not exit after the pool was dropped");
+        panic!("the spinning thread did not exit within 30 s of the pool being dropped");
     }
 }
