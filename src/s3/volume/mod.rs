@@ -1336,6 +1336,14 @@ impl S3Volume {
     pub fn counters(&self) -> VolumeStats {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let flushes = l(&self.stats.flushes);
+        // Read under one guard, taken in a statement of its own: a guard taken inside the
+        // struct literal below would live to its end, and the next lock of the cache there
+        // would wait for it forever.
+        let (cache_bytes, logs, journal_logs, journal_bytes) = {
+            let cache = self.cache();
+            let journal_logs = cache.logs.values().filter(|l| l.in_journal).count() as u64;
+            (cache.page_bytes, cache.logs.len() as u64, journal_logs, self.journal_bytes(&cache))
+        };
         VolumeStats {
             volume: self.url.to_string(),
             block_size: self.block_size,
@@ -1343,7 +1351,7 @@ impl S3Volume {
             chunks: self.chunk_count() as u64,
             dirty_bytes: self.dirty_bytes(),
             unlogged_bytes: self.unlogged_bytes(),
-            cache_bytes: self.cache().page_bytes,
+            cache_bytes,
             cache_limit: self.cache_limit,
             cache_peak_bytes: l(&self.stats.cache_peak),
             memory_peak_bytes: l(&self.stats.memory_peak),
@@ -1352,7 +1360,7 @@ impl S3Volume {
             read_bytes_disk: l(&self.stats.read_bytes_disk),
             disk_cache_bytes: self.disk.get().map_or(0, |d| d.bytes()),
             readahead_bytes: l(&self.stats.readahead_bytes),
-            logs: self.log_count() as u64,
+            logs,
             logs_written: l(&self.stats.logs_written),
             log_bytes_written: l(&self.stats.log_bytes),
             merges: l(&self.stats.merges),
@@ -1362,8 +1370,8 @@ impl S3Volume {
             chunks_deleted: l(&self.stats.chunks_deleted),
             versions_swept: l(&self.stats.versions_swept),
             journal: self.opts.journal.is_some(),
-            journal_logs: self.journal_log_count() as u64,
-            journal_bytes: self.journal_bytes(&self.cache()),
+            journal_logs,
+            journal_bytes,
             journal_writes: l(&self.stats.journal_writes),
             journal_uploads: l(&self.stats.journal_uploads),
             s3_unreachable_ms: self.unreachable_for().as_millis() as u64,
