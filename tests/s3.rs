@@ -1,6 +1,6 @@
 //! S3 volumes through the real S3 client path: aws-sdk-s3 against the local store over
-//! loopback HTTP, against s3s-fs (a second implementation) in-process through s3s-aws's
-//! connector, and against moto (a third, in Python: `pip install 'moto[server]'`) over HTTP;
+//! loopback HTTP, against s3s-fs (a second implementation) in-process through the
+//! testkit's connector, and against moto (a third, in Python: `pip install 'moto[server]'`) over HTTP;
 //! the local store converting what s3s-fs left; and a target serving an S3 volume to libiscsi
 //! across a restart.
 
@@ -180,7 +180,7 @@ async fn s3s_fs_client(dir: &std::path::Path, bucket: &str) -> AwsStore {
         url: Some("http://s3.local".into()),
         ..embedded::endpoint_for("127.0.0.1:1".parse().unwrap(), &credentials)
     };
-    let config = sdk_config(&endpoint).await.http_client(s3s_aws::Client::from(builder.build())).build();
+    let config = sdk_config(&endpoint).await.http_client(rtgt_testkit::InProcessS3::from(builder.build())).build();
     let aws = AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), bucket);
     aws.ensure_bucket().await.unwrap();
     aws

@@ -1,5 +1,5 @@
 //! An S3 service in memory with seeded faults, served to the target's aws-sdk-s3 client
-//! through s3s-aws's in-process connector, so the real S3 client path runs in the simulation.
+//! through the testkit's in-process connector (`InProcessS3`), so the real S3 client path runs in the simulation.
 //! Its objects live outside the target host: they survive target crashes.
 
 use std::collections::BTreeMap;

@@ -146,7 +146,7 @@ pub fn s3_client(s3: MemS3) -> AwsStore {
         .force_path_style(true)
         .time_source(SharedTimeSource::new(SimTime))
         .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(aws_smithy_async::rt::sleep::TokioSleep::new()))
-        .http_client(s3s_aws::Client::from(service));
+        .http_client(rtgt_testkit::InProcessS3::from(service));
     let config = rtgt::s3::aws::with_policies(config).build();
     AwsStore::with_client(aws_sdk_s3::Client::from_conf(config), BUCKET)
 }
