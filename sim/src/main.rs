@@ -8,6 +8,7 @@ mod model;
 mod net;
 mod panics;
 mod recovery_image;
+mod seeds;
 mod snapshots;
 mod takeover;
 mod workload;
@@ -99,6 +100,9 @@ struct Cli {
     /// Plants one bug (by name).
     #[arg(long, value_parser = parse_mutant)]
     mutant: Option<Mutant>,
+    /// Seeds run at once, each on a thread of its own; one per core by default.
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -114,6 +118,7 @@ struct Args {
     check_determinism: bool,
     trace: bool,
     mutants: Option<Vec<Mutant>>,
+    jobs: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -150,6 +155,7 @@ impl Cli {
                 (false, Some(m)) => Some(vec![m]),
                 (false, None) => None,
             },
+            jobs: self.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         }
     }
 }
@@ -185,53 +191,68 @@ fn main() -> ExitCode {
     #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
     let started = Instant::now();
     let (mut sim_total, mut failures) = (0.0, 0);
-    for seed in args.seeds.clone() {
-        let out = args.scenario.run(seed, args.duration, planted, args.trace);
-        sim_total += out.sim_seconds;
-        let mut line = format!(
-            "seed {seed:>5}: {} {:>6.1} s simulated in {:>5.2} s ({:>4.0}x), {} commands, {}, {} S3 requests, {} crashes, trace {:016x}",
-            if out.failure.is_none() { "ok  " } else { "FAIL" },
-            out.sim_seconds,
-            out.wall_seconds,
-            out.sim_seconds / out.wall_seconds.max(1e-9),
-            out.commands,
-            out.store,
-            out.s3_requests,
-            out.crashes,
-            out.trace_hash
-        );
-        if args.check_determinism {
-            let again = args.scenario.run(seed, args.duration, planted, false);
-            sim_total += again.sim_seconds;
-            let same = again.trace_hash == out.trace_hash && again.failure == out.failure;
-            line.push_str(if same { ", deterministic" } else { ", NOT DETERMINISTIC" });
-            if !same {
-                failures += 1;
-            }
-        }
-        println!("{line}");
-        if args.trace {
-            for e in &out.trace {
-                println!("    {e}");
-            }
-        }
-        if let Some(f) = &out.failure {
-            failures += 1;
-            println!("  broken invariant: {f}");
-            println!("  last events:");
-            for e in &out.last_events {
-                println!("    {e}");
-            }
-            println!("  replay: {}", replay_command(args.scenario, seed, args.duration, planted));
-        }
-    }
+    // A planted bug is switched on and off around each run for the whole process: one at a time.
+    let jobs = if planted.is_some() { 1 } else { args.jobs };
+    seeds::run(
+        args.seeds.clone(),
+        jobs,
+        |seed| run_seed(&args, seed, planted),
+        |report| {
+            print!("{}", report.text);
+            sim_total += report.sim_seconds;
+            failures += report.failed as u64;
+        },
+    );
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds, {failures} failed; {sim_total:.0} s simulated in {wall:.1} s: {:.0} simulated seconds per wall second",
+        "{} seeds ({jobs} at a time), {failures} failed; {sim_total:.0} s simulated in {wall:.1} s: {:.0} simulated seconds per wall second",
         args.seeds.end - args.seeds.start,
         sim_total / wall.max(1e-9)
     );
     if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// One seed's run (twice with --check-determinism), and what it prints.
+fn run_seed(args: &Args, seed: u64, planted: Option<Mutant>) -> seeds::Report {
+    use std::fmt::Write;
+    let out = args.scenario.run(seed, args.duration, planted, args.trace);
+    let mut sim_seconds = out.sim_seconds;
+    let mut failed = out.failure.is_some();
+    let mut text = format!(
+        "seed {seed:>5}: {} {:>6.1} s simulated in {:>5.2} s ({:>4.0}x), {} commands, {}, {} S3 requests, {} crashes, trace {:016x}",
+        if out.failure.is_none() { "ok  " } else { "FAIL" },
+        out.sim_seconds,
+        out.wall_seconds,
+        out.sim_seconds / out.wall_seconds.max(1e-9),
+        out.commands,
+        out.store,
+        out.s3_requests,
+        out.crashes,
+        out.trace_hash
+    );
+    if args.check_determinism {
+        let again = args.scenario.run(seed, args.duration, planted, false);
+        sim_seconds += again.sim_seconds;
+        let same = again.trace_hash == out.trace_hash && again.failure == out.failure;
+        text.push_str(if same { ", deterministic" } else { ", NOT DETERMINISTIC" });
+        failed |= !same;
+    }
+    text.push('\n');
+    if args.trace {
+        for e in &out.trace {
+            writeln!(text, "    {e}").expect("writing to a String");
+        }
+    }
+    if let Some(f) = &out.failure {
+        writeln!(text, "  broken invariant: {f}").expect("writing to a String");
+        writeln!(text, "  last events:").expect("writing to a String");
+        for e in &out.last_events {
+            writeln!(text, "    {e}").expect("writing to a String");
+        }
+        let replay = replay_command(args.scenario, seed, args.duration, planted);
+        writeln!(text, "  replay: {replay}").expect("writing to a String");
+    }
+    seeds::Report { text, sim_seconds, failed }
 }
 
 /// Switches each mutant on in turn and runs seeds until the simulation catches it.

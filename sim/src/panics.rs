@@ -1,16 +1,22 @@
 //! Panics anywhere in the simulated world (tokio swallows panics of spawned tasks, so a hook
-//! records them) fail the run.
+//! records them) fail the run. A run's hosts all live on its thread, and seeds run on threads
+//! of their own, so each thread keeps its own record.
 
-use std::sync::{Mutex, Once};
+use std::cell::RefCell;
+use std::sync::Once;
 
-static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 static HOOK: Once = Once::new();
 
 pub fn install() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.lock().unwrap_or_else(|e| e.into_inner()).push(info.to_string());
+            // A panic while the record is borrowed (in `first` or `clear`) is left out rather
+            // than turned into a second panic.
+            let _ = PANICS.try_with(|p| p.try_borrow_mut().map(|mut p| p.push(info.to_string())));
             if std::env::var_os("RTGT_SIM_PANIC_BACKTRACE").is_some() {
                 previous(info);
             }
@@ -19,9 +25,9 @@ pub fn install() {
 }
 
 pub fn clear() {
-    PANICS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    PANICS.with(|p| p.borrow_mut().clear());
 }
 
 pub fn first() -> Option<String> {
-    PANICS.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
+    PANICS.with(|p| p.borrow().first().cloned())
 }
