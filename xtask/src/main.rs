@@ -183,12 +183,26 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     ensure_moto()?;
-    run(cargo().args(["test"]).args(TARGET_BUILD))?;
+    run_tests()?;
     // The core alone, with its own dependency features (tokio's sync primitives only): in the
     // workspace build tokio carries every feature rtgt asks for, so only this build refuses a
     // socket, file, clock or spawn in the core.
     run(cargo().args(["check", "--quiet", "--package", "rtgt-core", "--lib"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
+
+/// Every test of the workspace, through cargo-nextest where it is installed (as on this
+/// project's machines): it runs tests of different binaries side by side, and four at a time,
+/// because the longest (crash, failover, S3 at a distance) mostly wait on leases, deadlines and
+/// emulated links: 108 s instead of cargo test's 250 s one binary after another on two cores.
+/// The same build either way (`cargo test --all-targets`'s units), so nothing is built twice.
+fn run_tests() -> Result<(), String> {
+    let nextest = cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !nextest {
+        eprintln!("xtask: cargo-nextest not found, running cargo test (one test binary at a time)");
+        return run(cargo().args(["test"]).args(TARGET_BUILD));
+    }
+    run(cargo().args(["nextest", "run", "--no-fail-fast", "--test-threads", "4"]).args(TARGET_BUILD))
 }
 
 /// moto, the second S3 server the S3 tests run against: installed with pip when missing.
