@@ -88,7 +88,7 @@ struct Cli {
     profile: Option<Profile>,
     #[arg(long, value_enum, default_value = "world")]
     scenario: Scenario,
-    /// Runs each seed twice and compares the traces.
+    /// Runs each seed twice, the second time on a fresh thread, and compares the traces.
     #[arg(long)]
     check_determinism: bool,
     /// Prints each run's events.
@@ -231,7 +231,11 @@ fn run_seed(args: &Args, seed: u64, planted: Option<Mutant>) -> seeds::Report {
         out.trace_hash
     );
     if args.check_determinism {
-        let again = args.scenario.run(seed, args.duration, planted, false);
+        // The repeat runs on a fresh thread: state a run left behind in its thread (whatever
+        // escaped the world) would show as a different trace.
+        let again = std::thread::scope(|scope| {
+            scope.spawn(|| args.scenario.run(seed, args.duration, planted, false)).join().expect("the repeat run")
+        });
         sim_seconds += again.sim_seconds;
         let same = again.trace_hash == out.trace_hash && again.failure == out.failure;
         text.push_str(if same { ", deterministic" } else { ", NOT DETERMINISTIC" });
