@@ -399,10 +399,15 @@ impl S3Args {
 }
 
 /// Logs to stderr, filtered by $RUST_LOG (info by default): plain lines (journald adds its own
-/// time stamps), or JSON objects, one a line.
+/// time stamps), coloured only on a terminal (journald, docker logs and files get no escape
+/// codes), or JSON objects, one a line.
 fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         // The event's fields stay under "fields": flattened, an event's `target` (a target's
@@ -546,6 +551,7 @@ fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result
 }
 
 async fn run(file: Config, overrides: Overrides, path: PathBuf) -> Result<(), String> {
+    let mut signals = Signals::catch()?;
     let config = overrides.apply(&file);
     // One rtgt per data directory: its node identity, held locked until exit, lets the next
     // start take this node's leases back at once after a crash.
@@ -607,7 +613,7 @@ async fn run(file: Config, overrides: Overrides, path: PathBuf) -> Result<(), St
         eprintln!("rtgt: management API at {scheme}://{addr} (changes are saved to {})", path.display());
         tokio::spawn(rtgt::api::serve(listener, manager.clone(), token, hosts, tls));
     }
-    wait_for_signals(&manager).await;
+    wait_for_signals(&manager, &mut signals).await;
     rtgt::sd_notify::tell("STOPPING=1");
     // Stop new logins, ask initiators to log out, wait, then flush every LUN.
     manager.stop_listening().await;
@@ -630,16 +636,11 @@ async fn watchdog(interval: Duration) {
 }
 
 /// Serves SIGHUP (reload) until SIGINT or SIGTERM.
-async fn wait_for_signals(manager: &Manager) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = wait_for_signal() => return,
-            _ = hup.recv() => match manager.reload().await {
-                Ok(()) => eprintln!("rtgt: configuration reloaded"),
-                Err(e) => eprintln!("rtgt: reload: {e}"),
-            },
+async fn wait_for_signals(manager: &Manager, signals: &mut Signals) {
+    while signals.next().await == Caught::Reload {
+        match manager.reload().await {
+            Ok(()) => eprintln!("rtgt: configuration reloaded"),
+            Err(e) => eprintln!("rtgt: reload: {e}"),
         }
     }
 }
@@ -674,14 +675,49 @@ fn print_banner(config: &Config, registry: &Registry) {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals a server answers, caught from its first moment: a SIGTERM while the LUNs open
+/// (systemd stopping a slow start) is kept and shuts the server down cleanly once it serves,
+/// where without a handler it would have killed the process.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind: SignalKind| signal(kind).map_err(|e| format!("signal handler: {e}"));
+        Ok(Signals {
+            terminate: catch(SignalKind::terminate())?,
+            interrupt: catch(SignalKind::interrupt())?,
+            hangup: catch(SignalKind::hangup())?,
+        })
     }
-    eprintln!("rtgt: shutting down");
+
+    /// The next signal: SIGHUP asks for a reload, SIGTERM and SIGINT for a stop.
+    async fn next(&mut self) -> Caught {
+        let caught = tokio::select! {
+            _ = self.terminate.recv() => Caught::Stop,
+            _ = self.interrupt.recv() => Caught::Stop,
+            _ = self.hangup.recv() => Caught::Reload,
+        };
+        if caught == Caught::Stop {
+            eprintln!("rtgt: shutting down");
+        }
+        caught
+    }
+
+    /// Waits for SIGTERM or SIGINT (a SIGHUP changes nothing).
+    async fn stop(&mut self) {
+        while self.next().await != Caught::Stop {}
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Caught {
+    Stop,
+    Reload,
 }
 
 /// (chunk bytes, stored bytes) of the newest version of each chunk of a compressed volume
@@ -1052,6 +1088,7 @@ fn progress_line(verb: &'static str) -> impl Fn(u64, u64) + Sync {
 }
 
 async fn s3_server(listen: String, root: Option<PathBuf>, given: Option<embedded::Credentials>) -> Result<(), String> {
+    let mut signals = Signals::catch()?;
     let dir = root.unwrap_or_else(|| default_data_dir().join("s3"));
     let addr = listen.parse().map_err(|_| format!("--listen: bad address {listen}"))?;
     let generated = given.is_none();
@@ -1063,6 +1100,6 @@ async fn s3_server(listen: String, root: Option<PathBuf>, given: Option<embedded
         eprintln!("  credentials: access key {}, secret key in {}", server.credentials().access_key, file.display());
     }
     eprintln!("  buckets are the directories of {}", root.display());
-    wait_for_signal().await;
+    signals.stop().await;
     Ok(())
 }

@@ -77,6 +77,35 @@ fn serve_tells_systemd_when_it_is_ready_alive_and_stopping_and_logs_json() {
     assert_eq!(added["fields"]["target"], "iqn.2026-11.dev.rtgt:default");
 }
 
+/// Plain log lines written to a pipe (journald, `docker logs`, a file) carry no colour codes;
+/// a SIGTERM as soon as the target is added, while its LUN may still be opening, stops it
+/// cleanly (it used to come before the handler and kill the process).
+#[test]
+fn plain_logs_off_a_terminal_carry_no_escape_codes_and_an_early_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--api-listen", "off", "--s3-listen", "off"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map(|l| l.unwrap());
+    let seen: Vec<String> = lines.by_ref().take_while(|l| !l.contains("target added")).collect();
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let rest: Vec<String> = lines.collect();
+    assert!(child.wait().unwrap().success());
+    assert!(rest.iter().any(|l| l.contains("INFO")), "log lines after the target was added: {rest:?}");
+    for line in seen.iter().chain(&rest) {
+        assert!(!line.contains('\u{1b}'), "an escape code in {line:?}");
+    }
+}
+
 /// Completions for every shell name the subcommands; a man page per subcommand.
 #[test]
 fn completions_and_man_pages_cover_the_subcommands() {
