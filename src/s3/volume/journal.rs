@@ -94,6 +94,11 @@ impl S3Volume {
         cache.logs.values().filter(|l| l.in_journal).map(|l| l.bytes).sum()
     }
 
+    /// Logs that have a journal copy.
+    pub(super) fn journal_copies(&self, cache: &Cache) -> u64 {
+        cache.logs.values().filter(|l| l.in_journal).count() as u64
+    }
+
     /// Whether unlogged data can be made durable in the journal now.
     pub(super) fn journal_has_room(&self) -> bool {
         self.journal().is_some_and(|j| self.journal_bytes(&self.cache()) < j.bytes_max)
@@ -311,11 +316,5 @@ impl S3Volume {
             .await
             .map_err(|e| OpenError::Unavailable(format!("cannot list the local journal: {e}")))?;
         Ok(keys.into_iter().filter_map(|o| Some((format::key_number(&o.key, &prefix)?, o.key))).collect())
-    }
-
-    /// Logs with a journal copy now (tests).
-    #[doc(hidden)]
-    pub fn journal_log_count(&self) -> usize {
-        self.cache().logs.values().filter(|l| l.in_journal).count()
     }
 }

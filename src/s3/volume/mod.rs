@@ -1341,8 +1341,7 @@ impl S3Volume {
         // would wait for it forever.
         let (cache_bytes, logs, journal_logs, journal_bytes) = {
             let cache = self.cache();
-            let journal_logs = cache.logs.values().filter(|l| l.in_journal).count() as u64;
-            (cache.page_bytes, cache.logs.len() as u64, journal_logs, self.journal_bytes(&cache))
+            (cache.page_bytes, cache.logs.len() as u64, self.journal_copies(&cache), self.journal_bytes(&cache))
         };
         VolumeStats {
             volume: self.url.to_string(),
