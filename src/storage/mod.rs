@@ -5,6 +5,7 @@
 
 mod atomic_intent;
 pub mod file;
+mod inline_writes;
 mod io_pool;
 pub mod pending;
 mod small_folios;

@@ -12,9 +12,13 @@
 //! * the target writes a regular file in pieces of at most [`PIECE`] (64 KiB), so its own writes
 //!   create no larger folio, at little cost to sequential writes (3.9 against 4.8 GB/s into the
 //!   page cache);
-//! * the first write into each 2 MiB region drops that region's clean cached pages
-//!   (`POSIX_FADV_DONTNEED`), whatever folios another program left there. Dirty pages and pages
-//!   under writeback stay (the advice never loses data); regions never written keep their cache.
+//! * the first write into each 2 MiB region writes that region's dirty pages back and waits for
+//!   them (`sync_file_range`), then drops its cached pages (`POSIX_FADV_DONTNEED`), whatever
+//!   folios another program left there: `dd` without a sync leaves them dirty, and dirty pages
+//!   cannot be dropped (measured: 43-51k IOPS through iSCSI into such a file, against 71-79k
+//!   once it was synced). Regions never written keep their cache. The write-back is what the
+//!   kernel's flusher would do within 30 s anyway; nothing is lost, the data is only made
+//!   durable sooner.
 //!
 //! Advice only: where the kernel ignores it, writes are slower, never wrong.
 
@@ -41,20 +45,31 @@ impl SmallFolios {
         SmallFolios { dropped: (0..regions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect() }
     }
 
-    /// Before a write of `len` bytes at `offset`: drops the clean cached pages of each region
-    /// the write touches for the first time. (A region beyond the capacity at open, after a
-    /// resize, is left alone.)
+    /// Before a write of `len` bytes at `offset`: writes back and drops the cached pages of each
+    /// region the write touches for the first time. It may wait for the disk, so it runs on an
+    /// I/O thread; [`SmallFolios::prepared`] tells whether a write needs it. (A region beyond the
+    /// capacity at open, after a resize, is left alone.)
     pub fn before_write(&self, file: &File, offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        for region in offset / REGION..=(offset + len - 1) / REGION {
+        for region in regions(offset, len) {
             let Some(word) = self.dropped.get((region / 64) as usize) else { return };
             let bit = 1u64 << (region % 64);
-            if word.load(Ordering::Relaxed) & bit == 0 && word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            if word.load(Ordering::Acquire) & bit == 0 {
+                write_back(file, region * REGION, REGION);
                 advise(file, region * REGION, REGION, libc::POSIX_FADV_DONTNEED);
+                // Set after the drop: a write that sees the bit finds the region dropped.
+                word.fetch_or(bit, Ordering::Release);
             }
         }
+    }
+
+    /// Whether every region a write of `len` bytes at `offset` touches was dropped already, so
+    /// that [`SmallFolios::before_write`] would do nothing.
+    pub fn prepared(&self, offset: u64, len: u64) -> bool {
+        regions(offset, len).all(|region| {
+            self.dropped
+                .get((region / 64) as usize)
+                .is_none_or(|word| word.load(Ordering::Acquire) & (1u64 << (region % 64)) != 0)
+        })
     }
 
     /// Writes `data` at `offset` in pieces of at most [`PIECE`].
@@ -63,6 +78,25 @@ impl SmallFolios {
             file.write_all_at(piece, offset + (i * PIECE) as u64)?;
         }
         Ok(())
+    }
+}
+
+/// The regions a write of `len` bytes at `offset` touches.
+fn regions(offset: u64, len: u64) -> std::ops::Range<u64> {
+    match len {
+        0 => 0..0,
+        _ => offset / REGION..(offset + len - 1) / REGION + 1,
+    }
+}
+
+/// Starts write-back of the dirty pages in the range and waits for it (and for write-back
+/// already under way). Advice-like: a failure here is met again, and reported, by the write or
+/// the next sync.
+fn write_back(file: &File, offset: u64, len: u64) {
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range takes plain integers.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags);
     }
 }
 
@@ -122,6 +156,35 @@ mod tests {
         file.read_exact_at(&mut all, 0).unwrap();
         folios.before_write(&file, REGION, 8192);
         assert!(resident(&file, len).iter().all(|&r| r));
+    }
+
+    /// What `dd` without a sync leaves: the file's pages cached and dirty. The first write into
+    /// a region writes them back, then drops them; the data around the write reads back intact.
+    #[test]
+    fn dirty_pages_another_program_left_are_written_back_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 2 * REGION as usize;
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let folios = SmallFolios::new(&file, len as u64);
+        assert!(!folios.prepared(REGION, 4096));
+        folios.before_write(&file, REGION + 4096, 4096);
+        assert!(folios.prepared(REGION, 4096) && folios.prepared(REGION + 4096, REGION - 4096));
+        assert!(!folios.prepared(0, REGION + 1), "the first region was not written");
+        SmallFolios::write_in_pieces(&file, &[1u8; 4096], REGION + 4096).unwrap();
+        let pages = resident(&file, len);
+        let per_region = REGION as usize / 4096;
+        assert!(pages[..per_region].iter().all(|&r| r), "the region not written keeps its dirty cache");
+        assert!(pages[per_region + 1], "the page written is cached (dirty)");
+        assert!(
+            pages[per_region..].iter().filter(|&&r| r).count() == 1,
+            "the written region's dirty pages were written back and dropped"
+        );
+        let mut all = vec![0u8; len];
+        file.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(&all[REGION as usize + 4096..REGION as usize + 8192], &[1u8; 4096]);
+        assert!(all[..REGION as usize + 4096].iter().chain(&all[REGION as usize + 8192..]).all(|&b| b == 7));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Both targets export one 1 GiB LU with the same kind of backing (memory: rtgt's memory backend
 //! against a tgtd rdwr file in /dev/shm; file: a regular file each, on one filesystem), both
 //! negotiate the same limits, and both are driven by the same clients: rtgt's own load generator
-//! (`rtgt-bench load`, the library's initiator) and libiscsi's `iscsi-perf`. Runs alternate
+//! (`rtgt-bench load`, the library's initiator), `libiscsi_load.c` (reads and writes through
+//! libiscsi, QEMU's initiator library) and libiscsi's `iscsi-perf` (reads). Runs alternate
 //! (rtgt, tgtd, rtgt, tgtd, ...) and the table shows medians. Results go to stdout,
 //! `target/bench/targets.json` and `target/bench/targets.svg`.
 //!
@@ -51,6 +52,10 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         tgtd: which("tgtd").ok_or_else(|| missing("tgtd", "tgt"))?,
         tgtadm: which("tgtadm").ok_or_else(|| missing("tgtadm", "tgt"))?,
     };
+    let libiscsi_load = match options.clients.contains(&Client::Libiscsi) {
+        true => build_libiscsi_load()?,
+        false => PathBuf::from("libiscsi-load"),
+    };
     let iscsi_perf = match which("iscsi-perf") {
         Some(p) => p,
         None if !options.clients.contains(&Client::IscsiPerf) => PathBuf::from("iscsi-perf"),
@@ -82,8 +87,14 @@ pub fn targets(args: &[String]) -> Result<(), String> {
     // A copy of the binary, so that a rebuild during the runs does not change what is measured.
     let binary = dir.join("rtgt");
     std::fs::copy(root().join("target/release/rtgt"), &binary).map_err(|e| format!("copying rtgt: {e}"))?;
-    let runner =
-        Runner { rtgt: binary, iscsi_perf, seconds: options.seconds, threads: options.threads, dir: dir.clone() };
+    let runner = Runner {
+        rtgt: binary,
+        iscsi_perf,
+        libiscsi_load,
+        seconds: options.seconds,
+        threads: options.threads,
+        dir: dir.clone(),
+    };
 
     let workloads: Vec<usize> = (0..WORKLOADS.len())
         .filter(|&i| {
@@ -96,7 +107,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
     }
     let clients_of = |i: usize| -> Vec<Client> {
         let w = &WORKLOADS[i];
-        options.clients.iter().copied().filter(|c| *c == Client::Own || (w.reads() && w.sessions == 1)).collect()
+        options.clients.iter().copied().filter(|c| *c != Client::IscsiPerf || (w.reads() && w.sessions == 1)).collect()
     };
     let total: usize =
         options.backings.len() * workloads.iter().map(|&i| clients_of(i).len()).sum::<usize>() * options.runs * 2;
@@ -132,8 +143,9 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         }
         let rtgt = start_rtgt(&runner.rtgt, backing, options.rtgt_file_backend, &dir, &rtgt_file)?;
         let tgtd = start_tgtd(&tgt, backing, &dir, &tgtd_file)?;
-        // Fill both LUs so that reads return data, not holes (unless written before).
-        let filled = backing == Backing::File && options.file_state == FileState::Dd;
+        // Fill both LUs so that reads return data, not holes (unless the file state says
+        // otherwise).
+        let filled = backing == Backing::File && options.file_state != FileState::Target;
         for t in [&rtgt, &tgtd].into_iter().filter(|_| !filled) {
             let started = Instant::now();
             runner
@@ -164,6 +176,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
                             match client {
                                 Client::Own => runner.own(t, w, options.seconds, run_index + 1),
                                 Client::IscsiPerf => runner.perf(t, w),
+                                Client::Libiscsi => runner.libiscsi(t, w, options.seconds, run_index + 1),
                             }
                         };
                         let result = result.map(|mut sample| {
@@ -316,13 +329,17 @@ mod tests {
     fn options_have_their_defaults_and_quick_only_shortens_what_is_not_given() {
         let o = options("").unwrap();
         assert_eq!((o.seconds, o.runs, o.threads), (10, 3, 1));
-        assert_eq!((o.backings.len(), o.clients.len(), o.rtgt_file_backend), (2, 2, "file"));
+        assert_eq!((o.backings.len(), o.clients.len(), o.rtgt_file_backend), (2, 3, "file"));
         let o = options("--quick --seconds 5 --backing file --client iscsi-perf --only RandRead --only 4K").unwrap();
         assert_eq!((o.seconds, o.runs), (5, 1));
         assert_eq!((o.backings, o.clients), (vec![Backing::File], vec![Client::IscsiPerf]));
         assert_eq!(o.only, ["randread", "4k"]);
         let o = options("--rtgt-file-backend uring --file-state dd").unwrap();
         assert_eq!((o.rtgt_file_backend, o.file_state), ("uring", FileState::Dd));
+        let o = options("--file-state fallocated").unwrap();
+        assert_eq!(o.file_state, FileState::Fallocated);
+        let o = options("--file-state sparse").unwrap();
+        assert_eq!(o.file_state, FileState::Sparse);
         for refused in ["--seconds 0", "--backing tape", "--client fio", "--rtgt-file-backend aio", "--bogus"] {
             assert!(options(refused).is_err(), "{refused} was taken");
         }

@@ -34,16 +34,18 @@ const USAGE: &str = "commands and their options:
   package [--release]           the Debian package (dpkg-deb): binary, systemd unit, default
                                 configuration, man pages, completions; target/debian/*.deb
   bench [targets] [--quick]     rtgt against tgtd (Debian's tgt) on memory and file LUs, with the
-        [--seconds N]           own load generator and iscsi-perf; medians of alternating runs
-        [--runs N]              (default 3 of 10 s; --quick: 1 of 3 s); table on stdout, JSON and
-        [--backing B]           SVG in target/bench/targets.*; B: memory or file
-        [--client C]            C: own or iscsi-perf
+        [--seconds N]           own load generator, libiscsi-load and iscsi-perf; medians of
+        [--runs N]              alternating runs (default 3 of 10 s; --quick: 1 of 3 s); table on
+        [--backing B]           stdout, JSON and SVG in target/bench/targets.*; B: memory or file
+        [--client C]            C: own, libiscsi (reads and writes through libiscsi; gcc and
+                                libiscsi-dev) or iscsi-perf (reads)
         [--rtgt-file-backend F] rtgt's backend for the file LU: file (default) or uring
         [--only WORKLOAD]       workloads whose name contains it (randread, 4K, QD32...)
         [--threads N]           threads of the own load generator (default 1)
         [--file-state S]        the file LUs before the runs: target (written through each
-                                target, default) or dd (random data written in 1 MiB pieces
-                                by another program, as dd does, before the targets start)
+                                target, default), dd (random data written in 1 MiB pieces
+                                by another program, as dd does, before the targets start),
+                                sparse or fallocated (never filled)
   bench s3 [--scale N]          S3 requests and bytes per MiB written against an embedded S3
                                 server, compared with the naive design (release build)
   bench s3 --rtt 20ms [--bandwidth 100Mbit] [--outage 30s] [--seconds 5] [--only W]
@@ -173,7 +175,19 @@ pub(crate) fn build_debug() -> Result<(), String> {
 /// The release builds of the `rtgt` binary and of `rtgt-bench` (the load generator and the S3
 /// benchmarks), for the benchmarks.
 fn build_release() -> Result<(), String> {
-    run(cargo().args(["build", "--release", "--quiet", "--bin", "rtgt", "--bin", "rtgt-bench"]))
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "rtgt",
+        "-p",
+        "rtgt-testkit",
+        "--bin",
+        "rtgt",
+        "--bin",
+        "rtgt-bench",
+    ]))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -27,6 +27,10 @@ pub struct FileStats {
     pub cached_reads: u64,
     /// Reads handed to the store's threads.
     pub pool_reads: u64,
+    /// Plain writes made on the calling task into the page cache, and of them those that took
+    /// long enough to send the next writes to the store's writer thread.
+    pub inline_writes: u64,
+    pub slow_inline_writes: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,8 +124,12 @@ mod tests {
     /// The JSON names readers rely on: `kind` and the fields beside it.
     #[test]
     fn stats_are_tagged_by_kind_in_json() {
-        let file = serde_json::to_value(StoreStats::File(FileStats { cached_reads: 2, pool_reads: 3 })).unwrap();
-        assert_eq!(file, serde_json::json!({"kind": "file", "cached_reads": 2, "pool_reads": 3}));
+        let file = FileStats { cached_reads: 2, pool_reads: 3, inline_writes: 4, slow_inline_writes: 1 };
+        let file = serde_json::to_value(StoreStats::File(file)).unwrap();
+        let expected = serde_json::json!({
+            "kind": "file", "cached_reads": 2, "pool_reads": 3, "inline_writes": 4, "slow_inline_writes": 1
+        });
+        assert_eq!(file, expected);
         let pending = StoreStats::NotReady { reason: "leased".into() };
         assert_eq!(
             serde_json::to_value(&pending).unwrap(),

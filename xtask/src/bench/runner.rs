@@ -48,6 +48,7 @@ pub(crate) fn bench_load(
 pub(super) struct Runner {
     pub(super) rtgt: PathBuf,
     pub(super) iscsi_perf: PathBuf,
+    pub(super) libiscsi_load: PathBuf,
     pub(super) seconds: u64,
     pub(super) threads: usize,
     pub(super) dir: PathBuf,
@@ -68,6 +69,36 @@ impl Runner {
         let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
         if get("ios")? == 0.0 {
             return Err("rtgt-bench load completed no command".into());
+        }
+        Ok(Sample {
+            iops: get("iops")?,
+            mb_s: get("mb_per_s")?,
+            p50_us: Some(get("lat_p50_us")?),
+            p99_us: Some(get("lat_p99_us")?),
+            cpu_us: None,
+        })
+    }
+
+    /// `libiscsi_load.c`: the workload's sessions and queue depth through libiscsi.
+    pub(super) fn libiscsi(&self, t: &Target, w: &Workload, seconds: u64, seed: usize) -> Result<Sample, String> {
+        let args: Vec<String> = vec![
+            t.addr.to_string(),
+            t.iqn.to_string(),
+            "1".into(),
+            w.pattern.into(),
+            w.block_size.to_string(),
+            w.queue_depth.to_string(),
+            w.sessions.to_string(),
+            seconds.to_string(),
+            seed.to_string(),
+        ];
+        let ran = run_limited(&self.libiscsi_load, &args, Duration::from_secs(seconds + 60), &self.dir)?;
+        let get = |k: &str| json_number(&ran.stdout, &[k]).ok_or(format!("libiscsi-load result without {k}"));
+        if !ran.success {
+            return Err(format!("libiscsi-load {}: {}", ran.status, last_line(&ran.stderr)));
+        }
+        if get("ios")? == 0.0 {
+            return Err("libiscsi-load completed no command".into());
         }
         Ok(Sample {
             iops: get("iops")?,

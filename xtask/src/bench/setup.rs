@@ -159,14 +159,24 @@ pub(crate) fn clock_ticks_per_second() -> f64 {
     })
 }
 
-/// A 1 GiB file: sparse (filled through the target before the runs), or with `Dd` full of
-/// random data written in 1 MiB pieces and synced, as `dd if=/dev/urandom bs=1M` leaves it.
+/// A 1 GiB file: sparse (`Target`: filled through the target before the runs; `Sparse`: never),
+/// fallocated, or with `Dd` full of random data written in 1 MiB pieces and synced, as
+/// `dd if=/dev/urandom bs=1M` leaves it.
 pub(crate) fn create_lun_file(path: &Path, state: FileState) -> Result<(), String> {
     use std::io::Write;
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut f = std::fs::File::create(path).map_err(err)?;
     match state {
-        FileState::Target => f.set_len(LUN_SIZE).map_err(err),
+        FileState::Target | FileState::Sparse => f.set_len(LUN_SIZE).map_err(err),
+        FileState::Fallocated => {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fallocate takes plain integers.
+            let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, LUN_SIZE as libc::off_t) };
+            if rc != 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            f.sync_all().map_err(err)
+        }
         FileState::Dd => {
             let mut piece = vec![0u8; 1 << 20];
             let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -182,4 +192,26 @@ pub(crate) fn create_lun_file(path: &Path, state: FileState) -> Result<(), Strin
             f.sync_all().map_err(err)
         }
     }
+}
+
+/// Compiles `libiscsi_load.c` into target/bench (gcc and libiscsi-dev).
+pub(crate) fn build_libiscsi_load() -> Result<PathBuf, String> {
+    let source = root().join("xtask/src/bench/libiscsi_load.c");
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let binary = out.join("libiscsi-load");
+    let built = Command::new("gcc")
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .arg("-liscsi")
+        .output()
+        .map_err(|e| format!("gcc not found ({e}): apt-get install -y gcc libiscsi-dev (or --client own)"))?;
+    if !built.status.success() {
+        return Err(format!(
+            "building libiscsi-load failed (apt-get install -y libiscsi-dev, or --client own): {}",
+            String::from_utf8_lossy(&built.stderr)
+        ));
+    }
+    Ok(binary)
 }

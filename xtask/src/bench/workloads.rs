@@ -23,6 +23,8 @@ pub(super) enum Client {
     Own,
     /// libiscsi's iscsi-perf (reads only).
     IscsiPerf,
+    /// `libiscsi_load.c`: reads and writes, any number of sessions, through libiscsi.
+    Libiscsi,
 }
 
 impl Client {
@@ -30,6 +32,7 @@ impl Client {
         match self {
             Client::Own => "own",
             Client::IscsiPerf => "iscsi-perf",
+            Client::Libiscsi => "libiscsi",
         }
     }
 }
@@ -117,6 +120,11 @@ pub(super) struct Options {
 pub(super) enum FileState {
     /// Sparse, then filled through each target with 1 MiB writes.
     Target,
+    /// Sparse and never filled: every first write allocates blocks, reads return holes.
+    Sparse,
+    /// Allocated with `fallocate` and never filled: every first write converts an unwritten
+    /// extent, reads return zeros without touching the disk.
+    Fallocated,
     /// Random data written in 1 MiB pieces by another program (as `dd` does) before the
     /// targets start: in the page cache as large folios.
     Dd,
@@ -126,6 +134,8 @@ impl FileState {
     pub(super) fn name(self) -> &'static str {
         match self {
             FileState::Target => "written through the target",
+            FileState::Sparse => "sparse, never filled",
+            FileState::Fallocated => "fallocated, never filled",
             FileState::Dd => "written by dd before the targets started",
         }
     }
@@ -150,7 +160,7 @@ pub(super) struct TargetsArgs {
     /// Only this backing (default: memory and file).
     #[arg(long, value_enum)]
     pub(super) backing: Option<Backing>,
-    /// Only this client (default: own and iscsi-perf).
+    /// Only this client (default: own, libiscsi and iscsi-perf).
     #[arg(long, value_enum)]
     pub(super) client: Option<Client>,
     /// rtgt's backend for the file LU.
@@ -179,7 +189,7 @@ pub(super) fn parse(args: &[String]) -> Result<Options, String> {
         runs: a.runs.unwrap_or(if a.quick { 1 } else { 3 }) as usize,
         threads: a.threads as usize,
         backings: a.backing.map_or(vec![Backing::Memory, Backing::File], |b| vec![b]),
-        clients: a.client.map_or(vec![Client::Own, Client::IscsiPerf], |c| vec![c]),
+        clients: a.client.map_or(vec![Client::Own, Client::Libiscsi, Client::IscsiPerf], |c| vec![c]),
         only: a.only.iter().map(|o| o.to_lowercase()).collect(),
         rtgt_file_backend: if a.rtgt_file_backend == "uring" { "uring" } else { "file" },
         file_state: a.file_state,
