@@ -507,7 +507,9 @@ fn serve(config: Option<PathBuf>, data_dir: Option<PathBuf>, overrides: ServeOve
     };
     overrides.apply(&file).validate().map_err(|e| e.to_string())?;
     // Changes made through the API go to the file we read, or to the data directory.
-    block_on(run(file, overrides, path.unwrap_or(saved)))
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = file.server.worker_threads(cpus);
+    runtime(workers)?.block_on(run(file, overrides, path.unwrap_or(saved)))
 }
 
 /// Data buffers of up to a MaxBurstLength and more (1 MiB reads, gathered writes) come and go
@@ -548,6 +550,15 @@ const SAVED_CONFIG: &str = "rtgt.toml";
 fn block_on<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(f)
+}
+
+/// The runtime of `rtgt serve`, with `workers` worker threads (`server.workers`).
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 async fn run(file: Config, overrides: Overrides, path: PathBuf) -> Result<(), String> {

@@ -247,6 +247,16 @@ fn busy_polling_is_bounded_and_reaches_the_settings() {
 }
 
 #[test]
+fn workers_default_to_half_the_cpus_and_are_bounded() {
+    let defaults = Config::from_toml("").unwrap();
+    assert_eq!([1, 2, 4, 64].map(|cpus| defaults.server.worker_threads(cpus)), [1, 1, 2, 32]);
+    let three = Config::from_toml("[server]\nworkers = 3\n").unwrap();
+    assert_eq!(three.server.worker_threads(2), 3);
+    let err = Config::from_toml("[server]\nworkers = 5000\n").unwrap_err().0.join("\n");
+    assert!(err.contains("server.workers: at most 1024"), "{err}");
+}
+
+#[test]
 fn unknown_keys_are_refused() {
     let err = Config::from_toml("[server]\nqueue_dept = 3\n").unwrap_err();
     assert!(err.0[0].contains("queue_dept"), "{err}");

@@ -80,6 +80,9 @@ impl Config {
         if s.busy_poll_us > MAX_BUSY_POLL_US {
             problems.push(format!("server.busy_poll_us: at most {MAX_BUSY_POLL_US} (polling longer only burns CPU)"));
         }
+        if s.workers > MAX_WORKERS {
+            problems.push(format!("server.workers: at most {MAX_WORKERS} (0: half the CPUs)"));
+        }
         if s.nop_interval_secs == 0 || s.nop_timeout_secs == 0 {
             problems.push("server.nop_interval_secs / nop_timeout_secs: must be at least 1".into());
         }
