@@ -725,6 +725,9 @@ impl Config {
                 ..ConnConfig::default()
             },
             busy_poll: Duration::from_micros(s.busy_poll_us),
+            pollers: Arc::new(crate::server::pollers::PollerSlots::new(
+                s.worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            )),
             admission: crate::server::admission::AdmissionLimits {
                 connections: s.max_connections,
                 connections_per_address: s.max_connections_per_address,

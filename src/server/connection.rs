@@ -283,11 +283,14 @@ struct FullFeature {
     /// Bytes of unwritten responses charged to the I/O memory pool.
     unwritten_charged: u64,
     initiator_name: String,
+    /// Holds one of the poller slots (`pollers.rs`).
+    polling: bool,
 }
 
 impl Drop for FullFeature {
     fn drop(&mut self) {
         self.settings.conn.memory.release(self.unwritten_charged);
+        self.hold_poller_slot(false);
     }
 }
 
@@ -334,6 +337,7 @@ impl FullFeature {
             closed_by_peer: None,
             unwritten_charged: 0,
             initiator_name: outcome.initiator_name.clone(),
+            polling: false,
         }
     }
 
@@ -405,8 +409,9 @@ impl FullFeature {
             // left): one that waits for the initiator's data is fed by a client busy writing
             // it, and polling would take CPU from that client.
             let awaiting_initiator = self.conn.task_count() > self.running.len();
-            let busy_polling =
+            let wants_to_poll =
                 !writing && !awaiting_initiator && !self.settings.busy_poll.is_zero() && self.clock.now() < poll_until;
+            let busy_polling = self.hold_poller_slot(wants_to_poll);
             tokio::select! {
                 biased;
                 Some((itt, response)) = self.running.next(), if !self.running.is_empty() => {
@@ -453,6 +458,18 @@ impl FullFeature {
                 return reason;
             }
         }
+    }
+
+    /// Takes a poller slot when the connection wants to poll and holds none, gives it back when
+    /// it stops wanting to; whether it may poll now (`pollers.rs`).
+    fn hold_poller_slot(&mut self, wants_to_poll: bool) -> bool {
+        if wants_to_poll && !self.polling {
+            self.polling = self.settings.pollers.try_take();
+        } else if !wants_to_poll && self.polling {
+            self.settings.pollers.give_back();
+            self.polling = false;
+        }
+        self.polling
     }
 
     fn on_read(&mut self, event: std::io::Result<ReadEvent>) {

@@ -5,6 +5,7 @@ pub mod access;
 pub mod admission;
 pub mod connection;
 pub mod net;
+pub mod pollers;
 pub mod registry;
 pub mod supervisor;
 
@@ -46,6 +47,8 @@ pub struct Settings {
     /// that latency, the way SPDK's reactors and Linux's busy_poll do. Zero turns it off (the
     /// simulation must: simulated time does not pass while a task only yields).
     pub busy_poll: Duration,
+    /// Connections that may busy-poll at once (one per runtime worker), shared by all.
+    pub pollers: Arc<pollers::PollerSlots>,
     /// Connections admitted at once: in total, per source address, still logging in.
     pub admission: AdmissionLimits,
     /// Sessions one initiator name may hold at once.
@@ -60,6 +63,7 @@ impl Default for Settings {
             login_timeout: Duration::from_secs(30),
             logout_grace_secs: 5,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            pollers: Arc::new(pollers::PollerSlots::new(1)),
             admission: AdmissionLimits::default(),
             sessions_per_initiator: DEFAULT_SESSIONS_PER_INITIATOR,
         }

@@ -473,6 +473,42 @@ impl BlockStore for FileStore {
 mod tests {
     use super::*;
 
+    fn inline_writes(store: &FileStore) -> u64 {
+        match store.stats() {
+            StoreStats::File(f) => f.inline_writes,
+            other => panic!("not a file store's statistics: {other:?}"),
+        }
+    }
+
+    /// Plain page-aligned writes of up to 64 KiB into a region already prepared are made on the
+    /// calling task; the first write into a region, unaligned, large and FUA writes go to the
+    /// threads. Every one of them lands.
+    #[tokio::test]
+    async fn small_aligned_writes_into_prepared_regions_are_made_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = FileOptions { size: Some(8 << 20), create: true, busy_poll: Duration::ZERO, atomic_intents: None };
+        let s = FileStore::open(&dir.path().join("disk.img"), &opts).unwrap();
+        let mut model = vec![0u8; 8 << 20];
+        let writes: [(u64, usize, bool, u64); 6] = [
+            (0, 4096, false, 0),                // the region's first write: prepared on the thread
+            (4096, 8192, false, 1),             // aligned, prepared: inline
+            (512, 512, false, 1),               // unaligned: could read a partial page
+            (16384, 128 << 10, false, 1),       // larger than 64 KiB
+            (8192, 4096, true, 1),              // FUA: waits for the disk
+            ((2 << 20) + 4096, 4096, false, 1), // another region's first write
+        ];
+        for (i, (offset, len, fua, inline_after)) in writes.into_iter().enumerate() {
+            let data = vec![i as u8 + 1; len];
+            model[offset as usize..offset as usize + len].copy_from_slice(&data);
+            s.write(offset, Bytes::from(data), fua).await.unwrap();
+            assert_eq!(inline_writes(&s), inline_after, "after write {i} at {offset}");
+        }
+        s.write((2 << 20) + 65536, Bytes::from(vec![9u8; 65536]), false).await.unwrap();
+        model[(2 << 20) + 65536..(2 << 20) + 131072].fill(9);
+        assert_eq!(inline_writes(&s), 2, "the second region is prepared now");
+        assert_eq!(&s.read(0, 8 << 20).await.unwrap()[..], &model[..]);
+    }
+
     #[tokio::test]
     async fn file_store_round_trip_fua_unmap_and_extents() {
         let dir = tempfile::tempdir().unwrap();
