@@ -480,7 +480,7 @@ mod tests {
         }
     }
 
-    /// Plain page-aligned writes of up to 64 KiB into a region already prepared are made on the
+    /// Plain page-aligned writes of up to 256 KiB into a region already prepared are made on the
     /// calling task; the first write into a region, unaligned, large and FUA writes go to the
     /// threads. Every one of them lands.
     #[tokio::test]
@@ -493,7 +493,7 @@ mod tests {
             (0, 4096, false, 0),                // the region's first write: prepared on the thread
             (4096, 8192, false, 1),             // aligned, prepared: inline
             (512, 512, false, 1),               // unaligned: could read a partial page
-            (16384, 128 << 10, false, 1),       // larger than 64 KiB
+            (16384, 512 << 10, false, 1),       // larger than 256 KiB
             (8192, 4096, true, 1),              // FUA: waits for the disk
             ((2 << 20) + 4096, 4096, false, 1), // another region's first write
         ];
