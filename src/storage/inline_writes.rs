@@ -39,7 +39,7 @@ pub struct InlineWrites {
 impl InlineWrites {
     /// Whether a write of `len` bytes at `offset`, into prepared regions, is to be made inline.
     pub fn admit(&self, offset: u64, len: usize) -> bool {
-        if len == 0 || len > INLINE_MAX || offset % PAGE != 0 || len as u64 % PAGE != 0 {
+        if len == 0 || len > INLINE_MAX || !offset.is_multiple_of(PAGE) || !(len as u64).is_multiple_of(PAGE) {
             return false;
         }
         let mut left = self.backoff.load(Ordering::Relaxed);
