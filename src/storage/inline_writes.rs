@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The largest write made inline: a copy of ~100 µs into the page cache. It covers 128 KiB
-/// sequential writes (QD8, libiscsi, by hand: 13.6-16.4k IOPS with 64 KiB here, 15.9-17.5k with
-/// 256 KiB); larger ones overlap their copy with the network on the writer thread.
+/// sequential writes (QD8, libiscsi, 3 alternating runs by hand: 18.3-21.1k IOPS with 64 KiB
+/// here, 23.8-26.7k with 256 KiB); larger ones overlap their copy with the network on the
+/// writer thread.
 pub const INLINE_MAX: usize = 256 << 10;
 /// An inline write that took longer than this makes the next [`BACKOFF`] go to the thread.
 pub const SLOW: Duration = Duration::from_micros(500);
