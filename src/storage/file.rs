@@ -379,7 +379,10 @@ impl BlockStore for FileStore {
     }
 
     fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, StoreResult<()>> {
-        let (len, data_len) = (data.len() as u64, data.len());
+        let prepared = self.folios.as_ref().is_some_and(|folios| folios.prepared(offset, data.len() as u64));
+        if !fua && prepared && self.inline.admit(offset, data.len()) {
+            return Box::pin(std::future::ready(self.write_inline(&data, offset)));
+        }
         let folios = self.folios.clone();
         let prepare = move |f: &File| {
             if let Some(folios) = &folios {
@@ -390,12 +393,8 @@ impl BlockStore for FileStore {
         if fua {
             return Box::pin(self.blocking(true, move |f| write_fua(f, &prepare(f), offset)));
         }
-        match &self.folios {
+        match self.folios {
             None => Box::pin(self.blocking(true, move |f| f.write_all_at(&prepare(f), offset))),
-            Some(folios) if folios.prepared(offset, len) && self.inline.admit(offset, data_len) => {
-                let written = self.write_inline(&prepare(&self.file), offset);
-                Box::pin(std::future::ready(written))
-            }
             Some(_) => Box::pin(
                 self.blocking_on(&self.writer, true, move |f| SmallFolios::write_in_pieces(f, &prepare(f), offset)),
             ),

@@ -45,6 +45,21 @@ pub(crate) fn bench_load(
     std::fs::read_to_string(&json).map_err(|e| format!("rtgt-bench load wrote no result: {e}"))
 }
 
+/// A load generator's JSON result (rtgt-bench load and libiscsi-load print the same keys).
+fn load_sample(text: &str, client: &str) -> Result<Sample, String> {
+    let get = |k: &str| json_number(text, &[k]).ok_or(format!("{client} result without {k}"));
+    if get("ios")? == 0.0 {
+        return Err(format!("{client} completed no command"));
+    }
+    Ok(Sample {
+        iops: get("iops")?,
+        mb_s: get("mb_per_s")?,
+        p50_us: Some(get("lat_p50_us")?),
+        p99_us: Some(get("lat_p99_us")?),
+        cpu_us: None,
+    })
+}
+
 pub(super) struct Runner {
     pub(super) rtgt: PathBuf,
     pub(super) iscsi_perf: PathBuf,
@@ -66,17 +81,7 @@ impl Runner {
             ("--seed", seed.to_string()),
         ];
         let text = bench_load(&self.dir, t.addr, t.iqn, &options, seconds)?;
-        let get = |k: &str| json_number(&text, &[k]).ok_or(format!("rtgt-bench load result without {k}"));
-        if get("ios")? == 0.0 {
-            return Err("rtgt-bench load completed no command".into());
-        }
-        Ok(Sample {
-            iops: get("iops")?,
-            mb_s: get("mb_per_s")?,
-            p50_us: Some(get("lat_p50_us")?),
-            p99_us: Some(get("lat_p99_us")?),
-            cpu_us: None,
-        })
+        load_sample(&text, "rtgt-bench load")
     }
 
     /// `libiscsi_load.c`: the workload's sessions and queue depth through libiscsi.
@@ -93,20 +98,10 @@ impl Runner {
             seed.to_string(),
         ];
         let ran = run_limited(&self.libiscsi_load, &args, Duration::from_secs(seconds + 60), &self.dir)?;
-        let get = |k: &str| json_number(&ran.stdout, &[k]).ok_or(format!("libiscsi-load result without {k}"));
         if !ran.success {
             return Err(format!("libiscsi-load {}: {}", ran.status, last_line(&ran.stderr)));
         }
-        if get("ios")? == 0.0 {
-            return Err("libiscsi-load completed no command".into());
-        }
-        Ok(Sample {
-            iops: get("iops")?,
-            mb_s: get("mb_per_s")?,
-            p50_us: Some(get("lat_p50_us")?),
-            p99_us: Some(get("lat_p99_us")?),
-            cpu_us: None,
-        })
+        load_sample(&ran.stdout, "libiscsi-load")
     }
 
     /// iscsi-perf: `-b` blocks per read, `-m` reads in flight, `-r` random (512-byte aligned
