@@ -105,6 +105,7 @@ impl Model {
         let id = self.next_id;
         self.next_id += 1;
         let index = self.writes.len();
+        debug_assert!(self.writes.last().is_none_or(|w| w.issued <= now), "writes are registered in issue order");
         self.writes.push(Write {
             id,
             value: if value == u32::MAX { id } else { value },
@@ -268,11 +269,16 @@ impl Model {
         virtual_crash: Option<Duration>,
     ) -> bool {
         let Some(end) = self.end_of(w, virtual_crash) else { return false };
-        self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).any(|other| {
-            other.issued > end
-                && other.acked.is_some_and(|a| a < read_issued)
-                && self.survives(other, read_issued, virtual_crash)
-        })
+        // A block's history is in issue order: only its newest writes, those issued after
+        // `end`, can supersede `w`.
+        self.history[lun][block as usize]
+            .iter()
+            .rev()
+            .map(|&i| &self.writes[i])
+            .take_while(|other| other.issued > end)
+            .any(|other| {
+                other.acked.is_some_and(|a| a < read_issued) && self.survives(other, read_issued, virtual_crash)
+            })
     }
 
     /// Checks one block of a read issued at `issued` that completed at `done`.
@@ -304,12 +310,17 @@ impl Model {
         virtual_crash: Option<Duration>,
     ) -> Result<u32, String> {
         let value = decode_block(block, data)?;
-        let candidates: Vec<&Write> =
-            self.history[lun][block as usize].iter().map(|&i| &self.writes[i]).filter(|w| w.value == value).collect();
-        if candidates.is_empty() {
+        // Newest first: a block most often holds one of its latest writes.
+        let mut candidates = self.history[lun][block as usize]
+            .iter()
+            .rev()
+            .map(|&i| &self.writes[i])
+            .filter(|w| w.value == value)
+            .peekable();
+        if candidates.peek().is_none() {
             return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
         }
-        if candidates.iter().any(|w| w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)) {
+        if candidates.any(|w| w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)) {
             return Ok(value);
         }
         let latest = self.history[lun][block as usize]
