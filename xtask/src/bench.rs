@@ -45,6 +45,31 @@ const LBA: u32 = 512;
 
 // ---------------------------------------------------------------- the benchmark
 
+/// The idle measurement's name, as `--only` selects it.
+const IDLE_NAME: &str = "idle 64 sessions";
+const IDLE_SESSIONS: u32 = 64;
+
+/// Both targets' CPU time while 64 sessions sit logged in without a command, as a line of the
+/// report.
+fn measure_idle(runner: &Runner, targets: [&Target; 2], seconds: u64, backing: Backing) -> String {
+    let figures: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            let figure = match runner.idle_cpu(t, IDLE_SESSIONS, seconds) {
+                Ok(ms) => format!("{ms:.2} ms CPU per s"),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            eprintln!("xtask: {IDLE_NAME} {} {}: {figure}", backing.name(), t.kind.name());
+            format!("{} {figure}", t.kind.name())
+        })
+        .collect();
+    format!(
+        "{IDLE_NAME}: {IDLE_SESSIONS} libiscsi sessions logged in without a command for {seconds} s ({} LU): {}",
+        backing.name(),
+        figures.join(", ")
+    )
+}
+
 pub fn targets(args: &[String]) -> Result<(), String> {
     let options = parse(args)?;
     let missing = |what: &str, package: &str| format!("{what} not found: apt-get install -y {package}");
@@ -102,7 +127,11 @@ pub fn targets(args: &[String]) -> Result<(), String> {
             options.only.is_empty() || options.only.iter().any(|o| name.contains(o.as_str()))
         })
         .collect();
-    if workloads.is_empty() {
+    // What idle sessions cost (busy polling must cost nothing once commands stop): once, on the
+    // first backing, with the libiscsi client.
+    let idle_selected = options.clients.contains(&Client::Libiscsi)
+        && (options.only.is_empty() || options.only.iter().any(|o| IDLE_NAME.contains(o.as_str())));
+    if workloads.is_empty() && !idle_selected {
         return Err("--only matches no workload".into());
     }
     let clients_of = |i: usize| -> Vec<Client> {
@@ -127,6 +156,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
 
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut idle: Vec<String> = Vec::new();
     let mut done = 0;
     for &backing in &options.backings {
         eprintln!("xtask: backing {}: starting rtgt and tgtd", backing.name());
@@ -225,6 +255,9 @@ pub fn targets(args: &[String]) -> Result<(), String> {
                 rows.push(row);
             }
         }
+        if idle_selected && Some(&backing) == options.backings.first() {
+            idle.push(measure_idle(&runner, [&rtgt, &tgtd], options.seconds, backing));
+        }
         let log = std::fs::read_to_string(&rtgt.log).unwrap_or_default();
         if log.contains("panicked") {
             notes.push(format!("rtgt panicked on the {} backing (log: {})", backing.name(), rtgt.log.display()));
@@ -291,6 +324,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         ),
     ];
     about.extend(fractions);
+    about.extend(idle);
     let mut all_notes = about.clone();
     all_notes.extend(notes.iter().map(|n| format!("FAILED: {n}")));
 

@@ -5,7 +5,8 @@
  * asynchronous API; each session keeps QD commands in flight.
  *
  *   libiscsi-load PORTAL IQN LUN PATTERN BLOCK_SIZE QD SESSIONS SECONDS SEED
- *   PATTERN: randread randwrite seqread seqwrite
+ *   PATTERN: randread randwrite seqread seqwrite, or idle: the sessions log in and send no
+ *   command for SECONDS (they answer the target's NOP-Ins), to measure what idle sessions cost
  *
  * Prints one JSON object: ios, iops, mb_per_s, lat_p50_us, lat_p99_us, errors.
  * Built by xtask with `gcc -O2 ... -liscsi`.
@@ -37,7 +38,7 @@ struct session {
     int lun;
 };
 
-static int reads, randomly;
+static int reads, randomly, idle;
 static uint32_t block_size;
 static uint64_t blocks;          /* of the LU, in pieces of block_size */
 static uint32_t block_length;    /* the LU's logical block */
@@ -130,6 +131,7 @@ int main(int argc, char **argv) {
     rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)strtoull(argv[9], NULL, 10) * 0x2545f4914f6cdd1dULL;
     reads = strstr(pattern, "read") != NULL;
     randomly = strncmp(pattern, "rand", 4) == 0;
+    idle = strcmp(pattern, "idle") == 0;
     if (nsessions < 1 || nsessions > MAX_SESSIONS || qd < 1 || block_size < 512 || block_size % 512) {
         fprintf(stderr, "bad arguments\n");
         return 2;
@@ -169,14 +171,19 @@ int main(int argc, char **argv) {
     blocks = (rc16->returned_lba + 1) * block_length / block_size;
     scsi_free_scsi_task(cap);
 
+    if (idle) {
+        /* The window the benchmark measures starts now. */
+        printf("logged in\n");
+        fflush(stdout);
+    }
     double started = now();
     deadline = started + seconds;
-    for (int i = 0; i < nsessions; i++)
+    for (int i = 0; i < nsessions && !idle; i++)
         for (int q = 0; q < qd; q++)
             if (submit(&sessions[i]) != 0)
                 return 1;
     struct pollfd fds[MAX_SESSIONS];
-    while (in_flight > 0) {
+    while (in_flight > 0 || (idle && now() < deadline)) {
         if (now() >= deadline)
             stopping = 1;
         for (int i = 0; i < nsessions; i++) {
@@ -184,7 +191,7 @@ int main(int argc, char **argv) {
             fds[i].events = iscsi_which_events(sessions[i].iscsi);
             fds[i].revents = 0;
         }
-        if (poll(fds, nsessions, 1000) < 0) {
+        if (poll(fds, nsessions, idle ? 100 : 1000) < 0) {
             perror("poll");
             return 1;
         }

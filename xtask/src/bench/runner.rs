@@ -104,6 +104,43 @@ impl Runner {
         load_sample(&ran.stdout, "libiscsi-load")
     }
 
+    /// The CPU time `t` spends while `sessions` libiscsi sessions stay logged in without a
+    /// command, in milliseconds per second: measured from the moment the client reports every
+    /// session logged in (logins are not idle) until shortly before it logs out.
+    pub(super) fn idle_cpu(&self, t: &Target, sessions: u32, seconds: u64) -> Result<f64, String> {
+        let limit = (seconds + 60).to_string();
+        let mut child = Command::new("timeout")
+            .args(["-s", "KILL", &limit])
+            .arg(&self.libiscsi_load)
+            .args([&t.addr.to_string(), t.iqn, "1", "idle", "4096", "1", &sessions.to_string()])
+            .args([&seconds.to_string(), "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("libiscsi-load: {e}"))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut first = String::new();
+        let _ = stdout.read_line(&mut first);
+        let measured = if first.trim() == "logged in" {
+            let (cpu_before, started) = (t.thread_run_seconds(), Instant::now());
+            std::thread::sleep(Duration::from_secs(seconds).saturating_sub(Duration::from_millis(500)));
+            let used = t.thread_run_seconds().zip(cpu_before).map(|(after, before)| after - before);
+            used.map(|u| u * 1e3 / started.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        let mut stderr = String::new();
+        let _ = child.stderr.take().expect("piped").read_to_string(&mut stderr);
+        let status = child.wait().map_err(|e| format!("libiscsi-load: {e}"))?;
+        match (status.success(), measured) {
+            (true, Some(ms_per_s)) => Ok(ms_per_s),
+            (true, None) => Err(format!("libiscsi-load idle: no CPU figure (first line {first:?})")),
+            (false, _) => Err(format!("libiscsi-load idle {status}: {}", last_line(&stderr))),
+        }
+    }
+
     /// iscsi-perf: `-b` blocks per read, `-m` reads in flight, `-r` random (512-byte aligned
     /// offsets), `-t` seconds. It ignores the first SIGTERM while reads are in flight and may
     /// never stop if its progress tick misses the last second, so it runs under SIGKILL after

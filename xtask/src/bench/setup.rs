@@ -17,6 +17,10 @@ impl Target {
         self.server.as_ref()?.cpu_seconds()
     }
 
+    pub(crate) fn thread_run_seconds(&self) -> Option<f64> {
+        self.server.as_ref()?.thread_run_seconds()
+    }
+
     pub(crate) fn alive(&self) -> bool {
         self.server.as_ref().is_some_and(Watched::alive)
     }
