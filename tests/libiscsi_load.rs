@@ -67,3 +67,24 @@ async fn libiscsi_load_writes_and_reads_through_every_session_without_errors() {
     };
     assert!(first.iter().any(|&b| b != 0), "the first 4 KiB the client wrote read back as zeros");
 }
+
+/// The idle pattern (what idle sessions cost): every session logs in, the client says so on its
+/// first line, then it sends no command until it logs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libiscsi_load_idle_logs_in_every_session_and_sends_no_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = build(dir.path()).await;
+    let t = start(memory_config("")).await;
+    let out = Command::new(&binary)
+        .args([&t.addr.to_string(), TARGET, "1", "idle", "4096", "1", "4", "1", "0"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let (first, result) = stdout.split_once('\n').unwrap_or_else(|| panic!("one line only: {stdout}"));
+    assert_eq!(first, "logged in");
+    let json: serde_json::Value = serde_json::from_str(result.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!((number(&json, "ios"), number(&json, "errors")), (0.0, 0.0), "{json}");
+}
