@@ -78,7 +78,11 @@ async fn a_chunk_replaced_since_is_read_from_the_store() {
     v.write(2 * CHUNK_64K, Bytes::from(vec![0x77; CHUNK_64K as usize]), false).await.unwrap();
     v.flush().await.unwrap();
     v.evict_clean(&mut v.cache(), u64::MAX);
+    let before = gets(&v);
     read_chunk(&v, 2, 0x77).await;
+    assert_eq!(gets(&v), before + 1, "the new version from the store, not the old one from the disk");
+    // ...and kept on the disk in its turn.
+    settled(&v).await;
     v.close().await.unwrap();
     drop(v);
 
@@ -89,10 +93,12 @@ async fn a_chunk_replaced_since_is_read_from_the_store() {
     drop(other);
 
     let v = h.open_with(with_disk(&h, &disk, 4, 1 << 20)).await.unwrap();
+    let before = gets(&v);
     for (c, fill) in [(0, 1), (1, 0xee), (2, 0x77), (3, 4)] {
         read_chunk(&v, c, fill).await;
     }
-    assert_eq!(v.stats.read_bytes_disk.load(Ordering::Relaxed), 2 * CHUNK_64K, "chunks 0 and 3 from the disk");
+    assert_eq!(gets(&v), before + 1, "chunk 1 from the store");
+    assert_eq!(v.stats.read_bytes_disk.load(Ordering::Relaxed), 3 * CHUNK_64K, "chunks 0, 2 and 3 from the disk");
 }
 
 #[tokio::test(start_paused = true)]

@@ -319,6 +319,15 @@ pub fn chunk_metadata(data: &[u8], segment: u64, stamp: u64) -> BTreeMap<String,
     ])
 }
 
+/// [`chunk_metadata`] of a chunk whose segments' CRC32Cs are `crcs`.
+pub fn chunk_metadata_of(crcs: &[u32], stamp: u64) -> BTreeMap<String, String> {
+    let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
+    BTreeMap::from([
+        (CRC_METADATA.to_string(), base64::engine::general_purpose::STANDARD.encode(bytes)),
+        (SEQ_METADATA.to_string(), stamp.to_string()),
+    ])
+}
+
 /// Checks what a GET of bytes `range` of a chunk object of `chunk_len` bytes returned: its
 /// lengths, and the CRC32C of every segment (of `segment` bytes) it holds; `range` covers
 /// whole segments.

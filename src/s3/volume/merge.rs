@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::cache::{Bits, Cache, PAGE};
 use super::chunk_map::Landed;
 use super::{MERGE_PARALLEL, S3Volume, store_err};
-use super::{disk_cache, format};
+use super::{disk_cache, steps};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::{StoreError, StoreResult};
 
@@ -65,20 +65,22 @@ impl S3Volume {
         let started = self.clock.now();
         let chunk_len = self.chunk_len(c) as usize;
         let n = (chunk_len as u64 / self.block_size) as usize;
+        // The entry's pages are shared copy-on-write: taken under the lock without a copy,
+        // composed outside it, in steps (`steps.rs`).
         let snapshot = {
             let cache = self.cache();
             match cache.entries.get(&c) {
                 Some(e) if !e.is_clean() => {
-                    let mut full = vec![0u8; chunk_len];
-                    e.copy_out(0, &mut full);
                     let stamp = stamp.unwrap_or_else(|| self.current_seq());
-                    Some((e.generation, full, e.valid.clone(), cache.exists.contains(&c), stamp))
+                    Some((e.generation, e.pages.clone(), e.valid.clone(), cache.exists.contains(&c), stamp))
                 }
                 _ => None,
             }
         };
-        let Some((generation, mut full, valid, exists, stamp)) = snapshot else { return Ok(Merged::Done) };
+        let Some((generation, pages, valid, exists, stamp)) = snapshot else { return Ok(Merged::Done) };
         let _buffers = self.buffers(2 * chunk_len as u64);
+        let mut full = steps::compose(&pages, chunk_len).await;
+        drop(pages);
         // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
             let old = match exists {
@@ -91,14 +93,15 @@ impl S3Volume {
                 },
             };
             if let Some(old) = old {
-                let bs = self.block_size as usize;
-                for b in (0..n).filter(|&b| !valid.get(b)) {
-                    full[b * bs..(b + 1) * bs].copy_from_slice(&old[b * bs..(b + 1) * bs]);
-                }
+                steps::fill(&mut full, &old, self.block_size as usize, |b| valid.get(b)).await;
             }
-            self.install(c, &full);
+            let blocks_per_step = steps::STEP / self.block_size as usize;
+            for first in (0..n).step_by(blocks_per_step) {
+                self.install_blocks(c, &full, first..(first + blocks_per_step).min(n));
+                tokio::task::yield_now().await;
+            }
         }
-        let zero = full.iter().all(|&b| b == 0);
+        let zero = steps::is_zero(&full).await;
         if zero && matches!(how, Merge::Replaying { .. }) {
             // Older logs may still hold data for it, and no zero record can be numbered
             // between them: keep it as zeros (no pages) until every log is applied.
@@ -119,9 +122,9 @@ impl S3Volume {
             settle_at = seq;
             if exists { self.delete_chunk_objects(&[c]).await.and_then(first_error).map(|()| None) } else { Ok(None) }
         } else {
+            let metadata = steps::chunk_metadata(&full, self.segment, stamp).await;
             // From now on the object may exist, even if this merge is cancelled mid-PUT.
             self.cache().exists.insert(c);
-            let metadata = format::chunk_metadata(&full, self.segment, stamp);
             let (key, version) = self.new_chunk_key(c);
             let put = self.store.put(&key, Bytes::from(full), metadata, Condition::None);
             // A merge cancelled mid-PUT leaves a version that may be there.
@@ -161,16 +164,16 @@ impl S3Volume {
         }
     }
 
-    /// Fills the blocks an entry does not hold with a composed chunk (what the object holds
-    /// there), so that a later merge needs no fetch, if the cache has room for it. A zero chunk
-    /// needs no room. Either way reads stay right while the replacement is in flight: the
-    /// blocks not in the cache are the same in the old object and the new.
-    pub(super) fn install(&self, c: u64, full: &[u8]) {
+    /// Fills the blocks `blocks` of an entry that it does not hold with a composed chunk (what
+    /// the object holds there), so that a later merge needs no fetch, if the cache has room for
+    /// them. Zeros need no room. Either way reads stay right while the replacement is in flight:
+    /// the blocks not in the cache are the same in the old object and the new.
+    fn install_blocks(&self, c: u64, full: &[u8], blocks: std::ops::Range<usize>) {
         let mut cache = self.cache();
         let bs = self.block_size as usize;
-        let zero = full.iter().all(|&b| b == 0);
+        let zero = full[blocks.start * bs..blocks.end * bs].iter().all(|&b| b == 0);
         let Some(e) = cache.entries.get(&c) else { return };
-        let missing: Vec<usize> = (0..full.len() / bs).filter(|&b| !e.valid.get(b)).collect();
+        let missing: Vec<usize> = blocks.clone().filter(|&b| !e.valid.get(b)).collect();
         let need = (missing.len() * bs).div_ceil(PAGE) as u64 * PAGE as u64 + PAGE as u64;
         if !zero && cache.page_bytes.saturating_add(need) > self.cache_limit {
             self.evict_clean(&mut cache, need);
@@ -183,7 +186,8 @@ impl S3Volume {
         for b in missing {
             allocated += e.copy_in(b * bs, &full[b * bs..(b + 1) * bs]);
         }
-        e.valid = Bits::Full;
+        let n = full.len() / bs;
+        e.valid.set_range(blocks.start, blocks.end, n);
         cache.page_bytes += (allocated * PAGE) as u64;
         self.note_cache(&cache);
     }

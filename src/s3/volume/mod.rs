@@ -35,6 +35,7 @@ mod sealing;
 pub mod snapshot;
 mod snapshot_capture;
 mod snapshot_view;
+mod steps;
 mod transfer;
 mod unmap;
 

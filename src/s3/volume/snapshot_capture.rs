@@ -13,9 +13,9 @@
 use bytes::Bytes;
 
 use super::S3Volume;
-use super::cache::{Bits, Cache, PAGE, Pages};
+use super::cache::{Bits, Cache, Pages};
 use super::chunk_map::Landed;
-use super::format;
+use super::{format, steps};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::snapshots::SnapshotError;
 
@@ -66,22 +66,17 @@ impl S3Volume {
     }
 
     /// Writes a captured chunk as its version; None if it holds only zeros (no object). Its
-    /// composition (4 MiB of copies and checksums) yields between steps: the snapshot writes
-    /// every dirty chunk while writes go on, and a task that kept a worker for a whole chunk
-    /// stalled the commands queued behind it (up to 90 ms in `cargo xtask bench s3 --snapshot`).
+    /// composition (4 MiB of copies and checksums) is done in steps (`steps.rs`): the snapshot
+    /// writes every dirty chunk while writes go on, and a task that kept a worker for a whole
+    /// chunk stalled the commands queued behind it (up to 90 ms in `cargo xtask bench s3
+    /// --snapshot`).
     pub(super) async fn write_captured(&self, k: &Captured) -> Result<Option<u64>, SnapshotError> {
         let failed = |why: String| SnapshotError::Failed(format!("chunk {} of {}: {why}", k.c, self.url));
         let _claim = self.claim(&[k.c]).await;
         let len = self.chunk_len(k.c) as usize;
         let bs = self.block_size as usize;
         let n = len / bs;
-        let mut full = vec![0u8; len];
-        for (&page, data) in k.pages.iter() {
-            let at = page as usize * PAGE;
-            let end = (at + PAGE).min(len);
-            full[at..end].copy_from_slice(&data[..end - at]);
-        }
-        tokio::task::yield_now().await;
+        let mut full = steps::compose(&k.pages, len).await;
         if k.valid.count(n) < n
             && let Some(key) = &k.base
         {
@@ -89,19 +84,16 @@ impl S3Volume {
                 Ok(got) => {
                     format::verify_segments(&got, len as u64, 0..len as u64, self.segment).map_err(failed)?;
                     tokio::task::yield_now().await;
-                    for b in (0..n).filter(|&b| !k.valid.get(b)) {
-                        full[b * bs..(b + 1) * bs].copy_from_slice(&got.body[b * bs..(b + 1) * bs]);
-                    }
+                    steps::fill(&mut full, &got.body, bs, |b| k.valid.get(b)).await;
                 }
                 Err(ObjectError::NotFound) if !k.base_known => {}
                 Err(e) => return Err(failed(e.to_string())),
             }
         }
-        if full.iter().all(|&b| b == 0) {
+        if steps::is_zero(&full).await {
             return Ok(None);
         }
-        tokio::task::yield_now().await;
-        let metadata = format::chunk_metadata(&full, self.segment, k.stamp);
+        let metadata = steps::chunk_metadata(&full, self.segment, k.stamp).await;
         let key = format::chunk_version_key(&self.url, k.c, k.version);
         self.store.put(&key, Bytes::from(full), metadata, Condition::None).await.map_err(|e| failed(e.to_string()))?;
         let mut cache = self.cache();
