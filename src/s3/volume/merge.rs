@@ -97,8 +97,10 @@ impl S3Volume {
             }
             let blocks_per_step = steps::STEP / self.block_size as usize;
             for first in (0..n).step_by(blocks_per_step) {
+                if first > 0 {
+                    tokio::task::yield_now().await;
+                }
                 self.install_blocks(c, &full, first..(first + blocks_per_step).min(n));
-                tokio::task::yield_now().await;
             }
         }
         let zero = steps::is_zero(&full).await;

@@ -1,7 +1,9 @@
 //! A merge's work on a chunk (4 MiB of copies, scans and checksums) in steps of [`STEP`]
 //! bytes with a yield between them. The merges of a batch run as one task (`join_all`); done
 //! in one go, each merge's passes added up to polls of 30-40 ms, and every command queued on
-//! the worker waited that long (`cargo xtask bench s3 --snapshot`, without a snapshot).
+//! the worker waited that long (`cargo xtask bench s3 --snapshot`, without a snapshot). The
+//! yields come between steps only: a chunk of one step (the simulation's) is done in one go,
+//! as before, and a yield costs the runtime a poll of its driver.
 
 use super::cache::{PAGE, Pages};
 use super::format;
@@ -13,6 +15,9 @@ pub(super) const STEP: usize = 256 << 10;
 pub(super) async fn compose(pages: &Pages, len: usize) -> Vec<u8> {
     let mut full = Vec::with_capacity(len);
     while full.len() < len {
+        if !full.is_empty() {
+            tokio::task::yield_now().await;
+        }
         let end = (full.len() + STEP).min(len);
         while full.len() < end {
             let at = full.len();
@@ -22,7 +27,6 @@ pub(super) async fn compose(pages: &Pages, len: usize) -> Vec<u8> {
                 None => full.resize(at + n, 0),
             }
         }
-        tokio::task::yield_now().await;
     }
     full
 }
@@ -30,21 +34,25 @@ pub(super) async fn compose(pages: &Pages, len: usize) -> Vec<u8> {
 /// Copies the blocks of `old` that `keep` says the chunk does not hold into `full`.
 pub(super) async fn fill(full: &mut [u8], old: &[u8], block: usize, keep: impl Fn(usize) -> bool) {
     for start in (0..full.len()).step_by(STEP) {
+        if start > 0 {
+            tokio::task::yield_now().await;
+        }
         let end = (start + STEP).min(full.len());
         for b in (start / block..end / block).filter(|&b| !keep(b)) {
             full[b * block..(b + 1) * block].copy_from_slice(&old[b * block..(b + 1) * block]);
         }
-        tokio::task::yield_now().await;
     }
 }
 
 /// Whether every byte of `data` is zero.
 pub(super) async fn is_zero(data: &[u8]) -> bool {
-    for piece in data.chunks(STEP) {
+    for (i, piece) in data.chunks(STEP).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
         if piece.iter().any(|&b| b != 0) {
             return false;
         }
-        tokio::task::yield_now().await;
     }
     true
 }
@@ -57,9 +65,11 @@ pub(super) async fn chunk_metadata(
 ) -> std::collections::BTreeMap<String, String> {
     let per_step = (STEP / segment as usize).max(1) * segment as usize;
     let mut crcs = Vec::with_capacity(data.len().div_ceil(segment as usize));
-    for piece in data.chunks(per_step) {
+    for (i, piece) in data.chunks(per_step).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
         crcs.extend(piece.chunks(segment as usize).map(crc32c::crc32c));
-        tokio::task::yield_now().await;
     }
     format::chunk_metadata_of(&crcs, stamp)
 }
