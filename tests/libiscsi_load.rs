@@ -32,6 +32,15 @@ async fn build(dir: &Path) -> std::path::PathBuf {
     binary
 }
 
+/// Runs the client on the target at `addr` with the arguments after PORTAL IQN; it must succeed.
+/// Its stdout.
+async fn run(binary: &Path, addr: &str, args: [&str; 7]) -> String {
+    let out = Command::new(binary).arg(addr).arg(TARGET).args(args).kill_on_drop(true).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn number(json: &serde_json::Value, key: &str) -> f64 {
     json.get(key).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("no {key} in {json}"))
 }
@@ -42,14 +51,7 @@ async fn libiscsi_load_writes_and_reads_through_every_session_without_errors() {
     let binary = build(dir.path()).await;
     let t = start(memory_config("")).await;
     for pattern in ["randwrite", "seqwrite", "randread"] {
-        let out = Command::new(&binary)
-            .args([&t.addr.to_string(), TARGET, "1", pattern, "4096", "4", "3", "1", "7"])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{pattern}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        let stdout = run(&binary, &t.addr.to_string(), ["1", pattern, "4096", "4", "3", "1", "7"]).await;
         let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
         assert_eq!(number(&json, "errors"), 0.0, "{pattern}: {json}");
         assert!(
@@ -75,14 +77,7 @@ async fn libiscsi_load_idle_logs_in_every_session_and_sends_no_command() {
     let dir = tempfile::tempdir().unwrap();
     let binary = build(dir.path()).await;
     let t = start(memory_config("")).await;
-    let out = Command::new(&binary)
-        .args([&t.addr.to_string(), TARGET, "1", "idle", "4096", "1", "4", "1", "0"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let stdout = run(&binary, &t.addr.to_string(), ["1", "idle", "4096", "1", "4", "1", "0"]).await;
     let (first, result) = stdout.split_once('\n').unwrap_or_else(|| panic!("one line only: {stdout}"));
     assert_eq!(first, "logged in");
     let json: serde_json::Value = serde_json::from_str(result.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));

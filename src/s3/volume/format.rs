@@ -295,11 +295,14 @@ pub fn segment_size(chunk_size: u64) -> u64 {
 
 /// Base64 of the big-endian CRC32C of each `segment`-byte piece of `data`.
 pub fn segment_checksums(data: &[u8], segment: u64) -> String {
-    let mut crcs = Vec::with_capacity(4 * data.len().div_ceil(segment as usize));
-    for seg in data.chunks(segment as usize) {
-        crcs.extend_from_slice(&crc32c::crc32c(seg).to_be_bytes());
-    }
-    base64::engine::general_purpose::STANDARD.encode(crcs)
+    let crcs: Vec<u32> = data.chunks(segment as usize).map(crc32c::crc32c).collect();
+    encode_checksums(&crcs)
+}
+
+/// [`segment_checksums`] of pieces whose CRC32Cs are `crcs`.
+fn encode_checksums(crcs: &[u32]) -> String {
+    let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Decodes [`segment_checksums`].
@@ -313,19 +316,13 @@ pub fn parse_checksums(value: &str) -> Option<Vec<u32>> {
 
 /// The metadata of a chunk object composed at log sequence `stamp`.
 pub fn chunk_metadata(data: &[u8], segment: u64, stamp: u64) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (CRC_METADATA.to_string(), segment_checksums(data, segment)),
-        (SEQ_METADATA.to_string(), stamp.to_string()),
-    ])
+    let crcs: Vec<u32> = data.chunks(segment as usize).map(crc32c::crc32c).collect();
+    chunk_metadata_of(&crcs, stamp)
 }
 
 /// [`chunk_metadata`] of a chunk whose segments' CRC32Cs are `crcs`.
 pub fn chunk_metadata_of(crcs: &[u32], stamp: u64) -> BTreeMap<String, String> {
-    let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
-    BTreeMap::from([
-        (CRC_METADATA.to_string(), base64::engine::general_purpose::STANDARD.encode(bytes)),
-        (SEQ_METADATA.to_string(), stamp.to_string()),
-    ])
+    BTreeMap::from([(CRC_METADATA.to_string(), encode_checksums(crcs)), (SEQ_METADATA.to_string(), stamp.to_string())])
 }
 
 /// Checks what a GET of bytes `range` of a chunk object of `chunk_len` bytes returned: its
