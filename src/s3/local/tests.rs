@@ -281,20 +281,33 @@ struct StallFs {
     stall: Arc<(std::sync::Mutex<Option<Vec<u8>>>, std::sync::Condvar)>,
     /// Stalled writes that went on after their release.
     resumed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Writes in progress (stalled or not), and the most there were at once.
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StallFs {
+    fn new() -> StallFs {
+        StallFs {
+            inner: CrashFs::new(),
+            stall: Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new())),
+            resumed: Arc::default(),
+            running: Arc::default(),
+            most: Arc::default(),
+        }
+    }
+
+    /// Writes of a body holding the stalled bytes wait until [`StallFs::release`].
+    fn stall_on(&self, bytes: &[u8]) {
+        *self.stall.0.lock().unwrap() = Some(bytes.to_vec());
+    }
+
     fn release(&self) {
         *self.stall.0.lock().unwrap() = None;
         self.stall.1.notify_all();
     }
-}
 
-impl Fs for StallFs {
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        self.inner.create_dir(path)
-    }
-    fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+    fn write_when_released(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
         let (lock, cond) = &*self.stall;
         let mut stall = lock.lock().unwrap();
         let mut stalled = false;
@@ -307,6 +320,20 @@ impl Fs for StallFs {
         if stalled {
             self.resumed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+        written
+    }
+}
+
+impl Fs for StallFs {
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir(path)
+    }
+    fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let written = self.write_when_released(path, parts, sync);
+        self.running.fetch_sub(1, SeqCst);
         written
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -339,16 +366,9 @@ impl Fs for StallFs {
 /// nothing when the write finally completes: it must not land over a later PUT of the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_whose_caller_gave_up_never_lands_later() {
-    let fs = StallFs {
-        inner: CrashFs::new(),
-        stall: Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new())),
-        resumed: Arc::default(),
-    };
-    let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: 1, durable: true };
-    let root = LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), options).unwrap();
-    root.create_bucket("bkt").unwrap();
-    let s = root.bucket("bkt").unwrap();
-    *fs.stall.0.lock().unwrap() = Some(b"first".to_vec());
+    let fs = StallFs::new();
+    let s = pooled_bucket(&fs);
+    fs.stall_on(b"first");
     let first = s.put("k", Bytes::from_static(b"first"), BTreeMap::new(), Condition::None);
     assert!(tokio::time::timeout(Duration::from_millis(50), first).await.is_err(), "the first PUT stalls");
     s.put("k", Bytes::from_static(b"second"), BTreeMap::new(), Condition::None).await.unwrap();
@@ -360,4 +380,40 @@ async fn a_put_whose_caller_gave_up_never_lands_later() {
         tokio::task::yield_now().await;
     }
     assert_eq!(s.get("k", None).await.unwrap().body, Bytes::from_static(b"second"));
+}
+
+fn pooled_bucket(fs: &StallFs) -> LocalStore {
+    let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: 1, durable: true };
+    let root = LocalRoot::open(Arc::new(fs.clone()), Path::new(ROOT), options).unwrap();
+    root.create_bucket("bkt").unwrap();
+    root.bucket("bkt").unwrap()
+}
+
+/// PUTs on the blocking pool run a bounded number at a time (the rest wait their turn, and
+/// all complete): many at once took the CPUs from the workers serving commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_on_the_blocking_pool_run_a_bounded_number_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let bound = writers_at_once();
+    let fs = StallFs::new();
+    let s = pooled_bucket(&fs);
+    fs.stall_on(b"held");
+    let puts: Vec<_> = (0..bound + 3)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.put(&format!("k{i}"), Bytes::from(format!("held {i}")), BTreeMap::new(), Condition::None).await
+            })
+        })
+        .collect();
+    while fs.running.load(SeqCst) < bound {
+        tokio::task::yield_now().await;
+    }
+    fs.release();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    assert_eq!(fs.most.load(SeqCst), bound, "PUTs running at once");
+    let listed = s.list("k", None).await.unwrap();
+    assert_eq!(listed.objects.len(), bound + 3);
 }
