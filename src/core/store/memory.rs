@@ -69,7 +69,7 @@ impl MemoryStore {
             match shard.get_mut(&page) {
                 Some(p) => p[within..within + n].copy_from_slice(src),
                 // Writing zeros to an unallocated page changes nothing: stay sparse.
-                None if src.iter().all(|&b| b == 0) => {}
+                None if super::zeros::is_zero(src) => {}
                 None => {
                     let mut p = vec![0u8; PAGE_LEN as usize].into_boxed_slice();
                     p[within..within + n].copy_from_slice(src);

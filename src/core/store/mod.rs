@@ -8,6 +8,7 @@ pub mod memory;
 pub mod null;
 pub mod snapshots;
 pub mod stats;
+pub mod zeros;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -15,6 +16,7 @@ use thiserror::Error;
 pub use memory::MemoryStore;
 pub use null::NullStore;
 pub use stats::StoreStats;
+pub use zeros::is_zero;
 
 pub use futures::future::BoxFuture;
 

@@ -16,7 +16,7 @@ use super::S3Volume;
 use super::cache::LogInfo;
 use super::format::LogBuilder;
 use super::log::Unfinished;
-use crate::storage::{StoreError, StoreResult};
+use crate::storage::{StoreError, StoreResult, is_zero};
 
 impl S3Volume {
     pub(super) async fn write_atomic_impl(&self, offset: u64, data: Bytes) -> StoreResult<()> {
@@ -43,7 +43,7 @@ impl S3Volume {
         let _serial = self.log_lock.lock().await;
         self.lease.check("an atomic write's log")?;
         let mut log = LogBuilder::new();
-        if data.iter().all(|&b| b == 0) {
+        if is_zero(data) {
             log.zero(offset, data.len() as u64);
         } else {
             log.data(offset, data.len()).copy_from_slice(data);

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::storage::is_zero;
+
 /// Cache allocation unit.
 pub(super) const PAGE: usize = 4096;
 
@@ -161,7 +163,7 @@ impl Entry {
         self.pages.range(first as u32..last as u32).all(|(&page, p)| {
             let start = (page as usize * PAGE).max(at) - page as usize * PAGE;
             let end = ((page as usize + 1) * PAGE).min(at + len) - page as usize * PAGE;
-            p[start..end].iter().all(|&b| b == 0)
+            is_zero(&p[start..end])
         })
     }
 
@@ -176,7 +178,7 @@ impl Entry {
             let src = &data[pos..pos + n];
             match Arc::make_mut(&mut self.pages).get_mut(&page) {
                 Some(p) => Arc::make_mut(p)[within..within + n].copy_from_slice(src),
-                None if src.iter().all(|&b| b == 0) => {} // zeros stay unallocated
+                None if is_zero(src) => {} // zeros stay unallocated
                 None => {
                     let mut p = [0u8; PAGE];
                     p[within..within + n].copy_from_slice(src);

@@ -10,7 +10,7 @@ use super::chunk_map::Landed;
 use super::{MERGE_PARALLEL, S3Volume, store_err};
 use super::{disk_cache, steps};
 use crate::s3::{Condition, ObjectError};
-use crate::storage::{StoreError, StoreResult};
+use crate::storage::{StoreError, StoreResult, is_zero};
 
 /// What a merge is for.
 #[derive(Debug, Clone, Copy)]
@@ -173,7 +173,7 @@ impl S3Volume {
     fn install_blocks(&self, c: u64, full: &[u8], blocks: std::ops::Range<usize>) {
         let mut cache = self.cache();
         let bs = self.block_size as usize;
-        let zero = full[blocks.start * bs..blocks.end * bs].iter().all(|&b| b == 0);
+        let zero = is_zero(&full[blocks.start * bs..blocks.end * bs]);
         let Some(e) = cache.entries.get(&c) else { return };
         let missing: Vec<usize> = blocks.clone().filter(|&b| !e.valid.get(b)).collect();
         let need = (missing.len() * bs).div_ceil(PAGE) as u64 * PAGE as u64 + PAGE as u64;
@@ -199,7 +199,7 @@ impl S3Volume {
         let mut cache = self.cache();
         let Some(e) = cache.entries.get_mut(&c) else { return };
         let before = e.pages.len();
-        let zero = |p: &[u8; PAGE]| p.iter().all(|&b| b == 0);
+        let zero = |p: &[u8; PAGE]| is_zero(p);
         if e.pages.values().any(|p| zero(p)) {
             std::sync::Arc::make_mut(&mut e.pages).retain(|_, p| !zero(p));
         }

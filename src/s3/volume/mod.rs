@@ -52,7 +52,7 @@ use super::{Condition, ObjectError, ObjectStore, Resilient, RetryPolicy, S3Stats
 use crate::clock::Clock;
 use crate::rng::Rng;
 use crate::storage::stats::VolumeStats;
-use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult, StoreStats};
+use crate::storage::{BlockStore, BoxFuture, Extent, StoreCaps, StoreError, StoreResult, StoreStats, is_zero};
 
 use crate::node::NodeId;
 use cache::{Cache, Entry, PAGE};
@@ -985,7 +985,7 @@ impl S3Volume {
         let bs = self.block_size;
         let n = self.blocks_per_chunk();
         let (b0, b1) = ((within / bs) as usize, ((within + piece.len() as u64) / bs) as usize);
-        let zeros = piece.iter().all(|&b| b == 0);
+        let zeros = is_zero(piece);
         if zeros && !cache.exists.contains(&c) && !cache.entries.contains_key(&c) {
             return; // zeros over a missing chunk change nothing
         }

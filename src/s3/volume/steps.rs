@@ -50,7 +50,7 @@ pub(super) async fn is_zero(data: &[u8]) -> bool {
         if i > 0 {
             tokio::task::yield_now().await;
         }
-        if piece.iter().any(|&b| b != 0) {
+        if !crate::storage::is_zero(piece) {
             return false;
         }
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::S3Volume;
-use crate::storage::BlockStore;
+use crate::storage::{BlockStore, is_zero};
 
 /// Bytes read or written at once.
 const PIECE: u64 = 4 << 20;
@@ -45,7 +45,7 @@ pub async fn export_volume(volume: &dyn BlockStore, file: &File, progress: Progr
         .map(|(offset, len)| async move {
             let data = volume.read(offset, len as usize).await.map_err(|e| format!("read at {offset}: {e}"))?;
             // Zeros read from a mapped range stay holes too.
-            if data.iter().any(|&b| b != 0) {
+            if !is_zero(&data) {
                 file.write_all_at(&data, offset).map_err(|e| format!("write at {offset}: {e}"))?;
             }
             let now = done.fetch_add(len, std::sync::atomic::Ordering::Relaxed) + len;
@@ -107,7 +107,7 @@ pub async fn import_volume(
                 async move {
                     let mut data = vec![0u8; len as usize];
                     file.read_exact_at(&mut data, offset).map_err(|e| format!("read at {offset}: {e}"))?;
-                    if data.iter().any(|&b| b != 0) {
+                    if !is_zero(&data) {
                         volume
                             .write(offset, Bytes::from(data), false)
                             .await
