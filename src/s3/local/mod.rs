@@ -59,8 +59,10 @@ pub enum Offload {
 /// once, and as many threads doing that took the CPUs from the async workers serving commands
 /// (their polls were off the CPU for 10-20 ms at a time). 4 KiB random writes at QD32 to an
 /// S3 LUN on the embedded store, cache holding the LUN, 2 CPUs: longest command 11-14 ms
-/// unbounded, 5.1-5.2 ms with 2 at once, 3.9-4.3 ms with 1 (p99 1.1-1.9 ms in all). Reads are
-/// not bounded: commands wait for them.
+/// unbounded, 8.3-9.3 ms with 4 at once, 5.1-5.8 ms with 2, 3.9-4.3 ms with 1 (p99 1.1-1.9 ms
+/// in all). The price: when writes outrun the store and wait for merges to make room in the
+/// cache (256 MiB), the longest wait grows (258-303 ms with 8, 296-307 with 4, 353-444 with 2;
+/// IOPS the same). Reads are not bounded: commands wait for them.
 fn writers_at_once() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
 }
