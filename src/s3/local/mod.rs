@@ -67,6 +67,13 @@ fn writers_at_once() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
 }
 
+/// What a blocking job does, which says whether it waits for [`writers_at_once`].
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    Read,
+    Mutation,
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     pub offload: Offload,
@@ -249,7 +256,7 @@ impl LocalRoot {
         self: &Arc<Self>,
         job: impl FnOnce(&LocalRoot, &Caller) -> ObjResult<T> + Send + 'static,
     ) -> ObjResult<T> {
-        self.run_holding(None, job).await
+        self.run_as(Job::Read, job).await
     }
 
     /// Runs a PUT or DELETE as [`Offload`] says, at most [`writers_at_once`] of them on the
@@ -258,21 +265,21 @@ impl LocalRoot {
         self: &Arc<Self>,
         job: impl FnOnce(&LocalRoot, &Caller) -> ObjResult<T> + Send + 'static,
     ) -> ObjResult<T> {
-        let permit = match self.offload {
-            Offload::Inline => None,
-            Offload::BlockingPool => Some(self.writers.clone().acquire_owned().await.expect("never closed")),
-        };
-        self.run_holding(permit, job).await
+        self.run_as(Job::Mutation, job).await
     }
 
-    async fn run_holding<T: Send + 'static>(
+    async fn run_as<T: Send + 'static>(
         self: &Arc<Self>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        kind: Job,
         job: impl FnOnce(&LocalRoot, &Caller) -> ObjResult<T> + Send + 'static,
     ) -> ObjResult<T> {
         match self.offload {
             Offload::Inline => job(self, &Caller::default()),
             Offload::BlockingPool => {
+                let permit = match kind {
+                    Job::Read => None,
+                    Job::Mutation => Some(self.writers.clone().acquire_owned().await.expect("never closed")),
+                };
                 let me = self.clone();
                 let caller = Caller::default();
                 let gone = GoneOnDrop(caller.clone());

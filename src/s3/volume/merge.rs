@@ -199,9 +199,8 @@ impl S3Volume {
         let mut cache = self.cache();
         let Some(e) = cache.entries.get_mut(&c) else { return };
         let before = e.pages.len();
-        let zero = |p: &[u8; PAGE]| is_zero(p);
-        if e.pages.values().any(|p| zero(p)) {
-            std::sync::Arc::make_mut(&mut e.pages).retain(|_, p| !zero(p));
+        if e.pages.values().any(|p| is_zero(&p[..])) {
+            std::sync::Arc::make_mut(&mut e.pages).retain(|_, p| !is_zero(&p[..]));
         }
         let freed = (before - e.pages.len()) * PAGE;
         cache.page_bytes -= freed as u64;
