@@ -28,7 +28,7 @@ pub fn encode_block(id: u32, lba: u64, out: &mut [u8]) {
 
 /// What a block holds: `Ok(0)` for zeros, `Ok(id)` for a write, `Err` for garbage.
 pub fn decode_block(lba: u64, block: &[u8]) -> Result<u32, String> {
-    if block.iter().all(|&b| b == 0) {
+    if rtgt::storage::is_zero(block) {
         return Ok(0);
     }
     let id = u32::from_be_bytes(block[..4].try_into().expect("4"));

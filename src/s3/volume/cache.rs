@@ -46,10 +46,18 @@ impl Bits {
             *self = Bits::Some(vec![0; n.div_ceil(64)]);
         }
         let Bits::Some(words) = self else { return };
-        for i in start..end {
-            words[i / 64] |= 1 << (i % 64);
+        // Word by word: every write sets bits here under the cache lock.
+        let mut i = start;
+        while i < end {
+            let within = i % 64;
+            let take = (64 - within).min(end - i);
+            words[i / 64] |= low_bits(take) << within;
+            i += take;
         }
-        if (0..n).all(|i| words[i / 64] >> (i % 64) & 1 == 1) {
+        let (whole, rest) = (n / 64, n % 64);
+        if words[..whole].iter().all(|&w| w == u64::MAX)
+            && (rest == 0 || words[whole] & low_bits(rest) == low_bits(rest))
+        {
             *self = Bits::Full;
         }
     }
@@ -105,6 +113,11 @@ impl Bits {
         }
         out
     }
+}
+
+/// A word with its lowest `n` bits set (`n` from 1 to 64).
+fn low_bits(n: usize) -> u64 {
+    u64::MAX >> (64 - n)
 }
 
 /// Cached state of one chunk. Valid blocks whose page is absent are zeros.
@@ -314,6 +327,26 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Ranges set word by word agree with a bit-by-bit model, and the bits become `Full`
+    /// exactly when every bit below `n` is set.
+    #[test]
+    fn set_range_matches_a_bit_by_bit_model() {
+        let mut rng = Rng::seeded(11);
+        for case in 0..3000 {
+            let n = [8192, 8100, 130, 100, 64, 65, 1][case % 7];
+            let (mut bits, mut model) = (Bits::Empty, vec![false; n]);
+            for _ in 0..1 + rng.below(40) {
+                let start = rng.below(n as u64) as usize;
+                let len = [1, 7, 63, 64, 65, 200, 1000, 8192][rng.below(8) as usize];
+                let end = (start + len).min(n);
+                bits.set_range(start, end, n);
+                model[start..end].iter_mut().for_each(|b| *b = true);
+                assert!((0..n).all(|i| bits.get(i) == model[i]), "case {case}, n {n}, {start}..{end}: {bits:?}");
+                assert_eq!(bits.is_full(), model.iter().all(|&b| b), "case {case}, n {n}");
+            }
+        }
     }
 
     /// Runs stepped over whole words agree with runs found bit by bit: words of zeros, of
