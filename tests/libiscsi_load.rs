@@ -1,7 +1,8 @@
 //! The benchmark's libiscsi client (`xtask/src/bench/libiscsi_load.c`, `cargo xtask bench
 //! --client libiscsi`) builds and measures what it claims: run against an in-process target for
-//! a second per pattern, it completes commands without errors over every session it opened, and
-//! what it wrote is on the LU. Needs gcc and libiscsi-dev; fails (not skips) without them.
+//! a second per pattern, it completes commands without errors over every session it opened, it
+//! reports the CPU it used, and what it wrote is on the LU. Needs gcc and libiscsi-dev; fails
+//! (not skips) without them.
 
 mod common;
 
@@ -59,6 +60,9 @@ async fn libiscsi_load_writes_and_reads_through_every_session_without_errors() {
             "{pattern}: 3 sessions x QD4 completed at least their first commands: {json}"
         );
         assert!(number(&json, "lat_p50_us") > 0.0 && number(&json, "lat_p99_us") >= number(&json, "lat_p50_us"));
+        // One thread: its CPU time over the run is some of one CPU's (rounding aside).
+        let cpu = number(&json, "client_cpu");
+        assert!(cpu > 0.0 && cpu <= 1.05, "{pattern}: client CPU {cpu} of one CPU: {json}");
     }
     // The sequential writes started at LBA 0 with the client's payload: the LU holds data there.
     let session = t.login(&rtgt_testkit::initiator::InitiatorConfig::default()).await;

@@ -309,6 +309,7 @@ pub fn targets(args: &[String]) -> Result<(), String> {
         "memory: rtgt's memory backend vs a tgtd rdwr file in /dev/shm (tgtd has no equivalent memory backend); file: a regular file each on one filesystem (tgtd bs-type rdwr), `sync` before every run".into(),
         format!("file LUs {}", options.file_state.name()),
         "CPU µs/cmd: the target process's user and system CPU time over the run, per command".into(),
+        "client CPU: libiscsi-load's CPU time over the run per second (one thread: at 100% the client, not the target, set the rate)".into(),
         format!("rtgt's file LU: backend = \"{}\"", options.rtgt_file_backend),
         format!(
             "tgtd negotiates rtgt's defaults: {}",
@@ -399,7 +400,9 @@ mod tests {
 
     #[test]
     fn summary_ignores_failed_runs() {
-        let s = |iops| Ok(Sample { iops, mb_s: iops / 10.0, p50_us: Some(iops), p99_us: None, cpu_us: None });
+        let s = |iops| {
+            Ok(Sample { iops, mb_s: iops / 10.0, p50_us: Some(iops), p99_us: None, cpu_us: None, client_cpu: None })
+        };
         let runs = vec![s(100.0), Err("boom".to_string()), s(300.0), s(200.0)];
         let m = summarize(&runs);
         assert_eq!((m.iops, m.mb_s, m.p50_us, m.p99_us), (Some(200.0), Some(20.0), Some(200.0), None));

@@ -8,7 +8,9 @@
  *   PATTERN: randread randwrite seqread seqwrite, or idle: the sessions log in and send no
  *   command for SECONDS (they answer the target's NOP-Ins), to measure what idle sessions cost
  *
- * Prints one JSON object: ios, iops, mb_per_s, lat_p50_us, lat_p99_us, errors.
+ * Prints one JSON object: ios, iops, mb_per_s, lat_p50_us, lat_p99_us, errors, and client_cpu: the
+ * CPU time this (single-threaded) client used over the run per second of it, so 1.0 means the
+ * client, not the target, set the rate.
  * Built by xtask with `gcc -O2 ... -liscsi`.
  */
 #define _GNU_SOURCE
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <iscsi/iscsi.h>
@@ -55,6 +58,13 @@ static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* The process's user and system CPU time so far. */
+static double cpu_seconds(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
 }
 
 static uint64_t next_random(void) {
@@ -176,7 +186,7 @@ int main(int argc, char **argv) {
         printf("logged in\n");
         fflush(stdout);
     }
-    double started = now();
+    double started = now(), cpu_started = cpu_seconds();
     deadline = started + seconds;
     for (int i = 0; i < nsessions && !idle; i++)
         for (int q = 0; q < qd; q++)
@@ -202,7 +212,7 @@ int main(int argc, char **argv) {
             }
         }
     }
-    double elapsed = now() - started;
+    double elapsed = now() - started, client_cpu = (cpu_seconds() - cpu_started) / elapsed;
     for (int i = 0; i < nsessions; i++) {
         iscsi_logout_sync(sessions[i].iscsi);
         iscsi_destroy_context(sessions[i].iscsi);
@@ -210,7 +220,7 @@ int main(int argc, char **argv) {
     qsort(samples, sampled, sizeof(float), by_value);
     double p50 = sampled ? samples[sampled / 2] : 0, p99 = sampled ? samples[sampled * 99 / 100] : 0;
     printf("{\"ios\": %" PRIu64 ", \"iops\": %.1f, \"mb_per_s\": %.2f, \"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, "
-           "\"errors\": %" PRIu64 "}\n",
-           ios, ios / elapsed, ios * (double)block_size / elapsed / 1e6, p50, p99, errors);
+           "\"errors\": %" PRIu64 ", \"client_cpu\": %.3f}\n",
+           ios, ios / elapsed, ios * (double)block_size / elapsed / 1e6, p50, p99, errors, client_cpu);
     return errors ? 1 : 0;
 }

@@ -17,6 +17,8 @@ pub(crate) struct Summary {
     pub(crate) p50_us: Option<f64>,
     pub(crate) p99_us: Option<f64>,
     pub(crate) cpu_us: Option<f64>,
+    /// The client's share of one CPU (libiscsi-load).
+    pub(crate) client_cpu: Option<f64>,
     /// (max - min) / median of the IOPS of the runs.
     pub(crate) spread: Option<f64>,
     pub(crate) failed: usize,
@@ -45,6 +47,7 @@ pub(crate) fn summarize(samples: &[Result<Sample, String>]) -> Summary {
         p50_us: median(ok.iter().filter_map(|s| s.p50_us).collect()),
         p99_us: median(ok.iter().filter_map(|s| s.p99_us).collect()),
         cpu_us: median(ok.iter().filter_map(|s| s.cpu_us).collect()),
+        client_cpu: median(ok.iter().filter_map(|s| s.client_cpu).collect()),
         spread,
         failed: samples.len() - ok.len(),
     }
@@ -64,10 +67,19 @@ pub(crate) fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map(|x| format!("{x:.decimals$}")).unwrap_or_else(|| "-".into())
 }
 
+/// The client's CPU share under each target ("100% / 83%"), where the client reports it.
+fn client_cpu(rtgt: &Summary, tgtd: &Summary) -> String {
+    let percent = |s: &Summary| s.client_cpu.map(|c| format!("{:.0}%", 100.0 * c)).unwrap_or_else(|| "-".into());
+    match (rtgt.client_cpu, tgtd.client_cpu) {
+        (None, None) => "-".into(),
+        _ => format!("{} / {}", percent(rtgt), percent(tgtd)),
+    }
+}
+
 pub(crate) fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| workload | client | backing | rtgt IOPS | rtgt MB/s | rtgt p50 µs | rtgt p99 µs | rtgt CPU µs/cmd | tgtd IOPS | tgtd MB/s | tgtd p50 µs | tgtd p99 µs | tgtd CPU µs/cmd | rtgt/tgtd | spread |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | client | backing | rtgt IOPS | rtgt MB/s | rtgt p50 µs | rtgt p99 µs | rtgt CPU µs/cmd | tgtd IOPS | tgtd MB/s | tgtd p50 µs | tgtd p99 µs | tgtd CPU µs/cmd | client CPU rtgt / tgtd | rtgt/tgtd | spread |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let (r, g) = (summarize(&row.rtgt), summarize(&row.tgtd));
@@ -78,7 +90,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {}{} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
             WORKLOADS[row.workload].name,
             row.client.name(),
             row.backing.name(),
@@ -94,6 +106,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
             opt(g.p50_us, 0),
             opt(g.p99_us, 0),
             opt(g.cpu_us, 1),
+            client_cpu(&r, &g),
             row.ratio().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
             spread,
         );
@@ -120,6 +133,7 @@ pub(crate) fn json_side(samples: &[Result<Sample, String>]) -> serde_json::Value
                 "p50_us": json_num(x.p50_us),
                 "p99_us": json_num(x.p99_us),
                 "cpu_us_per_command": json_num(x.cpu_us),
+                "client_cpu": json_num(x.client_cpu),
             }),
             Err(e) => serde_json::json!({ "error": e }),
         })
@@ -130,6 +144,7 @@ pub(crate) fn json_side(samples: &[Result<Sample, String>]) -> serde_json::Value
         "p50_us": json_num(s.p50_us),
         "p99_us": json_num(s.p99_us),
         "cpu_us_per_command": json_num(s.cpu_us),
+        "client_cpu": json_num(s.client_cpu),
         "spread": json_num(s.spread),
         "runs": runs,
     })

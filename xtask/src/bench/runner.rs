@@ -11,6 +11,9 @@ pub(super) struct Sample {
     pub(super) p99_us: Option<f64>,
     /// The target's CPU time per command (user and system), in microseconds.
     pub(super) cpu_us: Option<f64>,
+    /// The client's CPU time over the run per second of it (libiscsi-load, one thread: 1.0
+    /// means the client set the rate, not the target).
+    pub(super) client_cpu: Option<f64>,
 }
 
 /// The number at `path` (keys from the top) of a JSON document (the load generator's and
@@ -57,6 +60,7 @@ fn load_sample(text: &str, client: &str) -> Result<Sample, String> {
         p50_us: Some(get("lat_p50_us")?),
         p99_us: Some(get("lat_p99_us")?),
         cpu_us: None,
+        client_cpu: json_number(text, &["client_cpu"]),
     })
 }
 
@@ -169,9 +173,14 @@ impl Runner {
             .next_back();
         let finished = ran.stdout.contains("finished.");
         match average {
-            Some(iops) if ran.success && finished => {
-                Ok(Sample { iops, mb_s: iops * w.block_size as f64 / 1e6, p50_us: None, p99_us: None, cpu_us: None })
-            }
+            Some(iops) if ran.success && finished => Ok(Sample {
+                iops,
+                mb_s: iops * w.block_size as f64 / 1e6,
+                p50_us: None,
+                p99_us: None,
+                cpu_us: None,
+                client_cpu: None,
+            }),
             _ => Err(format!(
                 "iscsi-perf {}: {}",
                 ran.status,
