@@ -98,7 +98,7 @@ impl SimDisk {
 
     fn put(&self, offset: u64, data: &[u8], fua: bool) {
         let mut cache = self.cache.lock().expect("poisoned");
-        let at = turmoil::sim_elapsed().unwrap_or_default();
+        let at = crate::clock::now();
         let mut landings = self.landings.lock().expect("poisoned");
         for (i, chunk) in data.chunks(self.block as usize).enumerate() {
             let b = offset / self.block + i as u64;

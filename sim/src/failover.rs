@@ -293,6 +293,7 @@ async fn read_back(paths: &mut [Path; 2], shared: &Rc<RefCell<Shared>>) {
 pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     rtgt::mutants::set(mutant);
     crate::panics::clear();
+    crate::clock::reset();
     #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
     let started = Instant::now();
     let mut rng = Rng::seeded(seed ^ 0xfa11);
@@ -391,7 +392,7 @@ fn trouble(
             sim.partition(host, "init");
             sim.crash(host);
             if shared.borrow().serving == Some(host) {
-                shared.borrow_mut().model.crashed(turmoil::sim_elapsed().unwrap_or(t));
+                shared.borrow_mut().model.crashed(crate::clock::at_least(turmoil::sim_elapsed().unwrap_or(t)));
             }
         }
         Trouble::CutOff => s3.cut(host, Some(Cut::All)),

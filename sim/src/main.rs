@@ -1,5 +1,6 @@
 //! `rtgt-sim`: the deterministic simulation of rtgt (run it through `cargo xtask sim`).
 
+mod clock;
 mod clones;
 mod disk;
 mod failover;

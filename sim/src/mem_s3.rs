@@ -140,7 +140,7 @@ impl MemS3 {
 
     /// Records a mutation that landed.
     fn record(st: &mut State, host: &'static str, key: &str) {
-        let at = turmoil::sim_elapsed().unwrap_or_default();
+        let at = crate::clock::now();
         st.landed.push(Landed { at, host, key: key.to_string() });
     }
 

@@ -52,7 +52,7 @@ pub struct Snapshotter {
 /// Simulated time, as the model and the initiators see it (the target's clock starts with
 /// each incarnation).
 pub(crate) fn sim_now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
+    crate::clock::now()
 }
 
 /// A snapshot that takes longer is given up (the store is away): the run goes on.

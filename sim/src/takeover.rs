@@ -156,7 +156,7 @@ impl Shared {
 }
 
 pub(crate) fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
+    crate::clock::now()
 }
 
 /// How one target of the pair runs.
@@ -367,6 +367,7 @@ async fn initiator(plan: Plan, seed: u64, shared: Rc<RefCell<Shared>>) -> turmoi
 pub fn run(seed: u64, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
     rtgt::mutants::set(mutant);
     crate::panics::clear();
+    crate::clock::reset();
     #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
     let started = Instant::now();
     let mut rng = Rng::seeded(seed ^ 0x7a4e);

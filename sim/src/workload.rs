@@ -78,7 +78,7 @@ pub struct Settings {
 }
 
 fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
+    crate::clock::now()
 }
 
 /// One initiator: its session (replaced when it breaks) and its workers.
