@@ -24,8 +24,37 @@ pub struct S3Faults {
     pub timeout: f64,
     /// A PUT or DELETE that is applied and then answered 500: indeterminate for the client.
     pub apply_then_fail: f64,
+    /// A PUT or DELETE held on its way (by a proxy, a load balancer retrying it): never
+    /// answered, so the client times out, and it lands anyway up to [`LATE_BY`] after it was
+    /// sent, whether its sender still lives or not (a zombie request).
+    pub late_landing: f64,
     /// Added latency, uniformly up to this much.
     pub latency_max: Duration,
+}
+
+/// The longest a request with [`S3Faults::late_landing`] takes to land.
+pub const LATE_BY: Duration = Duration::from_secs(20);
+
+/// A mutation held on its way, and when it lands.
+struct Late {
+    at: Duration,
+    host: &'static str,
+    mutation: Mutation,
+}
+
+enum Mutation {
+    Put(Put),
+    Delete { bucket: String, keys: Vec<String> },
+}
+
+/// A PUT as the store applies it (its conditions checked when it lands).
+struct Put {
+    bucket: String,
+    key: String,
+    body: Bytes,
+    metadata: BTreeMap<String, String>,
+    if_none_match: Option<ETagCondition>,
+    if_match: Option<ETagCondition>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +89,8 @@ struct State {
     requests: u64,
     cuts: BTreeMap<&'static str, Cut>,
     landed: Vec<Landed>,
+    /// Mutations held on their way, in the order they arrived.
+    late: Vec<Late>,
     /// Every request takes up to this long, faults or not (a store is never instant).
     base_latency: Duration,
 }
@@ -77,6 +108,8 @@ enum Fault {
     Error(S3Error),
     Hang,
     ApplyThenFail,
+    /// Not answered; applied later ([`S3Faults::late_landing`]).
+    LandLate,
 }
 
 fn error(code: S3ErrorCode, status: u16) -> S3Error {
@@ -95,6 +128,7 @@ impl MemS3 {
             requests: 0,
             cuts: BTreeMap::new(),
             landed: Vec::new(),
+            late: Vec::new(),
             base_latency: Duration::ZERO,
         };
         MemS3 { state: Arc::new(Mutex::new(state)), host: "target" }
@@ -121,12 +155,12 @@ impl MemS3 {
 
     /// Every mutation that landed, in order.
     pub fn landed(&self) -> Vec<Landed> {
-        self.lock().landed.clone()
+        self.lock_landed().landed.clone()
     }
 
     /// How many mutations landed so far.
     pub fn landed_count(&self) -> usize {
-        self.lock().landed.len()
+        self.lock_landed().landed.len()
     }
 
     /// Whether this view's request for `key` is cut off.
@@ -148,6 +182,72 @@ impl MemS3 {
         self.state.lock().expect("MemS3 poisoned")
     }
 
+    /// The state, with every held mutation that is due landed first.
+    fn lock_landed(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut st = self.lock();
+        if st.late.is_empty() {
+            return st;
+        }
+        let now = crate::clock::now();
+        while let Some(i) = st.late.iter().position(|l| l.at <= now) {
+            let Late { host, mutation, .. } = st.late.remove(i);
+            // Its answer went nowhere: whether it applied or not changes nothing else.
+            let _ = match mutation {
+                Mutation::Put(put) => Self::apply_put(&mut st, host, put).map(|_| ()),
+                Mutation::Delete { bucket, keys } => Self::apply_delete(&mut st, host, &bucket, &keys),
+            };
+        }
+        st
+    }
+
+    /// Holds `mutation` to land later, and never answers (the caller gives up first).
+    async fn land_late(&self, mutation: Mutation) -> S3Error {
+        let delay = Duration::from_micros(self.lock().rng.below(LATE_BY.as_micros() as u64));
+        self.hold(crate::clock::now() + delay, mutation);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        error(S3ErrorCode::InternalError, 500)
+    }
+
+    /// Holds `mutation` to land at `at`.
+    fn hold(&self, at: Duration, mutation: Mutation) {
+        self.lock().late.push(Late { at, host: self.host, mutation });
+    }
+
+    /// Applies a PUT (its conditions checked now); the new object's entity tag.
+    fn apply_put(st: &mut State, host: &'static str, put: Put) -> S3Result<u64> {
+        let etag = st.next_etag;
+        st.next_etag += 1;
+        let bucket = Self::bucket(st, &put.bucket)?;
+        let current = bucket.get(&put.key).map(|o| o.etag);
+        if put.if_none_match.as_ref().is_some_and(|c| c.is_any()) && current.is_some() {
+            return Err(error(S3ErrorCode::PreconditionFailed, 412));
+        }
+        if let Some(cond) = &put.if_match {
+            let matches = match cond {
+                ETagCondition::Any => current.is_some(),
+                ETagCondition::ETag(e) => current.is_some_and(|c| e.value() == format!("{c:016x}")),
+            };
+            if !matches {
+                return Err(error(S3ErrorCode::PreconditionFailed, 412));
+            }
+        }
+        bucket.insert(put.key.clone(), Object { body: put.body, metadata: put.metadata, etag });
+        Self::record(st, host, &put.key);
+        Ok(etag)
+    }
+
+    /// Applies a DELETE of `keys` (absent ones are no error).
+    fn apply_delete(st: &mut State, host: &'static str, bucket: &str, keys: &[String]) -> S3Result<()> {
+        let b = Self::bucket(st, bucket)?;
+        for key in keys {
+            b.remove(key);
+        }
+        for key in keys {
+            Self::record(st, host, key);
+        }
+        Ok(())
+    }
+
     pub fn create_bucket(&self, name: &str) {
         self.lock().buckets.entry(name.to_string()).or_default();
     }
@@ -162,7 +262,7 @@ impl MemS3 {
 
     /// Every object of a bucket: key and body.
     pub fn objects(&self, bucket: &str) -> BTreeMap<String, Bytes> {
-        self.lock()
+        self.lock_landed()
             .buckets
             .get(bucket)
             .map(|b| b.iter().map(|(k, o)| (k.clone(), o.body.clone())).collect())
@@ -171,7 +271,7 @@ impl MemS3 {
 
     /// Every object of a bucket with its metadata.
     pub fn objects_with_metadata(&self, bucket: &str) -> BTreeMap<String, (Bytes, BTreeMap<String, String>)> {
-        self.lock()
+        self.lock_landed()
             .buckets
             .get(bucket)
             .map(|b| b.iter().map(|(k, o)| (k.clone(), (o.body.clone(), o.metadata.clone()))).collect())
@@ -180,6 +280,7 @@ impl MemS3 {
 
     /// Rolls the faults of one request for `key` and sleeps its latency.
     async fn enter(&self, key: &str, mutating: bool) -> Fault {
+        drop(self.lock_landed());
         if self.is_cut(key) {
             // Longer than the client's attempt timeout: the client gives up first.
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -203,6 +304,8 @@ impl MemS3 {
                 Fault::Hang
             } else if mutating && st.rng.chance(f.apply_then_fail) {
                 Fault::ApplyThenFail
+            } else if mutating && f.late_landing > 0.0 && st.rng.chance(f.late_landing) {
+                Fault::LandLate
             } else {
                 Fault::None
             };
@@ -260,7 +363,7 @@ impl S3 for MemS3 {
         }
         let input = req.input;
         let (body, content_range, metadata, etag) = {
-            let mut st = self.lock();
+            let mut st = self.lock_landed();
             let o = Self::bucket(&mut st, &input.bucket)?
                 .get(&input.key)
                 .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
@@ -294,7 +397,7 @@ impl S3 for MemS3 {
             return Err(e);
         }
         let input = req.input;
-        let mut st = self.lock();
+        let mut st = self.lock_landed();
         let o = Self::bucket(&mut st, &input.bucket)?
             .get(&input.key)
             .ok_or_else(|| S3Error::new(S3ErrorCode::NoSuchKey))?;
@@ -313,28 +416,18 @@ impl S3 for MemS3 {
             return Err(e);
         }
         let input = req.input;
-        let body = collect(input.body).await?;
-        let mut st = self.lock();
-        let etag = st.next_etag;
-        st.next_etag += 1;
-        let bucket = Self::bucket(&mut st, &input.bucket)?;
-        let current = bucket.get(&input.key).map(|o| o.etag);
-        if input.if_none_match.as_ref().is_some_and(|c| c.is_any()) && current.is_some() {
-            return Err(error(S3ErrorCode::PreconditionFailed, 412));
+        let put = Put {
+            body: collect(input.body).await?,
+            bucket: input.bucket,
+            key: input.key,
+            metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            if_none_match: input.if_none_match,
+            if_match: input.if_match,
+        };
+        if let Fault::LandLate = fault {
+            return Err(self.land_late(Mutation::Put(put)).await);
         }
-        if let Some(cond) = &input.if_match {
-            let matches = match cond {
-                ETagCondition::Any => current.is_some(),
-                ETagCondition::ETag(e) => current.is_some_and(|c| e.value() == format!("{c:016x}")),
-            };
-            if !matches {
-                return Err(error(S3ErrorCode::PreconditionFailed, 412));
-            }
-        }
-        let metadata = input.metadata.unwrap_or_default().into_iter().collect();
-        let key = input.key.clone();
-        bucket.insert(input.key, Object { body, metadata, etag });
-        Self::record(&mut st, self.host, &key);
+        let etag = Self::apply_put(&mut self.lock(), self.host, put)?;
         after_apply(
             fault,
             S3Response::new(PutObjectOutput {
@@ -350,9 +443,11 @@ impl S3 for MemS3 {
             return Err(e);
         }
         let input = req.input;
-        let mut st = self.lock();
-        Self::bucket(&mut st, &input.bucket)?.remove(&input.key);
-        Self::record(&mut st, self.host, &input.key);
+        let keys = vec![input.key];
+        if let Fault::LandLate = fault {
+            return Err(self.land_late(Mutation::Delete { bucket: input.bucket, keys }).await);
+        }
+        Self::apply_delete(&mut self.lock(), self.host, &input.bucket, &keys)?;
         after_apply(fault, S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -362,16 +457,12 @@ impl S3 for MemS3 {
             return Err(e);
         }
         let input = req.input;
-        let mut st = self.lock();
-        let bucket = Self::bucket(&mut st, &input.bucket)?;
-        let mut deleted = Vec::new();
-        for o in input.delete.objects {
-            bucket.remove(&o.key);
-            deleted.push(DeletedObject { key: Some(o.key), ..Default::default() });
+        let keys: Vec<String> = input.delete.objects.into_iter().map(|o| o.key).collect();
+        if let Fault::LandLate = fault {
+            return Err(self.land_late(Mutation::Delete { bucket: input.bucket, keys }).await);
         }
-        for d in &deleted {
-            Self::record(&mut st, self.host, d.key.as_deref().unwrap_or_default());
-        }
+        Self::apply_delete(&mut self.lock(), self.host, &input.bucket, &keys)?;
+        let deleted = keys.into_iter().map(|key| DeletedObject { key: Some(key), ..Default::default() }).collect();
         after_apply(fault, S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), ..Default::default() }))
     }
 
@@ -382,7 +473,7 @@ impl S3 for MemS3 {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
         let max = input.max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
-        let mut st = self.lock();
+        let mut st = self.lock_landed();
         let bucket = Self::bucket(&mut st, &input.bucket)?;
         let after = input.continuation_token.clone().unwrap_or_default();
         let mut contents: Vec<Object_> = bucket
@@ -415,4 +506,40 @@ impl S3 for MemS3 {
 struct Object_ {
     key: Option<String>,
     size: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, body: &'static [u8], if_none_match: bool) -> Mutation {
+        Mutation::Put(Put {
+            bucket: "b".into(),
+            key: key.into(),
+            body: Bytes::from_static(body),
+            metadata: BTreeMap::new(),
+            if_none_match: if_none_match.then_some(ETagCondition::Any),
+            if_match: None,
+        })
+    }
+
+    #[test]
+    fn held_mutations_land_when_due_with_their_conditions_checked_then() {
+        crate::clock::reset();
+        let s3 = MemS3::new(1);
+        s3.create_bucket("b");
+        let at = Duration::from_secs;
+        s3.hold(at(5), put("k", b"second", true));
+        s3.hold(at(3), put("k", b"first", false));
+        s3.hold(at(7), Mutation::Delete { bucket: "b".into(), keys: vec!["k".into()] });
+        crate::clock::at_least(at(2));
+        assert!(s3.objects("b").is_empty(), "nothing lands early");
+        crate::clock::at_least(at(3));
+        assert_eq!(s3.objects("b").get("k").map(|b| &b[..]), Some(&b"first"[..]));
+        crate::clock::at_least(at(6));
+        assert_eq!(s3.objects("b").get("k").map(|b| &b[..]), Some(&b"first"[..]), "if-none-match refused on landing");
+        crate::clock::at_least(at(7));
+        assert!(s3.objects("b").is_empty(), "a late delete lands too");
+        assert_eq!(s3.landed().len(), 2, "what landed is logged (the refused PUT did not land)");
+    }
 }

@@ -368,6 +368,8 @@ struct FaultPlan {
     s3_faults: f64,
     disk_faults: f64,
     latency: f64,
+    /// Whether the store's mutations may land late (`--zombie-requests`).
+    zombies: bool,
 }
 
 impl FaultPlan {
@@ -382,6 +384,7 @@ impl FaultPlan {
             s3_faults: p(),
             disk_faults: p(),
             latency: p(),
+            zombies: false,
         }
     }
 }
@@ -397,14 +400,16 @@ enum Repair {
     Latency,
 }
 
-pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bool) -> Outcome {
+/// With `zombies`, the remote store's mutations may land after their sender gave up
+/// ([`S3Faults::late_landing`]).
+pub fn run(seed: u64, duration: Duration, mutant: Option<Mutant>, keep_trace: bool, zombies: bool) -> Outcome {
     rtgt::mutants::set(mutant);
     crate::panics::clear();
     crate::clock::reset();
     #[allow(clippy::disallowed_methods)] // measures the simulator itself, not simulated time
     let started = Instant::now();
     let mut rng = Rng::seeded(seed);
-    let plan = FaultPlan::draw(&mut rng);
+    let plan = FaultPlan { zombies, ..FaultPlan::draw(&mut rng) };
     let initiators = 2 + rng.below(2) as usize;
     let heal_at = duration * 3 / 4;
     let end_at = duration + Duration::from_secs(40);
@@ -641,6 +646,8 @@ fn inject(
             timeout: rng.below(5) as f64 / 100.0,
             apply_then_fail: rng.below(15) as f64 / 100.0,
             latency_max: Duration::from_millis(rng.below(200)),
+            // Drawn only when asked for, so that the other draws stay as they were.
+            late_landing: if plan.zombies { rng.below(5) as f64 / 100.0 } else { 0.0 },
         };
         env.s3.set_faults(f);
         log(format!("S3 faults {f:?}"));
