@@ -97,7 +97,7 @@ struct Cli {
     trace: bool,
     /// The remote store's PUTs and DELETEs may also land after their sender gave up, up to
     /// 20 s late and even after it died (zombie requests; world scenario). Off by default: rtgt
-    /// does not survive them yet (README, "Known gaps").
+    /// does not survive all of them yet (README, "Zombie requests").
     #[arg(long)]
     zombie_requests: bool,
     /// Plants each bug in turn and checks that the oracles catch it.

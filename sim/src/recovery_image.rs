@@ -29,6 +29,12 @@ pub fn recovery_image(
             .or_else(|| format::parse_chunk_key(key, &chunks, ChunkLayout::Flat))
             .map(|(c, _)| c)
     };
+    // Logs below the floor the metadata records were settled by an earlier open: recovery
+    // deletes them unread (one can come back: a PUT that landed after its writer gave up).
+    let floor = objects
+        .get(&format!("{prefix}/{}", rtgt::s3::volume::META_NAME))
+        .and_then(|(body, _)| format::VolumeMeta::parse(body).ok())
+        .map_or(0, |m| m.logs_settled_below);
     for (key, (body, meta)) in objects {
         if let Some(c) = chunk_of(key) {
             let at = (c * chunk) as usize;
@@ -38,7 +44,7 @@ pub fn recovery_image(
             let end = (at + body.len()).min(image.len());
             image[at..end].copy_from_slice(&body[..end - at]);
             stamps.insert(c, format::chunk_stamp(meta));
-        } else if let Some(seq) = format::key_number(key, &logs) {
+        } else if let Some(seq) = format::key_number(key, &logs).filter(|&seq| seq >= floor) {
             let parsed = format::parse_log(body, meta.get(CRC_METADATA)).map_err(|e| format!("{key}: {e}"))?;
             replay.push((seq, parsed.records));
         }
@@ -78,4 +84,15 @@ pub fn recovery_image(
         }
     }
     Ok(image)
+}
+
+/// Whether `key` is a log below the floor its volume's metadata (in `objects`) records: one
+/// settled before that landed late (a PUT held on its way), which the next open deletes unread.
+pub fn settled_log(objects: &BTreeMap<String, Bytes>, key: &str) -> bool {
+    let Some((volume, _)) = key.split_once(&format!("/{LOG_DIR}")) else { return false };
+    let Some(seq) = format::key_number(key, &format!("{volume}/{LOG_DIR}")) else { return false };
+    objects
+        .get(&format!("{volume}/{}", rtgt::s3::volume::META_NAME))
+        .and_then(|body| format::VolumeMeta::parse(body).ok())
+        .is_some_and(|meta| seq < meta.logs_settled_below)
 }

@@ -88,6 +88,15 @@ pub struct VolumeMeta {
     /// How the chunks are compressed (format 5); None: they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<super::compression::Compression>,
+    /// Every log numbered below this was settled by an open's recovery: one found later is a
+    /// PUT that landed after its writer gave up on it (a request held on its way), never to be
+    /// replayed over what was written since. 0: no floor (older volumes).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub logs_settled_below: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The snapshot a clone was made from, in the same bucket.
@@ -627,6 +636,7 @@ mod tests {
             encryption: None,
             parent: None,
             compression: None,
+            logs_settled_below: (3 << EPOCH_SHIFT) + 1,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.layout(), ChunkLayout::Versioned);

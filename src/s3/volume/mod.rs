@@ -391,6 +391,7 @@ impl S3Volume {
             encryption: None,
             parent: None,
             compression: None,
+            logs_settled_below: 0,
         }
     }
 
@@ -1201,6 +1202,7 @@ impl S3Volume {
         };
         match kept {
             Ok(()) => {
+                self.settle_this_epoch().await;
                 self.let_go().await;
                 Ok(())
             }
@@ -1208,6 +1210,18 @@ impl S3Volume {
                 self.abandon();
                 Err(e)
             }
+        }
+    }
+
+    /// After a clean close left no log: records that every log of this epoch is settled, so
+    /// that none that lands late (a PUT held on its way) is replayed by the next open.
+    async fn settle_this_epoch(&self) {
+        if !self.cache().logs.is_empty() {
+            return;
+        }
+        let next = self.next_seq.load(Ordering::SeqCst);
+        if let Err(e) = self.raise_settled_floor(next).await {
+            tracing::warn!(volume = %self.url, error = %e, "the logs are settled, but the metadata does not say so");
         }
     }
 

@@ -62,6 +62,14 @@ impl S3Volume {
                 copies.entry(seq).or_default().store = Some(key);
             }
         }
+        // Logs below the floor were settled by an earlier open: these came back (landed after
+        // their writer gave up on them) and hold nothing to replay.
+        let floor = self.meta().logs_settled_below;
+        let stale: Vec<(u64, Copies)> = {
+            let below: Vec<u64> = copies.range(..floor).map(|(seq, _)| *seq).collect();
+            below.into_iter().filter_map(|seq| copies.remove(&seq).map(|c| (seq, c))).collect()
+        };
+        self.delete_stale_logs(stale).await?;
         if journal == JournalFound::Replay
             && let Some(options) = &self.opts.journal
         {
@@ -70,7 +78,7 @@ impl S3Volume {
             }
         }
         if copies.is_empty() {
-            return Ok(());
+            return self.settle_earlier_epochs().await;
         }
         let logs: Vec<(u64, Copies)> = copies.into_iter().collect();
         tracing::info!(volume = %self.url, logs = logs.len(), "replaying the log");
@@ -119,6 +127,39 @@ impl S3Volume {
             return Err(unavailable(format!("log {seq:x} is still needed after the replay")));
         }
         tracing::info!(volume = %self.url, chunks = through.len(), "log replayed");
+        self.settle_earlier_epochs().await
+    }
+
+    /// Deletes logs found below the settled floor, unread.
+    async fn delete_stale_logs(&self, stale: Vec<(u64, Copies)>) -> Result<(), OpenError> {
+        for (_, copies) in stale {
+            let Some(key) = copies.store else { continue };
+            tracing::warn!(log = key, "a log settled before (a PUT that landed late): deleted, not replayed");
+            match self.store.delete(&key).await {
+                Ok(()) | Err(ObjectError::NotFound) => {}
+                Err(e) => return Err(OpenError::Unavailable(format!("cannot delete {key}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that every log of the earlier epochs is settled (this open replayed, merged and
+    /// deleted all it found), so that none of them that lands late is ever replayed.
+    async fn settle_earlier_epochs(&self) -> Result<(), OpenError> {
+        let first = self.meta().first_seq();
+        self.raise_settled_floor(first).await.map_err(OpenError::Unavailable)
+    }
+
+    /// Records in the metadata that every log numbered below `to` is settled.
+    pub(super) async fn raise_settled_floor(&self, to: u64) -> Result<(), String> {
+        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
+        if meta.logs_settled_below >= to {
+            return Ok(());
+        }
+        meta.logs_settled_below = to;
+        let etag =
+            self.put_meta(&meta, etag).await.map_err(|e| format!("cannot update the metadata of {}: {e}", self.url))?;
+        *self.meta.lock().expect("poisoned") = (meta, etag);
         Ok(())
     }
 

@@ -69,6 +69,7 @@ impl Harness {
             encryption: None,
             parent: None,
             compression: None,
+            logs_settled_below: 0,
         };
         self.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
     }
@@ -891,6 +892,59 @@ async fn replay_deletes_a_zero_chunk_only_after_a_zero_record() {
     let v = h.open_with(big_cache).await.unwrap();
     assert_eq!(v.read(32 * BS, (16 * BS) as usize).await.unwrap(), vec![0u8; (16 * BS) as usize]);
     assert_eq!(v.read(80 * BS, BS as usize).await.unwrap(), block(0x55));
+}
+
+/// The log objects in the store, with their metadata, as a PUT would send them again.
+async fn log_objects(h: &Harness) -> Vec<(String, Bytes, BTreeMap<String, String>)> {
+    let mut logs = Vec::new();
+    for key in h.mem.objects().into_keys().filter(|k| k.contains("/log/")) {
+        let out = h.mem.get(&key, None).await.unwrap();
+        logs.push((key, out.body, out.meta.metadata));
+    }
+    logs
+}
+
+/// Block 0 written in a log, then (in `settle`) that log settled and deleted, block 0 zeroed and
+/// its chunk merged away, the volume closed; then the first log's PUT lands again (one held on
+/// its way, that its writer gave up on). The next open deletes it unread: block 0 reads zeros.
+async fn a_log_landing_again_after(settle: impl AsyncFnOnce(&Harness, Arc<S3Volume>, &VolumeOptions)) {
+    let h = Harness::new();
+    let opts = h.options(8 * 1024, 4, "a");
+    let v = h.open_with(opts.clone()).await.unwrap();
+    v.write(0, block(0x11), true).await.unwrap();
+    let zombies = log_objects(&h).await;
+    assert!(!zombies.is_empty(), "the FUA write is in a log");
+    settle(&h, v, &opts).await;
+    assert!(log_objects(&h).await.is_empty(), "the logs are settled and deleted");
+    for (key, body, metadata) in zombies {
+        h.mem.put(&key, body, metadata, Condition::None).await.unwrap();
+    }
+    let v = h.open_with(opts).await.unwrap();
+    assert_eq!(v.read(0, BS as usize).await.unwrap(), block(0), "the settled log was replayed again");
+    assert!(log_objects(&h).await.is_empty(), "the log that came back is deleted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_log_landing_again_after_a_crash_and_recovery_is_not_replayed() {
+    a_log_landing_again_after(async |h, v, opts| {
+        // A crash: the next open replays and settles the log (in a later epoch).
+        v.abandon();
+        drop(v);
+        let v = h.open_with(opts.clone()).await.unwrap();
+        v.write(0, block(0), true).await.unwrap();
+        v.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_log_landing_again_after_a_clean_close_is_not_replayed() {
+    a_log_landing_again_after(async |_, v, _| {
+        // Settled in its own epoch: the merges of the close.
+        v.write(0, block(0), true).await.unwrap();
+        v.close().await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
