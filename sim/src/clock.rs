@@ -16,12 +16,16 @@ thread_local! {
 
 /// Simulated time, never earlier than any time this clock returned before.
 pub fn now() -> Duration {
-    at_least(turmoil::sim_elapsed().unwrap_or_default())
+    now_or(Duration::ZERO)
 }
 
-/// `t`, or the latest time this clock returned if that is later (for times read outside a
-/// host, between steps).
-pub fn at_least(t: Duration) -> Duration {
+/// As [`now`]; `outside` is the time when read outside a host (between steps).
+pub fn now_or(outside: Duration) -> Duration {
+    at_least(turmoil::sim_elapsed().unwrap_or(outside))
+}
+
+/// `t`, or the latest time this clock returned if that is later.
+fn at_least(t: Duration) -> Duration {
     LATEST.with(|latest| {
         let t = t.max(latest.get());
         latest.set(t);

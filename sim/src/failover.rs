@@ -392,7 +392,7 @@ fn trouble(
             sim.partition(host, "init");
             sim.crash(host);
             if shared.borrow().serving == Some(host) {
-                shared.borrow_mut().model.crashed(crate::clock::at_least(turmoil::sim_elapsed().unwrap_or(t)));
+                shared.borrow_mut().model.crashed(crate::clock::now_or(t));
             }
         }
         Trouble::CutOff => s3.cut(host, Some(Cut::All)),

@@ -532,13 +532,13 @@ mod tests {
         s3.hold(at(5), put("k", b"second", true));
         s3.hold(at(3), put("k", b"first", false));
         s3.hold(at(7), Mutation::Delete { bucket: "b".into(), keys: vec!["k".into()] });
-        crate::clock::at_least(at(2));
+        crate::clock::now_or(at(2));
         assert!(s3.objects("b").is_empty(), "nothing lands early");
-        crate::clock::at_least(at(3));
+        crate::clock::now_or(at(3));
         assert_eq!(s3.objects("b").get("k").map(|b| &b[..]), Some(&b"first"[..]));
-        crate::clock::at_least(at(6));
+        crate::clock::now_or(at(6));
         assert_eq!(s3.objects("b").get("k").map(|b| &b[..]), Some(&b"first"[..]), "if-none-match refused on landing");
-        crate::clock::at_least(at(7));
+        crate::clock::now_or(at(7));
         assert!(s3.objects("b").is_empty(), "a late delete lands too");
         assert_eq!(s3.landed().len(), 2, "what landed is logged (the refused PUT did not land)");
     }

@@ -31,10 +31,7 @@ pub fn recovery_image(
     };
     // Logs below the floor the metadata records were settled by an earlier open: recovery
     // deletes them unread (one can come back: a PUT that landed after its writer gave up).
-    let floor = objects
-        .get(&format!("{prefix}/{}", rtgt::s3::volume::META_NAME))
-        .and_then(|(body, _)| format::VolumeMeta::parse(body).ok())
-        .map_or(0, |m| m.logs_settled_below);
+    let floor = settled_below(objects.get(&meta_key(prefix)).map(|(body, _)| body));
     for (key, (body, meta)) in objects {
         if let Some(c) = chunk_of(key) {
             let at = (c * chunk) as usize;
@@ -91,8 +88,15 @@ pub fn recovery_image(
 pub fn settled_log(objects: &BTreeMap<String, Bytes>, key: &str) -> bool {
     let Some((volume, _)) = key.split_once(&format!("/{LOG_DIR}")) else { return false };
     let Some(seq) = format::key_number(key, &format!("{volume}/{LOG_DIR}")) else { return false };
-    objects
-        .get(&format!("{volume}/{}", rtgt::s3::volume::META_NAME))
-        .and_then(|body| format::VolumeMeta::parse(body).ok())
-        .is_some_and(|meta| seq < meta.logs_settled_below)
+    seq < settled_below(objects.get(&meta_key(volume)))
+}
+
+/// The key of the metadata object of the volume at `prefix`.
+fn meta_key(prefix: &str) -> String {
+    format!("{prefix}/{}", rtgt::s3::volume::META_NAME)
+}
+
+/// The log floor a metadata object records (0 if there is none).
+fn settled_below(meta: Option<&Bytes>) -> u64 {
+    meta.and_then(|body| format::VolumeMeta::parse(body).ok()).map_or(0, |m| m.logs_settled_below)
 }

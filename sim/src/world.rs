@@ -603,7 +603,7 @@ fn inject(
             sim.partition("target", name.as_str());
         }
         sim.crash("target");
-        shared.borrow_mut().model.crashed(crate::clock::at_least(turmoil::sim_elapsed().unwrap_or(now)));
+        shared.borrow_mut().model.crashed(crate::clock::now_or(now));
         // The process dies; with a local disk in use, every other time the machine loses power.
         if (env.store == Store::Embedded || env.journal) && rng.chance(0.5) {
             env.fs.power_loss();

@@ -490,6 +490,12 @@ impl S3Volume {
             return Err(format!("{} is not encrypted", self.url));
         };
         meta.encryption = Some(keys::rewrap(encryption, old, new)?);
+        self.replace_meta(meta, etag).await
+    }
+
+    /// Writes `meta` over the metadata object if it still has entity tag `etag`, and keeps it
+    /// as the volume's.
+    pub(super) async fn replace_meta(&self, meta: VolumeMeta, etag: Option<String>) -> Result<(), String> {
         let etag =
             self.put_meta(&meta, etag).await.map_err(|e| format!("cannot update the metadata of {}: {e}", self.url))?;
         *self.meta.lock().expect("poisoned") = (meta, etag);

@@ -64,12 +64,9 @@ impl S3Volume {
         }
         // Logs below the floor were settled by an earlier open: these came back (landed after
         // their writer gave up on them) and hold nothing to replay.
-        let floor = self.meta().logs_settled_below;
-        let stale: Vec<(u64, Copies)> = {
-            let below: Vec<u64> = copies.range(..floor).map(|(seq, _)| *seq).collect();
-            below.into_iter().filter_map(|seq| copies.remove(&seq).map(|c| (seq, c))).collect()
-        };
-        self.delete_stale_logs(stale).await?;
+        let kept = copies.split_off(&self.meta().logs_settled_below);
+        let stale = std::mem::replace(&mut copies, kept);
+        self.delete_stale_logs(stale.into_values().filter_map(|c| c.store)).await?;
         if journal == JournalFound::Replay
             && let Some(options) = &self.opts.journal
         {
@@ -131,9 +128,8 @@ impl S3Volume {
     }
 
     /// Deletes logs found below the settled floor, unread.
-    async fn delete_stale_logs(&self, stale: Vec<(u64, Copies)>) -> Result<(), OpenError> {
-        for (_, copies) in stale {
-            let Some(key) = copies.store else { continue };
+    async fn delete_stale_logs(&self, keys: impl Iterator<Item = String>) -> Result<(), OpenError> {
+        for key in keys {
             tracing::warn!(log = key, "a log settled before (a PUT that landed late): deleted, not replayed");
             match self.store.delete(&key).await {
                 Ok(()) | Err(ObjectError::NotFound) => {}
@@ -157,10 +153,7 @@ impl S3Volume {
             return Ok(());
         }
         meta.logs_settled_below = to;
-        let etag =
-            self.put_meta(&meta, etag).await.map_err(|e| format!("cannot update the metadata of {}: {e}", self.url))?;
-        *self.meta.lock().expect("poisoned") = (meta, etag);
-        Ok(())
+        self.replace_meta(meta, etag).await
     }
 
     /// Reads and checks one log from its copies: the journal's first (local, and the store's
