@@ -19,6 +19,8 @@ use crate::model::{BLOCK, decode_block};
 use crate::snapshots::Snapshotter;
 use crate::world::sim_retry_policy;
 
+/// The clones' volumes are `<bucket>/clone-<incarnation>-<n>`.
+pub const CLONE_PREFIX: &str = "clone-";
 /// Write ids of clone writes: far above the workload's.
 const CLONE_IDS: u32 = 3_000_000_000;
 /// A clone round that takes longer is given up (the store is away).
@@ -34,8 +36,9 @@ impl Snapshotter {
         }
         let (name, held) = checked[self.rng.below(checked.len() as u64) as usize].clone();
         self.clones += 1;
-        let child = S3Url::parse(&format!("s3://{}/clone-{}-{}", self.url.bucket, self.incarnation, self.clones))
-            .expect("a valid url");
+        let child =
+            S3Url::parse(&format!("s3://{}/{CLONE_PREFIX}{}-{}", self.url.bucket, self.incarnation, self.clones))
+                .expect("a valid url");
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
         let made = clone::clone_volume(&*self.store, &self.url, &name, &child, &*clock, self.rng.next_u64());
         if !matches!(tokio::time::timeout(PATIENCE, made).await, Ok(Ok(_))) {

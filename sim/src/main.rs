@@ -95,11 +95,11 @@ struct Cli {
     /// Prints each run's events.
     #[arg(long)]
     trace: bool,
-    /// The remote store's PUTs and DELETEs may also land after their sender gave up, up to
-    /// 20 s late and even after it died (zombie requests; world scenario). Off by default: rtgt
-    /// does not survive all of them yet (README, "Zombie requests").
+    /// The remote store's PUTs and DELETEs never land after their sender gave up. By default
+    /// some do, up to 20 s late and even after the sender died (zombie requests, world
+    /// scenario; README, "Zombie requests").
     #[arg(long)]
-    zombie_requests: bool,
+    no_zombie_requests: bool,
     /// Plants each bug in turn and checks that the oracles catch it.
     #[arg(long, conflicts_with = "mutant")]
     mutants: bool,
@@ -157,7 +157,7 @@ impl Cli {
             duration: self.duration.unwrap_or(profile_duration),
             check_determinism: self.check_determinism,
             trace: self.trace,
-            zombie_requests: self.zombie_requests,
+            zombie_requests: !self.no_zombie_requests,
             mutants: match (self.mutants, self.mutant) {
                 (true, _) => Some(Mutant::ALL.to_vec()),
                 (false, Some(m)) => Some(vec![m]),

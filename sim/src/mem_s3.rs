@@ -62,6 +62,8 @@ struct Object {
     body: Bytes,
     metadata: BTreeMap<String, String>,
     etag: u64,
+    /// Put by a PUT that landed after its sender gave up on it.
+    landed_late: bool,
 }
 
 /// What a host's requests cannot reach.
@@ -193,7 +195,7 @@ impl MemS3 {
             let Late { host, mutation, .. } = st.late.remove(i);
             // Its answer went nowhere: whether it applied or not changes nothing else.
             let _ = match mutation {
-                Mutation::Put(put) => Self::apply_put(&mut st, host, put).map(|_| ()),
+                Mutation::Put(put) => Self::apply_put(&mut st, host, put, true).map(|_| ()),
                 Mutation::Delete { bucket, keys } => Self::apply_delete(&mut st, host, &bucket, &keys),
             };
         }
@@ -214,7 +216,7 @@ impl MemS3 {
     }
 
     /// Applies a PUT (its conditions checked now); the new object's entity tag.
-    fn apply_put(st: &mut State, host: &'static str, put: Put) -> S3Result<u64> {
+    fn apply_put(st: &mut State, host: &'static str, put: Put, landed_late: bool) -> S3Result<u64> {
         let etag = st.next_etag;
         st.next_etag += 1;
         let bucket = Self::bucket(st, &put.bucket)?;
@@ -231,7 +233,7 @@ impl MemS3 {
                 return Err(error(S3ErrorCode::PreconditionFailed, 412));
             }
         }
-        bucket.insert(put.key.clone(), Object { body: put.body, metadata: put.metadata, etag });
+        bucket.insert(put.key.clone(), Object { body: put.body, metadata: put.metadata, etag, landed_late });
         Self::record(st, host, &put.key);
         Ok(etag)
     }
@@ -267,6 +269,11 @@ impl MemS3 {
             .get(bucket)
             .map(|b| b.iter().map(|(k, o)| (k.clone(), o.body.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether the object at `key` was put by a PUT that landed after its sender gave up.
+    pub fn landed_late(&self, bucket: &str, key: &str) -> bool {
+        self.lock_landed().buckets.get(bucket).and_then(|b| b.get(key)).is_some_and(|o| o.landed_late)
     }
 
     /// Every object of a bucket with its metadata.
@@ -427,7 +434,7 @@ impl S3 for MemS3 {
         if let Fault::LandLate = fault {
             return Err(self.land_late(Mutation::Put(put)).await);
         }
-        let etag = Self::apply_put(&mut self.lock(), self.host, put)?;
+        let etag = Self::apply_put(&mut self.lock(), self.host, put, false)?;
         after_apply(
             fault,
             S3Response::new(PutObjectOutput {

@@ -29,8 +29,8 @@ pub fn recovery_image(
             .or_else(|| format::parse_chunk_key(key, &chunks, ChunkLayout::Flat))
             .map(|(c, _)| c)
     };
-    // Logs below the floor the metadata records were settled by an earlier open: recovery
-    // deletes them unread (one can come back: a PUT that landed after its writer gave up).
+    // Logs below the floor the metadata records were settled: recovery deletes them unread,
+    // wherever they are (one can come back: a PUT that landed after its writer gave up).
     let floor = settled_below(objects.get(&meta_key(prefix)).map(|(body, _)| body));
     for (key, (body, meta)) in objects {
         if let Some(c) = chunk_of(key) {
@@ -51,7 +51,7 @@ pub fn recovery_image(
             .rsplit_once('/')
             .filter(|(dir, _)| dir.ends_with(LOG_DIR.trim_end_matches('/')) && !dir.contains("stale-"))
             .and_then(|(dir, _)| format::key_number(key, &format!("{dir}/")));
-        if let Some(seq) = seq {
+        if let Some(seq) = seq.filter(|&seq| seq >= floor) {
             let parsed = format::parse_log(body, None).map_err(|e| format!("journal {key}: {e}"))?;
             replay.push((seq, parsed.records));
         }
@@ -89,6 +89,14 @@ pub fn settled_log(objects: &BTreeMap<String, Bytes>, key: &str) -> bool {
     let Some((volume, _)) = key.split_once(&format!("/{LOG_DIR}")) else { return false };
     let Some(seq) = format::key_number(key, &format!("{volume}/{LOG_DIR}")) else { return false };
     seq < settled_below(objects.get(&meta_key(volume)))
+}
+
+/// Whether `key` is in a volume whose metadata is gone (deleted): an object that lands there
+/// after the volume's deletion (a PUT held on its way) has no volume to clean it up.
+pub fn volume_gone(objects: &BTreeMap<String, Bytes>, key: &str) -> bool {
+    ["/log/", "/chunks/"]
+        .iter()
+        .any(|dir| key.split_once(dir).is_some_and(|(volume, _)| !objects.contains_key(&meta_key(volume))))
 }
 
 /// The key of the metadata object of the volume at `prefix`.

@@ -24,6 +24,7 @@ const USAGE: &str = "commands and their options:
                                 active/standby pair under a multipath initiator
       [--check-determinism]     run every seed twice and compare the trace hashes
       [--trace]                 print every event
+      [--no-zombie-requests]    S3 PUTs and DELETEs never land after their sender gave up
       [--mutants | --mutant M]  plant each known bug in turn; report the seed that catches it
       [--release]               build the simulator optimised (faster for long runs)
   conformance [--backend B]     libiscsi's conformance suite against rtgt (B: memory, file, uring, s3)

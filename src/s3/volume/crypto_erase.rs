@@ -56,6 +56,7 @@ impl S3Volume {
         }
         let (encryption, data_key) = keys::new_encryption(source).map_err(|e| StoreError::Write(e.to_string()))?;
         let unit = encryption.unit;
+        let _no_other_edit = self.meta_edits.lock().await;
         let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
         meta.encryption = Some(encryption);
         match self.put_meta(&meta, etag).await {

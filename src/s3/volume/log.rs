@@ -8,9 +8,10 @@ use bytes::Bytes;
 
 use super::cache::{Bits, Cache, LogInfo};
 use super::format::{self, LogBuilder, Record};
+use super::meta_edit::MetaEditError;
 use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
-use crate::storage::StoreResult;
+use crate::storage::{StoreError, StoreResult};
 
 /// Where a new log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +235,14 @@ impl S3Volume {
                 .map(|(seq, info)| (*seq, info.in_store, info.in_journal))
                 .collect()
         };
+        if let Some(&(last, ..)) = settled.last() {
+            // First: a PUT of one of these logs still on its way may land after its delete, and
+            // the next open must not replay it over what was written since.
+            self.raise_settled_floor(last + 1).await.map_err(|e| match e {
+                MetaEditError::Store(e) => store_err(e, true),
+                MetaEditError::Refused(why) => StoreError::Write(why),
+            })?;
+        }
         for (seq, in_store, in_journal) in settled {
             if in_store {
                 self.store.delete(&format::log_key(&self.url, seq)).await.map_err(|e| store_err(e, true))?;

@@ -27,6 +27,7 @@ mod lifecycle;
 mod log;
 pub mod manifest;
 pub(super) mod merge;
+mod meta_edit;
 mod patience;
 mod read;
 mod recovery;
@@ -64,6 +65,7 @@ pub use format::{CreateSpec, FORMAT_VERSION, LEASE_NAME, META_NAME, VolumeMeta};
 pub use journal::JournalOptions;
 use lease::{Identity, LeaseError, LeaseState, LeaseTiming};
 pub use lifecycle::{Deleted, delete_volume};
+use meta_edit::MetaEditError;
 pub use snapshot_view::SnapshotView;
 pub use transfer::{IMPORT_PROGRESS, export_volume, import_progress, import_volume};
 
@@ -248,6 +250,8 @@ pub struct S3Volume {
     /// The volume's uuid (names its journal).
     uuid: String,
     meta: Mutex<(VolumeMeta, Option<String>)>,
+    /// Held by each rewrite of the metadata while the volume is open (`meta_edit.rs`).
+    meta_edits: tokio::sync::Mutex<()>,
     chunk_size: u64,
     block_size: u64,
     segment: u64,
@@ -485,26 +489,24 @@ impl S3Volume {
     /// meanwhile); the data and the data key stay as they are.
     pub async fn rekey(&self, new: &keys::KeySource) -> Result<(), String> {
         self.lease.check("rekey").map_err(|e| e.to_string())?;
-        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
-        let (Some(encryption), Some(old)) = (&meta.encryption, &self.opts.encryption) else {
+        let Some(old) = &self.opts.encryption else {
             return Err(format!("{} is not encrypted", self.url));
         };
-        meta.encryption = Some(keys::rewrap(encryption, old, new)?);
-        self.replace_meta(meta, etag).await
+        let url = &self.url;
+        self.edit_meta(|meta| {
+            let encryption = meta.encryption.as_ref().ok_or_else(|| format!("{url} is not encrypted"))?;
+            meta.encryption = Some(keys::rewrap(encryption, old, new)?);
+            Ok(true)
+        })
+        .await
+        .map_err(|e| match e {
+            MetaEditError::Refused(why) => why,
+            MetaEditError::Store(e) => format!("{url}: {e}"),
+        })
     }
 
-    /// Writes `meta` over the metadata object if it still has entity tag `etag`, and keeps it
-    /// as the volume's.
-    pub(super) async fn replace_meta(&self, meta: VolumeMeta, etag: Option<String>) -> Result<(), String> {
-        let etag =
-            self.put_meta(&meta, etag).await.map_err(|e| format!("cannot update the metadata of {}: {e}", self.url))?;
-        *self.meta.lock().expect("poisoned") = (meta, etag);
-        Ok(())
-    }
-
-    /// The data key of an encrypted volume, unwrapped with the configured key; a plain volume
-    /// given a key, or an encrypted one given none or the wrong one, is refused.
-    /// The volume's data key, unwrapped by the key `source` gives (None for a plain volume).
+    /// The volume's data key, unwrapped by the key `source` gives (None for a plain volume); a
+    /// plain volume given a key, or an encrypted one given none or the wrong one, is refused.
     pub(super) fn data_key(
         url: &S3Url,
         meta: &VolumeMeta,
@@ -624,6 +626,7 @@ impl S3Volume {
             next_version: AtomicU64::new(0),
             snapshot_gate: tokio::sync::RwLock::new(()),
             meta: Mutex::new((meta, etag)),
+            meta_edits: tokio::sync::Mutex::new(()),
             cache: Mutex::new(Cache::default()),
             released: Notify::new(),
             log_lock: tokio::sync::Mutex::new(()),
@@ -1472,13 +1475,19 @@ impl BlockStore for S3Volume {
     fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             self.lease.check("resize")?;
-            let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
-            if capacity < meta.size {
-                return Err(StoreError::Write("shrinking would lose data".into()));
-            }
-            meta.size = capacity;
-            let etag = self.put_meta(&meta, etag).await.map_err(|e| store_err(e, true))?;
-            *self.meta.lock().expect("poisoned") = (meta, etag);
+            let grown = self
+                .edit_meta(|meta| {
+                    if capacity < meta.size {
+                        return Err("shrinking would lose data".to_string());
+                    }
+                    meta.size = capacity;
+                    Ok(true)
+                })
+                .await;
+            grown.map_err(|e| match e {
+                MetaEditError::Refused(why) => StoreError::Write(why),
+                MetaEditError::Store(e) => store_err(e, true),
+            })?;
             self.capacity.store(capacity, Ordering::Relaxed);
             Ok(())
         })

@@ -62,11 +62,6 @@ impl S3Volume {
                 copies.entry(seq).or_default().store = Some(key);
             }
         }
-        // Logs below the floor were settled by an earlier open: these came back (landed after
-        // their writer gave up on them) and hold nothing to replay.
-        let kept = copies.split_off(&self.meta().logs_settled_below);
-        let stale = std::mem::replace(&mut copies, kept);
-        self.delete_stale_logs(stale.into_values().filter_map(|c| c.store)).await?;
         if journal == JournalFound::Replay
             && let Some(options) = &self.opts.journal
         {
@@ -74,6 +69,12 @@ impl S3Volume {
                 copies.entry(seq).or_default().journal = Some(key);
             }
         }
+        // Logs below the floor were settled before (by an earlier open, or as they settled):
+        // these came back (a PUT that landed after its writer gave up) or were not deleted yet
+        // when the target died, and hold nothing to replay: deleted unread, wherever they are.
+        let kept = copies.split_off(&self.meta().logs_settled_below);
+        let stale = std::mem::replace(&mut copies, kept);
+        self.delete_stale_logs(stale).await?;
         if copies.is_empty() {
             return self.settle_earlier_epochs().await;
         }
@@ -128,32 +129,29 @@ impl S3Volume {
     }
 
     /// Deletes logs found below the settled floor, unread.
-    async fn delete_stale_logs(&self, keys: impl Iterator<Item = String>) -> Result<(), OpenError> {
-        for key in keys {
-            tracing::warn!(log = key, "a log settled before (a PUT that landed late): deleted, not replayed");
-            match self.store.delete(&key).await {
-                Ok(()) | Err(ObjectError::NotFound) => {}
-                Err(e) => return Err(OpenError::Unavailable(format!("cannot delete {key}: {e}"))),
+    async fn delete_stale_logs(&self, stale: BTreeMap<u64, Copies>) -> Result<(), OpenError> {
+        let mut in_journal = Vec::new();
+        for (seq, copies) in stale {
+            tracing::warn!(log = copies.name(), "a log settled before: deleted, not replayed");
+            if let Some(key) = copies.store {
+                match self.store.delete(&key).await {
+                    Ok(()) | Err(ObjectError::NotFound) => {}
+                    Err(e) => return Err(OpenError::Unavailable(format!("cannot delete {key}: {e}"))),
+                }
+            }
+            if copies.journal.is_some() {
+                in_journal.push(seq);
             }
         }
-        Ok(())
+        let deleted = self.delete_from_journal(&in_journal).await;
+        deleted.map_err(|e| OpenError::Unavailable(format!("cannot delete settled logs from the journal: {e}")))
     }
 
     /// Records that every log of the earlier epochs is settled (this open replayed, merged and
     /// deleted all it found), so that none of them that lands late is ever replayed.
     async fn settle_earlier_epochs(&self) -> Result<(), OpenError> {
         let first = self.meta().first_seq();
-        self.raise_settled_floor(first).await.map_err(OpenError::Unavailable)
-    }
-
-    /// Records in the metadata that every log numbered below `to` is settled.
-    pub(super) async fn raise_settled_floor(&self, to: u64) -> Result<(), String> {
-        let (mut meta, etag) = self.meta.lock().expect("poisoned").clone();
-        if meta.logs_settled_below >= to {
-            return Ok(());
-        }
-        meta.logs_settled_below = to;
-        self.replace_meta(meta, etag).await
+        self.raise_settled_floor(first).await.map_err(|e| OpenError::Unavailable(format!("{}: {e}", self.url)))
     }
 
     /// Reads and checks one log from its copies: the journal's first (local, and the store's

@@ -938,6 +938,17 @@ async fn a_log_landing_again_after_a_crash_and_recovery_is_not_replayed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_log_landing_again_after_it_was_settled_while_running_is_not_replayed() {
+    a_log_landing_again_after(async |_, v, _| {
+        // Settled by the running volume's merges; then a crash, with no close to record it.
+        v.write(0, block(0), true).await.unwrap();
+        v.settle_everything().await.unwrap();
+        v.abandon();
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_log_landing_again_after_a_clean_close_is_not_replayed() {
     a_log_landing_again_after(async |_, v, _| {
         // Settled in its own epoch: the merges of the close.
@@ -1578,6 +1589,9 @@ mod clone_tests;
 
 #[path = "room_tests.rs"]
 mod room_tests;
+
+#[path = "meta_edit_tests.rs"]
+mod meta_edit_tests;
 
 #[path = "disk_cache_tests.rs"]
 mod disk_cache_tests;
