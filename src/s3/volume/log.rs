@@ -13,6 +13,11 @@ use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
 use crate::storage::{StoreError, StoreResult};
 
+/// The background deletes settled logs at most this often (each deletion PUTs the metadata)...
+pub(super) const LOG_DELETE_INTERVAL: Duration = Duration::from_secs(5);
+/// ... unless this many logs wait.
+const LOG_DELETE_BACKLOG: usize = 64;
+
 /// Where a new log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LogHome {
@@ -220,6 +225,21 @@ impl S3Volume {
         let unchanged = cache.entries.get(&c).is_none_or(|e| e.generation == generation);
         self.settle(cache, c, if unchanged { u64::MAX } else { seq });
         self.mark_merged(cache, c, generation);
+    }
+
+    /// The background's deletion of settled logs. Each deletion costs a PUT of the metadata
+    /// (the settled floor, raised first), so it runs at most every [`LOG_DELETE_INTERVAL`]
+    /// unless [`LOG_DELETE_BACKLOG`] logs wait. Settled logs left meanwhile cost a little
+    /// storage, and replaying them after a crash changes nothing (they are a suffix).
+    pub(super) async fn delete_settled_logs_when_due(&self) -> StoreResult<()> {
+        let now = self.clock.now().as_nanos() as u64;
+        let last = self.logs_deleted_at.load(Ordering::Relaxed);
+        let backlog = self.cache().logs.len() >= LOG_DELETE_BACKLOG;
+        if !backlog && last != 0 && now.saturating_sub(last) < LOG_DELETE_INTERVAL.as_nanos() as u64 {
+            return Ok(());
+        }
+        self.logs_deleted_at.store(now.max(1), Ordering::Relaxed);
+        self.delete_settled_logs().await
     }
 
     /// Deletes the oldest logs whose chunks are all settled (always a prefix, so that the

@@ -302,6 +302,8 @@ pub struct S3Volume {
     buffer_bytes: AtomicU64,
     /// Clock nanoseconds of the first failure since the store last answered; 0: reachable.
     unreachable_since: AtomicU64,
+    /// Clock nanoseconds of the background's last deletion of settled logs (`log.rs`).
+    logs_deleted_at: AtomicU64,
     opts: VolumeOptions,
     clock: Arc<dyn Clock>,
     stats: VolumeCounters,
@@ -649,6 +651,7 @@ impl S3Volume {
             disk: std::sync::OnceLock::new(),
             buffer_bytes: AtomicU64::new(0),
             unreachable_since: AtomicU64::new(0),
+            logs_deleted_at: AtomicU64::new(0),
             opts,
             clock,
             stats: VolumeCounters::default(),
@@ -1146,7 +1149,7 @@ impl S3Volume {
         };
         let uploaded = self.upload_journal().await;
         let merged = self.merge_chunks(&merge_due).await;
-        let deleted = self.delete_settled_logs().await;
+        let deleted = self.delete_settled_logs_when_due().await;
         match logged.and(uploaded).and(merged).and(deleted) {
             Err(e) if self.worth_waiting(&e) => self.note_unreachable(&e),
             Err(e) => self.note_background_error(&e),

@@ -3,6 +3,7 @@ use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 
+use super::log::LOG_DELETE_INTERVAL;
 use super::*;
 use crate::clock::TokioClock;
 use crate::s3::mem::Faults;
@@ -946,6 +947,30 @@ async fn a_log_landing_again_after_it_was_settled_while_running_is_not_replayed(
         v.abandon();
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_deletes_settled_logs_in_rounds_each_after_raising_the_floor() {
+    let h = Harness::new();
+    let v = h.open(8 * 1024, 4, "a").await.unwrap();
+    let floor = || v.meta().logs_settled_below;
+    let opened_at = floor();
+    // A log, settled by its chunk's merge: the first round deletes it.
+    v.write(0, block(1), true).await.unwrap();
+    v.merge_chunks(&[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(log_objects(&h).await.is_empty(), "the first round deletes the settled log");
+    assert!(floor() > opened_at, "after raising the floor");
+    let first_round = floor();
+    // Another, settled at once: it waits for the next round (a round costs a metadata PUT).
+    v.write(0, block(2), true).await.unwrap();
+    v.merge_chunks(&[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(log_objects(&h).await.len(), 1, "kept until the next round");
+    assert_eq!(floor(), first_round);
+    tokio::time::sleep(LOG_DELETE_INTERVAL).await;
+    assert!(log_objects(&h).await.is_empty(), "the next round deletes it");
+    assert!(floor() > first_round);
 }
 
 #[tokio::test(start_paused = true)]
