@@ -240,6 +240,11 @@ impl LogInfo {
     pub(super) fn at_rest(&self) -> bool {
         !self.pending && !self.uploading
     }
+
+    /// Whether it may be deleted now: settled on every chunk, and at rest.
+    pub(super) fn deletable(&self) -> bool {
+        self.unsettled.is_empty() && self.at_rest()
+    }
 }
 
 #[derive(Debug, Default)]

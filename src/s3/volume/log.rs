@@ -15,8 +15,8 @@ use crate::storage::{StoreError, StoreResult};
 
 /// The background deletes settled logs at most this often (each deletion PUTs the metadata)...
 pub(super) const LOG_DELETE_INTERVAL: Duration = Duration::from_secs(5);
-/// ... unless this many logs wait.
-const LOG_DELETE_BACKLOG: usize = 64;
+/// ... unless this many settled logs wait.
+pub(super) const LOG_DELETE_BACKLOG: usize = 64;
 
 /// Where a new log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,12 +229,12 @@ impl S3Volume {
 
     /// The background's deletion of settled logs. Each deletion costs a PUT of the metadata
     /// (the settled floor, raised first), so it runs at most every [`LOG_DELETE_INTERVAL`]
-    /// unless [`LOG_DELETE_BACKLOG`] logs wait. Settled logs left meanwhile cost a little
+    /// unless [`LOG_DELETE_BACKLOG`] settled logs wait. Settled logs left meanwhile cost a little
     /// storage, and replaying them after a crash changes nothing (they are a suffix).
     pub(super) async fn delete_settled_logs_when_due(&self) -> StoreResult<()> {
         let now = self.clock.now().as_nanos() as u64;
         let last = self.logs_deleted_at.load(Ordering::Relaxed);
-        let backlog = self.cache().logs.len() >= LOG_DELETE_BACKLOG;
+        let backlog = self.cache().logs.values().take_while(|info| info.deletable()).count() >= LOG_DELETE_BACKLOG;
         if !backlog && last != 0 && now.saturating_sub(last) < LOG_DELETE_INTERVAL.as_nanos() as u64 {
             return Ok(());
         }
@@ -251,7 +251,7 @@ impl S3Volume {
             cache
                 .logs
                 .iter()
-                .take_while(|(_, info)| info.unsettled.is_empty() && info.at_rest())
+                .take_while(|(_, info)| info.deletable())
                 .map(|(seq, info)| (*seq, info.in_store, info.in_journal))
                 .collect()
         };

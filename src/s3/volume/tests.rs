@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 
-use super::log::LOG_DELETE_INTERVAL;
+use super::log::{LOG_DELETE_BACKLOG, LOG_DELETE_INTERVAL};
 use super::*;
 use crate::clock::TokioClock;
 use crate::s3::mem::Faults;
@@ -971,6 +971,28 @@ async fn the_background_deletes_settled_logs_in_rounds_each_after_raising_the_fl
     tokio::time::sleep(LOG_DELETE_INTERVAL).await;
     assert!(log_objects(&h).await.is_empty(), "the next round deletes it");
     assert!(floor() > first_round);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_of_settled_logs_is_deleted_without_waiting_for_the_round() {
+    let h = Harness::new();
+    let v = h.open(8 * 1024, 4, "a").await.unwrap();
+    v.write(0, block(1), true).await.unwrap();
+    v.merge_chunks(&[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(log_objects(&h).await.is_empty(), "the first round");
+    // One short of the backlog: kept until the next round.
+    for i in 0..LOG_DELETE_BACKLOG - 1 {
+        v.write(0, block(i as u8), true).await.unwrap();
+    }
+    v.merge_chunks(&[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(log_objects(&h).await.len(), LOG_DELETE_BACKLOG - 1);
+    // The backlog: deleted at the next tick.
+    v.write(0, block(0x77), true).await.unwrap();
+    v.merge_chunks(&[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(log_objects(&h).await.is_empty(), "a backlog does not wait for the round");
 }
 
 #[tokio::test(start_paused = true)]
