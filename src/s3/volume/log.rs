@@ -8,10 +8,9 @@ use bytes::Bytes;
 
 use super::cache::{Bits, Cache, LogInfo};
 use super::format::{self, LogBuilder, Record};
-use super::meta_edit::MetaEditError;
 use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
-use crate::storage::{StoreError, StoreResult};
+use crate::storage::StoreResult;
 
 /// The background deletes settled logs at most this often (each deletion PUTs the metadata)...
 pub(super) const LOG_DELETE_INTERVAL: Duration = Duration::from_secs(5);
@@ -258,10 +257,7 @@ impl S3Volume {
         if let Some(&(last, ..)) = settled.last() {
             // First: a PUT of one of these logs still on its way may land after its delete, and
             // the next open must not replay it over what was written since.
-            self.raise_settled_floor(last + 1).await.map_err(|e| match e {
-                MetaEditError::Store(e) => store_err(e, true),
-                MetaEditError::Refused(why) => StoreError::Write(why),
-            })?;
+            self.raise_settled_floor(last + 1).await?;
         }
         for (seq, in_store, in_journal) in settled {
             if in_store {

@@ -5,8 +5,9 @@
 //! again; if another holder has bumped the epoch, the volume is not ours any more.
 
 use super::format::VolumeMeta;
-use super::{META_NAME, S3Volume};
+use super::{META_NAME, S3Volume, store_err};
 use crate::s3::ObjectError;
+use crate::storage::StoreError;
 
 /// Tries of one edit before giving up (each after a failed condition or an unknown outcome).
 const TRIES: usize = 4;
@@ -18,6 +19,16 @@ pub(super) enum MetaEditError {
     Refused(String),
     /// The store failed, or another holder took the volume (`ObjectError::Fenced`).
     Store(ObjectError),
+}
+
+impl From<MetaEditError> for StoreError {
+    /// A refusal is the write's error; a store failure is classified as any write's is.
+    fn from(e: MetaEditError) -> StoreError {
+        match e {
+            MetaEditError::Refused(why) => StoreError::Write(why),
+            MetaEditError::Store(e) => store_err(e, true),
+        }
+    }
 }
 
 impl std::fmt::Display for MetaEditError {

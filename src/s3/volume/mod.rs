@@ -1478,19 +1478,14 @@ impl BlockStore for S3Volume {
     fn resize(&self, capacity: u64) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             self.lease.check("resize")?;
-            let grown = self
-                .edit_meta(|meta| {
-                    if capacity < meta.size {
-                        return Err("shrinking would lose data".to_string());
-                    }
-                    meta.size = capacity;
-                    Ok(true)
-                })
-                .await;
-            grown.map_err(|e| match e {
-                MetaEditError::Refused(why) => StoreError::Write(why),
-                MetaEditError::Store(e) => store_err(e, true),
-            })?;
+            self.edit_meta(|meta| {
+                if capacity < meta.size {
+                    return Err("shrinking would lose data".to_string());
+                }
+                meta.size = capacity;
+                Ok(true)
+            })
+            .await?;
             self.capacity.store(capacity, Ordering::Relaxed);
             Ok(())
         })
