@@ -7,6 +7,7 @@ mod failover;
 mod mem_s3;
 mod model;
 mod net;
+mod newest_versions;
 mod panics;
 mod recovery_image;
 mod seeds;

@@ -485,14 +485,18 @@ pub(crate) fn fenced(s3: &MemS3) -> Option<String> {
     None
 }
 
-/// B closed the volume cleanly: no log left, no chunk of zeros.
+/// B closed the volume cleanly: no log left, no chunk of zeros (a tombstone is empty), and
+/// the tombstone rule held (`newest_versions.rs`).
 pub(crate) fn no_leaks(s3: &MemS3) -> Option<String> {
     let objects = s3.objects(BUCKET);
+    if let Some(f) = crate::newest_versions::lost_newest(&objects, &s3.landed()) {
+        return Some(f);
+    }
     for (key, body) in &objects {
         if key.contains("/log/") && !crate::recovery_image::settled_log(&objects, key) {
             return Some(format!("leak: log object {key} left after a clean shutdown"));
         }
-        if key.contains("/chunks/") && body.iter().all(|&b| b == 0) {
+        if key.contains("/chunks/") && !body.is_empty() && body.iter().all(|&b| b == 0) {
             return Some(format!("leak: chunk object {key} holds only zeros"));
         }
     }

@@ -822,16 +822,21 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
             }
         }
     }
-    // Invariant 5 once quiet: no log objects, no all-zero chunk objects (a tombstone, an empty
-    // version, only while a snapshot may hold what it hides).
+    // Invariant 5 once quiet: no log objects, no chunk objects of zeros (a tombstone, an empty
+    // version, is how a chunk reads as zeros); and no chunk without a version newer than any
+    // version of it ever written (the remote store keeps a log of what landed).
     let objects = match env.store {
         Store::Remote => env.s3.objects(BUCKET),
         Store::Embedded => LocalRoot::inspect(&env.fs, Path::new(EMBEDDED_ROOT), BUCKET),
     };
+    if env.store == Store::Remote
+        && let Some(f) = crate::newest_versions::lost_newest(&objects, &env.s3.landed())
+    {
+        return Some(f);
+    }
     if let Some(key) = journal_logs(env).keys().next() {
         return Some(format!("leak: journal log {key} left after a clean shutdown"));
     }
-    let snapshots = objects.keys().any(|k| k.contains("/snapshots/") && k.ends_with(".json"));
     for (key, body) in &objects {
         if volume_deleted_before_it_landed(env, &objects, key) {
             continue; // a leak no volume can clean up: documented (README, "Zombie requests")
@@ -841,9 +846,6 @@ fn final_checks(shared: &Shared, env: &Environment, heal_at: Duration) -> Option
             && !abandoned_clone(&objects, key)
         {
             return Some(format!("leak: log object {key} left after a clean shutdown"));
-        }
-        if key.contains("/chunks/") && body.is_empty() && !snapshots {
-            return Some(format!("leak: tombstone {key} left with no snapshot"));
         }
         let plain = match env.chunks.body(key, body) {
             Ok(plain) => plain,

@@ -53,10 +53,13 @@ pub enum Mutant {
     SnapshotSkipsMerge = 20,
     /// A clone opens without the chunks it inherits from its snapshot: it reads zeros there.
     CloneForgetsInherited = 21,
+    /// A chunk that became zero loses every version (the newest too) instead of getting a
+    /// tombstone: a late PUT of an older version would be its data again.
+    ZeroDeletesNewest = 22,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 21] = [
+    pub const ALL: [Mutant; 22] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -78,6 +81,7 @@ impl Mutant {
         Mutant::SweepHeldVersions,
         Mutant::SnapshotSkipsMerge,
         Mutant::CloneForgetsInherited,
+        Mutant::ZeroDeletesNewest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -103,6 +107,7 @@ impl Mutant {
             Mutant::SweepHeldVersions => "sweep-held-versions",
             Mutant::SnapshotSkipsMerge => "snapshot-skips-merge",
             Mutant::CloneForgetsInherited => "clone-forgets-inherited",
+            Mutant::ZeroDeletesNewest => "zero-deletes-newest",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! An in-memory object store with optional fault injection, for model checks and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -53,6 +53,10 @@ struct State {
     gets_waiting: usize,
     /// DELETEs of keys under this prefix fail for good.
     undeletable: Option<String>,
+    /// PUTs of keys under this prefix fail for good.
+    unwritable: Option<String>,
+    /// Every key a PUT was sent for, whether it landed or not.
+    put_keys: BTreeSet<String>,
 }
 
 /// A bucket in memory. Listing pages hold at most `page_size` keys.
@@ -89,6 +93,8 @@ impl MemObjectStore {
                 gets_waiting: 0,
                 answers_waiting: 0,
                 undeletable: None,
+                unwritable: None,
+                put_keys: BTreeSet::new(),
             }),
             page_size: 1000,
             released: tokio::sync::Notify::new(),
@@ -104,6 +110,11 @@ impl MemObjectStore {
     /// Makes DELETEs of keys under `prefix` fail (None: they work again).
     pub fn refuse_deletes(&self, prefix: Option<&str>) {
         self.lock().undeletable = prefix.map(str::to_string);
+    }
+
+    /// Makes PUTs of keys under `prefix` fail, unapplied (None: they work again).
+    pub fn refuse_puts(&self, prefix: Option<&str>) {
+        self.lock().unwritable = prefix.map(str::to_string);
     }
 
     /// Makes GETs of keys under `prefix` read their object at once but answer only after
@@ -161,6 +172,11 @@ impl MemObjectStore {
         self.state.lock().expect("mem store poisoned")
     }
 
+    /// Every key a PUT was sent for (landed, failed or lost), for checks.
+    pub fn put_keys(&self) -> BTreeSet<String> {
+        self.lock().put_keys.clone()
+    }
+
     /// Every key and its body, for checks.
     pub fn objects(&self) -> BTreeMap<String, Bytes> {
         self.lock().objects.iter().map(|(k, o)| (k.clone(), o.body.clone())).collect()
@@ -209,6 +225,10 @@ impl MemObjectStore {
         cond: Condition,
     ) -> ObjResult<Option<String>> {
         let mut st = self.lock();
+        st.put_keys.insert(key.to_string());
+        if st.unwritable.as_ref().is_some_and(|p| key.starts_with(p.as_str())) {
+            return Err(ObjectError::failed("refused put"));
+        }
         let fault = Self::roll(&mut st, true);
         match fault {
             Fault::Fail => return Err(ObjectError::transient("injected failure")),

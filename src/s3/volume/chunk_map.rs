@@ -6,10 +6,11 @@
 //! snapshot holds them (`snapshot.rs`). Volumes of formats 1 and 2 keep one object per chunk,
 //! `chunks/<index>`, overwritten in place.
 //!
-//! A chunk that becomes all zeros loses its versions, the older ones first and the newest
-//! last, so that no older version is ever the newest while the data is newer. If a snapshot
-//! holds one of them, a tombstone (an empty version) is written instead: it is the newest, and
-//! reads as zeros. A tombstone goes once no older version is left.
+//! A chunk that becomes all zeros gets a tombstone, an empty version that reads as zeros, as
+//! its newest; what it replaces is garbage. The newest version of a chunk is never deleted
+//! while it is the newest (a tombstone goes only once a newer version has landed): a PUT of an
+//! older version may still land (sent by an attempt that timed out, or by a holder that died),
+//! and it must land behind a newer one, never over nothing, where it would be the data again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,9 @@ use crate::s3::{Condition, ObjectError};
 
 /// Objects deleted by one request.
 const SWEEP_BATCH: usize = 1000;
+
+/// Tombstones PUT at once (empty objects: the requests' round trips are their cost).
+const TOMBSTONES_AT_ONCE: usize = 16;
 
 /// How a chunk object's PUT ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,26 +134,36 @@ impl S3Volume {
         data
     }
 
-    /// Makes the chunks `chunks` (zero now) read as zeros in the store: each loses its
-    /// versions, or gets a tombstone if a snapshot holds one of them. A chunk whose deletion
-    /// failed keeps whatever is left in the map (still the newest first).
-    pub(super) async fn delete_chunk_objects(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
-        let held: Vec<u64> = {
-            let cache = self.cache();
-            // A snapshot holds a version, or the chunk reads through to an ancestor's.
-            let held =
-                |c: &u64| cache.retained.get(c).is_some_and(|v| !v.is_empty()) || cache.inherited.contains_key(c);
-            chunks.iter().copied().filter(held).collect()
-        };
-        let free: Vec<u64> = chunks.iter().copied().filter(|c| !held.contains(c)).collect();
-        let mut outcome = self.delete_all_versions(&free).await?;
-        for c in held {
-            outcome.push((c, self.put_tombstone(c).await));
+    /// Makes the chunks `chunks` (zero now) read as zeros in the store: in the versioned
+    /// layout each gets a tombstone (a PUT each, several at once); in the flat layout its object
+    /// is deleted.
+    pub(super) async fn zero_chunk_objects(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
+        if self.layout == ChunkLayout::Flat {
+            return self.delete_all_versions(chunks).await;
+        }
+        let (deleted, buried) = self.planted_deletions(chunks);
+        let mut outcome = self.delete_all_versions(&deleted).await?;
+        for group in buried.chunks(TOMBSTONES_AT_ONCE) {
+            let results = futures::future::join_all(group.iter().map(|&c| self.put_tombstone(c))).await;
+            outcome.extend(group.iter().copied().zip(results));
         }
         Ok(outcome)
     }
 
-    /// Deletes every version of `chunks`: older versions first, then the newest.
+    /// The chunks to delete every version of, and those to bury under a tombstone: all buried,
+    /// unless the planted mutant deletes those no snapshot or ancestor holds (as before the
+    /// tombstone rule).
+    fn planted_deletions(&self, chunks: &[u64]) -> (Vec<u64>, Vec<u64>) {
+        if !crate::mutants::active(crate::mutants::Mutant::ZeroDeletesNewest) {
+            return (Vec::new(), chunks.to_vec());
+        }
+        let cache = self.cache();
+        let held = |c: &u64| cache.retained.get(c).is_some_and(|v| !v.is_empty()) || cache.inherited.contains_key(c);
+        chunks.iter().partition(|c| !held(c))
+    }
+
+    /// Deletes every version of `chunks`, older ones first, then the newest: the flat layout's
+    /// one object each (in the versioned layout, only the planted mutant does this).
     async fn delete_all_versions(&self, chunks: &[u64]) -> Result<Deletions, ObjectError> {
         let (older, newest): (Vec<ChunkKey>, Vec<ChunkKey>) = {
             let cache = self.cache();
@@ -236,8 +250,7 @@ impl S3Volume {
         Ok(out)
     }
 
-    /// Deletes the garbage versions known now, then the tombstones with no older version
-    /// left, in batches. A failure leaves them for the next sweep: garbage costs storage,
+    /// Deletes the garbage versions known now (a superseded tombstone among them), in batches. A failure leaves them for the next sweep: garbage costs storage,
     /// never correctness.
     pub(super) async fn sweep_garbage(&self) {
         if self.cache().sweep_blocked || self.lease.check("a sweep").is_err() {
@@ -259,15 +272,7 @@ impl S3Volume {
                 .filter(|&(c, v)| superseded(c, v))
                 .collect()
         };
-        self.sweep(versions, false).await;
-        let tombstones: Vec<(u64, u64)> = {
-            let cache = self.cache();
-            let alone = |c: &u64| {
-                !cache.garbage.contains_key(c) && !cache.retained.contains_key(c) && !cache.inherited.contains_key(c)
-            };
-            cache.tombstones.iter().filter(|(c, _)| alone(c)).map(|(&c, &v)| (c, v)).collect()
-        };
-        self.sweep(tombstones, true).await;
+        self.sweep(versions).await;
     }
 
     /// Deletes the garbage known now (`rtgt volume gc`: the open that precedes it listed every
@@ -282,7 +287,7 @@ impl S3Volume {
         (swept, left)
     }
 
-    async fn sweep(&self, versions: Vec<(u64, u64)>, tombstones: bool) {
+    async fn sweep(&self, versions: Vec<(u64, u64)>) {
         for batch in versions.chunks(SWEEP_BATCH) {
             let keys = batch.iter().map(|&(c, v)| (c, format::chunk_version_key(&self.url, c, v))).collect();
             let results = match self.delete_keys(keys).await {
@@ -298,11 +303,7 @@ impl S3Volume {
                     continue;
                 }
                 self.stats.versions_swept.fetch_add(1, Ordering::Relaxed);
-                if tombstones {
-                    if cache.tombstones.get(&c) == Some(&v) {
-                        cache.tombstones.remove(&c);
-                    }
-                } else if let Some(left) = cache.garbage.get_mut(&c) {
+                if let Some(left) = cache.garbage.get_mut(&c) {
                     left.remove(&v);
                     if left.is_empty() {
                         cache.garbage.remove(&c);

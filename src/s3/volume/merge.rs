@@ -110,9 +110,10 @@ impl S3Volume {
             self.drop_zero_pages(c);
             return Ok(Merged::Done);
         }
-        // A zero chunk has no object to carry a stamp: a zero record in the log keeps older
-        // records from resurrecting its data after a crash. The log lock is held until the
-        // DELETE is done, so no log with older records can appear behind it.
+        // A zero chunk has no data object to carry a stamp (a tombstone carries none): a zero
+        // record in the log keeps older records from resurrecting its data after a crash. The
+        // log lock is held until its tombstone landed, so no log with older records can appear
+        // behind it.
         let serial = if zero { Some(self.log_lock.lock().await) } else { None };
         let mut settle_at = stamp;
         let result = if zero {
@@ -122,7 +123,7 @@ impl S3Volume {
                 return Ok(Merged::Superseded);
             }
             settle_at = seq;
-            if exists { self.delete_chunk_objects(&[c]).await.and_then(first_error).map(|()| None) } else { Ok(None) }
+            if exists { self.zero_chunk_objects(&[c]).await.and_then(first_error).map(|()| None) } else { Ok(None) }
         } else {
             let metadata = steps::chunk_metadata(&full, self.segment, stamp).await;
             // From now on the object may exist, even if this merge is cancelled mid-PUT.

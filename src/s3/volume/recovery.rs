@@ -109,6 +109,10 @@ impl S3Volume {
         {
             let dirty: BTreeSet<u64> = self.dirty_chunks().into_iter().collect();
             let mut cache = self.cache();
+            // A chunk these logs wrote may have a version on its way from the holder that wrote
+            // them (a merge its end cut short): whatever the chunk holds now must be written as
+            // a newer version, a tombstone if it is zero, never left with no object.
+            cache.exists.extend(through.keys().copied());
             for (seq, touched) in replayed {
                 let unsettled = touched.intersection(&dirty).copied().collect();
                 let (in_store, in_journal) = homes[&seq];

@@ -79,6 +79,11 @@ impl Harness {
         self.mem.objects().into_iter().filter(|(k, _)| k.starts_with("vol/chunks/")).collect()
     }
 
+    /// The chunk objects that hold data (not tombstones).
+    fn chunk_data_objects(&self) -> BTreeMap<String, Bytes> {
+        self.chunk_objects().into_iter().filter(|(_, b)| !b.is_empty()).collect()
+    }
+
     /// Flips a bit of the first chunk object in the store, its metadata kept; its key and
     /// metadata.
     async fn flip_a_bit_of_the_first_chunk(&self) -> (String, BTreeMap<String, String>) {
@@ -140,10 +145,11 @@ async fn sparse_reads_send_no_get_and_zeros_are_elided() {
     assert_eq!(h.chunk_objects().len(), 1);
     let v = h.open(64 * 1024, 16, "a").await.unwrap();
     assert_eq!(v.read(70 * 1024, 4096).await.unwrap(), vec![5u8; 4096]);
-    // Writing zeros over the only data deletes the object.
+    // Writing zeros over the only data leaves a tombstone (its data version is swept).
     v.write(70 * 1024, Bytes::from(vec![0u8; 4096]), false).await.unwrap();
     v.close().await.unwrap();
-    assert!(h.chunk_objects().is_empty());
+    assert!(h.chunk_data_objects().is_empty());
+    assert_eq!(h.chunk_objects().len(), 1, "the tombstone");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1017,7 +1023,7 @@ async fn geometry_mismatch_and_missing_volume_are_clear_errors() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
+async fn unmap_buries_whole_chunks_under_tombstones_and_zeroes_partial_ones() {
     let h = Harness::new();
     let chunk = 64 * 1024;
     let v = h.open(chunk, 32, "a").await.unwrap();
@@ -1028,9 +1034,11 @@ async fn unmap_deletes_whole_chunks_in_batches_and_zeroes_partial_ones() {
     assert_eq!(h.chunk_objects().len(), 32);
     // From the middle of chunk 1 to the middle of chunk 30.
     v.unmap(chunk + chunk / 2, 29 * chunk).await.unwrap();
-    assert_eq!(h.chunk_objects().len(), 4, "whole chunks are deleted at once");
+    let tombstones = || h.chunk_objects().values().filter(|b| b.is_empty()).count();
+    assert_eq!(tombstones(), 28, "chunks 2 to 29 each have a tombstone at once");
     v.close().await.unwrap();
-    assert_eq!(h.chunk_objects().len(), 4, "chunks 0, 1, 30, 31 keep data");
+    assert_eq!(h.chunk_data_objects().len(), 4, "chunks 0, 1, 30, 31 keep data");
+    assert_eq!(h.chunk_objects().len(), 32, "the buried versions are swept, in batches");
     assert!(v.s3_stats().delete_many.load(Ordering::Relaxed) >= 1);
     let data = v.read(chunk, 2 * chunk as usize).await.unwrap();
     assert!(data[..(chunk / 2) as usize].iter().all(|&b| b == 2));
@@ -1403,31 +1411,50 @@ async fn run_model(ops: Vec<Op>, variant: Variant) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-/// Invariant 5: once settled, an object exists exactly for the chunks holding non-zero data,
-/// and no log is left.
-/// A clone (`clone`) keeps no object for a chunk it never wrote (it reads its parent's), and
-/// a tombstone for one of its parent's chunks it made zero.
+/// Invariant 5: once settled, a data object exists exactly for the chunks holding non-zero
+/// data, and no log is left. A zero chunk keeps a tombstone if any version of it was ever sent
+/// (the tombstone rule: its newest version is at least as new as every one sent, so a late PUT
+/// lands behind it), and only then. A clone (`clone`) keeps no object for a chunk it never
+/// wrote (it reads its parent's).
 fn check_no_zero_or_leaked_objects(h: &Harness, model: &Model, clone: bool) -> Result<(), TestCaseError> {
     let logs: Vec<String> = h.mem.objects().into_keys().filter(|k| k.contains("/log/")).collect();
     prop_assert!(logs.is_empty(), "logs left after close: {:?}", logs);
     let objects = h.chunk_objects();
+    let parse = |key: &str| format::parse_chunk_key(key, "vol/chunks/", format::ChunkLayout::Versioned);
     // Every object is a version of a chunk of the volume, and a closed volume has swept its
     // garbage: one version per chunk at most.
-    let mut versions: BTreeMap<u64, Vec<&Bytes>> = BTreeMap::new();
+    let mut versions: BTreeMap<u64, Vec<(u64, &Bytes)>> = BTreeMap::new();
     for (key, body) in &objects {
-        let parsed = format::parse_chunk_key(key, "vol/chunks/", format::ChunkLayout::Versioned);
-        prop_assert!(parsed.is_some_and(|(c, _)| c < CHUNKS), "stray object {}", key);
-        versions.entry(parsed.expect("checked").0).or_default().push(body);
+        let parsed = parse(key);
+        prop_assert!(parsed.is_some_and(|(c, v)| c < CHUNKS && v.is_some()), "stray object {}", key);
+        let (c, v) = parsed.expect("checked");
+        versions.entry(c).or_default().push((v.expect("checked"), body));
+    }
+    let mut newest_sent: BTreeMap<u64, u64> = BTreeMap::new();
+    for (c, v) in h.mem.put_keys().iter().filter_map(|k| parse(k)) {
+        let newest = newest_sent.entry(c).or_default();
+        *newest = (*newest).max(v.unwrap_or(0));
     }
     for c in 0..CHUNKS {
         let nonzero = (c * 4..c * 4 + 4).any(|b| model.current(b) != 0);
         let inherited = clone && (c * 4..c * 4 + 4).any(|b| inherited_byte(b) != 0);
         let stored = versions.get(&c).map_or(&[][..], |v| &v[..]);
-        let (tombstones, data): (Vec<&Bytes>, Vec<&Bytes>) = stored.iter().partition(|b| b.is_empty());
+        let (tombstones, data): (Vec<_>, Vec<_>) = stored.iter().partition(|(_, b)| b.is_empty());
         prop_assert!(stored.len() <= 1, "chunk {} has {} objects", c, stored.len());
-        prop_assert!(tombstones.is_empty() || inherited && !nonzero, "chunk {} has a tombstone it needs not", c);
+        if let Some(&sent) = newest_sent.get(&c) {
+            let newest = stored.iter().map(|(v, _)| *v).max();
+            prop_assert!(
+                newest.is_some_and(|n| n >= sent),
+                "chunk {}: version {:x} was sent, the newest left is {:?}",
+                c,
+                sent,
+                newest
+            );
+        }
+        let needs_tombstone = !nonzero && (newest_sent.contains_key(&c) || inherited);
+        prop_assert!(tombstones.is_empty() || needs_tombstone, "chunk {} has a tombstone it needs not", c);
         prop_assert!(data.len() == usize::from(nonzero) || inherited, "chunk {} objects", c);
-        for body in data {
+        for (_, body) in data {
             prop_assert!(body.iter().any(|&b| b != 0), "chunk {} stored as zeros", c);
         }
     }
@@ -1759,7 +1786,7 @@ async fn an_atomic_write_cut_by_a_crash_leaves_nothing() {
     assert_eq!(v.read(3 * chunk, 512).await.unwrap(), block(2));
 }
 
-/// An UNMAP whose deletions failed leaves its zeros dirty in the cache: the next SYNCHRONIZE
+/// An UNMAP whose tombstones failed leaves its zeros dirty in the cache: the next SYNCHRONIZE
 /// CACHE makes them durable (it once found "every write durable" and did nothing, and a crash
 /// brought the unmapped data back).
 #[tokio::test(start_paused = true)]
@@ -1770,9 +1797,9 @@ async fn a_sync_after_a_failed_unmap_makes_its_zeros_durable() {
     v.write(0, Bytes::from(vec![7u8; chunk as usize]), false).await.unwrap();
     v.merge_chunk(0).await.unwrap();
     v.flush().await.unwrap(); // every write so far durable
-    h.mem.refuse_deletes(Some("vol/chunks/"));
+    h.mem.refuse_puts(Some("vol/chunks/"));
     assert!(v.unmap(0, chunk).await.is_err());
-    h.mem.refuse_deletes(None);
+    h.mem.refuse_puts(None);
     v.flush().await.unwrap();
     v.abandon();
     drop(v);

@@ -1,4 +1,5 @@
-//! UNMAP: partial chunks are zeroed through the write path, whole chunks deleted in batches.
+//! UNMAP: partial chunks are zeroed through the write path, whole chunks in batches (each gets
+//! a tombstone, or in the flat layout loses its object: `chunk_map.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -74,8 +75,8 @@ impl S3Volume {
         results.into_iter().collect::<StoreResult<Vec<()>>>().map(|_| ())
     }
 
-    /// Deletes zeroed chunks: one zero record in the log (when logs may hold older records
-    /// for them), then one DeleteObjects request for those with objects.
+    /// Zeroes whole chunks in the store: one zero record in the log (when logs may hold older
+    /// records for them), then a tombstone for each that has (or may have) an object.
     pub(super) async fn delete_batch(&self, chunks: &[u64]) -> StoreResult<()> {
         let _claim = self.claim(chunks).await;
         self.lease.check("UNMAP")?;
@@ -102,7 +103,7 @@ impl S3Volume {
         };
         let mut failed: BTreeMap<u64, StoreError> = BTreeMap::new();
         if !present.is_empty() {
-            let results = self.delete_chunk_objects(&present).await.map_err(|e| store_err(e, true))?;
+            let results = self.zero_chunk_objects(&present).await.map_err(|e| store_err(e, true))?;
             for (c, r) in results {
                 match r {
                     Ok(()) => {
