@@ -48,6 +48,36 @@ async fn a_fua_write_is_durable_in_the_journal_while_the_store_is_away() {
     assert_eq!(store_logs(&h), 0);
 }
 
+/// A journal log settled and deleted whose local copy comes back (a deletion the journal's
+/// disk lost, a copy an upload left): the next open finds it below the settled floor and
+/// deletes it unread, as it does a store copy. Replayed, its data would come back over the
+/// chunk zeroed since, which has no stamp to say the log is old.
+#[tokio::test(start_paused = true)]
+async fn a_journal_log_found_below_the_settled_floor_is_deleted_unread() {
+    let h = Harness::new();
+    let (jmem, journal) = mem_journal();
+    let opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+    let v = h.open_with(opts.clone()).await.unwrap();
+    v.write(0, block(0x11), true).await.unwrap();
+    let mut copies = Vec::new();
+    for key in jmem.objects().into_keys() {
+        let got = jmem.get(&key, None).await.unwrap();
+        copies.push((key, got.body, got.meta.metadata));
+    }
+    assert!(!copies.is_empty(), "the FUA write is in a journal log");
+    v.unmap(0, CHUNK_64K).await.unwrap();
+    v.settle_everything().await.unwrap();
+    assert!(jmem.objects().is_empty() && store_logs(&h) == 0, "settled and deleted");
+    v.abandon();
+    drop(v);
+    for (key, body, metadata) in copies {
+        jmem.put(&key, body, metadata, Condition::None).await.unwrap();
+    }
+    let v = h.open_with(opts).await.unwrap();
+    assert_eq!(v.read(0, BS as usize).await.unwrap(), vec![0u8; BS as usize], "the settled journal log was replayed");
+    assert!(jmem.objects().is_empty(), "the copy that came back is deleted");
+}
+
 /// The background uploads journal logs and drops their local copies: another node, which sees
 /// no journal, finds the data.
 #[tokio::test(start_paused = true)]
