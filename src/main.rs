@@ -733,7 +733,12 @@ enum Caught {
 
 /// (chunk bytes, stored bytes) of the newest version of each chunk of a compressed volume
 /// (tombstones hold none).
-fn compression_of(chunks: &[rtgt::s3::Listed], chunk_dir: &str, meta: &rtgt::s3::volume::VolumeMeta) -> (u64, u64) {
+/// Per chunk, its newest version and that version's stored size (a tombstone's is 0).
+fn newest_versions(
+    chunks: &[rtgt::s3::Listed],
+    chunk_dir: &str,
+    meta: &rtgt::s3::volume::VolumeMeta,
+) -> std::collections::BTreeMap<u64, (Option<u64>, u64)> {
     let mut newest = std::collections::BTreeMap::new();
     for o in chunks {
         if let Some((c, version)) = rtgt::s3::volume::format::parse_chunk_key(&o.key, chunk_dir, meta.layout()) {
@@ -743,6 +748,14 @@ fn compression_of(chunks: &[rtgt::s3::Listed], chunk_dir: &str, meta: &rtgt::s3:
             }
         }
     }
+    newest
+}
+
+/// What the newest versions that hold data cover, and what they store.
+fn compression_of(
+    newest: &std::collections::BTreeMap<u64, (Option<u64>, u64)>,
+    meta: &rtgt::s3::volume::VolumeMeta,
+) -> (u64, u64) {
     newest.iter().filter(|(_, (_, size))| *size > 0).fold((0, 0), |(written, kept), (c, (_, size))| {
         (written + meta.chunk_size.min(meta.size - c * meta.chunk_size), kept + size)
     })
@@ -797,8 +810,9 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             }
             let stored: u64 = chunks.iter().map(|c| c.size).sum();
             let chunk_dir = url.key(rtgt::s3::volume::format::CHUNKS_DIR);
+            let newest = newest_versions(&chunks, &chunk_dir, &meta);
             if let Some(codec) = meta.compression {
-                let (written, kept) = compression_of(&chunks, &chunk_dir, &meta);
+                let (written, kept) = compression_of(&newest, &meta);
                 println!(
                     "compression: {codec}, the newest chunk versions hold {} in {} ({:.1}%)",
                     Size(written),
@@ -808,21 +822,22 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             } else {
                 println!("compression: none");
             }
-            let indexes: std::collections::BTreeSet<u64> = chunks
-                .iter()
-                .filter_map(|o| rtgt::s3::volume::format::parse_chunk_key(&o.key, &chunk_dir, meta.layout()))
-                .map(|(c, _)| c)
-                .collect();
+            let with_data = newest.values().filter(|(_, size)| *size > 0).count();
             println!(
-                "chunks:     {} present ({} stored, {:.1}% of the volume)",
-                indexes.len(),
+                "chunks:     {with_data} hold data ({} stored, {:.1}% of the volume)",
                 Size(stored),
                 stored as f64 * 100.0 / meta.size.max(1) as f64
             );
-            if chunks.len() > indexes.len() {
-                println!("            {} older versions not yet swept", chunks.len() - indexes.len());
+            if newest.len() > with_data {
+                println!("            {} zeroed (a tombstone each)", newest.len() - with_data);
+            }
+            if chunks.len() > newest.len() {
+                println!("            {} older versions not yet swept", chunks.len() - newest.len());
             }
             println!("format:     {}", meta.format_version);
+            if meta.deleting {
+                println!("deleting:   a deletion began and did not finish: `rtgt volume delete {url}` finishes it");
+            }
             if let Some(parent) = &meta.parent {
                 println!("clone of:   s3://{}/{}@{}", url.bucket, parent.prefix.trim_end_matches('/'), parent.snapshot);
             }

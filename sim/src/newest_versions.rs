@@ -20,7 +20,14 @@ fn chunk_version(key: &str) -> Option<(&str, u64)> {
     Some((&key[..volume.len() + "/chunks/".len() + index.len() + 1], hex(version)?))
 }
 
-/// The first chunk (of a volume still there) whose newest version now is older than a
+/// Whether the metadata of the volume that `chunk` is in says a deletion of it began.
+fn deletion_began(objects: &BTreeMap<String, Bytes>, chunk: &str) -> bool {
+    let volume = chunk.split("/chunks/").next().unwrap_or_default();
+    let meta = objects.get(&format!("{volume}/{}", rtgt::s3::volume::META_NAME));
+    meta.and_then(|body| rtgt::s3::volume::format::VolumeMeta::parse(body).ok()).is_some_and(|m| m.deleting)
+}
+
+/// The first chunk (of a volume still there and not being deleted) whose newest version now is older than a
 /// version of it that a mutation touched.
 pub fn lost_newest(objects: &BTreeMap<String, Bytes>, landed: &[Landed]) -> Option<String> {
     let mut newest_now: BTreeMap<&str, u64> = BTreeMap::new();
@@ -39,8 +46,8 @@ pub fn lost_newest(objects: &BTreeMap<String, Bytes>, landed: &[Landed]) -> Opti
         }
     }
     for (chunk, (v, key)) in newest_touched {
-        if crate::recovery_image::volume_gone(objects, key) {
-            continue; // the volume was deleted: its objects go with it
+        if crate::recovery_image::volume_gone(objects, key) || deletion_began(objects, chunk) {
+            continue; // the volume was deleted, or is being deleted: its objects go with it
         }
         match newest_now.get(chunk) {
             Some(&n) if n >= v => {}
@@ -74,6 +81,32 @@ mod tests {
         assert!(lost_newest(&objects, &[landed(v1), landed(v1)]).is_some(), "deleted, nothing newer");
         objects.insert(t2.to_string(), Bytes::new());
         assert_eq!(lost_newest(&objects, &[landed(v1), landed(t2), landed(v1)]), None);
+    }
+
+    #[test]
+    fn a_volume_whose_deletion_began_is_not_checked() {
+        let mut meta = rtgt::s3::volume::format::VolumeMeta {
+            format_version: 3,
+            size: 1 << 20,
+            block_size: 512,
+            chunk_size: 1 << 16,
+            uuid: "u".into(),
+            created_unix_secs: 0,
+            epoch: 1,
+            journal_node: None,
+            encryption: None,
+            parent: None,
+            compression: None,
+            logs_settled_below: 0,
+            deleting: false,
+        };
+        let mut objects: BTreeMap<String, Bytes> = BTreeMap::new();
+        let v1 = landed("v/chunks/0000000000000000/0000000000000001");
+        objects.insert(format!("v/{}", rtgt::s3::volume::META_NAME), meta.encode());
+        assert!(lost_newest(&objects, std::slice::from_ref(&v1)).is_some());
+        meta.deleting = true;
+        objects.insert(format!("v/{}", rtgt::s3::volume::META_NAME), meta.encode());
+        assert_eq!(lost_newest(&objects, &[v1]), None);
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct VolumeMeta {
     /// replayed over what was written since. 0: no floor (older volumes).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub logs_settled_below: u64,
+    /// A deletion of the volume began (`rtgt volume delete`): its objects may be partly gone, so
+    /// it opens no more; a deletion run again finishes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -637,6 +641,7 @@ mod tests {
             parent: None,
             compression: None,
             logs_settled_below: (3 << EPOCH_SHIFT) + 1,
+            deleting: true,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.layout(), ChunkLayout::Versioned);

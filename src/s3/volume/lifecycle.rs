@@ -68,7 +68,10 @@ pub async fn delete_volume(
         Err(e) => return Err(format!("{url}: {e}")),
     };
     let keeper = tokio::spawn(lease::keep(store.clone(), key.clone(), me, state, taken));
-    let deleted = delete_contents(&*store, url).await;
+    let deleted = match mark_deleting(&*store, url).await {
+        Ok(()) => delete_contents(&*store, url).await,
+        Err(e) => Err(e),
+    };
     keeper.abort();
     let deleted = deleted?;
     // The metadata last but one: until it goes, the volume is there (and leased); the lease
@@ -81,6 +84,20 @@ pub async fn delete_volume(
         delete_all(&*store, vec![record]).await?;
     }
     Ok(deleted)
+}
+
+/// Marks the metadata as being deleted before anything goes, so that a deletion cut short
+/// leaves a volume that refuses to open rather than one that reads with chunks missing.
+async fn mark_deleting(store: &dyn ObjectStore, url: &S3Url) -> Result<(), String> {
+    let (mut meta, etag) =
+        super::S3Volume::read_meta(store, url).await?.ok_or_else(|| format!("no volume at {url}"))?;
+    if meta.deleting {
+        return Ok(());
+    }
+    meta.deleting = true;
+    let condition = etag.map(crate::s3::Condition::IfMatch).unwrap_or(crate::s3::Condition::None);
+    let put = store.put(&url.key(META_NAME), meta.encode(), Default::default(), condition).await;
+    put.map(|_| ()).map_err(|e| format!("cannot mark {url} as being deleted (nothing is deleted yet): {e}"))
 }
 
 async fn delete_contents(store: &dyn ObjectStore, url: &S3Url) -> Result<Deleted, String> {

@@ -72,3 +72,23 @@ async fn a_volume_with_snapshots_is_deleted_only_by_force_and_its_snapshots_with
     assert_eq!(deleted.snapshots, 1);
     assert_eq!(keys_under(&mem, "vol/"), Vec::<String>::new());
 }
+
+/// A deletion cut short (here: the chunks' DELETEs refused) leaves a volume that refuses to open,
+/// saying how to finish, instead of one that reads with some chunks gone; run again, it finishes.
+#[tokio::test(start_paused = true)]
+async fn a_deletion_cut_short_leaves_a_volume_that_refuses_to_open_until_it_is_finished() {
+    let mem = Arc::new(MemObjectStore::new());
+    let url = S3Url::parse("s3://bucket/vol").unwrap();
+    volume_with_data(&mem, &url, "a").await.close().await.unwrap();
+    mem.refuse_deletes(Some("vol/chunks/"));
+    let cut = delete_volume(mem.clone(), &url, false, Arc::new(TokioClock::new()), "cli".into()).await;
+    assert!(cut.is_err(), "the chunks could not be deleted");
+    mem.refuse_deletes(None);
+    let open = S3Volume::open(mem.clone(), url.clone(), options("a"), Arc::new(TokioClock::new())).await;
+    let err = open.err().expect("refused").to_string();
+    assert!(err.contains("deletion of this volume began") && err.contains("rtgt volume delete"), "{err}");
+    // The lease the cut deletion took expires; the next deletion finishes.
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    delete_volume(mem.clone(), &url, false, Arc::new(TokioClock::new()), "cli".into()).await.unwrap();
+    assert_eq!(keys_under(&mem, "vol/"), Vec::<String>::new());
+}

@@ -398,6 +398,7 @@ impl S3Volume {
             parent: None,
             compression: None,
             logs_settled_below: 0,
+            deleting: false,
         }
     }
 
@@ -459,6 +460,12 @@ impl S3Volume {
                     .ok_or_else(|| OpenError::Unavailable(format!("{url} vanished after creation")))?
             }
         };
+        if found.0.deleting {
+            return Err(OpenError::Refused(format!(
+                "{url}: a deletion of this volume began and did not finish, so some of its objects may be gone; \
+                 finish it with `rtgt volume delete {url}`"
+            )));
+        }
         if let Some(spec) = &opts.create {
             let meta = &found.0;
             let mismatch = |what: &str, have: u64, want: u64| {

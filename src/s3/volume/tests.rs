@@ -71,6 +71,7 @@ impl Harness {
             parent: None,
             compression: None,
             logs_settled_below: 0,
+            deleting: false,
         };
         self.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
     }
