@@ -85,21 +85,8 @@ mod tests {
 
     #[test]
     fn a_volume_whose_deletion_began_is_not_checked() {
-        let mut meta = rtgt::s3::volume::format::VolumeMeta {
-            format_version: 3,
-            size: 1 << 20,
-            block_size: 512,
-            chunk_size: 1 << 16,
-            uuid: "u".into(),
-            created_unix_secs: 0,
-            epoch: 1,
-            journal_node: None,
-            encryption: None,
-            parent: None,
-            compression: None,
-            logs_settled_below: 0,
-            deleting: false,
-        };
+        let plain = br#"{"format_version": 3, "size": 1048576, "block_size": 512, "chunk_size": 65536, "uuid": "u", "created_unix_secs": 0}"#;
+        let mut meta = rtgt::s3::volume::format::VolumeMeta::parse(plain).unwrap();
         let mut objects: BTreeMap<String, Bytes> = BTreeMap::new();
         let v1 = landed("v/chunks/0000000000000000/0000000000000001");
         objects.insert(format!("v/{}", rtgt::s3::volume::META_NAME), meta.encode());
