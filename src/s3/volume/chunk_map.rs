@@ -39,7 +39,7 @@ pub(super) enum Landed {
 /// An object of a chunk: the chunk's index, the object's key.
 type ChunkKey = (u64, String);
 
-/// Per chunk, how the deletion of its objects ended.
+/// Per chunk, how making it zero in the store (its tombstone, or its deletion) ended.
 pub(super) type Deletions = Vec<(u64, Result<(), ObjectError>)>;
 
 impl S3Volume {
@@ -250,8 +250,8 @@ impl S3Volume {
         Ok(out)
     }
 
-    /// Deletes the garbage versions known now (a superseded tombstone among them), in batches. A failure leaves them for the next sweep: garbage costs storage,
-    /// never correctness.
+    /// Deletes the garbage versions known now (a superseded tombstone among them), in batches.
+    /// A failure leaves them for the next sweep: garbage costs storage, never correctness.
     pub(super) async fn sweep_garbage(&self) {
         if self.cache().sweep_blocked || self.lease.check("a sweep").is_err() {
             return;
