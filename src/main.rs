@@ -731,8 +731,6 @@ enum Caught {
     Reload,
 }
 
-/// (chunk bytes, stored bytes) of the newest version of each chunk of a compressed volume
-/// (tombstones hold none).
 /// Per chunk, its newest version and that version's stored size (a tombstone's is 0).
 fn newest_versions(
     chunks: &[rtgt::s3::Listed],
@@ -751,7 +749,8 @@ fn newest_versions(
     newest
 }
 
-/// What the newest versions that hold data cover, and what they store.
+/// (chunk bytes, stored bytes) of the newest versions of a compressed volume's chunks
+/// (tombstones hold none).
 fn compression_of(
     newest: &std::collections::BTreeMap<u64, (Option<u64>, u64)>,
     meta: &rtgt::s3::volume::VolumeMeta,

@@ -8,27 +8,30 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use rtgt::s3::volume::format;
+
 use crate::mem_s3::Landed;
+
+/// Between a volume's prefix and a chunk's index in a chunk key.
+const CHUNKS: &str = "/chunks/";
 
 /// The chunk (its key prefix `<volume>/chunks/<index>/`) and version a key names, if it
 /// names a chunk version.
 fn chunk_version(key: &str) -> Option<(&str, u64)> {
-    let (volume, rest) = key.split_once("/chunks/")?;
-    let (index, version) = rest.split_once('/')?;
-    let hex = |digits: &str| (digits.len() == 16).then(|| u64::from_str_radix(digits, 16).ok()).flatten();
-    hex(index)?;
-    Some((&key[..volume.len() + "/chunks/".len() + index.len() + 1], hex(version)?))
+    let chunks_dir = key.find(CHUNKS)? + CHUNKS.len();
+    let (_, version) = format::parse_chunk_key(key, &key[..chunks_dir], format::ChunkLayout::Versioned)?;
+    Some((&key[..key.rfind('/')? + 1], version?))
 }
 
 /// Whether the metadata of the volume that `chunk` is in says a deletion of it began.
 fn deletion_began(objects: &BTreeMap<String, Bytes>, chunk: &str) -> bool {
-    let volume = chunk.split("/chunks/").next().unwrap_or_default();
-    let meta = objects.get(&format!("{volume}/{}", rtgt::s3::volume::META_NAME));
-    meta.and_then(|body| rtgt::s3::volume::format::VolumeMeta::parse(body).ok()).is_some_and(|m| m.deleting)
+    let volume = chunk.split(CHUNKS).next().unwrap_or_default();
+    let meta = objects.get(&crate::recovery_image::meta_key(volume));
+    meta.and_then(|body| format::VolumeMeta::parse(body).ok()).is_some_and(|m| m.deleting)
 }
 
-/// The first chunk (of a volume still there and not being deleted) whose newest version now is older than a
-/// version of it that a mutation touched.
+/// The first chunk (of a volume still there and not being deleted) whose newest version now
+/// is older than a version of it that a mutation touched.
 pub fn lost_newest(objects: &BTreeMap<String, Bytes>, landed: &[Landed]) -> Option<String> {
     let mut newest_now: BTreeMap<&str, u64> = BTreeMap::new();
     for key in objects.keys() {
@@ -86,7 +89,7 @@ mod tests {
     #[test]
     fn a_volume_whose_deletion_began_is_not_checked() {
         let plain = br#"{"format_version": 3, "size": 1048576, "block_size": 512, "chunk_size": 65536, "uuid": "u", "created_unix_secs": 0}"#;
-        let mut meta = rtgt::s3::volume::format::VolumeMeta::parse(plain).unwrap();
+        let mut meta = format::VolumeMeta::parse(plain).unwrap();
         let mut objects: BTreeMap<String, Bytes> = BTreeMap::new();
         let v1 = landed("v/chunks/0000000000000000/0000000000000001");
         objects.insert(format!("v/{}", rtgt::s3::volume::META_NAME), meta.encode());

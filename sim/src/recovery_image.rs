@@ -100,7 +100,7 @@ pub fn volume_gone(objects: &BTreeMap<String, Bytes>, key: &str) -> bool {
 }
 
 /// The key of the metadata object of the volume at `prefix`.
-fn meta_key(prefix: &str) -> String {
+pub fn meta_key(prefix: &str) -> String {
     format!("{prefix}/{}", rtgt::s3::volume::META_NAME)
 }
 
