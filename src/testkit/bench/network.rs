@@ -311,6 +311,11 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
         v.close().await.map_err(|e| e.to_string())?;
     }
 
+    const UNMAP: &str = "UNMAP of 512 MiB written (128 chunks), one command";
+    if args.wants(&[UNMAP]) {
+        record(UNMAP, unmaps_of_written(&setup).await?);
+    }
+
     if args.outage > 0 && args.wants(&["S3 away"]) {
         let v = open(&setup, "outage").await?;
         let netem = &setup.netem;
@@ -335,6 +340,54 @@ async fn on_link(dir: &Path, link: LinkSpec, args: &NetworkArgs) -> Result<Vec<L
         v.close().await.map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// The largest UNMAP one command may carry with 512-byte blocks (2^20 blocks).
+const UNMAP_SPAN: u64 = 512 * MIB;
+
+/// Three rounds of: [`UNMAP_SPAN`] written in 1 MiB writes and made durable, then one UNMAP
+/// of all of it, timed (each of its chunks gets a tombstone in the store before it is
+/// answered), and the SYNCHRONIZE CACHE after it.
+async fn unmaps_of_written(setup: &Setup) -> Result<Measured, String> {
+    let v = open_with(setup, "unmap", None, 2 * UNMAP_SPAN).await?;
+    let mut m = Measured {
+        latencies: Vec::new(),
+        errors: 0,
+        not_ready_retries: 0,
+        seconds: 0.0,
+        bytes_per_command: UNMAP_SPAN,
+    };
+    for round in 0..3u8 {
+        let at = std::sync::atomic::AtomicU64::new(0);
+        let fill = closed_loop_limited(8, Duration::from_secs(600), MIB, UNMAP_SPAN / MIB, |_, _| {
+            let v = v.clone();
+            let offset = at.fetch_add(MIB, std::sync::atomic::Ordering::Relaxed);
+            async move { v.write(offset, Bytes::from(vec![round + 1; MIB as usize]), false).await.is_ok() }
+        })
+        .await;
+        if fill.errors > 0 || fill.latencies.len() as u64 != UNMAP_SPAN / MIB {
+            return Err(format!("filling the UNMAP's range: {} of {} writes failed", fill.errors, UNMAP_SPAN / MIB));
+        }
+        v.flush().await.map_err(|e| format!("before the UNMAP: {e}"))?;
+        let started = Instant::now();
+        let unmapped = v.unmap(0, UNMAP_SPAN).await;
+        let took = started.elapsed();
+        let synced = Instant::now();
+        let flushed = v.flush().await;
+        eprintln!(
+            "  UNMAP of {} MiB: {:.1} ms, the SYNCHRONIZE CACHE after it {:.1} ms",
+            UNMAP_SPAN / MIB,
+            took.as_secs_f64() * 1000.0,
+            synced.elapsed().as_secs_f64() * 1000.0
+        );
+        match unmapped.and(flushed) {
+            Ok(()) => m.latencies.push(took),
+            Err(_) => m.errors += 1,
+        }
+        m.seconds += took.as_secs_f64();
+    }
+    v.close().await.map_err(|e| e.to_string())?;
+    Ok(m)
 }
 
 /// The sequential-write workload, then whatever it did not reach written too, so that every
