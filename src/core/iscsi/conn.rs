@@ -298,6 +298,8 @@ pub struct Connection {
     out: Vec<Output>,
     /// MaxCmdSN last sent to the initiator.
     advertised_max_cmd_sn: u32,
+    /// The ExpStatSN of the initiator's last PDU: statuses before it, it has read.
+    acknowledged_stat_sn: u32,
 }
 
 impl Drop for Connection {
@@ -341,6 +343,7 @@ impl Connection {
             closing: false,
             out: Vec::new(),
             advertised_max_cmd_sn,
+            acknowledged_stat_sn: stat_sn,
         }
     }
 
@@ -375,6 +378,13 @@ impl Connection {
     /// Commands handed to the driver and not yet completed.
     pub fn running(&self) -> Vec<u32> {
         self.tasks.values().filter(|t| t.phase == Phase::Running).map(|t| t.itt).collect()
+    }
+
+    /// Statuses sent that the initiator had not acknowledged (by its ExpStatSN) when it last
+    /// sent a PDU: at most one when it waits for each answer before it sends again, the way
+    /// one at queue depth 1 does.
+    pub fn unacknowledged_statuses(&self) -> u32 {
+        self.stat_sn.wrapping_sub(self.acknowledged_stat_sn)
     }
 
     pub fn task_count(&self) -> usize {
@@ -471,6 +481,9 @@ impl Connection {
     pub fn on_pdu(&mut self, pdu: Pdu, now: Duration, ctx: &dyn ConnContext) {
         self.last_rx = now;
         self.ping = None;
+        if let Some(exp_stat_sn) = pdu.bhs.exp_stat_sn() {
+            self.acknowledged_stat_sn = exp_stat_sn;
+        }
         if self.closing {
             return;
         }

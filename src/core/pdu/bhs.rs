@@ -588,6 +588,21 @@ impl Bhs {
         })
     }
 
+    /// The ExpStatSN of an initiator's PDU: the StatSN of the next response it expects.
+    pub fn exp_stat_sn(&self) -> Option<u32> {
+        Some(match self {
+            Bhs::NopOut(p) => p.exp_stat_sn,
+            Bhs::ScsiCommand(p) => p.exp_stat_sn,
+            Bhs::TaskMgmtRequest(p) => p.exp_stat_sn,
+            Bhs::LoginRequest(p) => p.exp_stat_sn,
+            Bhs::TextRequest(p) => p.exp_stat_sn,
+            Bhs::DataOut(p) => p.exp_stat_sn,
+            Bhs::LogoutRequest(p) => p.exp_stat_sn,
+            Bhs::SnackRequest(p) => p.exp_stat_sn,
+            _ => return None,
+        })
+    }
+
     /// Decodes a basic header segment. Fails only on an opcode no side may send.
     pub fn decode(raw: &[u8; BHS_LEN]) -> Result<Bhs, PduError> {
         let f = Fields(raw);

@@ -551,3 +551,31 @@ fn an_ordered_write_solicits_its_data_only_when_its_turn_comes() {
     let out = c.drain();
     assert!(sent(&out).iter().any(|p| matches!(p.bhs, Bhs::R2t(ref r) if r.itt == 2)));
 }
+
+#[test]
+fn statuses_the_initiator_has_not_acknowledged_are_counted_by_its_exp_stat_sn() {
+    let mut c = conn();
+    let with_ack = |itt: u32, cmd_sn: u32, exp_stat_sn: u32| {
+        Pdu::new(ScsiCommand { exp_stat_sn, ..cmd(itt, cmd_sn, true, false, 512, 0x28) })
+    };
+    assert_eq!(c.unacknowledged_statuses(), 0, "nothing sent yet");
+    // Queue depth 1: each command acknowledges the status before it.
+    feed(&mut c, with_ack(1, 100, 500));
+    assert_eq!(c.unacknowledged_statuses(), 0);
+    c.on_complete(1, good(&[0; 512]));
+    c.drain();
+    assert_eq!(c.unacknowledged_statuses(), 1, "one status out, the initiator waits for it");
+    feed(&mut c, with_ack(2, 101, 501));
+    c.on_complete(2, good(&[0; 512]));
+    c.drain();
+    assert_eq!(c.unacknowledged_statuses(), 1);
+    // A pipelining initiator sends before it has read what came back.
+    feed(&mut c, with_ack(3, 102, 502));
+    feed(&mut c, with_ack(4, 103, 502));
+    c.on_complete(3, good(&[0; 512]));
+    c.on_complete(4, good(&[0; 512]));
+    c.drain();
+    assert_eq!(c.unacknowledged_statuses(), 2, "two statuses out, neither acknowledged");
+    feed(&mut c, with_ack(5, 104, 504));
+    assert_eq!(c.unacknowledged_statuses(), 0, "acknowledged by the next PDU");
+}
