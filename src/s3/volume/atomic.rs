@@ -29,6 +29,8 @@ impl S3Volume {
             self.write_within_limit(offset, &data).await?;
             return self.flush_all().await;
         }
+        // From its room until the copy (after its log): a snapshot has all of it or none.
+        let _gate = self.snapshot_gate.read().await;
         let (first, last) = (offset / self.chunk_size, (offset + data.len() as u64 - 1) / self.chunk_size);
         let chunks: Vec<u64> = (first..=last).collect();
         self.wait_for_room(offset, data.len() as u64).await?;

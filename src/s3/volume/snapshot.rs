@@ -100,13 +100,15 @@ impl S3Volume {
         self.cache().snapshots.values().map(|m| SnapshotSummary::from(&**m)).collect()
     }
 
-    /// Takes a snapshot named `name`: writes wait while the dirty chunks are captured.
+    /// Takes a snapshot named `name`: atomic writes and UNMAPs wait while the dirty chunks are
+    /// captured (plain writes only for the cache lock; see `S3Volume::snapshot_gate`).
     pub async fn create_snapshot(&self, name: SnapshotName) -> Result<SnapshotSummary, SnapshotError> {
         self.snapshots_possible()?;
         if self.cache().snapshots.contains_key(&name) {
             return Err(SnapshotError::Exists { store: self.url.to_string(), name });
         }
-        // Writes wait from the moment the gate is asked for (it is fair) until it is let go.
+        // Atomic writes and UNMAPs wait from the moment the gate is asked for (it is fair)
+        // until it is let go.
         let gate_asked = self.clock.now();
         let (provisional, captured) = {
             let _writes_wait = self.snapshot_gate.write().await;
