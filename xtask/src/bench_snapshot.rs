@@ -26,7 +26,8 @@ struct Run {
     max_us: f64,
     /// How long the snapshot's request took (None: no snapshot in this run).
     snapshot_s: Option<f64>,
-    /// How long writes waited for the snapshot's gate, as rtgt logged it.
+    /// From the snapshot asking for its gate until it let go, as rtgt logged it: how long
+    /// writes waited for the capture (plain writes on the cache lock, the others on the gate).
     gate_us: Option<f64>,
 }
 
