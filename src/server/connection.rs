@@ -409,7 +409,7 @@ impl FullFeature {
             // connection waits on storage (or none is left; one that waits for the initiator's
             // data is fed by a client busy writing it), and at most one status is unread by it
             // (an initiator with several to read is not waiting for any one of them, and
-            // polling for it only burns CPU: a quarter of the target's at 128 KiB writes, QD8).
+            // polling for it only burns CPU: a fifth of the target's at 128 KiB writes, QD8).
             let awaiting_initiator = self.conn.task_count() > self.running.len();
             let wants_to_poll = !writing
                 && !awaiting_initiator
