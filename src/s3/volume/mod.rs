@@ -263,9 +263,9 @@ pub struct S3Volume {
     /// see all or none of, hold it shared. A plain write does not take it: its copy into the
     /// cache is one section under the cache lock, as the snapshot's capture is, so a snapshot
     /// holds every write acknowledged before it (one copied and not yet flushed is captured
-    /// unlogged, as when a background flush races it). Writes waiting for room or in a FUA
-    /// flush held it once, and the snapshot and every write queued behind it (the gate is fair)
-    /// waited for them: 11-57 ms in `cargo xtask bench s3 --snapshot` with the default cache.
+    /// unlogged, as when a background flush races it). Holding it would make a snapshot, and
+    /// every write queued behind it (the gate is fair), wait for writes waiting for room or in
+    /// a FUA flush.
     snapshot_gate: tokio::sync::RwLock<()>,
     cache: Mutex<Cache>,
     /// Woken when a claim is released, pages are freed, or a readahead ends.
