@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rtgt::api::client::Client;
 use rtgt::rng::Rng;
 use rtgt_testkit::initiator::{InitiatorConfig, Session};
 
@@ -28,6 +29,8 @@ const WRITERS: u64 = 4;
 /// Blocks each writer owns: 4 MiB, one chunk, so writers share no chunk and every round
 /// writes logs and merges.
 const REGION: u64 = 8192;
+/// The management API's token, when a test turns the API on.
+const API_TOKEN: &str = "crash-test-token";
 /// A restart that waited out the 30 s lease would take longer than this.
 const RESTART_BOUND: Duration = Duration::from_secs(15);
 
@@ -39,18 +42,21 @@ fn free_port() -> u16 {
 struct Serve(Child);
 
 impl Serve {
-    /// The same command every time (with `config`, or the embedded default in `data`); its
-    /// log is appended to `log`.
-    fn start(data: &Path, config: Option<&Path>, portal: SocketAddr, log: &Path) -> Serve {
+    /// The same command every time (with `config`, or the embedded default in `data`), with
+    /// the management API on `api` (token [`API_TOKEN`]) or without; its log is appended to
+    /// `log`.
+    fn start(data: &Path, config: Option<&Path>, portal: SocketAddr, api: Option<SocketAddr>, log: &Path) -> Serve {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let mut cmd = Command::new(BIN);
         match config {
             Some(config) => cmd.args(["serve", "--config"]).arg(config),
             None => cmd.args(["serve", "--data-dir"]).arg(data),
         };
+        let api = api.map_or("off".to_string(), |a| a.to_string());
         let child = cmd
-            .args(["--listen", &portal.to_string(), "--api-listen", "off", "--s3-listen", "off"])
+            .args(["--listen", &portal.to_string(), "--api-listen", &api, "--s3-listen", "off"])
             .env("RUST_LOG", "warn")
+            .env("RTGT_API_TOKEN", API_TOKEN)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -121,12 +127,20 @@ struct Model {
     atomic: Vec<(u64, u64, u64)>,
     /// Atomic writes acknowledged, over all rounds.
     atomic_acked: u64,
+    /// Per block, the newest write acknowledged (durable or not): what a snapshot asked for
+    /// from now on must hold, or a later write.
+    acknowledged: Vec<u64>,
 }
 
 impl Model {
     /// `blocks` never written.
     fn new(blocks: u64) -> Model {
-        Model { blocks: vec![BlockModel::new(); blocks as usize], atomic: Vec::new(), atomic_acked: 0 }
+        Model {
+            blocks: vec![BlockModel::new(); blocks as usize],
+            atomic: Vec::new(),
+            atomic_acked: 0,
+            acknowledged: vec![0; blocks as usize],
+        }
     }
 
     /// A write was issued: the block may hold it from now on.
@@ -142,26 +156,21 @@ impl Model {
         }
     }
 
-    /// After a restart, each atomic write of the last round is there whole or not at all: if
-    /// one of its blocks holds it or a later write (a larger id: one writer per block), all
-    /// do. Checked once, right after its round; a later round may overwrite part of it.
+    /// After a restart, each atomic write of the last round is there whole or not at all.
+    /// Checked once, right after its round; a later round may overwrite part of it.
     fn check_atomic(&mut self, held: &[u64]) -> Result<(), String> {
-        for (first, blocks, id) in self.atomic.drain(..) {
-            let span = &held[first as usize..(first + blocks) as usize];
-            if span.iter().any(|&h| h >= id) && span.iter().any(|&h| h < id) {
-                return Err(format!("atomic write {id} of blocks {first}+{blocks} is torn: they hold {span:?}"));
-            }
-        }
-        Ok(())
+        check_atomic_writes(&std::mem::take(&mut self.atomic), held)
     }
 
-    /// After a restart the block holds `id`: that is what it holds from now on.
+    /// After a restart the block holds `id`: that is what it holds from now on (a write
+    /// acknowledged but not durable may be gone).
     fn check(&mut self, lba: u64, id: u64) -> Result<(), String> {
         let c = &mut self.blocks[lba as usize].candidates;
         match c.iter().position(|&x| x == id) {
             Some(i) => {
                 c.drain(..i);
                 c.truncate(1);
+                self.acknowledged[lba as usize] = id;
                 Ok(())
             }
             None => Err(format!(
@@ -220,6 +229,19 @@ async fn verify(portal: SocketAddr, model: &mut Model) -> Result<(), String> {
     Ok(())
 }
 
+/// Each atomic write (first block, blocks, id) is whole in `held` or absent: if one of its
+/// blocks holds it or a later write (a larger id: one writer per block, which issues nothing
+/// after a failed write in its round), all do.
+fn check_atomic_writes(atomic: &[(u64, u64, u64)], held: &[u64]) -> Result<(), String> {
+    for &(first, blocks, id) in atomic {
+        let span = &held[first as usize..(first + blocks) as usize];
+        if span.iter().any(|&h| h >= id) && span.iter().any(|&h| h < id) {
+            return Err(format!("atomic write {id} of blocks {first}+{blocks} is torn: they hold {span:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// How a writer writes: plain, FUA and SYNCHRONIZE CACHE only, or WRITE ATOMIC too.
 #[derive(Clone, Copy, PartialEq)]
 enum Writes {
@@ -272,6 +294,7 @@ async fn writer(
         if written.is_err() {
             return;
         }
+        model.lock().unwrap().acknowledged[lba as usize..(lba + blocks) as usize].fill(id);
         if fua {
             let mut m = model.lock().unwrap();
             m.atomic_acked += u64::from(atomic);
@@ -377,9 +400,139 @@ async fn kill_9_of_a_file_lun_tears_no_atomic_write() {
     assert_eq!(intents.count(), 1, "one intent file for the one file LUN");
 }
 
+/// Snapshots asked for through the API while writers write and rtgt is killed at random: every
+/// snapshot the API acknowledged is there after every later kill, restart and background sweep,
+/// and after an offline `rtgt volume gc`; each holds in every block the write acknowledged last
+/// before it was asked for, or a write issued before it was answered, atomic writes whole or
+/// absent. One the kill cut is there the same way, or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
+    let data = tempfile::tempdir().expect("data dir");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let asked = kill_9_rounds_asking_snapshots(data.path(), None, 8, Writes::WithAtomic, Some(api)).await;
+    let answered = asked.iter().filter(|s| s.answered).count();
+    assert!(answered >= 8, "{answered} snapshots taken in 8 rounds");
+    let store = data.path().join("s3");
+    let store = store.to_str().expect("a UTF-8 path");
+    offline(&["volume", "gc", VOLUME, "--store-dir", store]);
+    let listed: Vec<String> = offline(&["volume", "snapshot", "list", VOLUME, "--store-dir", store])
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+        .collect();
+    let mut checked = 0;
+    for snapshot in &asked {
+        let present = listed.contains(&snapshot.name);
+        assert!(present || !snapshot.answered, "snapshot {} was taken, and is gone: {listed:?}", snapshot.name);
+        if present {
+            let image = data.path().join("snapshot.img");
+            let url = format!("{VOLUME}@{}", snapshot.name);
+            offline(&["volume", "export", &url, image.to_str().expect("UTF-8"), "--store-dir", store]);
+            let bytes = std::fs::read(&image).expect("the export");
+            if let Err(e) = snapshot.check(&bytes[..(WRITERS * REGION) as usize * BLOCK]) {
+                panic!("snapshot {} ({}answered): {e}", snapshot.name, if snapshot.answered { "" } else { "not " });
+            }
+            checked += 1;
+        }
+    }
+    let unknown: Vec<&String> = listed.iter().filter(|n| !asked.iter().any(|s| &s.name == *n)).collect();
+    assert!(unknown.is_empty(), "snapshots nobody asked for: {unknown:?}");
+    eprintln!("{} snapshots asked for, {answered} taken, {checked} there and checked", asked.len());
+}
+
+/// The embedded default's volume.
+const VOLUME: &str = "s3://rtgt/default";
+
+/// `rtgt ARGS` (no target running), which must succeed: its stdout.
+fn offline(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run rtgt");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "rtgt {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// A snapshot the test asked for, and what it must hold.
+struct AskedSnapshot {
+    name: String,
+    /// Per block, the newest write acknowledged before it was asked for.
+    floor: Vec<u64>,
+    /// Every write issued before it was answered (or before the kill) has an id up to this.
+    ceiling: u64,
+    /// The atomic writes of its round issued by then: whole or absent in it.
+    atomic: Vec<(u64, u64, u64)>,
+    /// The API answered 201: it must exist from then on.
+    answered: bool,
+}
+
+impl AskedSnapshot {
+    /// Checks the snapshot's first blocks (the writers' regions).
+    fn check(&self, image: &[u8]) -> Result<(), String> {
+        let mut held = Vec::with_capacity(self.floor.len());
+        for (lba, floor) in self.floor.iter().enumerate() {
+            let id = decode(lba as u64, &image[lba * BLOCK..(lba + 1) * BLOCK])?;
+            if id < *floor || id > self.ceiling {
+                return Err(format!(
+                    "block {lba} holds write {id}: {floor} was acknowledged before the snapshot was asked for, \
+                     and nothing after {} was issued before it was answered",
+                    self.ceiling
+                ));
+            }
+            held.push(id);
+        }
+        check_atomic_writes(&self.atomic, &held)
+    }
+}
+
+/// Asks the API for snapshots of the LUN one after another until a request fails (the kill).
+async fn snapshotter(
+    api: SocketAddr,
+    round: usize,
+    model: Arc<Mutex<Model>>,
+    next_id: Arc<Mutex<u64>>,
+) -> Vec<AskedSnapshot> {
+    let client = Arc::new(Client::new(&format!("http://{api}"), Some(API_TOKEN.to_string())).expect("client"));
+    let path = format!("/v1/targets/{TARGET}/luns/{LUN}/snapshots");
+    let mut asked = Vec::new();
+    for n in 0.. {
+        let name = format!("r{round}-{n}");
+        let floor = model.lock().unwrap().acknowledged.clone();
+        let (client, path, body) = (client.clone(), path.clone(), serde_json::json!({ "name": name }));
+        let reply = tokio::task::spawn_blocking(move || client.request("POST", &path, Some(&body)))
+            .await
+            .expect("the request's thread");
+        let answered = match reply {
+            Ok(r) if r.status == 201 => true,
+            Ok(r) => panic!("snapshot {name} refused: {} {}", r.status, r.body),
+            Err(_) => false, // the kill
+        };
+        let ceiling = *next_id.lock().unwrap();
+        let atomic = model.lock().unwrap().atomic.clone();
+        asked.push(AskedSnapshot { name, floor, ceiling, atomic, answered });
+        if !answered {
+            return asked;
+        }
+        // Pacing only (snapshots pin chunk versions: a few per round keep the store small).
+        tokio::time::sleep(Duration::from_millis(100 + 50 * (n % 5))).await;
+    }
+    unreachable!("the loop returns at the kill")
+}
+
 /// `rounds` of: start, verify everything, writers, SIGKILL at a random moment; then a last
 /// start and verify.
 async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize, writes: Writes) {
+    let asked = kill_9_rounds_asking_snapshots(data, config, rounds, writes, None).await;
+    assert!(asked.is_empty());
+}
+
+/// [`kill_9_rounds`]; with `api`, a snapshotter asks the API there for snapshots beside the
+/// writers until the kill, and the snapshots asked for are returned (the last rtgt killed).
+async fn kill_9_rounds_asking_snapshots(
+    data: &Path,
+    config: Option<&Path>,
+    rounds: usize,
+    writes: Writes,
+    api: Option<SocketAddr>,
+) -> Vec<AskedSnapshot> {
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("serve.log");
     let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -387,33 +540,42 @@ async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize, writes
     let next_id = Arc::new(Mutex::new(0u64));
     let mut rng = Rng::seeded(12);
     let mut restarts = Vec::new();
+    let mut asked = Vec::new();
     for round in 0..rounds {
         let started = Instant::now();
-        let mut serve = Serve::start(data, config, portal, &log);
+        let mut serve = Serve::start(data, config, portal, api, &log);
         restarts.push(wait_until_served(portal, started).await);
         verify_into(portal, &model, round, &log).await;
         let writers: Vec<_> = (0..WRITERS)
             .map(|i| tokio::spawn(writer(portal, i, round, model.clone(), next_id.clone(), writes)))
             .collect();
+        let snapshotter = api.map(|api| tokio::spawn(snapshotter(api, round, model.clone(), next_id.clone())));
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1500))).await;
         serve.kill();
         for w in writers {
             w.await.expect("writer");
         }
+        if let Some(s) = snapshotter {
+            asked.extend(s.await.expect("snapshotter"));
+        }
     }
     let started = Instant::now();
-    let _serve = Serve::start(data, config, portal, &log);
+    let mut serve = Serve::start(data, config, portal, api, &log);
     restarts.push(wait_until_served(portal, started).await);
     verify_into(portal, &model, rounds, &log).await;
+    serve.kill();
     restarts.sort();
     let atomic_acked = model.lock().unwrap().atomic_acked;
     assert_eq!(atomic_acked > 0, writes == Writes::WithAtomic, "{atomic_acked} atomic writes acknowledged");
     eprintln!(
-        "{rounds} kill -9 rounds, {} writes ({atomic_acked} atomic acknowledged): restart to LUN served median {:?}, max {:?}",
+        "{rounds} kill -9 rounds, {} writes ({atomic_acked} atomic acknowledged), {} snapshots asked for: \
+         restart to LUN served median {:?}, max {:?}",
         *next_id.lock().unwrap(),
+        asked.len(),
         restarts[restarts.len() / 2],
         restarts.last().expect("rounds")
     );
+    asked
 }
 
 /// Verifies the volume after a restart; the model learns what each block holds.
