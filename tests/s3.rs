@@ -1,6 +1,7 @@
 //! S3 volumes through the real S3 client path: aws-sdk-s3 against the local store over
 //! loopback HTTP, against s3s-fs (a second implementation) in-process through the
-//! testkit's connector, and against moto (a third, in Python: `pip install 'moto[server]'`) over HTTP;
+//! testkit's connector, and against moto (a third, in Python: `pip install 'moto[server]'`) over HTTP,
+//! each with a volume's life and with snapshots, a clone and garbage collection;
 //! the local store converting what s3s-fs left; and a target serving an S3 volume to libiscsi
 //! across a restart.
 
@@ -17,7 +18,9 @@ use rtgt::s3::aws::{AwsStore, Endpoint, sdk_config};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::local::LocalRoot;
 use rtgt::s3::url::S3Url;
-use rtgt::s3::volume::{CreateSpec, S3Volume, VolumeOptions};
+use rtgt::s3::volume::clone::clone_volume;
+use rtgt::s3::volume::manifest::SnapshotName;
+use rtgt::s3::volume::{CreateSpec, S3Volume, SnapshotView, VolumeOptions, delete_volume};
 use rtgt::s3::{ObjectStore, list_all};
 use rtgt::server::{Registry, Server, TokioNet};
 use rtgt::storage::BlockStore;
@@ -71,6 +74,58 @@ async fn exercise(store: Arc<AwsStore>) {
     assert_eq!(left, vec![0], "only the tombstone is left");
 }
 
+/// Snapshots, a clone and garbage collection over a store: a snapshot of dirty data, the volume
+/// changed and swept, the snapshot read alone, a clone reading through to it and writing its own,
+/// the snapshot kept while the clone exists, then deleted and swept down to what the volume holds.
+async fn exercise_snapshots(store: Arc<AwsStore>) {
+    let url = S3Url::parse("s3://vols/snapped").unwrap();
+    let clock = Arc::new(TokioClock::new());
+    let open = |url: &S3Url| S3Volume::open(store.clone(), url.clone(), options("first"), clock.clone());
+    let pattern = |salt: u8| Bytes::from((0..CHUNK).map(|i| (i % 249) as u8 ^ salt).collect::<Vec<u8>>());
+    let v = open(&url).await.unwrap();
+    // Still in the cache when the snapshot is taken: it must merge them first.
+    v.write(CHUNK, pattern(0x11), false).await.unwrap();
+    v.write(2 * CHUNK, pattern(0x22), false).await.unwrap();
+    let name = SnapshotName::parse("one").unwrap();
+    v.create_snapshot(name.clone()).await.unwrap();
+    v.write(CHUNK, pattern(0x33), false).await.unwrap();
+    v.unmap(2 * CHUNK, CHUNK).await.unwrap();
+    v.flush().await.unwrap();
+    v.collect_garbage().await;
+    assert_eq!(v.read(CHUNK, CHUNK as usize).await.unwrap(), pattern(0x33));
+    assert_eq!(v.read(2 * CHUNK, 4096).await.unwrap(), vec![0u8; 4096]);
+
+    let snapshot = SnapshotView::open(store.clone(), &url, &name, None).await.unwrap();
+    assert_eq!(snapshot.read(CHUNK, CHUNK as usize).await.unwrap(), pattern(0x11), "the snapshot's chunk 1");
+    assert_eq!(snapshot.read(2 * CHUNK, CHUNK as usize).await.unwrap(), pattern(0x22), "the snapshot's chunk 2");
+
+    let child = S3Url::parse("s3://vols/cloned").unwrap();
+    clone_volume(&*store, &url, &name, &child, &*clock, 7).await.unwrap();
+    let c = open(&child).await.unwrap();
+    assert_eq!(c.read(2 * CHUNK, CHUNK as usize).await.unwrap(), pattern(0x22), "the clone reads through");
+    c.write(CHUNK, pattern(0x44), true).await.unwrap();
+    c.close().await.unwrap();
+    drop(c);
+    let err = v.delete_snapshot(&name).await.unwrap_err().to_string();
+    assert!(err.contains("clone"), "{err}");
+    assert_eq!(snapshot.read(CHUNK, CHUNK as usize).await.unwrap(), pattern(0x11), "the clone's write stays its own");
+    let c = open(&child).await.unwrap();
+    assert_eq!(c.read(CHUNK, CHUNK as usize).await.unwrap(), pattern(0x44));
+    c.close().await.unwrap();
+    drop(c);
+
+    delete_volume(store.clone(), &child, false, clock.clone(), "first".into()).await.unwrap();
+    v.delete_snapshot(&name).await.unwrap();
+    v.collect_garbage().await;
+    v.close().await.unwrap();
+    // One version of chunk 1 and the tombstone of chunk 2 are left.
+    let mut sizes: Vec<u64> = list_all(&*store, "snapped/chunks/").await.unwrap().iter().map(|l| l.size).collect();
+    sizes.sort();
+    assert_eq!(sizes.len(), 2, "what is left of the chunks: {sizes:?}");
+    assert_eq!(sizes[0], 0, "the tombstone: {sizes:?}");
+    assert!(list_all(&*store, "cloned/").await.unwrap().is_empty(), "the clone is gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_over_loopback_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,6 +134,15 @@ async fn volume_over_loopback_http() {
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let aws = AwsStore::connect(&server.endpoint(), "vols").await;
     exercise(Arc::new(aws)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_clones_and_gc_over_loopback_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = embedded::open_root(dir.path()).unwrap();
+    root.create_bucket("vols").unwrap();
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    exercise_snapshots(Arc::new(AwsStore::connect(&server.endpoint(), "vols").await)).await;
 }
 
 /// moto's S3 server on a free loopback port, killed on drop. Fails loudly without moto.
@@ -123,6 +187,12 @@ async fn moto_client(moto: &Moto, bucket: &str) -> AwsStore {
 async fn volume_against_moto() {
     let moto = start_moto().await;
     exercise(Arc::new(moto_client(&moto, "vols").await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_clones_and_gc_against_moto() {
+    let moto = start_moto().await;
+    exercise_snapshots(Arc::new(moto_client(&moto, "vols").await)).await;
 }
 
 /// The disk cache relies on a chunk's entity tag being the same in a PUT's answer, a LIST and
@@ -192,6 +262,12 @@ async fn volume_against_s3s_fs_through_the_in_process_connector() {
     let dir = tempfile::tempdir().unwrap();
     let aws = s3s_fs_client(dir.path(), "vols").await;
     exercise(Arc::new(aws)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_clones_and_gc_against_s3s_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    exercise_snapshots(Arc::new(s3s_fs_client(dir.path(), "vols").await)).await;
 }
 
 /// A data directory of an earlier rtgt (objects written by s3s-fs) opens with the local
