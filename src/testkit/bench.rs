@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -442,6 +442,26 @@ async fn login(args: &LoadArgs, index: u32) -> Result<crate::initiator::Session,
 }
 
 /// Runs the load described by `args` and measures it.
+/// Takes the session's unit attentions and waits, as an initiator's SCSI layer does, while the
+/// LU answers NOT READY, becoming ready (04/01: an S3 volume still opening), up to a minute.
+async fn wait_until_ready(session: &crate::initiator::Session, lun: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = session.command(lun, &[0; 6], Bytes::new(), 0).await.map_err(|e| format!("TEST UNIT READY: {e}"))?;
+        let waiting = match r.sense_code() {
+            Some((0x6, _, _)) => false,
+            Some((0x2, 0x04, 0x01)) => true,
+            _ => return r.ok().map(|_| ()).map_err(|e| format!("TEST UNIT READY: {e}")),
+        };
+        if Instant::now() >= deadline {
+            return Err("TEST UNIT READY: the LU did not become ready within a minute".into());
+        }
+        if waiting {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
@@ -457,7 +477,7 @@ pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
     }
     // Each new session (I_T nexus) has its power-on unit attention to take first.
     for session in &sessions {
-        session.clear_unit_attentions(args.lun).await.map_err(|e| format!("TEST UNIT READY: {e}"))?;
+        wait_until_ready(session, args.lun).await?;
     }
     let first = &sessions[0];
     let (blocks, lba_size) = first.capacity(args.lun).await.map_err(|e| format!("READ CAPACITY: {e}"))?;

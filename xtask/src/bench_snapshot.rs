@@ -3,16 +3,18 @@
 //! embedded store, against the same load without one, with a cache that holds the LUN and with
 //! the default cache (where the load outruns the store). Rounds alternate (with, then
 //! without), each on a fresh volume; the snapshot is taken through the management API
-//! half-way through the run. The goal (issue 16): no command of a run with a snapshot slower
-//! than twice the p99 of the runs without. Results on stdout and in
-//! `target/bench/s3-snapshot.json`.
+//! half-way through the run. With `--rtt 20ms` the store is not the embedded one in-process
+//! but the local store behind the network emulator (`rtgt-bench s3-remote`), a fresh one per
+//! run: the snapshot's copies and the merges then wait out the link. The goal (issue 16): no
+//! command of a run with a snapshot slower than twice the p99 of the runs without. Results on
+//! stdout and in `target/bench/s3-snapshot.json`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::bench::{Serve, bench_load, json_number, median};
+use crate::bench::{Serve, Watched, bench_load, json_number, median, wait_for_port};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-12.dev.rtgt:snapshot";
@@ -102,14 +104,15 @@ impl Judged {
     }
 }
 
-pub fn run(seconds: u64, rounds: usize) -> Result<(), String> {
+/// `rtt_ms`: the store behind the emulated link (None: the embedded store, in-process).
+pub fn run(seconds: u64, rounds: usize, rtt_ms: Option<u64>) -> Result<(), String> {
     build_release()?;
     let dir = std::env::temp_dir().join(format!("rtgt-bench-snapshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut judged = Vec::new();
     for case in CASES {
-        match measure(&dir, case, seconds, rounds) {
+        match measure(&dir, case, seconds, rounds, rtt_ms) {
             Ok(runs) => judged.push(Judged::of(case, runs)),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -118,6 +121,9 @@ pub fn run(seconds: u64, rounds: usize) -> Result<(), String> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(ms) = rtt_ms {
+        println!("The store {ms} ms away (rtgt-bench s3-remote).");
+    }
     for j in &judged {
         j.print();
     }
@@ -133,7 +139,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<(), String> {
     }
 }
 
-fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize) -> Result<Vec<Run>, String> {
+fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize, rtt_ms: Option<u64>) -> Result<Vec<Run>, String> {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let mut runs = Vec::new();
@@ -142,11 +148,23 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize) -> Result<Vec<R
         let run_dir = dir.join(format!("run{round}"));
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
         let config = run_dir.join("rtgt.toml");
+        let store = rtt_ms.map(|ms| RemoteStore::start(&run_dir, ms)).transpose()?;
+        // The remote store's bucket is "bench"; the embedded store makes "rtgt".
+        let (bucket, endpoint) = match &store {
+            Some(s) => (
+                "bench",
+                format!(
+                    "\"http://{}\"\nregion = \"us-east-1\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench-secret-key\"",
+                    s.addr
+                ),
+            ),
+            None => ("rtgt", "\"embedded\"".to_string()),
+        };
         let text = format!(
             "[server]\ndata_dir = \"{d}/data\"\n\n[api]\nlisten = \"{api}\"\ntoken = \"{TOKEN}\"\n\n\
              [embedded_s3]\nroot = \"{d}/data/s3\"\nlisten = \"off\"\n\n\
              [[portal_group]]\ntag = 1\nportals = [\"{addr}\"]\n\n[[target]]\nname = \"{IQN}\"\n\n\
-             [[target.lun]]\nlun = 1\nbackend = \"s3\"\nurl = \"s3://rtgt/snapshot\"\nendpoint = \"embedded\"\n\
+             [[target.lun]]\nlun = 1\nbackend = \"s3\"\nurl = \"s3://{bucket}/snapshot\"\nendpoint = {endpoint}\n\
              create = true\nsize = \"1GiB\"\ncache_size = \"{cache}\"\n",
             d = run_dir.display(),
             cache = case.cache
@@ -199,6 +217,9 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize) -> Result<Vec<R
             })
         });
         server.terminate(Duration::from_secs(120))?;
+        if let Some(store) = store {
+            store.stop()?;
+        }
         let log = std::fs::read_to_string(run_dir.join("rtgt.log")).unwrap_or_default();
         let gate_us = log.lines().find_map(logged_gate_us);
         let _ = std::fs::remove_dir_all(&run_dir);
@@ -209,6 +230,40 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize) -> Result<Vec<R
         runs.push(run);
     }
     Ok(runs)
+}
+
+/// The local store behind the network emulator, its files in memory where there is a tmpfs
+/// (so that its fsyncs do not share the target's disk), removed when it stops.
+struct RemoteStore {
+    process: Watched,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl RemoteStore {
+    fn start(run_dir: &Path, rtt_ms: u64) -> Result<RemoteStore, String> {
+        let shm = Path::new("/dev/shm");
+        let name = format!("rtgt-bench-snapshot-store-{}", std::process::id());
+        let dir = if shm.is_dir() { shm.join(name) } else { run_dir.join(name) };
+        let _ = std::fs::remove_dir_all(&dir);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
+        let args = ["s3-remote", "--dir", &dir.display().to_string(), "--listen", &addr.to_string()]
+            .into_iter()
+            .map(str::to_string)
+            .chain(["--rtt-ms".to_string(), rtt_ms.to_string(), "--mbit".to_string(), "0".to_string()])
+            .collect::<Vec<_>>();
+        let log = run_dir.join("store.log");
+        let bench = root().join("target/release/rtgt-bench");
+        let process = Watched::spawn("the store", &bench, &args, &log, &[("RUST_LOG", "warn")])?;
+        wait_for_port(addr, &process, &log)?;
+        Ok(RemoteStore { process, addr, dir })
+    }
+
+    fn stop(self) -> Result<(), String> {
+        let stopped = self.process.terminate(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&self.dir);
+        stopped
+    }
 }
 
 /// `POST /v1/targets/{IQN}/luns/1/snapshots`; Ok once the snapshot is taken.

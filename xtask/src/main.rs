@@ -58,10 +58,11 @@ const USAGE: &str = "commands and their options:
   bench s3 --reads [--seconds N]
                                 reads through iSCSI from an S3 LUN on the embedded store and
                                 a file LUN, in rtgt's cache and cold (after a restart)
-  bench s3 --snapshot [--seconds N] [--rounds N]
+  bench s3 --snapshot [--rtt 20ms] [--seconds N] [--rounds N]
                                 a snapshot under a 4 KiB random-write load (QD32, iSCSI, the
-                                embedded store, the default cache) against the same load
-                                without one: longest command against the p99 without
+                                embedded store or, with --rtt, the store behind the delay
+                                proxy) against the same load without one: longest command
+                                against the p99 without
 ";
 
 /// Project tasks.
@@ -615,7 +616,7 @@ struct BenchS3 {
     #[arg(long, conflicts_with_all = ["snapshot", "iscsi", "scale", "rtt", "bandwidth", "outage", "only"])]
     reads: bool,
     /// A snapshot under a 4 KiB random-write load, against the same load without one.
-    #[arg(long, conflicts_with_all = ["iscsi", "scale", "rtt", "bandwidth", "outage", "only"])]
+    #[arg(long, conflicts_with_all = ["iscsi", "scale", "bandwidth", "outage", "only"])]
     snapshot: bool,
     /// Runs of each kind (--snapshot; default 3).
     #[arg(long, requires = "snapshot")]
@@ -681,7 +682,8 @@ fn bench_s3(args: &[String]) -> Result<(), String> {
         return bench_reads::run(a.seconds.unwrap_or(3));
     }
     if a.snapshot {
-        return bench_snapshot::run(a.seconds.unwrap_or(10), a.rounds.unwrap_or(3));
+        let rtt_ms = a.rtt.as_deref().map(|ms| ms.parse().expect("millis() gives a number"));
+        return bench_snapshot::run(a.seconds.unwrap_or(10), a.rounds.unwrap_or(3), rtt_ms);
     }
     if a.iscsi {
         return bench_rtt::run(a.rtt());
@@ -750,6 +752,8 @@ mod units_tests {
         assert!(bench_s3_args("--scale 4").unwrap().network().is_empty());
         let a = bench_s3_args("--snapshot --rounds 2 --seconds 5").unwrap();
         assert_eq!((a.snapshot, a.rounds, a.seconds), (true, Some(2), Some(5)));
+        let a = bench_s3_args("--snapshot --rtt 20ms").unwrap();
+        assert_eq!((a.snapshot, a.rtt.as_deref()), (true, Some("20")));
         for refused in
             ["--reads --rtt 20ms", "--rounds 2", "--iscsi --outage 30s", "--scale 2 --rtt 20ms", "--rtt soon"]
         {
