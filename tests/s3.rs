@@ -145,6 +145,21 @@ async fn snapshots_clones_and_gc_over_loopback_http() {
     exercise_snapshots(Arc::new(AwsStore::connect(&server.endpoint(), "vols").await)).await;
 }
 
+/// A volume created in a bucket the store does not have: the error names the bucket (the
+/// store's answer, 404, alone said "no such object").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_volume_in_a_missing_bucket_names_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = embedded::open_root(dir.path()).unwrap();
+    root.create_bucket("vols").unwrap();
+    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let store = Arc::new(AwsStore::connect(&server.endpoint(), "elsewhere").await);
+    let url = S3Url::parse("s3://elsewhere/disk").unwrap();
+    let err =
+        S3Volume::open(store, url, options("first"), Arc::new(TokioClock::new())).await.err().unwrap().to_string();
+    assert!(err.contains("no bucket \"elsewhere\""), "{err}");
+}
+
 /// moto's S3 server on a free loopback port, killed on drop. Fails loudly without moto.
 struct Moto {
     child: std::process::Child,

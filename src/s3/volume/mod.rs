@@ -417,6 +417,11 @@ impl S3Volume {
         match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
             Ok(_) => Ok(meta),
             Err(ObjectError::PreconditionFailed) => Err(CreateError::Exists(url.to_string())),
+            // A PUT finds no object missing: its bucket is.
+            Err(ObjectError::NotFound) => Err(CreateError::Failed(format!(
+                "cannot create the volume at {url}: the store has no bucket {:?} (create it first)",
+                url.bucket
+            ))),
             Err(e) => Err(CreateError::Failed(format!("cannot create the volume at {url}: {e}"))),
         }
     }
