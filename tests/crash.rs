@@ -410,9 +410,31 @@ async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
     let data = tempfile::tempdir().expect("data dir");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let asked = kill_9_rounds_asking_snapshots(data.path(), None, 8, Writes::WithAtomic, Some(api)).await;
+    check_snapshots(data.path(), &asked);
+}
+
+/// The same with `durability = "local"`: snapshots capture writes whose logs are only in the
+/// journal, which the kills leave for the next start to replay and upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_snapshots_are_taken_with_a_local_journal_keeps_each_snapshot_whole() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut config = rtgt::config::Config::embedded_default(data.path());
+    let lun = &mut config.targets[0].luns[0];
+    lun.durability = Some(rtgt::config::Durability::Local);
+    lun.cache_dir = Some(data.path().join("cache"));
+    let path = data.path().join("rtgt.toml");
+    std::fs::write(&path, config.to_toml()).expect("config");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let asked = kill_9_rounds_asking_snapshots(data.path(), Some(&path), 8, Writes::WithAtomic, Some(api)).await;
+    check_snapshots(data.path(), &asked);
+}
+
+/// After the last kill: an offline `rtgt volume gc`, then every snapshot answered is listed,
+/// each one listed was asked for, and each exported holds what it must.
+fn check_snapshots(data: &Path, asked: &[AskedSnapshot]) {
     let answered = asked.iter().filter(|s| s.answered).count();
     assert!(answered >= 8, "{answered} snapshots taken in 8 rounds");
-    let store = data.path().join("s3");
+    let store = data.join("s3");
     let store = store.to_str().expect("a UTF-8 path");
     offline(&["volume", "gc", VOLUME, "--store-dir", store]);
     let listed: Vec<String> = offline(&["volume", "snapshot", "list", VOLUME, "--store-dir", store])
@@ -421,11 +443,11 @@ async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
         .filter_map(|line| line.split_whitespace().next().map(str::to_string))
         .collect();
     let mut checked = 0;
-    for snapshot in &asked {
+    for snapshot in asked {
         let present = listed.contains(&snapshot.name);
         assert!(present || !snapshot.answered, "snapshot {} was taken, and is gone: {listed:?}", snapshot.name);
         if present {
-            let image = data.path().join("snapshot.img");
+            let image = data.join("snapshot.img");
             let url = format!("{VOLUME}@{}", snapshot.name);
             offline(&["volume", "export", &url, image.to_str().expect("UTF-8"), "--store-dir", store]);
             let bytes = std::fs::read(&image).expect("the export");
