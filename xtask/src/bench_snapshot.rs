@@ -55,6 +55,8 @@ struct Judged {
     runs: Vec<Run>,
     p99_without_us: f64,
     max_with_us: f64,
+    /// The longest command of the runs without a snapshot: the noise the goal's ratio meets.
+    max_without_us: f64,
     met: bool,
 }
 
@@ -63,7 +65,9 @@ impl Judged {
         let (with, without): (Vec<Run>, Vec<Run>) = runs.iter().partition(|r| r.snapshot_s.is_some());
         let p99_without_us = median(without.iter().map(|r| r.p99_us).collect()).unwrap_or(0.0);
         let max_with_us = with.iter().map(|r| r.max_us).fold(0.0, f64::max);
-        Judged { case, runs, p99_without_us, max_with_us, met: max_with_us <= 2.0 * p99_without_us }
+        let max_without_us = without.iter().map(|r| r.max_us).fold(0.0, f64::max);
+        let met = max_with_us <= 2.0 * p99_without_us;
+        Judged { case, runs, p99_without_us, max_with_us, max_without_us, met }
     }
 
     fn print(&self) {
@@ -84,11 +88,16 @@ impl Judged {
             );
         }
         println!(
-            "  longest command with a snapshot {:.2} ms; median p99 without {:.2} ms; ratio {:.2} (goal at most 2): {}\n",
+            "  longest command with a snapshot {:.2} ms; median p99 without {:.2} ms; ratio {:.2} (goal at most 2): {}",
             self.max_with_us / 1e3,
             self.p99_without_us / 1e3,
             self.max_with_us / self.p99_without_us,
             if self.met { "met" } else { "NOT met" }
+        );
+        println!(
+            "  (without a snapshot the longest command was {:.2} ms, {:.1} times that p99)\n",
+            self.max_without_us / 1e3,
+            self.max_without_us / self.p99_without_us
         );
     }
 
@@ -99,7 +108,8 @@ impl Judged {
                 "snapshot": r.snapshot_s.is_some(), "iops": r.iops, "p99_us": r.p99_us, "max_us": r.max_us,
                 "snapshot_s": r.snapshot_s, "writes_waited_us": r.gate_us,
             })).collect::<Vec<_>>(),
-            "max_with_us": self.max_with_us, "p99_without_us": self.p99_without_us, "met": self.met,
+            "max_with_us": self.max_with_us, "p99_without_us": self.p99_without_us,
+            "max_without_us": self.max_without_us, "met": self.met,
         })
     }
 }
