@@ -368,13 +368,20 @@ async fn kill_9_of_an_encrypted_volume_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_local_journal_loses_no_acknowledged_write() {
     let data = tempfile::tempdir().expect("data dir");
-    let mut config = rtgt::config::Config::embedded_default(data.path());
+    let path = local_journal_config(data.path());
+    kill_9_rounds(data.path(), Some(&path), 8, Writes::Plain).await;
+}
+
+/// The embedded default with `durability = "local"` (the journal in `data/cache`): its
+/// configuration file.
+fn local_journal_config(data: &Path) -> std::path::PathBuf {
+    let mut config = rtgt::config::Config::embedded_default(data);
     let lun = &mut config.targets[0].luns[0];
     lun.durability = Some(rtgt::config::Durability::Local);
-    lun.cache_dir = Some(data.path().join("cache"));
-    let path = data.path().join("rtgt.toml");
+    lun.cache_dir = Some(data.join("cache"));
+    let path = data.join("rtgt.toml");
     std::fs::write(&path, config.to_toml()).expect("config");
-    kill_9_rounds(data.path(), Some(&path), 8, Writes::Plain).await;
+    path
 }
 
 /// A file LUN under WRITE ATOMIC and SIGKILL: what a killed process wrote in place stays in
@@ -418,12 +425,7 @@ async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_snapshots_are_taken_with_a_local_journal_keeps_each_snapshot_whole() {
     let data = tempfile::tempdir().expect("data dir");
-    let mut config = rtgt::config::Config::embedded_default(data.path());
-    let lun = &mut config.targets[0].luns[0];
-    lun.durability = Some(rtgt::config::Durability::Local);
-    lun.cache_dir = Some(data.path().join("cache"));
-    let path = data.path().join("rtgt.toml");
-    std::fs::write(&path, config.to_toml()).expect("config");
+    let path = local_journal_config(data.path());
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let asked = kill_9_rounds_asking_snapshots(data.path(), Some(&path), 8, Writes::WithAtomic, Some(api)).await;
     check_snapshots(data.path(), &asked);

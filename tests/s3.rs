@@ -129,20 +129,25 @@ async fn exercise_snapshots(store: Arc<AwsStore>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_over_loopback_http() {
     let dir = tempfile::tempdir().unwrap();
-    let root = embedded::open_root(dir.path()).unwrap();
+    let (_server, aws) = loopback_store(dir.path(), "vols").await;
+    exercise(Arc::new(aws)).await;
+}
+
+/// The local store (bucket "vols") served over loopback HTTP in `dir`, and a client of its
+/// `bucket` (which may not exist).
+async fn loopback_store(dir: &std::path::Path, bucket: &str) -> (EmbeddedS3, AwsStore) {
+    let root = embedded::open_root(dir).unwrap();
     root.create_bucket("vols").unwrap();
     let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let aws = AwsStore::connect(&server.endpoint(), "vols").await;
-    exercise(Arc::new(aws)).await;
+    let aws = AwsStore::connect(&server.endpoint(), bucket).await;
+    (server, aws)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_clones_and_gc_over_loopback_http() {
     let dir = tempfile::tempdir().unwrap();
-    let root = embedded::open_root(dir.path()).unwrap();
-    root.create_bucket("vols").unwrap();
-    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    exercise_snapshots(Arc::new(AwsStore::connect(&server.endpoint(), "vols").await)).await;
+    let (_server, aws) = loopback_store(dir.path(), "vols").await;
+    exercise_snapshots(Arc::new(aws)).await;
 }
 
 /// A volume created in a bucket the store does not have: the error names the bucket (the
@@ -150,10 +155,8 @@ async fn snapshots_clones_and_gc_over_loopback_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creating_a_volume_in_a_missing_bucket_names_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
-    let root = embedded::open_root(dir.path()).unwrap();
-    root.create_bucket("vols").unwrap();
-    let server = EmbeddedS3::start(root, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let store = Arc::new(AwsStore::connect(&server.endpoint(), "elsewhere").await);
+    let (_server, aws) = loopback_store(dir.path(), "elsewhere").await;
+    let store = Arc::new(aws);
     let url = S3Url::parse("s3://elsewhere/disk").unwrap();
     let err =
         S3Volume::open(store, url, options("first"), Arc::new(TokioClock::new())).await.err().unwrap().to_string();
