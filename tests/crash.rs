@@ -294,13 +294,15 @@ async fn writer(
         if written.is_err() {
             return;
         }
-        model.lock().unwrap().acknowledged[lba as usize..(lba + blocks) as usize].fill(id);
-        if fua {
+        {
             let mut m = model.lock().unwrap();
-            m.atomic_acked += u64::from(atomic);
-            (lba..lba + blocks).for_each(|b| m.durable(b, id));
-        } else {
-            acked.extend((lba..lba + blocks).map(|b| (b, id)));
+            m.acknowledged[lba as usize..(lba + blocks) as usize].fill(id);
+            if fua {
+                m.atomic_acked += u64::from(atomic);
+                (lba..lba + blocks).for_each(|b| m.durable(b, id));
+            } else {
+                acked.extend((lba..lba + blocks).map(|b| (b, id)));
+            }
         }
         if n % 8 == 7 {
             if s.flush(LUN).await.is_err() {
@@ -416,7 +418,7 @@ async fn kill_9_of_a_file_lun_tears_no_atomic_write() {
 async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
     let data = tempfile::tempdir().expect("data dir");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let asked = kill_9_rounds_asking_snapshots(data.path(), None, 8, Writes::WithAtomic, Some(api)).await;
+    let asked = kill_9_rounds_asking_snapshots(data.path(), None, SNAPSHOT_ROUNDS, Writes::WithAtomic, Some(api)).await;
     check_snapshots(data.path(), &asked);
 }
 
@@ -427,7 +429,8 @@ async fn kill_9_while_snapshots_are_taken_with_a_local_journal_keeps_each_snapsh
     let data = tempfile::tempdir().expect("data dir");
     let path = local_journal_config(data.path());
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let asked = kill_9_rounds_asking_snapshots(data.path(), Some(&path), 8, Writes::WithAtomic, Some(api)).await;
+    let asked =
+        kill_9_rounds_asking_snapshots(data.path(), Some(&path), SNAPSHOT_ROUNDS, Writes::WithAtomic, Some(api)).await;
     check_snapshots(data.path(), &asked);
 }
 
@@ -435,7 +438,7 @@ async fn kill_9_while_snapshots_are_taken_with_a_local_journal_keeps_each_snapsh
 /// each one listed was asked for, and each exported holds what it must.
 fn check_snapshots(data: &Path, asked: &[AskedSnapshot]) {
     let answered = asked.iter().filter(|s| s.answered).count();
-    assert!(answered >= 8, "{answered} snapshots taken in 8 rounds");
+    assert!(answered >= SNAPSHOT_ROUNDS, "{answered} snapshots taken in {SNAPSHOT_ROUNDS} rounds");
     let store = data.join("s3");
     let store = store.to_str().expect("a UTF-8 path");
     offline(&["volume", "gc", VOLUME, "--store-dir", store]);
@@ -463,6 +466,9 @@ fn check_snapshots(data: &Path, asked: &[AskedSnapshot]) {
     assert!(unknown.is_empty(), "snapshots nobody asked for: {unknown:?}");
     eprintln!("{} snapshots asked for, {answered} taken, {checked} there and checked", asked.len());
 }
+
+/// Kills in the snapshot tests; at least as many snapshots must be taken.
+const SNAPSHOT_ROUNDS: usize = 8;
 
 /// The embedded default's volume.
 const VOLUME: &str = "s3://rtgt/default";

@@ -441,7 +441,6 @@ async fn login(args: &LoadArgs, index: u32) -> Result<crate::initiator::Session,
     Session::login(stream, &config, Some(&args.target)).await.map_err(|e| format!("login to {}: {e}", args.target))
 }
 
-/// Runs the load described by `args` and measures it.
 /// Takes the session's unit attentions and waits, as an initiator's SCSI layer does, while the
 /// LU answers NOT READY, becoming ready (04/01: an S3 volume still opening), up to a minute.
 async fn wait_until_ready(session: &crate::initiator::Session, lun: u16) -> Result<(), String> {
@@ -462,9 +461,9 @@ async fn wait_until_ready(session: &crate::initiator::Session, lun: u16) -> Resu
     }
 }
 
+/// Runs the load described by `args` and measures it.
 pub async fn load(args: &LoadArgs) -> Result<LoadResult, String> {
     use std::sync::atomic::AtomicU64;
-    use std::time::Duration;
 
     use crate::initiator::rw16;
 

@@ -22,6 +22,7 @@ use crate::{USAGE, build_release, free_port, root};
 
 mod loopback;
 mod process;
+mod remote_store;
 mod report;
 mod runner;
 mod setup;
@@ -30,6 +31,7 @@ mod workloads;
 use loopback::*;
 use process::*;
 pub(crate) use process::{Serve, Watched, wait_for_port};
+pub(crate) use remote_store::{REMOTE_BUCKET, RemoteStore};
 pub(crate) use report::median;
 use report::*;
 use runner::*;

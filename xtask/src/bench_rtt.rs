@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::bench::{Serve, Watched, bench_load, json_number, wait_for_port};
+use crate::bench::{REMOTE_BUCKET, RemoteStore, Serve, Watched, bench_load, json_number};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-12.dev.rtgt:rtt";
@@ -98,16 +98,8 @@ pub fn run(args: Args) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("rtgt-bench-rtt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    // The store is remote: its files go to memory where there is a tmpfs, so that its fsyncs do
-    // not share the target's disk (the journal's).
-    let shm = Path::new("/dev/shm");
-    let store_dir = match shm.is_dir() {
-        true => shm.join(format!("rtgt-bench-rtt-store-{}", std::process::id())),
-        false => dir.join("s3"),
-    };
-    let result = measure(&dir, &store_dir, &args);
+    let result = measure(&dir, &args);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&store_dir);
     let rows = result?;
     let link = match args.mbit {
         0 => format!("{} ms RTT", args.rtt_ms),
@@ -122,35 +114,17 @@ pub fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn measure(dir: &Path, store_dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
+fn measure(dir: &Path, args: &Args) -> Result<Vec<Row>, String> {
     let rtgt = root().join("target/release/rtgt");
-    let bench = root().join("target/release/rtgt-bench");
-    let store_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
-    let store_args: Vec<String> = [
-        "s3-remote",
-        "--dir",
-        &store_dir.display().to_string(),
-        "--listen",
-        &store_addr.to_string(),
-        "--rtt-ms",
-        &args.rtt_ms.to_string(),
-        "--mbit",
-        &args.mbit.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let store_log = dir.join("store.log");
-    let store = Watched::spawn("the store", &bench, &store_args, &store_log, &[("RUST_LOG", "warn")])?;
-    wait_for_port(store_addr, &store, &store_log)?;
+    let store = RemoteStore::start(dir, args.rtt_ms, args.mbit)?;
 
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
     let config = dir.join("rtgt.toml");
     let lun = |n: u32, size: &str, extra: &str| {
         format!(
-            "[[target.lun]]\nlun = {n}\nbackend = \"s3\"\nurl = \"s3://bench/lun{n}\"\nendpoint = \"http://{store_addr}\"\n\
-             region = \"us-east-1\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench-secret-key\"\n\
-             create = true\nsize = \"{size}\"\n{extra}\n"
+            "[[target.lun]]\nlun = {n}\nbackend = \"s3\"\nurl = \"s3://{REMOTE_BUCKET}/lun{n}\"\nendpoint = {}\n\
+             create = true\nsize = \"{size}\"\n{extra}\n",
+            store.lun_endpoint()
         )
     };
     let d = dir.display();
@@ -226,7 +200,7 @@ fn measure(dir: &Path, store_dir: &Path, args: &Args) -> Result<Vec<Row>, String
     let s = b.load(DISK_LUN, "randread", 4096, 32, secs, false)?;
     rows.push(Row::at_least_iops("4 KiB random read QD32, warm in the disk cache", s, 20_000.0));
     b.stop(server)?;
-    store.terminate(Duration::from_secs(30))?;
+    store.stop(Duration::from_secs(30))?;
     Ok(rows)
 }
 

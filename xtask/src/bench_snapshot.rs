@@ -11,10 +11,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::bench::{Serve, Watched, bench_load, json_number, median, wait_for_port};
+use crate::bench::{REMOTE_BUCKET, RemoteStore, Serve, bench_load, json_number, median};
 use crate::{build_release, free_port, root};
 
 const IQN: &str = "iqn.2026-12.dev.rtgt:snapshot";
@@ -158,16 +158,9 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize, rtt_ms: Option<
         let run_dir = dir.join(format!("run{round}"));
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
         let config = run_dir.join("rtgt.toml");
-        let store = rtt_ms.map(|ms| RemoteStore::start(&run_dir, ms)).transpose()?;
-        // The remote store's bucket is "bench"; the embedded store makes "rtgt".
+        let store = rtt_ms.map(|ms| RemoteStore::start(&run_dir, ms, 0)).transpose()?;
         let (bucket, endpoint) = match &store {
-            Some(s) => (
-                "bench",
-                format!(
-                    "\"http://{}\"\nregion = \"us-east-1\"\naccess_key_id = \"bench\"\nsecret_access_key = \"bench-secret-key\"",
-                    s.addr
-                ),
-            ),
+            Some(s) => (REMOTE_BUCKET, s.lun_endpoint()),
             None => ("rtgt", "\"embedded\"".to_string()),
         };
         let text = format!(
@@ -228,7 +221,7 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize, rtt_ms: Option<
         });
         server.terminate(Duration::from_secs(120))?;
         if let Some(store) = store {
-            store.stop()?;
+            store.stop(Duration::from_secs(30))?;
         }
         let log = std::fs::read_to_string(run_dir.join("rtgt.log")).unwrap_or_default();
         let gate_us = log.lines().find_map(logged_gate_us);
@@ -240,40 +233,6 @@ fn measure(dir: &Path, case: &Case, seconds: u64, rounds: usize, rtt_ms: Option<
         runs.push(run);
     }
     Ok(runs)
-}
-
-/// The local store behind the network emulator, its files in memory where there is a tmpfs
-/// (so that its fsyncs do not share the target's disk), removed when it stops.
-struct RemoteStore {
-    process: Watched,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl RemoteStore {
-    fn start(run_dir: &Path, rtt_ms: u64) -> Result<RemoteStore, String> {
-        let shm = Path::new("/dev/shm");
-        let name = format!("rtgt-bench-snapshot-store-{}", std::process::id());
-        let dir = if shm.is_dir() { shm.join(name) } else { run_dir.join(name) };
-        let _ = std::fs::remove_dir_all(&dir);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().expect("address");
-        let args = ["s3-remote", "--dir", &dir.display().to_string(), "--listen", &addr.to_string()]
-            .into_iter()
-            .map(str::to_string)
-            .chain(["--rtt-ms".to_string(), rtt_ms.to_string(), "--mbit".to_string(), "0".to_string()])
-            .collect::<Vec<_>>();
-        let log = run_dir.join("store.log");
-        let bench = root().join("target/release/rtgt-bench");
-        let process = Watched::spawn("the store", &bench, &args, &log, &[("RUST_LOG", "warn")])?;
-        wait_for_port(addr, &process, &log)?;
-        Ok(RemoteStore { process, addr, dir })
-    }
-
-    fn stop(self) -> Result<(), String> {
-        let stopped = self.process.terminate(Duration::from_secs(30));
-        let _ = std::fs::remove_dir_all(&self.dir);
-        stopped
-    }
 }
 
 /// `POST /v1/targets/{IQN}/luns/1/snapshots`; Ok once the snapshot is taken.
