@@ -68,7 +68,27 @@ impl Serve {
         let _ = self.0.kill(); // SIGKILL
         let _ = self.0.wait();
     }
+
+    /// SIGTERM: the clean stop, which must exit 0.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) }, 0);
+        let status = self.0.wait().expect("wait for rtgt serve");
+        assert!(status.success(), "SIGTERM: rtgt serve exited with {status}");
+    }
 }
+
+/// How each round of a crash test ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ends {
+    /// SIGKILL, always.
+    Kill,
+    /// SIGKILL or SIGTERM, alternately.
+    KillOrStop,
+}
+
+/// The local store's mark of a clean close (which lets the next open skip its clean-up).
+const CLEAN_CLOSE_MARKER: &str = "s3/.rtgt-store-closed-cleanly";
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -322,6 +342,17 @@ async fn kill_9_loses_no_acknowledged_write() {
     kill_9_rounds(data.path(), None, ROUNDS, Writes::WithAtomic).await;
 }
 
+/// Clean stops among the kills: a SIGTERM leaves the embedded store marked closed cleanly, so
+/// that the next start skips the walk over every directory of the store; the start removes the
+/// mark, so a SIGKILL after it leaves none, and the start after the kill cleans up. No
+/// acknowledged write is lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_clean_stops_in_turn_lose_no_acknowledged_write() {
+    let data = tempfile::tempdir().expect("data dir");
+    let asked = kill_9_rounds_asking_snapshots(data.path(), None, 10, Writes::WithAtomic, None, Ends::KillOrStop).await;
+    assert!(asked.is_empty());
+}
+
 /// The embedded default with a disk cache (`cache_disk_size`) and a small memory cache: reads
 /// after each restart come from entries the killed process left (written without fsync),
 /// while recovery replays the logs into new versions of their chunks; no entry of an older
@@ -418,7 +449,9 @@ async fn kill_9_of_a_file_lun_tears_no_atomic_write() {
 async fn kill_9_while_snapshots_are_taken_keeps_each_snapshot_whole() {
     let data = tempfile::tempdir().expect("data dir");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let asked = kill_9_rounds_asking_snapshots(data.path(), None, SNAPSHOT_ROUNDS, Writes::WithAtomic, Some(api)).await;
+    let asked =
+        kill_9_rounds_asking_snapshots(data.path(), None, SNAPSHOT_ROUNDS, Writes::WithAtomic, Some(api), Ends::Kill)
+            .await;
     check_snapshots(data.path(), &asked);
 }
 
@@ -429,8 +462,15 @@ async fn kill_9_while_snapshots_are_taken_with_a_local_journal_keeps_each_snapsh
     let data = tempfile::tempdir().expect("data dir");
     let path = local_journal_config(data.path());
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let asked =
-        kill_9_rounds_asking_snapshots(data.path(), Some(&path), SNAPSHOT_ROUNDS, Writes::WithAtomic, Some(api)).await;
+    let asked = kill_9_rounds_asking_snapshots(
+        data.path(),
+        Some(&path),
+        SNAPSHOT_ROUNDS,
+        Writes::WithAtomic,
+        Some(api),
+        Ends::Kill,
+    )
+    .await;
     check_snapshots(data.path(), &asked);
 }
 
@@ -550,18 +590,20 @@ async fn snapshotter(
 /// `rounds` of: start, verify everything, writers, SIGKILL at a random moment; then a last
 /// start and verify.
 async fn kill_9_rounds(data: &Path, config: Option<&Path>, rounds: usize, writes: Writes) {
-    let asked = kill_9_rounds_asking_snapshots(data, config, rounds, writes, None).await;
+    let asked = kill_9_rounds_asking_snapshots(data, config, rounds, writes, None, Ends::Kill).await;
     assert!(asked.is_empty());
 }
 
 /// [`kill_9_rounds`]; with `api`, a snapshotter asks the API there for snapshots beside the
 /// writers until the kill, and the snapshots asked for are returned (the last rtgt killed).
+/// With [`Ends::KillOrStop`] (the embedded default only), odd rounds end with a clean stop.
 async fn kill_9_rounds_asking_snapshots(
     data: &Path,
     config: Option<&Path>,
     rounds: usize,
     writes: Writes,
     api: Option<SocketAddr>,
+    ends: Ends,
 ) -> Vec<AskedSnapshot> {
     let logs = tempfile::tempdir().expect("log dir");
     let log = logs.path().join("serve.log");
@@ -581,7 +623,14 @@ async fn kill_9_rounds_asking_snapshots(
             .collect();
         let snapshotter = api.map(|api| tokio::spawn(snapshotter(api, round, model.clone(), next_id.clone())));
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1500))).await;
-        serve.kill();
+        let marker = data.join(CLEAN_CLOSE_MARKER);
+        if ends == Ends::KillOrStop && round % 2 == 1 {
+            serve.stop();
+            assert!(marker.exists(), "round {round}: a clean stop leaves {}", marker.display());
+        } else {
+            serve.kill();
+            assert!(!marker.exists(), "round {round}: a start removes {}; a kill writes none", marker.display());
+        }
         for w in writers {
             w.await.expect("writer");
         }

@@ -53,7 +53,8 @@ async fn volumes_written_by_an_earlier_version_open_with_their_data() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture, dir.path());
     // Inline: the store's file I/O runs on this task, so paused time only moves when it waits.
-    let options = LocalOptions { offload: Offload::Inline, etag_seed: 1 << 40, durable: true };
+    let options =
+        LocalOptions { offload: Offload::Inline, etag_seed: 1 << 40, durable: true, remember_clean_close: false };
     let root = LocalRoot::open(Arc::new(StdFs), dir.path(), options).unwrap();
     let store = Arc::new(root.bucket("vols").unwrap());
     for (name, write) in [("old", 32 * 1024), ("old-logs", 4096)] {

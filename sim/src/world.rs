@@ -181,7 +181,12 @@ async fn target(env: Environment, shared: Rc<RefCell<Shared>>) -> turmoil::Resul
     let store: Arc<dyn ObjectStore> = match env.store {
         Store::Remote => Arc::new(s3_store(&env)),
         Store::Embedded => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: true };
+            let options = LocalOptions {
+                offload: Offload::Inline,
+                etag_seed: incarnation << 32,
+                durable: true,
+                remember_clean_close: false,
+            };
             let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(EMBEDDED_ROOT), options)?;
             root.create_bucket(BUCKET)?;
             Arc::new(root.bucket(BUCKET)?)
@@ -201,7 +206,12 @@ async fn target(env: Environment, shared: Rc<RefCell<Shared>>) -> turmoil::Resul
     let disk_cache = match env.disk_cache {
         false => None,
         true => {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: incarnation << 32, durable: false };
+            let options = LocalOptions {
+                offload: Offload::Inline,
+                etag_seed: incarnation << 32,
+                durable: false,
+                remember_clean_close: false,
+            };
             let root = LocalRoot::open(Arc::new(env.fs.clone()), Path::new(DISK_CACHE_ROOT), options)?;
             root.create_bucket(DISK_CACHE_BUCKET)?;
             let store: Arc<dyn ObjectStore> = Arc::new(root.bucket(DISK_CACHE_BUCKET)?);

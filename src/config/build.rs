@@ -85,7 +85,12 @@ impl BuildContext {
             Some(root) => root.clone(),
             None => {
                 std::fs::create_dir_all(dir).map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
-                let options = LocalOptions { offload: Offload::BlockingPool, etag_seed: self.seed, durable };
+                let options = LocalOptions {
+                    offload: Offload::BlockingPool,
+                    etag_seed: self.seed,
+                    durable,
+                    remember_clean_close: durable,
+                };
                 let root = LocalRoot::open(Arc::new(StdFs), dir, options)
                     .map_err(|e| format!("cache_dir {}: {e}", dir.display()))?;
                 journals.insert(dir.to_path_buf(), root.clone());
@@ -115,7 +120,7 @@ fn move_old_journal(dir: &Path, to: &crate::s3::local::SegmentStore) -> Result<(
         return Ok(());
     }
     let failed = |e: String| format!("cache_dir {}: cannot move the journal of an earlier version: {e}", dir.display());
-    let options = LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true };
+    let options = LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true, remember_clean_close: false };
     let old = LocalRoot::open(Arc::new(StdFs), dir, options).and_then(|root| root.bucket(bucket)).map_err(failed)?;
     // Both stores run inline: every future is ready when first polled.
     futures::executor::block_on(async {
@@ -414,7 +419,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bucket = crate::s3::volume::format::JOURNAL_BUCKET;
         {
-            let options = LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true };
+            let options =
+                LocalOptions { offload: Offload::Inline, etag_seed: 0, durable: true, remember_clean_close: false };
             let root = LocalRoot::open(Arc::new(StdFs), dir.path(), options).unwrap();
             root.create_bucket(bucket).unwrap();
             let old = root.bucket(bucket).unwrap();

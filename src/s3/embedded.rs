@@ -63,7 +63,12 @@ pub fn open_root(root: &Path) -> Result<Arc<LocalRoot>, String> {
     LocalRoot::open(
         Arc::new(StdFs),
         root,
-        LocalOptions { offload: Offload::BlockingPool, etag_seed: seed as u64, durable: true },
+        LocalOptions {
+            offload: Offload::BlockingPool,
+            etag_seed: seed as u64,
+            durable: true,
+            remember_clean_close: true,
+        },
     )
 }
 

@@ -4,7 +4,7 @@
 //! and the simulation run the local store on it to check what survives a crash.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ struct State {
     ops: u64,
     /// Operations from this one on fail, as if the process had died before it.
     dead_from: Option<u64>,
+    /// Operations that fail alone, with an I/O error the process lives through.
+    faults: BTreeSet<u64>,
     /// Held locks, each with the number of the guard that holds it.
     locks: BTreeMap<PathBuf, u64>,
     next_lock: u64,
@@ -60,6 +62,7 @@ impl CrashFs {
                 nodes: vec![root],
                 ops: 0,
                 dead_from: None,
+                faults: BTreeSet::new(),
                 locks: BTreeMap::new(),
                 next_lock: 0,
             })),
@@ -82,6 +85,14 @@ impl CrashFs {
         st.dead_from = Some(st.ops + n);
     }
 
+    /// Makes the `n`-th mutating operation from now fail with an I/O error, changing nothing;
+    /// the operations after it succeed (a disk's transient error, a full disk).
+    pub fn fail_once_after(&self, n: u64) {
+        let mut st = self.lock_state();
+        let at = st.ops + n;
+        st.faults.insert(at);
+    }
+
     /// Power loss: every file holds what was last fsynced, every directory the entries it had
     /// at its last fsync. The process is alive again afterwards, with no locks held.
     pub fn power_loss(&self) {
@@ -93,6 +104,7 @@ impl CrashFs {
             }
         }
         st.dead_from = None;
+        st.faults.clear();
         st.locks.clear();
     }
 
@@ -100,6 +112,7 @@ impl CrashFs {
     pub fn process_crash(&self) {
         let mut st = self.lock_state();
         st.dead_from = None;
+        st.faults.clear();
         st.locks.clear();
     }
 
@@ -161,6 +174,9 @@ impl CrashFs {
             return Err(io::Error::other("CrashFs: the process died"));
         }
         st.ops += 1;
+        if st.faults.remove(&(st.ops - 1)) {
+            return Err(io::Error::other("CrashFs: an I/O error"));
+        }
         Ok(())
     }
 }

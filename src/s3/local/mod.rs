@@ -8,6 +8,11 @@
 //! leftover temporary file is removed at the next open). A DELETE answers after the directory
 //! fsync. Conditional PUTs compare and rename under one lock; the root is locked against a
 //! second process. Directories created for keys are made durable in their parents.
+//!
+//! An open after a crash removes leftover temporary files and fsyncs every directory, which
+//! costs one fsync per directory of the store (1.5 s for a 100 GiB volume). A store closed with
+//! nothing in flight and nothing failed leaves a marker saying there is nothing to do, and the
+//! next open skips the walk (see [`LocalOptions::remember_clean_close`]).
 
 mod crash_fs;
 mod fs;
@@ -22,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -42,6 +47,9 @@ const TEMP_PREFIX: &str = ".rtgt-tmp-";
 const LOCK_NAME: &str = ".rtgt-store.lock";
 /// Written once every object is in this store's format (legacy s3s-fs files converted).
 const FORMAT_MARKER: &str = ".rtgt-store-v1";
+/// Written when the store closes settled: no temporary file left, every directory durable.
+/// The open that finds it removes it, durably, before anything else changes.
+const CLEAN_CLOSE_MARKER: &str = ".rtgt-store-closed-cleanly";
 /// The longest key S3 allows.
 const KEY_BYTES_MAX: usize = 1024;
 
@@ -82,6 +90,11 @@ pub struct LocalOptions {
     /// Whether an acknowledged PUT or DELETE is durable (fsync of the file and its directory).
     /// A cache whose entries are checked when read may do without.
     pub durable: bool,
+    /// Whether closing a durable store (dropping it: every operation holds it, so none is in
+    /// flight) with no mutation failed leaves [`CLEAN_CLOSE_MARKER`], which lets the next open
+    /// skip the crash clean-up. A killed process runs no destructors and leaves none. Off in
+    /// the simulation, whose crashed hosts are dropped as if closed.
+    pub remember_clean_close: bool,
 }
 
 /// A directory of buckets, locked by this process.
@@ -93,6 +106,11 @@ pub struct LocalRoot {
     writers: Arc<tokio::sync::Semaphore>,
     /// See [`LocalOptions::durable`].
     durable: bool,
+    /// See [`LocalOptions::remember_clean_close`].
+    remember_clean_close: bool,
+    /// Set when a mutation failed in a way that may leave a temporary file or a change not yet
+    /// durable: the next open must clean up whatever the close.
+    unsettled: AtomicBool,
     /// Conditional checks and renames happen under it.
     mutate: Mutex<()>,
     next_etag: AtomicU64,
@@ -134,6 +152,8 @@ impl LocalRoot {
             offload: opts.offload,
             writers: Arc::new(tokio::sync::Semaphore::new(writers_at_once())),
             durable: opts.durable,
+            remember_clean_close: opts.remember_clean_close,
+            unsettled: AtomicBool::new(false),
             mutate: Mutex::new(()),
             next_etag: AtomicU64::new(opts.etag_seed),
             next_temp: AtomicU64::new(0),
@@ -148,7 +168,18 @@ impl LocalRoot {
                 .and_then(|()| store.fs.sync_dir(root))
                 .map_err(|e| format!("cannot write {}: {e}", root.join(FORMAT_MARKER).display()))?;
         }
-        store.settle_after_crash().map_err(|e| format!("cannot clean {shown}: {e}"))?;
+        let marker = root.join(CLEAN_CLOSE_MARKER);
+        if store.fs.exists(&marker) {
+            // Closed settled. The marker goes, durably, before anything changes: from now on a
+            // crash must be found.
+            store
+                .fs
+                .remove_file(&marker)
+                .and_then(|()| store.fs.sync_dir(root))
+                .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+        } else {
+            store.settle_after_crash().map_err(|e| format!("cannot clean {shown}: {e}"))?;
+        }
         Ok(store)
     }
 
@@ -224,6 +255,14 @@ impl LocalRoot {
         Ok(())
     }
 
+    /// Notes that a mutation failed in a way that may leave the store unsettled.
+    fn unsettled<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if result.is_err() {
+            self.unsettled.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
     fn temp_name(&self) -> String {
         format!("{TEMP_PREFIX}{}", self.next_temp.fetch_add(1, Ordering::Relaxed))
     }
@@ -273,6 +312,10 @@ impl LocalRoot {
         kind: Job,
         job: impl FnOnce(&LocalRoot, &Caller) -> ObjResult<T> + Send + 'static,
     ) -> ObjResult<T> {
+        let job = move |root: &LocalRoot, caller: &Caller| {
+            let _unsettled_if_it_panics = PanicGuard(&root.unsettled);
+            job(root, caller)
+        };
         match self.offload {
             Offload::Inline => job(self, &Caller::default()),
             Offload::BlockingPool => {
@@ -331,14 +374,15 @@ impl LocalRoot {
         caller: &Caller,
     ) -> ObjResult<Option<String>> {
         let dir = path.parent().expect("object paths have a parent");
-        self.ensure_dir(dir).map_err(|e| conflict_or(e, "cannot create the key's directory"))?;
+        self.unsettled(self.ensure_dir(dir)).map_err(|e| conflict_or(e, "cannot create the key's directory"))?;
         let crc32c = crc32c::crc32c(body);
         let etag = format!("\"{crc32c:08x}{:016x}\"", self.next_etag.fetch_add(1, Ordering::Relaxed));
         let desc = Description { etag: etag.clone(), size: body.len() as u64, crc32c, metadata };
         let header = object_file::encode_header(&desc).map_err(|e| ObjectError::failed(e.to_string()))?;
         let temp = dir.join(self.temp_name());
         let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
-        self.fs.write_new(&temp, &[&header, body], sync).map_err(|e| conflict_or(e, "cannot write the object"))?;
+        self.unsettled(self.fs.write_new(&temp, &[&header, body], sync))
+            .map_err(|e| conflict_or(e, "cannot write the object"))?;
         let renamed = {
             let _serial = self.mutate.lock().expect("poisoned");
             caller.waiting().and_then(|()| self.check(path, condition)).and_then(|()| {
@@ -346,12 +390,14 @@ impl LocalRoot {
             })
         };
         if let Err(e) = renamed {
-            let _ = self.fs.remove_file(&temp);
+            // Left behind, the temporary file is removed at the next open.
+            let _ = self.unsettled(self.fs.remove_file(&temp));
             return Err(e);
         }
         if sync {
             // Visible now; acknowledged only once durable. A failure here leaves it uncertain.
-            self.fs.sync_dir(dir).map_err(|e| ObjectError::Indeterminate(format!("cannot sync the directory: {e}")))?;
+            self.unsettled(self.fs.sync_dir(dir))
+                .map_err(|e| ObjectError::Indeterminate(format!("cannot sync the directory: {e}")))?;
         }
         Ok(Some(etag))
     }
@@ -394,7 +440,7 @@ impl LocalRoot {
         }
         let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
         for (dir, removed) in dirs.into_iter().filter(|_| sync) {
-            if let Err(e) = self.fs.sync_dir(&dir) {
+            if let Err(e) = self.unsettled(self.fs.sync_dir(&dir)) {
                 for i in removed {
                     results[i].1 = Err(ObjectError::Indeterminate(format!("cannot sync the directory: {e}")));
                 }
@@ -429,6 +475,33 @@ impl LocalRoot {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for LocalRoot {
+    /// The store closes: every operation holds it, so none is in flight.
+    fn drop(&mut self) {
+        let settled = !self.unsettled.load(Ordering::SeqCst) && !std::thread::panicking();
+        if !(self.remember_clean_close && self.durable && settled) {
+            return;
+        }
+        // What the marker says holds whether or not the marker itself becomes durable.
+        let marker = self.root.join(CLEAN_CLOSE_MARKER);
+        let written = self.fs.write_new(&marker, &[b"closed cleanly: nothing to clean up at the next open\n"], true);
+        if let Err(e) = written.and_then(|()| self.fs.sync_dir(&self.root)) {
+            tracing::warn!(marker = %marker.display(), error = %e, "the next open of the store will check every directory");
+        }
+    }
+}
+
+/// Marks the store unsettled when a job panics (a temporary file may be left).
+struct PanicGuard<'a>(&'a AtomicBool);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::S3Volume;
-use crate::storage::{BlockStore, is_zero};
+use crate::storage::{BlockStore, StoreError, is_zero};
 
 /// Bytes read or written at once.
 const PIECE: u64 = 4 << 20;
@@ -122,19 +122,38 @@ pub async fn import_volume(
             .buffer_unordered(PARALLEL)
             .try_collect::<()>()
             .await?;
-        volume.flush().await.map_err(|e| format!("cannot make the import durable: {e}"))?;
+        flush_while_the_store_keeps_up(volume).await?;
         let (last, len) = batch.last().copied().expect("a batch is not empty");
         let record = serde_json::to_vec(&ImportProgress { size, done: last + len }).expect("serializable");
         volume.write_aside(IMPORT_PROGRESS, Some(Bytes::from(record))).await.map_err(|e| e.to_string())?;
     }
-    volume.flush().await.map_err(|e| format!("cannot make the import durable: {e}"))?;
+    flush_while_the_store_keeps_up(volume).await?;
     volume.write_aside(IMPORT_PROGRESS, None).await.map_err(|e| e.to_string())?;
     Ok(written.into_inner())
+}
+
+/// Makes what was written durable, for as long as it takes while the store keeps up. A flush
+/// answers NOT READY at the command deadline (20 s), which a checkpoint's 256 MiB outlasts on
+/// a slow link (100 Mbit/s: 21 s); what it merged meanwhile stays merged, so the import tries
+/// again while each attempt leaves less waiting than the one before.
+async fn flush_while_the_store_keeps_up(volume: &S3Volume) -> Result<(), String> {
+    let mut waiting = volume.unlogged_bytes();
+    loop {
+        match volume.flush().await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::NotReady(e)) if volume.unlogged_bytes() < waiting => {
+                waiting = volume.unlogged_bytes();
+                tracing::info!(volume = %volume.url(), waiting, "the store is slow: the import waits for it ({e})");
+            }
+            Err(e) => return Err(format!("cannot make the import durable: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::clock::TokioClock;
@@ -187,6 +206,34 @@ mod tests {
             assert_eq!(&w.read(at, 512).await.unwrap()[..8], &at.to_be_bytes(), "at {at}");
         }
         assert_eq!(import_progress(&w).await.unwrap(), None);
+    }
+
+    /// An import into a store too slow to take a checkpoint's data within the command deadline
+    /// (here 1 s, each request 200 ms away: 10 MiB of 64 KiB chunks) waits for it as long as the
+    /// store keeps up, as a user importing over a slow link needs: a flush that runs out its
+    /// deadline has still merged what it could. It used to fail with NOT READY.
+    #[tokio::test(start_paused = true)]
+    async fn an_import_waits_for_a_slow_store_while_it_keeps_up() {
+        let mem = Arc::new(MemObjectStore::new());
+        let opts = VolumeOptions {
+            create: Some(CreateSpec { size: SIZE, block_size: 512, chunk_size: CHUNK }),
+            holder: "t".into(),
+            command_deadline: Duration::from_secs(1),
+            ..VolumeOptions::default()
+        };
+        let url = S3Url::parse("s3://bucket/slow").unwrap();
+        let v = S3Volume::open(mem.clone(), url, opts, Arc::new(TokioClock::new())).await.unwrap();
+        mem.set_faults(crate::s3::mem::Faults { latency: Duration::from_millis(200), ..Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options().read(true).write(true).create_new(true).open(dir.path().join("img")).unwrap();
+        let data: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251 + 1) as u8).collect();
+        file.write_all_at(&data, 0).unwrap();
+        let size = data.len() as u64;
+        import_volume(&v, &file, size, 0, &|_, _| {}).await.expect("the import waits for the store");
+        mem.set_faults(crate::s3::mem::Faults::default());
+        assert_eq!(import_progress(&v).await.unwrap(), None);
+        assert_eq!(v.unlogged_bytes(), 0);
+        assert_eq!(v.read(0, size as usize).await.unwrap(), data);
     }
 
     /// A volume exported to a file and imported into another reads the same, and the file has
