@@ -88,7 +88,7 @@ impl S3Volume {
                 %error,
                 unlogged_bytes = self.unlogged_bytes(),
                 dirty_bytes = self.dirty_bytes(),
-                "object store unreachable: writes wait in the cache, commands that need it wait up to {:?}",
+                "object store unreachable or too slow: writes wait in the cache, commands that need it wait up to {:?}",
                 self.opts.command_deadline
             );
         }
