@@ -245,13 +245,15 @@ impl LocalRoot {
         out
     }
 
+    /// [`ensure_dirs`] against the directories this process made sure of, without holding
+    /// their lock across the file operations.
     fn ensure_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.known_dirs.lock().expect("poisoned").contains(dir) {
+        let missing = unknown_ancestors(dir, &self.known_dirs.lock().expect("poisoned"));
+        if missing.is_empty() {
             return Ok(());
         }
-        let mut known = self.known_dirs.lock().expect("poisoned").clone();
-        ensure_dirs(&*self.fs, dir, &mut known)?;
-        self.known_dirs.lock().expect("poisoned").extend(known);
+        make_durable(&*self.fs, &missing)?;
+        self.known_dirs.lock().expect("poisoned").extend(missing);
         Ok(())
     }
 
@@ -509,15 +511,26 @@ impl Drop for PanicGuard<'_> {
 /// that exists may still be one a crash created without its parent's fsync, so every one this
 /// process has not made durable yet gets that fsync (once).
 fn ensure_dirs(fs: &dyn Fs, dir: &Path, known: &mut BTreeSet<PathBuf>) -> io::Result<()> {
-    if known.contains(dir) {
-        return Ok(());
+    let missing = unknown_ancestors(dir, known);
+    make_durable(fs, &missing)?;
+    known.extend(missing);
+    Ok(())
+}
+
+/// `dir` and its ancestors up to the first in `known`, nearest first.
+fn unknown_ancestors(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+    dir.ancestors().take_while(|d| !known.contains(*d)).map(Path::to_path_buf).collect()
+}
+
+/// Creates the directories of `missing` (nearest first), outermost first, each made durable in
+/// its parent.
+fn make_durable(fs: &dyn Fs, missing: &[PathBuf]) -> io::Result<()> {
+    for dir in missing.iter().rev() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs.create_dir(dir)?;
+            fs.sync_dir(parent)?;
+        }
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ensure_dirs(fs, parent, known)?;
-        fs.create_dir(dir)?;
-        fs.sync_dir(parent)?;
-    }
-    known.insert(dir.to_path_buf());
     Ok(())
 }
 
