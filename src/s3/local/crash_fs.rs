@@ -4,7 +4,7 @@
 //! and the simulation run the local store on it to check what survives a crash.
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,9 @@ struct State {
     ops: u64,
     /// Operations from this one on fail, as if the process had died before it.
     dead_from: Option<u64>,
-    /// Operations that fail alone, with an I/O error the process lives through.
-    faults: BTreeSet<u64>,
+    /// Operations that fail alone, with an I/O error the process lives through: changing
+    /// nothing, or (`true`) after their change.
+    faults: BTreeMap<u64, bool>,
     /// Held locks, each with the number of the guard that holds it.
     locks: BTreeMap<PathBuf, u64>,
     next_lock: u64,
@@ -62,7 +63,7 @@ impl CrashFs {
                 nodes: vec![root],
                 ops: 0,
                 dead_from: None,
-                faults: BTreeSet::new(),
+                faults: BTreeMap::new(),
                 locks: BTreeMap::new(),
                 next_lock: 0,
             })),
@@ -90,7 +91,15 @@ impl CrashFs {
     pub fn fail_once_after(&self, n: u64) {
         let mut st = self.lock_state();
         let at = st.ops + n;
-        st.faults.insert(at);
+        st.faults.insert(at, false);
+    }
+
+    /// Makes the `n`-th mutating operation from now fail with an I/O error after its change
+    /// (a write that reached the file, then an error: what a real filesystem may leave).
+    pub fn fail_once_after_applying(&self, n: u64) {
+        let mut st = self.lock_state();
+        let at = st.ops + n;
+        st.faults.insert(at, true);
     }
 
     /// Power loss: every file holds what was last fsynced, every directory the entries it had
@@ -174,10 +183,21 @@ impl CrashFs {
             return Err(io::Error::other("CrashFs: the process died"));
         }
         st.ops += 1;
-        if st.faults.remove(&(st.ops - 1)) {
-            return Err(io::Error::other("CrashFs: an I/O error"));
+        match st.faults.get(&(st.ops - 1)) {
+            Some(false) => {
+                st.faults.remove(&(st.ops - 1));
+                Err(io::Error::other("CrashFs: an I/O error"))
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Ends a mutating operation whose change is made: fails if it was to fail after it.
+    fn applied(st: &mut State) -> io::Result<()> {
+        match st.faults.remove(&(st.ops - 1)) {
+            Some(true) => Err(io::Error::other("CrashFs: an I/O error after the change")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -229,7 +249,7 @@ impl WriteAt for OpenFile {
             data.resize(end, 0);
         }
         data[offset as usize..end].copy_from_slice(bytes);
-        Ok(())
+        CrashFs::applied(&mut st)
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -237,7 +257,7 @@ impl WriteAt for OpenFile {
         CrashFs::mutate(&mut st)?;
         let Node::File { data, durable } = &mut st.nodes[self.1] else { unreachable!("opened as a file") };
         *durable = data.clone();
-        Ok(())
+        CrashFs::applied(&mut st)
     }
 }
 
@@ -267,7 +287,7 @@ impl Fs for CrashFs {
         st.nodes.push(Node::Dir { entries: BTreeMap::new(), durable: BTreeMap::new() });
         let id = st.nodes.len() - 1;
         Self::entries(&mut st, dir).insert(name, id);
-        Ok(())
+        Self::applied(&mut st)
     }
 
     fn write_new(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
@@ -282,7 +302,7 @@ impl Fs for CrashFs {
         st.nodes.push(Node::File { data, durable });
         let id = st.nodes.len() - 1;
         Self::entries(&mut st, dir).insert(name, id);
-        Ok(())
+        Self::applied(&mut st)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -293,7 +313,7 @@ impl Fs for CrashFs {
         Self::mutate(&mut st)?;
         Self::entries(&mut st, from_dir).remove(&from_name);
         Self::entries(&mut st, to_dir).insert(to_name, node);
-        Ok(())
+        Self::applied(&mut st)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -305,7 +325,7 @@ impl Fs for CrashFs {
         }
         Self::mutate(&mut st)?;
         Self::entries(&mut st, dir).remove(&name);
-        Ok(())
+        Self::applied(&mut st)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -316,7 +336,7 @@ impl Fs for CrashFs {
             Node::Dir { entries, durable } => *durable = entries.clone(),
             Node::File { .. } => return Err(io::Error::from(io::ErrorKind::NotADirectory)),
         }
-        Ok(())
+        Self::applied(&mut st)
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {

@@ -153,13 +153,25 @@ impl LocalRoot {
             writers: Arc::new(tokio::sync::Semaphore::new(writers_at_once())),
             durable: opts.durable,
             remember_clean_close: opts.remember_clean_close,
-            unsettled: AtomicBool::new(false),
+            // Until the open below has settled the store: an open that fails leaves no marker.
+            unsettled: AtomicBool::new(true),
             mutate: Mutex::new(()),
             next_etag: AtomicU64::new(opts.etag_seed),
             next_temp: AtomicU64::new(0),
             known_dirs: Mutex::new(known),
             _lock: lock,
         });
+        // A clean close's marker goes, durably, before anything changes (a conversion too): from
+        // now on a crash must be found.
+        let marker = root.join(CLEAN_CLOSE_MARKER);
+        let closed_cleanly = store.fs.exists(&marker);
+        if closed_cleanly {
+            store
+                .fs
+                .remove_file(&marker)
+                .and_then(|()| store.fs.sync_dir(root))
+                .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+        }
         if !store.fs.exists(&root.join(FORMAT_MARKER)) {
             legacy::convert(&store).map_err(|e| format!("cannot convert the objects in {shown}: {e}"))?;
             store
@@ -168,18 +180,10 @@ impl LocalRoot {
                 .and_then(|()| store.fs.sync_dir(root))
                 .map_err(|e| format!("cannot write {}: {e}", root.join(FORMAT_MARKER).display()))?;
         }
-        let marker = root.join(CLEAN_CLOSE_MARKER);
-        if store.fs.exists(&marker) {
-            // Closed settled. The marker goes, durably, before anything changes: from now on a
-            // crash must be found.
-            store
-                .fs
-                .remove_file(&marker)
-                .and_then(|()| store.fs.sync_dir(root))
-                .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
-        } else {
+        if !closed_cleanly {
             store.settle_after_crash().map_err(|e| format!("cannot clean {shown}: {e}"))?;
         }
+        store.unsettled.store(false, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -392,8 +396,14 @@ impl LocalRoot {
             })
         };
         if let Err(e) = renamed {
-            // Left behind, the temporary file is removed at the next open.
-            let _ = self.unsettled(self.fs.remove_file(&temp));
+            // Removed durably: another PUT's directory fsync may have made the temporary file's
+            // entry durable, and a power loss must not bring it back after a clean close. Left
+            // behind, it is removed at the next open.
+            let removed = self.fs.remove_file(&temp).and_then(|()| match sync {
+                true => self.fs.sync_dir(dir),
+                false => Ok(()),
+            });
+            let _ = self.unsettled(removed);
             return Err(e);
         }
         if sync {

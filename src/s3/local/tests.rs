@@ -125,9 +125,11 @@ enum Op {
     Die {
         ops: u64,
     },
-    /// The filesystem operation `ops` from now fails alone (an I/O error lived through).
+    /// The filesystem operation `ops` from now fails alone (an I/O error lived through), with
+    /// its change made or not.
     Fault {
         ops: u64,
+        applied: bool,
     },
     /// The process is killed (or dies) and starts again, after a power loss or not.
     Restart {
@@ -148,7 +150,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..KEYS.len()).prop_map(|key| Op::Delete { key }),
         1 => Just(Op::DeleteMany),
         1 => (0u64..8).prop_map(|ops| Op::Die { ops }),
-        1 => (0u64..8).prop_map(|ops| Op::Fault { ops }),
+        1 => (0u64..8, any::<bool>()).prop_map(|(ops, applied)| Op::Fault { ops, applied }),
         1 => any::<bool>().prop_map(|power| Op::Restart { power }),
         1 => any::<bool>().prop_map(|power| Op::Close { power }),
     ]
@@ -221,13 +223,20 @@ async fn run_crash_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 fs.die_after(ops);
                 faulty = true;
             }
-            Op::Fault { ops } => {
-                fs.fail_once_after(ops);
+            Op::Fault { ops, applied } => {
+                match applied {
+                    true => fs.fail_once_after_applying(ops),
+                    false => fs.fail_once_after(ops),
+                }
                 faulty = true;
             }
             Op::Restart { power } | Op::Close { power } => {
                 match op {
-                    Op::Close { .. } => drop(store),
+                    Op::Close { .. } => {
+                        drop(store);
+                        let marker = fs.exists(&Path::new(ROOT).join(CLEAN_CLOSE_MARKER));
+                        prop_assert!(marker || faulty, "a close with nothing failed leaves its marker");
+                    }
                     _ => kill(store, &fs),
                 }
                 if power {
@@ -491,4 +500,23 @@ async fn only_a_clean_close_spares_the_next_open_its_clean_up() {
     fs.power_loss();
     let s = bucket(&fs);
     assert_eq!(s.get("v/chunks/3/0", None).await.unwrap().body, Bytes::from_static(b"y"), "made durable by the walk");
+}
+
+/// An open whose clean-up fails leaves no marker when it gives up: the next open cleans up.
+#[tokio::test]
+async fn an_open_whose_clean_up_fails_does_not_pass_for_a_clean_close() {
+    let fs = CrashFs::new();
+    let s = bucket(&fs);
+    // The PUT writes its temporary file, then the process dies before the rename.
+    fs.die_after(1);
+    assert!(s.put("meta", Bytes::from_static(b"x"), BTreeMap::new(), Condition::None).await.is_err());
+    kill(s, &fs);
+    assert_eq!(temporaries(&fs).len(), 1);
+    // The open's second operation is the clean-up's first fsync (after its root's, made sure of).
+    fs.fail_once_after(1);
+    let opened = open(&fs);
+    assert!(opened.as_ref().is_err_and(|e| e.contains("cannot clean")), "{:?}", opened.err());
+    assert!(!fs.exists(&Path::new(ROOT).join(CLEAN_CLOSE_MARKER)), "a failed open is no clean close");
+    drop(bucket(&fs));
+    assert_eq!(temporaries(&fs), Vec::<PathBuf>::new(), "the next open cleaned up");
 }

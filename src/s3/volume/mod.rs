@@ -1062,9 +1062,9 @@ impl S3Volume {
     async fn flush_all(&self) -> StoreResult<()> {
         self.may_serve("SYNCHRONIZE CACHE").await?;
         let wanted = self.cache().writes;
-        let result = self.patiently("SYNCHRONIZE CACHE", || self.make_durable(wanted)).await;
+        self.patiently("SYNCHRONIZE CACHE", || self.make_durable(wanted)).await?;
+        // Taken only by a flush that succeeded: one that failed leaves it to the next.
         let sticky = self.sticky_error.lock().expect("poisoned").take();
-        result?;
         match sticky {
             Some(e) => Err(StoreError::Write(format!("an earlier background flush failed: {e}"))),
             None => Ok(()),

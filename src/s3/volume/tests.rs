@@ -1079,6 +1079,22 @@ async fn failed_background_flush_keeps_data_and_is_reported_once() {
     assert_eq!(v.log_count(), 0);
 }
 
+/// A SYNCHRONIZE CACHE that fails (the store away) does not swallow an earlier background
+/// failure: the next one to succeed reports it. (An import retries failed flushes: it lost it.)
+#[tokio::test(start_paused = true)]
+async fn a_failed_flush_leaves_a_background_failure_for_the_next() {
+    let h = Harness::new();
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(Faults { reject_writes: 1.0, ..Faults::default() });
+    v.write(0, block(7), false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await; // background flush fails
+    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
+    assert!(matches!(v.flush().await, Err(StoreError::NotReady(_))), "the store is away");
+    h.mem.set_faults(Faults::default());
+    assert!(matches!(v.flush().await, Err(StoreError::Write(_))), "reported on the next that succeeds");
+    v.flush().await.unwrap();
+}
+
 // ---------------------------------------------------------------- model check
 
 const CHUNK: u64 = 4 * BS; // tiny chunks: four blocks

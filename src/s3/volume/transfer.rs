@@ -139,14 +139,16 @@ pub async fn import_volume(
 async fn flush_while_the_store_keeps_up(volume: &S3Volume) -> Result<(), String> {
     let mut waiting = volume.unlogged_bytes();
     loop {
-        match volume.flush().await {
+        let error = match volume.flush().await {
             Ok(()) => return Ok(()),
-            Err(StoreError::NotReady(e)) if volume.unlogged_bytes() < waiting => {
-                waiting = volume.unlogged_bytes();
-                tracing::info!(volume = %volume.url(), waiting, "the store is slow: the import waits for it ({e})");
-            }
-            Err(e) => return Err(format!("cannot make the import durable: {e}")),
+            Err(e) => e,
+        };
+        let now = volume.unlogged_bytes();
+        if !matches!(error, StoreError::NotReady(_)) || now >= waiting {
+            return Err(format!("cannot make the import durable: {error}"));
         }
+        waiting = now;
+        tracing::info!(volume = %volume.url(), waiting, "the store is slow: the import waits for it ({error})");
     }
 }
 
