@@ -484,10 +484,13 @@ async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
     assert!(!request.contains("x-amz-checksum-"), "{request}");
 }
 
-/// Waits until nothing holds a local store any more (its blocking jobs finish on their own).
-async fn released(root: &std::sync::Weak<LocalRoot>) {
+/// Waits until nothing holds the local store at `dir` any more (its blocking jobs finish on
+/// their own) and it let go of its lock (a clean close writes its marker first: the lock goes
+/// after the last reference).
+async fn released(root: &std::sync::Weak<LocalRoot>, dir: &std::path::Path) {
+    let lock = dir.join(".rtgt-store.lock");
     let gone = async {
-        while root.upgrade().is_some() {
+        while root.upgrade().is_some() || rtgt::node::lock_file(&lock).is_err() {
             tokio::task::yield_now().await;
         }
     };
@@ -513,7 +516,7 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
         Arc::downgrade(&root)
     };
     // The store's lock goes with its last user (a blocking job may still be finishing).
-    released(&gone).await;
+    released(&gone, dir.path()).await;
     let log_dir = dir.path().join("vols/disk/log");
     let log = std::fs::read_dir(&log_dir).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&log).unwrap();
@@ -525,7 +528,7 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
         let root = embedded::open_root(dir.path()).unwrap();
         (open(&root).await.err().unwrap().to_string(), Arc::downgrade(&root))
     };
-    released(&gone).await;
+    released(&gone, dir.path()).await;
     assert!(err.contains("damaged") && err.contains("rtgt volume discard-log s3://vols/disk"), "{err}");
     let seq = err.rsplit(' ').next().unwrap().to_string();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rtgt"))
@@ -706,7 +709,7 @@ fn a_snapshot_exports_its_point_in_time_after_the_volume_changed() {
             v.close().await.unwrap();
             Arc::downgrade(&root)
         };
-        released(&gone).await;
+        released(&gone, &store).await;
     });
 
     let (ok, text) = rtgt(&["volume", "snapshot", "list", "s3://vols/snap"]);
