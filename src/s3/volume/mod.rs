@@ -619,10 +619,14 @@ impl S3Volume {
         // A clone reads through to its parent's snapshot.
         let inherited = clone::inherited(&Resilient::new(store.clone(), opts.retry.clone(), opts.seed), &meta).await?;
         let fenced: Arc<dyn ObjectStore> = Arc::new(fence::Fenced::new(store, lease.clone()));
+        // Retries below compression and sealing: they resend the bytes that go on the wire
+        // (compressed once, sealed once), and their timeouts, window and counters are sized
+        // by those bytes, not by the plain chunk.
+        let retried: Arc<dyn ObjectStore> =
+            Arc::new(Resilient::with_stats(fenced, opts.retry.clone(), opts.seed, s3_stats.clone()));
         let ancestors: BTreeSet<String> = inherited.values().map(|i| i.prefix.clone()).collect();
-        let objects = S3Volume::data_objects(fenced, &url, ancestors, &meta, opts.encryption.as_ref())?;
-        let data: Arc<dyn ObjectStore> =
-            Arc::new(Resilient::with_stats(objects.store, opts.retry.clone(), opts.seed, s3_stats.clone()));
+        let objects = S3Volume::data_objects(retried, &url, ancestors, &meta, opts.encryption.as_ref())?;
+        let data = objects.store;
         // A name of this open alone: another open of the same volume in this process (a LUN
         // removed and added again) is another holder.
         let open_id = Rng::seeded(opts.seed ^ clock.now().as_nanos() as u64).next_u64() as u32;
