@@ -87,9 +87,6 @@ enum Ends {
     KillOrStop,
 }
 
-/// The local store's mark of a clean close (which lets the next open skip its clean-up).
-const CLEAN_CLOSE_MARKER: &str = "s3/.rtgt-store-closed-cleanly";
-
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill();
@@ -623,7 +620,8 @@ async fn kill_9_rounds_asking_snapshots(
             .collect();
         let snapshotter = api.map(|api| tokio::spawn(snapshotter(api, round, model.clone(), next_id.clone())));
         tokio::time::sleep(Duration::from_millis(300 + rng.below(1500))).await;
-        let marker = data.join(CLEAN_CLOSE_MARKER);
+        // The embedded store's mark of a clean close (which lets the next open skip its clean-up).
+        let marker = data.join("s3").join(rtgt::s3::local::CLEAN_CLOSE_MARKER);
         if ends == Ends::KillOrStop && round % 2 == 1 {
             serve.stop();
             assert!(marker.exists(), "round {round}: a clean stop leaves {}", marker.display());

@@ -488,7 +488,7 @@ async fn delete_objects_on_the_wire_has_content_md5_and_no_crc32() {
 /// their own) and it let go of its lock (a clean close writes its marker first: the lock goes
 /// after the last reference).
 async fn released(root: &std::sync::Weak<LocalRoot>, dir: &std::path::Path) {
-    let lock = dir.join(".rtgt-store.lock");
+    let lock = dir.join(rtgt::s3::local::LOCK_NAME);
     let gone = async {
         while root.upgrade().is_some() || rtgt::node::lock_file(&lock).is_err() {
             tokio::task::yield_now().await;

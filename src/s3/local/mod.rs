@@ -44,12 +44,13 @@ use super::{
 /// Names inside the store's directories that are never objects.
 const RESERVED_PREFIX: &str = ".rtgt-";
 const TEMP_PREFIX: &str = ".rtgt-tmp-";
-const LOCK_NAME: &str = ".rtgt-store.lock";
+/// The lock file of a store (held by the process that has it open).
+pub const LOCK_NAME: &str = ".rtgt-store.lock";
 /// Written once every object is in this store's format (legacy s3s-fs files converted).
 const FORMAT_MARKER: &str = ".rtgt-store-v1";
 /// Written when the store closes settled: no temporary file left, every directory durable.
 /// The open that finds it removes it, durably, before anything else changes.
-const CLEAN_CLOSE_MARKER: &str = ".rtgt-store-closed-cleanly";
+pub const CLEAN_CLOSE_MARKER: &str = ".rtgt-store-closed-cleanly";
 /// The longest key S3 allows.
 const KEY_BYTES_MAX: usize = 1024;
 
@@ -262,7 +263,7 @@ impl LocalRoot {
     }
 
     /// Notes that a mutation failed in a way that may leave the store unsettled.
-    fn unsettled<T>(&self, result: io::Result<T>) -> io::Result<T> {
+    fn note_failure<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if result.is_err() {
             self.unsettled.store(true, Ordering::SeqCst);
         }
@@ -380,14 +381,14 @@ impl LocalRoot {
         caller: &Caller,
     ) -> ObjResult<Option<String>> {
         let dir = path.parent().expect("object paths have a parent");
-        self.unsettled(self.ensure_dir(dir)).map_err(|e| conflict_or(e, "cannot create the key's directory"))?;
+        self.note_failure(self.ensure_dir(dir)).map_err(|e| conflict_or(e, "cannot create the key's directory"))?;
         let crc32c = crc32c::crc32c(body);
         let etag = format!("\"{crc32c:08x}{:016x}\"", self.next_etag.fetch_add(1, Ordering::Relaxed));
         let desc = Description { etag: etag.clone(), size: body.len() as u64, crc32c, metadata };
         let header = object_file::encode_header(&desc).map_err(|e| ObjectError::failed(e.to_string()))?;
         let temp = dir.join(self.temp_name());
         let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
-        self.unsettled(self.fs.write_new(&temp, &[&header, body], sync))
+        self.note_failure(self.fs.write_new(&temp, &[&header, body], sync))
             .map_err(|e| conflict_or(e, "cannot write the object"))?;
         let renamed = {
             let _serial = self.mutate.lock().expect("poisoned");
@@ -403,12 +404,12 @@ impl LocalRoot {
                 true => self.fs.sync_dir(dir),
                 false => Ok(()),
             });
-            let _ = self.unsettled(removed);
+            let _ = self.note_failure(removed);
             return Err(e);
         }
         if sync {
             // Visible now; acknowledged only once durable. A failure here leaves it uncertain.
-            self.unsettled(self.fs.sync_dir(dir))
+            self.note_failure(self.fs.sync_dir(dir))
                 .map_err(|e| ObjectError::Indeterminate(format!("cannot sync the directory: {e}")))?;
         }
         Ok(Some(etag))
@@ -452,7 +453,7 @@ impl LocalRoot {
         }
         let sync = self.durable && !crate::mutants::active(crate::mutants::Mutant::LocalStoreNoSync);
         for (dir, removed) in dirs.into_iter().filter(|_| sync) {
-            if let Err(e) = self.unsettled(self.fs.sync_dir(&dir)) {
+            if let Err(e) = self.note_failure(self.fs.sync_dir(&dir)) {
                 for i in removed {
                     results[i].1 = Err(ObjectError::Indeterminate(format!("cannot sync the directory: {e}")));
                 }

@@ -1051,13 +1051,19 @@ async fn unmap_buries_whole_chunks_under_tombstones_and_zeroes_partial_ones() {
     assert_eq!(extents.iter().filter(|e| e.mapped).map(|e| e.len).sum::<u64>(), 4 * chunk);
 }
 
+/// A volume with one plain write whose background flushes met `faults` for 10 s.
+async fn after_failing_background_flushes(h: &Harness, faults: Faults) -> Arc<S3Volume> {
+    let v = h.open(64 * 1024, 4, "a").await.unwrap();
+    h.mem.set_faults(faults);
+    v.write(0, block(7), false).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    v
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transient_background_failure_keeps_the_data_and_reports_nothing() {
     let h = Harness::new();
-    let v = h.open(64 * 1024, 4, "a").await.unwrap();
-    h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
-    v.write(0, block(7), false).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await; // background flushes fail
+    let v = after_failing_background_flushes(&h, Faults { fail: 1.0, ..Faults::default() }).await;
     assert!(v.unlogged_bytes() > 0, "still in the cache");
     h.mem.set_faults(Faults::default());
     v.flush().await.unwrap();
@@ -1067,10 +1073,7 @@ async fn a_transient_background_failure_keeps_the_data_and_reports_nothing() {
 #[tokio::test(start_paused = true)]
 async fn failed_background_flush_keeps_data_and_is_reported_once() {
     let h = Harness::new();
-    let v = h.open(64 * 1024, 4, "a").await.unwrap();
-    h.mem.set_faults(Faults { reject_writes: 1.0, ..Faults::default() });
-    v.write(0, block(7), false).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await; // background flush fails
+    let v = after_failing_background_flushes(&h, Faults { reject_writes: 1.0, ..Faults::default() }).await;
     assert!(v.dirty_bytes() > 0, "still dirty");
     h.mem.set_faults(Faults::default());
     assert!(matches!(v.flush().await, Err(StoreError::Write(_))), "reported on the next SYNCHRONIZE CACHE");
@@ -1087,10 +1090,7 @@ async fn failed_background_flush_keeps_data_and_is_reported_once() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_flush_leaves_a_background_failure_for_the_next() {
     let h = Harness::new();
-    let v = h.open(64 * 1024, 4, "a").await.unwrap();
-    h.mem.set_faults(Faults { reject_writes: 1.0, ..Faults::default() });
-    v.write(0, block(7), false).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await; // background flush fails
+    let v = after_failing_background_flushes(&h, Faults { reject_writes: 1.0, ..Faults::default() }).await;
     h.mem.set_faults(Faults { fail: 1.0, ..Faults::default() });
     assert!(matches!(v.flush().await, Err(StoreError::NotReady(_))), "the store is away");
     h.mem.set_faults(Faults::default());
