@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtgt::clock::TokioClock;
 use rtgt::config::{BuildContext, Config};
+use rtgt::node::NodeId;
 use rtgt::s3::aws::{AwsStore, Endpoint, sdk_config};
 use rtgt::s3::embedded::{self, EmbeddedS3};
 use rtgt::s3::local::LocalRoot;
@@ -35,6 +36,12 @@ fn options(holder: &str) -> VolumeOptions {
         lease_duration: Duration::from_secs(3),
         ..VolumeOptions::default()
     }
+}
+
+/// Options of a target that restarts on one data directory (its node): it takes the lease it
+/// abandoned back at once instead of waiting it out.
+fn restarting_node_options(holder: &str) -> VolumeOptions {
+    VolumeOptions { node: Some(NodeId::new("node-1")), ..options(holder) }
 }
 
 async fn open(store: &Arc<AwsStore>, holder: &str) -> Result<Arc<S3Volume>, String> {
@@ -295,8 +302,9 @@ async fn the_local_store_converts_what_s3s_fs_left() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..CHUNK).map(|i| (i % 253) as u8 + 1).collect();
     {
-        let aws = s3s_fs_client(dir.path(), "vols").await;
-        let v = open(&Arc::new(aws), "old").await.unwrap();
+        let aws = Arc::new(s3s_fs_client(dir.path(), "vols").await);
+        let url = S3Url::parse("s3://vols/disk").unwrap();
+        let v = S3Volume::open(aws, url, restarting_node_options("old"), Arc::new(TokioClock::new())).await.unwrap();
         v.write(2 * CHUNK, Bytes::from(data.clone()), false).await.unwrap();
         v.write(512, Bytes::from(vec![7u8; 4096]), true).await.unwrap(); // logged, left for replay
         v.abandon();
@@ -310,7 +318,7 @@ async fn the_local_store_converts_what_s3s_fs_left() {
     assert!(leftovers.is_empty(), "s3s-fs side files removed: {leftovers:?}");
     let store = Arc::new(root.bucket("vols").unwrap());
     let url = S3Url::parse("s3://vols/disk").unwrap();
-    let v = S3Volume::open(store, url, options("old"), Arc::new(TokioClock::new())).await.unwrap();
+    let v = S3Volume::open(store, url, restarting_node_options("old"), Arc::new(TokioClock::new())).await.unwrap();
     assert_eq!(v.read(2 * CHUNK, CHUNK as usize).await.unwrap(), data);
     assert_eq!(v.read(512, 4096).await.unwrap(), vec![7u8; 4096], "the log was replayed");
     v.close().await.unwrap();
@@ -505,7 +513,7 @@ async fn a_damaged_log_stops_the_open_until_discarded() {
     let open = |root: &Arc<LocalRoot>| {
         let store = Arc::new(root.bucket("vols").unwrap());
         let url = S3Url::parse("s3://vols/disk").unwrap();
-        S3Volume::open(store, url, options("one"), Arc::new(TokioClock::new()))
+        S3Volume::open(store, url, restarting_node_options("one"), Arc::new(TokioClock::new()))
     };
     let gone = {
         let root = embedded::open_root(dir.path()).unwrap();
