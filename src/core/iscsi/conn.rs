@@ -291,6 +291,8 @@ pub struct Connection {
     ordered_tasks: usize,
     next_ttt: u32,
     text_in: text::TextBuffer,
+    /// The request being gathered across PDUs (C bit): its ITT and the TTT we answered with.
+    text_in_exchange: Option<(u32, u32)>,
     text_out: Option<TextOut>,
     last_rx: Duration,
     ping: Option<(u32, Duration)>,
@@ -337,6 +339,7 @@ impl Connection {
             ordered_tasks: 0,
             next_ttt: 1,
             text_in: text::TextBuffer::default(),
+            text_in_exchange: None,
             text_out: None,
             last_rx: now,
             ping: None,
@@ -565,7 +568,7 @@ impl Connection {
                     if alive {
                         self.deliver(itt);
                     } else {
-                        self.remove_task(itt);
+                        self.forget(itt);
                     }
                 }
                 Held::Pdu(pdu) => {

@@ -179,6 +179,11 @@ impl Login {
         if !self.text_out.is_empty() {
             let segment = self.text_out.remove(0);
             let more = !self.text_out.is_empty();
+            // The request acknowledging the last part may be the one that transits: then this
+            // part is the final response, with the session behind it (and its TSIH).
+            if !more && req.transit && req.nsg == stage::FULL_FEATURE && !self.holding {
+                return self.complete(req, segment, ctx);
+            }
             return Ok(Step::Reply(self.response(req, login_status::SUCCESS, more, segment)));
         }
 
@@ -602,6 +607,39 @@ mod tests {
         let Step::Complete(_, outcome) = step else { panic!("{step:?}") };
         assert_eq!(outcome.initiator_name, "iqn.2026-11.org.example:host");
         assert_eq!(outcome.kind, SessionKind::Discovery);
+    }
+
+    /// A response too long for one PDU goes out in parts, each acknowledged by an empty
+    /// request; when the acknowledgement of the last part asks to transit to full-feature
+    /// phase, that part is the final response: the session registered, its TSIH in it (not a
+    /// transit to a session that does not exist, as a hostile client found).
+    #[test]
+    fn a_long_final_response_acknowledged_with_transit_completes_the_login() {
+        let mut ctx = Ctx::default();
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0");
+        for i in 0..300 {
+            data.extend_from_slice(format!("X-unknown-key-{i}=1\0").as_bytes());
+        }
+        let mut step = login.on_request(&req(1, 3, true), &data, &mut ctx);
+        let mut parts = 0;
+        let (pdu, outcome) = loop {
+            match step {
+                Step::Reply(p) => {
+                    let Bhs::LoginResponse(r) = p.bhs else { panic!("not a login response") };
+                    assert!(r.cont && !r.transit && r.tsih == 0, "a part before the last: {r:?}");
+                    parts += 1;
+                    step = login.on_request(&req(1, 3, true), b"", &mut ctx);
+                }
+                Step::Complete(p, outcome) => break (p, outcome),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(parts >= 1, "the response took more than one PDU");
+        let Bhs::LoginResponse(r) = pdu.bhs else { panic!("not a login response") };
+        assert!(r.transit && !r.cont && r.nsg == stage::FULL_FEATURE && r.tsih == 42, "{r:?}");
+        assert_eq!((outcome.tsih, ctx.registered.len()), (42, 1));
     }
 
     #[test]

@@ -16,10 +16,22 @@ impl Connection {
                 running.insert(itt);
             } else if task.delivered || task.immediate {
                 self.forget(itt);
+            } else {
+                // Held for its CmdSN: forgotten when its turn comes (its tag stays taken till
+                // then), but what it holds goes now.
+                self.drop_holdings(itt);
             }
-            // Tasks still held for their CmdSN are forgotten when their turn comes.
         }
         running
+    }
+
+    /// Gives back an aborted task's budget and data, and takes it out of the queue for budget.
+    fn drop_holdings(&mut self, itt: u32) {
+        let Some(task) = self.tasks.get_mut(&itt) else { return };
+        let budget = std::mem::take(&mut task.budget);
+        task.write = None;
+        self.budget_queue.retain(|&i| i != itt);
+        self.release_budget(budget);
     }
 
     /// Aborts this connection's tasks on a LUN because another session reset it.

@@ -579,3 +579,64 @@ fn statuses_the_initiator_has_not_acknowledged_are_counted_by_its_exp_stat_sn() 
     feed(&mut c, with_ack(5, 104, 504));
     assert_eq!(c.unacknowledged_statuses(), 0, "acknowledged by the next PDU");
 }
+
+/// A write aborted while it waits for its CmdSN turn gives back what it reserved at once, and
+/// its turn, when it comes, only passes: found by a hostile client that aborted such writes and
+/// left their reservations (up to the whole process-wide pool) behind for good.
+#[test]
+fn a_write_aborted_before_its_turn_gives_back_its_reservation() {
+    let memory = Arc::new(IoMemory::new(1 << 20));
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    // CmdSN 100 is missing: the write (with unsolicited data, so reserved on arrival) waits.
+    let mut write = cmd(1, 101, false, true, 64 << 10, 0x2a);
+    write.fin = false;
+    feed(&mut c, Pdu::with_data(write, Bytes::from(vec![1u8; 1024])));
+    assert_eq!(memory.used(), 64 << 10);
+    let mut abort = tmf_request(tmf::ABORT_TASK, 50, 102);
+    abort.immediate = true;
+    abort.referenced_task_tag = 1;
+    abort.ref_cmd_sn = 101;
+    let out = feed(&mut c, Pdu::new(abort));
+    assert_eq!(tmf_answer(&out).response, tmf::FUNCTION_COMPLETE);
+    assert_eq!(memory.used(), 0, "the aborted write's reservation is back");
+    // The gap fills: the aborted write's turn passes, and the session goes on.
+    let out = feed(&mut c, Pdu::new(cmd(2, 100, false, false, 0, 0x00)));
+    assert_eq!(execs(&out).iter().map(|e| e.itt).collect::<Vec<_>>(), vec![2]);
+    c.on_complete(2, good(&[]));
+    c.drain();
+    let out = feed(&mut c, Pdu::new(cmd(3, 102, false, false, 0, 0x00)));
+    assert_eq!(execs(&out).iter().map(|e| e.itt).collect::<Vec<_>>(), vec![3]);
+    assert_eq!(c.task_count(), 1, "only the new command is left");
+}
+
+/// A text request sent in parts (C bit): the initiator copies the TTT of our answer into the
+/// next part (RFC 7143 §11.10.4), and the parts are read as one request; a new request (another
+/// ITT) drops a half-gathered one instead of being glued to it.
+#[test]
+fn a_text_request_in_parts_is_gathered_by_its_ttt_and_a_new_one_starts_afresh() {
+    let mut c = conn_with(params(), SessionKind::Discovery);
+    let part = |itt, ttt, cmd_sn, cont: bool| TextRequest { fin: !cont, cont, itt, ttt, cmd_sn, ..Default::default() };
+    let answer = |out: &[Output]| -> (TextResponse, Bytes) {
+        match sent(out).as_slice() {
+            [p] => match p.bhs {
+                Bhs::TextResponse(r) => (r, p.data.clone()),
+                _ => panic!("not a text response: {out:?}"),
+            },
+            _ => panic!("one PDU expected: {out:?}"),
+        }
+    };
+    let out = feed(&mut c, Pdu::with_data(part(3, RESERVED_TAG, 100, true), Bytes::from_static(b"SendTa")));
+    let (r, data) = answer(&out);
+    assert!(!r.fin && r.ttt != RESERVED_TAG && data.is_empty());
+    let out = feed(&mut c, Pdu::with_data(part(3, r.ttt, 101, false), Bytes::from_static(b"rgets=All\0")));
+    let (r, data) = answer(&out);
+    assert!(r.fin);
+    assert_eq!(text::parse(&data).unwrap()[0], ("TargetName".into(), "iqn.t1".into()));
+    // A part left half-gathered, then a new request: answered on its own.
+    feed(&mut c, Pdu::with_data(part(4, RESERVED_TAG, 102, true), Bytes::from_static(b"SendTa")));
+    let out = feed(&mut c, Pdu::with_data(part(5, RESERVED_TAG, 103, false), Bytes::from_static(b"SendTargets=All\0")));
+    let (r, data) = answer(&out);
+    assert!(r.fin);
+    assert_eq!(text::parse(&data).unwrap()[0], ("TargetName".into(), "iqn.t1".into()));
+}

@@ -4,8 +4,18 @@ use super::*;
 
 impl Connection {
     pub(super) fn on_text(&mut self, t: &TextRequest, data: &Bytes, ctx: &dyn ConnContext) {
+        // The next part of a request the initiator sends in pieces: it copies the TTT of our
+        // answer to the part before (RFC 7143 §11.10.4; the reserved tag is taken too, within
+        // the same exchange). Anything else starts a new request (§11.10.4: a new request
+        // resets the target's state), dropping a half-gathered one.
+        let continuing =
+            self.text_in_exchange.is_some_and(|(itt, ttt)| t.itt == itt && (t.ttt == ttt || t.ttt == RESERVED_TAG));
+        self.text_in_exchange = None;
+        if !continuing {
+            self.text_in.clear();
+        }
         // The initiator asks for the next piece of a long response.
-        if t.ttt != RESERVED_TAG {
+        if t.ttt != RESERVED_TAG && !continuing {
             match self.text_out.as_mut() {
                 Some(out) if out.ttt == t.ttt => {
                     let segment = out.segments.pop_front().unwrap_or_default();
@@ -33,6 +43,7 @@ impl Connection {
         }
         if t.cont {
             let ttt = self.alloc_ttt();
+            self.text_in_exchange = Some((t.itt, ttt));
             self.send_text_response(t, Bytes::new(), false, ttt);
             return;
         }
