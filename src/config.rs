@@ -249,6 +249,8 @@ pub struct ServerConfig {
     pub nop_interval_secs: u64,
     /// Seconds without an answer after a ping before the connection is dropped.
     pub nop_timeout_secs: u64,
+    /// Seconds a connection asked for write data (R2T) may send none before it is dropped.
+    pub data_out_timeout_secs: u64,
     /// Largest transfer of one command, in bytes.
     pub max_transfer_bytes: u32,
     /// Microseconds a connection, and a file LUN's I/O thread, keep polling for work before they
@@ -310,6 +312,7 @@ impl Default for ServerConfig {
             digests: true,
             nop_interval_secs: conn.nop_interval.as_secs(),
             nop_timeout_secs: conn.nop_timeout.as_secs(),
+            data_out_timeout_secs: conn.data_out_timeout.as_secs(),
             max_transfer_bytes: conn.max_transfer_bytes,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             workers: 0,
@@ -720,6 +723,7 @@ impl Config {
                 queue_depth: s.queue_depth,
                 nop_interval: Duration::from_secs(s.nop_interval_secs),
                 nop_timeout: Duration::from_secs(s.nop_timeout_secs),
+                data_out_timeout: Duration::from_secs(s.data_out_timeout_secs),
                 max_transfer_bytes: s.max_transfer_bytes,
                 memory: Arc::new(crate::iscsi::memory::IoMemory::new(s.io_memory_max)),
                 ..ConnConfig::default()

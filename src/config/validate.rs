@@ -83,8 +83,9 @@ impl Config {
         if s.workers > MAX_WORKERS {
             problems.push(format!("server.workers: at most {MAX_WORKERS} (0: half the CPUs)"));
         }
-        if s.nop_interval_secs == 0 || s.nop_timeout_secs == 0 {
-            problems.push("server.nop_interval_secs / nop_timeout_secs: must be at least 1".into());
+        if s.nop_interval_secs == 0 || s.nop_timeout_secs == 0 || s.data_out_timeout_secs == 0 {
+            problems
+                .push("server.nop_interval_secs / nop_timeout_secs / data_out_timeout_secs: must be at least 1".into());
         }
         if s.max_transfer_bytes < 65536 {
             problems.push("server.max_transfer_bytes: must be at least 65536".into());

@@ -28,6 +28,10 @@ pub struct ConnConfig {
     pub nop_interval: Duration,
     /// Time without any PDU from the initiator after a ping before the connection is dropped.
     pub nop_timeout: Duration,
+    /// Time the initiator may send no Data-Out while data it was asked for (R2T) is due: the
+    /// solicited command's reservation is held meanwhile, so this bounds how long a client
+    /// can pin buffer memory by not sending what it promised.
+    pub data_out_timeout: Duration,
     /// Largest expected data transfer length of one command.
     pub max_transfer_bytes: u32,
     /// Bytes of command data (read and write buffers) the connection may hold at once.
@@ -42,6 +46,7 @@ impl Default for ConnConfig {
             queue_depth: 128,
             nop_interval: Duration::from_secs(30),
             nop_timeout: Duration::from_secs(90),
+            data_out_timeout: Duration::from_secs(30),
             max_transfer_bytes: 64 << 20,
             buffer_budget: 256 << 20,
             memory: Arc::new(IoMemory::default()),
@@ -85,6 +90,8 @@ pub struct Exec {
 pub enum CloseReason {
     Logout,
     NopTimeout,
+    /// Write data asked for with R2Ts did not come within the data-out timeout.
+    DataOutTimeout,
     ProtocolError(String),
     /// The connection itself went: the peer closed it, or a read or write on it failed.
     ConnectionLost(String),
@@ -296,6 +303,13 @@ pub struct Connection {
     text_out: Option<TextOut>,
     last_rx: Duration,
     ping: Option<(u32, Duration)>,
+    /// Data-Out PDUs received so far.
+    data_outs: u64,
+    /// An R2T went out since the last tick (which then looks for data due).
+    solicited: bool,
+    /// While solicited data is due: the count of Data-Outs when a tick first saw the wait,
+    /// and when ([`Connection::check_data_out_wait`]).
+    data_out_wait: Option<(u64, Duration)>,
     closing: bool,
     out: Vec<Output>,
     /// MaxCmdSN last sent to the initiator.
@@ -343,6 +357,9 @@ impl Connection {
             text_out: None,
             last_rx: now,
             ping: None,
+            data_outs: 0,
+            solicited: false,
+            data_out_wait: None,
             closing: false,
             out: Vec::new(),
             advertised_max_cmd_sn,
@@ -493,6 +510,7 @@ impl Connection {
         match &pdu.bhs {
             Bhs::DataOut(d) => {
                 let d = *d;
+                self.data_outs += 1;
                 self.on_data_out(&d, pdu.data);
                 return;
             }
@@ -533,7 +551,8 @@ impl Connection {
                     let held = if self.new_task(&pdu, false) { Held::Task(itt) } else { Held::Aborted };
                     self.window.hold(cmd_sn, held);
                 } else {
-                    self.window.hold(cmd_sn, Held::Pdu(Box::new(pdu)));
+                    let held = self.hold_pdu(pdu);
+                    self.window.hold(cmd_sn, held);
                 }
             }
             Arrival::InOrder => {
@@ -573,11 +592,27 @@ impl Connection {
                 }
                 Held::Pdu(pdu) => {
                     self.window.advance(false);
+                    self.release_budget(pdu.data.len() as u64);
                     self.dispatch_now(*pdu, ctx);
                 }
                 Held::Aborted => self.window.advance(false),
             }
         }
+    }
+
+    /// Holds a PDU other than a SCSI command until its CmdSN turn, its data (a NOP-Out's ping,
+    /// a text request) reserved like a command's, since a window's worth of them is tens of
+    /// MiB. Without room it is rejected and its CmdSN counts as received. (A polite initiator
+    /// never gets here: over one TCP connection its PDUs arrive in CmdSN order.)
+    fn hold_pdu(&mut self, pdu: Pdu) -> Held {
+        let want = pdu.data.len() as u64;
+        if want == 0 || self.reserve_on_arrival(want).is_some() {
+            return Held::Pdu(Box::new(pdu));
+        }
+        let header = pdu.bhs.encode();
+        // "Long Operation Reject": the reason RFC 7143 gives for a target out of resources.
+        self.reject(reject_reason::LONG_OPERATION_REJECT, &header);
+        Held::Aborted
     }
 
     /// Handles a PDU whose turn it is (or an immediate one).
@@ -959,13 +994,51 @@ impl Connection {
 
     /// When the driver should call [`Connection::on_tick`] next.
     pub fn next_deadline(&self) -> Duration {
-        match self.ping {
+        let nop = match self.ping {
             Some((_, sent)) => sent + self.cfg.nop_timeout,
             None => self.last_rx + self.cfg.nop_interval,
+        };
+        // Kept cheap (it runs at every turn of the driver): the tasks are looked at in ticks.
+        match (self.data_out_wait, self.solicited) {
+            (Some((_, since)), _) => nop.min(since + self.cfg.data_out_timeout),
+            // An R2T not yet seen by a tick: tick now to start the clock.
+            (None, true) => nop.min(self.last_rx),
+            (None, false) => nop,
+        }
+    }
+
+    /// Whether data the initiator was asked for (an R2T) has yet to arrive.
+    fn solicited_data_due(&self) -> bool {
+        self.tasks.values().any(|t| t.write.as_ref().is_some_and(|w| !w.r2ts.is_empty()))
+    }
+
+    /// Drops the connection when solicited data is due and no Data-Out came for the timeout.
+    fn check_data_out_wait(&mut self, now: Duration) {
+        self.solicited = false;
+        if !self.solicited_data_due() {
+            self.data_out_wait = None;
+            return;
+        }
+        match self.data_out_wait {
+            Some((seen, since)) if seen == self.data_outs => {
+                if now >= since + self.cfg.data_out_timeout {
+                    tracing::info!(
+                        seconds = self.cfg.data_out_timeout.as_secs(),
+                        "the initiator sent none of the write data it was asked for: closing the connection"
+                    );
+                    self.closing = true;
+                    self.out.push(Output::Close(CloseReason::DataOutTimeout));
+                }
+            }
+            _ => self.data_out_wait = Some((self.data_outs, now)),
         }
     }
 
     pub fn on_tick(&mut self, now: Duration) {
+        if self.closing {
+            return;
+        }
+        self.check_data_out_wait(now);
         if self.closing {
             return;
         }

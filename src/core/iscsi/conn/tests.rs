@@ -640,3 +640,83 @@ fn a_text_request_in_parts_is_gathered_by_its_ttt_and_a_new_one_starts_afresh() 
     assert!(r.fin);
     assert_eq!(text::parse(&data).unwrap()[0], ("TargetName".into(), "iqn.t1".into()));
 }
+
+/// PDUs held behind a CmdSN gap keep their data: a NOP-Out's ping data is reserved from the
+/// budget and the process-wide pool like a command's, refused (Reject, its CmdSN counted) when
+/// there is no room, and given back when its turn comes. A hostile client held 32 MiB a
+/// connection this way, outside every bound.
+#[test]
+fn data_of_pdus_held_behind_a_gap_counts_against_the_pool() {
+    let memory = Arc::new(IoMemory::new(8192));
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    let ping = |itt, cmd_sn| Pdu::with_data(NopOut { itt, cmd_sn, ..Default::default() }, Bytes::from(vec![7u8; 4096]));
+    for (itt, sn) in [(1u32, 101u32), (2, 102)] {
+        assert!(feed(&mut c, ping(itt, sn)).is_empty(), "held for CmdSN 100");
+    }
+    assert_eq!(memory.used(), 8192, "both pings' data reserved");
+    let out = feed(&mut c, ping(3, 103));
+    assert!(
+        matches!(sent(&out).as_slice(), [p] if matches!(p.bhs, Bhs::Reject(Reject { reason: reject_reason::LONG_OPERATION_REJECT, .. })))
+    );
+    assert_eq!(memory.used(), 8192, "the third refused, not kept");
+    let out = feed(&mut c, Pdu::new(NopOut { itt: 4, cmd_sn: 100, ..Default::default() }));
+    let echoed: Vec<(u32, usize)> = sent(&out)
+        .iter()
+        .filter_map(|p| match p.bhs {
+            Bhs::NopIn(n) => Some((n.itt, p.data.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(echoed, vec![(4, 0), (1, 4096), (2, 4096)]);
+    assert_eq!(c.exp_cmd_sn(), 104, "the refused ping's CmdSN counted as received");
+    assert_eq!(memory.used(), 0);
+}
+
+/// A client that was asked for write data (R2T) and sends none is dropped after the data-out
+/// timeout, answering pings or not: the write's reservation would otherwise be held for as
+/// long as it likes (a hostile client pinned the whole pool with 16 such writes). One that
+/// keeps sending, however slowly, is not.
+#[test]
+fn solicited_data_that_never_comes_ends_the_connection() {
+    let mut p = params();
+    p.initial_r2t = true;
+    p.immediate_data = false;
+    let cfg = ConnConfig {
+        queue_depth: 8,
+        nop_interval: Duration::from_secs(5),
+        data_out_timeout: Duration::from_secs(30),
+        ..ConnConfig::default()
+    };
+    let mut c = Connection::new(p, SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    let at = |s: u64| Duration::from_secs(s);
+    c.on_pdu(Pdu::new(cmd(1, 100, false, true, 16384, 0x2a)), at(1), &Ctx);
+    let out = c.drain();
+    let Some(Bhs::R2t(r2t)) = sent(&out).first().map(|p| p.bhs) else { panic!("{out:?}") };
+    // Slow but steady: a Data-Out every 20 s keeps it open.
+    let mut now = 1;
+    for (n, offset) in [0u32, 4096, 8192].into_iter().enumerate() {
+        while now < 21 + 20 * n as u64 {
+            now += 1;
+            if c.next_deadline() <= at(now) {
+                c.on_tick(at(now));
+            }
+        }
+        let d = DataOut { itt: 1, ttt: r2t.ttt, buffer_offset: offset, data_sn: n as u32, ..Default::default() };
+        c.on_pdu(Pdu::with_data(d, Bytes::from(vec![1u8; 4096])), at(now), &Ctx);
+        assert!(!c.is_closing(), "closed at {now} s though data keeps coming");
+    }
+    // Then silence, but every ping answered.
+    let closed_at = loop {
+        now += 1;
+        assert!(now < 200, "never closed");
+        c.on_pdu(Pdu::new(NopOut { itt: RESERVED_TAG, ttt: 7, ..Default::default() }), at(now), &Ctx);
+        if c.next_deadline() <= at(now) {
+            c.on_tick(at(now));
+        }
+        if c.drain().iter().any(|o| matches!(o, Output::Close(CloseReason::DataOutTimeout))) {
+            break now;
+        }
+    };
+    assert!((91..=121).contains(&closed_at), "closed {} s after the last Data-Out", closed_at - 61);
+}
