@@ -28,9 +28,11 @@ pub struct ConnConfig {
     pub nop_interval: Duration,
     /// Time without any PDU from the initiator after a ping before the connection is dropped.
     pub nop_timeout: Duration,
-    /// Time the initiator may send no Data-Out while data it was asked for (R2T) is due: the
-    /// solicited command's reservation is held meanwhile, so this bounds how long a client
-    /// can pin buffer memory by not sending what it promised.
+    /// Time the initiator may leave the target waiting for what it owes: Data-Out for data it
+    /// was asked for (R2T), or the command that fills a gap in its CmdSNs. What waits holds
+    /// its reservation meanwhile, so this bounds how long a client can pin buffer memory by
+    /// not sending what it promised. (A polite initiator never leaves a gap: over one TCP
+    /// connection its commands arrive in order.)
     pub data_out_timeout: Duration,
     /// Largest expected data transfer length of one command.
     pub max_transfer_bytes: u32,
@@ -90,8 +92,9 @@ pub struct Exec {
 pub enum CloseReason {
     Logout,
     NopTimeout,
-    /// Write data asked for with R2Ts did not come within the data-out timeout.
-    DataOutTimeout,
+    /// Write data asked for with R2Ts, or a command filling a CmdSN gap, did not come within
+    /// the data-out timeout.
+    OwedInputTimeout,
     ProtocolError(String),
     /// The connection itself went: the peer closed it, or a read or write on it failed.
     ConnectionLost(String),
@@ -268,6 +271,13 @@ enum Held {
     Aborted,
 }
 
+/// How far the initiator has come with what it owes (see [`ConnConfig::data_out_timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InputProgress {
+    data_outs: u64,
+    exp_cmd_sn: u32,
+}
+
 /// Long text responses, sent in pieces as the initiator asks for more.
 #[derive(Debug)]
 struct TextOut {
@@ -305,11 +315,12 @@ pub struct Connection {
     ping: Option<(u32, Duration)>,
     /// Data-Out PDUs received so far.
     data_outs: u64,
-    /// An R2T went out since the last tick (which then looks for data due).
-    solicited: bool,
-    /// While solicited data is due: the count of Data-Outs when a tick first saw the wait,
-    /// and when ([`Connection::check_data_out_wait`]).
-    data_out_wait: Option<(u64, Duration)>,
+    /// An R2T went out, or a PDU was held behind a CmdSN gap, since the last tick (which
+    /// then looks at what the initiator owes).
+    owing: bool,
+    /// While the initiator owes input: its progress when a tick first saw the wait, and when
+    /// ([`Connection::check_owed_input`]).
+    owed_input_wait: Option<(InputProgress, Duration)>,
     closing: bool,
     out: Vec<Output>,
     /// MaxCmdSN last sent to the initiator.
@@ -358,8 +369,8 @@ impl Connection {
             last_rx: now,
             ping: None,
             data_outs: 0,
-            solicited: false,
-            data_out_wait: None,
+            owing: false,
+            owed_input_wait: None,
             closing: false,
             out: Vec::new(),
             advertised_max_cmd_sn,
@@ -554,6 +565,7 @@ impl Connection {
                     let held = self.hold_pdu(pdu);
                     self.window.hold(cmd_sn, held);
                 }
+                self.owing = true;
             }
             Arrival::InOrder => {
                 match &pdu.bhs {
@@ -999,38 +1011,41 @@ impl Connection {
             None => self.last_rx + self.cfg.nop_interval,
         };
         // Kept cheap (it runs at every turn of the driver): the tasks are looked at in ticks.
-        match (self.data_out_wait, self.solicited) {
+        match (self.owed_input_wait, self.owing) {
             (Some((_, since)), _) => nop.min(since + self.cfg.data_out_timeout),
-            // An R2T not yet seen by a tick: tick now to start the clock.
+            // A debt not yet seen by a tick: tick now to start the clock.
             (None, true) => nop.min(self.last_rx),
             (None, false) => nop,
         }
     }
 
-    /// Whether data the initiator was asked for (an R2T) has yet to arrive.
-    fn solicited_data_due(&self) -> bool {
-        self.tasks.values().any(|t| t.write.as_ref().is_some_and(|w| !w.r2ts.is_empty()))
+    /// Whether the initiator owes input: data it was asked for (an R2T) has yet to arrive, or
+    /// PDUs wait behind a gap in its CmdSNs.
+    fn owes_input(&self) -> bool {
+        self.window.holds_any() || self.tasks.values().any(|t| t.write.as_ref().is_some_and(|w| !w.r2ts.is_empty()))
     }
 
-    /// Drops the connection when solicited data is due and no Data-Out came for the timeout.
-    fn check_data_out_wait(&mut self, now: Duration) {
-        self.solicited = false;
-        if !self.solicited_data_due() {
-            self.data_out_wait = None;
+    /// Drops the connection when the initiator has owed input for the timeout without sending
+    /// any of it.
+    fn check_owed_input(&mut self, now: Duration) {
+        self.owing = false;
+        if !self.owes_input() {
+            self.owed_input_wait = None;
             return;
         }
-        match self.data_out_wait {
-            Some((seen, since)) if seen == self.data_outs => {
+        let progress = InputProgress { data_outs: self.data_outs, exp_cmd_sn: self.window.exp_cmd_sn() };
+        match self.owed_input_wait {
+            Some((seen, since)) if seen == progress => {
                 if now >= since + self.cfg.data_out_timeout {
                     tracing::info!(
                         seconds = self.cfg.data_out_timeout.as_secs(),
-                        "the initiator sent none of the write data it was asked for: closing the connection"
+                        "the initiator sent none of the write data it was asked for, or left a gap in its CmdSNs: closing the connection"
                     );
                     self.closing = true;
-                    self.out.push(Output::Close(CloseReason::DataOutTimeout));
+                    self.out.push(Output::Close(CloseReason::OwedInputTimeout));
                 }
             }
-            _ => self.data_out_wait = Some((self.data_outs, now)),
+            _ => self.owed_input_wait = Some((progress, now)),
         }
     }
 
@@ -1038,7 +1053,7 @@ impl Connection {
         if self.closing {
             return;
         }
-        self.check_data_out_wait(now);
+        self.check_owed_input(now);
         if self.closing {
             return;
         }

@@ -81,6 +81,11 @@ impl<T> CmdWindow<T> {
         }
     }
 
+    /// Whether anything waits behind a gap in the CmdSNs.
+    pub fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// The held item whose turn has come, if any.
     pub fn next_held(&mut self) -> Option<T> {
         self.held.remove(&self.exp_cmd_sn)

@@ -100,7 +100,7 @@ impl Connection {
             let ttt = self.alloc_ttt();
             let w = self.tasks.get_mut(&itt).expect("task").write.as_mut().expect("write task");
             w.r2ts.push(R2tSeq { ttt, end: offset + len, next_offset: offset, next_data_sn: 0 });
-            self.solicited = true;
+            self.owing = true;
             let r2t = R2t {
                 lun,
                 itt,

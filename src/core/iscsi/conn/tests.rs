@@ -714,9 +714,37 @@ fn solicited_data_that_never_comes_ends_the_connection() {
         if c.next_deadline() <= at(now) {
             c.on_tick(at(now));
         }
-        if c.drain().iter().any(|o| matches!(o, Output::Close(CloseReason::DataOutTimeout))) {
+        if c.drain().iter().any(|o| matches!(o, Output::Close(CloseReason::OwedInputTimeout))) {
             break now;
         }
     };
     assert!((91..=121).contains(&closed_at), "closed {} s after the last Data-Out", closed_at - 61);
+}
+
+/// A gap in the CmdSNs that is never filled ends the connection after the same timeout: what
+/// waits behind it holds its reservation (a hostile client parked a window of 256 KiB pings
+/// behind one and answered every ping).
+#[test]
+fn a_cmd_sn_gap_never_filled_ends_the_connection() {
+    let cfg = ConnConfig { queue_depth: 8, data_out_timeout: Duration::from_secs(30), ..ConnConfig::default() };
+    let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
+    let at = Duration::from_secs;
+    c.on_pdu(
+        Pdu::with_data(NopOut { itt: 1, cmd_sn: 101, ..Default::default() }, Bytes::from(vec![7u8; 4096])),
+        at(1),
+        &Ctx,
+    );
+    let mut now = 1;
+    let closed_at = loop {
+        now += 1;
+        assert!(now < 200, "never closed");
+        c.on_pdu(Pdu::new(NopOut { itt: RESERVED_TAG, ttt: 7, ..Default::default() }), at(now), &Ctx);
+        if c.next_deadline() <= at(now) {
+            c.on_tick(at(now));
+        }
+        if c.drain().iter().any(|o| matches!(o, Output::Close(CloseReason::OwedInputTimeout))) {
+            break now;
+        }
+    };
+    assert!((31..=61).contains(&closed_at), "closed at {closed_at} s");
 }
