@@ -170,6 +170,11 @@ impl Negotiator {
     /// Answers one request's worth of offers (authentication keys are the login's, see
     /// `chap.rs`). Declarative keys are recorded and not answered.
     pub fn respond(&mut self, offers: &[(String, String)]) -> Result<Vec<(String, String)>, NegotiationError> {
+        // What is irrelevant depends on the kind of session, which the first request declares
+        // among the very keys it answers.
+        if self.kind.is_none() && offers.iter().any(|(k, v)| k == "SessionType" && v == "Discovery") {
+            self.kind = Some(SessionKind::Discovery);
+        }
         let mut out = Vec::new();
         for (key, value) in offers {
             if let Some(reply) = self.respond_one(key, value)? {
@@ -454,6 +459,12 @@ mod tests {
         let out = n.respond(&offers(&[("MaxBurstLength", "262144"), ("HeaderDigest", "None")])).unwrap();
         assert_eq!(out[0].1, "Irrelevant");
         assert_eq!(out[1].1, "None");
+        // Declared in the same request as the keys it makes irrelevant.
+        let mut n = Negotiator::new(TargetLimits::default());
+        let out = n
+            .respond(&offers(&[("MaxBurstLength", "262144"), ("SessionType", "Discovery"), ("InitialR2T", "No")]))
+            .unwrap();
+        assert_eq!(out, offers(&[("MaxBurstLength", "Irrelevant"), ("InitialR2T", "Irrelevant")]));
     }
 
     #[test]
