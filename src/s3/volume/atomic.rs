@@ -24,18 +24,19 @@ impl S3Volume {
         if data.is_empty() {
             return Ok(());
         }
-        self.may_serve("an atomic write").await?;
+        let deadline = self.command_deadline();
+        self.may_serve_by("an atomic write", deadline).await?;
         if crate::mutants::active(crate::mutants::Mutant::AtomicWriteWithoutItsLog) {
-            self.write_within_limit(offset, &data).await?;
-            return self.flush_all().await;
+            self.write_within_limit(offset, &data, deadline).await?;
+            return self.flush_all_by(deadline).await;
         }
         // From its room until the copy (after its log): a snapshot has all of it or none.
         let _gate = self.snapshot_gate.read().await;
         let (first, last) = (offset / self.chunk_size, (offset + data.len() as u64 - 1) / self.chunk_size);
         let chunks: Vec<u64> = (first..=last).collect();
-        self.wait_for_room(offset, data.len() as u64).await?;
+        self.wait_for_room(offset, data.len() as u64, deadline).await?;
         let _claim = self.claim(&chunks).await;
-        self.patiently("an atomic write", || self.log_whole(offset, &data, &chunks)).await?;
+        self.patiently_by("an atomic write", deadline, || self.log_whole(offset, &data, &chunks)).await?;
         self.copy_write(&mut self.cache(), offset, &data);
         Ok(())
     }

@@ -29,6 +29,7 @@ pub mod manifest;
 pub(super) mod merge;
 mod meta_edit;
 mod patience;
+use patience::Deadline;
 mod read;
 mod recovery;
 mod room;
@@ -941,13 +942,18 @@ impl S3Volume {
     /// lapsed unless in a failover pair (there the command waits for a renewal, up to its
     /// deadline, then NOT READY).
     pub(super) async fn may_serve(&self, what: &str) -> StoreResult<()> {
+        self.may_serve_by(what, self.command_deadline()).await
+    }
+
+    /// [`S3Volume::may_serve`] within a command's deadline.
+    async fn may_serve_by(&self, what: &str, deadline: Deadline) -> StoreResult<()> {
         if self.serves_lapsed() {
             return self.lease.check_held(what);
         }
         if self.lease.check(what).is_ok() {
             return Ok(());
         }
-        self.patiently(what, || async { self.lease.check(what) }).await
+        self.patiently_by(what, deadline, || async { self.lease.check(what) }).await
     }
 
     // ---- writes ----
@@ -964,12 +970,13 @@ impl S3Volume {
 
     async fn write_impl(&self, offset: u64, data: Bytes, fua: bool) -> StoreResult<()> {
         self.whole_blocks(offset, data.len() as u64).map_err(StoreError::Write)?;
-        self.may_serve("write").await?;
-        self.write_within_limit(offset, &data).await?;
+        let deadline = self.command_deadline();
+        self.may_serve_by("write", deadline).await?;
+        self.write_within_limit(offset, &data, deadline).await?;
         if fua || !self.write_back.load(Ordering::Relaxed) {
             // FUA (and write-through): this write and every one acknowledged before it are
             // durable on return.
-            return self.flush_all().await;
+            return self.flush_all_by(deadline).await;
         }
         Ok(())
     }
@@ -1064,9 +1071,14 @@ impl S3Volume {
     /// SYNCHRONIZE CACHE: every write acknowledged before the call is durable on success.
     /// A background flush failure since the last call is reported here, once.
     async fn flush_all(&self) -> StoreResult<()> {
-        self.may_serve("SYNCHRONIZE CACHE").await?;
+        self.flush_all_by(self.command_deadline()).await
+    }
+
+    /// [`S3Volume::flush_all`] within a command's deadline.
+    async fn flush_all_by(&self, deadline: Deadline) -> StoreResult<()> {
+        self.may_serve_by("SYNCHRONIZE CACHE", deadline).await?;
         let wanted = self.cache().writes;
-        self.patiently("SYNCHRONIZE CACHE", || self.make_durable(wanted)).await?;
+        self.patiently_by("SYNCHRONIZE CACHE", deadline, || self.make_durable(wanted)).await?;
         // Taken only by a flush that succeeded: one that failed leaves it to the next.
         let sticky = self.sticky_error.lock().expect("poisoned").take();
         match sticky {

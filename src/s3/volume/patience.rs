@@ -16,16 +16,37 @@ use crate::storage::{StoreError, StoreResult};
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
+/// When a command stops waiting for the store and answers NOT READY: one for the whole
+/// command, however many waits it goes through (a FUA write waits for the lease, for room in
+/// the cache and for its flush: 20 s each took it to 40 s, past Linux's 30 s command timeout).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deadline(Duration);
+
 impl S3Volume {
-    /// Runs `attempt` until it succeeds, fails for good, or `what`'s deadline passes. An
-    /// attempt still running at the deadline is dropped (every path of the volume tolerates
-    /// a dropped request: its effect may or may not land).
-    pub(super) async fn patiently<T, F, Fut>(&self, what: &str, mut attempt: F) -> StoreResult<T>
+    /// The deadline of a command starting now.
+    pub(super) fn command_deadline(&self) -> Deadline {
+        Deadline(self.clock.now() + self.opts.command_deadline)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or a deadline of its own passes (see
+    /// [`S3Volume::patiently_by`]).
+    pub(super) async fn patiently<T, F, Fut>(&self, what: &str, attempt: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let deadline = self.clock.now() + self.opts.command_deadline;
+        self.patiently_by(what, self.command_deadline(), attempt).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `deadline` passes. An attempt
+    /// still running at the deadline is dropped (every path of the volume tolerates a dropped
+    /// request: its effect may or may not land).
+    pub(super) async fn patiently_by<T, F, Fut>(&self, what: &str, deadline: Deadline, mut attempt: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let Deadline(deadline) = deadline;
         let mut pause = FIRST_PAUSE;
         loop {
             let outcome = tokio::select! {

@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 
 use super::cache::{Cache, PAGE};
+use super::patience::Deadline;
 use super::{MERGE_PARALLEL, S3Volume, Waiting};
 use crate::storage::StoreResult;
 
@@ -17,17 +18,17 @@ impl S3Volume {
     /// dirty chunks under pressure. The check and the copy happen under one lock, so concurrent
     /// writes cannot overshoot together. (A write bigger than the whole cache goes in once the
     /// cache is empty.) While the store is away, the write waits for room until its deadline.
-    pub(super) async fn write_within_limit(&self, offset: u64, data: &[u8]) -> StoreResult<()> {
-        self.within_limit(offset, data.len() as u64, Some(data)).await
+    pub(super) async fn write_within_limit(&self, offset: u64, data: &[u8], deadline: Deadline) -> StoreResult<()> {
+        self.within_limit(offset, data.len() as u64, Some(data), deadline).await
     }
 
     /// Waits, as a write would, until `len` bytes at `offset` fit, without taking the room: an
     /// atomic write makes its room before it claims its chunks (room merges may need them).
-    pub(super) async fn wait_for_room(&self, offset: u64, len: u64) -> StoreResult<()> {
-        self.within_limit(offset, len, None).await
+    pub(super) async fn wait_for_room(&self, offset: u64, len: u64, deadline: Deadline) -> StoreResult<()> {
+        self.within_limit(offset, len, None, deadline).await
     }
 
-    async fn within_limit(&self, offset: u64, len: u64, data: Option<&[u8]>) -> StoreResult<()> {
+    async fn within_limit(&self, offset: u64, len: u64, data: Option<&[u8]>, deadline: Deadline) -> StoreResult<()> {
         // Pages the write may allocate: every page it touches, in every chunk it spans.
         let pieces = (offset + len).div_ceil(self.chunk_size) - offset / self.chunk_size;
         let need = len.div_ceil(PAGE as u64) * PAGE as u64 + pieces * PAGE as u64;
@@ -38,7 +39,7 @@ impl S3Volume {
             return Ok(());
         }
         let _waiting = Waiting::count(&self.room_waiters);
-        self.patiently("a write waiting for room in the cache", || async {
+        self.patiently_by("a write waiting for room in the cache", deadline, || async {
             let _turn = self.room_turn.lock().await;
             self.make_room_and_write(need, offset, data).await
         })

@@ -84,3 +84,40 @@ async fn with_barging_writes_some_writer_waits_far_longer() {
     let (longest, _) = random_writes(&v, 64, 32, 100).await;
     assert!(longest > 2 * IN_TURN, "the longest wait was {longest:?}");
 }
+
+/// A FUA write that waits for room and then for its flush has one deadline for both: it
+/// answers NOT READY by its deadline, not after one wait's worth each (seen: 40 s against a
+/// 20 s deadline during an outage, past Linux's 30 s command timeout).
+#[tokio::test(start_paused = true)]
+async fn a_fua_write_waiting_for_room_then_its_flush_keeps_one_deadline() {
+    let h = Harness::new();
+    let deadline = Duration::from_secs(2);
+    let opts = VolumeOptions {
+        cache_bytes: 2 * CHUNK_64K + 6 * 1024,
+        command_deadline: deadline,
+        ..h.options(CHUNK_64K, 8, "a")
+    };
+    let v = h.open_with(opts).await.unwrap();
+    // The cache full of dirty data (two chunks fit, with room for their pages' slack but not
+    // for one more write), its merges stuck, and no log can be written.
+    let chunks = url().key(format::CHUNKS_DIR);
+    h.mem.hold(&chunks);
+    h.mem.hold(&url().key(format::LOG_DIR));
+    for c in 0..2 {
+        v.write(c * CHUNK_64K, Bytes::from(vec![1u8; CHUNK_64K as usize]), false).await.unwrap();
+    }
+    let started = tokio::time::Instant::now();
+    let write = tokio::spawn({
+        let v = v.clone();
+        async move { v.write(2 * CHUNK_64K, Bytes::from(vec![2u8; 4096]), true).await }
+    });
+    // Room comes late in the write's deadline (the merges land); the flush finds the store
+    // still refusing logs.
+    tokio::time::sleep(deadline * 3 / 4).await;
+    h.mem.release(&chunks);
+    let outcome = write.await.unwrap();
+    assert!(matches!(outcome, Err(StoreError::NotReady(_))), "{outcome:?}");
+    let took = started.elapsed();
+    assert!(took <= deadline + Duration::from_millis(100), "NOT READY after {took:?}");
+    h.mem.release_all();
+}
