@@ -29,7 +29,7 @@ pub struct Faults {
     pub lost_request: f64,
     /// Refuse mutations for good (like an access denied): determinate, not retryable.
     pub reject_writes: f64,
-    /// Every GET and PUT takes this long (a store at a distance).
+    /// Every GET, PUT and DELETE (and DeleteObjects) takes this long (a store at a distance).
     pub latency: std::time::Duration,
     /// A GET's answer arrives up to this long (uniformly) after it read the object: what it
     /// returns may have been replaced meanwhile, as with any store at a distance.
@@ -137,6 +137,13 @@ impl MemObjectStore {
     /// GETs that read their object and wait to answer.
     pub fn answers_waiting(&self) -> usize {
         self.lock().answers_waiting
+    }
+
+    /// Lets go of the requests held under `prefix` by [`MemObjectStore::hold`] (others stay
+    /// held).
+    pub fn release(&self, prefix: &str) {
+        self.lock().held.retain(|p| p != prefix);
+        self.released.notify_waiters();
     }
 
     pub fn release_all(&self) {
@@ -336,12 +343,15 @@ impl ObjectStore for MemObjectStore {
         let key = key.to_string();
         Box::pin(async move {
             self.wait_if_held(&key).await;
+            self.wait_latency().await;
             self.delete_sync(&key)
         })
     }
 
     fn delete_many(&self, keys: Vec<String>) -> BoxFuture<'_, ObjResult<DeleteResults>> {
         Box::pin(async move {
+            // One request, one round trip, however many keys.
+            self.wait_latency().await;
             let mut out = Vec::new();
             for k in keys {
                 self.wait_if_held(&k).await;

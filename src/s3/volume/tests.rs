@@ -1005,6 +1005,27 @@ async fn a_backlog_of_settled_logs_is_deleted_without_waiting_for_the_round() {
     assert!(log_objects(&h).await.is_empty(), "a backlog does not wait for the round");
 }
 
+/// Settled logs go a thousand to a request: deleted one at a time, 300 of them held the log
+/// lock for 300 round trips (6 s at 20 ms), and FUA writes and SYNCHRONIZE CACHE waited that
+/// long (seen against moto 20-50 ms away: a minute of NOT READY after each merge).
+#[tokio::test(start_paused = true)]
+async fn settled_logs_are_deleted_together() {
+    let h = Harness::new();
+    let v = h.open(8 * 1024, 4, "a").await.unwrap();
+    for i in 0..300 {
+        v.write(0, block(i as u8), true).await.unwrap();
+    }
+    h.mem.set_faults(Faults { latency: Duration::from_millis(20), ..Faults::default() });
+    v.merge_chunks(&[0]).await.unwrap();
+    let started = tokio::time::Instant::now();
+    v.delete_settled_logs().await.unwrap();
+    let took = started.elapsed();
+    assert!(log_objects(&h).await.is_empty());
+    // The metadata's floor (a GET and a PUT) and one DeleteObjects; a background round may
+    // have been under way.
+    assert!(took <= Duration::from_millis(200), "deleting 300 settled logs took {took:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_log_landing_again_after_a_clean_close_is_not_replayed() {
     a_log_landing_again_after(async |_, v, _| {
