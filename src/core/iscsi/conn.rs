@@ -976,10 +976,7 @@ impl Connection {
         if !task.immediate && task.delivered {
             self.window.complete();
         }
-        self.budget_queue.retain(|&i| i != itt);
-        if task.budget > 0 {
-            self.release_budget(task.budget);
-        }
+        self.release_task_budget(itt, task.budget);
         let mut ready = Vec::new();
         for (i, tmf) in self.tmfs.iter_mut().enumerate() {
             if tmf.waiting_on.remove(&itt) && tmf.waiting_on.is_empty() {

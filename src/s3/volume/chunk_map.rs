@@ -235,9 +235,9 @@ impl S3Volume {
         result.map(|_| ())
     }
 
-    /// Deletes `keys` (each of a chunk) in batches; a key already gone is deleted. Answers in
-    /// the order asked.
-    async fn delete_keys(&self, keys: Vec<(u64, String)>) -> Result<Deletions, ObjectError> {
+    /// Deletes `keys` (each labelled: a chunk's index, a log's sequence number) in batches of
+    /// [`SWEEP_BATCH`]; a key already gone is deleted. Answers in the order asked.
+    pub(super) async fn delete_keys(&self, keys: Vec<(u64, String)>) -> Result<Deletions, ObjectError> {
         let mut out = Vec::with_capacity(keys.len());
         for batch in keys.chunks(SWEEP_BATCH) {
             let names: Vec<String> = batch.iter().map(|(_, k)| k.clone()).collect();

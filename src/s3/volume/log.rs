@@ -2,7 +2,7 @@
 //! sequence order; the oldest logs whose chunks are all settled are deleted together (the
 //! settled floor raised first, so what is left of them after a crash is never replayed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,14 +12,12 @@ use super::cache::{Bits, Cache, LogInfo};
 use super::format::{self, LogBuilder, Record};
 use super::{LOG_BYTES_MAX, S3Volume, store_err};
 use crate::s3::{Condition, ObjectError};
-use crate::storage::{StoreError, StoreResult};
+use crate::storage::StoreResult;
 
 /// The background deletes settled logs at most this often (each deletion PUTs the metadata)...
 pub(super) const LOG_DELETE_INTERVAL: Duration = Duration::from_secs(5);
 /// ... unless this many settled logs wait.
 pub(super) const LOG_DELETE_BACKLOG: usize = 64;
-/// Logs deleted by one request (S3's DeleteObjects takes up to 1000 keys).
-const LOG_DELETE_BATCH: usize = 1000;
 
 /// Where a new log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,7 +245,7 @@ impl S3Volume {
 
     /// Deletes the oldest logs whose chunks are all settled, wherever their copies are. The
     /// settled floor goes up first, so the order of the deletes does not matter: a log below it
-    /// is never replayed. They go a thousand to a request, the log lock held (so no log is
+    /// is never replayed. They go a thousand to a request (`delete_keys`), the log lock held (so no log is
     /// written meanwhile): one at a time, a store 40 ms away took a minute over 700 of them,
     /// and every FUA write and SYNCHRONIZE CACHE waited out its deadline.
     pub(super) async fn delete_settled_logs(&self) -> StoreResult<()> {
@@ -266,8 +264,22 @@ impl S3Volume {
             // the next open must not replay it over what was written since.
             self.raise_settled_floor(last + 1).await?;
         }
-        let in_store: Vec<u64> = settled.iter().filter(|(_, in_store, _)| *in_store).map(|(seq, ..)| *seq).collect();
-        let (gone, failed) = self.delete_logs_from_store(&in_store).await;
+        let in_store: Vec<(u64, String)> = settled
+            .iter()
+            .filter(|(_, in_store, _)| *in_store)
+            .map(|&(seq, ..)| (seq, format::log_key(&self.url, seq)))
+            .collect();
+        let mut failed = None;
+        let gone: BTreeSet<u64> = (self.delete_keys(in_store).await.map_err(|e| store_err(e, true))?)
+            .into_iter()
+            .filter_map(|(seq, deleted)| match deleted {
+                Ok(()) => Some(seq),
+                Err(e) => {
+                    failed.get_or_insert(store_err(e, true));
+                    None
+                }
+            })
+            .collect();
         // A journal copy goes once its store copy is gone (or if it had none).
         let gone_from_store = |&(seq, in_store, _): &(u64, bool, bool)| !in_store || gone.contains(&seq);
         let journaled: Vec<u64> = settled.iter().filter(|s| s.2 && gone_from_store(s)).map(|(seq, ..)| *seq).collect();
@@ -282,35 +294,6 @@ impl S3Volume {
         drop(cache);
         failed.map_or(Ok(()), Err)?;
         journal_result
-    }
-
-    /// Deletes the store copies of logs `seqs` in batches: the ones gone (a log already gone
-    /// is), and the first failure.
-    async fn delete_logs_from_store(&self, seqs: &[u64]) -> (BTreeSet<u64>, Option<StoreError>) {
-        let mut gone = BTreeSet::new();
-        for batch in seqs.chunks(LOG_DELETE_BATCH) {
-            let keys: Vec<String> = batch.iter().map(|&seq| format::log_key(&self.url, seq)).collect();
-            let mut results: BTreeMap<String, Result<(), ObjectError>> =
-                match self.store.delete_many(keys.clone()).await {
-                    Ok(results) => results.into_iter().collect(),
-                    Err(e) => return (gone, Some(store_err(e, true))),
-                };
-            let mut failed = None;
-            for (&seq, key) in batch.iter().zip(keys) {
-                match results.remove(&key).unwrap_or_else(|| Err(ObjectError::failed(format!("{key}: no answer")))) {
-                    Ok(()) | Err(ObjectError::NotFound) => {
-                        gone.insert(seq);
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(store_err(e, true));
-                    }
-                }
-            }
-            if failed.is_some() {
-                return (gone, failed);
-            }
-        }
-        (gone, None)
     }
 }
 

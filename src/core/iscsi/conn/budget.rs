@@ -56,6 +56,13 @@ impl Connection {
         taken
     }
 
+    /// Takes a task out of the queue for budget and gives back what it held (then the tasks
+    /// queued behind it may start).
+    pub(super) fn release_task_budget(&mut self, itt: u32, budget: u64) {
+        self.budget_queue.retain(|&i| i != itt);
+        self.release_budget(budget);
+    }
+
     pub(super) fn release_budget(&mut self, amount: u64) {
         let amount = amount.min(self.budget_used);
         self.budget_used -= amount;

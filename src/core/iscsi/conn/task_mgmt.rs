@@ -25,13 +25,12 @@ impl Connection {
         running
     }
 
-    /// Gives back an aborted task's budget and data, and takes it out of the queue for budget.
+    /// Gives back an aborted task's budget and data.
     fn drop_holdings(&mut self, itt: u32) {
         let Some(task) = self.tasks.get_mut(&itt) else { return };
         let budget = std::mem::take(&mut task.budget);
         task.write = None;
-        self.budget_queue.retain(|&i| i != itt);
-        self.release_budget(budget);
+        self.release_task_budget(itt, budget);
     }
 
     /// Aborts this connection's tasks on a LUN because another session reset it.
