@@ -249,7 +249,8 @@ pub struct ServerConfig {
     pub nop_interval_secs: u64,
     /// Seconds without an answer after a ping before the connection is dropped.
     pub nop_timeout_secs: u64,
-    /// Seconds a connection asked for write data (R2T) may send none before it is dropped.
+    /// Seconds a connection may leave the target waiting for what it owes (write data asked for
+    /// with an R2T, a command filling a CmdSN gap) before it is dropped.
     pub data_out_timeout_secs: u64,
     /// Largest transfer of one command, in bytes.
     pub max_transfer_bytes: u32,
