@@ -344,6 +344,10 @@ impl Login {
         let transit = success && req.transit && !cont && !self.holding;
         let stat_sn = self.stat_sn;
         self.stat_sn = self.stat_sn.wrapping_add(1);
+        if transit {
+            // The next stage has begun: a request back in the one it left is an initiator error.
+            self.stage = req.nsg;
+        }
         let exp_cmd_sn = req.cmd_sn;
         Pdu::with_data(
             LoginResponse {
@@ -511,6 +515,20 @@ mod tests {
         let Step::Reply(_) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
         let step = login.on_request(&req(1, 3, true), b"TargetName=iqn.2026-11.org.example:disk\0", &mut ctx);
         assert!(matches!(step, Step::Complete(..)), "{step:?}");
+    }
+
+    /// Once a transit is answered, the stage left is over (RFC 7143 §6.3).
+    #[test]
+    fn a_request_back_in_a_stage_already_left_fails() {
+        let mut ctx = Ctx::default();
+        let mut login = Login::new(TargetLimits::default(), 32);
+        let mut data = INITIATOR.to_vec();
+        data.extend_from_slice(b"TargetName=iqn.2026-11.org.example:disk\0AuthMethod=None\0");
+        let Step::Reply(p) = login.on_request(&req(0, 1, true), &data, &mut ctx) else { panic!() };
+        assert!(resp(&p).0.transit);
+        let step = login.on_request(&req(0, 1, true), b"", &mut ctx);
+        let Step::Fail(p) = step else { panic!("{step:?}") };
+        assert_eq!((resp(&p).0.status_class, resp(&p).0.status_detail), login_status::INITIATOR_ERROR);
     }
 
     fn chap_ctx() -> Ctx {

@@ -149,6 +149,11 @@ const NORMAL_ONLY: &[&str] = &[
     "DataSequenceInOrder",
 ];
 
+/// Keys that declare rather than negotiate: recorded, not answered.
+fn is_declarative(key: &str) -> bool {
+    matches!(key, "InitiatorName" | "InitiatorAlias" | "TargetName" | "SessionType" | "MaxRecvDataSegmentLength")
+}
+
 impl Negotiator {
     pub fn new(limits: TargetLimits) -> Self {
         let mut params = Params::rfc_defaults();
@@ -176,7 +181,13 @@ impl Negotiator {
             self.kind = Some(SessionKind::Discovery);
         }
         let mut out = Vec::new();
+        let mut declared_here = BTreeSet::new();
         for (key, value) in offers {
+            // A declaration may come again in a later request (checked to be the same there)
+            // but not twice in one: which of the two would count is anyone's guess (§6.2).
+            if is_declarative(key) && !declared_here.insert(key.as_str()) {
+                return Err(NegotiationError::InitiatorError(format!("key {key} declared twice in one request")));
+            }
             if let Some(reply) = self.respond_one(key, value)? {
                 out.push((key.clone(), reply));
             }
@@ -216,11 +227,7 @@ impl Negotiator {
     }
 
     fn respond_one(&mut self, key: &str, value: &str) -> Result<Option<String>, NegotiationError> {
-        let declarative = matches!(
-            key,
-            "InitiatorName" | "InitiatorAlias" | "TargetName" | "SessionType" | "MaxRecvDataSegmentLength"
-        );
-        if !declarative && !key.starts_with("CHAP_") && !self.answered.insert(key.to_string()) {
+        if !is_declarative(key) && !key.starts_with("CHAP_") && !self.answered.insert(key.to_string()) {
             return Err(NegotiationError::InitiatorError(format!("key {key} offered twice")));
         }
         let discovery = self.kind == Some(SessionKind::Discovery);
@@ -492,6 +499,20 @@ mod tests {
             n.respond(&offers(&[("MaxBurstLength", "262144")])),
             Err(NegotiationError::InitiatorError(_))
         ));
+    }
+
+    #[test]
+    fn a_declaration_twice_in_one_request_is_an_initiator_error() {
+        let mut n = normal();
+        let twice =
+            offers(&[("InitiatorName", "iqn.2026-12.org.example:a"), ("InitiatorName", "iqn.2026-12.org.example:b")]);
+        assert!(matches!(n.respond(&twice), Err(NegotiationError::InitiatorError(_))));
+        // Once per request is fine, in later requests too (their sameness is the login's check).
+        let mut n = normal();
+        let once =
+            offers(&[("InitiatorName", "iqn.2026-12.org.example:a"), ("TargetName", "iqn.2026-12.org.example:t")]);
+        n.respond(&once).unwrap();
+        n.respond(&once).unwrap();
     }
 
     #[test]
