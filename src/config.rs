@@ -263,6 +263,10 @@ pub struct ServerConfig {
     /// Bytes of command data and unwritten responses all connections together may hold;
     /// beyond it commands wait (initiators see their window stall), memory does not grow.
     pub io_memory_max: u64,
+    /// The most of `io_memory_max` the connections from one address may hold together, so
+    /// one client cannot stall all others; unset: half of `io_memory_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_memory_per_address_max: Option<u64>,
     /// Connections at once, in total and from one address; logins in progress at once.
     pub max_connections: u32,
     pub max_connections_per_address: u32,
@@ -279,6 +283,11 @@ pub struct ServerConfig {
 pub const MAX_WORKERS: u32 = 1024;
 
 impl ServerConfig {
+    /// What the connections of one address may hold of the I/O memory pool.
+    pub fn io_memory_per_address_max(&self) -> u64 {
+        self.io_memory_per_address_max.unwrap_or(self.io_memory_max / 2)
+    }
+
     /// The runtime's worker threads: `workers`, or half of `cpus` (at least one) when 0.
     ///
     /// Why not one per CPU, tokio's default: a connection that busy-polls puts its task back in
@@ -318,6 +327,7 @@ impl Default for ServerConfig {
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             workers: 0,
             io_memory_max: crate::iscsi::memory::DEFAULT_IO_MEMORY,
+            io_memory_per_address_max: None,
             max_connections: admission.connections,
             max_connections_per_address: admission.connections_per_address,
             max_logins_in_progress: admission.logins_in_progress,
@@ -726,7 +736,11 @@ impl Config {
                 nop_timeout: Duration::from_secs(s.nop_timeout_secs),
                 data_out_timeout: Duration::from_secs(s.data_out_timeout_secs),
                 max_transfer_bytes: s.max_transfer_bytes,
-                memory: Arc::new(crate::iscsi::memory::IoMemory::new(s.io_memory_max)),
+                memory: Arc::new(crate::iscsi::memory::IoMemory::with_share(
+                    s.io_memory_max,
+                    s.io_memory_per_address_max(),
+                ))
+                .unshared(),
                 ..ConnConfig::default()
             },
             busy_poll: Duration::from_micros(s.busy_poll_us),

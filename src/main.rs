@@ -591,7 +591,7 @@ async fn run(file: Config, overrides: Overrides, path: PathBuf) -> Result<(), St
     }
     let registry = Arc::new(Registry::new());
     let server = Arc::new(Server::new(TokioNet, Arc::new(TokioClock::new()), registry.clone(), config.settings()));
-    tokio::spawn(return_memory_after_spikes(server.settings.conn.memory.clone()));
+    tokio::spawn(return_memory_after_spikes(server.settings.conn.memory.pool().clone()));
     // Bind the API first: a port in use is found before any volume is opened.
     let token = config.api.token.clone().or_else(|| std::env::var("RTGT_API_TOKEN").ok().filter(|t| !t.is_empty()));
     let api_listener = match config.api.address() {

@@ -55,7 +55,12 @@ async fn raw_login(addr: SocketAddr, initiator: &str, isid: u64) -> Raw {
 
 /// Logs in by hand, offering `offers` besides the names.
 async fn raw_login_with(addr: SocketAddr, initiator: &str, isid: u64, offers: &[(&str, &str)]) -> Raw {
-    let mut raw = Raw { stream: TcpStream::connect(addr).await.unwrap(), buf: bytes::BytesMut::new() };
+    raw_login_on(TcpStream::connect(addr).await.unwrap(), initiator, isid, offers).await
+}
+
+/// Logs in by hand on a connected stream.
+async fn raw_login_on(stream: TcpStream, initiator: &str, isid: u64, offers: &[(&str, &str)]) -> Raw {
+    let mut raw = Raw { stream, buf: bytes::BytesMut::new() };
     let mut keys = vec![("InitiatorName", initiator), ("TargetName", TARGET)];
     keys.extend_from_slice(offers);
     let keys = pdu::text::encode(&keys);
@@ -161,7 +166,7 @@ async fn reads_with_tiny_expected_lengths_allocate_what_they_deliver() {
 #[tokio::test]
 async fn a_client_that_never_reads_is_bounded_then_dropped() {
     let t = start(memory_config("io_memory_max = 67108864\nnop_timeout_secs = 2\nnop_interval_secs = 1")).await;
-    let memory = t.server.settings.conn.memory.clone();
+    let memory = t.server.settings.conn.memory.pool().clone();
     let mut raw = raw_login(t.addr, "iqn.2026-12.dev.rtgt:sink", 1).await;
     let mut burst = Vec::new();
     for i in 0..128u32 {
@@ -257,14 +262,67 @@ async fn a_connection_flood_is_bounded() {
     until("all released", || t.server.admission.counts() == (0, 0)).await;
 }
 
+/// WRITE(16) of `blocks` at LBA 0 of LUN 1 with no data: the target asks for it (R2T).
+fn write16_solicited(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x8a;
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    let len = blocks * 512;
+    let cmd = pdu::ScsiCommand {
+        fin: true,
+        write: true,
+        lun: encode_lun(1),
+        itt,
+        expected_data_len: len,
+        cmd_sn,
+        cdb,
+        ..Default::default()
+    };
+    Pdu::new(cmd).encode(Digests::default()).to_vec()
+}
+
+/// One address cannot take the whole I/O memory pool, however much it asks for: a client at
+/// 127.0.0.2 announces 16 MiB of writes and never sends their data, which would hold the
+/// whole 16 MiB pool until the data-out timeout; it gets its half (8 writes asked for), and
+/// a client at 127.0.0.1 is served meanwhile.
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_the_pool() {
+    let t = start(memory_config("io_memory_max = 16777216\nmax_transfer_bytes = 1048576")).await;
+    let pool = t.server.settings.conn.memory.pool().clone();
+    let hoarder = connect_from("127.0.0.2", t.addr).await;
+    let mut hoarder = raw_login_on(hoarder, "iqn.2026-12.dev.rtgt:hoarder", 1, &[]).await;
+    let hoarders_share = pool.account_for("127.0.0.2".parse().unwrap());
+    let mut burst = Vec::new();
+    for i in 0..16u32 {
+        burst.extend(write16_solicited(i + 1, i + 1, 2048));
+    }
+    hoarder.send(&burst).await;
+    let mut asked = 0;
+    while asked < 8 {
+        if let Bhs::R2t(_) = hoarder.next().await.expect("an R2T").bhs {
+            asked += 1;
+        }
+    }
+    until("the hoarder's share to be held", || hoarders_share.held() == 8 * MIB).await;
+    let s = t.ready_session(9).await;
+    let data = s.read(1, 0, 2048, 512).await.unwrap();
+    assert_eq!(data.len(), MIB as usize);
+    assert_eq!(hoarders_share.held(), 8 * MIB, "served while the hoarder still holds its share, and no more");
+    s.logout().await.unwrap();
+    drop(hoarder);
+    until("all released", || pool.used() == 0).await;
+}
+
 /// Unsolicited data arrives whether or not there is room for it. 127 writes bring 256 KiB of
 /// immediate data each (32 MiB) and are held behind a CmdSN gap, so none runs: what is kept of
 /// their data stays within the 4 MiB pool, the writes beyond it are answered TASK SET FULL
 /// (which initiators retry), and the others run once the gap is filled.
 #[tokio::test]
 async fn unsolicited_data_beyond_the_pool_is_refused_not_buffered() {
-    let t = start(memory_config("io_memory_max = 4194304\nmax_transfer_bytes = 1048576")).await;
-    let memory = t.server.settings.conn.memory.clone();
+    // One client: its address may use the whole pool.
+    let config = "io_memory_max = 4194304\nio_memory_per_address_max = 4194304\nmax_transfer_bytes = 1048576";
+    let t = start(memory_config(config)).await;
+    let memory = t.server.settings.conn.memory.pool().clone();
     let offers = [
         ("InitialR2T", "No"),
         ("ImmediateData", "Yes"),
@@ -360,7 +418,7 @@ impl BlockStore for HangingReads {
 #[tokio::test]
 async fn reads_of_a_vanished_initiator_are_cancelled() {
     let t = start(memory_config("")).await;
-    let memory = t.server.settings.conn.memory.clone();
+    let memory = t.server.settings.conn.memory.pool().clone();
     let (started, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let store = HangingReads { started: started.clone(), dropped: dropped.clone() };
     let lu = LogicalUnit::new(Arc::new(store), LuConfig::new(512, LuIdentity::derived("hanging"))).unwrap();

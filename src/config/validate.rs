@@ -108,6 +108,14 @@ impl Config {
         if s.io_memory_max < s.max_transfer_bytes as u64 {
             problems.push("server.io_memory_max: must hold at least one transfer (max_transfer_bytes)".into());
         }
+        if s.io_memory_per_address_max
+            .is_some_and(|share| share < s.max_transfer_bytes as u64 || share > s.io_memory_max)
+        {
+            problems.push(
+                "server.io_memory_per_address_max: must hold at least one transfer (max_transfer_bytes) and at most io_memory_max"
+                    .into(),
+            );
+        }
         for (field, v) in [
             ("max_connections", s.max_connections),
             ("max_connections_per_address", s.max_connections_per_address),

@@ -16,8 +16,9 @@ use super::Settings;
 use super::admission::Admitted;
 use super::registry::{Control, NewSession, RegisterError, Registry, SessionEntry, SessionHandle, TargetEntry};
 use crate::clock::Clock;
-use crate::iscsi::conn::{CloseReason, ConnContext, Connection, Output, TargetRecord};
+use crate::iscsi::conn::{CloseReason, ConnConfig, ConnContext, Connection, Output, TargetRecord};
 use crate::iscsi::login::{Authorization, Login, LoginContext, LoginOutcome, Step};
+use crate::iscsi::memory::MemoryAccount;
 use crate::iscsi::params::SessionKind;
 use crate::pdu::{Bhs, Digests, Limits, login_status};
 use crate::scsi::{Nexus, Request, Response, Sense, asc, decode_lun, key};
@@ -264,6 +265,8 @@ impl ConnContext for FfpCtx<'_> {
 
 struct FullFeature {
     conn: Connection,
+    /// The connection's account of the I/O memory pool (its unwritten responses count too).
+    memory: MemoryAccount,
     handle: SessionHandle,
     target: Option<Arc<TargetEntry>>,
     nexus: Option<Arc<Nexus>>,
@@ -289,7 +292,7 @@ struct FullFeature {
 
 impl Drop for FullFeature {
     fn drop(&mut self) {
-        self.settings.conn.memory.release(self.unwritten_charged);
+        self.memory.release(self.unwritten_charged);
         self.hold_poller_slot(false);
     }
 }
@@ -304,13 +307,15 @@ impl FullFeature {
         settings: Arc<Settings>,
         clock: Arc<dyn Clock>,
     ) -> FullFeature {
+        // Its reservations count against its address's share of the pool.
+        let memory = settings.conn.memory.pool().account_for(endpoint.peer.ip());
         let conn = Connection::new(
             outcome.params.clone(),
             outcome.kind,
             outcome.cid,
             outcome.exp_cmd_sn,
             outcome.stat_sn,
-            settings.conn.clone(),
+            ConnConfig { memory: memory.clone(), ..settings.conn.clone() },
             clock.now(),
         );
         let nexus = match (&target, outcome.kind) {
@@ -325,6 +330,7 @@ impl FullFeature {
         };
         FullFeature {
             conn,
+            memory,
             handle,
             target,
             nexus,
@@ -375,8 +381,8 @@ impl FullFeature {
         // Busy polling: until this instant the task keeps the runtime polling sockets instead
         // of sleeping (see `Settings::busy_poll`).
         let mut poll_until = Duration::ZERO;
-        // The process-wide I/O memory pool, cloned once (not on every iteration).
-        let memory = self.settings.conn.memory.clone();
+        // The connection's account of the I/O memory pool, cloned once (not on every iteration).
+        let memory = self.memory.clone();
         // Responses waiting for the socket, and when it last took any: a client that stops
         // reading is dropped after the NOP timeout, releasing what its responses hold.
         let (mut last_pending, mut last_written, mut write_progress_at) = (0, 0, self.clock.now());
@@ -504,7 +510,7 @@ impl FullFeature {
     /// Keeps the responses waiting for the socket charged to the process-wide I/O memory pool
     /// (a client that does not read holds them).
     fn charge_unwritten(&mut self, pending: u64) {
-        let memory = &self.settings.conn.memory;
+        let memory = &self.memory;
         // Every loop iteration calls this: touch the shared pool only when something changed.
         if pending == self.unwritten_charged {
             return;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::memory::IoMemory;
+use super::memory::{IoMemory, MemoryAccount};
 use super::params::{Params, SessionKind};
 use super::window::{Arrival, CmdWindow};
 use crate::pdu::*;
@@ -38,8 +38,9 @@ pub struct ConnConfig {
     pub max_transfer_bytes: u32,
     /// Bytes of command data (read and write buffers) the connection may hold at once.
     pub buffer_budget: u64,
-    /// The process-wide pool every connection's command data is also reserved from.
-    pub memory: Arc<IoMemory>,
+    /// The process-wide pool every connection's command data is also reserved from, through
+    /// the account of the connection's source address.
+    pub memory: MemoryAccount,
 }
 
 impl Default for ConnConfig {
@@ -51,7 +52,7 @@ impl Default for ConnConfig {
             data_out_timeout: Duration::from_secs(30),
             max_transfer_bytes: 64 << 20,
             buffer_budget: 256 << 20,
-            memory: Arc::new(IoMemory::default()),
+            memory: Arc::new(IoMemory::default()).unshared(),
         }
     }
 }

@@ -414,7 +414,7 @@ fn budget_bounds_buffered_data() {
 #[test]
 fn unsolicited_data_without_room_is_refused_and_not_kept() {
     let memory = Arc::new(IoMemory::new(8192));
-    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.unshared(), ..ConnConfig::default() };
     let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
     // Held behind a CmdSN gap (100 is missing), so nothing runs and nothing is released.
     for (itt, sn) in [(1u32, 101u32), (2, 102), (3, 103)] {
@@ -586,7 +586,7 @@ fn statuses_the_initiator_has_not_acknowledged_are_counted_by_its_exp_stat_sn() 
 #[test]
 fn a_write_aborted_before_its_turn_gives_back_its_reservation() {
     let memory = Arc::new(IoMemory::new(1 << 20));
-    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.unshared(), ..ConnConfig::default() };
     let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
     // CmdSN 100 is missing: the write (with unsolicited data, so reserved on arrival) waits.
     let mut write = cmd(1, 101, false, true, 64 << 10, 0x2a);
@@ -648,7 +648,7 @@ fn a_text_request_in_parts_is_gathered_by_its_ttt_and_a_new_one_starts_afresh() 
 #[test]
 fn data_of_pdus_held_behind_a_gap_counts_against_the_pool() {
     let memory = Arc::new(IoMemory::new(8192));
-    let cfg = ConnConfig { queue_depth: 8, memory: memory.clone(), ..ConnConfig::default() };
+    let cfg = ConnConfig { queue_depth: 8, memory: memory.unshared(), ..ConnConfig::default() };
     let mut c = Connection::new(params(), SessionKind::Normal, 0, 100, 500, cfg, Duration::ZERO);
     let ping = |itt, cmd_sn| Pdu::with_data(NopOut { itt, cmd_sn, ..Default::default() }, Bytes::from(vec![7u8; 4096]));
     for (itt, sn) in [(1u32, 101u32), (2, 102)] {
