@@ -20,7 +20,37 @@ pub fn updated_text(old: &str, config: &Config) -> String {
     let meant = Config::from_toml(old).map(|c| c.to_toml()).unwrap_or_default();
     let meant = meant.parse::<DocumentMut>().unwrap_or_default();
     merge_table(doc.as_table_mut(), Some(meant.as_table()), new.as_table());
-    doc.to_string()
+    let merged = doc.to_string();
+    // The file must say exactly what runs: should the merge ever get it wrong, the plain
+    // serialization (comments and layout lost) is better than a file that will not load.
+    match Config::from_toml(&merged) {
+        Ok(read_back) if read_back == *config => merged,
+        _ => {
+            tracing::warn!("the configuration file could not keep its layout: rewritten whole");
+            fresh
+        }
+    }
+}
+
+/// An item of the fresh serialization, without its place in that document: written into the
+/// file's document, a table goes after the tables before it there (a new target after the
+/// last LUN of the one before it), not at its place in the other document.
+fn unplaced(item: &Item) -> Item {
+    match item {
+        Item::Table(t) => Item::Table(unplaced_table(t)),
+        Item::ArrayOfTables(a) => Item::ArrayOfTables(a.iter().map(unplaced_table).collect()),
+        other => other.clone(),
+    }
+}
+
+fn unplaced_table(table: &Table) -> Table {
+    let mut out = Table::new();
+    out.set_implicit(table.is_implicit());
+    *out.decor_mut() = table.decor().clone();
+    for (key, item) in table.iter() {
+        out.insert(key, unplaced(item));
+    }
+    out
 }
 
 /// The key that names an element of an array of tables, by the array's key.
@@ -47,7 +77,7 @@ fn merge_table(old: &mut Table, meant: Option<&Table>, new: &Table) {
             // Left out of the file, and the change is not to it: still left out.
             None if meant_item.is_some_and(|m| same_item(m, item)) => {}
             None => {
-                old.insert(key, item.clone());
+                old.insert(key, unplaced(item));
             }
         }
     }
@@ -60,7 +90,7 @@ fn merge_item(key: &str, old: &mut Item, meant: Option<&Item>, new: &Item) {
             merge_array(key, o, meant.and_then(Item::as_array_of_tables), n)
         }
         (Item::Value(o), Item::Value(n)) => merge_value(o, n),
-        (o, n) => *o = n.clone(),
+        (o, n) => *o = unplaced(n),
     }
 }
 
@@ -118,7 +148,7 @@ fn merge_array(key: &str, old: &mut ArrayOfTables, meant: Option<&ArrayOfTables>
                 merge_table(&mut o, meant_table, n);
                 o
             }
-            None => n.clone(),
+            None => unplaced_table(n),
         };
         table.set_implicit(false);
         merged.push(table);
@@ -174,6 +204,31 @@ size = "16MiB"
         assert!(text.contains("size = \"128MiB\"   # grows with the data"), "{text}");
         assert!(!text.contains("Scratch space") && !text.contains("16MiB"), "LUN 1 is gone:\n{text}");
         assert_eq!(Config::from_toml(&text).unwrap(), config, "the file holds the new configuration:\n{text}");
+    }
+
+    /// A new target goes after the last LUN of the one before it: written at its place in the
+    /// fresh serialization, it landed between them and took their LUNs (seen: a file that
+    /// would not load, "duplicate key `lun`").
+    #[test]
+    fn a_new_target_or_lun_goes_after_what_is_there() {
+        let file = format!(
+            "[server]\ndata_dir = \"/var/lib/rtgt\"\n\n[api]\nlisten = \"127.0.0.1:3261\"\n\n[embedded_s3]\nlisten = \"off\"\n\n{FILE}"
+        );
+        let mut config = Config::from_toml(&file).unwrap();
+        config.targets.push(crate::config::TargetConfig::new("iqn.2026-12.org.example:new"));
+        let text = updated_text(&file, &config);
+        assert_eq!(Config::from_toml(&text).unwrap(), config, "{text}");
+        assert!(text.contains("# Scratch space."), "the layout is kept:\n{text}");
+        let mut added = crate::config::LunConfig::new(0, crate::config::Backend::Memory);
+        added.size = Some(crate::config::Size(8 << 20));
+        config.targets[1].luns.push(added);
+        config.targets.push(crate::config::TargetConfig::new("iqn.2026-12.org.example:third"));
+        let text = updated_text(&text, &config);
+        assert_eq!(Config::from_toml(&text).unwrap(), config, "{text}");
+        config.targets[0].luns.clear();
+        let text = updated_text(&text, &config);
+        assert_eq!(Config::from_toml(&text).unwrap(), config, "{text}");
+        assert!(text.contains("# rtgt on the storage box."), "the layout is kept:\n{text}");
     }
 
     #[test]
