@@ -295,6 +295,54 @@ async fn reload_applies_the_edited_file_and_portals_follow_the_api() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A change applies whole or not at all: a reload whose file adds a LUN that opens and one
+/// that does not adds neither (it added the first and kept the file's edit out of what the
+/// next API change saved), and the API then refuses changes that would write over the
+/// refused edit until a reload succeeds. A portal group whose second portal cannot bind is
+/// not created (its first portal listened, and was saved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_fails_in_part_is_not_applied_at_all() {
+    let (dir, config, _portal, api_port) = setup("whole");
+    let lun = |n: u16, backend: &str| format!("\n[[target.lun]]\nlun = {n}\n{backend}\nsize = \"4MiB\"\n");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!("\n[[target]]\nname = \"{TARGET}\"\n{}", lun(1, "backend = \"memory\"")));
+    std::fs::write(&config, &text).expect("write");
+    let serve = Serve::start(&config, api_port);
+    let served = || serve.get(&format!("/v1/targets/{TARGET}"))["luns"].as_array().unwrap().len();
+
+    let missing = dir.join("missing.img");
+    let refused_edit = format!(
+        "{text}{}{}",
+        lun(2, "backend = \"memory\""),
+        lun(5, &format!("backend = \"file\"\npath = {:?}", missing.display().to_string()))
+    );
+    std::fs::write(&config, &refused_edit).expect("edit");
+    let out = serve.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing of the change was applied"));
+    assert_eq!(served(), 1, "LUN 2 is not served either");
+    refused(&serve.cli(&["lun", "create", TARGET, "6", "--backend", "memory", "--size", "4MiB"]), "reload");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), refused_edit, "the operator's edit is kept");
+
+    std::fs::write(&config, format!("{text}{}", lun(2, "backend = \"memory\""))).expect("fix");
+    ok(&serve.cli(&["reload"]));
+    assert_eq!(served(), 2);
+    ok(&serve.cli(&["lun", "create", TARGET, "6", "--backend", "memory", "--size", "4MiB"]));
+    assert_eq!(served(), 3);
+
+    let saved = std::fs::read_to_string(&config).unwrap();
+    let (free, taken) = (free_port(), api_port);
+    let group = serde_json::json!({"tag": 2, "portals": [format!("127.0.0.1:{free}"), format!("127.0.0.1:{taken}")]});
+    let client = Client::new(&serve.api, Some(serve.token.clone())).expect("client");
+    let reply = client.request("POST", "/v1/portal-groups", Some(&group)).expect("request");
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", free)).is_err(), "the first portal does not listen");
+    assert!(!serve.get("/v1/portal-groups").to_string().contains(&free.to_string()));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), saved, "nothing saved");
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `rtgt serve --listen/--force` last for the run: a change through the API saves the file
 /// without them, and a reload keeps serving with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

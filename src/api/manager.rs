@@ -52,6 +52,9 @@ struct Inner {
     listeners: BTreeMap<(u16, String), JoinHandle<()>>,
     /// At start, LUNs open in the background; how their first attempts went arrives here.
     first_attempts: Option<Vec<FirstAttempt>>,
+    /// A reload was refused: the file holds edits that do not run, which a change through the
+    /// API would overwrite with what runs. Cleared by a reload that succeeds.
+    file_refused: Option<String>,
 }
 
 /// A LUN opening at start (target, LUN) and how its first attempt went.
@@ -95,6 +98,7 @@ impl Manager {
                 file,
                 listeners: BTreeMap::new(),
                 first_attempts: Some(Vec::new()),
+                file_refused: None,
             }),
             registry,
             server,
@@ -138,18 +142,41 @@ impl Manager {
     /// and persists it. Nothing changes when `edit` or validation fails.
     pub async fn change(&self, edit: impl FnOnce(&mut Config) -> Result<(), ChangeError>) -> Result<(), ChangeError> {
         let mut inner = self.inner.lock().await;
+        if let Some(why) = &inner.file_refused {
+            return Err(ChangeError::Conflict(format!(
+                "the configuration file holds edits a reload refused ({why}): fix them and reload, or undo them and \
+                 reload, before changing the target through the API (which would write over them)"
+            )));
+        }
         let mut want = inner.config.clone();
         edit(&mut want)?;
         // What the change adds falls under the run's overrides too (a LUN added under --force).
         let want = self.overrides.apply(&want);
         want.validate().map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
-        let problems = self.reconcile(&mut inner, &want).await;
-        inner.file = self.overrides.strip(&inner.config, &inner.file);
-        let saved = self.persist(&inner.file);
-        if !problems.is_empty() {
-            return Err(ChangeError::Failed(problems.join("; ")));
+        let before = inner.config.clone();
+        let applied = self.apply_whole(&mut inner, &want).await;
+        if inner.config != before {
+            inner.file = self.overrides.strip(&inner.config, &inner.file);
+            self.persist(&inner.file).map_err(ChangeError::Failed)?;
         }
-        saved.map_err(ChangeError::Failed)
+        applied
+    }
+
+    /// Brings what runs to `want`, or, if a step fails (a LUN that does not open, a portal that
+    /// does not bind), back to what ran before: a change applies whole or not at all.
+    async fn apply_whole(&self, inner: &mut Inner, want: &Config) -> Result<(), ChangeError> {
+        let before = inner.config.clone();
+        let problems = self.reconcile(inner, want).await;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let undo = self.reconcile(inner, &before).await;
+        let outcome = match undo.is_empty() {
+            true => "nothing of the change was applied".to_string(),
+            false => format!("undoing the rest of the change failed too: {}", undo.join("; ")),
+        };
+        warn!(problems = %problems.join("; "), "a change failed: {outcome}");
+        Err(ChangeError::Failed(format!("{} ({outcome})", problems.join("; "))))
     }
 
     /// Re-reads the configuration file and applies what changed (SIGHUP, `rtgt reload`).
@@ -157,17 +184,25 @@ impl Manager {
         let Some(path) = &self.path else {
             return Err(ChangeError::Conflict("the target runs without a configuration file".into()));
         };
-        let file = Config::load(path).map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
-        let want = self.overrides.apply(&file);
+        // Read under the lock: a file read before a change through the API saved its own
+        // would undo that change.
         let mut inner = self.inner.lock().await;
-        let problems = self.reconcile(&mut inner, &want).await;
-        inner.file = self.overrides.strip(&inner.config, &file);
-        if problems.is_empty() {
-            info!(path = %path.display(), "configuration reloaded");
-            Ok(())
-        } else {
-            Err(ChangeError::Failed(problems.join("; ")))
+        let refused = |inner: &mut Inner, e: ChangeError| {
+            inner.file_refused = Some(e.to_string());
+            e
+        };
+        let file = match Config::load(path) {
+            Ok(file) => file,
+            Err(e) => return Err(refused(&mut inner, ChangeError::Invalid(e.0.join("; ")))),
+        };
+        let want = self.overrides.apply(&file);
+        if let Err(e) = self.apply_whole(&mut inner, &want).await {
+            return Err(refused(&mut inner, e));
         }
+        inner.file = self.overrides.strip(&inner.config, &file);
+        inner.file_refused = None;
+        info!(path = %path.display(), "configuration reloaded");
+        Ok(())
     }
 
     /// Writes the configuration atomically (a temporary file, fsync, rename, fsync of the
