@@ -1088,6 +1088,9 @@ fn transfer_options(
         force,
         encryption,
         holder: format!("{}/{}/volume-transfer", rtgt::config::hostname(), std::process::id()),
+        // A volume it creates (an import) gets a uuid of its own: the default seed made every
+        // imported volume the same uuid, and volumes sharing a cache_dir shared one journal.
+        seed: rtgt::rng::os_seed(),
         ..Default::default()
     }
 }

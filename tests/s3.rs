@@ -644,6 +644,17 @@ fn a_compressed_volume_round_trips_through_import_and_export() {
     let (ok, text) = rtgt(&["volume", "export", "s3://vols/z", out.to_str().unwrap()]);
     assert!(ok, "{text}");
     assert!(std::fs::read(&out).unwrap() == image, "the export differs from the image");
+
+    // Another import of the same image is another volume, with a uuid of its own (every
+    // import had the same one, and volumes sharing a cache_dir replayed each other's journal).
+    let (ok, text) = rtgt(&["volume", "import", image_path.to_str().unwrap(), "s3://vols/z2"]);
+    assert!(ok, "{text}");
+    let uuid = |url: &str| {
+        let (ok, text) = rtgt(&["volume", "info", url]);
+        assert!(ok, "{text}");
+        text.lines().find(|l| l.trim_start().starts_with("uuid")).unwrap_or_else(|| panic!("{text}")).to_string()
+    };
+    assert_ne!(uuid("s3://vols/z"), uuid("s3://vols/z2"));
 }
 
 /// `len` bytes with data in the first 64 KiB and in 100,000 bytes at 2 MiB, zeros elsewhere.

@@ -291,6 +291,11 @@ pub fn journal_prefix(uuid: &str) -> String {
 }
 
 /// The journal key of log `seq`.
+/// Which volume a journal under this uuid belongs to (its URL): see `S3Volume::claim_journal`.
+pub fn journal_owner_key(uuid: &str) -> String {
+    format!("{uuid}/volume")
+}
+
 pub fn journal_key(uuid: &str, seq: u64) -> String {
     format!("{}{seq:016x}", journal_prefix(uuid))
 }

@@ -281,6 +281,7 @@ impl S3Volume {
             }
             return Ok(JournalFound::Nothing);
         };
+        self.claim_journal(&*journal.store).await?;
         let logs = self.journal_logs(&*journal.store).await?;
         if logs.is_empty() {
             return Ok(JournalFound::Nothing);
@@ -307,6 +308,40 @@ impl S3Volume {
             journal.store.delete(&key).await.map_err(unavailable)?;
         }
         Ok(JournalFound::Nothing)
+    }
+
+    /// A journal is kept under its volume's uuid. Two volumes with one uuid (every volume
+    /// `rtgt volume import` made had the same one until 2026-12-07) sharing a cache_dir would
+    /// write and replay each other's logs: the first to open claims the journal with its URL,
+    /// and another is refused.
+    async fn claim_journal(&self, store: &dyn ObjectStore) -> Result<(), OpenError> {
+        let key = format::journal_owner_key(&self.uuid);
+        let ours = self.url.to_string();
+        let unavailable =
+            |e: ObjectError| OpenError::Unavailable(format!("cannot read the local journal's owner: {e}"));
+        for _ in 0..2 {
+            match store.get(&key, None).await {
+                Ok(out) if out.body == ours.as_bytes() => return Ok(()),
+                Ok(out) => {
+                    return Err(OpenError::Refused(format!(
+                        "{ours}: its uuid {} is also that of {}, whose local journal is in this cache_dir; give one \
+                         of them a cache_dir of its own (volumes imported by rtgt before 2026-12-07 share one uuid)",
+                        self.uuid,
+                        String::from_utf8_lossy(&out.body)
+                    )));
+                }
+                Err(ObjectError::NotFound) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            let claim = bytes::Bytes::from(ours.clone());
+            match store.put(&key, claim, Default::default(), Condition::IfNoneMatch).await {
+                Ok(_) => return Ok(()),
+                // Claimed meanwhile: read whose it is.
+                Err(ObjectError::PreconditionFailed) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(OpenError::Unavailable(format!("cannot claim the local journal {key}")))
     }
 
     /// The journal's logs of this volume: (sequence number, key).

@@ -19,6 +19,11 @@ fn mem_journal() -> (Arc<MemObjectStore>, Arc<dyn ObjectStore>) {
     (mem.clone(), mem)
 }
 
+/// The keys of the journal's logs (set aside or not), without its owner record.
+fn journal_logs(jmem: &MemObjectStore) -> Vec<String> {
+    jmem.objects().into_keys().filter(|k| k.contains("/log/")).collect()
+}
+
 fn store_logs(h: &Harness) -> usize {
     h.mem.objects().keys().filter(|k| k.contains("/log/")).count()
 }
@@ -38,13 +43,13 @@ async fn a_fua_write_is_durable_in_the_journal_while_the_store_is_away() {
     v.flush().await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(10), "waited {:?}", started.elapsed());
     assert_eq!(store_logs(&h), 0, "nothing reached the object store");
-    assert_eq!(jmem.objects().len(), 2, "two journal logs");
+    assert_eq!(journal_logs(&jmem).len(), 2, "two journal logs");
     v.abandon();
     drop(v);
     h.mem.set_faults(Faults::default());
     let again = h.open_with(opts).await.unwrap();
     assert_eq!(again.read(0, 1024).await.unwrap(), [block(7), block(8)].concat());
-    assert_eq!(jmem.objects().len(), 0, "replayed, merged and deleted");
+    assert_eq!(journal_logs(&jmem).len(), 0, "replayed, merged and deleted");
     assert_eq!(store_logs(&h), 0);
 }
 
@@ -60,14 +65,14 @@ async fn a_journal_log_found_below_the_settled_floor_is_deleted_unread() {
     let v = h.open_with(opts.clone()).await.unwrap();
     v.write(0, block(0x11), true).await.unwrap();
     let mut copies = Vec::new();
-    for key in jmem.objects().into_keys() {
+    for key in journal_logs(&jmem) {
         let got = jmem.get(&key, None).await.unwrap();
         copies.push((key, got.body, got.meta.metadata));
     }
     assert!(!copies.is_empty(), "the FUA write is in a journal log");
     v.unmap(0, CHUNK_64K).await.unwrap();
     v.settle_everything().await.unwrap();
-    assert!(jmem.objects().is_empty() && store_logs(&h) == 0, "settled and deleted");
+    assert!(journal_logs(&jmem).is_empty() && store_logs(&h) == 0, "settled and deleted");
     v.abandon();
     drop(v);
     for (key, body, metadata) in copies {
@@ -75,7 +80,7 @@ async fn a_journal_log_found_below_the_settled_floor_is_deleted_unread() {
     }
     let v = h.open_with(opts).await.unwrap();
     assert_eq!(v.read(0, BS as usize).await.unwrap(), vec![0u8; BS as usize], "the settled journal log was replayed");
-    assert!(jmem.objects().is_empty(), "the copy that came back is deleted");
+    assert!(journal_logs(&jmem).is_empty(), "the copy that came back is deleted");
 }
 
 /// The background uploads journal logs and drops their local copies: another node, which sees
@@ -90,7 +95,7 @@ async fn journal_logs_reach_the_store_and_leave_the_journal() {
     }
     assert_eq!(v.counters().journal_writes, 8);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(jmem.objects().len(), 0, "uploaded within a flush interval");
+    assert_eq!(journal_logs(&jmem).len(), 0, "uploaded within a flush interval");
     assert_eq!(v.counters().journal_uploads, 8);
     assert_eq!(store_logs(&h), 8);
     v.abandon();
@@ -119,7 +124,7 @@ async fn a_journal_superseded_by_another_nodes_open_is_set_aside() {
     b.close().await.unwrap();
     let again = h.open_with(opts).await.unwrap();
     assert_eq!(again.read(0, 1024).await.unwrap(), [block(0), block(2)].concat(), "nothing stale replayed");
-    let kept: Vec<String> = jmem.objects().into_keys().collect();
+    let kept = journal_logs(&jmem);
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].contains("/stale-"), "set aside, not deleted: {kept:?}");
     again.write(0, block(3), true).await.unwrap();
@@ -142,6 +147,30 @@ async fn a_full_journal_sends_syncs_to_the_store() {
     v.write(1024, block(3), true).await.unwrap();
     assert_eq!(v.counters().journal_writes, 1);
     assert_eq!(v.counters().logs_written, 2);
+}
+
+/// Two volumes with one uuid (as `rtgt volume import` made them) cannot share a journal: the
+/// second is refused, naming the first, instead of writing and replaying its logs (seen: a
+/// synced write of one volume lost, the other's data in its place, after a crash).
+#[tokio::test(start_paused = true)]
+async fn two_volumes_with_one_uuid_cannot_share_a_journal() {
+    let h = Harness::new();
+    let (jmem, journal) = mem_journal();
+    let a = h.open_with(with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal)).await.unwrap();
+    a.write(0, block(1), true).await.unwrap();
+    let twin = S3Url::parse("s3://bucket/twin").unwrap();
+    let opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal);
+    let err = S3Volume::open(h.mem.clone(), twin.clone(), opts, Arc::new(TokioClock::new())).await.err().unwrap();
+    assert!(matches!(&err, OpenError::Refused(m) if m.contains("s3://bucket/") && m.contains("cache_dir")), "{err}");
+    assert_eq!(journal_logs(&jmem).len(), 1, "the first volume's log is untouched");
+    a.abandon();
+    drop(a);
+    let again = h.open_with(with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &journal)).await.unwrap();
+    assert_eq!(again.read(0, 512).await.unwrap(), block(1), "its owner still opens it and replays it");
+    // With a journal of its own, the twin opens.
+    let (_other, own) = mem_journal();
+    let opts = with_journal(h.options(CHUNK_64K, 4, "a"), "n1", &own);
+    S3Volume::open(h.mem.clone(), twin, opts, Arc::new(TokioClock::new())).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
