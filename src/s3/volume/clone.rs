@@ -55,11 +55,21 @@ pub async fn clone_volume(
     // The record first: a snapshot with a clone is never deleted, and a record left by a
     // clone that was never made only keeps the snapshot (`volume info` shows it).
     let record = format!("{}{}", clones_dir(&parent.key(""), name), meta.uuid);
+    let created = clock.wall().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let stamp = BTreeMap::from([(RECORD_CREATED.to_string(), created.to_string())]);
     store
-        .put(&record, Bytes::from(child.to_string()), BTreeMap::new(), Condition::None)
+        .put(&record, Bytes::from(child.to_string()), stamp, Condition::None)
         .await
         .map_err(|e| failed(format!("cannot record the clone beside {parent}: {e}")))?;
-    match S3Volume::put_new_meta(store, child, meta).await {
+    // Then look again: a deletion of the snapshot or of its volume that began before the
+    // record was there did not see it, and says so before it looks for clones (a marker, the
+    // volume's `deleting`), so one of the two always sees the other.
+    let still_there = snapshot_stays(store, parent, &parent_meta.uuid, name).await;
+    let made = match still_there {
+        Ok(()) => S3Volume::put_new_meta(store, child, meta).await,
+        Err(why) => Err(failed(why)),
+    };
+    match made {
         Ok(meta) => Ok(meta),
         Err(e) => {
             if let Err(undo) = store.delete(&record).await {
@@ -67,6 +77,46 @@ pub async fn clone_volume(
             }
             Err(e)
         }
+    }
+}
+
+/// The metadata key of a clone's record that says when it was made (unix seconds).
+pub(super) const RECORD_CREATED: &str = "created-unix";
+
+/// A record younger than this may be of a clone being made, whose metadata is not there yet.
+const RECORD_GRACE_SECS: u64 = 3600;
+
+/// The marker a snapshot deletion puts before it looks for clones.
+pub(super) fn deleting_marker(prefix: &str, name: &SnapshotName) -> String {
+    format!("{prefix}{SNAPSHOTS_DIR}{name}.deleting")
+}
+
+/// What a deletion's marker holds: its manifest's checksum, so that a marker a deletion cut
+/// short left behind does not stop clones of a later snapshot of the same name.
+pub(super) fn deleting_mark(manifest: &Manifest) -> Bytes {
+    let (_, metadata) = manifest.encode();
+    Bytes::from(metadata.get(super::format::CRC_METADATA).cloned().unwrap_or_default())
+}
+
+/// Whether snapshot `name` of the volume at `parent` (of uuid `uuid`) stays: its volume is
+/// there and not being deleted, its manifest is there and no deletion of it has begun.
+async fn snapshot_stays(
+    store: &dyn ObjectStore,
+    parent: &S3Url,
+    uuid: &str,
+    name: &SnapshotName,
+) -> Result<(), String> {
+    match S3Volume::read_meta(store, parent).await? {
+        Some((meta, _)) if meta.uuid == uuid && !meta.deleting => {}
+        _ => return Err(format!("{parent} is being deleted, or is gone: no clone of it is made")),
+    }
+    let manifest = read_manifest(store, &parent.key(""), uuid, name).await.map_err(|e| e.to_string())?;
+    match store.get(&deleting_marker(&parent.key(""), name), None).await {
+        Ok(marker) if marker.body == deleting_mark(&manifest) => {
+            Err(format!("snapshot {name} of {parent} is being deleted: no clone of it is made"))
+        }
+        Ok(_) | Err(ObjectError::NotFound) => Ok(()),
+        Err(e) => Err(format!("cannot check snapshot {name} of {parent}: {e}")),
     }
 }
 
@@ -107,13 +157,24 @@ pub async fn clones_of(store: &dyn ObjectStore, prefix: &str, name: &SnapshotNam
 /// Deletes the records of clones of the volume at `url` (of uuid `uuid`) that do not exist
 /// (a clone whose creation was cut short, or deleted by hand): they would keep their
 /// snapshots forever. Returns how many went.
-pub async fn forget_missing_clones(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<u64, String> {
+pub async fn forget_missing_clones(
+    store: &dyn ObjectStore,
+    url: &S3Url,
+    uuid: &str,
+    clock: &dyn Clock,
+) -> Result<u64, String> {
+    let now = clock.wall().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let mut forgotten = 0;
     for manifest in super::snapshot::read_manifests(store, url, uuid).await? {
         let dir = clones_dir(&url.key(""), &manifest.name);
         for record in crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))? {
             let clone_uuid = &record.key[dir.len()..];
             let got = store.get(&record.key, None).await.map_err(|e| format!("cannot read {}: {e}", record.key))?;
+            // A clone being made has its record before its metadata: a young record is left.
+            let created = got.meta.metadata.get(RECORD_CREATED).and_then(|t| t.parse::<u64>().ok());
+            if created.is_some_and(|t| now.saturating_sub(t) < RECORD_GRACE_SECS) {
+                continue;
+            }
             let child = String::from_utf8_lossy(&got.body).to_string();
             let exists = match S3Url::parse(&child) {
                 Ok(child) => S3Volume::read_meta(store, &child).await?.is_some_and(|(m, _)| m.uuid == clone_uuid),

@@ -38,15 +38,7 @@ pub async fn delete_volume(
 ) -> Result<Deleted, String> {
     let (meta, _) = super::S3Volume::read_meta(&*store, url).await?.ok_or_else(|| format!("no volume at {url}"))?;
     let snapshots = snapshot_names(&*store, url).await?;
-    for name in &snapshots {
-        let clones = super::clone::clones_of(&*store, &url.key(""), name).await?;
-        if !clones.is_empty() {
-            return Err(format!(
-                "snapshot {name} of {url} has clones (volume uuids {}), which read through to it: delete them first",
-                clones.join(", ")
-            ));
-        }
-    }
+    refuse_if_cloned(&*store, url, &snapshots).await?;
     if !snapshots.is_empty() && !force {
         return Err(format!(
             "{url} has snapshots ({}): delete them first (rtgt volume snapshot delete), or delete them with the \
@@ -68,8 +60,16 @@ pub async fn delete_volume(
         Err(e) => return Err(format!("{url}: {e}")),
     };
     let keeper = tokio::spawn(lease::keep(store.clone(), key.clone(), me, state, taken));
-    let deleted = match mark_deleting(&*store, url).await {
-        Ok(()) => delete_contents(&*store, url).await,
+    let deleted = match mark_deleting(&*store, url, true).await {
+        // Look for clones again once marked: a clone being made looks at the mark after its
+        // record is there, so one of the two sees the other.
+        Ok(()) => match refuse_if_cloned(&*store, url, &snapshot_names(&*store, url).await?).await {
+            Ok(()) => delete_contents(&*store, url).await,
+            Err(e) => {
+                mark_deleting(&*store, url, false).await?;
+                Err(e)
+            }
+        },
         Err(e) => Err(e),
     };
     keeper.abort();
@@ -86,15 +86,30 @@ pub async fn delete_volume(
     Ok(deleted)
 }
 
+/// A volume whose snapshots have clones is not deleted: they read through to it.
+async fn refuse_if_cloned(store: &dyn ObjectStore, url: &S3Url, snapshots: &[SnapshotName]) -> Result<(), String> {
+    for name in snapshots {
+        let clones = super::clone::clones_of(store, &url.key(""), name).await?;
+        if !clones.is_empty() {
+            return Err(format!(
+                "snapshot {name} of {url} has clones (volume uuids {}), which read through to it: delete them first",
+                clones.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Marks the metadata as being deleted before anything goes, so that a deletion cut short
-/// leaves a volume that refuses to open rather than one that reads with chunks missing.
-async fn mark_deleting(store: &dyn ObjectStore, url: &S3Url) -> Result<(), String> {
+/// leaves a volume that refuses to open rather than one that reads with chunks missing
+/// (`deleting` false: takes the mark back, for a deletion refused before anything went).
+async fn mark_deleting(store: &dyn ObjectStore, url: &S3Url, deleting: bool) -> Result<(), String> {
     let (mut meta, etag) =
         super::S3Volume::read_meta(store, url).await?.ok_or_else(|| format!("no volume at {url}"))?;
-    if meta.deleting {
+    if meta.deleting == deleting {
         return Ok(());
     }
-    meta.deleting = true;
+    meta.deleting = deleting;
     let condition = etag.map(crate::s3::Condition::IfMatch).unwrap_or(crate::s3::Condition::None);
     let put = store.put(&url.key(META_NAME), meta.encode(), Default::default(), condition).await;
     put.map(|_| ()).map_err(|e| format!("cannot mark {url} as being deleted (nothing is deleted yet): {e}"))

@@ -226,22 +226,42 @@ impl S3Volume {
     /// Deletes the snapshot `name`: its versions that hold no data now become garbage.
     pub async fn delete_snapshot(&self, name: &SnapshotName) -> Result<(), SnapshotError> {
         self.snapshots_possible()?;
-        if !self.cache().snapshots.contains_key(name) {
+        let Some(manifest) = self.cache().snapshots.get(name).cloned() else {
             return Err(SnapshotError::NotFound { store: self.url.to_string(), name: name.clone() });
-        }
+        };
         self.lease.check("a snapshot deletion").map_err(|e| SnapshotError::Failed(e.to_string()))?;
-        let clones =
-            super::clone::clones_of(&*self.store, &self.url.key(""), name).await.map_err(SnapshotError::Failed)?;
-        if !clones.is_empty() {
-            let (store, name) = (self.url.to_string(), name.clone());
-            return Err(SnapshotError::HasClones { store, name, clones: clones.join(", ") });
-        }
+        // Say so before looking for clones: a clone being made looks for this marker after
+        // its record is there, so one of the two sees the other.
+        let marker = super::clone::deleting_marker(&self.url.key(""), name);
+        let failed = |what: &str, e: ObjectError| SnapshotError::Failed(format!("cannot {what}: {e}"));
+        let body = super::clone::deleting_mark(&manifest);
+        self.store
+            .put(&marker, body, Default::default(), Condition::None)
+            .await
+            .map_err(|e| failed("mark the deletion", e))?;
+        let clones = super::clone::clones_of(&*self.store, &self.url.key(""), name).await;
+        let clones = match clones {
+            Ok(clones) if clones.is_empty() => clones,
+            found => {
+                self.store.delete(&marker).await.map_err(|e| failed("remove the deletion's marker", e))?;
+                let clones = found.map_err(SnapshotError::Failed)?;
+                let (store, name) = (self.url.to_string(), name.clone());
+                return Err(SnapshotError::HasClones { store, name, clones: clones.join(", ") });
+            }
+        };
+        debug_assert!(clones.is_empty());
         // The manifest first: once it is gone, nothing holds the versions.
         match self.store.delete(&Manifest::key(&self.url, name)).await {
             Ok(()) | Err(ObjectError::NotFound) => {}
-            Err(e) => return Err(SnapshotError::Failed(format!("cannot delete the manifest: {e}"))),
+            Err(e) => return Err(failed("delete the manifest", e)),
         }
         self.forget(name);
+        match self.store.delete(&marker).await {
+            Ok(()) | Err(ObjectError::NotFound) => {}
+            Err(e) => {
+                tracing::warn!(volume = %self.url, marker, error = %e, "cannot remove a deleted snapshot's marker")
+            }
+        }
         tracing::info!(volume = %self.url, snapshot = %name, "snapshot deleted");
         Ok(())
     }
