@@ -266,3 +266,52 @@ fn unknown_keys_are_refused() {
 fn embedded_default_is_valid() {
     Config::embedded_default(Path::new("/tmp/rtgt-test")).validate().unwrap();
 }
+
+/// One disk, one configuration entry: two LUNs may not share an identity (multipath would
+/// take them for one disk, and they would share persistent reservations), nor a file under
+/// two names (a hard link), nor may two targets have names that differ only in case.
+#[test]
+fn one_identity_one_file_and_one_name_per_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, link) = (dir.path().join("disk.img"), dir.path().join("link.img"));
+    std::fs::write(&file, vec![0u8; 4096]).unwrap();
+    std::fs::hard_link(&file, &link).unwrap();
+    let text = format!(
+        r#"
+        [[portal_group]]
+        tag = 1
+        portals = ["127.0.0.1:3260"]
+        [[target]]
+        name = "eui.0123456789ABCDEF"
+        [[target.lun]]
+        lun = 0
+        backend = "memory"
+        size = "1MiB"
+        naa = "0x5001405000000001"
+        [[target.lun]]
+        lun = 1
+        backend = "memory"
+        size = "1MiB"
+        naa = "0x5001405000000001"
+        [[target]]
+        name = "eui.0123456789abcdef"
+        [[target.lun]]
+        lun = 0
+        backend = "file"
+        path = {file:?}
+        [[target.lun]]
+        lun = 1
+        backend = "file"
+        path = {link:?}
+        "#
+    );
+    let err = Config::from_toml(&text).unwrap_err().0.join("\n");
+    for expected in [
+        "lun[1] (LUN 1).naa: 0x5001405000000001 is already the identity of target[0]",
+        "target[1] (eui.0123456789abcdef).name: duplicate target name",
+        "lun[1] (LUN 1).path: ",
+        "under another name (a hard link",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in:\n{err}");
+    }
+}

@@ -160,13 +160,17 @@ impl Config {
         }
         let mut names = BTreeSet::new();
         let mut backing: BTreeMap<PathBuf, String> = BTreeMap::new();
+        // A file by device and inode too: a hard link is another path to the same file.
+        let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        let mut identities: BTreeMap<u64, String> = BTreeMap::new();
         let mut volumes: BTreeMap<(String, String), String> = BTreeMap::new();
         for (i, t) in self.targets.iter().enumerate() {
             let at = format!("target[{i}] ({})", t.name);
             if let Err(e) = validate_iscsi_name(&t.name) {
                 problems.push(format!("{at}.name: {e}"));
             }
-            if !names.insert(t.name.clone()) {
+            // iSCSI names compare without case (RFC 3722): initiators may send either.
+            if !names.insert(t.name.to_ascii_lowercase()) {
                 problems.push(format!("{at}.name: duplicate target name"));
             }
             for tag in t.portal_groups.iter().flatten() {
@@ -207,11 +211,27 @@ impl Config {
                         ));
                     }
                 }
+                if let Some(Ok(naa)) = l.naa.as_deref().map(parse_naa)
+                    && let Some(other) = identities.insert(naa, at.clone())
+                {
+                    problems.push(format!(
+                        "{at}.naa: {naa:#018x} is already the identity of {other}; two LUNs with one identity look \
+                         like one disk to multipath and share persistent reservations"
+                    ));
+                }
                 if let Some(path) = self.lun_path(l) {
                     let key = std::fs::canonicalize(&path).unwrap_or(path);
                     if let Some(other) = backing.insert(key.clone(), at.clone()) {
                         problems.push(format!(
                             "{at}.path: {} is already the backing of {other}; two LUNs on one file would corrupt it",
+                            key.display()
+                        ));
+                    } else if let Some(other) =
+                        std::fs::metadata(&key).ok().and_then(|m| inodes.insert(file_id(&m), at.clone()))
+                    {
+                        problems.push(format!(
+                            "{at}.path: {} is the backing of {other} under another name (a hard link, another device \
+                             node); two LUNs on one file would corrupt it",
                             key.display()
                         ));
                     }
@@ -360,6 +380,16 @@ impl Config {
             problems.push("journal_size: only used with durability = \"local\"".into());
         }
         problems
+    }
+}
+
+/// What makes a file one file whatever its name: its device and inode, or for a device node
+/// the device it stands for.
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match m.file_type().is_block_device() || m.file_type().is_char_device() {
+        true => (u64::MAX, m.rdev()),
+        false => (m.dev(), m.ino()),
     }
 }
 
