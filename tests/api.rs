@@ -204,7 +204,12 @@ async fn cli_changes_are_served_persisted_and_validated() {
     // Encryption settings reach the server, which keeps them for S3 volumes.
     let encrypted_file =
         ["lun", "create", TARGET, "9", "--backend", "file", "--path", "e.img", "--size", "8MiB", "--create"];
-    refused(&serve.cli(&[&encrypted_file[..], &["--encryption-key-file", "/k"]].concat()), "only for backend \"s3\"");
+    let key = dir.join("k").display().to_string();
+    refused(&serve.cli(&[&encrypted_file[..], &["--encryption-key-file", &key]].concat()), "only for backend \"s3\"");
+    // Every path a LUN would open stays there too: a journal, a key file.
+    let s3 = ["lun", "create", TARGET, "9", "--backend", "s3", "--url", "s3://rtgt/x", "--size", "8MiB", "--create"];
+    refused(&serve.cli(&[&s3[..], &["--durability", "local", "--cache-dir", "/tmp"]].concat()), "cache_dir: /tmp");
+    refused(&serve.cli(&[&s3[..], &["--encryption-key-file", "/etc/passwd"]].concat()), "encryption_key_file:");
     // LUN files stay under the data directory (or server.allowed_paths); nothing is created.
     for path in ["/etc/passwd", "../escape.img", "/dev/null"] {
         let args = ["lun", "create", TARGET, "2", "--backend", "file", "--path", path, "--size", "1MiB", "--create"];
@@ -512,6 +517,12 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&config).expect("config").permissions().mode() & 0o777, 0o600);
     ok(&serve.cli(&["target", "auth", TARGET, "--none"]));
+    // Through the API, the secret itself: a file: or env: spec would be read on the target's
+    // host, and the refusal would tell the caller about it.
+    let client = Client::new(&serve.api, Some(serve.token.clone())).expect("client");
+    let probe = serde_json::json!({"chap": {"user": "bob", "secret": "file:/etc/passwd"}});
+    let reply = client.request("PUT", &format!("/v1/targets/{TARGET}/auth"), Some(&probe)).expect("request");
+    assert!(reply.status == 400 && reply.body.contains("give the secret itself"), "{}: {}", reply.status, reply.body);
 
     ok(&serve.cli(&["target", "acl", TARGET, "--initiators", "iqn.2026-12.dev.rtgt:someone-else"]));
     assert_eq!(

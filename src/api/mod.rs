@@ -348,6 +348,15 @@ async fn set_auth(
 ) -> ApiResult<Json<TargetView>> {
     let Json(b) = body.map_err(bad_json)?;
     if let Some(chap) = &b.chap {
+        // The secrets themselves: an env: or file: spec would be read on the target's host,
+        // and the answer would tell its caller what is there (a file's length, a variable).
+        for (what, spec) in [("secret", Some(&chap.secret)), ("mutual_secret", chap.mutual_secret.as_ref())] {
+            if spec.is_some_and(|s| s.starts_with("env:") || s.starts_with("file:")) {
+                let why =
+                    format!("chap.{what}: give the secret itself (env: and file: are for the configuration file)");
+                return Err(ApiError(StatusCode::BAD_REQUEST, why));
+            }
+        }
         chap.resolve().map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("chap.{e}")))?;
     }
     edit_target(api, name, |t| t.chap = b.chap).await
@@ -416,8 +425,16 @@ async fn create_lun(
     let lun = l.lun;
     api.manager
         .change(|c| {
-            if let Some(path) = &l.path {
-                paths::check_lun_path(path, &c.data_dir(), &c.server.allowed_paths).map_err(ChangeError::Invalid)?;
+            // Every path the target would open for this LUN, not only its backing.
+            let places = [("path", &l.path), ("cache_dir", &l.cache_dir)]
+                .into_iter()
+                .chain([("encryption_key_file", &l.encryption_key_file)])
+                .chain([("encryption_passphrase_file", &l.encryption_passphrase_file)]);
+            for (field, path) in places {
+                if let Some(path) = path {
+                    paths::check_lun_path(path, &c.data_dir(), &c.server.allowed_paths)
+                        .map_err(|e| ChangeError::Invalid(e.replacen("path:", &format!("{field}:"), 1)))?;
+                }
             }
             let t = target_mut(c, &name)?;
             if t.luns.iter().any(|x| x.lun == l.lun) {
