@@ -348,6 +348,43 @@ async fn a_change_that_fails_in_part_is_not_applied_at_all() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Clients of the API (no token is needed to connect) cannot hold it: connections beyond 128
+/// are closed as they come (seen: 20,000 half-sent requests took every file descriptor, and
+/// the iSCSI portals' accepts failed), and a header not sent whole within 10 s is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_connections_are_bounded_in_number_and_in_time() {
+    use std::io::{Read, Write};
+    let (dir, config, _portal, api_port) = setup("slow");
+    let serve = Serve::start(&config, api_port);
+    let api = format!("127.0.0.1:{api_port}");
+    let mut held = Vec::new();
+    for _ in 0..128 {
+        let mut slow = std::net::TcpStream::connect(&api).expect("connect");
+        slow.write_all(b"GET /v1/health HTTP/1.1\r\n").expect("a part of a header");
+        held.push(slow);
+    }
+    let mut extra = std::net::TcpStream::connect(&api).expect("connect");
+    extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let sent = extra.write_all(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut answer = Vec::new();
+    let read = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "answered beyond the bound ({sent:?}, {read:?}): {}", String::from_utf8_lossy(&answer));
+    // The slow headers are cut off (the server closes them: a read ends), not answered.
+    let mut first = held.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut answer = Vec::new();
+    let read = first.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "{read:?}");
+    let kind = read.as_ref().err().map(std::io::Error::kind);
+    let waited_out = matches!(kind, Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(!waited_out, "closed by the server, not given up on by us: {read:?}");
+    drop(held);
+    let client = Client::new(&serve.api, None).expect("client");
+    assert_eq!(client.request("GET", "/v1/health", None).expect("health").status, 200);
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `rtgt serve --listen/--force` last for the run: a change through the API saves the file
 /// without them, and a reload keeps serving with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ pub mod types;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -129,12 +130,55 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let router = router(manager, token, hosts);
-    if let Some(config) = tls {
-        return tls::serve(listener, router, config).await;
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(API_CONNECTIONS_MAX));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "API connection refused: {API_CONNECTIONS_MAX} open already");
+            continue;
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match acceptor {
+                Some(acceptor) => {
+                    if let Some(tls) = tls::handshake(&acceptor, socket, peer).await {
+                        serve_http(tls, router).await;
+                    }
+                }
+                None => serve_http(socket, router).await,
+            }
+        });
     }
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::error!(error = %e, "the management API stopped");
-    }
+}
+
+/// Connections the API serves at once; one more is closed as it comes, so that clients of the
+/// API (a token is not needed to connect) cannot take the file descriptors the portals need
+/// (seen: 20,000 half-sent requests, and the portals' accepts failed).
+const API_CONNECTIONS_MAX: usize = 128;
+
+/// How long a request's header may take to arrive: a client sending one a byte at a time
+/// does not hold its connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_http<S>(io: S, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
 /// Binds the API, refusing a non-loopback address without a token.
@@ -148,7 +192,10 @@ pub async fn bind(addr: SocketAddr, token: Option<&str>) -> Result<tokio::net::T
 }
 
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    // HTTP/2 names the host in the request's authority, not in a Host header.
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string).or(authority);
+    let host = host.as_deref();
     if let Some(host) = host
         && !api.hosts.admits(host)
     {

@@ -5,10 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -54,21 +50,22 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Serves `router` over TLS until the task is dropped. Each handshake runs on its own task
-/// (bounded by a timeout), so a client that stalls it holds up no one else.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, config: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let Ok((socket, peer)) = listener.accept().await else { continue };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
-            };
-            let service = TowerToHyperService::new(router);
-            let _ = ConnBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
-        });
+/// The TLS handshake of an accepted connection, bounded by a timeout so that a client that
+/// stalls it holds its connection no longer.
+pub async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "API TLS handshake timed out");
+            None
+        }
     }
 }
