@@ -686,6 +686,9 @@ async fn snapshots_of_a_served_volume_are_taken_through_the_api() {
     assert_eq!(names, [serde_json::json!("first")]);
     let missing = client.request("DELETE", &format!("{path}/second"), None).expect("request");
     assert_eq!(missing.status, 404, "{}", missing.body);
+    // A snapshot served as a LUN stays while that LUN does (deleted, every read of it failed).
+    let served = client.request("DELETE", &format!("{path}/first"), None).expect("request");
+    assert!(served.status == 409 && served.body.contains("LUN 2"), "{}: {}", served.status, served.body);
     session.logout().await.expect("logout");
     assert!(serve.stop().success());
 

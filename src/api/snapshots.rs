@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 
 use super::types::{ErrorBody, NewSnapshot};
 use super::{Api, ApiError, ApiResult, Body, LunNumber, TargetName, bad_json, not_found};
+use crate::config::{Config, LunConfig};
 use crate::storage::BlockStore;
 use crate::storage::snapshots::{SnapshotError, SnapshotName, SnapshotSummary};
 
@@ -92,6 +93,21 @@ pub(super) async fn delete_snapshot(
 ) -> ApiResult<StatusCode> {
     let snapshot = SnapshotName::parse(&snapshot).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let store = store_of(&api, &name, lun)?;
+    if let Some(serving) = served_as_lun(&api.manager.config().await, &name, lun, &snapshot) {
+        let why = format!("snapshot {snapshot} is served read-only as {serving}: remove that LUN first");
+        return Err(ApiError(StatusCode::CONFLICT, why));
+    }
     store.snapshots().expect("checked").delete_snapshot(&snapshot).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The LUN of this target that serves `snapshot` of the volume of LUN `lun` of target `name`,
+/// if one does: deleted under it, every read of it would fail.
+fn served_as_lun(config: &Config, name: &str, lun: u16, snapshot: &SnapshotName) -> Option<String> {
+    let volume = config.targets.iter().find(|t| t.name == name)?.luns.iter().find(|l| l.lun == lun)?;
+    let same_volume = |l: &LunConfig| l.url == volume.url && l.endpoint == volume.endpoint;
+    config.targets.iter().find_map(|t| {
+        let l = t.luns.iter().find(|l| same_volume(l) && l.snapshot.as_deref() == Some(snapshot.as_str()))?;
+        Some(format!("LUN {} of {}", l.lun, t.name))
+    })
 }
