@@ -919,9 +919,7 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             let store = s3.store(&url.bucket).await?;
             let volume = open_for_snapshots(store.clone(), &url, key.source()).await?;
             let (swept, left) = volume.collect_garbage().await;
-            let forgotten =
-                rtgt::s3::volume::clone::forget_missing_clones(&*store, &url, &volume.meta().uuid, &TokioClock::new())
-                    .await;
+            let forgotten = rtgt::s3::volume::clone::forget_missing_clones(&*store, &url, &volume.meta().uuid).await;
             volume.close().await.map_err(|e| e.to_string())?;
             println!("{url}: {swept} objects deleted, {left} left, {} records of missing clones removed", forgotten?);
             Ok(())

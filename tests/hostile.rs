@@ -91,6 +91,15 @@ fn read16(itt: u32, cmd_sn: u32, blocks: u32, edtl: u32) -> Vec<u8> {
 
 /// WRITE(16) of `blocks` at LBA 0 of LUN 1, all its data immediate.
 fn write16_immediate(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
+    write16(itt, cmd_sn, blocks, true)
+}
+
+/// WRITE(16) of `blocks` at LBA 0 of LUN 1 with no data: the target asks for it (R2T).
+fn write16_solicited(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
+    write16(itt, cmd_sn, blocks, false)
+}
+
+fn write16(itt: u32, cmd_sn: u32, blocks: u32, immediate: bool) -> Vec<u8> {
     let mut cdb = [0u8; 16];
     cdb[0] = 0x8a;
     cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
@@ -105,7 +114,8 @@ fn write16_immediate(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
         cdb,
         ..Default::default()
     };
-    Pdu::with_data(cmd, bytes::Bytes::from(vec![0x5a; len as usize])).encode(Digests::default()).to_vec()
+    let data = if immediate { vec![0x5a; len as usize] } else { Vec::new() };
+    Pdu::with_data(cmd, bytes::Bytes::from(data)).encode(Digests::default()).to_vec()
 }
 
 /// The peak resident set of this process, in bytes.
@@ -260,25 +270,6 @@ async fn a_connection_flood_is_bounded() {
     s.logout().await.unwrap();
     drop(held);
     until("all released", || t.server.admission.counts() == (0, 0)).await;
-}
-
-/// WRITE(16) of `blocks` at LBA 0 of LUN 1 with no data: the target asks for it (R2T).
-fn write16_solicited(itt: u32, cmd_sn: u32, blocks: u32) -> Vec<u8> {
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x8a;
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    let len = blocks * 512;
-    let cmd = pdu::ScsiCommand {
-        fin: true,
-        write: true,
-        lun: encode_lun(1),
-        itt,
-        expected_data_len: len,
-        cmd_sn,
-        cdb,
-        ..Default::default()
-    };
-    Pdu::new(cmd).encode(Digests::default()).to_vec()
 }
 
 /// One address cannot take the whole I/O memory pool, however much it asks for: a client at

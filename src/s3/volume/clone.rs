@@ -83,9 +83,6 @@ pub async fn clone_volume(
 /// The metadata key of a clone's record that says when it was made (unix seconds).
 pub(super) const RECORD_CREATED: &str = "created-unix";
 
-/// A record younger than this may be of a clone being made, whose metadata is not there yet.
-const RECORD_GRACE_SECS: u64 = 3600;
-
 /// The marker a snapshot deletion puts before it looks for clones.
 pub(super) fn deleting_marker(prefix: &str, name: &SnapshotName) -> String {
     format!("{prefix}{SNAPSHOTS_DIR}{name}.deleting")
@@ -157,24 +154,13 @@ pub async fn clones_of(store: &dyn ObjectStore, prefix: &str, name: &SnapshotNam
 /// Deletes the records of clones of the volume at `url` (of uuid `uuid`) that do not exist
 /// (a clone whose creation was cut short, or deleted by hand): they would keep their
 /// snapshots forever. Returns how many went.
-pub async fn forget_missing_clones(
-    store: &dyn ObjectStore,
-    url: &S3Url,
-    uuid: &str,
-    clock: &dyn Clock,
-) -> Result<u64, String> {
-    let now = clock.wall().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+pub async fn forget_missing_clones(store: &dyn ObjectStore, url: &S3Url, uuid: &str) -> Result<u64, String> {
     let mut forgotten = 0;
     for manifest in super::snapshot::read_manifests(store, url, uuid).await? {
         let dir = clones_dir(&url.key(""), &manifest.name);
         for record in crate::s3::list_all(store, &dir).await.map_err(|e| format!("cannot list {dir}: {e}"))? {
             let clone_uuid = &record.key[dir.len()..];
             let got = store.get(&record.key, None).await.map_err(|e| format!("cannot read {}: {e}", record.key))?;
-            // A clone being made has its record before its metadata: a young record is left.
-            let created = got.meta.metadata.get(RECORD_CREATED).and_then(|t| t.parse::<u64>().ok());
-            if created.is_some_and(|t| now.saturating_sub(t) < RECORD_GRACE_SECS) {
-                continue;
-            }
             let child = String::from_utf8_lossy(&got.body).to_string();
             let exists = match S3Url::parse(&child) {
                 Ok(child) => S3Volume::read_meta(store, &child).await?.is_some_and(|(m, _)| m.uuid == clone_uuid),

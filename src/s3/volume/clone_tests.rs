@@ -152,27 +152,6 @@ async fn a_clone_is_not_made_of_a_snapshot_or_volume_being_deleted() {
     assert!(keys_under(&h, "base/snapshots/s.clones/").is_empty() && keys_under(&h, "vol/").is_empty());
 }
 
-/// gc forgets the records of clones that do not exist, but not a young one: a clone being made
-/// has its record before its metadata (gc deleted it, and the snapshot could then go).
-#[tokio::test(start_paused = true)]
-async fn gc_leaves_the_record_of_a_clone_being_made() {
-    let h = Harness::new();
-    let base = base_with_snapshot(&h, &h.options(CHUNK_64K, 4, "a")).await;
-    let clock = TokioClock::new();
-    let now = clock.wall().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let dir = super::clone::clones_dir(&at("base").key(""), &name("s"));
-    for (uuid, made) in [("young", Some(now - 60)), ("old", Some(now - 7200)), ("unstamped", None)] {
-        let stamp = made.map(|t| (super::clone::RECORD_CREATED.to_string(), t.to_string()));
-        let body = Bytes::from(format!("s3://bucket/{uuid}"));
-        h.mem.put(&format!("{dir}{uuid}"), body, stamp.into_iter().collect(), Condition::None).await.unwrap();
-    }
-    let uuid = base.meta().uuid.clone();
-    let forgotten = super::clone::forget_missing_clones(&*h.mem, &at("base"), &uuid, &clock).await.unwrap();
-    assert_eq!(forgotten, 2);
-    assert_eq!(keys_under(&h, &dir).into_keys().collect::<Vec<_>>(), [format!("{dir}young")]);
-    base.close().await.unwrap();
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_clone_of_a_clone_reads_through_both() {
     let h = Harness::new();
