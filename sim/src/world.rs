@@ -795,7 +795,11 @@ fn check_recovery_image(model: &Model, env: &Environment, now: Duration) -> Opti
 /// The local journal's files, if the target keeps one.
 fn journal_logs(env: &Environment) -> BTreeMap<String, Bytes> {
     match env.journal {
-        true => SegmentStore::inspect(&env.fs, Path::new(JOURNAL_ROOT)),
+        // The logs, not the record of which volume the journal belongs to (`<uuid>/volume`).
+        true => SegmentStore::inspect(&env.fs, Path::new(JOURNAL_ROOT))
+            .into_iter()
+            .filter(|(key, _)| key.contains("/log/"))
+            .collect(),
         false => BTreeMap::new(),
     }
 }
