@@ -135,10 +135,6 @@ impl IoMemory {
     pub fn limit(&self) -> u64 {
         self.limit
     }
-
-    pub fn share_limit(&self) -> u64 {
-        self.share_limit
-    }
 }
 
 /// Adds `n` to `counter` if the sum stays within `limit` or the counter is 0 (one reservation

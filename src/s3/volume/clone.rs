@@ -81,7 +81,7 @@ pub async fn clone_volume(
 }
 
 /// The metadata key of a clone's record that says when it was made (unix seconds).
-pub(super) const RECORD_CREATED: &str = "created-unix";
+const RECORD_CREATED: &str = "created-unix";
 
 /// The marker a snapshot deletion puts before it looks for clones.
 pub(super) fn deleting_marker(prefix: &str, name: &SnapshotName) -> String {
