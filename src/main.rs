@@ -837,6 +837,9 @@ async fn volume(command: VolumeCommand) -> Result<(), String> {
             if meta.deleting {
                 println!("deleting:   a deletion began and did not finish: `rtgt volume delete {url}` finishes it");
             }
+            if meta.making {
+                println!("making:     a clone whose making did not finish: `rtgt volume delete {url}` removes it");
+            }
             if let Some(parent) = &meta.parent {
                 println!("clone of:   s3://{}/{}@{}", url.bucket, parent.prefix.trim_end_matches('/'), parent.snapshot);
             }

@@ -52,31 +52,61 @@ pub async fn clone_volume(
         parent: Some(ParentRef { prefix: parent.key(""), uuid: parent_meta.uuid.clone(), snapshot: name.clone() }),
         ..S3Volume::new_meta(&spec, clock, seed)
     };
-    // The record first: a snapshot with a clone is never deleted, and a record left by a
-    // clone that was never made only keeps the snapshot (`volume info` shows it).
+    // The clone's metadata first, marked as being made (it does not open yet), then the
+    // record that keeps the snapshot: a record is never without its volume, so gc, which
+    // removes the records of clones that are not there, never removes one being made.
+    let etag = S3Volume::put_new_meta(store, child, &VolumeMeta { making: true, ..meta.clone() }).await?;
     let record = format!("{}{}", clones_dir(&parent.key(""), name), meta.uuid);
     let created = clock.wall().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let stamp = BTreeMap::from([(RECORD_CREATED.to_string(), created.to_string())]);
-    store
-        .put(&record, Bytes::from(child.to_string()), stamp, Condition::None)
-        .await
-        .map_err(|e| failed(format!("cannot record the clone beside {parent}: {e}")))?;
-    // Then look again: a deletion of the snapshot or of its volume that began before the
-    // record was there did not see it, and says so before it looks for clones (a marker, the
-    // volume's `deleting`), so one of the two always sees the other.
-    let still_there = snapshot_stays(store, parent, &parent_meta.uuid, name).await;
-    let made = match still_there {
-        Ok(()) => S3Volume::put_new_meta(store, child, meta).await,
-        Err(why) => Err(failed(why)),
+    let finished = match store.put(&record, Bytes::from(child.to_string()), stamp, Condition::None).await {
+        // Then look again: a deletion of the snapshot or of its volume that began before the
+        // record was there did not see it, and says so before it looks for clones (a marker,
+        // the volume's `deleting`), so one of the two always sees the other.
+        Ok(_) => match snapshot_stays(store, parent, &parent_meta.uuid, name).await {
+            Ok(()) => finish_making(store, child, &meta, etag).await,
+            Err(why) => Err(why),
+        },
+        Err(e) => Err(format!("cannot record the clone beside {parent}: {e}")),
     };
-    match made {
-        Ok(meta) => Ok(meta),
-        Err(e) => {
-            if let Err(undo) = store.delete(&record).await {
-                tracing::warn!(record, error = %undo, "cannot remove the record of a clone never made");
-            }
-            Err(e)
+    match finished {
+        Ok(()) => Ok(meta),
+        Err(why) => {
+            undo_making(store, child, &meta.uuid, &record).await;
+            Err(failed(why))
         }
+    }
+}
+
+/// Removes what a clone that was not made wrote: its record, and its metadata if it is still
+/// its own (a volume made there since is not touched).
+async fn undo_making(store: &dyn ObjectStore, child: &S3Url, uuid: &str, record: &str) {
+    let undo = async {
+        store.delete(record).await.map_err(|e| e.to_string())?;
+        match S3Volume::read_meta(store, child).await? {
+            Some((meta, _)) if meta.uuid == uuid => {
+                store.delete(&child.key(super::format::META_NAME)).await.map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        }
+    };
+    if let Err(error) = undo.await {
+        tracing::warn!(%child, record, error, "cannot remove what a clone that was not made left");
+    }
+}
+
+/// Writes the clone's metadata without its making mark, over the version `etag` written
+/// marked: a clone deleted meanwhile is not made again.
+async fn finish_making(
+    store: &dyn ObjectStore,
+    child: &S3Url,
+    meta: &VolumeMeta,
+    etag: Option<String>,
+) -> Result<(), String> {
+    let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
+    match store.put(&child.key(super::format::META_NAME), meta.encode(), BTreeMap::new(), condition).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot finish the clone at {child}: {e}")),
     }
 }
 

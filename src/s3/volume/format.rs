@@ -97,6 +97,11 @@ pub struct VolumeMeta {
     /// it opens no more; a deletion run again finishes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// A clone being made (`clone.rs`): written before the record that keeps its snapshot, so
+    /// that a record is never without its volume; it opens only once made. A making cut short
+    /// leaves it so, and `rtgt volume delete` removes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub making: bool,
 }
 
 fn is_zero_u64(n: &u64) -> bool {
@@ -647,6 +652,7 @@ mod tests {
             compression: None,
             logs_settled_below: (3 << EPOCH_SHIFT) + 1,
             deleting: true,
+            making: true,
         };
         assert_eq!(VolumeMeta::parse(&meta.encode()).unwrap(), meta);
         assert_eq!(meta.layout(), ChunkLayout::Versioned);

@@ -378,7 +378,7 @@ impl S3Volume {
             compression,
             ..S3Volume::new_meta(spec, clock, seed)
         };
-        S3Volume::put_new_meta(store, url, meta).await
+        S3Volume::put_new_meta(store, url, &meta).await.map(|_| meta)
     }
 
     /// The metadata of a new plain volume of geometry `spec` (format 3), with a fresh uuid.
@@ -406,17 +406,19 @@ impl S3Volume {
             compression: None,
             logs_settled_below: 0,
             deleting: false,
+            making: false,
         }
     }
 
-    /// Writes a new volume's metadata object; fails if a volume already exists there.
+    /// Writes a new volume's metadata object; fails if a volume already exists there. Returns
+    /// the version written's entity tag, if the store reports one.
     pub(super) async fn put_new_meta(
         store: &dyn ObjectStore,
         url: &S3Url,
-        meta: VolumeMeta,
-    ) -> Result<VolumeMeta, CreateError> {
+        meta: &VolumeMeta,
+    ) -> Result<Option<String>, CreateError> {
         match store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), Condition::IfNoneMatch).await {
-            Ok(_) => Ok(meta),
+            Ok(etag) => Ok(etag),
             Err(ObjectError::PreconditionFailed) => Err(CreateError::Exists(url.to_string())),
             // A PUT finds no object missing: its bucket is.
             Err(ObjectError::NotFound) => Err(CreateError::Failed(format!(
@@ -472,6 +474,12 @@ impl S3Volume {
                     .ok_or_else(|| OpenError::Unavailable(format!("{url} vanished after creation")))?
             }
         };
+        if found.0.making {
+            return Err(OpenError::Refused(format!(
+                "{url} is a clone whose making did not finish (or is under way); remove it with \
+                 `rtgt volume delete {url}` and make the clone again"
+            )));
+        }
         if found.0.deleting {
             return Err(OpenError::Refused(format!(
                 "{url}: a deletion of this volume began and did not finish, so some of its objects may be gone; \

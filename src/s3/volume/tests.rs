@@ -72,6 +72,7 @@ impl Harness {
             compression: None,
             logs_settled_below: 0,
             deleting: false,
+            making: false,
         };
         self.mem.put(&url().key(META_NAME), flat.encode(), BTreeMap::new(), Condition::IfNoneMatch).await.unwrap();
     }
