@@ -561,7 +561,13 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     let reply = client.request("PUT", &format!("/v1/targets/{TARGET}/auth"), Some(&probe)).expect("request");
     assert!(reply.status == 400 && reply.body.contains("give the secret itself"), "{}: {}", reply.status, reply.body);
 
+    // A session logged in before its initiator is taken off the list loses its access at once.
+    let before_the_acl = login(portal, 5).await;
     ok(&serve.cli(&["target", "acl", TARGET, "--initiators", "iqn.2026-12.dev.rtgt:someone-else"]));
+    tokio::time::timeout(Duration::from_secs(10), before_the_acl.closed())
+        .await
+        .expect("the session of an initiator no longer admitted was not closed");
+    assert!(before_the_acl.flush(0).await.is_err(), "a command went through after the ACL change");
     assert_eq!(
         login_status(3).await,
         Some(rtgt_testkit::initiator::Error::Login { class: 2, detail: 2 }),
@@ -569,6 +575,53 @@ async fn auth_and_acl_are_managed_through_the_cli() {
     );
     ok(&serve.cli(&["target", "acl", TARGET]));
     assert_eq!(login_status(4).await, None, "open again");
+    drop(serve);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// PERSISTENT RESERVE OUT REGISTER with APTPL: the registration survives a restart.
+async fn register_persistently(session: &Session, key: u64) {
+    session.clear_unit_attentions(0).await.expect("unit attentions");
+    let mut params = vec![0u8; 24];
+    params[8..16].copy_from_slice(&key.to_be_bytes());
+    params[20] = 0x01; // APTPL
+    let cdb = [0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0];
+    session.command(0, &cdb, params.into(), 0).await.expect("PR OUT").ok().expect("REGISTER");
+}
+
+/// PERSISTENT RESERVE IN READ KEYS: the registered keys.
+async fn registered_keys(session: &Session) -> Vec<u64> {
+    session.clear_unit_attentions(0).await.expect("unit attentions");
+    let cdb = [0x5e, 0x00, 0, 0, 0, 0, 0, 0x10, 0, 0];
+    let data = session.command(0, &cdb, Bytes::new(), 4096).await.expect("PR IN").ok().expect("READ KEYS").data;
+    let len = u32::from_be_bytes(data[4..8].try_into().expect("4 bytes")) as usize;
+    data[8..8 + len].chunks(8).map(|k| u64::from_be_bytes(k.try_into().expect("8 bytes"))).collect()
+}
+
+/// A LUN deleted takes its persistent reservations with it: a LUN made again under the same
+/// target and number (the same derived identity) is a new disk and has none. Kept while the LUN
+/// is: across a restart they are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lun_takes_its_reservations_with_it() {
+    let (dir, config, portal, api_port) = setup("reservations");
+    let create = ["lun", "create", TARGET, "0", "--backend", "file", "--path", "r.img", "--size", "1MiB", "--create"];
+    let serve = Serve::start(&config, api_port);
+    ok(&serve.cli(&["target", "create", TARGET]));
+    ok(&serve.cli(&create));
+    let session = login(portal, 1).await;
+    register_persistently(&session, 0x1234).await;
+    assert_eq!(registered_keys(&session).await, vec![0x1234]);
+    session.logout().await.expect("logout");
+    assert!(serve.stop().success());
+    let serve = Serve::start(&config, api_port);
+    let session = login(portal, 2).await;
+    assert_eq!(registered_keys(&session).await, vec![0x1234], "kept across a restart (APTPL)");
+    drop(session);
+    ok(&serve.cli(&["lun", "delete", TARGET, "0"]));
+    ok(&serve.cli(&create));
+    let session = login(portal, 3).await;
+    assert_eq!(registered_keys(&session).await, Vec::<u64>::new(), "the new LUN inherited the old one's reservations");
+    drop(session);
     drop(serve);
     std::fs::remove_dir_all(&dir).ok();
 }

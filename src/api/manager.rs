@@ -168,6 +168,8 @@ impl Manager {
         let before = inner.config.clone();
         let problems = self.reconcile(inner, want).await;
         if problems.is_empty() {
+            self.close_sessions_no_longer_admitted();
+            forget_reservations_of_removed_luns(&before, want);
             return Ok(());
         }
         let undo = self.reconcile(inner, &before).await;
@@ -506,6 +508,20 @@ impl Manager {
         }
     }
 
+    /// Closes the sessions their target's access rules no longer admit: an initiator taken off
+    /// a target's list (by name or address) loses its access at once, not at its next login.
+    fn close_sessions_no_longer_admitted(&self) {
+        for target in self.registry.targets() {
+            let access = target.access();
+            for s in self.sessions_of(&target.name) {
+                if !access.admits(&s.initiator_name, s.peer.ip()) {
+                    info!(target = %target.name, initiator = %s.initiator_name, peer = %s.peer, "session closed: no longer admitted");
+                    s.send(Control::Close);
+                }
+            }
+        }
+    }
+
     /// Normal sessions logged in to a target.
     pub fn sessions_of(&self, target: &str) -> Vec<Arc<crate::server::registry::SessionEntry>> {
         self.registry
@@ -513,6 +529,28 @@ impl Manager {
             .into_iter()
             .filter(|s| s.kind == SessionKind::Normal && s.target.as_deref() == Some(target))
             .collect()
+    }
+}
+
+/// Removes the persistent reservations kept for file and block device LUNs that `before` had
+/// and `want` has not: a LUN made later with the same identity (the same target and number)
+/// is a new disk and starts with none. (An S3 volume keeps its own beside it.)
+fn forget_reservations_of_removed_luns(before: &Config, want: &Config) {
+    let kept: BTreeSet<PathBuf> =
+        want.targets.iter().flat_map(|t| t.luns.iter().filter_map(|l| want.reservations_file(&t.name, l))).collect();
+    for t in &before.targets {
+        for path in t.luns.iter().filter_map(|l| before.reservations_file(&t.name, l)) {
+            if kept.contains(&path) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => info!(target = %t.name, path = %path.display(), "reservations of a removed LUN deleted"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(target = %t.name, path = %path.display(), error = %e, "cannot delete the reservations of a removed LUN")
+                }
+            }
+        }
     }
 }
 

@@ -270,6 +270,15 @@ impl Config {
         lu_config
     }
 
+    /// Where the persistent reservations of a file or block device LUN are kept, by its
+    /// identity (an S3 volume keeps its own beside it; memory and null LUNs keep none).
+    pub fn reservations_file(&self, target: &str, l: &LunConfig) -> Option<PathBuf> {
+        l.backend.is_file().then(|| {
+            let naa = self.lu_config(target, l, 512).identity.naa;
+            self.data_dir().join(RESERVATIONS_DIR).join(format!("{naa:016x}.json"))
+        })
+    }
+
     /// Builds a logical unit from its configuration.
     pub async fn open_lun(
         &self,
@@ -291,12 +300,8 @@ impl Config {
         let mut lu_config = self.lu_config(target, l, block_size);
         // A snapshot never changes.
         lu_config.read_only |= l.snapshot.is_some();
-        let keeper = keeper.or_else(|| {
-            l.backend.is_file().then(|| {
-                let name = format!("{:016x}.json", lu_config.identity.naa);
-                Arc::new(FileKeeper::new(self.data_dir().join(RESERVATIONS_DIR).join(name))) as _
-            })
-        });
+        let keeper =
+            keeper.or_else(|| self.reservations_file(target, l).map(|path| Arc::new(FileKeeper::new(path)) as _));
         let mut lu = LogicalUnit::new(store, lu_config)?;
         if let Some(keeper) = keeper {
             lu.keep_reservations(keeper).await?;
