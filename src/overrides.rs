@@ -44,6 +44,23 @@ impl Overrides {
         config
     }
 
+    /// Why the change from `running` to `edited` (before the overrides) cannot be served as
+    /// asked: in a run with `--listen` every portal group listens on that address, so a portal
+    /// added or removed, or a group made, would be saved and answered as done but never served.
+    pub fn hides(&self, running: &Config, edited: &Config) -> Option<String> {
+        let listen = self.listen.as_ref()?;
+        let changed = edited
+            .portal_groups
+            .iter()
+            .any(|pg| running.portal_groups.iter().find(|r| r.tag == pg.tag).is_none_or(|r| r.portals != pg.portals));
+        changed.then(|| {
+            format!(
+                "this run listens on {listen} for every portal group (rtgt serve --listen): portals cannot change \
+                 until it is restarted without --listen"
+            )
+        })
+    }
+
     /// `running` as the file should hold it: what the overrides set comes back from `file`
     /// (the file as last read or saved); everything else, changes made since included, stays.
     pub fn strip(&self, running: &Config, file: &Config) -> Config {

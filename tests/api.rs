@@ -414,6 +414,11 @@ async fn serve_overrides_are_served_but_never_saved() {
     assert!(!saved.contains(&elsewhere.to_string()), "--listen is not saved: {saved}");
     assert!(!saved.contains("force"), "--force is not saved: {saved}");
     assert!(saved.contains("lun = 2"), "the API's change is saved: {saved}");
+    // Portals come from --listen in this run: a portal added would be saved but not served.
+    let another = format!("127.0.0.1:{}", free_port());
+    refused(&serve.cli(&["portal", "add", "1", &another]), "--listen");
+    refused(&serve.cli(&["portal", "add", "7", &another]), "--listen");
+    assert!(!std::fs::read_to_string(&config).expect("config").contains(&another), "a refused portal was saved");
 
     ok(&serve.cli(&["reload"]));
     let listing = iscsi_ls(elsewhere);

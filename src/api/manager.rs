@@ -150,6 +150,9 @@ impl Manager {
         }
         let mut want = inner.config.clone();
         edit(&mut want)?;
+        if let Some(why) = self.overrides.hides(&inner.config, &want) {
+            return Err(ChangeError::Conflict(why));
+        }
         // What the change adds falls under the run's overrides too (a LUN added under --force).
         let want = self.overrides.apply(&want);
         want.validate().map_err(|e| ChangeError::Invalid(e.0.join("; ")))?;
