@@ -245,8 +245,10 @@ async fn cli_changes_are_served_persisted_and_validated() {
     s.clear_unit_attentions(1).await.expect("unit attentions");
     assert_eq!(s.read(1, 100, 16, 512).await.expect("read"), data, "data did not survive the restart");
 
-    // Forced delete logs the session out; a restart keeps it deleted.
+    // Forced delete asks the initiator to log out (Async Message event 1), then closes the
+    // session it did not end; a restart keeps it deleted.
     ok(&serve.cli(&["target", "delete", TARGET, "--force"]));
+    assert!(s.async_events().iter().any(|m| m.event == 1), "no logout request: {:?}", s.async_events());
     assert!(s.nop(Bytes::new()).await.is_err(), "the session should have been closed");
     assert!(!iscsi_ls(portal).contains(TARGET));
     assert!(serve.stop().success());

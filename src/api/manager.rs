@@ -77,6 +77,8 @@ pub struct Manager {
     overrides: Overrides,
 }
 
+/// How long a removed target's sessions have to log out once asked, before they are closed.
+const LOGOUT_WAIT: Duration = Duration::from_secs(5);
 /// How long a forced target delete waits for its sessions to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -493,12 +495,23 @@ impl Manager {
         Ok(())
     }
 
-    /// Closes the target's sessions, removes it and flushes its LUNs.
+    /// Ends the target's sessions, removes it and flushes its LUNs. The initiators are asked
+    /// to log out first (an Async Message, as at shutdown): one that does ends its session
+    /// cleanly instead of recovering a connection to a target that is gone. What is left after
+    /// [`LOGOUT_WAIT`] is closed.
     async fn remove_target(&self, name: &str) {
         let sessions = self.sessions_of(name);
-        self.registry.tell_sessions(name, None, Control::Close);
-        for s in &sessions {
-            let _ = tokio::time::timeout(CLOSE_WAIT, s.closed()).await;
+        self.registry.tell_sessions(name, None, Control::RequestLogout);
+        let all_closed = async {
+            for s in &sessions {
+                s.closed().await;
+            }
+        };
+        if tokio::time::timeout(LOGOUT_WAIT, all_closed).await.is_err() {
+            self.registry.tell_sessions(name, None, Control::Close);
+            for s in &sessions {
+                let _ = tokio::time::timeout(CLOSE_WAIT, s.closed()).await;
+            }
         }
         if let Some(entry) = self.registry.remove_target(name) {
             entry.stop_supervisors().await;
