@@ -73,7 +73,15 @@ fn merge_table(old: &mut Table, meant: Option<&Table>, new: &Table) {
     for (key, item) in new.iter() {
         let meant_item = meant.and_then(|m| m.get(key));
         match old.get_mut(key) {
-            Some(existing) => merge_item(key, existing, meant_item, item),
+            Some(existing) if std::mem::discriminant(existing) == std::mem::discriminant(item) => {
+                merge_item(key, existing, meant_item, item)
+            }
+            // A value that becomes tables (an empty `lun = []` that gains a LUN): a new key,
+            // without the spacing the value had around it (`[[target.lun ]]`).
+            Some(_) => {
+                old.remove(key);
+                old.insert(key, unplaced(item));
+            }
             // Left out of the file, and the change is not to it: still left out.
             None if meant_item.is_some_and(|m| same_item(m, item)) => {}
             None => {
@@ -229,6 +237,7 @@ size = "16MiB"
         let text = updated_text(&text, &config);
         assert_eq!(Config::from_toml(&text).unwrap(), config, "{text}");
         assert!(text.contains("# rtgt on the storage box."), "the layout is kept:\n{text}");
+        assert!(!text.contains("lun ]]"), "an empty `lun = []` left its spacing in the new LUN's header:\n{text}");
     }
 
     #[test]
