@@ -501,13 +501,7 @@ impl Manager {
     /// [`LOGOUT_WAIT`] is closed.
     async fn remove_target(&self, name: &str) {
         let sessions = self.sessions_of(name);
-        self.registry.tell_sessions(name, None, Control::RequestLogout);
-        let all_closed = async {
-            for s in &sessions {
-                s.closed().await;
-            }
-        };
-        if tokio::time::timeout(LOGOUT_WAIT, all_closed).await.is_err() {
+        if !crate::server::registry::ask_to_log_out(&sessions, LOGOUT_WAIT).await {
             self.registry.tell_sessions(name, None, Control::Close);
             for s in &sessions {
                 let _ = tokio::time::timeout(CLOSE_WAIT, s.closed()).await;

@@ -154,15 +154,7 @@ impl<N: Net> Server<N> {
     pub async fn shutdown(&self, grace: Duration) {
         let sessions = self.registry.sessions();
         info!(sessions = sessions.len(), "shutting down: asking initiators to log out");
-        for s in &sessions {
-            s.send(Control::RequestLogout);
-        }
-        let all_closed = async {
-            for s in &sessions {
-                s.closed().await;
-            }
-        };
-        if tokio::time::timeout(grace, all_closed).await.is_err() {
+        if !registry::ask_to_log_out(&sessions, grace).await {
             for s in self.registry.sessions() {
                 s.send(Control::Close);
             }

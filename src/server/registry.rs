@@ -93,6 +93,20 @@ pub enum Control {
     RequestLogout,
 }
 
+/// Asks `sessions` to log out (an Async Message) and waits up to `grace` for them to end:
+/// whether they all did.
+pub async fn ask_to_log_out(sessions: &[Arc<SessionEntry>], grace: std::time::Duration) -> bool {
+    for s in sessions {
+        s.send(Control::RequestLogout);
+    }
+    let all_closed = async {
+        for s in sessions {
+            s.closed().await;
+        }
+    };
+    tokio::time::timeout(grace, all_closed).await.is_ok()
+}
+
 /// Counters of a session, shared with the management API.
 #[derive(Debug, Default)]
 pub struct SessionStats {

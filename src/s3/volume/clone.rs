@@ -103,11 +103,8 @@ async fn finish_making(
     meta: &VolumeMeta,
     etag: Option<String>,
 ) -> Result<(), String> {
-    let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
-    match store.put(&child.key(super::format::META_NAME), meta.encode(), BTreeMap::new(), condition).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot finish the clone at {child}: {e}")),
-    }
+    let put = S3Volume::put_meta_over(store, child, meta, etag).await;
+    put.map(|_| ()).map_err(|e| format!("cannot finish the clone at {child}: {e}"))
 }
 
 /// The metadata key of a clone's record that says when it was made (unix seconds).

@@ -110,8 +110,7 @@ async fn mark_deleting(store: &dyn ObjectStore, url: &S3Url, deleting: bool) -> 
         return Ok(());
     }
     meta.deleting = deleting;
-    let condition = etag.map(crate::s3::Condition::IfMatch).unwrap_or(crate::s3::Condition::None);
-    let put = store.put(&url.key(META_NAME), meta.encode(), Default::default(), condition).await;
+    let put = super::S3Volume::put_meta_over(store, url, &meta, etag).await;
     put.map(|_| ()).map_err(|e| format!("cannot mark {url} as being deleted (nothing is deleted yet): {e}"))
 }
 

@@ -509,8 +509,19 @@ impl S3Volume {
     /// Writes `meta` over the metadata object whose version is `etag` (any version if none):
     /// the new version's entity tag.
     async fn put_meta(&self, meta: &VolumeMeta, etag: Option<String>) -> Result<Option<String>, ObjectError> {
+        S3Volume::put_meta_over(&*self.store, &self.url, meta, etag).await
+    }
+
+    /// Writes `meta` over the metadata object of the volume at `url` whose version is `etag`
+    /// (any version if none): the new version's entity tag.
+    pub(super) async fn put_meta_over(
+        store: &dyn ObjectStore,
+        url: &S3Url,
+        meta: &VolumeMeta,
+        etag: Option<String>,
+    ) -> Result<Option<String>, ObjectError> {
         let condition = etag.map(Condition::IfMatch).unwrap_or(Condition::None);
-        self.store.put(&self.url.key(META_NAME), meta.encode(), BTreeMap::new(), condition).await
+        store.put(&url.key(META_NAME), meta.encode(), BTreeMap::new(), condition).await
     }
 
     /// Wraps an encrypted volume's data key with the key-encryption key from `new` in place of
