@@ -442,7 +442,12 @@ impl LocalRoot {
                 let result = caller.waiting().and(path.clone()).and_then(|path| {
                     let dir = path.parent().expect("has a parent");
                     match self.fs.remove_file(&path) {
-                        Err(e) if !is_absent(&e) => return Err(io_err(e, "cannot delete the object")),
+                        // The entry may be gone all the same, visible and not durable: the next
+                        // open must settle the store.
+                        Err(e) if !is_absent(&e) => {
+                            self.unsettled.store(true, Ordering::SeqCst);
+                            return Err(io_err(e, "cannot delete the object"));
+                        }
                         _ if !self.fs.exists(dir) => {}
                         _ => dirs.entry(dir.to_path_buf()).or_default().push(results.len()),
                     }
