@@ -223,6 +223,8 @@ pub(super) struct LogInfo {
     /// Its journal copy is being uploaded: not deleted meanwhile (an upload landing after the
     /// delete would leave a log behind).
     pub(super) uploading: bool,
+    /// Its PUT to the object store succeeded: a recovery, on any node, finds it.
+    pub(super) landed: bool,
 }
 
 impl LogInfo {

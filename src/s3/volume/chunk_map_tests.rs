@@ -142,6 +142,38 @@ async fn a_first_version_landing_after_its_writer_died_stays_behind_the_replayed
     v.close().await.unwrap();
 }
 
+/// The same for a version of data no log holds (a write not synced, merged straight into its
+/// chunk): the holder dies with the PUT on its way, the next open reads the chunk without it,
+/// and the PUT lands after that open listed the chunks. The merge named the chunk in a log
+/// first, so that open wrote the chunk again and the late version lands behind: the open
+/// after reads what the first one did (without the log, the unsynced data came back).
+#[tokio::test(start_paused = true)]
+async fn a_late_version_of_unlogged_data_stays_behind_what_the_next_open_read() {
+    let h = Harness::new();
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    v.write(0, Bytes::from(vec![0x11u8; 4096]), false).await.unwrap(); // not synced: no log
+    h.mem.hold(&format!("{}/000001", format::chunk_key(&url(), 0)));
+    let merge = start({
+        let v = v.clone();
+        async move { v.merge_chunk(0).await }
+    })
+    .await;
+    assert!(versions(&h, 0).is_empty(), "the merge's PUT is on its way");
+    v.abandon();
+    drop(v);
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    let first = v.read(0, 4096).await.unwrap();
+    h.mem.release_all();
+    assert!(merge.await.unwrap().is_ok(), "the dead holder's PUT landed");
+    assert!(h.mem.objects().values().any(|b| b.first() == Some(&0x11)), "the dead holder's version landed");
+    v.close().await.unwrap();
+    drop(v);
+    let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
+    let then = v.read(0, 4096).await.unwrap();
+    assert!(then == first, "the chunk read {} after one open, {} after the next", first[0], then[0]);
+    v.close().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_read_that_raced_a_sweep_reads_the_newer_version() {
     let h = Harness::new();

@@ -19,6 +19,37 @@ pub(super) const LOG_DELETE_INTERVAL: Duration = Duration::from_secs(5);
 /// ... unless this many settled logs wait.
 pub(super) const LOG_DELETE_BACKLOG: usize = 64;
 
+/// Dirty chunks not being merged that a naming log names along with those being merged (the
+/// ones likely merged next, most pages first), so that their merges find them named and do
+/// not wait for a log of their own.
+const NAMED_AHEAD: usize = 2 * super::MERGE_PARALLEL;
+
+/// Whether chunk `c` holds data no log in the object store holds, and no such log names it.
+fn needs_naming(cache: &Cache, c: u64) -> bool {
+    cache.entries.get(&c).is_some_and(|e| !e.unlogged.is_empty())
+        && !cache.logs.values().any(|l| l.landed && l.unsettled.contains(&c))
+}
+
+/// The chunks a naming log names: those being merged that need it, if any, and up to
+/// [`NAMED_AHEAD`] other dirty chunks that need it.
+fn to_name(cache: &Cache) -> BTreeSet<u64> {
+    let mut named: BTreeSet<u64> = cache.inflight.iter().copied().filter(|&c| needs_naming(cache, c)).collect();
+    if named.is_empty() {
+        return named;
+    }
+    let named_by_logs: BTreeSet<u64> =
+        cache.logs.values().filter(|l| l.landed).flat_map(|l| l.unsettled.iter().copied()).collect();
+    let mut ahead: Vec<(std::cmp::Reverse<usize>, u64)> = cache
+        .entries
+        .iter()
+        .filter(|(c, e)| !e.unlogged.is_empty() && !named.contains(c) && !named_by_logs.contains(c))
+        .map(|(c, e)| (std::cmp::Reverse(e.pages.len()), *c))
+        .collect();
+    ahead.sort_unstable();
+    named.extend(ahead.into_iter().take(NAMED_AHEAD).map(|(_, c)| c));
+    named
+}
+
 /// Where a new log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LogHome {
@@ -70,6 +101,56 @@ impl S3Volume {
             self.mark_logged(&mut self.cache(), &covered);
         }
         Ok(())
+    }
+
+    /// Before a version of chunk `c` holding data no log holds (writes not synced yet) is
+    /// sent: a log naming the chunk (with one of those blocks), unless a log in the object
+    /// store names it already. Should the holder die with that PUT on its way, the recovery
+    /// that follows finds the chunk named and writes it again, so that the PUT, landing late,
+    /// lands behind (the tombstone rule); without the log no one would know to. One log names
+    /// every chunk being merged that needs it, and the dirty chunks likely merged next, so
+    /// that merges waiting for the log lock, or starting soon, find theirs named.
+    pub(super) async fn name_in_log(&self, c: u64) -> StoreResult<()> {
+        if !needs_naming(&self.cache(), c) {
+            return Ok(());
+        }
+        let _serial = self.log_lock.lock().await;
+        self.lease.check("a log write")?;
+        let Some((seq, body)) = self.next_naming_log() else { return Ok(()) };
+        let _buffer = self.buffers(body.len() as u64);
+        let mut unfinished = Unfinished { volume: self, seqs: vec![seq] };
+        let written = self.append_log(seq, body).await;
+        unfinished.done(seq);
+        written
+    }
+
+    /// Snapshots a log holding the first unlogged block of every chunk [`to_name`] names,
+    /// registered as pending: its sequence number and body. None if no chunk being changed in
+    /// the store (claimed) needs naming.
+    fn next_naming_log(&self) -> Option<(u64, Bytes)> {
+        let bs = self.block_size;
+        let n = self.blocks_per_chunk();
+        let mut cache = self.cache();
+        let named = to_name(&cache);
+        if named.is_empty() {
+            return None;
+        }
+        let mut log = LogBuilder::new();
+        for &c in &named {
+            let e = &cache.entries[&c];
+            let (first, _) = e.unlogged.runs(n)[0];
+            let from = first as u64 * bs;
+            let offset = c * self.chunk_size + from;
+            if e.is_zero(from as usize, bs as usize) {
+                log.zero(offset, bs);
+            } else {
+                e.copy_out(from as usize, log.data(offset, bs as usize));
+            }
+        }
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        cache.logs.insert(seq, LogInfo::for_store(named));
+        drop(cache);
+        Some((seq, log.finish(seq)))
     }
 
     /// Clears the unlogged blocks of the chunks a log covered, unless written since.
@@ -149,6 +230,7 @@ impl S3Volume {
                 if let Some(info) = cache.logs.get_mut(&seq) {
                     info.pending = false;
                     info.bytes = len;
+                    info.landed = true;
                 }
                 Ok(())
             }

@@ -65,6 +65,27 @@ impl S3Volume {
         let started = self.clock.now();
         let chunk_len = self.chunk_len(c) as usize;
         let n = (chunk_len as u64 / self.block_size) as usize;
+        // A version of data no log holds is named in a log first (`log.rs`), before the
+        // snapshot, so that the merge's stamp settles that log; the object a partial chunk is
+        // filled from is read meanwhile (the claim keeps it as it is).
+        let (mut early_old, mut _early_buffer) = (None, None);
+        if matches!(how, Merge::Normal) {
+            let needs_old = {
+                let cache = self.cache();
+                cache.exists.contains(&c)
+                    && cache.entries.get(&c).is_some_and(|e| !e.is_clean() && e.valid.count(n) < n)
+            };
+            _early_buffer = needs_old.then(|| self.buffers(chunk_len as u64));
+            let fetch_old = async {
+                match needs_old {
+                    true => Some(self.fetch(c, 0, chunk_len as u64).await),
+                    false => None,
+                }
+            };
+            let (named, old) = tokio::join!(self.name_in_log(c), fetch_old);
+            named.map_err(|e| self.flush_failed(c, e))?;
+            early_old = old;
+        }
         // The entry's pages are shared copy-on-write: taken under the lock without a copy,
         // composed outside it, in steps (`steps.rs`).
         let snapshot = {
@@ -83,14 +104,17 @@ impl S3Volume {
         drop(pages);
         // Blocks the cache does not hold come from the object (or are zeros).
         if valid.count(n) < n {
-            let old = match exists {
-                false => None,
-                true => match self.fetch(c, 0, chunk_len as u64).await {
-                    Ok(old) => Some(old),
-                    // Only maybe there (a PUT that never landed): zeros.
-                    Err(ObjectError::NotFound) if !self.cache().known.contains(&c) => None,
-                    Err(e) => return Err(self.flush_failed(c, store_err(e, true))),
-                },
+            let fetched = match early_old.take() {
+                Some(fetched) => Some(fetched),
+                None if exists => Some(self.fetch(c, 0, chunk_len as u64).await),
+                None => None,
+            };
+            let old = match fetched {
+                None => None,
+                Some(Ok(old)) => Some(old),
+                // Only maybe there (a PUT that never landed): zeros.
+                Some(Err(ObjectError::NotFound)) if !self.cache().known.contains(&c) => None,
+                Some(Err(e)) => return Err(self.flush_failed(c, store_err(e, true))),
             };
             if let Some(old) = old {
                 steps::fill(&mut full, &old, self.block_size as usize, |b| valid.get(b)).await;

@@ -116,7 +116,8 @@ impl S3Volume {
             for (seq, touched) in replayed {
                 let unsettled = touched.intersection(&dirty).copied().collect();
                 let (in_store, in_journal) = homes[&seq];
-                let info = super::cache::LogInfo { unsettled, in_store, in_journal, ..Default::default() };
+                let info =
+                    super::cache::LogInfo { unsettled, in_store, in_journal, landed: in_store, ..Default::default() };
                 cache.logs.insert(seq, info);
             }
         }

@@ -73,6 +73,8 @@ impl S3Volume {
     pub(super) async fn write_captured(&self, k: &Captured) -> Result<Option<u64>, SnapshotError> {
         let failed = |why: String| SnapshotError::Failed(format!("chunk {} of {}: {why}", k.c, self.url));
         let _claim = self.claim(&[k.c]).await;
+        // A version of data no log holds: named in a log first (`log.rs`).
+        self.name_in_log(k.c).await.map_err(|e| failed(e.to_string()))?;
         let len = self.chunk_len(k.c) as usize;
         let bs = self.block_size as usize;
         let n = len / bs;
