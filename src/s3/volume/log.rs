@@ -25,7 +25,7 @@ pub(super) const LOG_DELETE_BACKLOG: usize = 64;
 const NAMED_AHEAD: usize = 2 * super::MERGE_PARALLEL;
 
 /// Whether chunk `c` holds data no log in the object store holds, and no such log names it.
-fn needs_naming(cache: &Cache, c: u64) -> bool {
+pub(super) fn needs_naming(cache: &Cache, c: u64) -> bool {
     cache.entries.get(&c).is_some_and(|e| !e.unlogged.is_empty())
         && !cache.logs.values().any(|l| l.landed && l.unsettled.contains(&c))
 }

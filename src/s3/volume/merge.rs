@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::cache::{Bits, Cache, PAGE};
 use super::chunk_map::Landed;
+use super::log::needs_naming;
 use super::{MERGE_PARALLEL, S3Volume, store_err};
 use super::{disk_cache, steps};
 use crate::s3::{Condition, ObjectError};
@@ -67,9 +68,10 @@ impl S3Volume {
         let n = (chunk_len as u64 / self.block_size) as usize;
         // A version of data no log holds is named in a log first (`log.rs`), before the
         // snapshot, so that the merge's stamp settles that log; the object a partial chunk is
-        // filled from is read meanwhile (the claim keeps it as it is).
+        // filled from is read meanwhile (the claim keeps it as it is). Most chunks were named
+        // ahead, by the log of an earlier merge.
         let (mut early_old, mut _early_buffer) = (None, None);
-        if matches!(how, Merge::Normal) {
+        if matches!(how, Merge::Normal) && needs_naming(&self.cache(), c) {
             let needs_old = {
                 let cache = self.cache();
                 cache.exists.contains(&c)
