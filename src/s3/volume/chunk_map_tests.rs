@@ -111,6 +111,19 @@ async fn a_version_landing_again_after_its_chunk_was_zeroed_stays_behind_the_tom
     v.close().await.unwrap();
 }
 
+/// Starts a merge of chunk 0 whose PUT waits on its way: this open's versions of chunk 0 are
+/// held (epoch 1: "000001...").
+async fn merge_chunk_0_held(h: &Harness, v: &Arc<S3Volume>) -> tokio::task::JoinHandle<StoreResult<()>> {
+    h.mem.hold(&format!("{}/000001", format::chunk_key(&url(), 0)));
+    let merge = start({
+        let v = v.clone();
+        async move { v.merge_chunk(0).await }
+    })
+    .await;
+    assert!(versions(h, 0).is_empty(), "the merge's PUT is on its way");
+    merge
+}
+
 /// A holder that died with a chunk's first version on its way: the next open replays its logs,
 /// in which the chunk ends as zeros, and must leave a tombstone newer than that version, though
 /// it found no object of the chunk.
@@ -119,14 +132,7 @@ async fn a_first_version_landing_after_its_writer_died_stays_behind_the_replayed
     let h = Harness::new();
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     v.write(0, Bytes::from(vec![0x11u8; 4096]), true).await.unwrap();
-    // This open's versions of chunk 0 wait on their way (epoch 1: "000001...").
-    h.mem.hold(&format!("{}/000001", format::chunk_key(&url(), 0)));
-    let merge = start({
-        let v = v.clone();
-        async move { v.merge_chunk(0).await }
-    })
-    .await;
-    assert!(versions(&h, 0).is_empty(), "the merge's PUT is on its way");
+    let merge = merge_chunk_0_held(&h, &v).await;
     v.write(0, Bytes::from(vec![0u8; 4096]), true).await.unwrap();
     v.abandon();
     drop(v);
@@ -152,13 +158,7 @@ async fn a_late_version_of_unlogged_data_stays_behind_what_the_next_open_read() 
     let h = Harness::new();
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
     v.write(0, Bytes::from(vec![0x11u8; 4096]), false).await.unwrap(); // not synced: no log
-    h.mem.hold(&format!("{}/000001", format::chunk_key(&url(), 0)));
-    let merge = start({
-        let v = v.clone();
-        async move { v.merge_chunk(0).await }
-    })
-    .await;
-    assert!(versions(&h, 0).is_empty(), "the merge's PUT is on its way");
+    let merge = merge_chunk_0_held(&h, &v).await;
     v.abandon();
     drop(v);
     let v = h.open(CHUNK_64K, 4, "a").await.unwrap();
