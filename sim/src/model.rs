@@ -69,6 +69,9 @@ pub struct Model {
     next_id: u32,
     /// WRITE ATOMICs: their writes and blocks.
     atomic: Vec<(usize, std::ops::Range<u64>)>,
+    /// (LUN, block, write) of writes a read after a crash showed lost: they never come back
+    /// (a late request of the target that died must land behind what the next one served).
+    lost: std::collections::BTreeSet<(usize, u64, usize)>,
 }
 
 /// A handle on a write in flight.
@@ -297,7 +300,38 @@ impl Model {
     /// just after (without changing the model). Returns the write the block holds.
     pub fn check_after_crash(&self, lun: usize, block: u64, data: &[u8], crash: Duration) -> Result<u32, String> {
         let after = crash + Duration::from_micros(1);
-        self.check(lun, block, data, after, after, Some(crash))
+        self.check(lun, block, data, after, after, Some(crash)).map(|i| self.writes[i].value)
+    }
+
+    /// Checks one block of a read as [`Model::check_read`] does, and remembers what it shows:
+    /// the writes it shows lost in a crash stay lost.
+    pub fn check_and_note_read(
+        &mut self,
+        lun: usize,
+        block: u64,
+        data: &[u8],
+        issued: Duration,
+        done: Duration,
+    ) -> Result<(), String> {
+        let seen = self.check(lun, block, data, issued, done, None)?;
+        self.note_lost(lun, block, seen, issued);
+        Ok(())
+    }
+
+    /// A read issued at `issued`, after a crash, showed write `seen`: the writes newer than it
+    /// that were over by that crash without being durable are lost for good.
+    fn note_lost(&mut self, lun: usize, block: u64, seen: usize, issued: Duration) {
+        let Some(crash) = self.crashes.iter().copied().filter(|&c| c < issued).max() else { return };
+        let Some(seen_end) = self.writes[seen].end else { return };
+        let lost: Vec<usize> = self.history[lun][block as usize]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let w = &self.writes[i];
+                w.issued > seen_end && w.end.is_some_and(|e| e <= crash) && w.durable.is_none_or(|d| d > crash)
+            })
+            .collect();
+        self.lost.extend(lost.into_iter().map(|i| (lun, block, i)));
     }
 
     fn check(
@@ -308,20 +342,39 @@ impl Model {
         issued: Duration,
         done: Duration,
         virtual_crash: Option<Duration>,
-    ) -> Result<u32, String> {
+    ) -> Result<usize, String> {
         let value = decode_block(block, data)?;
         // Newest first: a block most often holds one of its latest writes.
         let mut candidates = self.history[lun][block as usize]
             .iter()
             .rev()
-            .map(|&i| &self.writes[i])
-            .filter(|w| w.value == value)
+            .copied()
+            .filter(|&i| self.writes[i].value == value)
             .peekable();
         if candidates.peek().is_none() {
             return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
         }
-        if candidates.any(|w| w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)) {
-            return Ok(value);
+        let (mut seen_lost, mut possible) = (false, None);
+        for i in candidates {
+            let w = &self.writes[i];
+            if w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash) {
+                match self.lost.contains(&(lun, block, i)) {
+                    true => seen_lost = true,
+                    false => {
+                        possible = Some(i);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(i) = possible {
+            return Ok(i);
+        }
+        if seen_lost {
+            return Err(format!(
+                "LUN {lun} block {block}: read at {issued:?} returned write {value}, which a read after a crash had \
+                 shown lost: it came back"
+            ));
         }
         let latest = self.history[lun][block as usize]
             .iter()
@@ -404,6 +457,25 @@ mod tests {
         assert!(m.check_read(0, 0, &vec![0u8; BLOCK], S(11), S(12)).is_err());
         assert!(m.check_read(0, 1, &block(id1, 1), S(11), S(12)).is_err());
         assert!(m.check_read(0, 1, &block(id3, 1), S(11), S(12)).is_ok());
+    }
+
+    #[test]
+    fn a_write_a_read_after_a_crash_showed_lost_never_comes_back() {
+        let mut m = Model::new(1, 1);
+        let (w1, id1) = m.begin_write(0, 0, 0..1, S(1));
+        m.acked(w1, S(2), true);
+        let (w2, id2) = m.begin_write(0, 0, 0..1, S(3));
+        m.acked(w2, S(4), false);
+        m.crashed(S(5));
+        // Either may be read after the crash...
+        assert!(m.check_read(0, 0, &block(id2, 0), S(6), S(7)).is_ok());
+        assert!(m.check_and_note_read(0, 0, &block(id1, 0), S(6), S(7)).is_ok());
+        // ... but once the durable one was, the lost one stays lost, through later crashes.
+        let err = m.check_read(0, 0, &block(id2, 0), S(8), S(9)).unwrap_err();
+        assert!(err.contains("came back"), "{err}");
+        m.crashed(S(10));
+        assert!(m.check_read(0, 0, &block(id2, 0), S(11), S(12)).is_err());
+        assert!(m.check_read(0, 0, &block(id1, 0), S(11), S(12)).is_ok());
     }
 
     #[test]

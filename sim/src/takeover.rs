@@ -294,7 +294,7 @@ pub(crate) fn check(shared: &Rc<RefCell<Shared>>, lba: u64, data: &[u8], issued:
     let done = now();
     let mut sh = shared.borrow_mut();
     for (i, block) in data.chunks(BLOCK).enumerate() {
-        if let Err(e) = sh.model.check_read(0, lba + i as u64, block, issued, done) {
+        if let Err(e) = sh.model.check_and_note_read(0, lba + i as u64, block, issued, done) {
             sh.fail(e);
             return;
         }

@@ -332,9 +332,9 @@ pub(crate) fn data_for(id: u32, lba: u64, blocks: u32) -> Bytes {
 /// Checks a read's data against the model.
 fn check(init: &Initiator, lun: u16, lba: u64, data: &[u8], issued: Duration) {
     let done = now();
-    let sh = init.shared.borrow();
+    let mut sh = init.shared.borrow_mut();
     for (i, block) in data.chunks(BLOCK).enumerate() {
-        if let Err(e) = sh.model.check_read(lun as usize, lba + i as u64, block, issued, done) {
+        if let Err(e) = sh.model.check_and_note_read(lun as usize, lba + i as u64, block, issued, done) {
             drop(sh);
             init.violation(e);
             return;

@@ -56,10 +56,14 @@ pub enum Mutant {
     /// A chunk that became zero loses every version (the newest too) instead of getting a
     /// tombstone: a late PUT of an older version would be its data again.
     ZeroDeletesNewest = 22,
+    /// A merge of data no log holds sends its chunk's new version without naming the chunk in
+    /// a log first: should its holder die with the PUT on its way, recovery does not write the
+    /// chunk again, and the version, landing late, is the chunk's data at the open after.
+    MergeUnnamed = 23,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 22] = [
+    pub const ALL: [Mutant; 23] = [
         Mutant::SyncBeforeFlush,
         Mutant::DropDataOut,
         Mutant::ChunkOffByOne,
@@ -82,6 +86,7 @@ impl Mutant {
         Mutant::SnapshotSkipsMerge,
         Mutant::CloneForgetsInherited,
         Mutant::ZeroDeletesNewest,
+        Mutant::MergeUnnamed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +113,7 @@ impl Mutant {
             Mutant::SnapshotSkipsMerge => "snapshot-skips-merge",
             Mutant::CloneForgetsInherited => "clone-forgets-inherited",
             Mutant::ZeroDeletesNewest => "zero-deletes-newest",
+            Mutant::MergeUnnamed => "merge-unnamed",
         }
     }
 }

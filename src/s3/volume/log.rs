@@ -111,7 +111,7 @@ impl S3Volume {
     /// every chunk being merged that needs it, and the dirty chunks likely merged next, so
     /// that merges waiting for the log lock, or starting soon, find theirs named.
     pub(super) async fn name_in_log(&self, c: u64) -> StoreResult<()> {
-        if !needs_naming(&self.cache(), c) {
+        if !needs_naming(&self.cache(), c) || crate::mutants::active(crate::mutants::Mutant::MergeUnnamed) {
             return Ok(());
         }
         let _serial = self.log_lock.lock().await;
