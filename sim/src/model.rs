@@ -354,23 +354,16 @@ impl Model {
         if candidates.peek().is_none() {
             return Err(format!("LUN {lun} block {block} holds write {value}, which never wrote it"));
         }
-        let (mut seen_lost, mut possible) = (false, None);
-        for i in candidates {
-            let w = &self.writes[i];
-            if w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash) {
-                match self.lost.contains(&(lun, block, i)) {
-                    true => seen_lost = true,
-                    false => {
-                        possible = Some(i);
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(i) = possible {
+        let possible: Vec<usize> = candidates
+            .filter(|&i| {
+                let w = &self.writes[i];
+                w.issued < done && !self.superseded(lun, block, w, issued, virtual_crash)
+            })
+            .collect();
+        if let Some(&i) = possible.iter().find(|&&i| !self.lost.contains(&(lun, block, i))) {
             return Ok(i);
         }
-        if seen_lost {
+        if !possible.is_empty() {
             return Err(format!(
                 "LUN {lun} block {block}: read at {issued:?} returned write {value}, which a read after a crash had \
                  shown lost: it came back"

@@ -265,9 +265,14 @@ impl LocalRoot {
     /// Notes that a mutation failed in a way that may leave the store unsettled.
     fn note_failure<T>(&self, result: io::Result<T>) -> io::Result<T> {
         if result.is_err() {
-            self.unsettled.store(true, Ordering::SeqCst);
+            self.mark_unsettled();
         }
         result
+    }
+
+    /// The next open must settle the store (no clean-close marker is left).
+    fn mark_unsettled(&self) {
+        self.unsettled.store(true, Ordering::SeqCst);
     }
 
     fn temp_name(&self) -> String {
@@ -445,7 +450,7 @@ impl LocalRoot {
                         // The entry may be gone all the same, visible and not durable: the next
                         // open must settle the store.
                         Err(e) if !is_absent(&e) => {
-                            self.unsettled.store(true, Ordering::SeqCst);
+                            self.mark_unsettled();
                             return Err(io_err(e, "cannot delete the object"));
                         }
                         _ if !self.fs.exists(dir) => {}

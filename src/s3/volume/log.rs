@@ -37,6 +37,7 @@ fn to_name(cache: &Cache) -> BTreeSet<u64> {
     if named.is_empty() {
         return named;
     }
+    // (`needs_naming` for every entry, with the logs' chunks gathered once.)
     let named_by_logs: BTreeSet<u64> =
         cache.logs.values().filter(|l| l.landed).flat_map(|l| l.unsettled.iter().copied()).collect();
     let mut ahead: Vec<(std::cmp::Reverse<usize>, u64)> = cache
